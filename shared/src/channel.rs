@@ -1,0 +1,58 @@
+//! The mutual-TLS channel to `rekeyd`: the client presents the certificate of
+//! its identity file and trusts only the CA named there.
+
+use crate::identity::Identity;
+use std::time::Duration;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("server address {0:?} is not a URL like https://host:port")]
+    BadUrl(String),
+    #[error("cannot connect to {server}: {reason}")]
+    Unreachable { server: String, reason: String },
+}
+
+/// The TLS settings of a client that presents `identity`.
+pub fn tls_config(identity: &Identity) -> ClientTlsConfig {
+    ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&identity.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(
+            &identity.certificate_pem,
+            identity.key_pem.as_bytes(),
+        ))
+}
+
+/// An endpoint for `server` (`https://host:port`) with the given TLS settings.
+pub fn endpoint(server: &str, tls: ClientTlsConfig) -> Result<Endpoint, ConnectError> {
+    Endpoint::from_shared(server.to_owned())
+        .map_err(|_| ConnectError::BadUrl(server.to_owned()))?
+        .connect_timeout(Duration::from_secs(10))
+        .tcp_nodelay(true)
+        .tls_config(tls)
+        .map_err(|error| ConnectError::Unreachable {
+            server: server.to_owned(),
+            reason: error.to_string(),
+        })
+}
+
+/// Connects to `server` as `identity`.
+pub async fn connect(server: &str, identity: &Identity) -> Result<Channel, ConnectError> {
+    endpoint(server, tls_config(identity))?
+        .connect()
+        .await
+        .map_err(|error| ConnectError::Unreachable {
+            server: server.to_owned(),
+            reason: describe_transport_error(&error),
+        })
+}
+
+/// The innermost cause of a transport error: tonic's own text ("transport
+/// error") says nothing a person can act on.
+pub fn describe_transport_error(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
+}

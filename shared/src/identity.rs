@@ -1,0 +1,187 @@
+//! The identity file: one PEM file with a client's private key, its
+//! certificate and the CA certificate that the server's certificate must
+//! chain to. `rekeyd init` and `rekeyd cert issue` write it with mode 0600,
+//! and `rekey` refuses one that other users can read.
+
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// A loaded identity. The key stays in zeroizing memory.
+pub struct Identity {
+    /// PEM of the client certificate (and any intermediates).
+    pub certificate_pem: String,
+    /// PEM of the private key.
+    pub key_pem: Zeroizing<String>,
+    /// PEM of the CA that signed the server's certificate.
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("certificate_pem", &self.certificate_pem)
+            .field("key_pem", &"<redacted>")
+            .field("ca_pem", &self.ca_pem)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read identity file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "identity file {path} can be read by other users (mode {mode:o}); run `chmod 600 {path}`"
+    )]
+    TooOpen { path: PathBuf, mode: u32 },
+    #[error("identity file {path} is not usable: {reason}")]
+    Malformed { path: PathBuf, reason: String },
+}
+
+impl Identity {
+    /// Builds the text of an identity file.
+    pub fn to_file_text(&self, principal: &str) -> String {
+        format!(
+            "# rekey identity for {principal}: private key, certificate, CA. Keep it mode 0600.\n{}{}{}",
+            ensure_newline(&self.key_pem),
+            ensure_newline(&self.certificate_pem),
+            ensure_newline(&self.ca_pem),
+        )
+    }
+
+    /// Reads an identity file, refusing one that group or others can read.
+    pub fn load(path: &Path) -> Result<Self, IdentityError> {
+        let read_error = |source| IdentityError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let metadata = std::fs::metadata(path).map_err(read_error)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(IdentityError::TooOpen {
+                    path: path.to_owned(),
+                    mode,
+                });
+            }
+        }
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(read_error)?);
+        Self::parse(&text).map_err(|reason| IdentityError::Malformed {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// Splits the PEM blocks: the private key, then the certificates, the
+    /// first being the client's own and the last the CA.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let blocks = pem_blocks(text);
+        let keys: Vec<&(String, String)> = blocks
+            .iter()
+            .filter(|(label, _)| label.ends_with("PRIVATE KEY"))
+            .collect();
+        let certificates: Vec<&str> = blocks
+            .iter()
+            .filter(|(label, _)| label == "CERTIFICATE")
+            .map(|(_, block)| block.as_str())
+            .collect();
+        let [key] = keys.as_slice() else {
+            return Err(format!(
+                "expected one PRIVATE KEY block, found {}",
+                keys.len()
+            ));
+        };
+        if certificates.len() < 2 {
+            return Err(format!(
+                "expected the client certificate and the CA certificate, found {} CERTIFICATE block(s)",
+                certificates.len()
+            ));
+        }
+        let (chain, ca) = certificates.split_at(certificates.len() - 1);
+        Ok(Self {
+            certificate_pem: chain.concat(),
+            key_pem: Zeroizing::new(key.1.clone()),
+            ca_pem: ca.concat(),
+        })
+    }
+}
+
+fn ensure_newline(text: &str) -> String {
+    if text.ends_with('\n') {
+        text.to_owned()
+    } else {
+        format!("{text}\n")
+    }
+}
+
+/// Every `-----BEGIN X----- ... -----END X-----` block with its label, the
+/// block's text kept as it is (text between blocks is ignored, as PEM allows).
+pub fn pem_blocks(text: &str) -> Vec<(String, String)> {
+    let mut blocks = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN ") {
+        let after = &rest[start + "-----BEGIN ".len()..];
+        let Some(label_end) = after.find("-----") else {
+            break;
+        };
+        let label = &after[..label_end];
+        let end_marker = format!("-----END {label}-----");
+        let Some(end) = rest[start..].find(&end_marker) else {
+            break;
+        };
+        let block_end = start + end + end_marker.len();
+        blocks.push((label.to_owned(), format!("{}\n", &rest[start..block_end])));
+        rest = &rest[block_end..];
+    }
+    blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "# comment\n-----BEGIN PRIVATE KEY-----\nAAA\n-----END PRIVATE KEY-----\n\
+        -----BEGIN CERTIFICATE-----\nLEAF\n-----END CERTIFICATE-----\n\
+        -----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n";
+
+    #[test]
+    fn splits_key_leaf_and_ca() {
+        let identity = Identity::parse(FILE).unwrap();
+        assert!(identity.key_pem.contains("AAA"));
+        assert!(identity.certificate_pem.contains("LEAF"));
+        assert!(!identity.certificate_pem.contains("CA\n"));
+        assert!(identity.ca_pem.contains("CA"));
+        let again = Identity::parse(&identity.to_file_text("x")).unwrap();
+        assert_eq!(again.certificate_pem, identity.certificate_pem);
+        assert!(!format!("{identity:?}").contains("AAA"));
+    }
+
+    #[test]
+    fn refuses_incomplete_files() {
+        let error = Identity::parse("-----BEGIN CERTIFICATE-----\nX\n-----END CERTIFICATE-----\n")
+            .err()
+            .unwrap();
+        assert!(error.contains("PRIVATE KEY"), "{error}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn refuses_files_others_can_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rekey-identity-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("id.pem");
+        std::fs::write(&path, FILE).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = Identity::load(&path).unwrap_err().to_string();
+        assert!(error.contains("chmod 600"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(Identity::load(&path).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

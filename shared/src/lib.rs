@@ -1,0 +1,16 @@
+//! `rekey-shared`: what both `rekeyd` and `rekey` need to speak to each other.
+//!
+//! It owns the generated gRPC code of `proto/`, the domain types whose rules
+//! both sides check (secret names, stages, version ids, values), the identity
+//! file format and the mutual-TLS channel builder. It must not hold server
+//! policy or storage logic: anything here is visible to every client.
+
+pub mod channel;
+pub mod identity;
+pub mod names;
+pub mod proto;
+pub mod time;
+pub mod value;
+
+pub use names::{KeyName, NameError, SecretName, Stage, VersionId};
+pub use value::SecretValue;
