@@ -1,1 +1,75 @@
-// placeholder
+//! `rekeyd`, the rekey server, as a library: [`serve`] runs the gRPC API on
+//! a bound listener until a shutdown future completes; [`cli`] is what the
+//! binary runs. See ARCHITECTURE.md for the module map and the path of a
+//! request (TLS → principal → authorization → store → crypto).
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod installation;
+pub mod keyring;
+pub mod pki;
+pub mod principal;
+pub mod service;
+pub mod stages;
+pub mod store;
+pub mod tls;
+
+use anyhow::Context;
+use rekey_shared::proto::secrets_server::SecretsServer;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
+
+/// Opens the installation that `loaded` describes and serves it on
+/// `listener` until `shutdown` completes; in-flight requests finish first.
+pub async fn serve(
+    loaded: &config::Loaded,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let config = &loaded.config;
+    let root = keyring::read_root_key(&loaded.path(&config.root_key_file))?;
+    let store = store::Store::open(&loaded.database_url())
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let tls = tls::server_config(
+        &loaded.path(&config.tls.certificate),
+        &loaded.path(&config.tls.private_key),
+        &loaded.path(&config.tls.client_ca),
+    )?;
+    let state = Arc::new(service::AppState {
+        store,
+        keyring: keyring::Keyring::new(root),
+        authorizer: auth::Authorizer::default(),
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SecretsServer<service::secrets::SecretsService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(rekey_shared::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the reflection service")?;
+    let secrets = InterceptedService::new(
+        SecretsServer::new(service::secrets::SecretsService::new(state.clone())),
+        auth::authenticate,
+    );
+
+    let incoming = ReceiverStream::new(tls::accept(listener, Arc::new(tls)));
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(secrets)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serving gRPC")?;
+    state.store.close().await;
+    Ok(())
+}

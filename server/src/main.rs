@@ -1,1 +1,5 @@
-fn main(){}
+//! `rekeyd`: see `rekey_server::cli`.
+
+fn main() -> std::process::ExitCode {
+    rekey_server::cli::main()
+}

@@ -1,0 +1,308 @@
+//! The `rekeyd` command line: flags, then one function per subcommand.
+//! Output meant for scripts goes to standard output; logs go to standard
+//! error. Exit codes: 0 success, 1 error, 2 usage.
+
+use crate::config::{self, LogFormat, Loaded};
+use crate::installation;
+use crate::keyring::{Keyring, read_root_key};
+use crate::pki::{CertificateAuthority, write_private};
+use crate::store::Store;
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use rekey_shared::KeyName;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tokio::net::TcpListener;
+
+#[derive(Debug, Parser)]
+#[command(name = "rekeyd", version, about = "The rekey secrets server")]
+struct Cli {
+    #[command(flatten)]
+    location: Location,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Location {
+    /// The installation directory.
+    #[arg(long, global = true, env = "REKEY_DIR", default_value = "./rekey-data")]
+    dir: PathBuf,
+    /// A configuration file to use instead of DIR/rekeyd.toml.
+    #[arg(long, global = true, env = "REKEY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a new installation: configuration, CA, server certificate,
+    /// root key, database and the admin identity (admin.pem).
+    Init {
+        /// Another host name or address the server certificate must name.
+        #[arg(long = "san", value_name = "HOST")]
+        sans: Vec<String>,
+    },
+    /// Serve the installation.
+    Serve {
+        /// Address to listen on (overrides the configuration).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// A throwaway installation with demo secrets, served on loopback.
+    Dev {
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+    /// Client certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Master keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print the default configuration file.
+    PrintDefaultConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Issue an identity file (key, certificate and CA in one PEM, mode 0600).
+    Issue {
+        /// The principal: a name of A-Z a-z 0-9 . _ @ - or a spiffe:// URI.
+        name: String,
+        /// Where to write the identity file (default: ./NAME.pem).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Days of validity.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a master key.
+    Create { name: String },
+    /// List master keys and their versions.
+    List,
+}
+
+/// Runs `rekeyd` and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("rekeyd: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("rekeyd: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let location = &cli.location;
+    match cli.command {
+        Command::Init { sans } => {
+            let made = installation::init(&location.dir, &sans).await?;
+            println!(
+                "created an installation in {}\nadmin identity: {}\nstart it with: rekeyd --dir {} serve",
+                made.dir.display(),
+                made.admin_identity.display(),
+                made.dir.display()
+            );
+            Ok(())
+        }
+        Command::Serve { listen } => {
+            let mut loaded = config::load(&location.dir, location.config.as_deref())?;
+            if let Some(listen) = listen {
+                loaded.config.listen = listen;
+            }
+            init_logging(&loaded.config.log)?;
+            serve_until_signal(&loaded).await
+        }
+        Command::Dev { listen } => dev(&listen).await,
+        Command::Cert(CertCommand::Issue { name, out, days }) => {
+            issue(&location.dir, &name, out, days)
+        }
+        Command::Keys(command) => {
+            let loaded = config::load(&location.dir, location.config.as_deref())?;
+            keys(&loaded, command).await
+        }
+        Command::PrintDefaultConfig => {
+            print!("{}", config::default_toml());
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(log: &config::LogConfig) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
+        .with_context(|| format!("log level {:?}", log.level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    result.map_err(|error| anyhow::anyhow!("setting up logging: {error}"))
+}
+
+/// Keeps secrets out of core files: no core dumps, not ptrace-attachable by
+/// other processes of the same user.
+fn harden_process() {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let no_core = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    if let Err(error) = setrlimit(Resource::Core, no_core) {
+        tracing::warn!(%error, "cannot disable core dumps");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(error) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!(%error, "cannot mark the process not dumpable");
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+async fn serve_until_signal(loaded: &Loaded) -> anyhow::Result<()> {
+    harden_process();
+    let listener = TcpListener::bind(&loaded.config.listen)
+        .await
+        .with_context(|| format!("listening on {}", loaded.config.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, dir = %loaded.dir.display(), "rekeyd serving");
+    // Scripts and tests wait for this line: the port is bound from here on.
+    println!("rekeyd listening on https://{address}");
+    crate::serve(loaded, listener, shutdown_signal()).await
+}
+
+async fn dev(listen: &str) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("rekey-dev-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let made = installation::init(dir.path(), &[]).await?;
+    installation::add_demo_secrets(dir.path()).await?;
+    let mut loaded = config::load(dir.path(), None)?;
+    loaded.config.listen = listen.to_owned();
+    init_logging(&loaded.config.log)?;
+    harden_process();
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let address = listener.local_addr()?;
+    println!(
+        "rekeyd dev: a throwaway installation in {} (removed on exit), with demo secrets.\n\
+         Connect rekey to it with:\n\n  \
+         export REKEY_SERVER=https://{address} REKEY_IDENTITY={}\n\n\
+         then try: rekey list; rekey get demo/api/payments\n\
+         rekeyd listening on https://{address}",
+        dir.path().display(),
+        made.admin_identity.display()
+    );
+    let served = crate::serve(&loaded, listener, shutdown_signal()).await;
+    drop(dir);
+    served
+}
+
+fn issue(dir: &Path, name: &str, out: Option<PathBuf>, days: i64) -> anyhow::Result<()> {
+    let is_spiffe = name.starts_with("spiffe://");
+    let valid_name = (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
+    if !is_spiffe && !valid_name {
+        anyhow::bail!(
+            "principal {name:?} must be 1-128 characters of A-Z a-z 0-9 . _ @ - or a spiffe:// URI"
+        );
+    }
+    if crate::principal::RESERVED_PRINCIPALS.contains(&name) {
+        anyhow::bail!("the name {name:?} is reserved for the server");
+    }
+    anyhow::ensure!(days > 0, "--days must be at least 1");
+    let out = match out {
+        Some(out) => out,
+        None if is_spiffe => anyhow::bail!("a spiffe:// principal needs --out FILE"),
+        None => PathBuf::from(format!("{name}.pem")),
+    };
+    let ca = CertificateAuthority::load(dir)?;
+    let issued = ca.issue_client(name, days)?;
+    write_private(&out, &ca.identity(&issued).to_file_text(name))?;
+    println!(
+        "issued an identity for {name} (serial {}, valid until {}) in {}",
+        issued.serial,
+        issued.not_after.date(),
+        out.display()
+    );
+    Ok(())
+}
+
+async fn keys(loaded: &Loaded, command: KeysCommand) -> anyhow::Result<()> {
+    let store = Store::open(&loaded.database_url())
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let result = match command {
+        KeysCommand::Create { name } => {
+            let name = KeyName::parse(&name)?;
+            let root = read_root_key(&loaded.path(&loaded.config.root_key_file))?;
+            let keyring = Keyring::new(root);
+            if keyring
+                .exists(&store, &name)
+                .await
+                .map_err(|error| anyhow::anyhow!("{error}"))?
+            {
+                Err(anyhow::anyhow!("master key {name} already exists"))
+            } else {
+                keyring
+                    .create_version(&store, &name)
+                    .await
+                    .map(|_| println!("created master key {name}"))
+                    .map_err(|error| anyhow::anyhow!("{error}"))
+            }
+        }
+        KeysCommand::List => store
+            .list_master_keys()
+            .await
+            .map(|keys| {
+                println!("{:<24} {:>7}  CREATED", "NAME", "VERSION");
+                for key in keys {
+                    println!(
+                        "{:<24} {:>7}  {}",
+                        key.name,
+                        key.version,
+                        rekey_shared::time::format_timestamp(
+                            &rekey_shared::time::timestamp_from_millis(key.created_at)
+                        )
+                    );
+                }
+            })
+            .map_err(|error| anyhow::anyhow!("{error}")),
+    };
+    store.close().await;
+    result
+}

@@ -1,0 +1,200 @@
+//! The server configuration: one struct, one set of defaults (its `Default`),
+//! read from `rekeyd.toml`, then overridden by `REKEY_*` environment
+//! variables, then by flags, in that order for every subcommand. Loading
+//! never writes a file. Relative paths are relative to the configuration
+//! file's directory (the installation directory).
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "rekeyd.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address of the gRPC listener (mutual TLS). `REKEY_LISTEN`.
+    pub listen: String,
+    /// `sqlite://FILE` (relative to the installation). `REKEY_DATABASE_URL`.
+    pub database_url: String,
+    /// The root key that wraps master keys; mode 0600. `REKEY_ROOT_KEY_FILE`.
+    pub root_key_file: PathBuf,
+    pub tls: TlsFiles,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The server's certificate chain (PEM).
+    pub certificate: PathBuf,
+    /// The server's private key (PEM, mode 0600).
+    pub private_key: PathBuf,
+    /// The CA that client certificates must chain to (PEM).
+    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`. `REKEY_LOG_FORMAT`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `rekey_server=debug`. `REKEY_LOG`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8443".to_owned(),
+            database_url: "sqlite://rekey.db".to_owned(),
+            root_key_file: PathBuf::from("root.key"),
+            tls: TlsFiles::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for TlsFiles {
+    fn default() -> Self {
+        Self {
+            certificate: PathBuf::from("server.pem"),
+            private_key: PathBuf::from("server.key"),
+            client_ca: PathBuf::from("ca.pem"),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// A loaded configuration with the directory its relative paths start from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub dir: PathBuf,
+}
+
+impl Loaded {
+    pub fn path(&self, relative: &Path) -> PathBuf {
+        self.dir.join(relative)
+    }
+
+    /// The database URL with a relative SQLite path made absolute.
+    pub fn database_url(&self) -> String {
+        let url = &self.config.database_url;
+        match url.strip_prefix("sqlite://") {
+            Some(file) if !file.starts_with('/') && !file.starts_with(':') => {
+                format!("sqlite://{}", self.dir.join(file).display())
+            }
+            _ => url.clone(),
+        }
+    }
+}
+
+/// Loads `config_file` (or `dir/rekeyd.toml`), then applies the environment.
+/// A missing file is an error only when it was named explicitly.
+pub fn load(dir: &Path, config_file: Option<&Path>) -> anyhow::Result<Loaded> {
+    let (path, explicit) = match config_file {
+        Some(path) => (path.to_owned(), true),
+        None => (dir.join(CONFIG_FILE), false),
+    };
+    let mut config = match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text)
+            .with_context(|| format!("configuration file {}", path.display()))?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => Config::default(),
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading configuration {}", path.display()));
+        }
+    };
+    apply_environment(&mut config, |name| std::env::var(name).ok())?;
+    let dir = match config_file {
+        Some(path) => path.parent().map(Path::to_owned).unwrap_or_default(),
+        None => dir.to_owned(),
+    };
+    Ok(Loaded { config, dir })
+}
+
+/// `REKEY_*` variables override the file.
+pub fn apply_environment(
+    config: &mut Config,
+    var: impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<()> {
+    if let Some(listen) = var("REKEY_LISTEN") {
+        config.listen = listen;
+    }
+    if let Some(url) = var("REKEY_DATABASE_URL") {
+        config.database_url = url;
+    }
+    if let Some(path) = var("REKEY_ROOT_KEY_FILE") {
+        config.root_key_file = PathBuf::from(path);
+    }
+    if let Some(level) = var("REKEY_LOG") {
+        config.log.level = level;
+    }
+    if let Some(format) = var("REKEY_LOG_FORMAT") {
+        config.log.format = match format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => anyhow::bail!("REKEY_LOG_FORMAT is {other:?}; use text or json"),
+        };
+    }
+    Ok(())
+}
+
+/// The default configuration as TOML, with a header that says how it is
+/// read.
+pub fn default_toml() -> String {
+    let body = toml::to_string_pretty(&Config::default()).unwrap_or_default();
+    format!(
+        "# rekeyd configuration. Relative paths are relative to this file's directory.\n\
+         # Environment variables override it: REKEY_LISTEN, REKEY_DATABASE_URL,\n\
+         # REKEY_ROOT_KEY_FILE, REKEY_LOG, REKEY_LOG_FORMAT; flags override both.\n\n{body}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_parses_back_to_the_defaults() {
+        let parsed: Config = toml::from_str(&default_toml()).unwrap();
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_unknown_fields_are_refused() {
+        let mut config: Config = toml::from_str("listen = \"0.0.0.0:1\"").unwrap();
+        apply_environment(&mut config, |name| {
+            (name == "REKEY_LISTEN").then(|| "127.0.0.1:2".to_owned())
+        })
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:2");
+        assert_eq!(config.database_url, Config::default().database_url);
+        let error = toml::from_str::<Config>("lisen = 1").unwrap_err().to_string();
+        assert!(error.contains("unknown field"), "{error}");
+    }
+
+    #[test]
+    fn relative_sqlite_paths_follow_the_directory() {
+        let loaded = Loaded {
+            config: Config::default(),
+            dir: PathBuf::from("/srv/rekey"),
+        };
+        assert_eq!(loaded.database_url(), "sqlite:///srv/rekey/rekey.db");
+    }
+}

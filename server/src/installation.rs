@@ -1,0 +1,132 @@
+//! An installation directory: what `rekeyd init` writes and `rekeyd dev`
+//! fills with demo secrets. Init refuses to overwrite anything; every file
+//! holding key material is created with mode 0600.
+
+use crate::config::{self, CONFIG_FILE};
+use crate::keyring::{Keyring, new_root_key, read_root_key};
+use crate::pki::{CA_CERTIFICATE, CA_KEY, CertificateAuthority, write_private};
+use crate::store::{NewSecret, NewVersion, Store};
+use anyhow::Context;
+use rekey_shared::{KeyName, SecretName, SecretValue, VersionId};
+use std::path::{Path, PathBuf};
+
+pub const ADMIN_IDENTITY: &str = "admin.pem";
+pub const ADMIN_PRINCIPAL: &str = "admin";
+
+/// What `init` made.
+#[derive(Debug)]
+pub struct Initialized {
+    pub dir: PathBuf,
+    pub admin_identity: PathBuf,
+}
+
+/// Creates a new installation in `dir`, which must not hold one already.
+pub async fn init(dir: &Path, extra_hosts: &[String]) -> anyhow::Result<Initialized> {
+    for existing in [CONFIG_FILE, "root.key", "rekey.db", CA_KEY] {
+        if dir.join(existing).exists() {
+            anyhow::bail!(
+                "{} already holds an installation ({existing} exists); refusing to overwrite it",
+                dir.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let defaults = config::Config::default();
+
+    let (ca, ca_key) = CertificateAuthority::generate("rekey CA")?;
+    std::fs::write(dir.join(CA_CERTIFICATE), &ca.certificate_pem)?;
+    write_private(&dir.join(CA_KEY), &ca_key)?;
+
+    let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    hosts.extend(extra_hosts.iter().cloned());
+    let server = ca.issue_server(&hosts, 825)?;
+    std::fs::write(dir.join(&defaults.tls.certificate), &server.certificate_pem)?;
+    write_private(&dir.join(&defaults.tls.private_key), &server.key_pem)?;
+
+    let (root_text, root) = new_root_key();
+    write_private(&dir.join(&defaults.root_key_file), &root_text)?;
+    std::fs::write(dir.join(CONFIG_FILE), config::default_toml())?;
+
+    let loaded = config::load(dir, None)?;
+    let store = Store::open(&loaded.database_url())
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    Keyring::new(root)
+        .create_version(&store, &KeyName::default_key())
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    store.close().await;
+
+    let admin = ca.issue_client(ADMIN_PRINCIPAL, 365)?;
+    let admin_identity = dir.join(ADMIN_IDENTITY);
+    write_private(&admin_identity, &ca.identity(&admin).to_file_text(ADMIN_PRINCIPAL))?;
+    Ok(Initialized {
+        dir: dir.to_owned(),
+        admin_identity,
+    })
+}
+
+/// The demo secrets of `rekeyd dev`.
+pub const DEMO_SECRETS: &[(&str, &str, &str)] = &[
+    (
+        "demo/db/orders",
+        "PostgreSQL credentials of the orders service",
+        r#"{"engine":"postgres","host":"db.internal","port":5432,"username":"orders","password":"demo-orders-password","dbname":"orders"}"#,
+    ),
+    (
+        "demo/api/payments",
+        "API key of the payments provider",
+        "demo-payments-api-key",
+    ),
+    (
+        "demo/app/session-secret",
+        "Signing key of web sessions",
+        "demo-session-signing-key",
+    ),
+];
+
+/// Stores the demo secrets, as the `system` principal.
+pub async fn add_demo_secrets(dir: &Path) -> anyhow::Result<()> {
+    let loaded = config::load(dir, None)?;
+    let root = read_root_key(&loaded.path(&loaded.config.root_key_file))?;
+    let store = Store::open(&loaded.database_url())
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let keyring = Keyring::new(root);
+    let key_name = KeyName::default_key();
+    let master = keyring
+        .for_encryption(&store, &key_name)
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let now = rekey_shared::time::now_millis();
+    for (name, description, value) in DEMO_SECRETS {
+        let secret = NewSecret {
+            id: format!("{name}-demo00"),
+            name: SecretName::parse(name)?,
+            description: (*description).to_owned(),
+            key_name: key_name.clone(),
+            tags: vec![("env".to_owned(), "demo".to_owned())],
+            created_at: now,
+        };
+        let version_id = VersionId::random();
+        let sealed =
+            crate::crypto::seal_value(&master, &secret.id, &version_id, &SecretValue::text(*value));
+        let version = NewVersion {
+            version_id,
+            created_at: now,
+            created_by: "system".to_owned(),
+            sealed,
+        };
+        store
+            .create_secret(&secret, Some(&version))
+            .await
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+    }
+    store.close().await;
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! Master keys: created here (wrapped by the root key and stored), unwrapped
+//! on first use and kept in memory, zeroized when dropped.
+//!
+//! The newest version of a key wraps new data keys; any stored version can
+//! unwrap. A key missing from memory is looked up in the database, so a key
+//! that `rekeyd keys create` added while the server runs is found at once.
+
+use crate::crypto::{Key, KeyRef, MasterKey, RootKey};
+use crate::error::{Error, Result};
+use crate::store::{Store, WrappedMasterKey};
+use rekey_shared::KeyName;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+#[derive(Debug)]
+pub struct Keyring {
+    root: RootKey,
+    /// Every unwrapped version, by name.
+    keys: RwLock<HashMap<String, Vec<Arc<MasterKey>>>>,
+}
+
+impl Keyring {
+    pub fn new(root: RootKey) -> Self {
+        Self {
+            root,
+            keys: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Adds a new version of `name` (version 1 for a new key) and returns it.
+    pub async fn create_version(&self, store: &Store, name: &KeyName) -> Result<u32> {
+        let versions = store.master_key_versions(name.as_str()).await?;
+        let version = versions.last().map_or(1, |newest| newest.version + 1);
+        let master = MasterKey::new(
+            KeyRef {
+                name: name.clone(),
+                version,
+            },
+            Key::generate(),
+        );
+        store
+            .insert_master_key(&WrappedMasterKey {
+                name: name.as_str().to_owned(),
+                version,
+                wrapped_material: self.root.wrap_master_key(&master),
+                created_at: rekey_shared::time::now_millis(),
+            })
+            .await?;
+        self.forget(name);
+        Ok(version)
+    }
+
+    fn forget(&self, name: &KeyName) {
+        if let Ok(mut keys) = self.keys.write() {
+            keys.remove(name.as_str());
+        }
+    }
+
+    fn cached(&self, name: &KeyName) -> Option<Vec<Arc<MasterKey>>> {
+        self.keys.read().ok()?.get(name.as_str()).cloned()
+    }
+
+    async fn load(&self, store: &Store, name: &KeyName) -> Result<Vec<Arc<MasterKey>>> {
+        let mut versions = Vec::new();
+        for wrapped in store.master_key_versions(name.as_str()).await? {
+            let reference = KeyRef {
+                name: name.clone(),
+                version: wrapped.version,
+            };
+            let master = self
+                .root
+                .unwrap_master_key(reference, &wrapped.wrapped_material)
+                .map_err(|_| {
+                    Error::Integrity(format!(
+                        "master key {name} version {} does not open with this root key",
+                        wrapped.version
+                    ))
+                })?;
+            versions.push(Arc::new(master));
+        }
+        if !versions.is_empty()
+            && let Ok(mut keys) = self.keys.write()
+        {
+            keys.insert(name.as_str().to_owned(), versions.clone());
+        }
+        Ok(versions)
+    }
+
+    async fn versions(&self, store: &Store, name: &KeyName) -> Result<Vec<Arc<MasterKey>>> {
+        match self.cached(name) {
+            Some(versions) => Ok(versions),
+            None => self.load(store, name).await,
+        }
+    }
+
+    /// The version that wraps new data keys under `name`.
+    pub async fn for_encryption(&self, store: &Store, name: &KeyName) -> Result<Arc<MasterKey>> {
+        self.versions(store, name)
+            .await?
+            .last()
+            .cloned()
+            .ok_or_else(|| missing_key(name))
+    }
+
+    /// The version named by a stored data key.
+    pub async fn for_decryption(&self, store: &Store, reference: &KeyRef) -> Result<Arc<MasterKey>> {
+        let find = |versions: &[Arc<MasterKey>]| {
+            versions
+                .iter()
+                .find(|key| key.reference.version == reference.version)
+                .cloned()
+        };
+        if let Some(found) = self.cached(&reference.name).as_deref().and_then(find) {
+            return Ok(found);
+        }
+        find(&self.load(store, &reference.name).await?).ok_or_else(|| {
+            Error::Integrity(format!(
+                "master key {} version {} is missing",
+                reference.name, reference.version
+            ))
+        })
+    }
+
+    /// Whether a key of this name exists.
+    pub async fn exists(&self, store: &Store, name: &KeyName) -> Result<bool> {
+        Ok(!self.versions(store, name).await?.is_empty())
+    }
+}
+
+pub fn missing_key(name: &KeyName) -> Error {
+    Error::NotFound(format!(
+        "master key {name} does not exist; create it with `rekeyd keys create {name}`"
+    ))
+}
+
+/// Reads `root.key` (64 hex characters), refusing a file that other users
+/// can read.
+pub fn read_root_key(path: &Path) -> anyhow::Result<RootKey> {
+    use anyhow::Context;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("reading root key {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "root key {} can be read by other users (mode {:o}); run `chmod 600 {}`",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| format!("reading root key {}", path.display()))?,
+    );
+    let bytes = zeroize::Zeroizing::new(decode_hex(text.trim()).with_context(|| {
+        format!("root key {} is not 64 hexadecimal characters", path.display())
+    })?);
+    let key = Key::from_bytes(&bytes)
+        .map_err(|_| anyhow::anyhow!("root key {} must hold 32 bytes", path.display()))?;
+    Ok(RootKey::new(key))
+}
+
+/// The text of a new `root.key` file and the key it holds.
+pub fn new_root_key() -> (zeroize::Zeroizing<String>, RootKey) {
+    let key = Key::generate();
+    let text = zeroize::Zeroizing::new(format!("{}\n", encode_hex(key.as_bytes())));
+    (text, RootKey::new(key))
+}
+
+fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex(text: &str) -> anyhow::Result<Vec<u8>> {
+    anyhow::ensure!(text.len() % 2 == 0, "odd length");
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(Into::into))
+        .collect()
+}

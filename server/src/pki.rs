@@ -1,0 +1,178 @@
+//! The installation's own certificate authority (rcgen, ECDSA P-256): the CA
+//! itself, the server certificate and client identities. Serving needs only
+//! the CA certificate; the CA key is needed by `rekeyd init` and
+//! `rekeyd cert` and may be moved away between uses.
+
+use anyhow::Context;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use rekey_shared::identity::Identity;
+use std::path::Path;
+use time::{Duration, OffsetDateTime};
+use zeroize::Zeroizing;
+
+pub const CA_CERTIFICATE: &str = "ca.pem";
+pub const CA_KEY: &str = "ca.key";
+
+/// The CA of an installation, with its signing key.
+pub struct CertificateAuthority {
+    pub certificate_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertificateAuthority(<key redacted>)")
+    }
+}
+
+/// A certificate and its private key, both PEM.
+pub struct IssuedCertificate {
+    pub certificate_pem: String,
+    pub key_pem: Zeroizing<String>,
+    /// Lower-case hex, as the principal rule reports it.
+    pub serial: String,
+    pub not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for IssuedCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCertificate")
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_serial() -> (SerialNumber, String) {
+    let mut bytes = [0u8; 16];
+    crate::crypto::random_bytes(&mut bytes);
+    bytes[0] &= 0x7f; // positive
+    bytes[0] |= 0x01; // and no leading zero byte to strip
+    let hex = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    (SerialNumber::from_slice(&bytes), hex)
+}
+
+fn validity(params: &mut CertificateParams, days: i64) -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - Duration::minutes(5);
+    params.not_after = now + Duration::days(days);
+    params.not_after
+}
+
+impl CertificateAuthority {
+    /// A new self-signed CA, valid for ten years.
+    pub fn generate(common_name: &str) -> anyhow::Result<(Self, Zeroizing<String>)> {
+        let key = KeyPair::generate().context("generating the CA key")?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        validity(&mut params, 3650);
+        params.serial_number = Some(random_serial().0);
+        let certificate = params.self_signed(&key).context("signing the CA certificate")?;
+        let key_pem = Zeroizing::new(key.serialize_pem());
+        Ok((
+            Self {
+                certificate_pem: certificate.pem(),
+                issuer: Issuer::new(params, key),
+            },
+            key_pem,
+        ))
+    }
+
+    /// Loads `ca.pem` and `ca.key` from an installation directory.
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let certificate_pem = std::fs::read_to_string(dir.join(CA_CERTIFICATE))
+            .with_context(|| format!("reading {}", dir.join(CA_CERTIFICATE).display()))?;
+        let key_path = dir.join(CA_KEY);
+        let key_pem = Zeroizing::new(std::fs::read_to_string(&key_path).with_context(|| {
+            format!(
+                "reading the CA key {}; `rekeyd cert` needs it beside the installation",
+                key_path.display()
+            )
+        })?);
+        let key = KeyPair::from_pem(&key_pem).context("parsing the CA key")?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&certificate_pem, key).context("parsing the CA certificate")?;
+        Ok(Self {
+            certificate_pem,
+            issuer,
+        })
+    }
+
+    fn sign(&self, mut params: CertificateParams, days: i64) -> anyhow::Result<IssuedCertificate> {
+        let key = KeyPair::generate().context("generating a key")?;
+        let (serial, serial_hex) = random_serial();
+        params.serial_number = Some(serial);
+        let not_after = validity(&mut params, days);
+        params.use_authority_key_identifier_extension = true;
+        let certificate = params
+            .signed_by(&key, &self.issuer)
+            .context("signing a certificate")?;
+        Ok(IssuedCertificate {
+            certificate_pem: certificate.pem(),
+            key_pem: Zeroizing::new(key.serialize_pem()),
+            serial: serial_hex,
+            not_after,
+        })
+    }
+
+    /// The server's certificate for the given host names and addresses.
+    pub fn issue_server(&self, hosts: &[String], days: i64) -> anyhow::Result<IssuedCertificate> {
+        let mut params =
+            CertificateParams::new(hosts.to_vec()).context("server certificate names")?;
+        params.distinguished_name.push(DnType::CommonName, "rekeyd");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.sign(params, days)
+    }
+
+    /// A client certificate naming `principal` (a common name, or a
+    /// `spiffe://` URI).
+    pub fn issue_client(&self, principal: &str, days: i64) -> anyhow::Result<IssuedCertificate> {
+        let mut params = CertificateParams::default();
+        if principal.starts_with("spiffe://") {
+            params.subject_alt_names = vec![SanType::URI(
+                principal.try_into().context("the spiffe URI is not ASCII")?,
+            )];
+            params.distinguished_name.push(DnType::CommonName, "spiffe");
+        } else {
+            params.distinguished_name.push(DnType::CommonName, principal);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        self.sign(params, days)
+    }
+
+    /// An identity file's contents for a freshly issued client certificate.
+    pub fn identity(&self, issued: &IssuedCertificate) -> Identity {
+        Identity {
+            certificate_pem: issued.certificate_pem.clone(),
+            key_pem: issued.key_pem.clone(),
+            ca_pem: self.certificate_pem.clone(),
+        }
+    }
+}
+
+/// Writes `contents` to a new file readable by its owner only. Refuses to
+/// replace an existing file.
+pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}

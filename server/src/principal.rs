@@ -1,0 +1,169 @@
+//! The principal rule: who a client certificate names.
+//!
+//! The principal is the certificate's URI SAN when it has exactly one and it
+//! is a `spiffe://` URI; otherwise its subject common name, which must match
+//! `[A-Za-z0-9._@-]{1,128}` so that it can never look like a URI. A
+//! certificate with several URI SANs, an unusable or reserved name, or
+//! without the client-auth extended key usage is refused. This module only
+//! reads certificates; chain and expiry checks happen in the TLS handshake.
+
+use std::fmt;
+use x509_parser::prelude::*;
+
+/// The authenticated identity behind a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Principal(String);
+
+/// Names the server keeps for its own actions.
+pub const RESERVED_PRINCIPALS: &[&str] = &["system", "rekeyd"];
+
+impl Principal {
+    /// A principal the server acts as (`system`), never one a certificate
+    /// may name.
+    pub fn system() -> Self {
+        Self("system".to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What the server keeps of a client certificate once the handshake is done.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate {
+    pub principal: Principal,
+    /// Lower-case hex of the serial number, as `rekeyd cert` prints it.
+    pub serial: String,
+}
+
+/// Why a certificate that passed the handshake still names no principal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("client certificate refused: {0}")]
+pub struct CertificateRefusal(String);
+
+fn refuse(reason: impl Into<String>) -> CertificateRefusal {
+    CertificateRefusal(reason.into())
+}
+
+fn is_valid_common_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c))
+}
+
+/// Applies the principal rule to a DER certificate.
+pub fn peer_certificate(der: &[u8]) -> Result<PeerCertificate, CertificateRefusal> {
+    let (_, certificate) =
+        X509Certificate::from_der(der).map_err(|_| refuse("it is not a valid X.509 certificate"))?;
+
+    let client_auth = certificate
+        .extended_key_usage()
+        .ok()
+        .flatten()
+        .is_some_and(|eku| eku.value.client_auth);
+    if !client_auth {
+        return Err(refuse(
+            "it lacks the client-auth extended key usage (TLS Web Client Authentication)",
+        ));
+    }
+
+    let uris: Vec<&str> = certificate
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::URI(uri) => Some(*uri),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if uris.len() > 1 {
+        return Err(refuse(format!(
+            "it has {} URI subject alternative names; at most one is allowed",
+            uris.len()
+        )));
+    }
+
+    let name = match uris.first() {
+        Some(uri) if uri.starts_with("spiffe://") => (*uri).to_owned(),
+        _ => {
+            let common_name = certificate
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .ok_or_else(|| refuse("it has neither a spiffe:// URI nor a common name"))?;
+            if !is_valid_common_name(common_name) {
+                return Err(refuse(format!(
+                    "its common name {common_name:?} must be 1-128 characters of A-Z a-z 0-9 . _ @ -"
+                )));
+            }
+            common_name.to_owned()
+        }
+    };
+    if RESERVED_PRINCIPALS.contains(&name.as_str()) {
+        return Err(refuse(format!("the name {name:?} is reserved for the server")));
+    }
+    Ok(PeerCertificate {
+        principal: Principal(name),
+        serial: certificate.raw_serial_as_string().replace(':', ""),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, SanType};
+
+    fn certificate(common_name: &str, uris: &[&str], client_auth: bool) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.subject_alt_names = uris
+            .iter()
+            .map(|uri| SanType::URI((*uri).try_into().unwrap()))
+            .collect();
+        if client_auth {
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn the_principal_rule() {
+        let cases: &[(&str, &[&str], bool, Result<&str, &str>)] = &[
+            ("alice", &[], true, Ok("alice")),
+            ("alice", &["spiffe://corp/ci"], true, Ok("spiffe://corp/ci")),
+            ("alice", &["https://corp/ci"], true, Ok("alice")),
+            ("alice", &["spiffe://a", "spiffe://b"], true, Err("2 URI")),
+            ("has space", &[], true, Err("common name")),
+            ("spiffe://x", &[], true, Err("common name")),
+            ("system", &[], true, Err("reserved")),
+            ("rekeyd", &[], true, Err("reserved")),
+            ("alice", &[], false, Err("client-auth")),
+        ];
+        for (cn, uris, client_auth, expected) in cases {
+            let result = peer_certificate(&certificate(cn, uris, *client_auth));
+            match (result, expected) {
+                (Ok(peer), Ok(name)) => assert_eq!(peer.principal.as_str(), *name),
+                (Err(refusal), Err(fragment)) => {
+                    assert!(refusal.to_string().contains(fragment), "{cn}: {refusal}")
+                }
+                (got, want) => panic!("{cn} {uris:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Conversions between store records and API messages, and the opaque page
+//! tokens. Nothing here touches a value.
+
+use crate::error::{Error, Result};
+use crate::stages::StageMap;
+use crate::store::{SecretRecord, VersionSummary};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rekey_shared::proto;
+use rekey_shared::time::timestamp_from_millis;
+use std::collections::BTreeMap;
+
+const MILLIS_PER_DAY: i64 = 86_400_000;
+
+pub fn today() -> i64 {
+    rekey_shared::time::now_millis().div_euclid(MILLIS_PER_DAY)
+}
+
+fn day_timestamp(day: Option<i64>) -> Option<prost_types::Timestamp> {
+    day.map(|day| timestamp_from_millis(day * MILLIS_PER_DAY))
+}
+
+pub fn secret_metadata(secret: &SecretRecord, stages: &StageMap) -> proto::SecretMetadata {
+    let mut by_version: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (stage, version) in stages {
+        by_version
+            .entry(version.as_str())
+            .or_default()
+            .push(stage.to_string());
+    }
+    proto::SecretMetadata {
+        name: secret.name.to_string(),
+        secret_id: secret.id.clone(),
+        description: secret.description.clone(),
+        key_name: secret.key_name.to_string(),
+        tags: secret
+            .tags
+            .iter()
+            .map(|(key, value)| proto::Tag {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect(),
+        created_at: Some(timestamp_from_millis(secret.created_at)),
+        changed_at: Some(timestamp_from_millis(secret.changed_at)),
+        last_accessed_at: day_timestamp(secret.accessed_day),
+        last_rotated_at: None,
+        next_rotation_at: None,
+        deletion_date: secret.deletion_date.map(timestamp_from_millis),
+        rotation_enabled: false,
+        versions: by_version
+            .into_iter()
+            .map(|(version_id, stages)| proto::VersionStages {
+                version_id: version_id.to_owned(),
+                stages,
+            })
+            .collect(),
+    }
+}
+
+pub fn secret_version(version: &VersionSummary) -> proto::SecretVersion {
+    proto::SecretVersion {
+        version_id: version.version_id.to_string(),
+        stages: version.stages.iter().map(ToString::to_string).collect(),
+        created_at: Some(timestamp_from_millis(version.created_at)),
+        created_by: version.created_by.clone(),
+        last_accessed_at: day_timestamp(version.accessed_day),
+        key_name: version.key_name.clone(),
+    }
+}
+
+/// Page tokens are opaque to clients: a kind tag and the position after
+/// which the next page starts, base64url-encoded.
+pub fn encode_page_token(kind: &str, position: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{kind}:{position}"))
+}
+
+pub fn decode_page_token(kind: &str, token: &str) -> Result<Option<String>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let malformed = || {
+        Error::InvalidArgument(
+            "page token is malformed; pass the next_page_token of the previous response unchanged"
+                .to_owned(),
+        )
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed())?;
+    let text = String::from_utf8(bytes).map_err(|_| malformed())?;
+    let position = text
+        .strip_prefix(kind)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .ok_or_else(malformed)?;
+    Ok(Some(position.to_owned()))
+}
+
+/// A page size: 0 means the maximum; more than the maximum is refused.
+pub fn page_size(requested: u32, maximum: u32) -> Result<u32> {
+    match requested {
+        0 => Ok(maximum),
+        size if size <= maximum => Ok(size),
+        size => Err(Error::InvalidArgument(format!(
+            "page size {size} is too large; the maximum is {maximum}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_refuse_garbage() {
+        let token = encode_page_token("secrets", "prod/db");
+        assert_eq!(decode_page_token("secrets", &token).unwrap().as_deref(), Some("prod/db"));
+        assert_eq!(decode_page_token("secrets", "").unwrap(), None);
+        for bad in ["!!!", "bm9wZQ", &encode_page_token("versions", "1")] {
+            let error = decode_page_token("secrets", bad).unwrap_err().to_string();
+            assert!(error.contains("malformed"), "{bad}: {error}");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! The rules of stage labels, as a pure function over a secret's stage map
+//! (stage → version). The store loads the map, applies a change here and
+//! writes the result back in the same transaction.
+//!
+//! The rules (DESIGN, Concepts): a label is on at most one version; moving it
+//! takes it off the other. `CURRENT` is on exactly one version of a secret
+//! with a value and cannot be removed, only moved; when it moves, `PREVIOUS`
+//! follows to the version it left. A version carries at most 20 labels.
+
+use crate::error::{Error, Result};
+use rekey_shared::names::MAX_STAGES_PER_VERSION;
+use rekey_shared::{Stage, VersionId};
+use std::collections::BTreeMap;
+
+pub type StageMap = BTreeMap<Stage, VersionId>;
+
+/// Puts `stage` on `version`, taking it off any other version.
+pub fn attach(map: &mut StageMap, stage: &Stage, version: &VersionId) {
+    if stage.is_current()
+        && let Some(previous) = map.get(stage).filter(|old| *old != version).cloned()
+    {
+        map.insert(Stage::previous(), previous);
+    }
+    map.insert(stage.clone(), version.clone());
+}
+
+/// Takes `stage` off whatever version has it.
+pub fn remove(map: &mut StageMap, stage: &Stage) -> Result<()> {
+    if stage.is_current() {
+        return Err(Error::InvalidArgument(
+            "CURRENT cannot be removed, only moved to another version".to_owned(),
+        ));
+    }
+    map.remove(stage);
+    Ok(())
+}
+
+/// The stages for a new version: the requested ones, or `CURRENT` when none
+/// are requested; and `CURRENT` anyway when the secret has no value yet.
+pub fn for_new_version(map: &mut StageMap, version: &VersionId, requested: &[Stage]) -> Result<()> {
+    let mut stages: Vec<Stage> = requested.to_vec();
+    if stages.is_empty() || !map.contains_key(&Stage::current()) {
+        stages.push(Stage::current());
+    }
+    stages.sort();
+    stages.dedup();
+    for stage in &stages {
+        attach(map, stage, version);
+    }
+    check_limit(map, version)
+}
+
+/// The labels a version carries, sorted.
+pub fn stages_of(map: &StageMap, version: &VersionId) -> Vec<Stage> {
+    map.iter()
+        .filter(|(_, on)| *on == version)
+        .map(|(stage, _)| stage.clone())
+        .collect()
+}
+
+pub fn check_limit(map: &StageMap, version: &VersionId) -> Result<()> {
+    let count = stages_of(map, version).len();
+    if count > MAX_STAGES_PER_VERSION {
+        return Err(Error::InvalidArgument(format!(
+            "version {version} would carry {count} stages; at most {MAX_STAGES_PER_VERSION} are allowed"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(n: u8) -> VersionId {
+        VersionId::parse(&format!("{n:0>32}")).unwrap()
+    }
+
+    fn s(name: &str) -> Stage {
+        Stage::parse(name).unwrap()
+    }
+
+    fn map(entries: &[(&str, u8)]) -> StageMap {
+        entries.iter().map(|(stage, n)| (s(stage), v(*n))).collect()
+    }
+
+    #[test]
+    fn new_versions() {
+        // (before, requested stages for version 9, after)
+        let cases: &[(&[(&str, u8)], &[&str], &[(&str, u8)])] = &[
+            // The first version gets CURRENT whatever was asked.
+            (&[], &[], &[("CURRENT", 9)]),
+            (&[], &["PENDING"], &[("CURRENT", 9), ("PENDING", 9)]),
+            // No stages: CURRENT moves, PREVIOUS follows.
+            (&[("CURRENT", 1)], &[], &[("CURRENT", 9), ("PREVIOUS", 1)]),
+            (
+                &[("CURRENT", 2), ("PREVIOUS", 1)],
+                &[],
+                &[("CURRENT", 9), ("PREVIOUS", 2)],
+            ),
+            // PENDING leaves CURRENT where it is.
+            (
+                &[("CURRENT", 1)],
+                &["PENDING"],
+                &[("CURRENT", 1), ("PENDING", 9)],
+            ),
+            // A custom label moves off its old version.
+            (
+                &[("CURRENT", 1), ("blue", 1)],
+                &["blue"],
+                &[("CURRENT", 1), ("blue", 9)],
+            ),
+        ];
+        for (before, requested, after) in cases {
+            let mut stages = map(before);
+            let requested: Vec<Stage> = requested.iter().map(|r| s(r)).collect();
+            for_new_version(&mut stages, &v(9), &requested).unwrap();
+            assert_eq!(stages, map(after), "{before:?} + {requested:?}");
+        }
+    }
+
+    #[test]
+    fn moving_current_to_the_version_it_is_on_changes_nothing() {
+        let mut stages = map(&[("CURRENT", 2), ("PREVIOUS", 1)]);
+        attach(&mut stages, &s("CURRENT"), &v(2));
+        assert_eq!(stages, map(&[("CURRENT", 2), ("PREVIOUS", 1)]));
+        // Moving CURRENT back to the PREVIOUS version swaps them.
+        attach(&mut stages, &s("CURRENT"), &v(1));
+        assert_eq!(stages, map(&[("CURRENT", 1), ("PREVIOUS", 2)]));
+    }
+
+    #[test]
+    fn removal_and_limits() {
+        let mut stages = map(&[("CURRENT", 1), ("blue", 2)]);
+        assert!(remove(&mut stages, &s("CURRENT")).is_err());
+        remove(&mut stages, &s("blue")).unwrap();
+        assert_eq!(stages, map(&[("CURRENT", 1)]));
+        let many: Vec<Stage> = (0..21).map(|i| s(&format!("label{i}"))).collect();
+        let error = for_new_version(&mut stages, &v(3), &many).unwrap_err();
+        assert!(error.to_string().contains("at most 20"), "{error}");
+    }
+}

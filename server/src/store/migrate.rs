@@ -1,0 +1,43 @@
+//! Schema migrations, embedded in the binary and applied in order at start.
+//! A database whose schema is newer than this binary knows is refused rather
+//! than used half-understood.
+
+use crate::error::{Error, Result};
+use sqlx::SqlitePool;
+
+/// Every migration of the SQLite schema, in order. Append only.
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/sqlite/0001_secrets.sql"))];
+
+pub async fn migrate(pool: &SqlitePool) -> Result<()> {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY,
+            applied_at INTEGER NOT NULL
+        ) STRICT",
+    )
+    .execute(pool)
+    .await?;
+    let newest_known = SQLITE_MIGRATIONS.last().map_or(0, |(version, _)| *version);
+    let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+        .fetch_one(pool)
+        .await?;
+    let applied = applied.unwrap_or(0);
+    if applied > newest_known {
+        return Err(Error::FailedPrecondition(format!(
+            "the database schema is at version {applied}, newer than this rekeyd knows \
+             (version {newest_known}); run a newer rekeyd"
+        )));
+    }
+    for (version, sql) in SQLITE_MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
+        let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::raw_sql(sql).execute(&mut *transaction).await?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+            .bind(version)
+            .bind(rekey_shared::time::now_millis())
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        tracing::info!(version, "applied schema migration");
+    }
+    Ok(())
+}

@@ -1,0 +1,185 @@
+//! Our own TLS acceptor. tonic is handed streams that already finished a
+//! TLS 1.3 handshake with a client certificate from our CA, each carrying
+//! what the principal rule made of that certificate, so the certificate
+//! reaches every request without being parsed again.
+//!
+//! Handshakes run in their own tasks with a time limit, so a slow or silent
+//! client cannot hold up others.
+
+use crate::principal::{CertificateRefusal, PeerCertificate, peer_certificate};
+use anyhow::Context;
+use rustls::RootCertStore;
+use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS settings of the server: TLS 1.3 only, a client certificate from
+/// `client_ca` required, HTTP/2 by ALPN. The crypto provider is `ring`,
+/// chosen here explicitly rather than from a process-wide default.
+pub fn server_config(
+    certificate: &Path,
+    private_key: &Path,
+    client_ca: &Path,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_file_iter(certificate)
+        .with_context(|| format!("reading server certificate {}", certificate.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing server certificate {}", certificate.display()))?;
+    let key = PrivateKeyDer::from_pem_file(private_key)
+        .with_context(|| format!("reading server key {}", private_key.display()))?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(client_ca)
+        .with_context(|| format!("reading client CA {}", client_ca.display()))?
+    {
+        roots
+            .add(ca.with_context(|| format!("parsing client CA {}", client_ca.display()))?)
+            .context("adding the client CA")?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .context("building the client certificate verifier")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("selecting TLS 1.3")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .context("the server certificate does not match its key")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// What every request on a connection learns about it.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    pub remote_addr: SocketAddr,
+    pub peer: Arc<Result<PeerCertificate, CertificateRefusal>>,
+}
+
+/// A TCP stream after a successful TLS handshake.
+#[derive(Debug)]
+pub struct TlsConnection {
+    stream: TlsStream<TcpStream>,
+    info: ConnectionInfo,
+}
+
+impl Connected for TlsConnection {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> ConnectionInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Accepts connections on `listener` and yields those whose handshake
+/// succeeded. Failed handshakes are logged and dropped. The accept loop ends
+/// when the receiver is dropped.
+pub fn accept(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+) -> mpsc::Receiver<Result<TlsConnection, io::Error>> {
+    let (sender, receiver) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = sender.closed() => return,
+            };
+            let (tcp, remote_addr) = match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "accepting a TCP connection failed");
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let peer = peer_of(&stream);
+                        if let Err(refusal) = &peer {
+                            tracing::warn!(%remote_addr, %refusal, "client certificate refused");
+                        }
+                        let info = ConnectionInfo {
+                            remote_addr,
+                            peer: Arc::new(peer),
+                        };
+                        let _ = sender.send(Ok(TlsConnection { stream, info })).await;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::info!(%remote_addr, %error, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::info!(%remote_addr, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    receiver
+}
+
+fn peer_of(stream: &TlsStream<TcpStream>) -> Result<PeerCertificate, CertificateRefusal> {
+    let (_, connection) = stream.get_ref();
+    match connection.peer_certificates().and_then(|chain| chain.first()) {
+        Some(leaf) => peer_certificate(leaf),
+        // The verifier requires a certificate; this cannot pass the handshake.
+        None => peer_certificate(&[]),
+    }
+}
