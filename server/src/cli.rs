@@ -2,7 +2,7 @@
 //! Output meant for scripts goes to standard output; logs go to standard
 //! error. Exit codes: 0 success, 1 error, 2 usage.
 
-use crate::config::{self, LogFormat, Loaded};
+use crate::config::{self, Loaded, LogFormat};
 use crate::installation;
 use crate::keyring::{Keyring, read_root_key};
 use crate::pki::{CertificateAuthority, write_private};
@@ -88,8 +88,13 @@ enum KeysCommand {
 
 /// Runs `rekeyd` and returns its exit code.
 pub fn main() -> ExitCode {
+    // Every file rekeyd creates (database, WAL, keys) is its owner's only.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("rekeyd: cannot start the async runtime: {error}");
@@ -146,6 +151,7 @@ fn init_logging(log: &config::LogConfig) -> anyhow::Result<()> {
         .with_context(|| format!("log level {:?}", log.level))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match log.format {
         LogFormat::Text => builder.try_init(),

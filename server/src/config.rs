@@ -115,7 +115,9 @@ pub fn load(dir: &Path, config_file: Option<&Path>) -> anyhow::Result<Loaded> {
     let mut config = match std::fs::read_to_string(&path) {
         Ok(text) => toml::from_str(&text)
             .with_context(|| format!("configuration file {}", path.display()))?,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => Config::default(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            Config::default()
+        }
         Err(error) => {
             return Err(error).with_context(|| format!("reading configuration {}", path.display()));
         }
@@ -185,7 +187,9 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen, "127.0.0.1:2");
         assert_eq!(config.database_url, Config::default().database_url);
-        let error = toml::from_str::<Config>("lisen = 1").unwrap_err().to_string();
+        let error = toml::from_str::<Config>("lisen = 1")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("unknown field"), "{error}");
     }
 

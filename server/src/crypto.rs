@@ -62,7 +62,13 @@ impl Key {
         random_bytes(&mut nonce);
         #[allow(clippy::expect_used)] // only fails for inputs beyond 64 GiB
         let ciphertext = cipher
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .expect("AES-GCM encryption of a bounded input");
         let mut sealed = Vec::with_capacity(NONCE_BYTES + ciphertext.len());
         sealed.extend_from_slice(&nonce);
@@ -77,7 +83,13 @@ impl Key {
         let (nonce, ciphertext) = sealed.split_at(NONCE_BYTES);
         let cipher = Aes256Gcm::new(self.0.as_ref().into());
         cipher
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad })
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
             .map(Zeroizing::new)
             .map_err(|_| IntegrityError)
     }
@@ -194,7 +206,10 @@ pub fn seal_value(
     let is_binary = value.is_binary();
     SealedValue {
         is_binary,
-        ciphertext: data_key.seal(value.as_bytes(), &value_aad(secret_id, version_id, is_binary)),
+        ciphertext: data_key.seal(
+            value.as_bytes(),
+            &value_aad(secret_id, version_id, is_binary),
+        ),
         wrapped_data_key: master
             .key
             .seal(data_key.as_bytes(), &master.wrap_aad(secret_id, version_id)),
@@ -213,11 +228,10 @@ pub fn open_value(
     if master.reference != sealed.key {
         return Err(IntegrityError);
     }
-    let data_key = Key::from_bytes(
-        &master
-            .key
-            .open(&sealed.wrapped_data_key, &master.wrap_aad(secret_id, version_id))?,
-    )?;
+    let data_key = Key::from_bytes(&master.key.open(
+        &sealed.wrapped_data_key,
+        &master.wrap_aad(secret_id, version_id),
+    )?)?;
     let plaintext = data_key.open(
         &sealed.ciphertext,
         &value_aad(secret_id, version_id, sealed.is_binary),
@@ -262,7 +276,11 @@ mod tests {
         assert!(opened.same_as(&value));
         let binary = SecretValue::binary(vec![0, 159, 146, 150]);
         let sealed = seal_value(&key, "s-abc123", &version(2), &binary);
-        assert!(open_value(&key, "s-abc123", &version(2), &sealed).unwrap().same_as(&binary));
+        assert!(
+            open_value(&key, "s-abc123", &version(2), &sealed)
+                .unwrap()
+                .same_as(&binary)
+        );
     }
 
     #[test]
@@ -270,19 +288,34 @@ mod tests {
         let key = master("default", 1);
         let sealed = seal_value(&key, "s-abc123", &version(1), &SecretValue::text("v"));
         // Another version, another secret, another kind, a flipped byte.
-        assert_eq!(open_value(&key, "s-abc123", &version(2), &sealed), Err(IntegrityError));
-        assert_eq!(open_value(&key, "s-other1", &version(1), &sealed), Err(IntegrityError));
+        assert_eq!(
+            open_value(&key, "s-abc123", &version(2), &sealed),
+            Err(IntegrityError)
+        );
+        assert_eq!(
+            open_value(&key, "s-other1", &version(1), &sealed),
+            Err(IntegrityError)
+        );
         let mut kind = sealed.clone();
         kind.is_binary = true;
-        assert_eq!(open_value(&key, "s-abc123", &version(1), &kind), Err(IntegrityError));
+        assert_eq!(
+            open_value(&key, "s-abc123", &version(1), &kind),
+            Err(IntegrityError)
+        );
         for index in [0, 13, sealed.ciphertext.len() - 1] {
             let mut flipped = sealed.clone();
             flipped.ciphertext[index] ^= 1;
-            assert_eq!(open_value(&key, "s-abc123", &version(1), &flipped), Err(IntegrityError));
+            assert_eq!(
+                open_value(&key, "s-abc123", &version(1), &flipped),
+                Err(IntegrityError)
+            );
         }
         let mut wrapped = sealed.clone();
         wrapped.wrapped_data_key[20] ^= 0x80;
-        assert_eq!(open_value(&key, "s-abc123", &version(1), &wrapped), Err(IntegrityError));
+        assert_eq!(
+            open_value(&key, "s-abc123", &version(1), &wrapped),
+            Err(IntegrityError)
+        );
         // The wrong master key, or the right name with another version.
         assert!(open_value(&master("default", 1), "s-abc123", &version(1), &sealed).is_err());
         assert!(open_value(&master("default", 2), "s-abc123", &version(1), &sealed).is_err());

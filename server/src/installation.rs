@@ -42,7 +42,11 @@ pub async fn init(dir: &Path, extra_hosts: &[String]) -> anyhow::Result<Initiali
     std::fs::write(dir.join(CA_CERTIFICATE), &ca.certificate_pem)?;
     write_private(&dir.join(CA_KEY), &ca_key)?;
 
-    let mut hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let mut hosts = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
     hosts.extend(extra_hosts.iter().cloned());
     let server = ca.issue_server(&hosts, 825)?;
     std::fs::write(dir.join(&defaults.tls.certificate), &server.certificate_pem)?;
@@ -64,7 +68,10 @@ pub async fn init(dir: &Path, extra_hosts: &[String]) -> anyhow::Result<Initiali
 
     let admin = ca.issue_client(ADMIN_PRINCIPAL, 365)?;
     let admin_identity = dir.join(ADMIN_IDENTITY);
-    write_private(&admin_identity, &ca.identity(&admin).to_file_text(ADMIN_PRINCIPAL))?;
+    write_private(
+        &admin_identity,
+        &ca.identity(&admin).to_file_text(ADMIN_PRINCIPAL),
+    )?;
     Ok(Initialized {
         dir: dir.to_owned(),
         admin_identity,

@@ -104,7 +104,11 @@ impl Keyring {
     }
 
     /// The version named by a stored data key.
-    pub async fn for_decryption(&self, store: &Store, reference: &KeyRef) -> Result<Arc<MasterKey>> {
+    pub async fn for_decryption(
+        &self,
+        store: &Store,
+        reference: &KeyRef,
+    ) -> Result<Arc<MasterKey>> {
         let find = |versions: &[Arc<MasterKey>]| {
             versions
                 .iter()
@@ -155,10 +159,14 @@ pub fn read_root_key(path: &Path) -> anyhow::Result<RootKey> {
         }
     }
     let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path).with_context(|| format!("reading root key {}", path.display()))?,
+        std::fs::read_to_string(path)
+            .with_context(|| format!("reading root key {}", path.display()))?,
     );
     let bytes = zeroize::Zeroizing::new(decode_hex(text.trim()).with_context(|| {
-        format!("root key {} is not 64 hexadecimal characters", path.display())
+        format!(
+            "root key {} is not 64 hexadecimal characters",
+            path.display()
+        )
     })?);
     let key = Key::from_bytes(&bytes)
         .map_err(|_| anyhow::anyhow!("root key {} must hold 32 bytes", path.display()))?;
@@ -177,7 +185,7 @@ fn encode_hex(bytes: &[u8]) -> String {
 }
 
 fn decode_hex(text: &str) -> anyhow::Result<Vec<u8>> {
-    anyhow::ensure!(text.len() % 2 == 0, "odd length");
+    anyhow::ensure!(text.len().is_multiple_of(2), "odd length");
     (0..text.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(Into::into))

@@ -68,12 +68,16 @@ impl CertificateAuthority {
     pub fn generate(common_name: &str) -> anyhow::Result<(Self, Zeroizing<String>)> {
         let key = KeyPair::generate().context("generating the CA key")?;
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         validity(&mut params, 3650);
         params.serial_number = Some(random_serial().0);
-        let certificate = params.self_signed(&key).context("signing the CA certificate")?;
+        let certificate = params
+            .self_signed(&key)
+            .context("signing the CA certificate")?;
         let key_pem = Zeroizing::new(key.serialize_pem());
         Ok((
             Self {
@@ -96,8 +100,8 @@ impl CertificateAuthority {
             )
         })?);
         let key = KeyPair::from_pem(&key_pem).context("parsing the CA key")?;
-        let issuer =
-            Issuer::from_ca_cert_pem(&certificate_pem, key).context("parsing the CA certificate")?;
+        let issuer = Issuer::from_ca_cert_pem(&certificate_pem, key)
+            .context("parsing the CA certificate")?;
         Ok(Self {
             certificate_pem,
             issuer,
@@ -137,11 +141,15 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         if principal.starts_with("spiffe://") {
             params.subject_alt_names = vec![SanType::URI(
-                principal.try_into().context("the spiffe URI is not ASCII")?,
+                principal
+                    .try_into()
+                    .context("the spiffe URI is not ASCII")?,
             )];
             params.distinguished_name.push(DnType::CommonName, "spiffe");
         } else {
-            params.distinguished_name.push(DnType::CommonName, principal);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, principal);
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

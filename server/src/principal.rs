@@ -61,8 +61,8 @@ fn is_valid_common_name(name: &str) -> bool {
 
 /// Applies the principal rule to a DER certificate.
 pub fn peer_certificate(der: &[u8]) -> Result<PeerCertificate, CertificateRefusal> {
-    let (_, certificate) =
-        X509Certificate::from_der(der).map_err(|_| refuse("it is not a valid X.509 certificate"))?;
+    let (_, certificate) = X509Certificate::from_der(der)
+        .map_err(|_| refuse("it is not a valid X.509 certificate"))?;
 
     let client_auth = certificate
         .extended_key_usage()
@@ -115,7 +115,9 @@ pub fn peer_certificate(der: &[u8]) -> Result<PeerCertificate, CertificateRefusa
         }
     };
     if RESERVED_PRINCIPALS.contains(&name.as_str()) {
-        return Err(refuse(format!("the name {name:?} is reserved for the server")));
+        return Err(refuse(format!(
+            "the name {name:?} is reserved for the server"
+        )));
     }
     Ok(PeerCertificate {
         principal: Principal(name),
@@ -130,7 +132,9 @@ mod tests {
 
     fn certificate(common_name: &str, uris: &[&str], client_auth: bool) -> Vec<u8> {
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.subject_alt_names = uris
             .iter()
             .map(|uri| SanType::URI((*uri).try_into().unwrap()))
@@ -142,9 +146,13 @@ mod tests {
         params.self_signed(&key).unwrap().der().to_vec()
     }
 
+    /// Common name, URI SANs, client-auth usage, and the principal or a
+    /// fragment of the refusal.
+    type Case<'a> = (&'a str, &'a [&'a str], bool, Result<&'a str, &'a str>);
+
     #[test]
     fn the_principal_rule() {
-        let cases: &[(&str, &[&str], bool, Result<&str, &str>)] = &[
+        let cases: &[Case] = &[
             ("alice", &[], true, Ok("alice")),
             ("alice", &["spiffe://corp/ci"], true, Ok("spiffe://corp/ci")),
             ("alice", &["https://corp/ci"], true, Ok("alice")),

@@ -84,10 +84,12 @@ mod tests {
         entries.iter().map(|(stage, n)| (s(stage), v(*n))).collect()
     }
 
+    type Entries<'a> = &'a [(&'a str, u8)];
+
     #[test]
     fn new_versions() {
         // (before, requested stages for version 9, after)
-        let cases: &[(&[(&str, u8)], &[&str], &[(&str, u8)])] = &[
+        let cases: &[(Entries, &[&str], Entries)] = &[
             // The first version gets CURRENT whatever was asked.
             (&[], &[], &[("CURRENT", 9)]),
             (&[], &["PENDING"], &[("CURRENT", 9), ("PENDING", 9)]),

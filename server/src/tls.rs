@@ -177,7 +177,10 @@ pub fn accept(
 
 fn peer_of(stream: &TlsStream<TcpStream>) -> Result<PeerCertificate, CertificateRefusal> {
     let (_, connection) = stream.get_ref();
-    match connection.peer_certificates().and_then(|chain| chain.first()) {
+    match connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+    {
         Some(leaf) => peer_certificate(leaf),
         // The verifier requires a certificate; this cannot pass the handshake.
         None => peer_certificate(&[]),

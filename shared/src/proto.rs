@@ -9,11 +9,16 @@ use std::fmt;
 tonic::include_proto!("rekey.v1");
 
 /// The encoded descriptor set of every `.proto` file, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rekey_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/rekey_descriptor.bin"));
 
 /// How a value-carrying field appears in `Debug` output.
 fn redacted<T>(value: &Option<T>) -> &'static str {
-    if value.is_some() { "<redacted>" } else { "None" }
+    if value.is_some() {
+        "<redacted>"
+    } else {
+        "None"
+    }
 }
 
 impl fmt::Debug for CreateSecretRequest {

@@ -35,7 +35,10 @@ mod tests {
     #[test]
     fn round_trips_and_formats() {
         for millis in [0, 1, 999, 1_764_336_467_123, -1] {
-            assert_eq!(millis_from_timestamp(&timestamp_from_millis(millis)), millis);
+            assert_eq!(
+                millis_from_timestamp(&timestamp_from_millis(millis)),
+                millis
+            );
         }
         assert_eq!(
             format_timestamp(&timestamp_from_millis(1_795_873_667_000)),

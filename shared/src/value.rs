@@ -118,7 +118,10 @@ mod tests {
     #[test]
     fn debug_is_redacted_and_comparison_is_by_kind_and_bytes() {
         let value = SecretValue::text("hunter2");
-        assert_eq!(format!("{value:?}"), "SecretValue(text, 7 bytes, <redacted>)");
+        assert_eq!(
+            format!("{value:?}"),
+            "SecretValue(text, 7 bytes, <redacted>)"
+        );
         assert!(value.same_as(&SecretValue::text("hunter2")));
         assert!(!value.same_as(&SecretValue::text("hunter3")));
         assert!(!value.same_as(&SecretValue::binary(b"hunter2".to_vec())));

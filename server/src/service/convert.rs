@@ -112,7 +112,10 @@ mod tests {
     #[test]
     fn page_tokens_round_trip_and_refuse_garbage() {
         let token = encode_page_token("secrets", "prod/db");
-        assert_eq!(decode_page_token("secrets", &token).unwrap().as_deref(), Some("prod/db"));
+        assert_eq!(
+            decode_page_token("secrets", &token).unwrap().as_deref(),
+            Some("prod/db")
+        );
         assert_eq!(decode_page_token("secrets", "").unwrap(), None);
         for bad in ["!!!", "bm9wZQ", &encode_page_token("versions", "1")] {
             let error = decode_page_token("secrets", bad).unwrap_err().to_string();

@@ -65,13 +65,15 @@ impl SecretsService {
             .keyring
             .for_decryption(&self.state.store, &version.sealed.key)
             .await?;
-        crypto::open_value(&master, &secret.id, &version.version_id, &version.sealed).map_err(|_| {
-            Error::Integrity(format!(
-                "the stored value of {} version {} failed its integrity check; \
+        crypto::open_value(&master, &secret.id, &version.version_id, &version.sealed).map_err(
+            |_| {
+                Error::Integrity(format!(
+                    "the stored value of {} version {} failed its integrity check; \
                  it was changed outside rekey or is corrupt",
-                secret.name, version.version_id
-            ))
-        })
+                    secret.name, version.version_id
+                ))
+            },
+        )
     }
 
     async fn seal(
@@ -134,9 +136,16 @@ impl SecretsService {
             version_id: version_id.clone(),
             created_at: now_millis(),
             created_by: principal.to_string(),
-            sealed: self.seal(&secret.key_name, &secret.id, version_id, value).await?,
+            sealed: self
+                .seal(&secret.key_name, &secret.id, version_id, value)
+                .await?,
         };
-        match self.state.store.put_version(&secret.id, &version, requested).await? {
+        match self
+            .state
+            .store
+            .put_version(&secret.id, &version, requested)
+            .await?
+        {
             PutOutcome::Added(stages) => Ok(proto::PutSecretValueResponse {
                 name: secret.name.to_string(),
                 secret_id: secret.id.clone(),
@@ -156,9 +165,8 @@ fn version_id_from_token(token: &str) -> Result<VersionId> {
     if token.is_empty() {
         Ok(VersionId::random())
     } else {
-        VersionId::parse(token).map_err(|error| {
-            Error::InvalidArgument(format!("client request token: {error}"))
-        })
+        VersionId::parse(token)
+            .map_err(|error| Error::InvalidArgument(format!("client request token: {error}")))
     }
 }
 
@@ -238,7 +246,12 @@ impl SecretsService {
         if value.is_some() {
             self.authorize_key(&principal, &key_name)?;
         }
-        if !self.state.keyring.exists(&self.state.store, &key_name).await? {
+        if !self
+            .state
+            .keyring
+            .exists(&self.state.store, &key_name)
+            .await?
+        {
             return Err(crate::keyring::missing_key(&key_name));
         }
 
@@ -259,7 +272,12 @@ impl SecretsService {
             }),
             None => None,
         };
-        match self.state.store.create_secret(&secret, first.as_ref()).await {
+        match self
+            .state
+            .store
+            .create_secret(&secret, first.as_ref())
+            .await
+        {
             Ok(()) => Ok(Response::new(proto::CreateSecretResponse {
                 name: name.to_string(),
                 secret_id: secret.id,
@@ -290,26 +308,44 @@ impl SecretsService {
         let principal = auth::principal(&request)?;
         let request = request.into_inner();
         let name = SecretName::parse(&request.name)?;
-        let version_id = request.version_id.as_deref().map(VersionId::parse).transpose()?;
-        let stage = request.version_stage.as_deref().map(Stage::parse).transpose()?;
+        let version_id = request
+            .version_id
+            .as_deref()
+            .map(VersionId::parse)
+            .transpose()?;
+        let stage = request
+            .version_stage
+            .as_deref()
+            .map(Stage::parse)
+            .transpose()?;
         self.authorize(&principal, Action::GetSecretValue, name.as_str())?;
         let secret = self.live_secret(&name).await?;
         self.authorize_key(&principal, &secret.key_name)?;
 
         let store = &self.state.store;
         let version = match (&version_id, &stage) {
-            (Some(version_id), _) => store.version(&secret.id, version_id).await?.ok_or_else(|| {
-                Error::NotFound(format!("secret {name} has no version {version_id}"))
-            })?,
+            (Some(version_id), _) => {
+                store
+                    .version(&secret.id, version_id)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::NotFound(format!("secret {name} has no version {version_id}"))
+                    })?
+            }
             (None, stage) => {
                 let stage = stage.clone().unwrap_or_else(Stage::current);
-                store.version_at_stage(&secret.id, &stage).await?.ok_or_else(|| {
-                    if stage.is_current() {
-                        Error::NotFound(format!("secret {name} has no value yet"))
-                    } else {
-                        Error::NotFound(format!("secret {name} has no version with stage {stage}"))
-                    }
-                })?
+                store
+                    .version_at_stage(&secret.id, &stage)
+                    .await?
+                    .ok_or_else(|| {
+                        if stage.is_current() {
+                            Error::NotFound(format!("secret {name} has no value yet"))
+                        } else {
+                            Error::NotFound(format!(
+                                "secret {name} has no version with stage {stage}"
+                            ))
+                        }
+                    })?
             }
         };
         let map = store.stage_map(&secret.id).await?;
@@ -320,11 +356,12 @@ impl SecretsService {
             return Err(Error::NotFound(format!(
                 "version {} of {name} does not carry stage {stage}",
                 version.version_id
-            ))
-            .into());
+            )));
         }
         let value = self.open(&secret, &version).await?;
-        store.record_access(&secret.id, &version.version_id, today()).await?;
+        store
+            .record_access(&secret.id, &version.version_id, today())
+            .await?;
         let (secret_string, secret_binary) = value.to_fields();
         Ok(Response::new(proto::GetSecretValueResponse {
             name: name.to_string(),
@@ -476,7 +513,11 @@ impl SecretsService {
         let request = request.into_inner();
         let name = SecretName::parse(&request.name)?;
         let stage = Stage::parse(&request.version_stage)?;
-        let to = request.move_to_version_id.as_deref().map(VersionId::parse).transpose()?;
+        let to = request
+            .move_to_version_id
+            .as_deref()
+            .map(VersionId::parse)
+            .transpose()?;
         let from = request
             .remove_from_version_id
             .as_deref()
@@ -491,7 +532,14 @@ impl SecretsService {
         let secret = self.live_secret(&name).await?;
         self.state
             .store
-            .move_stage(&secret.id, &name, &stage, to.as_ref(), from.as_ref(), now_millis())
+            .move_stage(
+                &secret.id,
+                &name,
+                &stage,
+                to.as_ref(),
+                from.as_ref(),
+                now_millis(),
+            )
             .await?;
         Ok(Response::new(proto::UpdateSecretVersionStageResponse {
             name: name.to_string(),

@@ -116,7 +116,11 @@ impl Store {
 
     /// Creates a secret, with its first version (which gets CURRENT) when
     /// one is given.
-    pub async fn create_secret(&self, secret: &NewSecret, first: Option<&NewVersion>) -> Result<()> {
+    pub async fn create_secret(
+        &self,
+        secret: &NewSecret,
+        first: Option<&NewVersion>,
+    ) -> Result<()> {
         let (_guard, mut tx) = self.write().await?;
         let inserted = sqlx::query(
             "INSERT INTO secrets (id, name, description, key_name, created_at, changed_at)
@@ -174,10 +178,11 @@ impl Store {
     }
 
     async fn tags(&self, secret_id: &str) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query("SELECT key, value FROM secret_tags WHERE secret_id = ? ORDER BY key")
-            .bind(secret_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT key, value FROM secret_tags WHERE secret_id = ? ORDER BY key")
+                .bind(secret_id)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows
             .iter()
             .map(|row| (row.get("key"), row.get("value")))
@@ -206,7 +211,11 @@ impl Store {
         }
         sql.push_str(" ORDER BY name LIMIT ?");
         let mut statement = sqlx::query(&sql);
-        for prefix in query.name_prefixes.iter().chain(&query.excluded_name_prefixes) {
+        for prefix in query
+            .name_prefixes
+            .iter()
+            .chain(&query.excluded_name_prefixes)
+        {
             statement = statement.bind(prefix).bind(prefix);
         }
         if let Some(after) = &query.after_name {
@@ -224,7 +233,11 @@ impl Store {
 
     // ---- versions and stages -----------------------------------------
 
-    pub async fn version(&self, secret_id: &str, version_id: &VersionId) -> Result<Option<VersionRecord>> {
+    pub async fn version(
+        &self,
+        secret_id: &str,
+        version_id: &VersionId,
+    ) -> Result<Option<VersionRecord>> {
         let row = sqlx::query(
             "SELECT version_id, created_at, created_by, accessed_day, is_binary, ciphertext,
                     wrapped_data_key, key_name, key_version
@@ -237,7 +250,11 @@ impl Store {
         row.as_ref().map(version_row).transpose()
     }
 
-    pub async fn version_at_stage(&self, secret_id: &str, stage: &Stage) -> Result<Option<VersionRecord>> {
+    pub async fn version_at_stage(
+        &self,
+        secret_id: &str,
+        stage: &Stage,
+    ) -> Result<Option<VersionRecord>> {
         let row = sqlx::query(
             "SELECT v.version_id, v.created_at, v.created_by, v.accessed_day, v.is_binary, v.ciphertext,
                     v.wrapped_data_key, v.key_name, v.key_version
@@ -275,7 +292,10 @@ impl Store {
         write_stage_map(&mut tx, secret_id, &map).await?;
         touch(&mut tx, secret_id, version.created_at).await?;
         tx.commit().await?;
-        Ok(PutOutcome::Added(stages::stages_of(&map, &version.version_id)))
+        Ok(PutOutcome::Added(stages::stages_of(
+            &map,
+            &version.version_id,
+        )))
     }
 
     /// Moves `stage` to `to` (or removes it when `to` is `None`). With
@@ -373,7 +393,12 @@ impl Store {
 
     /// Records that a version was read today. Day resolution: at most one
     /// write a day per secret and version.
-    pub async fn record_access(&self, secret_id: &str, version_id: &VersionId, day: i64) -> Result<()> {
+    pub async fn record_access(
+        &self,
+        secret_id: &str,
+        version_id: &VersionId,
+        day: i64,
+    ) -> Result<()> {
         sqlx::query("UPDATE secrets SET accessed_day = ?1 WHERE id = ?2 AND (accessed_day IS NULL OR accessed_day < ?1)")
             .bind(day)
             .bind(secret_id)
@@ -420,7 +445,10 @@ async fn insert_version(tx: &mut Tx, secret_id: &str, version: &NewVersion) -> R
     }
 }
 
-async fn read_stage_map(connection: &mut sqlx::SqliteConnection, secret_id: &str) -> Result<StageMap> {
+async fn read_stage_map(
+    connection: &mut sqlx::SqliteConnection,
+    secret_id: &str,
+) -> Result<StageMap> {
     let rows = sqlx::query("SELECT stage, version_id FROM version_stages WHERE secret_id = ?")
         .bind(secret_id)
         .fetch_all(&mut *connection)

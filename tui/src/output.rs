@@ -1,0 +1,187 @@
+//! What `rekey` prints: text for people, JSON (`--output json`) for
+//! scripts, and errors as one line on standard error.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use rekey_shared::proto;
+use rekey_shared::time::format_timestamp;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+fn time(timestamp: &Option<prost_types::Timestamp>) -> Value {
+    timestamp
+        .as_ref()
+        .map_or(Value::Null, |t| Value::String(format_timestamp(t)))
+}
+
+fn tags_json(tags: &[proto::Tag]) -> Value {
+    Value::Object(
+        tags.iter()
+            .map(|tag| (tag.key.clone(), Value::String(tag.value.clone())))
+            .collect(),
+    )
+}
+
+pub fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+pub fn metadata_json(secret: &proto::SecretMetadata) -> Value {
+    json!({
+        "name": secret.name,
+        "secret_id": secret.secret_id,
+        "description": secret.description,
+        "key_name": secret.key_name,
+        "tags": tags_json(&secret.tags),
+        "created_at": time(&secret.created_at),
+        "changed_at": time(&secret.changed_at),
+        "last_accessed_at": time(&secret.last_accessed_at),
+        "deletion_date": time(&secret.deletion_date),
+        "versions": secret.versions.iter().map(|v| json!({
+            "version_id": v.version_id,
+            "stages": v.stages,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn print_metadata(format: Format, secret: &proto::SecretMetadata) {
+    if format == Format::Json {
+        return print_json(&metadata_json(secret));
+    }
+    let or_dash = |value: Value| match value {
+        Value::String(text) => text,
+        _ => "-".to_owned(),
+    };
+    println!("name:          {}", secret.name);
+    println!("id:            {}", secret.secret_id);
+    println!("description:   {}", secret.description);
+    println!("master key:    {}", secret.key_name);
+    println!("created:       {}", or_dash(time(&secret.created_at)));
+    println!("changed:       {}", or_dash(time(&secret.changed_at)));
+    println!("last accessed: {}", or_dash(time(&secret.last_accessed_at)));
+    if secret.deletion_date.is_some() {
+        println!("deletion date: {}", or_dash(time(&secret.deletion_date)));
+    }
+    let tags: Vec<String> = secret
+        .tags
+        .iter()
+        .map(|tag| format!("{}={}", tag.key, tag.value))
+        .collect();
+    println!("tags:          {}", tags.join(" "));
+    println!("versions:");
+    for version in &secret.versions {
+        println!("  {}  {}", version.version_id, version.stages.join(","));
+    }
+}
+
+pub fn print_secret_list(format: Format, secrets: &[proto::SecretMetadata]) {
+    if format == Format::Json {
+        return print_json(&Value::Array(secrets.iter().map(metadata_json).collect()));
+    }
+    println!("{:<40} {:<20} DESCRIPTION", "NAME", "CHANGED");
+    for secret in secrets {
+        let changed = match time(&secret.changed_at) {
+            Value::String(text) => text,
+            _ => "-".to_owned(),
+        };
+        println!("{:<40} {:<20} {}", secret.name, changed, secret.description);
+    }
+}
+
+pub fn print_versions(format: Format, versions: &[proto::SecretVersion]) {
+    if format == Format::Json {
+        let list: Vec<Value> = versions
+            .iter()
+            .map(|v| {
+                json!({
+                    "version_id": v.version_id,
+                    "stages": v.stages,
+                    "created_at": time(&v.created_at),
+                    "created_by": v.created_by,
+                    "last_accessed_at": time(&v.last_accessed_at),
+                    "key_name": v.key_name,
+                })
+            })
+            .collect();
+        return print_json(&Value::Array(list));
+    }
+    println!(
+        "{:<38} {:<24} {:<20} CREATED BY",
+        "VERSION", "STAGES", "CREATED"
+    );
+    for version in versions {
+        let created = match time(&version.created_at) {
+            Value::String(text) => text,
+            _ => "-".to_owned(),
+        };
+        println!(
+            "{:<38} {:<24} {:<20} {}",
+            version.version_id,
+            version.stages.join(","),
+            created,
+            version.created_by
+        );
+    }
+}
+
+/// A value as JSON: text as `secret_string`, binary base64 in `secret_binary`.
+pub fn value_json(response: &proto::GetSecretValueResponse) -> Value {
+    let mut object = json!({
+        "name": response.name,
+        "secret_id": response.secret_id,
+        "version_id": response.version_id,
+        "version_stages": response.version_stages,
+        "created_at": time(&response.created_at),
+    });
+    if let Some(text) = &response.secret_string {
+        object["secret_string"] = Value::String(text.clone());
+    }
+    if let Some(binary) = &response.secret_binary {
+        object["secret_binary"] = Value::String(STANDARD.encode(binary));
+    }
+    object
+}
+
+/// One line for standard error from a gRPC status.
+pub fn status_line(status: &tonic::Status) -> String {
+    let code = format!("{:?}", status.code());
+    let message = status.message();
+    if message.is_empty() {
+        code
+    } else {
+        format!("{message} ({})", screaming(&code))
+    }
+}
+
+/// `NotFound` → `NOT_FOUND`, as gRPC names its codes.
+fn screaming(camel: &str) -> String {
+    let mut out = String::new();
+    for (index, c) in camel.chars().enumerate() {
+        if c.is_uppercase() && index > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_name_the_code() {
+        let status = tonic::Status::not_found("secret x does not exist");
+        assert_eq!(status_line(&status), "secret x does not exist (NOT_FOUND)");
+        let status = tonic::Status::invalid_argument("bad");
+        assert_eq!(status_line(&status), "bad (INVALID_ARGUMENT)");
+    }
+}
