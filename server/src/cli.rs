@@ -224,9 +224,11 @@ async fn dev(listen: &str) -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     println!(
         "rekeyd dev: a throwaway installation in {} (removed on exit), with demo secrets.\n\
-         Connect rekey to it with:\n\n  \
+         Connect rekey to it from another terminal:\n\n  \
          export REKEY_SERVER=https://{address} REKEY_IDENTITY={}\n\n\
-         then try: rekey list; rekey get demo/api/payments\n\
+         then try `rekey list` and `rekey get demo/api/payments`\n\
+         (in a source checkout without rekey installed: cargo run -q --bin rekey -- list).\n\
+         Stop with Ctrl-C.\n\
          rekeyd listening on https://{address}",
         dir.path().display(),
         made.admin_identity.display()

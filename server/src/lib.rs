@@ -63,13 +63,34 @@ pub async fn serve(
     );
 
     let incoming = ReceiverStream::new(tls::accept(listener, Arc::new(tls)));
-    tonic::transport::Server::builder()
+    let (stopping, stopped) = tokio::sync::oneshot::channel();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    };
+    let serving = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(secrets)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("serving gRPC")?;
+        .serve_with_incoming_shutdown(incoming, signal);
+    // In-flight requests finish; a client that keeps an idle connection
+    // open does not hold the shutdown up for longer than DRAIN_TIMEOUT.
+    let drain_deadline = async {
+        match stopped.await {
+            Ok(()) => tokio::time::sleep(DRAIN_TIMEOUT).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        served = serving => served.context("serving gRPC")?,
+        () = drain_deadline => tracing::warn!(
+            seconds = DRAIN_TIMEOUT.as_secs(),
+            "connections still open after the drain timeout; closing them"
+        ),
+    }
     state.store.close().await;
     Ok(())
 }
+
+/// How long a shutdown waits for open connections to finish.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -1,1 +1,294 @@
-// placeholder
+//! The harness of the end-to-end tests: real installations made by
+//! `rekeyd init`, real `rekeyd` processes on loopback ports they bound
+//! themselves, the real `rekey` binary, and gRPC clients over mutual TLS.
+//!
+//! Nothing here sleeps for a fixed time: a server is ready when it printed
+//! the address it bound, and every wait polls with a deadline.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the test's failure report
+
+use rekey_shared::identity::Identity;
+use rekey_shared::proto::secrets_client::SecretsClient;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+/// How long a server may take to start or stop.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A binary of this workspace, from the target directory the tests run in.
+/// `cargo test --workspace` (and nextest) builds `rekeyd` and `rekey` first.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let mut dir = exe.parent().unwrap().to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing; build it first with `cargo build --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// An installation made by `rekeyd init` in a temporary directory.
+#[derive(Debug)]
+pub struct Installation {
+    dir: TempDir,
+}
+
+impl Default for Installation {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Installation {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("rekey-test-")
+            .tempdir()
+            .unwrap();
+        let output = rekeyd(dir.path(), &["init"]);
+        assert!(
+            output.status.success(),
+            "rekeyd init failed: {}",
+            text(&output.stderr)
+        );
+        Self { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn admin(&self) -> PathBuf {
+        self.dir().join("admin.pem")
+    }
+
+    pub fn database(&self) -> PathBuf {
+        self.dir().join("rekey.db")
+    }
+
+    /// `rekeyd cert issue NAME`, returning the identity file.
+    pub fn issue(&self, name: &str) -> PathBuf {
+        let out = self.dir().join(format!("{name}.pem"));
+        let output = rekeyd(
+            self.dir(),
+            &["cert", "issue", name, "--out", out.to_str().unwrap()],
+        );
+        assert!(
+            output.status.success(),
+            "cert issue failed: {}",
+            text(&output.stderr)
+        );
+        out
+    }
+
+    /// Starts `rekeyd serve` on a free loopback port.
+    pub fn serve(&self) -> Server {
+        Server::start(self.dir(), &[])
+    }
+}
+
+/// Runs `rekeyd --dir DIR ARGS` to completion.
+pub fn rekeyd(dir: &Path, args: &[&str]) -> Output {
+    Command::new(binary("rekeyd"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A running `rekeyd serve`. Its log (standard error) goes to a file that
+/// tests can read. Killed when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub log: PathBuf,
+    _log_dir: TempDir,
+}
+
+impl Server {
+    pub fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+        let log_dir = tempfile::tempdir().unwrap();
+        let log = log_dir.path().join("rekeyd.log");
+        let mut child = Command::new(binary("rekeyd"))
+            .arg("--dir")
+            .arg(dir)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let url = wait_for_line(child.stdout.take().unwrap(), "rekeyd listening on ")
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!(
+                    "rekeyd did not report its address: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            });
+        Self {
+            child,
+            url,
+            log,
+            _log_dir: log_dir,
+        }
+    }
+
+    /// Sends SIGTERM and waits for a clean exit. It blocks the thread: an
+    /// async test that calls it needs the multi-threaded runtime, so that
+    /// its open connections can still answer the server's goodbye.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rekeyd did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The `rekey` binary pointed at this server as `identity`.
+    pub fn rekey(&self, identity: &Path) -> Rekey {
+        Rekey {
+            server: self.url.clone(),
+            identity: identity.to_owned(),
+        }
+    }
+
+    /// A gRPC client of the Secrets service as `identity`.
+    pub async fn client(&self, identity: &Path) -> SecretsClient<Channel> {
+        let identity = Identity::load(identity).unwrap();
+        SecretsClient::new(
+            rekey_shared::channel::connect(&self.url, &identity)
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads lines from `stream` until one starts with `prefix`, within
+/// [`DEADLINE`]; returns the rest of that line. Later lines are drained so
+/// the process never blocks on a full pipe.
+pub fn wait_for_line(stream: impl std::io::Read + Send + 'static, prefix: &str) -> Option<String> {
+    let (sender, receiver) = mpsc::channel();
+    let prefix = prefix.to_owned();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if !sent && let Some(rest) = line.trim_start().strip_prefix(&prefix) {
+                let _ = sender.send(rest.trim().to_owned());
+                sent = true;
+            }
+        }
+    });
+    receiver.recv_timeout(DEADLINE).ok()
+}
+
+/// The `rekey` binary with a server and an identity.
+#[derive(Debug, Clone)]
+pub struct Rekey {
+    pub server: String,
+    pub identity: PathBuf,
+}
+
+/// What a `rekey` run printed and returned.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "rekey failed: {}", self.stderr);
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|error| panic!("rekey printed no JSON ({error}): {}", self.stdout))
+    }
+}
+
+impl Rekey {
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary("rekey"));
+        command
+            .args(args)
+            .env("REKEY_SERVER", &self.server)
+            .env("REKEY_IDENTITY", &self.identity)
+            .stdin(Stdio::null());
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = self.command(args).output().unwrap();
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: text(&output.stdout),
+            stderr: text(&output.stderr),
+        }
+    }
+
+    /// Runs with `input` on standard input.
+    pub fn run_with_input(&self, args: &[&str], input: &[u8]) -> Run {
+        use std::io::Write;
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let output = child.wait_with_output().unwrap();
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: text(&output.stdout),
+            stderr: text(&output.stderr),
+        }
+    }
+}
+
+/// Whether `needle` occurs anywhere in `haystack`.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}

@@ -25,6 +25,21 @@ pub struct ValueSource {
 }
 
 fn read_source(path: &PathBuf) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let bytes = read_limited(path)?;
+    if bytes.len() > MAX_VALUE_BYTES {
+        let origin = if path.as_os_str() == "-" {
+            "standard input".to_owned()
+        } else {
+            path.display().to_string()
+        };
+        anyhow::bail!(
+            "{origin} holds more than {MAX_VALUE_BYTES} bytes; the limit is {MAX_VALUE_BYTES} bytes (64 KiB)"
+        );
+    }
+    Ok(bytes)
+}
+
+fn read_limited(path: &PathBuf) -> anyhow::Result<Zeroizing<Vec<u8>>> {
     let mut bytes = Zeroizing::new(Vec::new());
     if path.as_os_str() == "-" {
         std::io::stdin()

@@ -1,0 +1,84 @@
+//! The `rekeyd` binary's own promises: init never overwrites, a readable
+//! root key is refused, the default configuration prints. (These tests also
+//! make `cargo test` build `rekeyd` for the end-to-end suite in `tests/`.)
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+fn rekeyd(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rekeyd"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn init_refuses_to_overwrite_an_installation() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(rekeyd(dir.path(), &["init"]).status.success());
+    let root_key = std::fs::read(dir.path().join("root.key")).unwrap();
+    let again = rekeyd(dir.path(), &["init"]);
+    assert_eq!(again.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("refusing to overwrite"), "{stderr}");
+    assert_eq!(
+        std::fs::read(dir.path().join("root.key")).unwrap(),
+        root_key
+    );
+}
+
+#[test]
+fn key_files_are_private_and_a_readable_root_key_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    assert!(rekeyd(dir.path(), &["init"]).status.success());
+    for private in ["root.key", "ca.key", "server.key", "admin.pem", "rekey.db"] {
+        let mode = std::fs::metadata(dir.path().join(private))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{private} has mode {mode:o}");
+    }
+    let root_key = dir.path().join("root.key");
+    std::fs::set_permissions(&root_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let refused = rekeyd(dir.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+}
+
+#[test]
+fn keys_create_and_list() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(rekeyd(dir.path(), &["init"]).status.success());
+    assert!(
+        rekeyd(dir.path(), &["keys", "create", "payments"])
+            .status
+            .success()
+    );
+    let duplicate = rekeyd(dir.path(), &["keys", "create", "payments"]);
+    assert_eq!(duplicate.status.code(), Some(1));
+    let listed = String::from_utf8(rekeyd(dir.path(), &["keys", "list"]).stdout).unwrap();
+    assert!(
+        listed.contains("default") && listed.contains("payments"),
+        "{listed}"
+    );
+    let bad = rekeyd(dir.path(), &["keys", "create", "no/slash"]);
+    assert_eq!(bad.status.code(), Some(1));
+}
+
+#[test]
+fn the_default_configuration_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = rekeyd(dir.path(), &["print-default-config"]);
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("listen = \"127.0.0.1:8443\""), "{text}");
+    assert!(
+        text.contains("database_url = \"sqlite://rekey.db\""),
+        "{text}"
+    );
+}

@@ -1,0 +1,256 @@
+//! Bad input gets a clear message, the right gRPC code, and changes nothing
+//! in the store.
+
+use rekey_shared::proto::secrets_client::SecretsClient;
+use rekey_shared::proto::{self};
+use rekey_tests::Installation;
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Everything a client can see of the store: every secret with every
+/// version and its stages.
+async fn snapshot(client: &mut SecretsClient<Channel>) -> String {
+    let mut text = String::new();
+    let secrets = client
+        .list_secrets(proto::ListSecretsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .secrets;
+    for secret in secrets {
+        let versions = client
+            .list_secret_version_ids(proto::ListSecretVersionIdsRequest {
+                name: secret.name.clone(),
+                include_deprecated: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .versions;
+        text.push_str(&format!("{} {:?}\n", secret.name, secret.versions));
+        for version in versions {
+            text.push_str(&format!("  {} {:?}\n", version.version_id, version.stages));
+        }
+    }
+    text
+}
+
+fn assert_status<T: std::fmt::Debug>(
+    result: Result<tonic::Response<T>, tonic::Status>,
+    code: Code,
+    fragment: &str,
+) {
+    let status = result.expect_err("the request should have been refused");
+    assert_eq!(status.code(), code, "{}", status.message());
+    assert!(
+        status.message().contains(fragment),
+        "{:?} does not contain {fragment:?}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn each_bad_request_is_refused_and_changes_nothing() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let mut client = server.client(&installation.admin()).await;
+    for name in ["app/one", "app/two"] {
+        client
+            .create_secret(proto::CreateSecretRequest {
+                name: name.into(),
+                secret_string: Some("value".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let before = snapshot(&mut client).await;
+    let create = |name: &str| proto::CreateSecretRequest {
+        name: name.into(),
+        secret_string: Some("v".into()),
+        ..Default::default()
+    };
+    let put = |value: proto::PutSecretValueRequest| proto::PutSecretValueRequest {
+        name: "app/one".into(),
+        ..value
+    };
+
+    assert_status(
+        client.create_secret(create("")).await,
+        Code::InvalidArgument,
+        "secret name is empty",
+    );
+    assert_status(
+        client.create_secret(create(&"a".repeat(513))).await,
+        Code::InvalidArgument,
+        "513 characters long; it must be 1-512",
+    );
+    assert_status(
+        client.create_secret(create("app/bad name")).await,
+        Code::InvalidArgument,
+        "contains ' '",
+    );
+    assert_status(
+        client.create_secret(create("app/one")).await,
+        Code::AlreadyExists,
+        "secret app/one already exists",
+    );
+    assert_status(
+        client
+            .put_secret_value(put(proto::PutSecretValueRequest {
+                secret_binary: Some(vec![7; 64 * 1024 + 1]),
+                ..Default::default()
+            }))
+            .await,
+        Code::InvalidArgument,
+        "65537 bytes; the limit is 65536 bytes",
+    );
+    assert_status(
+        client
+            .put_secret_value(put(proto::PutSecretValueRequest {
+                secret_string: Some("s".into()),
+                secret_binary: Some(vec![1]),
+                ..Default::default()
+            }))
+            .await,
+        Code::InvalidArgument,
+        "not both",
+    );
+    assert_status(
+        client
+            .put_secret_value(put(proto::PutSecretValueRequest::default()))
+            .await,
+        Code::InvalidArgument,
+        "give a value",
+    );
+    assert_status(
+        client
+            .put_secret_value(put(proto::PutSecretValueRequest {
+                secret_string: Some("s".into()),
+                client_request_token: "short".into(),
+                ..Default::default()
+            }))
+            .await,
+        Code::InvalidArgument,
+        "client request token",
+    );
+    assert_status(
+        client
+            .get_secret_value(proto::GetSecretValueRequest {
+                name: "app/missing".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        "secret app/missing does not exist",
+    );
+    let unknown_version = "00000000-0000-4000-8000-000000000000";
+    assert_status(
+        client
+            .get_secret_value(proto::GetSecretValueRequest {
+                name: "app/one".into(),
+                version_id: Some(unknown_version.into()),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        "secret app/one has no version 00000000-0000-4000-8000-000000000000",
+    );
+    assert_status(
+        client
+            .get_secret_value(proto::GetSecretValueRequest {
+                name: "app/one".into(),
+                version_stage: Some("nosuch".into()),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        "no version with stage nosuch",
+    );
+
+    // A stage cannot move to a version of another secret.
+    let other_version = client
+        .describe_secret(proto::DescribeSecretRequest {
+            name: "app/two".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions[0]
+        .version_id
+        .clone();
+    assert_status(
+        client
+            .update_secret_version_stage(proto::UpdateSecretVersionStageRequest {
+                name: "app/one".into(),
+                version_stage: "CURRENT".into(),
+                move_to_version_id: Some(other_version.clone()),
+                remove_from_version_id: None,
+            })
+            .await,
+        Code::NotFound,
+        &format!("secret app/one has no version {other_version}"),
+    );
+    assert_status(
+        client
+            .update_secret_version_stage(proto::UpdateSecretVersionStageRequest {
+                name: "app/one".into(),
+                version_stage: "CURRENT".into(),
+                move_to_version_id: None,
+                remove_from_version_id: Some(other_version),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "stage CURRENT of app/one is on version",
+    );
+    assert_status(
+        client
+            .list_secrets(proto::ListSecretsRequest {
+                page_token: "not-a-token".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "page token is malformed",
+    );
+    assert_status(
+        client
+            .create_secret(proto::CreateSecretRequest {
+                name: "app/three".into(),
+                key_name: "nosuchkey".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::NotFound,
+        "master key nosuchkey does not exist",
+    );
+
+    assert_eq!(snapshot(&mut client).await, before);
+}
+
+#[test]
+fn the_cli_reports_errors_in_one_line_with_stable_exit_codes() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let rekey = server.rekey(&installation.admin());
+    let missing = rekey.run(&["get", "app/missing"]);
+    assert_eq!(missing.code, 1);
+    assert_eq!(
+        missing.stderr,
+        "rekey: secret app/missing does not exist (NOT_FOUND)\n"
+    );
+    assert_eq!(missing.stdout, "");
+    let usage = rekey.run(&["get"]);
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+    let too_big = rekey.run_with_input(
+        &["create", "app/big", "--value-file", "-"],
+        &vec![b'x'; 70_000],
+    );
+    assert_eq!(too_big.code, 1);
+    assert!(
+        too_big.stderr.contains("the limit is 65536 bytes"),
+        "{}",
+        too_big.stderr
+    );
+}

@@ -1,0 +1,54 @@
+//! A newcomer's path: `rekeyd dev` prints one line that connects `rekey` to
+//! it, and with that line the demo secrets list and read.
+
+use rekey_tests::{Rekey, binary, wait_for_line};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+#[test]
+fn rekeyd_dev_prints_a_line_that_connects_rekey() {
+    let mut child = Command::new(binary("rekeyd"))
+        .arg("dev")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(child.stdout.take().unwrap(), "export ");
+    let Some(line) = line else {
+        let _ = child.kill();
+        panic!("rekeyd dev printed no export line");
+    };
+    let mut server = None;
+    let mut identity = None;
+    for assignment in line.split_whitespace() {
+        if let Some(value) = assignment.strip_prefix("REKEY_SERVER=") {
+            server = Some(value.to_owned());
+        }
+        if let Some(value) = assignment.strip_prefix("REKEY_IDENTITY=") {
+            identity = Some(PathBuf::from(value));
+        }
+    }
+    let rekey = Rekey {
+        server: server.expect("REKEY_SERVER in the line"),
+        identity: identity.expect("REKEY_IDENTITY in the line"),
+    };
+    let listed = rekey.run(&["list"]);
+    let read = rekey.run(&["get", "demo/api/payments"]);
+    let field = rekey.run(&["get", "demo/db/orders", "--field", "username"]);
+    let dir = rekey.identity.parent().unwrap().to_owned();
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = child.wait().unwrap();
+
+    let listed = listed.ok();
+    assert!(
+        listed.stdout.contains("demo/db/orders"),
+        "{}",
+        listed.stdout
+    );
+    assert_eq!(read.ok().stdout, "demo-payments-api-key\n");
+    assert_eq!(field.ok().stdout, "orders\n");
+    assert!(status.success(), "rekeyd dev exited with {status}");
+    assert!(!dir.exists(), "rekeyd dev left {} behind", dir.display());
+}

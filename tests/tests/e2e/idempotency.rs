@@ -1,0 +1,157 @@
+//! Client request tokens: the same token with the same value is the same
+//! version; with another value it is refused and nothing changes.
+
+use rekey_shared::proto;
+use rekey_tests::Installation;
+
+const TOKEN: &str = "0d6f1f3e-2b7c-4a59-9c1e-6f2b8d7a1c55";
+
+async fn version_count(
+    client: &mut rekey_shared::proto::secrets_client::SecretsClient<tonic::transport::Channel>,
+    name: &str,
+) -> usize {
+    client
+        .list_secret_version_ids(proto::ListSecretVersionIdsRequest {
+            name: name.into(),
+            include_deprecated: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions
+        .len()
+}
+
+fn put(value: &str) -> proto::PutSecretValueRequest {
+    proto::PutSecretValueRequest {
+        name: "idem/one".into(),
+        client_request_token: TOKEN.into(),
+        secret_string: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_token_names_one_version() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let mut client = server.client(&installation.admin()).await;
+    client
+        .create_secret(proto::CreateSecretRequest {
+            name: "idem/one".into(),
+            secret_string: Some("initial".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let first = client
+        .put_secret_value(put("A"))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = client
+        .put_secret_value(put("A"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.version_id, TOKEN);
+    assert_eq!(second.version_id, TOKEN);
+    assert_eq!(second.version_stages, ["CURRENT"]);
+    assert_eq!(version_count(&mut client, "idem/one").await, 2);
+
+    let conflict = client.put_secret_value(put("B")).await.unwrap_err();
+    assert_eq!(conflict.code(), tonic::Code::AlreadyExists);
+    assert!(
+        conflict.message().contains(TOKEN) && conflict.message().contains("different value"),
+        "{}",
+        conflict.message()
+    );
+    assert_eq!(version_count(&mut client, "idem/one").await, 2);
+    let current = client
+        .get_secret_value(proto::GetSecretValueRequest {
+            name: "idem/one".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(current.secret_string.as_deref(), Some("A"));
+    assert_eq!(current.version_id, TOKEN);
+
+    // The same bytes as binary are another value.
+    let mut binary = put("A");
+    binary.secret_string = None;
+    binary.secret_binary = Some(b"A".to_vec());
+    let conflict = client.put_secret_value(binary).await.unwrap_err();
+    assert_eq!(conflict.code(), tonic::Code::AlreadyExists);
+}
+
+#[tokio::test]
+async fn a_retried_create_is_answered_as_the_first() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let mut client = server.client(&installation.admin()).await;
+    let create = |value: &str| proto::CreateSecretRequest {
+        name: "idem/created".into(),
+        client_request_token: TOKEN.into(),
+        secret_string: Some(value.into()),
+        ..Default::default()
+    };
+    let first = client
+        .create_secret(create("v"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = client
+        .create_secret(create("v"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.secret_id, again.secret_id);
+    assert_eq!(again.version_id.as_deref(), Some(TOKEN));
+
+    let other = client.create_secret(create("w")).await.unwrap_err();
+    assert_eq!(other.code(), tonic::Code::AlreadyExists);
+    assert_eq!(version_count(&mut client, "idem/created").await, 1);
+
+    // Without a token a second create is simply a name already taken.
+    let mut untokened = create("v");
+    untokened.client_request_token.clear();
+    let taken = client.create_secret(untokened).await.unwrap_err();
+    assert_eq!(taken.code(), tonic::Code::AlreadyExists);
+    assert!(
+        taken.message().contains("already exists"),
+        "{}",
+        taken.message()
+    );
+}
+
+#[test]
+fn the_cli_retries_safely_with_a_token() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let rekey = server.rekey(&installation.admin());
+    rekey.run(&["create", "idem/cli", "--value", "x"]).ok();
+    let args = [
+        "put",
+        "idem/cli",
+        "--token",
+        TOKEN,
+        "--value-file",
+        "-",
+        "--output",
+        "json",
+    ];
+    let one = rekey.run_with_input(&args, b"same").ok().json();
+    let two = rekey.run_with_input(&args, b"same").ok().json();
+    assert_eq!(one["version_id"], two["version_id"]);
+    let refused = rekey.run_with_input(&args, b"different");
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("(ALREADY_EXISTS)"),
+        "{}",
+        refused.stderr
+    );
+}

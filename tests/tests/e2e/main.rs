@@ -1,0 +1,13 @@
+//! End-to-end tests of rekey: real `rekeyd` processes, real mutual TLS, real
+//! SQLite files, driven by the real `rekey` binary and by gRPC clients.
+//! One test binary with a module per area keeps link time down.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod bad_input;
+mod dev;
+mod idempotency;
+mod leaks;
+mod secrets_flow;
+mod storage;
+mod tls;

@@ -1,0 +1,224 @@
+//! What is on disk: no plaintext in the SQLite file, ciphertexts that fail
+//! loudly when changed or moved, and values that survive a restart.
+
+use rekey_shared::proto;
+use rekey_tests::{Installation, contains_bytes};
+use sqlx::{Connection, Row, SqliteConnection};
+use tonic::Code;
+
+async fn database(installation: &Installation) -> SqliteConnection {
+    let url = format!("sqlite://{}", installation.database().display());
+    SqliteConnection::connect(&url).await.unwrap()
+}
+
+fn database_bytes(installation: &Installation) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let path = format!("{}{suffix}", installation.database().display());
+        if let Ok(content) = std::fs::read(&path) {
+            bytes.extend(content);
+        }
+    }
+    bytes
+}
+
+fn get(name: &str, version: Option<&str>) -> proto::GetSecretValueRequest {
+    proto::GetSecretValueRequest {
+        name: name.into(),
+        version_id: version.map(Into::into),
+        version_stage: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_holds_no_plaintext() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let mut client = server.client(&installation.admin()).await;
+    let canary = "plaintext-canary-4b1d9c0e7a";
+    client
+        .create_secret(proto::CreateSecretRequest {
+            name: "disk/canary".into(),
+            secret_string: Some(canary.into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .put_secret_value(proto::PutSecretValueRequest {
+            name: "disk/canary".into(),
+            secret_binary: Some(canary.as_bytes().to_vec()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The control: the canary reads back, so the search below looks for
+    // bytes that were really stored.
+    let read = client
+        .get_secret_value(get("disk/canary", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.secret_binary.as_deref(), Some(canary.as_bytes()));
+    assert!(!contains_bytes(
+        &database_bytes(&installation),
+        canary.as_bytes()
+    ));
+    drop(client);
+    assert!(server.stop().success());
+    // After a clean stop the WAL is checkpointed into the main file.
+    let bytes = database_bytes(&installation);
+    assert!(
+        contains_bytes(&bytes, b"disk/canary"),
+        "the search must see the secret's row"
+    );
+    assert!(!contains_bytes(&bytes, canary.as_bytes()));
+}
+
+#[tokio::test]
+async fn changed_or_moved_ciphertexts_fail_the_integrity_check() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let mut client = server.client(&installation.admin()).await;
+    let v1 = client
+        .create_secret(proto::CreateSecretRequest {
+            name: "disk/tamper".into(),
+            secret_string: Some("first".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .version_id
+        .unwrap();
+    let v2 = client
+        .put_secret_value(proto::PutSecretValueRequest {
+            name: "disk/tamper".into(),
+            secret_string: Some("second".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .version_id;
+
+    let mut db = database(&installation).await;
+    let row = sqlx::query("SELECT ciphertext, wrapped_data_key FROM versions WHERE version_id = ?")
+        .bind(&v1)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    let original: Vec<u8> = row.get("ciphertext");
+    let original_key: Vec<u8> = row.get("wrapped_data_key");
+
+    // One flipped byte.
+    let mut flipped = original.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x01;
+    sqlx::query("UPDATE versions SET ciphertext = ? WHERE version_id = ?")
+        .bind(&flipped)
+        .bind(&v1)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let status = client
+        .get_secret_value(get("disk/tamper", Some(&v1)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DataLoss);
+    assert!(
+        status.message().contains("failed its integrity check"),
+        "{}",
+        status.message()
+    );
+    assert!(!status.message().contains("first"));
+
+    // Put back, it reads again: the failure was the flipped byte.
+    sqlx::query("UPDATE versions SET ciphertext = ? WHERE version_id = ?")
+        .bind(&original)
+        .bind(&v1)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let read = client
+        .get_secret_value(get("disk/tamper", Some(&v1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.secret_string.as_deref(), Some("first"));
+
+    // v1's ciphertext and data key moved into v2's row.
+    sqlx::query("UPDATE versions SET ciphertext = ?, wrapped_data_key = ? WHERE version_id = ?")
+        .bind(&original)
+        .bind(&original_key)
+        .bind(&v2)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let status = client
+        .get_secret_value(get("disk/tamper", None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DataLoss, "{}", status.message());
+    // The server is still serving: other reads work.
+    let read = client
+        .get_secret_value(get("disk/tamper", Some(&v1)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.secret_string.as_deref(), Some("first"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_server_serves_every_value_written_before() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let mut client = server.client(&installation.admin()).await;
+    let mut written = Vec::new();
+    for index in 0..5 {
+        let name = format!("restart/{index}");
+        client
+            .create_secret(proto::CreateSecretRequest {
+                name: name.clone(),
+                secret_string: Some(format!("v1-{index}")),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let v2 = client
+            .put_secret_value(proto::PutSecretValueRequest {
+                name: name.clone(),
+                secret_binary: Some(vec![index as u8; 100]),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .version_id;
+        written.push((name, v2));
+    }
+    drop(client);
+    assert!(server.stop().success());
+
+    let server = installation.serve();
+    let mut client = server.client(&installation.admin()).await;
+    for (index, (name, v2)) in written.iter().enumerate() {
+        let current = client
+            .get_secret_value(get(name, None))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(&current.version_id, v2);
+        assert_eq!(current.secret_binary, Some(vec![index as u8; 100]));
+        let previous = client
+            .get_secret_value(proto::GetSecretValueRequest {
+                name: name.clone(),
+                version_id: None,
+                version_stage: Some("PREVIOUS".into()),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(previous.secret_string, Some(format!("v1-{index}")));
+    }
+}

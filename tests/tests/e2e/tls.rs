@@ -1,0 +1,221 @@
+//! Mutual TLS: who gets in, who is refused at the handshake, and what a
+//! certificate that passes the handshake but breaks the principal rule gets.
+//! Health and reflection are served to any valid certificate.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    SanType,
+};
+use rekey_shared::identity::Identity;
+use rekey_shared::proto;
+use rekey_shared::proto::secrets_client::SecretsClient;
+use rekey_tests::{Installation, Server};
+use std::path::Path;
+use time::{Duration, OffsetDateTime};
+use tonic::transport::{Certificate, ClientTlsConfig};
+
+fn installation_ca(installation: &Installation) -> (String, Issuer<'static, KeyPair>) {
+    let ca_pem = std::fs::read_to_string(installation.dir().join("ca.pem")).unwrap();
+    let key =
+        KeyPair::from_pem(&std::fs::read_to_string(installation.dir().join("ca.key")).unwrap())
+            .unwrap();
+    (
+        ca_pem.clone(),
+        Issuer::from_ca_cert_pem(&ca_pem, key).unwrap(),
+    )
+}
+
+fn client_params(common_name: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
+}
+
+/// An identity signed by `issuer`, trusting `server_ca_pem` for the server.
+fn identity(
+    params: CertificateParams,
+    issuer: &Issuer<'_, KeyPair>,
+    server_ca_pem: &str,
+) -> Identity {
+    let key = KeyPair::generate().unwrap();
+    let certificate = params.signed_by(&key, issuer).unwrap();
+    Identity {
+        certificate_pem: certificate.pem(),
+        key_pem: key.serialize_pem().into(),
+        ca_pem: server_ca_pem.to_owned(),
+    }
+}
+
+/// Tries one read with the given TLS settings.
+async fn try_read(server: &Server, tls: ClientTlsConfig) -> Result<(), String> {
+    let endpoint = rekey_shared::channel::endpoint(&server.url, tls).map_err(|e| e.to_string())?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    SecretsClient::new(channel)
+        .list_secrets(proto::ListSecretsRequest::default())
+        .await
+        .map(|_| ())
+        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+}
+
+async fn wait_for_log(server: &Server, fragment: &str) {
+    let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
+    while !server.log_text().contains(fragment) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server log never said {fragment:?}:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn clients_without_a_valid_certificate_are_refused_at_the_handshake() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let (ca_pem, issuer) = installation_ca(&installation);
+
+    // The control: a certificate from the installation's CA gets in.
+    let good = identity(client_params("alice"), &issuer, &ca_pem);
+    try_read(&server, rekey_shared::channel::tls_config(&good))
+        .await
+        .unwrap();
+
+    // No certificate at all.
+    let no_certificate = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem));
+    let refused = try_read(&server, no_certificate).await.unwrap_err();
+    assert!(!refused.contains("alice"), "{refused}");
+    wait_for_log(&server, "TLS handshake failed").await;
+
+    // A certificate from another CA.
+    let other_ca_key = KeyPair::generate().unwrap();
+    let mut other_ca = CertificateParams::default();
+    other_ca
+        .distinguished_name
+        .push(DnType::CommonName, "another CA");
+    other_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let other_issuer = Issuer::new(other_ca, other_ca_key);
+    let foreign = identity(client_params("alice"), &other_issuer, &ca_pem);
+    try_read(&server, rekey_shared::channel::tls_config(&foreign))
+        .await
+        .unwrap_err();
+
+    // An expired certificate from the right CA.
+    let mut expired = client_params("alice");
+    expired.not_before = OffsetDateTime::now_utc() - Duration::days(30);
+    expired.not_after = OffsetDateTime::now_utc() - Duration::days(1);
+    let expired = identity(expired, &issuer, &ca_pem);
+    try_read(&server, rekey_shared::channel::tls_config(&expired))
+        .await
+        .unwrap_err();
+}
+
+#[tokio::test]
+async fn a_certificate_that_names_no_principal_is_unauthenticated() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let (ca_pem, issuer) = installation_ca(&installation);
+    let mut params = client_params("alice");
+    params.subject_alt_names = vec![
+        SanType::URI("spiffe://corp/a".try_into().unwrap()),
+        SanType::URI("spiffe://corp/b".try_into().unwrap()),
+    ];
+    let two_uris = identity(params, &issuer, &ca_pem);
+    let refused = try_read(&server, rekey_shared::channel::tls_config(&two_uris))
+        .await
+        .unwrap_err();
+    assert!(refused.starts_with("Unauthenticated"), "{refused}");
+    assert!(
+        refused.contains("2 URI subject alternative names"),
+        "{refused}"
+    );
+
+    let reserved = identity(client_params("system"), &issuer, &ca_pem);
+    let refused = try_read(&server, rekey_shared::channel::tls_config(&reserved))
+        .await
+        .unwrap_err();
+    assert!(refused.contains("reserved"), "{refused}");
+}
+
+#[tokio::test]
+async fn an_issued_identity_works_and_the_cli_refuses_an_open_identity_file() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let bob = installation.issue("bob");
+    let rekey = server.rekey(&bob);
+    rekey.run(&["create", "team/x", "--value", "v"]).ok();
+    let versions = rekey
+        .run(&["versions", "team/x", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(versions[0]["created_by"], "bob");
+
+    set_mode(&bob, 0o644);
+    let refused = rekey.run(&["get", "team/x"]);
+    assert_eq!(refused.code, 1);
+    assert!(refused.stderr.contains("chmod 600"), "{}", refused.stderr);
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let identity = Identity::load(&installation.admin()).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "rekey.v1.Secrets".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream_once(request))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer: {response:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"rekey.v1.Secrets".to_owned()), "{names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+}
+
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tokio_stream::Stream<Item = T> {
+    tokio_stream::iter([item])
+}
