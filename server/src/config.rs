@@ -19,6 +19,9 @@ pub struct Config {
     pub database_url: String,
     /// The root key that wraps master keys; mode 0600. `REKEY_ROOT_KEY_FILE`.
     pub root_key_file: PathBuf,
+    /// How often secrets whose recovery window ended are erased, in
+    /// seconds. `REKEY_PURGE_INTERVAL_SECONDS`.
+    pub purge_interval_seconds: u64,
     pub tls: TlsFiles,
     pub log: LogConfig,
 }
@@ -56,6 +59,7 @@ impl Default for Config {
             listen: "127.0.0.1:8443".to_owned(),
             database_url: "sqlite://rekey.db".to_owned(),
             root_key_file: PathBuf::from("root.key"),
+            purge_interval_seconds: 60,
             tls: TlsFiles::default(),
             log: LogConfig::default(),
         }
@@ -144,6 +148,17 @@ pub fn apply_environment(
     if let Some(path) = var("REKEY_ROOT_KEY_FILE") {
         config.root_key_file = PathBuf::from(path);
     }
+    if let Some(seconds) = var("REKEY_PURGE_INTERVAL_SECONDS") {
+        config.purge_interval_seconds = seconds
+            .parse()
+            .ok()
+            .filter(|seconds| *seconds > 0)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "REKEY_PURGE_INTERVAL_SECONDS is {seconds:?}; give whole seconds, at least 1"
+                )
+            })?;
+    }
     if let Some(level) = var("REKEY_LOG") {
         config.log.level = level;
     }
@@ -164,7 +179,8 @@ pub fn default_toml() -> String {
     format!(
         "# rekeyd configuration. Relative paths are relative to this file's directory.\n\
          # Environment variables override it: REKEY_LISTEN, REKEY_DATABASE_URL,\n\
-         # REKEY_ROOT_KEY_FILE, REKEY_LOG, REKEY_LOG_FORMAT; flags override both.\n\n{body}"
+         # REKEY_ROOT_KEY_FILE, REKEY_PURGE_INTERVAL_SECONDS, REKEY_LOG, REKEY_LOG_FORMAT;\n\
+         # flags override both.\n\n{body}"
     )
 }
 

@@ -217,6 +217,29 @@ pub fn seal_value(
     }
 }
 
+/// The same value's data key wrapped under another master key: the value's
+/// ciphertext does not change.
+pub fn rewrap_data_key(
+    from: &MasterKey,
+    to: &MasterKey,
+    secret_id: &str,
+    version_id: &VersionId,
+    sealed: &SealedValue,
+) -> Result<SealedValue, IntegrityError> {
+    if from.reference != sealed.key {
+        return Err(IntegrityError);
+    }
+    let data_key = from.key.open(
+        &sealed.wrapped_data_key,
+        &from.wrap_aad(secret_id, version_id),
+    )?;
+    Ok(SealedValue {
+        wrapped_data_key: to.key.seal(&data_key, &to.wrap_aad(secret_id, version_id)),
+        key: to.reference.clone(),
+        ..sealed.clone()
+    })
+}
+
 /// Opens a sealed value of one version. `master` must be the version named
 /// in `sealed.key`.
 pub fn open_value(
@@ -319,6 +342,22 @@ mod tests {
         // The wrong master key, or the right name with another version.
         assert!(open_value(&master("default", 1), "s-abc123", &version(1), &sealed).is_err());
         assert!(open_value(&master("default", 2), "s-abc123", &version(1), &sealed).is_err());
+    }
+
+    #[test]
+    fn rewrapped_values_open_under_the_new_key_only() {
+        let (old, new) = (master("default", 1), master("payments", 1));
+        let value = SecretValue::text("moving");
+        let sealed = seal_value(&old, "s-abc123", &version(1), &value);
+        let moved = rewrap_data_key(&old, &new, "s-abc123", &version(1), &sealed).unwrap();
+        assert_eq!(moved.ciphertext, sealed.ciphertext);
+        assert!(
+            open_value(&new, "s-abc123", &version(1), &moved)
+                .unwrap()
+                .same_as(&value)
+        );
+        assert!(open_value(&old, "s-abc123", &version(1), &moved).is_err());
+        assert!(rewrap_data_key(&new, &old, "s-abc123", &version(1), &sealed).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod error;
 pub mod installation;
 pub mod keyring;
+pub mod password;
 pub mod pki;
 pub mod principal;
 pub mod service;
@@ -62,6 +63,10 @@ pub async fn serve(
         auth::authenticate,
     );
 
+    let purge = tokio::spawn(purge_loop(
+        state.clone(),
+        std::time::Duration::from_secs(config.purge_interval_seconds.max(1)),
+    ));
     let incoming = ReceiverStream::new(tls::accept(listener, Arc::new(tls)));
     let (stopping, stopped) = tokio::sync::oneshot::channel();
     let signal = async move {
@@ -88,8 +93,30 @@ pub async fn serve(
             "connections still open after the drain timeout; closing them"
         ),
     }
+    purge.abort();
     state.store.close().await;
     Ok(())
+}
+
+/// Erases secrets whose recovery window has ended, every `interval`.
+async fn purge_loop(state: Arc<service::AppState>, interval: std::time::Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match state
+            .store
+            .purge_due(rekey_shared::time::now_millis())
+            .await
+        {
+            Ok(purged) => {
+                for name in purged {
+                    tracing::info!(secret = %name, principal = "system", "purged a deleted secret");
+                }
+            }
+            Err(error) => tracing::error!(%error, "purging deleted secrets failed"),
+        }
+    }
 }
 
 /// How long a shutdown waits for open connections to finish.

@@ -24,6 +24,11 @@ pub fn format_timestamp(timestamp: &Timestamp) -> String {
         .unwrap_or_else(|| format!("@{}", timestamp.seconds))
 }
 
+/// RFC 3339 of a time in Unix milliseconds.
+pub fn format_millis(millis: i64) -> String {
+    format_timestamp(&timestamp_from_millis(millis))
+}
+
 pub fn now_millis() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }

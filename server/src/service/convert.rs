@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::stages::StageMap;
-use crate::store::{SecretRecord, VersionSummary};
+use crate::store::{Cursor, SecretRecord, SortKey, VersionSummary};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rekey_shared::proto;
@@ -94,6 +94,50 @@ pub fn decode_page_token(kind: &str, token: &str) -> Result<Option<String>> {
     Ok(Some(position.to_owned()))
 }
 
+fn sort_tag(sort: SortKey, descending: bool) -> String {
+    let key = match sort {
+        SortKey::Name => "name",
+        SortKey::Created => "created",
+        SortKey::Changed => "changed",
+    };
+    format!("{key}-{}", if descending { "desc" } else { "asc" })
+}
+
+/// The token of the page after `last` in a listing sorted this way.
+pub fn list_page_token(sort: SortKey, descending: bool, last: &SecretRecord) -> String {
+    let value = match sort {
+        SortKey::Name => 0,
+        SortKey::Created => last.created_at,
+        SortKey::Changed => last.changed_at,
+    };
+    encode_page_token(
+        "secrets",
+        &format!("{}:{value}:{}", sort_tag(sort, descending), last.name),
+    )
+}
+
+/// Where a listing continues; a token from a listing sorted another way is
+/// refused rather than silently misread.
+pub fn list_cursor(token: &str, sort: SortKey, descending: bool) -> Result<Option<Cursor>> {
+    let Some(position) = decode_page_token("secrets", token)? else {
+        return Ok(None);
+    };
+    let malformed = || Error::InvalidArgument("page token is malformed".to_owned());
+    let mut parts = position.splitn(3, ':');
+    let (Some(tag), Some(value), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(malformed());
+    };
+    if tag != sort_tag(sort, descending) {
+        return Err(Error::InvalidArgument(format!(
+            "the page token belongs to a listing sorted {tag}; keep the sort of the first page"
+        )));
+    }
+    Ok(Some(Cursor {
+        value: value.parse().map_err(|_| malformed())?,
+        name: name.to_owned(),
+    }))
+}
+
 /// A page size: 0 means the maximum; more than the maximum is refused.
 pub fn page_size(requested: u32, maximum: u32) -> Result<u32> {
     match requested {
@@ -121,5 +165,35 @@ mod tests {
             let error = decode_page_token("secrets", bad).unwrap_err().to_string();
             assert!(error.contains("malformed"), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn list_tokens_carry_the_sort() {
+        let last = SecretRecord {
+            id: "a/b-x".into(),
+            name: rekey_shared::SecretName::parse("a/b").unwrap(),
+            description: String::new(),
+            key_name: rekey_shared::KeyName::default_key(),
+            tags: Vec::new(),
+            created_at: 42,
+            changed_at: 43,
+            accessed_day: None,
+            deletion_date: None,
+        };
+        let token = list_page_token(SortKey::Created, true, &last);
+        let cursor = list_cursor(&token, SortKey::Created, true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            cursor,
+            Cursor {
+                value: 42,
+                name: "a/b".into()
+            }
+        );
+        let error = list_cursor(&token, SortKey::Name, false)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("sorted created-desc"), "{error}");
     }
 }

@@ -9,7 +9,7 @@
 mod migrate;
 mod sqlite;
 
-pub use sqlite::Store;
+pub use sqlite::{MAX_TAGS, Store};
 
 use crate::crypto::SealedValue;
 use rekey_shared::{KeyName, SecretName, Stage, VersionId};
@@ -79,16 +79,73 @@ pub enum PutOutcome {
     VersionExists,
 }
 
-/// A page of secrets, ordered by name.
+/// Which secrets a listing returns, in which order, from where.
 #[derive(Debug, Clone, Default)]
 pub struct SecretQuery {
-    /// Name prefixes; a secret matches when it starts with any of them.
-    pub name_prefixes: Vec<String>,
-    /// Name prefixes a secret must not start with.
-    pub excluded_name_prefixes: Vec<String>,
-    /// Only names after this one (the previous page's last).
-    pub after_name: Option<String>,
+    /// All must match.
+    pub filters: Vec<SecretFilter>,
+    pub sort: SortKey,
+    pub descending: bool,
+    /// Continue after this position (the previous page's last secret).
+    pub after: Option<Cursor>,
+    /// Also list secrets scheduled for deletion.
+    pub include_planned_deletion: bool,
     pub limit: u32,
+}
+
+/// One filter, AWS-style: the secret matches when any of `include` matches
+/// (or `include` is empty) and none of `exclude` does. Every value is a
+/// prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFilter {
+    pub field: FilterField,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FilterField {
+    Name,
+    TagKey,
+    TagValue,
+    Description,
+    /// Name, tag keys, tag values or description.
+    All,
+    /// `KEY=VALUE-prefix`: a tag with exactly this key.
+    Tag,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortKey {
+    #[default]
+    Name,
+    Created,
+    Changed,
+}
+
+/// A position in a sorted listing: the sort value of the last secret seen
+/// (unused when sorting by name) and its name, which breaks ties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cursor {
+    pub value: i64,
+    pub name: String,
+}
+
+/// How a secret leaves: at once, or at a date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    Now,
+    At(i64),
+}
+
+/// A version's data key re-wrapped under another master key.
+#[derive(Debug, Clone)]
+pub struct Rewrapped {
+    pub version_id: VersionId,
+    pub wrapped_data_key: Vec<u8>,
+    /// The key it was wrapped under; the update checks it still is.
+    pub from: crate::crypto::KeyRef,
+    pub to: crate::crypto::KeyRef,
 }
 
 /// A stored master-key version, still wrapped by the root key.

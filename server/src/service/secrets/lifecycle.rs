@@ -1,0 +1,102 @@
+//! The end of a secret's life, and its undoing: delete with a recovery
+//! window or at once, restore. Also random passwords, which touch no secret.
+
+use super::SecretsService;
+use crate::auth::{self, Action};
+use crate::error::{Error, Result};
+use crate::password::{self, PasswordPolicy};
+use crate::store::Deletion;
+use rekey_shared::SecretName;
+use rekey_shared::proto;
+use rekey_shared::time::{now_millis, timestamp_from_millis};
+use tonic::Request;
+
+const DEFAULT_RECOVERY_DAYS: u32 = 30;
+const MILLIS_PER_DAY: i64 = 86_400_000;
+
+impl SecretsService {
+    pub(super) async fn delete(
+        &self,
+        request: Request<proto::DeleteSecretRequest>,
+    ) -> Result<proto::DeleteSecretResponse> {
+        let principal = auth::principal(&request)?;
+        let request = request.into_inner();
+        let name = SecretName::parse(&request.name)?;
+        let now = now_millis();
+        let deletion = match (
+            request.recovery_window_days,
+            request.force_delete_without_recovery,
+        ) {
+            (Some(_), true) => {
+                return Err(Error::InvalidArgument(
+                    "give a recovery window or force deletion, not both".to_owned(),
+                ));
+            }
+            (_, true) => Deletion::Now,
+            (days, false) => {
+                let days = days.unwrap_or(DEFAULT_RECOVERY_DAYS);
+                if !(7..=30).contains(&days) {
+                    return Err(Error::InvalidArgument(format!(
+                        "a recovery window of {days} days is out of range; it must be 7-30 days"
+                    )));
+                }
+                Deletion::At(now + i64::from(days) * MILLIS_PER_DAY)
+            }
+        };
+        self.authorize(&principal, Action::DeleteSecret, name.as_str())?;
+        let secret = self.secret(&name).await?;
+        self.state.store.delete_secret(&secret, deletion).await?;
+        let deletion_date = match deletion {
+            Deletion::Now => now,
+            Deletion::At(date) => date,
+        };
+        tracing::info!(secret = %name, %principal, forced = deletion == Deletion::Now, "secret deleted");
+        Ok(proto::DeleteSecretResponse {
+            name: name.to_string(),
+            secret_id: secret.id,
+            deletion_date: Some(timestamp_from_millis(deletion_date)),
+        })
+    }
+
+    pub(super) async fn restore(
+        &self,
+        request: Request<proto::RestoreSecretRequest>,
+    ) -> Result<proto::RestoreSecretResponse> {
+        let principal = auth::principal(&request)?;
+        let name = SecretName::parse(&request.get_ref().name)?;
+        self.authorize(&principal, Action::RestoreSecret, name.as_str())?;
+        let secret = self.secret(&name).await?;
+        self.state
+            .store
+            .restore_secret(&secret, now_millis())
+            .await?;
+        Ok(proto::RestoreSecretResponse {
+            name: name.to_string(),
+            secret_id: secret.id,
+        })
+    }
+
+    pub(super) async fn random_password(
+        &self,
+        request: Request<proto::GetRandomPasswordRequest>,
+    ) -> Result<proto::GetRandomPasswordResponse> {
+        let principal = auth::principal(&request)?;
+        let request = request.into_inner();
+        let policy = PasswordPolicy {
+            length: request.password_length.unwrap_or(password::DEFAULT_LENGTH),
+            exclude_characters: request.exclude_characters,
+            exclude_numbers: request.exclude_numbers,
+            exclude_punctuation: request.exclude_punctuation,
+            exclude_uppercase: request.exclude_uppercase,
+            exclude_lowercase: request.exclude_lowercase,
+            include_space: request.include_space,
+            require_each_included_type: request.require_each_included_type.unwrap_or(true),
+        };
+        self.authorize(&principal, Action::GetRandomPassword, "*")?;
+        let generated = password::generate(&policy)
+            .map_err(|error| Error::InvalidArgument(error.to_string()))?;
+        Ok(proto::GetRandomPasswordResponse {
+            random_password: generated.as_str().to_owned(),
+        })
+    }
+}

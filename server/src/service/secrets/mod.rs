@@ -1,0 +1,206 @@
+//! The Secrets service. Handlers live in three files by subject (reads,
+//! writes, lifecycle); this one holds what they share and the trait impl
+//! that maps their domain errors to `Status` in one place.
+//!
+//! Every handler authorizes before it reads or changes secret data; looking
+//! up what the decision needs (the secret's master key name) is the one
+//! read allowed before it.
+
+mod lifecycle;
+mod read;
+mod validate;
+mod write;
+
+use super::AppState;
+use crate::auth::Action;
+use crate::crypto::{self, SealedValue};
+use crate::error::{Error, Result};
+use crate::principal::Principal;
+use crate::stages;
+use crate::store::{NewVersion, PutOutcome, SecretRecord, VersionRecord};
+use rekey_shared::proto;
+use rekey_shared::proto::secrets_server::Secrets;
+use rekey_shared::time::now_millis;
+use rekey_shared::{KeyName, SecretName, SecretValue, Stage, VersionId};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+#[derive(Debug, Clone)]
+pub struct SecretsService {
+    state: Arc<AppState>,
+}
+
+impl SecretsService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+
+    fn authorize(&self, principal: &Principal, action: Action, resource: &str) -> Result<()> {
+        self.state.authorizer.authorize(principal, action, resource)
+    }
+
+    fn authorize_key(&self, principal: &Principal, key: &KeyName) -> Result<()> {
+        self.authorize(principal, Action::KeysUse, &format!("key:{key}"))
+    }
+
+    /// The secret a request names, scheduled for deletion or not.
+    async fn secret(&self, name: &SecretName) -> Result<SecretRecord> {
+        self.state
+            .store
+            .secret(name)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("secret {name} does not exist")))
+    }
+
+    /// The secret a request names; one scheduled for deletion cannot be used.
+    async fn live_secret(&self, name: &SecretName) -> Result<SecretRecord> {
+        let secret = self.secret(name).await?;
+        if let Some(date) = secret.deletion_date {
+            return Err(Error::FailedPrecondition(format!(
+                "secret {name} is scheduled for deletion on {}; restore it first (rekey restore)",
+                rekey_shared::time::format_millis(date)
+            )));
+        }
+        Ok(secret)
+    }
+
+    async fn open(&self, secret: &SecretRecord, version: &VersionRecord) -> Result<SecretValue> {
+        let master = self
+            .state
+            .keyring
+            .for_decryption(&self.state.store, &version.sealed.key)
+            .await?;
+        crypto::open_value(&master, &secret.id, &version.version_id, &version.sealed).map_err(
+            |_| {
+                Error::Integrity(format!(
+                    "the stored value of {} version {} failed its integrity check; \
+                     it was changed outside rekey or is corrupt",
+                    secret.name, version.version_id
+                ))
+            },
+        )
+    }
+
+    async fn seal(
+        &self,
+        key_name: &KeyName,
+        secret_id: &str,
+        version_id: &VersionId,
+        value: &SecretValue,
+    ) -> Result<SealedValue> {
+        let master = self
+            .state
+            .keyring
+            .for_encryption(&self.state.store, key_name)
+            .await?;
+        Ok(crypto::seal_value(&master, secret_id, version_id, value))
+    }
+
+    /// A client request token reused: the same value gives the existing
+    /// version back, another value is refused.
+    async fn reused_token(
+        &self,
+        secret: &SecretRecord,
+        version_id: &VersionId,
+        value: &SecretValue,
+    ) -> Result<Option<proto::PutSecretValueResponse>> {
+        let Some(existing) = self.state.store.version(&secret.id, version_id).await? else {
+            return Ok(None);
+        };
+        if !self.open(secret, &existing).await?.same_as(value) {
+            return Err(Error::AlreadyExists(format!(
+                "client request token {version_id} was already used for a version of {} with a \
+                 different value; use a new token for a new value",
+                secret.name
+            )));
+        }
+        let map = self.state.store.stage_map(&secret.id).await?;
+        Ok(Some(put_response(
+            secret,
+            version_id,
+            &stages::stages_of(&map, version_id),
+        )))
+    }
+
+    /// Adds a version (or answers a retried request as the first was).
+    async fn put(
+        &self,
+        principal: &Principal,
+        secret: &SecretRecord,
+        version_id: &VersionId,
+        value: &SecretValue,
+        requested: &[Stage],
+    ) -> Result<proto::PutSecretValueResponse> {
+        if let Some(response) = self.reused_token(secret, version_id, value).await? {
+            return Ok(response);
+        }
+        let version = NewVersion {
+            version_id: version_id.clone(),
+            created_at: now_millis(),
+            created_by: principal.to_string(),
+            sealed: self
+                .seal(&secret.key_name, &secret.id, version_id, value)
+                .await?,
+        };
+        match self
+            .state
+            .store
+            .put_version(&secret.id, &version, requested)
+            .await?
+        {
+            PutOutcome::Added(stages) => Ok(put_response(secret, version_id, &stages)),
+            // Another request with the same token won the race.
+            PutOutcome::VersionExists => self
+                .reused_token(secret, version_id, value)
+                .await?
+                .ok_or_else(|| Error::internal("put", "a version vanished")),
+        }
+    }
+}
+
+fn put_response(
+    secret: &SecretRecord,
+    version_id: &VersionId,
+    stages: &[Stage],
+) -> proto::PutSecretValueResponse {
+    proto::PutSecretValueResponse {
+        name: secret.name.to_string(),
+        secret_id: secret.id.clone(),
+        version_id: version_id.to_string(),
+        version_stages: stages.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// Each RPC calls its handler and maps a domain error to a `Status` here.
+macro_rules! handlers {
+    ($($rpc:ident($request:ty) -> $response:ty => $handler:ident;)*) => {
+        #[tonic::async_trait]
+        impl Secrets for SecretsService {
+            $(
+                async fn $rpc(
+                    &self,
+                    request: Request<$request>,
+                ) -> Result<Response<$response>, Status> {
+                    Ok(Response::new(self.$handler(request).await?))
+                }
+            )*
+        }
+    };
+}
+
+handlers! {
+    create_secret(proto::CreateSecretRequest) -> proto::CreateSecretResponse => create;
+    get_secret_value(proto::GetSecretValueRequest) -> proto::GetSecretValueResponse => get_value;
+    batch_get_secret_value(proto::BatchGetSecretValueRequest) -> proto::BatchGetSecretValueResponse => batch_get;
+    put_secret_value(proto::PutSecretValueRequest) -> proto::PutSecretValueResponse => put_value;
+    update_secret(proto::UpdateSecretRequest) -> proto::UpdateSecretResponse => update;
+    describe_secret(proto::DescribeSecretRequest) -> proto::SecretMetadata => describe;
+    list_secrets(proto::ListSecretsRequest) -> proto::ListSecretsResponse => list;
+    list_secret_version_ids(proto::ListSecretVersionIdsRequest) -> proto::ListSecretVersionIdsResponse => list_versions;
+    update_secret_version_stage(proto::UpdateSecretVersionStageRequest) -> proto::UpdateSecretVersionStageResponse => move_stage;
+    tag_resource(proto::TagResourceRequest) -> proto::TagResourceResponse => tag;
+    untag_resource(proto::UntagResourceRequest) -> proto::UntagResourceResponse => untag;
+    delete_secret(proto::DeleteSecretRequest) -> proto::DeleteSecretResponse => delete;
+    restore_secret(proto::RestoreSecretRequest) -> proto::RestoreSecretResponse => restore;
+    get_random_password(proto::GetRandomPasswordRequest) -> proto::GetRandomPasswordResponse => random_password;
+}

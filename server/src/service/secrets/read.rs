@@ -1,0 +1,313 @@
+//! Reads: one value, a batch of values, metadata, listings of secrets and of
+//! versions.
+
+use super::SecretsService;
+use super::validate;
+use crate::auth::{self, Action};
+use crate::error::{Error, Result};
+use crate::principal::Principal;
+use crate::service::convert::{
+    decode_page_token, encode_page_token, list_cursor, list_page_token, page_size, secret_metadata,
+    secret_version, today,
+};
+use crate::stages;
+use crate::store::{SecretQuery, SecretRecord};
+use rekey_shared::proto;
+use rekey_shared::time::timestamp_from_millis;
+use rekey_shared::{SecretName, Stage, VersionId};
+use tonic::{Request, Status};
+
+const MAX_PAGE: u32 = 100;
+const MAX_BATCH: usize = 20;
+
+impl SecretsService {
+    /// One value, by version id, by stage, or CURRENT. Authorized first:
+    /// `secrets:GetSecretValue` on the name, then `keys:Use` on its key.
+    async fn read_value(
+        &self,
+        principal: &Principal,
+        name: &SecretName,
+        version_id: Option<&VersionId>,
+        stage: Option<&Stage>,
+    ) -> Result<proto::GetSecretValueResponse> {
+        self.authorize(principal, Action::GetSecretValue, name.as_str())?;
+        let secret = self.live_secret(name).await?;
+        self.authorize_key(principal, &secret.key_name)?;
+        self.read_authorized(&secret, version_id, stage).await
+    }
+
+    async fn read_authorized(
+        &self,
+        secret: &SecretRecord,
+        version_id: Option<&VersionId>,
+        stage: Option<&Stage>,
+    ) -> Result<proto::GetSecretValueResponse> {
+        let store = &self.state.store;
+        let name = &secret.name;
+        let version = match version_id {
+            Some(version_id) => store
+                .version(&secret.id, version_id)
+                .await?
+                .ok_or_else(|| {
+                    Error::NotFound(format!("secret {name} has no version {version_id}"))
+                })?,
+            None => {
+                let stage = stage.cloned().unwrap_or_else(Stage::current);
+                store
+                    .version_at_stage(&secret.id, &stage)
+                    .await?
+                    .ok_or_else(|| {
+                        if stage.is_current() {
+                            Error::NotFound(format!("secret {name} has no value yet"))
+                        } else {
+                            Error::NotFound(format!(
+                                "secret {name} has no version with stage {stage}"
+                            ))
+                        }
+                    })?
+            }
+        };
+        let map = store.stage_map(&secret.id).await?;
+        let version_stages = stages::stages_of(&map, &version.version_id);
+        if let (Some(stage), Some(_)) = (stage, version_id)
+            && !version_stages.contains(stage)
+        {
+            return Err(Error::NotFound(format!(
+                "version {} of {name} does not carry stage {stage}",
+                version.version_id
+            )));
+        }
+        let value = self.open(secret, &version).await?;
+        store
+            .record_access(&secret.id, &version.version_id, today())
+            .await?;
+        let (secret_string, secret_binary) = value.to_fields();
+        Ok(proto::GetSecretValueResponse {
+            name: name.to_string(),
+            secret_id: secret.id.clone(),
+            version_id: version.version_id.to_string(),
+            version_stages: version_stages.iter().map(ToString::to_string).collect(),
+            secret_string,
+            secret_binary,
+            created_at: Some(timestamp_from_millis(version.created_at)),
+        })
+    }
+
+    pub(super) async fn get_value(
+        &self,
+        request: Request<proto::GetSecretValueRequest>,
+    ) -> Result<proto::GetSecretValueResponse> {
+        let principal = auth::principal(&request)?;
+        let request = request.into_inner();
+        let name = SecretName::parse(&request.name)?;
+        let version_id = request
+            .version_id
+            .as_deref()
+            .map(VersionId::parse)
+            .transpose()?;
+        let stage = request
+            .version_stage
+            .as_deref()
+            .map(Stage::parse)
+            .transpose()?;
+        self.read_value(&principal, &name, version_id.as_ref(), stage.as_ref())
+            .await
+    }
+
+    /// Up to 20 named secrets, or a page of those matching filters. A
+    /// secret that cannot be read is an entry in `errors`; the call itself
+    /// succeeds. With filters, secrets the caller may not read are left out.
+    pub(super) async fn batch_get(
+        &self,
+        request: Request<proto::BatchGetSecretValueRequest>,
+    ) -> Result<proto::BatchGetSecretValueResponse> {
+        let principal = auth::principal(&request)?;
+        let request = request.into_inner();
+        let mut response = proto::BatchGetSecretValueResponse::default();
+        match (request.names.is_empty(), request.filters.is_empty()) {
+            (false, false) => {
+                return Err(Error::InvalidArgument(
+                    "give names or filters, not both".to_owned(),
+                ));
+            }
+            (true, true) => {
+                return Err(Error::InvalidArgument(
+                    "give up to 20 names, or filters".to_owned(),
+                ));
+            }
+            (false, true) => {
+                if request.names.len() > MAX_BATCH {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} names given; a batch reads at most {MAX_BATCH}",
+                        request.names.len()
+                    )));
+                }
+                if !request.page_token.is_empty() {
+                    return Err(Error::InvalidArgument(
+                        "a batch of names has one page; drop the page token".to_owned(),
+                    ));
+                }
+                for raw in &request.names {
+                    let read = match SecretName::parse(raw) {
+                        Ok(name) => self.read_value(&principal, &name, None, None).await,
+                        Err(error) => Err(error.into()),
+                    };
+                    match read {
+                        Ok(value) => response.secret_values.push(value),
+                        Err(error) => response.errors.push(batch_error(raw, error)),
+                    }
+                }
+            }
+            (true, false) => {
+                let query = SecretQuery {
+                    filters: validate::filters(&request.filters)?,
+                    after: list_cursor(&request.page_token, Default::default(), false)?,
+                    limit: page_size(request.page_size, MAX_BATCH as u32)?,
+                    ..SecretQuery::default()
+                };
+                let page = self.state.store.list_secrets(&query).await?;
+                response.next_page_token = next_token(&query, &page);
+                for secret in &page {
+                    if self
+                        .authorize(&principal, Action::GetSecretValue, secret.name.as_str())
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    let read = match self.authorize_key(&principal, &secret.key_name) {
+                        Ok(()) => self.read_authorized(secret, None, None).await,
+                        Err(error) => Err(error),
+                    };
+                    match read {
+                        Ok(value) => response.secret_values.push(value),
+                        Err(error) => response
+                            .errors
+                            .push(batch_error(secret.name.as_str(), error)),
+                    }
+                }
+            }
+        }
+        Ok(response)
+    }
+
+    pub(super) async fn describe(
+        &self,
+        request: Request<proto::DescribeSecretRequest>,
+    ) -> Result<proto::SecretMetadata> {
+        let principal = auth::principal(&request)?;
+        let name = SecretName::parse(&request.get_ref().name)?;
+        self.authorize(&principal, Action::DescribeSecret, name.as_str())?;
+        let secret = self.secret(&name).await?;
+        let map = self.state.store.stage_map(&secret.id).await?;
+        Ok(secret_metadata(&secret, &map))
+    }
+
+    pub(super) async fn list(
+        &self,
+        request: Request<proto::ListSecretsRequest>,
+    ) -> Result<proto::ListSecretsResponse> {
+        let principal = auth::principal(&request)?;
+        let request = request.into_inner();
+        let (sort, descending) = validate::sort(request.sort_by, request.sort_order)?;
+        let query = SecretQuery {
+            filters: validate::filters(&request.filters)?,
+            sort,
+            descending,
+            after: list_cursor(&request.page_token, sort, descending)?,
+            include_planned_deletion: request.include_planned_deletion,
+            limit: page_size(request.page_size, MAX_PAGE)?,
+        };
+        let store = &self.state.store;
+        let page = store.list_secrets(&query).await?;
+        let mut secrets = Vec::with_capacity(page.len());
+        for secret in &page {
+            if self
+                .authorize(&principal, Action::ListSecrets, secret.name.as_str())
+                .is_ok()
+            {
+                let map = store.stage_map(&secret.id).await?;
+                secrets.push(secret_metadata(secret, &map));
+            }
+        }
+        Ok(proto::ListSecretsResponse {
+            secrets,
+            next_page_token: next_token(&query, &page),
+        })
+    }
+
+    pub(super) async fn list_versions(
+        &self,
+        request: Request<proto::ListSecretVersionIdsRequest>,
+    ) -> Result<proto::ListSecretVersionIdsResponse> {
+        let principal = auth::principal(&request)?;
+        let request = request.into_inner();
+        let name = SecretName::parse(&request.name)?;
+        let limit = page_size(request.page_size, MAX_PAGE)?;
+        let before_seq = decode_page_token("versions", &request.page_token)?
+            .map(|seq| seq.parse::<i64>())
+            .transpose()
+            .map_err(|_| Error::InvalidArgument("page token is malformed".to_owned()))?;
+        self.authorize(&principal, Action::ListSecretVersionIds, name.as_str())?;
+        let secret = self.secret(&name).await?;
+        let versions = self
+            .state
+            .store
+            .list_versions(&secret.id, request.include_deprecated, before_seq, limit)
+            .await?;
+        let next_page_token = match versions.last() {
+            Some(last) if versions.len() == limit as usize => {
+                encode_page_token("versions", &last.seq.to_string())
+            }
+            _ => String::new(),
+        };
+        Ok(proto::ListSecretVersionIdsResponse {
+            name: name.to_string(),
+            secret_id: secret.id,
+            versions: versions.iter().map(secret_version).collect(),
+            next_page_token,
+        })
+    }
+}
+
+/// The next page's token: empty when this page was not full.
+fn next_token(query: &SecretQuery, page: &[SecretRecord]) -> String {
+    match page.last() {
+        Some(last) if page.len() == query.limit as usize => {
+            list_page_token(query.sort, query.descending, last)
+        }
+        _ => String::new(),
+    }
+}
+
+fn batch_error(name: &str, error: Error) -> proto::BatchGetError {
+    let status = Status::from(error);
+    proto::BatchGetError {
+        name: name.to_owned(),
+        code: code_name(status.code()).to_owned(),
+        message: status.message().to_owned(),
+    }
+}
+
+/// The name gRPC gives a status code, as clients print it.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

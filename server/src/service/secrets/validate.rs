@@ -1,0 +1,167 @@
+//! Checks of request fields that are not names (those parse in
+//! `rekey_shared::names`): tokens, descriptions, tags, filters, sort orders.
+//! Every refusal is `INVALID_ARGUMENT` with a message naming the field.
+
+use crate::error::{Error, Result};
+use crate::store::{FilterField, MAX_TAGS, SecretFilter, SortKey};
+use rekey_shared::proto::{self, FilterKey, SortBy, SortOrder};
+use rekey_shared::{KeyName, VersionId};
+
+pub const MAX_DESCRIPTION_CHARS: usize = 2048;
+const MAX_FILTERS: usize = 10;
+const MAX_FILTER_VALUES: usize = 10;
+const MAX_FILTER_VALUE_CHARS: usize = 512;
+
+pub fn version_id_from_token(token: &str) -> Result<VersionId> {
+    if token.is_empty() {
+        Ok(VersionId::random())
+    } else {
+        VersionId::parse(token)
+            .map_err(|error| Error::InvalidArgument(format!("client request token: {error}")))
+    }
+}
+
+pub fn key_name_or_default(name: &str) -> Result<KeyName> {
+    if name.is_empty() {
+        Ok(KeyName::default_key())
+    } else {
+        Ok(KeyName::parse(name)?)
+    }
+}
+
+pub fn check_description(description: &str) -> Result<()> {
+    let length = description.chars().count();
+    if length > MAX_DESCRIPTION_CHARS {
+        return Err(Error::InvalidArgument(format!(
+            "description is {length} characters long; the limit is {MAX_DESCRIPTION_CHARS}"
+        )));
+    }
+    Ok(())
+}
+
+pub fn check_tag_key(key: &str) -> Result<()> {
+    let length = key.chars().count();
+    if !(1..=128).contains(&length) {
+        return Err(Error::InvalidArgument(format!(
+            "tag key {key:?} is {length} characters long; it must be 1-128"
+        )));
+    }
+    Ok(())
+}
+
+/// Tags as (key, value) pairs; a key given twice keeps its last value.
+pub fn check_tags(tags: &[proto::Tag]) -> Result<Vec<(String, String)>> {
+    if tags.len() > MAX_TAGS {
+        return Err(Error::InvalidArgument(format!(
+            "{} tags given; a secret carries at most {MAX_TAGS}",
+            tags.len()
+        )));
+    }
+    let mut checked: Vec<(String, String)> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        check_tag_key(&tag.key)?;
+        let value_length = tag.value.chars().count();
+        if value_length > 256 {
+            return Err(Error::InvalidArgument(format!(
+                "the value of tag {:?} is {value_length} characters long; the limit is 256",
+                tag.key
+            )));
+        }
+        checked.retain(|(key, _)| *key != tag.key);
+        checked.push((tag.key.clone(), tag.value.clone()));
+    }
+    Ok(checked)
+}
+
+/// The API's filters as store filters: values split into those to include
+/// and those (`!`-prefixed) to exclude.
+pub fn filters(filters: &[proto::Filter]) -> Result<Vec<SecretFilter>> {
+    if filters.len() > MAX_FILTERS {
+        return Err(Error::InvalidArgument(format!(
+            "{} filters given; at most {MAX_FILTERS} are allowed",
+            filters.len()
+        )));
+    }
+    filters
+        .iter()
+        .map(|filter| {
+            let field = match FilterKey::try_from(filter.key) {
+                Ok(FilterKey::Name) => FilterField::Name,
+                Ok(FilterKey::TagKey) => FilterField::TagKey,
+                Ok(FilterKey::TagValue) => FilterField::TagValue,
+                Ok(FilterKey::Description) => FilterField::Description,
+                Ok(FilterKey::All) => FilterField::All,
+                Ok(FilterKey::Tag) => FilterField::Tag,
+                Ok(FilterKey::Unspecified) | Err(_) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "filter key {} is not one of name, tag-key, tag-value, description, all, tag",
+                        filter.key
+                    )));
+                }
+            };
+            if filter.values.is_empty() || filter.values.len() > MAX_FILTER_VALUES {
+                return Err(Error::InvalidArgument(format!(
+                    "a filter takes 1-{MAX_FILTER_VALUES} values; {} given",
+                    filter.values.len()
+                )));
+            }
+            let mut include = Vec::new();
+            let mut exclude = Vec::new();
+            for value in &filter.values {
+                if value.chars().count() > MAX_FILTER_VALUE_CHARS {
+                    return Err(Error::InvalidArgument(format!(
+                        "a filter value is longer than {MAX_FILTER_VALUE_CHARS} characters"
+                    )));
+                }
+                if field == FilterField::Tag && !value.trim_start_matches('!').contains('=') {
+                    return Err(Error::InvalidArgument(format!(
+                        "tag filter {value:?} is not KEY=VALUE"
+                    )));
+                }
+                match value.strip_prefix('!') {
+                    Some(negated) => exclude.push(negated.to_owned()),
+                    None => include.push(value.clone()),
+                }
+            }
+            Ok(SecretFilter {
+                field,
+                include,
+                exclude,
+            })
+        })
+        .collect()
+}
+
+pub fn sort(by: i32, order: i32) -> Result<(SortKey, bool)> {
+    let key = match SortBy::try_from(by) {
+        Ok(SortBy::Unspecified | SortBy::Name) => SortKey::Name,
+        Ok(SortBy::Created) => SortKey::Created,
+        Ok(SortBy::Changed) => SortKey::Changed,
+        Err(_) => return Err(Error::InvalidArgument(format!("sort_by {by} is unknown"))),
+    };
+    let descending = match SortOrder::try_from(order) {
+        Ok(SortOrder::Unspecified | SortOrder::Asc) => false,
+        Ok(SortOrder::Desc) => true,
+        Err(_) => {
+            return Err(Error::InvalidArgument(format!(
+                "sort_order {order} is unknown"
+            )));
+        }
+    };
+    Ok((key, descending))
+}
+
+/// Six random letters and digits, to make a secret's id from its name.
+pub fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut suffix = String::with_capacity(6);
+    let mut byte = [0u8; 1];
+    while suffix.len() < 6 {
+        crate::crypto::random_bytes(&mut byte);
+        // 248 = 4 × 62: reject the rest so every character is equally likely.
+        if byte[0] < 248 {
+            suffix.push(ALPHABET[usize::from(byte[0]) % ALPHABET.len()] as char);
+        }
+    }
+    suffix
+}

@@ -1,0 +1,297 @@
+//! Writes: create, put, update (metadata, master key, value), stage moves,
+//! tags.
+
+use super::SecretsService;
+use super::validate::{
+    check_description, check_tag_key, check_tags, key_name_or_default, random_suffix,
+    version_id_from_token,
+};
+use crate::auth::{self, Action};
+use crate::crypto;
+use crate::error::{Error, Result};
+use crate::store::{NewSecret, NewVersion, Rewrapped, SecretRecord};
+use rekey_shared::proto;
+use rekey_shared::time::now_millis;
+use rekey_shared::{KeyName, SecretName, SecretValue, Stage, VersionId};
+use tonic::Request;
+
+impl SecretsService {
+    pub(super) async fn create(
+        &self,
+        request: Request<proto::CreateSecretRequest>,
+    ) -> Result<proto::CreateSecretResponse> {
+        let principal = auth::principal(&request)?;
+        let request = request.into_inner();
+        let name = SecretName::parse(&request.name)?;
+        let key_name = key_name_or_default(&request.key_name)?;
+        check_description(&request.description)?;
+        let tags = check_tags(&request.tags)?;
+        let value = SecretValue::from_fields(request.secret_string, request.secret_binary)?;
+        let version_id = version_id_from_token(&request.client_request_token)?;
+        self.authorize(&principal, Action::CreateSecret, name.as_str())?;
+        if value.is_some() {
+            self.authorize_key(&principal, &key_name)?;
+        }
+        if !self
+            .state
+            .keyring
+            .exists(&self.state.store, &key_name)
+            .await?
+        {
+            return Err(crate::keyring::missing_key(&key_name));
+        }
+
+        let secret = NewSecret {
+            id: format!("{name}-{}", random_suffix()),
+            name: name.clone(),
+            description: request.description,
+            key_name: key_name.clone(),
+            tags,
+            created_at: now_millis(),
+        };
+        let first = match &value {
+            Some(value) => Some(NewVersion {
+                version_id: version_id.clone(),
+                created_at: secret.created_at,
+                created_by: principal.to_string(),
+                sealed: self.seal(&key_name, &secret.id, &version_id, value).await?,
+            }),
+            None => None,
+        };
+        match self
+            .state
+            .store
+            .create_secret(&secret, first.as_ref())
+            .await
+        {
+            Ok(()) => Ok(proto::CreateSecretResponse {
+                name: name.to_string(),
+                secret_id: secret.id,
+                version_id: first.map(|version| version.version_id.to_string()),
+            }),
+            // A retried create (same token, same value) is answered as the first was.
+            Err(Error::AlreadyExists(message)) => {
+                if let (Some(value), false) = (&value, request.client_request_token.is_empty())
+                    && let Some(existing) = self.state.store.secret(&name).await?
+                    && let Some(reused) = self.reused_token(&existing, &version_id, value).await?
+                {
+                    return Ok(proto::CreateSecretResponse {
+                        name: reused.name,
+                        secret_id: reused.secret_id,
+                        version_id: Some(reused.version_id),
+                    });
+                }
+                Err(Error::AlreadyExists(message))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    pub(super) async fn put_value(
+        &self,
+        request: Request<proto::PutSecretValueRequest>,
+    ) -> Result<proto::PutSecretValueResponse> {
+        let principal = auth::principal(&request)?;
+        let request = request.into_inner();
+        let name = SecretName::parse(&request.name)?;
+        let value = SecretValue::from_fields(request.secret_string, request.secret_binary)?
+            .ok_or_else(|| {
+                Error::InvalidArgument("give a value: secret_string or secret_binary".to_owned())
+            })?;
+        let requested = request
+            .version_stages
+            .iter()
+            .map(|stage| Stage::parse(stage))
+            .collect::<Result<Vec<_>, _>>()?;
+        let version_id = version_id_from_token(&request.client_request_token)?;
+        self.authorize(&principal, Action::PutSecretValue, name.as_str())?;
+        let secret = self.live_secret(&name).await?;
+        self.authorize_key(&principal, &secret.key_name)?;
+        self.put(&principal, &secret, &version_id, &value, &requested)
+            .await
+    }
+
+    /// Description, master key (every data key re-wrapped, values
+    /// untouched), and a new CURRENT value, each optional.
+    pub(super) async fn update(
+        &self,
+        request: Request<proto::UpdateSecretRequest>,
+    ) -> Result<proto::UpdateSecretResponse> {
+        let principal = auth::principal(&request)?;
+        let request = request.into_inner();
+        let name = SecretName::parse(&request.name)?;
+        if let Some(description) = &request.description {
+            check_description(description)?;
+        }
+        let new_key = request
+            .key_name
+            .as_deref()
+            .map(KeyName::parse)
+            .transpose()?;
+        let value = SecretValue::from_fields(request.secret_string, request.secret_binary)?;
+        let version_id = version_id_from_token(&request.client_request_token)?;
+        if request.description.is_none() && new_key.is_none() && value.is_none() {
+            return Err(Error::InvalidArgument(
+                "nothing to update: give a description, a key name or a value".to_owned(),
+            ));
+        }
+        self.authorize(&principal, Action::UpdateSecret, name.as_str())?;
+        let mut secret = self.live_secret(&name).await?;
+        let moving = new_key.filter(|key| *key != secret.key_name);
+        if let Some(key) = &moving {
+            self.authorize_key(&principal, &secret.key_name)?;
+            self.authorize_key(&principal, key)?;
+        }
+        if value.is_some() {
+            self.authorize_key(&principal, moving.as_ref().unwrap_or(&secret.key_name))?;
+        }
+        if request.description.is_some() || moving.is_some() {
+            let rewrapped = match &moving {
+                Some(key) => self.rewrap_all(&secret, key).await?,
+                None => Vec::new(),
+            };
+            self.state
+                .store
+                .update_secret(
+                    &secret.id,
+                    request.description.as_deref(),
+                    moving.as_ref().map(|key| (key, rewrapped.as_slice())),
+                    now_millis(),
+                )
+                .await?;
+            if let Some(key) = moving {
+                secret.key_name = key;
+            }
+        }
+        let version_id = match value {
+            Some(value) => Some(
+                self.put(&principal, &secret, &version_id, &value, &[])
+                    .await?
+                    .version_id,
+            ),
+            None => None,
+        };
+        Ok(proto::UpdateSecretResponse {
+            name: name.to_string(),
+            secret_id: secret.id,
+            version_id,
+        })
+    }
+
+    /// Every version's data key wrapped under the newest version of `key`.
+    async fn rewrap_all(&self, secret: &SecretRecord, key: &KeyName) -> Result<Vec<Rewrapped>> {
+        let keyring = &self.state.keyring;
+        let store = &self.state.store;
+        let to = keyring.for_encryption(store, key).await?;
+        let mut rewrapped = Vec::new();
+        for version in store.all_versions(&secret.id).await? {
+            let from = keyring.for_decryption(store, &version.sealed.key).await?;
+            let moved = crypto::rewrap_data_key(
+                &from,
+                &to,
+                &secret.id,
+                &version.version_id,
+                &version.sealed,
+            )
+            .map_err(|_| {
+                Error::Integrity(format!(
+                    "the data key of {} version {} failed its integrity check",
+                    secret.name, version.version_id
+                ))
+            })?;
+            rewrapped.push(Rewrapped {
+                version_id: version.version_id,
+                wrapped_data_key: moved.wrapped_data_key,
+                from: version.sealed.key,
+                to: moved.key,
+            });
+        }
+        Ok(rewrapped)
+    }
+
+    pub(super) async fn move_stage(
+        &self,
+        request: Request<proto::UpdateSecretVersionStageRequest>,
+    ) -> Result<proto::UpdateSecretVersionStageResponse> {
+        let principal = auth::principal(&request)?;
+        let request = request.into_inner();
+        let name = SecretName::parse(&request.name)?;
+        let stage = Stage::parse(&request.version_stage)?;
+        let to = request
+            .move_to_version_id
+            .as_deref()
+            .map(VersionId::parse)
+            .transpose()?;
+        let from = request
+            .remove_from_version_id
+            .as_deref()
+            .map(VersionId::parse)
+            .transpose()?;
+        if to.is_none() && from.is_none() {
+            return Err(Error::InvalidArgument(
+                "give move_to_version_id, remove_from_version_id, or both".to_owned(),
+            ));
+        }
+        self.authorize(&principal, Action::UpdateSecretVersionStage, name.as_str())?;
+        let secret = self.live_secret(&name).await?;
+        self.state
+            .store
+            .move_stage(
+                &secret.id,
+                &name,
+                &stage,
+                to.as_ref(),
+                from.as_ref(),
+                now_millis(),
+            )
+            .await?;
+        Ok(proto::UpdateSecretVersionStageResponse {
+            name: name.to_string(),
+            secret_id: secret.id,
+        })
+    }
+
+    pub(super) async fn tag(
+        &self,
+        request: Request<proto::TagResourceRequest>,
+    ) -> Result<proto::TagResourceResponse> {
+        let principal = auth::principal(&request)?;
+        let request = request.into_inner();
+        let name = SecretName::parse(&request.name)?;
+        if request.tags.is_empty() {
+            return Err(Error::InvalidArgument("give at least one tag".to_owned()));
+        }
+        let tags = check_tags(&request.tags)?;
+        self.authorize(&principal, Action::TagResource, name.as_str())?;
+        let secret = self.live_secret(&name).await?;
+        self.state
+            .store
+            .tag_secret(&secret.id, &tags, now_millis())
+            .await?;
+        Ok(proto::TagResourceResponse {})
+    }
+
+    pub(super) async fn untag(
+        &self,
+        request: Request<proto::UntagResourceRequest>,
+    ) -> Result<proto::UntagResourceResponse> {
+        let principal = auth::principal(&request)?;
+        let request = request.into_inner();
+        let name = SecretName::parse(&request.name)?;
+        if request.tag_keys.is_empty() {
+            return Err(Error::InvalidArgument(
+                "give at least one tag key".to_owned(),
+            ));
+        }
+        for key in &request.tag_keys {
+            check_tag_key(key)?;
+        }
+        self.authorize(&principal, Action::UntagResource, name.as_str())?;
+        let secret = self.live_secret(&name).await?;
+        self.state
+            .store
+            .untag_secret(&secret.id, &request.tag_keys, now_millis())
+            .await?;
+        Ok(proto::UntagResourceResponse {})
+    }
+}

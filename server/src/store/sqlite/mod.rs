@@ -1,0 +1,200 @@
+//! The SQLite backend. Writes take a process-wide lock and `BEGIN
+//! IMMEDIATE`, so two writers never race on a stale snapshot; reads run on
+//! the pool in parallel (WAL). Split by subject: master keys, secrets
+//! (metadata, tags, deletion), versions and stages, and listings.
+
+mod keys;
+pub(super) mod list;
+mod secrets;
+
+pub use secrets::MAX_TAGS;
+
+mod versions;
+
+use versions::insert_version;
+
+use super::migrate::migrate;
+use super::{SecretRecord, VersionRecord, WrappedMasterKey};
+use crate::crypto::{KeyRef, SealedValue};
+use crate::error::{Error, Result};
+use crate::stages::StageMap;
+use rekey_shared::{KeyName, SecretName, Stage, VersionId};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::sync::{Mutex, MutexGuard};
+
+#[derive(Debug)]
+pub struct Store {
+    pool: SqlitePool,
+    write_lock: Mutex<()>,
+}
+
+type Tx = Transaction<'static, Sqlite>;
+
+/// A row read where a stored string must parse; a failure means the
+/// database was edited by hand.
+fn stored<T>(parsed: std::result::Result<T, rekey_shared::NameError>, what: &str) -> Result<T> {
+    parsed.map_err(|error| Error::internal(&format!("stored {what} is malformed"), error))
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+const SECRET_COLUMNS: &str =
+    "id, name, description, key_name, created_at, changed_at, accessed_day, deletion_date";
+
+const VERSION_COLUMNS: &str = "v.version_id, v.created_at, v.created_by, v.accessed_day, \
+     v.is_binary, v.ciphertext, v.wrapped_data_key, v.key_name, v.key_version";
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and brings its
+    /// schema up to date.
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|error| Error::InvalidArgument(format!("database URL {url:?}: {error}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("secure_delete", "ON");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(|error| Error::internal(&format!("opening database {url}"), error))?;
+        migrate(&pool).await?;
+        Ok(Self {
+            pool,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn write(&self) -> Result<(MutexGuard<'_, ()>, Tx)> {
+        let guard = self.write_lock.lock().await;
+        let transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok((guard, transaction))
+    }
+
+    /// Moves everything in the write-ahead log into the database file and
+    /// empties the log, so that erased rows linger in neither (with
+    /// `secure_delete`, freed pages are zeroed).
+    async fn checkpoint(&self) -> Result<()> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn tags(&self, secret_id: &str) -> Result<Vec<(String, String)>> {
+        let rows =
+            sqlx::query("SELECT key, value FROM secret_tags WHERE secret_id = ? ORDER BY key")
+                .bind(secret_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get("key"), row.get("value")))
+            .collect())
+    }
+
+    async fn with_tags(&self, rows: &[SqliteRow]) -> Result<Vec<SecretRecord>> {
+        let mut secrets = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut secret = secret_row(row)?;
+            secret.tags = self.tags(&secret.id).await?;
+            secrets.push(secret);
+        }
+        Ok(secrets)
+    }
+}
+
+async fn read_stage_map(connection: &mut SqliteConnection, secret_id: &str) -> Result<StageMap> {
+    let rows = sqlx::query("SELECT stage, version_id FROM version_stages WHERE secret_id = ?")
+        .bind(secret_id)
+        .fetch_all(&mut *connection)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                stored(Stage::parse(row.get("stage")), "stage")?,
+                stored(VersionId::parse(row.get("version_id")), "version id")?,
+            ))
+        })
+        .collect()
+}
+
+async fn write_stage_map(tx: &mut Tx, secret_id: &str, map: &StageMap) -> Result<()> {
+    sqlx::query("DELETE FROM version_stages WHERE secret_id = ?")
+        .bind(secret_id)
+        .execute(&mut **tx)
+        .await?;
+    for (stage, version) in map {
+        sqlx::query("INSERT INTO version_stages (secret_id, stage, version_id) VALUES (?, ?, ?)")
+            .bind(secret_id)
+            .bind(stage.as_str())
+            .bind(version.as_str())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn touch(tx: &mut Tx, secret_id: &str, now: i64) -> Result<()> {
+    sqlx::query("UPDATE secrets SET changed_at = ? WHERE id = ?")
+        .bind(now)
+        .bind(secret_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn secret_row(row: &SqliteRow) -> Result<SecretRecord> {
+    Ok(SecretRecord {
+        id: row.get("id"),
+        name: stored(SecretName::parse(row.get("name")), "secret name")?,
+        description: row.get("description"),
+        key_name: stored(KeyName::parse(row.get("key_name")), "key name")?,
+        tags: Vec::new(),
+        created_at: row.get("created_at"),
+        changed_at: row.get("changed_at"),
+        accessed_day: row.get("accessed_day"),
+        deletion_date: row.get("deletion_date"),
+    })
+}
+
+fn version_row(row: &SqliteRow) -> Result<VersionRecord> {
+    Ok(VersionRecord {
+        version_id: stored(VersionId::parse(row.get("version_id")), "version id")?,
+        created_at: row.get("created_at"),
+        created_by: row.get("created_by"),
+        accessed_day: row.get("accessed_day"),
+        sealed: SealedValue {
+            is_binary: row.get("is_binary"),
+            ciphertext: row.get("ciphertext"),
+            wrapped_data_key: row.get("wrapped_data_key"),
+            key: KeyRef {
+                name: stored(KeyName::parse(row.get("key_name")), "key name")?,
+                version: row.get("key_version"),
+            },
+        },
+    })
+}
+
+fn master_key_row(row: &SqliteRow) -> Result<WrappedMasterKey> {
+    Ok(WrappedMasterKey {
+        name: row.get("name"),
+        version: row.get("version"),
+        wrapped_material: row.get("wrapped_material"),
+        created_at: row.get("created_at"),
+    })
+}

@@ -1,0 +1,281 @@
+//! Secrets: creation, metadata, tags, deletion and erasure.
+
+use super::{
+    SECRET_COLUMNS, Store, Tx, insert_version, is_unique_violation, secret_row, touch,
+    write_stage_map,
+};
+use crate::error::{Error, Result};
+use crate::stages::{self, StageMap};
+use crate::store::{Deletion, NewSecret, NewVersion, Rewrapped, SecretRecord};
+use rekey_shared::time::format_millis as format_date;
+use rekey_shared::{KeyName, SecretName};
+
+/// A secret carries at most this many tags.
+pub const MAX_TAGS: usize = 50;
+
+impl Store {
+    /// Creates a secret, with its first version (which gets CURRENT) when
+    /// one is given. A name held by a secret scheduled for deletion is not
+    /// free until that secret is restored and deleted, or purged.
+    pub async fn create_secret(
+        &self,
+        secret: &NewSecret,
+        first: Option<&NewVersion>,
+    ) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO secrets (id, name, description, key_name, created_at, changed_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&secret.id)
+        .bind(secret.name.as_str())
+        .bind(&secret.description)
+        .bind(secret.key_name.as_str())
+        .bind(secret.created_at)
+        .bind(secret.created_at)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(error) if is_unique_violation(&error) => {
+                let deletion: Option<i64> =
+                    sqlx::query_scalar("SELECT deletion_date FROM secrets WHERE name = ?")
+                        .bind(secret.name.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                return Err(match deletion {
+                    Some(date) => Error::FailedPrecondition(format!(
+                        "secret {} is scheduled for deletion on {}; its name is free once it is \
+                         purged, or restore it (rekey restore) and delete it with --force",
+                        secret.name,
+                        format_date(date)
+                    )),
+                    None => Error::AlreadyExists(format!("secret {} already exists", secret.name)),
+                });
+            }
+            other => {
+                other?;
+            }
+        }
+        insert_tags(&mut tx, &secret.id, &secret.tags).await?;
+        if let Some(version) = first {
+            insert_version(&mut tx, &secret.id, version).await?;
+            let mut map = StageMap::new();
+            stages::for_new_version(&mut map, &version.version_id, &[])?;
+            write_stage_map(&mut tx, &secret.id, &map).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn secret(&self, name: &SecretName) -> Result<Option<SecretRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?"
+        ))
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut secret = secret_row(&row)?;
+        secret.tags = self.tags(&secret.id).await?;
+        Ok(Some(secret))
+    }
+
+    /// Changes the description, and moves the secret to another master key
+    /// with every version's data key re-wrapped.
+    pub async fn update_secret(
+        &self,
+        secret_id: &str,
+        description: Option<&str>,
+        new_key: Option<(&KeyName, &[Rewrapped])>,
+        now: i64,
+    ) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        if let Some(description) = description {
+            sqlx::query("UPDATE secrets SET description = ? WHERE id = ?")
+                .bind(description)
+                .bind(secret_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some((key_name, rewrapped)) = new_key {
+            sqlx::query("UPDATE secrets SET key_name = ? WHERE id = ?")
+                .bind(key_name.as_str())
+                .bind(secret_id)
+                .execute(&mut *tx)
+                .await?;
+            for Rewrapped {
+                version_id,
+                wrapped_data_key: wrapped,
+                from: old,
+                to: new,
+            } in rewrapped
+            {
+                let updated = sqlx::query(
+                    "UPDATE versions SET wrapped_data_key = ?, key_name = ?, key_version = ?
+                     WHERE secret_id = ? AND version_id = ? AND key_name = ? AND key_version = ?",
+                )
+                .bind(wrapped)
+                .bind(new.name.as_str())
+                .bind(new.version)
+                .bind(secret_id)
+                .bind(version_id.as_str())
+                .bind(old.name.as_str())
+                .bind(old.version)
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() != 1 {
+                    return Err(changed_meanwhile());
+                }
+            }
+            let left: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM versions WHERE secret_id = ? AND key_name <> ?",
+            )
+            .bind(secret_id)
+            .bind(key_name.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            if left != 0 {
+                return Err(changed_meanwhile());
+            }
+        }
+        touch(&mut tx, secret_id, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Adds or replaces tags, keeping the total within [`MAX_TAGS`].
+    pub async fn tag_secret(
+        &self,
+        secret_id: &str,
+        tags: &[(String, String)],
+        now: i64,
+    ) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        insert_tags(&mut tx, secret_id, tags).await?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM secret_tags WHERE secret_id = ?")
+            .bind(secret_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if count as usize > MAX_TAGS {
+            return Err(Error::InvalidArgument(format!(
+                "the secret would carry {count} tags; at most {MAX_TAGS} are allowed"
+            )));
+        }
+        touch(&mut tx, secret_id, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn untag_secret(&self, secret_id: &str, keys: &[String], now: i64) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        for key in keys {
+            sqlx::query("DELETE FROM secret_tags WHERE secret_id = ? AND key = ?")
+                .bind(secret_id)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        touch(&mut tx, secret_id, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Schedules the deletion of a live secret, or erases a secret (live or
+    /// scheduled) at once.
+    pub async fn delete_secret(&self, secret: &SecretRecord, deletion: Deletion) -> Result<()> {
+        match deletion {
+            Deletion::Now => {
+                self.erase(&secret.id).await?;
+                self.checkpoint().await
+            }
+            Deletion::At(date) => {
+                let (_guard, mut tx) = self.write().await?;
+                let updated = sqlx::query(
+                    "UPDATE secrets SET deletion_date = ? WHERE id = ? AND deletion_date IS NULL",
+                )
+                .bind(date)
+                .bind(&secret.id)
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() != 1 {
+                    return Err(Error::FailedPrecondition(format!(
+                        "secret {} is already scheduled for deletion; use --force to delete it now",
+                        secret.name
+                    )));
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn restore_secret(&self, secret: &SecretRecord, now: i64) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        let updated = sqlx::query(
+            "UPDATE secrets SET deletion_date = NULL, changed_at = ?
+             WHERE id = ? AND deletion_date IS NOT NULL",
+        )
+        .bind(now)
+        .bind(&secret.id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(Error::FailedPrecondition(format!(
+                "secret {} is not scheduled for deletion; there is nothing to restore",
+                secret.name
+            )));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Erases every secret whose recovery window ended by `now`, with all
+    /// its versions, and returns their names.
+    pub async fn purge_due(&self, now: i64) -> Result<Vec<String>> {
+        let due: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, name FROM secrets WHERE deletion_date IS NOT NULL AND deletion_date <= ?",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        for (id, _) in &due {
+            self.erase(id).await?;
+        }
+        if !due.is_empty() {
+            self.checkpoint().await?;
+        }
+        Ok(due.into_iter().map(|(_, name)| name).collect())
+    }
+
+    async fn erase(&self, secret_id: &str) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        // The cascade removes versions (and their ciphertexts), stages and tags.
+        sqlx::query("DELETE FROM secrets WHERE id = ?")
+            .bind(secret_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn changed_meanwhile() -> Error {
+    Error::FailedPrecondition(
+        "the secret's versions changed while moving it to the new key; try again".to_owned(),
+    )
+}
+
+async fn insert_tags(tx: &mut Tx, secret_id: &str, tags: &[(String, String)]) -> Result<()> {
+    for (key, value) in tags {
+        sqlx::query(
+            "INSERT INTO secret_tags (secret_id, key, value) VALUES (?, ?, ?)
+             ON CONFLICT (secret_id, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(secret_id)
+        .bind(key)
+        .bind(value)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,406 @@
+//! The `rekey` command line. Each subcommand maps to one RPC (or a loop of
+//! paged RPCs) and prints its result as text or JSON. Exit codes: 0 success,
+//! 1 an error from the server or the input, 2 a usage error. Errors are one
+//! line on standard error and never contain a value.
+//!
+//! This file holds the flags; `read`, `write` and `lifecycle` run them.
+
+mod lifecycle;
+mod read;
+mod write;
+
+use crate::client::Connection;
+use crate::input::ValueSource;
+use crate::output::{self, Format};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rekey_shared::proto;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rekey",
+    version,
+    about = "The rekey secrets manager: command line"
+)]
+struct Cli {
+    /// The server, as https://host:port.
+    #[arg(
+        long,
+        global = true,
+        env = "REKEY_SERVER",
+        default_value = "https://127.0.0.1:8443"
+    )]
+    server: String,
+    /// The identity file (key, certificate and CA in one PEM, mode 0600).
+    #[arg(long, global = true, env = "REKEY_IDENTITY", value_name = "FILE")]
+    identity: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    output: Format,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a secret, optionally with its first value.
+    Create {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// The master key that protects it.
+        #[arg(long = "key", default_value = "default")]
+        key_name: String,
+        /// A tag, KEY=VALUE (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
+        tags: Vec<proto::Tag>,
+        /// A client request token (32-64 characters) for safe retries.
+        #[arg(long)]
+        token: Option<String>,
+        #[command(flatten)]
+        value: ValueSource,
+    },
+    /// Print a value: CURRENT, or a stage, or a version.
+    Get {
+        name: String,
+        #[arg(long, conflicts_with = "version")]
+        stage: Option<String>,
+        #[arg(long)]
+        version: Option<String>,
+        /// Print one field of a JSON value.
+        #[arg(long, value_name = "KEY")]
+        field: Option<String>,
+    },
+    /// Print the CURRENT values of up to 20 secrets, or of those a filter matches.
+    BatchGet {
+        names: Vec<String>,
+        #[command(flatten)]
+        filters: FilterArgs,
+    },
+    /// Add a version; it becomes CURRENT unless stages are given.
+    Put {
+        name: String,
+        /// A stage for the new version (repeatable), e.g. PENDING.
+        #[arg(long = "stage", value_name = "STAGE")]
+        stages: Vec<String>,
+        /// A client request token (32-64 characters) for safe retries.
+        #[arg(long)]
+        token: Option<String>,
+        #[command(flatten)]
+        value: ValueSource,
+    },
+    /// Change the description or master key, or add a CURRENT value.
+    Update {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// Move the secret to this master key (data keys are re-wrapped).
+        #[arg(long = "key")]
+        key_name: Option<String>,
+        #[arg(long)]
+        token: Option<String>,
+        #[command(flatten)]
+        value: ValueSource,
+    },
+    /// Show a secret's metadata and the stages of its versions.
+    Describe { name: String },
+    /// List secrets.
+    List {
+        #[command(flatten)]
+        filters: FilterArgs,
+        #[arg(long, value_enum, default_value = "name")]
+        sort: Sort,
+        /// Sort in descending order.
+        #[arg(long)]
+        desc: bool,
+        /// Also list secrets scheduled for deletion.
+        #[arg(long)]
+        include_deleted: bool,
+        /// Secrets per request (1-100).
+        #[arg(long, default_value_t = 100)]
+        page_size: u32,
+    },
+    /// List a secret's versions, newest first.
+    Versions {
+        name: String,
+        /// Include deprecated versions (those without a stage).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Move a stage to a version, or remove it.
+    Stage {
+        name: String,
+        stage: String,
+        /// The version that gets the stage.
+        #[arg(long, value_name = "VERSION")]
+        to: Option<String>,
+        /// Only if the stage is on this version now; alone, removes the stage.
+        #[arg(long, value_name = "VERSION")]
+        from: Option<String>,
+    },
+    /// Add or replace tags.
+    Tag {
+        name: String,
+        #[arg(value_name = "KEY=VALUE", required = true, value_parser = parse_tag)]
+        tags: Vec<proto::Tag>,
+    },
+    /// Remove tags.
+    Untag {
+        name: String,
+        #[arg(value_name = "KEY", required = true)]
+        keys: Vec<String>,
+    },
+    /// Schedule a secret's deletion (default 30 days), or delete it now.
+    Delete {
+        name: String,
+        /// Days before it is erased (7-30).
+        #[arg(long, value_name = "N", conflicts_with = "force")]
+        recovery_days: Option<u32>,
+        /// Erase it now, with every version: this cannot be undone.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Cancel a scheduled deletion.
+    Restore { name: String },
+    /// Print a random password from the server's OS random generator.
+    Password(PasswordArgs),
+}
+
+/// Which secrets a listing matches. Each flag is repeatable; values are
+/// prefixes and `!` negates.
+#[derive(Debug, Args, Default)]
+pub struct FilterArgs {
+    /// Names starting with P.
+    #[arg(long = "prefix", value_name = "P")]
+    pub prefixes: Vec<String>,
+    /// A tag with exactly KEY and a value starting with VALUE.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// A tag key starting with K.
+    #[arg(long = "tag-key", value_name = "K")]
+    pub tag_keys: Vec<String>,
+    /// A tag value starting with V.
+    #[arg(long = "tag-value", value_name = "V")]
+    pub tag_values: Vec<String>,
+    /// A description starting with D.
+    #[arg(long = "description", value_name = "D")]
+    pub descriptions: Vec<String>,
+    /// Name, tag key, tag value or description starting with T.
+    #[arg(long = "any", value_name = "T")]
+    pub any: Vec<String>,
+}
+
+impl FilterArgs {
+    pub fn to_filters(&self) -> Vec<proto::Filter> {
+        use proto::FilterKey;
+        [
+            (FilterKey::Name, &self.prefixes),
+            (FilterKey::Tag, &self.tags),
+            (FilterKey::TagKey, &self.tag_keys),
+            (FilterKey::TagValue, &self.tag_values),
+            (FilterKey::Description, &self.descriptions),
+            (FilterKey::All, &self.any),
+        ]
+        .into_iter()
+        .filter(|(_, values)| !values.is_empty())
+        .map(|(key, values)| proto::Filter {
+            key: key as i32,
+            values: values.clone(),
+        })
+        .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Sort {
+    Name,
+    Created,
+    Changed,
+}
+
+#[derive(Debug, Args)]
+pub struct PasswordArgs {
+    /// 1-4096 characters.
+    #[arg(long, default_value_t = 32)]
+    pub length: u32,
+    #[arg(long, value_name = "CHARS", default_value = "")]
+    pub exclude_characters: String,
+    #[arg(long)]
+    pub exclude_numbers: bool,
+    #[arg(long)]
+    pub exclude_punctuation: bool,
+    #[arg(long)]
+    pub exclude_uppercase: bool,
+    #[arg(long)]
+    pub exclude_lowercase: bool,
+    #[arg(long)]
+    pub include_space: bool,
+    /// Do not require one character of each included type.
+    #[arg(long)]
+    pub no_require_each_type: bool,
+}
+
+fn parse_tag(text: &str) -> Result<proto::Tag, String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("tag {text:?} is not KEY=VALUE"))?;
+    Ok(proto::Tag {
+        key: key.to_owned(),
+        value: value.to_owned(),
+    })
+}
+
+/// Runs `rekey` and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Some(command) = cli.command else {
+        eprintln!(
+            "rekey: the terminal UI is not available yet; run `rekey --help` for the commands"
+        );
+        return ExitCode::from(2);
+    };
+    let connection = Connection {
+        server: cli.server,
+        identity: cli.identity,
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("rekey: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&connection, cli.output, command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("rekey: {}", describe(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line for an error: a server status with its code, or the chain of
+/// causes of anything else.
+fn describe(error: &anyhow::Error) -> String {
+    if let Some(status) = error.downcast_ref::<tonic::Status>() {
+        if matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown
+        ) && let Some(source) = std::error::Error::source(status)
+        {
+            return format!(
+                "{} ({})",
+                rekey_shared::channel::describe_transport_error(source),
+                output::status_line(status)
+            );
+        }
+        return output::status_line(status);
+    }
+    format!("{error:#}")
+}
+
+fn token(token: Option<String>) -> String {
+    token.unwrap_or_else(|| rekey_shared::VersionId::random().into_string())
+}
+
+async fn run(connection: &Connection, format: Format, command: Command) -> anyhow::Result<()> {
+    let mut secrets = connection.secrets().await?;
+    let client = &mut secrets;
+    match command {
+        Command::Create {
+            name,
+            description,
+            key_name,
+            tags,
+            token: request_token,
+            value,
+        } => {
+            let request = proto::CreateSecretRequest {
+                name,
+                description,
+                key_name,
+                tags,
+                client_request_token: token(request_token),
+                ..Default::default()
+            };
+            write::create(client, format, request, &value).await
+        }
+        Command::Get {
+            name,
+            stage,
+            version,
+            field,
+        } => read::get(client, format, name, stage, version, field.as_deref()).await,
+        Command::BatchGet { names, filters } => {
+            read::batch_get(client, format, names, filters.to_filters()).await
+        }
+        Command::Put {
+            name,
+            stages,
+            token: request_token,
+            value,
+        } => write::put(client, format, name, stages, token(request_token), &value).await,
+        Command::Update {
+            name,
+            description,
+            key_name,
+            token: request_token,
+            value,
+        } => {
+            let request = proto::UpdateSecretRequest {
+                name,
+                description,
+                key_name,
+                client_request_token: token(request_token),
+                ..Default::default()
+            };
+            write::update(client, format, request, &value).await
+        }
+        Command::Describe { name } => read::describe(client, format, name).await,
+        Command::List {
+            filters,
+            sort,
+            desc,
+            include_deleted,
+            page_size,
+        } => {
+            let request = proto::ListSecretsRequest {
+                filters: filters.to_filters(),
+                page_size,
+                page_token: String::new(),
+                sort_by: match sort {
+                    Sort::Name => proto::SortBy::Name,
+                    Sort::Created => proto::SortBy::Created,
+                    Sort::Changed => proto::SortBy::Changed,
+                } as i32,
+                sort_order: if desc {
+                    proto::SortOrder::Desc
+                } else {
+                    proto::SortOrder::Asc
+                } as i32,
+                include_planned_deletion: include_deleted,
+            };
+            read::list(client, format, request).await
+        }
+        Command::Versions { name, all } => read::versions(client, format, name, all).await,
+        Command::Stage {
+            name,
+            stage,
+            to,
+            from,
+        } => write::stage(client, format, name, stage, to, from).await,
+        Command::Tag { name, tags } => write::tag(client, format, name, tags).await,
+        Command::Untag { name, keys } => write::untag(client, format, name, keys).await,
+        Command::Delete {
+            name,
+            recovery_days,
+            force,
+        } => lifecycle::delete(client, format, name, recovery_days, force).await,
+        Command::Restore { name } => lifecycle::restore(client, format, name).await,
+        Command::Password(args) => lifecycle::password(client, format, &args).await,
+    }
+}

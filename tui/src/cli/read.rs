@@ -1,0 +1,184 @@
+//! Commands that read: get, batch-get, describe, list, versions.
+
+use crate::output::{self, Format};
+use rekey_shared::proto::secrets_client::SecretsClient;
+use rekey_shared::proto::{self};
+use serde_json::json;
+use std::io::Write;
+use tonic::transport::Channel;
+
+type Client = SecretsClient<Channel>;
+
+pub async fn get(
+    client: &mut Client,
+    format: Format,
+    name: String,
+    stage: Option<String>,
+    version: Option<String>,
+    field: Option<&str>,
+) -> anyhow::Result<()> {
+    let response = client
+        .get_secret_value(proto::GetSecretValueRequest {
+            name,
+            version_id: version,
+            version_stage: stage,
+        })
+        .await?
+        .into_inner();
+    print_value(format, &response, field)
+}
+
+fn print_value(
+    format: Format,
+    response: &proto::GetSecretValueResponse,
+    field: Option<&str>,
+) -> anyhow::Result<()> {
+    if let Some(field) = field {
+        let text = response.secret_string.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} is a binary value; --field needs a JSON value",
+                response.name
+            )
+        })?;
+        let document: serde_json::Value = serde_json::from_str(text)
+            .map_err(|_| anyhow::anyhow!("the value of {} is not JSON", response.name))?;
+        let picked = document.get(field).ok_or_else(|| {
+            anyhow::anyhow!("the JSON value of {} has no field {field:?}", response.name)
+        })?;
+        match (format, picked) {
+            (Format::Text, serde_json::Value::String(text)) => println!("{text}"),
+            (_, other) => println!("{other}"),
+        }
+        return Ok(());
+    }
+    match format {
+        Format::Json => output::print_json(&output::value_json(response)),
+        Format::Text => {
+            let mut stdout = std::io::stdout().lock();
+            if let Some(text) = &response.secret_string {
+                writeln!(stdout, "{text}")?;
+            } else if let Some(binary) = &response.secret_binary {
+                stdout.write_all(binary)?;
+            }
+            stdout.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// Values of several secrets. A secret that could not be read is reported
+/// on standard error and makes the exit code 1; the others still print.
+pub async fn batch_get(
+    client: &mut Client,
+    format: Format,
+    names: Vec<String>,
+    filters: Vec<proto::Filter>,
+) -> anyhow::Result<()> {
+    let mut values = Vec::new();
+    let mut errors = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .batch_get_secret_value(proto::BatchGetSecretValueRequest {
+                names: names.clone(),
+                filters: filters.clone(),
+                page_size: 0,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        values.extend(page.secret_values);
+        errors.extend(page.errors);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    match format {
+        Format::Json => output::print_json(&json!({
+            "secret_values": values.iter().map(output::value_json).collect::<Vec<_>>(),
+            "errors": errors.iter().map(|e| json!({
+                "name": e.name, "code": e.code, "message": e.message,
+            })).collect::<Vec<_>>(),
+        })),
+        Format::Text => {
+            for value in &values {
+                match (&value.secret_string, &value.secret_binary) {
+                    (Some(text), _) => println!("{}: {text}", value.name),
+                    (None, Some(binary)) => {
+                        println!("{}: ({} bytes, binary)", value.name, binary.len())
+                    }
+                    (None, None) => println!("{}:", value.name),
+                }
+            }
+            for error in &errors {
+                eprintln!("rekey: {}: {} ({})", error.name, error.message, error.code);
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} of {} secrets could not be read",
+            errors.len(),
+            errors.len() + values.len()
+        )
+    }
+}
+
+pub async fn describe(client: &mut Client, format: Format, name: String) -> anyhow::Result<()> {
+    let response = client
+        .describe_secret(proto::DescribeSecretRequest { name })
+        .await?
+        .into_inner();
+    output::print_metadata(format, &response);
+    Ok(())
+}
+
+/// Every page of a listing.
+pub async fn list(
+    client: &mut Client,
+    format: Format,
+    mut request: proto::ListSecretsRequest,
+) -> anyhow::Result<()> {
+    let mut all = Vec::new();
+    loop {
+        let page = client.list_secrets(request.clone()).await?.into_inner();
+        all.extend(page.secrets);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+    output::print_secret_list(format, &all);
+    Ok(())
+}
+
+pub async fn versions(
+    client: &mut Client,
+    format: Format,
+    name: String,
+    all: bool,
+) -> anyhow::Result<()> {
+    let mut versions = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_secret_version_ids(proto::ListSecretVersionIdsRequest {
+                name: name.clone(),
+                include_deprecated: all,
+                page_size: 0,
+                page_token,
+            })
+            .await?
+            .into_inner();
+        versions.extend(page.versions);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    output::print_versions(format, &versions);
+    Ok(())
+}
