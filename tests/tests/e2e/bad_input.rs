@@ -12,7 +12,10 @@ use tonic::transport::Channel;
 async fn snapshot(client: &mut SecretsClient<Channel>) -> String {
     let mut text = String::new();
     let secrets = client
-        .list_secrets(proto::ListSecretsRequest::default())
+        .list_secrets(proto::ListSecretsRequest {
+            include_planned_deletion: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -28,7 +31,7 @@ async fn snapshot(client: &mut SecretsClient<Channel>) -> String {
             .unwrap()
             .into_inner()
             .versions;
-        text.push_str(&format!("{} {:?}\n", secret.name, secret.versions));
+        text.push_str(&format!("{secret:?}\n"));
         for version in versions {
             text.push_str(&format!("  {} {:?}\n", version.version_id, version.stages));
         }
@@ -252,5 +255,174 @@ fn the_cli_reports_errors_in_one_line_with_stable_exit_codes() {
         too_big.stderr.contains("the limit is 65536 bytes"),
         "{}",
         too_big.stderr
+    );
+}
+
+#[tokio::test]
+async fn lifecycle_tag_batch_and_password_requests_are_checked() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let mut client = server.client(&installation.admin()).await;
+    client
+        .create_secret(proto::CreateSecretRequest {
+            name: "app/one".into(),
+            description: "kept".into(),
+            tags: vec![proto::Tag {
+                key: "env".into(),
+                value: "dev".into(),
+            }],
+            secret_string: Some("value".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let before = snapshot(&mut client).await;
+    let delete = |days: Option<u32>, force: bool| proto::DeleteSecretRequest {
+        name: "app/one".into(),
+        recovery_window_days: days,
+        force_delete_without_recovery: force,
+    };
+    for days in [0, 6, 31] {
+        assert_status(
+            client.delete_secret(delete(Some(days), false)).await,
+            Code::InvalidArgument,
+            &format!("a recovery window of {days} days is out of range; it must be 7-30 days"),
+        );
+    }
+    assert_status(
+        client.delete_secret(delete(Some(7), true)).await,
+        Code::InvalidArgument,
+        "a recovery window or force deletion, not both",
+    );
+    assert_status(
+        client
+            .restore_secret(proto::RestoreSecretRequest {
+                name: "app/one".into(),
+            })
+            .await,
+        Code::FailedPrecondition,
+        "secret app/one is not scheduled for deletion",
+    );
+    let password = |length: u32| proto::GetRandomPasswordRequest {
+        password_length: Some(length),
+        ..Default::default()
+    };
+    for length in [0, 5000] {
+        assert_status(
+            client.get_random_password(password(length)).await,
+            Code::InvalidArgument,
+            &format!("password length {length} is out of range; it must be 1-4096"),
+        );
+    }
+    assert_status(
+        client
+            .get_random_password(proto::GetRandomPasswordRequest {
+                exclude_numbers: true,
+                exclude_punctuation: true,
+                exclude_uppercase: true,
+                exclude_lowercase: true,
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "every character is excluded",
+    );
+    assert_status(
+        client
+            .batch_get_secret_value(proto::BatchGetSecretValueRequest {
+                names: (0..21).map(|i| format!("app/{i}")).collect(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "21 names given; a batch reads at most 20",
+    );
+    assert_status(
+        client
+            .tag_resource(proto::TagResourceRequest {
+                name: "app/one".into(),
+                tags: vec![proto::Tag {
+                    key: "k".repeat(129),
+                    value: String::new(),
+                }],
+            })
+            .await,
+        Code::InvalidArgument,
+        "is 129 characters long; it must be 1-128",
+    );
+    assert_status(
+        client
+            .tag_resource(proto::TagResourceRequest {
+                name: "app/one".into(),
+                tags: vec![proto::Tag {
+                    key: "k".into(),
+                    value: "v".repeat(257),
+                }],
+            })
+            .await,
+        Code::InvalidArgument,
+        "257 characters long; the limit is 256",
+    );
+    assert_status(
+        client
+            .update_secret(proto::UpdateSecretRequest {
+                name: "app/one".into(),
+                description: Some("d".repeat(2049)),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "description is 2049 characters long; the limit is 2048",
+    );
+    assert_status(
+        client
+            .list_secrets(proto::ListSecretsRequest {
+                page_token: "c2VjcmV0czpub3BlOjE6eA".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "page token",
+    );
+    assert_status(
+        client
+            .list_secrets(proto::ListSecretsRequest {
+                filters: vec![proto::Filter {
+                    key: proto::FilterKey::Name as i32,
+                    values: vec![],
+                }],
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+        "a filter takes 1-10 values",
+    );
+    assert_eq!(snapshot(&mut client).await, before);
+}
+
+#[test]
+fn the_cli_refuses_force_with_a_recovery_window() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let rekey = server.rekey(&installation.admin());
+    rekey.run(&["create", "app/x", "--value", "v"]).ok();
+    let both = rekey.run(&["delete", "app/x", "--force", "--recovery-days", "7"]);
+    assert_eq!(both.code, 2, "{}", both.stderr);
+    let six = rekey.run(&["delete", "app/x", "--recovery-days", "6"]);
+    assert_eq!(six.code, 1);
+    assert!(
+        six.stderr.contains("must be 7-30 days (INVALID_ARGUMENT)"),
+        "{}",
+        six.stderr
+    );
+    assert_eq!(rekey.run(&["get", "app/x"]).ok().stdout, "v\n");
+    let password = rekey
+        .run(&["password", "--length", "24", "--exclude-punctuation"])
+        .ok();
+    let generated = password.stdout.trim_end();
+    assert_eq!(generated.len(), 24);
+    assert!(
+        generated.chars().all(|c| c.is_ascii_alphanumeric()),
+        "{generated}"
     );
 }

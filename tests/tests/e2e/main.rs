@@ -5,9 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_input;
+mod batch;
 mod dev;
 mod idempotency;
 mod leaks;
+mod lifecycle;
+mod listing;
+mod metadata;
 mod secrets_flow;
 mod storage;
 mod tls;
+mod versions;
