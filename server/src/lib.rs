@@ -12,6 +12,7 @@ pub mod installation;
 pub mod keyring;
 pub mod password;
 pub mod pki;
+pub mod policy;
 pub mod principal;
 pub mod service;
 pub mod stages;

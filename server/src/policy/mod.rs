@@ -1,0 +1,433 @@
+//! The policy language: roles are lists of statements `{effect, actions,
+//! resources}`; bindings give roles to principals (exact names or globs).
+//! Deny by default; an explicit deny wins over any allow. In actions,
+//! resources and principals `*` matches any run of characters, `/`
+//! included.
+//!
+//! A policy document is TOML. [`Policy::parse`] refuses a malformed file
+//! with the line and the reason, an unknown action, a binding to an unknown
+//! role; [`Policy::check_not_locked_out`] refuses a policy under which no
+//! principal could apply policy again. [`Policy::evaluate`] is a pure
+//! function: no I/O, no clock.
+
+mod glob;
+
+pub use glob::matches as glob_matches;
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Every action of the policy language, as DESIGN lists them.
+pub const ACTIONS: &[&str] = &[
+    "secrets:CreateSecret",
+    "secrets:GetSecretValue",
+    "secrets:PutSecretValue",
+    "secrets:UpdateSecret",
+    "secrets:DescribeSecret",
+    "secrets:ListSecrets",
+    "secrets:ListSecretVersionIds",
+    "secrets:UpdateSecretVersionStage",
+    "secrets:TagResource",
+    "secrets:UntagResource",
+    "secrets:DeleteSecret",
+    "secrets:RestoreSecret",
+    "secrets:Watch",
+    "secrets:GetRandomPassword",
+    "rotation:ConfigureRotation",
+    "rotation:StartRotation",
+    "rotation:StepRotation",
+    "rotation:RetryRotation",
+    "rotation:CancelRotation",
+    "rotation:ApproveRotation",
+    "rotation:DescribeRotation",
+    "keys:Use",
+    "keys:Manage",
+    "policy:GetPolicy",
+    "policy:ApplyPolicy",
+    "audit:ReadAudit",
+    "audit:VerifyAudit",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statement {
+    pub effect: Effect,
+    pub actions: Vec<String>,
+    pub resources: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub statements: Vec<Statement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    /// A principal name or a glob.
+    pub principal: String,
+    pub roles: Vec<String>,
+}
+
+/// A whole policy document.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub roles: BTreeMap<String, Role>,
+    #[serde(default)]
+    pub bindings: Vec<Binding>,
+}
+
+/// The answer to "may P do A on R?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// An explicit deny statement of this role matched.
+    DeniedBy(String),
+    /// No allow statement matched.
+    NotAllowed,
+}
+
+impl Decision {
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allow)
+    }
+}
+
+/// Why a policy document was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyError(pub String);
+
+impl Policy {
+    /// Parses and checks a TOML document.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let policy: Policy = toml::from_str(text).map_err(|error| {
+            let position = error
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            PolicyError(format!(
+                "the policy is not valid: {position}{}",
+                error.message()
+            ))
+        })?;
+        policy.check()?;
+        Ok(policy)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Every action pattern names at least one known action; every binding
+    /// names roles that exist; nothing is empty.
+    pub fn check(&self) -> Result<(), PolicyError> {
+        for (name, role) in &self.roles {
+            for statement in &role.statements {
+                if statement.actions.is_empty() || statement.resources.is_empty() {
+                    return Err(PolicyError(format!(
+                        "role {name:?}: every statement needs actions and resources"
+                    )));
+                }
+                for action in &statement.actions {
+                    if !ACTIONS.iter().any(|known| glob::matches(action, known)) {
+                        return Err(PolicyError(format!(
+                            "role {name:?}: unknown action {action:?}; actions are {}",
+                            ACTIONS.join(", ")
+                        )));
+                    }
+                }
+            }
+        }
+        for binding in &self.bindings {
+            if binding.principal.is_empty() {
+                return Err(PolicyError("a binding has an empty principal".to_owned()));
+            }
+            for role in &binding.roles {
+                if !self.roles.contains_key(role) {
+                    return Err(PolicyError(format!(
+                        "the binding of {:?} names role {role:?}, which the policy does not define",
+                        binding.principal
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The roles bound to `principal`, each once.
+    fn roles_of<'a>(&'a self, principal: &str) -> Vec<(&'a str, &'a Role)> {
+        let mut names: Vec<&str> = self
+            .bindings
+            .iter()
+            .filter(|binding| glob::matches(&binding.principal, principal))
+            .flat_map(|binding| binding.roles.iter().map(String::as_str))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .filter_map(|name| self.roles.get(name).map(|role| (name, role)))
+            .collect()
+    }
+
+    /// May `principal` perform `action` on `resource`? Deny by default; a
+    /// matching deny wins over any allow.
+    pub fn evaluate(&self, principal: &str, action: &str, resource: &str) -> Decision {
+        let mut allowed = false;
+        for (name, role) in self.roles_of(principal) {
+            for statement in &role.statements {
+                let applies = statement.actions.iter().any(|a| glob::matches(a, action))
+                    && statement.resources.iter().any(|r| glob::matches(r, resource));
+                if !applies {
+                    continue;
+                }
+                match statement.effect {
+                    Effect::Deny => return Decision::DeniedBy(name.to_owned()),
+                    Effect::Allow => allowed = true,
+                }
+            }
+        }
+        if allowed {
+            Decision::Allow
+        } else {
+            Decision::NotAllowed
+        }
+    }
+
+    /// Refuses a policy under which no bound principal may apply policy:
+    /// the way back in would be `rekeyd policy recover` only.
+    pub fn check_not_locked_out(&self) -> Result<(), PolicyError> {
+        let someone = self.bindings.iter().any(|binding| {
+            self.evaluate(&binding.principal, "policy:ApplyPolicy", "*")
+                .is_allowed()
+        });
+        if someone {
+            Ok(())
+        } else {
+            Err(PolicyError(
+                "this policy leaves no principal able to apply policy (policy:ApplyPolicy on *); \
+                 it would lock everyone out"
+                    .to_owned(),
+            ))
+        }
+    }
+
+    /// The policy `rekeyd init` writes: the four default roles, and the
+    /// admin identity bound to `admin`.
+    pub fn default_for(admin: &str) -> Self {
+        let mut policy = Self::parse(DEFAULT_ROLES).unwrap_or_default();
+        policy.bind(admin, "admin");
+        policy
+    }
+
+    /// Adds `role` to the roles of exactly `principal`.
+    pub fn bind(&mut self, principal: &str, role: &str) {
+        match self
+            .bindings
+            .iter_mut()
+            .find(|binding| binding.principal == principal)
+        {
+            Some(binding) => {
+                if !binding.roles.iter().any(|r| r == role) {
+                    binding.roles.push(role.to_owned());
+                }
+            }
+            None => self.bindings.push(Binding {
+                principal: principal.to_owned(),
+                roles: vec![role.to_owned()],
+            }),
+        }
+    }
+}
+
+/// The default roles, as DESIGN describes them.
+pub const DEFAULT_ROLES: &str = r#"
+[roles.admin]
+description = "Everything."
+statements = [{ effect = "allow", actions = ["*"], resources = ["*"] }]
+
+[roles.operator]
+description = "All secret and rotation actions but reading values and approving."
+statements = [
+  { effect = "allow", resources = ["*"], actions = [
+    "secrets:CreateSecret", "secrets:PutSecretValue", "secrets:UpdateSecret",
+    "secrets:DescribeSecret", "secrets:ListSecrets", "secrets:ListSecretVersionIds",
+    "secrets:UpdateSecretVersionStage", "secrets:TagResource", "secrets:UntagResource",
+    "secrets:DeleteSecret", "secrets:RestoreSecret", "secrets:Watch",
+    "secrets:GetRandomPassword",
+    "rotation:ConfigureRotation", "rotation:StartRotation", "rotation:StepRotation",
+    "rotation:RetryRotation", "rotation:CancelRotation", "rotation:DescribeRotation",
+  ] },
+  { effect = "allow", actions = ["keys:Use"], resources = ["key:*"] },
+]
+
+[roles.approver]
+description = "Sees secrets and rotations, approves or rejects rotation steps; reads no values."
+statements = [
+  { effect = "allow", resources = ["*"], actions = [
+    "secrets:DescribeSecret", "secrets:ListSecrets", "secrets:Watch",
+    "rotation:DescribeRotation", "rotation:ApproveRotation",
+  ] },
+]
+
+[roles.reader]
+description = "Reads values."
+statements = [
+  { effect = "allow", resources = ["*"], actions = [
+    "secrets:GetSecretValue", "secrets:DescribeSecret", "secrets:ListSecrets",
+    "secrets:ListSecretVersionIds", "secrets:Watch",
+  ] },
+  { effect = "allow", actions = ["keys:Use"], resources = ["key:*"] },
+]
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"
+[roles.app-reader]
+statements = [
+  { effect = "allow", actions = ["secrets:GetSecretValue", "secrets:DescribeSecret"], resources = ["app/*"] },
+  { effect = "allow", actions = ["keys:Use"], resources = ["key:default"] },
+]
+[roles.no-payments]
+statements = [{ effect = "deny", actions = ["secrets:*"], resources = ["app/payments/*"] }]
+[roles.admin]
+statements = [{ effect = "allow", actions = ["*"], resources = ["*"] }]
+
+[[bindings]]
+principal = "alice"
+roles = ["app-reader"]
+[[bindings]]
+principal = "spiffe://corp/ci/*"
+roles = ["app-reader", "no-payments"]
+[[bindings]]
+principal = "root"
+roles = ["admin"]
+"#;
+
+    #[test]
+    fn evaluation_table() {
+        let policy = Policy::parse(POLICY).unwrap();
+        use Decision::*;
+        let cases: &[(&str, &str, &str, Decision)] = &[
+            // allow
+            ("alice", "secrets:GetSecretValue", "app/db", Allow),
+            // `*` crosses `/`
+            ("alice", "secrets:GetSecretValue", "app/db/eu/orders", Allow),
+            // outside the resource
+            ("alice", "secrets:GetSecretValue", "prod/db", NotAllowed),
+            // action not granted
+            ("alice", "secrets:PutSecretValue", "app/db", NotAllowed),
+            // key permission: only the key named
+            ("alice", "keys:Use", "key:default", Allow),
+            ("alice", "keys:Use", "key:payments", NotAllowed),
+            // no binding at all
+            ("mallory", "secrets:GetSecretValue", "app/db", NotAllowed),
+            // principal globs
+            ("spiffe://corp/ci/deploy", "secrets:GetSecretValue", "app/db", Allow),
+            ("spiffe://corp/other", "secrets:GetSecretValue", "app/db", NotAllowed),
+            // deny over allow
+            (
+                "spiffe://corp/ci/deploy",
+                "secrets:GetSecretValue",
+                "app/payments/stripe",
+                DeniedBy("no-payments".into()),
+            ),
+            ("alice", "secrets:GetSecretValue", "app/payments/stripe", Allow),
+            ("root", "policy:ApplyPolicy", "*", Allow),
+        ];
+        for (principal, action, resource, expected) in cases {
+            assert_eq!(
+                &policy.evaluate(principal, action, resource),
+                expected,
+                "{principal} {action} {resource}"
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_problem() {
+        let malformed = "[roles.x]\nstatements = [{ effect = \"allow\", actions = [\"*\"] resources = [\"*\"] }]\n";
+        let error = Policy::parse(malformed).unwrap_err().to_string();
+        assert!(error.contains("line 2"), "{error}");
+        let unknown = "[roles.x]\nstatements = [{ effect = \"allow\", actions = [\"secrets:GetSecretVlue\"], resources = [\"*\"] }]\n";
+        let error = Policy::parse(unknown).unwrap_err().to_string();
+        assert!(error.contains("unknown action \"secrets:GetSecretVlue\""), "{error}");
+        let effect = "[roles.x]\nstatements = [{ effect = \"maybe\", actions = [\"*\"], resources = [\"*\"] }]\n";
+        let error = Policy::parse(effect).unwrap_err().to_string();
+        assert!(error.contains("line 2") && error.contains("maybe"), "{error}");
+        let role = "[[bindings]]\nprincipal = \"a\"\nroles = [\"ghost\"]\n";
+        let error = Policy::parse(role).unwrap_err().to_string();
+        assert!(error.contains("role \"ghost\""), "{error}");
+        let field = "[roles.x]\nstatment = []\n";
+        assert!(Policy::parse(field).unwrap_err().to_string().contains("line 2"));
+    }
+
+    #[test]
+    fn lock_out_is_refused() {
+        let policy = Policy::parse(POLICY).unwrap();
+        assert!(policy.check_not_locked_out().is_ok());
+        let mut locked = policy.clone();
+        locked.bindings.retain(|binding| binding.principal != "root");
+        let error = locked.check_not_locked_out().unwrap_err().to_string();
+        assert!(error.contains("lock everyone out"), "{error}");
+        let mut denied = policy;
+        denied.roles.insert(
+            "no-policy".into(),
+            Role {
+                description: String::new(),
+                statements: vec![Statement {
+                    effect: Effect::Deny,
+                    actions: vec!["policy:*".into()],
+                    resources: vec!["*".into()],
+                }],
+            },
+        );
+        denied.bind("root", "no-policy");
+        assert!(denied.check_not_locked_out().is_err());
+    }
+
+    #[test]
+    fn the_default_policy() {
+        let policy = Policy::default_for("admin");
+        policy.check().unwrap();
+        policy.check_not_locked_out().unwrap();
+        let reparsed = Policy::parse(&policy.to_toml()).unwrap();
+        assert_eq!(reparsed, policy);
+        assert!(policy.evaluate("admin", "secrets:GetSecretValue", "prod/db").is_allowed());
+        policy.bindings.iter().for_each(|b| assert_eq!(b.principal, "admin"));
+        let mut with_roles = policy.clone();
+        for role in ["operator", "approver", "reader"] {
+            with_roles.bind(role, role);
+        }
+        let allowed = |who: &str, action: &str| {
+            with_roles.evaluate(who, action, "prod/db").is_allowed()
+        };
+        assert!(!allowed("operator", "secrets:GetSecretValue"));
+        assert!(allowed("operator", "secrets:PutSecretValue"));
+        assert!(!allowed("operator", "rotation:ApproveRotation"));
+        assert!(!allowed("approver", "secrets:GetSecretValue"));
+        assert!(allowed("approver", "rotation:ApproveRotation"));
+        assert!(allowed("reader", "secrets:GetSecretValue"));
+        assert!(!allowed("reader", "secrets:PutSecretValue"));
+    }
+}
