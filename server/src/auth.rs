@@ -1,15 +1,18 @@
 //! Authentication and authorization of requests.
 //!
-//! [`authenticate`] is the one interceptor every API service runs behind: it
-//! turns the connection's certificate into a [`Principal`] in the request's
-//! extensions, or refuses the request with UNAUTHENTICATED. [`Authorizer`]
-//! is the one function every handler calls before it reads or changes secret
-//! data. Until the policy engine fills it, an authenticated principal may do
-//! everything; the seam and its call sites are what matter now.
+//! [`Authenticator`] is the one interceptor every API service runs behind:
+//! it turns the connection's certificate into a [`Principal`] in the
+//! request's extensions, or refuses the request with UNAUTHENTICATED (a
+//! refused or revoked certificate). [`Authorizer`] holds the current policy
+//! and answers "may P do A on R?"; handlers ask it through their
+//! `RequestContext`, which also records the answer for the audit log.
 
+use crate::policy::{Decision, Policy};
 use crate::principal::Principal;
-use crate::tls::ConnectionInfo;
+use crate::tls::{ConnectionInfo, Revocations};
 use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
 use tonic::{Request, Status};
 
 /// An action of the policy language, as DESIGN lists them.
@@ -27,8 +30,14 @@ pub enum Action {
     UntagResource,
     DeleteSecret,
     RestoreSecret,
+    Watch,
     GetRandomPassword,
     KeysUse,
+    KeysManage,
+    GetPolicy,
+    ApplyPolicy,
+    ReadAudit,
+    VerifyAudit,
 }
 
 impl Action {
@@ -46,8 +55,14 @@ impl Action {
             Self::UntagResource => "secrets:UntagResource",
             Self::DeleteSecret => "secrets:DeleteSecret",
             Self::RestoreSecret => "secrets:RestoreSecret",
+            Self::Watch => "secrets:Watch",
             Self::GetRandomPassword => "secrets:GetRandomPassword",
             Self::KeysUse => "keys:Use",
+            Self::KeysManage => "keys:Manage",
+            Self::GetPolicy => "policy:GetPolicy",
+            Self::ApplyPolicy => "policy:ApplyPolicy",
+            Self::ReadAudit => "audit:ReadAudit",
+            Self::VerifyAudit => "audit:VerifyAudit",
         }
     }
 }
@@ -58,22 +73,42 @@ impl fmt::Display for Action {
     }
 }
 
-/// The interceptor: a request gets a principal or is refused.
-#[allow(clippy::result_large_err)] // tonic's interceptor signature
-pub fn authenticate(mut request: Request<()>) -> Result<Request<()>, Status> {
-    let info = request
-        .extensions()
-        .get::<ConnectionInfo>()
-        .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
-    let principal = match info.peer.as_ref() {
-        Ok(peer) => peer.principal.clone(),
-        Err(refusal) => return Err(Status::unauthenticated(refusal.to_string())),
-    };
-    request.extensions_mut().insert(principal);
-    Ok(request)
+/// The interceptor: a request gets a principal or is refused. It also
+/// refuses certificates revoked after their connection was opened.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    revocations: Arc<Revocations>,
 }
 
-/// The principal that [`authenticate`] put on the request.
+impl Authenticator {
+    pub fn new(revocations: Arc<Revocations>) -> Self {
+        Self { revocations }
+    }
+}
+
+impl tonic::service::Interceptor for Authenticator {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let info = request
+            .extensions()
+            .get::<ConnectionInfo>()
+            .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
+        let peer = match info.peer.as_ref() {
+            Ok(peer) => peer,
+            Err(refusal) => return Err(Status::unauthenticated(refusal.to_string())),
+        };
+        if self.revocations.is_revoked(&peer.serial) {
+            return Err(Status::unauthenticated(format!(
+                "client certificate refused: serial {} was revoked",
+                peer.serial
+            )));
+        }
+        let principal = peer.principal.clone();
+        request.extensions_mut().insert(principal);
+        Ok(request)
+    }
+}
+
+/// The principal the interceptor put on the request.
 pub fn principal<T>(request: &Request<T>) -> crate::error::Result<Principal> {
     request
         .extensions()
@@ -86,19 +121,45 @@ pub fn principal<T>(request: &Request<T>) -> crate::error::Result<Principal> {
         })
 }
 
-/// Decides whether a principal may perform an action on a resource.
-#[derive(Debug, Default)]
-pub struct Authorizer {}
+/// The current policy, replaced whole when a new version is applied (here
+/// or by another process: see `sync`).
+#[derive(Debug)]
+pub struct Authorizer {
+    policy: RwLock<Arc<Policy>>,
+    version: AtomicI64,
+}
 
 impl Authorizer {
-    /// Every handler calls this before it reads or changes secret data.
-    pub fn authorize(
-        &self,
-        principal: &Principal,
-        action: Action,
-        resource: &str,
-    ) -> crate::error::Result<()> {
-        tracing::debug!(%principal, %action, resource, "authorized");
-        Ok(())
+    pub fn new(policy: Policy, version: i64) -> Self {
+        Self {
+            policy: RwLock::new(Arc::new(policy)),
+            version: AtomicI64::new(version),
+        }
+    }
+
+    pub fn version(&self) -> i64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(policy) => policy.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn replace(&self, policy: Policy, version: i64) {
+        let mut current = match self.policy.write() {
+            Ok(current) => current,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *current = Arc::new(policy);
+        self.version.store(version, Ordering::Release);
+    }
+
+    /// May `principal` perform `action` on `resource`?
+    pub fn decide(&self, principal: &Principal, action: Action, resource: &str) -> Decision {
+        self.policy()
+            .evaluate(principal.as_str(), action.as_str(), resource)
     }
 }

@@ -4,13 +4,9 @@
 
 use crate::config::{self, Loaded, LogFormat};
 use crate::installation;
-use crate::keyring::{Keyring, read_root_key};
-use crate::pki::{CertificateAuthority, write_private};
-use crate::store::Store;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use rekey_shared::KeyName;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::net::TcpListener;
 
@@ -59,16 +55,22 @@ enum Command {
     /// Master keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Policy, from the installation itself.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Print the default configuration file.
     PrintDefaultConfig,
 }
 
 #[derive(Debug, Subcommand)]
-enum CertCommand {
+pub(crate) enum CertCommand {
     /// Issue an identity file (key, certificate and CA in one PEM, mode 0600).
     Issue {
         /// The principal: a name of A-Z a-z 0-9 . _ @ - or a spiffe:// URI.
         name: String,
+        /// Bind the principal to this role (repeatable): a new policy version.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
         /// Where to write the identity file (default: ./NAME.pem).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
@@ -76,14 +78,46 @@ enum CertCommand {
         #[arg(long, default_value_t = 365)]
         days: i64,
     },
+    /// Issue a fresh certificate for a principal (roles stay as bound).
+    Renew {
+        name: String,
+        /// Where to write the identity file (default: ./NAME.pem, replaced).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Revoke every certificate of a principal, or one serial number.
+    Revoke {
+        #[arg(value_name = "NAME|SERIAL")]
+        target: String,
+    },
+    /// List issued certificates: valid, expired or revoked.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
-enum KeysCommand {
+pub(crate) enum KeysCommand {
     /// Create a master key.
     Create { name: String },
     /// List master keys and their versions.
     List,
+    /// Add a version to a master key; new data keys are wrapped under it.
+    Rotate { name: String },
+    /// Re-wrap every data key under the newest version of its master key
+    /// (online; run it again to resume after an interruption).
+    Rewrap { name: Option<String> },
+    /// Remove a master-key version that no data key uses any more.
+    Retire { name: String, version: u32 },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Break glass: bind a principal to the admin role (local access only).
+    Recover {
+        #[arg(long, default_value = "admin")]
+        principal: String,
+    },
 }
 
 /// Runs `rekeyd` and returns its exit code.
@@ -132,12 +166,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             serve_until_signal(&loaded).await
         }
         Command::Dev { listen } => dev(&listen).await,
-        Command::Cert(CertCommand::Issue { name, out, days }) => {
-            issue(&location.dir, &name, out, days)
+        Command::Cert(command) => {
+            let loaded = config::load(&location.dir, location.config.as_deref())?;
+            crate::cli_admin::cert(&loaded, command).await
         }
         Command::Keys(command) => {
             let loaded = config::load(&location.dir, location.config.as_deref())?;
-            keys(&loaded, command).await
+            crate::cli_admin::keys(&loaded, command).await
+        }
+        Command::Policy(PolicyCommand::Recover { principal }) => {
+            let loaded = config::load(&location.dir, location.config.as_deref())?;
+            crate::cli_admin::recover(&loaded, &principal).await
         }
         Command::PrintDefaultConfig => {
             print!("{}", config::default_toml());
@@ -236,81 +275,4 @@ async fn dev(listen: &str) -> anyhow::Result<()> {
     let served = crate::serve(&loaded, listener, shutdown_signal()).await;
     drop(dir);
     served
-}
-
-fn issue(dir: &Path, name: &str, out: Option<PathBuf>, days: i64) -> anyhow::Result<()> {
-    let is_spiffe = name.starts_with("spiffe://");
-    let valid_name = (1..=128).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
-    if !is_spiffe && !valid_name {
-        anyhow::bail!(
-            "principal {name:?} must be 1-128 characters of A-Z a-z 0-9 . _ @ - or a spiffe:// URI"
-        );
-    }
-    if crate::principal::RESERVED_PRINCIPALS.contains(&name) {
-        anyhow::bail!("the name {name:?} is reserved for the server");
-    }
-    anyhow::ensure!(days > 0, "--days must be at least 1");
-    let out = match out {
-        Some(out) => out,
-        None if is_spiffe => anyhow::bail!("a spiffe:// principal needs --out FILE"),
-        None => PathBuf::from(format!("{name}.pem")),
-    };
-    let ca = CertificateAuthority::load(dir)?;
-    let issued = ca.issue_client(name, days)?;
-    write_private(&out, &ca.identity(&issued).to_file_text(name))?;
-    println!(
-        "issued an identity for {name} (serial {}, valid until {}) in {}",
-        issued.serial,
-        issued.not_after.date(),
-        out.display()
-    );
-    Ok(())
-}
-
-async fn keys(loaded: &Loaded, command: KeysCommand) -> anyhow::Result<()> {
-    let store = Store::open(&loaded.database_url())
-        .await
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
-    let result = match command {
-        KeysCommand::Create { name } => {
-            let name = KeyName::parse(&name)?;
-            let root = read_root_key(&loaded.path(&loaded.config.root_key_file))?;
-            let keyring = Keyring::new(root);
-            if keyring
-                .exists(&store, &name)
-                .await
-                .map_err(|error| anyhow::anyhow!("{error}"))?
-            {
-                Err(anyhow::anyhow!("master key {name} already exists"))
-            } else {
-                keyring
-                    .create_version(&store, &name)
-                    .await
-                    .map(|_| println!("created master key {name}"))
-                    .map_err(|error| anyhow::anyhow!("{error}"))
-            }
-        }
-        KeysCommand::List => store
-            .list_master_keys()
-            .await
-            .map(|keys| {
-                println!("{:<24} {:>7}  CREATED", "NAME", "VERSION");
-                for key in keys {
-                    println!(
-                        "{:<24} {:>7}  {}",
-                        key.name,
-                        key.version,
-                        rekey_shared::time::format_timestamp(
-                            &rekey_shared::time::timestamp_from_millis(key.created_at)
-                        )
-                    );
-                }
-            })
-            .map_err(|error| anyhow::anyhow!("{error}")),
-    };
-    store.close().await;
-    result
 }

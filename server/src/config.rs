@@ -35,6 +35,8 @@ pub struct TlsFiles {
     pub private_key: PathBuf,
     /// The CA that client certificates must chain to (PEM).
     pub client_ca: PathBuf,
+    /// CRL files (PEM) of a bring-your-own CA, read at start.
+    pub crl_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +74,7 @@ impl Default for TlsFiles {
             certificate: PathBuf::from("server.pem"),
             private_key: PathBuf::from("server.key"),
             client_ca: PathBuf::from("ca.pem"),
+            crl_files: Vec::new(),
         }
     }
 }

@@ -158,6 +158,17 @@ impl RootKey {
         )
     }
 
+    /// A key for another purpose, derived with HKDF-SHA256; the root key
+    /// itself is only ever used to wrap master keys.
+    pub fn derive_subkey(&self, purpose: &[u8]) -> Zeroizing<[u8; KEY_BYTES]> {
+        let mut derived = Zeroizing::new([0u8; KEY_BYTES]);
+        #[allow(clippy::expect_used)] // 32 bytes is far below HKDF's limit
+        hkdf::Hkdf::<sha2::Sha256>::new(None, self.0.as_bytes())
+            .expand(purpose, derived.as_mut())
+            .expect("HKDF output length");
+        derived
+    }
+
     pub fn wrap_master_key(&self, master: &MasterKey) -> Vec<u8> {
         self.0
             .seal(master.key.as_bytes(), &Self::master_aad(&master.reference))

@@ -2,9 +2,12 @@
 //! fills with demo secrets. Init refuses to overwrite anything; every file
 //! holding key material is created with mode 0600.
 
+use crate::audit::{AuditEvent, AuditKey};
 use crate::config::{self, CONFIG_FILE};
+use crate::governance;
 use crate::keyring::{Keyring, new_root_key, read_root_key};
 use crate::pki::{CA_CERTIFICATE, CA_KEY, CertificateAuthority, write_private};
+use crate::policy::Policy;
 use crate::store::{NewSecret, NewVersion, Store};
 use anyhow::Context;
 use rekey_shared::{KeyName, SecretName, SecretValue, VersionId};
@@ -12,6 +15,26 @@ use std::path::{Path, PathBuf};
 
 pub const ADMIN_IDENTITY: &str = "admin.pem";
 pub const ADMIN_PRINCIPAL: &str = "admin";
+
+/// An opened installation: its store (with the audit chain keyed from the
+/// root key) and its master keys.
+#[derive(Debug)]
+pub struct Opened {
+    pub store: Store,
+    pub keyring: Keyring,
+}
+
+/// Opens the store and keyring of the installation `loaded` describes.
+pub async fn open(loaded: &config::Loaded) -> anyhow::Result<Opened> {
+    let root = read_root_key(&loaded.path(&loaded.config.root_key_file))?;
+    let store = Store::open(&loaded.database_url(), AuditKey::derive(&root))
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    Ok(Opened {
+        store,
+        keyring: Keyring::new(root),
+    })
+}
 
 /// What `init` made.
 #[derive(Debug)]
@@ -56,15 +79,35 @@ pub async fn init(dir: &Path, extra_hosts: &[String]) -> anyhow::Result<Initiali
     write_private(&dir.join(&defaults.root_key_file), &root_text)?;
     std::fs::write(dir.join(CONFIG_FILE), config::default_toml())?;
 
+    drop(root);
     let loaded = config::load(dir, None)?;
-    let store = Store::open(&loaded.database_url())
+    let Opened { store, keyring } = open(&loaded).await?;
+    let initialized = async {
+        keyring
+            .create_version(
+                &store,
+                &KeyName::default_key(),
+                &AuditEvent::local("keys:Manage", "key:default", "created by rekeyd init"),
+            )
+            .await?;
+        let policy = Policy::default_for(ADMIN_PRINCIPAL);
+        governance::apply_policy(
+            &store,
+            &policy,
+            "rekeyd",
+            0,
+            &AuditEvent::local(
+                "policy:ApplyPolicy",
+                "*",
+                "default policy written by rekeyd init",
+            ),
+        )
         .await
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
-    Keyring::new(root)
-        .create_version(&store, &KeyName::default_key())
-        .await
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
+        .map(|_| ())
+    }
+    .await;
     store.close().await;
+    initialized.map_err(|error| anyhow::anyhow!("{error}"))?;
 
     let admin = ca.issue_client(ADMIN_PRINCIPAL, 365)?;
     let admin_identity = dir.join(ADMIN_IDENTITY);
@@ -100,11 +143,7 @@ pub const DEMO_SECRETS: &[(&str, &str, &str)] = &[
 /// Stores the demo secrets, as the `system` principal.
 pub async fn add_demo_secrets(dir: &Path) -> anyhow::Result<()> {
     let loaded = config::load(dir, None)?;
-    let root = read_root_key(&loaded.path(&loaded.config.root_key_file))?;
-    let store = Store::open(&loaded.database_url())
-        .await
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
-    let keyring = Keyring::new(root);
+    let Opened { store, keyring } = open(&loaded).await?;
     let key_name = KeyName::default_key();
     let master = keyring
         .for_encryption(&store, &key_name)
@@ -129,8 +168,9 @@ pub async fn add_demo_secrets(dir: &Path) -> anyhow::Result<()> {
             created_by: "system".to_owned(),
             sealed,
         };
+        let event = AuditEvent::system("secrets:CreateSecret", name, "demo secret");
         store
-            .create_secret(&secret, Some(&version))
+            .create_secret(&secret, Some(&version), &event)
             .await
             .map_err(|error| anyhow::anyhow!("{error}"))?;
     }

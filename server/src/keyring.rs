@@ -5,6 +5,7 @@
 //! unwrap. A key missing from memory is looked up in the database, so a key
 //! that `rekeyd keys create` added while the server runs is found at once.
 
+use crate::audit::AuditEvent;
 use crate::crypto::{Key, KeyRef, MasterKey, RootKey};
 use crate::error::{Error, Result};
 use crate::store::{Store, WrappedMasterKey};
@@ -29,7 +30,12 @@ impl Keyring {
     }
 
     /// Adds a new version of `name` (version 1 for a new key) and returns it.
-    pub async fn create_version(&self, store: &Store, name: &KeyName) -> Result<u32> {
+    pub async fn create_version(
+        &self,
+        store: &Store,
+        name: &KeyName,
+        event: &AuditEvent,
+    ) -> Result<u32> {
         let versions = store.master_key_versions(name.as_str()).await?;
         let version = versions.last().map_or(1, |newest| newest.version + 1);
         let master = MasterKey::new(
@@ -40,12 +46,15 @@ impl Keyring {
             Key::generate(),
         );
         store
-            .insert_master_key(&WrappedMasterKey {
-                name: name.as_str().to_owned(),
-                version,
-                wrapped_material: self.root.wrap_master_key(&master),
-                created_at: rekey_shared::time::now_millis(),
-            })
+            .insert_master_key(
+                &WrappedMasterKey {
+                    name: name.as_str().to_owned(),
+                    version,
+                    wrapped_material: self.root.wrap_master_key(&master),
+                    created_at: rekey_shared::time::now_millis(),
+                },
+                event,
+            )
             .await?;
         self.forget(name);
         Ok(version)
@@ -54,6 +63,18 @@ impl Keyring {
     fn forget(&self, name: &KeyName) {
         if let Ok(mut keys) = self.keys.write() {
             keys.remove(name.as_str());
+        }
+    }
+
+    /// Drops every cached key whose stored versions differ from what is in
+    /// memory (another process rotated or retired one); the next use
+    /// reloads it. `stored`: each key's name and its version numbers.
+    pub fn forget_changed(&self, stored: &HashMap<String, Vec<u32>>) {
+        if let Ok(mut keys) = self.keys.write() {
+            keys.retain(|name, versions| {
+                let cached: Vec<u32> = versions.iter().map(|key| key.reference.version).collect();
+                stored.get(name) == Some(&cached)
+            });
         }
     }
 

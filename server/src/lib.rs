@@ -3,11 +3,15 @@
 //! binary runs. See ARCHITECTURE.md for the module map and the path of a
 //! request (TLS → principal → authorization → store → crypto).
 
+pub mod audit;
 pub mod auth;
+pub mod certificates;
 pub mod cli;
+mod cli_admin;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod governance;
 pub mod installation;
 pub mod keyring;
 pub mod password;
@@ -17,9 +21,11 @@ pub mod principal;
 pub mod service;
 pub mod stages;
 pub mod store;
+pub mod sync;
 pub mod tls;
 
 use anyhow::Context;
+use rekey_shared::proto::admin_server::AdminServer;
 use rekey_shared::proto::secrets_server::SecretsServer;
 use std::future::Future;
 use std::sync::Arc;
@@ -35,20 +41,34 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = &loaded.config;
-    let root = keyring::read_root_key(&loaded.path(&config.root_key_file))?;
-    let store = store::Store::open(&loaded.database_url())
+    let installation::Opened { store, keyring } = installation::open(loaded).await?;
+    let (policy, version) = governance::current_policy(&store)
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let revocations = Arc::new(tls::Revocations::default());
     let tls = tls::server_config(
         &loaded.path(&config.tls.certificate),
         &loaded.path(&config.tls.private_key),
         &loaded.path(&config.tls.client_ca),
+        &config
+            .tls
+            .crl_files
+            .iter()
+            .map(|file| loaded.path(file))
+            .collect::<Vec<_>>(),
+        revocations.clone(),
     )?;
     let state = Arc::new(service::AppState {
         store,
-        keyring: keyring::Keyring::new(root),
-        authorizer: auth::Authorizer::default(),
+        keyring,
+        authorizer: auth::Authorizer::new(policy, version),
+        revocations: revocations.clone(),
     });
+    sync::refresh(&state)
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    tracing::info!(policy_version = version, "policy in force");
+    let syncing = tokio::spawn(sync::run(state.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -59,9 +79,14 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
+    let authenticator = auth::Authenticator::new(revocations);
     let secrets = InterceptedService::new(
         SecretsServer::new(service::secrets::SecretsService::new(state.clone())),
-        auth::authenticate,
+        authenticator.clone(),
+    );
+    let admin = InterceptedService::new(
+        AdminServer::new(service::admin::AdminService::new(state.clone())),
+        authenticator,
     );
 
     let purge = tokio::spawn(purge_loop(
@@ -78,6 +103,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(secrets)
+        .add_service(admin)
         .serve_with_incoming_shutdown(incoming, signal);
     // In-flight requests finish; a client that keeps an idle connection
     // open does not hold the shutdown up for longer than DRAIN_TIMEOUT.
@@ -95,6 +121,8 @@ pub async fn serve(
         ),
     }
     purge.abort();
+    syncing.abort();
+    state.store.log_audit_checkpoint();
     state.store.close().await;
     Ok(())
 }

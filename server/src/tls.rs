@@ -10,13 +10,16 @@ use crate::principal::{CertificateRefusal, PeerCertificate, peer_certificate};
 use anyhow::Context;
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -25,16 +28,110 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The serials of revoked client certificates, refreshed from the database
+/// (see `sync`), consulted at every handshake and on every request.
+#[derive(Debug, Default)]
+pub struct Revocations {
+    serials: RwLock<HashSet<String>>,
+}
+
+impl Revocations {
+    pub fn is_revoked(&self, serial: &str) -> bool {
+        match self.serials.read() {
+            Ok(serials) => serials.contains(serial),
+            // A poisoned lock must not let a revoked certificate in.
+            Err(_) => true,
+        }
+    }
+
+    pub fn replace(&self, serials: HashSet<String>) {
+        if let Ok(mut current) = self.serials.write() {
+            *current = serials;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.serials.read().map_or(0, |serials| serials.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The WebPKI client verifier (chain to our CA, validity, client-auth
+/// usage, CRLs), then the revocation list of the database.
+#[derive(Debug)]
+struct RevocationCheckingVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revocations: Arc<Revocations>,
+}
+
+impl ClientCertVerifier for RevocationCheckingVerifier {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if let Ok((_, certificate)) = X509Certificate::from_der(end_entity.as_ref())
+            && self
+                .revocations
+                .is_revoked(&certificate.raw_serial_as_string().replace(':', ""))
+        {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
 
 /// The TLS settings of the server: TLS 1.3 only, a client certificate from
 /// `client_ca` required, HTTP/2 by ALPN. The crypto provider is `ring`,
 /// chosen here explicitly rather than from a process-wide default.
+///
+/// Sessions are never resumed: every connection presents its certificate
+/// and passes the revocation check again.
 pub fn server_config(
     certificate: &Path,
     private_key: &Path,
     client_ca: &Path,
+    crl_files: &[std::path::PathBuf],
+    revocations: Arc<Revocations>,
 ) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = CertificateDer::pem_file_iter(certificate)
@@ -51,9 +148,22 @@ pub fn server_config(
             .add(ca.with_context(|| format!("parsing client CA {}", client_ca.display()))?)
             .context("adding the client CA")?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let mut crls = Vec::new();
+    for file in crl_files {
+        for crl in CertificateRevocationListDer::pem_file_iter(file)
+            .with_context(|| format!("reading CRL file {}", file.display()))?
+        {
+            crls.push(crl.with_context(|| format!("parsing CRL file {}", file.display()))?);
+        }
+    }
+    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls)
         .build()
         .context("building the client certificate verifier")?;
+    let verifier = Arc::new(RevocationCheckingVerifier {
+        inner: webpki,
+        revocations,
+    });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("selecting TLS 1.3")?
@@ -61,6 +171,8 @@ pub fn server_config(
         .with_single_cert(chain, key)
         .context("the server certificate does not match its key")?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(config)
 }
 

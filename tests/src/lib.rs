@@ -76,13 +76,14 @@ impl Installation {
         self.dir().join("rekey.db")
     }
 
-    /// `rekeyd cert issue NAME`, returning the identity file.
-    pub fn issue(&self, name: &str) -> PathBuf {
+    /// `rekeyd cert issue NAME --role ROLE...`, returning the identity file.
+    pub fn issue(&self, name: &str, roles: &[&str]) -> PathBuf {
         let out = self.dir().join(format!("{name}.pem"));
-        let output = rekeyd(
-            self.dir(),
-            &["cert", "issue", name, "--out", out.to_str().unwrap()],
-        );
+        let mut args = vec!["cert", "issue", name, "--out", out.to_str().unwrap()];
+        for role in roles {
+            args.extend(["--role", role]);
+        }
+        let output = rekeyd(self.dir(), &args);
         assert!(
             output.status.success(),
             "cert issue failed: {}",

@@ -194,7 +194,10 @@ impl Policy {
         for (name, role) in self.roles_of(principal) {
             for statement in &role.statements {
                 let applies = statement.actions.iter().any(|a| glob::matches(a, action))
-                    && statement.resources.iter().any(|r| glob::matches(r, resource));
+                    && statement
+                        .resources
+                        .iter()
+                        .any(|r| glob::matches(r, resource));
                 if !applies {
                     continue;
                 }
@@ -343,8 +346,18 @@ roles = ["admin"]
             // no binding at all
             ("mallory", "secrets:GetSecretValue", "app/db", NotAllowed),
             // principal globs
-            ("spiffe://corp/ci/deploy", "secrets:GetSecretValue", "app/db", Allow),
-            ("spiffe://corp/other", "secrets:GetSecretValue", "app/db", NotAllowed),
+            (
+                "spiffe://corp/ci/deploy",
+                "secrets:GetSecretValue",
+                "app/db",
+                Allow,
+            ),
+            (
+                "spiffe://corp/other",
+                "secrets:GetSecretValue",
+                "app/db",
+                NotAllowed,
+            ),
             // deny over allow
             (
                 "spiffe://corp/ci/deploy",
@@ -352,7 +365,12 @@ roles = ["admin"]
                 "app/payments/stripe",
                 DeniedBy("no-payments".into()),
             ),
-            ("alice", "secrets:GetSecretValue", "app/payments/stripe", Allow),
+            (
+                "alice",
+                "secrets:GetSecretValue",
+                "app/payments/stripe",
+                Allow,
+            ),
             ("root", "policy:ApplyPolicy", "*", Allow),
         ];
         for (principal, action, resource, expected) in cases {
@@ -371,15 +389,26 @@ roles = ["admin"]
         assert!(error.contains("line 2"), "{error}");
         let unknown = "[roles.x]\nstatements = [{ effect = \"allow\", actions = [\"secrets:GetSecretVlue\"], resources = [\"*\"] }]\n";
         let error = Policy::parse(unknown).unwrap_err().to_string();
-        assert!(error.contains("unknown action \"secrets:GetSecretVlue\""), "{error}");
+        assert!(
+            error.contains("unknown action \"secrets:GetSecretVlue\""),
+            "{error}"
+        );
         let effect = "[roles.x]\nstatements = [{ effect = \"maybe\", actions = [\"*\"], resources = [\"*\"] }]\n";
         let error = Policy::parse(effect).unwrap_err().to_string();
-        assert!(error.contains("line 2") && error.contains("maybe"), "{error}");
+        assert!(
+            error.contains("line 2") && error.contains("maybe"),
+            "{error}"
+        );
         let role = "[[bindings]]\nprincipal = \"a\"\nroles = [\"ghost\"]\n";
         let error = Policy::parse(role).unwrap_err().to_string();
         assert!(error.contains("role \"ghost\""), "{error}");
         let field = "[roles.x]\nstatment = []\n";
-        assert!(Policy::parse(field).unwrap_err().to_string().contains("line 2"));
+        assert!(
+            Policy::parse(field)
+                .unwrap_err()
+                .to_string()
+                .contains("line 2")
+        );
     }
 
     #[test]
@@ -387,7 +416,9 @@ roles = ["admin"]
         let policy = Policy::parse(POLICY).unwrap();
         assert!(policy.check_not_locked_out().is_ok());
         let mut locked = policy.clone();
-        locked.bindings.retain(|binding| binding.principal != "root");
+        locked
+            .bindings
+            .retain(|binding| binding.principal != "root");
         let error = locked.check_not_locked_out().unwrap_err().to_string();
         assert!(error.contains("lock everyone out"), "{error}");
         let mut denied = policy;
@@ -413,15 +444,21 @@ roles = ["admin"]
         policy.check_not_locked_out().unwrap();
         let reparsed = Policy::parse(&policy.to_toml()).unwrap();
         assert_eq!(reparsed, policy);
-        assert!(policy.evaluate("admin", "secrets:GetSecretValue", "prod/db").is_allowed());
-        policy.bindings.iter().for_each(|b| assert_eq!(b.principal, "admin"));
+        assert!(
+            policy
+                .evaluate("admin", "secrets:GetSecretValue", "prod/db")
+                .is_allowed()
+        );
+        policy
+            .bindings
+            .iter()
+            .for_each(|b| assert_eq!(b.principal, "admin"));
         let mut with_roles = policy.clone();
         for role in ["operator", "approver", "reader"] {
             with_roles.bind(role, role);
         }
-        let allowed = |who: &str, action: &str| {
-            with_roles.evaluate(who, action, "prod/db").is_allowed()
-        };
+        let allowed =
+            |who: &str, action: &str| with_roles.evaluate(who, action, "prod/db").is_allowed();
         assert!(!allowed("operator", "secrets:GetSecretValue"));
         assert!(allowed("operator", "secrets:PutSecretValue"));
         assert!(!allowed("operator", "rotation:ApproveRotation"));

@@ -1,14 +1,23 @@
-//! The gRPC services. Each handler follows the same path: take the
-//! principal the interceptor attached, validate the request, authorize it,
-//! then read or change the store, sealing and opening values through the
-//! keyring. Handlers hold no state of their own; [`AppState`] is shared.
+//! The gRPC services. Each handler follows the same path: its
+//! [`RequestContext`] carries the principal the interceptor attached;
+//! the handler validates the request, authorizes it through the context,
+//! then reads or changes the store, sealing and opening values through the
+//! keyring. [`AppState::finish`] writes the request's audit event unless
+//! the change already wrote it, before the answer leaves (fail-closed).
 
+pub mod admin;
+pub mod context;
 pub mod convert;
 pub mod secrets;
 
 use crate::auth::Authorizer;
+use crate::error::{Error, Result};
 use crate::keyring::Keyring;
 use crate::store::Store;
+use crate::tls::Revocations;
+use context::RequestContext;
+use std::sync::Arc;
+use tonic::Status;
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -16,4 +25,52 @@ pub struct AppState {
     pub store: Store,
     pub keyring: Keyring,
     pub authorizer: Authorizer,
+    pub revocations: Arc<Revocations>,
+}
+
+impl AppState {
+    /// Writes the request's audit event (unless its change already did)
+    /// and only then lets the answer go. A successful request whose event
+    /// cannot be written fails.
+    pub async fn finish<T>(
+        &self,
+        context: &RequestContext,
+        result: Result<T>,
+    ) -> Result<T, Status> {
+        if context.is_recorded() {
+            return result.map_err(Status::from);
+        }
+        let (outcome, detail, result) = match result {
+            Ok(value) => ("OK".to_owned(), None, Ok(value)),
+            Err(error) => {
+                let status = Status::from(error);
+                let code = secrets::code_name(status.code()).to_owned();
+                let detail = status.message().to_owned();
+                (code, Some(detail), Err(status))
+            }
+        };
+        let event = context.event(&outcome, detail.as_deref());
+        tracing::debug!(
+            request_id = %event.request_id,
+            principal = %event.principal,
+            action = %event.action,
+            resource = %event.resource,
+            outcome = %event.outcome,
+            "request"
+        );
+        if let Err(error) = self.store.record(&event).await {
+            let status = Status::from(Error::internal("writing the audit log", error));
+            tracing::error!(request_id = %context.request_id, "audit event not written; request refused");
+            return match result {
+                Ok(_) => Err(Status::internal(
+                    "the audit log cannot be written, so the request was not answered",
+                )),
+                Err(original) => {
+                    drop(status);
+                    Err(original)
+                }
+            };
+        }
+        result
+    }
 }

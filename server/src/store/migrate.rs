@@ -6,8 +6,13 @@ use crate::error::{Error, Result};
 use sqlx::SqlitePool;
 
 /// Every migration of the SQLite schema, in order. Append only.
-const SQLITE_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("../../migrations/sqlite/0001_secrets.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/sqlite/0001_secrets.sql")),
+    (
+        2,
+        include_str!("../../migrations/sqlite/0002_policy_certificates_audit.sql"),
+    ),
+];
 
 pub async fn migrate(pool: &SqlitePool) -> Result<()> {
     sqlx::raw_sql(

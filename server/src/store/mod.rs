@@ -9,7 +9,7 @@
 mod migrate;
 mod sqlite;
 
-pub use sqlite::{MAX_TAGS, Store};
+pub use sqlite::{AuditQuery, CertificateRecord, MAX_TAGS, PolicyVersion, Store};
 
 use crate::crypto::SealedValue;
 use rekey_shared::{KeyName, SecretName, Stage, VersionId};

@@ -88,6 +88,31 @@ fn a_planted_value_appears_nowhere_but_in_the_answer_to_a_read() {
         );
     }
     assert!(messages.iter().any(|m| m.contains("ALREADY_EXISTS")));
+    // The audit table, field by field (and as bytes below): every request
+    // of the run is there, and the value is not.
+    let url = format!("sqlite://{}", installation.database().display());
+    let events: Vec<(String, String, String, String)> =
+        tokio::runtime::Runtime::new().unwrap().block_on(async {
+            use sqlx::Connection;
+            let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query_as("SELECT action, resource, outcome, detail FROM audit_events")
+                .fetch_all(&mut db)
+                .await
+                .unwrap()
+        });
+    assert!(
+        events
+            .iter()
+            .any(|(_, _, outcome, _)| outcome == "ALREADY_EXISTS"),
+        "{events:?}"
+    );
+    assert!(events.len() >= 9, "{events:?}");
+    for event in &events {
+        assert!(
+            !format!("{event:?}").contains(PLANTED),
+            "an audit event holds the value: {event:?}"
+        );
+    }
     let mut database = Vec::new();
     for suffix in ["", "-wal"] {
         let path = format!("{}{suffix}", installation.database().display());

@@ -147,7 +147,7 @@ async fn a_certificate_that_names_no_principal_is_unauthenticated() {
 async fn an_issued_identity_works_and_the_cli_refuses_an_open_identity_file() {
     let installation = Installation::new();
     let server = installation.serve();
-    let bob = installation.issue("bob");
+    let bob = installation.issue("bob", &["operator"]);
     let rekey = server.rekey(&bob);
     rekey.run(&["create", "team/x", "--value", "v"]).ok();
     let versions = rekey

@@ -2,14 +2,14 @@
 //! window or at once, restore. Also random passwords, which touch no secret.
 
 use super::SecretsService;
-use crate::auth::{self, Action};
+use crate::auth::Action;
 use crate::error::{Error, Result};
 use crate::password::{self, PasswordPolicy};
+use crate::service::context::RequestContext;
 use crate::store::Deletion;
 use rekey_shared::SecretName;
 use rekey_shared::proto;
 use rekey_shared::time::{now_millis, timestamp_from_millis};
-use tonic::Request;
 
 const DEFAULT_RECOVERY_DAYS: u32 = 30;
 const MILLIS_PER_DAY: i64 = 86_400_000;
@@ -17,10 +17,10 @@ const MILLIS_PER_DAY: i64 = 86_400_000;
 impl SecretsService {
     pub(super) async fn delete(
         &self,
-        request: Request<proto::DeleteSecretRequest>,
+        context: &RequestContext,
+        request: proto::DeleteSecretRequest,
     ) -> Result<proto::DeleteSecretResponse> {
-        let principal = auth::principal(&request)?;
-        let request = request.into_inner();
+        context.set_resource(&request.name);
         let name = SecretName::parse(&request.name)?;
         let now = now_millis();
         let deletion = match (
@@ -43,14 +43,23 @@ impl SecretsService {
                 Deletion::At(now + i64::from(days) * MILLIS_PER_DAY)
             }
         };
-        self.authorize(&principal, Action::DeleteSecret, name.as_str())?;
+        self.authorize(context, Action::DeleteSecret, name.as_str())?;
         let secret = self.secret(&name).await?;
-        self.state.store.delete_secret(&secret, deletion).await?;
+        self.state
+            .store
+            .delete_secret(&secret, deletion, &context.change_event())
+            .await?;
+        context.recorded();
         let deletion_date = match deletion {
             Deletion::Now => now,
             Deletion::At(date) => date,
         };
-        tracing::info!(secret = %name, %principal, forced = deletion == Deletion::Now, "secret deleted");
+        tracing::info!(
+            secret = %name,
+            principal = %context.principal,
+            forced = deletion == Deletion::Now,
+            "secret deleted"
+        );
         Ok(proto::DeleteSecretResponse {
             name: name.to_string(),
             secret_id: secret.id,
@@ -60,16 +69,18 @@ impl SecretsService {
 
     pub(super) async fn restore(
         &self,
-        request: Request<proto::RestoreSecretRequest>,
+        context: &RequestContext,
+        request: proto::RestoreSecretRequest,
     ) -> Result<proto::RestoreSecretResponse> {
-        let principal = auth::principal(&request)?;
-        let name = SecretName::parse(&request.get_ref().name)?;
-        self.authorize(&principal, Action::RestoreSecret, name.as_str())?;
+        context.set_resource(&request.name);
+        let name = SecretName::parse(&request.name)?;
+        self.authorize(context, Action::RestoreSecret, name.as_str())?;
         let secret = self.secret(&name).await?;
         self.state
             .store
-            .restore_secret(&secret, now_millis())
+            .restore_secret(&secret, now_millis(), &context.change_event())
             .await?;
+        context.recorded();
         Ok(proto::RestoreSecretResponse {
             name: name.to_string(),
             secret_id: secret.id,
@@ -78,10 +89,10 @@ impl SecretsService {
 
     pub(super) async fn random_password(
         &self,
-        request: Request<proto::GetRandomPasswordRequest>,
+        context: &RequestContext,
+        request: proto::GetRandomPasswordRequest,
     ) -> Result<proto::GetRandomPasswordResponse> {
-        let principal = auth::principal(&request)?;
-        let request = request.into_inner();
+        context.set_resource("*");
         let policy = PasswordPolicy {
             length: request.password_length.unwrap_or(password::DEFAULT_LENGTH),
             exclude_characters: request.exclude_characters,
@@ -92,7 +103,7 @@ impl SecretsService {
             include_space: request.include_space,
             require_each_included_type: request.require_each_included_type.unwrap_or(true),
         };
-        self.authorize(&principal, Action::GetRandomPassword, "*")?;
+        self.authorize(context, Action::GetRandomPassword, "*")?;
         let generated = password::generate(&policy)
             .map_err(|error| Error::InvalidArgument(error.to_string()))?;
         Ok(proto::GetRandomPasswordResponse {

@@ -11,11 +11,13 @@ mod read;
 mod validate;
 mod write;
 
+pub use read::code_name;
+
 use super::AppState;
 use crate::auth::Action;
 use crate::crypto::{self, SealedValue};
 use crate::error::{Error, Result};
-use crate::principal::Principal;
+use crate::service::context::RequestContext;
 use crate::stages;
 use crate::store::{NewVersion, PutOutcome, SecretRecord, VersionRecord};
 use rekey_shared::proto;
@@ -35,12 +37,12 @@ impl SecretsService {
         Self { state }
     }
 
-    fn authorize(&self, principal: &Principal, action: Action, resource: &str) -> Result<()> {
-        self.state.authorizer.authorize(principal, action, resource)
+    fn authorize(&self, context: &RequestContext, action: Action, resource: &str) -> Result<()> {
+        context.authorize(&self.state.authorizer, action, resource)
     }
 
-    fn authorize_key(&self, principal: &Principal, key: &KeyName) -> Result<()> {
-        self.authorize(principal, Action::KeysUse, &format!("key:{key}"))
+    fn authorize_key(&self, context: &RequestContext, key: &KeyName) -> Result<()> {
+        self.authorize(context, Action::KeysUse, &format!("key:{key}"))
     }
 
     /// The secret a request names, scheduled for deletion or not.
@@ -125,7 +127,7 @@ impl SecretsService {
     /// Adds a version (or answers a retried request as the first was).
     async fn put(
         &self,
-        principal: &Principal,
+        context: &RequestContext,
         secret: &SecretRecord,
         version_id: &VersionId,
         value: &SecretValue,
@@ -137,7 +139,7 @@ impl SecretsService {
         let version = NewVersion {
             version_id: version_id.clone(),
             created_at: now_millis(),
-            created_by: principal.to_string(),
+            created_by: context.principal.to_string(),
             sealed: self
                 .seal(&secret.key_name, &secret.id, version_id, value)
                 .await?,
@@ -145,10 +147,13 @@ impl SecretsService {
         match self
             .state
             .store
-            .put_version(&secret.id, &version, requested)
+            .put_version(&secret.id, &version, requested, &context.change_event())
             .await?
         {
-            PutOutcome::Added(stages) => Ok(put_response(secret, version_id, &stages)),
+            PutOutcome::Added(stages) => {
+                context.recorded();
+                Ok(put_response(secret, version_id, &stages))
+            }
             // Another request with the same token won the race.
             PutOutcome::VersionExists => self
                 .reused_token(secret, version_id, value)
@@ -171,9 +176,11 @@ fn put_response(
     }
 }
 
-/// Each RPC calls its handler and maps a domain error to a `Status` here.
+/// Each RPC makes its request context, calls its handler, and lets
+/// `AppState::finish` audit the outcome and map a domain error to a
+/// `Status`.
 macro_rules! handlers {
-    ($($rpc:ident($request:ty) -> $response:ty => $handler:ident;)*) => {
+    ($($rpc:ident($request:ty) -> $response:ty => $handler:ident, $action:ident;)*) => {
         #[tonic::async_trait]
         impl Secrets for SecretsService {
             $(
@@ -181,7 +188,9 @@ macro_rules! handlers {
                     &self,
                     request: Request<$request>,
                 ) -> Result<Response<$response>, Status> {
-                    Ok(Response::new(self.$handler(request).await?))
+                    let context = RequestContext::new(&request, Action::$action)?;
+                    let result = self.$handler(&context, request.into_inner()).await;
+                    self.state.finish(&context, result).await.map(Response::new)
                 }
             )*
         }
@@ -189,18 +198,18 @@ macro_rules! handlers {
 }
 
 handlers! {
-    create_secret(proto::CreateSecretRequest) -> proto::CreateSecretResponse => create;
-    get_secret_value(proto::GetSecretValueRequest) -> proto::GetSecretValueResponse => get_value;
-    batch_get_secret_value(proto::BatchGetSecretValueRequest) -> proto::BatchGetSecretValueResponse => batch_get;
-    put_secret_value(proto::PutSecretValueRequest) -> proto::PutSecretValueResponse => put_value;
-    update_secret(proto::UpdateSecretRequest) -> proto::UpdateSecretResponse => update;
-    describe_secret(proto::DescribeSecretRequest) -> proto::SecretMetadata => describe;
-    list_secrets(proto::ListSecretsRequest) -> proto::ListSecretsResponse => list;
-    list_secret_version_ids(proto::ListSecretVersionIdsRequest) -> proto::ListSecretVersionIdsResponse => list_versions;
-    update_secret_version_stage(proto::UpdateSecretVersionStageRequest) -> proto::UpdateSecretVersionStageResponse => move_stage;
-    tag_resource(proto::TagResourceRequest) -> proto::TagResourceResponse => tag;
-    untag_resource(proto::UntagResourceRequest) -> proto::UntagResourceResponse => untag;
-    delete_secret(proto::DeleteSecretRequest) -> proto::DeleteSecretResponse => delete;
-    restore_secret(proto::RestoreSecretRequest) -> proto::RestoreSecretResponse => restore;
-    get_random_password(proto::GetRandomPasswordRequest) -> proto::GetRandomPasswordResponse => random_password;
+    create_secret(proto::CreateSecretRequest) -> proto::CreateSecretResponse => create, CreateSecret;
+    get_secret_value(proto::GetSecretValueRequest) -> proto::GetSecretValueResponse => get_value, GetSecretValue;
+    batch_get_secret_value(proto::BatchGetSecretValueRequest) -> proto::BatchGetSecretValueResponse => batch_get, GetSecretValue;
+    put_secret_value(proto::PutSecretValueRequest) -> proto::PutSecretValueResponse => put_value, PutSecretValue;
+    update_secret(proto::UpdateSecretRequest) -> proto::UpdateSecretResponse => update, UpdateSecret;
+    describe_secret(proto::DescribeSecretRequest) -> proto::SecretMetadata => describe, DescribeSecret;
+    list_secrets(proto::ListSecretsRequest) -> proto::ListSecretsResponse => list, ListSecrets;
+    list_secret_version_ids(proto::ListSecretVersionIdsRequest) -> proto::ListSecretVersionIdsResponse => list_versions, ListSecretVersionIds;
+    update_secret_version_stage(proto::UpdateSecretVersionStageRequest) -> proto::UpdateSecretVersionStageResponse => move_stage, UpdateSecretVersionStage;
+    tag_resource(proto::TagResourceRequest) -> proto::TagResourceResponse => tag, TagResource;
+    untag_resource(proto::UntagResourceRequest) -> proto::UntagResourceResponse => untag, UntagResource;
+    delete_secret(proto::DeleteSecretRequest) -> proto::DeleteSecretResponse => delete, DeleteSecret;
+    restore_secret(proto::RestoreSecretRequest) -> proto::RestoreSecretResponse => restore, RestoreSecret;
+    get_random_password(proto::GetRandomPasswordRequest) -> proto::GetRandomPasswordResponse => random_password, GetRandomPassword;
 }

@@ -3,9 +3,9 @@
 
 use super::SecretsService;
 use super::validate;
-use crate::auth::{self, Action};
+use crate::auth::Action;
 use crate::error::{Error, Result};
-use crate::principal::Principal;
+use crate::service::context::RequestContext;
 use crate::service::convert::{
     decode_page_token, encode_page_token, list_cursor, list_page_token, page_size, secret_metadata,
     secret_version, today,
@@ -15,7 +15,7 @@ use crate::store::{SecretQuery, SecretRecord};
 use rekey_shared::proto;
 use rekey_shared::time::timestamp_from_millis;
 use rekey_shared::{SecretName, Stage, VersionId};
-use tonic::{Request, Status};
+use tonic::Status;
 
 const MAX_PAGE: u32 = 100;
 const MAX_BATCH: usize = 20;
@@ -25,15 +25,40 @@ impl SecretsService {
     /// `secrets:GetSecretValue` on the name, then `keys:Use` on its key.
     async fn read_value(
         &self,
-        principal: &Principal,
+        context: &RequestContext,
         name: &SecretName,
         version_id: Option<&VersionId>,
         stage: Option<&Stage>,
     ) -> Result<proto::GetSecretValueResponse> {
-        self.authorize(principal, Action::GetSecretValue, name.as_str())?;
+        self.authorize(context, Action::GetSecretValue, name.as_str())?;
         let secret = self.live_secret(name).await?;
-        self.authorize_key(principal, &secret.key_name)?;
+        self.authorize_key(context, &secret.key_name)?;
         self.read_authorized(&secret, version_id, stage).await
+    }
+
+    /// One CURRENT value of a batch: a denial is this entry's error, not
+    /// the decision of the whole request.
+    async fn read_in_batch(
+        &self,
+        context: &RequestContext,
+        name: &SecretName,
+    ) -> Result<proto::GetSecretValueResponse> {
+        let authorizer = &self.state.authorizer;
+        let denied = |action: Action, resource: &str| {
+            Error::PermissionDenied(format!(
+                "{} may not {action} on {resource}",
+                context.principal
+            ))
+        };
+        if !context.allows(authorizer, Action::GetSecretValue, name.as_str()) {
+            return Err(denied(Action::GetSecretValue, name.as_str()));
+        }
+        let secret = self.live_secret(name).await?;
+        let key = format!("key:{}", secret.key_name);
+        if !context.allows(authorizer, Action::KeysUse, &key) {
+            return Err(denied(Action::KeysUse, &key));
+        }
+        self.read_authorized(&secret, None, None).await
     }
 
     async fn read_authorized(
@@ -95,10 +120,10 @@ impl SecretsService {
 
     pub(super) async fn get_value(
         &self,
-        request: Request<proto::GetSecretValueRequest>,
+        context: &RequestContext,
+        request: proto::GetSecretValueRequest,
     ) -> Result<proto::GetSecretValueResponse> {
-        let principal = auth::principal(&request)?;
-        let request = request.into_inner();
+        context.set_resource(&request.name);
         let name = SecretName::parse(&request.name)?;
         let version_id = request
             .version_id
@@ -110,7 +135,7 @@ impl SecretsService {
             .as_deref()
             .map(Stage::parse)
             .transpose()?;
-        self.read_value(&principal, &name, version_id.as_ref(), stage.as_ref())
+        self.read_value(context, &name, version_id.as_ref(), stage.as_ref())
             .await
     }
 
@@ -119,10 +144,10 @@ impl SecretsService {
     /// succeeds. With filters, secrets the caller may not read are left out.
     pub(super) async fn batch_get(
         &self,
-        request: Request<proto::BatchGetSecretValueRequest>,
+        context: &RequestContext,
+        request: proto::BatchGetSecretValueRequest,
     ) -> Result<proto::BatchGetSecretValueResponse> {
-        let principal = auth::principal(&request)?;
-        let request = request.into_inner();
+        context.set_resource(&request.names.join(","));
         let mut response = proto::BatchGetSecretValueResponse::default();
         match (request.names.is_empty(), request.filters.is_empty()) {
             (false, false) => {
@@ -149,7 +174,7 @@ impl SecretsService {
                 }
                 for raw in &request.names {
                     let read = match SecretName::parse(raw) {
-                        Ok(name) => self.read_value(&principal, &name, None, None).await,
+                        Ok(name) => self.read_in_batch(context, &name).await,
                         Err(error) => Err(error.into()),
                     };
                     match read {
@@ -168,16 +193,15 @@ impl SecretsService {
                 let page = self.state.store.list_secrets(&query).await?;
                 response.next_page_token = next_token(&query, &page);
                 for secret in &page {
-                    if self
-                        .authorize(&principal, Action::GetSecretValue, secret.name.as_str())
-                        .is_err()
-                    {
+                    // What the caller may not read is left out, as in a listing.
+                    if !context.allows(
+                        &self.state.authorizer,
+                        Action::GetSecretValue,
+                        secret.name.as_str(),
+                    ) {
                         continue;
                     }
-                    let read = match self.authorize_key(&principal, &secret.key_name) {
-                        Ok(()) => self.read_authorized(secret, None, None).await,
-                        Err(error) => Err(error),
-                    };
+                    let read = self.read_in_batch(context, &secret.name).await;
                     match read {
                         Ok(value) => response.secret_values.push(value),
                         Err(error) => response
@@ -187,16 +211,22 @@ impl SecretsService {
                 }
             }
         }
+        context.summarize(&format!(
+            "{} read, {} not",
+            response.secret_values.len(),
+            response.errors.len()
+        ));
         Ok(response)
     }
 
     pub(super) async fn describe(
         &self,
-        request: Request<proto::DescribeSecretRequest>,
+        context: &RequestContext,
+        request: proto::DescribeSecretRequest,
     ) -> Result<proto::SecretMetadata> {
-        let principal = auth::principal(&request)?;
-        let name = SecretName::parse(&request.get_ref().name)?;
-        self.authorize(&principal, Action::DescribeSecret, name.as_str())?;
+        context.set_resource(&request.name);
+        let name = SecretName::parse(&request.name)?;
+        self.authorize(context, Action::DescribeSecret, name.as_str())?;
         let secret = self.secret(&name).await?;
         let map = self.state.store.stage_map(&secret.id).await?;
         Ok(secret_metadata(&secret, &map))
@@ -204,10 +234,10 @@ impl SecretsService {
 
     pub(super) async fn list(
         &self,
-        request: Request<proto::ListSecretsRequest>,
+        context: &RequestContext,
+        request: proto::ListSecretsRequest,
     ) -> Result<proto::ListSecretsResponse> {
-        let principal = auth::principal(&request)?;
-        let request = request.into_inner();
+        context.set_resource("*");
         let (sort, descending) = validate::sort(request.sort_by, request.sort_order)?;
         let query = SecretQuery {
             filters: validate::filters(&request.filters)?,
@@ -221,14 +251,20 @@ impl SecretsService {
         let page = store.list_secrets(&query).await?;
         let mut secrets = Vec::with_capacity(page.len());
         for secret in &page {
-            if self
-                .authorize(&principal, Action::ListSecrets, secret.name.as_str())
-                .is_ok()
-            {
+            if context.allows(
+                &self.state.authorizer,
+                Action::ListSecrets,
+                secret.name.as_str(),
+            ) {
                 let map = store.stage_map(&secret.id).await?;
                 secrets.push(secret_metadata(secret, &map));
             }
         }
+        context.summarize(&format!(
+            "{} listed, {} hidden by policy",
+            secrets.len(),
+            page.len() - secrets.len()
+        ));
         Ok(proto::ListSecretsResponse {
             secrets,
             next_page_token: next_token(&query, &page),
@@ -237,17 +273,17 @@ impl SecretsService {
 
     pub(super) async fn list_versions(
         &self,
-        request: Request<proto::ListSecretVersionIdsRequest>,
+        context: &RequestContext,
+        request: proto::ListSecretVersionIdsRequest,
     ) -> Result<proto::ListSecretVersionIdsResponse> {
-        let principal = auth::principal(&request)?;
-        let request = request.into_inner();
+        context.set_resource(&request.name);
         let name = SecretName::parse(&request.name)?;
         let limit = page_size(request.page_size, MAX_PAGE)?;
         let before_seq = decode_page_token("versions", &request.page_token)?
             .map(|seq| seq.parse::<i64>())
             .transpose()
             .map_err(|_| Error::InvalidArgument("page token is malformed".to_owned()))?;
-        self.authorize(&principal, Action::ListSecretVersionIds, name.as_str())?;
+        self.authorize(context, Action::ListSecretVersionIds, name.as_str())?;
         let secret = self.secret(&name).await?;
         let versions = self
             .state

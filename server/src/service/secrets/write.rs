@@ -6,31 +6,31 @@ use super::validate::{
     check_description, check_tag_key, check_tags, key_name_or_default, random_suffix,
     version_id_from_token,
 };
-use crate::auth::{self, Action};
+use crate::auth::Action;
 use crate::crypto;
 use crate::error::{Error, Result};
+use crate::service::context::RequestContext;
 use crate::store::{NewSecret, NewVersion, Rewrapped, SecretRecord};
 use rekey_shared::proto;
 use rekey_shared::time::now_millis;
 use rekey_shared::{KeyName, SecretName, SecretValue, Stage, VersionId};
-use tonic::Request;
 
 impl SecretsService {
     pub(super) async fn create(
         &self,
-        request: Request<proto::CreateSecretRequest>,
+        context: &RequestContext,
+        request: proto::CreateSecretRequest,
     ) -> Result<proto::CreateSecretResponse> {
-        let principal = auth::principal(&request)?;
-        let request = request.into_inner();
+        context.set_resource(&request.name);
         let name = SecretName::parse(&request.name)?;
         let key_name = key_name_or_default(&request.key_name)?;
         check_description(&request.description)?;
         let tags = check_tags(&request.tags)?;
         let value = SecretValue::from_fields(request.secret_string, request.secret_binary)?;
         let version_id = version_id_from_token(&request.client_request_token)?;
-        self.authorize(&principal, Action::CreateSecret, name.as_str())?;
+        self.authorize(context, Action::CreateSecret, name.as_str())?;
         if value.is_some() {
-            self.authorize_key(&principal, &key_name)?;
+            self.authorize_key(context, &key_name)?;
         }
         if !self
             .state
@@ -53,7 +53,7 @@ impl SecretsService {
             Some(value) => Some(NewVersion {
                 version_id: version_id.clone(),
                 created_at: secret.created_at,
-                created_by: principal.to_string(),
+                created_by: context.principal.to_string(),
                 sealed: self.seal(&key_name, &secret.id, &version_id, value).await?,
             }),
             None => None,
@@ -61,14 +61,17 @@ impl SecretsService {
         match self
             .state
             .store
-            .create_secret(&secret, first.as_ref())
+            .create_secret(&secret, first.as_ref(), &context.change_event())
             .await
         {
-            Ok(()) => Ok(proto::CreateSecretResponse {
-                name: name.to_string(),
-                secret_id: secret.id,
-                version_id: first.map(|version| version.version_id.to_string()),
-            }),
+            Ok(()) => {
+                context.recorded();
+                Ok(proto::CreateSecretResponse {
+                    name: name.to_string(),
+                    secret_id: secret.id,
+                    version_id: first.map(|version| version.version_id.to_string()),
+                })
+            }
             // A retried create (same token, same value) is answered as the first was.
             Err(Error::AlreadyExists(message)) => {
                 if let (Some(value), false) = (&value, request.client_request_token.is_empty())
@@ -89,10 +92,10 @@ impl SecretsService {
 
     pub(super) async fn put_value(
         &self,
-        request: Request<proto::PutSecretValueRequest>,
+        context: &RequestContext,
+        request: proto::PutSecretValueRequest,
     ) -> Result<proto::PutSecretValueResponse> {
-        let principal = auth::principal(&request)?;
-        let request = request.into_inner();
+        context.set_resource(&request.name);
         let name = SecretName::parse(&request.name)?;
         let value = SecretValue::from_fields(request.secret_string, request.secret_binary)?
             .ok_or_else(|| {
@@ -104,10 +107,10 @@ impl SecretsService {
             .map(|stage| Stage::parse(stage))
             .collect::<Result<Vec<_>, _>>()?;
         let version_id = version_id_from_token(&request.client_request_token)?;
-        self.authorize(&principal, Action::PutSecretValue, name.as_str())?;
+        self.authorize(context, Action::PutSecretValue, name.as_str())?;
         let secret = self.live_secret(&name).await?;
-        self.authorize_key(&principal, &secret.key_name)?;
-        self.put(&principal, &secret, &version_id, &value, &requested)
+        self.authorize_key(context, &secret.key_name)?;
+        self.put(context, &secret, &version_id, &value, &requested)
             .await
     }
 
@@ -115,10 +118,10 @@ impl SecretsService {
     /// untouched), and a new CURRENT value, each optional.
     pub(super) async fn update(
         &self,
-        request: Request<proto::UpdateSecretRequest>,
+        context: &RequestContext,
+        request: proto::UpdateSecretRequest,
     ) -> Result<proto::UpdateSecretResponse> {
-        let principal = auth::principal(&request)?;
-        let request = request.into_inner();
+        context.set_resource(&request.name);
         let name = SecretName::parse(&request.name)?;
         if let Some(description) = &request.description {
             check_description(description)?;
@@ -135,15 +138,15 @@ impl SecretsService {
                 "nothing to update: give a description, a key name or a value".to_owned(),
             ));
         }
-        self.authorize(&principal, Action::UpdateSecret, name.as_str())?;
+        self.authorize(context, Action::UpdateSecret, name.as_str())?;
         let mut secret = self.live_secret(&name).await?;
         let moving = new_key.filter(|key| *key != secret.key_name);
         if let Some(key) = &moving {
-            self.authorize_key(&principal, &secret.key_name)?;
-            self.authorize_key(&principal, key)?;
+            self.authorize_key(context, &secret.key_name)?;
+            self.authorize_key(context, key)?;
         }
         if value.is_some() {
-            self.authorize_key(&principal, moving.as_ref().unwrap_or(&secret.key_name))?;
+            self.authorize_key(context, moving.as_ref().unwrap_or(&secret.key_name))?;
         }
         if request.description.is_some() || moving.is_some() {
             let rewrapped = match &moving {
@@ -157,15 +160,17 @@ impl SecretsService {
                     request.description.as_deref(),
                     moving.as_ref().map(|key| (key, rewrapped.as_slice())),
                     now_millis(),
+                    &context.change_event(),
                 )
                 .await?;
+            context.recorded();
             if let Some(key) = moving {
                 secret.key_name = key;
             }
         }
         let version_id = match value {
             Some(value) => Some(
-                self.put(&principal, &secret, &version_id, &value, &[])
+                self.put(context, &secret, &version_id, &value, &[])
                     .await?
                     .version_id,
             ),
@@ -211,10 +216,10 @@ impl SecretsService {
 
     pub(super) async fn move_stage(
         &self,
-        request: Request<proto::UpdateSecretVersionStageRequest>,
+        context: &RequestContext,
+        request: proto::UpdateSecretVersionStageRequest,
     ) -> Result<proto::UpdateSecretVersionStageResponse> {
-        let principal = auth::principal(&request)?;
-        let request = request.into_inner();
+        context.set_resource(&request.name);
         let name = SecretName::parse(&request.name)?;
         let stage = Stage::parse(&request.version_stage)?;
         let to = request
@@ -232,19 +237,20 @@ impl SecretsService {
                 "give move_to_version_id, remove_from_version_id, or both".to_owned(),
             ));
         }
-        self.authorize(&principal, Action::UpdateSecretVersionStage, name.as_str())?;
+        self.authorize(context, Action::UpdateSecretVersionStage, name.as_str())?;
         let secret = self.live_secret(&name).await?;
         self.state
             .store
             .move_stage(
-                &secret.id,
-                &name,
+                &secret,
                 &stage,
                 to.as_ref(),
                 from.as_ref(),
                 now_millis(),
+                &context.change_event(),
             )
             .await?;
+        context.recorded();
         Ok(proto::UpdateSecretVersionStageResponse {
             name: name.to_string(),
             secret_id: secret.id,
@@ -253,30 +259,31 @@ impl SecretsService {
 
     pub(super) async fn tag(
         &self,
-        request: Request<proto::TagResourceRequest>,
+        context: &RequestContext,
+        request: proto::TagResourceRequest,
     ) -> Result<proto::TagResourceResponse> {
-        let principal = auth::principal(&request)?;
-        let request = request.into_inner();
+        context.set_resource(&request.name);
         let name = SecretName::parse(&request.name)?;
         if request.tags.is_empty() {
             return Err(Error::InvalidArgument("give at least one tag".to_owned()));
         }
         let tags = check_tags(&request.tags)?;
-        self.authorize(&principal, Action::TagResource, name.as_str())?;
+        self.authorize(context, Action::TagResource, name.as_str())?;
         let secret = self.live_secret(&name).await?;
         self.state
             .store
-            .tag_secret(&secret.id, &tags, now_millis())
+            .tag_secret(&secret.id, &tags, now_millis(), &context.change_event())
             .await?;
+        context.recorded();
         Ok(proto::TagResourceResponse {})
     }
 
     pub(super) async fn untag(
         &self,
-        request: Request<proto::UntagResourceRequest>,
+        context: &RequestContext,
+        request: proto::UntagResourceRequest,
     ) -> Result<proto::UntagResourceResponse> {
-        let principal = auth::principal(&request)?;
-        let request = request.into_inner();
+        context.set_resource(&request.name);
         let name = SecretName::parse(&request.name)?;
         if request.tag_keys.is_empty() {
             return Err(Error::InvalidArgument(
@@ -286,12 +293,18 @@ impl SecretsService {
         for key in &request.tag_keys {
             check_tag_key(key)?;
         }
-        self.authorize(&principal, Action::UntagResource, name.as_str())?;
+        self.authorize(context, Action::UntagResource, name.as_str())?;
         let secret = self.live_secret(&name).await?;
         self.state
             .store
-            .untag_secret(&secret.id, &request.tag_keys, now_millis())
+            .untag_secret(
+                &secret.id,
+                &request.tag_keys,
+                now_millis(),
+                &context.change_event(),
+            )
             .await?;
+        context.recorded();
         Ok(proto::UntagResourceResponse {})
     }
 }

@@ -3,18 +3,23 @@
 //! the pool in parallel (WAL). Split by subject: master keys, secrets
 //! (metadata, tags, deletion), versions and stages, and listings.
 
+mod audit;
+mod certificates;
 mod keys;
 pub(super) mod list;
+mod policies;
 mod secrets;
-
-pub use secrets::MAX_TAGS;
-
 mod versions;
 
+pub use audit::AuditQuery;
+pub use certificates::CertificateRecord;
+pub use policies::PolicyVersion;
+pub use secrets::MAX_TAGS;
 use versions::insert_version;
 
 use super::migrate::migrate;
 use super::{SecretRecord, VersionRecord, WrappedMasterKey};
+use crate::audit::AuditKey;
 use crate::crypto::{KeyRef, SealedValue};
 use crate::error::{Error, Result};
 use crate::stages::StageMap;
@@ -31,6 +36,10 @@ use tokio::sync::{Mutex, MutexGuard};
 pub struct Store {
     pool: SqlitePool,
     write_lock: Mutex<()>,
+    audit_key: AuditKey,
+    /// The newest event this process appended: a checkpoint that a cut-off
+    /// tail cannot hide from.
+    audit_head: std::sync::Mutex<Option<(i64, Vec<u8>)>>,
 }
 
 type Tx = Transaction<'static, Sqlite>;
@@ -53,8 +62,8 @@ const VERSION_COLUMNS: &str = "v.version_id, v.created_at, v.created_by, v.acces
 
 impl Store {
     /// Opens (creating if needed) the database at `url` and brings its
-    /// schema up to date.
-    pub async fn open(url: &str) -> Result<Self> {
+    /// schema up to date. `audit_key` chains the audit events it appends.
+    pub async fn open(url: &str, audit_key: AuditKey) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|error| Error::InvalidArgument(format!("database URL {url:?}: {error}")))?
             .create_if_missing(true)
@@ -72,6 +81,8 @@ impl Store {
         Ok(Self {
             pool,
             write_lock: Mutex::new(()),
+            audit_key,
+            audit_head: std::sync::Mutex::new(None),
         })
     }
 

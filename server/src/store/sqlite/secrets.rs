@@ -4,6 +4,7 @@ use super::{
     SECRET_COLUMNS, Store, Tx, insert_version, is_unique_violation, secret_row, touch,
     write_stage_map,
 };
+use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use crate::stages::{self, StageMap};
 use crate::store::{Deletion, NewSecret, NewVersion, Rewrapped, SecretRecord};
@@ -21,6 +22,7 @@ impl Store {
         &self,
         secret: &NewSecret,
         first: Option<&NewVersion>,
+        event: &AuditEvent,
     ) -> Result<()> {
         let (_guard, mut tx) = self.write().await?;
         let inserted = sqlx::query(
@@ -63,8 +65,7 @@ impl Store {
             stages::for_new_version(&mut map, &version.version_id, &[])?;
             write_stage_map(&mut tx, &secret.id, &map).await?;
         }
-        tx.commit().await?;
-        Ok(())
+        self.commit_audited(tx, event).await
     }
 
     pub async fn secret(&self, name: &SecretName) -> Result<Option<SecretRecord>> {
@@ -88,6 +89,7 @@ impl Store {
         description: Option<&str>,
         new_key: Option<(&KeyName, &[Rewrapped])>,
         now: i64,
+        event: &AuditEvent,
     ) -> Result<()> {
         let (_guard, mut tx) = self.write().await?;
         if let Some(description) = description {
@@ -139,8 +141,7 @@ impl Store {
             }
         }
         touch(&mut tx, secret_id, now).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_audited(tx, event).await
     }
 
     /// Adds or replaces tags, keeping the total within [`MAX_TAGS`].
@@ -149,6 +150,7 @@ impl Store {
         secret_id: &str,
         tags: &[(String, String)],
         now: i64,
+        event: &AuditEvent,
     ) -> Result<()> {
         let (_guard, mut tx) = self.write().await?;
         insert_tags(&mut tx, secret_id, tags).await?;
@@ -162,11 +164,16 @@ impl Store {
             )));
         }
         touch(&mut tx, secret_id, now).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_audited(tx, event).await
     }
 
-    pub async fn untag_secret(&self, secret_id: &str, keys: &[String], now: i64) -> Result<()> {
+    pub async fn untag_secret(
+        &self,
+        secret_id: &str,
+        keys: &[String],
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<()> {
         let (_guard, mut tx) = self.write().await?;
         for key in keys {
             sqlx::query("DELETE FROM secret_tags WHERE secret_id = ? AND key = ?")
@@ -176,16 +183,20 @@ impl Store {
                 .await?;
         }
         touch(&mut tx, secret_id, now).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_audited(tx, event).await
     }
 
     /// Schedules the deletion of a live secret, or erases a secret (live or
     /// scheduled) at once.
-    pub async fn delete_secret(&self, secret: &SecretRecord, deletion: Deletion) -> Result<()> {
+    pub async fn delete_secret(
+        &self,
+        secret: &SecretRecord,
+        deletion: Deletion,
+        event: &AuditEvent,
+    ) -> Result<()> {
         match deletion {
             Deletion::Now => {
-                self.erase(&secret.id).await?;
+                self.erase(&secret.id, event).await?;
                 self.checkpoint().await
             }
             Deletion::At(date) => {
@@ -203,13 +214,17 @@ impl Store {
                         secret.name
                     )));
                 }
-                tx.commit().await?;
-                Ok(())
+                self.commit_audited(tx, event).await
             }
         }
     }
 
-    pub async fn restore_secret(&self, secret: &SecretRecord, now: i64) -> Result<()> {
+    pub async fn restore_secret(
+        &self,
+        secret: &SecretRecord,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<()> {
         let (_guard, mut tx) = self.write().await?;
         let updated = sqlx::query(
             "UPDATE secrets SET deletion_date = NULL, changed_at = ?
@@ -225,8 +240,7 @@ impl Store {
                 secret.name
             )));
         }
-        tx.commit().await?;
-        Ok(())
+        self.commit_audited(tx, event).await
     }
 
     /// Erases every secret whose recovery window ended by `now`, with all
@@ -238,8 +252,13 @@ impl Store {
         .bind(now)
         .fetch_all(&self.pool)
         .await?;
-        for (id, _) in &due {
-            self.erase(id).await?;
+        for (id, name) in &due {
+            let event = AuditEvent::system(
+                "secrets:PurgeSecret",
+                name,
+                "recovery window ended; secret and ciphertexts erased",
+            );
+            self.erase(id, &event).await?;
         }
         if !due.is_empty() {
             self.checkpoint().await?;
@@ -247,15 +266,14 @@ impl Store {
         Ok(due.into_iter().map(|(_, name)| name).collect())
     }
 
-    async fn erase(&self, secret_id: &str) -> Result<()> {
+    async fn erase(&self, secret_id: &str, event: &AuditEvent) -> Result<()> {
         let (_guard, mut tx) = self.write().await?;
         // The cascade removes versions (and their ciphertexts), stages and tags.
         sqlx::query("DELETE FROM secrets WHERE id = ?")
             .bind(secret_id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_audited(tx, event).await
     }
 }
 

@@ -6,10 +6,11 @@ use super::{
     Store, Tx, VERSION_COLUMNS, is_unique_violation, read_stage_map, stored, touch, version_row,
     write_stage_map,
 };
+use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use crate::stages::{self, StageMap};
-use crate::store::{NewVersion, PutOutcome, VersionRecord, VersionSummary};
-use rekey_shared::{SecretName, Stage, VersionId};
+use crate::store::{NewVersion, PutOutcome, SecretRecord, VersionRecord, VersionSummary};
+use rekey_shared::{Stage, VersionId};
 use sqlx::Row;
 
 /// Deprecated versions older than this may be purged...
@@ -75,6 +76,7 @@ impl Store {
         secret_id: &str,
         version: &NewVersion,
         requested: &[Stage],
+        event: &AuditEvent,
     ) -> Result<PutOutcome> {
         let (_guard, mut tx) = self.write().await?;
         match insert_version(&mut tx, secret_id, version).await {
@@ -86,7 +88,7 @@ impl Store {
         write_stage_map(&mut tx, secret_id, &map).await?;
         purge_deprecated(&mut tx, secret_id, version.created_at).await?;
         touch(&mut tx, secret_id, version.created_at).await?;
-        tx.commit().await?;
+        self.commit_audited(tx, event).await?;
         Ok(PutOutcome::Added(stages::stages_of(
             &map,
             &version.version_id,
@@ -97,13 +99,14 @@ impl Store {
     /// `from`, the stage must be on that version now.
     pub async fn move_stage(
         &self,
-        secret_id: &str,
-        secret_name: &SecretName,
+        secret: &SecretRecord,
         stage: &Stage,
         to: Option<&VersionId>,
         from: Option<&VersionId>,
         now: i64,
+        event: &AuditEvent,
     ) -> Result<()> {
+        let (secret_id, secret_name) = (secret.id.as_str(), &secret.name);
         let (_guard, mut tx) = self.write().await?;
         let mut map = read_stage_map(&mut tx, secret_id).await?;
         if let Some(from) = from {
@@ -137,8 +140,7 @@ impl Store {
         }
         write_stage_map(&mut tx, secret_id, &map).await?;
         touch(&mut tx, secret_id, now).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commit_audited(tx, event).await
     }
 
     /// Versions newest first; only those with stages unless

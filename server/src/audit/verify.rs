@@ -1,0 +1,225 @@
+//! Verifying the chain: a pure walk over stored events in sequence order,
+//! fed page by page, that names the first event that was altered, removed
+//! or inserted, and a tail cut off behind a known checkpoint.
+
+use super::{AuditKey, GENESIS, StoredEvent};
+
+/// What is wrong with the log; the first problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// Events `first..=last` are missing from the sequence.
+    Removed { first: i64, last: i64 },
+    /// Event `seq` was changed: its MAC does not match, but the next event
+    /// still chains to the MAC it carries.
+    Altered { seq: i64 },
+    /// Event `seq` does not verify and nothing after it chains to it: it
+    /// was inserted, or altered together with its MAC.
+    AlteredOrInserted { seq: i64 },
+    /// The log ends at `last`, but a checkpoint says event `checkpoint` was
+    /// written.
+    Truncated { last: i64, checkpoint: i64 },
+    /// Event `seq` exists but is not the event of the checkpoint.
+    CheckpointMismatch { seq: i64 },
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Removed { first, last } if first == last => {
+                write!(f, "event {first} was removed")
+            }
+            Self::Removed { first, last } => write!(f, "events {first} to {last} were removed"),
+            Self::Altered { seq } => write!(f, "event {seq} was altered"),
+            Self::AlteredOrInserted { seq } => {
+                write!(f, "event {seq} does not verify: it was altered or inserted")
+            }
+            Self::Truncated { last, checkpoint } => write!(
+                f,
+                "the log ends at event {last}, but event {checkpoint} was written: \
+                 the events after {last} were removed"
+            ),
+            Self::CheckpointMismatch { seq } => {
+                write!(f, "event {seq} is not the event the checkpoint recorded")
+            }
+        }
+    }
+}
+
+/// The walk's state, fed with events in sequence order.
+#[derive(Debug)]
+pub struct Verification<'a> {
+    key: &'a AuditKey,
+    checkpoint: Option<(i64, Vec<u8>)>,
+    expected_seq: i64,
+    previous: Vec<u8>,
+    /// An event that did not verify, waiting for the next one to tell
+    /// whether it was altered or inserted.
+    suspect: Option<StoredEvent>,
+    pub events: u64,
+    pub finding: Option<Finding>,
+}
+
+/// Starts a verification. `checkpoint`: a sequence number and head MAC
+/// that the server logged, or that the caller holds.
+pub fn verify(key: &AuditKey, checkpoint: Option<(i64, Vec<u8>)>) -> Verification<'_> {
+    Verification {
+        key,
+        checkpoint,
+        expected_seq: 1,
+        previous: GENESIS.to_vec(),
+        suspect: None,
+        events: 0,
+        finding: None,
+    }
+}
+
+impl Verification<'_> {
+    /// Feeds the next event; returns false once a problem is found.
+    pub fn push(&mut self, stored: StoredEvent) -> bool {
+        if self.finding.is_some() {
+            return false;
+        }
+        if let Some(suspect) = self.suspect.take() {
+            let finding = if self
+                .key
+                .verifies(stored.seq, &suspect.mac, &stored.event, &stored.mac)
+            {
+                Finding::Altered { seq: suspect.seq }
+            } else {
+                Finding::AlteredOrInserted { seq: suspect.seq }
+            };
+            self.finding = Some(finding);
+            return false;
+        }
+        if stored.seq != self.expected_seq {
+            self.finding = Some(Finding::Removed {
+                first: self.expected_seq,
+                last: stored.seq - 1,
+            });
+            return false;
+        }
+        self.events += 1;
+        self.expected_seq = stored.seq + 1;
+        if !self
+            .key
+            .verifies(stored.seq, &self.previous, &stored.event, &stored.mac)
+        {
+            self.suspect = Some(stored);
+            return true;
+        }
+        if let Some((seq, mac)) = &self.checkpoint
+            && *seq == stored.seq
+            && *mac != stored.mac
+        {
+            self.finding = Some(Finding::CheckpointMismatch { seq: *seq });
+            return false;
+        }
+        self.previous = stored.mac;
+        true
+    }
+
+    /// Ends the walk: the verdict, and the head (last sequence and MAC).
+    pub fn finish(mut self) -> (Option<Finding>, i64, Vec<u8>) {
+        if self.finding.is_none()
+            && let Some(suspect) = self.suspect.take()
+        {
+            self.finding = Some(Finding::AlteredOrInserted { seq: suspect.seq });
+        }
+        let last = self.expected_seq - 1;
+        if self.finding.is_none()
+            && let Some((checkpoint, _)) = &self.checkpoint
+            && last < *checkpoint
+        {
+            self.finding = Some(Finding::Truncated {
+                last,
+                checkpoint: *checkpoint,
+            });
+        }
+        (self.finding, last, self.previous)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::AuditEvent;
+    use super::*;
+    use crate::crypto::{Key, RootKey};
+
+    fn chain(key: &AuditKey, count: i64) -> Vec<StoredEvent> {
+        let mut previous = GENESIS.to_vec();
+        (1..=count)
+            .map(|seq| {
+                let event = AuditEvent {
+                    time: seq,
+                    principal: format!("p{seq}"),
+                    action: "secrets:GetSecretValue".into(),
+                    ..AuditEvent::default()
+                };
+                let mac = key.mac(seq, &previous, &event);
+                previous = mac.clone();
+                StoredEvent { seq, event, mac }
+            })
+            .collect()
+    }
+
+    fn run(
+        key: &AuditKey,
+        events: Vec<StoredEvent>,
+        checkpoint: Option<(i64, Vec<u8>)>,
+    ) -> Option<Finding> {
+        let mut verification = verify(key, checkpoint);
+        for event in events {
+            if !verification.push(event) {
+                break;
+            }
+        }
+        verification.finish().0
+    }
+
+    #[test]
+    fn findings() {
+        let key = AuditKey::derive(&RootKey::new(Key::generate()));
+        let events = chain(&key, 6);
+        let head = (6, events[5].mac.clone());
+        assert_eq!(run(&key, events.clone(), Some(head.clone())), None);
+
+        let mut altered = events.clone();
+        altered[2].event.principal = "mallory".into();
+        assert_eq!(run(&key, altered, None), Some(Finding::Altered { seq: 3 }));
+
+        let mut removed = events.clone();
+        removed.remove(3);
+        assert_eq!(
+            run(&key, removed, None),
+            Some(Finding::Removed { first: 4, last: 4 })
+        );
+
+        let mut inserted = events.clone();
+        let forged = StoredEvent {
+            seq: 7,
+            event: AuditEvent::default(),
+            mac: vec![0; 32],
+        };
+        inserted.push(forged);
+        assert_eq!(
+            run(&key, inserted, None),
+            Some(Finding::AlteredOrInserted { seq: 7 })
+        );
+
+        let truncated = events[..4].to_vec();
+        assert_eq!(run(&key, truncated.clone(), None), None);
+        assert_eq!(
+            run(&key, truncated, Some(head)),
+            Some(Finding::Truncated {
+                last: 4,
+                checkpoint: 6
+            })
+        );
+
+        let other_key = AuditKey::derive(&RootKey::new(Key::generate()));
+        assert_eq!(
+            run(&other_key, events, None),
+            Some(Finding::AlteredOrInserted { seq: 1 })
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! The `rekeyd` subcommands that change an installation directly, with
+//! local access to its files: certificates, master keys, policy recovery.
+//! Each change is audited as principal `rekeyd` and reaches a running
+//! server through the database within seconds (see `sync`).
+
+use crate::audit::AuditEvent;
+use crate::certificates;
+use crate::cli::{CertCommand, KeysCommand};
+use crate::config::Loaded;
+use crate::crypto;
+use crate::governance;
+use crate::installation::{self, Opened};
+use crate::pki::CertificateAuthority;
+use crate::store::Rewrapped;
+use rekey_shared::KeyName;
+use rekey_shared::time::format_millis;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+fn domain(error: crate::error::Error) -> anyhow::Error {
+    anyhow::anyhow!("{error}")
+}
+
+pub async fn cert(loaded: &Loaded, command: CertCommand) -> anyhow::Result<()> {
+    match command {
+        CertCommand::Issue {
+            name,
+            roles,
+            out,
+            days,
+        } => {
+            certificates::check_principal(&name)?;
+            anyhow::ensure!(days > 0, "--days must be at least 1");
+            let out = default_out(&name, out)?;
+            anyhow::ensure!(
+                !out.exists(),
+                "{} exists; choose another --out or remove it",
+                out.display()
+            );
+            // Roles first: an unknown role refuses the whole command.
+            if !roles.is_empty() {
+                let opened = installation::open(loaded).await?;
+                let bound = bind_roles(&opened, &name, &roles).await;
+                opened.store.close().await;
+                bound?;
+            }
+            let ca = CertificateAuthority::load(&loaded.dir)?;
+            let issued = certificates::issue(loaded, &ca, &name, days, &out).await?;
+            println!(
+                "issued an identity for {name} (serial {}, valid until {}) in {}{}",
+                issued.serial,
+                issued.not_after.date(),
+                out.display(),
+                if roles.is_empty() {
+                    String::new()
+                } else {
+                    format!("; roles: {}", roles.join(", "))
+                }
+            );
+            Ok(())
+        }
+        CertCommand::Renew { name, out, days } => {
+            certificates::check_principal(&name)?;
+            let out = default_out(&name, out)?;
+            let ca = CertificateAuthority::load(&loaded.dir)?;
+            // Write beside, then replace: the old file stays usable until then.
+            let fresh = out.with_extension("pem.new");
+            let _ = std::fs::remove_file(&fresh);
+            let issued = certificates::issue(loaded, &ca, &name, days, &fresh).await?;
+            std::fs::rename(&fresh, &out)?;
+            println!(
+                "renewed {name}: serial {}, valid until {}, in {} (the old certificate stays valid \
+                 until it expires; `rekeyd cert revoke SERIAL` ends it sooner)",
+                issued.serial,
+                issued.not_after.date(),
+                out.display()
+            );
+            Ok(())
+        }
+        CertCommand::Revoke { target } => {
+            let revoked = certificates::revoke(loaded, &target).await?;
+            println!(
+                "revoked {} certificate(s): {}; running servers refuse them within seconds",
+                revoked.len(),
+                revoked.join(", ")
+            );
+            Ok(())
+        }
+        CertCommand::List => {
+            let now = rekey_shared::time::now_millis();
+            println!(
+                "{:<34} {:<24} {:<20} {:<20} STATE",
+                "SERIAL", "PRINCIPAL", "ISSUED", "EXPIRES"
+            );
+            for record in certificates::list(loaded).await? {
+                let state = match (record.revoked_at, record.not_after) {
+                    (Some(_), _) => "revoked",
+                    (None, Some(not_after)) if not_after < now => "expired",
+                    _ => "valid",
+                };
+                let date = |millis: Option<i64>| millis.map_or("-".to_owned(), format_millis);
+                println!(
+                    "{:<34} {:<24} {:<20} {:<20} {state}",
+                    record.serial,
+                    if record.principal.is_empty() {
+                        "-"
+                    } else {
+                        &record.principal
+                    },
+                    date(record.issued_at),
+                    date(record.not_after),
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn default_out(name: &str, out: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match out {
+        Some(out) => Ok(out),
+        None if name.starts_with("spiffe://") => {
+            anyhow::bail!("a spiffe:// principal needs --out FILE")
+        }
+        None => Ok(PathBuf::from(format!("{name}.pem"))),
+    }
+}
+
+async fn bind_roles(opened: &Opened, name: &str, roles: &[String]) -> anyhow::Result<()> {
+    for role in roles {
+        let event = AuditEvent::local("policy:ApplyPolicy", "*", &format!("bind {name} to {role}"));
+        governance::bind(&opened.store, name, role, &event)
+            .await
+            .map_err(domain)?;
+    }
+    Ok(())
+}
+
+pub async fn recover(loaded: &Loaded, principal: &str) -> anyhow::Result<()> {
+    let opened = installation::open(loaded).await?;
+    let event = AuditEvent::local(
+        "policy:Recover",
+        "*",
+        &format!("break-glass: {principal} bound to admin"),
+    );
+    let recovered = governance::recover(&opened.store, principal, &event).await;
+    opened.store.close().await;
+    let version = recovered.map_err(domain)?;
+    println!(
+        "policy version {version}: {principal} is bound to the admin role; running servers apply it within seconds"
+    );
+    Ok(())
+}
+
+pub async fn keys(loaded: &Loaded, command: KeysCommand) -> anyhow::Result<()> {
+    let opened = installation::open(loaded).await?;
+    let result = run_keys(&opened, command).await;
+    opened.store.close().await;
+    result
+}
+
+async fn run_keys(opened: &Opened, command: KeysCommand) -> anyhow::Result<()> {
+    let Opened { store, keyring } = opened;
+    match command {
+        KeysCommand::Create { name } => {
+            let name = KeyName::parse(&name)?;
+            if keyring.exists(store, &name).await.map_err(domain)? {
+                anyhow::bail!(
+                    "master key {name} already exists; `rekeyd keys rotate {name}` adds a version"
+                );
+            }
+            let event = AuditEvent::local("keys:Manage", &format!("key:{name}"), "created");
+            keyring
+                .create_version(store, &name, &event)
+                .await
+                .map_err(domain)?;
+            println!("created master key {name}");
+        }
+        KeysCommand::Rotate { name } => {
+            let name = KeyName::parse(&name)?;
+            if !keyring.exists(store, &name).await.map_err(domain)? {
+                return Err(domain(crate::keyring::missing_key(&name)));
+            }
+            let event = AuditEvent::local("keys:Manage", &format!("key:{name}"), "rotated");
+            let version = keyring
+                .create_version(store, &name, &event)
+                .await
+                .map_err(domain)?;
+            println!(
+                "master key {name} is at version {version}; new data keys are wrapped under it. \
+                 `rekeyd keys rewrap {name}` moves the existing ones"
+            );
+        }
+        KeysCommand::Retire { name, version } => {
+            let name = KeyName::parse(&name)?;
+            let event = AuditEvent::local(
+                "keys:Manage",
+                &format!("key:{name}"),
+                &format!("retired version {version}"),
+            );
+            store
+                .retire_master_key(name.as_str(), version, &event)
+                .await
+                .map_err(domain)?;
+            println!("retired version {version} of master key {name}");
+        }
+        KeysCommand::List => {
+            println!("{:<24} {:>7}  CREATED", "NAME", "VERSION");
+            for key in store.list_master_keys().await.map_err(domain)? {
+                println!(
+                    "{:<24} {:>7}  {}",
+                    key.name,
+                    key.version,
+                    format_millis(key.created_at)
+                );
+            }
+        }
+        KeysCommand::Rewrap { name } => {
+            let index = store.master_key_index().await.map_err(domain)?;
+            let names: Vec<String> = match name {
+                Some(name) => {
+                    let name = KeyName::parse(&name)?;
+                    anyhow::ensure!(
+                        index.contains_key(name.as_str()),
+                        "master key {name} does not exist"
+                    );
+                    vec![name.into_string()]
+                }
+                None => index.keys().cloned().collect(),
+            };
+            for name in names {
+                rewrap(opened, &KeyName::parse(&name)?).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Re-wraps, in batches, every data key under an older version of `name`
+/// than the newest. Safe beside a running server: each row is updated only
+/// if it still holds the key it was read with. Interrupted, it resumes
+/// where it stopped when run again.
+async fn rewrap(opened: &Opened, name: &KeyName) -> anyhow::Result<()> {
+    const BATCH: u32 = 200;
+    let Opened { store, keyring } = opened;
+    let to = keyring.for_encryption(store, name).await.map_err(domain)?;
+    let newest = to.reference.version;
+    let total = store
+        .count_to_rewrap(name.as_str(), newest)
+        .await
+        .map_err(domain)?;
+    let interactive = std::io::stderr().is_terminal();
+    let mut done = 0i64;
+    let progress = |done: i64| {
+        let percent = if total == 0 { 100 } else { done * 100 / total };
+        let bar: String = (0..20)
+            .map(|i| if i * 5 < percent { '#' } else { '.' })
+            .collect();
+        let line = format!("rewrapping {name}: [{bar}] {done}/{total} data keys ({percent}%)");
+        let mut stderr = std::io::stderr();
+        if interactive {
+            let _ = write!(stderr, "\r{line}");
+        } else {
+            let _ = writeln!(stderr, "{line}");
+        }
+    };
+    progress(0);
+    loop {
+        let batch = store
+            .versions_to_rewrap(name.as_str(), newest, BATCH)
+            .await
+            .map_err(domain)?;
+        if batch.is_empty() {
+            break;
+        }
+        let mut rewrapped = Vec::with_capacity(batch.len());
+        for (secret_id, version) in batch {
+            let from = keyring
+                .for_decryption(store, &version.sealed.key)
+                .await
+                .map_err(domain)?;
+            let moved = crypto::rewrap_data_key(
+                &from,
+                &to,
+                &secret_id,
+                &version.version_id,
+                &version.sealed,
+            )
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the data key of version {} of secret {secret_id} failed its integrity check",
+                    version.version_id
+                )
+            })?;
+            rewrapped.push((
+                secret_id,
+                Rewrapped {
+                    version_id: version.version_id,
+                    wrapped_data_key: moved.wrapped_data_key,
+                    from: version.sealed.key,
+                    to: moved.key,
+                },
+            ));
+        }
+        let event = AuditEvent::local(
+            "keys:Manage",
+            &format!("key:{name}"),
+            &format!(
+                "re-wrapped {} data keys to version {newest}",
+                rewrapped.len()
+            ),
+        );
+        done += store
+            .store_rewrapped(&rewrapped, &event)
+            .await
+            .map_err(domain)? as i64;
+        progress(done.min(total));
+    }
+    if interactive {
+        eprintln!();
+    }
+    println!("master key {name}: every data key is wrapped under version {newest}");
+    Ok(())
+}
