@@ -109,12 +109,8 @@ pub async fn init(dir: &Path, extra_hosts: &[String]) -> anyhow::Result<Initiali
     store.close().await;
     initialized.map_err(|error| anyhow::anyhow!("{error}"))?;
 
-    let admin = ca.issue_client(ADMIN_PRINCIPAL, 365)?;
     let admin_identity = dir.join(ADMIN_IDENTITY);
-    write_private(
-        &admin_identity,
-        &ca.identity(&admin).to_file_text(ADMIN_PRINCIPAL),
-    )?;
+    crate::certificates::issue(&loaded, &ca, ADMIN_PRINCIPAL, 365, &admin_identity).await?;
     Ok(Initialized {
         dir: dir.to_owned(),
         admin_identity,

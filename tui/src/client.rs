@@ -3,6 +3,7 @@
 
 use rekey_shared::channel;
 use rekey_shared::identity::Identity;
+use rekey_shared::proto::admin_client::AdminClient;
 use rekey_shared::proto::secrets_client::SecretsClient;
 use std::path::PathBuf;
 use tonic::transport::Channel;
@@ -15,12 +16,20 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub async fn secrets(&self) -> anyhow::Result<SecretsClient<Channel>> {
+    /// A mutual-TLS channel to the server as the identity.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
         let path = self.identity.as_ref().ok_or_else(|| {
             anyhow::anyhow!("no identity: pass --identity FILE or set REKEY_IDENTITY")
         })?;
         let identity = Identity::load(path)?;
-        let channel = channel::connect(&self.server, &identity).await?;
-        Ok(SecretsClient::new(channel))
+        Ok(channel::connect(&self.server, &identity).await?)
+    }
+
+    pub async fn secrets(&self) -> anyhow::Result<SecretsClient<Channel>> {
+        Ok(SecretsClient::new(self.channel().await?))
+    }
+
+    pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
+        Ok(AdminClient::new(self.channel().await?))
     }
 }

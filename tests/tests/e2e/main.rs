@@ -4,14 +4,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod access;
+mod audit_log;
 mod bad_input;
 mod batch;
 mod dev;
 mod idempotency;
+mod keys;
 mod leaks;
 mod lifecycle;
 mod listing;
 mod metadata;
+mod revocation;
 mod secrets_flow;
 mod storage;
 mod tls;

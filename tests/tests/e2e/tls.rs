@@ -141,13 +141,43 @@ async fn a_certificate_that_names_no_principal_is_unauthenticated() {
         .await
         .unwrap_err();
     assert!(refused.contains("reserved"), "{refused}");
+
+    let odd_name = identity(client_params("alice smith!"), &issuer, &ca_pem);
+    let refused = try_read(&server, rekey_shared::channel::tls_config(&odd_name))
+        .await
+        .unwrap_err();
+    assert!(refused.starts_with("Unauthenticated"), "{refused}");
+    assert!(
+        refused.contains("common name \"alice smith!\""),
+        "{refused}"
+    );
+
+    // Without the client-auth usage: no extended key usage at all (the
+    // principal rule refuses it), or server-auth only (the handshake does).
+    let mut no_usage = client_params("alice");
+    no_usage.extended_key_usages.clear();
+    let refused = try_read(
+        &server,
+        rekey_shared::channel::tls_config(&identity(no_usage, &issuer, &ca_pem)),
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.contains("client-auth"), "{refused}");
+    let mut server_only = client_params("alice");
+    server_only.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    try_read(
+        &server,
+        rekey_shared::channel::tls_config(&identity(server_only, &issuer, &ca_pem)),
+    )
+    .await
+    .unwrap_err();
 }
 
 #[tokio::test]
 async fn an_issued_identity_works_and_the_cli_refuses_an_open_identity_file() {
     let installation = Installation::new();
-    let server = installation.serve();
     let bob = installation.issue("bob", &["operator"]);
+    let server = installation.serve();
     let rekey = server.rekey(&bob);
     rekey.run(&["create", "team/x", "--value", "v"]).ok();
     let versions = rekey

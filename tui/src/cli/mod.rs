@@ -5,6 +5,7 @@
 //!
 //! This file holds the flags; `read`, `write` and `lifecycle` run them.
 
+mod admin;
 mod lifecycle;
 mod read;
 mod write;
@@ -165,6 +166,51 @@ enum Command {
     Restore { name: String },
     /// Print a random password from the server's OS random generator.
     Password(PasswordArgs),
+    /// The access policy: show, apply, history.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// The audit log: recent events, or `audit verify`.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Print the policy in force (TOML).
+    Get,
+    /// Apply a policy file (TOML) as the new version.
+    Apply { file: PathBuf },
+    /// List the policy versions, newest first.
+    History,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub verify: Option<AuditCommand>,
+    /// Only events at or after T: RFC 3339 (2026-11-28T10:00:00Z) or an
+    /// age such as 30m, 12h, 7d.
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// Only events of this principal.
+    #[arg(long, value_name = "P")]
+    pub principal: Option<String>,
+    /// Only events whose resource starts with R.
+    #[arg(long, value_name = "R")]
+    pub resource: Option<String>,
+    /// At most N events (the newest are not guaranteed: events come in
+    /// order from the start of the window).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify the whole chain; exit 1 naming the first bad event.
+    Verify {
+        /// A checkpoint from the server log, as SEQ:MAC.
+        #[arg(long, value_name = "SEQ:MAC")]
+        checkpoint: Option<String>,
+    },
 }
 
 /// Which secrets a listing matches. Each flag is repeatable; values are
@@ -308,6 +354,15 @@ fn token(token: Option<String>) -> String {
 }
 
 async fn run(connection: &Connection, format: Format, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Policy(command) => {
+            return admin::policy(&mut connection.admin().await?, format, command).await;
+        }
+        Command::Audit(args) => {
+            return admin::audit(&mut connection.admin().await?, format, args).await;
+        }
+        _ => {}
+    }
     let mut secrets = connection.secrets().await?;
     let client = &mut secrets;
     match command {
@@ -402,5 +457,6 @@ async fn run(connection: &Connection, format: Format, command: Command) -> anyho
         } => lifecycle::delete(client, format, name, recovery_days, force).await,
         Command::Restore { name } => lifecycle::restore(client, format, name).await,
         Command::Password(args) => lifecycle::password(client, format, &args).await,
+        Command::Policy(_) | Command::Audit(_) => unreachable!("handled above"),
     }
 }

@@ -1,0 +1,298 @@
+//! Access control with real identities of different roles.
+
+use rekey_shared::proto::{self, Filter, FilterKey};
+use rekey_tests::{Installation, Rekey};
+use std::io::Write;
+
+const POLICY: &str = r#"
+[roles.admin]
+statements = [{ effect = "allow", actions = ["*"], resources = ["*"] }]
+
+[roles.app-reader]
+statements = [
+  { effect = "allow", actions = ["secrets:GetSecretValue", "secrets:DescribeSecret", "secrets:ListSecrets"], resources = ["app/*"] },
+  { effect = "allow", actions = ["keys:Use"], resources = ["key:default"] },
+]
+
+[roles.no-payments]
+statements = [{ effect = "deny", actions = ["secrets:*"], resources = ["app/payments/*"] }]
+
+[roles.keyless]
+statements = [
+  { effect = "allow", actions = ["secrets:GetSecretValue", "secrets:DescribeSecret"], resources = ["app/*"] },
+]
+
+[[bindings]]
+principal = "admin"
+roles = ["admin"]
+
+[[bindings]]
+principal = "reader"
+roles = ["app-reader"]
+
+[[bindings]]
+principal = "ci-*"
+roles = ["app-reader", "no-payments"]
+
+[[bindings]]
+principal = "keyless"
+roles = ["keyless"]
+"#;
+
+fn apply(admin: &Rekey, dir: &std::path::Path, policy: &str) -> rekey_tests::Run {
+    let path = dir.join(format!("policy-{}.toml", rekey_shared::VersionId::random()));
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(policy.as_bytes())
+        .unwrap();
+    admin.run(&["policy", "apply", path.to_str().unwrap()])
+}
+
+fn denied(run: &rekey_tests::Run) -> bool {
+    run.code == 1 && run.stderr.contains("(PERMISSION_DENIED)")
+}
+
+#[tokio::test]
+async fn roles_decide_who_reads_what() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    for name in ["app/db", "app/payments/stripe", "prod/db"] {
+        admin
+            .run(&["create", name, "--value", &format!("{name}-value")])
+            .ok();
+    }
+    apply(&admin, installation.dir(), POLICY).ok();
+    let reader = server.rekey(&installation.issue("reader", &[]));
+    let ci = server.rekey(&installation.issue("ci-deploy", &[]));
+    let keyless = server.rekey(&installation.issue("keyless", &[]));
+    let stranger = server.rekey(&installation.issue("stranger", &[]));
+
+    // A reader reads app/* but not prod/*.
+    assert_eq!(reader.run(&["get", "app/db"]).ok().stdout, "app/db-value\n");
+    assert_eq!(
+        reader.run(&["get", "app/payments/stripe"]).ok().stdout,
+        "app/payments/stripe-value\n"
+    );
+    let refused = reader.run(&["get", "prod/db"]);
+    assert!(denied(&refused), "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("reader may not secrets:GetSecretValue on prod/db"),
+        "{}",
+        refused.stderr
+    );
+    // And may not write.
+    assert!(denied(&reader.run(&["put", "app/db", "--value", "x"])));
+
+    // A deny beats an allow (the glob binding gives both).
+    assert_eq!(ci.run(&["get", "app/db"]).ok().stdout, "app/db-value\n");
+    assert!(denied(&ci.run(&["get", "app/payments/stripe"])));
+
+    // Without keys:Use on the secret's key, no value; metadata still.
+    let no_key = keyless.run(&["get", "app/db"]);
+    assert!(
+        no_key
+            .stderr
+            .contains("keyless may not keys:Use on key:default"),
+        "{}",
+        no_key.stderr
+    );
+    keyless.run(&["describe", "app/db"]).ok();
+
+    // No binding at all: nothing.
+    assert!(denied(&stranger.run(&["get", "app/db"])));
+    assert!(denied(&stranger.run(&["describe", "app/db"])));
+
+    // Lists and batch reads show only what the caller may see.
+    let listed = ci.run(&["list", "--output", "json"]).ok().json();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["app/db"]);
+    let listed = reader.run(&["list", "--output", "json"]).ok().json();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(
+        stranger.run(&["list", "--output", "json"]).ok().json(),
+        serde_json::json!([])
+    );
+
+    let mut ci_client = server
+        .client(&installation.dir().join("ci-deploy.pem"))
+        .await;
+    let by_filter = ci_client
+        .batch_get_secret_value(proto::BatchGetSecretValueRequest {
+            filters: vec![Filter {
+                key: FilterKey::All as i32,
+                values: vec!["app/".into(), "prod/".into()],
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let names: Vec<&str> = by_filter
+        .secret_values
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(names, ["app/db"]);
+    assert!(by_filter.errors.is_empty(), "{:?}", by_filter.errors);
+    let by_name = ci_client
+        .batch_get_secret_value(proto::BatchGetSecretValueRequest {
+            names: vec!["app/db".into(), "prod/db".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_name.secret_values.len(), 1);
+    assert_eq!(by_name.errors[0].code, "PERMISSION_DENIED");
+    assert!(!by_name.errors[0].message.contains("prod/db-value"));
+
+    // The admin applies a stricter policy; the very next request obeys it.
+    let stricter = POLICY.replace(
+        "resources = [\"app/*\"] },\n  { effect = \"allow\", actions = [\"keys:Use\"]",
+        "resources = [\"app/db\"] },\n  { effect = \"allow\", actions = [\"keys:Use\"]",
+    );
+    assert_ne!(stricter, POLICY);
+    apply(&admin, installation.dir(), &stricter).ok();
+    assert!(denied(&reader.run(&["get", "app/payments/stripe"])));
+    reader.run(&["get", "app/db"]).ok();
+    let history = admin
+        .run(&["policy", "history", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(history[0]["created_by"], "admin");
+    assert_eq!(history.as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn the_default_roles() {
+    let installation = Installation::new();
+    let approver = installation.issue("approver-1", &["approver"]);
+    let operator = installation.issue("operator-1", &["operator"]);
+    let reader = installation.issue("reader-1", &["reader"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "team/db", "--value", "v"]).ok();
+    let (approver, operator, reader) = (
+        server.rekey(&approver),
+        server.rekey(&operator),
+        server.rekey(&reader),
+    );
+
+    // An approver sees secrets but cannot read values.
+    approver.run(&["describe", "team/db"]).ok();
+    approver.run(&["list"]).ok();
+    assert!(denied(&approver.run(&["get", "team/db"])));
+    assert!(denied(&approver.run(&["put", "team/db", "--value", "x"])));
+    // An operator changes secrets but cannot read values.
+    operator.run(&["put", "team/db", "--value", "v2"]).ok();
+    assert!(denied(&operator.run(&["get", "team/db"])));
+    // A reader reads.
+    assert_eq!(reader.run(&["get", "team/db"]).ok().stdout, "v2\n");
+    assert!(denied(&reader.run(&["delete", "team/db"])));
+    // Only the admin sees the policy.
+    for who in [&approver, &operator, &reader] {
+        assert!(denied(&who.run(&["policy", "get"])));
+        assert!(denied(&who.run(&["audit"])));
+    }
+    let policy = admin.run(&["policy", "get"]).ok().stdout;
+    assert!(policy.contains("principal = \"approver-1\""), "{policy}");
+}
+
+#[test]
+fn bad_policies_are_refused_and_recover_gets_back_in() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let before = admin
+        .run(&["policy", "get", "--output", "json"])
+        .ok()
+        .json();
+
+    let malformed = apply(
+        &admin,
+        installation.dir(),
+        "[roles.x]\nstatements = [{ effect = \"allow\" actions = [] }]\n",
+    );
+    assert_eq!(malformed.code, 1);
+    assert!(
+        malformed.stderr.contains("line 2") && malformed.stderr.contains("(INVALID_ARGUMENT)"),
+        "{}",
+        malformed.stderr
+    );
+    let unknown = apply(
+        &admin,
+        installation.dir(),
+        &POLICY.replace(
+            "secrets:DescribeSecret\", \"secrets:ListSecrets\"]",
+            "secrets:DescribeSecret\", \"secrets:ListSecret\"]",
+        ),
+    );
+    assert!(
+        unknown
+            .stderr
+            .contains("unknown action \"secrets:ListSecret\""),
+        "{}",
+        unknown.stderr
+    );
+    let locked = apply(
+        &admin,
+        installation.dir(),
+        &POLICY.replace(
+            "principal = \"admin\"\nroles = [\"admin\"]",
+            "principal = \"admin\"\nroles = [\"app-reader\"]",
+        ),
+    );
+    assert!(
+        locked.stderr.contains("lock everyone out")
+            && locked.stderr.contains("(FAILED_PRECONDITION)"),
+        "{}",
+        locked.stderr
+    );
+    assert_eq!(
+        admin
+            .run(&["policy", "get", "--output", "json"])
+            .ok()
+            .json(),
+        before
+    );
+
+    // A policy that hands policy to someone else (who then loses their
+    // certificate) locks the admin out; break glass from the installation.
+    apply(
+        &admin,
+        installation.dir(),
+        &POLICY.replace("principal = \"admin\"", "principal = \"ops\""),
+    )
+    .ok();
+    assert!(denied(&admin.run(&["policy", "get"])));
+    let recovered = rekey_tests::rekeyd(
+        installation.dir(),
+        &["policy", "recover", "--principal", "admin"],
+    );
+    assert!(
+        recovered.status.success(),
+        "{}",
+        rekey_tests::text(&recovered.stderr)
+    );
+    let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
+    while admin.run(&["policy", "get"]).code != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "recover never took effect"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let audit = admin
+        .run(&["audit", "--principal", "rekeyd", "--output", "json"])
+        .ok()
+        .stdout;
+    assert!(audit.contains("policy:Recover"), "{audit}");
+}

@@ -1,0 +1,168 @@
+//! The audit log: one event per request, allowed or denied; a chain that
+//! `rekey audit verify` checks, naming the first altered, removed or
+//! inserted event and a cut-off tail.
+
+use rekey_tests::{Installation, Rekey};
+use sqlx::{Connection, SqliteConnection};
+
+async fn execute(installation: &Installation, sql: &str) {
+    let url = format!("sqlite://{}", installation.database().display());
+    let mut db = SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(sql).execute(&mut db).await.unwrap();
+    db.close().await.unwrap();
+}
+
+fn verify(admin: &Rekey) -> rekey_tests::Run {
+    admin.run(&["audit", "verify"])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_request_is_one_event_and_tampering_is_named() {
+    let installation = Installation::new();
+    let bob = installation.issue("bob", &[]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let bob = server.rekey(&bob);
+    admin.run(&["create", "a/x", "--value", "v"]).ok();
+    admin.run(&["get", "a/x"]).ok();
+    let _ = bob.run(&["get", "a/x"]);
+    let _ = admin.run(&["get", "a/missing"]);
+
+    let events = admin.run(&["audit", "--output", "json"]).ok().stdout;
+    let events: Vec<serde_json::Value> = events
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let requests: Vec<(&str, &str, &str, &str, &str)> = events
+        .iter()
+        .filter(|e| e["principal"] != "rekeyd")
+        .map(|e| {
+            (
+                e["principal"].as_str().unwrap(),
+                e["action"].as_str().unwrap(),
+                e["resource"].as_str().unwrap(),
+                e["decision"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        requests,
+        [
+            ("admin", "secrets:CreateSecret", "a/x", "allow", "OK"),
+            ("admin", "secrets:GetSecretValue", "a/x", "allow", "OK"),
+            (
+                "bob",
+                "secrets:GetSecretValue",
+                "a/x",
+                "deny",
+                "PERMISSION_DENIED"
+            ),
+            (
+                "admin",
+                "secrets:GetSecretValue",
+                "a/missing",
+                "allow",
+                "NOT_FOUND"
+            ),
+        ]
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| !e["request_id"].as_str().unwrap().is_empty() || e["principal"] == "rekeyd")
+    );
+    let filtered = admin
+        .run(&["audit", "--principal", "bob", "--output", "json"])
+        .ok()
+        .stdout;
+    assert_eq!(filtered.lines().count(), 1);
+    let by_resource = admin
+        .run(&["audit", "--resource", "a/m", "--output", "json"])
+        .ok()
+        .stdout;
+    assert_eq!(by_resource.lines().count(), 1);
+
+    // Untouched, it verifies.
+    let ok = verify(&admin).ok();
+    assert!(
+        ok.stdout.contains("the audit log verifies"),
+        "{}",
+        ok.stdout
+    );
+
+    // A field changed.
+    execute(
+        &installation,
+        "UPDATE audit_events SET principal = 'mallory' WHERE seq = 3",
+    )
+    .await;
+    let altered = verify(&admin);
+    assert_eq!(altered.code, 1);
+    assert!(
+        altered.stderr.contains("event 3 was altered"),
+        "{}",
+        altered.stderr
+    );
+    execute(
+        &installation,
+        "UPDATE audit_events SET principal = 'rekeyd' WHERE seq = 3",
+    )
+    .await;
+    verify(&admin).ok();
+
+    // A row removed.
+    execute(&installation, "DELETE FROM audit_events WHERE seq = 4").await;
+    let removed = verify(&admin);
+    assert!(
+        removed.stderr.contains("event 4 was removed"),
+        "{}",
+        removed.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_off_tail_is_detected() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    for index in 0..5 {
+        admin.run(&["create", &format!("t/{index}")]).ok();
+    }
+    let before = admin
+        .run(&["audit", "verify", "--output", "json"])
+        .ok()
+        .json();
+    let head = before["head_seq"].as_i64().unwrap();
+    let checkpoint = format!("{head}:{}", before["head_mac"].as_str().unwrap());
+
+    execute(
+        &installation,
+        &format!("DELETE FROM audit_events WHERE seq > {}", head - 3),
+    )
+    .await;
+    let cut = verify(&admin);
+    assert_eq!(cut.code, 1);
+    assert!(
+        cut.stderr
+            .contains(&format!("the log ends at event {}", head - 3)),
+        "{}",
+        cut.stderr
+    );
+    // Against a checkpoint from the log, too (what a restarted server needs).
+    let against = admin.run(&["audit", "verify", "--checkpoint", &checkpoint]);
+    assert!(
+        against.stderr.contains("were removed"),
+        "{}",
+        against.stderr
+    );
+    // An inserted event at the end does not verify either.
+    execute(
+        &installation,
+        "INSERT INTO audit_events (seq, time, principal, peer, action, resource, decision, outcome, request_id, detail, mac)
+         SELECT MAX(seq) + 1, 0, 'mallory', '', 'x', 'y', 'allow', 'OK', '', '', zeroblob(32) FROM audit_events",
+    )
+    .await;
+    let inserted = admin.run(&["audit", "verify", "--output", "json"]).json();
+    assert_eq!(inserted["ok"], false);
+}

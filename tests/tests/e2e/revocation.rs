@@ -1,0 +1,132 @@
+//! Certificates revoked while the server runs: refused on the next request
+//! of a connection opened before, and at the next handshake. Also the
+//! registry (`cert list`) and renewal.
+
+use rekey_shared::proto;
+use rekey_tests::{DEADLINE, Installation, rekeyd, text};
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_certificate_is_refused_on_an_open_connection() {
+    let installation = Installation::new();
+    let bob = installation.issue("bob", &["reader"]);
+    let server = installation.serve();
+    server
+        .rekey(&installation.admin())
+        .run(&["create", "r/x", "--value", "v"])
+        .ok();
+
+    // One connection, opened and used before the revocation.
+    let mut client = server.client(&bob).await;
+    let read = |client: &mut rekey_shared::proto::secrets_client::SecretsClient<_>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .get_secret_value(proto::GetSecretValueRequest {
+                    name: "r/x".into(),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    read(&mut client).await.unwrap();
+
+    let revoked = rekeyd(installation.dir(), &["cert", "revoke", "bob"]);
+    assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        match read(&mut client).await {
+            Ok(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the revoked certificate still works"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(
+        status.code(),
+        tonic::Code::Unauthenticated,
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().contains("was revoked"),
+        "{}",
+        status.message()
+    );
+
+    // A new connection fails at the handshake.
+    let identity = rekey_shared::identity::Identity::load(&bob).unwrap();
+    let fresh = match rekey_shared::channel::connect(&server.url, &identity).await {
+        Err(_) => None,
+        Ok(channel) => Some(
+            rekey_shared::proto::secrets_client::SecretsClient::new(channel)
+                .list_secrets(proto::ListSecretsRequest::default())
+                .await
+                .unwrap_err(),
+        ),
+    };
+    if let Some(status) = fresh {
+        assert_ne!(
+            status.code(),
+            tonic::Code::Unauthenticated,
+            "refused after, not at, the handshake"
+        );
+    }
+    // The admin is unaffected.
+    server
+        .rekey(&installation.admin())
+        .run(&["get", "r/x"])
+        .ok();
+
+    let listed = text(&rekeyd(installation.dir(), &["cert", "list"]).stdout);
+    let bob_line = listed.lines().find(|line| line.contains(" bob ")).unwrap();
+    assert!(bob_line.ends_with("revoked"), "{listed}");
+    let admin_line = listed
+        .lines()
+        .find(|line| line.contains(" admin "))
+        .unwrap();
+    assert!(admin_line.ends_with("valid"), "{listed}");
+}
+
+#[test]
+fn renewal_issues_a_working_certificate_and_revocation_names_what_it_did() {
+    let installation = Installation::new();
+    let carol = installation.issue("carol", &["reader"]);
+    let renewed = rekeyd(
+        installation.dir(),
+        &["cert", "renew", "carol", "--out", carol.to_str().unwrap()],
+    );
+    assert!(renewed.status.success(), "{}", text(&renewed.stderr));
+    let server = installation.serve();
+    server
+        .rekey(&installation.admin())
+        .run(&["create", "c/x", "--value", "v"])
+        .ok();
+    assert_eq!(server.rekey(&carol).run(&["get", "c/x"]).ok().stdout, "v\n");
+    let listed = text(&rekeyd(installation.dir(), &["cert", "list"]).stdout);
+    assert_eq!(
+        listed
+            .lines()
+            .filter(|line| line.contains(" carol "))
+            .count(),
+        2,
+        "{listed}"
+    );
+
+    let unknown = rekeyd(installation.dir(), &["cert", "revoke", "nobody"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(text(&unknown.stderr).contains("no certificate was issued to nobody"));
+    let serial = rekeyd(installation.dir(), &["cert", "revoke", "0a1b2c"]);
+    assert!(
+        serial.status.success(),
+        "a foreign serial is recorded: {}",
+        text(&serial.stderr)
+    );
+    let reserved = rekeyd(installation.dir(), &["cert", "issue", "system"]);
+    assert!(text(&reserved.stderr).contains("reserved"));
+}

@@ -1,0 +1,272 @@
+//! Admin commands: policy (get, apply, history) and the audit log (query,
+//! verify).
+
+use super::{AuditArgs, AuditCommand, PolicyCommand};
+use crate::output::{self, Format};
+use rekey_shared::proto::admin_client::AdminClient;
+use rekey_shared::proto::{self};
+use rekey_shared::time::{format_timestamp, now_millis, timestamp_from_millis};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tonic::transport::Channel;
+
+type Client = AdminClient<Channel>;
+
+pub async fn policy(
+    client: &mut Client,
+    format: Format,
+    command: PolicyCommand,
+) -> anyhow::Result<()> {
+    match command {
+        PolicyCommand::Get => {
+            let policy = client
+                .get_policy(proto::GetPolicyRequest {})
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => output::print_json(&policy_json(&policy, true)),
+                Format::Text => {
+                    println!(
+                        "# policy version {} by {}",
+                        policy.version, policy.created_by
+                    );
+                    print!("{}", policy.document);
+                }
+            }
+        }
+        PolicyCommand::Apply { file } => {
+            let document = std::fs::read_to_string(&file)
+                .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", file.display()))?;
+            let applied = client
+                .apply_policy(proto::ApplyPolicyRequest { document })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => output::print_json(&policy_json(&applied, false)),
+                Format::Text => println!("policy version {} is in force", applied.version),
+            }
+        }
+        PolicyCommand::History => {
+            let history = client
+                .list_policy_history(proto::ListPolicyHistoryRequest {})
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => output::print_json(&Value::Array(
+                    history
+                        .versions
+                        .iter()
+                        .map(|v| policy_json(v, false))
+                        .collect(),
+                )),
+                Format::Text => {
+                    println!("{:>7}  {:<20}  BY", "VERSION", "APPLIED");
+                    for version in &history.versions {
+                        println!(
+                            "{:>7}  {:<20}  {}",
+                            version.version,
+                            version
+                                .created_at
+                                .as_ref()
+                                .map(format_timestamp)
+                                .unwrap_or_default(),
+                            version.created_by
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn policy_json(policy: &proto::PolicyDocument, with_document: bool) -> Value {
+    let mut value = json!({
+        "version": policy.version,
+        "created_at": policy.created_at.as_ref().map(format_timestamp),
+        "created_by": policy.created_by,
+    });
+    if with_document {
+        value["document"] = Value::String(policy.document.clone());
+    }
+    value
+}
+
+/// `2026-11-28T10:00:00Z`, or an age: `30m`, `12h`, `7d`, `90s`.
+pub fn parse_since(text: &str) -> anyhow::Result<i64> {
+    if let Ok(time) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok((time.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match number.parse::<i64>() {
+        Ok(count) if seconds > 0 && count >= 0 => Ok(now_millis() - count * seconds * 1000),
+        _ => anyhow::bail!(
+            "--since {text:?} is neither RFC 3339 (2026-11-28T10:00:00Z) nor an age like 30m, 12h, 7d"
+        ),
+    }
+}
+
+pub async fn audit(client: &mut Client, format: Format, args: AuditArgs) -> anyhow::Result<()> {
+    if let Some(AuditCommand::Verify { checkpoint }) = args.verify {
+        return verify(client, format, checkpoint.as_deref()).await;
+    }
+    let since = args.since.as_deref().map(parse_since).transpose()?;
+    let mut after_seq = 0;
+    let mut events = Vec::new();
+    while events.len() < args.limit as usize {
+        let want = (args.limit as usize - events.len()).min(1000) as u32;
+        let page = client
+            .query_audit(proto::QueryAuditRequest {
+                since: since.map(timestamp_from_millis),
+                principal: args.principal.clone().unwrap_or_default(),
+                resource: args.resource.clone().unwrap_or_default(),
+                after_seq,
+                limit: want,
+            })
+            .await?
+            .into_inner()
+            .events;
+        let Some(last) = page.last() else { break };
+        after_seq = last.seq;
+        let full = page.len() as u32 == want;
+        events.extend(page);
+        if !full {
+            break;
+        }
+    }
+    match format {
+        Format::Json => {
+            // One object per line, for shipping to a log system.
+            for event in &events {
+                println!("{}", event_json(event));
+            }
+        }
+        Format::Text => {
+            for event in &events {
+                println!(
+                    "{:>6} {} {:<20} {:<32} {:<28} {:<6} {}{}",
+                    event.seq,
+                    event
+                        .time
+                        .as_ref()
+                        .map(format_timestamp)
+                        .unwrap_or_default(),
+                    event.principal,
+                    event.action,
+                    event.resource,
+                    event.decision,
+                    event.outcome,
+                    if event.detail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", event.detail)
+                    }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn event_json(event: &proto::AuditEvent) -> Value {
+    json!({
+        "seq": event.seq,
+        "time": event.time.as_ref().map(format_timestamp),
+        "principal": event.principal,
+        "peer": event.peer,
+        "action": event.action,
+        "resource": event.resource,
+        "decision": event.decision,
+        "outcome": event.outcome,
+        "request_id": event.request_id,
+        "detail": event.detail,
+    })
+}
+
+async fn verify(
+    client: &mut Client,
+    format: Format,
+    checkpoint: Option<&str>,
+) -> anyhow::Result<()> {
+    let (checkpoint_seq, checkpoint_mac) = match checkpoint {
+        None => (0, Vec::new()),
+        Some(text) => parse_checkpoint(text)?,
+    };
+    let verdict = client
+        .verify_audit(proto::VerifyAuditRequest {
+            checkpoint_seq,
+            checkpoint_mac,
+        })
+        .await?
+        .into_inner();
+    let head: String = verdict
+        .head_mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    match format {
+        Format::Json => output::print_json(&json!({
+            "ok": verdict.ok,
+            "events": verdict.events,
+            "head_seq": verdict.head_seq,
+            "head_mac": head,
+            "finding": verdict.finding,
+            "first_bad_seq": verdict.first_bad_seq,
+        })),
+        Format::Text if verdict.ok => println!(
+            "the audit log verifies: {} events, head {}:{head}",
+            verdict.events, verdict.head_seq
+        ),
+        Format::Text => {}
+    }
+    if verdict.ok {
+        Ok(())
+    } else {
+        anyhow::bail!("the audit log does not verify: {}", verdict.finding)
+    }
+}
+
+fn parse_checkpoint(text: &str) -> anyhow::Result<(i64, Vec<u8>)> {
+    let malformed =
+        || anyhow::anyhow!("--checkpoint {text:?} is not SEQ:MAC (as the server log prints it)");
+    let (seq, mac) = text.split_once(':').ok_or_else(malformed)?;
+    let seq: i64 = seq.parse().map_err(|_| malformed())?;
+    if mac.len() % 2 != 0 {
+        return Err(malformed());
+    }
+    let mac = (0..mac.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&mac[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .map_err(|_| malformed())?;
+    Ok((seq, mac))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_accepts_dates_and_ages() {
+        assert_eq!(parse_since("1970-01-01T00:00:01Z").unwrap(), 1000);
+        let hour_ago = parse_since("1h").unwrap();
+        assert!((now_millis() - hour_ago - 3_600_000).abs() < 5_000);
+        assert!(parse_since("yesterday").is_err());
+        assert!(parse_since("5x").is_err());
+    }
+
+    #[test]
+    fn checkpoints_parse() {
+        assert_eq!(parse_checkpoint("12:0aff").unwrap(), (12, vec![0x0a, 0xff]));
+        assert!(parse_checkpoint("12").is_err());
+        assert!(parse_checkpoint("x:00").is_err());
+    }
+}
