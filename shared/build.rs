@@ -17,7 +17,11 @@ const VALUE_CARRYING: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from("../proto");
-    let files = ["rekey/v1/secrets.proto", "rekey/v1/admin.proto"];
+    let files = [
+        "rekey/v1/secrets.proto",
+        "rekey/v1/admin.proto",
+        "rekey/v1/rotation.proto",
+    ];
     println!("cargo:rerun-if-changed=../proto");
 
     let descriptors = protox::compile(files, [&proto_root])?;

@@ -18,6 +18,7 @@ pub mod password;
 pub mod pki;
 pub mod policy;
 pub mod principal;
+pub mod rotation;
 pub mod service;
 pub mod stages;
 pub mod store;

@@ -12,6 +12,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         2,
         include_str!("../../migrations/sqlite/0002_policy_certificates_audit.sql"),
     ),
+    (3, include_str!("../../migrations/sqlite/0003_rotation.sql")),
 ];
 
 pub async fn migrate(pool: &SqlitePool) -> Result<()> {

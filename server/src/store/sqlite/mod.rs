@@ -8,6 +8,7 @@ mod certificates;
 mod keys;
 pub(super) mod list;
 mod policies;
+mod rotation;
 mod secrets;
 mod versions;
 
