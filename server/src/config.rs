@@ -24,6 +24,44 @@ pub struct Config {
     pub purge_interval_seconds: u64,
     pub tls: TlsFiles,
     pub log: LogConfig,
+    pub rotation: RotationSettings,
+}
+
+/// How rotation runs behave, and the custom rotators this server may run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RotationSettings {
+    /// Attempts of a step in an automatic run before the run fails.
+    pub max_attempts: u32,
+    /// The first retry waits this long; each further one twice as long.
+    pub retry_base_seconds: u64,
+    /// Programs a rotation configuration may name as `exec:NAME`. Only
+    /// these run: never a path given through the API.
+    pub exec: std::collections::BTreeMap<String, ExecRotator>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRotator {
+    pub command: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default = "default_exec_timeout")]
+    pub timeout_seconds: u64,
+}
+
+fn default_exec_timeout() -> u64 {
+    30
+}
+
+impl Default for RotationSettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            retry_base_seconds: 30,
+            exec: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +102,7 @@ impl Default for Config {
             purge_interval_seconds: 60,
             tls: TlsFiles::default(),
             log: LogConfig::default(),
+            rotation: RotationSettings::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ mod cli_admin;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod events;
 pub mod governance;
 pub mod installation;
 pub mod keyring;
@@ -27,7 +28,9 @@ pub mod tls;
 
 use anyhow::Context;
 use rekey_shared::proto::admin_server::AdminServer;
+use rekey_shared::proto::rotation_server::RotationServer;
 use rekey_shared::proto::secrets_server::SecretsServer;
+use rekey_shared::proto::watch_server::WatchServer;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -64,12 +67,16 @@ pub async fn serve(
         keyring,
         authorizer: auth::Authorizer::new(policy, version),
         revocations: revocations.clone(),
+        events: events::Events::default(),
+        rotation: config.rotation.clone(),
     });
     sync::refresh(&state)
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     tracing::info!(policy_version = version, "policy in force");
     let syncing = tokio::spawn(sync::run(state.clone()));
+    let engine = rotation::engine::Engine::new(state.clone());
+    let rotating = tokio::spawn(engine.clone().run());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -82,11 +89,25 @@ pub async fn serve(
         .context("building the reflection service")?;
     let authenticator = auth::Authenticator::new(revocations);
     let secrets = InterceptedService::new(
-        SecretsServer::new(service::secrets::SecretsService::new(state.clone())),
+        SecretsServer::new(service::secrets::SecretsService::new(
+            state.clone(),
+            engine.clone(),
+        )),
         authenticator.clone(),
     );
     let admin = InterceptedService::new(
         AdminServer::new(service::admin::AdminService::new(state.clone())),
+        authenticator.clone(),
+    );
+    let rotation = InterceptedService::new(
+        RotationServer::new(service::rotation::RotationService::new(
+            state.clone(),
+            engine,
+        )),
+        authenticator.clone(),
+    );
+    let watch = InterceptedService::new(
+        WatchServer::new(service::watch::WatchService::new(state.clone())),
         authenticator,
     );
 
@@ -105,6 +126,8 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(secrets)
         .add_service(admin)
+        .add_service(rotation)
+        .add_service(watch)
         .serve_with_incoming_shutdown(incoming, signal);
     // In-flight requests finish; a client that keeps an idle connection
     // open does not hold the shutdown up for longer than DRAIN_TIMEOUT.
@@ -123,6 +146,7 @@ pub async fn serve(
     }
     purge.abort();
     syncing.abort();
+    rotating.abort();
     state.store.log_audit_checkpoint();
     state.store.close().await;
     Ok(())

@@ -15,7 +15,8 @@ const NUMBERS: &str = "0123456789";
 pub const PUNCTUATION: &str = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
 
 /// What a password must look like.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct PasswordPolicy {
     pub length: u32,
     pub exclude_characters: String,

@@ -92,6 +92,31 @@ impl Installation {
         out
     }
 
+    /// Changes the installation's configuration with `change`.
+    pub fn edit_config(&self, change: impl FnOnce(&mut toml::Table)) {
+        let path = self.dir().join("rekeyd.toml");
+        let mut table: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+        change(&mut table);
+        std::fs::write(&path, toml::to_string(&table).unwrap()).unwrap();
+    }
+
+    /// Configures the test rotator as `exec:fixture`, keeping its state in
+    /// `state` (see `src/bin/test-rotator.rs`). Automatic runs retry a failed
+    /// step once, a second later.
+    pub fn configure_fixture_rotator(&self, state: &Path) {
+        let rotator = binary("test-rotator");
+        self.edit_config(|table| {
+            let rotation: toml::Table = format!(
+                "max_attempts = 2\nretry_base_seconds = 1\n[exec.fixture]\ncommand = {:?}\nargs = [{:?}]\ntimeout_seconds = 3\n",
+                rotator.display().to_string(),
+                state.display().to_string()
+            )
+            .parse()
+            .unwrap();
+            table.insert("rotation".into(), toml::Value::Table(rotation));
+        });
+    }
+
     /// Starts `rekeyd serve` on a free loopback port.
     pub fn serve(&self) -> Server {
         Server::start(self.dir(), &[])
@@ -170,6 +195,12 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Kills the server at once (SIGKILL): no drain, no cleanup.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     pub fn log_text(&self) -> String {
@@ -284,6 +315,19 @@ impl Rekey {
             stdout: text(&output.stdout),
             stderr: text(&output.stderr),
         }
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing after [`DEADLINE`] with
+/// `what`.
+pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
     }
 }
 

@@ -4,6 +4,7 @@
 use rekey_shared::channel;
 use rekey_shared::identity::Identity;
 use rekey_shared::proto::admin_client::AdminClient;
+use rekey_shared::proto::rotation_client::RotationClient;
 use rekey_shared::proto::secrets_client::SecretsClient;
 use std::path::PathBuf;
 use tonic::transport::Channel;
@@ -31,5 +32,9 @@ impl Connection {
 
     pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
         Ok(AdminClient::new(self.channel().await?))
+    }
+
+    pub async fn rotation(&self) -> anyhow::Result<RotationClient<Channel>> {
+        Ok(RotationClient::new(self.channel().await?))
     }
 }

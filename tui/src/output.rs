@@ -45,6 +45,9 @@ pub fn metadata_json(secret: &proto::SecretMetadata) -> Value {
         "changed_at": time(&secret.changed_at),
         "last_accessed_at": time(&secret.last_accessed_at),
         "deletion_date": time(&secret.deletion_date),
+        "rotation_enabled": secret.rotation_enabled,
+        "last_rotated_at": time(&secret.last_rotated_at),
+        "next_rotation_at": time(&secret.next_rotation_at),
         "versions": secret.versions.iter().map(|v| json!({
             "version_id": v.version_id,
             "stages": v.stages,
@@ -67,6 +70,16 @@ pub fn print_metadata(format: Format, secret: &proto::SecretMetadata) {
     println!("created:       {}", or_dash(time(&secret.created_at)));
     println!("changed:       {}", or_dash(time(&secret.changed_at)));
     println!("last accessed: {}", or_dash(time(&secret.last_accessed_at)));
+    println!(
+        "rotation:      {}",
+        if secret.rotation_enabled {
+            "enabled"
+        } else {
+            "off"
+        }
+    );
+    println!("last rotated:  {}", or_dash(time(&secret.last_rotated_at)));
+    println!("next rotation: {}", or_dash(time(&secret.next_rotation_at)));
     if secret.deletion_date.is_some() {
         println!("deletion date: {}", or_dash(time(&secret.deletion_date)));
     }

@@ -187,6 +187,13 @@ impl Policy {
             .collect()
     }
 
+    /// Whether a binding gives `principal` the role `role`.
+    pub fn has_role(&self, principal: &str, role: &str) -> bool {
+        self.roles_of(principal)
+            .iter()
+            .any(|(name, _)| *name == role)
+    }
+
     /// May `principal` perform `action` on `resource`? Deny by default; a
     /// matching deny wins over any allow.
     pub fn evaluate(&self, principal: &str, action: &str, resource: &str) -> Decision {

@@ -6,9 +6,9 @@
 //! every run where it stopped. [`schedule`] parses `rate(...)` and
 //! `cron(...)`; [`rotators`] talk to the systems whose credentials rotate.
 
-// pub mod engine;
+pub mod engine;
 pub mod planner;
-// pub mod rotators;
+pub mod rotators;
 pub mod schedule;
 
 use std::fmt;

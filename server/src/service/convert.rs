@@ -2,6 +2,7 @@
 //! tokens. Nothing here touches a value.
 
 use crate::error::{Error, Result};
+use crate::rotation::ConfigRecord;
 use crate::stages::StageMap;
 use crate::store::{Cursor, SecretRecord, SortKey, VersionSummary};
 use base64::Engine;
@@ -20,7 +21,11 @@ fn day_timestamp(day: Option<i64>) -> Option<prost_types::Timestamp> {
     day.map(|day| timestamp_from_millis(day * MILLIS_PER_DAY))
 }
 
-pub fn secret_metadata(secret: &SecretRecord, stages: &StageMap) -> proto::SecretMetadata {
+pub fn secret_metadata(
+    secret: &SecretRecord,
+    stages: &StageMap,
+    rotation: Option<&ConfigRecord>,
+) -> proto::SecretMetadata {
     let mut by_version: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (stage, version) in stages {
         by_version
@@ -44,10 +49,14 @@ pub fn secret_metadata(secret: &SecretRecord, stages: &StageMap) -> proto::Secre
         created_at: Some(timestamp_from_millis(secret.created_at)),
         changed_at: Some(timestamp_from_millis(secret.changed_at)),
         last_accessed_at: day_timestamp(secret.accessed_day),
-        last_rotated_at: None,
-        next_rotation_at: None,
+        last_rotated_at: rotation
+            .and_then(|config| config.last_rotated_at)
+            .map(timestamp_from_millis),
+        next_rotation_at: rotation
+            .and_then(|config| config.next_rotation_at)
+            .map(timestamp_from_millis),
         deletion_date: secret.deletion_date.map(timestamp_from_millis),
-        rotation_enabled: false,
+        rotation_enabled: rotation.is_some_and(|config| config.enabled),
         versions: by_version
             .into_iter()
             .map(|(version_id, stages)| proto::VersionStages {

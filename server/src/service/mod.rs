@@ -8,7 +8,9 @@
 pub mod admin;
 pub mod context;
 pub mod convert;
+pub mod rotation;
 pub mod secrets;
+pub mod watch;
 
 use crate::auth::Authorizer;
 use crate::error::{Error, Result};
@@ -26,6 +28,8 @@ pub struct AppState {
     pub keyring: Keyring,
     pub authorizer: Authorizer,
     pub revocations: Arc<Revocations>,
+    pub events: crate::events::Events,
+    pub rotation: crate::config::RotationSettings,
 }
 
 impl AppState {

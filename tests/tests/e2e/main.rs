@@ -16,6 +16,7 @@ mod lifecycle;
 mod listing;
 mod metadata;
 mod revocation;
+mod rotation;
 mod secrets_flow;
 mod storage;
 mod tls;

@@ -8,7 +8,10 @@
 mod admin;
 mod lifecycle;
 mod read;
+mod rotation;
 mod write;
+
+pub use rotation::{ConfigureArgs, RotationCommand};
 
 use crate::client::Connection;
 use crate::input::ValueSource;
@@ -171,6 +174,37 @@ enum Command {
     Policy(PolicyCommand),
     /// The audit log: recent events, or `audit verify`.
     Audit(AuditArgs),
+    /// Rotation: configure, step, retry, cancel, show, history, runs.
+    #[command(subcommand)]
+    Rotation(RotationCommand),
+    /// Start a rotation now (automatic, or --manual: each step on command).
+    Rotate {
+        name: String,
+        #[arg(long)]
+        manual: bool,
+        /// Return at once instead of waiting for an automatic run to end.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Approve the rotation step a run waits at.
+    Approve {
+        name: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Reject the rotation step a run waits at: the run is cancelled.
+    Reject {
+        name: String,
+        #[arg(long)]
+        comment: String,
+    },
+    /// Runs waiting for an approval you may give, oldest first.
+    Approvals,
+    /// Print change events as they happen (one line, or one JSON object, each).
+    Watch {
+        #[arg(default_value = "")]
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -361,6 +395,22 @@ async fn run(connection: &Connection, format: Format, command: Command) -> anyho
         Command::Audit(args) => {
             return admin::audit(&mut connection.admin().await?, format, args).await;
         }
+        Command::Rotation(command) => {
+            return rotation::command(connection, format, command).await;
+        }
+        Command::Rotate {
+            name,
+            manual,
+            no_wait,
+        } => return rotation::rotate(connection, format, name, manual, no_wait).await,
+        Command::Approve { name, comment } => {
+            return rotation::approve(connection, format, name, comment, false).await;
+        }
+        Command::Reject { name, comment } => {
+            return rotation::approve(connection, format, name, comment, true).await;
+        }
+        Command::Approvals => return rotation::approvals(connection, format).await,
+        Command::Watch { prefix } => return rotation::watch(connection, format, prefix).await,
         _ => {}
     }
     let mut secrets = connection.secrets().await?;
@@ -457,6 +507,13 @@ async fn run(connection: &Connection, format: Format, command: Command) -> anyho
         } => lifecycle::delete(client, format, name, recovery_days, force).await,
         Command::Restore { name } => lifecycle::restore(client, format, name).await,
         Command::Password(args) => lifecycle::password(client, format, &args).await,
-        Command::Policy(_) | Command::Audit(_) => unreachable!("handled above"),
+        Command::Policy(_)
+        | Command::Audit(_)
+        | Command::Rotation(_)
+        | Command::Rotate { .. }
+        | Command::Approve { .. }
+        | Command::Reject { .. }
+        | Command::Approvals
+        | Command::Watch { .. } => unreachable!("handled above"),
     }
 }

@@ -67,7 +67,17 @@ fn decisions() {
         approval_requested_at: Some(100),
         ..at(Step::Set)
     };
-    let cases: Vec<(&str, RunRecord, &Gates, Vec<&str>, &str, i64, Plan)> = vec![
+    // What, the run, its gates, approvals, where CURRENT is, now, the plan.
+    type Case<'a> = (
+        &'a str,
+        RunRecord,
+        &'a Gates,
+        Vec<&'a str>,
+        &'a str,
+        i64,
+        Plan,
+    );
+    let cases: Vec<Case> = vec![
         (
             "automatic runs the step",
             run(),

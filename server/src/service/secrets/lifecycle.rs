@@ -50,6 +50,17 @@ impl SecretsService {
             .delete_secret(&secret, deletion, &context.change_event())
             .await?;
         context.recorded();
+        self.publish(
+            context,
+            "secret_deleted",
+            name.as_str(),
+            "",
+            if deletion == Deletion::Now {
+                "forced"
+            } else {
+                "scheduled"
+            },
+        );
         let deletion_date = match deletion {
             Deletion::Now => now,
             Deletion::At(date) => date,
@@ -81,6 +92,7 @@ impl SecretsService {
             .restore_secret(&secret, now_millis(), &context.change_event())
             .await?;
         context.recorded();
+        self.publish(context, "secret_restored", name.as_str(), "", "");
         Ok(proto::RestoreSecretResponse {
             name: name.to_string(),
             secret_id: secret.id,

@@ -17,6 +17,8 @@ use super::AppState;
 use crate::auth::Action;
 use crate::crypto::{self, SealedValue};
 use crate::error::{Error, Result};
+use crate::events::Details;
+use crate::rotation::engine::Engine;
 use crate::service::context::RequestContext;
 use crate::stages;
 use crate::store::{NewVersion, PutOutcome, SecretRecord, VersionRecord};
@@ -30,11 +32,34 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Clone)]
 pub struct SecretsService {
     state: Arc<AppState>,
+    /// Told when CURRENT moves, so that a run it abandons ends at once.
+    engine: Arc<Engine>,
 }
 
 impl SecretsService {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    pub fn new(state: Arc<AppState>, engine: Arc<Engine>) -> Self {
+        Self { state, engine }
+    }
+
+    /// Publishes a change event once the change has committed.
+    fn publish(
+        &self,
+        context: &RequestContext,
+        kind: &str,
+        name: &str,
+        version_id: &str,
+        detail: &str,
+    ) {
+        self.state.events.publish(
+            kind,
+            name,
+            Details {
+                version_id: version_id.to_owned(),
+                detail: detail.to_owned(),
+                principal: context.principal.to_string(),
+                ..Details::default()
+            },
+        );
     }
 
     fn authorize(&self, context: &RequestContext, action: Action, resource: &str) -> Result<()> {
@@ -152,6 +177,24 @@ impl SecretsService {
         {
             PutOutcome::Added(stages) => {
                 context.recorded();
+                let labels: Vec<String> = stages.iter().map(ToString::to_string).collect();
+                self.publish(
+                    context,
+                    "version_added",
+                    secret.name.as_str(),
+                    version_id.as_str(),
+                    &labels.join(","),
+                );
+                if stages.iter().any(Stage::is_current) {
+                    self.publish(
+                        context,
+                        "stages_moved",
+                        secret.name.as_str(),
+                        version_id.as_str(),
+                        "CURRENT",
+                    );
+                    self.engine.spawn_drive(&secret.id);
+                }
                 Ok(put_response(secret, version_id, &stages))
             }
             // Another request with the same token won the race.

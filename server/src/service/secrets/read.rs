@@ -229,7 +229,8 @@ impl SecretsService {
         self.authorize(context, Action::DescribeSecret, name.as_str())?;
         let secret = self.secret(&name).await?;
         let map = self.state.store.stage_map(&secret.id).await?;
-        Ok(secret_metadata(&secret, &map))
+        let rotation = self.state.store.rotation_config(&secret.id).await?;
+        Ok(secret_metadata(&secret, &map, rotation.as_ref()))
     }
 
     pub(super) async fn list(
@@ -257,7 +258,8 @@ impl SecretsService {
                 secret.name.as_str(),
             ) {
                 let map = store.stage_map(&secret.id).await?;
-                secrets.push(secret_metadata(secret, &map));
+                let rotation = store.rotation_config(&secret.id).await?;
+                secrets.push(secret_metadata(secret, &map, rotation.as_ref()));
             }
         }
         context.summarize(&format!(

@@ -66,6 +66,14 @@ impl SecretsService {
         {
             Ok(()) => {
                 context.recorded();
+                let version = first
+                    .as_ref()
+                    .map(|version| version.version_id.to_string())
+                    .unwrap_or_default();
+                self.publish(context, "secret_created", name.as_str(), &version, "");
+                if !version.is_empty() {
+                    self.publish(context, "version_added", name.as_str(), &version, "CURRENT");
+                }
                 Ok(proto::CreateSecretResponse {
                     name: name.to_string(),
                     secret_id: secret.id,
@@ -108,6 +116,13 @@ impl SecretsService {
             .collect::<Result<Vec<_>, _>>()?;
         let version_id = version_id_from_token(&request.client_request_token)?;
         self.authorize(context, Action::PutSecretValue, name.as_str())?;
+        if !request.client_request_token.is_empty()
+            && self.state.store.is_run_token(version_id.as_str()).await?
+        {
+            return Err(Error::AlreadyExists(format!(
+                "client request token {version_id} is reserved by a rotation run; use another"
+            )));
+        }
         let secret = self.live_secret(&name).await?;
         self.authorize_key(context, &secret.key_name)?;
         self.put(context, &secret, &version_id, &value, &requested)
@@ -164,6 +179,7 @@ impl SecretsService {
                 )
                 .await?;
             context.recorded();
+            self.publish(context, "secret_changed", name.as_str(), "", "metadata");
             if let Some(key) = moving {
                 secret.key_name = key;
             }
@@ -251,6 +267,17 @@ impl SecretsService {
             )
             .await?;
         context.recorded();
+        let version = to.as_ref().map(ToString::to_string).unwrap_or_default();
+        self.publish(
+            context,
+            "stages_moved",
+            name.as_str(),
+            &version,
+            stage.as_str(),
+        );
+        if stage.is_current() {
+            self.engine.spawn_drive(&secret.id);
+        }
         Ok(proto::UpdateSecretVersionStageResponse {
             name: name.to_string(),
             secret_id: secret.id,
@@ -275,6 +302,7 @@ impl SecretsService {
             .tag_secret(&secret.id, &tags, now_millis(), &context.change_event())
             .await?;
         context.recorded();
+        self.publish(context, "secret_changed", name.as_str(), "", "tags");
         Ok(proto::TagResourceResponse {})
     }
 
@@ -305,6 +333,7 @@ impl SecretsService {
             )
             .await?;
         context.recorded();
+        self.publish(context, "secret_changed", name.as_str(), "", "tags");
         Ok(proto::UntagResourceResponse {})
     }
 }

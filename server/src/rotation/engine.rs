@@ -1,0 +1,950 @@
+//! The executor of rotation runs. For a secret it loads the persisted run,
+//! asks the planner what to do, does it, persists the result (history,
+//! watch event, audit event), and asks again until the planner says wait.
+//! One driver per secret at a time (a lock per secret); every transition
+//! is persisted before the next one, and a step's effect is idempotent for
+//! the run's token, so a server killed anywhere resumes cleanly: at start,
+//! and every second, every active run is driven again.
+//!
+//! The same loop starts scheduled runs when they are due.
+
+use super::planner::{self, AfterFailure, Inputs, Plan};
+use super::rotators::{Rotator, RotatorSettings, StepInput};
+use super::schedule;
+use super::{HistoryRecord, Outcome, Phase, Revert, RunRecord, Step};
+use crate::audit::AuditEvent;
+use crate::auth::Action;
+use crate::crypto;
+use crate::error::{Error, Result};
+use crate::events::Details;
+use crate::service::AppState;
+use crate::store::{NewVersion, PutOutcome, SecretRecord};
+use rekey_shared::time::now_millis;
+use rekey_shared::{SecretValue, Stage, VersionId};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+const TICK: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct Engine {
+    state: Arc<AppState>,
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+pub fn history(
+    step: Step,
+    event: &str,
+    attempt: u32,
+    principal: &str,
+    detail: &str,
+) -> HistoryRecord {
+    HistoryRecord {
+        at: now_millis(),
+        step,
+        event: event.to_owned(),
+        attempt,
+        principal: principal.to_owned(),
+        detail: detail.to_owned(),
+    }
+}
+
+impl Engine {
+    pub fn new(state: Arc<AppState>) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            locks: Default::default(),
+        })
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    fn lock_for(&self, secret_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = match self.locks.lock() {
+            Ok(locks) => locks,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        locks.entry(secret_id.to_owned()).or_default().clone()
+    }
+
+    fn publish(
+        &self,
+        kind: &str,
+        secret: &SecretRecord,
+        run: &RunRecord,
+        step: Option<Step>,
+        detail: &str,
+        principal: &str,
+    ) {
+        self.state.events.publish(
+            kind,
+            secret.name.as_str(),
+            Details {
+                version_id: run.id.clone(),
+                run_id: run.id.clone(),
+                step: step.map_or(0, Step::to_proto),
+                detail: detail.to_owned(),
+                principal: principal.to_owned(),
+            },
+        );
+    }
+
+    /// The loop: resume every active run now, then every second drive
+    /// active runs (retry times, approval expiry) and start due schedules.
+    pub async fn run(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(error) = self.start_due().await {
+                tracing::error!(%error, "starting scheduled rotations failed");
+            }
+            match self.state.store.all_runs(true, 10_000).await {
+                Ok(runs) => {
+                    for run in runs {
+                        if let Err(error) = self.drive(&run.secret_id).await {
+                            tracing::error!(%error, run = %run.id, "driving a rotation run failed");
+                        }
+                    }
+                }
+                Err(error) => tracing::error!(%error, "listing active rotation runs failed"),
+            }
+        }
+    }
+
+    /// Drives the secret's active run in the background.
+    pub fn spawn_drive(self: &Arc<Self>, secret_id: &str) {
+        let engine = self.clone();
+        let secret_id = secret_id.to_owned();
+        tokio::spawn(async move {
+            if let Err(error) = engine.drive(&secret_id).await {
+                tracing::error!(%error, secret_id, "driving a rotation run failed");
+            }
+        });
+    }
+
+    /// Starts the runs whose schedule is due, as the principal who last
+    /// configured rotation (the initiator of a scheduled run).
+    async fn start_due(self: &Arc<Self>) -> Result<()> {
+        let now = now_millis();
+        for config in self.state.store.due_rotations(now).await? {
+            let Some(secret) = self.state.store.secret_by_id(&config.secret_id).await? else {
+                continue;
+            };
+            let parsed = schedule::parse(&config.schedule).ok();
+            let due_at = config.next_rotation_at.unwrap_or(now);
+            let window = schedule::parse_duration(&config.window).ok();
+            let next = parsed
+                .as_ref()
+                .and_then(|schedule| schedule.next(Some(now), now));
+            if let Some(window) = window
+                && now > due_at + window
+            {
+                // The window passed (the server was down): wait for the next.
+                let event = AuditEvent::system(
+                    "rotation:Schedule",
+                    secret.name.as_str(),
+                    "the rotation window passed; skipped to the next time",
+                );
+                self.state
+                    .store
+                    .set_next_rotation(&secret.id, next, &event)
+                    .await?;
+                continue;
+            }
+            match self
+                .start_run(&secret, &config.configured_by, false, true, None)
+                .await
+            {
+                Ok(run) => {
+                    tracing::info!(secret = %secret.name, run = %run.id, "scheduled rotation started");
+                    let event = AuditEvent::system(
+                        "rotation:Schedule",
+                        secret.name.as_str(),
+                        &format!("scheduled run {} started", run.id),
+                    );
+                    self.state
+                        .store
+                        .set_next_rotation(&secret.id, next, &event)
+                        .await?;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, secret = %secret.name, "a scheduled rotation did not start");
+                    let event = AuditEvent::system(
+                        "rotation:Schedule",
+                        secret.name.as_str(),
+                        &format!("not started: {error}"),
+                    );
+                    self.state
+                        .store
+                        .set_next_rotation(&secret.id, next, &event)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a run (not yet driven). Its token is reserved here and
+    /// becomes the new version's id.
+    pub async fn start_run(
+        self: &Arc<Self>,
+        secret: &SecretRecord,
+        initiator: &str,
+        manual: bool,
+        scheduled: bool,
+        event: Option<AuditEvent>,
+    ) -> Result<RunRecord> {
+        let store = &self.state.store;
+        if store.rotation_config(&secret.id).await?.is_none() {
+            return Err(Error::FailedPrecondition(format!(
+                "secret {} has no rotation configuration; run `rekey rotation configure {}` first",
+                secret.name, secret.name
+            )));
+        }
+        let current = store
+            .version_at_stage(&secret.id, &Stage::current())
+            .await?
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "secret {} has no value to rotate from",
+                    secret.name
+                ))
+            })?;
+        let now = now_millis();
+        let run = RunRecord {
+            id: VersionId::random().into_string(),
+            secret_id: secret.id.clone(),
+            manual,
+            scheduled,
+            initiator: initiator.to_owned(),
+            phase: Phase::Running,
+            step: Step::Create,
+            set_applied: false,
+            operator_go: false,
+            attempt: 0,
+            next_attempt_at: None,
+            approval_requested_at: None,
+            current_at_start: current.version_id.to_string(),
+            outcome: None,
+            revert: Revert::NotNeeded,
+            end_reason: String::new(),
+            last_error: String::new(),
+            created_at: now,
+            updated_at: now,
+            ended_at: None,
+        };
+        let how = match (scheduled, manual) {
+            (true, _) => "scheduled",
+            (false, true) => "manual",
+            (false, false) => "automatic",
+        };
+        let event = event.unwrap_or_else(|| AuditEvent {
+            principal: initiator.to_owned(),
+            ..AuditEvent::system(
+                "rotation:StartRotation",
+                secret.name.as_str(),
+                &format!("{how} run {} started", run.id),
+            )
+        });
+        store
+            .insert_run(
+                &run,
+                &[history(Step::Create, "started", 0, initiator, how)],
+                &event,
+            )
+            .await?;
+        self.publish("run_started", secret, &run, None, how, initiator);
+        Ok(run)
+    }
+
+    /// Principals whose approval of the run's current step still counts:
+    /// they may approve rotations of the secret and hold the approver role
+    /// now (permission is checked again when the step runs).
+    async fn valid_approvals(
+        &self,
+        secret: &SecretRecord,
+        run: &RunRecord,
+        role: &str,
+    ) -> Result<Vec<String>> {
+        let policy = self.state.authorizer.policy();
+        Ok(self
+            .state
+            .store
+            .approvals(&run.id)
+            .await?
+            .into_iter()
+            .filter(|approval| approval.step == run.step)
+            .filter(|approval| {
+                policy
+                    .evaluate(
+                        &approval.principal,
+                        Action::ApproveRotation.as_str(),
+                        secret.name.as_str(),
+                    )
+                    .is_allowed()
+                    && (role.is_empty() || policy.has_role(&approval.principal, role))
+            })
+            .map(|approval| approval.principal)
+            .collect())
+    }
+
+    async fn open(&self, secret: &SecretRecord, version_id: &str) -> Result<Option<SecretValue>> {
+        let Ok(version_id) = VersionId::parse(version_id) else {
+            return Ok(None);
+        };
+        let store = &self.state.store;
+        let Some(version) = store.version(&secret.id, &version_id).await? else {
+            return Ok(None);
+        };
+        let master = self
+            .state
+            .keyring
+            .for_decryption(store, &version.sealed.key)
+            .await?;
+        crypto::open_value(&master, &secret.id, &version.version_id, &version.sealed)
+            .map(Some)
+            .map_err(|_| {
+                Error::Integrity(format!(
+                    "the stored value of {} version {} failed its integrity check",
+                    secret.name, version.version_id
+                ))
+            })
+    }
+
+    /// The planner's view of a run now: what it waits for.
+    pub async fn plan_of(
+        &self,
+        secret: &SecretRecord,
+        run: &RunRecord,
+    ) -> Result<(Plan, u32, u32)> {
+        let store = &self.state.store;
+        let gates = store
+            .rotation_config(&secret.id)
+            .await?
+            .map(|config| config.gates())
+            .unwrap_or_default();
+        let current = store
+            .version_at_stage(&secret.id, &Stage::current())
+            .await?
+            .map(|version| version.version_id.to_string());
+        let approvals = self.valid_approvals(secret, run, &gates.role).await?;
+        let have = planner::counted_approvals(run, &approvals);
+        let plan = planner::plan(
+            run,
+            &Inputs {
+                gates: &gates,
+                approvals: &approvals,
+                current_version: current.as_deref(),
+                now: now_millis(),
+            },
+        );
+        let need = if gates.gates(run.step) {
+            gates.required.max(1)
+        } else {
+            0
+        };
+        Ok((plan, have, need))
+    }
+
+    /// An operator's action on the secret's active run: `change` looks at
+    /// the run and what it waits for, and returns the run to persist with
+    /// its history (or refuses). Then the run is driven on.
+    pub async fn act(
+        &self,
+        secret: &SecretRecord,
+        event: &AuditEvent,
+        change: impl FnOnce(&RunRecord, &Plan) -> Result<(RunRecord, Vec<HistoryRecord>, &'static str)>,
+    ) -> Result<RunRecord> {
+        {
+            let lock = self.lock_for(&secret.id);
+            let _held = lock.lock().await;
+            let run = self
+                .state
+                .store
+                .active_run(&secret.id)
+                .await?
+                .ok_or_else(|| {
+                    Error::FailedPrecondition(format!(
+                        "secret {} has no active rotation run",
+                        secret.name
+                    ))
+                })?;
+            let (plan, _, _) = self.plan_of(secret, &run).await?;
+            let (next, entries, kind) = change(&run, &plan)?;
+            self.state
+                .store
+                .update_run(&next, &entries, Some(event))
+                .await?;
+            let detail = entries
+                .last()
+                .map(|entry| entry.detail.clone())
+                .unwrap_or_default();
+            self.publish(
+                kind,
+                secret,
+                &next,
+                Some(next.step),
+                &detail,
+                &event.principal,
+            );
+        }
+        self.drive(&secret.id).await?;
+        let store = &self.state.store;
+        let runs = store.runs_of(&secret.id, 1).await?;
+        runs.into_iter()
+            .next()
+            .ok_or_else(|| Error::internal("rotation", "the run vanished"))
+    }
+
+    /// Records an approval of the step the run waits at, then drives on.
+    pub async fn approve(
+        &self,
+        secret: &SecretRecord,
+        approval: crate::rotation::ApprovalRecord,
+        event: &AuditEvent,
+    ) -> Result<bool> {
+        let recorded;
+        {
+            let lock = self.lock_for(&secret.id);
+            let _held = lock.lock().await;
+            let run = self
+                .state
+                .store
+                .active_run(&secret.id)
+                .await?
+                .ok_or_else(|| {
+                    Error::FailedPrecondition(format!(
+                        "secret {} has no active rotation run",
+                        secret.name
+                    ))
+                })?;
+            let entry = history(
+                approval.step,
+                "approved",
+                run.attempt,
+                &approval.principal,
+                &approval.comment,
+            );
+            recorded = self
+                .state
+                .store
+                .add_approval(&run.id, &approval, &[entry], event)
+                .await?;
+            if recorded {
+                self.publish(
+                    "approved",
+                    secret,
+                    &run,
+                    Some(approval.step),
+                    &approval.comment,
+                    &approval.principal,
+                );
+            }
+        }
+        self.drive(&secret.id).await?;
+        Ok(recorded)
+    }
+
+    /// Begins ending a run for an operator (cancel, reject).
+    pub fn ending(run: &RunRecord, outcome: Outcome, reason: &str) -> RunRecord {
+        let mut next = run.clone();
+        next.phase = Phase::Ending;
+        next.outcome = Some(outcome);
+        next.revert = planner::revert_for(run);
+        next.end_reason = reason.to_owned();
+        next.next_attempt_at = None;
+        next.updated_at = now_millis();
+        next
+    }
+
+    /// Drives the secret's active run until the planner says wait.
+    pub async fn drive(&self, secret_id: &str) -> Result<()> {
+        let lock = self.lock_for(secret_id);
+        let _held = lock.lock().await;
+        let store = &self.state.store;
+        // Bounded: every iteration persists progress; a run needs far fewer.
+        for _ in 0..64 {
+            let Some(run) = store.active_run(secret_id).await? else {
+                return Ok(());
+            };
+            let Some(secret) = store.secret_by_id(secret_id).await? else {
+                return Ok(());
+            };
+            let config = store.rotation_config(secret_id).await?.unwrap_or_else(|| {
+                // A run without configuration (deleted meanwhile) can only end.
+                crate::rotation::ConfigRecord {
+                    secret_id: secret_id.to_owned(),
+                    rotator: String::new(),
+                    schedule: String::new(),
+                    window: String::new(),
+                    approval_steps: Vec::new(),
+                    approvals_required: 0,
+                    approver_role: String::new(),
+                    approval_expiry: String::new(),
+                    settings: "{}".to_owned(),
+                    enabled: false,
+                    configured_by: String::new(),
+                    configured_at: 0,
+                    next_rotation_at: None,
+                    last_rotated_at: None,
+                }
+            });
+            let gates = config.gates();
+            let current = store
+                .version_at_stage(secret_id, &Stage::current())
+                .await?
+                .map(|version| version.version_id.to_string());
+            let approvals = self.valid_approvals(&secret, &run, &gates.role).await?;
+            let now = now_millis();
+            let plan = planner::plan(
+                &run,
+                &Inputs {
+                    gates: &gates,
+                    approvals: &approvals,
+                    current_version: current.as_deref(),
+                    now,
+                },
+            );
+            match plan {
+                Plan::Wait(_) => return Ok(()),
+                Plan::RequestApproval(step) => {
+                    let mut next = run.clone();
+                    next.approval_requested_at = Some(now);
+                    next.updated_at = now;
+                    let need = gates.required.max(1);
+                    let detail = format!("{need} approval(s) by role {} needed", gates.role);
+                    store
+                        .update_run(
+                            &next,
+                            &[history(
+                                step,
+                                "awaiting_approval",
+                                run.attempt,
+                                "system",
+                                &detail,
+                            )],
+                            None,
+                        )
+                        .await?;
+                    self.publish(
+                        "awaiting_approval",
+                        &secret,
+                        &next,
+                        Some(step),
+                        &detail,
+                        &run.initiator,
+                    );
+                }
+                Plan::BeginEnding { outcome, reason } => {
+                    let mut next = run.clone();
+                    self.begin_ending(&mut next, outcome, &reason);
+                    let event =
+                        AuditEvent::system("rotation:EndRotation", secret.name.as_str(), &reason);
+                    store
+                        .update_run(
+                            &next,
+                            &[history(
+                                run.step,
+                                outcome.as_str(),
+                                run.attempt,
+                                "system",
+                                &reason,
+                            )],
+                            Some(&event),
+                        )
+                        .await?;
+                    self.publish(
+                        outcome.as_str(),
+                        &secret,
+                        &next,
+                        Some(run.step),
+                        &reason,
+                        "system",
+                    );
+                }
+                Plan::Revert => {
+                    self.revert(&secret, &config.rotator, &config.settings, &run)
+                        .await?
+                }
+                Plan::End(outcome) => {
+                    let mut next = run.clone();
+                    next.phase = Phase::Ended;
+                    next.outcome = Some(outcome);
+                    next.ended_at = Some(now);
+                    next.updated_at = now;
+                    let detail = if next.end_reason.is_empty() {
+                        outcome.as_str().to_owned()
+                    } else {
+                        next.end_reason.clone()
+                    };
+                    let event = AuditEvent::system(
+                        "rotation:EndRotation",
+                        secret.name.as_str(),
+                        &format!("run {} ended {}: {detail}", run.id, outcome.as_str()),
+                    );
+                    store
+                        .end_run(
+                            &next,
+                            &[history(
+                                run.step,
+                                "ended",
+                                run.attempt,
+                                "system",
+                                outcome.as_str(),
+                            )],
+                            &event,
+                        )
+                        .await?;
+                    self.publish(outcome.as_str(), &secret, &next, None, &detail, "system");
+                    return Ok(());
+                }
+                Plan::Execute(step) => {
+                    self.execute(&secret, &config, &run, step).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn begin_ending(&self, run: &mut RunRecord, outcome: Outcome, reason: &str) {
+        *run = Self::ending(run, outcome, reason);
+    }
+
+    fn rotator(&self, rotator: &str, settings: &str) -> Result<Rotator> {
+        let settings: RotatorSettings = serde_json::from_str(settings).unwrap_or_default();
+        Rotator::from_config(rotator, &settings, &self.state.rotation)
+            .map_err(|error| Error::FailedPrecondition(error.0))
+    }
+
+    /// Runs one step, then persists its success or failure.
+    async fn execute(
+        &self,
+        secret: &SecretRecord,
+        config: &crate::rotation::ConfigRecord,
+        run: &RunRecord,
+        step: Step,
+    ) -> Result<()> {
+        let store = &self.state.store;
+        let attempt = run.attempt + 1;
+        let mut started = run.clone();
+        started.updated_at = now_millis();
+        // setSecret may change the target: say so before it can.
+        if step == Step::Set {
+            started.set_applied = true;
+        }
+        store
+            .update_run(
+                &started,
+                &[history(step, "step_started", attempt, "system", "")],
+                None,
+            )
+            .await?;
+        self.publish(
+            "step_changed",
+            secret,
+            &started,
+            Some(step),
+            "running",
+            "system",
+        );
+
+        let result = self.effect(secret, config, &started, step).await;
+        let now = now_millis();
+        match result {
+            Ok(StepDone::Finished) => Ok(()),
+            Ok(StepDone::Advanced(log)) => {
+                let mut next = started.clone();
+                next.step = step.next().unwrap_or(Step::Finish);
+                next.attempt = 0;
+                next.operator_go = false;
+                next.next_attempt_at = None;
+                next.approval_requested_at = None;
+                next.last_error = String::new();
+                next.updated_at = now;
+                let event = AuditEvent::system(
+                    "rotation:StepRotation",
+                    secret.name.as_str(),
+                    &format!("run {}: {step} done", run.id),
+                );
+                store
+                    .update_run(
+                        &next,
+                        &[history(step, "step_done", attempt, "system", &log)],
+                        Some(&event),
+                    )
+                    .await?;
+                self.publish("step_changed", secret, &next, Some(step), "done", "system");
+                Ok(())
+            }
+            Ok(StepDone::Abandoned) => Ok(()),
+            Err(error) => {
+                let message = error.to_string();
+                let mut next = started.clone();
+                next.attempt = attempt;
+                next.last_error = message.clone();
+                next.updated_at = now;
+                let retry_base = (self.state.rotation.retry_base_seconds as i64).max(1) * 1000;
+                let mut entries = vec![history(step, "step_failed", attempt, "system", &message)];
+                match planner::after_failure(
+                    &next,
+                    attempt,
+                    now,
+                    self.state.rotation.max_attempts.max(1),
+                    retry_base,
+                ) {
+                    AfterFailure::RetryAt(at) => next.next_attempt_at = Some(at),
+                    AfterFailure::Pause => {
+                        next.phase = Phase::StepFailed;
+                        next.operator_go = false;
+                    }
+                    AfterFailure::GiveUp => {
+                        let reason =
+                            format!("{step} failed {attempt} times; the last error: {message}");
+                        self.begin_ending(&mut next, Outcome::Failed, &reason);
+                        entries.push(history(step, "failed", attempt, "system", &reason));
+                    }
+                }
+                let event = AuditEvent {
+                    outcome: "FAILED".to_owned(),
+                    ..AuditEvent::system(
+                        "rotation:StepRotation",
+                        secret.name.as_str(),
+                        &format!("run {}: {step} attempt {attempt} failed: {message}", run.id),
+                    )
+                };
+                store.update_run(&next, &entries, Some(&event)).await?;
+                self.publish("failed", secret, &next, Some(step), &message, "system");
+                Ok(())
+            }
+        }
+    }
+
+    /// The effect of a step. Idempotent for the run's token.
+    async fn effect(
+        &self,
+        secret: &SecretRecord,
+        config: &crate::rotation::ConfigRecord,
+        run: &RunRecord,
+        step: Step,
+    ) -> std::result::Result<StepDone, Error> {
+        let store = &self.state.store;
+        let current = self.open(secret, &run.current_at_start).await?;
+        match step {
+            Step::Create => {
+                if store
+                    .version(&secret.id, &VersionId::parse(&run.id).map_err(Error::from)?)
+                    .await?
+                    .is_some()
+                {
+                    // Made before a crash or a retry: find it, make no other.
+                    return Ok(StepDone::Advanced("the pending version exists".to_owned()));
+                }
+                let rotator = self.rotator(&config.rotator, &config.settings)?;
+                let output = rotator
+                    .run(&StepInput {
+                        step,
+                        revert: false,
+                        secret_name: secret.name.as_str(),
+                        secret_id: &secret.id,
+                        token: &run.id,
+                        current: current.as_ref(),
+                        pending: None,
+                    })
+                    .await
+                    .map_err(|error| Error::FailedPrecondition(error.0))?;
+                let value = output.new_value.ok_or_else(|| {
+                    Error::FailedPrecondition("the rotator made no new value".to_owned())
+                })?;
+                let version_id = VersionId::parse(&run.id).map_err(Error::from)?;
+                let master = self
+                    .state
+                    .keyring
+                    .for_encryption(store, &secret.key_name)
+                    .await?;
+                let version = NewVersion {
+                    version_id: version_id.clone(),
+                    created_at: now_millis(),
+                    created_by: format!("rotation:{}", run.initiator),
+                    sealed: crypto::seal_value(&master, &secret.id, &version_id, &value),
+                };
+                let pending = Stage::parse(Stage::PENDING).map_err(Error::from)?;
+                let event = AuditEvent::system(
+                    "secrets:PutSecretValue",
+                    secret.name.as_str(),
+                    &format!("run {}: pending version", run.id),
+                );
+                match store
+                    .put_version(&secret.id, &version, &[pending], &event)
+                    .await?
+                {
+                    PutOutcome::Added(_) | PutOutcome::VersionExists => {}
+                }
+                self.state.events.publish(
+                    "version_added",
+                    secret.name.as_str(),
+                    Details {
+                        version_id: run.id.clone(),
+                        run_id: run.id.clone(),
+                        step: step.to_proto(),
+                        detail: "PENDING".to_owned(),
+                        principal: "system".to_owned(),
+                    },
+                );
+                Ok(StepDone::Advanced(output.log))
+            }
+            Step::Set | Step::Test => {
+                let pending = self.open(secret, &run.id).await?.ok_or_else(|| {
+                    Error::FailedPrecondition("the pending version is missing".to_owned())
+                })?;
+                let rotator = self.rotator(&config.rotator, &config.settings)?;
+                let output = rotator
+                    .run(&StepInput {
+                        step,
+                        revert: false,
+                        secret_name: secret.name.as_str(),
+                        secret_id: &secret.id,
+                        token: &run.id,
+                        current: current.as_ref(),
+                        pending: Some(&pending),
+                    })
+                    .await
+                    .map_err(|error| Error::FailedPrecondition(error.0))?;
+                Ok(StepDone::Advanced(output.log))
+            }
+            Step::Finish => {
+                let now = now_millis();
+                let mut ended = run.clone();
+                ended.phase = Phase::Ended;
+                ended.outcome = Some(Outcome::Succeeded);
+                ended.ended_at = Some(now);
+                ended.updated_at = now;
+                ended.operator_go = false;
+                let next_rotation = schedule::parse(&config.schedule)
+                    .ok()
+                    .filter(|_| config.enabled)
+                    .and_then(|schedule| schedule.next(Some(now), now));
+                let event = AuditEvent::system(
+                    "rotation:StepRotation",
+                    secret.name.as_str(),
+                    &format!("run {}: finishSecret moved CURRENT to {}", run.id, run.id),
+                );
+                let finished = store
+                    .finish_run(
+                        &ended,
+                        &[
+                            history(step, "step_done", run.attempt + 1, "system", ""),
+                            history(step, "finished", run.attempt + 1, "system", "CURRENT moved"),
+                        ],
+                        next_rotation,
+                        &event,
+                    )
+                    .await?;
+                if !finished {
+                    // CURRENT moved meanwhile: the planner abandons the run.
+                    return Ok(StepDone::Abandoned);
+                }
+                self.publish(
+                    "stages_moved",
+                    secret,
+                    &ended,
+                    Some(step),
+                    "CURRENT",
+                    "system",
+                );
+                self.publish(
+                    "finished",
+                    secret,
+                    &ended,
+                    Some(step),
+                    "succeeded",
+                    "system",
+                );
+                Ok(StepDone::Finished)
+            }
+        }
+    }
+
+    /// Puts CURRENT back into the target system and tests it.
+    async fn revert(
+        &self,
+        secret: &SecretRecord,
+        rotator: &str,
+        settings: &str,
+        run: &RunRecord,
+    ) -> Result<()> {
+        let store = &self.state.store;
+        let current_version = store
+            .version_at_stage(&secret.id, &Stage::current())
+            .await?
+            .map(|version| version.version_id.to_string())
+            .unwrap_or_default();
+        let current = self.open(secret, &current_version).await?;
+        let result = match self.rotator(rotator, settings) {
+            Err(error) => Err(error.to_string()),
+            Ok(rotator) => {
+                let mut outcome = Ok(());
+                for step in [Step::Set, Step::Test] {
+                    let input = StepInput {
+                        step,
+                        revert: true,
+                        secret_name: secret.name.as_str(),
+                        secret_id: &secret.id,
+                        token: &run.id,
+                        current: current.as_ref(),
+                        pending: current.as_ref(),
+                    };
+                    if let Err(error) = rotator.run(&input).await {
+                        outcome = Err(error.0);
+                        break;
+                    }
+                }
+                outcome
+            }
+        };
+        let mut next = run.clone();
+        next.updated_at = now_millis();
+        let (entry, kind, detail) = match result {
+            Ok(()) => {
+                next.revert = Revert::Done;
+                (
+                    "reverted",
+                    "reverted",
+                    "the target holds CURRENT again".to_owned(),
+                )
+            }
+            Err(message) => {
+                next.revert = Revert::Failed;
+                next.last_error = message.clone();
+                ("revert_failed", "needs_attention", message)
+            }
+        };
+        let event = AuditEvent::system(
+            "rotation:Revert",
+            secret.name.as_str(),
+            &format!("run {}: {entry}: {detail}", run.id),
+        );
+        store
+            .update_run(
+                &next,
+                &[history(Step::Set, entry, run.attempt, "system", &detail)],
+                Some(&event),
+            )
+            .await?;
+        self.publish(kind, secret, &next, Some(Step::Set), &detail, "system");
+        Ok(())
+    }
+}
+
+/// How a step's effect went, when it did not fail.
+enum StepDone {
+    /// The step is done; the run moves to the next one.
+    Advanced(String),
+    /// finishSecret committed the end of the run.
+    Finished,
+    /// finishSecret found CURRENT moved.
+    Abandoned,
+}

@@ -1,0 +1,431 @@
+//! Rotators: what each step does to the world outside rekey. `password`
+//! makes a new random value (or a new value for one field of a JSON
+//! secret) and has no target system; `exec:NAME` runs a program named in
+//! the server configuration, once per step, with an empty environment, a
+//! JSON document on standard input and a time limit.
+//!
+//! Errors say what failed in words an operator can act on; a value never
+//! appears in one (a program's standard error is redacted and truncated).
+
+use super::Step;
+use crate::config::{ExecRotator, RotationSettings};
+use crate::password::{self, PasswordPolicy};
+use rekey_shared::SecretValue;
+use rekey_shared::value::MAX_VALUE_BYTES;
+use serde::{Deserialize, Serialize};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use zeroize::Zeroizing;
+
+/// The longest standard-error text kept in a run's history.
+const MAX_LOG_CHARS: usize = 2000;
+
+/// The rotator settings of a configuration, stored as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RotatorSettings {
+    pub password_policy: PasswordPolicy,
+    /// For a JSON value: the field that gets the new password.
+    pub json_field: String,
+    pub admin_secret: String,
+    pub strategy: String,
+}
+
+/// What a step is given.
+#[derive(Debug)]
+pub struct StepInput<'a> {
+    pub step: Step,
+    /// A revert: setSecret and testSecret of CURRENT's value after a run
+    /// ended without success.
+    pub revert: bool,
+    pub secret_name: &'a str,
+    pub secret_id: &'a str,
+    pub token: &'a str,
+    pub current: Option<&'a SecretValue>,
+    pub pending: Option<&'a SecretValue>,
+}
+
+/// What a step returns: a new value (createSecret only) and what the
+/// rotator said (already redacted).
+#[derive(Debug, Default)]
+pub struct StepOutput {
+    pub new_value: Option<SecretValue>,
+    pub log: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RotatorError(pub String);
+
+#[derive(Debug, Clone)]
+pub enum Rotator {
+    Password(RotatorSettings),
+    Exec { name: String, program: ExecRotator },
+}
+
+impl Rotator {
+    /// The rotator a configuration names, if this server has it.
+    pub fn from_config(
+        rotator: &str,
+        settings: &RotatorSettings,
+        server: &RotationSettings,
+    ) -> Result<Self, RotatorError> {
+        if rotator == "password" {
+            return Ok(Rotator::Password(settings.clone()));
+        }
+        if let Some(name) = rotator.strip_prefix("exec:") {
+            return match server.exec.get(name) {
+                Some(program) => Ok(Rotator::Exec {
+                    name: name.to_owned(),
+                    program: program.clone(),
+                }),
+                None => Err(RotatorError(format!(
+                    "no exec rotator {name:?} is configured on this server (rotation.exec.{name} in rekeyd.toml)"
+                ))),
+            };
+        }
+        Err(RotatorError(format!(
+            "rotator {rotator:?} is not available; use password or exec:NAME"
+        )))
+    }
+
+    pub async fn run(&self, input: &StepInput<'_>) -> Result<StepOutput, RotatorError> {
+        match self {
+            Rotator::Password(settings) => password_step(settings, input),
+            Rotator::Exec { name, program } => exec_step(name, program, input).await,
+        }
+    }
+}
+
+fn password_step(
+    settings: &RotatorSettings,
+    input: &StepInput<'_>,
+) -> Result<StepOutput, RotatorError> {
+    if input.step != Step::Create || input.revert {
+        // No target system: setting and testing are nothing to do.
+        return Ok(StepOutput::default());
+    }
+    let generated = password::generate(&settings.password_policy)
+        .map_err(|error| RotatorError(format!("the password policy: {error}")))?;
+    if settings.json_field.is_empty() {
+        return Ok(StepOutput {
+            new_value: Some(SecretValue::text(generated.as_str())),
+            log: String::new(),
+        });
+    }
+    let current = match input.current {
+        Some(SecretValue::Text(text)) => text,
+        _ => {
+            return Err(RotatorError(format!(
+                "field {:?} needs a JSON text value, and CURRENT is not text",
+                settings.json_field
+            )));
+        }
+    };
+    let mut document: serde_json::Value = serde_json::from_str(current).map_err(|_| {
+        RotatorError(format!(
+            "field {:?} needs a JSON object, and CURRENT is not JSON",
+            settings.json_field
+        ))
+    })?;
+    let object = document.as_object_mut().ok_or_else(|| {
+        RotatorError(format!(
+            "field {:?} needs a JSON object, and CURRENT is another JSON value",
+            settings.json_field
+        ))
+    })?;
+    object.insert(
+        settings.json_field.clone(),
+        serde_json::Value::String(generated.as_str().to_owned()),
+    );
+    let text = Zeroizing::new(serde_json::to_string(&document).unwrap_or_default());
+    if let Some(serde_json::Value::String(field)) = document.get_mut(&settings.json_field) {
+        zeroize::Zeroize::zeroize(field);
+    }
+    Ok(StepOutput {
+        new_value: Some(SecretValue::text(text.as_str())),
+        log: String::new(),
+    })
+}
+
+fn value_fields(
+    prefix: &str,
+    value: Option<&SecretValue>,
+    document: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    use base64::Engine;
+    match value {
+        Some(SecretValue::Text(text)) => {
+            document.insert(
+                prefix.to_owned(),
+                serde_json::Value::String(text.as_str().to_owned()),
+            );
+        }
+        Some(SecretValue::Binary(bytes)) => {
+            document.insert(
+                format!("{prefix}_base64"),
+                serde_json::Value::String(
+                    base64::engine::general_purpose::STANDARD.encode(bytes.as_slice()),
+                ),
+            );
+        }
+        None => {
+            document.insert(prefix.to_owned(), serde_json::Value::Null);
+        }
+    }
+}
+
+async fn read_limited(mut stream: impl AsyncRead + Unpin, limit: usize) -> Zeroizing<Vec<u8>> {
+    let mut buffer = Zeroizing::new(Vec::new());
+    let mut chunk = [0u8; 8192];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => {
+                if buffer.len() < limit {
+                    let keep = read.min(limit - buffer.len());
+                    buffer.extend_from_slice(&chunk[..keep]);
+                }
+            }
+        }
+    }
+    chunk.fill(0);
+    buffer
+}
+
+/// Replaces every occurrence of the values with `<redacted>`, and keeps
+/// the text short.
+fn redact(text: &str, values: &[Option<&SecretValue>]) -> String {
+    let mut redacted = text.to_owned();
+    for value in values.iter().flatten() {
+        if let SecretValue::Text(secret) = value
+            && !secret.is_empty()
+        {
+            redacted = redacted.replace(secret.as_str(), "<redacted>");
+        }
+    }
+    let mut short: String = redacted.trim().chars().take(MAX_LOG_CHARS).collect();
+    if redacted.trim().chars().count() > MAX_LOG_CHARS {
+        short.push_str(" …");
+    }
+    short
+}
+
+async fn exec_step(
+    name: &str,
+    program: &ExecRotator,
+    input: &StepInput<'_>,
+) -> Result<StepOutput, RotatorError> {
+    let mut document = serde_json::Map::new();
+    document.insert("step".into(), input.step.as_str().into());
+    document.insert("revert".into(), input.revert.into());
+    document.insert("secret_name".into(), input.secret_name.into());
+    document.insert("secret_id".into(), input.secret_id.into());
+    document.insert("token".into(), input.token.into());
+    value_fields("current", input.current, &mut document);
+    value_fields("pending", input.pending, &mut document);
+    let stdin_bytes = Zeroizing::new(serde_json::to_vec(&document).unwrap_or_default());
+    for value in document.values_mut() {
+        if let serde_json::Value::String(text) = value {
+            zeroize::Zeroize::zeroize(text);
+        }
+    }
+
+    let mut child = tokio::process::Command::new(&program.command)
+        .args(&program.args)
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|error| {
+            RotatorError(format!(
+                "cannot start rotator {name} ({}): {error}",
+                program.command.display()
+            ))
+        })?;
+    let mut stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let timeout = Duration::from_secs(program.timeout_seconds.max(1));
+    let work = async {
+        if let Some(stdin) = stdin.as_mut() {
+            // A program that does not read its input is its own business.
+            let _ = stdin.write_all(&stdin_bytes).await;
+            let _ = stdin.shutdown().await;
+        }
+        drop(stdin.take());
+        let out = async {
+            match stdout {
+                Some(stream) => read_limited(stream, MAX_VALUE_BYTES + 1).await,
+                None => Zeroizing::new(Vec::new()),
+            }
+        };
+        let err = async {
+            match stderr {
+                Some(stream) => read_limited(stream, 64 * 1024).await,
+                None => Zeroizing::new(Vec::new()),
+            }
+        };
+        let (out, err, status) = tokio::join!(out, err, child.wait());
+        (out, err, status)
+    };
+    let (stdout, stderr, status) = match tokio::time::timeout(timeout, work).await {
+        Ok(result) => result,
+        Err(_) => {
+            return Err(RotatorError(format!(
+                "rotator {name} did not finish {} within {} seconds and was stopped",
+                input.step,
+                timeout.as_secs()
+            )));
+        }
+    };
+    let log = redact(
+        &String::from_utf8_lossy(&stderr),
+        &[input.current, input.pending],
+    );
+    let status = status.map_err(|error| RotatorError(format!("rotator {name}: {error}")))?;
+    if !status.success() {
+        let code = status
+            .code()
+            .map_or("a signal".to_owned(), |code| format!("status {code}"));
+        return Err(RotatorError(if log.is_empty() {
+            format!("rotator {name} failed {} with {code}", input.step)
+        } else {
+            format!("rotator {name} failed {} with {code}: {log}", input.step)
+        }));
+    }
+    if input.step != Step::Create || input.revert {
+        return Ok(StepOutput {
+            new_value: None,
+            log,
+        });
+    }
+    let mut value = stdout.to_vec();
+    if value.ends_with(b"\n") {
+        value.pop();
+    }
+    let value = Zeroizing::new(value);
+    if value.is_empty() {
+        return Err(RotatorError(format!(
+            "rotator {name} printed no new value on standard output for createSecret"
+        )));
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(RotatorError(format!(
+            "rotator {name} printed more than {MAX_VALUE_BYTES} bytes for createSecret"
+        )));
+    }
+    let text = std::str::from_utf8(&value).map_err(|_| {
+        RotatorError(format!(
+            "rotator {name} printed a value that is not UTF-8 text for createSecret"
+        ))
+    })?;
+    let new_value = SecretValue::text(text);
+    if input
+        .current
+        .is_some_and(|current| current.same_as(&new_value))
+    {
+        return Err(RotatorError(format!(
+            "rotator {name} printed the CURRENT value again for createSecret"
+        )));
+    }
+    Ok(StepOutput {
+        new_value: Some(new_value),
+        log,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input<'a>(step: Step, current: Option<&'a SecretValue>) -> StepInput<'a> {
+        StepInput {
+            step,
+            revert: false,
+            secret_name: "app/db",
+            secret_id: "app/db-abc123",
+            token: "00000000-0000-4000-8000-000000000000",
+            current,
+            pending: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn password_rotates_a_whole_value_or_one_json_field() {
+        let plain = Rotator::Password(RotatorSettings::default());
+        let new = plain
+            .run(&input(Step::Create, None))
+            .await
+            .unwrap()
+            .new_value
+            .unwrap();
+        assert_eq!(new.len(), 32);
+        assert!(
+            plain
+                .run(&input(Step::Set, None))
+                .await
+                .unwrap()
+                .new_value
+                .is_none()
+        );
+
+        let field = Rotator::Password(RotatorSettings {
+            json_field: "password".into(),
+            ..RotatorSettings::default()
+        });
+        let current = SecretValue::text(r#"{"username":"orders","password":"old"}"#);
+        let new = field
+            .run(&input(Step::Create, Some(&current)))
+            .await
+            .unwrap()
+            .new_value
+            .unwrap();
+        let SecretValue::Text(text) = new else {
+            panic!("text")
+        };
+        let document: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(document["username"], "orders");
+        assert_ne!(document["password"], "old");
+        let not_json = SecretValue::text("plain");
+        let error = field
+            .run(&input(Step::Create, Some(&not_json)))
+            .await
+            .unwrap_err();
+        assert!(
+            error.0.contains("not JSON") && !error.0.contains("plain"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn redaction() {
+        let value = SecretValue::text("hunter2");
+        let text = redact("failed: hunter2 was refused\n", &[Some(&value)]);
+        assert_eq!(text, "failed: <redacted> was refused");
+        let long = "x".repeat(5000);
+        assert!(redact(&long, &[]).chars().count() <= MAX_LOG_CHARS + 2);
+    }
+
+    #[test]
+    fn only_configured_programs_run() {
+        let error = Rotator::from_config(
+            "exec:ldap",
+            &RotatorSettings::default(),
+            &RotationSettings::default(),
+        )
+        .unwrap_err();
+        assert!(error.0.contains("rotation.exec.ldap"), "{error}");
+        assert!(
+            Rotator::from_config(
+                "/bin/sh",
+                &RotatorSettings::default(),
+                &RotationSettings::default()
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,565 @@
+//! Rotation commands: configure, rotate, step, approve, reject, retry,
+//! cancel, show, history, runs, approvals; and watch.
+
+use super::PasswordArgs;
+use crate::client::Connection;
+use crate::output::{self, Format};
+use clap::{Args, Subcommand};
+use rekey_shared::proto::{self, RotationStep};
+use rekey_shared::time::format_timestamp;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Subcommand)]
+pub enum RotationCommand {
+    /// Set how a secret rotates.
+    Configure(Box<ConfigureArgs>),
+    /// Run the step a manual run waits at.
+    Step { name: String },
+    /// Run a failed step again now.
+    Retry { name: String },
+    /// Cancel the active run (the target system is reverted if needed).
+    Cancel { name: String },
+    /// The configuration and the newest run, step by step.
+    Show { name: String },
+    /// The runs of a secret, newest first, with their history.
+    History {
+        name: String,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// Runs of every secret you may see; those needing attention first.
+    Runs {
+        #[arg(long)]
+        active: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigureArgs {
+    pub name: String,
+    /// password, postgres, mysql or exec:NAME.
+    #[arg(long, default_value = "")]
+    pub rotator: String,
+    /// rate(N hours|days) or cron(min hour dom month dow year).
+    #[arg(long, default_value = "")]
+    pub schedule: String,
+    /// How long after the scheduled time a run may still start (e.g. 2h).
+    #[arg(long, default_value = "")]
+    pub window: String,
+    /// Steps that need approval: create, set, test, finish (comma-separated).
+    #[arg(long = "approve", value_name = "STEP[,STEP]", value_delimiter = ',')]
+    pub approve: Vec<String>,
+    #[arg(long, default_value_t = 0)]
+    pub approvals: u32,
+    #[arg(long, default_value = "")]
+    pub approver_role: String,
+    /// How long an approval request stays open (default 24h).
+    #[arg(long, default_value = "")]
+    pub approval_expiry: String,
+    /// For a JSON value: the field that gets the new password.
+    #[arg(long, default_value = "")]
+    pub field: String,
+    #[arg(long, default_value = "")]
+    pub admin_secret: String,
+    /// single or alternating (database rotators).
+    #[arg(long, default_value = "")]
+    pub strategy: String,
+    /// Turn rotation off (the configuration is kept).
+    #[arg(long)]
+    pub disable: bool,
+    #[command(flatten)]
+    pub password: PasswordArgs,
+}
+
+fn step_name(step: i32) -> &'static str {
+    match RotationStep::try_from(step) {
+        Ok(RotationStep::CreateSecret) => "createSecret",
+        Ok(RotationStep::SetSecret) => "setSecret",
+        Ok(RotationStep::TestSecret) => "testSecret",
+        Ok(RotationStep::FinishSecret) => "finishSecret",
+        _ => "-",
+    }
+}
+
+fn parse_step(text: &str) -> anyhow::Result<i32> {
+    let step = match text.trim().to_ascii_lowercase().trim_end_matches("secret") {
+        "create" => RotationStep::CreateSecret,
+        "set" => RotationStep::SetSecret,
+        "test" => RotationStep::TestSecret,
+        "finish" => RotationStep::FinishSecret,
+        _ => anyhow::bail!("--approve {text:?}: steps are create, set, test, finish"),
+    };
+    Ok(step as i32)
+}
+
+fn time(timestamp: &Option<prost_types::Timestamp>) -> String {
+    timestamp
+        .as_ref()
+        .map(format_timestamp)
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+pub fn run_json(run: &proto::RotationRun) -> Value {
+    json!({
+        "run_id": run.run_id,
+        "name": run.name,
+        "version_id": run.version_id,
+        "manual": run.manual,
+        "scheduled": run.scheduled,
+        "initiator": run.initiator,
+        "state": run.state,
+        "active": run.active,
+        "current_step": step_name(run.current_step),
+        "end_reason": run.end_reason,
+        "started_at": time(&run.started_at),
+        "ended_at": run.ended_at.as_ref().map(format_timestamp),
+        "steps": run.steps.iter().map(|s| json!({
+            "step": step_name(s.step),
+            "state": s.state,
+            "attempts": s.attempts,
+            "error": s.error,
+            "approvals": s.approvals,
+            "approvals_required": s.approvals_required,
+        })).collect::<Vec<_>>(),
+        "approvals": run.approvals.iter().map(|a| json!({
+            "step": step_name(a.step),
+            "principal": a.principal,
+            "at": time(&a.at),
+            "comment": a.comment,
+        })).collect::<Vec<_>>(),
+        "history": run.history.iter().map(|h| json!({
+            "at": time(&h.at),
+            "step": step_name(h.step),
+            "event": h.event,
+            "attempt": h.attempt,
+            "principal": h.principal,
+            "detail": h.detail,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn config_json(config: &proto::RotationConfig) -> Value {
+    json!({
+        "name": config.name,
+        "rotator": config.rotator,
+        "schedule": config.schedule,
+        "window": config.window,
+        "approval_steps": config.approval_steps.iter().map(|s| step_name(*s)).collect::<Vec<_>>(),
+        "approvals_required": config.approvals_required,
+        "approver_role": config.approver_role,
+        "approval_expiry": config.approval_expiry,
+        "json_field": config.json_field,
+        "admin_secret": config.admin_secret,
+        "strategy": config.strategy,
+        "enabled": config.enabled,
+        "configured_by": config.configured_by,
+        "next_rotation_at": config.next_rotation_at.as_ref().map(format_timestamp),
+        "last_rotated_at": config.last_rotated_at.as_ref().map(format_timestamp),
+    })
+}
+
+pub fn print_run(run: &proto::RotationRun) {
+    let how = match (run.scheduled, run.manual) {
+        (true, _) => "scheduled",
+        (false, true) => "manual",
+        (false, false) => "automatic",
+    };
+    println!(
+        "{}  run {}  {how}, started by {} at {}",
+        run.name,
+        run.run_id,
+        run.initiator,
+        time(&run.started_at)
+    );
+    println!(
+        "state: {}{}",
+        run.state,
+        if run.end_reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", run.end_reason)
+        }
+    );
+    for (index, step) in run.steps.iter().enumerate() {
+        let mut line = format!(
+            "  {} {:<13} {}",
+            index + 1,
+            step_name(step.step),
+            step.state.replace('_', " ")
+        );
+        if step.approvals_required > 0 {
+            line.push_str(&format!(
+                " ({}/{} approvals)",
+                step.approvals, step.approvals_required
+            ));
+        }
+        if step.attempts > 1 || !step.error.is_empty() {
+            line.push_str(&format!(", attempt {}", step.attempts));
+        }
+        if !step.error.is_empty() {
+            line.push_str(&format!(": {}", step.error));
+        }
+        println!("{line}");
+    }
+    for approval in &run.approvals {
+        println!(
+            "  approved {} by {} at {}{}",
+            step_name(approval.step),
+            approval.principal,
+            time(&approval.at),
+            if approval.comment.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", approval.comment)
+            }
+        );
+    }
+}
+
+fn print_history(run: &proto::RotationRun) {
+    for entry in &run.history {
+        println!(
+            "  {}  {:<13} {:<17} attempt {}  {}{}",
+            time(&entry.at),
+            step_name(entry.step),
+            entry.event,
+            entry.attempt,
+            entry.principal,
+            if entry.detail.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", entry.detail)
+            }
+        );
+    }
+}
+
+fn finish_with(format: Format, run: &proto::RotationRun) -> anyhow::Result<()> {
+    match format {
+        Format::Json => output::print_json(&run_json(run)),
+        Format::Text => print_run(run),
+    }
+    match run.state.as_str() {
+        "failed" | "needs_attention" | "rejected" | "abandoned" => {
+            anyhow::bail!("the rotation of {} ended {}", run.name, run.state)
+        }
+        _ => Ok(()),
+    }
+}
+
+pub async fn command(
+    connection: &Connection,
+    format: Format,
+    command: RotationCommand,
+) -> anyhow::Result<()> {
+    let mut client = connection.rotation().await?;
+    match command {
+        RotationCommand::Configure(args) => {
+            let approval_steps = args
+                .approve
+                .iter()
+                .map(|s| parse_step(s))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let config = client
+                .configure_rotation(proto::ConfigureRotationRequest {
+                    name: args.name,
+                    rotator: args.rotator,
+                    schedule: args.schedule,
+                    window: args.window,
+                    approval_steps,
+                    approvals_required: args.approvals,
+                    approver_role: args.approver_role,
+                    approval_expiry: args.approval_expiry,
+                    password_policy: Some(proto::PasswordPolicy {
+                        length: Some(args.password.length),
+                        exclude_characters: args.password.exclude_characters,
+                        exclude_numbers: args.password.exclude_numbers,
+                        exclude_punctuation: args.password.exclude_punctuation,
+                        exclude_uppercase: args.password.exclude_uppercase,
+                        exclude_lowercase: args.password.exclude_lowercase,
+                        include_space: args.password.include_space,
+                        require_each_included_type: Some(!args.password.no_require_each_type),
+                    }),
+                    json_field: args.field,
+                    admin_secret: args.admin_secret,
+                    strategy: args.strategy,
+                    disable: args.disable,
+                })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => output::print_json(&config_json(&config)),
+                Format::Text if !config.enabled => {
+                    println!("rotation of {} is disabled", config.name)
+                }
+                Format::Text => println!(
+                    "{} rotates with {}{}",
+                    config.name,
+                    config.rotator,
+                    match &config.next_rotation_at {
+                        Some(next) => format!("; next rotation {}", format_timestamp(next)),
+                        None => "; on demand".to_owned(),
+                    }
+                ),
+            }
+            Ok(())
+        }
+        RotationCommand::Step { name } => {
+            let run = client
+                .step_rotation(proto::StepRotationRequest { name })
+                .await?
+                .into_inner();
+            finish_with(format, &run)
+        }
+        RotationCommand::Retry { name } => {
+            let run = client
+                .retry_rotation(proto::RetryRotationRequest { name })
+                .await?
+                .into_inner();
+            finish_with(format, &run)
+        }
+        RotationCommand::Cancel { name } => {
+            let run = client
+                .cancel_rotation(proto::CancelRotationRequest { name })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => output::print_json(&run_json(&run)),
+                Format::Text => print_run(&run),
+            }
+            Ok(())
+        }
+        RotationCommand::Show { name } => {
+            let described = client
+                .describe_rotation(proto::DescribeRotationRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            match format {
+                Format::Json => output::print_json(&json!({
+                    "config": described.config.as_ref().map(config_json),
+                    "run": described.run.as_ref().map(run_json),
+                })),
+                Format::Text => {
+                    match &described.config {
+                        Some(config) => println!(
+                            "{name}: {} rotator, {}, next rotation {}, last rotated {}",
+                            config.rotator,
+                            if config.enabled {
+                                if config.schedule.is_empty() {
+                                    "on demand".to_owned()
+                                } else {
+                                    config.schedule.clone()
+                                }
+                            } else {
+                                "disabled".to_owned()
+                            },
+                            time(&config.next_rotation_at),
+                            time(&config.last_rotated_at)
+                        ),
+                        None => println!("{name}: rotation is not configured"),
+                    }
+                    match &described.run {
+                        Some(run) => print_run(run),
+                        None => println!("no run yet"),
+                    }
+                }
+            }
+            Ok(())
+        }
+        RotationCommand::History { name, limit } => {
+            let runs = client
+                .list_rotation_runs(proto::ListRotationRunsRequest {
+                    name,
+                    active_only: false,
+                    limit,
+                })
+                .await?
+                .into_inner()
+                .runs;
+            match format {
+                Format::Json => {
+                    output::print_json(&Value::Array(runs.iter().map(run_json).collect()))
+                }
+                Format::Text => {
+                    for run in &runs {
+                        print_run(run);
+                        print_history(run);
+                    }
+                }
+            }
+            Ok(())
+        }
+        RotationCommand::Runs { active } => {
+            let runs = client
+                .list_rotation_runs(proto::ListRotationRunsRequest {
+                    name: String::new(),
+                    active_only: active,
+                    limit: 0,
+                })
+                .await?
+                .into_inner()
+                .runs;
+            match format {
+                Format::Json => {
+                    output::print_json(&Value::Array(runs.iter().map(run_json).collect()))
+                }
+                Format::Text => {
+                    println!(
+                        "{:<40} {:<22} {:<14} {:<20} INITIATOR",
+                        "SECRET", "STATE", "STEP", "STARTED"
+                    );
+                    for run in &runs {
+                        println!(
+                            "{:<40} {:<22} {:<14} {:<20} {}",
+                            run.name,
+                            run.state,
+                            step_name(run.current_step),
+                            time(&run.started_at),
+                            run.initiator
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn rotate(
+    connection: &Connection,
+    format: Format,
+    name: String,
+    manual: bool,
+    no_wait: bool,
+) -> anyhow::Result<()> {
+    let mut client = connection.rotation().await?;
+    let mut run = client
+        .start_rotation(proto::StartRotationRequest {
+            name: name.clone(),
+            manual,
+        })
+        .await?
+        .into_inner();
+    if !manual && !no_wait {
+        // Wait while the run works; stop at anything that waits for people.
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while run.active
+            && matches!(run.state.as_str(), "running" | "reverting" | "ending")
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Some(newest) = client
+                .describe_rotation(proto::DescribeRotationRequest { name: name.clone() })
+                .await?
+                .into_inner()
+                .run
+            {
+                run = newest;
+            }
+        }
+    }
+    finish_with(format, &run)
+}
+
+pub async fn approve(
+    connection: &Connection,
+    format: Format,
+    name: String,
+    comment: String,
+    reject: bool,
+) -> anyhow::Result<()> {
+    let run = connection
+        .rotation()
+        .await?
+        .approve_rotation(proto::ApproveRotationRequest {
+            name,
+            comment,
+            reject,
+        })
+        .await?
+        .into_inner();
+    match format {
+        Format::Json => output::print_json(&run_json(&run)),
+        Format::Text => print_run(&run),
+    }
+    Ok(())
+}
+
+pub async fn approvals(connection: &Connection, format: Format) -> anyhow::Result<()> {
+    let runs = connection
+        .rotation()
+        .await?
+        .list_approvals(proto::ListApprovalsRequest {})
+        .await?
+        .into_inner()
+        .runs;
+    match format {
+        Format::Json => output::print_json(&Value::Array(runs.iter().map(run_json).collect())),
+        Format::Text => {
+            println!(
+                "{:<40} {:<14} {:<20} {:<10} INITIATOR",
+                "SECRET", "STEP", "WAITING SINCE", "APPROVALS"
+            );
+            for run in &runs {
+                let step = run.steps.iter().find(|s| s.step == run.current_step);
+                println!(
+                    "{:<40} {:<14} {:<20} {:<10} {}",
+                    run.name,
+                    step_name(run.current_step),
+                    time(&run.updated_at),
+                    step.map(|s| format!("{}/{}", s.approvals, s.approvals_required))
+                        .unwrap_or_default(),
+                    run.initiator
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn watch(connection: &Connection, format: Format, prefix: String) -> anyhow::Result<()> {
+    use rekey_shared::proto::watch_client::WatchClient;
+    let mut client = WatchClient::new(connection.channel().await?);
+    let mut stream = client
+        .watch(proto::WatchRequest { prefix })
+        .await?
+        .into_inner();
+    while let Some(event) = stream.message().await? {
+        match format {
+            Format::Json => println!(
+                "{}",
+                json!({
+                    "at": time(&event.at),
+                    "kind": event.kind,
+                    "name": event.name,
+                    "version_id": event.version_id,
+                    "run_id": event.run_id,
+                    "step": step_name(event.step),
+                    "detail": event.detail,
+                    "principal": event.principal,
+                })
+            ),
+            Format::Text => println!(
+                "{} {:<18} {} {}{}{}",
+                time(&event.at),
+                event.kind,
+                event.name,
+                if event.step != 0 {
+                    format!("{} ", step_name(event.step))
+                } else {
+                    String::new()
+                },
+                event.detail,
+                if event.principal.is_empty() {
+                    String::new()
+                } else {
+                    format!(" [{}]", event.principal)
+                }
+            ),
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+    Ok(())
+}
