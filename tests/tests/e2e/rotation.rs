@@ -659,3 +659,53 @@ fn configuration_is_checked() {
         unconfigured.stderr
     );
 }
+
+#[test]
+fn an_approval_counts_only_while_its_approver_may_still_approve() {
+    let installation = Installation::new();
+    let _state = fixture(&installation);
+    let bob = installation.issue("bob", &["approver"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let bob = server.rekey(&bob);
+    admin.run(&["create", "recheck/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "recheck/db",
+            "--rotator",
+            "exec:fixture",
+            "--approve",
+            "create",
+            "--approvals",
+            "1",
+        ])
+        .ok();
+    admin.run(&["rotate", "recheck/db", "--manual"]).ok();
+    bob.run(&["approve", "recheck/db"]).ok();
+    let shown = show(&admin, "recheck/db");
+    assert_eq!(shown["run"]["state"], "waiting_for_operator", "{shown}");
+
+    // Bob loses the approver role before the step runs: his approval no
+    // longer counts, and the step waits again.
+    let policy = admin.run(&["policy", "get"]).ok().stdout;
+    let without = policy.replace(
+        "principal = \"bob\"\nroles = [\"approver\"]",
+        "principal = \"bob\"\nroles = [\"reader\"]",
+    );
+    assert_ne!(without, policy, "{policy}");
+    let path = installation.dir().join("no-bob.toml");
+    std::fs::write(&path, without).unwrap();
+    admin.run(&["policy", "apply", path.to_str().unwrap()]).ok();
+    let refused = admin.run(&["rotation", "step", "recheck/db"]);
+    assert!(
+        refused.stderr.contains("awaits approval (0 of 1)"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        show(&admin, "recheck/db")["run"]["steps"][0]["state"],
+        "awaiting_approval"
+    );
+}
