@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the test's failure report
 
+pub mod databases;
+
 use rekey_shared::identity::Identity;
 use rekey_shared::proto::secrets_client::SecretsClient;
 use std::io::{BufRead, BufReader};
@@ -114,6 +116,18 @@ impl Installation {
             .parse()
             .unwrap();
             table.insert("rotation".into(), toml::Value::Table(rotation));
+        });
+    }
+
+    /// Automatic runs fail after one attempt (no backoff to wait for).
+    pub fn no_retries(&self) {
+        self.edit_config(|table| {
+            let rotation = table
+                .entry("rotation")
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+            if let Some(rotation) = rotation.as_table_mut() {
+                rotation.insert("max_attempts".into(), 1.into());
+            }
         });
     }
 

@@ -105,8 +105,20 @@ impl Engine {
             match self.state.store.all_runs(true, 10_000).await {
                 Ok(runs) => {
                     for run in runs {
-                        if let Err(error) = self.drive(&run.secret_id).await {
-                            tracing::error!(%error, run = %run.id, "driving a rotation run failed");
+                        // In a task of its own: a panic in a rotator must
+                        // not stop this loop.
+                        let engine = self.clone();
+                        let secret_id = run.secret_id.clone();
+                        let driven =
+                            tokio::spawn(async move { engine.drive(&secret_id).await }).await;
+                        match driven {
+                            Ok(Ok(())) => {}
+                            Ok(Err(error)) => {
+                                tracing::error!(%error, run = %run.id, "driving a rotation run failed")
+                            }
+                            Err(panic) => {
+                                tracing::error!(%panic, run = %run.id, "driving a rotation run panicked")
+                            }
                         }
                     }
                 }
@@ -462,7 +474,17 @@ impl Engine {
     }
 
     /// Drives the secret's active run until the planner says wait.
-    pub async fn drive(&self, secret_id: &str) -> Result<()> {
+    ///
+    /// Boxed: the future is deep, and naming it `Send` here spares every
+    /// caller the compiler's higher-ranked lifetime inference.
+    pub fn drive<'a>(
+        &'a self,
+        secret_id: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+        Box::pin(self.drive_run(secret_id))
+    }
+
+    async fn drive_run(&self, secret_id: &str) -> Result<()> {
         let lock = self.lock_for(secret_id);
         let _held = lock.lock().await;
         let store = &self.state.store;
@@ -614,10 +636,46 @@ impl Engine {
         *run = Self::ending(run, outcome, reason);
     }
 
-    fn rotator(&self, rotator: &str, settings: &str) -> Result<Rotator> {
+    async fn rotator(&self, rotator: &str, settings: &str) -> Result<Rotator> {
         let settings: RotatorSettings = serde_json::from_str(settings).unwrap_or_default();
-        Rotator::from_config(rotator, &settings, &self.state.rotation)
-            .map_err(|error| Error::FailedPrecondition(error.0))
+        let rotator = Rotator::from_config(rotator, &settings, &self.state.rotation)
+            .map_err(|error| Error::FailedPrecondition(error.0))?;
+        let Some(admin) = rotator.admin_secret(&settings) else {
+            return Ok(rotator);
+        };
+        let name = rekey_shared::SecretName::parse(admin)?;
+        let secret = self.state.store.secret(&name).await?.ok_or_else(|| {
+            Error::FailedPrecondition(format!("the admin secret {name} does not exist"))
+        })?;
+        let current = self
+            .state
+            .store
+            .version_at_stage(&secret.id, &Stage::current())
+            .await?
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!("the admin secret {name} has no value"))
+            })?;
+        let value = self
+            .open(&secret, current.version_id.as_str())
+            .await?
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!("the admin secret {name} has no value"))
+            })?;
+        Ok(rotator.with_admin(value))
+    }
+
+    /// The PREVIOUS value of a secret, if it has one.
+    async fn previous(&self, secret: &SecretRecord) -> Result<Option<SecretValue>> {
+        let previous = Stage::previous();
+        match self
+            .state
+            .store
+            .version_at_stage(&secret.id, &previous)
+            .await?
+        {
+            Some(version) => self.open(secret, version.version_id.as_str()).await,
+            None => Ok(None),
+        }
     }
 
     /// Runs one step, then persists its success or failure.
@@ -743,7 +801,7 @@ impl Engine {
                     // Made before a crash or a retry: find it, make no other.
                     return Ok(StepDone::Advanced("the pending version exists".to_owned()));
                 }
-                let rotator = self.rotator(&config.rotator, &config.settings)?;
+                let rotator = self.rotator(&config.rotator, &config.settings).await?;
                 let output = rotator
                     .run(&StepInput {
                         step,
@@ -753,6 +811,8 @@ impl Engine {
                         token: &run.id,
                         current: current.as_ref(),
                         pending: None,
+                        previous: None,
+                        replacing: None,
                     })
                     .await
                     .map_err(|error| Error::FailedPrecondition(error.0))?;
@@ -800,7 +860,8 @@ impl Engine {
                 let pending = self.open(secret, &run.id).await?.ok_or_else(|| {
                     Error::FailedPrecondition("the pending version is missing".to_owned())
                 })?;
-                let rotator = self.rotator(&config.rotator, &config.settings)?;
+                let rotator = self.rotator(&config.rotator, &config.settings).await?;
+                let previous = self.previous(secret).await?;
                 let output = rotator
                     .run(&StepInput {
                         step,
@@ -810,6 +871,8 @@ impl Engine {
                         token: &run.id,
                         current: current.as_ref(),
                         pending: Some(&pending),
+                        previous: previous.as_ref(),
+                        replacing: None,
                     })
                     .await
                     .map_err(|error| Error::FailedPrecondition(error.0))?;
@@ -883,7 +946,9 @@ impl Engine {
             .map(|version| version.version_id.to_string())
             .unwrap_or_default();
         let current = self.open(secret, &current_version).await?;
-        let result = match self.rotator(rotator, settings) {
+        let previous = self.previous(secret).await?;
+        let replacing = self.open(secret, &run.id).await?;
+        let result = match self.rotator(rotator, settings).await {
             Err(error) => Err(error.to_string()),
             Ok(rotator) => {
                 let mut outcome = Ok(());
@@ -896,6 +961,8 @@ impl Engine {
                         token: &run.id,
                         current: current.as_ref(),
                         pending: current.as_ref(),
+                        previous: previous.as_ref(),
+                        replacing: replacing.as_ref(),
                     };
                     if let Err(error) = rotator.run(&input).await {
                         outcome = Err(error.0);

@@ -6,6 +6,7 @@
 //! every run where it stopped. [`schedule`] parses `rate(...)` and
 //! `cron(...)`; [`rotators`] talk to the systems whose credentials rotate.
 
+pub mod database;
 pub mod engine;
 pub mod planner;
 pub mod rotators;

@@ -8,6 +8,7 @@
 //! appears in one (a program's standard error is redacted and truncated).
 
 use super::Step;
+use super::database::{DatabaseRotator, Dialect, Strategy};
 use crate::config::{ExecRotator, RotationSettings};
 use crate::password::{self, PasswordPolicy};
 use rekey_shared::SecretValue;
@@ -44,6 +45,10 @@ pub struct StepInput<'a> {
     pub token: &'a str,
     pub current: Option<&'a SecretValue>,
     pub pending: Option<&'a SecretValue>,
+    /// The PREVIOUS value: a database user may still have it.
+    pub previous: Option<&'a SecretValue>,
+    /// When reverting: the run's pending value, which the target may hold.
+    pub replacing: Option<&'a SecretValue>,
 }
 
 /// What a step returns: a new value (createSecret only) and what the
@@ -62,6 +67,7 @@ pub struct RotatorError(pub String);
 pub enum Rotator {
     Password(RotatorSettings),
     Exec { name: String, program: ExecRotator },
+    Database(DatabaseRotator),
 }
 
 impl Rotator {
@@ -73,6 +79,25 @@ impl Rotator {
     ) -> Result<Self, RotatorError> {
         if rotator == "password" {
             return Ok(Rotator::Password(settings.clone()));
+        }
+        if rotator == "postgres" || rotator == "mysql" {
+            let strategy = Strategy::parse(&settings.strategy)?;
+            if strategy == Strategy::Alternating && settings.admin_secret.is_empty() {
+                return Err(RotatorError(
+                    "the alternating strategy needs an admin secret (--admin-secret NAME)"
+                        .to_owned(),
+                ));
+            }
+            return Ok(Rotator::Database(DatabaseRotator {
+                dialect: if rotator == "postgres" {
+                    Dialect::Postgres
+                } else {
+                    Dialect::Mysql
+                },
+                strategy,
+                policy: settings.password_policy.clone(),
+                admin: None,
+            }));
         }
         if let Some(name) = rotator.strip_prefix("exec:") {
             return match server.exec.get(name) {
@@ -86,15 +111,42 @@ impl Rotator {
             };
         }
         Err(RotatorError(format!(
-            "rotator {rotator:?} is not available; use password or exec:NAME"
+            "rotator {rotator:?} is not available; use password, postgres, mysql or exec:NAME"
         )))
     }
 
-    pub async fn run(&self, input: &StepInput<'_>) -> Result<StepOutput, RotatorError> {
+    /// Runs one step. Boxed with its `Send` bound spelled out, which keeps
+    /// the compiler's inference of the engine's futures tractable.
+    pub fn run<'a>(
+        &'a self,
+        input: &'a StepInput<'a>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<StepOutput, RotatorError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            match self {
+                Rotator::Password(settings) => password_step(settings, input),
+                Rotator::Exec { name, program } => exec_step(name, program, input).await,
+                Rotator::Database(database) => database.run(input).await,
+            }
+        })
+    }
+
+    /// The admin secret a database rotator switches users with, if any.
+    pub fn admin_secret<'a>(&self, settings: &'a RotatorSettings) -> Option<&'a str> {
         match self {
-            Rotator::Password(settings) => password_step(settings, input),
-            Rotator::Exec { name, program } => exec_step(name, program, input).await,
+            Rotator::Database(database) if database.strategy == Strategy::Alternating => {
+                Some(settings.admin_secret.as_str())
+            }
+            _ => None,
         }
+    }
+
+    pub fn with_admin(mut self, value: SecretValue) -> Self {
+        if let Rotator::Database(database) = &mut self {
+            database.admin = Some(value);
+        }
+        self
     }
 }
 
@@ -351,6 +403,8 @@ mod tests {
             token: "00000000-0000-4000-8000-000000000000",
             current,
             pending: None,
+            previous: None,
+            replacing: None,
         }
     }
 

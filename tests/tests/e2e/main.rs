@@ -9,6 +9,7 @@ mod audit_log;
 mod bad_input;
 mod batch;
 mod crash;
+mod databases;
 mod dev;
 mod idempotency;
 mod keys;

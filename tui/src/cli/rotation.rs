@@ -244,6 +244,16 @@ fn finish_with(format: Format, run: &proto::RotationRun) -> anyhow::Result<()> {
         "failed" | "needs_attention" | "rejected" | "abandoned" => {
             anyhow::bail!("the rotation of {} ended {}", run.name, run.state)
         }
+        "retry_wait" => {
+            let failed = run.steps.iter().find(|s| s.step == run.current_step);
+            anyhow::bail!(
+                "{} of {} failed ({}); the run retries at {}",
+                step_name(run.current_step),
+                run.name,
+                failed.map(|s| s.error.as_str()).unwrap_or_default(),
+                time(&run.next_attempt_at)
+            )
+        }
         _ => Ok(()),
     }
 }

@@ -1,0 +1,316 @@
+//! The `postgres` and `mysql` rotators: a database user's password, changed
+//! by the user itself (single-user strategy) or, alternating between `user`
+//! and `user_clone`, by an admin whose credentials are another secret. The
+//! connection details come from the secret's own JSON value (`engine`,
+//! `host`, `port`, `username`, `password`, `dbname`, `ssl`), as AWS's
+//! templates store them.
+//!
+//! Passwords reach the database only as a SCRAM verifier (PostgreSQL) or a
+//! native hash (MySQL/MariaDB), on connections whose statements sqlx does
+//! not log. Errors name host, port and user, never a value.
+
+mod hashes;
+mod mysql;
+mod postgres;
+
+use super::Step;
+use super::rotators::{RotatorError, StepInput, StepOutput};
+use crate::password::{self, PasswordPolicy};
+use rekey_shared::SecretValue;
+use serde::Deserialize;
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const CLONE_SUFFIX: &str = "_clone";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Mysql,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Single,
+    Alternating,
+}
+
+impl Strategy {
+    pub fn parse(text: &str) -> Result<Strategy, RotatorError> {
+        match text {
+            "" | "single" => Ok(Strategy::Single),
+            "alternating" => Ok(Strategy::Alternating),
+            other => Err(RotatorError(format!(
+                "strategy {other:?} is not single or alternating"
+            ))),
+        }
+    }
+}
+
+/// Connection details from a secret's JSON value.
+#[derive(Clone, Deserialize)]
+pub struct Credentials {
+    #[serde(default)]
+    pub engine: String,
+    pub host: String,
+    pub port: Option<u16>,
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub dbname: Option<String>,
+    /// Require TLS to the database.
+    #[serde(default)]
+    pub ssl: bool,
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Drop for Credentials {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.password);
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    pub fn parse(value: Option<&SecretValue>, what: &str) -> Result<Credentials, RotatorError> {
+        let text = match value {
+            Some(SecretValue::Text(text)) => text,
+            Some(SecretValue::Binary(_)) => {
+                return Err(RotatorError(format!(
+                    "{what} is binary; it must be a JSON object"
+                )));
+            }
+            None => return Err(RotatorError(format!("{what} has no value"))),
+        };
+        let credentials: Credentials = serde_json::from_str(text).map_err(|error| {
+            // serde's message names the field, not the value.
+            RotatorError(format!(
+                "{what} is not a JSON object with host, username and password ({})",
+                error
+                    .to_string()
+                    .split(" at line")
+                    .next()
+                    .unwrap_or("malformed")
+            ))
+        })?;
+        if !credentials
+            .username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            || credentials.username.is_empty()
+            || credentials.username.len() > 63
+        {
+            return Err(RotatorError(format!(
+                "{what}: username {:?} must be 1-63 letters, digits or _",
+                credentials.username
+            )));
+        }
+        Ok(credentials)
+    }
+
+    pub fn address(&self, dialect: Dialect) -> String {
+        let port = self.port.unwrap_or(match dialect {
+            Dialect::Postgres => 5432,
+            Dialect::Mysql => 3306,
+        });
+        format!("{}:{port}", self.host)
+    }
+
+    /// The same credentials with another user name and password, as JSON.
+    fn with(&self, username: &str, password: &str) -> Zeroizing<String> {
+        let mut document = self.rest.clone();
+        document.insert("engine".into(), self.engine.clone().into());
+        document.insert("host".into(), self.host.clone().into());
+        if let Some(port) = self.port {
+            document.insert("port".into(), port.into());
+        }
+        document.insert("username".into(), username.into());
+        document.insert("password".into(), password.into());
+        if let Some(dbname) = &self.dbname {
+            document.insert("dbname".into(), dbname.clone().into());
+        }
+        if self.ssl {
+            document.insert("ssl".into(), true.into());
+        }
+        let text = Zeroizing::new(serde_json::to_string(&document).unwrap_or_default());
+        if let Some(serde_json::Value::String(password)) = document.get_mut("password") {
+            zeroize::Zeroize::zeroize(password);
+        }
+        text
+    }
+}
+
+/// A database operation's future, boxed with `Send` spelled out: sqlx's
+/// executor traits otherwise defeat the compiler's higher-ranked inference
+/// in the engine's futures.
+pub type Boxed<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LoginError>> + Send + 'a>>;
+
+/// Why a login failed: the credentials (try others) or the way there.
+#[derive(Debug)]
+pub enum LoginError {
+    Refused(String),
+    Unreachable(String),
+}
+
+impl LoginError {
+    fn message(self) -> String {
+        match self {
+            LoginError::Refused(message) | LoginError::Unreachable(message) => message,
+        }
+    }
+}
+
+/// The rotator of one configuration.
+#[derive(Debug, Clone)]
+pub struct DatabaseRotator {
+    pub dialect: Dialect,
+    pub strategy: Strategy,
+    pub policy: PasswordPolicy,
+    /// The admin secret's CURRENT value (alternating users), loaded by the
+    /// engine before each step.
+    pub admin: Option<SecretValue>,
+}
+
+impl DatabaseRotator {
+    pub async fn run(&self, input: &StepInput<'_>) -> Result<StepOutput, RotatorError> {
+        match (input.step, input.revert) {
+            (Step::Create, _) => self.create(input),
+            (Step::Set, _) => self.set(input).await.map(|()| StepOutput::default()),
+            (Step::Test, _) => {
+                let target = Credentials::parse(input.pending, "the pending value")?;
+                self.login(&target)
+                    .await
+                    .map(|()| StepOutput::default())
+                    .map_err(|error| RotatorError(error.message()))
+            }
+            (Step::Finish, _) => Ok(StepOutput::default()),
+        }
+    }
+
+    fn create(&self, input: &StepInput<'_>) -> Result<StepOutput, RotatorError> {
+        let current = Credentials::parse(input.current, "the CURRENT value")?;
+        let password = password::generate(&self.policy)
+            .map_err(|error| RotatorError(format!("the password policy: {error}")))?;
+        let username = match self.strategy {
+            Strategy::Single => current.username.clone(),
+            Strategy::Alternating => match current.username.strip_suffix(CLONE_SUFFIX) {
+                Some(base) => base.to_owned(),
+                None => format!("{}{CLONE_SUFFIX}", current.username),
+            },
+        };
+        let value = current.with(&username, &password);
+        Ok(StepOutput {
+            new_value: Some(SecretValue::text(value.as_str())),
+            log: format!("new password for {username}"),
+        })
+    }
+
+    async fn login(&self, credentials: &Credentials) -> Result<(), LoginError> {
+        match self.dialect {
+            Dialect::Postgres => postgres::check_login(credentials).await,
+            Dialect::Mysql => mysql::check_login(credentials).await,
+        }
+    }
+
+    /// Installs the target credentials (the pending value; CURRENT's when
+    /// reverting). A no-op when they already log in.
+    async fn set(&self, input: &StepInput<'_>) -> Result<(), RotatorError> {
+        let target = Credentials::parse(input.pending, "the value to install")?;
+        match self.login(&target).await {
+            Ok(()) => return Ok(()),
+            Err(LoginError::Unreachable(message)) => return Err(RotatorError(message)),
+            Err(LoginError::Refused(_)) => {}
+        }
+        match self.strategy {
+            Strategy::Single => {
+                // Log in as the user with any password it may still have.
+                let candidates: Vec<Credentials> = [input.current, input.previous, input.replacing]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|candidate| Credentials::parse(Some(candidate), "a value").ok())
+                    .filter(|credentials| credentials.username == target.username)
+                    .collect();
+                let mut last = String::new();
+                for credentials in candidates {
+                    let result = match self.dialect {
+                        Dialect::Postgres => {
+                            postgres::change_own_password(&credentials, &target.password).await
+                        }
+                        Dialect::Mysql => {
+                            mysql::change_own_password(&credentials, &target.password).await
+                        }
+                    };
+                    match result {
+                        Ok(()) => return Ok(()),
+                        Err(LoginError::Refused(message)) => last = message,
+                        Err(LoginError::Unreachable(message)) => return Err(RotatorError(message)),
+                    }
+                }
+                Err(RotatorError(format!(
+                    "cannot log in as {} with the CURRENT or PREVIOUS password ({last})",
+                    target.username
+                )))
+            }
+            Strategy::Alternating => {
+                let admin = Credentials::parse(self.admin.as_ref(), "the admin secret")?;
+                let base = target
+                    .username
+                    .strip_suffix(CLONE_SUFFIX)
+                    .unwrap_or(&target.username)
+                    .to_owned();
+                let result = match self.dialect {
+                    Dialect::Postgres => {
+                        postgres::set_password_as_admin(&admin, &base, &target).await
+                    }
+                    Dialect::Mysql => mysql::set_password_as_admin(&admin, &base, &target).await,
+                };
+                result.map_err(|error| RotatorError(error.message()))
+            }
+        }
+    }
+}
+
+/// An operator's sentence for a database error: no statement, no value.
+pub fn describe(error: &sqlx::Error, user: &str, address: &str, doing: &str) -> LoginError {
+    match error {
+        sqlx::Error::Io(io) => {
+            LoginError::Unreachable(format!("cannot connect to {address}: {io}"))
+        }
+        sqlx::Error::Tls(tls) => {
+            LoginError::Unreachable(format!("TLS with {address} failed: {tls}"))
+        }
+        sqlx::Error::PoolTimedOut => {
+            LoginError::Unreachable(format!("cannot connect to {address}: timed out"))
+        }
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|code| code.into_owned()).unwrap_or_default();
+            match code.as_str() {
+                "28P01" | "28000" => LoginError::Refused(format!(
+                    "authentication failed for user {user} at {address}"
+                )),
+                "42501" | "1227" | "1044" | "1142" | "42000" => LoginError::Unreachable(format!(
+                    "permission denied to {doing} (user {user} at {address}): {}",
+                    db.message()
+                )),
+                _ => LoginError::Unreachable(format!(
+                    "{address} refused to {doing}: {}",
+                    db.message()
+                )),
+            }
+        }
+        other => LoginError::Unreachable(format!("cannot {doing} at {address}: {other}")),
+    }
+}

@@ -1,0 +1,164 @@
+//! MySQL and MariaDB: logins, a user's own password change, and an admin's
+//! change (creating `user_clone` with the user's grants on first use).
+//! Passwords go as `mysql_native_password` hashes; statements are not
+//! logged.
+
+use super::hashes::mysql_native_hash;
+use super::{Boxed, CONNECT_TIMEOUT, Credentials, Dialect, LoginError, describe};
+use sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
+use sqlx::{ConnectOptions, Connection, Executor, MySqlConnection, Row};
+
+async fn connect(credentials: &Credentials, doing: &str) -> Result<MySqlConnection, LoginError> {
+    let address = credentials.address(Dialect::Mysql);
+    let mut options = MySqlConnectOptions::new()
+        .host(&credentials.host)
+        .port(credentials.port.unwrap_or(3306))
+        .username(&credentials.username)
+        .password(&credentials.password)
+        .ssl_mode(if credentials.ssl {
+            MySqlSslMode::Required
+        } else {
+            MySqlSslMode::Preferred
+        })
+        .disable_statement_logging();
+    if let Some(dbname) = &credentials.dbname {
+        options = options.database(dbname);
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Err(_) => Err(LoginError::Unreachable(format!(
+            "cannot connect to {address}: timed out"
+        ))),
+        Ok(Err(error)) => Err(describe(&error, &credentials.username, &address, doing)),
+        Ok(Ok(connection)) => Ok(connection),
+    }
+}
+
+pub fn check_login(credentials: &Credentials) -> Boxed<'_> {
+    Box::pin(check_login_inner(credentials))
+}
+
+async fn check_login_inner(credentials: &Credentials) -> Result<(), LoginError> {
+    let mut connection = connect(credentials, "log in").await?;
+    let address = credentials.address(Dialect::Mysql);
+    sqlx::query("SELECT 1")
+        .execute(&mut connection)
+        .await
+        .map_err(|error| describe(&error, &credentials.username, &address, "run a query"))?;
+    let _ = connection.close().await;
+    Ok(())
+}
+
+pub fn change_own_password<'a>(credentials: &'a Credentials, new_password: &'a str) -> Boxed<'a> {
+    Box::pin(change_own_password_inner(credentials, new_password))
+}
+
+async fn change_own_password_inner(
+    credentials: &Credentials,
+    new_password: &str,
+) -> Result<(), LoginError> {
+    let mut connection = connect(credentials, "log in").await?;
+    let address = credentials.address(Dialect::Mysql);
+    let hash = mysql_native_hash(new_password);
+    connection
+        .execute(format!("SET PASSWORD = '{hash}'").as_str())
+        .await
+        .map_err(|error| {
+            describe(
+                &error,
+                &credentials.username,
+                &address,
+                "change its own password",
+            )
+        })?;
+    let _ = connection.close().await;
+    Ok(())
+}
+
+pub fn set_password_as_admin<'a>(
+    admin: &'a Credentials,
+    base: &'a str,
+    target: &'a Credentials,
+) -> Boxed<'a> {
+    Box::pin(set_password_as_admin_inner(admin, base, target))
+}
+
+async fn set_password_as_admin_inner(
+    admin: &Credentials,
+    base: &str,
+    target: &Credentials,
+) -> Result<(), LoginError> {
+    let mut connection = connect(admin, "log in as admin").await?;
+    let address = admin.address(Dialect::Mysql);
+    let hash = mysql_native_hash(&target.password);
+    let lookup =
+        |error: sqlx::Error| describe(&error, &admin.username, &address, "read mysql.user");
+    let hosts: Vec<String> =
+        sqlx::query("SELECT CAST(Host AS CHAR) AS host FROM mysql.user WHERE User = ?")
+            .bind(base)
+            .fetch_all(&mut connection)
+            .await
+            .map_err(lookup)?
+            .iter()
+            .filter_map(|row| row.try_get::<String, _>("host").ok())
+            .collect();
+    let Some(host) = hosts.first() else {
+        return Err(LoginError::Unreachable(format!(
+            "user {base} does not exist at {address}"
+        )));
+    };
+    // Host names come from the server; quote them as string literals.
+    let host = host.replace('\'', "''");
+    let exists: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM mysql.user WHERE User = ? AND Host = ?")
+            .bind(&target.username)
+            .bind(&host)
+            .fetch_optional(&mut connection)
+            .await
+            .map_err(|error| describe(&error, &admin.username, &address, "read mysql.user"))?;
+    if exists.is_none() {
+        let create = format!(
+            "CREATE USER '{}'@'{host}' IDENTIFIED BY PASSWORD '{hash}'",
+            target.username
+        );
+        connection
+            .execute(create.as_str())
+            .await
+            .map_err(|error| describe(&error, &admin.username, &address, "create user"))?;
+        // The same grants as the user.
+        let show = format!("SHOW GRANTS FOR '{base}'@'{host}'");
+        let grants: Vec<String> = connection
+            .fetch_all(show.as_str())
+            .await
+            .map_err(|error| describe(&error, &admin.username, &address, "read grants"))?
+            .iter()
+            .filter_map(|row| row.try_get::<String, _>(0).ok())
+            .collect();
+        for grant in grants {
+            let grant = match grant.find(" IDENTIFIED BY") {
+                Some(at) => grant[..at].to_owned(),
+                None => grant,
+            };
+            let cloned = grant
+                .replace(&format!("`{base}`@"), &format!("`{}`@", target.username))
+                .replace(&format!("'{base}'@"), &format!("'{}'@", target.username));
+            if cloned == grant {
+                continue;
+            }
+            connection
+                .execute(cloned.as_str())
+                .await
+                .map_err(|error| describe(&error, &admin.username, &address, "grant"))?;
+        }
+    } else {
+        let alter = format!(
+            "ALTER USER '{}'@'{host}' IDENTIFIED BY PASSWORD '{hash}'",
+            target.username
+        );
+        connection
+            .execute(alter.as_str())
+            .await
+            .map_err(|error| describe(&error, &admin.username, &address, "alter user"))?;
+    }
+    let _ = connection.close().await;
+    Ok(())
+}

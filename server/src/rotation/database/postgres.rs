@@ -1,0 +1,123 @@
+//! PostgreSQL: logins, a user's own password change, and an admin's change
+//! (creating `user_clone` in the user's role on first use). Passwords go as
+//! SCRAM-SHA-256 verifiers; statements are not logged.
+
+use super::hashes::scram_sha256_verifier;
+use super::{Boxed, CONNECT_TIMEOUT, Credentials, Dialect, LoginError, describe};
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
+
+async fn connect(credentials: &Credentials, doing: &str) -> Result<PgConnection, LoginError> {
+    let address = credentials.address(Dialect::Postgres);
+    let mut options = PgConnectOptions::new()
+        .host(&credentials.host)
+        .port(credentials.port.unwrap_or(5432))
+        .username(&credentials.username)
+        .password(&credentials.password)
+        .ssl_mode(if credentials.ssl {
+            PgSslMode::Require
+        } else {
+            PgSslMode::Prefer
+        })
+        .disable_statement_logging();
+    if let Some(dbname) = &credentials.dbname {
+        options = options.database(dbname);
+    }
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Err(_) => Err(LoginError::Unreachable(format!(
+            "cannot connect to {address}: timed out"
+        ))),
+        Ok(Err(error)) => Err(describe(&error, &credentials.username, &address, doing)),
+        Ok(Ok(connection)) => Ok(connection),
+    }
+}
+
+fn quote(identifier: &str) -> String {
+    // Identifiers are checked to be letters, digits and _ when parsed.
+    format!("\"{identifier}\"")
+}
+
+pub fn check_login(credentials: &Credentials) -> Boxed<'_> {
+    Box::pin(check_login_inner(credentials))
+}
+
+async fn check_login_inner(credentials: &Credentials) -> Result<(), LoginError> {
+    let mut connection = connect(credentials, "log in").await?;
+    let address = credentials.address(Dialect::Postgres);
+    sqlx::query("SELECT 1")
+        .execute(&mut connection)
+        .await
+        .map_err(|error| describe(&error, &credentials.username, &address, "run a query"))?;
+    let _ = connection.close().await;
+    Ok(())
+}
+
+pub fn change_own_password<'a>(credentials: &'a Credentials, new_password: &'a str) -> Boxed<'a> {
+    Box::pin(change_own_password_inner(credentials, new_password))
+}
+
+async fn change_own_password_inner(
+    credentials: &Credentials,
+    new_password: &str,
+) -> Result<(), LoginError> {
+    let mut connection = connect(credentials, "log in").await?;
+    let address = credentials.address(Dialect::Postgres);
+    let verifier = scram_sha256_verifier(new_password);
+    let alter = format!("ALTER ROLE CURRENT_USER PASSWORD '{verifier}'");
+    connection.execute(alter.as_str()).await.map_err(|error| {
+        describe(
+            &error,
+            &credentials.username,
+            &address,
+            "change its own password",
+        )
+    })?;
+    let _ = connection.close().await;
+    Ok(())
+}
+
+pub fn set_password_as_admin<'a>(
+    admin: &'a Credentials,
+    base: &'a str,
+    target: &'a Credentials,
+) -> Boxed<'a> {
+    Box::pin(set_password_as_admin_inner(admin, base, target))
+}
+
+async fn set_password_as_admin_inner(
+    admin: &Credentials,
+    base: &str,
+    target: &Credentials,
+) -> Result<(), LoginError> {
+    let mut connection = connect(admin, "log in as admin").await?;
+    let address = admin.address(Dialect::Postgres);
+    let verifier = scram_sha256_verifier(&target.password);
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")
+        .bind(&target.username)
+        .fetch_optional(&mut connection)
+        .await
+        .map_err(|error| describe(&error, &admin.username, &address, "look up roles"))?;
+    if exists.is_none() {
+        // The clone: a login role in the user's role, so it has its grants.
+        let create = format!(
+            "CREATE ROLE {} WITH LOGIN PASSWORD '{verifier}' IN ROLE {}",
+            quote(&target.username),
+            quote(base)
+        );
+        connection
+            .execute(create.as_str())
+            .await
+            .map_err(|error| describe(&error, &admin.username, &address, "create role"))?;
+    } else {
+        let alter = format!(
+            "ALTER ROLE {} WITH PASSWORD '{verifier}'",
+            quote(&target.username)
+        );
+        connection
+            .execute(alter.as_str())
+            .await
+            .map_err(|error| describe(&error, &admin.username, &address, "alter role"))?;
+    }
+    let _ = connection.close().await;
+    Ok(())
+}

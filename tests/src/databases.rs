@@ -1,0 +1,296 @@
+//! Real database servers for the rotator tests. PostgreSQL: a throwaway
+//! cluster of our own (`initdb` into a temporary directory, SCRAM-SHA-256
+//! authentication, a free port, every statement logged), because the
+//! machine's PostgreSQL trusts every local connection and would prove
+//! nothing. MariaDB/MySQL: the server `REKEY_TEST_MYSQL_URL` names, which
+//! checks the passwords of the users a test creates.
+//!
+//! Each is found through an environment variable that `.ci/run` sets
+//! (`REKEY_TEST_PG_BINDIR`, `REKEY_TEST_MYSQL_URL`). Unset: the test is
+//! skipped with a notice. Set but unusable: the test fails.
+
+use std::path::PathBuf;
+use std::process::Command;
+use tempfile::TempDir;
+
+fn random_word() -> String {
+    rekey_shared::VersionId::random()
+        .into_string()
+        .replace('-', "")[..10]
+        .to_owned()
+}
+
+/// A PostgreSQL cluster that lives as long as this value.
+#[derive(Debug)]
+pub struct ThrowawayPostgres {
+    dir: TempDir,
+    bindir: PathBuf,
+    pub port: u16,
+    pub superuser_password: String,
+}
+
+fn as_postgres(program: &std::path::Path) -> Command {
+    let mut command = Command::new("runuser");
+    command.args(["-u", "postgres", "--"]).arg(program);
+    command
+}
+
+impl ThrowawayPostgres {
+    /// `None` (skip) when `REKEY_TEST_PG_BINDIR` is unset.
+    pub fn start() -> Option<Self> {
+        let Ok(bindir) = std::env::var("REKEY_TEST_PG_BINDIR") else {
+            eprintln!("skipped: REKEY_TEST_PG_BINDIR is not set (.ci/run sets it)");
+            return None;
+        };
+        let bindir = PathBuf::from(bindir);
+        let dir = tempfile::Builder::new()
+            .prefix("rekey-pg-")
+            .tempdir()
+            .unwrap();
+        let status = Command::new("chown")
+            .arg("postgres")
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "chown of the cluster directory failed");
+        let superuser_password = format!("super-{}", random_word());
+        let pwfile = dir.path().join("pwfile");
+        std::fs::write(&pwfile, &superuser_password).unwrap();
+        let _ = Command::new("chown").arg("postgres").arg(&pwfile).status();
+        let data = dir.path().join("data");
+        let initdb = as_postgres(&bindir.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .output()
+            .unwrap();
+        assert!(
+            initdb.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&initdb.stderr)
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c log_statement=all -c password_encryption=scram-sha-256",
+            dir.path().display()
+        );
+        let started = as_postgres(&bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("server.log"))
+            .args(["-o", &options, "-w", "-t", "60", "start"])
+            .output()
+            .unwrap();
+        assert!(
+            started.status.success(),
+            "pg_ctl start failed: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        Some(Self {
+            dir,
+            bindir,
+            port,
+            superuser_password,
+        })
+    }
+
+    /// Runs SQL as the superuser; panics when it fails.
+    pub fn sql(&self, sql: &str) {
+        let output = Command::new(self.bindir.join("psql"))
+            .env("PGPASSWORD", &self.superuser_password)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Whether `user` logs in with `password` and may run `query`.
+    pub fn can(&self, user: &str, password: &str, query: &str) -> bool {
+        Command::new(self.bindir.join("psql"))
+            .env("PGPASSWORD", password)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                user,
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-c",
+                query,
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    }
+
+    pub fn logs_in(&self, user: &str, password: &str) -> bool {
+        self.can(user, password, "SELECT 1")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ThrowawayPostgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// The MariaDB/MySQL server of `REKEY_TEST_MYSQL_URL`, with users this
+/// test created (dropped at the end).
+#[derive(Debug)]
+pub struct TestMysql {
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    users: std::sync::Mutex<Vec<String>>,
+}
+
+impl TestMysql {
+    /// `None` (skip) when `REKEY_TEST_MYSQL_URL` is unset.
+    pub fn connect() -> Option<Self> {
+        let Ok(url) = std::env::var("REKEY_TEST_MYSQL_URL") else {
+            eprintln!("skipped: REKEY_TEST_MYSQL_URL is not set (.ci/run sets it)");
+            return None;
+        };
+        let rest = url.split("@").nth(1).unwrap_or("127.0.0.1:3306/test");
+        let address = rest.split('/').next().unwrap_or("127.0.0.1:3306");
+        let (host, port) = address.split_once(':').unwrap_or((address, "3306"));
+        let mysql = Self {
+            url: url.clone(),
+            host: host.to_owned(),
+            port: port.parse().unwrap(),
+            users: Default::default(),
+        };
+        mysql.sql("SELECT 1");
+        Some(mysql)
+    }
+
+    /// Runs SQL as the test's admin; panics when it fails.
+    pub fn sql(&self, sql: &str) {
+        let (url, sql) = (self.url.clone(), sql.to_owned());
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Runtime::new()
+                        .unwrap()
+                        .block_on(async move {
+                            use sqlx::{Connection, Executor};
+                            let mut connection = sqlx::MySqlConnection::connect(&url)
+                                .await
+                                .unwrap_or_else(|error| {
+                                    panic!("REKEY_TEST_MYSQL_URL is set but unusable: {error}")
+                                });
+                            connection.execute(sql.as_str()).await.unwrap();
+                            let _ = connection.close().await;
+                        })
+                })
+                .join()
+                .unwrap()
+        })
+    }
+
+    /// A new user of this test, with a unique name, and its password.
+    pub fn create_user(&self, grants: &str) -> (String, String) {
+        let user = format!("rk_{}", random_word());
+        let password = format!("pw-{}", random_word());
+        self.sql(&format!(
+            "CREATE USER '{user}'@'%' IDENTIFIED BY '{password}'"
+        ));
+        if !grants.is_empty() {
+            self.sql(&format!("GRANT {grants} TO '{user}'@'%'"));
+        }
+        self.users.lock().unwrap().push(user.clone());
+        (user, password)
+    }
+
+    /// Forgets a user the rotator will create (dropped at the end).
+    pub fn adopt(&self, user: &str) {
+        self.users.lock().unwrap().push(user.to_owned());
+    }
+
+    /// Whether `user` logs in with `password` and may run `query`.
+    pub fn can(&self, user: &str, password: &str, query: &str) -> bool {
+        let options = sqlx::mysql::MySqlConnectOptions::new()
+            .host(&self.host)
+            .port(self.port)
+            .username(user)
+            .password(password)
+            .database("test");
+        let query = query.to_owned();
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    tokio::runtime::Runtime::new()
+                        .unwrap()
+                        .block_on(async move {
+                            use sqlx::{ConnectOptions, Executor};
+                            match options.connect().await {
+                                Ok(mut connection) => {
+                                    connection.execute(query.as_str()).await.is_ok()
+                                }
+                                Err(_) => false,
+                            }
+                        })
+                })
+                .join()
+                .unwrap()
+        })
+    }
+
+    pub fn logs_in(&self, user: &str, password: &str) -> bool {
+        self.can(user, password, "SELECT 1")
+    }
+}
+
+impl Drop for TestMysql {
+    fn drop(&mut self) {
+        let users = std::mem::take(&mut *self.users.lock().unwrap());
+        for user in users {
+            self.sql(&format!("DROP USER IF EXISTS '{user}'@'%'"));
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! The postgres and mysql rotators against real servers that refuse wrong
+//! passwords: a throwaway PostgreSQL with SCRAM authentication, and the
+//! local MariaDB with users made for each test.
+
+use rekey_tests::databases::{TestMysql, ThrowawayPostgres};
+use rekey_tests::{Installation, Rekey, eventually};
+use serde_json::{Value, json};
+
+fn value(rekey: &Rekey, name: &str, stage: &str) -> Value {
+    let text = rekey.run(&["get", name, "--stage", stage]).ok().stdout;
+    serde_json::from_str(text.trim_end()).unwrap()
+}
+
+fn put_json(rekey: &Rekey, command: &str, name: &str, document: &Value) {
+    rekey
+        .run_with_input(
+            &[command, name, "--value-file", "-"],
+            document.to_string().as_bytes(),
+        )
+        .ok();
+}
+
+fn show(rekey: &Rekey, name: &str) -> Value {
+    rekey
+        .run(&["rotation", "show", name, "--output", "json"])
+        .ok()
+        .json()
+}
+
+fn login(value: &Value) -> (String, String) {
+    (
+        value["username"].as_str().unwrap().to_owned(),
+        value["password"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[test]
+fn postgres_single_user_rotation() {
+    let Some(pg) = ThrowawayPostgres::start() else {
+        return;
+    };
+    pg.sql("CREATE ROLE app_single LOGIN PASSWORD 'first-password'; CREATE TABLE orders (id int); GRANT SELECT ON orders TO app_single;");
+    assert!(pg.logs_in("app_single", "first-password"));
+    assert!(
+        !pg.logs_in("app_single", "wrong-password"),
+        "the server must refuse a wrong password"
+    );
+
+    let installation = Installation::new();
+    installation.no_retries();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    put_json(
+        &admin,
+        "create",
+        "db/pg",
+        &json!({
+            "engine": "postgres", "host": "127.0.0.1", "port": pg.port,
+            "username": "app_single", "password": "first-password", "dbname": "postgres",
+        }),
+    );
+    admin
+        .run(&["rotation", "configure", "db/pg", "--rotator", "postgres"])
+        .ok();
+    let run = admin
+        .run(&["rotate", "db/pg", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(run["state"], "succeeded", "{run}");
+
+    let (user, new_password) = login(&value(&admin, "db/pg", "CURRENT"));
+    let (_, old_password) = login(&value(&admin, "db/pg", "PREVIOUS"));
+    assert_eq!(user, "app_single");
+    assert_eq!(old_password, "first-password");
+    assert!(pg.can(&user, &new_password, "SELECT * FROM orders"));
+    assert!(
+        !pg.logs_in(&user, &old_password),
+        "the old password must stop working"
+    );
+    // Sent as a SCRAM verifier: the plaintext never reached the server's log.
+    let log = pg.log();
+    assert!(
+        log.contains("ALTER ROLE CURRENT_USER PASSWORD 'SCRAM-SHA-256$"),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&new_password),
+        "the server log holds the password"
+    );
+    assert!(!server.log_text().contains(&new_password));
+
+    // Again: CURRENT logs in, PREVIOUS is the one before.
+    admin.run(&["rotate", "db/pg"]).ok();
+    let (_, third) = login(&value(&admin, "db/pg", "CURRENT"));
+    assert!(pg.logs_in(&user, &third));
+    assert!(!pg.logs_in(&user, &new_password));
+    assert_eq!(login(&value(&admin, "db/pg", "PREVIOUS")).1, new_password);
+}
+
+#[test]
+fn postgres_alternating_users() {
+    let Some(pg) = ThrowawayPostgres::start() else {
+        return;
+    };
+    pg.sql("CREATE ROLE app_alt LOGIN PASSWORD 'alt-first'; CREATE TABLE ledger (id int); GRANT SELECT ON ledger TO app_alt;");
+    let installation = Installation::new();
+    installation.no_retries();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    put_json(
+        &admin,
+        "create",
+        "db/pg-admin",
+        &json!({
+            "engine": "postgres", "host": "127.0.0.1", "port": pg.port,
+            "username": "postgres", "password": pg.superuser_password, "dbname": "postgres",
+        }),
+    );
+    put_json(
+        &admin,
+        "create",
+        "db/pg-app",
+        &json!({
+            "engine": "postgres", "host": "127.0.0.1", "port": pg.port,
+            "username": "app_alt", "password": "alt-first", "dbname": "postgres",
+        }),
+    );
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "db/pg-app",
+            "--rotator",
+            "postgres",
+            "--strategy",
+            "alternating",
+            "--admin-secret",
+            "db/pg-admin",
+        ])
+        .ok();
+
+    let mut seen = vec![("app_alt".to_owned(), "alt-first".to_owned())];
+    for round in 1..=3 {
+        admin.run(&["rotate", "db/pg-app"]).ok();
+        let current = login(&value(&admin, "db/pg-app", "CURRENT"));
+        let previous = login(&value(&admin, "db/pg-app", "PREVIOUS"));
+        assert_eq!(&previous, seen.last().unwrap(), "round {round}");
+        assert_ne!(current.0, previous.0, "round {round}: the users alternate");
+        // The newest and the previous credentials log in; the one before not.
+        assert!(
+            pg.can(&current.0, &current.1, "SELECT * FROM ledger"),
+            "round {round}: the clone has the grants"
+        );
+        assert!(pg.logs_in(&previous.0, &previous.1), "round {round}");
+        if seen.len() >= 2 {
+            let before = &seen[seen.len() - 2];
+            assert!(
+                !pg.logs_in(&before.0, &before.1),
+                "round {round}: {before:?} still logs in"
+            );
+        }
+        seen.push(current);
+    }
+    assert!(seen.iter().any(|(user, _)| user == "app_alt_clone"));
+}
+
+#[test]
+fn postgres_revert_and_failures() {
+    let Some(pg) = ThrowawayPostgres::start() else {
+        return;
+    };
+    pg.sql("CREATE ROLE app_rev LOGIN PASSWORD 'rev-first'; CREATE ROLE weak_admin LOGIN PASSWORD 'weak-pass';");
+    let installation = Installation::new();
+    installation.no_retries();
+    let bob = installation.issue("bob", &["approver"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let bob = server.rekey(&bob);
+    let app = |user: &str, password: &str, port: u16| {
+        json!({
+            "engine": "postgres", "host": "127.0.0.1", "port": port,
+            "username": user, "password": password, "dbname": "postgres",
+        })
+    };
+    put_json(
+        &admin,
+        "create",
+        "db/rev",
+        &app("app_rev", "rev-first", pg.port),
+    );
+
+    // Rejected after setSecret: the database accepts CURRENT again.
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "db/rev",
+            "--rotator",
+            "postgres",
+            "--approve",
+            "test",
+            "--approvals",
+            "1",
+        ])
+        .ok();
+    admin.run(&["rotate", "db/rev", "--no-wait"]).ok();
+    eventually("the test gate", || {
+        (show(&admin, "db/rev")["run"]["state"] == "awaiting_approval").then_some(())
+    });
+    let (_, pending) = login(&value(&admin, "db/rev", "PENDING"));
+    assert!(
+        pg.logs_in("app_rev", &pending),
+        "setSecret installed the pending password"
+    );
+    bob.run(&["reject", "db/rev", "--comment", "not now"]).ok();
+    eventually("the revert", || {
+        (show(&admin, "db/rev")["run"]["state"] == "rejected").then_some(())
+    });
+    assert!(pg.logs_in("app_rev", "rev-first"), "CURRENT works again");
+    assert!(!pg.logs_in("app_rev", &pending));
+
+    // Failures, each in a manual run that stops at the failed step.
+    let cases: Vec<(&str, Value, Option<Value>, &str)> = vec![
+        (
+            "wrong admin password",
+            app("app_rev", "rev-first", pg.port),
+            Some(app("postgres", "not-the-password", pg.port)),
+            "authentication failed for user postgres",
+        ),
+        (
+            "unreachable host",
+            app("app_rev", "rev-first", 1),
+            None,
+            "cannot connect to 127.0.0.1:1",
+        ),
+        (
+            "no right to create roles",
+            app("app_rev", "rev-first", pg.port),
+            Some(app("weak_admin", "weak-pass", pg.port)),
+            "permission denied to create role",
+        ),
+    ];
+    for (what, target, admin_secret, cause) in cases {
+        let name = format!("db/fail-{}", what.replace(' ', "-"));
+        put_json(&admin, "create", &name, &target);
+        let mut args = vec!["rotation", "configure", &name, "--rotator", "postgres"];
+        let admin_name = format!("{name}-admin");
+        if let Some(admin_value) = &admin_secret {
+            put_json(&admin, "create", &admin_name, admin_value);
+            args.extend(["--strategy", "alternating", "--admin-secret", &admin_name]);
+        }
+        admin.run(&args).ok();
+        admin.run(&["rotate", &name, "--manual"]).ok();
+        admin.run(&["rotation", "step", &name]).ok();
+        admin.run(&["rotation", "step", &name]).ok();
+        let shown = show(&admin, &name);
+        assert_eq!(shown["run"]["state"], "step_failed", "{what}: {shown}");
+        let error = shown["run"]["steps"][1]["error"].as_str().unwrap();
+        assert!(error.contains(cause), "{what}: {error}");
+        assert!(
+            !error.contains("rev-first") && !error.contains("not-the-password"),
+            "{what}: {error}"
+        );
+        assert_eq!(
+            value(&admin, &name, "CURRENT"),
+            target,
+            "{what}: CURRENT untouched"
+        );
+        let text = admin.run(&["rotation", "show", &name]).ok().stdout;
+        assert!(text.contains(cause), "{text}");
+        admin.run(&["rotation", "cancel", &name]).ok();
+    }
+    assert!(pg.logs_in("app_rev", "rev-first"));
+}
+
+#[test]
+fn mysql_single_user_rotation() {
+    let Some(mysql) = TestMysql::connect() else {
+        return;
+    };
+    let (user, password) = mysql.create_user("SELECT ON test.*");
+    assert!(mysql.logs_in(&user, &password));
+    assert!(
+        !mysql.logs_in(&user, "wrong-password"),
+        "the server must refuse a wrong password"
+    );
+    let installation = Installation::new();
+    installation.no_retries();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    put_json(
+        &admin,
+        "create",
+        "db/my",
+        &json!({
+            "engine": "mysql", "host": mysql.host, "port": mysql.port,
+            "username": user, "password": password, "dbname": "test",
+        }),
+    );
+    admin
+        .run(&["rotation", "configure", "db/my", "--rotator", "mysql"])
+        .ok();
+    admin.run(&["rotate", "db/my"]).ok();
+    let (_, new_password) = login(&value(&admin, "db/my", "CURRENT"));
+    assert_eq!(login(&value(&admin, "db/my", "PREVIOUS")).1, password);
+    assert!(mysql.logs_in(&user, &new_password));
+    assert!(
+        !mysql.logs_in(&user, &password),
+        "the old password must stop working"
+    );
+    let log = server.log_text();
+    assert!(
+        !log.contains(&new_password) && !log.contains("SET PASSWORD"),
+        "the statement reached rekey's log"
+    );
+}
+
+#[test]
+fn mysql_alternating_users_and_revert() {
+    let Some(mysql) = TestMysql::connect() else {
+        return;
+    };
+    let (admin_user, admin_password) = mysql.create_user("");
+    mysql.sql(&format!(
+        "GRANT ALL PRIVILEGES ON *.* TO '{admin_user}'@'%' WITH GRANT OPTION"
+    ));
+    let (user, password) = mysql.create_user("");
+    mysql.adopt(&format!("{user}_clone"));
+    // A table only this user may read: the clone must inherit the grant.
+    let table = format!("test.{user}_t");
+    mysql.sql(&format!("CREATE TABLE IF NOT EXISTS {table} (id INT)"));
+    mysql.sql(&format!("GRANT SELECT ON {table} TO '{user}'@'%'"));
+    let (stranger, stranger_password) = mysql.create_user("");
+    let query = format!("SELECT COUNT(*) FROM {table}");
+    assert!(mysql.can(&user, &password, &query));
+    assert!(
+        !mysql.can(&stranger, &stranger_password, &query),
+        "the grant check must be able to fail"
+    );
+    let installation = Installation::new();
+    installation.no_retries();
+    let bob = installation.issue("bob", &["approver"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let bob = server.rekey(&bob);
+    let credentials = |user: &str, password: &str| {
+        json!({
+            "engine": "mysql", "host": mysql.host, "port": mysql.port,
+            "username": user, "password": password, "dbname": "test",
+        })
+    };
+    put_json(
+        &admin,
+        "create",
+        "db/my-admin",
+        &credentials(&admin_user, &admin_password),
+    );
+    put_json(
+        &admin,
+        "create",
+        "db/my-app",
+        &credentials(&user, &password),
+    );
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "db/my-app",
+            "--rotator",
+            "mysql",
+            "--strategy",
+            "alternating",
+            "--admin-secret",
+            "db/my-admin",
+        ])
+        .ok();
+    let mut seen = vec![(user.clone(), password.clone())];
+    for round in 1..=3 {
+        admin.run(&["rotate", "db/my-app"]).ok();
+        let current = login(&value(&admin, "db/my-app", "CURRENT"));
+        let previous = login(&value(&admin, "db/my-app", "PREVIOUS"));
+        assert_eq!(&previous, seen.last().unwrap(), "round {round}");
+        assert_ne!(current.0, previous.0);
+        assert!(
+            mysql.can(&current.0, &current.1, &query),
+            "round {round}: the clone has the grants"
+        );
+        assert!(mysql.logs_in(&previous.0, &previous.1), "round {round}");
+        if seen.len() >= 2 {
+            let before = &seen[seen.len() - 2];
+            assert!(
+                !mysql.logs_in(&before.0, &before.1),
+                "round {round}: {before:?} still logs in"
+            );
+        }
+        seen.push(current);
+    }
+
+    // Rejected after setSecret: MariaDB accepts CURRENT again.
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "db/my-app",
+            "--rotator",
+            "mysql",
+            "--strategy",
+            "alternating",
+            "--admin-secret",
+            "db/my-admin",
+            "--approve",
+            "test",
+            "--approvals",
+            "1",
+        ])
+        .ok();
+    let current = login(&value(&admin, "db/my-app", "CURRENT"));
+    let previous = login(&value(&admin, "db/my-app", "PREVIOUS"));
+    admin.run(&["rotate", "db/my-app", "--no-wait"]).ok();
+    eventually("the test gate", || {
+        (show(&admin, "db/my-app")["run"]["state"] == "awaiting_approval").then_some(())
+    });
+    let pending = login(&value(&admin, "db/my-app", "PENDING"));
+    assert!(mysql.logs_in(&pending.0, &pending.1));
+    assert!(
+        !mysql.logs_in(&previous.0, &previous.1),
+        "the pending user's old password is replaced"
+    );
+    bob.run(&["reject", "db/my-app", "--comment", "no"]).ok();
+    eventually("the revert", || {
+        (show(&admin, "db/my-app")["run"]["state"] == "rejected").then_some(())
+    });
+    assert!(mysql.logs_in(&current.0, &current.1), "CURRENT works");
+    // The reverted user (the pending one) holds CURRENT's password again?
+    // No: revert installs CURRENT's credentials, which belong to the other
+    // user; the pending user's password is no longer the pending one.
+    assert!(!mysql.logs_in(&pending.0, &pending.1) || pending.0 != current.0);
+    mysql.sql(&format!("DROP TABLE IF EXISTS {table}"));
+}
