@@ -4,5 +4,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod demo;
 pub mod input;
 pub mod output;
+pub mod ui;

@@ -200,6 +200,8 @@ enum Command {
     },
     /// Runs waiting for an approval you may give, oldest first.
     Approvals,
+    /// A first look: an embedded server with demo data, and the UI on it.
+    Demo,
     /// Print change events as they happen (one line, or one JSON object, each).
     Watch {
         #[arg(default_value = "")]
@@ -334,17 +336,11 @@ fn parse_tag(text: &str) -> Result<proto::Tag, String> {
 /// Runs `rekey` and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Some(command) = cli.command else {
-        eprintln!(
-            "rekey: the terminal UI is not available yet; run `rekey --help` for the commands"
-        );
-        return ExitCode::from(2);
-    };
     let connection = Connection {
         server: cli.server,
         identity: cli.identity,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
@@ -354,7 +350,15 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(&connection, cli.output, command)) {
+    let result = match cli.command {
+        None => runtime.block_on(async {
+            let (channel, principal) = connection.lazy_channel()?;
+            crate::ui::run(channel, &connection.server, &principal, None).await
+        }),
+        Some(Command::Demo) => runtime.block_on(crate::demo::run()),
+        Some(command) => runtime.block_on(run(&connection, cli.output, command)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("rekey: {}", describe(&error));
@@ -514,6 +518,7 @@ async fn run(connection: &Connection, format: Format, command: Command) -> anyho
         | Command::Approve { .. }
         | Command::Reject { .. }
         | Command::Approvals
+        | Command::Demo
         | Command::Watch { .. } => unreachable!("handled above"),
     }
 }

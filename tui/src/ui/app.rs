@@ -1,0 +1,238 @@
+//! The UI's state: which view is open, what it shows, what the user is
+//! typing. Plain data; `update` changes it, `render` draws it, neither does
+//! I/O.
+
+use rekey_shared::proto;
+use std::time::Instant;
+use zeroize::Zeroizing;
+
+/// How long a revealed value stays on screen.
+pub const REVEAL_SECONDS: u64 = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum View {
+    #[default]
+    Secrets,
+    Detail,
+    Run,
+    Approvals,
+    Audit,
+}
+
+impl View {
+    pub fn title(self) -> &'static str {
+        match self {
+            View::Secrets => "Secrets",
+            View::Detail => "Secret",
+            View::Run => "Rotation",
+            View::Approvals => "Approvals",
+            View::Audit => "Audit",
+        }
+    }
+}
+
+/// What a confirmation, once given, does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Confirmable {
+    Reveal(String),
+    Copy(String),
+    ForceDelete(String),
+    Cancel(String),
+    Reject { name: String, comment: String },
+}
+
+/// What the keyboard is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Normal,
+    /// `/`: typing a filter.
+    Filter(String),
+    /// `:`: typing a view name.
+    Command(String),
+    /// Typing a comment for an approval or a rejection.
+    Comment {
+        name: String,
+        reject: bool,
+        text: String,
+    },
+    Confirm(Confirmable),
+    Help,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Connection {
+    #[default]
+    Connecting,
+    Connected,
+    Lost(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sort {
+    #[default]
+    Name,
+    Created,
+    Changed,
+}
+
+impl Sort {
+    pub fn next(self) -> Sort {
+        match self {
+            Sort::Name => Sort::Created,
+            Sort::Created => Sort::Changed,
+            Sort::Changed => Sort::Name,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Sort::Name => "name",
+            Sort::Created => "created",
+            Sort::Changed => "changed",
+        }
+    }
+}
+
+/// One line of the secrets list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretRow {
+    pub metadata: proto::SecretMetadata,
+    /// The newest run of the secret, if any.
+    pub run: Option<proto::RotationRun>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SecretsList {
+    pub rows: Vec<SecretRow>,
+    pub selected: usize,
+    pub filter: String,
+    pub sort: Sort,
+    pub descending: bool,
+    /// More pages to fetch as the user scrolls.
+    pub next_page_token: String,
+    pub loading: bool,
+}
+
+/// A value on screen for a moment.
+pub struct Revealed {
+    pub value: Zeroizing<String>,
+    pub until: Instant,
+}
+
+impl std::fmt::Debug for Revealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Revealed(<redacted>)")
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Detail {
+    pub metadata: proto::SecretMetadata,
+    pub versions: Vec<proto::SecretVersion>,
+    pub show_deprecated: bool,
+    pub rotation: Option<proto::DescribeRotationResponse>,
+    pub runs: Vec<proto::RotationRun>,
+    pub revealed: Option<Revealed>,
+    pub scroll: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub text: String,
+    pub error: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct App {
+    pub view: View,
+    /// Where `q`/Esc go back to.
+    pub back: Vec<View>,
+    pub mode: Mode,
+    pub server: String,
+    pub principal: String,
+    pub connection: Connection,
+    pub secrets: SecretsList,
+    /// The secret Detail and Run show.
+    pub detail: Option<Detail>,
+    pub approvals: Vec<proto::RotationRun>,
+    pub approvals_selected: usize,
+    pub audit: Vec<proto::AuditEvent>,
+    pub audit_filter: String,
+    pub audit_selected: usize,
+    pub message: Option<Message>,
+    /// Colours off (`NO_COLOR`).
+    pub plain: bool,
+    /// The wall clock (Unix millis) at the last tick: ages are relative to it.
+    pub now_millis: i64,
+    pub quit: bool,
+}
+
+impl App {
+    pub fn new(server: &str, principal: &str, plain: bool) -> Self {
+        Self {
+            server: server.to_owned(),
+            principal: principal.to_owned(),
+            plain,
+            ..Self::default()
+        }
+    }
+
+    /// The secret the current view is about.
+    pub fn focused_name(&self) -> Option<String> {
+        match self.view {
+            View::Secrets => self
+                .secrets
+                .rows
+                .get(self.secrets.selected)
+                .map(|row| row.metadata.name.clone()),
+            View::Detail | View::Run => self.detail.as_ref().map(|d| d.metadata.name.clone()),
+            View::Approvals => self
+                .approvals
+                .get(self.approvals_selected)
+                .map(|run| run.name.clone()),
+            View::Audit => None,
+        }
+    }
+
+    /// The run the Run view shows.
+    pub fn run(&self) -> Option<&proto::RotationRun> {
+        self.detail
+            .as_ref()
+            .and_then(|detail| detail.rotation.as_ref())
+            .and_then(|rotation| rotation.run.as_ref())
+    }
+
+    pub fn info(&mut self, text: impl Into<String>) {
+        self.message = Some(Message {
+            text: text.into(),
+            error: false,
+        });
+    }
+
+    pub fn error(&mut self, text: impl Into<String>) {
+        self.message = Some(Message {
+            text: text.into(),
+            error: true,
+        });
+    }
+}
+
+/// A rotation state in a few words, for the list.
+pub fn rotation_state(row: &SecretRow) -> String {
+    match &row.run {
+        Some(run) if run.active => match run.state.as_str() {
+            "awaiting_approval" => "awaiting approval".to_owned(),
+            "waiting_for_operator" | "running" | "retry_wait" => {
+                format!("running at step {}", run.current_step)
+            }
+            "step_failed" => "failed".to_owned(),
+            other => other.replace('_', " "),
+        },
+        Some(run) if matches!(run.state.as_str(), "failed" | "needs_attention") => {
+            run.state.replace('_', " ")
+        }
+        _ if row.metadata.rotation_enabled => "enabled".to_owned(),
+        _ => "off".to_owned(),
+    }
+}

@@ -1,0 +1,353 @@
+//! The UI's I/O: performs effects as gRPC calls in their own tasks and
+//! answers with actions; follows the Watch stream, reconnecting when it
+//! drops.
+
+use super::app::{App, Connection, Detail, SecretRow, Sort};
+use super::update::{Action, Effect};
+use rekey_shared::proto::admin_client::AdminClient;
+use rekey_shared::proto::rotation_client::RotationClient;
+use rekey_shared::proto::secrets_client::SecretsClient;
+use rekey_shared::proto::watch_client::WatchClient;
+use rekey_shared::proto::{self, Filter, FilterKey};
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+use tonic::transport::Channel;
+use zeroize::Zeroizing;
+
+const PAGE: u32 = 100;
+
+#[derive(Debug, Clone)]
+pub struct Backend {
+    channel: Channel,
+    actions: UnboundedSender<Action>,
+}
+
+fn message(status: &tonic::Status) -> String {
+    crate::output::status_line(status)
+}
+
+impl Backend {
+    pub fn new(channel: Channel, actions: UnboundedSender<Action>) -> Self {
+        Self { channel, actions }
+    }
+
+    fn send(&self, action: Action) {
+        let _ = self.actions.send(action);
+    }
+
+    /// Starts `effect`; what it needs of the state is read now.
+    pub fn perform(&self, effect: Effect, app: &App) {
+        let backend = self.clone();
+        let copy = matches!(effect, Effect::Copy(_));
+        match effect {
+            Effect::LoadSecrets { append } => {
+                let list = &app.secrets;
+                let request = proto::ListSecretsRequest {
+                    filters: if list.filter.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![Filter {
+                            key: FilterKey::All as i32,
+                            values: vec![list.filter.clone()],
+                        }]
+                    },
+                    page_size: PAGE,
+                    page_token: if append {
+                        list.next_page_token.clone()
+                    } else {
+                        String::new()
+                    },
+                    sort_by: match list.sort {
+                        Sort::Name => proto::SortBy::Name,
+                        Sort::Created => proto::SortBy::Created,
+                        Sort::Changed => proto::SortBy::Changed,
+                    } as i32,
+                    sort_order: if list.descending {
+                        proto::SortOrder::Desc
+                    } else {
+                        proto::SortOrder::Asc
+                    } as i32,
+                    include_planned_deletion: false,
+                };
+                tokio::spawn(async move { backend.load_secrets(request, append).await });
+            }
+            Effect::LoadDetail(name) => {
+                tokio::spawn(async move { backend.load_detail(name).await });
+            }
+            Effect::LoadApprovals => {
+                tokio::spawn(async move {
+                    let result = RotationClient::new(backend.channel.clone())
+                        .list_approvals(proto::ListApprovalsRequest {})
+                        .await;
+                    backend.send(match result {
+                        Ok(response) => Action::ApprovalsLoaded(response.into_inner().runs),
+                        Err(status) => Action::Failed(message(&status)),
+                    });
+                });
+            }
+            Effect::LoadAudit => {
+                let filter = app.audit_filter.clone();
+                tokio::spawn(async move { backend.load_audit(filter).await });
+            }
+            Effect::Reveal(name) | Effect::Copy(name) => {
+                tokio::spawn(async move {
+                    let result = SecretsClient::new(backend.channel.clone())
+                        .get_secret_value(proto::GetSecretValueRequest {
+                            name,
+                            ..Default::default()
+                        })
+                        .await;
+                    backend.send(match result {
+                        Ok(response) => {
+                            let response = response.into_inner();
+                            let value = Zeroizing::new(
+                                match (&response.secret_string, &response.secret_binary) {
+                                    (Some(text), _) => text.clone(),
+                                    (None, Some(binary)) => {
+                                        format!("({} bytes of binary)", binary.len())
+                                    }
+                                    _ => String::new(),
+                                },
+                            );
+                            if copy {
+                                Action::Done(clipboard(&value))
+                            } else {
+                                Action::Revealed(value)
+                            }
+                        }
+                        Err(status) => Action::Failed(message(&status)),
+                    });
+                });
+            }
+            other => {
+                tokio::spawn(async move { backend.change(other).await });
+            }
+        }
+    }
+
+    async fn load_secrets(&self, request: proto::ListSecretsRequest, append: bool) {
+        let page = match SecretsClient::new(self.channel.clone())
+            .list_secrets(request)
+            .await
+        {
+            Ok(page) => page.into_inner(),
+            Err(status) => return self.send(Action::Failed(message(&status))),
+        };
+        // The newest run of each secret, for the rotation column.
+        let mut runs: HashMap<String, proto::RotationRun> = HashMap::new();
+        if let Ok(response) = RotationClient::new(self.channel.clone())
+            .list_rotation_runs(proto::ListRotationRunsRequest {
+                name: String::new(),
+                active_only: false,
+                limit: 1000,
+            })
+            .await
+        {
+            for run in response.into_inner().runs {
+                runs.entry(run.name.clone()).or_insert(run);
+            }
+        }
+        let rows = page
+            .secrets
+            .into_iter()
+            .map(|metadata| SecretRow {
+                run: runs.remove(&metadata.name),
+                metadata,
+            })
+            .collect();
+        self.send(Action::SecretsLoaded {
+            rows,
+            next_page_token: page.next_page_token,
+            append,
+        });
+    }
+
+    async fn load_detail(&self, name: String) {
+        let mut secrets = SecretsClient::new(self.channel.clone());
+        let mut rotation = RotationClient::new(self.channel.clone());
+        let metadata = match secrets
+            .describe_secret(proto::DescribeSecretRequest { name: name.clone() })
+            .await
+        {
+            Ok(response) => response.into_inner(),
+            Err(status) => return self.send(Action::Failed(message(&status))),
+        };
+        let versions = secrets
+            .list_secret_version_ids(proto::ListSecretVersionIdsRequest {
+                name: name.clone(),
+                include_deprecated: true,
+                page_size: 0,
+                page_token: String::new(),
+            })
+            .await
+            .map(|response| response.into_inner().versions)
+            .unwrap_or_default();
+        let described = rotation
+            .describe_rotation(proto::DescribeRotationRequest { name: name.clone() })
+            .await
+            .ok()
+            .map(|response| response.into_inner());
+        let runs = rotation
+            .list_rotation_runs(proto::ListRotationRunsRequest {
+                name,
+                active_only: false,
+                limit: 5,
+            })
+            .await
+            .map(|response| response.into_inner().runs)
+            .unwrap_or_default();
+        self.send(Action::DetailLoaded(Box::new(Detail {
+            metadata,
+            versions,
+            rotation: described,
+            runs,
+            ..Detail::default()
+        })));
+    }
+
+    async fn load_audit(&self, filter: String) {
+        let (principal, resource) = match filter.strip_prefix("p:") {
+            Some(principal) => (principal.to_owned(), String::new()),
+            None => (String::new(), filter),
+        };
+        // The newest events: find the end, then read the last page.
+        let mut admin = AdminClient::new(self.channel.clone());
+        let mut events = Vec::new();
+        let mut after_seq = 0;
+        loop {
+            match admin
+                .query_audit(proto::QueryAuditRequest {
+                    since: None,
+                    principal: principal.clone(),
+                    resource: resource.clone(),
+                    after_seq,
+                    limit: 1000,
+                })
+                .await
+            {
+                Ok(response) => {
+                    let page = response.into_inner().events;
+                    let Some(last) = page.last() else { break };
+                    after_seq = last.seq;
+                    let full = page.len() == 1000;
+                    events.extend(page);
+                    if events.len() > 2000 {
+                        events.drain(..events.len() - 500);
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                Err(status) => return self.send(Action::Failed(message(&status))),
+            }
+        }
+        events.reverse();
+        events.truncate(500);
+        self.send(Action::AuditLoaded(events));
+    }
+
+    async fn change(&self, effect: Effect) {
+        let mut rotation = RotationClient::new(self.channel.clone());
+        let result = match &effect {
+            Effect::Rotate { name, manual } => rotation
+                .start_rotation(proto::StartRotationRequest {
+                    name: name.clone(),
+                    manual: *manual,
+                })
+                .await
+                .map(|_| {
+                    format!(
+                        "rotation of {name} started{}",
+                        if *manual {
+                            " (manual: n runs each step)"
+                        } else {
+                            ""
+                        }
+                    )
+                }),
+            Effect::Step(name) => rotation
+                .step_rotation(proto::StepRotationRequest { name: name.clone() })
+                .await
+                .map(|run| format!("{name}: {}", run.into_inner().state.replace('_', " "))),
+            Effect::Approve { name, comment } => rotation
+                .approve_rotation(proto::ApproveRotationRequest {
+                    name: name.clone(),
+                    comment: comment.clone(),
+                    reject: false,
+                })
+                .await
+                .map(|_| format!("approved the waiting step of {name}")),
+            Effect::Reject { name, comment } => rotation
+                .approve_rotation(proto::ApproveRotationRequest {
+                    name: name.clone(),
+                    comment: comment.clone(),
+                    reject: true,
+                })
+                .await
+                .map(|_| format!("rejected the run of {name}")),
+            Effect::Retry(name) => rotation
+                .retry_rotation(proto::RetryRotationRequest { name: name.clone() })
+                .await
+                .map(|_| format!("retried the failed step of {name}")),
+            Effect::Cancel(name) => rotation
+                .cancel_rotation(proto::CancelRotationRequest { name: name.clone() })
+                .await
+                .map(|_| format!("cancelled the run of {name}")),
+            Effect::ForceDelete(name) => SecretsClient::new(self.channel.clone())
+                .delete_secret(proto::DeleteSecretRequest {
+                    name: name.clone(),
+                    recovery_window_days: None,
+                    force_delete_without_recovery: true,
+                })
+                .await
+                .map(|_| format!("deleted {name}")),
+            _ => return,
+        };
+        self.send(match result {
+            Ok(text) => Action::Done(text),
+            Err(status) => Action::Failed(message(&status)),
+        });
+    }
+
+    /// Follows Watch for as long as the UI runs; reconnects when it drops.
+    pub async fn watch(self) {
+        loop {
+            match WatchClient::new(self.channel.clone())
+                .watch(proto::WatchRequest {
+                    prefix: String::new(),
+                })
+                .await
+            {
+                Ok(response) => {
+                    self.send(Action::Connection(Connection::Connected));
+                    let mut stream = response.into_inner();
+                    let reason = loop {
+                        match stream.message().await {
+                            Ok(Some(event)) => self.send(Action::Event(Box::new(event))),
+                            Ok(None) => break "the server closed the stream".to_owned(),
+                            Err(status) => break message(&status),
+                        }
+                    };
+                    self.send(Action::Connection(Connection::Lost(reason)));
+                }
+                Err(status) => self.send(Action::Connection(Connection::Lost(message(&status)))),
+            }
+            // Try again shortly; the state line says what happened.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Puts the value on the terminal's clipboard with OSC 52, which works over
+/// SSH; returns the message to show.
+fn clipboard(value: &str) -> String {
+    use base64::Engine;
+    use std::io::Write;
+    let encoded =
+        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(value.as_bytes()));
+    let mut stdout = std::io::stdout();
+    let _ = write!(stdout, "\x1b]52;c;{}\x07", encoded.as_str());
+    let _ = stdout.flush();
+    "copied the value to the clipboard (OSC 52)".to_owned()
+}

@@ -1,0 +1,615 @@
+//! Everything that happens to the UI becomes an [`Action`]; [`update`]
+//! applies it to the [`App`] and returns the [`Effect`]s (server calls) to
+//! perform. No I/O here: the backend performs effects and answers with more
+//! actions.
+
+use super::app::{App, Confirmable, Connection, Detail, Mode, Revealed, SecretRow, View};
+use rekey_shared::proto;
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// Something the user did, or a server answer.
+#[derive(Debug)]
+pub enum Action {
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    Top,
+    Bottom,
+    Open,
+    Back,
+    Quit,
+    Refresh,
+    Help,
+    /// `/`, `:`: start typing.
+    StartFilter,
+    StartCommand,
+    /// A character typed into the line being edited.
+    Type(char),
+    Erase,
+    Submit,
+    CycleSort,
+    ToggleDeprecated,
+    Reveal,
+    Copy,
+    Rotate {
+        manual: bool,
+    },
+    Step,
+    Approve,
+    Reject,
+    Retry,
+    Cancel,
+    ForceDelete,
+    /// `y` / `n` at a confirmation.
+    Confirm(bool),
+    /// Time passes (hides revealed values).
+    Tick(Instant),
+    // ---- answers --------------------------------------------------------
+    SecretsLoaded {
+        rows: Vec<SecretRow>,
+        next_page_token: String,
+        append: bool,
+    },
+    DetailLoaded(Box<Detail>),
+    ApprovalsLoaded(Vec<proto::RotationRun>),
+    AuditLoaded(Vec<proto::AuditEvent>),
+    Revealed(Zeroizing<String>),
+    Done(String),
+    Failed(String),
+    Event(Box<proto::WatchEvent>),
+    Connection(Connection),
+}
+
+/// A server call for the backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    LoadSecrets { append: bool },
+    LoadDetail(String),
+    LoadApprovals,
+    LoadAudit,
+    Reveal(String),
+    Copy(String),
+    Rotate { name: String, manual: bool },
+    Step(String),
+    Approve { name: String, comment: String },
+    Reject { name: String, comment: String },
+    Retry(String),
+    Cancel(String),
+    ForceDelete(String),
+}
+
+const PAGE: usize = 10;
+
+/// The view names `:` accepts.
+pub fn view_named(name: &str) -> Option<View> {
+    match name.trim() {
+        "secrets" | "s" | "list" => Some(View::Secrets),
+        "approvals" | "a" => Some(View::Approvals),
+        "audit" | "log" => Some(View::Audit),
+        "run" | "rotation" | "r" => Some(View::Run),
+        "detail" | "secret" | "d" => Some(View::Detail),
+        _ => None,
+    }
+}
+
+fn load_for(app: &App, view: View) -> Vec<Effect> {
+    match view {
+        View::Secrets => vec![Effect::LoadSecrets { append: false }],
+        View::Detail | View::Run => app
+            .detail
+            .as_ref()
+            .map(|detail| vec![Effect::LoadDetail(detail.metadata.name.clone())])
+            .unwrap_or_default(),
+        View::Approvals => vec![Effect::LoadApprovals],
+        View::Audit => vec![Effect::LoadAudit],
+    }
+}
+
+fn go(app: &mut App, view: View) -> Vec<Effect> {
+    if app.view != view {
+        app.back.push(app.view);
+        app.view = view;
+    }
+    load_for(app, view)
+}
+
+fn move_selection(selected: &mut usize, len: usize, delta: isize) {
+    if len == 0 {
+        *selected = 0;
+        return;
+    }
+    let target = (*selected as isize + delta).clamp(0, len as isize - 1);
+    *selected = target as usize;
+}
+
+/// Applies an action; returns the server calls it needs.
+pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
+    // Typing modes take the keys first.
+    match (&mut app.mode, &action) {
+        (Mode::Filter(text) | Mode::Command(text), Action::Type(c)) => {
+            text.push(*c);
+            return filter_changed(app);
+        }
+        (Mode::Filter(text) | Mode::Command(text), Action::Erase) => {
+            text.pop();
+            return filter_changed(app);
+        }
+        (Mode::Comment { text, .. }, Action::Type(c)) => {
+            text.push(*c);
+            return Vec::new();
+        }
+        (Mode::Comment { text, .. }, Action::Erase) => {
+            text.pop();
+            return Vec::new();
+        }
+        (Mode::Help, _) if !matches!(action, Action::Tick(_)) && is_key(&action) => {
+            app.mode = Mode::Normal;
+            return Vec::new();
+        }
+        _ => {}
+    }
+    match action {
+        Action::Quit => {
+            if app.mode != Mode::Normal {
+                app.mode = Mode::Normal;
+            } else {
+                app.quit = true;
+            }
+            Vec::new()
+        }
+        Action::Back => {
+            if app.mode != Mode::Normal {
+                if let Mode::Filter(_) = app.mode {
+                    // Esc while filtering clears the filter.
+                    app.mode = Mode::Normal;
+                    return clear_filter(app);
+                }
+                app.mode = Mode::Normal;
+                return Vec::new();
+            }
+            match app.back.pop() {
+                Some(view) => {
+                    app.view = view;
+                    if let Some(detail) = &mut app.detail {
+                        detail.revealed = None;
+                    }
+                    load_for(app, view)
+                }
+                None => {
+                    app.quit = true;
+                    Vec::new()
+                }
+            }
+        }
+        Action::Help => {
+            app.mode = Mode::Help;
+            Vec::new()
+        }
+        Action::Refresh => load_for(app, app.view),
+        Action::Up
+        | Action::Down
+        | Action::PageUp
+        | Action::PageDown
+        | Action::Top
+        | Action::Bottom => {
+            let delta: isize = match action {
+                Action::Up => -1,
+                Action::Down => 1,
+                Action::PageUp => -(PAGE as isize),
+                Action::PageDown => PAGE as isize,
+                Action::Top => isize::MIN / 2,
+                _ => isize::MAX / 2,
+            };
+            navigate(app, delta)
+        }
+        Action::Open => match app.view {
+            View::Secrets | View::Approvals => match app.focused_name() {
+                Some(name) => {
+                    let target = if app.view == View::Approvals {
+                        View::Run
+                    } else {
+                        View::Detail
+                    };
+                    app.back.push(app.view);
+                    app.view = target;
+                    app.detail = None;
+                    vec![Effect::LoadDetail(name)]
+                }
+                None => Vec::new(),
+            },
+            View::Detail => go(app, View::Run),
+            _ => Vec::new(),
+        },
+        Action::StartFilter => {
+            let current = match app.view {
+                View::Audit => app.audit_filter.clone(),
+                _ => app.secrets.filter.clone(),
+            };
+            if matches!(app.view, View::Secrets | View::Audit) {
+                app.mode = Mode::Filter(current);
+            }
+            Vec::new()
+        }
+        Action::StartCommand => {
+            app.mode = Mode::Command(String::new());
+            Vec::new()
+        }
+        Action::Submit => submit(app),
+        Action::CycleSort => {
+            if app.view == View::Secrets {
+                app.secrets.sort = app.secrets.sort.next();
+                app.secrets.selected = 0;
+                return vec![Effect::LoadSecrets { append: false }];
+            }
+            Vec::new()
+        }
+        Action::ToggleDeprecated => {
+            if let Some(detail) = &mut app.detail {
+                detail.show_deprecated = !detail.show_deprecated;
+            }
+            Vec::new()
+        }
+        Action::Reveal => confirm_for(app, Confirmable::Reveal),
+        Action::Copy => confirm_for(app, Confirmable::Copy),
+        Action::ForceDelete => confirm_for(app, Confirmable::ForceDelete),
+        Action::Cancel => confirm_for(app, Confirmable::Cancel),
+        Action::Rotate { manual } => with_name(app, |name| Effect::Rotate { name, manual }),
+        Action::Step => with_name(app, Effect::Step),
+        Action::Retry => with_name(app, Effect::Retry),
+        Action::Approve | Action::Reject => {
+            if let Some(name) = app.focused_name() {
+                app.mode = Mode::Comment {
+                    name,
+                    reject: matches!(action, Action::Reject),
+                    text: String::new(),
+                };
+            }
+            Vec::new()
+        }
+        Action::Confirm(yes) => {
+            let Mode::Confirm(what) = std::mem::take(&mut app.mode) else {
+                return Vec::new();
+            };
+            if !yes {
+                app.info("cancelled");
+                return Vec::new();
+            }
+            vec![match what {
+                Confirmable::Reveal(name) => Effect::Reveal(name),
+                Confirmable::Copy(name) => Effect::Copy(name),
+                Confirmable::ForceDelete(name) => Effect::ForceDelete(name),
+                Confirmable::Cancel(name) => Effect::Cancel(name),
+                Confirmable::Reject { name, comment } => Effect::Reject { name, comment },
+            }]
+        }
+        Action::Tick(now) => {
+            app.now_millis = rekey_shared::time::now_millis();
+            if let Some(detail) = &mut app.detail
+                && detail
+                    .revealed
+                    .as_ref()
+                    .is_some_and(|revealed| revealed.until <= now)
+            {
+                detail.revealed = None;
+            }
+            Vec::new()
+        }
+        Action::Type(_) | Action::Erase => Vec::new(),
+        Action::SecretsLoaded {
+            rows,
+            next_page_token,
+            append,
+        } => {
+            let list = &mut app.secrets;
+            if append {
+                list.rows.extend(rows);
+            } else {
+                list.rows = rows;
+            }
+            list.next_page_token = next_page_token;
+            list.loading = false;
+            list.selected = list.selected.min(list.rows.len().saturating_sub(1));
+            Vec::new()
+        }
+        Action::DetailLoaded(mut detail) => {
+            if let Some(old) = &mut app.detail
+                && old.metadata.name == detail.metadata.name
+            {
+                detail.show_deprecated = old.show_deprecated;
+                detail.revealed = old.revealed.take();
+                detail.scroll = old.scroll;
+            }
+            app.detail = Some(*detail);
+            Vec::new()
+        }
+        Action::ApprovalsLoaded(runs) => {
+            app.approvals = runs;
+            app.approvals_selected = app
+                .approvals_selected
+                .min(app.approvals.len().saturating_sub(1));
+            Vec::new()
+        }
+        Action::AuditLoaded(events) => {
+            app.audit = events;
+            app.audit_selected = app.audit_selected.min(app.audit.len().saturating_sub(1));
+            Vec::new()
+        }
+        Action::Revealed(value) => {
+            if let Some(detail) = &mut app.detail {
+                detail.revealed = Some(Revealed {
+                    value,
+                    until: Instant::now() + Duration::from_secs(super::app::REVEAL_SECONDS),
+                });
+            }
+            Vec::new()
+        }
+        Action::Done(text) => {
+            app.info(text);
+            load_for(app, app.view)
+        }
+        Action::Failed(text) => {
+            app.error(text);
+            app.secrets.loading = false;
+            Vec::new()
+        }
+        Action::Event(event) => {
+            // Live: reload what is on screen when it concerns it.
+            let shown = app.focused_name();
+            let relevant = match app.view {
+                View::Secrets | View::Approvals | View::Audit => true,
+                View::Detail | View::Run => shown.as_deref() == Some(event.name.as_str()),
+            };
+            if relevant {
+                load_for(app, app.view)
+            } else {
+                Vec::new()
+            }
+        }
+        Action::Connection(state) => {
+            let reconnected =
+                state == Connection::Connected && app.connection != Connection::Connected;
+            app.connection = state;
+            if reconnected {
+                load_for(app, app.view)
+            } else {
+                Vec::new()
+            }
+        }
+    }
+}
+
+fn is_key(action: &Action) -> bool {
+    !matches!(
+        action,
+        Action::SecretsLoaded { .. }
+            | Action::DetailLoaded(_)
+            | Action::ApprovalsLoaded(_)
+            | Action::AuditLoaded(_)
+            | Action::Revealed(_)
+            | Action::Done(_)
+            | Action::Failed(_)
+            | Action::Event(_)
+            | Action::Connection(_)
+    )
+}
+
+fn with_name(app: &mut App, effect: impl FnOnce(String) -> Effect) -> Vec<Effect> {
+    match app.focused_name() {
+        Some(name) if app.view != View::Audit => vec![effect(name)],
+        _ => Vec::new(),
+    }
+}
+
+fn confirm_for(app: &mut App, what: impl FnOnce(String) -> Confirmable) -> Vec<Effect> {
+    if let Some(name) = app.focused_name()
+        && app.view != View::Audit
+    {
+        app.mode = Mode::Confirm(what(name));
+    }
+    Vec::new()
+}
+
+fn navigate(app: &mut App, delta: isize) -> Vec<Effect> {
+    match app.view {
+        View::Secrets => {
+            let list = &mut app.secrets;
+            move_selection(&mut list.selected, list.rows.len(), delta);
+            // Fetch the next page before the user reaches the end.
+            if !list.loading
+                && !list.next_page_token.is_empty()
+                && list.selected + PAGE * 2 >= list.rows.len()
+            {
+                list.loading = true;
+                return vec![Effect::LoadSecrets { append: true }];
+            }
+        }
+        View::Approvals => move_selection(&mut app.approvals_selected, app.approvals.len(), delta),
+        View::Audit => move_selection(&mut app.audit_selected, app.audit.len(), delta),
+        View::Detail | View::Run => {
+            if let Some(detail) = &mut app.detail {
+                detail.scroll =
+                    (detail.scroll as isize + delta.clamp(-1000, 1000)).clamp(0, 1000) as u16;
+            }
+        }
+    }
+    Vec::new()
+}
+
+fn filter_changed(app: &mut App) -> Vec<Effect> {
+    match &app.mode {
+        Mode::Filter(text) => match app.view {
+            View::Audit => {
+                app.audit_filter = text.clone();
+                vec![Effect::LoadAudit]
+            }
+            _ => {
+                app.secrets.filter = text.clone();
+                app.secrets.selected = 0;
+                vec![Effect::LoadSecrets { append: false }]
+            }
+        },
+        _ => Vec::new(),
+    }
+}
+
+fn clear_filter(app: &mut App) -> Vec<Effect> {
+    match app.view {
+        View::Audit => {
+            app.audit_filter.clear();
+            vec![Effect::LoadAudit]
+        }
+        _ => {
+            app.secrets.filter.clear();
+            vec![Effect::LoadSecrets { append: false }]
+        }
+    }
+}
+
+fn submit(app: &mut App) -> Vec<Effect> {
+    match std::mem::take(&mut app.mode) {
+        Mode::Filter(_) => Vec::new(),
+        Mode::Command(text) => match view_named(&text) {
+            Some(view @ (View::Detail | View::Run)) if app.detail.is_none() => {
+                app.error(format!(
+                    "open a secret first to see its {}",
+                    view.title().to_lowercase()
+                ));
+                Vec::new()
+            }
+            Some(view) => go(app, view),
+            None => {
+                app.error(format!(
+                    ":{text} is not a view; try :secrets, :approvals, :audit, :run"
+                ));
+                Vec::new()
+            }
+        },
+        Mode::Comment { name, reject, text } => {
+            if reject {
+                if text.trim().is_empty() {
+                    app.error("a rejection needs a comment");
+                    return Vec::new();
+                }
+                app.mode = Mode::Confirm(Confirmable::Reject {
+                    name,
+                    comment: text,
+                });
+                Vec::new()
+            } else {
+                vec![Effect::Approve {
+                    name,
+                    comment: text,
+                }]
+            }
+        }
+        other => {
+            app.mode = other;
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app_with_rows(count: usize) -> App {
+        let mut app = App::new("https://127.0.0.1:8443", "admin", true);
+        app.secrets.rows = (0..count)
+            .map(|i| SecretRow {
+                metadata: proto::SecretMetadata {
+                    name: format!("s/{i:03}"),
+                    ..Default::default()
+                },
+                run: None,
+            })
+            .collect();
+        app
+    }
+
+    #[test]
+    fn scrolling_fetches_the_next_page_once() {
+        let mut app = app_with_rows(30);
+        app.secrets.next_page_token = "more".into();
+        assert!(update(&mut app, Action::Down).is_empty());
+        let effects = update(&mut app, Action::PageDown);
+        assert_eq!(effects, [Effect::LoadSecrets { append: true }]);
+        assert!(
+            update(&mut app, Action::PageDown).is_empty(),
+            "one fetch at a time"
+        );
+    }
+
+    #[test]
+    fn irreversible_actions_ask_first() {
+        let mut app = app_with_rows(3);
+        assert!(update(&mut app, Action::ForceDelete).is_empty());
+        assert_eq!(
+            app.mode,
+            Mode::Confirm(Confirmable::ForceDelete("s/000".into()))
+        );
+        assert!(update(&mut app, Action::Confirm(false)).is_empty());
+        assert_eq!(app.mode, Mode::Normal);
+        update(&mut app, Action::ForceDelete);
+        assert_eq!(
+            update(&mut app, Action::Confirm(true)),
+            [Effect::ForceDelete("s/000".into())]
+        );
+        // A rejection needs a comment, then a confirmation.
+        update(&mut app, Action::Reject);
+        assert!(update(&mut app, Action::Submit).is_empty());
+        assert!(app.message.as_ref().is_some_and(|m| m.error));
+        update(&mut app, Action::Reject);
+        for c in "no".chars() {
+            update(&mut app, Action::Type(c));
+        }
+        update(&mut app, Action::Submit);
+        assert_eq!(
+            update(&mut app, Action::Confirm(true)),
+            [Effect::Reject {
+                name: "s/000".into(),
+                comment: "no".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn filtering_as_you_type_and_views_by_name() {
+        let mut app = app_with_rows(3);
+        update(&mut app, Action::StartFilter);
+        assert_eq!(
+            update(&mut app, Action::Type('p')),
+            [Effect::LoadSecrets { append: false }]
+        );
+        assert_eq!(app.secrets.filter, "p");
+        update(&mut app, Action::Back);
+        assert_eq!(app.secrets.filter, "");
+        update(&mut app, Action::StartCommand);
+        for c in "audit".chars() {
+            update(&mut app, Action::Type(c));
+        }
+        assert_eq!(update(&mut app, Action::Submit), [Effect::LoadAudit]);
+        assert_eq!(app.view, View::Audit);
+        update(&mut app, Action::Back);
+        assert_eq!(app.view, View::Secrets);
+        update(&mut app, Action::Back);
+        assert!(app.quit);
+    }
+
+    #[test]
+    fn a_revealed_value_hides_after_its_time() {
+        let mut app = app_with_rows(1);
+        app.detail = Some(Detail::default());
+        update(&mut app, Action::Revealed(Zeroizing::new("v".into())));
+        assert!(app.detail.as_ref().unwrap().revealed.is_some());
+        update(
+            &mut app,
+            Action::Tick(
+                Instant::now() + Duration::from_secs(super::super::app::REVEAL_SECONDS + 1),
+            ),
+        );
+        assert!(app.detail.as_ref().unwrap().revealed.is_none());
+    }
+}
