@@ -22,5 +22,6 @@ mod rotation;
 mod secrets_flow;
 mod storage;
 mod tls;
+mod tui;
 mod versions;
 mod watch;

@@ -70,7 +70,8 @@ impl Backend {
                     } as i32,
                     include_planned_deletion: false,
                 };
-                tokio::spawn(async move { backend.load_secrets(request, append).await });
+                let asked = (list.filter.clone(), list.sort);
+                tokio::spawn(async move { backend.load_secrets(request, append, asked).await });
             }
             Effect::LoadDetail(name) => {
                 tokio::spawn(async move { backend.load_detail(name).await });
@@ -126,7 +127,12 @@ impl Backend {
         }
     }
 
-    async fn load_secrets(&self, request: proto::ListSecretsRequest, append: bool) {
+    async fn load_secrets(
+        &self,
+        request: proto::ListSecretsRequest,
+        append: bool,
+        asked: (String, Sort),
+    ) {
         let page = match SecretsClient::new(self.channel.clone())
             .list_secrets(request)
             .await
@@ -160,6 +166,8 @@ impl Backend {
             rows,
             next_page_token: page.next_page_token,
             append,
+            filter: asked.0,
+            sort: asked.1,
         });
     }
 

@@ -51,6 +51,10 @@ pub enum Action {
         rows: Vec<SecretRow>,
         next_page_token: String,
         append: bool,
+        /// The filter and sort the page was asked for: an answer to an
+        /// older request (typing moved on) is dropped.
+        filter: String,
+        sort: super::app::Sort,
     },
     DetailLoaded(Box<Detail>),
     ApprovalsLoaded(Vec<proto::RotationRun>),
@@ -301,8 +305,13 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             rows,
             next_page_token,
             append,
+            filter,
+            sort,
         } => {
             let list = &mut app.secrets;
+            if filter != list.filter || sort != list.sort {
+                return Vec::new();
+            }
             if append {
                 list.rows.extend(rows);
             } else {
@@ -596,6 +605,23 @@ mod tests {
         assert_eq!(app.view, View::Secrets);
         update(&mut app, Action::Back);
         assert!(app.quit);
+    }
+
+    #[test]
+    fn answers_to_an_older_filter_are_dropped() {
+        let mut app = app_with_rows(0);
+        app.secrets.filter = "prod/d".into();
+        let stale = |filter: &str| Action::SecretsLoaded {
+            rows: app_with_rows(2).secrets.rows,
+            next_page_token: String::new(),
+            append: false,
+            filter: filter.into(),
+            sort: Default::default(),
+        };
+        update(&mut app, stale("prod/"));
+        assert!(app.secrets.rows.is_empty());
+        update(&mut app, stale("prod/d"));
+        assert_eq!(app.secrets.rows.len(), 2);
     }
 
     #[test]
