@@ -233,3 +233,49 @@ fn an_operator_and_an_approver_rotate_a_secret_in_the_terminal_ui() {
         (!windows.contains("operator")).then_some(())
     });
 }
+
+#[test]
+fn rekey_demo_shows_the_demo_and_cleans_up_when_it_quits() {
+    let Some(tmux) = Tmux::new() else { return };
+    let command = format!("env NO_COLOR=1 {} demo", binary("rekey").display());
+    tmux.tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "rk",
+        "-n",
+        "demo",
+        "-x",
+        "200",
+        "-y",
+        "30",
+        &command,
+    ]);
+    let screen = tmux.wait_for(
+        "demo",
+        &["demo/db/orders", "awaiting approval", "failed", "connected"],
+    );
+    // The message line names the approver's identity inside the demo's directory.
+    let identity = screen
+        .split_whitespace()
+        .find(|word| word.ends_with("approver.pem"))
+        .unwrap_or_else(|| panic!("no approver identity shown:\n{screen}"))
+        .to_owned();
+    let dir = Path::new(&identity).parent().unwrap().to_owned();
+    assert!(dir.exists());
+    tmux.keys("demo", &["q"]);
+    eventually("rekey demo to quit", || {
+        let sessions = Command::new("tmux")
+            .arg("-L")
+            .arg(&tmux.socket)
+            .arg("list-windows")
+            .output()
+            .unwrap();
+        // The last window closing ends the tmux server too.
+        (!sessions.status.success() || !String::from_utf8_lossy(&sessions.stdout).contains("demo"))
+            .then_some(())
+    });
+    eventually("the demo directory to be removed", || {
+        (!dir.exists()).then_some(())
+    });
+}
