@@ -217,13 +217,15 @@ fn render_secrets(app: &App, frame: &mut Frame, area: Rect) {
     let empty = app.secrets.rows.is_empty();
     let table = Table::new(
         rows,
+        // Fixed columns fit in 80 with room to spare; name and description
+        // share the rest, so the layout never has to give anything up.
         [
-            Constraint::Min(20),
-            Constraint::Length(19),
+            Constraint::Fill(2),
+            Constraint::Length(17),
             Constraint::Length(10),
-            Constraint::Length(8),
-            Constraint::Min(10),
-            Constraint::Length(14),
+            Constraint::Length(7),
+            Constraint::Fill(1),
+            Constraint::Length(12),
         ],
     )
     .header(
@@ -581,8 +583,8 @@ fn render_audit(app: &App, frame: &mut Frame, area: Rect) {
             Constraint::Length(5),
             Constraint::Length(14),
             Constraint::Length(10),
-            Constraint::Min(16),
-            Constraint::Min(12),
+            Constraint::Fill(3),
+            Constraint::Fill(2),
             Constraint::Length(13),
         ],
     )
