@@ -496,25 +496,11 @@ impl Engine {
             let Some(secret) = store.secret_by_id(secret_id).await? else {
                 return Ok(());
             };
-            let config = store.rotation_config(secret_id).await?.unwrap_or_else(|| {
-                // A run without configuration (deleted meanwhile) can only end.
-                crate::rotation::ConfigRecord {
-                    secret_id: secret_id.to_owned(),
-                    rotator: String::new(),
-                    schedule: String::new(),
-                    window: String::new(),
-                    approval_steps: Vec::new(),
-                    approvals_required: 0,
-                    approver_role: String::new(),
-                    approval_expiry: String::new(),
-                    settings: "{}".to_owned(),
-                    enabled: false,
-                    configured_by: String::new(),
-                    configured_at: 0,
-                    next_rotation_at: None,
-                    last_rotated_at: None,
-                }
-            });
+            // A run without configuration (deleted meanwhile) can only end.
+            let config = store
+                .rotation_config(secret_id)
+                .await?
+                .unwrap_or_else(|| crate::rotation::ConfigRecord::none(secret_id));
             let gates = config.gates();
             let current = store
                 .version_at_stage(secret_id, &Stage::current())

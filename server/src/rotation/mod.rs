@@ -261,6 +261,27 @@ pub struct ConfigRecord {
 pub const DEFAULT_APPROVAL_EXPIRY: &str = "24h";
 
 impl ConfigRecord {
+    /// What a secret without a rotation configuration behaves as: no gates,
+    /// no rotator (a run of it can only end).
+    pub fn none(secret_id: &str) -> Self {
+        Self {
+            secret_id: secret_id.to_owned(),
+            rotator: String::new(),
+            schedule: String::new(),
+            window: String::new(),
+            approval_steps: Vec::new(),
+            approvals_required: 0,
+            approver_role: String::new(),
+            approval_expiry: String::new(),
+            settings: "{}".to_owned(),
+            enabled: false,
+            configured_by: String::new(),
+            configured_at: 0,
+            next_rotation_at: None,
+            last_rotated_at: None,
+        }
+    }
+
     pub fn gates(&self) -> Gates {
         Gates {
             steps: self.approval_steps.clone(),

@@ -15,7 +15,6 @@ use rekey_shared::proto::admin_server::Admin;
 use rekey_shared::proto::{self};
 use rekey_shared::time::{millis_from_timestamp, timestamp_from_millis};
 use std::sync::Arc;
-use tonic::{Request, Response, Status};
 
 const AUDIT_PAGE: u32 = 1000;
 
@@ -303,25 +302,8 @@ fn event_message(stored: StoredEvent) -> proto::AuditEvent {
     }
 }
 
-macro_rules! handlers {
-    ($($rpc:ident($request:ty) -> $response:ty => $handler:ident, $action:ident;)*) => {
-        #[tonic::async_trait]
-        impl Admin for AdminService {
-            $(
-                async fn $rpc(
-                    &self,
-                    request: Request<$request>,
-                ) -> Result<Response<$response>, Status> {
-                    let context = RequestContext::new(&request, Action::$action)?;
-                    let result = self.$handler(&context, request.into_inner()).await;
-                    self.state.finish(&context, result).await.map(Response::new)
-                }
-            )*
-        }
-    };
-}
-
-handlers! {
+audited_service! {
+    Admin for AdminService {
     get_policy(proto::GetPolicyRequest) -> proto::PolicyDocument => get_policy_impl, GetPolicy;
     apply_policy(proto::ApplyPolicyRequest) -> proto::PolicyDocument => apply_policy_impl, ApplyPolicy;
     list_policy_history(proto::ListPolicyHistoryRequest) -> proto::ListPolicyHistoryResponse => policy_history_impl, GetPolicy;
@@ -331,4 +313,5 @@ handlers! {
     create_key(proto::CreateKeyRequest) -> proto::MasterKey => create_key_impl, KeysManage;
     rotate_key(proto::RotateKeyRequest) -> proto::MasterKey => rotate_key_impl, KeysManage;
     retire_key(proto::RetireKeyRequest) -> proto::RetireKeyResponse => retire_key_impl, KeysManage;
+    }
 }

@@ -5,6 +5,33 @@
 //! keyring. [`AppState::finish`] writes the request's audit event unless
 //! the change already wrote it, before the answer leaves (fail-closed).
 
+/// Implements a service trait: each RPC makes its request context, calls
+/// its handler, and lets `AppState::finish` audit the outcome and map a
+/// domain error to a `Status`. One line per RPC: the RPC, its request and
+/// response, the handler, and the action the audit event names.
+macro_rules! audited_service {
+    ($trait:ident for $service:ty {
+        $($rpc:ident($request:ty) -> $response:ty => $handler:ident, $action:ident;)*
+    }) => {
+        #[tonic::async_trait]
+        impl $trait for $service {
+            $(
+                async fn $rpc(
+                    &self,
+                    request: tonic::Request<$request>,
+                ) -> Result<tonic::Response<$response>, tonic::Status> {
+                    let context = $crate::service::context::RequestContext::new(
+                        &request,
+                        $crate::auth::Action::$action,
+                    )?;
+                    let result = self.$handler(&context, request.into_inner()).await;
+                    self.state.finish(&context, result).await.map(tonic::Response::new)
+                }
+            )*
+        }
+    };
+}
+
 pub mod admin;
 pub mod context;
 pub mod convert;

@@ -20,7 +20,6 @@ use rekey_shared::proto::rotation_server::Rotation;
 use rekey_shared::proto::{self};
 use rekey_shared::time::{now_millis, timestamp_from_millis};
 use std::sync::Arc;
-use tonic::{Request, Response, Status};
 
 #[derive(Debug, Clone)]
 pub struct RotationService {
@@ -457,22 +456,7 @@ impl RotationService {
         let config = store
             .rotation_config(&secret.id)
             .await?
-            .unwrap_or_else(|| ConfigRecord {
-                secret_id: secret.id.clone(),
-                rotator: String::new(),
-                schedule: String::new(),
-                window: String::new(),
-                approval_steps: Vec::new(),
-                approvals_required: 0,
-                approver_role: String::new(),
-                approval_expiry: String::new(),
-                settings: String::new(),
-                enabled: false,
-                configured_by: String::new(),
-                configured_at: 0,
-                next_rotation_at: None,
-                last_rotated_at: None,
-            });
+            .unwrap_or_else(|| ConfigRecord::none(&secret.id));
         if !config.approver_role.is_empty()
             && !self
                 .state
@@ -720,25 +704,8 @@ fn step_of(plan: &Plan, run: &RunRecord) -> Step {
     }
 }
 
-macro_rules! handlers {
-    ($($rpc:ident($request:ty) -> $response:ty => $handler:ident, $action:ident;)*) => {
-        #[tonic::async_trait]
-        impl Rotation for RotationService {
-            $(
-                async fn $rpc(
-                    &self,
-                    request: Request<$request>,
-                ) -> Result<Response<$response>, Status> {
-                    let context = RequestContext::new(&request, Action::$action)?;
-                    let result = self.$handler(&context, request.into_inner()).await;
-                    self.state.finish(&context, result).await.map(Response::new)
-                }
-            )*
-        }
-    };
-}
-
-handlers! {
+audited_service! {
+    Rotation for RotationService {
     configure_rotation(proto::ConfigureRotationRequest) -> proto::RotationConfig => configure, ConfigureRotation;
     start_rotation(proto::StartRotationRequest) -> proto::RotationRun => start, StartRotation;
     step_rotation(proto::StepRotationRequest) -> proto::RotationRun => step, StepRotation;
@@ -748,4 +715,5 @@ handlers! {
     describe_rotation(proto::DescribeRotationRequest) -> proto::DescribeRotationResponse => describe, DescribeRotation;
     list_rotation_runs(proto::ListRotationRunsRequest) -> proto::ListRotationRunsResponse => list_runs, DescribeRotation;
     list_approvals(proto::ListApprovalsRequest) -> proto::ListApprovalsResponse => list_approvals, DescribeRotation;
+    }
 }

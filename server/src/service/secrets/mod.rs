@@ -27,7 +27,6 @@ use rekey_shared::proto::secrets_server::Secrets;
 use rekey_shared::time::now_millis;
 use rekey_shared::{KeyName, SecretName, SecretValue, Stage, VersionId};
 use std::sync::Arc;
-use tonic::{Request, Response, Status};
 
 #[derive(Debug, Clone)]
 pub struct SecretsService {
@@ -219,28 +218,8 @@ fn put_response(
     }
 }
 
-/// Each RPC makes its request context, calls its handler, and lets
-/// `AppState::finish` audit the outcome and map a domain error to a
-/// `Status`.
-macro_rules! handlers {
-    ($($rpc:ident($request:ty) -> $response:ty => $handler:ident, $action:ident;)*) => {
-        #[tonic::async_trait]
-        impl Secrets for SecretsService {
-            $(
-                async fn $rpc(
-                    &self,
-                    request: Request<$request>,
-                ) -> Result<Response<$response>, Status> {
-                    let context = RequestContext::new(&request, Action::$action)?;
-                    let result = self.$handler(&context, request.into_inner()).await;
-                    self.state.finish(&context, result).await.map(Response::new)
-                }
-            )*
-        }
-    };
-}
-
-handlers! {
+audited_service! {
+    Secrets for SecretsService {
     create_secret(proto::CreateSecretRequest) -> proto::CreateSecretResponse => create, CreateSecret;
     get_secret_value(proto::GetSecretValueRequest) -> proto::GetSecretValueResponse => get_value, GetSecretValue;
     batch_get_secret_value(proto::BatchGetSecretValueRequest) -> proto::BatchGetSecretValueResponse => batch_get, GetSecretValue;
@@ -255,4 +234,5 @@ handlers! {
     delete_secret(proto::DeleteSecretRequest) -> proto::DeleteSecretResponse => delete, DeleteSecret;
     restore_secret(proto::RestoreSecretRequest) -> proto::RestoreSecretResponse => restore, RestoreSecret;
     get_random_password(proto::GetRandomPasswordRequest) -> proto::GetRandomPasswordResponse => random_password, GetRandomPassword;
+    }
 }
