@@ -6,6 +6,10 @@ use rekey_shared::proto::WatchEvent;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
+/// The kind of the event that ends every Watch stream when the server
+/// shuts down; never sent to clients.
+pub const SERVER_STOPPING: &str = "server_stopping";
+
 /// How many events a slow subscriber may fall behind before it is told it
 /// missed some.
 const BACKLOG: usize = 1024;

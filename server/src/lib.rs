@@ -117,8 +117,13 @@ pub async fn serve(
     ));
     let incoming = ReceiverStream::new(tls::accept(listener, Arc::new(tls)));
     let (stopping, stopped) = tokio::sync::oneshot::channel();
+    let watchers = state.clone();
     let signal = async move {
         shutdown.await;
+        // Open Watch streams end, so that they do not hold the drain up.
+        watchers
+            .events
+            .publish(events::SERVER_STOPPING, "", Default::default());
         let _ = stopping.send(());
     };
     let serving = tonic::transport::Server::builder()

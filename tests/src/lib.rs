@@ -164,12 +164,17 @@ pub struct Server {
 
 impl Server {
     pub fn start(dir: &Path, env: &[(&str, &str)]) -> Self {
+        Self::start_on(dir, "127.0.0.1:0", env)
+    }
+
+    /// Starts on a given address (to come back on the same port).
+    pub fn start_on(dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("rekeyd.log");
         let mut child = Command::new(binary("rekeyd"))
             .arg("--dir")
             .arg(dir)
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -38,24 +38,26 @@ impl WatchService {
         let state = self.state.clone();
         let principal = context.principal.clone();
         let prefix = request.prefix;
-        let stream =
-            BroadcastStream::new(self.state.events.subscribe()).filter_map(
-                move |item| match item {
-                    Ok(event) => {
-                        let visible = event.name.starts_with(&prefix)
-                            && state
-                                .authorizer
-                                .decide(&principal, Action::Watch, &event.name)
-                                .is_allowed();
-                        visible.then(|| Ok((*event).clone()))
-                    }
-                    Err(BroadcastStreamRecvError::Lagged(missed)) => {
-                        Some(Err(Status::resource_exhausted(format!(
-                            "this watcher fell {missed} events behind; reconnect and reload"
-                        ))))
-                    }
-                },
-            );
+        let stream = BroadcastStream::new(self.state.events.subscribe())
+            // The server is shutting down: end the stream.
+            .take_while(
+                |item| !matches!(item, Ok(event) if event.kind == crate::events::SERVER_STOPPING),
+            )
+            .filter_map(move |item| match item {
+                Ok(event) => {
+                    let visible = event.name.starts_with(&prefix)
+                        && state
+                            .authorizer
+                            .decide(&principal, Action::Watch, &event.name)
+                            .is_allowed();
+                    visible.then(|| Ok((*event).clone()))
+                }
+                Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                    Some(Err(Status::resource_exhausted(format!(
+                        "this watcher fell {missed} events behind; reconnect and reload"
+                    ))))
+                }
+            });
         // End the stream after the first error.
         let mut failed = false;
         let stream = stream.take_while(move |item| {

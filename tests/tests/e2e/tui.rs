@@ -279,3 +279,29 @@ fn rekey_demo_shows_the_demo_and_cleans_up_when_it_quits() {
         (!dir.exists()).then_some(())
     });
 }
+
+#[test]
+fn the_ui_says_when_the_connection_drops_and_reconnects() {
+    let Some(tmux) = Tmux::new() else { return };
+    let installation = Installation::new();
+    let server = installation.serve();
+    server
+        .rekey(&installation.admin())
+        .run(&["create", "conn/one", "--value", "v"])
+        .ok();
+    let address = server.url.trim_start_matches("https://").to_owned();
+    tmux.open("ui", &server.url, &installation.admin(), true);
+    tmux.wait_for("ui", &["conn/one", "connected"]);
+
+    // The server goes away: the status bar says so.
+    assert!(server.stop().success());
+    tmux.wait_for("ui", &["connection lost, reconnecting"]);
+
+    // It comes back on the same address: the UI reconnects and reloads.
+    let server = rekey_tests::Server::start_on(installation.dir(), &address, &[]);
+    server
+        .rekey(&installation.admin())
+        .run(&["create", "conn/two", "--value", "v"])
+        .ok();
+    tmux.wait_for_but_not("ui", &["conn/two", "connected"], &["connection lost"]);
+}
