@@ -82,3 +82,26 @@ fn the_default_configuration_prints() {
         "{text}"
     );
 }
+
+#[test]
+fn a_database_newer_than_the_binary_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(rekeyd(dir.path(), &["init"]).status.success());
+    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+    });
+    let refused = rekeyd(dir.path(), &["serve", "--listen", "127.0.0.1:0"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("schema is at version 999, newer than this rekeyd knows"),
+        "{stderr}"
+    );
+}

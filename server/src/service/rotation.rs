@@ -325,9 +325,15 @@ impl RotationService {
         };
         if !settings.admin_secret.is_empty() {
             let admin = SecretName::parse(&settings.admin_secret)?;
-            // Whoever configures an admin secret must be allowed to read it.
+            // Whoever configures an admin secret must be allowed to read it:
+            // its value, and its master key.
             self.authorize(context, Action::GetSecretValue, &admin)?;
-            self.secret(&admin).await?;
+            let admin_secret = self.secret(&admin).await?;
+            context.authorize(
+                &self.state.authorizer,
+                Action::KeysUse,
+                &format!("key:{}", admin_secret.key_name),
+            )?;
         }
         let last_rotated_at = existing.as_ref().and_then(|config| config.last_rotated_at);
         let config = ConfigRecord {
