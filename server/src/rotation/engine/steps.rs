@@ -1,0 +1,396 @@
+//! The effects of a run's steps: building the rotator (with the admin
+//! secret of alternating database users), running a step and persisting its
+//! success or failure, and the revert of a target system.
+
+use super::{Engine, history};
+use crate::audit::AuditEvent;
+use crate::crypto;
+use crate::error::{Error, Result};
+use crate::events::Details;
+use crate::rotation::planner::{self, AfterFailure};
+use crate::rotation::rotators::{Rotator, RotatorSettings, StepInput};
+use crate::rotation::{Outcome, Phase, Revert, RunRecord, Step, schedule};
+use crate::store::{NewVersion, PutOutcome, SecretRecord};
+use rekey_shared::time::now_millis;
+use rekey_shared::{SecretValue, Stage, VersionId};
+
+impl Engine {
+    async fn rotator(&self, rotator: &str, settings: &str) -> Result<Rotator> {
+        let settings: RotatorSettings = serde_json::from_str(settings).unwrap_or_default();
+        let rotator = Rotator::from_config(rotator, &settings, &self.state.rotation)
+            .map_err(|error| Error::FailedPrecondition(error.0))?;
+        let Some(admin) = rotator.admin_secret(&settings) else {
+            return Ok(rotator);
+        };
+        let name = rekey_shared::SecretName::parse(admin)?;
+        let secret = self.state.store.secret(&name).await?.ok_or_else(|| {
+            Error::FailedPrecondition(format!("the admin secret {name} does not exist"))
+        })?;
+        let current = self
+            .state
+            .store
+            .version_at_stage(&secret.id, &Stage::current())
+            .await?
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!("the admin secret {name} has no value"))
+            })?;
+        let value = self
+            .open(&secret, current.version_id.as_str())
+            .await?
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!("the admin secret {name} has no value"))
+            })?;
+        Ok(rotator.with_admin(value))
+    }
+
+    /// The PREVIOUS value of a secret, if it has one.
+    async fn previous(&self, secret: &SecretRecord) -> Result<Option<SecretValue>> {
+        let previous = Stage::previous();
+        match self
+            .state
+            .store
+            .version_at_stage(&secret.id, &previous)
+            .await?
+        {
+            Some(version) => self.open(secret, version.version_id.as_str()).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Runs one step, then persists its success or failure.
+    pub(super) async fn execute(
+        &self,
+        secret: &SecretRecord,
+        config: &crate::rotation::ConfigRecord,
+        run: &RunRecord,
+        step: Step,
+    ) -> Result<()> {
+        let store = &self.state.store;
+        let attempt = run.attempt + 1;
+        let mut started = run.clone();
+        started.updated_at = now_millis();
+        // setSecret may change the target: say so before it can.
+        if step == Step::Set {
+            started.set_applied = true;
+        }
+        store
+            .update_run(
+                &started,
+                &[history(step, "step_started", attempt, "system", "")],
+                None,
+            )
+            .await?;
+        self.publish(
+            "step_changed",
+            secret,
+            &started,
+            Some(step),
+            "running",
+            "system",
+        );
+
+        let result = self.effect(secret, config, &started, step).await;
+        let now = now_millis();
+        match result {
+            Ok(StepDone::Finished) => Ok(()),
+            Ok(StepDone::Advanced(log)) => {
+                let mut next = started.clone();
+                next.step = step.next().unwrap_or(Step::Finish);
+                next.attempt = 0;
+                next.operator_go = false;
+                next.next_attempt_at = None;
+                next.approval_requested_at = None;
+                next.last_error = String::new();
+                next.updated_at = now;
+                let event = AuditEvent::system(
+                    "rotation:StepRotation",
+                    secret.name.as_str(),
+                    &format!("run {}: {step} done", run.id),
+                );
+                store
+                    .update_run(
+                        &next,
+                        &[history(step, "step_done", attempt, "system", &log)],
+                        Some(&event),
+                    )
+                    .await?;
+                self.publish("step_changed", secret, &next, Some(step), "done", "system");
+                Ok(())
+            }
+            Ok(StepDone::Abandoned) => Ok(()),
+            Err(error) => {
+                let message = error.to_string();
+                let mut next = started.clone();
+                next.attempt = attempt;
+                next.last_error = message.clone();
+                next.updated_at = now;
+                let retry_base = (self.state.rotation.retry_base_seconds as i64).max(1) * 1000;
+                let mut entries = vec![history(step, "step_failed", attempt, "system", &message)];
+                match planner::after_failure(
+                    &next,
+                    attempt,
+                    now,
+                    self.state.rotation.max_attempts.max(1),
+                    retry_base,
+                ) {
+                    AfterFailure::RetryAt(at) => next.next_attempt_at = Some(at),
+                    AfterFailure::Pause => {
+                        next.phase = Phase::StepFailed;
+                        next.operator_go = false;
+                    }
+                    AfterFailure::GiveUp => {
+                        let reason =
+                            format!("{step} failed {attempt} times; the last error: {message}");
+                        self.begin_ending(&mut next, Outcome::Failed, &reason);
+                        entries.push(history(step, "failed", attempt, "system", &reason));
+                    }
+                }
+                let event = AuditEvent {
+                    outcome: "FAILED".to_owned(),
+                    ..AuditEvent::system(
+                        "rotation:StepRotation",
+                        secret.name.as_str(),
+                        &format!("run {}: {step} attempt {attempt} failed: {message}", run.id),
+                    )
+                };
+                store.update_run(&next, &entries, Some(&event)).await?;
+                self.publish("failed", secret, &next, Some(step), &message, "system");
+                Ok(())
+            }
+        }
+    }
+
+    /// The effect of a step. Idempotent for the run's token.
+    async fn effect(
+        &self,
+        secret: &SecretRecord,
+        config: &crate::rotation::ConfigRecord,
+        run: &RunRecord,
+        step: Step,
+    ) -> std::result::Result<StepDone, Error> {
+        let store = &self.state.store;
+        let current = self.open(secret, &run.current_at_start).await?;
+        match step {
+            Step::Create => {
+                if store
+                    .version(&secret.id, &VersionId::parse(&run.id).map_err(Error::from)?)
+                    .await?
+                    .is_some()
+                {
+                    // Made before a crash or a retry: find it, make no other.
+                    return Ok(StepDone::Advanced("the pending version exists".to_owned()));
+                }
+                let rotator = self.rotator(&config.rotator, &config.settings).await?;
+                let output = rotator
+                    .run(&StepInput {
+                        step,
+                        revert: false,
+                        secret_name: secret.name.as_str(),
+                        secret_id: &secret.id,
+                        token: &run.id,
+                        current: current.as_ref(),
+                        pending: None,
+                        previous: None,
+                        replacing: None,
+                    })
+                    .await
+                    .map_err(|error| Error::FailedPrecondition(error.0))?;
+                let value = output.new_value.ok_or_else(|| {
+                    Error::FailedPrecondition("the rotator made no new value".to_owned())
+                })?;
+                let version_id = VersionId::parse(&run.id).map_err(Error::from)?;
+                let master = self
+                    .state
+                    .keyring
+                    .for_encryption(store, &secret.key_name)
+                    .await?;
+                let version = NewVersion {
+                    version_id: version_id.clone(),
+                    created_at: now_millis(),
+                    created_by: format!("rotation:{}", run.initiator),
+                    sealed: crypto::seal_value(&master, &secret.id, &version_id, &value),
+                };
+                let pending = Stage::parse(Stage::PENDING).map_err(Error::from)?;
+                let event = AuditEvent::system(
+                    "secrets:PutSecretValue",
+                    secret.name.as_str(),
+                    &format!("run {}: pending version", run.id),
+                );
+                match store
+                    .put_version(&secret.id, &version, &[pending], &event)
+                    .await?
+                {
+                    PutOutcome::Added(_) | PutOutcome::VersionExists => {}
+                }
+                self.state.events.publish(
+                    "version_added",
+                    secret.name.as_str(),
+                    Details {
+                        version_id: run.id.clone(),
+                        run_id: run.id.clone(),
+                        step: step.to_proto(),
+                        detail: "PENDING".to_owned(),
+                        principal: "system".to_owned(),
+                    },
+                );
+                Ok(StepDone::Advanced(output.log))
+            }
+            Step::Set | Step::Test => {
+                let pending = self.open(secret, &run.id).await?.ok_or_else(|| {
+                    Error::FailedPrecondition("the pending version is missing".to_owned())
+                })?;
+                let rotator = self.rotator(&config.rotator, &config.settings).await?;
+                let previous = self.previous(secret).await?;
+                let output = rotator
+                    .run(&StepInput {
+                        step,
+                        revert: false,
+                        secret_name: secret.name.as_str(),
+                        secret_id: &secret.id,
+                        token: &run.id,
+                        current: current.as_ref(),
+                        pending: Some(&pending),
+                        previous: previous.as_ref(),
+                        replacing: None,
+                    })
+                    .await
+                    .map_err(|error| Error::FailedPrecondition(error.0))?;
+                Ok(StepDone::Advanced(output.log))
+            }
+            Step::Finish => {
+                let now = now_millis();
+                let mut ended = run.clone();
+                ended.phase = Phase::Ended;
+                ended.outcome = Some(Outcome::Succeeded);
+                ended.ended_at = Some(now);
+                ended.updated_at = now;
+                ended.operator_go = false;
+                let next_rotation = schedule::parse(&config.schedule)
+                    .ok()
+                    .filter(|_| config.enabled)
+                    .and_then(|schedule| schedule.next(Some(now), now));
+                let event = AuditEvent::system(
+                    "rotation:StepRotation",
+                    secret.name.as_str(),
+                    &format!("run {}: finishSecret moved CURRENT to {}", run.id, run.id),
+                );
+                let finished = store
+                    .finish_run(
+                        &ended,
+                        &[
+                            history(step, "step_done", run.attempt + 1, "system", ""),
+                            history(step, "finished", run.attempt + 1, "system", "CURRENT moved"),
+                        ],
+                        next_rotation,
+                        &event,
+                    )
+                    .await?;
+                if !finished {
+                    // CURRENT moved meanwhile: the planner abandons the run.
+                    return Ok(StepDone::Abandoned);
+                }
+                self.publish(
+                    "stages_moved",
+                    secret,
+                    &ended,
+                    Some(step),
+                    "CURRENT",
+                    "system",
+                );
+                self.publish(
+                    "finished",
+                    secret,
+                    &ended,
+                    Some(step),
+                    "succeeded",
+                    "system",
+                );
+                Ok(StepDone::Finished)
+            }
+        }
+    }
+
+    /// Puts CURRENT back into the target system and tests it.
+    pub(super) async fn revert(
+        &self,
+        secret: &SecretRecord,
+        rotator: &str,
+        settings: &str,
+        run: &RunRecord,
+    ) -> Result<()> {
+        let store = &self.state.store;
+        let current_version = store
+            .version_at_stage(&secret.id, &Stage::current())
+            .await?
+            .map(|version| version.version_id.to_string())
+            .unwrap_or_default();
+        let current = self.open(secret, &current_version).await?;
+        let previous = self.previous(secret).await?;
+        let replacing = self.open(secret, &run.id).await?;
+        let result = match self.rotator(rotator, settings).await {
+            Err(error) => Err(error.to_string()),
+            Ok(rotator) => {
+                let mut outcome = Ok(());
+                for step in [Step::Set, Step::Test] {
+                    let input = StepInput {
+                        step,
+                        revert: true,
+                        secret_name: secret.name.as_str(),
+                        secret_id: &secret.id,
+                        token: &run.id,
+                        current: current.as_ref(),
+                        pending: current.as_ref(),
+                        previous: previous.as_ref(),
+                        replacing: replacing.as_ref(),
+                    };
+                    if let Err(error) = rotator.run(&input).await {
+                        outcome = Err(error.0);
+                        break;
+                    }
+                }
+                outcome
+            }
+        };
+        let mut next = run.clone();
+        next.updated_at = now_millis();
+        let (entry, kind, detail) = match result {
+            Ok(()) => {
+                next.revert = Revert::Done;
+                (
+                    "reverted",
+                    "reverted",
+                    "the target holds CURRENT again".to_owned(),
+                )
+            }
+            Err(message) => {
+                next.revert = Revert::Failed;
+                next.last_error = message.clone();
+                ("revert_failed", "needs_attention", message)
+            }
+        };
+        let event = AuditEvent::system(
+            "rotation:Revert",
+            secret.name.as_str(),
+            &format!("run {}: {entry}: {detail}", run.id),
+        );
+        store
+            .update_run(
+                &next,
+                &[history(Step::Set, entry, run.attempt, "system", &detail)],
+                Some(&event),
+            )
+            .await?;
+        self.publish(kind, secret, &next, Some(Step::Set), &detail, "system");
+        Ok(())
+    }
+}
+
+/// How a step's effect went, when it did not fail.
+enum StepDone {
+    /// The step is done; the run moves to the next one.
+    Advanced(String),
+    /// finishSecret committed the end of the run.
+    Finished,
+    /// finishSecret found CURRENT moved.
+    Abandoned,
+}
