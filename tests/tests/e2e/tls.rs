@@ -249,3 +249,50 @@ async fn health_and_reflection_are_served() {
 fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tokio_stream::Stream<Item = T> {
     tokio_stream::iter([item])
 }
+
+#[tokio::test]
+async fn a_crl_of_the_ca_is_honoured() {
+    let installation = Installation::new();
+    let (ca_pem, issuer) = installation_ca(&installation);
+    let with_serial = |serial: &[u8]| {
+        let mut params = client_params("alice");
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+        identity(params, &issuer, &ca_pem)
+    };
+    let revoked = with_serial(&[0x0a, 0xbc, 0xde]);
+    let kept = with_serial(&[0x0b, 0x01, 0x02]);
+    let now = OffsetDateTime::now_utc();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now - Duration::minutes(5),
+        next_update: now + Duration::days(7),
+        crl_number: rcgen::SerialNumber::from_slice(&[1]),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&[0x0a, 0xbc, 0xde]),
+            revocation_time: now - Duration::minutes(1),
+            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap();
+    std::fs::write(installation.dir().join("crl.pem"), crl.pem().unwrap()).unwrap();
+    installation.edit_config(|table| {
+        let tls = table
+            .get_mut("tls")
+            .and_then(|tls| tls.as_table_mut())
+            .unwrap();
+        tls.insert(
+            "crl_files".into(),
+            toml::Value::Array(vec!["crl.pem".into()]),
+        );
+    });
+    let server = installation.serve();
+    try_read(&server, rekey_shared::channel::tls_config(&kept))
+        .await
+        .unwrap();
+    try_read(&server, rekey_shared::channel::tls_config(&revoked))
+        .await
+        .unwrap_err();
+}
