@@ -3,7 +3,7 @@
 //! than used half-understood.
 
 use crate::error::{Error, Result};
-use sqlx::SqlitePool;
+use sqlx::{PgPool, SqlitePool};
 
 /// Every migration of the SQLite schema, in order. Append only.
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
@@ -46,5 +46,67 @@ pub async fn migrate(pool: &SqlitePool) -> Result<()> {
         transaction.commit().await?;
         tracing::info!(version, "applied schema migration");
     }
+    Ok(())
+}
+
+/// Every migration of the PostgreSQL schema, in order. Append only, and
+/// additive, so that replicas of the previous release keep working while a
+/// rolling upgrade is under way.
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        include_str!("../../migrations/postgres/0001_secrets.sql"),
+    ),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_policy_certificates_audit.sql"),
+    ),
+    (
+        3,
+        include_str!("../../migrations/postgres/0003_rotation.sql"),
+    ),
+];
+
+/// The lock every replica takes while it migrates, so that two replicas
+/// starting at once apply each migration once.
+const MIGRATION_LOCK: i64 = 7000;
+
+pub async fn migrate_postgres(pool: &PgPool) -> Result<()> {
+    let mut transaction = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version BIGINT PRIMARY KEY,
+            applied_at BIGINT NOT NULL
+        )",
+    )
+    .execute(&mut *transaction)
+    .await?;
+    let newest_known = POSTGRES_MIGRATIONS
+        .last()
+        .map_or(0, |(version, _)| *version);
+    let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+        .fetch_one(&mut *transaction)
+        .await?;
+    let applied = applied.unwrap_or(0);
+    if applied > newest_known {
+        return Err(Error::FailedPrecondition(format!(
+            "the database schema is at version {applied}, newer than this rekeyd knows \
+             (version {newest_known}); run a newer rekeyd"
+        )));
+    }
+    for (version, sql) in POSTGRES_MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
+        sqlx::raw_sql(sql).execute(&mut *transaction).await?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+            .bind(version)
+            .bind(rekey_shared::time::now_millis())
+            .execute(&mut *transaction)
+            .await?;
+        tracing::info!(version, "applied schema migration");
+    }
+    transaction.commit().await?;
     Ok(())
 }

@@ -4,12 +4,17 @@
 //! version (a primary key), and a client request token names one version.
 //!
 //! It does no authorization and no cryptography; callers bring sealed
-//! values. SQLite is the embedded backend (WAL, full fsync, secure_delete).
+//! values. SQLite is the embedded backend (WAL, full fsync, secure_delete);
+//! PostgreSQL serves several replicas on one database, its writers serialized
+//! by one advisory lock so that the audit chain stays one chain.
 
+mod backend;
 mod migrate;
+mod postgres;
 mod sqlite;
 
-pub use sqlite::{AuditQuery, CertificateRecord, MAX_TAGS, PolicyVersion, Store};
+pub use backend::Store;
+pub use sqlite::{AuditQuery, CertificateRecord, MAX_TAGS, PolicyVersion};
 
 use crate::crypto::SealedValue;
 use rekey_shared::{KeyName, SecretName, Stage, VersionId};

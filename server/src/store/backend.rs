@@ -1,0 +1,135 @@
+//! The store the rest of rekeyd holds: one of the two backends, chosen by
+//! the scheme of the database URL (`sqlite://…` embedded, `postgres://…`
+//! for several replicas). Every method forwards to the backend as it is;
+//! the backends differ in SQL dialect only, never in behaviour.
+
+use super::sqlite::{AuditQuery, CertificateRecord, PolicyVersion};
+use super::{
+    Deletion, NewSecret, NewVersion, PutOutcome, Rewrapped, SecretQuery, SecretRecord,
+    VersionRecord, VersionSummary, WrappedMasterKey, postgres, sqlite,
+};
+use crate::audit::{AuditEvent, AuditKey, StoredEvent};
+use crate::error::{Error, Result};
+use crate::rotation::{ApprovalRecord, ConfigRecord, HistoryRecord, RunRecord};
+use crate::stages::StageMap;
+use rekey_shared::{KeyName, SecretName, Stage, VersionId};
+use std::collections::HashMap;
+
+#[derive(Debug)]
+pub enum Store {
+    Sqlite(sqlite::Store),
+    Postgres(postgres::Store),
+}
+
+/// Forwards each listed async method to the backend in use.
+macro_rules! forward {
+    ($(pub async fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;)*) => {
+        impl Store {
+            $(
+                pub async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    match self {
+                        Store::Sqlite(store) => store.$name($($arg),*).await,
+                        Store::Postgres(store) => store.$name($($arg),*).await,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+impl Store {
+    /// Opens the database at `url`, creating an embedded one if needed, and
+    /// brings its schema up to date.
+    pub async fn open(url: &str, audit_key: AuditKey) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite(sqlite::Store::open(url, audit_key).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres(postgres::Store::open(url, audit_key).await?))
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "database URL {:?}: the scheme must be sqlite:// or postgres://",
+                url.split(':').next().unwrap_or_default()
+            )))
+        }
+    }
+
+    /// The newest audit event this process wrote.
+    pub fn audit_head(&self) -> Option<(i64, Vec<u8>)> {
+        match self {
+            Store::Sqlite(store) => store.audit_head(),
+            Store::Postgres(store) => store.audit_head(),
+        }
+    }
+
+    /// Logs the current audit head as a checkpoint.
+    pub fn log_audit_checkpoint(&self) {
+        match self {
+            Store::Sqlite(store) => store.log_audit_checkpoint(),
+            Store::Postgres(store) => store.log_audit_checkpoint(),
+        }
+    }
+
+    pub fn audit_key(&self) -> &AuditKey {
+        match self {
+            Store::Sqlite(store) => store.audit_key(),
+            Store::Postgres(store) => store.audit_key(),
+        }
+    }
+}
+
+forward! {
+    pub async fn close(&self) -> ();
+    pub async fn record(&self, event: &AuditEvent) -> Result<()>;
+    pub async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<StoredEvent>>;
+    pub async fn record_certificate(&self, record: &CertificateRecord, event: &AuditEvent) -> Result<()>;
+    pub async fn certificates(&self) -> Result<Vec<CertificateRecord>>;
+    pub async fn revoke(&self, name_or_serial: &str, now: i64, event: &AuditEvent) -> Result<Vec<String>>;
+    pub async fn revoked_serials(&self) -> Result<Vec<String>>;
+    pub async fn insert_master_key(&self, key: &WrappedMasterKey, event: &AuditEvent) -> Result<()>;
+    pub async fn master_key_versions(&self, name: &str) -> Result<Vec<WrappedMasterKey>>;
+    pub async fn list_master_keys(&self) -> Result<Vec<WrappedMasterKey>>;
+    pub async fn master_key_index(&self) -> Result<HashMap<String, Vec<u32>>>;
+    pub async fn data_keys_using(&self, name: &str, version: u32) -> Result<i64>;
+    pub async fn retire_master_key(&self, name: &str, version: u32, event: &AuditEvent) -> Result<()>;
+    pub async fn versions_to_rewrap(&self, key_name: &str, newest: u32, limit: u32) -> Result<Vec<(String, VersionRecord)>>;
+    pub async fn count_to_rewrap(&self, key_name: &str, newest: u32) -> Result<i64>;
+    pub async fn store_rewrapped(&self, batch: &[(String, Rewrapped)], event: &AuditEvent) -> Result<u64>;
+    pub async fn list_secrets(&self, query: &SecretQuery) -> Result<Vec<SecretRecord>>;
+    pub async fn current_policy(&self) -> Result<Option<PolicyVersion>>;
+    pub async fn policy_version(&self) -> Result<i64>;
+    pub async fn insert_policy(&self, document: &str, created_by: &str, based_on: i64, now: i64, event: &AuditEvent) -> Result<Option<i64>>;
+    pub async fn policy_history(&self) -> Result<Vec<PolicyVersion>>;
+    pub async fn save_rotation_config(&self, config: &ConfigRecord, event: &AuditEvent) -> Result<()>;
+    pub async fn rotation_config(&self, secret_id: &str) -> Result<Option<ConfigRecord>>;
+    pub async fn due_rotations(&self, now: i64) -> Result<Vec<ConfigRecord>>;
+    pub async fn set_next_rotation(&self, secret_id: &str, next: Option<i64>, event: &AuditEvent) -> Result<()>;
+    pub async fn insert_run(&self, run: &RunRecord, history: &[HistoryRecord], event: &AuditEvent) -> Result<()>;
+    pub async fn update_run(&self, run: &RunRecord, history: &[HistoryRecord], event: Option<&AuditEvent>) -> Result<()>;
+    pub async fn finish_run(&self, run: &RunRecord, history: &[HistoryRecord], next_rotation: Option<i64>, event: &AuditEvent) -> Result<bool>;
+    pub async fn end_run(&self, run: &RunRecord, history: &[HistoryRecord], event: &AuditEvent) -> Result<()>;
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>>;
+    pub async fn active_run(&self, secret_id: &str) -> Result<Option<RunRecord>>;
+    pub async fn runs_of(&self, secret_id: &str, limit: u32) -> Result<Vec<RunRecord>>;
+    pub async fn all_runs(&self, active_only: bool, limit: u32) -> Result<Vec<RunRecord>>;
+    pub async fn is_run_token(&self, token: &str) -> Result<bool>;
+    pub async fn history(&self, run_id: &str) -> Result<Vec<HistoryRecord>>;
+    pub async fn add_approval(&self, run_id: &str, approval: &ApprovalRecord, history: &[HistoryRecord], event: &AuditEvent) -> Result<bool>;
+    pub async fn approvals(&self, run_id: &str) -> Result<Vec<ApprovalRecord>>;
+    pub async fn secret_by_id(&self, secret_id: &str) -> Result<Option<SecretRecord>>;
+    pub async fn create_secret(&self, secret: &NewSecret, first: Option<&NewVersion>, event: &AuditEvent) -> Result<()>;
+    pub async fn secret(&self, name: &SecretName) -> Result<Option<SecretRecord>>;
+    pub async fn update_secret(&self, secret_id: &str, description: Option<&str>, new_key: Option<(&KeyName, &[Rewrapped])>, now: i64, event: &AuditEvent) -> Result<()>;
+    pub async fn tag_secret(&self, secret_id: &str, tags: &[(String, String)], now: i64, event: &AuditEvent) -> Result<()>;
+    pub async fn untag_secret(&self, secret_id: &str, keys: &[String], now: i64, event: &AuditEvent) -> Result<()>;
+    pub async fn delete_secret(&self, secret: &SecretRecord, deletion: Deletion, event: &AuditEvent) -> Result<()>;
+    pub async fn restore_secret(&self, secret: &SecretRecord, now: i64, event: &AuditEvent) -> Result<()>;
+    pub async fn purge_due(&self, now: i64) -> Result<Vec<String>>;
+    pub async fn version(&self, secret_id: &str, version_id: &VersionId) -> Result<Option<VersionRecord>>;
+    pub async fn all_versions(&self, secret_id: &str) -> Result<Vec<VersionRecord>>;
+    pub async fn version_at_stage(&self, secret_id: &str, stage: &Stage) -> Result<Option<VersionRecord>>;
+    pub async fn stage_map(&self, secret_id: &str) -> Result<StageMap>;
+    pub async fn move_stage(&self, secret: &SecretRecord, stage: &Stage, to: Option<&VersionId>, from: Option<&VersionId>, now: i64, event: &AuditEvent) -> Result<()>;
+    pub async fn put_version(&self, secret_id: &str, version: &NewVersion, requested: &[Stage], event: &AuditEvent) -> Result<PutOutcome>;
+    pub async fn list_versions(&self, secret_id: &str, include_deprecated: bool, before_seq: Option<i64>, limit: u32) -> Result<Vec<VersionSummary>>;
+    pub async fn record_access(&self, secret_id: &str, version_id: &VersionId, day: i64) -> Result<()>;
+}

@@ -1,0 +1,112 @@
+//! The registry of client certificates issued here, and revocations.
+
+use super::Store;
+use crate::audit::AuditEvent;
+use crate::error::{Error, Result};
+use crate::store::sqlite::CertificateRecord;
+use sqlx::Row;
+
+impl Store {
+    pub async fn record_certificate(
+        &self,
+        record: &CertificateRecord,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        sqlx::query(
+            "INSERT INTO certificates (serial, principal, issued_at, not_after) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(&record.serial)
+        .bind(&record.principal)
+        .bind(record.issued_at)
+        .bind(record.not_after)
+        .execute(&mut *tx)
+        .await?;
+        self.commit_audited(tx, event).await
+    }
+
+    pub async fn certificates(&self) -> Result<Vec<CertificateRecord>> {
+        let rows = sqlx::query(
+            "SELECT serial, principal, issued_at, not_after, revoked_at FROM certificates
+             ORDER BY principal, issued_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|row| CertificateRecord {
+                serial: row.get("serial"),
+                principal: row.get("principal"),
+                issued_at: row.get("issued_at"),
+                not_after: row.get("not_after"),
+                revoked_at: row.get("revoked_at"),
+            })
+            .collect())
+    }
+
+    /// Revokes every certificate of a principal, or one serial (recorded
+    /// even when it was not issued here, for a bring-your-own CA). Returns
+    /// the serials revoked.
+    pub async fn revoke(
+        &self,
+        name_or_serial: &str,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<Vec<String>> {
+        let (_guard, mut tx) = self.write().await?;
+        let serial = name_or_serial.to_ascii_lowercase().replace(':', "");
+        let matching: Vec<String> = sqlx::query_scalar(
+            "SELECT serial FROM certificates WHERE (principal = $1 OR serial = $2) AND revoked_at IS NULL",
+        )
+        .bind(name_or_serial)
+        .bind(&serial)
+        .fetch_all(&mut *tx)
+        .await?;
+        let revoked = if matching.is_empty() {
+            let known: Option<i64> = sqlx::query_scalar(
+                "SELECT 1::BIGINT FROM certificates WHERE principal = $1 OR serial = $2",
+            )
+            .bind(name_or_serial)
+            .bind(&serial)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if known.is_some() {
+                return Err(Error::FailedPrecondition(format!(
+                    "every certificate of {name_or_serial} is already revoked"
+                )));
+            }
+            if serial.is_empty() || !serial.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(Error::NotFound(format!(
+                    "no certificate was issued to {name_or_serial}, and it is not a serial number"
+                )));
+            }
+            sqlx::query("INSERT INTO certificates (serial, principal) VALUES ($1, '')")
+                .bind(&serial)
+                .execute(&mut *tx)
+                .await?;
+            vec![serial]
+        } else {
+            matching
+        };
+        for serial in &revoked {
+            sqlx::query(
+                "UPDATE certificates SET revoked_at = $1, revoked_by = $2 WHERE serial = $3",
+            )
+            .bind(now)
+            .bind(&event.principal)
+            .bind(serial)
+            .execute(&mut *tx)
+            .await?;
+        }
+        self.commit_audited(tx, event).await?;
+        Ok(revoked)
+    }
+
+    pub async fn revoked_serials(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT serial FROM certificates WHERE revoked_at IS NOT NULL")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+}

@@ -1,0 +1,214 @@
+//! The PostgreSQL backend, for several replicas on one database: the same
+//! behaviour as the SQLite backend, statement for statement, in PostgreSQL's
+//! dialect. Every write transaction first takes one transaction-scoped
+//! advisory lock, so writers are serialized across all replicas as SQLite
+//! serializes them in one process: stage moves see a current map and the
+//! audit chain stays one chain.
+
+mod audit;
+mod certificates;
+mod keys;
+pub(super) mod list;
+mod policies;
+mod rotation;
+mod secrets;
+mod versions;
+
+use versions::insert_version;
+
+use super::migrate::migrate_postgres as migrate;
+use super::{SecretRecord, VersionRecord, WrappedMasterKey};
+use crate::audit::AuditKey;
+use crate::crypto::{KeyRef, SealedValue};
+use crate::error::{Error, Result};
+use crate::stages::StageMap;
+use rekey_shared::{KeyName, SecretName, Stage, VersionId};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Row, Transaction};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio::sync::{Mutex, MutexGuard};
+
+#[derive(Debug)]
+pub struct Store {
+    pool: PgPool,
+    write_lock: Mutex<()>,
+    audit_key: AuditKey,
+    /// The newest event this process appended: a checkpoint that a cut-off
+    /// tail cannot hide from.
+    audit_head: std::sync::Mutex<Option<(i64, Vec<u8>)>>,
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+/// A row read where a stored string must parse; a failure means the
+/// database was edited by hand.
+fn stored<T>(parsed: std::result::Result<T, rekey_shared::NameError>, what: &str) -> Result<T> {
+    parsed.map_err(|error| Error::internal(&format!("stored {what} is malformed"), error))
+}
+
+/// A count or version stored as BIGINT that this process wrote from a u32.
+fn stored_u32(value: i64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+fn get_u32(row: &PgRow, column: &str) -> u32 {
+    stored_u32(row.get::<i64, _>(column))
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+const SECRET_COLUMNS: &str =
+    "id, name, description, key_name, created_at, changed_at, accessed_day, deletion_date";
+
+const VERSION_COLUMNS: &str = "v.version_id, v.created_at, v.created_by, v.accessed_day, \
+     v.is_binary, v.ciphertext, v.wrapped_data_key, v.key_name, v.key_version";
+
+impl Store {
+    /// Connects to the database at `url` and brings its schema up to date.
+    pub async fn open(url: &str, audit_key: AuditKey) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|error| Error::InvalidArgument(format!("database URL {url:?}: {error}")))?
+            .disable_statement_logging();
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(|error| Error::internal("opening the PostgreSQL database", error))?;
+        migrate(&pool).await?;
+        Ok(Self {
+            pool,
+            write_lock: Mutex::new(()),
+            audit_key,
+            audit_head: std::sync::Mutex::new(None),
+        })
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn write(&self) -> Result<(MutexGuard<'_, ()>, Tx)> {
+        let guard = self.write_lock.lock().await;
+        let mut transaction = self.pool.begin().await?;
+        // One writer at a time across every replica (see the module doc).
+        sqlx::query("SELECT pg_advisory_xact_lock(7001)")
+            .execute(&mut *transaction)
+            .await?;
+        Ok((guard, transaction))
+    }
+
+    /// SQLite rewrites freed pages; PostgreSQL leaves erased rows to
+    /// VACUUM, which reclaims them (see the README on erasure).
+    async fn checkpoint(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn tags(&self, secret_id: &str) -> Result<Vec<(String, String)>> {
+        let rows =
+            sqlx::query("SELECT key, value FROM secret_tags WHERE secret_id = $1 ORDER BY key")
+                .bind(secret_id)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .iter()
+            .map(|row| (row.get("key"), row.get("value")))
+            .collect())
+    }
+
+    async fn with_tags(&self, rows: &[PgRow]) -> Result<Vec<SecretRecord>> {
+        let mut secrets = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut secret = secret_row(row)?;
+            secret.tags = self.tags(&secret.id).await?;
+            secrets.push(secret);
+        }
+        Ok(secrets)
+    }
+}
+
+async fn read_stage_map(connection: &mut PgConnection, secret_id: &str) -> Result<StageMap> {
+    let rows = sqlx::query("SELECT stage, version_id FROM version_stages WHERE secret_id = $1")
+        .bind(secret_id)
+        .fetch_all(&mut *connection)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                stored(Stage::parse(row.get("stage")), "stage")?,
+                stored(VersionId::parse(row.get("version_id")), "version id")?,
+            ))
+        })
+        .collect()
+}
+
+async fn write_stage_map(tx: &mut Tx, secret_id: &str, map: &StageMap) -> Result<()> {
+    sqlx::query("DELETE FROM version_stages WHERE secret_id = $1")
+        .bind(secret_id)
+        .execute(&mut **tx)
+        .await?;
+    for (stage, version) in map {
+        sqlx::query(
+            "INSERT INTO version_stages (secret_id, stage, version_id) VALUES ($1, $2, $3)",
+        )
+        .bind(secret_id)
+        .bind(stage.as_str())
+        .bind(version.as_str())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn touch(tx: &mut Tx, secret_id: &str, now: i64) -> Result<()> {
+    sqlx::query("UPDATE secrets SET changed_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(secret_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+fn secret_row(row: &PgRow) -> Result<SecretRecord> {
+    Ok(SecretRecord {
+        id: row.get("id"),
+        name: stored(SecretName::parse(row.get("name")), "secret name")?,
+        description: row.get("description"),
+        key_name: stored(KeyName::parse(row.get("key_name")), "key name")?,
+        tags: Vec::new(),
+        created_at: row.get("created_at"),
+        changed_at: row.get("changed_at"),
+        accessed_day: row.get("accessed_day"),
+        deletion_date: row.get("deletion_date"),
+    })
+}
+
+fn version_row(row: &PgRow) -> Result<VersionRecord> {
+    Ok(VersionRecord {
+        version_id: stored(VersionId::parse(row.get("version_id")), "version id")?,
+        created_at: row.get("created_at"),
+        created_by: row.get("created_by"),
+        accessed_day: row.get("accessed_day"),
+        sealed: SealedValue {
+            is_binary: row.get("is_binary"),
+            ciphertext: row.get("ciphertext"),
+            wrapped_data_key: row.get("wrapped_data_key"),
+            key: KeyRef {
+                name: stored(KeyName::parse(row.get("key_name")), "key name")?,
+                version: get_u32(row, "key_version"),
+            },
+        },
+    })
+}
+
+fn master_key_row(row: &PgRow) -> Result<WrappedMasterKey> {
+    Ok(WrappedMasterKey {
+        name: row.get("name"),
+        version: get_u32(row, "version"),
+        wrapped_material: row.get("wrapped_material"),
+        created_at: row.get("created_at"),
+    })
+}

@@ -1,0 +1,492 @@
+//! Rotation configurations, runs, their history and approvals. The
+//! transitions that change secret data (finishing a run, ending one) move
+//! stages and the run in one transaction.
+
+use super::{Store, Tx, get_u32, is_unique_violation, read_stage_map, touch, write_stage_map};
+use crate::audit::AuditEvent;
+use crate::error::{Error, Result};
+use crate::rotation::{
+    ApprovalRecord, ConfigRecord, HistoryRecord, Outcome, Phase, Revert, RunRecord, Step,
+};
+use crate::stages;
+use rekey_shared::{Stage, VersionId};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+const RUN_COLUMNS: &str = "run_id, secret_id, manual, scheduled, initiator, phase, step, set_applied, \
+     operator_go, attempt, next_attempt_at, approval_requested_at, current_at_start, outcome, \
+     revert, end_reason, last_error, created_at, updated_at, ended_at";
+
+const CONFIG_COLUMNS: &str = "secret_id, rotator, schedule, window_text, approval_steps, \
+     approvals_required, approver_role, approval_expiry, settings, enabled, configured_by, \
+     configured_at, next_rotation_at, last_rotated_at";
+
+fn malformed(what: &str, text: &str) -> Error {
+    Error::internal("stored rotation data", format!("{what} {text:?}"))
+}
+
+fn run_row(row: &PgRow) -> Result<RunRecord> {
+    let phase: String = row.get("phase");
+    let step: String = row.get("step");
+    let outcome: Option<String> = row.get("outcome");
+    let revert: String = row.get("revert");
+    Ok(RunRecord {
+        id: row.get("run_id"),
+        secret_id: row.get("secret_id"),
+        manual: row.get("manual"),
+        scheduled: row.get("scheduled"),
+        initiator: row.get("initiator"),
+        phase: Phase::parse(&phase).ok_or_else(|| malformed("phase", &phase))?,
+        step: Step::parse(&step).ok_or_else(|| malformed("step", &step))?,
+        set_applied: row.get("set_applied"),
+        operator_go: row.get("operator_go"),
+        attempt: get_u32(row, "attempt"),
+        next_attempt_at: row.get("next_attempt_at"),
+        approval_requested_at: row.get("approval_requested_at"),
+        current_at_start: row.get("current_at_start"),
+        outcome: match outcome {
+            Some(text) => Some(Outcome::parse(&text).ok_or_else(|| malformed("outcome", &text))?),
+            None => None,
+        },
+        revert: Revert::parse(&revert).ok_or_else(|| malformed("revert", &revert))?,
+        end_reason: row.get("end_reason"),
+        last_error: row.get("last_error"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        ended_at: row.get("ended_at"),
+    })
+}
+
+fn config_row(row: &PgRow) -> Result<ConfigRecord> {
+    let steps: String = row.get("approval_steps");
+    Ok(ConfigRecord {
+        secret_id: row.get("secret_id"),
+        rotator: row.get("rotator"),
+        schedule: row.get("schedule"),
+        window: row.get("window_text"),
+        approval_steps: steps
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| Step::parse(s).ok_or_else(|| malformed("step", s)))
+            .collect::<Result<_>>()?,
+        approvals_required: get_u32(row, "approvals_required"),
+        approver_role: row.get("approver_role"),
+        approval_expiry: row.get("approval_expiry"),
+        settings: row.get("settings"),
+        enabled: row.get("enabled"),
+        configured_by: row.get("configured_by"),
+        configured_at: row.get("configured_at"),
+        next_rotation_at: row.get("next_rotation_at"),
+        last_rotated_at: row.get("last_rotated_at"),
+    })
+}
+
+async fn write_run(tx: &mut Tx, run: &RunRecord) -> Result<()> {
+    sqlx::query(
+        "UPDATE rotation_runs SET phase = $1, step = $2, set_applied = $3, operator_go = $4, attempt = $5,
+            next_attempt_at = $6, approval_requested_at = $7, outcome = $8, revert = $9, end_reason = $10,
+            last_error = $11, updated_at = $12, ended_at = $13
+         WHERE run_id = $14",
+    )
+    .bind(run.phase.as_str())
+    .bind(run.step.as_str())
+    .bind(run.set_applied)
+    .bind(run.operator_go)
+    .bind(i64::from(run.attempt))
+    .bind(run.next_attempt_at)
+    .bind(run.approval_requested_at)
+    .bind(run.outcome.map(Outcome::as_str))
+    .bind(run.revert.as_str())
+    .bind(&run.end_reason)
+    .bind(&run.last_error)
+    .bind(run.updated_at)
+    .bind(run.ended_at)
+    .bind(&run.id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn write_history(tx: &mut Tx, run_id: &str, entries: &[HistoryRecord]) -> Result<()> {
+    for entry in entries {
+        sqlx::query(
+            "INSERT INTO rotation_history (run_id, seq, at, step, event, attempt, principal, detail)
+             VALUES ($1, (SELECT COALESCE(MAX(seq), 0) + 1 FROM rotation_history WHERE run_id = $1),
+                     $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(run_id)
+        .bind(entry.at)
+        .bind(entry.step.as_str())
+        .bind(&entry.event)
+        .bind(i64::from(entry.attempt))
+        .bind(&entry.principal)
+        .bind(&entry.detail)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    pub async fn save_rotation_config(
+        &self,
+        config: &ConfigRecord,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        let steps: Vec<&str> = config.approval_steps.iter().map(|s| s.as_str()).collect();
+        sqlx::query(&format!(
+            "INSERT INTO rotation_configs ({CONFIG_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+             ON CONFLICT (secret_id) DO UPDATE SET {}",
+            CONFIG_COLUMNS
+                .split(", ")
+                .skip(1)
+                .map(|column| format!("{column} = EXCLUDED.{column}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(&config.secret_id)
+        .bind(&config.rotator)
+        .bind(&config.schedule)
+        .bind(&config.window)
+        .bind(steps.join(","))
+        .bind(i64::from(config.approvals_required))
+        .bind(&config.approver_role)
+        .bind(&config.approval_expiry)
+        .bind(&config.settings)
+        .bind(config.enabled)
+        .bind(&config.configured_by)
+        .bind(config.configured_at)
+        .bind(config.next_rotation_at)
+        .bind(config.last_rotated_at)
+        .execute(&mut *tx)
+        .await?;
+        self.commit_audited(tx, event).await
+    }
+
+    pub async fn rotation_config(&self, secret_id: &str) -> Result<Option<ConfigRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CONFIG_COLUMNS} FROM rotation_configs WHERE secret_id = $1"
+        ))
+        .bind(secret_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(config_row).transpose()
+    }
+
+    /// Enabled configurations due by `now` whose secret has no active run
+    /// and is not scheduled for deletion.
+    pub async fn due_rotations(&self, now: i64) -> Result<Vec<ConfigRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {} FROM rotation_configs c JOIN secrets s ON s.id = c.secret_id
+             WHERE c.enabled AND c.next_rotation_at IS NOT NULL AND c.next_rotation_at <= $1
+               AND s.deletion_date IS NULL
+               AND NOT EXISTS (SELECT 1::BIGINT FROM rotation_runs r
+                               WHERE r.secret_id = c.secret_id AND r.ended_at IS NULL)",
+            CONFIG_COLUMNS
+                .split(", ")
+                .map(|column| format!("c.{column}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(config_row).collect()
+    }
+
+    pub async fn set_next_rotation(
+        &self,
+        secret_id: &str,
+        next: Option<i64>,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        sqlx::query("UPDATE rotation_configs SET next_rotation_at = $1 WHERE secret_id = $2")
+            .bind(next)
+            .bind(secret_id)
+            .execute(&mut *tx)
+            .await?;
+        self.commit_audited(tx, event).await
+    }
+
+    /// Starts a run; refused while the secret has another active run.
+    pub async fn insert_run(
+        &self,
+        run: &RunRecord,
+        history: &[HistoryRecord],
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO rotation_runs ({RUN_COLUMNS})
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+        ))
+        .bind(&run.id)
+        .bind(&run.secret_id)
+        .bind(run.manual)
+        .bind(run.scheduled)
+        .bind(&run.initiator)
+        .bind(run.phase.as_str())
+        .bind(run.step.as_str())
+        .bind(run.set_applied)
+        .bind(run.operator_go)
+        .bind(i64::from(run.attempt))
+        .bind(run.next_attempt_at)
+        .bind(run.approval_requested_at)
+        .bind(&run.current_at_start)
+        .bind(run.outcome.map(Outcome::as_str))
+        .bind(run.revert.as_str())
+        .bind(&run.end_reason)
+        .bind(&run.last_error)
+        .bind(run.created_at)
+        .bind(run.updated_at)
+        .bind(run.ended_at)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(error) if is_unique_violation(&error) => {
+                return Err(Error::FailedPrecondition(
+                    "a rotation of this secret is already running; show it with `rekey rotation show`"
+                        .to_owned(),
+                ));
+            }
+            other => {
+                other?;
+            }
+        }
+        write_history(&mut tx, &run.id, history).await?;
+        self.commit_audited(tx, event).await
+    }
+
+    /// Persists a run's new state with its history, audited when `event` is
+    /// given.
+    pub async fn update_run(
+        &self,
+        run: &RunRecord,
+        history: &[HistoryRecord],
+        event: Option<&AuditEvent>,
+    ) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        write_run(&mut tx, run).await?;
+        write_history(&mut tx, &run.id, history).await?;
+        match event {
+            Some(event) => self.commit_audited(tx, event).await,
+            None => Ok(tx.commit().await?),
+        }
+    }
+
+    /// finishSecret: CURRENT moves to the run's version (PREVIOUS follows,
+    /// PENDING goes), the run ends as succeeded, the configuration records
+    /// the rotation: one transaction. `Ok(false)` when CURRENT is no longer
+    /// where the run started (nothing changes; the run is abandoned).
+    pub async fn finish_run(
+        &self,
+        run: &RunRecord,
+        history: &[HistoryRecord],
+        next_rotation: Option<i64>,
+        event: &AuditEvent,
+    ) -> Result<bool> {
+        let (_guard, mut tx) = self.write().await?;
+        let mut map = read_stage_map(&mut tx, &run.secret_id).await?;
+        let current = map.get(&Stage::current()).map(|v| v.as_str().to_owned());
+        if current.as_deref() != Some(run.current_at_start.as_str()) {
+            return Ok(false);
+        }
+        let version =
+            VersionId::parse(&run.id).map_err(|error| Error::internal("run token", error))?;
+        stages::attach(&mut map, &Stage::current(), &version);
+        if map.get(&pending()) == Some(&version) {
+            map.remove(&pending());
+        }
+        write_stage_map(&mut tx, &run.secret_id, &map).await?;
+        touch(&mut tx, &run.secret_id, run.updated_at).await?;
+        write_run(&mut tx, run).await?;
+        write_history(&mut tx, &run.id, history).await?;
+        sqlx::query(
+            "UPDATE rotation_configs SET last_rotated_at = $1, next_rotation_at = $2 WHERE secret_id = $3",
+        )
+        .bind(run.updated_at)
+        .bind(next_rotation)
+        .bind(&run.secret_id)
+        .execute(&mut *tx)
+        .await?;
+        self.commit_audited(tx, event).await?;
+        Ok(true)
+    }
+
+    /// Ends a run without success: PENDING comes off the run's version, in
+    /// the same transaction as the run's end.
+    pub async fn end_run(
+        &self,
+        run: &RunRecord,
+        history: &[HistoryRecord],
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        let mut map = read_stage_map(&mut tx, &run.secret_id).await?;
+        if map.get(&pending()).map(|v| v.as_str()) == Some(run.id.as_str()) {
+            map.remove(&pending());
+            write_stage_map(&mut tx, &run.secret_id, &map).await?;
+        }
+        write_run(&mut tx, run).await?;
+        write_history(&mut tx, &run.id, history).await?;
+        self.commit_audited(tx, event).await
+    }
+
+    pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE run_id = $1"
+        ))
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run_row).transpose()
+    }
+
+    pub async fn active_run(&self, secret_id: &str) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE secret_id = $1 AND ended_at IS NULL"
+        ))
+        .bind(secret_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(run_row).transpose()
+    }
+
+    /// A secret's runs, newest first.
+    pub async fn runs_of(&self, secret_id: &str, limit: u32) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE secret_id = $1
+             ORDER BY created_at DESC, run_id LIMIT $2"
+        ))
+        .bind(secret_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    /// Every run (or every active one), newest first.
+    pub async fn all_runs(&self, active_only: bool, limit: u32) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE (NOT $1 OR ended_at IS NULL)
+             ORDER BY created_at DESC, run_id LIMIT $2"
+        ))
+        .bind(active_only)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(run_row).collect()
+    }
+
+    pub async fn is_run_token(&self, token: &str) -> Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1::BIGINT FROM rotation_runs WHERE run_id = $1")
+                .bind(token)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
+    pub async fn history(&self, run_id: &str) -> Result<Vec<HistoryRecord>> {
+        let rows = sqlx::query(
+            "SELECT at, step, event, attempt, principal, detail FROM rotation_history
+             WHERE run_id = $1 ORDER BY seq",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let step: String = row.get("step");
+                Ok(HistoryRecord {
+                    at: row.get("at"),
+                    step: Step::parse(&step).ok_or_else(|| malformed("step", &step))?,
+                    event: row.get("event"),
+                    attempt: get_u32(row, "attempt"),
+                    principal: row.get("principal"),
+                    detail: row.get("detail"),
+                })
+            })
+            .collect()
+    }
+
+    /// Records an approval; a principal's second approval of the same step
+    /// changes nothing (`Ok(false)`).
+    pub async fn add_approval(
+        &self,
+        run_id: &str,
+        approval: &ApprovalRecord,
+        history: &[HistoryRecord],
+        event: &AuditEvent,
+    ) -> Result<bool> {
+        let (_guard, mut tx) = self.write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO rotation_approvals (run_id, step, principal, at, comment) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(run_id)
+        .bind(approval.step.as_str())
+        .bind(&approval.principal)
+        .bind(approval.at)
+        .bind(&approval.comment)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(error) if is_unique_violation(&error) => return Ok(false),
+            other => {
+                other?;
+            }
+        }
+        write_history(&mut tx, run_id, history).await?;
+        self.commit_audited(tx, event).await?;
+        Ok(true)
+    }
+
+    pub async fn approvals(&self, run_id: &str) -> Result<Vec<ApprovalRecord>> {
+        let rows = sqlx::query(
+            "SELECT step, principal, at, comment FROM rotation_approvals WHERE run_id = $1 ORDER BY at",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let step: String = row.get("step");
+                Ok(ApprovalRecord {
+                    step: Step::parse(&step).ok_or_else(|| malformed("step", &step))?,
+                    principal: row.get("principal"),
+                    at: row.get("at"),
+                    comment: row.get("comment"),
+                })
+            })
+            .collect()
+    }
+
+    /// The secret a run belongs to, by id (a run outlives renames: there are none).
+    pub async fn secret_by_id(
+        &self,
+        secret_id: &str,
+    ) -> Result<Option<crate::store::SecretRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {} FROM secrets WHERE id = $1",
+            super::SECRET_COLUMNS
+        ))
+        .bind(secret_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let mut secret = super::secret_row(&row)?;
+                secret.tags = self.tags(&secret.id).await?;
+                Ok(Some(secret))
+            }
+        }
+    }
+}
+
+fn pending() -> Stage {
+    Stage::parse(Stage::PENDING).unwrap_or_else(|_| Stage::current())
+}

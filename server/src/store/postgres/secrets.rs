@@ -1,0 +1,298 @@
+//! Secrets: creation, metadata, tags, deletion and erasure.
+
+use super::{
+    SECRET_COLUMNS, Store, Tx, insert_version, is_unique_violation, secret_row, touch,
+    write_stage_map,
+};
+use crate::audit::AuditEvent;
+use crate::error::{Error, Result};
+use crate::stages::{self, StageMap};
+use crate::store::sqlite::MAX_TAGS;
+use crate::store::{Deletion, NewSecret, NewVersion, Rewrapped, SecretRecord};
+use rekey_shared::time::format_millis as format_date;
+use rekey_shared::{KeyName, SecretName};
+
+impl Store {
+    /// Creates a secret, with its first version (which gets CURRENT) when
+    /// one is given. A name held by a secret scheduled for deletion is not
+    /// free until that secret is restored and deleted, or purged.
+    pub async fn create_secret(
+        &self,
+        secret: &NewSecret,
+        first: Option<&NewVersion>,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO secrets (id, name, description, key_name, created_at, changed_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&secret.id)
+        .bind(secret.name.as_str())
+        .bind(&secret.description)
+        .bind(secret.key_name.as_str())
+        .bind(secret.created_at)
+        .bind(secret.created_at)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(error) if is_unique_violation(&error) => {
+                let deletion: Option<i64> =
+                    sqlx::query_scalar("SELECT deletion_date FROM secrets WHERE name = $1")
+                        .bind(secret.name.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                return Err(match deletion {
+                    Some(date) => Error::FailedPrecondition(format!(
+                        "secret {} is scheduled for deletion on {}; its name is free once it is \
+                         purged, or restore it (rekey restore) and delete it with --force",
+                        secret.name,
+                        format_date(date)
+                    )),
+                    None => Error::AlreadyExists(format!("secret {} already exists", secret.name)),
+                });
+            }
+            other => {
+                other?;
+            }
+        }
+        insert_tags(&mut tx, &secret.id, &secret.tags).await?;
+        if let Some(version) = first {
+            insert_version(&mut tx, &secret.id, version).await?;
+            let mut map = StageMap::new();
+            stages::for_new_version(&mut map, &version.version_id, &[])?;
+            write_stage_map(&mut tx, &secret.id, &map).await?;
+        }
+        self.commit_audited(tx, event).await
+    }
+
+    pub async fn secret(&self, name: &SecretName) -> Result<Option<SecretRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = $1"
+        ))
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let mut secret = secret_row(&row)?;
+        secret.tags = self.tags(&secret.id).await?;
+        Ok(Some(secret))
+    }
+
+    /// Changes the description, and moves the secret to another master key
+    /// with every version's data key re-wrapped.
+    pub async fn update_secret(
+        &self,
+        secret_id: &str,
+        description: Option<&str>,
+        new_key: Option<(&KeyName, &[Rewrapped])>,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        if let Some(description) = description {
+            sqlx::query("UPDATE secrets SET description = $1 WHERE id = $2")
+                .bind(description)
+                .bind(secret_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some((key_name, rewrapped)) = new_key {
+            sqlx::query("UPDATE secrets SET key_name = $1 WHERE id = $2")
+                .bind(key_name.as_str())
+                .bind(secret_id)
+                .execute(&mut *tx)
+                .await?;
+            for Rewrapped {
+                version_id,
+                wrapped_data_key: wrapped,
+                from: old,
+                to: new,
+            } in rewrapped
+            {
+                let updated = sqlx::query(
+                    "UPDATE versions SET wrapped_data_key = $1, key_name = $2, key_version = $3
+                     WHERE secret_id = $4 AND version_id = $5 AND key_name = $6 AND key_version = $7",
+                )
+                .bind(wrapped)
+                .bind(new.name.as_str())
+                .bind(i64::from(new.version))
+                .bind(secret_id)
+                .bind(version_id.as_str())
+                .bind(old.name.as_str())
+                .bind(i64::from(old.version))
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() != 1 {
+                    return Err(changed_meanwhile());
+                }
+            }
+            let left: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM versions WHERE secret_id = $1 AND key_name <> $2",
+            )
+            .bind(secret_id)
+            .bind(key_name.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            if left != 0 {
+                return Err(changed_meanwhile());
+            }
+        }
+        touch(&mut tx, secret_id, now).await?;
+        self.commit_audited(tx, event).await
+    }
+
+    /// Adds or replaces tags, keeping the total within [`MAX_TAGS`].
+    pub async fn tag_secret(
+        &self,
+        secret_id: &str,
+        tags: &[(String, String)],
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        insert_tags(&mut tx, secret_id, tags).await?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM secret_tags WHERE secret_id = $1")
+                .bind(secret_id)
+                .fetch_one(&mut *tx)
+                .await?;
+        if count as usize > MAX_TAGS {
+            return Err(Error::InvalidArgument(format!(
+                "the secret would carry {count} tags; at most {MAX_TAGS} are allowed"
+            )));
+        }
+        touch(&mut tx, secret_id, now).await?;
+        self.commit_audited(tx, event).await
+    }
+
+    pub async fn untag_secret(
+        &self,
+        secret_id: &str,
+        keys: &[String],
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        for key in keys {
+            sqlx::query("DELETE FROM secret_tags WHERE secret_id = $1 AND key = $2")
+                .bind(secret_id)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        touch(&mut tx, secret_id, now).await?;
+        self.commit_audited(tx, event).await
+    }
+
+    /// Schedules the deletion of a live secret, or erases a secret (live or
+    /// scheduled) at once.
+    pub async fn delete_secret(
+        &self,
+        secret: &SecretRecord,
+        deletion: Deletion,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        match deletion {
+            Deletion::Now => {
+                self.erase(&secret.id, event).await?;
+                self.checkpoint().await
+            }
+            Deletion::At(date) => {
+                let (_guard, mut tx) = self.write().await?;
+                let updated = sqlx::query(
+                    "UPDATE secrets SET deletion_date = $1 WHERE id = $2 AND deletion_date IS NULL",
+                )
+                .bind(date)
+                .bind(&secret.id)
+                .execute(&mut *tx)
+                .await?;
+                if updated.rows_affected() != 1 {
+                    return Err(Error::FailedPrecondition(format!(
+                        "secret {} is already scheduled for deletion; use --force to delete it now",
+                        secret.name
+                    )));
+                }
+                self.commit_audited(tx, event).await
+            }
+        }
+    }
+
+    pub async fn restore_secret(
+        &self,
+        secret: &SecretRecord,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        let updated = sqlx::query(
+            "UPDATE secrets SET deletion_date = NULL, changed_at = $1
+             WHERE id = $2 AND deletion_date IS NOT NULL",
+        )
+        .bind(now)
+        .bind(&secret.id)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(Error::FailedPrecondition(format!(
+                "secret {} is not scheduled for deletion; there is nothing to restore",
+                secret.name
+            )));
+        }
+        self.commit_audited(tx, event).await
+    }
+
+    /// Erases every secret whose recovery window ended by `now`, with all
+    /// its versions, and returns their names.
+    pub async fn purge_due(&self, now: i64) -> Result<Vec<String>> {
+        let due: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, name FROM secrets WHERE deletion_date IS NOT NULL AND deletion_date <= $1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        for (id, name) in &due {
+            let event = AuditEvent::system(
+                "secrets:PurgeSecret",
+                name,
+                "recovery window ended; secret and ciphertexts erased",
+            );
+            self.erase(id, &event).await?;
+        }
+        if !due.is_empty() {
+            self.checkpoint().await?;
+        }
+        Ok(due.into_iter().map(|(_, name)| name).collect())
+    }
+
+    async fn erase(&self, secret_id: &str, event: &AuditEvent) -> Result<()> {
+        let (_guard, mut tx) = self.write().await?;
+        // The cascade removes versions (and their ciphertexts), stages and tags.
+        sqlx::query("DELETE FROM secrets WHERE id = $1")
+            .bind(secret_id)
+            .execute(&mut *tx)
+            .await?;
+        self.commit_audited(tx, event).await
+    }
+}
+
+fn changed_meanwhile() -> Error {
+    Error::FailedPrecondition(
+        "the secret's versions changed while moving it to the new key; try again".to_owned(),
+    )
+}
+
+async fn insert_tags(tx: &mut Tx, secret_id: &str, tags: &[(String, String)]) -> Result<()> {
+    for (key, value) in tags {
+        sqlx::query(
+            "INSERT INTO secret_tags (secret_id, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (secret_id, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(secret_id)
+        .bind(key)
+        .bind(value)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! Versions and their stages: adding a version (with its stage moves and the
+//! purge of old deprecated versions, in one transaction), moving a stage,
+//! reading and listing versions.
+
+use super::{
+    Store, Tx, VERSION_COLUMNS, is_unique_violation, read_stage_map, stored, touch, version_row,
+    write_stage_map,
+};
+use crate::audit::AuditEvent;
+use crate::error::{Error, Result};
+use crate::stages::{self, StageMap};
+use crate::store::{NewVersion, PutOutcome, SecretRecord, VersionRecord, VersionSummary};
+use rekey_shared::{Stage, VersionId};
+use sqlx::Row;
+
+/// Deprecated versions older than this may be purged...
+const DEPRECATED_MIN_AGE_MILLIS: i64 = 86_400_000;
+/// ...once this many newer versions exist.
+const VERSIONS_KEPT: i64 = 100;
+
+impl Store {
+    pub async fn version(
+        &self,
+        secret_id: &str,
+        version_id: &VersionId,
+    ) -> Result<Option<VersionRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM versions v WHERE v.secret_id = $1 AND v.version_id = $2"
+        ))
+        .bind(secret_id)
+        .bind(version_id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(version_row).transpose()
+    }
+
+    /// Every version with its sealed value, oldest first.
+    pub async fn all_versions(&self, secret_id: &str) -> Result<Vec<VersionRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM versions v WHERE v.secret_id = $1 ORDER BY v.seq"
+        ))
+        .bind(secret_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(version_row).collect()
+    }
+
+    pub async fn version_at_stage(
+        &self,
+        secret_id: &str,
+        stage: &Stage,
+    ) -> Result<Option<VersionRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS}
+             FROM version_stages s
+             JOIN versions v ON v.secret_id = s.secret_id AND v.version_id = s.version_id
+             WHERE s.secret_id = $1 AND s.stage = $2"
+        ))
+        .bind(secret_id)
+        .bind(stage.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(version_row).transpose()
+    }
+
+    pub async fn stage_map(&self, secret_id: &str) -> Result<StageMap> {
+        let mut connection = self.pool.acquire().await?;
+        read_stage_map(&mut connection, secret_id).await
+    }
+
+    /// Adds a version and moves stages as [`stages::for_new_version`] says,
+    /// then purges deprecated versions beyond the newest hundred that are
+    /// more than a day old: all in one transaction.
+    pub async fn put_version(
+        &self,
+        secret_id: &str,
+        version: &NewVersion,
+        requested: &[Stage],
+        event: &AuditEvent,
+    ) -> Result<PutOutcome> {
+        let (_guard, mut tx) = self.write().await?;
+        match insert_version(&mut tx, secret_id, version).await {
+            Err(Error::AlreadyExists(_)) => return Ok(PutOutcome::VersionExists),
+            other => other?,
+        }
+        let mut map = read_stage_map(&mut tx, secret_id).await?;
+        stages::for_new_version(&mut map, &version.version_id, requested)?;
+        write_stage_map(&mut tx, secret_id, &map).await?;
+        purge_deprecated(&mut tx, secret_id, version.created_at).await?;
+        touch(&mut tx, secret_id, version.created_at).await?;
+        self.commit_audited(tx, event).await?;
+        Ok(PutOutcome::Added(stages::stages_of(
+            &map,
+            &version.version_id,
+        )))
+    }
+
+    /// Moves `stage` to `to` (or removes it when `to` is `None`). With
+    /// `from`, the stage must be on that version now.
+    pub async fn move_stage(
+        &self,
+        secret: &SecretRecord,
+        stage: &Stage,
+        to: Option<&VersionId>,
+        from: Option<&VersionId>,
+        now: i64,
+        event: &AuditEvent,
+    ) -> Result<()> {
+        let (secret_id, secret_name) = (secret.id.as_str(), &secret.name);
+        let (_guard, mut tx) = self.write().await?;
+        let mut map = read_stage_map(&mut tx, secret_id).await?;
+        if let Some(from) = from {
+            let on = map.get(stage);
+            if on != Some(from) {
+                let where_now =
+                    on.map_or("on no version".to_owned(), |v| format!("on version {v}"));
+                return Err(Error::FailedPrecondition(format!(
+                    "stage {stage} of {secret_name} is {where_now}, not on {from}"
+                )));
+            }
+        }
+        match to {
+            Some(version) => {
+                let exists: Option<i64> = sqlx::query_scalar(
+                    "SELECT 1::BIGINT FROM versions WHERE secret_id = $1 AND version_id = $2",
+                )
+                .bind(secret_id)
+                .bind(version.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if exists.is_none() {
+                    return Err(Error::NotFound(format!(
+                        "secret {secret_name} has no version {version}"
+                    )));
+                }
+                stages::attach(&mut map, stage, version);
+                stages::check_limit(&map, version)?;
+            }
+            None => stages::remove(&mut map, stage)?,
+        }
+        write_stage_map(&mut tx, secret_id, &map).await?;
+        touch(&mut tx, secret_id, now).await?;
+        self.commit_audited(tx, event).await
+    }
+
+    /// Versions newest first; only those with stages unless
+    /// `include_deprecated`. `before_seq` continues a previous page.
+    pub async fn list_versions(
+        &self,
+        secret_id: &str,
+        include_deprecated: bool,
+        before_seq: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<VersionSummary>> {
+        let mut connection = self.pool.acquire().await?;
+        let map = read_stage_map(&mut connection, secret_id).await?;
+        let rows = sqlx::query(
+            "SELECT version_id, seq, created_at, created_by, accessed_day, key_name FROM versions v
+             WHERE secret_id = $1 AND seq < $2
+               AND ($3 OR EXISTS (SELECT 1::BIGINT FROM version_stages s
+                                  WHERE s.secret_id = v.secret_id AND s.version_id = v.version_id))
+             ORDER BY seq DESC LIMIT $4",
+        )
+        .bind(secret_id)
+        .bind(before_seq.unwrap_or(i64::MAX))
+        .bind(include_deprecated)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *connection)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let version_id = stored(VersionId::parse(row.get("version_id")), "version id")?;
+                Ok(VersionSummary {
+                    stages: stages::stages_of(&map, &version_id),
+                    version_id,
+                    seq: row.get("seq"),
+                    created_at: row.get("created_at"),
+                    created_by: row.get("created_by"),
+                    accessed_day: row.get("accessed_day"),
+                    key_name: row.get("key_name"),
+                })
+            })
+            .collect()
+    }
+
+    /// Records that a version was read today. Day resolution: at most one
+    /// write a day per secret and version.
+    pub async fn record_access(
+        &self,
+        secret_id: &str,
+        version_id: &VersionId,
+        day: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE secrets SET accessed_day = $1
+             WHERE id = $2 AND (accessed_day IS NULL OR accessed_day < $1)",
+        )
+        .bind(day)
+        .bind(secret_id)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(
+            "UPDATE versions SET accessed_day = $1
+             WHERE secret_id = $2 AND version_id = $3 AND (accessed_day IS NULL OR accessed_day < $1)",
+        )
+        .bind(day)
+        .bind(secret_id)
+        .bind(version_id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+pub(super) async fn insert_version(
+    tx: &mut Tx,
+    secret_id: &str,
+    version: &NewVersion,
+) -> Result<()> {
+    let inserted = sqlx::query(
+        "INSERT INTO versions (secret_id, version_id, seq, created_at, created_by, is_binary,
+                               ciphertext, wrapped_data_key, key_name, key_version)
+         VALUES ($1, $2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE secret_id = $1),
+                 $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(secret_id)
+    .bind(version.version_id.as_str())
+    .bind(version.created_at)
+    .bind(&version.created_by)
+    .bind(version.sealed.is_binary)
+    .bind(&version.sealed.ciphertext)
+    .bind(&version.sealed.wrapped_data_key)
+    .bind(version.sealed.key.name.as_str())
+    .bind(i64::from(version.sealed.key.version))
+    .execute(&mut **tx)
+    .await;
+    match inserted {
+        Err(error) if is_unique_violation(&error) => Err(Error::AlreadyExists(format!(
+            "version {} already exists",
+            version.version_id
+        ))),
+        Err(error) => Err(error.into()),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Deletes the versions that are deprecated (no stage), more than a day old,
+/// and not among the newest [`VERSIONS_KEPT`].
+async fn purge_deprecated(tx: &mut Tx, secret_id: &str, now: i64) -> Result<()> {
+    let purged = sqlx::query(
+        "DELETE FROM versions
+         WHERE secret_id = $1
+           AND created_at < $2
+           AND seq <= (SELECT seq FROM versions WHERE secret_id = $1
+                       ORDER BY seq DESC LIMIT 1 OFFSET $3)
+           AND NOT EXISTS (SELECT 1::BIGINT FROM version_stages s
+                           WHERE s.secret_id = versions.secret_id
+                             AND s.version_id = versions.version_id)",
+    )
+    .bind(secret_id)
+    .bind(now - DEPRECATED_MIN_AGE_MILLIS)
+    .bind(VERSIONS_KEPT)
+    .execute(&mut **tx)
+    .await?;
+    if purged.rows_affected() > 0 {
+        tracing::info!(
+            secret_id,
+            purged = purged.rows_affected(),
+            "purged deprecated versions"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,453 @@
+//! One storage suite, run against both backends: SQLite in a temporary
+//! file always, PostgreSQL when `REKEY_TEST_POSTGRES_URL` names a server
+//! (`.ci/run` sets it), each run in a fresh database of its own that is
+//! dropped afterwards. Two `Store`s on one PostgreSQL database stand in for
+//! two replicas.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the test's failure report
+
+use rekey_server::audit::{AuditEvent, AuditKey, verify};
+use rekey_server::crypto::{Key, KeyRef, RootKey, SealedValue};
+use rekey_server::store::{
+    AuditQuery, CertificateRecord, Cursor, Deletion, FilterField, NewSecret, NewVersion,
+    PutOutcome, SecretFilter, SecretQuery, Store,
+};
+use rekey_shared::{KeyName, SecretName, Stage, VersionId};
+use sqlx::Connection;
+use std::sync::Arc;
+
+fn event(action: &str) -> AuditEvent {
+    AuditEvent::system(action, "test", "")
+}
+
+fn sealed(byte: u8) -> SealedValue {
+    SealedValue {
+        is_binary: false,
+        ciphertext: vec![byte; 32],
+        wrapped_data_key: vec![byte; 60],
+        key: KeyRef {
+            name: KeyName::default_key(),
+            version: 1,
+        },
+    }
+}
+
+fn new_version(byte: u8) -> NewVersion {
+    NewVersion {
+        version_id: VersionId::random(),
+        created_at: rekey_shared::time::now_millis(),
+        created_by: "tester".into(),
+        sealed: sealed(byte),
+    }
+}
+
+async fn create(store: &Store, name: &str, tags: &[(&str, &str)]) -> String {
+    let id = uuid::Uuid::new_v4().to_string();
+    let secret = NewSecret {
+        id: id.clone(),
+        name: SecretName::parse(name).unwrap(),
+        description: format!("about {name}"),
+        key_name: KeyName::default_key(),
+        tags: tags
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        created_at: rekey_shared::time::now_millis(),
+    };
+    store
+        .create_secret(&secret, Some(&new_version(1)), &event("CreateSecret"))
+        .await
+        .unwrap();
+    id
+}
+
+/// Every event in order verifies as one chain.
+async fn assert_chain_verifies(store: &Store, key: &AuditKey) -> u64 {
+    let mut verification = verify(key, None);
+    let mut after_seq = 0;
+    loop {
+        let page = store
+            .audit_events(&AuditQuery {
+                after_seq,
+                limit: 500,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after_seq = last.seq;
+        for stored in page {
+            assert!(verification.push(stored), "{:?}", verification.finding);
+        }
+    }
+    assert!(verification.finding.is_none(), "{:?}", verification.finding);
+    verification.events
+}
+
+/// The behaviour both backends must share.
+async fn suite(url: &str, root: &RootKey) {
+    let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
+
+    // Secrets, versions and stages.
+    let id = create(&store, "app/db", &[("env", "prod"), ("team", "payments")]).await;
+    let second = new_version(2);
+    let outcome = store
+        .put_version(&id, &second, &[Stage::current()], &event("Put"))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, PutOutcome::Added(stages) if stages == vec![Stage::current()]));
+    let again = store
+        .put_version(&id, &second, &[Stage::current()], &event("Put"))
+        .await
+        .unwrap();
+    assert_eq!(again, PutOutcome::VersionExists);
+    let current = store
+        .version_at_stage(&id, &Stage::current())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(current.version_id, second.version_id);
+    assert_eq!(current.sealed.ciphertext, vec![2; 32]);
+    assert!(
+        store
+            .version_at_stage(&id, &Stage::previous())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let versions = store.list_versions(&id, true, None, 10).await.unwrap();
+    assert_eq!(versions.len(), 2);
+    assert!(versions.iter().all(|v| v.key_name == "default"));
+
+    // Listing: filters, sort orders and keyset pages.
+    for name in ["app/api", "app/cache", "ops/backup", "ops/ci"] {
+        create(
+            &store,
+            name,
+            &[(
+                "env",
+                if name.starts_with("app") {
+                    "prod"
+                } else {
+                    "dev"
+                },
+            )],
+        )
+        .await;
+    }
+    let by_name = |filters| SecretQuery {
+        filters,
+        limit: 2,
+        ..SecretQuery::default()
+    };
+    let mut names = Vec::new();
+    let mut query = by_name(Vec::new());
+    loop {
+        let page = store.list_secrets(&query).await.unwrap();
+        let Some(last) = page.last() else { break };
+        query.after = Some(Cursor {
+            value: 0,
+            name: last.name.as_str().to_owned(),
+        });
+        names.extend(page.iter().map(|s| s.name.as_str().to_owned()));
+    }
+    assert_eq!(
+        names,
+        ["app/api", "app/cache", "app/db", "ops/backup", "ops/ci"]
+    );
+    let tagged = store
+        .list_secrets(&SecretQuery {
+            limit: 10,
+            ..by_name(vec![SecretFilter {
+                field: FilterField::Tag,
+                include: vec!["env=pro".into()],
+                exclude: vec![],
+            }])
+        })
+        .await
+        .unwrap();
+    assert_eq!(tagged.len(), 3);
+    let excluded = store
+        .list_secrets(&SecretQuery {
+            limit: 10,
+            ..by_name(vec![SecretFilter {
+                field: FilterField::All,
+                include: vec!["ops/".into()],
+                exclude: vec!["ops/c".into()],
+            }])
+        })
+        .await
+        .unwrap();
+    assert_eq!(excluded.len(), 1);
+    assert_eq!(excluded[0].name.as_str(), "ops/backup");
+
+    // Deletion and restore.
+    let doomed = store
+        .secret(&SecretName::parse("ops/ci").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .delete_secret(&doomed, Deletion::At(i64::MAX / 2), &event("Delete"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .list_secrets(&by_name(Vec::new()))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let doomed = store.secret(&doomed.name).await.unwrap().unwrap();
+    store
+        .restore_secret(&doomed, rekey_shared::time::now_millis(), &event("Restore"))
+        .await
+        .unwrap();
+
+    // Policy versions: a stale base is refused.
+    let first = store
+        .insert_policy("roles: {}", "tester", 0, 1, &event("Policy"))
+        .await
+        .unwrap();
+    assert_eq!(first, Some(1));
+    let stale = store
+        .insert_policy("roles: {}", "tester", 0, 2, &event("Policy"))
+        .await
+        .unwrap();
+    assert_eq!(stale, None);
+    assert_eq!(store.policy_version().await.unwrap(), 1);
+
+    // Certificates and revocation.
+    store
+        .record_certificate(
+            &CertificateRecord {
+                serial: "0a0b".into(),
+                principal: "alice".into(),
+                issued_at: Some(1),
+                not_after: Some(2),
+                revoked_at: None,
+            },
+            &event("Issue"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.revoke("alice", 5, &event("Revoke")).await.unwrap(),
+        ["0a0b"]
+    );
+    assert_eq!(store.revoked_serials().await.unwrap(), ["0a0b"]);
+
+    // Concurrent puts: every acknowledged put is a version, one CURRENT.
+    let store = Arc::new(store);
+    let tasks: Vec<_> = (0..16u8)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            let id = id.clone();
+            tokio::spawn(async move {
+                let version = new_version(10 + n);
+                store
+                    .put_version(&id, &version, &[Stage::current()], &event("Put"))
+                    .await
+                    .unwrap();
+                version.version_id
+            })
+        })
+        .collect();
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.push(task.await.unwrap());
+    }
+    let map = store.stage_map(&id).await.unwrap();
+    let versions = store.list_versions(&id, true, None, 100).await.unwrap();
+    assert_eq!(versions.len(), 18);
+    for version_id in &acknowledged {
+        assert!(versions.iter().any(|v| &v.version_id == version_id));
+    }
+    let current: Vec<_> = versions
+        .iter()
+        .filter(|v| v.stages.contains(&Stage::current()))
+        .collect();
+    assert_eq!(current.len(), 1, "{map:?}");
+    let previous: Vec<_> = versions
+        .iter()
+        .filter(|v| v.stages.contains(&Stage::previous()))
+        .collect();
+    assert_eq!(previous.len(), 1, "{map:?}");
+
+    let events = assert_chain_verifies(&store, &AuditKey::derive(root)).await;
+    assert_eq!(events, 27, "one event per write, in one chain");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
+    suite(&url, &RootKey::new(Key::generate())).await;
+}
+
+#[tokio::test]
+async fn unknown_database_scheme_is_refused() {
+    let error = Store::open(
+        "mysql://root@localhost/test",
+        AuditKey::derive(&RootKey::new(Key::generate())),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("sqlite:// or postgres://"),
+        "{error}"
+    );
+}
+
+/// A fresh PostgreSQL database, dropped when the test ends (passed or
+/// failed); `None` when `REKEY_TEST_POSTGRES_URL` is unset.
+struct FreshDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl FreshDatabase {
+    async fn create() -> Option<Self> {
+        let Ok(admin_url) = std::env::var("REKEY_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: REKEY_TEST_POSTGRES_URL is not set (.ci/run sets it)");
+            return None;
+        };
+        let name = format!("rekey_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&admin_url)
+            .await
+            .expect("REKEY_TEST_POSTGRES_URL is set but the server is unreachable");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base);
+        let url = format!("{base}/{name}");
+        Some(Self {
+            admin_url,
+            name,
+            url,
+        })
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // A runtime of its own: the test's runtime may be gone or busy.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime")
+                .block_on(async {
+                    let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
+                    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await
+                        .map(drop)
+                })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn postgres_backend() {
+    let Some(database) = FreshDatabase::create().await else {
+        return;
+    };
+    suite(&database.url, &RootKey::new(Key::generate())).await;
+}
+
+/// Two stores on one database, as two replicas: writes through one are
+/// read through the other, concurrent puts through both leave one CURRENT,
+/// and the audit chain is one chain.
+#[tokio::test]
+async fn postgres_two_replicas_share_one_database() {
+    let Some(database) = FreshDatabase::create().await else {
+        return;
+    };
+    let root = RootKey::new(Key::generate());
+    let a = Arc::new(
+        Store::open(&database.url, AuditKey::derive(&root))
+            .await
+            .unwrap(),
+    );
+    let b = Arc::new(
+        Store::open(&database.url, AuditKey::derive(&root))
+            .await
+            .unwrap(),
+    );
+    let id = create(&a, "shared/secret", &[]).await;
+    let seen = b
+        .secret(&SecretName::parse("shared/secret").unwrap())
+        .await
+        .unwrap()
+        .expect("a write through one replica is read through the other");
+    assert_eq!(seen.id, id);
+
+    let tasks: Vec<_> = (0..20u8)
+        .map(|n| {
+            let store = Arc::clone(if n % 2 == 0 { &a } else { &b });
+            let id = id.clone();
+            tokio::spawn(async move {
+                let version = new_version(n);
+                store
+                    .put_version(&id, &version, &[Stage::current()], &event("Put"))
+                    .await
+                    .unwrap();
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let versions = b.list_versions(&id, true, None, 100).await.unwrap();
+    assert_eq!(versions.len(), 21);
+    let with = |stage: Stage| {
+        versions
+            .iter()
+            .filter(|v| v.stages.contains(&stage))
+            .count()
+    };
+    assert_eq!(with(Stage::current()), 1);
+    assert_eq!(with(Stage::previous()), 1);
+    let events = assert_chain_verifies(&a, &AuditKey::derive(&root)).await;
+    assert_eq!(events, 21);
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test]
+async fn postgres_schema_newer_than_known_is_refused() {
+    let Some(database) = FreshDatabase::create().await else {
+        return;
+    };
+    let root = RootKey::new(Key::generate());
+    Store::open(&database.url, AuditKey::derive(&root))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let mut connection = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    connection.close().await.unwrap();
+    let error = Store::open(&database.url, AuditKey::derive(&root))
+        .await
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("newer than this rekeyd knows"),
+        "{error}"
+    );
+}
