@@ -37,6 +37,10 @@ enum Command {
         /// Another host name or address the server certificate must name.
         #[arg(long = "san", value_name = "HOST")]
         sans: Vec<String>,
+        /// The database: `postgres://USER@HOST/DB` for several replicas
+        /// (default: the embedded SQLite file rekey.db).
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
     },
     /// Serve the installation.
     Serve {
@@ -147,8 +151,8 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let location = &cli.location;
     match cli.command {
-        Command::Init { sans } => {
-            let made = installation::init(&location.dir, &sans).await?;
+        Command::Init { sans, database_url } => {
+            let made = installation::init(&location.dir, &sans, database_url.as_deref()).await?;
             println!(
                 "created an installation in {}\nadmin identity: {}\nstart it with: rekeyd --dir {} serve",
                 made.dir.display(),
@@ -251,7 +255,7 @@ async fn dev(listen: &str) -> anyhow::Result<()> {
         .prefix("rekey-dev-")
         .tempdir()
         .context("creating a temporary directory")?;
-    let made = installation::init(dir.path(), &[]).await?;
+    let made = installation::init(dir.path(), &[], None).await?;
     installation::add_demo_secrets(dir.path()).await?;
     let mut loaded = config::load(dir.path(), None)?;
     loaded.config.listen = listen.to_owned();

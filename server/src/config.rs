@@ -217,7 +217,12 @@ pub fn apply_environment(
 /// The default configuration as TOML, with a header that says how it is
 /// read.
 pub fn default_toml() -> String {
-    let body = toml::to_string_pretty(&Config::default()).unwrap_or_default();
+    toml_of(&Config::default())
+}
+
+/// `config` as the file `rekeyd init` writes, with its header.
+pub fn toml_of(config: &Config) -> String {
+    let body = toml::to_string_pretty(config).unwrap_or_default();
     format!(
         "# rekeyd configuration. Relative paths are relative to this file's directory.\n\
          # Environment variables override it: REKEY_LISTEN, REKEY_DATABASE_URL,\n\

@@ -44,7 +44,13 @@ pub struct Initialized {
 }
 
 /// Creates a new installation in `dir`, which must not hold one already.
-pub async fn init(dir: &Path, extra_hosts: &[String]) -> anyhow::Result<Initialized> {
+/// `database_url`: where the data lives when not in the embedded SQLite
+/// file (`postgres://…` for several replicas).
+pub async fn init(
+    dir: &Path,
+    extra_hosts: &[String],
+    database_url: Option<&str>,
+) -> anyhow::Result<Initialized> {
     for existing in [CONFIG_FILE, "root.key", "rekey.db", CA_KEY] {
         if dir.join(existing).exists() {
             anyhow::bail!(
@@ -59,7 +65,10 @@ pub async fn init(dir: &Path, extra_hosts: &[String]) -> anyhow::Result<Initiali
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    let defaults = config::Config::default();
+    let mut defaults = config::Config::default();
+    if let Some(url) = database_url {
+        defaults.database_url = url.to_owned();
+    }
 
     let (ca, ca_key) = CertificateAuthority::generate("rekey CA")?;
     std::fs::write(dir.join(CA_CERTIFICATE), &ca.certificate_pem)?;
@@ -77,12 +86,20 @@ pub async fn init(dir: &Path, extra_hosts: &[String]) -> anyhow::Result<Initiali
 
     let (root_text, root) = new_root_key();
     write_private(&dir.join(&defaults.root_key_file), &root_text)?;
-    std::fs::write(dir.join(CONFIG_FILE), config::default_toml())?;
+    // Private: a database URL may carry a password.
+    write_private(&dir.join(CONFIG_FILE), &config::toml_of(&defaults))?;
 
     drop(root);
     let loaded = config::load(dir, None)?;
     let Opened { store, keyring } = open(&loaded).await?;
     let initialized = async {
+        if !store.list_master_keys().await?.is_empty() {
+            return Err(crate::error::Error::FailedPrecondition(
+                "the database already holds an installation; copy that installation's \
+                 directory to add a replica instead"
+                    .to_owned(),
+            ));
+        }
         keyring
             .create_version(
                 &store,

@@ -6,7 +6,8 @@
 //! checks the passwords of the users a test creates.
 //!
 //! Each is found through an environment variable that `.ci/run` sets
-//! (`REKEY_TEST_PG_BINDIR`, `REKEY_TEST_MYSQL_URL`). Unset: the test is
+//! (`REKEY_TEST_PG_BINDIR`, `REKEY_TEST_MYSQL_URL`, and for rekey's own
+//! PostgreSQL storage `REKEY_TEST_POSTGRES_URL`). Unset: the test is
 //! skipped with a notice. Set but unusable: the test fails.
 
 use std::path::PathBuf;
@@ -291,6 +292,78 @@ impl Drop for TestMysql {
         let users = std::mem::take(&mut *self.users.lock().unwrap());
         for user in users {
             self.sql(&format!("DROP USER IF EXISTS '{user}'@'%'"));
+        }
+    }
+}
+
+/// A fresh database on the PostgreSQL server `REKEY_TEST_POSTGRES_URL`
+/// names, for rekey's own storage; dropped (with its connections) when
+/// this value is, whether the test passed or not.
+#[derive(Debug)]
+pub struct StorageDatabase {
+    admin_url: String,
+    name: String,
+    pub url: String,
+}
+
+impl StorageDatabase {
+    /// `None` (skip) when `REKEY_TEST_POSTGRES_URL` is unset.
+    pub fn create() -> Option<Self> {
+        let Ok(admin_url) = std::env::var("REKEY_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: REKEY_TEST_POSTGRES_URL is not set (.ci/run sets it)");
+            return None;
+        };
+        let name = format!("rekey_test_{}", random_word());
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url.as_str(), |(base, _)| base);
+        let database = Self {
+            url: format!("{base}/{name}"),
+            admin_url: admin_url.clone(),
+            name,
+        };
+        database.admin_sql(&format!("CREATE DATABASE {}", database.name));
+        Some(database)
+    }
+
+    /// Runs SQL in this database; panics when it fails.
+    pub fn sql(&self, sql: &str) {
+        run_postgres(&self.url, sql).unwrap();
+    }
+
+    fn admin_sql(&self, sql: &str) {
+        run_postgres(&self.admin_url, sql)
+            .unwrap_or_else(|error| panic!("REKEY_TEST_POSTGRES_URL is set but unusable: {error}"));
+    }
+}
+
+/// One statement on its own connection, from any thread or runtime.
+fn run_postgres(url: &str, sql: &str) -> Result<(), sqlx::Error> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Runtime::new()
+                    .unwrap()
+                    .block_on(async move {
+                        use sqlx::{Connection, Executor};
+                        let mut connection = sqlx::PgConnection::connect(&url).await?;
+                        connection.execute(sql.as_str()).await?;
+                        connection.close().await
+                    })
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+impl Drop for StorageDatabase {
+    fn drop(&mut self) {
+        if let Err(error) = run_postgres(
+            &self.admin_url,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        ) {
+            eprintln!("could not drop test database {}: {error}", self.name);
         }
     }
 }

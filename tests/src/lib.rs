@@ -53,11 +53,21 @@ impl Default for Installation {
 
 impl Installation {
     pub fn new() -> Self {
+        Self::init(&[])
+    }
+
+    /// An installation whose data lives in `database` (PostgreSQL), shared
+    /// by every server started on it: replicas.
+    pub fn on_postgres(database: &databases::StorageDatabase) -> Self {
+        Self::init(&["--database-url", &database.url])
+    }
+
+    fn init(args: &[&str]) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("rekey-test-")
             .tempdir()
             .unwrap();
-        let output = rekeyd(dir.path(), &["init"]);
+        let output = rekeyd(dir.path(), &[&["init"], args].concat());
         assert!(
             output.status.success(),
             "rekeyd init failed: {}",

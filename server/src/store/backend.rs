@@ -131,5 +131,9 @@ forward! {
     pub async fn move_stage(&self, secret: &SecretRecord, stage: &Stage, to: Option<&VersionId>, from: Option<&VersionId>, now: i64, event: &AuditEvent) -> Result<()>;
     pub async fn put_version(&self, secret_id: &str, version: &NewVersion, requested: &[Stage], event: &AuditEvent) -> Result<PutOutcome>;
     pub async fn list_versions(&self, secret_id: &str, include_deprecated: bool, before_seq: Option<i64>, limit: u32) -> Result<Vec<VersionSummary>>;
+    pub async fn claim_lease(&self, secret_id: &str, owner: &str, now: i64, until: i64) -> Result<bool>;
+    pub async fn release_lease(&self, secret_id: &str, owner: &str) -> Result<()>;
+    pub async fn clear_leases(&self) -> Result<()>;
+    pub async fn claim_due(&self, secret_id: &str, due_at: i64, next: Option<i64>) -> Result<bool>;
     pub async fn record_access(&self, secret_id: &str, version_id: &VersionId, day: i64) -> Result<()>;
 }

@@ -13,6 +13,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../../migrations/sqlite/0002_policy_certificates_audit.sql"),
     ),
     (3, include_str!("../../migrations/sqlite/0003_rotation.sql")),
+    (
+        4,
+        include_str!("../../migrations/sqlite/0004_rotation_leases.sql"),
+    ),
 ];
 
 pub async fn migrate(pool: &SqlitePool) -> Result<()> {

@@ -1,12 +1,15 @@
 //! The executor of rotation runs. For a secret it loads the persisted run,
 //! asks the planner what to do, does it, persists the result (history,
 //! watch event, audit event), and asks again until the planner says wait.
-//! One driver per secret at a time (a lock per secret); every transition
+//! One driver per secret at a time: a lock per secret in this process, and
+//! a lease in the database across replicas ([`lease`]). Every transition
 //! is persisted before the next one, and a step's effect is idempotent for
 //! the run's token, so a server killed anywhere resumes cleanly: at start,
-//! and every second, every active run is driven again.
+//! and every second, every active run is driven again, by whichever
+//! replica holds or next claims its lease.
 //!
-//! The same loop starts scheduled runs when they are due.
+//! The same loop starts scheduled runs when they are due; a claim on the
+//! schedule makes exactly one replica start each.
 
 use super::planner::{self, Inputs, Plan};
 use super::schedule;
@@ -24,7 +27,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod lease;
 mod steps;
+
+pub use lease::LEASE;
 
 const TICK: Duration = Duration::from_secs(1);
 
@@ -32,6 +38,8 @@ const TICK: Duration = Duration::from_secs(1);
 pub struct Engine {
     state: Arc<AppState>,
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// This process, as the owner of the leases it takes.
+    owner: String,
 }
 
 pub fn history(
@@ -56,6 +64,7 @@ impl Engine {
         Arc::new(Self {
             state,
             locks: Default::default(),
+            owner: VersionId::random().into_string(),
         })
     }
 
@@ -96,6 +105,9 @@ impl Engine {
     /// The loop: resume every active run now, then every second drive
     /// active runs (retry times, approval expiry) and start due schedules.
     pub async fn run(self: Arc<Self>) {
+        if let Err(error) = self.state.store.clear_leases().await {
+            tracing::error!(%error, "clearing the leases of a previous process failed");
+        }
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -143,8 +155,9 @@ impl Engine {
     /// configured rotation (the initiator of a scheduled run).
     async fn start_due(self: &Arc<Self>) -> Result<()> {
         let now = now_millis();
-        for config in self.state.store.due_rotations(now).await? {
-            let Some(secret) = self.state.store.secret_by_id(&config.secret_id).await? else {
+        let store = &self.state.store;
+        for config in store.due_rotations(now).await? {
+            let Some(secret) = store.secret_by_id(&config.secret_id).await? else {
                 continue;
             };
             let parsed = schedule::parse(&config.schedule).ok();
@@ -153,50 +166,38 @@ impl Engine {
             let next = parsed
                 .as_ref()
                 .and_then(|schedule| schedule.next(Some(now), now));
-            if let Some(window) = window
+            // Exactly one process moves the schedule on from this due time,
+            // and only it goes on to start the run.
+            if !store.claim_due(&secret.id, due_at, next).await? {
+                continue;
+            }
+            let detail = if let Some(window) = window
                 && now > due_at + window
             {
                 // The window passed (the server was down): wait for the next.
-                let event = AuditEvent::system(
+                "the rotation window passed; skipped to the next time".to_owned()
+            } else {
+                match self
+                    .start_run(&secret, &config.configured_by, false, true, None)
+                    .await
+                {
+                    Ok(run) => {
+                        tracing::info!(secret = %secret.name, run = %run.id, "scheduled rotation started");
+                        format!("scheduled run {} started", run.id)
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, secret = %secret.name, "a scheduled rotation did not start");
+                        format!("not started: {error}")
+                    }
+                }
+            };
+            store
+                .record(&AuditEvent::system(
                     "rotation:Schedule",
                     secret.name.as_str(),
-                    "the rotation window passed; skipped to the next time",
-                );
-                self.state
-                    .store
-                    .set_next_rotation(&secret.id, next, &event)
-                    .await?;
-                continue;
-            }
-            match self
-                .start_run(&secret, &config.configured_by, false, true, None)
-                .await
-            {
-                Ok(run) => {
-                    tracing::info!(secret = %secret.name, run = %run.id, "scheduled rotation started");
-                    let event = AuditEvent::system(
-                        "rotation:Schedule",
-                        secret.name.as_str(),
-                        &format!("scheduled run {} started", run.id),
-                    );
-                    self.state
-                        .store
-                        .set_next_rotation(&secret.id, next, &event)
-                        .await?;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, secret = %secret.name, "a scheduled rotation did not start");
-                    let event = AuditEvent::system(
-                        "rotation:Schedule",
-                        secret.name.as_str(),
-                        &format!("not started: {error}"),
-                    );
-                    self.state
-                        .store
-                        .set_next_rotation(&secret.id, next, &event)
-                        .await?;
-                }
-            }
+                    &detail,
+                ))
+                .await?;
         }
         Ok(())
     }
@@ -488,6 +489,10 @@ impl Engine {
     async fn drive_run(&self, secret_id: &str) -> Result<()> {
         let lock = self.lock_for(secret_id);
         let _held = lock.lock().await;
+        let Some(_lease) = lease::Lease::claim(&self.state, secret_id, &self.owner).await? else {
+            // Another replica drives this run.
+            return Ok(());
+        };
         let store = &self.state.store;
         // Bounded: every iteration persists progress; a run needs far fewer.
         for _ in 0..64 {

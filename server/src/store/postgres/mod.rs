@@ -8,6 +8,7 @@
 mod audit;
 mod certificates;
 mod keys;
+mod leases;
 pub(super) mod list;
 mod policies;
 mod rotation;

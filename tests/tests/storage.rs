@@ -1,4 +1,4 @@
-//! One storage suite, run against both backends: SQLite in a temporary
+//! One storage suite, run against both backends through the store's API: SQLite in a temporary
 //! file always, PostgreSQL when `REKEY_TEST_POSTGRES_URL` names a server
 //! (`.ci/run` sets it), each run in a fresh database of its own that is
 //! dropped afterwards. Two `Store`s on one PostgreSQL database stand in for
@@ -13,7 +13,7 @@ use rekey_server::store::{
     PutOutcome, SecretFilter, SecretQuery, Store,
 };
 use rekey_shared::{KeyName, SecretName, Stage, VersionId};
-use sqlx::Connection;
+use rekey_tests::databases::StorageDatabase;
 use std::sync::Arc;
 
 fn event(action: &str) -> AuditEvent {
@@ -42,7 +42,7 @@ fn new_version(byte: u8) -> NewVersion {
 }
 
 async fn create(store: &Store, name: &str, tags: &[(&str, &str)]) -> String {
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = VersionId::random().into_string();
     let secret = NewSecret {
         id: id.clone(),
         name: SecretName::parse(name).unwrap(),
@@ -301,67 +301,9 @@ async fn unknown_database_scheme_is_refused() {
     );
 }
 
-/// A fresh PostgreSQL database, dropped when the test ends (passed or
-/// failed); `None` when `REKEY_TEST_POSTGRES_URL` is unset.
-struct FreshDatabase {
-    admin_url: String,
-    name: String,
-    url: String,
-}
-
-impl FreshDatabase {
-    async fn create() -> Option<Self> {
-        let Ok(admin_url) = std::env::var("REKEY_TEST_POSTGRES_URL") else {
-            eprintln!("skipped: REKEY_TEST_POSTGRES_URL is not set (.ci/run sets it)");
-            return None;
-        };
-        let name = format!("rekey_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = sqlx::PgConnection::connect(&admin_url)
-            .await
-            .expect("REKEY_TEST_POSTGRES_URL is set but the server is unreachable");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .unwrap();
-        let base = admin_url
-            .rsplit_once('/')
-            .map_or(admin_url.as_str(), |(base, _)| base);
-        let url = format!("{base}/{name}");
-        Some(Self {
-            admin_url,
-            name,
-            url,
-        })
-    }
-}
-
-impl Drop for FreshDatabase {
-    fn drop(&mut self) {
-        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
-        // A runtime of its own: the test's runtime may be gone or busy.
-        let dropped = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime")
-                .block_on(async {
-                    let mut admin = sqlx::PgConnection::connect(&admin_url).await?;
-                    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-                        .execute(&mut admin)
-                        .await
-                        .map(drop)
-                })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test database {}", self.name);
-        }
-    }
-}
-
 #[tokio::test]
 async fn postgres_backend() {
-    let Some(database) = FreshDatabase::create().await else {
+    let Some(database) = StorageDatabase::create() else {
         return;
     };
     suite(&database.url, &RootKey::new(Key::generate())).await;
@@ -372,7 +314,7 @@ async fn postgres_backend() {
 /// and the audit chain is one chain.
 #[tokio::test]
 async fn postgres_two_replicas_share_one_database() {
-    let Some(database) = FreshDatabase::create().await else {
+    let Some(database) = StorageDatabase::create() else {
         return;
     };
     let root = RootKey::new(Key::generate());
@@ -428,7 +370,7 @@ async fn postgres_two_replicas_share_one_database() {
 
 #[tokio::test]
 async fn postgres_schema_newer_than_known_is_refused() {
-    let Some(database) = FreshDatabase::create().await else {
+    let Some(database) = StorageDatabase::create() else {
         return;
     };
     let root = RootKey::new(Key::generate());
@@ -437,12 +379,7 @@ async fn postgres_schema_newer_than_known_is_refused() {
         .unwrap()
         .close()
         .await;
-    let mut connection = sqlx::PgConnection::connect(&database.url).await.unwrap();
-    sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)")
-        .execute(&mut connection)
-        .await
-        .unwrap();
-    connection.close().await.unwrap();
+    database.sql("INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)");
     let error = Store::open(&database.url, AuditKey::derive(&root))
         .await
         .unwrap_err();

@@ -1,0 +1,100 @@
+//! The lease a process holds on a secret's rotation work while it drives
+//! the run: renewed by a heartbeat in the background, given up when the
+//! driver is done. A process that dies stops renewing; once the lease
+//! lapses, another replica's engine loop claims it and resumes the run at
+//! its persisted step.
+
+use crate::error::Result;
+use crate::service::AppState;
+use rekey_shared::time::now_millis;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a lease lasts without renewal: the longest a run waits for
+/// another replica after its driver died.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// How often the holder renews: several renewals fit in one lease.
+const HEARTBEAT: Duration = Duration::from_secs(3);
+
+fn until(now: i64) -> i64 {
+    now + i64::try_from(LEASE.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A held lease; dropping it stops the heartbeat and gives the lease up.
+#[derive(Debug)]
+pub struct Lease {
+    state: Arc<AppState>,
+    secret_id: String,
+    owner: String,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    /// Claims the lease on `secret_id` for `owner`; `None` when another
+    /// process holds it.
+    pub async fn claim(
+        state: &Arc<AppState>,
+        secret_id: &str,
+        owner: &str,
+    ) -> Result<Option<Self>> {
+        let now = now_millis();
+        if !state
+            .store
+            .claim_lease(secret_id, owner, now, until(now))
+            .await?
+        {
+            return Ok(None);
+        }
+        let heartbeat = {
+            let (state, secret_id, owner) = (state.clone(), secret_id.to_owned(), owner.to_owned());
+            tokio::spawn(async move {
+                let mut beats = tokio::time::interval(HEARTBEAT);
+                beats.tick().await;
+                loop {
+                    beats.tick().await;
+                    let now = now_millis();
+                    match state
+                        .store
+                        .claim_lease(&secret_id, &owner, now, until(now))
+                        .await
+                    {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            tracing::error!(
+                                secret_id,
+                                "the rotation lease was taken over while held"
+                            );
+                            return;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, secret_id, "renewing a rotation lease failed")
+                        }
+                    }
+                }
+            })
+        };
+        Ok(Some(Self {
+            state: state.clone(),
+            secret_id: secret_id.to_owned(),
+            owner: owner.to_owned(),
+            heartbeat,
+        }))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        let (state, secret_id, owner) = (
+            self.state.clone(),
+            std::mem::take(&mut self.secret_id),
+            std::mem::take(&mut self.owner),
+        );
+        tokio::spawn(async move {
+            if let Err(error) = state.store.release_lease(&secret_id, &owner).await {
+                tracing::warn!(%error, secret_id, "releasing a rotation lease failed; it lapses");
+            }
+        });
+    }
+}

@@ -1,0 +1,66 @@
+//! Leases and claims that let several processes share rotation work: a run
+//! is driven by the holder of its secret's lease, and a due schedule is
+//! started by the one process whose claim moved it on. Coordination only:
+//! nothing here changes secret data, so nothing here is audited.
+
+use super::Store;
+use crate::error::Result;
+
+impl Store {
+    /// Takes or renews the lease on `secret_id`'s rotation work until
+    /// `until`; false when another owner holds an unexpired one.
+    pub async fn claim_lease(
+        &self,
+        secret_id: &str,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool> {
+        let claimed = sqlx::query(
+            "INSERT INTO rotation_leases (secret_id, owner, expires_at) VALUES (?, ?, ?)
+             ON CONFLICT (secret_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+             WHERE rotation_leases.owner = excluded.owner OR rotation_leases.expires_at < ?",
+        )
+        .bind(secret_id)
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(claimed.rows_affected() == 1)
+    }
+
+    /// Gives the lease up, if `owner` still holds it.
+    pub async fn release_lease(&self, secret_id: &str, owner: &str) -> Result<()> {
+        sqlx::query("DELETE FROM rotation_leases WHERE secret_id = ? AND owner = ?")
+            .bind(secret_id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Drops every lease: one process serves an embedded database, so a
+    /// lease found at start belongs to a process that is gone.
+    pub async fn clear_leases(&self) -> Result<()> {
+        sqlx::query("DELETE FROM rotation_leases")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Moves a due schedule on from `due_at` to `next`; true for the one
+    /// caller whose claim did, who then starts the run.
+    pub async fn claim_due(&self, secret_id: &str, due_at: i64, next: Option<i64>) -> Result<bool> {
+        let claimed = sqlx::query(
+            "UPDATE rotation_configs SET next_rotation_at = ?
+             WHERE secret_id = ? AND next_rotation_at = ?",
+        )
+        .bind(next)
+        .bind(secret_id)
+        .bind(due_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(claimed.rows_affected() == 1)
+    }
+}
