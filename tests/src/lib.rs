@@ -226,6 +226,11 @@ impl Server {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the server at once (SIGKILL): no drain, no cleanup.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

@@ -69,6 +69,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("../../migrations/postgres/0003_rotation.sql"),
     ),
+    (
+        4,
+        include_str!("../../migrations/postgres/0004_rotation_leases.sql"),
+    ),
 ];
 
 /// The lock every replica takes while it migrates, so that two replicas
@@ -113,4 +117,23 @@ pub async fn migrate_postgres(pool: &PgPool) -> Result<()> {
     }
     transaction.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_backends_have_the_same_schema_versions() {
+        let versions = |migrations: &[(i64, &str)]| -> Vec<i64> {
+            migrations.iter().map(|(version, _)| *version).collect()
+        };
+        assert_eq!(versions(SQLITE_MIGRATIONS), versions(POSTGRES_MIGRATIONS));
+        assert!(
+            versions(SQLITE_MIGRATIONS)
+                .iter()
+                .enumerate()
+                .all(|(i, v)| *v == i as i64 + 1)
+        );
+    }
 }

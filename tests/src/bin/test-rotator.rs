@@ -5,7 +5,8 @@
 //! makes STEP fail (printing CURRENT to standard error, which rekeyd must
 //! redact), `fail-revert` fails the revert, `hang-STEP` never finishes,
 //! `garbage-createSecret` prints bytes that are not text, and `block-STEP`
-//! holds STEP (after writing `blocked-STEP`) until the test removes it.
+//! holds STEP (after writing `blocked-STEP`, holding the process id of the
+//! rekeyd that runs it) until the test removes it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -34,7 +35,9 @@ fn main() {
     let flag = |name: &str| dir.join(name).exists();
     let block = format!("block-{step}");
     if flag(&block) {
-        std::fs::write(dir.join(format!("blocked-{step}")), "").unwrap();
+        // Which rekeyd runs it: the test of replicas kills that one.
+        let parent = std::os::unix::process::parent_id().to_string();
+        std::fs::write(dir.join(format!("blocked-{step}")), parent).unwrap();
         while flag(&block) {
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -1,5 +1,5 @@
 //! End-to-end tests of rekey: real `rekeyd` processes, real mutual TLS, real
-//! SQLite files, driven by the real `rekey` binary and by gRPC clients.
+//! SQLite files and a real PostgreSQL database, driven by the real `rekey` binary and by gRPC clients.
 //! One test binary with a module per area keeps link time down.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -17,6 +17,7 @@ mod leaks;
 mod lifecycle;
 mod listing;
 mod metadata;
+mod replicas;
 mod revocation;
 mod rotation;
 mod secrets_flow;

@@ -1,0 +1,235 @@
+//! Several replicas: real `rekeyd` processes on one PostgreSQL database
+//! (`REKEY_TEST_POSTGRES_URL`, a fresh database per test). Writes through
+//! one are read through the other; concurrent puts through both keep one
+//! CURRENT; a scheduled rotation runs once; a replica killed in the middle
+//! of a step leaves its run to the other, which finishes it.
+
+use rekey_shared::proto;
+use rekey_shared::proto::secrets_client::SecretsClient;
+use rekey_tests::databases::StorageDatabase;
+use rekey_tests::{Installation, Rekey, eventually};
+use serde_json::Value;
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+/// An installation on a fresh database, with the fixture rotator.
+fn replicated() -> Option<(StorageDatabase, Installation, PathBuf)> {
+    let database = StorageDatabase::create()?;
+    let installation = Installation::on_postgres(&database);
+    let state = installation.dir().join("rotator-state");
+    std::fs::create_dir_all(&state).unwrap();
+    installation.configure_fixture_rotator(&state);
+    Some((database, installation, state))
+}
+
+fn show(rekey: &Rekey, name: &str) -> Value {
+    rekey
+        .run(&["rotation", "show", name, "--output", "json"])
+        .ok()
+        .json()
+}
+
+fn runs(rekey: &Rekey, name: &str) -> Vec<Value> {
+    let history = rekey
+        .run(&["rotation", "history", name, "--output", "json"])
+        .ok()
+        .json();
+    history.as_array().cloned().unwrap_or_default()
+}
+
+async fn get(client: &mut SecretsClient<Channel>, name: &str) -> String {
+    client
+        .get_secret_value(proto::GetSecretValueRequest {
+            name: name.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret_string
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_writes_and_concurrent_puts_keep_one_current() {
+    let Some((_database, installation, _state)) = replicated() else {
+        return;
+    };
+    let (a, b) = (installation.serve(), installation.serve());
+    let admin = installation.admin();
+    let mut through_a = a.client(&admin).await;
+    let mut through_b = b.client(&admin).await;
+    through_a
+        .create_secret(proto::CreateSecretRequest {
+            name: "shared/db".into(),
+            secret_string: Some("v0".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(get(&mut through_b, "shared/db").await, "v0");
+
+    // Eight clients, half on each replica, five puts each, all at once.
+    let mut tasks = Vec::new();
+    for client in 0..8 {
+        let mut connection = if client % 2 == 0 {
+            through_a.clone()
+        } else {
+            through_b.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            for put in 0..5 {
+                let reply = connection
+                    .put_secret_value(proto::PutSecretValueRequest {
+                        name: "shared/db".into(),
+                        secret_string: Some(format!("value-{client}-{put}")),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                acknowledged.push(reply.version_id);
+            }
+            acknowledged
+        }));
+    }
+    let mut acknowledged = Vec::new();
+    for task in tasks {
+        acknowledged.extend(task.await.unwrap());
+    }
+    let versions = through_b
+        .list_secret_version_ids(proto::ListSecretVersionIdsRequest {
+            name: "shared/db".into(),
+            include_deprecated: true,
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    assert_eq!(versions.len(), 41, "every acknowledged put is a version");
+    for id in &acknowledged {
+        assert!(
+            versions.iter().any(|v| &v.version_id == id),
+            "{id} is missing"
+        );
+    }
+    let with = |stage: &str| -> Vec<&proto::SecretVersion> {
+        versions
+            .iter()
+            .filter(|v| v.stages.iter().any(|s| s == stage))
+            .collect()
+    };
+    let (current, previous) = (with("CURRENT"), with("PREVIOUS"));
+    assert_eq!(current.len(), 1, "{versions:?}");
+    assert_eq!(previous.len(), 1, "{versions:?}");
+    assert_ne!(current[0].version_id, previous[0].version_id);
+    assert!(acknowledged.contains(&current[0].version_id));
+    // Both replicas read the same CURRENT.
+    assert_eq!(
+        get(&mut through_a, "shared/db").await,
+        get(&mut through_b, "shared/db").await
+    );
+    b.rekey(&admin).run(&["audit", "verify"]).ok();
+}
+
+#[test]
+fn a_scheduled_rotation_runs_exactly_once() {
+    let Some((database, installation, state)) = replicated() else {
+        return;
+    };
+    let (a, b) = (installation.serve(), installation.serve());
+    let admin = a.rekey(&installation.admin());
+    admin.run(&["create", "sched/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "sched/db",
+            "--rotator",
+            "exec:fixture",
+            "--schedule",
+            "rate(1 days)",
+        ])
+        .ok();
+    // The schedule comes due for both replicas at once.
+    database.sql("UPDATE rotation_configs SET next_rotation_at = 1000");
+    let other = b.rekey(&installation.admin());
+    eventually("the scheduled run to succeed", || {
+        (show(&other, "sched/db")["run"]["state"] == "succeeded").then_some(())
+    });
+    assert_eq!(runs(&other, "sched/db").len(), 1, "one run");
+    let calls = std::fs::read_to_string(state.join("calls")).unwrap();
+    assert_eq!(
+        calls
+            .lines()
+            .filter(|l| l.starts_with("createSecret"))
+            .count(),
+        1,
+        "{calls}"
+    );
+    admin.run(&["audit", "verify"]).ok();
+}
+
+#[test]
+fn a_replica_killed_in_a_step_leaves_the_run_to_the_other() {
+    let Some((_database, installation, state)) = replicated() else {
+        return;
+    };
+    let mut servers = vec![installation.serve(), installation.serve()];
+    let admin = servers[0].rekey(&installation.admin());
+    admin.run(&["create", "kill/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "kill/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+    std::fs::write(state.join("block-setSecret"), "").unwrap();
+    admin.run(&["rotate", "kill/db", "--no-wait"]).ok();
+    let driver: u32 = eventually("the rotator to block in setSecret", || {
+        std::fs::read_to_string(state.join("blocked-setSecret"))
+            .ok()
+            .and_then(|pid| pid.parse().ok())
+    });
+    let position = servers
+        .iter()
+        .position(|server| server.pid() == driver)
+        .expect("one of the replicas runs the rotator");
+    servers.remove(position).kill();
+    std::fs::remove_file(state.join("block-setSecret")).unwrap();
+
+    let survivor = servers.remove(0);
+    let admin = survivor.rekey(&installation.admin());
+    assert_eq!(admin.run(&["get", "kill/db"]).ok().stdout, "v1\n");
+    let shown = eventually("the other replica to finish the run", || {
+        let shown = show(&admin, "kill/db");
+        (shown["run"]["state"] == "succeeded").then_some(shown)
+    });
+    let versions = admin
+        .run(&["versions", "kill/db", "--all", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        versions.as_array().unwrap().len(),
+        2,
+        "one new version: {versions}"
+    );
+    let current = admin
+        .run(&["get", "kill/db", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(current["version_id"], shown["run"]["version_id"]);
+    let target = std::fs::read_to_string(state.join("target")).unwrap();
+    assert_eq!(
+        current["secret_string"],
+        target.trim_end(),
+        "CURRENT is what the target holds"
+    );
+    admin.run(&["audit", "verify"]).ok();
+}
