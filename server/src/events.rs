@@ -3,8 +3,8 @@
 //! Events carry names, version ids, steps and principals, never values.
 
 use rekey_shared::proto::WatchEvent;
-use std::sync::Arc;
-use tokio::sync::broadcast;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::{broadcast, mpsc};
 
 /// The kind of the event that ends every Watch stream when the server
 /// shuts down; never sent to clients.
@@ -17,12 +17,16 @@ const BACKLOG: usize = 1024;
 #[derive(Debug)]
 pub struct Events {
     sender: broadcast::Sender<Arc<WatchEvent>>,
+    /// Where events published here also go for the other replicas
+    /// (see `crate::fanout`); unset with an embedded database.
+    relay: OnceLock<mpsc::UnboundedSender<Arc<WatchEvent>>>,
 }
 
 impl Default for Events {
     fn default() -> Self {
         Self {
             sender: broadcast::channel(BACKLOG).0,
+            relay: OnceLock::new(),
         }
     }
 }
@@ -51,8 +55,25 @@ impl Events {
             detail: details.detail,
             principal: details.principal,
         };
+        let event = Arc::new(event);
+        if kind != SERVER_STOPPING
+            && let Some(relay) = self.relay.get()
+        {
+            let _ = relay.send(event.clone());
+        }
+        self.deliver(event);
+    }
+
+    /// Hands an event to this process's subscribers only: one that another
+    /// replica published.
+    pub fn deliver(&self, event: Arc<WatchEvent>) {
         // No subscriber is not an error.
-        let _ = self.sender.send(Arc::new(event));
+        let _ = self.sender.send(event);
+    }
+
+    /// From now on, every event published here is also sent to `relay`.
+    pub fn relay_to(&self, relay: mpsc::UnboundedSender<Arc<WatchEvent>>) {
+        let _ = self.relay.set(relay);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<WatchEvent>> {

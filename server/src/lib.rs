@@ -12,6 +12,7 @@ pub mod config;
 pub mod crypto;
 pub mod error;
 pub mod events;
+pub mod fanout;
 pub mod governance;
 pub mod installation;
 pub mod keyring;
@@ -75,6 +76,7 @@ pub async fn serve(
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     tracing::info!(policy_version = version, "policy in force");
     let syncing = tokio::spawn(sync::run(state.clone()));
+    let fanning_out = tokio::spawn(fanout::run(state.clone()));
     let engine = rotation::engine::Engine::new(state.clone());
     let rotating = tokio::spawn(engine.clone().run());
 
@@ -151,6 +153,7 @@ pub async fn serve(
     }
     purge.abort();
     syncing.abort();
+    fanning_out.abort();
     rotating.abort();
     state.store.log_audit_checkpoint();
     state.store.close().await;

@@ -69,6 +69,28 @@ impl Store {
         }
     }
 
+    /// Whether several processes may serve this database at once.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Store::Postgres(_))
+    }
+
+    /// Sends `payload` to the other replicas (nothing to do when the
+    /// database is not shared).
+    pub async fn notify(&self, payload: &str) -> Result<()> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(store) => store.notify(payload).await,
+        }
+    }
+
+    /// What the other replicas send; `None` when the database is not shared.
+    pub async fn listen(&self) -> Result<Option<sqlx::postgres::PgListener>> {
+        match self {
+            Store::Sqlite(_) => Ok(None),
+            Store::Postgres(store) => store.listen().await.map(Some),
+        }
+    }
+
     pub fn audit_key(&self) -> &AuditKey {
         match self {
             Store::Sqlite(store) => store.audit_key(),

@@ -2,7 +2,8 @@
 //! (`REKEY_TEST_POSTGRES_URL`, a fresh database per test). Writes through
 //! one are read through the other; concurrent puts through both keep one
 //! CURRENT; a scheduled rotation runs once; a replica killed in the middle
-//! of a step leaves its run to the other, which finishes it.
+//! of a step leaves its run to the other, which finishes it; a watcher on
+//! one replica sees what happens through the other.
 
 use rekey_shared::proto;
 use rekey_shared::proto::secrets_client::SecretsClient;
@@ -232,4 +233,34 @@ fn a_replica_killed_in_a_step_leaves_the_run_to_the_other() {
         "CURRENT is what the target holds"
     );
     admin.run(&["audit", "verify"]).ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watcher_on_one_replica_sees_changes_made_through_the_other() {
+    let Some((_database, installation, _state)) = replicated() else {
+        return;
+    };
+    let (a, b) = (installation.serve(), installation.serve());
+    let admin = installation.admin();
+    let mut events = crate::watch::watcher(&b.url, &admin, "seen/").await;
+    let rekey = a.rekey(&admin);
+    // The watcher's subscription is live once its stream answered; an event
+    // of its own replica proves that before the test relies on it.
+    b.rekey(&admin)
+        .run(&["create", "seen/first", "--value", "v"])
+        .ok();
+    crate::watch::until(&mut events, "version_added").await;
+
+    rekey.run(&["create", "seen/db", "--value", "v1"]).ok();
+    let seen = crate::watch::until(&mut events, "version_added").await;
+    assert_eq!(seen.last().unwrap().name, "seen/db");
+    rekey
+        .run(&["rotation", "configure", "seen/db", "--rotator", "password"])
+        .ok();
+    rekey.run(&["rotate", "seen/db", "--no-wait"]).ok();
+    let seen = crate::watch::until(&mut events, "finished").await;
+    let kinds: Vec<&str> = seen.iter().map(|e| e.kind.as_str()).collect();
+    assert!(kinds.contains(&"run_started"), "{kinds:?}");
+    assert_eq!(seen.last().unwrap().detail, "succeeded");
+    assert!(seen.iter().all(|e| e.name == "seen/db"), "{seen:?}");
 }

@@ -7,7 +7,7 @@ use rekey_tests::{DEADLINE, Installation};
 use std::io::Write;
 use tokio::sync::mpsc;
 
-async fn watcher(
+pub(crate) async fn watcher(
     url: &str,
     identity: &std::path::Path,
     prefix: &str,
@@ -35,7 +35,10 @@ async fn watcher(
 }
 
 /// Events until one of `kind` arrives (within the deadline).
-async fn until(receiver: &mut mpsc::UnboundedReceiver<WatchEvent>, kind: &str) -> Vec<WatchEvent> {
+pub(crate) async fn until(
+    receiver: &mut mpsc::UnboundedReceiver<WatchEvent>,
+    kind: &str,
+) -> Vec<WatchEvent> {
     let mut seen = Vec::new();
     tokio::time::timeout(DEADLINE, async {
         while let Some(event) = receiver.recv().await {

@@ -10,6 +10,7 @@ mod certificates;
 mod keys;
 mod leases;
 pub(super) mod list;
+mod notify;
 mod policies;
 mod rotation;
 mod secrets;
