@@ -264,3 +264,36 @@ async fn a_watcher_on_one_replica_sees_changes_made_through_the_other() {
     assert_eq!(seen.last().unwrap().detail, "succeeded");
     assert!(seen.iter().all(|e| e.name == "seen/db"), "{seen:?}");
 }
+
+#[test]
+fn a_revocation_reaches_every_replica() {
+    let Some((_database, installation, _state)) = replicated() else {
+        return;
+    };
+    let bob = installation.issue("bob", &["reader"]);
+    let replicas = [installation.serve(), installation.serve()];
+    replicas[0]
+        .rekey(&installation.admin())
+        .run(&["create", "rv/x", "--value", "v"])
+        .ok();
+    for replica in &replicas {
+        replica.rekey(&bob).run(&["get", "rv/x"]).ok();
+    }
+    let revoked = rekey_tests::rekeyd(installation.dir(), &["cert", "revoke", "bob"]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        rekey_tests::text(&revoked.stderr)
+    );
+    for replica in &replicas {
+        let refused = eventually("the replica to refuse the revoked certificate", || {
+            let read = replica.rekey(&bob).run(&["get", "rv/x"]);
+            (read.code != 0).then_some(read)
+        });
+        assert!(
+            refused.stderr.to_lowercase().contains("revoked"),
+            "{}",
+            refused.stderr
+        );
+    }
+}
