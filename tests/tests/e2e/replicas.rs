@@ -286,14 +286,12 @@ fn a_revocation_reaches_every_replica() {
         rekey_tests::text(&revoked.stderr)
     );
     for replica in &replicas {
-        let refused = eventually("the replica to refuse the revoked certificate", || {
+        // The refusal comes at the handshake as a TLS alert, which the
+        // client may report as a cancelled call instead when its request
+        // was already on the way; one of the next attempts names it.
+        eventually("the replica to refuse the revoked certificate", || {
             let read = replica.rekey(&bob).run(&["get", "rv/x"]);
-            (read.code != 0).then_some(read)
+            (read.code != 0 && read.stderr.to_lowercase().contains("revoked")).then_some(())
         });
-        assert!(
-            refused.stderr.to_lowercase().contains("revoked"),
-            "{}",
-            refused.stderr
-        );
     }
 }
