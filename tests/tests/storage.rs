@@ -10,7 +10,7 @@ use rekey_server::audit::{AuditEvent, AuditKey, verify};
 use rekey_server::crypto::{Key, KeyRef, RootKey, SealedValue};
 use rekey_server::store::{
     AuditQuery, CertificateRecord, Cursor, Deletion, FilterField, NewSecret, NewVersion,
-    PutOutcome, SecretFilter, SecretQuery, Store,
+    PutOutcome, SecretFilter, SecretQuery, Store, WrappedMasterKey,
 };
 use rekey_shared::{KeyName, SecretName, Stage, VersionId};
 use rekey_tests::databases::StorageDatabase;
@@ -61,6 +61,22 @@ async fn create(store: &Store, name: &str, tags: &[(&str, &str)]) -> String {
     id
 }
 
+/// Master key `default` version 1, which `sealed` values name.
+async fn add_default_key(store: &Store) {
+    store
+        .insert_master_key(
+            &WrappedMasterKey {
+                name: "default".into(),
+                version: 1,
+                wrapped_material: vec![7; 60],
+                created_at: 1,
+            },
+            &event("CreateKey"),
+        )
+        .await
+        .unwrap();
+}
+
 /// Every event in order verifies as one chain.
 async fn assert_chain_verifies(store: &Store, key: &AuditKey) -> u64 {
     let mut verification = verify(key, None);
@@ -87,10 +103,23 @@ async fn assert_chain_verifies(store: &Store, key: &AuditKey) -> u64 {
 /// The behaviour both backends must share.
 async fn suite(url: &str, root: &RootKey) {
     let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
+    add_default_key(&store).await;
 
     // Secrets, versions and stages.
     let id = create(&store, "app/db", &[("env", "prod"), ("team", "payments")]).await;
     let second = new_version(2);
+    // A value sealed under a key version that does not exist (retired
+    // meanwhile) is refused, and nothing is written.
+    let mut orphan = new_version(3);
+    orphan.sealed.key.version = 2;
+    let refused = store
+        .put_version(&id, &orphan, &[Stage::current()], &event("Put"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("was retired meanwhile"),
+        "{refused}"
+    );
     let outcome = store
         .put_version(&id, &second, &[Stage::current()], &event("Put"))
         .await
@@ -276,7 +305,7 @@ async fn suite(url: &str, root: &RootKey) {
     assert_eq!(previous.len(), 1, "{map:?}");
 
     let events = assert_chain_verifies(&store, &AuditKey::derive(root)).await;
-    assert_eq!(events, 27, "one event per write, in one chain");
+    assert_eq!(events, 28, "one event per write, in one chain");
     store.close().await;
 }
 
@@ -328,6 +357,7 @@ async fn postgres_two_replicas_share_one_database() {
             .await
             .unwrap(),
     );
+    add_default_key(&a).await;
     let id = create(&a, "shared/secret", &[]).await;
     let seen = b
         .secret(&SecretName::parse("shared/secret").unwrap())
@@ -363,7 +393,7 @@ async fn postgres_two_replicas_share_one_database() {
     assert_eq!(with(Stage::current()), 1);
     assert_eq!(with(Stage::previous()), 1);
     let events = assert_chain_verifies(&a, &AuditKey::derive(&root)).await;
-    assert_eq!(events, 21);
+    assert_eq!(events, 22);
     a.close().await;
     b.close().await;
 }

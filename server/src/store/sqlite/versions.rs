@@ -217,6 +217,22 @@ pub(super) async fn insert_version(
     secret_id: &str,
     version: &NewVersion,
 ) -> Result<()> {
+    // Writers are serialized, so this check and a retirement cannot
+    // interleave: a data key is never wrapped under a retired version (a
+    // server learns of a new key version within a second of its creation).
+    let key = &version.sealed.key;
+    let key_exists: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM master_keys WHERE name = ? AND version = ?")
+            .bind(key.name.as_str())
+            .bind(i64::from(key.version))
+            .fetch_optional(&mut **tx)
+            .await?;
+    if key_exists.is_none() {
+        return Err(Error::FailedPrecondition(format!(
+            "master key {} version {} was retired meanwhile; try again",
+            key.name, key.version
+        )));
+    }
     let inserted = sqlx::query(
         "INSERT INTO versions (secret_id, version_id, seq, created_at, created_by, is_binary,
                                ciphertext, wrapped_data_key, key_name, key_version)
