@@ -83,6 +83,18 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Renews the lease now; false when another process took it over (this
+    /// one stalled longer than [`LEASE`]), and the caller must stop.
+    pub async fn renew(&self) -> Result<bool> {
+        let now = now_millis();
+        self.state
+            .store
+            .claim_lease(&self.secret_id, &self.owner, now, until(now))
+            .await
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         self.heartbeat.abort();

@@ -489,13 +489,22 @@ impl Engine {
     async fn drive_run(&self, secret_id: &str) -> Result<()> {
         let lock = self.lock_for(secret_id);
         let _held = lock.lock().await;
-        let Some(_lease) = lease::Lease::claim(&self.state, secret_id, &self.owner).await? else {
+        let Some(lease) = lease::Lease::claim(&self.state, secret_id, &self.owner).await? else {
             // Another replica drives this run.
             return Ok(());
         };
         let store = &self.state.store;
         // Bounded: every iteration persists progress; a run needs far fewer.
         for _ in 0..64 {
+            // Every transition starts with a full lease, and none starts
+            // after another process took the run over.
+            if !lease.renew().await? {
+                tracing::warn!(
+                    secret_id,
+                    "the rotation lease was taken over; stopping here"
+                );
+                return Ok(());
+            }
             let Some(run) = store.active_run(secret_id).await? else {
                 return Ok(());
             };
