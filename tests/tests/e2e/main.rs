@@ -8,6 +8,7 @@ mod access;
 mod audit_log;
 mod bad_input;
 mod batch;
+mod bench_smoke;
 mod crash;
 mod databases;
 mod dev;
