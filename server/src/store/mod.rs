@@ -9,8 +9,10 @@
 //! by one advisory lock so that the audit chain stays one chain.
 
 mod backend;
+mod list;
 mod migrate;
 mod postgres;
+mod rows;
 mod sqlite;
 
 pub use backend::Store;

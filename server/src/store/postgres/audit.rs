@@ -2,12 +2,11 @@
 //! (so a change and its event commit together), recording a read's event
 //! on its own, and reading events back for queries and verification.
 
+use super::super::rows::event_row;
 use super::{Store, Tx};
 use crate::audit::{AuditEvent, GENESIS, StoredEvent, hex};
 use crate::error::Result;
 use crate::store::sqlite::AuditQuery;
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 
 /// Log a checkpoint every this many events.
 const CHECKPOINT_EVERY: i64 = 100;
@@ -109,24 +108,6 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(event_row).collect())
-    }
-}
-
-fn event_row(row: &PgRow) -> StoredEvent {
-    StoredEvent {
-        seq: row.get("seq"),
-        mac: row.get("mac"),
-        event: AuditEvent {
-            time: row.get("time"),
-            principal: row.get("principal"),
-            peer: row.get("peer"),
-            action: row.get("action"),
-            resource: row.get("resource"),
-            decision: row.get("decision"),
-            outcome: row.get("outcome"),
-            request_id: row.get("request_id"),
-            detail: row.get("detail"),
-        },
     }
 }
 

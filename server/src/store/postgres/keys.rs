@@ -1,6 +1,7 @@
 //! Master keys, as the root key wrapped them.
 
-use super::{Store, VERSION_COLUMNS, is_unique_violation, master_key_row, stored_u32, version_row};
+use super::super::rows::stored_count;
+use super::{Store, VERSION_COLUMNS, is_unique_violation, master_key_row, version_row};
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use crate::store::WrappedMasterKey;
@@ -63,7 +64,7 @@ impl Store {
                 .await?;
         let mut index: std::collections::HashMap<String, Vec<u32>> = Default::default();
         for (name, version) in rows {
-            index.entry(name).or_default().push(stored_u32(version));
+            index.entry(name).or_default().push(stored_count(version));
         }
         Ok(index)
     }

@@ -9,7 +9,7 @@ mod audit;
 mod certificates;
 mod keys;
 mod leases;
-pub(super) mod list;
+mod list;
 mod notify;
 mod policies;
 mod rotation;
@@ -18,13 +18,17 @@ mod versions;
 
 use versions::insert_version;
 
+use super::rows::{
+    SECRET_COLUMNS, VERSION_COLUMNS, is_unique_violation, master_key_row, secret_row, stored,
+    version_row,
+};
+
+use super::SecretRecord;
 use super::migrate::migrate_postgres as migrate;
-use super::{SecretRecord, VersionRecord, WrappedMasterKey};
 use crate::audit::AuditKey;
-use crate::crypto::{KeyRef, SealedValue};
 use crate::error::{Error, Result};
 use crate::stages::StageMap;
-use rekey_shared::{KeyName, SecretName, Stage, VersionId};
+use rekey_shared::{Stage, VersionId};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Row, Transaction};
 use std::str::FromStr;
@@ -42,31 +46,6 @@ pub struct Store {
 }
 
 type Tx = Transaction<'static, Postgres>;
-
-/// A row read where a stored string must parse; a failure means the
-/// database was edited by hand.
-fn stored<T>(parsed: std::result::Result<T, rekey_shared::NameError>, what: &str) -> Result<T> {
-    parsed.map_err(|error| Error::internal(&format!("stored {what} is malformed"), error))
-}
-
-/// A count or version stored as BIGINT that this process wrote from a u32.
-fn stored_u32(value: i64) -> u32 {
-    u32::try_from(value).unwrap_or(u32::MAX)
-}
-
-fn get_u32(row: &PgRow, column: &str) -> u32 {
-    stored_u32(row.get::<i64, _>(column))
-}
-
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
-const SECRET_COLUMNS: &str =
-    "id, name, description, key_name, created_at, changed_at, accessed_day, deletion_date";
-
-const VERSION_COLUMNS: &str = "v.version_id, v.created_at, v.created_by, v.accessed_day, \
-     v.is_binary, v.ciphertext, v.wrapped_data_key, v.key_name, v.key_version";
 
 impl Store {
     /// Connects to the database at `url` and brings its schema up to date.
@@ -172,45 +151,4 @@ async fn touch(tx: &mut Tx, secret_id: &str, now: i64) -> Result<()> {
         .execute(&mut **tx)
         .await?;
     Ok(())
-}
-
-fn secret_row(row: &PgRow) -> Result<SecretRecord> {
-    Ok(SecretRecord {
-        id: row.get("id"),
-        name: stored(SecretName::parse(row.get("name")), "secret name")?,
-        description: row.get("description"),
-        key_name: stored(KeyName::parse(row.get("key_name")), "key name")?,
-        tags: Vec::new(),
-        created_at: row.get("created_at"),
-        changed_at: row.get("changed_at"),
-        accessed_day: row.get("accessed_day"),
-        deletion_date: row.get("deletion_date"),
-    })
-}
-
-fn version_row(row: &PgRow) -> Result<VersionRecord> {
-    Ok(VersionRecord {
-        version_id: stored(VersionId::parse(row.get("version_id")), "version id")?,
-        created_at: row.get("created_at"),
-        created_by: row.get("created_by"),
-        accessed_day: row.get("accessed_day"),
-        sealed: SealedValue {
-            is_binary: row.get("is_binary"),
-            ciphertext: row.get("ciphertext"),
-            wrapped_data_key: row.get("wrapped_data_key"),
-            key: KeyRef {
-                name: stored(KeyName::parse(row.get("key_name")), "key name")?,
-                version: get_u32(row, "key_version"),
-            },
-        },
-    })
-}
-
-fn master_key_row(row: &PgRow) -> Result<WrappedMasterKey> {
-    Ok(WrappedMasterKey {
-        name: row.get("name"),
-        version: get_u32(row, "version"),
-        wrapped_material: row.get("wrapped_material"),
-        created_at: row.get("created_at"),
-    })
 }

@@ -2,84 +2,15 @@
 //! transitions that change secret data (finishing a run, ending one) move
 //! stages and the run in one transaction.
 
-use super::{Store, Tx, get_u32, is_unique_violation, read_stage_map, touch, write_stage_map};
+use super::super::rows::{
+    CONFIG_COLUMNS, RUN_COLUMNS, approval_row, config_row, history_row, run_row,
+};
+use super::{Store, Tx, is_unique_violation, read_stage_map, touch, write_stage_map};
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
-use crate::rotation::{
-    ApprovalRecord, ConfigRecord, HistoryRecord, Outcome, Phase, Revert, RunRecord, Step,
-};
+use crate::rotation::{ApprovalRecord, ConfigRecord, HistoryRecord, Outcome, RunRecord};
 use crate::stages;
 use rekey_shared::{Stage, VersionId};
-use sqlx::Row;
-use sqlx::postgres::PgRow;
-
-const RUN_COLUMNS: &str = "run_id, secret_id, manual, scheduled, initiator, phase, step, set_applied, \
-     operator_go, attempt, next_attempt_at, approval_requested_at, current_at_start, outcome, \
-     revert, end_reason, last_error, created_at, updated_at, ended_at";
-
-const CONFIG_COLUMNS: &str = "secret_id, rotator, schedule, window_text, approval_steps, \
-     approvals_required, approver_role, approval_expiry, settings, enabled, configured_by, \
-     configured_at, next_rotation_at, last_rotated_at";
-
-fn malformed(what: &str, text: &str) -> Error {
-    Error::internal("stored rotation data", format!("{what} {text:?}"))
-}
-
-fn run_row(row: &PgRow) -> Result<RunRecord> {
-    let phase: String = row.get("phase");
-    let step: String = row.get("step");
-    let outcome: Option<String> = row.get("outcome");
-    let revert: String = row.get("revert");
-    Ok(RunRecord {
-        id: row.get("run_id"),
-        secret_id: row.get("secret_id"),
-        manual: row.get("manual"),
-        scheduled: row.get("scheduled"),
-        initiator: row.get("initiator"),
-        phase: Phase::parse(&phase).ok_or_else(|| malformed("phase", &phase))?,
-        step: Step::parse(&step).ok_or_else(|| malformed("step", &step))?,
-        set_applied: row.get("set_applied"),
-        operator_go: row.get("operator_go"),
-        attempt: get_u32(row, "attempt"),
-        next_attempt_at: row.get("next_attempt_at"),
-        approval_requested_at: row.get("approval_requested_at"),
-        current_at_start: row.get("current_at_start"),
-        outcome: match outcome {
-            Some(text) => Some(Outcome::parse(&text).ok_or_else(|| malformed("outcome", &text))?),
-            None => None,
-        },
-        revert: Revert::parse(&revert).ok_or_else(|| malformed("revert", &revert))?,
-        end_reason: row.get("end_reason"),
-        last_error: row.get("last_error"),
-        created_at: row.get("created_at"),
-        updated_at: row.get("updated_at"),
-        ended_at: row.get("ended_at"),
-    })
-}
-
-fn config_row(row: &PgRow) -> Result<ConfigRecord> {
-    let steps: String = row.get("approval_steps");
-    Ok(ConfigRecord {
-        secret_id: row.get("secret_id"),
-        rotator: row.get("rotator"),
-        schedule: row.get("schedule"),
-        window: row.get("window_text"),
-        approval_steps: steps
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| Step::parse(s).ok_or_else(|| malformed("step", s)))
-            .collect::<Result<_>>()?,
-        approvals_required: get_u32(row, "approvals_required"),
-        approver_role: row.get("approver_role"),
-        approval_expiry: row.get("approval_expiry"),
-        settings: row.get("settings"),
-        enabled: row.get("enabled"),
-        configured_by: row.get("configured_by"),
-        configured_at: row.get("configured_at"),
-        next_rotation_at: row.get("next_rotation_at"),
-        last_rotated_at: row.get("last_rotated_at"),
-    })
-}
 
 async fn write_run(tx: &mut Tx, run: &RunRecord) -> Result<()> {
     sqlx::query(
@@ -398,19 +329,7 @@ impl Store {
         .bind(run_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let step: String = row.get("step");
-                Ok(HistoryRecord {
-                    at: row.get("at"),
-                    step: Step::parse(&step).ok_or_else(|| malformed("step", &step))?,
-                    event: row.get("event"),
-                    attempt: get_u32(row, "attempt"),
-                    principal: row.get("principal"),
-                    detail: row.get("detail"),
-                })
-            })
-            .collect()
+        rows.iter().map(history_row).collect()
     }
 
     /// Records an approval; a principal's second approval of the same step
@@ -451,17 +370,7 @@ impl Store {
         .bind(run_id)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let step: String = row.get("step");
-                Ok(ApprovalRecord {
-                    step: Step::parse(&step).ok_or_else(|| malformed("step", &step))?,
-                    principal: row.get("principal"),
-                    at: row.get("at"),
-                    comment: row.get("comment"),
-                })
-            })
-            .collect()
+        rows.iter().map(approval_row).collect()
     }
 
     /// The secret a run belongs to, by id (a run outlives renames: there are none).
@@ -471,7 +380,7 @@ impl Store {
     ) -> Result<Option<crate::store::SecretRecord>> {
         let row = sqlx::query(&format!(
             "SELECT {} FROM secrets WHERE id = $1",
-            super::SECRET_COLUMNS
+            super::super::rows::SECRET_COLUMNS
         ))
         .bind(secret_id)
         .fetch_optional(&self.pool)

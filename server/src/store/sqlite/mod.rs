@@ -7,7 +7,7 @@ mod audit;
 mod certificates;
 mod keys;
 mod leases;
-pub(super) mod list;
+mod list;
 mod policies;
 mod rotation;
 mod secrets;
@@ -19,13 +19,17 @@ pub use policies::PolicyVersion;
 pub use secrets::MAX_TAGS;
 use versions::insert_version;
 
+use super::rows::{
+    SECRET_COLUMNS, VERSION_COLUMNS, is_unique_violation, master_key_row, secret_row, stored,
+    version_row,
+};
+
+use super::SecretRecord;
 use super::migrate::migrate;
-use super::{SecretRecord, VersionRecord, WrappedMasterKey};
 use crate::audit::AuditKey;
-use crate::crypto::{KeyRef, SealedValue};
 use crate::error::{Error, Result};
 use crate::stages::StageMap;
-use rekey_shared::{KeyName, SecretName, Stage, VersionId};
+use rekey_shared::{Stage, VersionId};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -45,22 +49,6 @@ pub struct Store {
 }
 
 type Tx = Transaction<'static, Sqlite>;
-
-/// A row read where a stored string must parse; a failure means the
-/// database was edited by hand.
-fn stored<T>(parsed: std::result::Result<T, rekey_shared::NameError>, what: &str) -> Result<T> {
-    parsed.map_err(|error| Error::internal(&format!("stored {what} is malformed"), error))
-}
-
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
-const SECRET_COLUMNS: &str =
-    "id, name, description, key_name, created_at, changed_at, accessed_day, deletion_date";
-
-const VERSION_COLUMNS: &str = "v.version_id, v.created_at, v.created_by, v.accessed_day, \
-     v.is_binary, v.ciphertext, v.wrapped_data_key, v.key_name, v.key_version";
 
 impl Store {
     /// Opens (creating if needed) the database at `url` and brings its
@@ -169,45 +157,4 @@ async fn touch(tx: &mut Tx, secret_id: &str, now: i64) -> Result<()> {
         .execute(&mut **tx)
         .await?;
     Ok(())
-}
-
-fn secret_row(row: &SqliteRow) -> Result<SecretRecord> {
-    Ok(SecretRecord {
-        id: row.get("id"),
-        name: stored(SecretName::parse(row.get("name")), "secret name")?,
-        description: row.get("description"),
-        key_name: stored(KeyName::parse(row.get("key_name")), "key name")?,
-        tags: Vec::new(),
-        created_at: row.get("created_at"),
-        changed_at: row.get("changed_at"),
-        accessed_day: row.get("accessed_day"),
-        deletion_date: row.get("deletion_date"),
-    })
-}
-
-fn version_row(row: &SqliteRow) -> Result<VersionRecord> {
-    Ok(VersionRecord {
-        version_id: stored(VersionId::parse(row.get("version_id")), "version id")?,
-        created_at: row.get("created_at"),
-        created_by: row.get("created_by"),
-        accessed_day: row.get("accessed_day"),
-        sealed: SealedValue {
-            is_binary: row.get("is_binary"),
-            ciphertext: row.get("ciphertext"),
-            wrapped_data_key: row.get("wrapped_data_key"),
-            key: KeyRef {
-                name: stored(KeyName::parse(row.get("key_name")), "key name")?,
-                version: row.get("key_version"),
-            },
-        },
-    })
-}
-
-fn master_key_row(row: &SqliteRow) -> Result<WrappedMasterKey> {
-    Ok(WrappedMasterKey {
-        name: row.get("name"),
-        version: row.get("version"),
-        wrapped_material: row.get("wrapped_material"),
-        created_at: row.get("created_at"),
-    })
 }

@@ -1,0 +1,233 @@
+//! What both backends share in reading rows: the column lists of their
+//! SELECTs and one decoder per record. A decoder reads columns through
+//! [`Columns`], which each backend's row type implements, so a record is
+//! decoded one way whichever database it came from. Counts and key versions
+//! are BIGINT in PostgreSQL and INTEGER in SQLite: both read as `i64`.
+
+use super::{SecretRecord, VersionRecord, WrappedMasterKey};
+use crate::audit::{AuditEvent, StoredEvent};
+use crate::crypto::{KeyRef, SealedValue};
+use crate::error::{Error, Result};
+use crate::rotation::{
+    ApprovalRecord, ConfigRecord, HistoryRecord, Outcome, Phase, Revert, RunRecord, Step,
+};
+use rekey_shared::{KeyName, SecretName, VersionId};
+use sqlx::Row;
+
+pub(super) const SECRET_COLUMNS: &str =
+    "id, name, description, key_name, created_at, changed_at, accessed_day, deletion_date";
+
+pub(super) const VERSION_COLUMNS: &str = "v.version_id, v.created_at, v.created_by, \
+     v.accessed_day, v.is_binary, v.ciphertext, v.wrapped_data_key, v.key_name, v.key_version";
+
+pub(super) const RUN_COLUMNS: &str = "run_id, secret_id, manual, scheduled, initiator, phase, \
+     step, set_applied, operator_go, attempt, next_attempt_at, approval_requested_at, \
+     current_at_start, outcome, revert, end_reason, last_error, created_at, updated_at, ended_at";
+
+pub(super) const CONFIG_COLUMNS: &str = "secret_id, rotator, schedule, window_text, \
+     approval_steps, approvals_required, approver_role, approval_expiry, settings, enabled, \
+     configured_by, configured_at, next_rotation_at, last_rotated_at";
+
+/// The column reads the decoders need. A missing column or a column of
+/// another type is a programming error (the SELECTs above name them), and
+/// panics as `sqlx::Row::get` does.
+pub(super) trait Columns {
+    fn text(&self, column: &str) -> String;
+    fn maybe_text(&self, column: &str) -> Option<String>;
+    fn integer(&self, column: &str) -> i64;
+    fn maybe_integer(&self, column: &str) -> Option<i64>;
+    fn bytes(&self, column: &str) -> Vec<u8>;
+    fn flag(&self, column: &str) -> bool;
+
+    /// A count or key version this process wrote from a `u32`.
+    fn count(&self, column: &str) -> u32 {
+        stored_count(self.integer(column))
+    }
+}
+
+macro_rules! columns_of {
+    ($row:ty) => {
+        impl Columns for $row {
+            fn text(&self, column: &str) -> String {
+                self.get(column)
+            }
+            fn maybe_text(&self, column: &str) -> Option<String> {
+                self.get(column)
+            }
+            fn integer(&self, column: &str) -> i64 {
+                self.get(column)
+            }
+            fn maybe_integer(&self, column: &str) -> Option<i64> {
+                self.get(column)
+            }
+            fn bytes(&self, column: &str) -> Vec<u8> {
+                self.get(column)
+            }
+            fn flag(&self, column: &str) -> bool {
+                self.get(column)
+            }
+        }
+    };
+}
+
+columns_of!(sqlx::sqlite::SqliteRow);
+columns_of!(sqlx::postgres::PgRow);
+
+/// A count or key version this process wrote from a `u32`, read back.
+pub(super) fn stored_count(value: i64) -> u32 {
+    u32::try_from(value).unwrap_or(u32::MAX)
+}
+
+/// A row read where a stored string must parse; a failure means the
+/// database was edited by hand.
+pub(super) fn stored<T>(
+    parsed: std::result::Result<T, rekey_shared::NameError>,
+    what: &str,
+) -> Result<T> {
+    parsed.map_err(|error| Error::internal(&format!("stored {what} is malformed"), error))
+}
+
+pub(super) fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn malformed(what: &str, text: &str) -> Error {
+    Error::internal("stored rotation data", format!("{what} {text:?}"))
+}
+
+fn step(text: &str) -> Result<Step> {
+    Step::parse(text).ok_or_else(|| malformed("step", text))
+}
+
+pub(super) fn secret_row(row: &impl Columns) -> Result<SecretRecord> {
+    Ok(SecretRecord {
+        id: row.text("id"),
+        name: stored(SecretName::parse(&row.text("name")), "secret name")?,
+        description: row.text("description"),
+        key_name: stored(KeyName::parse(&row.text("key_name")), "key name")?,
+        tags: Vec::new(),
+        created_at: row.integer("created_at"),
+        changed_at: row.integer("changed_at"),
+        accessed_day: row.maybe_integer("accessed_day"),
+        deletion_date: row.maybe_integer("deletion_date"),
+    })
+}
+
+pub(super) fn version_row(row: &impl Columns) -> Result<VersionRecord> {
+    Ok(VersionRecord {
+        version_id: stored(VersionId::parse(&row.text("version_id")), "version id")?,
+        created_at: row.integer("created_at"),
+        created_by: row.text("created_by"),
+        accessed_day: row.maybe_integer("accessed_day"),
+        sealed: SealedValue {
+            is_binary: row.flag("is_binary"),
+            ciphertext: row.bytes("ciphertext"),
+            wrapped_data_key: row.bytes("wrapped_data_key"),
+            key: KeyRef {
+                name: stored(KeyName::parse(&row.text("key_name")), "key name")?,
+                version: row.count("key_version"),
+            },
+        },
+    })
+}
+
+pub(super) fn master_key_row(row: &impl Columns) -> Result<WrappedMasterKey> {
+    Ok(WrappedMasterKey {
+        name: row.text("name"),
+        version: row.count("version"),
+        wrapped_material: row.bytes("wrapped_material"),
+        created_at: row.integer("created_at"),
+    })
+}
+
+pub(super) fn event_row(row: &impl Columns) -> StoredEvent {
+    StoredEvent {
+        seq: row.integer("seq"),
+        mac: row.bytes("mac"),
+        event: AuditEvent {
+            time: row.integer("time"),
+            principal: row.text("principal"),
+            peer: row.text("peer"),
+            action: row.text("action"),
+            resource: row.text("resource"),
+            decision: row.text("decision"),
+            outcome: row.text("outcome"),
+            request_id: row.text("request_id"),
+            detail: row.text("detail"),
+        },
+    }
+}
+
+pub(super) fn run_row(row: &impl Columns) -> Result<RunRecord> {
+    let phase = row.text("phase");
+    let revert = row.text("revert");
+    Ok(RunRecord {
+        id: row.text("run_id"),
+        secret_id: row.text("secret_id"),
+        manual: row.flag("manual"),
+        scheduled: row.flag("scheduled"),
+        initiator: row.text("initiator"),
+        phase: Phase::parse(&phase).ok_or_else(|| malformed("phase", &phase))?,
+        step: step(&row.text("step"))?,
+        set_applied: row.flag("set_applied"),
+        operator_go: row.flag("operator_go"),
+        attempt: row.count("attempt"),
+        next_attempt_at: row.maybe_integer("next_attempt_at"),
+        approval_requested_at: row.maybe_integer("approval_requested_at"),
+        current_at_start: row.text("current_at_start"),
+        outcome: match row.maybe_text("outcome") {
+            Some(text) => Some(Outcome::parse(&text).ok_or_else(|| malformed("outcome", &text))?),
+            None => None,
+        },
+        revert: Revert::parse(&revert).ok_or_else(|| malformed("revert", &revert))?,
+        end_reason: row.text("end_reason"),
+        last_error: row.text("last_error"),
+        created_at: row.integer("created_at"),
+        updated_at: row.integer("updated_at"),
+        ended_at: row.maybe_integer("ended_at"),
+    })
+}
+
+pub(super) fn config_row(row: &impl Columns) -> Result<ConfigRecord> {
+    Ok(ConfigRecord {
+        secret_id: row.text("secret_id"),
+        rotator: row.text("rotator"),
+        schedule: row.text("schedule"),
+        window: row.text("window_text"),
+        approval_steps: row
+            .text("approval_steps")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(step)
+            .collect::<Result<_>>()?,
+        approvals_required: row.count("approvals_required"),
+        approver_role: row.text("approver_role"),
+        approval_expiry: row.text("approval_expiry"),
+        settings: row.text("settings"),
+        enabled: row.flag("enabled"),
+        configured_by: row.text("configured_by"),
+        configured_at: row.integer("configured_at"),
+        next_rotation_at: row.maybe_integer("next_rotation_at"),
+        last_rotated_at: row.maybe_integer("last_rotated_at"),
+    })
+}
+
+pub(super) fn history_row(row: &impl Columns) -> Result<HistoryRecord> {
+    Ok(HistoryRecord {
+        at: row.integer("at"),
+        step: step(&row.text("step"))?,
+        event: row.text("event"),
+        attempt: row.count("attempt"),
+        principal: row.text("principal"),
+        detail: row.text("detail"),
+    })
+}
+
+pub(super) fn approval_row(row: &impl Columns) -> Result<ApprovalRecord> {
+    Ok(ApprovalRecord {
+        step: step(&row.text("step"))?,
+        principal: row.text("principal"),
+        at: row.integer("at"),
+        comment: row.text("comment"),
+    })
+}
