@@ -21,6 +21,17 @@ fn random_word() -> String {
         .to_owned()
 }
 
+/// Runs `future` to completion on a runtime of its own, in a thread of its
+/// own: callable from plain tests, from async tests and from `Drop`.
+fn on_own_runtime<T: Send>(future: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| tokio::runtime::Runtime::new().unwrap().block_on(future))
+            .join()
+            .unwrap()
+    })
+}
+
 /// A PostgreSQL cluster that lives as long as this value.
 #[derive(Debug)]
 pub struct ThrowawayPostgres {
@@ -212,25 +223,15 @@ impl TestMysql {
 
     /// Runs SQL as the test's admin; panics when it fails.
     pub fn sql(&self, sql: &str) {
-        let (url, sql) = (self.url.clone(), sql.to_owned());
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    tokio::runtime::Runtime::new()
-                        .unwrap()
-                        .block_on(async move {
-                            use sqlx::{Connection, Executor};
-                            let mut connection = sqlx::MySqlConnection::connect(&url)
-                                .await
-                                .unwrap_or_else(|error| {
-                                    panic!("REKEY_TEST_MYSQL_URL is set but unusable: {error}")
-                                });
-                            connection.execute(sql.as_str()).await.unwrap();
-                            let _ = connection.close().await;
-                        })
-                })
-                .join()
-                .unwrap()
+        on_own_runtime(async {
+            use sqlx::{Connection, Executor};
+            let mut connection = sqlx::MySqlConnection::connect(&self.url)
+                .await
+                .unwrap_or_else(|error| {
+                    panic!("REKEY_TEST_MYSQL_URL is set but unusable: {error}")
+                });
+            connection.execute(sql).await.unwrap();
+            let _ = connection.close().await;
         })
     }
 
@@ -261,24 +262,12 @@ impl TestMysql {
             .username(user)
             .password(password)
             .database("test");
-        let query = query.to_owned();
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    tokio::runtime::Runtime::new()
-                        .unwrap()
-                        .block_on(async move {
-                            use sqlx::{ConnectOptions, Executor};
-                            match options.connect().await {
-                                Ok(mut connection) => {
-                                    connection.execute(query.as_str()).await.is_ok()
-                                }
-                                Err(_) => false,
-                            }
-                        })
-                })
-                .join()
-                .unwrap()
+        on_own_runtime(async {
+            use sqlx::{ConnectOptions, Executor};
+            match options.connect().await {
+                Ok(mut connection) => connection.execute(query).await.is_ok(),
+                Err(_) => false,
+            }
         })
     }
 
@@ -339,21 +328,11 @@ impl StorageDatabase {
 
 /// One statement on its own connection, from any thread or runtime.
 fn run_postgres(url: &str, sql: &str) -> Result<(), sqlx::Error> {
-    let (url, sql) = (url.to_owned(), sql.to_owned());
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                tokio::runtime::Runtime::new()
-                    .unwrap()
-                    .block_on(async move {
-                        use sqlx::{Connection, Executor};
-                        let mut connection = sqlx::PgConnection::connect(&url).await?;
-                        connection.execute(sql.as_str()).await?;
-                        connection.close().await
-                    })
-            })
-            .join()
-            .unwrap()
+    on_own_runtime(async {
+        use sqlx::{Connection, Executor};
+        let mut connection = sqlx::PgConnection::connect(url).await?;
+        connection.execute(sql).await?;
+        connection.close().await
     })
 }
 

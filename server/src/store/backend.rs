@@ -124,7 +124,6 @@ forward! {
     pub async fn save_rotation_config(&self, config: &ConfigRecord, event: &AuditEvent) -> Result<()>;
     pub async fn rotation_config(&self, secret_id: &str) -> Result<Option<ConfigRecord>>;
     pub async fn due_rotations(&self, now: i64) -> Result<Vec<ConfigRecord>>;
-    pub async fn set_next_rotation(&self, secret_id: &str, next: Option<i64>, event: &AuditEvent) -> Result<()>;
     pub async fn insert_run(&self, run: &RunRecord, history: &[HistoryRecord], event: &AuditEvent) -> Result<()>;
     pub async fn update_run(&self, run: &RunRecord, history: &[HistoryRecord], event: Option<&AuditEvent>) -> Result<()>;
     pub async fn finish_run(&self, run: &RunRecord, history: &[HistoryRecord], next_rotation: Option<i64>, event: &AuditEvent) -> Result<bool>;

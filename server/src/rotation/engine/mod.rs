@@ -495,10 +495,11 @@ impl Engine {
         };
         let store = &self.state.store;
         // Bounded: every iteration persists progress; a run needs far fewer.
-        for _ in 0..64 {
-            // Every transition starts with a full lease, and none starts
-            // after another process took the run over.
-            if !lease.renew().await? {
+        for transition in 0..64 {
+            // Every transition starts with a full lease (the claim just
+            // gave the first one), and none starts after another process
+            // took the run over.
+            if transition > 0 && !lease.renew().await? {
                 tracing::warn!(
                     secret_id,
                     "the rotation lease was taken over; stopping here"

@@ -127,21 +127,6 @@ impl Store {
         rows.iter().map(config_row).collect()
     }
 
-    pub async fn set_next_rotation(
-        &self,
-        secret_id: &str,
-        next: Option<i64>,
-        event: &AuditEvent,
-    ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
-        sqlx::query("UPDATE rotation_configs SET next_rotation_at = $1 WHERE secret_id = $2")
-            .bind(next)
-            .bind(secret_id)
-            .execute(&mut *tx)
-            .await?;
-        self.commit_audited(tx, event).await
-    }
-
     /// Starts a run; refused while the secret has another active run.
     pub async fn insert_run(
         &self,
