@@ -19,7 +19,7 @@ pub struct Events {
     sender: broadcast::Sender<Arc<WatchEvent>>,
     /// Where events published here also go for the other replicas
     /// (see `crate::fanout`); unset with an embedded database.
-    relay: OnceLock<mpsc::UnboundedSender<Arc<WatchEvent>>>,
+    relay: OnceLock<mpsc::Sender<Arc<WatchEvent>>>,
 }
 
 impl Default for Events {
@@ -58,8 +58,12 @@ impl Events {
         let event = Arc::new(event);
         if kind != SERVER_STOPPING
             && let Some(relay) = self.relay.get()
+            && relay.try_send(event.clone()).is_err()
         {
-            let _ = relay.send(event.clone());
+            tracing::warn!(
+                kind,
+                "an event was not sent to the other replicas (backlog full)"
+            );
         }
         self.deliver(event);
     }
@@ -72,7 +76,7 @@ impl Events {
     }
 
     /// From now on, every event published here is also sent to `relay`.
-    pub fn relay_to(&self, relay: mpsc::UnboundedSender<Arc<WatchEvent>>) {
+    pub fn relay_to(&self, relay: mpsc::Sender<Arc<WatchEvent>>) {
         let _ = self.relay.set(relay);
     }
 

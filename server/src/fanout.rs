@@ -9,10 +9,12 @@
 //! that loses its connection reconnects, and events sent meanwhile are not
 //! seen (a client re-reads state after a gap).
 
+use crate::error::{Error, Result};
 use crate::service::AppState;
 use rekey_shared::proto::WatchEvent;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+use tokio::sync::mpsc;
 
 /// An event on the wire, tagged with the process that published it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,6 +62,10 @@ impl Wire {
     }
 }
 
+/// How many events may wait to be sent to the other replicas; beyond, an
+/// event is dropped (and logged) rather than held without bound.
+const OUTGOING: usize = 1024;
+
 /// Relays this process's events to the other replicas and theirs to this
 /// one's subscribers, until aborted. Returns at once with an embedded
 /// database, which one process serves.
@@ -68,52 +74,48 @@ pub async fn run(state: Arc<AppState>) {
         return;
     }
     let origin = rekey_shared::VersionId::random().into_string();
-    let (relay, mut outgoing) = tokio::sync::mpsc::unbounded_channel::<Arc<WatchEvent>>();
+    let (relay, outgoing) = mpsc::channel(OUTGOING);
     state.events.relay_to(relay);
-    let sender = {
-        let (state, origin) = (state.clone(), origin.clone());
-        async move {
-            while let Some(event) = outgoing.recv().await {
-                let payload = match serde_json::to_string(&Wire::of(&origin, &event)) {
-                    Ok(payload) => payload,
-                    Err(error) => {
-                        tracing::error!(%error, "encoding a watch event failed");
-                        continue;
-                    }
-                };
-                if let Err(error) = state.store.notify(&payload).await {
-                    tracing::warn!(%error, kind = %event.kind, "sending a watch event to the other replicas failed");
-                }
-            }
+    tokio::join!(
+        send_out(&state, &origin, outgoing),
+        take_in(&state, &origin)
+    );
+}
+
+async fn send_out(state: &AppState, origin: &str, mut outgoing: mpsc::Receiver<Arc<WatchEvent>>) {
+    while let Some(event) = outgoing.recv().await {
+        let sent = match serde_json::to_string(&Wire::of(origin, &event)) {
+            Ok(payload) => state.store.notify(&payload).await,
+            Err(error) => Err(Error::internal("encoding a watch event", error)),
+        };
+        if let Err(error) = sent {
+            tracing::warn!(%error, kind = %event.kind, "sending a watch event to the other replicas failed");
         }
-    };
-    let receiver = async move {
-        loop {
-            match state.store.listen().await {
-                Ok(Some(mut listener)) => loop {
-                    match listener.recv().await {
-                        Ok(notification) => {
-                            match serde_json::from_str::<Wire>(notification.payload()) {
-                                Ok(wire) if wire.origin == origin => {}
-                                Ok(wire) => state.events.deliver(Arc::new(wire.into_event())),
-                                Err(error) => {
-                                    tracing::warn!(%error, "a malformed watch event from another replica")
-                                }
-                            }
-                        }
-                        Err(error) => {
-                            tracing::warn!(%error, "listening for other replicas' watch events failed");
-                            break;
-                        }
-                    }
-                },
-                Ok(None) => return,
-                Err(error) => {
-                    tracing::warn!(%error, "listening for other replicas' watch events failed")
-                }
-            }
-            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Listens, reconnecting a second after the connection is lost.
+async fn take_in(state: &AppState, origin: &str) {
+    loop {
+        if let Err(error) = listen(state, origin).await {
+            tracing::warn!(%error, "listening for other replicas' watch events failed");
         }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Hands the other replicas' events to this one's subscribers until the
+/// connection fails.
+async fn listen(state: &AppState, origin: &str) -> Result<()> {
+    let Some(mut listener) = state.store.listen().await? else {
+        return std::future::pending().await;
     };
-    tokio::join!(sender, receiver);
+    loop {
+        let notification = listener.recv().await?;
+        match serde_json::from_str::<Wire>(notification.payload()) {
+            Ok(wire) if wire.origin == origin => {}
+            Ok(wire) => state.events.deliver(Arc::new(wire.into_event())),
+            Err(error) => tracing::warn!(%error, "a malformed watch event from another replica"),
+        }
+    }
 }
