@@ -8,7 +8,7 @@
 
 use tonic::{Code, Status};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),

@@ -9,6 +9,8 @@
 //! by one advisory lock so that the audit chain stays one chain.
 
 mod backend;
+mod chain;
+mod group_commit;
 mod list;
 mod migrate;
 mod postgres;

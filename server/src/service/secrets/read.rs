@@ -103,9 +103,14 @@ impl SecretsService {
             )));
         }
         let value = self.open(secret, &version).await?;
-        store
-            .record_access(&secret.id, &version.version_id, today())
-            .await?;
+        // Access dates have day resolution: a read writes at most once a
+        // day per secret, and not at all once both rows say today.
+        let day = today();
+        if secret.accessed_day < Some(day) || version.accessed_day < Some(day) {
+            store
+                .record_access(&secret.id, &version.version_id, day)
+                .await?;
+        }
         let (secret_string, secret_binary) = value.to_fields();
         Ok(proto::GetSecretValueResponse {
             name: name.to_string(),

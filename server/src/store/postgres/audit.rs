@@ -2,32 +2,27 @@
 //! (so a change and its event commit together), recording a read's event
 //! on its own, and reading events back for queries and verification.
 
+use super::super::chain::AuditChain;
 use super::super::rows::event_row;
 use super::{Store, Tx};
-use crate::audit::{AuditEvent, GENESIS, StoredEvent, hex};
+use crate::audit::{AuditEvent, StoredEvent};
 use crate::error::Result;
 use crate::store::sqlite::AuditQuery;
 
-/// Log a checkpoint every this many events.
-const CHECKPOINT_EVERY: i64 = 100;
-
-impl Store {
-    /// Appends `event` to the chain inside `tx`. The caller commits; the
-    /// head is remembered once it has.
-    pub(super) async fn append_audit(
-        &self,
-        tx: &mut Tx,
-        event: &AuditEvent,
-    ) -> Result<(i64, Vec<u8>)> {
-        let last: Option<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut **tx)
-                .await?;
-        let (seq, previous) = match last {
-            Some((seq, mac)) => (seq + 1, mac),
-            None => (1, GENESIS.to_vec()),
-        };
-        let mac = self.audit_key.mac(seq, &previous, event);
+/// Appends `events` to the chain inside `tx`; the caller commits, then
+/// tells `chain` with what this returns: the first sequence number and the
+/// new head.
+pub(super) async fn append(
+    tx: &mut Tx,
+    chain: &AuditChain,
+    events: &[AuditEvent],
+) -> Result<(i64, (i64, Vec<u8>))> {
+    let last: Option<(i64, Vec<u8>)> =
+        sqlx::query_as("SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut **tx)
+            .await?;
+    let links = chain.link(last, events);
+    for (event, (seq, mac)) in events.iter().zip(&links) {
         sqlx::query(
             "INSERT INTO audit_events
                (seq, time, principal, peer, action, resource, decision, outcome, request_id, detail, mac)
@@ -43,50 +38,49 @@ impl Store {
         .bind(&event.outcome)
         .bind(&event.request_id)
         .bind(&event.detail)
-        .bind(&mac)
+        .bind(mac)
         .execute(&mut **tx)
         .await?;
-        Ok((seq, mac))
     }
+    let first = links.first().map_or(0, |(seq, _)| *seq);
+    let head = links.last().cloned().unwrap_or_default();
+    Ok((first, head))
+}
 
-    /// Remembers the head after a commit, and logs a checkpoint now and then.
-    pub(super) fn audit_committed(&self, head: (i64, Vec<u8>)) {
-        if head.0 % CHECKPOINT_EVERY == 0 {
-            tracing::info!(seq = head.0, mac = %hex(&head.1), "audit checkpoint");
-        }
-        if let Ok(mut current) = self.audit_head.lock()
-            && current.as_ref().is_none_or(|(seq, _)| *seq < head.0)
-        {
-            *current = Some(head);
-        }
-    }
+/// Commits `tx` with `events` appended: the change and its events are
+/// durable together or not at all.
+pub(super) async fn commit_with(
+    mut tx: Tx,
+    chain: &AuditChain,
+    events: &[AuditEvent],
+) -> Result<()> {
+    let (first, head) = append(&mut tx, chain, events).await?;
+    tx.commit().await?;
+    chain.committed(first, head);
+    Ok(())
+}
 
+impl Store {
     /// Commits `tx` with `event` appended: the change and its event are
     /// durable together or not at all.
-    pub(super) async fn commit_audited(&self, mut tx: Tx, event: &AuditEvent) -> Result<()> {
-        let head = self.append_audit(&mut tx, event).await?;
-        tx.commit().await?;
-        self.audit_committed(head);
-        Ok(())
+    pub(super) async fn commit_audited(&self, tx: Tx, event: &AuditEvent) -> Result<()> {
+        commit_with(tx, &self.chain, std::slice::from_ref(event)).await
     }
 
     /// Records an event on its own (a read, a refusal, a failure), durable
-    /// when this returns.
+    /// when this returns; concurrent ones share a commit (`group_commit`).
     pub async fn record(&self, event: &AuditEvent) -> Result<()> {
-        let (_guard, tx) = self.write().await?;
-        self.commit_audited(tx, event).await
+        self.standalone_events.record(event).await
     }
 
     /// The newest event this process wrote.
     pub fn audit_head(&self) -> Option<(i64, Vec<u8>)> {
-        self.audit_head.lock().ok().and_then(|head| head.clone())
+        self.chain.head()
     }
 
     /// Logs the current head as a checkpoint.
     pub fn log_audit_checkpoint(&self) {
-        if let Some((seq, mac)) = self.audit_head() {
-            tracing::info!(seq, mac = %hex(&mac), "audit checkpoint");
-        }
+        self.chain.log_checkpoint();
     }
 
     /// Events in sequence order, after `after_seq`, filtered.
@@ -114,6 +108,6 @@ impl Store {
 impl Store {
     /// The key the chain is verified with.
     pub fn audit_key(&self) -> &crate::audit::AuditKey {
-        &self.audit_key
+        self.chain.key()
     }
 }

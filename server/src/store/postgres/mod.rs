@@ -24,6 +24,8 @@ use super::rows::{
 };
 
 use super::SecretRecord;
+use super::chain::AuditChain;
+use super::group_commit::GroupCommit;
 use super::migrate::migrate_postgres as migrate;
 use crate::audit::AuditKey;
 use crate::error::{Error, Result};
@@ -32,17 +34,17 @@ use rekey_shared::{Stage, VersionId};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Row, Transaction};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, MutexGuard};
 
 #[derive(Debug)]
 pub struct Store {
     pool: PgPool,
-    write_lock: Mutex<()>,
-    audit_key: AuditKey,
-    /// The newest event this process appended: a checkpoint that a cut-off
-    /// tail cannot hide from.
-    audit_head: std::sync::Mutex<Option<(i64, Vec<u8>)>>,
+    write_lock: Arc<Mutex<()>>,
+    chain: Arc<AuditChain>,
+    /// Events that are not part of a change, committed in groups.
+    standalone_events: GroupCommit,
 }
 
 type Tx = Transaction<'static, Postgres>;
@@ -60,11 +62,23 @@ impl Store {
             .await
             .map_err(|error| Error::internal("opening the PostgreSQL database", error))?;
         migrate(&pool).await?;
+        let write_lock = Arc::new(Mutex::new(()));
+        let chain = Arc::new(AuditChain::new(audit_key));
+        let standalone_events = GroupCommit::start({
+            let (pool, write_lock, chain) = (pool.clone(), write_lock.clone(), chain.clone());
+            move |events| {
+                let (pool, write_lock, chain) = (pool.clone(), write_lock.clone(), chain.clone());
+                async move {
+                    let (_guard, tx) = begin_write(&pool, &write_lock).await?;
+                    audit::commit_with(tx, &chain, &events).await
+                }
+            }
+        });
         Ok(Self {
             pool,
-            write_lock: Mutex::new(()),
-            audit_key,
-            audit_head: std::sync::Mutex::new(None),
+            write_lock,
+            chain,
+            standalone_events,
         })
     }
 
@@ -73,13 +87,7 @@ impl Store {
     }
 
     async fn write(&self) -> Result<(MutexGuard<'_, ()>, Tx)> {
-        let guard = self.write_lock.lock().await;
-        let mut transaction = self.pool.begin().await?;
-        // One writer at a time across every replica (see the module doc).
-        sqlx::query("SELECT pg_advisory_xact_lock(7001)")
-            .execute(&mut *transaction)
-            .await?;
-        Ok((guard, transaction))
+        begin_write(&self.pool, &self.write_lock).await
     }
 
     /// SQLite rewrites freed pages; PostgreSQL leaves erased rows to
@@ -109,6 +117,17 @@ impl Store {
         }
         Ok(secrets)
     }
+}
+
+/// A write transaction: this process's writers one at a time, then one
+/// writer at a time across every replica (see the module doc).
+async fn begin_write<'a>(pool: &PgPool, lock: &'a Mutex<()>) -> Result<(MutexGuard<'a, ()>, Tx)> {
+    let guard = lock.lock().await;
+    let mut transaction = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(7001)")
+        .execute(&mut *transaction)
+        .await?;
+    Ok((guard, transaction))
 }
 
 async fn read_stage_map(connection: &mut PgConnection, secret_id: &str) -> Result<StageMap> {

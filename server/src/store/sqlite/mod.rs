@@ -25,6 +25,8 @@ use super::rows::{
 };
 
 use super::SecretRecord;
+use super::chain::AuditChain;
+use super::group_commit::GroupCommit;
 use super::migrate::migrate;
 use crate::audit::AuditKey;
 use crate::error::{Error, Result};
@@ -35,17 +37,17 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, MutexGuard};
 
 #[derive(Debug)]
 pub struct Store {
     pool: SqlitePool,
-    write_lock: Mutex<()>,
-    audit_key: AuditKey,
-    /// The newest event this process appended: a checkpoint that a cut-off
-    /// tail cannot hide from.
-    audit_head: std::sync::Mutex<Option<(i64, Vec<u8>)>>,
+    write_lock: Arc<Mutex<()>>,
+    chain: Arc<AuditChain>,
+    /// Events that are not part of a change, committed in groups.
+    standalone_events: GroupCommit,
 }
 
 type Tx = Transaction<'static, Sqlite>;
@@ -68,11 +70,23 @@ impl Store {
             .await
             .map_err(|error| Error::internal(&format!("opening database {url}"), error))?;
         migrate(&pool).await?;
+        let write_lock = Arc::new(Mutex::new(()));
+        let chain = Arc::new(AuditChain::new(audit_key));
+        let standalone_events = GroupCommit::start({
+            let (pool, write_lock, chain) = (pool.clone(), write_lock.clone(), chain.clone());
+            move |events| {
+                let (pool, write_lock, chain) = (pool.clone(), write_lock.clone(), chain.clone());
+                async move {
+                    let (_guard, tx) = begin_write(&pool, &write_lock).await?;
+                    audit::commit_with(tx, &chain, &events).await
+                }
+            }
+        });
         Ok(Self {
             pool,
-            write_lock: Mutex::new(()),
-            audit_key,
-            audit_head: std::sync::Mutex::new(None),
+            write_lock,
+            chain,
+            standalone_events,
         })
     }
 
@@ -81,9 +95,7 @@ impl Store {
     }
 
     async fn write(&self) -> Result<(MutexGuard<'_, ()>, Tx)> {
-        let guard = self.write_lock.lock().await;
-        let transaction = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        Ok((guard, transaction))
+        begin_write(&self.pool, &self.write_lock).await
     }
 
     /// Moves everything in the write-ahead log into the database file and
@@ -117,6 +129,16 @@ impl Store {
         }
         Ok(secrets)
     }
+}
+
+/// A write transaction, one writer at a time (see the module doc).
+async fn begin_write<'a>(
+    pool: &SqlitePool,
+    lock: &'a Mutex<()>,
+) -> Result<(MutexGuard<'a, ()>, Tx)> {
+    let guard = lock.lock().await;
+    let transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
+    Ok((guard, transaction))
 }
 
 async fn read_stage_map(connection: &mut SqliteConnection, secret_id: &str) -> Result<StageMap> {

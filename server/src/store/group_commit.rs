@@ -1,0 +1,77 @@
+//! Group commit of the events that stand alone (a read's, a refusal's, a
+//! failure's): each request queues its event and waits; one task takes
+//! everything queued, appends it to the chain in one transaction, and
+//! answers every waiter once that transaction is durable. A read is still
+//! answered only after its event is on disk (fail-closed), but a thousand
+//! concurrent reads cost a handful of fsyncs instead of a thousand.
+//!
+//! Batches form by themselves: while one commits, the next fills. With one
+//! request in flight a batch is that one event, so nothing waits for a
+//! timer. The task runs the commit, not the request, so a client that
+//! hangs up mid-commit cannot roll back the others' events.
+
+use crate::audit::AuditEvent;
+use crate::error::{Error, Result};
+use std::future::Future;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most events one transaction appends.
+const MAX_BATCH: usize = 512;
+/// How many events may wait for the committer before requests wait to queue.
+const QUEUE: usize = 4096;
+
+struct Waiting {
+    event: AuditEvent,
+    done: oneshot::Sender<Result<()>>,
+}
+
+#[derive(Debug)]
+pub(super) struct GroupCommit {
+    queue: mpsc::Sender<Waiting>,
+}
+
+impl GroupCommit {
+    /// Starts the committer: `commit` appends a batch of events in one
+    /// transaction and returns once it is durable. The task ends when the
+    /// store is dropped.
+    pub(super) fn start<C, F>(mut commit: C) -> Self
+    where
+        C: FnMut(Vec<AuditEvent>) -> F + Send + 'static,
+        F: Future<Output = Result<()>> + Send,
+    {
+        let (queue, mut receiver) = mpsc::channel::<Waiting>(QUEUE);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(MAX_BATCH);
+            while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                let (events, waiters): (Vec<_>, Vec<_>) = batch
+                    .drain(..)
+                    .map(|waiting| (waiting.event, waiting.done))
+                    .unzip();
+                let count = events.len();
+                let result = commit(events).await;
+                if let Err(error) = &result {
+                    tracing::error!(%error, events = count, "audit events not written");
+                }
+                for done in waiters {
+                    // A waiter that went away needs no answer.
+                    let _ = done.send(result.clone());
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    /// Appends `event` to the chain; durable when this returns `Ok`.
+    pub(super) async fn record(&self, event: &AuditEvent) -> Result<()> {
+        let stopped = || Error::Internal("the audit committer has stopped".to_owned());
+        let (done, answer) = oneshot::channel();
+        self.queue
+            .send(Waiting {
+                event: event.clone(),
+                done,
+            })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
