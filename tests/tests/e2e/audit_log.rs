@@ -2,6 +2,7 @@
 //! `rekey audit verify` checks, naming the first altered, removed or
 //! inserted event and a cut-off tail.
 
+use rekey_shared::proto::GetSecretValueRequest;
 use rekey_tests::{Installation, Rekey};
 use sqlx::{Connection, SqliteConnection};
 
@@ -165,4 +166,115 @@ async fn a_cut_off_tail_is_detected() {
     .await;
     let inserted = admin.run(&["audit", "verify", "--output", "json"]).json();
     assert_eq!(inserted["ok"], false);
+}
+
+/// Reads that arrive together share audit commits: every one of them still
+/// has its own event, the chain stays whole across the batches, and no
+/// answer leaves before its event is durable (the next test).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_reads_each_get_an_event_in_one_chain() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "g/x", "--value", "v"]).ok();
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(server.client(&installation.admin()).await);
+    }
+    let tasks: Vec<_> = (0..64)
+        .map(|index| {
+            let mut client = clients[index % clients.len()].clone();
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    client
+                        .get_secret_value(GetSecretValueRequest {
+                            name: "g/x".into(),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let events = admin
+        .run(&[
+            "audit",
+            "--resource",
+            "g/x",
+            "--output",
+            "json",
+            "--limit",
+            "10000",
+        ])
+        .ok()
+        .stdout;
+    let reads: Vec<serde_json::Value> = events
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|event| event["action"] == "secrets:GetSecretValue")
+        .collect();
+    assert_eq!(reads.len(), 320);
+    let request_ids: std::collections::HashSet<&str> = reads
+        .iter()
+        .map(|event| event["request_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(request_ids.len(), 320, "every read has an event of its own");
+    verify(&admin).ok();
+}
+
+/// Fail-closed: when the audit log refuses the events, the reads that
+/// waited for them are not answered, and none of their values leaves.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_whose_event_cannot_be_written_is_not_answered() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin
+        .run(&["create", "g/planted", "--value", "planted-value-5d1e"])
+        .ok();
+    execute(
+        &installation,
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events
+         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
+    )
+    .await;
+    let mut client = server.client(&installation.admin()).await;
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .get_secret_value(GetSecretValueRequest {
+                        name: "g/planted".into(),
+                        ..Default::default()
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let status = task.await.unwrap().unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(
+            status.message(),
+            "the audit log cannot be written, so the request was not answered"
+        );
+    }
+
+    execute(&installation, "DROP TRIGGER refuse_audit").await;
+    let answer = client
+        .get_secret_value(GetSecretValueRequest {
+            name: "g/planted".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.secret_string.as_deref(), Some("planted-value-5d1e"));
+    assert!(!server.log_text().contains("planted-value-5d1e"));
 }
