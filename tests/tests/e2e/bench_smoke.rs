@@ -1,6 +1,6 @@
-//! The read-path benchmark (`tests/src/bin/bench.rs`) in its smoke mode, so
-//! that it cannot rot: it runs against a real server and writes a report
-//! with every cell measured.
+//! The benchmark (`tests/src/bin/bench/`) in its smoke mode, so that it
+//! cannot rot: it runs against real servers and writes a report with every
+//! cell of the load and the scale run measured, and the plot.
 
 use rekey_tests::binary;
 
@@ -20,10 +20,22 @@ fn the_benchmark_runs_and_reports_every_cell() {
     );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
-    let cells = report["cells"].as_array().unwrap();
-    assert_eq!(cells.len(), 8, "{report}");
-    for cell in cells {
+    let load = &report["load"];
+    let mut cells = load["cells"].as_array().unwrap().clone();
+    assert_eq!(cells.len(), 10, "{report}");
+    assert!(load["fsync_loop_per_second"].as_f64().unwrap() > 0.0);
+    assert!(load["server_rss_mib_idle"].as_f64().unwrap() > 0.0);
+    let sizes = report["scale"]["sizes"].as_array().unwrap();
+    assert_eq!(sizes.len(), 2, "{report}");
+    for size in sizes {
+        let size_cells = size["cells"].as_array().unwrap();
+        assert_eq!(size_cells.len(), 6, "{size}");
+        cells.extend(size_cells.iter().cloned());
+    }
+    for cell in &cells {
         assert!(cell["calls"].as_u64().unwrap() > 0, "{cell}");
         assert!(cell["p99_ms"].as_f64().unwrap() >= cell["p50_ms"].as_f64().unwrap());
     }
+    let plot = std::fs::read_to_string(out.with_extension("svg")).unwrap();
+    assert!(plot.starts_with("<svg") && plot.contains("rotate"), "{plot}");
 }

@@ -1,0 +1,262 @@
+//! The measured calls and the cells they run in: `in_flight` callers over
+//! `connections` channels, each making its call back to back until the
+//! cell's time is up; throughput and latency percentiles of all of them.
+
+use rekey_shared::proto;
+use rekey_shared::proto::rotation_client::RotationClient;
+use rekey_shared::proto::secrets_client::SecretsClient;
+use rekey_shared::proto::watch_client::WatchClient;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// The gRPC health check over the same mutual TLS: no policy, no
+    /// audit, no store; the transport's own limit.
+    Ping,
+    /// GetSecretValue of one secret.
+    GetOne,
+    /// GetSecretValue of a random secret among `secrets`.
+    GetRandom,
+    /// PutSecretValue (each caller on a secret of its own).
+    Put,
+    /// A full automatic `password` rotation, from StartRotation to the
+    /// Watch event that says it finished (each caller on its own secret).
+    Rotate,
+    /// The first page of ListSecrets.
+    ListFirst,
+    /// A page of ListSecrets filtered by a name prefix.
+    ListFiltered,
+}
+
+impl Call {
+    pub fn name(self) -> &'static str {
+        match self {
+            Call::Ping => "ping",
+            Call::GetOne => "get_one",
+            Call::GetRandom => "get_random",
+            Call::Put => "put",
+            Call::Rotate => "rotate",
+            Call::ListFirst => "list_first_page",
+            Call::ListFiltered => "list_filtered_page",
+        }
+    }
+}
+
+/// The secret each kind of caller uses.
+pub fn one() -> String {
+    "bench/one".to_owned()
+}
+pub fn numbered(index: usize) -> String {
+    format!("bench/n{index:07}")
+}
+pub fn put_target(seed: usize) -> String {
+    format!("bench/put{seed}")
+}
+pub fn rotation_target(seed: usize) -> String {
+    format!("bench/rot{seed}")
+}
+
+/// A small non-cryptographic generator: which secret to read next.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, bound: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % bound as u64) as usize
+    }
+}
+
+/// One caller: makes `call` back to back until `until`, returning each
+/// call's latency.
+async fn caller(
+    channel: Channel,
+    call: Call,
+    secrets: usize,
+    seed: usize,
+    until: Instant,
+) -> Vec<Duration> {
+    let mut health = HealthClient::new(channel.clone());
+    let mut client = SecretsClient::new(channel.clone());
+    let mut rotation = RotationClient::new(channel.clone());
+    let mut random = XorShift((seed as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut finished = if call == Call::Rotate {
+        Some(finished_runs(channel, rotation_target(seed)).await)
+    } else {
+        None
+    };
+    let mut latencies = Vec::new();
+    let mut count = 0u64;
+    while Instant::now() < until {
+        let started = Instant::now();
+        match call {
+            Call::Ping => {
+                health.check(HealthCheckRequest::default()).await.unwrap();
+            }
+            Call::GetOne | Call::GetRandom => {
+                let name = if call == Call::GetOne {
+                    one()
+                } else {
+                    numbered(random.below(secrets))
+                };
+                client
+                    .get_secret_value(proto::GetSecretValueRequest {
+                        name,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+            Call::Put => {
+                count += 1;
+                client
+                    .put_secret_value(proto::PutSecretValueRequest {
+                        name: put_target(seed),
+                        secret_string: Some(format!("value-{count}")),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+            Call::Rotate => {
+                let run = rotation
+                    .start_rotation(proto::StartRotationRequest {
+                        name: rotation_target(seed),
+                        manual: false,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let finished = finished.as_mut().unwrap();
+                loop {
+                    let event = tokio::time::timeout(Duration::from_secs(30), finished.recv())
+                        .await
+                        .expect("a rotation did not finish within 30 s")
+                        .expect("the watch stream ended");
+                    if event.run_id == run.run_id {
+                        assert_eq!(event.kind, "finished", "{event:?}");
+                        break;
+                    }
+                }
+            }
+            Call::ListFirst | Call::ListFiltered => {
+                let filters = if call == Call::ListFiltered {
+                    // A name prefix that a hundred secrets share, at any size.
+                    let hundred = random.below((secrets / 100).max(1));
+                    vec![proto::Filter {
+                        key: proto::FilterKey::Name as i32,
+                        values: vec![format!("bench/n{hundred:05}")],
+                    }]
+                } else {
+                    Vec::new()
+                };
+                client
+                    .list_secrets(proto::ListSecretsRequest {
+                        filters,
+                        page_size: 100,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+        latencies.push(started.elapsed());
+    }
+    latencies
+}
+
+/// The ends of the runs on `name`: a Watch stream, open before the first
+/// run starts, reduced to the events that end a run.
+async fn finished_runs(
+    channel: Channel,
+    name: String,
+) -> tokio::sync::mpsc::UnboundedReceiver<proto::WatchEvent> {
+    let mut stream = WatchClient::new(channel)
+        .watch(proto::WatchRequest {
+            prefix: name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(event)) = stream.message().await {
+            let ends = matches!(
+                event.kind.as_str(),
+                "finished" | "failed" | "cancelled" | "abandoned" | "needs_attention"
+            );
+            if event.name == name && ends && sender.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// What one cell measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Measured {
+    pub calls: usize,
+    pub calls_per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Measured {
+    pub fn json(&self) -> Value {
+        json!({
+            "calls": self.calls,
+            "calls_per_second": self.calls_per_second,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+        })
+    }
+}
+
+/// Runs `call` with `in_flight` callers spread over `channels` for `time`.
+pub async fn cell(
+    channels: &[Channel],
+    call: Call,
+    in_flight: usize,
+    secrets: usize,
+    time: Duration,
+) -> Measured {
+    let started = Instant::now();
+    let until = started + time;
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|seed| {
+            tokio::spawn(caller(
+                channels[seed % channels.len()].clone(),
+                call,
+                secrets,
+                seed,
+                until,
+            ))
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    Measured {
+        calls: latencies.len(),
+        calls_per_second: latencies.len() as f64 / elapsed,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+    }
+}
+
+fn percentile(sorted: &[Duration], fraction: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 * fraction).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index].as_secs_f64() * 1000.0
+}

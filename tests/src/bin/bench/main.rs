@@ -1,0 +1,305 @@
+//! The benchmark: starts a real `rekeyd` (embedded SQLite with full fsync,
+//! audit log on, mutual TLS) and measures, at fixed in-flight concurrency
+//! over one or several connections, throughput and p50/p99 latency of
+//!
+//! 1. `ping`: the gRPC health check over the same mutual TLS, no
+//!    authorization, no audit: the transport's own limit;
+//! 2. `get_one` and `get_random`: GetSecretValue of one secret and of random
+//!    secrets among ten thousand;
+//! 3. `put`: PutSecretValue;
+//! 4. `rotate`: a full `password` rotation (four steps), StartRotation to
+//!    the Watch event that it finished;
+//!
+//! with the ratio of each to the ping at the same concurrency, beside what
+//! the disk allows (a bare fsync loop) and the server's resident memory.
+//! `--scale` measures GetSecretValue and ListSecrets (first page, filtered
+//! page) with 10³, 10⁵ and 10⁶ secrets in the store instead, each against
+//! the 10³ figure. Figures go to a table, a JSON report and an SVG plot.
+//!
+//! ```sh
+//! cargo build --release --workspace
+//! target/release/bench --out bench.json            # minutes; plot in bench.svg
+//! target/release/bench --scale --out scale.json    # a million secrets: minutes
+//! target/release/bench --smoke --out smoke.json    # seconds; CI runs this
+//! ```
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the benchmark's failure report
+
+mod load;
+mod machine;
+mod plot;
+mod scale;
+
+use load::{Call, Measured};
+use rekey_shared::identity::Identity;
+use rekey_shared::proto;
+use rekey_shared::proto::rotation_client::RotationClient;
+use rekey_shared::proto::secrets_client::SecretsClient;
+use rekey_tests::{Installation, Server};
+use serde_json::{Value, json};
+use std::time::Duration;
+use tonic::transport::Channel;
+
+/// What the load run measures.
+struct Plan {
+    secrets: usize,
+    cell: Duration,
+    concurrency: &'static [usize],
+    connections: &'static [usize],
+    /// Store sizes of the scale run.
+    scale: &'static [usize],
+    scale_cell: Duration,
+}
+
+const FULL: Plan = Plan {
+    secrets: 10_000,
+    cell: Duration::from_secs(5),
+    concurrency: &[1, 16, 64],
+    connections: &[1, 4],
+    scale: &[1_000, 100_000, 1_000_000],
+    scale_cell: Duration::from_secs(3),
+};
+
+const SMOKE: Plan = Plan {
+    secrets: 200,
+    cell: Duration::from_millis(300),
+    concurrency: &[1, 16],
+    connections: &[1],
+    scale: &[200, 2_000],
+    scale_cell: Duration::from_millis(300),
+};
+
+const LOAD_CALLS: [Call; 5] = [
+    Call::Ping,
+    Call::GetOne,
+    Call::GetRandom,
+    Call::Put,
+    Call::Rotate,
+];
+
+/// The cells of the scale run: (call, connections, in flight).
+const SCALE_CELLS: [(Call, usize, usize); 6] = [
+    (Call::GetRandom, 1, 1),
+    (Call::GetRandom, 4, 64),
+    (Call::ListFirst, 1, 1),
+    (Call::ListFirst, 1, 16),
+    (Call::ListFiltered, 1, 1),
+    (Call::ListFiltered, 1, 16),
+];
+
+struct Args {
+    plan: &'static Plan,
+    smoke: bool,
+    scale: bool,
+    out: String,
+}
+
+fn args() -> Args {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| args.iter().any(|arg| arg == name);
+    let smoke = flag("--smoke");
+    Args {
+        plan: if smoke { &SMOKE } else { &FULL },
+        smoke,
+        scale: flag("--scale"),
+        out: args
+            .iter()
+            .position(|arg| arg == "--out")
+            .and_then(|index| args.get(index + 1))
+            .cloned()
+            .unwrap_or_else(|| "bench.json".to_owned()),
+    }
+}
+
+/// An installation with `secrets` numbered secrets, served.
+async fn served(secrets: usize) -> (Installation, Server, Identity) {
+    let installation = Installation::new();
+    eprintln!("seeding {secrets} secrets");
+    scale::seed(&installation, secrets).await;
+    let server = installation.serve();
+    let identity = Identity::load(&installation.admin()).unwrap();
+    (installation, server, identity)
+}
+
+async fn channels(server: &Server, identity: &Identity, count: usize) -> Vec<Channel> {
+    let mut channels = Vec::new();
+    for _ in 0..count {
+        channels.push(
+            rekey_shared::channel::connect(&server.url, identity)
+                .await
+                .unwrap(),
+        );
+    }
+    channels
+}
+
+/// The secrets the load calls use besides the numbered ones: one to read,
+/// one per caller to put to, one per caller to rotate.
+async fn create_targets(channel: &Channel, callers: usize) {
+    let mut secrets = SecretsClient::new(channel.clone());
+    let mut rotation = RotationClient::new(channel.clone());
+    let names = std::iter::once(load::one())
+        .chain((0..callers).map(load::put_target))
+        .chain((0..callers).map(load::rotation_target));
+    for name in names {
+        secrets
+            .create_secret(proto::CreateSecretRequest {
+                name,
+                secret_string: Some("a value of about the size of a password".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    for seed in 0..callers {
+        rotation
+            .configure_rotation(proto::ConfigureRotationRequest {
+                name: load::rotation_target(seed),
+                rotator: "password".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn cell_json(call: Call, connections: usize, in_flight: usize, measured: &Measured) -> Value {
+    let mut cell = measured.json();
+    cell["call"] = call.name().into();
+    cell["connections"] = connections.into();
+    cell["in_flight"] = in_flight.into();
+    cell
+}
+
+fn header() {
+    println!(
+        "{:<19} {:>5} {:>9} {:>10} {:>8} {:>8} {:>10} {:>10}",
+        "call", "conns", "in flight", "calls/s", "p50 ms", "p99 ms", "vs tput", "vs p99"
+    );
+}
+
+fn row(call: Call, connections: usize, in_flight: usize, measured: &Measured, base: &Measured) {
+    println!(
+        "{:<19} {connections:>5} {in_flight:>9} {:>10.0} {:>8.2} {:>8.2} {:>10.2} {:>10.2}",
+        call.name(),
+        measured.calls_per_second,
+        measured.p50_ms,
+        measured.p99_ms,
+        measured.calls_per_second / base.calls_per_second,
+        measured.p99_ms / base.p99_ms,
+    );
+}
+
+/// The load run: every call in every cell, beside the ping.
+async fn load_run(plan: &Plan, out: &str) -> Value {
+    let (installation, server, identity) = served(plan.secrets).await;
+    let max_callers = plan.concurrency.iter().copied().max().unwrap_or(1);
+    let setup = channels(&server, &identity, 1).await;
+    create_targets(&setup[0], max_callers).await;
+    let fsync =
+        machine::fsyncs_per_second(installation.dir(), plan.cell.min(Duration::from_secs(3)));
+    let rss_idle = machine::rss_mib(server.pid());
+    eprintln!("fsync loop: {fsync:.0}/s; server RSS idle: {rss_idle:?} MiB");
+
+    let mut cells = Vec::new();
+    let mut bars = Vec::new();
+    header();
+    for &connections in plan.connections {
+        let channels = channels(&server, &identity, connections).await;
+        for &in_flight in plan.concurrency {
+            let mut ping = None;
+            for call in LOAD_CALLS {
+                let measured =
+                    load::cell(&channels, call, in_flight, plan.secrets, plan.cell).await;
+                let base = *ping.get_or_insert(measured);
+                row(call, connections, in_flight, &measured, &base);
+                let mut cell = cell_json(call, connections, in_flight, &measured);
+                cell["throughput_vs_ping"] =
+                    (measured.calls_per_second / base.calls_per_second).into();
+                cell["p99_vs_ping"] = (measured.p99_ms / base.p99_ms).into();
+                cells.push(cell);
+                bars.push(plot::Bar {
+                    group: format!("{connections} conn, {in_flight} in flight"),
+                    call: call.name(),
+                    calls_per_second: measured.calls_per_second,
+                });
+            }
+        }
+    }
+    let rss_after = machine::rss_mib(server.pid());
+    let plot_path = std::path::Path::new(out).with_extension("svg");
+    std::fs::write(
+        &plot_path,
+        plot::svg(
+            &format!(
+                "rekey: throughput by call ({} secrets, SQLite, audit on, mTLS)",
+                plan.secrets
+            ),
+            &bars,
+        ),
+    )
+    .unwrap();
+    eprintln!("wrote {}", plot_path.display());
+    json!({
+        "secrets": plan.secrets,
+        "seconds_per_cell": plan.cell.as_secs_f64(),
+        "store": "sqlite (WAL, synchronous=FULL)",
+        "audit": true,
+        "fsync_loop_per_second": fsync,
+        "server_rss_mib_idle": rss_idle,
+        "server_rss_mib_after_load": rss_after,
+        "cells": cells,
+    })
+}
+
+/// The scale run: the same reads and listings at each store size, each
+/// against the smallest.
+async fn scale_run(plan: &Plan) -> Value {
+    let mut sizes = Vec::new();
+    let mut smallest: Vec<Measured> = Vec::new();
+    header();
+    for &secrets in plan.scale {
+        let (_installation, server, identity) = served(secrets).await;
+        let channels = channels(&server, &identity, 4).await;
+        let rss_idle = machine::rss_mib(server.pid());
+        let mut cells = Vec::new();
+        for (index, (call, connections, in_flight)) in SCALE_CELLS.into_iter().enumerate() {
+            let measured = load::cell(
+                &channels[..connections],
+                call,
+                in_flight,
+                secrets,
+                plan.scale_cell,
+            )
+            .await;
+            if smallest.len() <= index {
+                smallest.push(measured);
+            }
+            let base = smallest[index];
+            row(call, connections, in_flight, &measured, &base);
+            let mut cell = cell_json(call, connections, in_flight, &measured);
+            cell["throughput_vs_smallest"] =
+                (measured.calls_per_second / base.calls_per_second).into();
+            cell["p50_vs_smallest"] = (measured.p50_ms / base.p50_ms).into();
+            cells.push(cell);
+        }
+        println!("({secrets} secrets; server RSS {rss_idle:?} MiB)");
+        sizes.push(json!({ "secrets": secrets, "server_rss_mib_idle": rss_idle, "cells": cells }));
+    }
+    json!({ "seconds_per_cell": plan.scale_cell.as_secs_f64(), "sizes": sizes })
+}
+
+#[tokio::main]
+async fn main() {
+    let args = args();
+    let mut report =
+        json!({ "cores": std::thread::available_parallelism().map_or(0, |n| n.get()) });
+    if args.smoke || !args.scale {
+        report["load"] = load_run(args.plan, &args.out).await;
+    }
+    if args.smoke || args.scale {
+        report["scale"] = scale_run(args.plan).await;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+    eprintln!("wrote {}", args.out);
+}
