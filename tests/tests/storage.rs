@@ -144,6 +144,65 @@ async fn suite(url: &str, root: &RootKey) {
             .unwrap()
             .is_some()
     );
+    // What a read answers, in one statement: by stage, by id, or nothing.
+    let (read, read_stages) = store
+        .version_with_stages(&id, None, &Stage::current())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.version_id, second.version_id);
+    assert_eq!(read_stages, [Stage::current()]);
+    let custom = Stage::parse("blue").unwrap();
+    store
+        .move_stage(
+            &store
+                .secret(&SecretName::parse("app/db").unwrap())
+                .await
+                .unwrap()
+                .unwrap(),
+            &custom,
+            Some(&second.version_id),
+            None,
+            rekey_shared::time::now_millis(),
+            &event("Stage"),
+        )
+        .await
+        .unwrap();
+    let (by_id, by_id_stages) = store
+        .version_with_stages(&id, Some(&second.version_id), &Stage::current())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_id.sealed.ciphertext, vec![2; 32]);
+    let mut expected = vec![Stage::current(), custom.clone()];
+    expected.sort();
+    assert_eq!(by_id_stages, expected);
+    let (previous, previous_stages) = store
+        .version_with_stages(&id, None, &Stage::previous())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(previous.version_id, second.version_id);
+    assert_eq!(previous_stages, [Stage::previous()]);
+    for (version_id, stage) in [
+        (Some(VersionId::random()), Stage::current()),
+        (None, Stage::parse("nowhere").unwrap()),
+    ] {
+        let missing = store
+            .version_with_stages(&id, version_id.as_ref(), &stage)
+            .await
+            .unwrap();
+        assert!(missing.is_none());
+    }
+    assert!(
+        store
+            .secret_without_tags(&SecretName::parse("app/db").unwrap())
+            .await
+            .unwrap()
+            .unwrap()
+            .tags
+            .is_empty()
+    );
     let versions = store.list_versions(&id, true, None, 10).await.unwrap();
     assert_eq!(versions.len(), 2);
     assert!(versions.iter().all(|v| v.key_name == "default"));
@@ -305,7 +364,7 @@ async fn suite(url: &str, root: &RootKey) {
     assert_eq!(previous.len(), 1, "{map:?}");
 
     let events = assert_chain_verifies(&store, &AuditKey::derive(root)).await;
-    assert_eq!(events, 28, "one event per write, in one chain");
+    assert_eq!(events, 29, "one event per write, in one chain");
     store.close().await;
 }
 

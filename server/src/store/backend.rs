@@ -139,6 +139,7 @@ forward! {
     pub async fn secret_by_id(&self, secret_id: &str) -> Result<Option<SecretRecord>>;
     pub async fn create_secret(&self, secret: &NewSecret, first: Option<&NewVersion>, event: &AuditEvent) -> Result<()>;
     pub async fn secret(&self, name: &SecretName) -> Result<Option<SecretRecord>>;
+    pub async fn secret_without_tags(&self, name: &SecretName) -> Result<Option<SecretRecord>>;
     pub async fn update_secret(&self, secret_id: &str, description: Option<&str>, new_key: Option<(&KeyName, &[Rewrapped])>, now: i64, event: &AuditEvent) -> Result<()>;
     pub async fn tag_secret(&self, secret_id: &str, tags: &[(String, String)], now: i64, event: &AuditEvent) -> Result<()>;
     pub async fn untag_secret(&self, secret_id: &str, keys: &[String], now: i64, event: &AuditEvent) -> Result<()>;
@@ -149,6 +150,7 @@ forward! {
     pub async fn all_versions(&self, secret_id: &str) -> Result<Vec<VersionRecord>>;
     pub async fn version_at_stage(&self, secret_id: &str, stage: &Stage) -> Result<Option<VersionRecord>>;
     pub async fn stage_map(&self, secret_id: &str) -> Result<StageMap>;
+    pub async fn version_with_stages(&self, secret_id: &str, version_id: Option<&VersionId>, stage: &Stage) -> Result<Option<(VersionRecord, Vec<Stage>)>>;
     pub async fn move_stage(&self, secret: &SecretRecord, stage: &Stage, to: Option<&VersionId>, from: Option<&VersionId>, now: i64, event: &AuditEvent) -> Result<()>;
     pub async fn put_version(&self, secret_id: &str, version: &NewVersion, requested: &[Stage], event: &AuditEvent) -> Result<PutOutcome>;
     pub async fn list_versions(&self, secret_id: &str, include_deprecated: bool, before_seq: Option<i64>, limit: u32) -> Result<Vec<VersionSummary>>;

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::rotation::{
     ApprovalRecord, ConfigRecord, HistoryRecord, Outcome, Phase, Revert, RunRecord, Step,
 };
-use rekey_shared::{KeyName, SecretName, VersionId};
+use rekey_shared::{KeyName, SecretName, Stage, VersionId};
 use sqlx::Row;
 
 pub(super) const SECRET_COLUMNS: &str =
@@ -85,6 +85,18 @@ pub(super) fn stored<T>(
     what: &str,
 ) -> Result<T> {
     parsed.map_err(|error| Error::internal(&format!("stored {what} is malformed"), error))
+}
+
+/// The stages of a version as the read statement aggregates them
+/// (comma-separated; labels cannot hold a comma), sorted.
+pub(super) fn stage_list(text: Option<String>) -> Result<Vec<Stage>> {
+    let mut stages = text
+        .iter()
+        .flat_map(|text| text.split(','))
+        .map(|stage| stored(Stage::parse(stage), "stage"))
+        .collect::<Result<Vec<_>>>()?;
+    stages.sort();
+    Ok(stages)
 }
 
 pub(super) fn is_unique_violation(error: &sqlx::Error) -> bool {

@@ -37,5 +37,8 @@ fn the_benchmark_runs_and_reports_every_cell() {
         assert!(cell["p99_ms"].as_f64().unwrap() >= cell["p50_ms"].as_f64().unwrap());
     }
     let plot = std::fs::read_to_string(out.with_extension("svg")).unwrap();
-    assert!(plot.starts_with("<svg") && plot.contains("rotate"), "{plot}");
+    assert!(
+        plot.starts_with("<svg") && plot.contains("rotate"),
+        "{plot}"
+    );
 }

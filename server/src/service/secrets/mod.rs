@@ -78,9 +78,15 @@ impl SecretsService {
             .ok_or_else(|| Error::NotFound(format!("secret {name} does not exist")))
     }
 
-    /// The secret a request names; one scheduled for deletion cannot be used.
+    /// The secret a request names, without its tags (no caller of this
+    /// shows them); one scheduled for deletion cannot be used.
     async fn live_secret(&self, name: &SecretName) -> Result<SecretRecord> {
-        let secret = self.secret(name).await?;
+        let secret = self
+            .state
+            .store
+            .secret_without_tags(name)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("secret {name} does not exist")))?;
         if let Some(date) = secret.deletion_date {
             return Err(Error::FailedPrecondition(format!(
                 "secret {name} is scheduled for deletion on {}; restore it first (rekey restore)",

@@ -10,7 +10,6 @@ use crate::service::convert::{
     decode_page_token, encode_page_token, list_cursor, list_page_token, page_size, secret_metadata,
     secret_version, today,
 };
-use crate::stages;
 use crate::store::{SecretQuery, SecretRecord};
 use rekey_shared::proto;
 use rekey_shared::time::timestamp_from_millis;
@@ -69,31 +68,17 @@ impl SecretsService {
     ) -> Result<proto::GetSecretValueResponse> {
         let store = &self.state.store;
         let name = &secret.name;
-        let version = match version_id {
-            Some(version_id) => store
-                .version(&secret.id, version_id)
-                .await?
-                .ok_or_else(|| {
-                    Error::NotFound(format!("secret {name} has no version {version_id}"))
-                })?,
-            None => {
-                let stage = stage.cloned().unwrap_or_else(Stage::current);
-                store
-                    .version_at_stage(&secret.id, &stage)
-                    .await?
-                    .ok_or_else(|| {
-                        if stage.is_current() {
-                            Error::NotFound(format!("secret {name} has no value yet"))
-                        } else {
-                            Error::NotFound(format!(
-                                "secret {name} has no version with stage {stage}"
-                            ))
-                        }
-                    })?
-            }
+        let selected = stage.cloned().unwrap_or_else(Stage::current);
+        let Some((version, version_stages)) = store
+            .version_with_stages(&secret.id, version_id, &selected)
+            .await?
+        else {
+            return Err(Error::NotFound(match version_id {
+                Some(version_id) => format!("secret {name} has no version {version_id}"),
+                None if selected.is_current() => format!("secret {name} has no value yet"),
+                None => format!("secret {name} has no version with stage {selected}"),
+            }));
         };
-        let map = store.stage_map(&secret.id).await?;
-        let version_stages = stages::stages_of(&map, &version.version_id);
         if let (Some(stage), Some(_)) = (stage, version_id)
             && !version_stages.contains(stage)
         {

@@ -2,6 +2,7 @@
 //! purge of old deprecated versions, in one transaction), moving a stage,
 //! reading and listing versions.
 
+use super::super::rows::stage_list;
 use super::{
     Store, Tx, VERSION_COLUMNS, is_unique_violation, read_stage_map, stored, touch, version_row,
     write_stage_map,
@@ -61,6 +62,33 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(version_row).transpose()
+    }
+
+    /// The version `version_id`, or without one the version at `stage`,
+    /// with the stages it carries (sorted): what a read answers, in one
+    /// statement.
+    pub async fn version_with_stages(
+        &self,
+        secret_id: &str,
+        version_id: Option<&VersionId>,
+        stage: &Stage,
+    ) -> Result<Option<(VersionRecord, Vec<Stage>)>> {
+        let row = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS},
+                    (SELECT string_agg(x.stage, ',') FROM version_stages x
+                      WHERE x.secret_id = v.secret_id AND x.version_id = v.version_id) AS stages
+             FROM versions v
+             WHERE v.secret_id = $1
+               AND v.version_id = COALESCE($2,
+                   (SELECT s.version_id FROM version_stages s WHERE s.secret_id = $1 AND s.stage = $3))"
+        ))
+        .bind(secret_id)
+        .bind(version_id.map(VersionId::as_str))
+        .bind(stage.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| Ok((version_row(&row)?, stage_list(row.get("stages"))?)))
+            .transpose()
     }
 
     pub async fn stage_map(&self, secret_id: &str) -> Result<StageMap> {

@@ -66,6 +66,9 @@ impl Store {
             .pragma("secure_delete", "ON");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // An embedded database's connections cannot go away; testing
+            // each before use would cost a round trip per statement.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|error| Error::internal(&format!("opening database {url}"), error))?;

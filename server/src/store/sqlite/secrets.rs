@@ -69,16 +69,23 @@ impl Store {
     }
 
     pub async fn secret(&self, name: &SecretName) -> Result<Option<SecretRecord>> {
+        let Some(mut secret) = self.secret_without_tags(name).await? else {
+            return Ok(None);
+        };
+        secret.tags = self.tags(&secret.id).await?;
+        Ok(Some(secret))
+    }
+
+    /// The secret named `name` with its tags left empty: for reading
+    /// values, which never shows them (one statement fewer per read).
+    pub async fn secret_without_tags(&self, name: &SecretName) -> Result<Option<SecretRecord>> {
         let row = sqlx::query(&format!(
             "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?"
         ))
         .bind(name.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let mut secret = secret_row(&row)?;
-        secret.tags = self.tags(&secret.id).await?;
-        Ok(Some(secret))
+        row.as_ref().map(secret_row).transpose()
     }
 
     /// Changes the description, and moves the secret to another master key

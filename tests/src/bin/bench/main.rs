@@ -20,6 +20,7 @@
 //! cargo build --release --workspace
 //! target/release/bench --out bench.json            # minutes; plot in bench.svg
 //! target/release/bench --scale --out scale.json    # a million secrets: minutes
+//! target/release/bench --only get_one              # one call (and the ping)
 //! target/release/bench --smoke --out smoke.json    # seconds; CI runs this
 //! ```
 
@@ -91,23 +92,27 @@ struct Args {
     plan: &'static Plan,
     smoke: bool,
     scale: bool,
+    /// Only this call of the load run (and the ping it is compared with).
+    only: Option<String>,
     out: String,
 }
 
 fn args() -> Args {
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| args.iter().any(|arg| arg == name);
+    let value = |name: &str| {
+        args.iter()
+            .position(|arg| arg == name)
+            .and_then(|index| args.get(index + 1))
+            .cloned()
+    };
     let smoke = flag("--smoke");
     Args {
         plan: if smoke { &SMOKE } else { &FULL },
         smoke,
         scale: flag("--scale"),
-        out: args
-            .iter()
-            .position(|arg| arg == "--out")
-            .and_then(|index| args.get(index + 1))
-            .cloned()
-            .unwrap_or_else(|| "bench.json".to_owned()),
+        only: value("--only"),
+        out: value("--out").unwrap_or_else(|| "bench.json".to_owned()),
     }
 }
 
@@ -191,7 +196,7 @@ fn row(call: Call, connections: usize, in_flight: usize, measured: &Measured, ba
 }
 
 /// The load run: every call in every cell, beside the ping.
-async fn load_run(plan: &Plan, out: &str) -> Value {
+async fn load_run(plan: &Plan, only: Option<&str>, out: &str) -> Value {
     let (installation, server, identity) = served(plan.secrets).await;
     let max_callers = plan.concurrency.iter().copied().max().unwrap_or(1);
     let setup = channels(&server, &identity, 1).await;
@@ -208,7 +213,10 @@ async fn load_run(plan: &Plan, out: &str) -> Value {
         let channels = channels(&server, &identity, connections).await;
         for &in_flight in plan.concurrency {
             let mut ping = None;
-            for call in LOAD_CALLS {
+            let calls = LOAD_CALLS
+                .into_iter()
+                .filter(|call| *call == Call::Ping || only.is_none_or(|only| only == call.name()));
+            for call in calls {
                 let measured =
                     load::cell(&channels, call, in_flight, plan.secrets, plan.cell).await;
                 let base = *ping.get_or_insert(measured);
@@ -295,7 +303,7 @@ async fn main() {
     let mut report =
         json!({ "cores": std::thread::available_parallelism().map_or(0, |n| n.get()) });
     if args.smoke || !args.scale {
-        report["load"] = load_run(args.plan, &args.out).await;
+        report["load"] = load_run(args.plan, args.only.as_deref(), &args.out).await;
     }
     if args.smoke || args.scale {
         report["scale"] = scale_run(args.plan).await;
