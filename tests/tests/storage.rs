@@ -368,6 +368,102 @@ async fn suite(url: &str, root: &RootKey) {
     store.close().await;
 }
 
+/// Writes that arrive together share a commit (group commit), each in a
+/// savepoint of its own: a write that fails after it changed something
+/// takes back only its own changes, and every write that succeeded is
+/// there, with its audit event, in one chain.
+async fn concurrent_writes_suite(url: &str, root: &RootKey) {
+    let store = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
+    add_default_key(&store).await;
+    let mut ids = Vec::new();
+    for index in 0..8 {
+        ids.push(create(&store, &format!("batch/s{index}"), &[]).await);
+    }
+    let too_many: Arc<Vec<Stage>> = Arc::new(
+        (0..21)
+            .map(|n| Stage::parse(&format!("label{n}")).unwrap())
+            .collect(),
+    );
+    let tasks: Vec<_> = (0..96u8)
+        .map(|n| {
+            let store = store.clone();
+            let id = ids[usize::from(n) % ids.len()].clone();
+            let too_many = too_many.clone();
+            tokio::spawn(async move {
+                let version = new_version(n);
+                let result = match n % 3 {
+                    // Succeeds.
+                    0 => store
+                        .put_version(&id, &version, &[Stage::current()], &event("Put"))
+                        .await
+                        .map(|_| ()),
+                    // Fails after inserting the version: too many labels.
+                    1 => store
+                        .put_version(&id, &version, &too_many, &event("Put"))
+                        .await
+                        .map(|_| ()),
+                    // Fails after reading the stage map.
+                    _ => {
+                        let secret = store.secret_by_id(&id).await.unwrap().unwrap();
+                        store
+                            .move_stage(
+                                &secret,
+                                &Stage::current(),
+                                Some(&version.version_id),
+                                Some(&VersionId::random()),
+                                rekey_shared::time::now_millis(),
+                                &event("Stage"),
+                            )
+                            .await
+                    }
+                };
+                (n, id, version.version_id, result)
+            })
+        })
+        .collect();
+    let mut added = 0;
+    for task in tasks {
+        let (n, id, version_id, result) = task.await.unwrap();
+        let stored = store.version(&id, &version_id).await.unwrap();
+        if n % 3 == 0 {
+            result.unwrap();
+            assert!(stored.is_some(), "an acknowledged put is there");
+            added += 1;
+        } else {
+            assert!(result.is_err(), "write {n} should have failed");
+            assert!(stored.is_none(), "a failed put left its version behind");
+        }
+    }
+    for id in &ids {
+        let versions = store.list_versions(id, true, None, 100).await.unwrap();
+        assert_eq!(versions.len(), 5, "the first version and four puts");
+        let current = versions
+            .iter()
+            .filter(|v| v.stages.contains(&Stage::current()))
+            .count();
+        assert_eq!(current, 1);
+        assert!(versions.iter().all(|v| v.stages.len() <= 2));
+    }
+    let events = assert_chain_verifies(&store, &AuditKey::derive(root)).await;
+    assert_eq!(events, 1 + 8 + added, "one event per write that succeeded");
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_concurrent_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
+    concurrent_writes_suite(&url, &RootKey::new(Key::generate())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_concurrent_writes() {
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    concurrent_writes_suite(&database.url, &RootKey::new(Key::generate())).await;
+}
+
 #[tokio::test]
 async fn sqlite_backend() {
     let dir = tempfile::tempdir().unwrap();

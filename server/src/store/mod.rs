@@ -9,6 +9,7 @@
 //! by one advisory lock so that the audit chain stays one chain.
 
 mod backend;
+mod batch;
 mod chain;
 mod group_commit;
 mod list;

@@ -13,7 +13,7 @@ use crate::store::sqlite::AuditQuery;
 /// tells `chain` with what this returns: the first sequence number and the
 /// new head.
 pub(super) async fn append(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     chain: &AuditChain,
     events: &[AuditEvent],
 ) -> Result<(i64, (i64, Vec<u8>))> {
@@ -50,7 +50,7 @@ pub(super) async fn append(
 /// Commits `tx` with `events` appended: the change and its events are
 /// durable together or not at all.
 pub(super) async fn commit_with(
-    mut tx: Tx,
+    mut tx: Tx<'_>,
     chain: &AuditChain,
     events: &[AuditEvent],
 ) -> Result<()> {
@@ -63,7 +63,7 @@ pub(super) async fn commit_with(
 impl Store {
     /// Commits `tx` with `event` appended: the change and its event are
     /// durable together or not at all.
-    pub(super) async fn commit_audited(&self, tx: Tx, event: &AuditEvent) -> Result<()> {
+    pub(super) async fn commit_audited(&self, tx: Tx<'_>, event: &AuditEvent) -> Result<()> {
         commit_with(tx, &self.chain, std::slice::from_ref(event)).await
     }
 

@@ -24,6 +24,7 @@ use super::rows::{
 };
 
 use super::SecretRecord;
+use super::batch::{Boxed, Dialect, Writer};
 use super::chain::AuditChain;
 use super::group_commit::GroupCommit;
 use super::migrate::migrate_postgres as migrate;
@@ -32,22 +33,21 @@ use crate::error::{Error, Result};
 use crate::stages::StageMap;
 use rekey_shared::{Stage, VersionId};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Row, Transaction};
+use sqlx::{ConnectOptions, Executor, PgConnection, PgPool, Postgres, Row, Transaction};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, MutexGuard};
 
 #[derive(Debug)]
 pub struct Store {
     pool: PgPool,
-    write_lock: Arc<Mutex<()>>,
+    writer: Writer<Postgres>,
     chain: Arc<AuditChain>,
     /// Events that are not part of a change, committed in groups.
     standalone_events: GroupCommit,
 }
 
-type Tx = Transaction<'static, Postgres>;
+type Tx<'a> = super::batch::Tx<'a, Postgres>;
 
 impl Store {
     /// Connects to the database at `url` and brings its schema up to date.
@@ -62,21 +62,21 @@ impl Store {
             .await
             .map_err(|error| Error::internal("opening the PostgreSQL database", error))?;
         migrate(&pool).await?;
-        let write_lock = Arc::new(Mutex::new(()));
+        let writer = Writer::start(pool.clone(), DIALECT);
         let chain = Arc::new(AuditChain::new(audit_key));
         let standalone_events = GroupCommit::start({
-            let (pool, write_lock, chain) = (pool.clone(), write_lock.clone(), chain.clone());
+            let (writer, chain) = (writer.clone(), chain.clone());
             move |events| {
-                let (pool, write_lock, chain) = (pool.clone(), write_lock.clone(), chain.clone());
+                let (writer, chain) = (writer.clone(), chain.clone());
                 async move {
-                    let (_guard, tx) = begin_write(&pool, &write_lock).await?;
+                    let tx = writer.begin().await?;
                     audit::commit_with(tx, &chain, &events).await
                 }
             }
         });
         Ok(Self {
             pool,
-            write_lock,
+            writer,
             chain,
             standalone_events,
         })
@@ -86,8 +86,10 @@ impl Store {
         self.pool.close().await;
     }
 
-    async fn write(&self) -> Result<(MutexGuard<'_, ()>, Tx)> {
-        begin_write(&self.pool, &self.write_lock).await
+    /// A place in the current write batch (`batch`): writers one at a
+    /// time, committed in groups.
+    async fn write(&self) -> Result<Tx<'_>> {
+        self.writer.begin().await
     }
 
     /// SQLite rewrites freed pages; PostgreSQL leaves erased rows to
@@ -119,15 +121,25 @@ impl Store {
     }
 }
 
-/// A write transaction: this process's writers one at a time, then one
-/// writer at a time across every replica (see the module doc).
-async fn begin_write<'a>(pool: &PgPool, lock: &'a Mutex<()>) -> Result<(MutexGuard<'a, ()>, Tx)> {
-    let guard = lock.lock().await;
-    let mut transaction = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(7001)")
-        .execute(&mut *transaction)
-        .await?;
-    Ok((guard, transaction))
+/// How PostgreSQL writes: one writer at a time across every replica
+/// (see the module doc), by a lock the transaction holds until it ends.
+const DIALECT: Dialect<Postgres> = Dialect {
+    begin: begin_locked,
+    execute,
+};
+
+fn begin_locked(pool: &PgPool) -> Boxed<'_, sqlx::Result<Transaction<'static, Postgres>>> {
+    Box::pin(async move {
+        let mut transaction = pool.begin().await?;
+        (&mut *transaction)
+            .execute("SELECT pg_advisory_xact_lock(7001)")
+            .await?;
+        Ok(transaction)
+    })
+}
+
+fn execute<'a>(connection: &'a mut PgConnection, sql: &'static str) -> Boxed<'a, sqlx::Result<()>> {
+    Box::pin(async move { connection.execute(sql).await.map(drop) })
 }
 
 async fn read_stage_map(connection: &mut PgConnection, secret_id: &str) -> Result<StageMap> {
@@ -145,7 +157,7 @@ async fn read_stage_map(connection: &mut PgConnection, secret_id: &str) -> Resul
         .collect()
 }
 
-async fn write_stage_map(tx: &mut Tx, secret_id: &str, map: &StageMap) -> Result<()> {
+async fn write_stage_map(tx: &mut Tx<'_>, secret_id: &str, map: &StageMap) -> Result<()> {
     sqlx::query("DELETE FROM version_stages WHERE secret_id = $1")
         .bind(secret_id)
         .execute(&mut **tx)
@@ -163,7 +175,7 @@ async fn write_stage_map(tx: &mut Tx, secret_id: &str, map: &StageMap) -> Result
     Ok(())
 }
 
-async fn touch(tx: &mut Tx, secret_id: &str, now: i64) -> Result<()> {
+async fn touch(tx: &mut Tx<'_>, secret_id: &str, now: i64) -> Result<()> {
     sqlx::query("UPDATE secrets SET changed_at = $1 WHERE id = $2")
         .bind(now)
         .bind(secret_id)

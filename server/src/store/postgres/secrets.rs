@@ -22,7 +22,7 @@ impl Store {
         first: Option<&NewVersion>,
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let inserted = sqlx::query(
             "INSERT INTO secrets (id, name, description, key_name, created_at, changed_at)
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -96,7 +96,7 @@ impl Store {
         now: i64,
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         if let Some(description) = description {
             sqlx::query("UPDATE secrets SET description = $1 WHERE id = $2")
                 .bind(description)
@@ -157,7 +157,7 @@ impl Store {
         now: i64,
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         insert_tags(&mut tx, secret_id, tags).await?;
         let count: i64 =
             sqlx::query_scalar("SELECT COUNT(*) FROM secret_tags WHERE secret_id = $1")
@@ -180,7 +180,7 @@ impl Store {
         now: i64,
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         for key in keys {
             sqlx::query("DELETE FROM secret_tags WHERE secret_id = $1 AND key = $2")
                 .bind(secret_id)
@@ -206,7 +206,7 @@ impl Store {
                 self.checkpoint().await
             }
             Deletion::At(date) => {
-                let (_guard, mut tx) = self.write().await?;
+                let mut tx = self.write().await?;
                 let updated = sqlx::query(
                     "UPDATE secrets SET deletion_date = $1 WHERE id = $2 AND deletion_date IS NULL",
                 )
@@ -231,7 +231,7 @@ impl Store {
         now: i64,
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let updated = sqlx::query(
             "UPDATE secrets SET deletion_date = NULL, changed_at = $1
              WHERE id = $2 AND deletion_date IS NOT NULL",
@@ -273,7 +273,7 @@ impl Store {
     }
 
     async fn erase(&self, secret_id: &str, event: &AuditEvent) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         // The cascade removes versions (and their ciphertexts), stages and tags.
         sqlx::query("DELETE FROM secrets WHERE id = $1")
             .bind(secret_id)
@@ -289,7 +289,7 @@ fn changed_meanwhile() -> Error {
     )
 }
 
-async fn insert_tags(tx: &mut Tx, secret_id: &str, tags: &[(String, String)]) -> Result<()> {
+async fn insert_tags(tx: &mut Tx<'_>, secret_id: &str, tags: &[(String, String)]) -> Result<()> {
     for (key, value) in tags {
         sqlx::query(
             "INSERT INTO secret_tags (secret_id, key, value) VALUES ($1, $2, $3)

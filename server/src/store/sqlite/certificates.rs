@@ -20,7 +20,7 @@ impl Store {
         record: &CertificateRecord,
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO certificates (serial, principal, issued_at, not_after) VALUES (?, ?, ?, ?)",
         )
@@ -61,7 +61,7 @@ impl Store {
         now: i64,
         event: &AuditEvent,
     ) -> Result<Vec<String>> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let serial = name_or_serial.to_ascii_lowercase().replace(':', "");
         let matching: Vec<String> = sqlx::query_scalar(
             "SELECT serial FROM certificates WHERE (principal = ? OR serial = ?) AND revoked_at IS NULL",

@@ -13,7 +13,7 @@ impl Store {
         key: &WrappedMasterKey,
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let inserted = sqlx::query(
             "INSERT INTO master_keys (name, version, wrapped_material, created_at) VALUES (?, ?, ?, ?)",
         )
@@ -87,7 +87,7 @@ impl Store {
         version: u32,
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let newest: Option<u32> =
             sqlx::query_scalar("SELECT MAX(version) FROM master_keys WHERE name = ?")
                 .bind(name)
@@ -173,7 +173,7 @@ impl Store {
         batch: &[(String, Rewrapped)],
         event: &AuditEvent,
     ) -> Result<u64> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let mut written = 0;
         for (secret_id, rewrapped) in batch {
             written += sqlx::query(

@@ -25,6 +25,7 @@ use super::rows::{
 };
 
 use super::SecretRecord;
+use super::batch::{Boxed, Dialect, Writer};
 use super::chain::AuditChain;
 use super::group_commit::GroupCommit;
 use super::migrate::migrate;
@@ -35,22 +36,21 @@ use rekey_shared::{Stage, VersionId};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{Executor, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, MutexGuard};
 
 #[derive(Debug)]
 pub struct Store {
     pool: SqlitePool,
-    write_lock: Arc<Mutex<()>>,
+    writer: Writer<Sqlite>,
     chain: Arc<AuditChain>,
     /// Events that are not part of a change, committed in groups.
     standalone_events: GroupCommit,
 }
 
-type Tx = Transaction<'static, Sqlite>;
+type Tx<'a> = super::batch::Tx<'a, Sqlite>;
 
 impl Store {
     /// Opens (creating if needed) the database at `url` and brings its
@@ -73,21 +73,21 @@ impl Store {
             .await
             .map_err(|error| Error::internal(&format!("opening database {url}"), error))?;
         migrate(&pool).await?;
-        let write_lock = Arc::new(Mutex::new(()));
+        let writer = Writer::start(pool.clone(), DIALECT);
         let chain = Arc::new(AuditChain::new(audit_key));
         let standalone_events = GroupCommit::start({
-            let (pool, write_lock, chain) = (pool.clone(), write_lock.clone(), chain.clone());
+            let (writer, chain) = (writer.clone(), chain.clone());
             move |events| {
-                let (pool, write_lock, chain) = (pool.clone(), write_lock.clone(), chain.clone());
+                let (writer, chain) = (writer.clone(), chain.clone());
                 async move {
-                    let (_guard, tx) = begin_write(&pool, &write_lock).await?;
+                    let tx = writer.begin().await?;
                     audit::commit_with(tx, &chain, &events).await
                 }
             }
         });
         Ok(Self {
             pool,
-            write_lock,
+            writer,
             chain,
             standalone_events,
         })
@@ -97,8 +97,10 @@ impl Store {
         self.pool.close().await;
     }
 
-    async fn write(&self) -> Result<(MutexGuard<'_, ()>, Tx)> {
-        begin_write(&self.pool, &self.write_lock).await
+    /// A place in the current write batch (`batch`): writers one at a
+    /// time, committed in groups.
+    async fn write(&self) -> Result<Tx<'_>> {
+        self.writer.begin().await
     }
 
     /// Moves everything in the write-ahead log into the database file and
@@ -134,14 +136,22 @@ impl Store {
     }
 }
 
-/// A write transaction, one writer at a time (see the module doc).
-async fn begin_write<'a>(
-    pool: &SqlitePool,
-    lock: &'a Mutex<()>,
-) -> Result<(MutexGuard<'a, ()>, Tx)> {
-    let guard = lock.lock().await;
-    let transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
-    Ok((guard, transaction))
+/// How SQLite writes: `BEGIN IMMEDIATE` takes the database's write lock
+/// at once, so a writer never works on a snapshot another has changed.
+const DIALECT: Dialect<Sqlite> = Dialect {
+    begin: begin_immediate,
+    execute,
+};
+
+fn begin_immediate(pool: &SqlitePool) -> Boxed<'_, sqlx::Result<Transaction<'static, Sqlite>>> {
+    Box::pin(pool.begin_with("BEGIN IMMEDIATE"))
+}
+
+fn execute<'a>(
+    connection: &'a mut SqliteConnection,
+    sql: &'static str,
+) -> Boxed<'a, sqlx::Result<()>> {
+    Box::pin(async move { connection.execute(sql).await.map(drop) })
 }
 
 async fn read_stage_map(connection: &mut SqliteConnection, secret_id: &str) -> Result<StageMap> {
@@ -159,7 +169,7 @@ async fn read_stage_map(connection: &mut SqliteConnection, secret_id: &str) -> R
         .collect()
 }
 
-async fn write_stage_map(tx: &mut Tx, secret_id: &str, map: &StageMap) -> Result<()> {
+async fn write_stage_map(tx: &mut Tx<'_>, secret_id: &str, map: &StageMap) -> Result<()> {
     sqlx::query("DELETE FROM version_stages WHERE secret_id = ?")
         .bind(secret_id)
         .execute(&mut **tx)
@@ -175,7 +185,7 @@ async fn write_stage_map(tx: &mut Tx, secret_id: &str, map: &StageMap) -> Result
     Ok(())
 }
 
-async fn touch(tx: &mut Tx, secret_id: &str, now: i64) -> Result<()> {
+async fn touch(tx: &mut Tx<'_>, secret_id: &str, now: i64) -> Result<()> {
     sqlx::query("UPDATE secrets SET changed_at = ? WHERE id = ?")
         .bind(now)
         .bind(secret_id)

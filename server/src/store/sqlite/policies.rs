@@ -44,7 +44,7 @@ impl Store {
         now: i64,
         event: &AuditEvent,
     ) -> Result<Option<i64>> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM policies")
             .fetch_one(&mut *tx)
             .await?;

@@ -12,7 +12,7 @@ use crate::rotation::{ApprovalRecord, ConfigRecord, HistoryRecord, Outcome, RunR
 use crate::stages;
 use rekey_shared::{Stage, VersionId};
 
-async fn write_run(tx: &mut Tx, run: &RunRecord) -> Result<()> {
+async fn write_run(tx: &mut Tx<'_>, run: &RunRecord) -> Result<()> {
     sqlx::query(
         "UPDATE rotation_runs SET phase = ?, step = ?, set_applied = ?, operator_go = ?, attempt = ?,
             next_attempt_at = ?, approval_requested_at = ?, outcome = ?, revert = ?, end_reason = ?,
@@ -38,7 +38,7 @@ async fn write_run(tx: &mut Tx, run: &RunRecord) -> Result<()> {
     Ok(())
 }
 
-async fn write_history(tx: &mut Tx, run_id: &str, entries: &[HistoryRecord]) -> Result<()> {
+async fn write_history(tx: &mut Tx<'_>, run_id: &str, entries: &[HistoryRecord]) -> Result<()> {
     for entry in entries {
         sqlx::query(
             "INSERT INTO rotation_history (run_id, seq, at, step, event, attempt, principal, detail)
@@ -64,7 +64,7 @@ impl Store {
         config: &ConfigRecord,
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let steps: Vec<&str> = config.approval_steps.iter().map(|s| s.as_str()).collect();
         sqlx::query(&format!(
             "INSERT OR REPLACE INTO rotation_configs ({CONFIG_COLUMNS})
@@ -127,7 +127,7 @@ impl Store {
         history: &[HistoryRecord],
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO rotation_runs ({RUN_COLUMNS})
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -177,7 +177,7 @@ impl Store {
         history: &[HistoryRecord],
         event: Option<&AuditEvent>,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         write_run(&mut tx, run).await?;
         write_history(&mut tx, &run.id, history).await?;
         match event {
@@ -197,7 +197,7 @@ impl Store {
         next_rotation: Option<i64>,
         event: &AuditEvent,
     ) -> Result<bool> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let mut map = read_stage_map(&mut tx, &run.secret_id).await?;
         let current = map.get(&Stage::current()).map(|v| v.as_str().to_owned());
         if current.as_deref() != Some(run.current_at_start.as_str()) {
@@ -233,7 +233,7 @@ impl Store {
         history: &[HistoryRecord],
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let mut map = read_stage_map(&mut tx, &run.secret_id).await?;
         if map.get(&pending()).map(|v| v.as_str()) == Some(run.id.as_str()) {
             map.remove(&pending());
@@ -318,7 +318,7 @@ impl Store {
         history: &[HistoryRecord],
         event: &AuditEvent,
     ) -> Result<bool> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let inserted = sqlx::query(
             "INSERT INTO rotation_approvals (run_id, step, principal, at, comment) VALUES (?, ?, ?, ?, ?)",
         )

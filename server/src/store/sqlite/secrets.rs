@@ -24,7 +24,7 @@ impl Store {
         first: Option<&NewVersion>,
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let inserted = sqlx::query(
             "INSERT INTO secrets (id, name, description, key_name, created_at, changed_at)
              VALUES (?, ?, ?, ?, ?, ?)",
@@ -98,7 +98,7 @@ impl Store {
         now: i64,
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         if let Some(description) = description {
             sqlx::query("UPDATE secrets SET description = ? WHERE id = ?")
                 .bind(description)
@@ -159,7 +159,7 @@ impl Store {
         now: i64,
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         insert_tags(&mut tx, secret_id, tags).await?;
         let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM secret_tags WHERE secret_id = ?")
             .bind(secret_id)
@@ -181,7 +181,7 @@ impl Store {
         now: i64,
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         for key in keys {
             sqlx::query("DELETE FROM secret_tags WHERE secret_id = ? AND key = ?")
                 .bind(secret_id)
@@ -207,7 +207,7 @@ impl Store {
                 self.checkpoint().await
             }
             Deletion::At(date) => {
-                let (_guard, mut tx) = self.write().await?;
+                let mut tx = self.write().await?;
                 let updated = sqlx::query(
                     "UPDATE secrets SET deletion_date = ? WHERE id = ? AND deletion_date IS NULL",
                 )
@@ -232,7 +232,7 @@ impl Store {
         now: i64,
         event: &AuditEvent,
     ) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let updated = sqlx::query(
             "UPDATE secrets SET deletion_date = NULL, changed_at = ?
              WHERE id = ? AND deletion_date IS NOT NULL",
@@ -274,7 +274,7 @@ impl Store {
     }
 
     async fn erase(&self, secret_id: &str, event: &AuditEvent) -> Result<()> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         // The cascade removes versions (and their ciphertexts), stages and tags.
         sqlx::query("DELETE FROM secrets WHERE id = ?")
             .bind(secret_id)
@@ -290,7 +290,7 @@ fn changed_meanwhile() -> Error {
     )
 }
 
-async fn insert_tags(tx: &mut Tx, secret_id: &str, tags: &[(String, String)]) -> Result<()> {
+async fn insert_tags(tx: &mut Tx<'_>, secret_id: &str, tags: &[(String, String)]) -> Result<()> {
     for (key, value) in tags {
         sqlx::query(
             "INSERT INTO secret_tags (secret_id, key, value) VALUES (?, ?, ?)

@@ -106,7 +106,7 @@ impl Store {
         requested: &[Stage],
         event: &AuditEvent,
     ) -> Result<PutOutcome> {
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         match insert_version(&mut tx, secret_id, version).await {
             Err(Error::AlreadyExists(_)) => return Ok(PutOutcome::VersionExists),
             other => other?,
@@ -135,7 +135,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<()> {
         let (secret_id, secret_name) = (secret.id.as_str(), &secret.name);
-        let (_guard, mut tx) = self.write().await?;
+        let mut tx = self.write().await?;
         let mut map = read_stage_map(&mut tx, secret_id).await?;
         if let Some(from) = from {
             let on = map.get(stage);
@@ -241,7 +241,7 @@ impl Store {
 }
 
 pub(super) async fn insert_version(
-    tx: &mut Tx,
+    tx: &mut Tx<'_>,
     secret_id: &str,
     version: &NewVersion,
 ) -> Result<()> {
@@ -290,7 +290,7 @@ pub(super) async fn insert_version(
 
 /// Deletes the versions that are deprecated (no stage), more than a day old,
 /// and not among the newest [`VERSIONS_KEPT`].
-async fn purge_deprecated(tx: &mut Tx, secret_id: &str, now: i64) -> Result<()> {
+async fn purge_deprecated(tx: &mut Tx<'_>, secret_id: &str, now: i64) -> Result<()> {
     let purged = sqlx::query(
         "DELETE FROM versions
          WHERE secret_id = ?1
