@@ -1,7 +1,9 @@
 //! Leases and claims that let several processes share rotation work: a run
 //! is driven by the holder of its secret's lease, and a due schedule is
 //! started by the one process whose claim moved it on. Coordination only:
-//! nothing here changes secret data, so nothing here is audited.
+//! nothing here changes secret data, so nothing here is audited. Each is a
+//! writer of the write batch like any other, rather than a statement of its
+//! own that would wait for SQLite's write lock.
 
 use super::Store;
 use crate::error::Result;
@@ -16,6 +18,7 @@ impl Store {
         now: i64,
         until: i64,
     ) -> Result<bool> {
+        let mut tx = self.write().await?;
         let claimed = sqlx::query(
             "INSERT INTO rotation_leases (secret_id, owner, expires_at) VALUES (?, ?, ?)
              ON CONFLICT (secret_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
@@ -25,33 +28,37 @@ impl Store {
         .bind(owner)
         .bind(until)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(claimed.rows_affected() == 1)
     }
 
     /// Gives the lease up, if `owner` still holds it.
     pub async fn release_lease(&self, secret_id: &str, owner: &str) -> Result<()> {
+        let mut tx = self.write().await?;
         sqlx::query("DELETE FROM rotation_leases WHERE secret_id = ? AND owner = ?")
             .bind(secret_id)
             .bind(owner)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// Drops every lease: one process serves an embedded database, so a
     /// lease found at start belongs to a process that is gone.
     pub async fn clear_leases(&self) -> Result<()> {
+        let mut tx = self.write().await?;
         sqlx::query("DELETE FROM rotation_leases")
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// Moves a due schedule on from `due_at` to `next`; true for the one
     /// caller whose claim did, who then starts the run.
     pub async fn claim_due(&self, secret_id: &str, due_at: i64, next: Option<i64>) -> Result<bool> {
+        let mut tx = self.write().await?;
         let claimed = sqlx::query(
             "UPDATE rotation_configs SET next_rotation_at = ?
              WHERE secret_id = ? AND next_rotation_at = ?",
@@ -59,8 +66,9 @@ impl Store {
         .bind(next)
         .bind(secret_id)
         .bind(due_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(claimed.rows_affected() == 1)
     }
 }

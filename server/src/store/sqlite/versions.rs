@@ -219,13 +219,14 @@ impl Store {
         version_id: &VersionId,
         day: i64,
     ) -> Result<()> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "UPDATE secrets SET accessed_day = ?1
              WHERE id = ?2 AND (accessed_day IS NULL OR accessed_day < ?1)",
         )
         .bind(day)
         .bind(secret_id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         sqlx::query(
             "UPDATE versions SET accessed_day = ?1
@@ -234,9 +235,9 @@ impl Store {
         .bind(day)
         .bind(secret_id)
         .bind(version_id.as_str())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(())
+        tx.commit().await
     }
 }
 
