@@ -133,3 +133,59 @@ async fn tags_are_added_replaced_and_removed() {
         .json();
     assert_eq!(described["tags"].as_object().unwrap().len(), 2);
 }
+
+/// A read records the day it happened, on the secret and on the version
+/// read, and nowhere else; a second read that day changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_records_its_day_on_the_secret_and_the_version() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let rekey = server.rekey(&installation.admin());
+    rekey.run(&["create", "seen/db", "--value", "one"]).ok();
+    rekey.run(&["put", "seen/db", "--value", "two"]).ok();
+    let mut client = server.client(&installation.admin()).await;
+    let describer = client.clone();
+    let describe = || {
+        let mut client = describer.clone();
+        async move {
+            client
+                .describe_secret(proto::DescribeSecretRequest {
+                    name: "seen/db".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    assert!(describe().await.last_accessed_at.is_none());
+
+    let millis_per_day = 86_400_000;
+    let today = rekey_shared::time::now_millis() / millis_per_day * millis_per_day;
+    for _ in 0..2 {
+        client
+            .get_secret_value(proto::GetSecretValueRequest {
+                name: "seen/db".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let accessed = describe().await.last_accessed_at.unwrap();
+    assert_eq!(accessed.seconds * 1000, today);
+    let versions = client
+        .list_secret_version_ids(proto::ListSecretVersionIdsRequest {
+            name: "seen/db".into(),
+            include_deprecated: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .versions;
+    let read: Vec<bool> = versions
+        .iter()
+        .map(|version| version.last_accessed_at.is_some())
+        .collect();
+    // Newest first: the CURRENT version was read, the first one was not.
+    assert_eq!(read, [true, false]);
+}

@@ -487,6 +487,12 @@ impl Engine {
     }
 
     async fn drive_run(&self, secret_id: &str) -> Result<()> {
+        // Most calls find no run (every put that moves CURRENT asks, in case
+        // a run was abandoned by it); those need no lock and no lease. A run
+        // started after this look is driven by whoever started it.
+        if self.state.store.active_run(secret_id).await?.is_none() {
+            return Ok(());
+        }
         let lock = self.lock_for(secret_id);
         let _held = lock.lock().await;
         let Some(lease) = lease::Lease::claim(&self.state, secret_id, &self.owner).await? else {
