@@ -243,6 +243,20 @@ async fn suite(url: &str, root: &RootKey) {
         names,
         ["app/api", "app/cache", "app/db", "ops/backup", "ops/ci"]
     );
+    // Name prefixes (a range on the name index, too), included and excluded.
+    let prefixed = store
+        .list_secrets(&SecretQuery {
+            limit: 10,
+            ..by_name(vec![SecretFilter {
+                field: FilterField::Name,
+                include: vec!["app/".into(), "ops/b".into()],
+                exclude: vec!["app/c".into()],
+            }])
+        })
+        .await
+        .unwrap();
+    let prefixed: Vec<&str> = prefixed.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(prefixed, ["app/api", "app/db", "ops/backup"]);
     let tagged = store
         .list_secrets(&SecretQuery {
             limit: 10,

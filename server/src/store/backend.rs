@@ -3,6 +3,7 @@
 //! for several replicas). Every method forwards to the backend as it is;
 //! the backends differ in SQL dialect only, never in behaviour.
 
+use super::list::PageDetails;
 use super::sqlite::{AuditQuery, CertificateRecord, PolicyVersion};
 use super::{
     Deletion, NewSecret, NewVersion, PutOutcome, Rewrapped, SecretQuery, SecretRecord,
@@ -117,6 +118,7 @@ forward! {
     pub async fn count_to_rewrap(&self, key_name: &str, newest: u32) -> Result<i64>;
     pub async fn store_rewrapped(&self, batch: &[(String, Rewrapped)], event: &AuditEvent) -> Result<u64>;
     pub async fn list_secrets(&self, query: &SecretQuery) -> Result<Vec<SecretRecord>>;
+    pub async fn page_details(&self, ids: &[String]) -> Result<PageDetails>;
     pub async fn current_policy(&self) -> Result<Option<PolicyVersion>>;
     pub async fn policy_version(&self) -> Result<i64>;
     pub async fn insert_policy(&self, document: &str, created_by: &str, based_on: i64, now: i64, event: &AuditEvent) -> Result<Option<i64>>;

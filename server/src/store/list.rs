@@ -7,8 +7,13 @@
 //! parameter. Both backends run the same statement: SQLite as built, with
 //! `?` placeholders, PostgreSQL with them numbered.
 
-use super::rows::SECRET_COLUMNS;
-use super::{FilterField, SecretFilter, SecretQuery, SortKey};
+use super::rows::{CONFIG_COLUMNS, Columns, SECRET_COLUMNS, config_row, stored};
+use super::{FilterField, SecretFilter, SecretQuery, SecretRecord, SortKey};
+use crate::error::Result;
+use crate::rotation::ConfigRecord;
+use crate::stages::StageMap;
+use rekey_shared::{Stage, VersionId};
+use std::collections::HashMap;
 
 /// A parameter of the query being built.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,8 +27,19 @@ fn starts_with(column: &str) -> String {
     format!("substr({column}, 1, length(?)) = ?")
 }
 
-/// One prefix test for a filter field; pushes its parameters.
-fn matches(field: FilterField, value: &str, binds: &mut Vec<Bind>) -> String {
+/// How each backend compares text byte by byte, as the prefix tests do:
+/// SQLite by default, PostgreSQL in the "C" collation.
+pub(super) const SQLITE_BYTES: &str = "";
+pub(super) const POSTGRES_BYTES: &str = " COLLATE \"C\"";
+
+/// Above every string that starts with `prefix` (names are ASCII).
+fn past_prefix(prefix: &str) -> String {
+    format!("{prefix}\u{10FFFF}")
+}
+
+/// One prefix test for a filter field; pushes its parameters. `bytes`
+/// makes a comparison bytewise (see [`SQLITE_BYTES`]).
+fn matches(field: FilterField, value: &str, bytes: &str, binds: &mut Vec<Bind>) -> String {
     let mut prefix = |times: usize| {
         for _ in 0..times {
             binds.push(Bind::Text(value.to_owned()));
@@ -37,6 +53,17 @@ fn matches(field: FilterField, value: &str, binds: &mut Vec<Bind>) -> String {
         )
     };
     match field {
+        // A name prefix is also a range, so that the name index is sought
+        // instead of scanned; the prefix test keeps the meaning exact.
+        FilterField::Name if !value.is_empty() => {
+            prefix(1);
+            binds.push(Bind::Text(value.to_owned()));
+            binds.push(Bind::Text(past_prefix(value)));
+            format!(
+                "({} AND s.name{bytes} >= ? AND s.name{bytes} < ?)",
+                starts_with("s.name")
+            )
+        }
         FilterField::Name => {
             prefix(1);
             starts_with("s.name")
@@ -76,18 +103,21 @@ fn matches(field: FilterField, value: &str, binds: &mut Vec<Bind>) -> String {
     }
 }
 
-fn filter_condition(filter: &SecretFilter, binds: &mut Vec<Bind>) -> String {
+fn filter_condition(filter: &SecretFilter, bytes: &str, binds: &mut Vec<Bind>) -> String {
     let mut parts = Vec::new();
     if !filter.include.is_empty() {
         let any: Vec<String> = filter
             .include
             .iter()
-            .map(|value| matches(filter.field, value, binds))
+            .map(|value| matches(filter.field, value, bytes, binds))
             .collect();
         parts.push(format!("({})", any.join(" OR ")));
     }
     for value in &filter.exclude {
-        parts.push(format!("NOT {}", matches(filter.field, value, binds)));
+        parts.push(format!(
+            "NOT {}",
+            matches(filter.field, value, bytes, binds)
+        ));
     }
     if parts.is_empty() {
         "1 = 1".to_owned()
@@ -96,15 +126,16 @@ fn filter_condition(filter: &SecretFilter, binds: &mut Vec<Bind>) -> String {
     }
 }
 
-/// The whole statement for a query, with its parameters in order.
-pub(super) fn build(query: &SecretQuery) -> (String, Vec<Bind>) {
+/// The whole statement for a query, with its parameters in order; `bytes`
+/// as the backend compares bytewise ([`SQLITE_BYTES`], [`POSTGRES_BYTES`]).
+pub(super) fn build(query: &SecretQuery, bytes: &str) -> (String, Vec<Bind>) {
     let mut binds = Vec::new();
     let mut conditions = Vec::new();
     if !query.include_planned_deletion {
         conditions.push("s.deletion_date IS NULL".to_owned());
     }
     for filter in &query.filters {
-        conditions.push(filter_condition(filter, &mut binds));
+        conditions.push(filter_condition(filter, bytes, &mut binds));
     }
     let column = match query.sort {
         SortKey::Name => None,
@@ -155,6 +186,68 @@ pub(super) fn build(query: &SecretQuery) -> (String, Vec<Bind>) {
     )
 }
 
+/// What a page of a listing shows besides the secrets' own rows: their
+/// tags, stage maps and rotation configurations, each read for the whole
+/// page in one statement rather than once per secret.
+#[derive(Debug, Default)]
+pub struct PageDetails {
+    pub stages: HashMap<String, StageMap>,
+    pub rotation: HashMap<String, ConfigRecord>,
+}
+
+/// The statements that read a page's details, for `count` secret ids
+/// bound in order (`?` placeholders): tags, stages, rotation.
+pub(super) fn detail_statements(count: usize) -> [String; 3] {
+    let ids = vec!["?"; count].join(", ");
+    [
+        format!(
+            "SELECT secret_id, key, value FROM secret_tags WHERE secret_id IN ({ids}) \
+             ORDER BY secret_id, key"
+        ),
+        format!(
+            "SELECT secret_id, stage, version_id FROM version_stages WHERE secret_id IN ({ids})"
+        ),
+        format!("SELECT {CONFIG_COLUMNS} FROM rotation_configs WHERE secret_id IN ({ids})"),
+    ]
+}
+
+/// Gives each secret the tags among `rows` (the first statement's).
+pub(super) fn attach_tags(secrets: &mut [SecretRecord], rows: &[impl Columns]) {
+    let mut tags: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for row in rows {
+        tags.entry(row.text("secret_id"))
+            .or_default()
+            .push((row.text("key"), row.text("value")));
+    }
+    for secret in secrets {
+        secret.tags = tags.remove(&secret.id).unwrap_or_default();
+    }
+}
+
+/// The stage maps and configurations among `stage_rows` and `config_rows`
+/// (the second and third statements').
+pub(super) fn page_details(
+    stage_rows: &[impl Columns],
+    config_rows: &[impl Columns],
+) -> Result<PageDetails> {
+    let mut details = PageDetails::default();
+    for row in stage_rows {
+        details
+            .stages
+            .entry(row.text("secret_id"))
+            .or_default()
+            .insert(
+                stored(Stage::parse(&row.text("stage")), "stage")?,
+                stored(VersionId::parse(&row.text("version_id")), "version id")?,
+            );
+    }
+    for row in config_rows {
+        let config = config_row(row)?;
+        details.rotation.insert(config.secret_id.clone(), config);
+    }
+    Ok(details)
+}
+
 /// PostgreSQL numbers its parameters: the n-th `?` of a built statement
 /// becomes `$n`. Built statements hold no literal text, so every `?` is a
 /// placeholder.
@@ -191,7 +284,7 @@ mod tests {
             include_planned_deletion: false,
             limit: 10,
         };
-        let (sql, binds) = build(&query);
+        let (sql, binds) = build(&query, SQLITE_BYTES);
         assert!(!sql.contains("DROP"), "{sql}");
         assert_eq!(sql.matches('?').count(), binds.len());
         let numbered = number_placeholders(&sql);

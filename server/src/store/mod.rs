@@ -19,6 +19,7 @@ mod rows;
 mod sqlite;
 
 pub use backend::Store;
+pub use list::PageDetails;
 pub use sqlite::{AuditQuery, CertificateRecord, MAX_TAGS, PolicyVersion};
 
 use crate::crypto::SealedValue;

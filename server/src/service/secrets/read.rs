@@ -240,18 +240,29 @@ impl SecretsService {
         };
         let store = &self.state.store;
         let page = store.list_secrets(&query).await?;
-        let mut secrets = Vec::with_capacity(page.len());
-        for secret in &page {
-            if context.allows(
-                &self.state.authorizer,
-                Action::ListSecrets,
-                secret.name.as_str(),
-            ) {
-                let map = store.stage_map(&secret.id).await?;
-                let rotation = store.rotation_config(&secret.id).await?;
-                secrets.push(secret_metadata(secret, &map, rotation.as_ref()));
-            }
-        }
+        let visible: Vec<&SecretRecord> = page
+            .iter()
+            .filter(|secret| {
+                context.allows(
+                    &self.state.authorizer,
+                    Action::ListSecrets,
+                    secret.name.as_str(),
+                )
+            })
+            .collect();
+        let ids: Vec<String> = visible.iter().map(|secret| secret.id.clone()).collect();
+        let details = store.page_details(&ids).await?;
+        let no_stages = Default::default();
+        let secrets: Vec<_> = visible
+            .iter()
+            .map(|secret| {
+                secret_metadata(
+                    secret,
+                    details.stages.get(&secret.id).unwrap_or(&no_stages),
+                    details.rotation.get(&secret.id),
+                )
+            })
+            .collect();
         context.summarize(&format!(
             "{} listed, {} hidden by policy",
             secrets.len(),

@@ -1,14 +1,15 @@
 //! Listing secrets: the statement built in `store::list`, run.
 
 use super::Store;
+use super::fetch_for_ids;
 use crate::error::Result;
-use crate::store::list::{Bind, build};
+use crate::store::list::{Bind, PageDetails, SQLITE_BYTES, build, detail_statements, page_details};
 use crate::store::{SecretQuery, SecretRecord};
 
 impl Store {
     /// One page of secrets.
     pub async fn list_secrets(&self, query: &SecretQuery) -> Result<Vec<SecretRecord>> {
-        let (sql, binds) = build(query);
+        let (sql, binds) = build(query, SQLITE_BYTES);
         let mut statement = sqlx::query(&sql);
         for bind in binds {
             statement = match bind {
@@ -18,5 +19,17 @@ impl Store {
         }
         let rows = statement.fetch_all(&self.pool).await?;
         self.with_tags(&rows).await
+    }
+
+    /// The stage maps and rotation configurations of a page's secrets, in
+    /// two statements.
+    pub async fn page_details(&self, ids: &[String]) -> Result<PageDetails> {
+        if ids.is_empty() {
+            return Ok(PageDetails::default());
+        }
+        let [_, stages, configs] = detail_statements(ids.len());
+        let stage_rows = fetch_for_ids(&self.pool, &stages, ids).await?;
+        let config_rows = fetch_for_ids(&self.pool, &configs, ids).await?;
+        page_details(&stage_rows, &config_rows)
     }
 }

@@ -28,6 +28,7 @@ use super::SecretRecord;
 use super::batch::{Boxed, Dialect, Writer};
 use super::chain::AuditChain;
 use super::group_commit::GroupCommit;
+use super::list::{attach_tags, detail_statements};
 use super::migrate::migrate;
 use crate::audit::AuditKey;
 use crate::error::{Error, Result};
@@ -125,13 +126,16 @@ impl Store {
             .collect())
     }
 
+    /// The secrets of `rows` with their tags, in one statement.
     async fn with_tags(&self, rows: &[SqliteRow]) -> Result<Vec<SecretRecord>> {
-        let mut secrets = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut secret = secret_row(row)?;
-            secret.tags = self.tags(&secret.id).await?;
-            secrets.push(secret);
+        let mut secrets = rows.iter().map(secret_row).collect::<Result<Vec<_>>>()?;
+        if secrets.is_empty() {
+            return Ok(secrets);
         }
+        let [tags, _, _] = detail_statements(secrets.len());
+        let ids: Vec<String> = secrets.iter().map(|secret| secret.id.clone()).collect();
+        let tag_rows = fetch_for_ids(&self.pool, &tags, &ids).await?;
+        attach_tags(&mut secrets, &tag_rows);
         Ok(secrets)
     }
 }
@@ -152,6 +156,15 @@ fn execute<'a>(
     sql: &'static str,
 ) -> Boxed<'a, sqlx::Result<()>> {
     Box::pin(async move { connection.execute(sql).await.map(drop) })
+}
+
+/// Runs `sql` with `ids` bound in order.
+async fn fetch_for_ids(pool: &SqlitePool, sql: &str, ids: &[String]) -> Result<Vec<SqliteRow>> {
+    let mut statement = sqlx::query(sql);
+    for id in ids {
+        statement = statement.bind(id);
+    }
+    Ok(statement.fetch_all(pool).await?)
 }
 
 async fn read_stage_map(connection: &mut SqliteConnection, secret_id: &str) -> Result<StageMap> {

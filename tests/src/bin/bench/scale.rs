@@ -4,6 +4,9 @@
 //! the server writes them, each value sealed by the server's own crypto
 //! under the installation's master key, so that every one of them reads
 //! back through the ordinary path. (No audit events are made for them.)
+//! They are marked read today, as in a store whose secrets programs read
+//! every day: the first read of a day writes the access day once, and that
+//! write is not what a store's size changes.
 
 use crate::load::numbered;
 use rekey_server::crypto::seal_value;
@@ -34,6 +37,7 @@ pub async fn seed(installation: &Installation, count: usize) {
         .await
         .unwrap();
     let now = rekey_shared::time::now_millis();
+    let today = now / 86_400_000;
     let value = SecretValue::text("a value of about the size of a password");
     let current = Stage::current();
     for start in (0..count).step_by(CHUNK) {
@@ -44,20 +48,21 @@ pub async fn seed(installation: &Installation, count: usize) {
             let version_id = VersionId::random();
             let sealed = seal_value(&master, &id, &version_id, &value);
             sqlx::query(
-                "INSERT INTO secrets (id, name, key_name, created_at, changed_at)
-                 VALUES (?1, ?2, ?3, ?4, ?4)",
+                "INSERT INTO secrets (id, name, key_name, created_at, changed_at, accessed_day)
+                 VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
             )
             .bind(&id)
             .bind(&name)
             .bind(key_name.as_str())
             .bind(now)
+            .bind(today)
             .execute(&mut *tx)
             .await
             .unwrap();
             sqlx::query(
-                "INSERT INTO versions (secret_id, version_id, seq, created_at, created_by,
+                "INSERT INTO versions (secret_id, version_id, seq, created_at, created_by, accessed_day,
                                        is_binary, ciphertext, wrapped_data_key, key_name, key_version)
-                 VALUES (?1, ?2, 1, ?3, 'bench', 0, ?4, ?5, ?6, ?7)",
+                 VALUES (?1, ?2, 1, ?3, 'bench', ?8, 0, ?4, ?5, ?6, ?7)",
             )
             .bind(&id)
             .bind(version_id.as_str())
@@ -66,6 +71,7 @@ pub async fn seed(installation: &Installation, count: usize) {
             .bind(&sealed.wrapped_data_key)
             .bind(sealed.key.name.as_str())
             .bind(sealed.key.version)
+            .bind(today)
             .execute(&mut *tx)
             .await
             .unwrap();
