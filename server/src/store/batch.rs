@@ -79,6 +79,10 @@ struct Batch<DB: Database> {
     abandoned: bool,
     /// Writers whose changes are in the transaction, waiting for its commit.
     waiting: Vec<oneshot::Sender<Result<()>>>,
+    /// The newest audit event appended in the transaction (sequence number
+    /// and MAC), so the next writer need not read it back; forgotten when
+    /// a writer's changes are taken back.
+    last_event: Option<(i64, Vec<u8>)>,
 }
 
 impl<DB: Database> Writer<DB> {
@@ -92,6 +96,7 @@ impl<DB: Database> Writer<DB> {
                 transaction: None,
                 abandoned: false,
                 waiting: Vec::new(),
+                last_event: None,
             }),
             wake: wake.clone(),
         });
@@ -118,6 +123,7 @@ impl<DB: Database> Writer<DB> {
             }
             None => {
                 batch.transaction = Some((shared.dialect.begin)(&shared.pool).await?);
+                batch.last_event = None;
                 false
             }
         };
@@ -136,6 +142,7 @@ async fn settle<DB: Database>(shared: &Shared<DB>, batch: &mut Batch<DB>) {
     if !std::mem::take(&mut batch.abandoned) {
         return;
     }
+    batch.last_event = None;
     let Some(transaction) = batch.transaction.as_mut() else {
         return;
     };
@@ -165,6 +172,7 @@ async fn commit_loop<DB: Database>(shared: Weak<Shared<DB>>, wake: Arc<Notify>) 
         let Some(transaction) = batch.transaction.take() else {
             continue;
         };
+        batch.last_event = None;
         let waiting = std::mem::take(&mut batch.waiting);
         let count = waiting.len();
         let result = transaction.commit().await.map_err(Error::from);
@@ -199,6 +207,17 @@ impl<DB: Database> std::fmt::Debug for Tx<'_, DB> {
 }
 
 impl<DB: Database> Tx<'_, DB> {
+    /// The newest audit event appended in this transaction, if this
+    /// process appended one and it still stands.
+    pub(super) fn last_event(&self) -> Option<(i64, Vec<u8>)> {
+        self.batch.last_event.clone()
+    }
+
+    /// Remembers the newest audit event this writer appended.
+    pub(super) fn appended(&mut self, head: (i64, Vec<u8>)) {
+        self.batch.last_event = Some(head);
+    }
+
     /// Keeps this writer's changes and waits until the batch holding them
     /// is durable.
     pub(super) async fn commit(mut self) -> Result<()> {
@@ -224,6 +243,7 @@ impl<DB: Database> Drop for Tx<'_, DB> {
                 // Alone in the transaction: dropping it rolls it back.
                 self.batch.transaction = None;
             }
+            self.batch.last_event = None;
         }
         self.shared.wake.notify_one();
     }

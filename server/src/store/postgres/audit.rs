@@ -17,10 +17,14 @@ pub(super) async fn append(
     chain: &AuditChain,
     events: &[AuditEvent],
 ) -> Result<(i64, (i64, Vec<u8>))> {
-    let last: Option<(i64, Vec<u8>)> =
-        sqlx::query_as("SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&mut **tx)
-            .await?;
+    let last: Option<(i64, Vec<u8>)> = match tx.last_event() {
+        Some(last) => Some(last),
+        None => {
+            sqlx::query_as("SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut **tx)
+                .await?
+        }
+    };
     let links = chain.link(last, events);
     for (event, (seq, mac)) in events.iter().zip(&links) {
         sqlx::query(
@@ -44,6 +48,9 @@ pub(super) async fn append(
     }
     let first = links.first().map_or(0, |(seq, _)| *seq);
     let head = links.last().cloned().unwrap_or_default();
+    if !links.is_empty() {
+        tx.appended(head.clone());
+    }
     Ok((first, head))
 }
 

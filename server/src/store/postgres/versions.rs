@@ -245,27 +245,17 @@ pub(super) async fn insert_version(
     secret_id: &str,
     version: &NewVersion,
 ) -> Result<()> {
-    // Writers are serialized, so this check and a retirement cannot
-    // interleave: a data key is never wrapped under a retired version (a
-    // server learns of a new key version within a second of its creation).
+    // Writers are serialized, so the key check in this statement and a
+    // retirement cannot interleave: a data key is never wrapped under a
+    // retired version (a server learns of a new key version within a
+    // second of its creation). No row inserted: the version is gone.
     let key = &version.sealed.key;
-    let key_exists: Option<i64> =
-        sqlx::query_scalar("SELECT 1::BIGINT FROM master_keys WHERE name = $1 AND version = $2")
-            .bind(key.name.as_str())
-            .bind(i64::from(key.version))
-            .fetch_optional(&mut **tx)
-            .await?;
-    if key_exists.is_none() {
-        return Err(Error::FailedPrecondition(format!(
-            "master key {} version {} was retired meanwhile; try again",
-            key.name, key.version
-        )));
-    }
     let inserted = sqlx::query(
         "INSERT INTO versions (secret_id, version_id, seq, created_at, created_by, is_binary,
                                ciphertext, wrapped_data_key, key_name, key_version)
-         VALUES ($1, $2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE secret_id = $1),
-                 $3, $4, $5, $6, $7, $8, $9)",
+         SELECT $1, $2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE secret_id = $1),
+                $3, $4, $5, $6, $7, $8, $9
+         WHERE EXISTS (SELECT 1 FROM master_keys WHERE name = $8 AND version = $9)",
     )
     .bind(secret_id)
     .bind(version.version_id.as_str())
@@ -274,8 +264,8 @@ pub(super) async fn insert_version(
     .bind(version.sealed.is_binary)
     .bind(&version.sealed.ciphertext)
     .bind(&version.sealed.wrapped_data_key)
-    .bind(version.sealed.key.name.as_str())
-    .bind(i64::from(version.sealed.key.version))
+    .bind(key.name.as_str())
+    .bind(i64::from(key.version))
     .execute(&mut **tx)
     .await;
     match inserted {
@@ -284,6 +274,10 @@ pub(super) async fn insert_version(
             version.version_id
         ))),
         Err(error) => Err(error.into()),
+        Ok(done) if done.rows_affected() == 0 => Err(Error::FailedPrecondition(format!(
+            "master key {} version {} was retired meanwhile; try again",
+            key.name, key.version
+        ))),
         Ok(_) => Ok(()),
     }
 }
