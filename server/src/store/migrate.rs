@@ -17,6 +17,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../../migrations/sqlite/0004_rotation_leases.sql"),
     ),
+    (
+        5,
+        include_str!("../../migrations/sqlite/0005_versions_by_age.sql"),
+    ),
 ];
 
 pub async fn migrate(pool: &SqlitePool) -> Result<()> {
@@ -72,6 +76,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         4,
         include_str!("../../migrations/postgres/0004_rotation_leases.sql"),
+    ),
+    (
+        5,
+        include_str!("../../migrations/postgres/0005_versions_by_age.sql"),
     ),
 ];
 

@@ -287,14 +287,17 @@ pub(super) async fn insert_version(
 /// and not among the newest [`VERSIONS_KEPT`].
 async fn purge_deprecated(tx: &mut Tx<'_>, secret_id: &str, now: i64) -> Result<()> {
     let purged = sqlx::query(
-        "DELETE FROM versions
-         WHERE secret_id = ?1
-           AND created_at < ?2
-           AND seq <= (SELECT seq FROM versions WHERE secret_id = ?1
-                       ORDER BY seq DESC LIMIT 1 OFFSET ?3)
-           AND NOT EXISTS (SELECT 1 FROM version_stages s
-                           WHERE s.secret_id = versions.secret_id
-                             AND s.version_id = versions.version_id)",
+        // By age first (the index says so): a secret with thousands of
+        // versions from today costs this statement nothing.
+        "DELETE FROM versions WHERE rowid IN (
+           SELECT v.rowid FROM versions v INDEXED BY versions_by_age
+           WHERE v.secret_id = ?1
+             AND v.created_at < ?2
+             AND v.seq <= (SELECT seq FROM versions WHERE secret_id = ?1
+                           ORDER BY seq DESC LIMIT 1 OFFSET ?3)
+             AND NOT EXISTS (SELECT 1 FROM version_stages s
+                             WHERE s.secret_id = v.secret_id
+                               AND s.version_id = v.version_id))",
     )
     .bind(secret_id)
     .bind(now - DEPRECATED_MIN_AGE_MILLIS)
