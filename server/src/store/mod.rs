@@ -6,7 +6,10 @@
 //! It does no authorization and no cryptography; callers bring sealed
 //! values. SQLite is the embedded backend (WAL, full fsync, secure_delete);
 //! PostgreSQL serves several replicas on one database, its writers serialized
-//! by one advisory lock so that the audit chain stays one chain.
+//! by one advisory lock so that the audit chain stays one chain. On both,
+//! concurrent writes share a commit (`batch`), and so do the audit events
+//! that stand alone (`group_commit`); nothing is reported before it is
+//! durable.
 
 mod backend;
 mod batch;

@@ -3,7 +3,8 @@
 //! dialect. Every write transaction first takes one transaction-scoped
 //! advisory lock, so writers are serialized across all replicas as SQLite
 //! serializes them in one process: stage moves see a current map and the
-//! audit chain stays one chain.
+//! audit chain stays one chain. Within a process, writers share that
+//! transaction and commit in groups (`store::batch`).
 
 mod audit;
 mod certificates;

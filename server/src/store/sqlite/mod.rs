@@ -1,7 +1,9 @@
-//! The SQLite backend. Writes take a process-wide lock and `BEGIN
-//! IMMEDIATE`, so two writers never race on a stale snapshot; reads run on
-//! the pool in parallel (WAL). Split by subject: master keys, secrets
-//! (metadata, tags, deletion), versions and stages, and listings.
+//! The SQLite backend. Writers run one at a time in a shared `BEGIN
+//! IMMEDIATE` transaction, each in a savepoint, committed in groups
+//! (`store::batch`), so no writer works on a stale snapshot and a burst of
+//! writes costs one fsync; reads run on the pool in parallel (WAL). Split
+//! by subject: master keys, secrets (metadata, tags, deletion), versions
+//! and stages, and listings.
 
 mod audit;
 mod certificates;
