@@ -458,8 +458,53 @@ async fn concurrent_writes_suite(url: &str, root: &RootKey) {
         assert_eq!(current, 1);
         assert!(versions.iter().all(|v| v.stages.len() <= 2));
     }
+
+    // Requests that go away at any point of their write (here: time limits
+    // from 0.05 to 22 ms) leave the batch as if they never came, or wholly
+    // written; the writes beside them all succeed.
+    let hurried = create(&store, "batch/hurried", &[]).await;
+    let tasks: Vec<_> = (0..48u64)
+        .map(|n| {
+            let (store, hurried) = (store.clone(), hurried.clone());
+            tokio::spawn(async move {
+                let (steady, version) = (new_version(1), new_version(2));
+                let (current, put) = ([Stage::current()], event("Put"));
+                let steady_put = store.put_version(&hurried, &steady, &current, &put);
+                let limit = std::time::Duration::from_micros(50 + 10 * n * n);
+                let hurried_put =
+                    tokio::time::timeout(limit, store.put_version(&hurried, &version, &[], &put));
+                let (steady_result, hurried_result) = tokio::join!(steady_put, hurried_put);
+                steady_result.unwrap();
+                (version.version_id, hurried_result.is_ok())
+            })
+        })
+        .collect();
+    let mut kept = 0;
+    for task in tasks {
+        let (version_id, finished) = task.await.unwrap();
+        let stored = store.version(&hurried, &version_id).await.unwrap();
+        if finished {
+            assert!(stored.is_some(), "a put that finished is there");
+        }
+        kept += usize::from(stored.is_some());
+    }
+    let versions = store
+        .list_versions(&hurried, true, None, 200)
+        .await
+        .unwrap();
+    assert_eq!(versions.len(), 1 + 48 + kept);
+    let current = versions
+        .iter()
+        .filter(|v| v.stages.contains(&Stage::current()))
+        .count();
+    assert_eq!(current, 1);
+
     let events = assert_chain_verifies(&store, &AuditKey::derive(root)).await;
-    assert_eq!(events, 1 + 8 + added, "one event per write that succeeded");
+    assert_eq!(
+        events,
+        1 + 8 + added + 1 + 48 + kept as u64,
+        "one event per write that is there"
+    );
     store.close().await;
 }
 

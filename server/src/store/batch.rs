@@ -12,6 +12,10 @@
 //! before those that come later. A writer alone in its batch opens the
 //! transaction and needs no savepoint.
 //!
+//! A writer whose request goes away, at any await, leaves the batch as if
+//! it had never come: its savepoint is returned to before the next writer
+//! starts, and its commit, once asked for, needs no statement of its own.
+//!
 //! A backend supplies how to begin its write transaction (SQLite's `BEGIN
 //! IMMEDIATE`, PostgreSQL's advisory lock) and how to run a statement
 //! without arguments; the savepoint statements are the same in both.
@@ -31,12 +35,20 @@ pub(super) struct Dialect<DB: Database> {
     /// Opens a write transaction.
     pub begin: for<'a> fn(&'a Pool<DB>) -> Boxed<'a, sqlx::Result<Transaction<'static, DB>>>,
     /// Runs one statement without arguments.
-    pub execute: for<'a> fn(&'a mut DB::Connection, &'static str) -> Boxed<'a, sqlx::Result<()>>,
+    pub execute: for<'a> fn(&'a mut DB::Connection, &'a str) -> Boxed<'a, sqlx::Result<()>>,
 }
 
-const SAVEPOINT: &str = "SAVEPOINT rekey_write";
-const RELEASE: &str = "RELEASE SAVEPOINT rekey_write";
-const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT rekey_write";
+/// Each writer's savepoint has a name of its own, so that returning to it
+/// can never undo another writer's changes, and a savepoint that does not
+/// exist fails the whole batch instead. Savepoints are never released:
+/// the commit keeps them all, and returning to one stays possible (and
+/// harmless to repeat) until the next writer starts.
+fn savepoint(number: u64) -> String {
+    format!("SAVEPOINT rekey_write_{number}")
+}
+fn rollback_to(number: u64) -> String {
+    format!("ROLLBACK TO SAVEPOINT rekey_write_{number}")
+}
 
 /// The writers' side: opens a writer's place in the current batch.
 pub(super) struct Writer<DB: Database> {
@@ -75,8 +87,12 @@ impl<DB: Database> Drop for Shared<DB> {
 struct Batch<DB: Database> {
     /// The open transaction; `None` between batches.
     transaction: Option<Transaction<'static, DB>>,
-    /// A writer went away inside its savepoint: return to it first.
-    abandoned: bool,
+    /// A writer went away inside this savepoint: return to it before
+    /// anything else (cleared only once done, so a return interrupted by
+    /// a cancelled request is made again).
+    abandoned: Option<u64>,
+    /// The number of the next writer's savepoint.
+    next_savepoint: u64,
     /// Writers whose changes are in the transaction, waiting for its commit.
     waiting: Vec<oneshot::Sender<Result<()>>>,
     /// The newest audit event appended in the transaction (sequence number
@@ -94,7 +110,8 @@ impl<DB: Database> Writer<DB> {
             dialect,
             batch: Mutex::new(Batch {
                 transaction: None,
-                abandoned: false,
+                abandoned: None,
+                next_savepoint: 0,
                 waiting: Vec::new(),
                 last_event: None,
             }),
@@ -110,21 +127,25 @@ impl<DB: Database> Writer<DB> {
         let shared = &*self.shared;
         let mut batch = shared.batch.lock().await;
         settle(shared, &mut batch).await;
+        let number = batch.next_savepoint;
+        batch.next_savepoint += 1;
         let opened = match batch.transaction.as_mut() {
             Some(transaction) => {
-                if let Err(error) = (shared.dialect.execute)(transaction, SAVEPOINT).await {
-                    // The transaction may be unusable; let the committer
-                    // find out and answer those waiting.
-                    batch.abandoned = true;
+                let statement = savepoint(number);
+                if let Err(error) = (shared.dialect.execute)(transaction, &statement).await {
+                    // The transaction may be unusable; returning to a
+                    // savepoint that is not there fails the batch, and the
+                    // committer tells those waiting.
+                    batch.abandoned = Some(number);
                     shared.wake.notify_one();
                     return Err(error.into());
                 }
-                true
+                Some(number)
             }
             None => {
                 batch.transaction = Some((shared.dialect.begin)(&shared.pool).await?);
                 batch.last_event = None;
-                false
+                None
             }
         };
         Ok(Tx {
@@ -139,18 +160,16 @@ impl<DB: Database> Writer<DB> {
 /// Returns the batch to the savepoint of a writer that went away; when
 /// even that fails, the whole batch is lost and its waiters are told so.
 async fn settle<DB: Database>(shared: &Shared<DB>, batch: &mut Batch<DB>) {
-    if !std::mem::take(&mut batch.abandoned) {
+    let Some(number) = batch.abandoned else {
         return;
-    }
+    };
     batch.last_event = None;
     let Some(transaction) = batch.transaction.as_mut() else {
+        batch.abandoned = None;
         return;
     };
-    let execute = shared.dialect.execute;
-    let returned = match execute(transaction, ROLLBACK_TO).await {
-        Ok(()) => execute(transaction, RELEASE).await,
-        Err(error) => Err(error),
-    };
+    let returned = (shared.dialect.execute)(transaction, &rollback_to(number)).await;
+    batch.abandoned = None;
     if let Err(error) = returned {
         tracing::error!(%error, "a write transaction could not be returned to a savepoint; its batch is rolled back");
         batch.transaction = None;
@@ -193,8 +212,8 @@ async fn commit_loop<DB: Database>(shared: Weak<Shared<DB>>, wake: Arc<Notify>) 
 pub(super) struct Tx<'a, DB: Database> {
     batch: MutexGuard<'a, Batch<DB>>,
     shared: &'a Shared<DB>,
-    /// Whether this writer works in a savepoint (others came before it).
-    savepoint: bool,
+    /// This writer's savepoint, when others came before it.
+    savepoint: Option<u64>,
     done: bool,
 }
 
@@ -221,9 +240,6 @@ impl<DB: Database> Tx<'_, DB> {
     /// Keeps this writer's changes and waits until the batch holding them
     /// is durable.
     pub(super) async fn commit(mut self) -> Result<()> {
-        if self.savepoint {
-            (self.shared.dialect.execute)(&mut self, RELEASE).await?;
-        }
         let (done, answer) = oneshot::channel();
         self.batch.waiting.push(done);
         self.done = true;
@@ -237,8 +253,8 @@ impl<DB: Database> Tx<'_, DB> {
 impl<DB: Database> Drop for Tx<'_, DB> {
     fn drop(&mut self) {
         if !self.done {
-            if self.savepoint {
-                self.batch.abandoned = true;
+            if let Some(number) = self.savepoint {
+                self.batch.abandoned = Some(number);
             } else {
                 // Alone in the transaction: dropping it rolls it back.
                 self.batch.transaction = None;

@@ -143,7 +143,7 @@ fn begin_locked(pool: &PgPool) -> Boxed<'_, sqlx::Result<Transaction<'static, Po
     })
 }
 
-fn execute<'a>(connection: &'a mut PgConnection, sql: &'static str) -> Boxed<'a, sqlx::Result<()>> {
+fn execute<'a>(connection: &'a mut PgConnection, sql: &'a str) -> Boxed<'a, sqlx::Result<()>> {
     Box::pin(async move { connection.execute(sql).await.map(drop) })
 }
 

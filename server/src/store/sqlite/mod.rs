@@ -51,6 +51,13 @@ pub struct Store {
     chain: Arc<AuditChain>,
     /// Events that are not part of a change, committed in groups.
     standalone_events: GroupCommit,
+    checkpoints: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.checkpoints.abort();
+    }
 }
 
 type Tx<'a> = super::batch::Tx<'a, Sqlite>;
@@ -66,7 +73,9 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10))
-            .pragma("secure_delete", "ON");
+            .pragma("secure_delete", "ON")
+            // Checkpoints run in the background (`checkpoint_loop`).
+            .pragma("wal_autocheckpoint", "0");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             // An embedded database's connections cannot go away; testing
@@ -76,6 +85,7 @@ impl Store {
             .await
             .map_err(|error| Error::internal(&format!("opening database {url}"), error))?;
         migrate(&pool).await?;
+        let checkpoints = tokio::spawn(checkpoint_loop(pool.clone()));
         let writer = Writer::start(pool.clone(), DIALECT);
         let chain = Arc::new(AuditChain::new(audit_key));
         let standalone_events = GroupCommit::start({
@@ -93,6 +103,7 @@ impl Store {
             writer,
             chain,
             standalone_events,
+            checkpoints,
         })
     }
 
@@ -153,11 +164,29 @@ fn begin_immediate(pool: &SqlitePool) -> Boxed<'_, sqlx::Result<Transaction<'sta
     Box::pin(pool.begin_with("BEGIN IMMEDIATE"))
 }
 
-fn execute<'a>(
-    connection: &'a mut SqliteConnection,
-    sql: &'static str,
-) -> Boxed<'a, sqlx::Result<()>> {
+fn execute<'a>(connection: &'a mut SqliteConnection, sql: &'a str) -> Boxed<'a, sqlx::Result<()>> {
     Box::pin(async move { connection.execute(sql).await.map(drop) })
+}
+
+/// Moves committed pages from the write-ahead log into the database file
+/// once a second, outside any request. SQLite's automatic checkpoint would
+/// run inside the commit that crossed 1,000 pages, and so delay every
+/// request of that commit's batch.
+async fn checkpoint_loop(pool: SqlitePool) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let done = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(error) = done {
+            tracing::warn!(%error, "checkpointing the write-ahead log failed");
+        }
+    }
 }
 
 /// Runs `sql` with `ids` bound in order.
