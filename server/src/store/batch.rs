@@ -28,6 +28,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use tokio::sync::{Mutex, MutexGuard, Notify, oneshot};
 
+/// The most writers one transaction takes. PostgreSQL keeps the ids of at
+/// most 64 subtransactions per transaction in shared memory; beyond that
+/// every session's snapshots slow down. It also bounds a batch's latency.
+const MAX_WRITERS: usize = 64;
+
 pub(super) type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What differs between the backends.
@@ -93,6 +98,8 @@ struct Batch<DB: Database> {
     abandoned: Option<u64>,
     /// The number of the next writer's savepoint.
     next_savepoint: u64,
+    /// How many writers the open transaction has taken.
+    writers: usize,
     /// Writers whose changes are in the transaction, waiting for its commit.
     waiting: Vec<oneshot::Sender<Result<()>>>,
     /// The newest audit event appended in the transaction (sequence number
@@ -112,6 +119,7 @@ impl<DB: Database> Writer<DB> {
                 transaction: None,
                 abandoned: None,
                 next_savepoint: 0,
+                writers: 0,
                 waiting: Vec::new(),
                 last_event: None,
             }),
@@ -127,6 +135,17 @@ impl<DB: Database> Writer<DB> {
         let shared = &*self.shared;
         let mut batch = shared.batch.lock().await;
         settle(shared, &mut batch).await;
+        while batch.transaction.is_some() && batch.writers >= MAX_WRITERS {
+            // Full: wait for its commit, then start the next one.
+            let (committed, answer) = oneshot::channel();
+            batch.waiting.push(committed);
+            drop(batch);
+            shared.wake.notify_one();
+            let _ = answer.await;
+            batch = shared.batch.lock().await;
+            settle(shared, &mut batch).await;
+        }
+        batch.writers += 1;
         let number = batch.next_savepoint;
         batch.next_savepoint += 1;
         let opened = match batch.transaction.as_mut() {
@@ -145,6 +164,7 @@ impl<DB: Database> Writer<DB> {
             None => {
                 batch.transaction = Some((shared.dialect.begin)(&shared.pool).await?);
                 batch.last_event = None;
+                batch.writers = 1;
                 None
             }
         };
