@@ -21,6 +21,7 @@ mod metadata;
 mod replicas;
 mod revocation;
 mod rotation;
+mod run_command;
 mod secrets_flow;
 mod storage;
 mod tls;

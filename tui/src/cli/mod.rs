@@ -6,6 +6,7 @@
 //! This file holds the flags; `read`, `write` and `lifecycle` run them.
 
 mod admin;
+mod inject;
 mod lifecycle;
 mod read;
 mod rotation;
@@ -207,6 +208,17 @@ enum Command {
         #[arg(default_value = "")]
         prefix: String,
     },
+    /// Run a command with secret values in its environment and pass its
+    /// exit code through; no value is printed.
+    Run {
+        /// VAR=NAME, or VAR=NAME#FIELD for one field of a JSON value
+        /// (repeatable).
+        #[arg(long = "env", value_name = "VAR=NAME[#FIELD]", value_parser = inject::parse_env, required = true)]
+        env: Vec<inject::EnvSpec>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -356,6 +368,15 @@ pub fn main() -> ExitCode {
             crate::ui::run(channel, &connection.server, &principal, None).await
         }),
         Some(Command::Demo) => runtime.block_on(crate::demo::run()),
+        Some(Command::Run { env, command }) => {
+            return match runtime.block_on(inject::run(&connection, env, command)) {
+                Ok(code) => code,
+                Err(error) => {
+                    eprintln!("rekey: {}", describe(&error));
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Some(command) => runtime.block_on(run(&connection, cli.output, command)),
     };
     match result {
@@ -519,6 +540,7 @@ async fn run(connection: &Connection, format: Format, command: Command) -> anyho
         | Command::Reject { .. }
         | Command::Approvals
         | Command::Demo
+        | Command::Run { .. }
         | Command::Watch { .. } => unreachable!("handled above"),
     }
 }

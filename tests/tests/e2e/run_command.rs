@@ -1,0 +1,75 @@
+//! `rekey run`: a command started with secret values in its environment,
+//! its exit code passed through, no value printed; a secret that cannot be
+//! read stops it before the command starts.
+
+use rekey_tests::Installation;
+
+#[test]
+fn run_puts_values_in_the_environment_and_passes_the_exit_code() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let rekey = server.rekey(&installation.admin());
+    rekey
+        .run(&[
+            "create",
+            "run/db",
+            "--value",
+            r#"{"username":"app","password":"pw-81f3","port":5432}"#,
+        ])
+        .ok();
+    rekey
+        .run(&["create", "run/token", "--value", "tok-29aa"])
+        .ok();
+
+    let check = r#"test "$DB_PASSWORD" = pw-81f3 && test "$TOKEN" = tok-29aa && test "$PORT" = 5432 && exit 7"#;
+    let ran = rekey.run(&[
+        "run",
+        "--env",
+        "DB_PASSWORD=run/db#password",
+        "--env",
+        "TOKEN=run/token",
+        "--env",
+        "PORT=run/db#port",
+        "--",
+        "sh",
+        "-c",
+        check,
+    ]);
+    assert_eq!(ran.code, 7, "{}", ran.stderr);
+    for value in ["pw-81f3", "tok-29aa"] {
+        assert!(!ran.stdout.contains(value) && !ran.stderr.contains(value));
+    }
+    // The command's own output and code are its own.
+    let echoed = rekey.run(&[
+        "run",
+        "--env",
+        "T=run/token",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; exit 0",
+    ]);
+    assert_eq!((echoed.code, echoed.stdout.as_str()), (0, "hi\n"));
+
+    // Nothing starts when a value cannot be had.
+    let marker = installation.dir().join("started");
+    let touch = format!("touch {}", marker.display());
+    for (spec, says) in [
+        ("X=run/missing", "run/missing"),
+        ("X=run/db#nothing", "has no field \"nothing\""),
+        ("X=run/token#field", "is not JSON"),
+    ] {
+        let refused = rekey.run(&["run", "--env", spec, "--", "sh", "-c", &touch]);
+        assert_eq!(refused.code, 1, "{spec}: {}", refused.stderr);
+        assert!(refused.stderr.contains(says), "{spec}: {}", refused.stderr);
+        assert!(!marker.exists(), "{spec} started the command");
+    }
+    // Usage errors exit 2.
+    for args in [
+        &["run", "--env", "1X=run/token", "--", "true"][..],
+        &["run", "--env", "novalue", "--", "true"],
+        &["run", "--env", "X=run/token"],
+    ] {
+        assert_eq!(rekey.run(args).code, 2, "{args:?}");
+    }
+}
