@@ -2,7 +2,7 @@
 //! its exit code passed through, no value printed; a secret that cannot be
 //! read stops it before the command starts.
 
-use rekey_tests::Installation;
+use rekey_tests::{Installation, eventually};
 
 #[test]
 fn run_puts_values_in_the_environment_and_passes_the_exit_code() {
@@ -72,4 +72,49 @@ fn run_puts_values_in_the_environment_and_passes_the_exit_code() {
     ] {
         assert_eq!(rekey.run(args).code, 2, "{args:?}");
     }
+}
+
+/// `--watch`: a changed value restarts the command with it; a change that
+/// leaves the value as it was does not; SIGTERM to `rekey run` stops the
+/// command and passes its status on.
+#[test]
+fn run_watch_restarts_the_command_when_its_value_changes() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let rekey = server.rekey(&installation.admin());
+    rekey
+        .run(&["create", "watched/token", "--value", "tok-1"])
+        .ok();
+    let seen = installation.dir().join("seen");
+    let script = format!(r#"echo "$T" >> '{}'; exec sleep 60"#, seen.display());
+    let mut running = rekey
+        .command(&[
+            "run",
+            "--watch",
+            "--env",
+            "T=watched/token",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = || std::fs::read_to_string(&seen).unwrap_or_default();
+    eventually("the first start", || (lines() == "tok-1\n").then_some(()));
+
+    rekey.run(&["tag", "watched/token", "team=a"]).ok();
+    rekey
+        .run(&["put", "watched/token", "--value", "tok-2"])
+        .ok();
+    eventually("one restart with the new value", || {
+        (lines() == "tok-1\ntok-2\n").then_some(())
+    });
+
+    let pid = rustix::process::Pid::from_raw(running.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let status = eventually("rekey run to stop", || running.try_wait().unwrap());
+    assert_eq!(status.code(), Some(128 + 15), "sleep ended by SIGTERM");
 }

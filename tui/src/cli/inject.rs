@@ -1,11 +1,19 @@
 //! `rekey run`: starts a command with secret values in its environment,
-//! read once before it starts, and passes its exit status through. It
-//! never prints a value; a secret that cannot be read stops it before the
-//! command starts.
+//! read before it starts, and passes its exit status through. It never
+//! prints a value; a secret that cannot be read stops it before the
+//! command starts. With `--watch` it follows the secrets' change events
+//! and, when a value the command got has changed, stops the command
+//! (SIGTERM) and starts it again with the new values. SIGTERM and SIGINT
+//! to `rekey run` go on to the command.
 
 use crate::client::Connection;
 use rekey_shared::proto;
+use rekey_shared::proto::secrets_client::SecretsClient;
+use rekey_shared::proto::watch_client::WatchClient;
 use std::process::ExitCode;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
 /// `VAR=NAME[#FIELD]`: the variable, the secret, and a field of its JSON
@@ -70,16 +78,13 @@ fn pick(
     }))
 }
 
-/// Reads every value, then runs `command` with them and returns its exit
-/// code (128 + the signal for a command a signal ended).
-pub async fn run(
-    connection: &Connection,
-    specs: Vec<EnvSpec>,
-    command: Vec<String>,
-) -> anyhow::Result<ExitCode> {
-    let mut client = connection.secrets().await?;
+/// The values `specs` name, as the command's environment gets them.
+async fn read_values(
+    client: &mut SecretsClient<Channel>,
+    specs: &[EnvSpec],
+) -> anyhow::Result<Vec<(String, Zeroizing<String>)>> {
     let mut values = Vec::with_capacity(specs.len());
-    for spec in &specs {
+    for spec in specs {
         let response = client
             .get_secret_value(proto::GetSecretValueRequest {
                 name: spec.name.clone(),
@@ -88,14 +93,51 @@ pub async fn run(
             .await?
             .into_inner();
         values.push((
-            spec.variable.as_str(),
+            spec.variable.clone(),
             pick(&response, spec.field.as_deref())?,
         ));
     }
+    Ok(values)
+}
+
+/// Change events of the secrets `specs` name, merged (events carry no
+/// values; the receiver reads them again).
+async fn changes(
+    connection: &Connection,
+    specs: &[EnvSpec],
+) -> anyhow::Result<mpsc::UnboundedReceiver<()>> {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let mut names: Vec<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let channel = connection.channel().await?;
+    for name in names {
+        let mut stream = WatchClient::new(channel.clone())
+            .watch(proto::WatchRequest {
+                prefix: name.to_owned(),
+            })
+            .await?
+            .into_inner();
+        let (sender, name) = (sender.clone(), name.to_owned());
+        tokio::spawn(async move {
+            while let Ok(Some(event)) = stream.message().await {
+                if event.name == name && sender.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(receiver)
+}
+
+fn spawn(
+    command: &[String],
+    values: &[(String, Zeroizing<String>)],
+) -> anyhow::Result<tokio::process::Child> {
     let (program, arguments) = command
         .split_first()
         .ok_or_else(|| anyhow::anyhow!("give a command after --"))?;
-    let mut child = tokio::process::Command::new(program)
+    tokio::process::Command::new(program)
         .args(arguments)
         .envs(
             values
@@ -103,12 +145,70 @@ pub async fn run(
                 .map(|(variable, value)| (variable, value.as_str())),
         )
         .spawn()
-        .map_err(|error| anyhow::anyhow!("cannot start {program}: {error}"))?;
-    drop(values);
-    let status = child.wait().await?;
-    let code = status.code().unwrap_or_else(|| {
-        use std::os::unix::process::ExitStatusExt;
-        128 + status.signal().unwrap_or(0)
-    });
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        .map_err(|error| anyhow::anyhow!("cannot start {program}: {error}"))
+}
+
+/// Sends SIGTERM to `child` and waits for it to end.
+async fn stop(child: &mut tokio::process::Child) -> anyhow::Result<std::process::ExitStatus> {
+    if let Some(pid) = child
+        .id()
+        .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?))
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    Ok(child.wait().await?)
+}
+
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    let code = status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Reads every value, then runs `command` with them and returns its exit
+/// code (128 + the signal for a command a signal ended); with `watch`,
+/// again with new values whenever one of them changes.
+pub async fn run(
+    connection: &Connection,
+    specs: Vec<EnvSpec>,
+    command: Vec<String>,
+    watch: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connection.secrets().await?;
+    let mut changed = if watch {
+        Some(changes(connection, &specs).await?)
+    } else {
+        None
+    };
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut values = read_values(&mut client, &specs).await?;
+    let mut child = spawn(&command, &values)?;
+    loop {
+        let change = async {
+            match changed.as_mut() {
+                Some(receiver) => receiver.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            status = child.wait() => return Ok(exit_code(status?)),
+            _ = terminate.recv() => return Ok(exit_code(stop(&mut child).await?)),
+            _ = interrupt.recv() => return Ok(exit_code(stop(&mut child).await?)),
+            event = change => {
+                if event.is_none() {
+                    anyhow::bail!("the watch stream ended; the server went away");
+                }
+                let now = read_values(&mut client, &specs).await?;
+                let same = now.iter().zip(&values).all(|(a, b)| a.1.as_str() == b.1.as_str());
+                if !same {
+                    stop(&mut child).await?;
+                    values = now;
+                    child = spawn(&command, &values)?;
+                }
+            }
+        }
+    }
 }

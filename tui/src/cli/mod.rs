@@ -215,6 +215,10 @@ enum Command {
         /// (repeatable).
         #[arg(long = "env", value_name = "VAR=NAME[#FIELD]", value_parser = inject::parse_env, required = true)]
         env: Vec<inject::EnvSpec>,
+        /// Start the command again, with the new values, when one of them
+        /// changes.
+        #[arg(long)]
+        watch: bool,
         /// The command and its arguments, after `--`.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
@@ -368,8 +372,12 @@ pub fn main() -> ExitCode {
             crate::ui::run(channel, &connection.server, &principal, None).await
         }),
         Some(Command::Demo) => runtime.block_on(crate::demo::run()),
-        Some(Command::Run { env, command }) => {
-            return match runtime.block_on(inject::run(&connection, env, command)) {
+        Some(Command::Run {
+            env,
+            watch,
+            command,
+        }) => {
+            return match runtime.block_on(inject::run(&connection, env, command, watch)) {
                 Ok(code) => code,
                 Err(error) => {
                     eprintln!("rekey: {}", describe(&error));
