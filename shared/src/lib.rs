@@ -2,9 +2,10 @@
 //!
 //! It owns the generated gRPC code of `proto/`, the domain types whose rules
 //! both sides check (secret names, stages, version ids, values), the identity
-//! file format and the mutual-TLS channel builder. It must not hold server
+//! file format, the mutual-TLS channel builder and the caching client. It must not hold server
 //! policy or storage logic: anything here is visible to every client.
 
+pub mod cache;
 pub mod channel;
 pub mod identity;
 pub mod names;

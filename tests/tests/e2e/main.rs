@@ -9,6 +9,7 @@ mod audit_log;
 mod bad_input;
 mod batch;
 mod bench_smoke;
+mod cache;
 mod crash;
 mod databases;
 mod dev;

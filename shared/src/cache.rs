@@ -1,0 +1,166 @@
+//! The caching client: GetSecretValue of CURRENT served from memory for a
+//! time to live, with an entry dropped the moment the Watch stream says its
+//! secret changed. While the stream is down, nothing is served from memory
+//! (every read asks the server) and the stream is opened again, so a value
+//! can be stale only for as long as a change event takes to arrive (and
+//! until the stream first opens, a moment after [`CachingClient::new`],
+//! reads go to the server too). Values
+//! stay in zeroizing memory ([`SecretValue`]); the caller needs
+//! `secrets:GetSecretValue` and `secrets:Watch` on what it reads.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! use rekey_shared::cache::CachingClient;
+//! use rekey_shared::identity::Identity;
+//! use std::time::Duration;
+//!
+//! let identity = Identity::load("app.pem".as_ref())?;
+//! let channel = rekey_shared::channel::connect("https://rekey.internal:8443", &identity).await?;
+//! let cache = CachingClient::new(channel, Duration::from_secs(300));
+//! let password = cache.get("prod/db/orders").await?; // from the server
+//! let again = cache.get("prod/db/orders").await?; // from memory, until it changes
+//! assert!(password.same_as(&again));
+//! # Ok(()) }
+//! ```
+
+use crate::SecretValue;
+use crate::proto::secrets_client::SecretsClient;
+use crate::proto::watch_client::WatchClient;
+use crate::proto::{GetSecretValueRequest, WatchRequest};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// How long the follower waits before opening a lost stream again.
+const RECONNECT: Duration = Duration::from_secs(1);
+
+/// A Secrets client whose reads of CURRENT are cached; see the module doc.
+#[derive(Debug)]
+pub struct CachingClient {
+    secrets: SecretsClient<Channel>,
+    ttl: Duration,
+    shared: Arc<Shared>,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    entries: Mutex<HashMap<String, Entry>>,
+    /// Whether the Watch stream is open, so that entries can be trusted.
+    following: AtomicBool,
+    /// Moves on with every change event: a read that saw it move while it
+    /// asked the server does not keep what it got.
+    changes: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    value: SecretValue,
+    fetched: Instant,
+}
+
+impl Shared {
+    fn entries(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        match self.entries.lock() {
+            Ok(entries) => entries,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn changed(&self, name: Option<&str>) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        match name {
+            Some(name) => {
+                self.entries().remove(name);
+            }
+            None => self.entries().clear(),
+        }
+    }
+}
+
+impl CachingClient {
+    /// A client on `channel` that keeps values for at most `ttl`. It starts
+    /// following the Watch stream at once (in a task of the current Tokio
+    /// runtime) and stops when dropped.
+    pub fn new(channel: Channel, ttl: Duration) -> Self {
+        let shared = Arc::new(Shared::default());
+        let follower = tokio::spawn(follow(channel.clone(), shared.clone()));
+        Self {
+            secrets: SecretsClient::new(channel),
+            ttl,
+            shared,
+            follower,
+        }
+    }
+
+    /// The CURRENT value of `name`: from memory when it was read less than
+    /// the time to live ago and has not changed since, else from the server.
+    pub async fn get(&self, name: &str) -> Result<SecretValue, tonic::Status> {
+        let shared = &self.shared;
+        let following = shared.following.load(Ordering::SeqCst);
+        if following
+            && let Some(entry) = shared.entries().get(name)
+            && entry.fetched.elapsed() < self.ttl
+        {
+            return Ok(entry.value.clone());
+        }
+        let before = shared.changes.load(Ordering::SeqCst);
+        let response = self
+            .secrets
+            .clone()
+            .get_secret_value(GetSecretValueRequest {
+                name: name.to_owned(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        let value = SecretValue::from_fields(response.secret_string, response.secret_binary)
+            .map_err(|error| tonic::Status::internal(error.to_string()))?
+            .ok_or_else(|| {
+                tonic::Status::internal(format!("the server sent no value of {name}"))
+            })?;
+        if following
+            && shared.following.load(Ordering::SeqCst)
+            && shared.changes.load(Ordering::SeqCst) == before
+        {
+            shared.entries().insert(
+                name.to_owned(),
+                Entry {
+                    value: value.clone(),
+                    fetched: Instant::now(),
+                },
+            );
+        }
+        Ok(value)
+    }
+}
+
+impl Drop for CachingClient {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+/// Follows every change event the caller may see; drops what changed, and
+/// everything whenever the stream is lost.
+async fn follow(channel: Channel, shared: Arc<Shared>) {
+    loop {
+        let opened = WatchClient::new(channel.clone())
+            .watch(WatchRequest {
+                prefix: String::new(),
+            })
+            .await;
+        if let Ok(stream) = opened {
+            let mut stream = stream.into_inner();
+            shared.following.store(true, Ordering::SeqCst);
+            while let Ok(Some(event)) = stream.message().await {
+                shared.changed(Some(&event.name));
+            }
+            shared.following.store(false, Ordering::SeqCst);
+            shared.changed(None);
+        }
+        tokio::time::sleep(RECONNECT).await;
+    }
+}

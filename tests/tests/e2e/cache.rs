@@ -1,0 +1,78 @@
+//! The caching client of `rekey-shared`: a value read twice is read from
+//! the server once, and a change reaches it through the Watch stream long
+//! before its time to live runs out.
+
+use rekey_shared::cache::CachingClient;
+use rekey_shared::identity::Identity;
+use rekey_tests::{DEADLINE, Installation, Rekey};
+use std::time::{Duration, Instant};
+
+fn reads_of(admin: &Rekey, name: &str) -> usize {
+    admin
+        .run(&[
+            "audit",
+            "--resource",
+            name,
+            "--output",
+            "json",
+            "--limit",
+            "10000",
+        ])
+        .ok()
+        .stdout
+        .lines()
+        .filter(|line| line.contains("secrets:GetSecretValue"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_reads_are_served_from_memory_until_the_secret_changes() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin
+        .run(&["create", "cached/db", "--value", "first-7c1d"])
+        .ok();
+    let identity = Identity::load(&installation.admin()).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    let cache = CachingClient::new(channel, Duration::from_secs(3600));
+
+    // Once the stream is followed, a second read stays in memory.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let first = cache.get("cached/db").await.unwrap();
+        let after_first = reads_of(&admin, "cached/db");
+        let second = cache.get("cached/db").await.unwrap();
+        assert_eq!(first.as_bytes(), b"first-7c1d");
+        assert!(second.same_as(&first));
+        if reads_of(&admin, "cached/db") == after_first {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second read never came from memory"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // A change drops the entry; the next read has the new value.
+    admin
+        .run(&["put", "cached/db", "--value", "second-52ab"])
+        .ok();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if cache.get("cached/db").await.unwrap().as_bytes() == b"second-52ab" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the change never reached the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // Unknown secrets are the server's error, not a cached one.
+    let missing = cache.get("cached/missing").await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+}
