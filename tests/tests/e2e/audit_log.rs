@@ -278,3 +278,51 @@ async fn a_read_whose_event_cannot_be_written_is_not_answered() {
     assert_eq!(answer.secret_string.as_deref(), Some("planted-value-5d1e"));
     assert!(!server.log_text().contains("planted-value-5d1e"));
 }
+
+/// `rekey audit --follow --output json`: the log so far, then each new
+/// event as one JSON line, as it is written.
+#[test]
+fn audit_follow_prints_new_events_as_json_lines() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let mut follower = admin
+        .command(&["audit", "--follow", "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(serde_json::from_str(&line).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let until = |what: &str, matches: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let event = received
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no {what} line"));
+            if matches(&event) {
+                return event;
+            }
+        }
+    };
+    // The log so far: init's own events.
+    until("first", &|event| event["principal"] == "rekeyd");
+    admin.run(&["create", "followed/x"]).ok();
+    let created = until("new event", &|event| event["resource"] == "followed/x");
+    assert_eq!(created["action"], "secrets:CreateSecret");
+    assert_eq!(created["outcome"], "OK");
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+}

@@ -142,15 +142,44 @@ pub async fn audit(client: &mut Client, format: Format, args: AuditArgs) -> anyh
             break;
         }
     }
+    print_events(format, &events);
+    if !args.follow {
+        return Ok(());
+    }
+    // What follows comes in order after the last event printed. Each poll
+    // is a request of its own, and so an event of its own in the log.
+    let mut after_seq = events.last().map_or(after_seq, |event| event.seq);
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticks.tick().await;
+        let page = client
+            .query_audit(proto::QueryAuditRequest {
+                since: since.map(timestamp_from_millis),
+                principal: args.principal.clone().unwrap_or_default(),
+                resource: args.resource.clone().unwrap_or_default(),
+                after_seq,
+                limit: 1000,
+            })
+            .await?
+            .into_inner()
+            .events;
+        if let Some(last) = page.last() {
+            after_seq = last.seq;
+        }
+        print_events(format, &page);
+    }
+}
+
+fn print_events(format: Format, events: &[proto::AuditEvent]) {
     match format {
         Format::Json => {
             // One object per line, for shipping to a log system.
-            for event in &events {
+            for event in events {
                 println!("{}", event_json(event));
             }
         }
         Format::Text => {
-            for event in &events {
+            for event in events {
                 println!(
                     "{:>6} {} {:<20} {:<32} {:<28} {:<6} {}{}",
                     event.seq,
@@ -173,7 +202,7 @@ pub async fn audit(client: &mut Client, format: Format, args: AuditArgs) -> anyh
             }
         }
     }
-    Ok(())
+    let _ = std::io::Write::flush(&mut std::io::stdout());
 }
 
 fn event_json(event: &proto::AuditEvent) -> Value {

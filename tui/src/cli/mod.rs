@@ -253,6 +253,10 @@ pub struct AuditArgs {
     /// order from the start of the window).
     #[arg(long, default_value_t = 1000)]
     pub limit: u32,
+    /// Then keep printing new events as they are written (asking every
+    /// second), until interrupted: for shipping to a log system.
+    #[arg(long)]
+    pub follow: bool,
 }
 
 #[derive(Debug, Subcommand)]
