@@ -24,6 +24,7 @@ mod revocation;
 mod rotation;
 mod run_command;
 mod secrets_flow;
+mod shutdown;
 mod storage;
 mod tls;
 mod tui;
