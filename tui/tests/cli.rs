@@ -48,3 +48,29 @@ fn help_lists_the_commands() {
         assert!(text.contains(command), "{command} missing from:\n{text}");
     }
 }
+
+#[test]
+fn completions_and_the_manual_come_from_the_flags_without_a_server() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = rekey(&["completions", shell]);
+        assert!(output.status.success(), "{shell}");
+        let script = String::from_utf8(output.stdout).unwrap();
+        for subcommand in ["get", "rotation", "run", "audit", "approvals"] {
+            assert!(script.contains(subcommand), "{shell} lacks {subcommand}");
+        }
+    }
+    // The bash script is valid bash.
+    let script = rekey(&["completions", "bash"]).stdout;
+    let path = std::env::temp_dir().join(format!("rekey-completion-{}.bash", std::process::id()));
+    std::fs::write(&path, script).unwrap();
+    let checked = Command::new("bash").arg("-n").arg(&path).status().unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(checked.success());
+
+    let man = rekey(&["man"]);
+    assert!(man.status.success());
+    let page = String::from_utf8(man.stdout).unwrap();
+    assert!(page.contains(".TH rekey 1"), "{page}");
+    assert!(page.contains("completions"));
+    assert_eq!(rekey(&["completions", "tcsh"]).status.code(), Some(2));
+}

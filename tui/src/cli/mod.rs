@@ -17,7 +17,7 @@ pub use rotation::{ConfigureArgs, RotationCommand};
 use crate::client::Connection;
 use crate::input::ValueSource;
 use crate::output::{self, Format};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use rekey_shared::proto;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -223,6 +223,11 @@ enum Command {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Print a completion script for a shell (bash, zsh, fish, elvish,
+    /// powershell), e.g. `rekey completions bash > /etc/bash_completion.d/rekey`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff), e.g. `rekey man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -356,6 +361,34 @@ fn parse_tag(text: &str) -> Result<proto::Tag, String> {
 /// Runs `rekey` and returns its exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the flags above, so they never drift from them.
+    let generated = match cli.command {
+        Some(Command::Completions { shell }) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "rekey", &mut script);
+            Some(Ok(script))
+        }
+        Some(Command::Man) => {
+            let mut page = Vec::new();
+            Some(
+                clap_mangen::Man::new(Cli::command())
+                    .render(&mut page)
+                    .map(|()| page),
+            )
+        }
+        _ => None,
+    };
+    if let Some(text) = generated {
+        let written =
+            text.and_then(|text| std::io::Write::write_all(&mut std::io::stdout(), &text));
+        return match written {
+            Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("rekey: cannot write it: {error}");
+                ExitCode::FAILURE
+            }
+            _ => ExitCode::SUCCESS,
+        };
+    }
     let connection = Connection {
         server: cli.server,
         identity: cli.identity,
@@ -553,6 +586,8 @@ async fn run(connection: &Connection, format: Format, command: Command) -> anyho
         | Command::Approvals
         | Command::Demo
         | Command::Run { .. }
+        | Command::Completions { .. }
+        | Command::Man
         | Command::Watch { .. } => unreachable!("handled above"),
     }
 }
