@@ -119,18 +119,19 @@ pub async fn audit(client: &mut Client, format: Format, args: AuditArgs) -> anyh
         return verify(client, format, checkpoint.as_deref()).await;
     }
     let since = args.since.as_deref().map(parse_since).transpose()?;
+    let query = |after_seq, limit| proto::QueryAuditRequest {
+        since: since.map(timestamp_from_millis),
+        principal: args.principal.clone().unwrap_or_default(),
+        resource: args.resource.clone().unwrap_or_default(),
+        after_seq,
+        limit,
+    };
     let mut after_seq = 0;
     let mut events = Vec::new();
     while events.len() < args.limit as usize {
         let want = (args.limit as usize - events.len()).min(1000) as u32;
         let page = client
-            .query_audit(proto::QueryAuditRequest {
-                since: since.map(timestamp_from_millis),
-                principal: args.principal.clone().unwrap_or_default(),
-                resource: args.resource.clone().unwrap_or_default(),
-                after_seq,
-                limit: want,
-            })
+            .query_audit(query(after_seq, want))
             .await?
             .into_inner()
             .events;
@@ -148,18 +149,11 @@ pub async fn audit(client: &mut Client, format: Format, args: AuditArgs) -> anyh
     }
     // What follows comes in order after the last event printed. Each poll
     // is a request of its own, and so an event of its own in the log.
-    let mut after_seq = events.last().map_or(after_seq, |event| event.seq);
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         ticks.tick().await;
         let page = client
-            .query_audit(proto::QueryAuditRequest {
-                since: since.map(timestamp_from_millis),
-                principal: args.principal.clone().unwrap_or_default(),
-                resource: args.resource.clone().unwrap_or_default(),
-                after_seq,
-                limit: 1000,
-            })
+            .query_audit(query(after_seq, 1000))
             .await?
             .into_inner()
             .events;
