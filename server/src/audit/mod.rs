@@ -10,7 +10,7 @@
 
 mod verify;
 
-pub use verify::{Finding, Verification, verify};
+pub use verify::{Finding, Verdict, Verification, verify, verify_store};
 
 use crate::crypto::RootKey;
 use hmac::{Hmac, Mac};

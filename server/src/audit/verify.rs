@@ -1,8 +1,10 @@
 //! Verifying the chain: a pure walk over stored events in sequence order,
 //! fed page by page, that names the first event that was altered, removed
-//! or inserted, and a tail cut off behind a known checkpoint.
+//! or inserted, and a tail cut off behind a known checkpoint; and
+//! [`verify_store`], which feeds it a whole store's log.
 
 use super::{AuditKey, GENESIS, StoredEvent};
+use crate::store::{AuditQuery, Store};
 
 /// What is wrong with the log; the first problem found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +139,52 @@ impl Verification<'_> {
         }
         (self.finding, last, self.previous)
     }
+}
+
+/// The verdict on a whole log.
+#[derive(Debug)]
+pub struct Verdict {
+    pub events: u64,
+    pub finding: Option<Finding>,
+    pub head_seq: i64,
+    pub head_mac: Vec<u8>,
+}
+
+/// Events read per query while walking a store's log.
+const PAGE: u32 = 1000;
+
+/// Walks every event of `store` in sequence order, under the store's audit
+/// key, held against `checkpoint` when one is given.
+pub async fn verify_store(
+    store: &Store,
+    checkpoint: Option<(i64, Vec<u8>)>,
+) -> crate::error::Result<Verdict> {
+    let mut verification = verify(store.audit_key(), checkpoint);
+    let mut after_seq = 0;
+    'walk: loop {
+        let page = store
+            .audit_events(&AuditQuery {
+                after_seq,
+                limit: PAGE,
+                ..AuditQuery::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after_seq = last.seq;
+        for event in page {
+            if !verification.push(event) {
+                break 'walk;
+            }
+        }
+    }
+    let events = verification.events;
+    let (finding, head_seq, head_mac) = verification.finish();
+    Ok(Verdict {
+        events,
+        finding,
+        head_seq,
+        head_mac,
+    })
 }
 
 #[cfg(test)]

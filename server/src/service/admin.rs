@@ -145,27 +145,12 @@ impl AdminService {
         } else {
             store.audit_head()
         };
-        let key = store.audit_key();
-        let mut verification = audit::verify(key, checkpoint);
-        let mut after_seq = 0;
-        'walk: loop {
-            let page = store
-                .audit_events(&AuditQuery {
-                    after_seq,
-                    limit: AUDIT_PAGE,
-                    ..AuditQuery::default()
-                })
-                .await?;
-            let Some(last) = page.last() else { break };
-            after_seq = last.seq;
-            for event in page {
-                if !verification.push(event) {
-                    break 'walk;
-                }
-            }
-        }
-        let events = verification.events;
-        let (finding, head_seq, head_mac) = verification.finish();
+        let audit::Verdict {
+            events,
+            finding,
+            head_seq,
+            head_mac,
+        } = audit::verify_store(store, checkpoint).await?;
         let first_bad_seq = match &finding {
             Some(audit::Finding::Removed { first, .. }) => *first,
             Some(audit::Finding::Altered { seq })
