@@ -62,6 +62,21 @@ enum Command {
     /// Policy, from the installation itself.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Write an online, consistent copy of the installation to FILE
+    /// (values stay encrypted; restoring needs the root key).
+    Backup {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Make a new installation in --dir from a backup, with the root key of
+    /// the installation it was made from.
+    Restore {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The root key of the backed-up installation (its root.key).
+        #[arg(long, value_name = "FILE")]
+        root_key_file: PathBuf,
+    },
     /// Print the default configuration file.
     PrintDefaultConfig,
 }
@@ -181,6 +196,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(PolicyCommand::Recover { principal }) => {
             let loaded = config::load(&location.dir, location.config.as_deref())?;
             crate::cli_admin::recover(&loaded, &principal).await
+        }
+        Command::Backup { file } => {
+            let loaded = config::load(&location.dir, location.config.as_deref())?;
+            let summary = crate::backup::backup(&loaded, &file).await?;
+            println!("backup written to {}: {summary}", file.display());
+            Ok(())
+        }
+        Command::Restore {
+            file,
+            root_key_file,
+        } => {
+            let summary = crate::backup::restore(&file, &location.dir, &root_key_file).await?;
+            println!(
+                "restored {} into {}: {summary}; every value opens and the audit log verifies\n\
+                 start it with: rekeyd --dir {} serve",
+                file.display(),
+                location.dir.display(),
+                location.dir.display()
+            );
+            Ok(())
         }
         Command::PrintDefaultConfig => {
             print!("{}", config::default_toml());

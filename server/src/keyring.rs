@@ -60,6 +60,11 @@ impl Keyring {
         Ok(version)
     }
 
+    /// The root key, for the other keys derived from it.
+    pub fn root(&self) -> &RootKey {
+        &self.root
+    }
+
     fn forget(&self, name: &KeyName) {
         if let Ok(mut keys) = self.keys.write() {
             keys.remove(name.as_str());

@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backup;
 pub mod certificates;
 pub mod cli;
 mod cli_admin;

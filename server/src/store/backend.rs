@@ -92,6 +92,32 @@ impl Store {
         }
     }
 
+    /// Whether [`Store::snapshot_into`] works here: with the embedded
+    /// database only; a shared PostgreSQL database is backed up with its
+    /// own tools.
+    pub fn can_snapshot(&self) -> Result<()> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(_) => Err(Error::FailedPrecondition(
+                "this installation's database is PostgreSQL: back it up with pg_dump \
+                 (e.g. `pg_dump --format=custom`) and keep root.key apart from it; \
+                 `rekeyd backup` copies the embedded SQLite database"
+                    .to_owned(),
+            )),
+        }
+    }
+
+    /// Writes a consistent copy of the whole database, as of one moment,
+    /// to the new file `path` while the database stays in use: SQLite's
+    /// `VACUUM INTO`.
+    pub async fn snapshot_into(&self, path: &std::path::Path) -> Result<()> {
+        self.can_snapshot()?;
+        match self {
+            Store::Sqlite(store) => store.snapshot_into(path).await,
+            Store::Postgres(_) => Ok(()),
+        }
+    }
+
     pub fn audit_key(&self) -> &AuditKey {
         match self {
             Store::Sqlite(store) => store.audit_key(),

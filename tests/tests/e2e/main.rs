@@ -6,6 +6,7 @@
 
 mod access;
 mod audit_log;
+mod backup;
 mod bad_input;
 mod batch;
 mod bench_smoke;

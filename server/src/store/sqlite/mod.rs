@@ -111,6 +111,19 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// `VACUUM INTO`: one read transaction copied page by page into a new,
+    /// compacted file, while writers go on (WAL).
+    pub async fn snapshot_into(&self, path: &std::path::Path) -> Result<()> {
+        let path = path.to_str().ok_or_else(|| {
+            Error::InvalidArgument(format!("{} is not a UTF-8 path", path.display()))
+        })?;
+        sqlx::query("VACUUM INTO ?")
+            .bind(path)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// A place in the current write batch (`batch`): writers one at a
     /// time, committed in groups.
     async fn write(&self) -> Result<Tx<'_>> {

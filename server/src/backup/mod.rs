@@ -1,0 +1,238 @@
+//! `rekeyd backup FILE`: an online, consistent copy of an installation in
+//! one file, and (`restore`) a new installation made from it.
+//!
+//! The file is a SQLite database: the installation's database as of one
+//! moment (`VACUUM INTO`, while the server goes on serving), plus two
+//! tables of its own. `backup_info` says what it is (format, time, source);
+//! `backup_files` holds the installation's other files (configuration, CA,
+//! server certificate and key, CRLs), each sealed with AES-256-GCM under a
+//! key derived from the root key. Values stay as they are stored, sealed
+//! under master keys that the root key wraps; the root key itself is never
+//! in the file. A backup is therefore useless without the root key, and
+//! restoring one needs it.
+
+mod restore;
+
+pub use restore::restore;
+
+use crate::audit::AuditEvent;
+use crate::config::{self, Loaded};
+use crate::crypto::{IntegrityError, Key, RootKey};
+use crate::installation::{self, Opened};
+use crate::pki::{CA_CERTIFICATE, CA_KEY};
+use anyhow::Context;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Connection, Row, SqliteConnection};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// The layout of the file; restore refuses formats it does not know.
+const FORMAT: i64 = 1;
+
+/// Names of the installation files inside a backup.
+const CONFIG: &str = "rekeyd.toml";
+const SERVER_CERTIFICATE: &str = "server.pem";
+const SERVER_KEY: &str = "server.key";
+
+/// What a backup holds, or what a restore brought back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub secrets: i64,
+    pub versions: i64,
+    pub audit_events: i64,
+    /// The sequence number of the newest audit event.
+    pub audit_head: i64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} secrets, {} versions, {} audit events (through event {})",
+            self.secrets, self.versions, self.audit_events, self.audit_head
+        )
+    }
+}
+
+/// Seals and opens the installation files of a backup, with a key derived
+/// from the root key for this purpose only.
+struct FileSealer(Key);
+
+impl FileSealer {
+    fn new(root: &RootKey) -> Self {
+        let derived = root.derive_subkey(b"rekey/backup-files/v1");
+        #[allow(clippy::expect_used)] // derive_subkey returns exactly one key's length
+        Self(Key::from_bytes(derived.as_ref()).expect("a derived key is 32 bytes"))
+    }
+
+    fn aad(name: &str) -> Vec<u8> {
+        [b"rekey/backup-file/v1\0".as_slice(), name.as_bytes()].concat()
+    }
+
+    fn seal(&self, name: &str, contents: &[u8]) -> Vec<u8> {
+        self.0.seal(contents, &Self::aad(name))
+    }
+
+    fn open(&self, name: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, IntegrityError> {
+        self.0.open(sealed, &Self::aad(name))
+    }
+}
+
+/// The installation files a backup carries: (name in the backup, path).
+/// The CA key may be absent (a CA of the operator's own); the rest must be
+/// there.
+fn installation_files(loaded: &Loaded) -> Vec<(String, PathBuf, bool)> {
+    let tls = &loaded.config.tls;
+    let mut files = vec![
+        (CA_CERTIFICATE.to_owned(), loaded.path(&tls.client_ca), true),
+        (CA_KEY.to_owned(), loaded.dir.join(CA_KEY), false),
+        (
+            SERVER_CERTIFICATE.to_owned(),
+            loaded.path(&tls.certificate),
+            true,
+        ),
+        (SERVER_KEY.to_owned(), loaded.path(&tls.private_key), true),
+    ];
+    for (index, crl) in tls.crl_files.iter().enumerate() {
+        files.push((crl_name(index), loaded.path(crl), true));
+    }
+    files
+}
+
+fn crl_name(index: usize) -> String {
+    format!("crl-{index}.pem")
+}
+
+/// Writes a backup of the installation `loaded` describes to `out`, which
+/// must not exist. The server may be running: the copy is of one moment,
+/// and the backup is itself an audit event in it.
+pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
+    anyhow::ensure!(
+        !out.exists(),
+        "{} exists; choose another file or remove it",
+        out.display()
+    );
+    let mut files = Vec::new();
+    for (name, path, required) in installation_files(loaded) {
+        match std::fs::read(&path) {
+            Ok(contents) => files.push((name, Zeroizing::new(contents))),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound && !required => {}
+            Err(error) => {
+                return Err(error).with_context(|| format!("reading {}", path.display()));
+            }
+        }
+    }
+    files.push((
+        CONFIG.to_owned(),
+        Zeroizing::new(config::toml_of(&loaded.config).into_bytes()),
+    ));
+
+    let Opened { store, keyring } = installation::open(loaded).await?;
+    let partial = partial_path(out)?;
+    let written = async {
+        store.can_snapshot()?;
+        store
+            .record(&AuditEvent::local(
+                "backup:Create",
+                "*",
+                &format!("backup to {}", out.display()),
+            ))
+            .await?;
+        store.snapshot_into(&partial).await
+    }
+    .await;
+    store.close().await;
+    let sealer = FileSealer::new(keyring.root());
+    drop(keyring);
+    let finished = match written {
+        Ok(()) => {
+            let source = std::fs::canonicalize(&loaded.dir).unwrap_or_else(|_| loaded.dir.clone());
+            finish_file(&partial, out, &sealer, &files, &source).await
+        }
+        Err(error) => Err(anyhow::anyhow!("{error}")),
+    };
+    if finished.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    finished
+}
+
+/// A name beside `out` for the file while it is being written.
+fn partial_path(out: &Path) -> anyhow::Result<PathBuf> {
+    let name = out
+        .file_name()
+        .ok_or_else(|| anyhow::anyhow!("{} is not a file name", out.display()))?;
+    let mut partial = name.to_owned();
+    partial.push(format!(".partial-{}", std::process::id()));
+    Ok(out.with_file_name(partial))
+}
+
+/// Adds the backup's own tables to the snapshot at `partial`, reads its
+/// summary, and moves it to `out` (never over an existing file).
+async fn finish_file(
+    partial: &Path,
+    out: &Path,
+    sealer: &FileSealer,
+    files: &[(String, Zeroizing<Vec<u8>>)],
+    source: &Path,
+) -> anyhow::Result<Summary> {
+    let mut connection = SqliteConnection::connect_with(
+        &SqliteConnectOptions::new()
+            .filename(partial)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full),
+    )
+    .await
+    .with_context(|| format!("opening {}", partial.display()))?;
+    let mut tx = connection.begin().await?;
+    sqlx::query("CREATE TABLE backup_info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("CREATE TABLE backup_files (name TEXT PRIMARY KEY, sealed BLOB NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    let info = [
+        ("format", FORMAT.to_string()),
+        ("created_at", rekey_shared::time::now_millis().to_string()),
+        ("rekeyd_version", env!("CARGO_PKG_VERSION").to_owned()),
+        ("source", source.display().to_string()),
+    ];
+    for (key, value) in info {
+        sqlx::query("INSERT INTO backup_info (key, value) VALUES (?, ?)")
+            .bind(key)
+            .bind(value)
+            .execute(&mut *tx)
+            .await?;
+    }
+    for (name, contents) in files {
+        sqlx::query("INSERT INTO backup_files (name, sealed) VALUES (?, ?)")
+            .bind(name)
+            .bind(sealer.seal(name, contents))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    let summary = summarize(&mut connection).await?;
+    connection.close().await?;
+    // A hard link fails if `out` appeared meanwhile: nothing is replaced.
+    std::fs::hard_link(partial, out).with_context(|| format!("writing {}", out.display()))?;
+    std::fs::remove_file(partial)?;
+    Ok(summary)
+}
+
+/// Counts what a database (an installation's or a backup's) holds.
+async fn summarize(connection: &mut SqliteConnection) -> anyhow::Result<Summary> {
+    let row = sqlx::query(
+        "SELECT (SELECT count(*) FROM secrets) AS secrets, \
+                (SELECT count(*) FROM versions) AS versions, \
+                (SELECT count(*) FROM audit_events) AS events, \
+                (SELECT coalesce(max(seq), 0) FROM audit_events) AS head",
+    )
+    .fetch_one(&mut *connection)
+    .await?;
+    Ok(Summary {
+        secrets: row.get("secrets"),
+        versions: row.get("versions"),
+        audit_events: row.get("events"),
+        audit_head: row.get("head"),
+    })
+}

@@ -1,0 +1,334 @@
+//! `rekeyd restore FILE`: a new installation from a backup. Everything is
+//! checked before the first file is written (the format, and that the root
+//! key opens the backup's files); once written, the new installation is
+//! opened and proven: every master key unwraps, every version's value
+//! opens, the audit chain verifies. Any failure removes what was written.
+
+use super::{CONFIG, FORMAT, FileSealer, SERVER_CERTIFICATE, SERVER_KEY, Summary, crl_name};
+use crate::audit::{self, AuditEvent};
+use crate::config::{CONFIG_FILE, Config, Loaded};
+use crate::crypto;
+use crate::installation::{self, Opened};
+use crate::keyring::read_root_key;
+use crate::pki::{CA_CERTIFICATE, CA_KEY, write_private};
+use crate::store::{Cursor, SecretQuery};
+use anyhow::Context;
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Connection, Row, SqliteConnection};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// Restores the backup `file` into `dir`, which must be empty or absent,
+/// with the root key of the installation it was made from
+/// (`root_key_file`, copied into the new installation).
+pub async fn restore(file: &Path, dir: &Path, root_key_file: &Path) -> anyhow::Result<Summary> {
+    refuse_installation(dir)?;
+    let root = read_root_key(root_key_file)?;
+    let root_text = Zeroizing::new(
+        std::fs::read_to_string(root_key_file)
+            .with_context(|| format!("reading root key {}", root_key_file.display()))?,
+    );
+    let root_text = &root_text;
+    let (info, files) = read_backup(file, &FileSealer::new(&root)).await?;
+    let mut written = Written::new(dir)?;
+    let restored = async {
+        let config = write_files(&mut written, &files, root_text)?;
+        let database = written.path("rekey.db");
+        std::fs::copy(file, &database).with_context(|| format!("copying {}", file.display()))?;
+        drop_backup_tables(&database).await?;
+        let loaded = Loaded {
+            config,
+            dir: dir.to_owned(),
+        };
+        prove(&loaded, &info).await
+    }
+    .await;
+    match restored {
+        Ok(summary) => {
+            written.keep();
+            Ok(summary)
+        }
+        Err(error) => Err(error.context(format!(
+            "restoring {}; nothing was left in {}",
+            file.display(),
+            dir.display()
+        ))),
+    }
+}
+
+fn refuse_installation(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => anyhow::ensure!(
+            entries.next().is_none(),
+            "{} is not empty; restore makes a new installation in an empty or new directory",
+            dir.display()
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error).with_context(|| format!("reading {}", dir.display())),
+    }
+    Ok(())
+}
+
+type Files = HashMap<String, Zeroizing<Vec<u8>>>;
+
+/// The backup's description and its installation files, opened.
+async fn read_backup(
+    file: &Path,
+    sealer: &FileSealer,
+) -> anyhow::Result<(HashMap<String, String>, Files)> {
+    anyhow::ensure!(file.is_file(), "{} is not a file", file.display());
+    let not_a_backup = || format!("{} is not a rekeyd backup", file.display());
+    let mut connection = SqliteConnection::connect_with(
+        &SqliteConnectOptions::new()
+            .filename(file)
+            .read_only(true)
+            .immutable(true),
+    )
+    .await
+    .with_context(not_a_backup)?;
+    let info: HashMap<String, String> = sqlx::query("SELECT key, value FROM backup_info")
+        .fetch_all(&mut connection)
+        .await
+        .with_context(not_a_backup)?
+        .iter()
+        .map(|row| (row.get("key"), row.get("value")))
+        .collect();
+    let format: i64 = info
+        .get("format")
+        .and_then(|format| format.parse().ok())
+        .with_context(not_a_backup)?;
+    anyhow::ensure!(
+        format == FORMAT,
+        "{} is a backup of format {format}; this rekeyd reads format {FORMAT}",
+        file.display()
+    );
+    let mut files = Files::new();
+    for row in sqlx::query("SELECT name, sealed FROM backup_files")
+        .fetch_all(&mut connection)
+        .await?
+    {
+        let name: String = row.get("name");
+        let sealed: Vec<u8> = row.get("sealed");
+        let contents = sealer.open(&name, &sealed).map_err(|_| {
+            anyhow::anyhow!(
+                "this root key does not open {}: the backup was made by an installation \
+                 with another root key",
+                file.display()
+            )
+        })?;
+        files.insert(name, contents);
+    }
+    connection.close().await?;
+    for required in [CONFIG, CA_CERTIFICATE, SERVER_CERTIFICATE, SERVER_KEY] {
+        anyhow::ensure!(
+            files.contains_key(required),
+            "{} lacks {required}",
+            file.display()
+        );
+    }
+    Ok((info, files))
+}
+
+/// Writes the installation files with the standard names, and the
+/// configuration, pointed at them, that the new installation reads.
+fn write_files(
+    written: &mut Written,
+    files: &Files,
+    root_text: &Zeroizing<String>,
+) -> anyhow::Result<Config> {
+    let text = |name: &str| -> anyhow::Result<Zeroizing<String>> {
+        let bytes = files
+            .get(name)
+            .map(|bytes| bytes.to_vec())
+            .unwrap_or_default();
+        String::from_utf8(bytes)
+            .map(Zeroizing::new)
+            .map_err(|_| anyhow::anyhow!("{name} in the backup is not text"))
+    };
+    let mut config: Config =
+        toml::from_str(&text(CONFIG)?).context("the configuration in the backup does not parse")?;
+    let defaults = Config::default();
+    config.database_url = defaults.database_url;
+    config.root_key_file = defaults.root_key_file.clone();
+    config.tls.client_ca = defaults.tls.client_ca.clone();
+    config.tls.certificate = defaults.tls.certificate.clone();
+    config.tls.private_key = defaults.tls.private_key.clone();
+    config.tls.crl_files = (0..config.tls.crl_files.len())
+        .map(|index| PathBuf::from(crl_name(index)))
+        .collect();
+
+    written.private(&defaults.root_key_file, root_text)?;
+    written.public(&config.tls.client_ca, &text(CA_CERTIFICATE)?)?;
+    written.public(&config.tls.certificate, &text(SERVER_CERTIFICATE)?)?;
+    written.private(&config.tls.private_key, &text(SERVER_KEY)?)?;
+    if files.contains_key(CA_KEY) {
+        written.private(Path::new(CA_KEY), &text(CA_KEY)?)?;
+    }
+    for crl in config.tls.crl_files.clone() {
+        written.public(&crl, &text(&crl.display().to_string())?)?;
+    }
+    written.private(Path::new(CONFIG_FILE), &crate::config::toml_of(&config))?;
+    Ok(config)
+}
+
+/// The restored database without the backup's own tables.
+async fn drop_backup_tables(database: &Path) -> anyhow::Result<()> {
+    let mut connection =
+        SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(database)).await?;
+    sqlx::query("DROP TABLE backup_files")
+        .execute(&mut connection)
+        .await?;
+    sqlx::query("DROP TABLE backup_info")
+        .execute(&mut connection)
+        .await?;
+    sqlx::query("VACUUM").execute(&mut connection).await?;
+    connection.close().await?;
+    Ok(())
+}
+
+/// Opens the restored installation and proves it whole, then records the
+/// restore in its audit log.
+async fn prove(loaded: &Loaded, info: &HashMap<String, String>) -> anyhow::Result<Summary> {
+    let Opened { store, keyring } = installation::open(loaded).await?;
+    let proven = async {
+        // A lease of the process the backup was taken under means nothing here.
+        store.clear_leases().await?;
+        let verdict = audit::verify_store(&store, None).await?;
+        if let Some(finding) = verdict.finding {
+            return Err(crate::error::Error::Integrity(format!(
+                "the audit log in the backup does not verify: {finding}"
+            )));
+        }
+        let (secrets, versions) = open_every_value(&store, &keyring).await?;
+        let made = info
+            .get("created_at")
+            .and_then(|millis| millis.parse().ok())
+            .map(rekey_shared::time::format_millis)
+            .unwrap_or_default();
+        let source = info.get("source").cloned().unwrap_or_default();
+        store
+            .record(&AuditEvent::local(
+                "backup:Restore",
+                "*",
+                &format!("restored from a backup of {source} made at {made}"),
+            ))
+            .await?;
+        Ok(Summary {
+            secrets,
+            versions,
+            audit_events: i64::try_from(verdict.events).unwrap_or(i64::MAX) + 1,
+            audit_head: verdict.head_seq + 1,
+        })
+    }
+    .await;
+    store.close().await;
+    proven.map_err(|error| anyhow::anyhow!("{error}"))
+}
+
+/// Opens every version of every secret (also those scheduled for deletion)
+/// and drops the plaintext at once; returns how many of each there were.
+async fn open_every_value(
+    store: &crate::store::Store,
+    keyring: &crate::keyring::Keyring,
+) -> crate::error::Result<(i64, i64)> {
+    let (mut secrets, mut versions) = (0, 0);
+    let mut after = None;
+    loop {
+        let page = store
+            .list_secrets(&SecretQuery {
+                after: after.clone(),
+                include_planned_deletion: true,
+                limit: 100,
+                ..SecretQuery::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(Cursor {
+            value: 0,
+            name: last.name.as_str().to_owned(),
+        });
+        for secret in &page {
+            secrets += 1;
+            for version in store.all_versions(&secret.id).await? {
+                let master = keyring.for_decryption(store, &version.sealed.key).await?;
+                crypto::open_value(&master, &secret.id, &version.version_id, &version.sealed)
+                    .map_err(|_| {
+                        crate::error::Error::Integrity(format!(
+                            "version {} of {} does not open",
+                            version.version_id, secret.name
+                        ))
+                    })?;
+                versions += 1;
+            }
+        }
+    }
+    Ok((secrets, versions))
+}
+
+/// The files a restore wrote, removed again unless it succeeds.
+struct Written {
+    dir: PathBuf,
+    made_dir: bool,
+    files: Vec<PathBuf>,
+    keep: bool,
+}
+
+impl Written {
+    fn new(dir: &Path) -> anyhow::Result<Self> {
+        let made_dir = !dir.exists();
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            made_dir,
+            files: Vec::new(),
+            keep: false,
+        })
+    }
+
+    /// A file in the directory, removed with the rest on failure.
+    fn path(&mut self, name: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        for companion in ["", "-wal", "-shm"] {
+            let mut file = path.clone().into_os_string();
+            file.push(companion);
+            self.files.push(file.into());
+        }
+        path
+    }
+
+    fn private(&mut self, name: &Path, contents: &str) -> anyhow::Result<()> {
+        let path = self.dir.join(name);
+        self.files.push(path.clone());
+        write_private(&path, contents)
+    }
+
+    fn public(&mut self, name: &Path, contents: &str) -> anyhow::Result<()> {
+        let path = self.dir.join(name);
+        self.files.push(path.clone());
+        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn keep(mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Written {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        for file in &self.files {
+            let _ = std::fs::remove_file(file);
+        }
+        if self.made_dir {
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! `rekeyd backup` while the server serves and writes, `rekeyd restore`
+//! into a new directory, and the restored installation serving every value
+//! to the old identities with a verifying audit chain; and the refusals:
+//! an existing file, a non-empty directory, another root key, a file that
+//! is not a backup, a PostgreSQL installation.
+
+use rekey_tests::databases::StorageDatabase;
+use rekey_tests::{Installation, Server, contains_bytes, rekeyd, text};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+const PLANTED: &str = "backup-planted-value-7d1f0c";
+
+fn fails_with(output: std::process::Output, message: &str) {
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains(message), "expected {message:?} in {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_taken_while_serving_restores_every_value_and_the_chain() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let reader = installation.issue("app", &["reader"]);
+    let output = rekeyd(installation.dir(), &["keys", "create", "other"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+
+    let mut expected = BTreeMap::new();
+    for index in 0..12 {
+        let name = format!("b/{index:02}");
+        let key = if index % 3 == 0 { "other" } else { "default" };
+        admin
+            .run(&["create", &name, "--key", key, "--value", "first"])
+            .ok();
+        let value = if index == 5 {
+            PLANTED.to_owned()
+        } else {
+            format!("{name}-second")
+        };
+        admin.run(&["put", &name, "--value", &value]).ok();
+        expected.insert(name, value);
+    }
+    admin.run(&["create", "b/busy", "--value", "busy-0"]).ok();
+    admin.run(&["delete", "b/00", "--recovery-days", "7"]).ok();
+
+    // Writes go on while the backup is taken: it copies one moment.
+    let busy = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (busy, admin) = (busy.clone(), admin.clone());
+        std::thread::spawn(move || {
+            let mut written = 0;
+            while busy.load(Ordering::Relaxed) {
+                written += 1;
+                admin
+                    .run(&["put", "b/busy", "--value", &format!("busy-{written}")])
+                    .ok();
+            }
+            written
+        })
+    };
+    let file = installation.dir().join("../backup-of-test.db");
+    let backed_up = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
+    busy.store(false, Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(backed_up.status.success(), "{}", text(&backed_up.stderr));
+    let said = text(&backed_up.stdout);
+    assert!(said.contains("13 secrets"), "{said}");
+
+    // Values and private keys are not readable in the file.
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(!contains_bytes(&bytes, PLANTED.as_bytes()));
+    assert!(!contains_bytes(&bytes, b"PRIVATE KEY"));
+    fails_with(
+        rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]),
+        "exists; choose another file",
+    );
+    drop(server);
+
+    let restored_dir = tempfile::tempdir().unwrap();
+    let target = restored_dir.path().join("restored");
+    let root_key = installation.dir().join("root.key");
+    let output = rekeyd(
+        &target,
+        &[
+            "restore",
+            file.to_str().unwrap(),
+            "--root-key-file",
+            root_key.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let said = text(&output.stdout);
+    assert!(said.contains("every value opens"), "{said}");
+
+    // The old identities work against the restored installation.
+    let restored = Server::start(&target, &[]);
+    let admin = restored.rekey(&installation.admin());
+    let app = restored.rekey(&reader);
+    for (name, value) in &expected {
+        if name == "b/00" {
+            continue;
+        }
+        let got = app.run(&["get", name]).ok().stdout;
+        assert_eq!(got.trim_end(), value, "{name}");
+        let versions = admin
+            .run(&["versions", name, "--all", "--output", "json"])
+            .ok()
+            .json();
+        assert_eq!(
+            versions.as_array().map(Vec::len),
+            Some(2),
+            "{name}: {versions}"
+        );
+    }
+    // Scheduled for deletion in the backup, so still restorable from it.
+    admin.run(&["restore", "b/00"]).ok();
+    assert_eq!(
+        app.run(&["get", "b/00"]).ok().stdout.trim_end(),
+        "b/00-second"
+    );
+    let busy_value = app.run(&["get", "b/busy"]).ok().stdout;
+    let busy_number: u32 = busy_value
+        .trim_end()
+        .strip_prefix("busy-")
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("b/busy holds {busy_value:?}"));
+    assert!(busy_number <= written, "{busy_number} > {written}");
+
+    let verified = admin.run(&["audit", "verify"]).ok().stdout;
+    assert!(verified.contains("verifies"), "{verified}");
+    let log = admin.run(&["audit", "--limit", "1000"]).ok().stdout;
+    assert!(log.contains("backup:Create"), "{log}");
+    assert!(log.contains("backup:Restore"), "{log}");
+    assert!(!restored.log_text().contains(PLANTED));
+}
+
+#[test]
+fn restore_refuses_and_leaves_nothing_behind() {
+    let installation = Installation::new();
+    let file = installation.dir().join("../refusals-backup.db");
+    let output = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let file = file.to_str().unwrap();
+    let root_key = installation.dir().join("root.key");
+    let root_key = root_key.to_str().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+
+    // Another installation's root key: nothing is written.
+    let other = Installation::new();
+    let target = scratch.path().join("wrong-key");
+    fails_with(
+        rekeyd(
+            &target,
+            &[
+                "restore",
+                file,
+                "--root-key-file",
+                other.dir().join("root.key").to_str().unwrap(),
+            ],
+        ),
+        "the backup was made by an installation with another root key",
+    );
+    assert!(!target.exists());
+
+    // Not into an installation, nor any non-empty directory.
+    fails_with(
+        rekeyd(other.dir(), &["restore", file, "--root-key-file", root_key]),
+        "is not empty",
+    );
+    assert!(other.dir().join("rekeyd.toml").exists());
+
+    // A file that is not a backup (an installation's own database).
+    let target = scratch.path().join("not-a-backup");
+    fails_with(
+        rekeyd(
+            &target,
+            &[
+                "restore",
+                installation.database().to_str().unwrap(),
+                "--root-key-file",
+                root_key,
+            ],
+        ),
+        "is not a rekeyd backup",
+    );
+    assert!(!target.exists());
+}
+
+#[test]
+fn a_postgres_installation_is_told_to_use_pg_dump() {
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    let installation = Installation::on_postgres(&database);
+    let file = installation.dir().join("pg-backup.db");
+    fails_with(
+        rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]),
+        "back it up with pg_dump",
+    );
+    assert!(!file.exists());
+}
