@@ -4,6 +4,7 @@
 
 use crate::config::{self, Loaded, LogFormat};
 use crate::installation;
+use crate::passphrase::PassphraseSource;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -27,6 +28,28 @@ struct Location {
     /// A configuration file to use instead of DIR/rekeyd.toml.
     #[arg(long, global = true, env = "REKEY_CONFIG")]
     config: Option<PathBuf>,
+    /// Read the root key's passphrase from this open file descriptor (for
+    /// an installation made with `init --passphrase`).
+    #[arg(
+        long,
+        global = true,
+        env = "REKEY_ROOT_PASSPHRASE_FD",
+        value_name = "N"
+    )]
+    passphrase_fd: Option<i32>,
+}
+
+impl Location {
+    fn passphrase(&self) -> PassphraseSource {
+        PassphraseSource::new(self.passphrase_fd)
+    }
+
+    /// The configuration of the installation, with the passphrase source.
+    fn load(&self) -> anyhow::Result<Loaded> {
+        let mut loaded = config::load(&self.dir, self.config.as_deref())?;
+        loaded.passphrase = self.passphrase();
+        Ok(loaded)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,6 +64,11 @@ enum Command {
         /// (default: the embedded SQLite file rekey.db).
         #[arg(long, value_name = "URL")]
         database_url: Option<String>,
+        /// Derive the root key from a passphrase (Argon2id) instead of
+        /// writing root.key: asked on the terminal (twice), or read from
+        /// --passphrase-fd or REKEY_ROOT_PASSPHRASE.
+        #[arg(long)]
+        passphrase: bool,
     },
     /// Serve the installation.
     Serve {
@@ -73,9 +101,10 @@ enum Command {
     Restore {
         #[arg(value_name = "FILE")]
         file: PathBuf,
-        /// The root key of the backed-up installation (its root.key).
+        /// The root key of the backed-up installation (its root.key); not
+        /// needed when its root key comes from a passphrase.
         #[arg(long, value_name = "FILE")]
-        root_key_file: PathBuf,
+        root_key_file: Option<PathBuf>,
     },
     /// Print the default configuration file.
     PrintDefaultConfig,
@@ -166,8 +195,19 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let location = &cli.location;
     match cli.command {
-        Command::Init { sans, database_url } => {
-            let made = installation::init(&location.dir, &sans, database_url.as_deref()).await?;
+        Command::Init {
+            sans,
+            database_url,
+            passphrase,
+        } => {
+            let source = passphrase.then(|| location.passphrase());
+            let made = installation::init(
+                &location.dir,
+                &sans,
+                database_url.as_deref(),
+                source.as_ref(),
+            )
+            .await?;
             println!(
                 "created an installation in {}\nadmin identity: {}\nstart it with: rekeyd --dir {} serve",
                 made.dir.display(),
@@ -177,7 +217,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { listen } => {
-            let mut loaded = config::load(&location.dir, location.config.as_deref())?;
+            let mut loaded = location.load()?;
             if let Some(listen) = listen {
                 loaded.config.listen = listen;
             }
@@ -186,19 +226,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dev { listen } => dev(&listen).await,
         Command::Cert(command) => {
-            let loaded = config::load(&location.dir, location.config.as_deref())?;
+            let loaded = location.load()?;
             crate::cli_admin::cert(&loaded, command).await
         }
         Command::Keys(command) => {
-            let loaded = config::load(&location.dir, location.config.as_deref())?;
+            let loaded = location.load()?;
             crate::cli_admin::keys(&loaded, command).await
         }
         Command::Policy(PolicyCommand::Recover { principal }) => {
-            let loaded = config::load(&location.dir, location.config.as_deref())?;
+            let loaded = location.load()?;
             crate::cli_admin::recover(&loaded, &principal).await
         }
         Command::Backup { file } => {
-            let loaded = config::load(&location.dir, location.config.as_deref())?;
+            let loaded = location.load()?;
             let summary = crate::backup::backup(&loaded, &file).await?;
             println!("backup written to {}: {summary}", file.display());
             Ok(())
@@ -207,7 +247,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             root_key_file,
         } => {
-            let summary = crate::backup::restore(&file, &location.dir, &root_key_file).await?;
+            let summary = crate::backup::restore(
+                &file,
+                &location.dir,
+                root_key_file.as_deref(),
+                &location.passphrase(),
+            )
+            .await?;
             println!(
                 "restored {} into {}: {summary}; every value opens and the audit log verifies\n\
                  start it with: rekeyd --dir {} serve",
@@ -275,6 +321,9 @@ async fn shutdown_signal() {
 
 async fn serve_until_signal(loaded: &Loaded) -> anyhow::Result<()> {
     harden_process();
+    // Root key (a passphrase perhaps) and database first: nothing is said
+    // to be listening before the installation opens.
+    let opened = installation::open(loaded).await?;
     let listener = TcpListener::bind(&loaded.config.listen)
         .await
         .with_context(|| format!("listening on {}", loaded.config.listen))?;
@@ -282,7 +331,7 @@ async fn serve_until_signal(loaded: &Loaded) -> anyhow::Result<()> {
     tracing::info!(%address, dir = %loaded.dir.display(), "rekeyd serving");
     // Scripts and tests wait for this line: the port is bound from here on.
     println!("rekeyd listening on https://{address}");
-    crate::serve(loaded, listener, shutdown_signal()).await
+    crate::serve_opened(loaded, opened, listener, shutdown_signal()).await
 }
 
 async fn dev(listen: &str) -> anyhow::Result<()> {
@@ -290,7 +339,7 @@ async fn dev(listen: &str) -> anyhow::Result<()> {
         .prefix("rekey-dev-")
         .tempdir()
         .context("creating a temporary directory")?;
-    let made = installation::init(dir.path(), &[], None).await?;
+    let made = installation::init(dir.path(), &[], None, None).await?;
     installation::add_demo_secrets(dir.path()).await?;
     let mut loaded = config::load(dir.path(), None)?;
     loaded.config.listen = listen.to_owned();

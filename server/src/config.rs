@@ -18,10 +18,16 @@ pub struct Config {
     /// `sqlite://FILE` (relative to the installation). `REKEY_DATABASE_URL`.
     pub database_url: String,
     /// The root key that wraps master keys; mode 0600. `REKEY_ROOT_KEY_FILE`.
+    /// Unused when the root key comes from a passphrase.
     pub root_key_file: PathBuf,
     /// How often secrets whose recovery window ended are erased, in
     /// seconds. `REKEY_PURGE_INTERVAL_SECONDS`.
     pub purge_interval_seconds: u64,
+    /// Set by `rekeyd init --passphrase`: the root key is derived from a
+    /// passphrase (Argon2id) with these parameters instead of read from
+    /// `root_key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root_passphrase: Option<crate::passphrase::PassphraseSettings>,
     pub tls: TlsFiles,
     pub log: LogConfig,
     pub rotation: RotationSettings,
@@ -100,6 +106,7 @@ impl Default for Config {
             database_url: "sqlite://rekey.db".to_owned(),
             root_key_file: PathBuf::from("root.key"),
             purge_interval_seconds: 60,
+            root_passphrase: None,
             tls: TlsFiles::default(),
             log: LogConfig::default(),
             rotation: RotationSettings::default(),
@@ -132,6 +139,9 @@ impl Default for LogConfig {
 pub struct Loaded {
     pub config: Config,
     pub dir: PathBuf,
+    /// Where the passphrase comes from, when the root key is derived from
+    /// one (asked once per process).
+    pub passphrase: crate::passphrase::PassphraseSource,
 }
 
 impl Loaded {
@@ -173,7 +183,11 @@ pub fn load(dir: &Path, config_file: Option<&Path>) -> anyhow::Result<Loaded> {
         Some(path) => path.parent().map(Path::to_owned).unwrap_or_default(),
         None => dir.to_owned(),
     };
-    Ok(Loaded { config, dir })
+    Ok(Loaded {
+        config,
+        dir,
+        passphrase: Default::default(),
+    })
 }
 
 /// `REKEY_*` variables override the file.
@@ -227,6 +241,8 @@ pub fn toml_of(config: &Config) -> String {
         "# rekeyd configuration. Relative paths are relative to this file's directory.\n\
          # Environment variables override it: REKEY_LISTEN, REKEY_DATABASE_URL,\n\
          # REKEY_ROOT_KEY_FILE, REKEY_PURGE_INTERVAL_SECONDS, REKEY_LOG, REKEY_LOG_FORMAT;\n\
+         # a passphrase-derived root key ([root_passphrase]) comes from --passphrase-fd N,\n\
+         # REKEY_ROOT_PASSPHRASE_FD, REKEY_ROOT_PASSPHRASE or a prompt;\n\
          # flags override both.\n\n{body}"
     )
 }
@@ -261,6 +277,7 @@ mod tests {
         let loaded = Loaded {
             config: Config::default(),
             dir: PathBuf::from("/srv/rekey"),
+            passphrase: Default::default(),
         };
         assert_eq!(loaded.database_url(), "sqlite:///srv/rekey/rekey.db");
     }

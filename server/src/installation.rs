@@ -4,8 +4,10 @@
 
 use crate::audit::{AuditEvent, AuditKey};
 use crate::config::{self, CONFIG_FILE};
+use crate::crypto::RootKey;
 use crate::governance;
 use crate::keyring::{Keyring, new_root_key, read_root_key};
+use crate::passphrase::{PassphraseSettings, PassphraseSource};
 use crate::pki::{CA_CERTIFICATE, CA_KEY, CertificateAuthority, write_private};
 use crate::policy::Policy;
 use crate::store::{NewSecret, NewVersion, Store};
@@ -24,9 +26,31 @@ pub struct Opened {
     pub keyring: Keyring,
 }
 
+/// The installation's root key: derived from its passphrase when it has
+/// one, read from `root.key` otherwise.
+pub fn root_key(loaded: &config::Loaded) -> anyhow::Result<RootKey> {
+    match &loaded.config.root_passphrase {
+        Some(settings) => {
+            let passphrase = loaded.passphrase.get(
+                &format!(
+                    "passphrase of the rekey installation in {}",
+                    loaded.dir.display()
+                ),
+                false,
+            )?;
+            settings.derive(&passphrase)
+        }
+        None => read_root_key(&loaded.path(&loaded.config.root_key_file)),
+    }
+}
+
 /// Opens the store and keyring of the installation `loaded` describes.
 pub async fn open(loaded: &config::Loaded) -> anyhow::Result<Opened> {
-    let root = read_root_key(&loaded.path(&loaded.config.root_key_file))?;
+    open_with(loaded, root_key(loaded)?).await
+}
+
+/// Opens the installation with a root key already at hand.
+pub async fn open_with(loaded: &config::Loaded, root: RootKey) -> anyhow::Result<Opened> {
     let store = Store::open(&loaded.database_url(), AuditKey::derive(&root))
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
@@ -45,11 +69,13 @@ pub struct Initialized {
 
 /// Creates a new installation in `dir`, which must not hold one already.
 /// `database_url`: where the data lives when not in the embedded SQLite
-/// file (`postgres://…` for several replicas).
+/// file (`postgres://…` for several replicas). `passphrase`: derive the root
+/// key from a passphrase from there instead of writing `root.key`.
 pub async fn init(
     dir: &Path,
     extra_hosts: &[String],
     database_url: Option<&str>,
+    passphrase: Option<&PassphraseSource>,
 ) -> anyhow::Result<Initialized> {
     for existing in [CONFIG_FILE, "root.key", "rekey.db", CA_KEY] {
         if dir.join(existing).exists() {
@@ -84,14 +110,27 @@ pub async fn init(
     std::fs::write(dir.join(&defaults.tls.certificate), &server.certificate_pem)?;
     write_private(&dir.join(&defaults.tls.private_key), &server.key_pem)?;
 
-    let (root_text, root) = new_root_key();
-    write_private(&dir.join(&defaults.root_key_file), &root_text)?;
+    let root = match passphrase {
+        Some(source) => {
+            let passphrase = source.get("passphrase for the new installation's root key", true)?;
+            let (settings, root) = PassphraseSettings::create(&passphrase)?;
+            defaults.root_passphrase = Some(settings);
+            root
+        }
+        None => {
+            let (root_text, root) = new_root_key();
+            write_private(&dir.join(&defaults.root_key_file), &root_text)?;
+            root
+        }
+    };
     // Private: a database URL may carry a password.
     write_private(&dir.join(CONFIG_FILE), &config::toml_of(&defaults))?;
 
-    drop(root);
-    let loaded = config::load(dir, None)?;
-    let Opened { store, keyring } = open(&loaded).await?;
+    let mut loaded = config::load(dir, None)?;
+    if let Some(source) = passphrase {
+        loaded.passphrase = source.clone();
+    }
+    let Opened { store, keyring } = open_with(&loaded, root).await?;
     let initialized = async {
         if !store.list_master_keys().await?.is_empty() {
             return Err(crate::error::Error::FailedPrecondition(

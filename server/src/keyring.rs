@@ -206,11 +206,11 @@ pub fn new_root_key() -> (zeroize::Zeroizing<String>, RootKey) {
     (text, RootKey::new(key))
 }
 
-fn encode_hex(bytes: &[u8]) -> String {
+pub(crate) fn encode_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn decode_hex(text: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn decode_hex(text: &str) -> anyhow::Result<Vec<u8>> {
     anyhow::ensure!(text.len().is_multiple_of(2), "odd length");
     (0..text.len())
         .step_by(2)

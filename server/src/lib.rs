@@ -17,6 +17,7 @@ pub mod fanout;
 pub mod governance;
 pub mod installation;
 pub mod keyring;
+pub mod passphrase;
 pub mod password;
 pub mod pki;
 pub mod policy;
@@ -46,8 +47,25 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    serve_opened(
+        loaded,
+        installation::open(loaded).await?,
+        listener,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves an installation already opened (its root key derived, its
+/// database migrated) on `listener` until `shutdown` completes.
+pub async fn serve_opened(
+    loaded: &config::Loaded,
+    opened: installation::Opened,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let config = &loaded.config;
-    let installation::Opened { store, keyring } = installation::open(loaded).await?;
+    let installation::Opened { store, keyring } = opened;
     let (policy, version) = governance::current_policy(&store)
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;

@@ -179,14 +179,26 @@ impl Server {
 
     /// Starts on a given address (to come back on the same port).
     pub fn start_on(dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_with(dir, listen, env, &[], Stdio::null())
+    }
+
+    /// Starts with more flags before `serve` and a given standard input.
+    pub fn start_with(
+        dir: &Path,
+        listen: &str,
+        env: &[(&str, &str)],
+        flags: &[&str],
+        stdin: Stdio,
+    ) -> Self {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("rekeyd.log");
         let mut child = Command::new(binary("rekeyd"))
             .arg("--dir")
             .arg(dir)
+            .args(flags)
             .args(["serve", "--listen", listen])
             .envs(env.iter().copied())
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -16,7 +16,7 @@ fn domain(error: rekey_server::error::Error) -> anyhow::Error {
 
 pub async fn run() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("rekey-demo-").tempdir()?;
-    installation::init(dir.path(), &[], None).await?;
+    installation::init(dir.path(), &[], None, None).await?;
     installation::add_demo_secrets(dir.path()).await?;
     let mut loaded = config::load(dir.path(), None)?;
     let ca = pki::CertificateAuthority::load(dir.path())?;

@@ -33,6 +33,10 @@ const FORMAT: i64 = 1;
 const CONFIG: &str = "rekeyd.toml";
 const SERVER_CERTIFICATE: &str = "server.pem";
 const SERVER_KEY: &str = "server.key";
+/// The `backup_info` entry with the passphrase parameters (TOML), when the
+/// root key comes from a passphrase: restore needs them before it can open
+/// anything sealed.
+const PASSPHRASE_INFO: &str = "root_passphrase";
 
 /// What a backup holds, or what a restore brought back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,7 +151,16 @@ pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
     let finished = match written {
         Ok(()) => {
             let source = std::fs::canonicalize(&loaded.dir).unwrap_or_else(|_| loaded.dir.clone());
-            finish_file(&partial, out, &sealer, &files, &source).await
+            let mut info = vec![
+                ("format", FORMAT.to_string()),
+                ("created_at", rekey_shared::time::now_millis().to_string()),
+                ("rekeyd_version", env!("CARGO_PKG_VERSION").to_owned()),
+                ("source", source.display().to_string()),
+            ];
+            if let Some(settings) = &loaded.config.root_passphrase {
+                info.push((PASSPHRASE_INFO, toml::to_string(settings)?));
+            }
+            finish_file(&partial, out, &sealer, &files, &info).await
         }
         Err(error) => Err(anyhow::anyhow!("{error}")),
     };
@@ -174,7 +187,7 @@ async fn finish_file(
     out: &Path,
     sealer: &FileSealer,
     files: &[(String, Zeroizing<Vec<u8>>)],
-    source: &Path,
+    info: &[(&str, String)],
 ) -> anyhow::Result<Summary> {
     let mut connection = SqliteConnection::connect_with(
         &SqliteConnectOptions::new()
@@ -190,12 +203,6 @@ async fn finish_file(
     sqlx::query("CREATE TABLE backup_files (name TEXT PRIMARY KEY, sealed BLOB NOT NULL)")
         .execute(&mut *tx)
         .await?;
-    let info = [
-        ("format", FORMAT.to_string()),
-        ("created_at", rekey_shared::time::now_millis().to_string()),
-        ("rekeyd_version", env!("CARGO_PKG_VERSION").to_owned()),
-        ("source", source.display().to_string()),
-    ];
     for (key, value) in info {
         sqlx::query("INSERT INTO backup_info (key, value) VALUES (?, ?)")
             .bind(key)

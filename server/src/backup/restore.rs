@@ -4,12 +4,15 @@
 //! opened and proven: every master key unwraps, every version's value
 //! opens, the audit chain verifies. Any failure removes what was written.
 
-use super::{CONFIG, FORMAT, FileSealer, SERVER_CERTIFICATE, SERVER_KEY, Summary, crl_name};
+use super::{
+    CONFIG, FORMAT, FileSealer, PASSPHRASE_INFO, SERVER_CERTIFICATE, SERVER_KEY, Summary, crl_name,
+};
 use crate::audit::{self, AuditEvent};
 use crate::config::{CONFIG_FILE, Config, Loaded};
-use crate::crypto;
+use crate::crypto::{self, RootKey};
 use crate::installation::{self, Opened};
 use crate::keyring::read_root_key;
+use crate::passphrase::{PassphraseSettings, PassphraseSource};
 use crate::pki::{CA_CERTIFICATE, CA_KEY, write_private};
 use crate::store::{Cursor, SecretQuery};
 use anyhow::Context;
@@ -20,28 +23,61 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 /// Restores the backup `file` into `dir`, which must be empty or absent,
-/// with the root key of the installation it was made from
-/// (`root_key_file`, copied into the new installation).
-pub async fn restore(file: &Path, dir: &Path, root_key_file: &Path) -> anyhow::Result<Summary> {
+/// with the root key of the installation it was made from: its
+/// `root_key_file` (copied into the new installation), or, for an
+/// installation whose root key comes from a passphrase, that passphrase.
+pub async fn restore(
+    file: &Path,
+    dir: &Path,
+    root_key_file: Option<&Path>,
+    passphrase: &PassphraseSource,
+) -> anyhow::Result<Summary> {
     refuse_installation(dir)?;
-    let root = read_root_key(root_key_file)?;
-    let root_text = Zeroizing::new(
-        std::fs::read_to_string(root_key_file)
-            .with_context(|| format!("reading root key {}", root_key_file.display()))?,
-    );
-    let root_text = &root_text;
-    let (info, files) = read_backup(file, &FileSealer::new(&root)).await?;
+    let (info, sealed) = read_backup(file).await?;
+    let (root, root_text) = match root_key_file {
+        Some(path) => {
+            let root = read_root_key(path)?;
+            let text = Zeroizing::new(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("reading root key {}", path.display()))?,
+            );
+            (root, Some(text))
+        }
+        None => {
+            let settings: PassphraseSettings = info
+                .get(PASSPHRASE_INFO)
+                .map(|text| toml::from_str(text))
+                .transpose()
+                .context("the passphrase parameters in the backup do not parse")?
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "give --root-key-file: the backed-up installation keeps its root key \
+                         in a file (root.key)"
+                    )
+                })?;
+            let phrase = passphrase.get(
+                &format!(
+                    "passphrase of the backed-up installation in {}",
+                    file.display()
+                ),
+                false,
+            )?;
+            (settings.derive(&phrase)?, None)
+        }
+    };
+    let files = open_files(file, &sealed, &FileSealer::new(&root))?;
     let mut written = Written::new(dir)?;
     let restored = async {
-        let config = write_files(&mut written, &files, root_text)?;
+        let config = write_files(&mut written, &files, root_text.as_ref())?;
         let database = written.path("rekey.db");
         std::fs::copy(file, &database).with_context(|| format!("copying {}", file.display()))?;
         drop_backup_tables(&database).await?;
         let loaded = Loaded {
             config,
             dir: dir.to_owned(),
+            passphrase: passphrase.clone(),
         };
-        prove(&loaded, &info).await
+        prove(&loaded, root, &info).await
     }
     .await;
     match restored {
@@ -72,11 +108,10 @@ fn refuse_installation(dir: &Path) -> anyhow::Result<()> {
 
 type Files = HashMap<String, Zeroizing<Vec<u8>>>;
 
-/// The backup's description and its installation files, opened.
+/// The backup's description and its installation files, still sealed.
 async fn read_backup(
     file: &Path,
-    sealer: &FileSealer,
-) -> anyhow::Result<(HashMap<String, String>, Files)> {
+) -> anyhow::Result<(HashMap<String, String>, Vec<(String, Vec<u8>)>)> {
     anyhow::ensure!(file.is_file(), "{} is not a file", file.display());
     let not_a_backup = || format!("{} is not a rekeyd backup", file.display());
     let mut connection = SqliteConnection::connect_with(
@@ -103,23 +138,33 @@ async fn read_backup(
         "{} is a backup of format {format}; this rekeyd reads format {FORMAT}",
         file.display()
     );
-    let mut files = Files::new();
-    for row in sqlx::query("SELECT name, sealed FROM backup_files")
+    let sealed = sqlx::query("SELECT name, sealed FROM backup_files")
         .fetch_all(&mut connection)
         .await?
-    {
-        let name: String = row.get("name");
-        let sealed: Vec<u8> = row.get("sealed");
-        let contents = sealer.open(&name, &sealed).map_err(|_| {
+        .iter()
+        .map(|row| (row.get("name"), row.get("sealed")))
+        .collect();
+    connection.close().await?;
+    Ok((info, sealed))
+}
+
+/// Opens the backup's installation files with the root key's sealer.
+fn open_files(
+    file: &Path,
+    sealed: &[(String, Vec<u8>)],
+    sealer: &FileSealer,
+) -> anyhow::Result<Files> {
+    let mut files = Files::new();
+    for (name, sealed) in sealed {
+        let contents = sealer.open(name, sealed).map_err(|_| {
             anyhow::anyhow!(
                 "this root key does not open {}: the backup was made by an installation \
                  with another root key",
                 file.display()
             )
         })?;
-        files.insert(name, contents);
+        files.insert(name.clone(), contents);
     }
-    connection.close().await?;
     for required in [CONFIG, CA_CERTIFICATE, SERVER_CERTIFICATE, SERVER_KEY] {
         anyhow::ensure!(
             files.contains_key(required),
@@ -127,7 +172,7 @@ async fn read_backup(
             file.display()
         );
     }
-    Ok((info, files))
+    Ok(files)
 }
 
 /// Writes the installation files with the standard names, and the
@@ -135,7 +180,7 @@ async fn read_backup(
 fn write_files(
     written: &mut Written,
     files: &Files,
-    root_text: &Zeroizing<String>,
+    root_text: Option<&Zeroizing<String>>,
 ) -> anyhow::Result<Config> {
     let text = |name: &str| -> anyhow::Result<Zeroizing<String>> {
         let bytes = files
@@ -158,7 +203,16 @@ fn write_files(
         .map(|index| PathBuf::from(crl_name(index)))
         .collect();
 
-    written.private(&defaults.root_key_file, root_text)?;
+    match root_text {
+        Some(root_text) => {
+            config.root_passphrase = None;
+            written.private(&defaults.root_key_file, root_text)?;
+        }
+        None => anyhow::ensure!(
+            config.root_passphrase.is_some(),
+            "the configuration in the backup has no passphrase parameters"
+        ),
+    }
     written.public(&config.tls.client_ca, &text(CA_CERTIFICATE)?)?;
     written.public(&config.tls.certificate, &text(SERVER_CERTIFICATE)?)?;
     written.private(&config.tls.private_key, &text(SERVER_KEY)?)?;
@@ -189,8 +243,12 @@ async fn drop_backup_tables(database: &Path) -> anyhow::Result<()> {
 
 /// Opens the restored installation and proves it whole, then records the
 /// restore in its audit log.
-async fn prove(loaded: &Loaded, info: &HashMap<String, String>) -> anyhow::Result<Summary> {
-    let Opened { store, keyring } = installation::open(loaded).await?;
+async fn prove(
+    loaded: &Loaded,
+    root: RootKey,
+    info: &HashMap<String, String>,
+) -> anyhow::Result<Summary> {
+    let Opened { store, keyring } = installation::open_with(loaded, root).await?;
     let proven = async {
         // A lease of the process the backup was taken under means nothing here.
         store.clear_leases().await?;

@@ -60,7 +60,8 @@ async fn a_backup_taken_while_serving_restores_every_value_and_the_chain() {
             written
         })
     };
-    let file = installation.dir().join("../backup-of-test.db");
+    let backups = tempfile::tempdir().unwrap();
+    let file = backups.path().join("backup-of-test.db");
     let backed_up = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
     busy.store(false, Ordering::Relaxed);
     let written = writer.join().unwrap();
@@ -139,7 +140,8 @@ async fn a_backup_taken_while_serving_restores_every_value_and_the_chain() {
 #[test]
 fn restore_refuses_and_leaves_nothing_behind() {
     let installation = Installation::new();
-    let file = installation.dir().join("../refusals-backup.db");
+    let backups = tempfile::tempdir().unwrap();
+    let file = backups.path().join("refusals-backup.db");
     let output = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let file = file.to_str().unwrap();

@@ -1,0 +1,247 @@
+//! The root key from a passphrase instead of `root.key`: Argon2id (RFC 9106,
+//! 64 MiB, 3 passes) over the passphrase and a random salt gives the 32-byte
+//! root key, so nothing on disk opens the installation by itself.
+//!
+//! The salt, the cost parameters and a check value (an HKDF output of the
+//! derived key, which tells a wrong passphrase apart at start without
+//! revealing the key) are in `rekeyd.toml` under `[root_passphrase]`; none of
+//! them is secret. The passphrase is read once per process, in this order:
+//! the file descriptor of `--passphrase-fd` (`REKEY_ROOT_PASSPHRASE_FD`),
+//! the `REKEY_ROOT_PASSPHRASE` variable, or a prompt on the terminal without
+//! echo. It lives in zeroizing memory and is never logged.
+
+use crate::crypto::{Key, RootKey};
+use crate::keyring::{decode_hex, encode_hex};
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, Write};
+use std::sync::{Arc, Mutex};
+use zeroize::Zeroizing;
+
+/// The variable a passphrase may come from.
+pub const PASSPHRASE_VARIABLE: &str = "REKEY_ROOT_PASSPHRASE";
+
+/// What `rekeyd init --passphrase` accepts as a new passphrase.
+const MIN_LENGTH: usize = 12;
+
+/// Argon2id's parameters, stored in `rekeyd.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassphraseSettings {
+    /// 16 random bytes, hexadecimal.
+    pub salt: String,
+    pub memory_kib: u32,
+    pub iterations: u32,
+    pub parallelism: u32,
+    /// Tells a wrong passphrase at start (hexadecimal; not secret).
+    pub check: String,
+}
+
+/// A passphrase in zeroizing memory; no `Debug` of its contents.
+pub struct Passphrase(Zeroizing<String>);
+
+impl std::fmt::Debug for Passphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passphrase(<redacted>)")
+    }
+}
+
+impl PassphraseSettings {
+    /// Settings for a new installation, and the root key they give with
+    /// `passphrase`.
+    pub fn create(passphrase: &Passphrase) -> anyhow::Result<(Self, RootKey)> {
+        anyhow::ensure!(
+            passphrase.0.chars().count() >= MIN_LENGTH,
+            "the passphrase must be at least {MIN_LENGTH} characters long"
+        );
+        let mut salt = [0u8; 16];
+        crate::crypto::random_bytes(&mut salt);
+        let mut settings = Self {
+            salt: encode_hex(&salt),
+            memory_kib: 64 * 1024,
+            iterations: 3,
+            parallelism: 1,
+            check: String::new(),
+        };
+        let key = settings.stretch(passphrase)?;
+        settings.check = check_of(&key);
+        Ok((settings, key))
+    }
+
+    /// The root key `passphrase` gives, refused unless it matches the
+    /// check value.
+    pub fn derive(&self, passphrase: &Passphrase) -> anyhow::Result<RootKey> {
+        let key = self.stretch(passphrase)?;
+        anyhow::ensure!(
+            check_of(&key) == self.check,
+            "the passphrase does not open this installation"
+        );
+        Ok(key)
+    }
+
+    fn stretch(&self, passphrase: &Passphrase) -> anyhow::Result<RootKey> {
+        let salt = decode_hex(&self.salt).context("root_passphrase.salt is not hexadecimal")?;
+        let params =
+            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+                .map_err(|error| anyhow::anyhow!("root_passphrase parameters: {error}"))?;
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut derived = Zeroizing::new([0u8; 32]);
+        argon
+            .hash_password_into(passphrase.0.as_bytes(), &salt, derived.as_mut())
+            .map_err(|error| anyhow::anyhow!("deriving the root key: {error}"))?;
+        let key = Key::from_bytes(derived.as_ref())
+            .map_err(|_| anyhow::anyhow!("deriving the root key gave a key of the wrong length"))?;
+        Ok(RootKey::new(key))
+    }
+}
+
+fn check_of(key: &RootKey) -> String {
+    encode_hex(&key.derive_subkey(b"rekey/passphrase-check/v1")[..16])
+}
+
+/// Where this process gets its passphrase, asked at most once; clones share
+/// the answer.
+#[derive(Clone, Default)]
+pub struct PassphraseSource {
+    fd: Option<i32>,
+    answer: Arc<Mutex<Option<Arc<Passphrase>>>>,
+}
+
+impl std::fmt::Debug for PassphraseSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassphraseSource")
+            .field("fd", &self.fd)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PassphraseSource {
+    pub fn new(fd: Option<i32>) -> Self {
+        Self {
+            fd,
+            answer: Arc::default(),
+        }
+    }
+
+    /// The passphrase, from the first source that has one. `purpose` goes
+    /// into the prompt; `confirm` asks twice on a terminal (a new one).
+    pub fn get(&self, purpose: &str, confirm: bool) -> anyhow::Result<Arc<Passphrase>> {
+        let mut answer = self
+            .answer
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the passphrase lock is poisoned"))?;
+        if let Some(known) = answer.as_ref() {
+            return Ok(known.clone());
+        }
+        let passphrase = Arc::new(self.read(purpose, confirm)?);
+        anyhow::ensure!(!passphrase.0.is_empty(), "the passphrase is empty");
+        *answer = Some(passphrase.clone());
+        Ok(passphrase)
+    }
+
+    fn read(&self, purpose: &str, confirm: bool) -> anyhow::Result<Passphrase> {
+        if let Some(fd) = self.fd {
+            // /dev/fd opens the descriptor without taking it over unsafely.
+            let mut text = Zeroizing::new(
+                std::fs::read_to_string(format!("/dev/fd/{fd}"))
+                    .with_context(|| format!("reading the passphrase from file descriptor {fd}"))?,
+            );
+            trim_line_end(&mut text);
+            return Ok(Passphrase(text));
+        }
+        if let Some(value) = std::env::var_os(PASSPHRASE_VARIABLE) {
+            let text = value
+                .into_string()
+                .map_err(|_| anyhow::anyhow!("{PASSPHRASE_VARIABLE} is not valid UTF-8"))?;
+            return Ok(Passphrase(Zeroizing::new(text)));
+        }
+        let first = prompt(&format!("{purpose}: ")).map_err(|error| {
+            anyhow::anyhow!(
+                "{error}; this installation's root key comes from a passphrase: give it on a \
+                 terminal, with --passphrase-fd N, or in {PASSPHRASE_VARIABLE}"
+            )
+        })?;
+        if confirm {
+            let again = prompt("the same passphrase again: ")?;
+            anyhow::ensure!(first.0 == again.0, "the two passphrases differ");
+        }
+        Ok(first)
+    }
+}
+
+fn trim_line_end(text: &mut Zeroizing<String>) {
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+}
+
+/// Asks on the controlling terminal with echo off, restoring it after.
+fn prompt(question: &str) -> anyhow::Result<Passphrase> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|_| anyhow::anyhow!("there is no terminal to ask for the passphrase"))?;
+    let saved = tcgetattr(&tty).context("reading the terminal's settings")?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    quiet.local_modes.insert(LocalModes::ECHONL);
+    tcsetattr(&tty, OptionalActions::Flush, &quiet).context("turning echo off")?;
+    let mut writer = &tty;
+    let asked = writer
+        .write_all(question.as_bytes())
+        .and_then(|()| writer.flush());
+    let mut line = Zeroizing::new(String::new());
+    let read = asked.and_then(|()| std::io::BufReader::new(&tty).read_line(&mut line));
+    let restored = tcsetattr(&tty, OptionalActions::Flush, &saved);
+    read.context("reading the passphrase")?;
+    restored.context("restoring the terminal's settings")?;
+    trim_line_end(&mut line);
+    Ok(Passphrase(line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phrase(text: &str) -> Passphrase {
+        Passphrase(Zeroizing::new(text.to_owned()))
+    }
+
+    #[test]
+    fn the_same_passphrase_gives_the_same_key_and_another_is_refused() {
+        let (mut settings, key) =
+            PassphraseSettings::create(&phrase("correct horse battery")).unwrap();
+        // Cheap parameters keep the test quick; the logic is the same.
+        settings.memory_kib = 64;
+        settings.iterations = 1;
+        let key = {
+            let again = settings.stretch(&phrase("correct horse battery")).unwrap();
+            settings.check = check_of(&again);
+            drop(key);
+            again
+        };
+        let derived = settings.derive(&phrase("correct horse battery")).unwrap();
+        assert_eq!(
+            derived.derive_subkey(b"t").as_ref(),
+            key.derive_subkey(b"t").as_ref()
+        );
+        let error = settings
+            .derive(&phrase("correct horse batterz"))
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "the passphrase does not open this installation"
+        );
+        assert!(PassphraseSettings::create(&phrase("short")).is_err());
+        assert_eq!(
+            format!("{:?}", phrase("visible?")),
+            "Passphrase(<redacted>)"
+        );
+    }
+}
