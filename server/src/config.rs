@@ -31,6 +31,25 @@ pub struct Config {
     pub tls: TlsFiles,
     pub log: LogConfig,
     pub rotation: RotationSettings,
+    pub rate_limit: RateLimitSettings,
+}
+
+/// Requests per principal: a token bucket refilled at `requests_per_second`
+/// (0: no limit) that holds at most `burst`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 1000,
+            burst: 5000,
+        }
+    }
 }
 
 /// How rotation runs behave, and the custom rotators this server may run.
@@ -110,6 +129,7 @@ impl Default for Config {
             tls: TlsFiles::default(),
             log: LogConfig::default(),
             rotation: RotationSettings::default(),
+            rate_limit: RateLimitSettings::default(),
         }
     }
 }

@@ -24,6 +24,12 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     Unimplemented(String),
+    /// Over a rate limit: try again after `retry_after_ms`.
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after_ms: u64,
+    },
     /// A stored value or key failed its integrity check: tampering or
     /// corruption, never a client mistake.
     #[error("{0}")]
@@ -69,6 +75,17 @@ impl From<Error> for Status {
             Error::PermissionDenied(message) => Status::new(Code::PermissionDenied, message),
             Error::Unauthenticated(message) => Status::new(Code::Unauthenticated, message),
             Error::Unimplemented(message) => Status::new(Code::Unimplemented, message),
+            Error::ResourceExhausted {
+                message,
+                retry_after_ms,
+            } => {
+                let mut status = Status::new(Code::ResourceExhausted, message);
+                status.metadata_mut().insert(
+                    "grpc-retry-pushback-ms",
+                    tonic::metadata::MetadataValue::from(retry_after_ms),
+                );
+                status
+            }
             Error::Integrity(message) => {
                 tracing::error!(%message, "integrity check failed");
                 Status::new(Code::DataLoss, message)

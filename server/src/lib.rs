@@ -17,6 +17,7 @@ pub mod fanout;
 pub mod governance;
 pub mod installation;
 pub mod keyring;
+pub mod limits;
 pub mod passphrase;
 pub mod password;
 pub mod pki;
@@ -89,6 +90,7 @@ pub async fn serve_opened(
         revocations: revocations.clone(),
         events: events::Events::default(),
         rotation: config.rotation.clone(),
+        limits: limits::RateLimiter::new(config.rate_limit.clone()),
     });
     sync::refresh(&state)
         .await

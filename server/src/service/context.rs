@@ -143,6 +143,12 @@ impl RequestContext {
         state.detail = detail.to_owned();
     }
 
+    /// This request gets no event of its own (a rate-limit refusal counted
+    /// in the next recorded one).
+    pub fn leave_unaudited(&self) {
+        self.state().recorded = true;
+    }
+
     pub fn recorded(&self) {
         self.state().recorded = true;
     }

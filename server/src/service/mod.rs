@@ -24,7 +24,10 @@ macro_rules! audited_service {
                         &request,
                         $crate::auth::Action::$action,
                     )?;
-                    let result = self.$handler(&context, request.into_inner()).await;
+                    let result = match self.state.admit(&context) {
+                        Ok(()) => self.$handler(&context, request.into_inner()).await,
+                        Err(refused) => Err(refused),
+                    };
                     self.state.finish(&context, result).await.map(tonic::Response::new)
                 }
             )*
@@ -57,9 +60,43 @@ pub struct AppState {
     pub revocations: Arc<Revocations>,
     pub events: crate::events::Events,
     pub rotation: crate::config::RotationSettings,
+    pub limits: crate::limits::RateLimiter,
 }
 
 impl AppState {
+    /// Lets the request through its principal's rate limit, or refuses it
+    /// with `RESOURCE_EXHAUSTED`; most refusals in a burst are left out of
+    /// the audit log, counted in the next one recorded (see `limits`).
+    pub fn admit(&self, context: &RequestContext) -> Result<()> {
+        let principal = context.principal.to_string();
+        let refusal = match self.limits.check(&principal, std::time::Instant::now()) {
+            Ok(()) => return Ok(()),
+            Err(refusal) => refusal,
+        };
+        match refusal.record {
+            Some(left_out) => {
+                tracing::warn!(%principal, left_out, "rate limit: requests refused");
+                if left_out > 0 {
+                    context.summarize(&format!(
+                        "over the rate limit; {left_out} more refused since the last recorded refusal"
+                    ));
+                }
+            }
+            None => context.leave_unaudited(),
+        }
+        let settings = self.limits.settings();
+        let retry_after_ms = u64::try_from(refusal.retry_after.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Err(Error::ResourceExhausted {
+            message: format!(
+                "{principal} made more than {} requests per second (burst {}); retry in {retry_after_ms} ms",
+                settings.requests_per_second, settings.burst
+            ),
+            retry_after_ms,
+        })
+    }
+
     /// Writes the request's audit event (unless its change already did)
     /// and only then lets the answer go. A successful request whose event
     /// cannot be written fails.

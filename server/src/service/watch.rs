@@ -76,7 +76,10 @@ impl Watch for WatchService {
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let context = RequestContext::new(&request, Action::Watch)?;
-        let result = self.open(&context, request.into_inner());
+        let result = self
+            .state
+            .admit(&context)
+            .and_then(|()| self.open(&context, request.into_inner()));
         self.state.finish(&context, result).await.map(Response::new)
     }
 }

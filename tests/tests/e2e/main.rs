@@ -22,6 +22,7 @@ mod listing;
 mod metadata;
 mod passphrase;
 mod python_client;
+mod rate_limit;
 mod replicas;
 mod revocation;
 mod rotation;

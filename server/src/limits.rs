@@ -1,0 +1,150 @@
+//! Rate limits per principal: a token bucket for each principal that asks
+//! (refilled at `requests_per_second`, holding at most `burst`), checked
+//! after authentication and before the handler touches anything. A refused
+//! request gets `RESOURCE_EXHAUSTED` with how long to wait, in the message
+//! and in `grpc-retry-pushback-ms` (the metadata gRPC's retry policy reads).
+//!
+//! Refusals are audited, but at most one per principal per second: that
+//! event counts the refusals left out since the previous one, so a client in
+//! a tight loop cannot turn the limit into a flood of audit writes.
+
+use crate::config::RateLimitSettings;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Beyond this many buckets, idle (full) ones are dropped.
+const PRUNE_ABOVE: usize = 10_000;
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    settings: RateLimitSettings,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+    last_recorded_refusal: Option<Instant>,
+    unrecorded_refusals: u64,
+}
+
+/// A request over the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub retry_after: Duration,
+    /// `Some(n)`: audit this refusal, noting `n` refusals left out before
+    /// it; `None`: leave it out of the log (one was recorded just now).
+    pub record: Option<u64>,
+}
+
+impl RateLimiter {
+    pub fn new(settings: RateLimitSettings) -> Self {
+        Self {
+            settings,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn settings(&self) -> &RateLimitSettings {
+        &self.settings
+    }
+
+    /// Takes a token for `principal` at `now`, or says how long to wait.
+    pub fn check(&self, principal: &str, now: Instant) -> Result<(), Refusal> {
+        let rate = f64::from(self.settings.requests_per_second);
+        if rate <= 0.0 {
+            return Ok(());
+        }
+        let burst = f64::from(self.settings.burst.max(1));
+        let mut buckets = match self.buckets.lock() {
+            Ok(buckets) => buckets,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if buckets.len() > PRUNE_ABOVE {
+            buckets.retain(|_, bucket| {
+                bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate < burst
+            });
+        }
+        let bucket = buckets
+            .entry(principal.to_owned())
+            .or_insert_with(|| Bucket {
+                tokens: burst,
+                updated: now,
+                last_recorded_refusal: None,
+                unrecorded_refusals: 0,
+            });
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let retry_after = Duration::from_secs_f64((1.0 - bucket.tokens) / rate);
+        let due = bucket
+            .last_recorded_refusal
+            .is_none_or(|last| now.saturating_duration_since(last) >= Duration::from_secs(1));
+        let record = if due {
+            bucket.last_recorded_refusal = Some(now);
+            Some(std::mem::take(&mut bucket.unrecorded_refusals))
+        } else {
+            bucket.unrecorded_refusals += 1;
+            None
+        };
+        Err(Refusal {
+            retry_after,
+            record,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(requests_per_second: u32, burst: u32) -> RateLimiter {
+        RateLimiter::new(RateLimitSettings {
+            requests_per_second,
+            burst,
+        })
+    }
+
+    #[test]
+    fn a_burst_then_the_rate_and_each_principal_on_its_own() {
+        let limiter = limiter(10, 3);
+        let start = Instant::now();
+        for _ in 0..3 {
+            assert!(limiter.check("app", start).is_ok());
+        }
+        let refused = limiter.check("app", start).unwrap_err();
+        assert_eq!(refused.record, Some(0));
+        assert!(refused.retry_after > Duration::ZERO);
+        assert!(refused.retry_after <= Duration::from_millis(100));
+        assert!(limiter.check("other", start).is_ok());
+        // Refusals within the second are counted, not recorded.
+        assert_eq!(limiter.check("app", start).unwrap_err().record, None);
+        assert_eq!(limiter.check("app", start).unwrap_err().record, None);
+        // A tenth of a second later one token is back.
+        let later = start + Duration::from_millis(100);
+        assert!(limiter.check("app", later).is_ok());
+        let second = start + Duration::from_secs(1);
+        assert!(limiter.check("app", second).is_ok());
+        let mut refused = None;
+        for _ in 0..10 {
+            if let Err(refusal) = limiter.check("app", second) {
+                refused = Some(refusal);
+                break;
+            }
+        }
+        assert_eq!(refused.unwrap().record, Some(2));
+    }
+
+    #[test]
+    fn zero_means_no_limit() {
+        let limiter = limiter(0, 0);
+        let now = Instant::now();
+        assert!((0..10_000).all(|_| limiter.check("app", now).is_ok()));
+    }
+}
