@@ -25,6 +25,25 @@ pub struct Config {
     pub tls: TlsFiles,
     pub log: LogConfig,
     pub rotation: RotationSettings,
+    pub metrics: MetricsSettings,
+}
+
+/// The Prometheus metrics listener: plain HTTP, no client certificate, so
+/// it belongs on loopback (or another private interface).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Address of `GET /metrics`; `""` turns the listener off.
+    /// `REKEY_METRICS_LISTEN`.
+    pub listen: String,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".to_owned(),
+        }
+    }
 }
 
 /// How rotation runs behave, and the custom rotators this server may run.
@@ -103,6 +122,7 @@ impl Default for Config {
             tls: TlsFiles::default(),
             log: LogConfig::default(),
             rotation: RotationSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -201,6 +221,9 @@ pub fn apply_environment(
                 )
             })?;
     }
+    if let Some(listen) = var("REKEY_METRICS_LISTEN") {
+        config.metrics.listen = listen;
+    }
     if let Some(level) = var("REKEY_LOG") {
         config.log.level = level;
     }
@@ -226,7 +249,8 @@ pub fn toml_of(config: &Config) -> String {
     format!(
         "# rekeyd configuration. Relative paths are relative to this file's directory.\n\
          # Environment variables override it: REKEY_LISTEN, REKEY_DATABASE_URL,\n\
-         # REKEY_ROOT_KEY_FILE, REKEY_PURGE_INTERVAL_SECONDS, REKEY_LOG, REKEY_LOG_FORMAT;\n\
+         # REKEY_ROOT_KEY_FILE, REKEY_PURGE_INTERVAL_SECONDS, REKEY_LOG, REKEY_LOG_FORMAT,\n\
+         # REKEY_METRICS_LISTEN (\"\" turns the metrics listener off);\n\
          # flags override both.\n\n{body}"
     )
 }
@@ -250,6 +274,11 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen, "127.0.0.1:2");
         assert_eq!(config.database_url, Config::default().database_url);
+        apply_environment(&mut config, |name| {
+            (name == "REKEY_METRICS_LISTEN").then(String::new)
+        })
+        .unwrap();
+        assert_eq!(config.metrics.listen, "");
         let error = toml::from_str::<Config>("lisen = 1")
             .unwrap_err()
             .to_string();

@@ -16,6 +16,7 @@ pub mod fanout;
 pub mod governance;
 pub mod installation;
 pub mod keyring;
+pub mod metrics;
 pub mod password;
 pub mod pki;
 pub mod policy;
@@ -43,6 +44,17 @@ use tonic::service::interceptor::InterceptedService;
 pub async fn serve(
     loaded: &config::Loaded,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    serve_with_metrics(loaded, listener, None, shutdown).await
+}
+
+/// As [`serve`], and answers Prometheus scrapes on `metrics` (plain HTTP,
+/// see [`metrics::http`]) when it is given.
+pub async fn serve_with_metrics(
+    loaded: &config::Loaded,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = &loaded.config;
@@ -79,6 +91,20 @@ pub async fn serve(
     let fanning_out = tokio::spawn(fanout::run(state.clone()));
     let engine = rotation::engine::Engine::new(state.clone());
     let rotating = tokio::spawn(engine.clone().run());
+    let requests = Arc::new(metrics::RequestMetrics::for_services(&[
+        rekey_shared::proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    ])?);
+    let scraping = metrics.map(|listener| {
+        let metrics = metrics::Metrics::new(
+            requests.clone(),
+            state.clone(),
+            engine.clone(),
+            metrics::certificate_expiry(&loaded.path(&config.tls.certificate)),
+        );
+        tokio::spawn(metrics::http::serve(listener, Arc::new(metrics)))
+    });
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -129,6 +155,7 @@ pub async fn serve(
         let _ = stopping.send(());
     };
     let serving = tonic::transport::Server::builder()
+        .layer(metrics::RequestMetricsLayer::new(requests))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(secrets)
@@ -155,6 +182,9 @@ pub async fn serve(
     syncing.abort();
     fanning_out.abort();
     rotating.abort();
+    if let Some(scraping) = scraping {
+        scraping.abort();
+    }
     state.store.log_audit_checkpoint();
     state.store.close().await;
     Ok(())

@@ -19,6 +19,7 @@ mod leaks;
 mod lifecycle;
 mod listing;
 mod metadata;
+mod metrics;
 mod python_client;
 mod replicas;
 mod revocation;
