@@ -75,11 +75,18 @@ enum Command {
         /// Address to listen on (overrides the configuration).
         #[arg(long, value_name = "ADDR")]
         listen: Option<String>,
+        /// Address of the Prometheus metrics listener, "" for none
+        /// (overrides the configuration).
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<String>,
     },
     /// A throwaway installation with demo secrets, served on loopback.
     Dev {
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
         listen: String,
+        /// Address of the Prometheus metrics listener, "" for none.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+        metrics_listen: String,
     },
     /// Client certificates.
     #[command(subcommand)]
@@ -216,15 +223,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Serve { listen } => {
+        Command::Serve {
+            listen,
+            metrics_listen,
+        } => {
             let mut loaded = location.load()?;
             if let Some(listen) = listen {
                 loaded.config.listen = listen;
             }
+            if let Some(listen) = metrics_listen {
+                loaded.config.metrics.listen = listen;
+            }
             init_logging(&loaded.config.log)?;
             serve_until_signal(&loaded).await
         }
-        Command::Dev { listen } => dev(&listen).await,
+        Command::Dev {
+            listen,
+            metrics_listen,
+        } => dev(&listen, &metrics_listen).await,
         Command::Cert(command) => {
             let loaded = location.load()?;
             crate::cli_admin::cert(&loaded, command).await
@@ -327,14 +343,27 @@ async fn serve_until_signal(loaded: &Loaded) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&loaded.config.listen)
         .await
         .with_context(|| format!("listening on {}", loaded.config.listen))?;
+    let metrics = crate::metrics::http::bind(&loaded.config.metrics.listen).await?;
     let address = listener.local_addr()?;
     tracing::info!(%address, dir = %loaded.dir.display(), "rekeyd serving");
+    if let Some(metrics) = &metrics {
+        println!("{}", metrics_line(metrics)?);
+    }
     // Scripts and tests wait for this line: the port is bound from here on.
     println!("rekeyd listening on https://{address}");
-    crate::serve_opened(loaded, opened, listener, shutdown_signal()).await
+    crate::serve_opened(loaded, opened, listener, metrics, shutdown_signal()).await
 }
 
-async fn dev(listen: &str) -> anyhow::Result<()> {
+/// The line that says where the metrics are, printed before the
+/// `rekeyd listening on` line.
+fn metrics_line(metrics: &TcpListener) -> anyhow::Result<String> {
+    Ok(format!(
+        "rekeyd metrics on http://{}/metrics",
+        metrics.local_addr()?
+    ))
+}
+
+async fn dev(listen: &str, metrics_listen: &str) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new()
         .prefix("rekey-dev-")
         .tempdir()
@@ -348,7 +377,11 @@ async fn dev(listen: &str) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
+    let metrics = crate::metrics::http::bind(metrics_listen).await?;
     let address = listener.local_addr()?;
+    if let Some(metrics) = &metrics {
+        println!("{}", metrics_line(metrics)?);
+    }
     println!(
         "rekeyd dev: a throwaway installation in {} (removed on exit), with demo secrets.\n\
          Connect rekey to it from another terminal:\n\n  \
@@ -360,7 +393,8 @@ async fn dev(listen: &str) -> anyhow::Result<()> {
         dir.path().display(),
         made.admin_identity.display()
     );
-    let served = crate::serve(&loaded, listener, shutdown_signal()).await;
+    let opened = installation::open(&loaded).await?;
+    let served = crate::serve_opened(&loaded, opened, listener, metrics, shutdown_signal()).await;
     drop(dir);
     served
 }

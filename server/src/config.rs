@@ -32,6 +32,7 @@ pub struct Config {
     pub log: LogConfig,
     pub rotation: RotationSettings,
     pub rate_limit: RateLimitSettings,
+    pub metrics: MetricsSettings,
 }
 
 /// Requests per principal: a token bucket refilled at `requests_per_second`
@@ -48,6 +49,24 @@ impl Default for RateLimitSettings {
         Self {
             requests_per_second: 1000,
             burst: 5000,
+        }
+    }
+}
+
+/// The Prometheus metrics listener: plain HTTP, no client certificate, so
+/// it belongs on loopback (or another private interface).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Address of `GET /metrics`; `""` turns the listener off.
+    /// `REKEY_METRICS_LISTEN`.
+    pub listen: String,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".to_owned(),
         }
     }
 }
@@ -130,6 +149,7 @@ impl Default for Config {
             log: LogConfig::default(),
             rotation: RotationSettings::default(),
             rate_limit: RateLimitSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -235,6 +255,9 @@ pub fn apply_environment(
                 )
             })?;
     }
+    if let Some(listen) = var("REKEY_METRICS_LISTEN") {
+        config.metrics.listen = listen;
+    }
     if let Some(level) = var("REKEY_LOG") {
         config.log.level = level;
     }
@@ -260,7 +283,8 @@ pub fn toml_of(config: &Config) -> String {
     format!(
         "# rekeyd configuration. Relative paths are relative to this file's directory.\n\
          # Environment variables override it: REKEY_LISTEN, REKEY_DATABASE_URL,\n\
-         # REKEY_ROOT_KEY_FILE, REKEY_PURGE_INTERVAL_SECONDS, REKEY_LOG, REKEY_LOG_FORMAT;\n\
+         # REKEY_ROOT_KEY_FILE, REKEY_PURGE_INTERVAL_SECONDS, REKEY_LOG, REKEY_LOG_FORMAT,\n\
+         # REKEY_METRICS_LISTEN (\"\" turns the metrics listener off);\n\
          # a passphrase-derived root key ([root_passphrase]) comes from --passphrase-fd N,\n\
          # REKEY_ROOT_PASSPHRASE_FD, REKEY_ROOT_PASSPHRASE or a prompt;\n\
          # flags override both.\n\n{body}"
@@ -286,6 +310,11 @@ mod tests {
         .unwrap();
         assert_eq!(config.listen, "127.0.0.1:2");
         assert_eq!(config.database_url, Config::default().database_url);
+        apply_environment(&mut config, |name| {
+            (name == "REKEY_METRICS_LISTEN").then(String::new)
+        })
+        .unwrap();
+        assert_eq!(config.metrics.listen, "");
         let error = toml::from_str::<Config>("lisen = 1")
             .unwrap_err()
             .to_string();

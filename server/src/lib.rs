@@ -18,6 +18,7 @@ pub mod governance;
 pub mod installation;
 pub mod keyring;
 pub mod limits;
+pub mod metrics;
 pub mod passphrase;
 pub mod password;
 pub mod pki;
@@ -52,17 +53,21 @@ pub async fn serve(
         loaded,
         installation::open(loaded).await?,
         listener,
+        None,
         shutdown,
     )
     .await
 }
 
 /// Serves an installation already opened (its root key derived, its
-/// database migrated) on `listener` until `shutdown` completes.
+/// database migrated) on `listener` until `shutdown` completes, and answers
+/// Prometheus scrapes on `metrics` (plain HTTP, see [`metrics::http`]) when
+/// it is given.
 pub async fn serve_opened(
     loaded: &config::Loaded,
     opened: installation::Opened,
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let config = &loaded.config;
@@ -100,6 +105,20 @@ pub async fn serve_opened(
     let fanning_out = tokio::spawn(fanout::run(state.clone()));
     let engine = rotation::engine::Engine::new(state.clone());
     let rotating = tokio::spawn(engine.clone().run());
+    let requests = Arc::new(metrics::RequestMetrics::for_services(&[
+        rekey_shared::proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    ])?);
+    let scraping = metrics.map(|listener| {
+        let metrics = metrics::Metrics::new(
+            requests.clone(),
+            state.clone(),
+            engine.clone(),
+            metrics::certificate_expiry(&loaded.path(&config.tls.certificate)),
+        );
+        tokio::spawn(metrics::http::serve(listener, Arc::new(metrics)))
+    });
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -150,6 +169,7 @@ pub async fn serve_opened(
         let _ = stopping.send(());
     };
     let serving = tonic::transport::Server::builder()
+        .layer(metrics::RequestMetricsLayer::new(requests))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(secrets)
@@ -176,6 +196,9 @@ pub async fn serve_opened(
     syncing.abort();
     fanning_out.abort();
     rotating.abort();
+    if let Some(scraping) = scraping {
+        scraping.abort();
+    }
     state.store.log_audit_checkpoint();
     state.store.close().await;
     Ok(())

@@ -11,6 +11,8 @@ fn rekeyd(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
         .arg("--dir")
         .arg(dir)
         .args(args)
+        // Tests run side by side: none may take the default metrics port.
+        .env("REKEY_METRICS_LISTEN", "127.0.0.1:0")
         .output()
         .unwrap()
 }

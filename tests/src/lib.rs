@@ -168,6 +168,8 @@ pub fn text(bytes: &[u8]) -> String {
 pub struct Server {
     child: Child,
     pub url: String,
+    /// `http://ADDR/metrics`, when the server serves metrics.
+    pub metrics: Option<String>,
     pub log: PathBuf,
     _log_dir: TempDir,
 }
@@ -177,7 +179,8 @@ impl Server {
         Self::start_on(dir, "127.0.0.1:0", env)
     }
 
-    /// Starts on a given address (to come back on the same port).
+    /// Starts on a given address (to come back on the same port). Metrics
+    /// are served on a free loopback port unless `env` says otherwise.
     pub fn start_on(dir: &Path, listen: &str, env: &[(&str, &str)]) -> Self {
         Self::start_with(dir, listen, env, &[], Stdio::null())
     }
@@ -197,23 +200,24 @@ impl Server {
             .arg(dir)
             .args(flags)
             .args(["serve", "--listen", listen])
+            .env("REKEY_METRICS_LISTEN", "127.0.0.1:0")
             .envs(env.iter().copied())
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let url = wait_for_line(child.stdout.take().unwrap(), "rekeyd listening on ")
-            .unwrap_or_else(|| {
-                let _ = child.kill();
-                panic!(
-                    "rekeyd did not report its address: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
+        let (url, metrics) = wait_for_start(child.stdout.take().unwrap()).unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!(
+                "rekeyd did not report its address: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
         Self {
             child,
             url,
+            metrics,
             log,
             _log_dir: log_dir,
         }
@@ -290,6 +294,31 @@ pub fn wait_for_line(stream: impl std::io::Read + Send + 'static, prefix: &str) 
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             if !sent && let Some(rest) = line.trim_start().strip_prefix(&prefix) {
                 let _ = sender.send(rest.trim().to_owned());
+                sent = true;
+            }
+        }
+    });
+    receiver.recv_timeout(DEADLINE).ok()
+}
+
+/// Reads `rekeyd`'s start-up lines until `rekeyd listening on URL`, within
+/// [`DEADLINE`]; returns the URL and the metrics URL, which comes on a line
+/// of its own before it when metrics are on. Later lines are drained.
+pub fn wait_for_start(
+    stream: impl std::io::Read + Send + 'static,
+) -> Option<(String, Option<String>)> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut metrics = None;
+        let mut sent = false;
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if sent {
+                continue;
+            }
+            if let Some(url) = line.trim().strip_prefix("rekeyd metrics on ") {
+                metrics = Some(url.to_owned());
+            } else if let Some(url) = line.trim().strip_prefix("rekeyd listening on ") {
+                let _ = sender.send((url.to_owned(), metrics.take()));
                 sent = true;
             }
         }

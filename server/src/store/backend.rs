@@ -118,6 +118,14 @@ impl Store {
         }
     }
 
+    /// How full the batches of writes and audit events were.
+    pub fn batch_sizes(&self) -> &super::BatchSizes {
+        match self {
+            Store::Sqlite(store) => store.batch_sizes(),
+            Store::Postgres(store) => store.batch_sizes(),
+        }
+    }
+
     pub fn audit_key(&self) -> &AuditKey {
         match self {
             Store::Sqlite(store) => store.audit_key(),
@@ -160,6 +168,7 @@ forward! {
     pub async fn active_run(&self, secret_id: &str) -> Result<Option<RunRecord>>;
     pub async fn runs_of(&self, secret_id: &str, limit: u32) -> Result<Vec<RunRecord>>;
     pub async fn all_runs(&self, active_only: bool, limit: u32) -> Result<Vec<RunRecord>>;
+    pub async fn rotation_run_counts(&self) -> Result<Vec<(String, Option<String>, i64)>>;
     pub async fn is_run_token(&self, token: &str) -> Result<bool>;
     pub async fn history(&self, run_id: &str) -> Result<Vec<HistoryRecord>>;
     pub async fn add_approval(&self, run_id: &str, approval: &ApprovalRecord, history: &[HistoryRecord], event: &AuditEvent) -> Result<bool>;

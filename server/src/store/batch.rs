@@ -20,6 +20,7 @@
 //! IMMEDIATE`, PostgreSQL's advisory lock) and how to run a statement
 //! without arguments; the savepoint statements are the same in both.
 
+use super::BatchSizes;
 use crate::error::{Error, Result};
 use sqlx::{Database, Pool, Transaction};
 use std::future::Future;
@@ -80,6 +81,8 @@ struct Shared<DB: Database> {
     batch: Mutex<Batch<DB>>,
     /// Wakes the committer; it holds this, not `Shared`, between batches.
     wake: Arc<Notify>,
+    /// Where each commit's number of writers is counted.
+    sizes: Arc<BatchSizes>,
 }
 
 impl<DB: Database> Drop for Shared<DB> {
@@ -110,7 +113,7 @@ struct Batch<DB: Database> {
 
 impl<DB: Database> Writer<DB> {
     /// A writer on `pool`, with its committer task running.
-    pub(super) fn start(pool: Pool<DB>, dialect: Dialect<DB>) -> Self {
+    pub(super) fn start(pool: Pool<DB>, dialect: Dialect<DB>, sizes: Arc<BatchSizes>) -> Self {
         let wake = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
             pool,
@@ -124,6 +127,7 @@ impl<DB: Database> Writer<DB> {
                 last_event: None,
             }),
             wake: wake.clone(),
+            sizes,
         });
         tokio::spawn(commit_loop(Arc::downgrade(&shared), wake));
         Self { shared }
@@ -216,8 +220,9 @@ async fn commit_loop<DB: Database>(shared: Weak<Shared<DB>>, wake: Arc<Notify>) 
         let count = waiting.len();
         let result = transaction.commit().await.map_err(Error::from);
         drop(batch);
-        if let Err(error) = &result {
-            tracing::error!(%error, writes = count, "a write batch did not commit");
+        match &result {
+            Ok(()) => shared.sizes.writers.observe(count as f64),
+            Err(error) => tracing::error!(%error, writes = count, "a write batch did not commit"),
         }
         for waiter in waiting {
             // A writer that went away needs no answer.

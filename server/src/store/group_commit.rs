@@ -11,9 +11,11 @@
 //! timer. The task runs the commit, not the request, so a client that
 //! hangs up mid-commit cannot roll back the others' events.
 
+use super::BatchSizes;
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use std::future::Future;
+use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// The most events one transaction appends.
@@ -34,8 +36,8 @@ pub(super) struct GroupCommit {
 impl GroupCommit {
     /// Starts the committer: `commit` appends a batch of events in one
     /// transaction and returns once it is durable. The task ends when the
-    /// store is dropped.
-    pub(super) fn start<C, F>(mut commit: C) -> Self
+    /// store is dropped. Each committed batch's size goes to `sizes`.
+    pub(super) fn start<C, F>(sizes: Arc<BatchSizes>, mut commit: C) -> Self
     where
         C: FnMut(Vec<AuditEvent>) -> F + Send + 'static,
         F: Future<Output = Result<()>> + Send,
@@ -50,8 +52,11 @@ impl GroupCommit {
                     .unzip();
                 let count = events.len();
                 let result = commit(events).await;
-                if let Err(error) = &result {
-                    tracing::error!(%error, events = count, "audit events not written");
+                match &result {
+                    Ok(()) => sizes.audit_events.observe(count as f64),
+                    Err(error) => {
+                        tracing::error!(%error, events = count, "audit events not written")
+                    }
                 }
                 for done in waiters {
                     // A waiter that went away needs no answer.

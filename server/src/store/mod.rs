@@ -28,6 +28,24 @@ pub use sqlite::{AuditQuery, CertificateRecord, MAX_TAGS, PolicyVersion};
 use crate::crypto::SealedValue;
 use rekey_shared::{KeyName, SecretName, Stage, VersionId};
 
+/// How full the store's batches were, for the metrics.
+#[derive(Debug)]
+pub struct BatchSizes {
+    /// Events per group commit of the audit events that stand alone.
+    pub audit_events: crate::metrics::Histogram,
+    /// Writers per committed write transaction.
+    pub writers: crate::metrics::Histogram,
+}
+
+impl Default for BatchSizes {
+    fn default() -> Self {
+        Self {
+            audit_events: crate::metrics::Histogram::new(crate::metrics::BATCH_BUCKETS),
+            writers: crate::metrics::Histogram::new(crate::metrics::BATCH_BUCKETS),
+        }
+    }
+}
+
 /// A secret's metadata as stored.
 #[derive(Debug, Clone)]
 pub struct SecretRecord {

@@ -20,6 +20,7 @@ mod leaks;
 mod lifecycle;
 mod listing;
 mod metadata;
+mod metrics;
 mod passphrase;
 mod python_client;
 mod rate_limit;

@@ -47,6 +47,7 @@ pub struct Store {
     chain: Arc<AuditChain>,
     /// Events that are not part of a change, committed in groups.
     standalone_events: GroupCommit,
+    batch_sizes: Arc<super::BatchSizes>,
 }
 
 type Tx<'a> = super::batch::Tx<'a, Postgres>;
@@ -64,9 +65,10 @@ impl Store {
             .await
             .map_err(|error| Error::internal("opening the PostgreSQL database", error))?;
         migrate(&pool).await?;
-        let writer = Writer::start(pool.clone(), DIALECT);
+        let batch_sizes = Arc::new(super::BatchSizes::default());
+        let writer = Writer::start(pool.clone(), DIALECT, batch_sizes.clone());
         let chain = Arc::new(AuditChain::new(audit_key));
-        let standalone_events = GroupCommit::start({
+        let standalone_events = GroupCommit::start(batch_sizes.clone(), {
             let (writer, chain) = (writer.clone(), chain.clone());
             move |events| {
                 let (writer, chain) = (writer.clone(), chain.clone());
@@ -81,7 +83,12 @@ impl Store {
             writer,
             chain,
             standalone_events,
+            batch_sizes,
         })
+    }
+
+    pub fn batch_sizes(&self) -> &super::BatchSizes {
+        &self.batch_sizes
     }
 
     pub async fn close(&self) {

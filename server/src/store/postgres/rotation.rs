@@ -297,6 +297,15 @@ impl Store {
         rows.iter().map(run_row).collect()
     }
 
+    /// How many runs there are of each phase and outcome.
+    pub async fn rotation_run_counts(&self) -> Result<Vec<(String, Option<String>, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT phase, outcome, COUNT(*) FROM rotation_runs GROUP BY phase, outcome",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     pub async fn is_run_token(&self, token: &str) -> Result<bool> {
         let found: Option<i64> =
             sqlx::query_scalar("SELECT 1::BIGINT FROM rotation_runs WHERE run_id = $1")

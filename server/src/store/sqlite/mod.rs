@@ -51,6 +51,7 @@ pub struct Store {
     chain: Arc<AuditChain>,
     /// Events that are not part of a change, committed in groups.
     standalone_events: GroupCommit,
+    batch_sizes: Arc<super::BatchSizes>,
     checkpoints: tokio::task::JoinHandle<()>,
 }
 
@@ -86,9 +87,10 @@ impl Store {
             .map_err(|error| Error::internal(&format!("opening database {url}"), error))?;
         migrate(&pool).await?;
         let checkpoints = tokio::spawn(checkpoint_loop(pool.clone()));
-        let writer = Writer::start(pool.clone(), DIALECT);
+        let batch_sizes = Arc::new(super::BatchSizes::default());
+        let writer = Writer::start(pool.clone(), DIALECT, batch_sizes.clone());
         let chain = Arc::new(AuditChain::new(audit_key));
-        let standalone_events = GroupCommit::start({
+        let standalone_events = GroupCommit::start(batch_sizes.clone(), {
             let (writer, chain) = (writer.clone(), chain.clone());
             move |events| {
                 let (writer, chain) = (writer.clone(), chain.clone());
@@ -103,8 +105,13 @@ impl Store {
             writer,
             chain,
             standalone_events,
+            batch_sizes,
             checkpoints,
         })
+    }
+
+    pub fn batch_sizes(&self) -> &super::BatchSizes {
+        &self.batch_sizes
     }
 
     pub async fn close(&self) {

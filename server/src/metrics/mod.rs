@@ -1,0 +1,117 @@
+//! Prometheus metrics: what `GET /metrics` on the metrics listener
+//! ([`http`]) shows. Requests are counted as they are answered
+//! ([`layer`] around the gRPC router, into [`requests`]); the store counts
+//! its batches ([`crate::store::BatchSizes`]); rotation runs and waiting
+//! approvals are read from the store at each scrape ([`rotation`]).
+//!
+//! Labels are bounded and say nothing secret: gRPC method paths from the
+//! services' descriptors, status codes, run states. Never a secret's name,
+//! a principal, a value or key material. The state lives in one [`Metrics`]
+//! per `serve`, shared as an `Arc`, not in globals: two servers in one
+//! process (the tests, `rekey demo`) keep their counts apart.
+
+mod exposition;
+pub mod http;
+mod layer;
+mod requests;
+mod rotation;
+
+pub use exposition::Histogram;
+pub use layer::RequestMetricsLayer;
+pub use requests::RequestMetrics;
+
+use crate::rotation::engine::Engine;
+use crate::service::AppState;
+use exposition::Exposition;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Batch-size buckets: one writer or event up to the largest batches.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// Everything a scrape reads.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Arc<RequestMetrics>,
+    state: Arc<AppState>,
+    engine: Arc<Engine>,
+    /// The server certificate's notAfter, as Unix seconds.
+    certificate_expiry: Option<i64>,
+}
+
+impl Metrics {
+    pub fn new(
+        requests: Arc<RequestMetrics>,
+        state: Arc<AppState>,
+        engine: Arc<Engine>,
+        certificate_expiry: Option<i64>,
+    ) -> Self {
+        Self {
+            requests,
+            state,
+            engine,
+            certificate_expiry,
+        }
+    }
+
+    /// The page a scrape gets.
+    pub async fn render(&self) -> String {
+        let mut page = Exposition::default();
+        page.family("rekey_build_info", "gauge", "The rekeyd version serving.");
+        page.sample(
+            "rekey_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            1,
+        );
+        self.requests.write(&mut page);
+        rotation::write(&self.state, &self.engine, &mut page).await;
+        let batches = self.state.store.batch_sizes();
+        page.family(
+            "rekey_audit_batch_size",
+            "histogram",
+            "Audit events of requests that changed nothing, appended per group commit.",
+        );
+        page.histogram("rekey_audit_batch_size", &[], &batches.audit_events);
+        page.family(
+            "rekey_write_batch_size",
+            "histogram",
+            "Writers whose changes one write transaction committed.",
+        );
+        page.histogram("rekey_write_batch_size", &[], &batches.writers);
+        if let Some(expiry) = self.certificate_expiry {
+            page.family(
+                "rekey_server_certificate_expiry_timestamp_seconds",
+                "gauge",
+                "When the server certificate in use expires (notAfter), in Unix seconds.",
+            );
+            page.sample(
+                "rekey_server_certificate_expiry_timestamp_seconds",
+                &[],
+                expiry,
+            );
+        }
+        page.finish()
+    }
+}
+
+/// The notAfter of the first certificate in `path` (the leaf), read once
+/// at start like the certificate itself; `None`, with a warning, when it
+/// cannot be read.
+pub fn certificate_expiry(path: &Path) -> Option<i64> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let leaf = CertificateDer::pem_file_iter(path)
+        .ok()
+        .and_then(|mut chain| chain.next())
+        .and_then(Result::ok);
+    let expiry = leaf.as_ref().and_then(|der| {
+        X509Certificate::from_der(der.as_ref())
+            .ok()
+            .map(|(_, certificate)| certificate.validity().not_after.timestamp())
+    });
+    if expiry.is_none() {
+        tracing::warn!(path = %path.display(), "cannot read the server certificate's expiry for metrics");
+    }
+    expiry
+}
