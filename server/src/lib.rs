@@ -16,6 +16,7 @@ pub mod fanout;
 pub mod governance;
 pub mod installation;
 pub mod keyring;
+pub mod notify;
 pub mod password;
 pub mod pki;
 pub mod policy;
@@ -63,6 +64,7 @@ pub async fn serve(
             .collect::<Vec<_>>(),
         revocations.clone(),
     )?;
+    let notifier = notify::Notifier::start(loaded)?;
     let state = Arc::new(service::AppState {
         store,
         keyring,
@@ -70,6 +72,7 @@ pub async fn serve(
         revocations: revocations.clone(),
         events: events::Events::default(),
         rotation: config.rotation.clone(),
+        notifications: notifier.notifications(),
     });
     sync::refresh(&state)
         .await
@@ -155,6 +158,8 @@ pub async fn serve(
     syncing.abort();
     fanning_out.abort();
     rotating.abort();
+    // Queued webhook deliveries get one last attempt, within a bound.
+    notifier.stop().await;
     state.store.log_audit_checkpoint();
     state.store.close().await;
     Ok(())

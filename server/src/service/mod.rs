@@ -57,6 +57,8 @@ pub struct AppState {
     pub revocations: Arc<Revocations>,
     pub events: crate::events::Events,
     pub rotation: crate::config::RotationSettings,
+    /// Webhook notifications (approval requested, run failed).
+    pub notifications: crate::notify::Notifications,
 }
 
 impl AppState {
