@@ -31,3 +31,4 @@ mod tls;
 mod tui;
 mod versions;
 mod watch;
+mod webhooks;
