@@ -33,6 +33,7 @@ pub struct Config {
     pub rotation: RotationSettings,
     pub rate_limit: RateLimitSettings,
     pub metrics: MetricsSettings,
+    pub notifications: NotificationSettings,
 }
 
 /// Requests per principal: a token bucket refilled at `requests_per_second`
@@ -108,6 +109,78 @@ impl Default for RotationSettings {
     }
 }
 
+/// Webhooks called when an approval is requested, a run fails or needs
+/// attention, or a certificate nears expiry (see `crate::notify`). The
+/// HMAC secrets live in files of their own, so this file can be shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationSettings {
+    /// Warn when a certificate the server uses expires within this many
+    /// days (checked at start, then every 12 hours).
+    pub certificate_warning_days: u32,
+    /// Attempts of one delivery before it is given up (timeouts,
+    /// connection errors, 429 and 5xx answers are retried).
+    pub max_attempts: u32,
+    /// The first retry waits this long; each further one twice as long, at
+    /// most five minutes.
+    pub retry_base_milliseconds: u64,
+    /// The time limit of one attempt: connect, TLS, request and answer.
+    pub timeout_seconds: u64,
+    /// Left out of the file when empty, so that `[[notifications.webhooks]]`
+    /// can be appended to the file `rekeyd init` writes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `http://` or `https://` (verified against the web's root CAs, or
+    /// against `ca_file`).
+    pub url: String,
+    /// The HMAC-SHA256 key: the file's contents without surrounding white
+    /// space, at least 16 bytes; mode 0600.
+    pub secret_file: PathBuf,
+    /// The events this webhook receives; all of them when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<NotificationKind>>,
+    /// CA certificates (PEM) that an `https://` receiver's certificate must
+    /// chain to, instead of the web's root CAs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// What a notification is about: the `X-Rekey-Event` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotificationKind {
+    ApprovalRequested,
+    RunFailed,
+    CertificateExpiring,
+}
+
+impl NotificationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::ApprovalRequested => "approval_requested",
+            NotificationKind::RunFailed => "run_failed",
+            NotificationKind::CertificateExpiring => "certificate_expiring",
+        }
+    }
+}
+
+impl Default for NotificationSettings {
+    fn default() -> Self {
+        Self {
+            certificate_warning_days: 30,
+            max_attempts: 8,
+            retry_base_milliseconds: 1000,
+            timeout_seconds: 10,
+            webhooks: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsFiles {
@@ -150,6 +223,7 @@ impl Default for Config {
             rotation: RotationSettings::default(),
             rate_limit: RateLimitSettings::default(),
             metrics: MetricsSettings::default(),
+            notifications: NotificationSettings::default(),
         }
     }
 }
@@ -329,5 +403,30 @@ mod tests {
             passphrase: Default::default(),
         };
         assert_eq!(loaded.database_url(), "sqlite:///srv/rekey/rekey.db");
+    }
+
+    #[test]
+    fn webhooks_parse_and_unknown_event_kinds_are_refused() {
+        let config: Config = toml::from_str(
+            "[notifications]\ncertificate_warning_days = 7\n\
+             [[notifications.webhooks]]\nurl = \"https://hooks.example.com/rekey\"\n\
+             secret_file = \"webhook.secret\"\nevents = [\"run_failed\"]\n",
+        )
+        .unwrap();
+        let notifications = &config.notifications;
+        assert_eq!(notifications.certificate_warning_days, 7);
+        assert_eq!(notifications.max_attempts, 8);
+        assert_eq!(
+            notifications.webhooks[0].events,
+            Some(vec![NotificationKind::RunFailed])
+        );
+        let shown = toml_of(&config);
+        assert_eq!(toml::from_str::<Config>(&shown).unwrap(), config, "{shown}");
+        let error = toml::from_str::<Config>(
+            "[[notifications.webhooks]]\nurl = \"http://x\"\nsecret_file = \"s\"\nevents = [\"run_started\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("unknown variant `run_started`"), "{error}");
     }
 }

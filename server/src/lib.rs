@@ -19,6 +19,7 @@ pub mod installation;
 pub mod keyring;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod passphrase;
 pub mod password;
 pub mod pki;
@@ -88,6 +89,7 @@ pub async fn serve_opened(
             .collect::<Vec<_>>(),
         revocations.clone(),
     )?;
+    let notifier = notify::Notifier::start(loaded)?;
     let state = Arc::new(service::AppState {
         store,
         keyring,
@@ -96,6 +98,7 @@ pub async fn serve_opened(
         events: events::Events::default(),
         rotation: config.rotation.clone(),
         limits: limits::RateLimiter::new(config.rate_limit.clone()),
+        notifications: notifier.notifications(),
     });
     sync::refresh(&state)
         .await
@@ -199,6 +202,8 @@ pub async fn serve_opened(
     if let Some(scraping) = scraping {
         scraping.abort();
     }
+    // Queued webhook deliveries get one last attempt, within a bound.
+    notifier.stop().await;
     state.store.log_audit_checkpoint();
     state.store.close().await;
     Ok(())

@@ -61,6 +61,8 @@ pub struct AppState {
     pub events: crate::events::Events,
     pub rotation: crate::config::RotationSettings,
     pub limits: crate::limits::RateLimiter,
+    /// Webhook notifications (approval requested, run failed).
+    pub notifications: crate::notify::Notifications,
 }
 
 impl AppState {

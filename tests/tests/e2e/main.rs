@@ -35,3 +35,4 @@ mod tls;
 mod tui;
 mod versions;
 mod watch;
+mod webhooks;

@@ -19,6 +19,7 @@ use crate::auth::Action;
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::events::Details;
+use crate::notify::Notice;
 use crate::service::AppState;
 use crate::store::SecretRecord;
 use rekey_shared::time::now_millis;
@@ -100,6 +101,19 @@ impl Engine {
                 principal: principal.to_owned(),
             },
         );
+    }
+
+    /// Raises `run_failed`: the run ended failed or needing attention, or
+    /// (`state` `step_failed`) waits for an operator after a failed step.
+    fn notify_failed(&self, secret: &SecretRecord, run: &RunRecord, state: &str) {
+        self.state.notifications.send(Notice::RunFailed {
+            secret: secret.name.as_str().to_owned(),
+            run_id: run.id.clone(),
+            step: run.step.as_str().to_owned(),
+            state: state.to_owned(),
+            attempts: run.attempt,
+            initiator: run.initiator.clone(),
+        });
     }
 
     /// The loop: resume every active run now, then every second drive
@@ -568,6 +582,14 @@ impl Engine {
                         &detail,
                         &run.initiator,
                     );
+                    self.state.notifications.send(Notice::ApprovalRequested {
+                        secret: secret.name.as_str().to_owned(),
+                        run_id: next.id.clone(),
+                        step: step.as_str().to_owned(),
+                        initiator: next.initiator.clone(),
+                        approvals_required: need,
+                        approver_role: gates.role.clone(),
+                    });
                 }
                 Plan::BeginEnding { outcome, reason } => {
                     let mut next = run.clone();
@@ -630,6 +652,9 @@ impl Engine {
                         )
                         .await?;
                     self.publish(outcome.as_str(), &secret, &next, None, &detail, "system");
+                    if matches!(outcome, Outcome::Failed | Outcome::NeedsAttention) {
+                        self.notify_failed(&secret, &next, outcome.as_str());
+                    }
                     return Ok(());
                 }
                 Plan::Execute(step) => {

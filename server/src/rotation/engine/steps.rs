@@ -155,6 +155,9 @@ impl Engine {
                 };
                 store.update_run(&next, &entries, Some(&event)).await?;
                 self.publish("failed", secret, &next, Some(step), &message, "system");
+                if next.phase == Phase::StepFailed {
+                    self.notify_failed(secret, &next, Phase::StepFailed.as_str());
+                }
                 Ok(())
             }
         }
