@@ -319,20 +319,20 @@ fn harden_process() {
     }
 }
 
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives
+/// between "listening" and the first poll still drains instead of killing.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down: finishing in-flight requests");
+        tracing::info!("shutting down: finishing in-flight requests");
+    })
 }
 
 async fn serve_until_signal(loaded: &Loaded) -> anyhow::Result<()> {
@@ -340,6 +340,7 @@ async fn serve_until_signal(loaded: &Loaded) -> anyhow::Result<()> {
     // Root key (a passphrase perhaps) and database first: nothing is said
     // to be listening before the installation opens.
     let opened = installation::open(loaded).await?;
+    let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(&loaded.config.listen)
         .await
         .with_context(|| format!("listening on {}", loaded.config.listen))?;
@@ -351,7 +352,7 @@ async fn serve_until_signal(loaded: &Loaded) -> anyhow::Result<()> {
     }
     // Scripts and tests wait for this line: the port is bound from here on.
     println!("rekeyd listening on https://{address}");
-    crate::serve_opened(loaded, opened, listener, metrics, shutdown_signal()).await
+    crate::serve_opened(loaded, opened, listener, metrics, shutdown).await
 }
 
 /// The line that says where the metrics are, printed before the
@@ -374,6 +375,8 @@ async fn dev(listen: &str, metrics_listen: &str) -> anyhow::Result<()> {
     loaded.config.listen = listen.to_owned();
     init_logging(&loaded.config.log)?;
     harden_process();
+    let opened = installation::open(&loaded).await?;
+    let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -393,8 +396,7 @@ async fn dev(listen: &str, metrics_listen: &str) -> anyhow::Result<()> {
         dir.path().display(),
         made.admin_identity.display()
     );
-    let opened = installation::open(&loaded).await?;
-    let served = crate::serve_opened(&loaded, opened, listener, metrics, shutdown_signal()).await;
+    let served = crate::serve_opened(&loaded, opened, listener, metrics, shutdown).await;
     drop(dir);
     served
 }

@@ -98,3 +98,15 @@ async fn sigterm_loses_no_acknowledged_write() {
     );
     admin.run(&["audit", "verify"]).ok();
 }
+
+#[test]
+fn sigterm_right_after_the_listening_line_still_drains() {
+    // The signal handlers are in place before the line is printed: a
+    // SIGTERM at once (as a supervisor may send) is a clean exit, not death
+    // by signal.
+    let installation = Installation::new();
+    for _ in 0..5 {
+        let status = installation.serve().stop();
+        assert_eq!(status.code(), Some(0), "{status:?}");
+    }
+}
