@@ -76,3 +76,70 @@ async fn cached_reads_are_served_from_memory_until_the_secret_changes() {
     let missing = cache.get("cached/missing").await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_stale_is_served_while_the_stream_is_down() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin
+        .run(&["create", "cached/down", "--value", "old-41e2"])
+        .ok();
+    let identity = Identity::load(&installation.admin()).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    let cache = CachingClient::new(channel, Duration::from_secs(3600));
+    // Held in memory: a second read adds no audit event.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        cache.get("cached/down").await.unwrap();
+        let before = reads_of(&admin, "cached/down");
+        cache.get("cached/down").await.unwrap();
+        if reads_of(&admin, "cached/down") == before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never served from memory");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // The server goes away: no answer from memory, an error instead.
+    let address = server.url.strip_prefix("https://").unwrap().to_owned();
+    server.kill();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match cache.get("cached/down").await {
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                break;
+            }
+            Ok(value) => assert_eq!(value.as_bytes(), b"old-41e2"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a dead server's value was still served"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // Back on the same address, changed before the stream is followed
+    // again: the old value never comes back.
+    let server = rekey_tests::Server::start_on(installation.dir(), &address, &[]);
+    let admin = server.rekey(&installation.admin());
+    admin
+        .run(&["put", "cached/down", "--value", "new-9a07"])
+        .ok();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Ok(value) = cache.get("cached/down").await {
+            assert_eq!(value.as_bytes(), b"new-9a07", "a stale value was served");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cache never reconnected");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        cache.get("cached/down").await.unwrap().as_bytes(),
+        b"new-9a07"
+    );
+}
