@@ -14,6 +14,23 @@ use std::collections::BTreeMap;
 
 pub type StageMap = BTreeMap<Stage, VersionId>;
 
+/// What a write of `after` over `before` must do: the stages no longer on
+/// any version, and the stages now on a version they were not on.
+pub fn changes<'a>(
+    before: &'a StageMap,
+    after: &'a StageMap,
+) -> (Vec<&'a Stage>, Vec<(&'a Stage, &'a VersionId)>) {
+    let removed = before
+        .keys()
+        .filter(|stage| !after.contains_key(*stage))
+        .collect();
+    let moved = after
+        .iter()
+        .filter(|(stage, version)| before.get(*stage) != Some(*version))
+        .collect();
+    (removed, moved)
+}
+
 /// Puts `stage` on `version`, taking it off any other version.
 pub fn attach(map: &mut StageMap, stage: &Stage, version: &VersionId) {
     if stage.is_current()
@@ -82,6 +99,24 @@ mod tests {
 
     fn map(entries: &[(&str, u8)]) -> StageMap {
         entries.iter().map(|(stage, n)| (s(stage), v(*n))).collect()
+    }
+
+    #[test]
+    fn a_write_touches_only_what_changed() {
+        let before = map(&[
+            ("AWSCURRENT", 1),
+            ("AWSPREVIOUS", 0),
+            ("keep", 1),
+            ("gone", 0),
+        ]);
+        let after = map(&[("AWSCURRENT", 2), ("AWSPREVIOUS", 1), ("keep", 1)]);
+        let (removed, moved) = changes(&before, &after);
+        assert_eq!(removed, vec![&s("gone")]);
+        assert_eq!(
+            moved,
+            vec![(&s("AWSCURRENT"), &v(2)), (&s("AWSPREVIOUS"), &v(1))]
+        );
+        assert_eq!(changes(&after, &after), (vec![], vec![]));
     }
 
     type Entries<'a> = &'a [(&'a str, u8)];

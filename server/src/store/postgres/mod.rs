@@ -178,18 +178,34 @@ async fn read_stage_map(connection: &mut PgConnection, secret_id: &str) -> Resul
         .collect()
 }
 
-async fn write_stage_map(tx: &mut Tx<'_>, secret_id: &str, map: &StageMap) -> Result<()> {
-    sqlx::query("DELETE FROM version_stages WHERE secret_id = $1")
-        .bind(secret_id)
-        .execute(&mut **tx)
-        .await?;
-    for (stage, version) in map {
+/// Writes the rows that differ between `before` (as read in this
+/// transaction) and `after`: at most two statements, one for a put.
+async fn write_stage_map(
+    tx: &mut Tx<'_>,
+    secret_id: &str,
+    before: &StageMap,
+    after: &StageMap,
+) -> Result<()> {
+    let (removed, moved) = crate::stages::changes(before, after);
+    if !removed.is_empty() {
+        let removed: Vec<&str> = removed.iter().map(|stage| stage.as_str()).collect();
+        sqlx::query("DELETE FROM version_stages WHERE secret_id = $1 AND stage = ANY($2)")
+            .bind(secret_id)
+            .bind(removed)
+            .execute(&mut **tx)
+            .await?;
+    }
+    if !moved.is_empty() {
+        let stages: Vec<&str> = moved.iter().map(|(stage, _)| stage.as_str()).collect();
+        let versions: Vec<&str> = moved.iter().map(|(_, version)| version.as_str()).collect();
         sqlx::query(
-            "INSERT INTO version_stages (secret_id, stage, version_id) VALUES ($1, $2, $3)",
+            "INSERT INTO version_stages (secret_id, stage, version_id)
+             SELECT $1, stage, version_id FROM UNNEST($2::text[], $3::text[]) AS t (stage, version_id)
+             ON CONFLICT (secret_id, stage) DO UPDATE SET version_id = excluded.version_id",
         )
         .bind(secret_id)
-        .bind(stage.as_str())
-        .bind(version.as_str())
+        .bind(stages)
+        .bind(versions)
         .execute(&mut **tx)
         .await?;
     }

@@ -206,6 +206,7 @@ impl Store {
     ) -> Result<bool> {
         let mut tx = self.write().await?;
         let mut map = read_stage_map(&mut tx, &run.secret_id).await?;
+        let before = map.clone();
         let current = map.get(&Stage::current()).map(|v| v.as_str().to_owned());
         if current.as_deref() != Some(run.current_at_start.as_str()) {
             return Ok(false);
@@ -216,7 +217,7 @@ impl Store {
         if map.get(&pending()) == Some(&version) {
             map.remove(&pending());
         }
-        write_stage_map(&mut tx, &run.secret_id, &map).await?;
+        write_stage_map(&mut tx, &run.secret_id, &before, &map).await?;
         touch(&mut tx, &run.secret_id, run.updated_at).await?;
         write_run(&mut tx, run).await?;
         write_history(&mut tx, &run.id, history).await?;
@@ -242,9 +243,10 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.write().await?;
         let mut map = read_stage_map(&mut tx, &run.secret_id).await?;
+        let before = map.clone();
         if map.get(&pending()).map(|v| v.as_str()) == Some(run.id.as_str()) {
             map.remove(&pending());
-            write_stage_map(&mut tx, &run.secret_id, &map).await?;
+            write_stage_map(&mut tx, &run.secret_id, &before, &map).await?;
         }
         write_run(&mut tx, run).await?;
         write_history(&mut tx, &run.id, history).await?;

@@ -61,7 +61,7 @@ impl Store {
             insert_version(&mut tx, &secret.id, version).await?;
             let mut map = StageMap::new();
             stages::for_new_version(&mut map, &version.version_id, &[])?;
-            write_stage_map(&mut tx, &secret.id, &map).await?;
+            write_stage_map(&mut tx, &secret.id, &StageMap::new(), &map).await?;
         }
         self.commit_audited(tx, event).await
     }

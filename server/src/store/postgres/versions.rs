@@ -112,8 +112,9 @@ impl Store {
             other => other?,
         }
         let mut map = read_stage_map(&mut tx, secret_id).await?;
+        let before = map.clone();
         stages::for_new_version(&mut map, &version.version_id, requested)?;
-        write_stage_map(&mut tx, secret_id, &map).await?;
+        write_stage_map(&mut tx, secret_id, &before, &map).await?;
         purge_deprecated(&mut tx, secret_id, version.created_at).await?;
         touch(&mut tx, secret_id, version.created_at).await?;
         self.commit_audited(tx, event).await?;
@@ -137,6 +138,7 @@ impl Store {
         let (secret_id, secret_name) = (secret.id.as_str(), &secret.name);
         let mut tx = self.write().await?;
         let mut map = read_stage_map(&mut tx, secret_id).await?;
+        let before = map.clone();
         if let Some(from) = from {
             let on = map.get(stage);
             if on != Some(from) {
@@ -166,7 +168,7 @@ impl Store {
             }
             None => stages::remove(&mut map, stage)?,
         }
-        write_stage_map(&mut tx, secret_id, &map).await?;
+        write_stage_map(&mut tx, secret_id, &before, &map).await?;
         touch(&mut tx, secret_id, now).await?;
         self.commit_audited(tx, event).await
     }

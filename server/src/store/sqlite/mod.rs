@@ -233,18 +233,38 @@ async fn read_stage_map(connection: &mut SqliteConnection, secret_id: &str) -> R
         .collect()
 }
 
-async fn write_stage_map(tx: &mut Tx<'_>, secret_id: &str, map: &StageMap) -> Result<()> {
-    sqlx::query("DELETE FROM version_stages WHERE secret_id = ?")
-        .bind(secret_id)
-        .execute(&mut **tx)
-        .await?;
-    for (stage, version) in map {
-        sqlx::query("INSERT INTO version_stages (secret_id, stage, version_id) VALUES (?, ?, ?)")
-            .bind(secret_id)
-            .bind(stage.as_str())
-            .bind(version.as_str())
-            .execute(&mut **tx)
-            .await?;
+/// Writes the rows that differ between `before` (as read in this
+/// transaction) and `after`: at most two statements, one for a put.
+async fn write_stage_map(
+    tx: &mut Tx<'_>,
+    secret_id: &str,
+    before: &StageMap,
+    after: &StageMap,
+) -> Result<()> {
+    let (removed, moved) = crate::stages::changes(before, after);
+    if !removed.is_empty() {
+        let marks = vec!["?"; removed.len()].join(", ");
+        let sql = format!("DELETE FROM version_stages WHERE secret_id = ? AND stage IN ({marks})");
+        let mut query = sqlx::query(&sql).bind(secret_id);
+        for stage in removed {
+            query = query.bind(stage.as_str());
+        }
+        query.execute(&mut **tx).await?;
+    }
+    if !moved.is_empty() {
+        let rows = vec!["(?, ?, ?)"; moved.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO version_stages (secret_id, stage, version_id) VALUES {rows}
+             ON CONFLICT (secret_id, stage) DO UPDATE SET version_id = excluded.version_id"
+        );
+        let mut query = sqlx::query(&sql);
+        for (stage, version) in moved {
+            query = query
+                .bind(secret_id)
+                .bind(stage.as_str())
+                .bind(version.as_str());
+        }
+        query.execute(&mut **tx).await?;
     }
     Ok(())
 }
