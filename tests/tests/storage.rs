@@ -508,6 +508,64 @@ async fn concurrent_writes_suite(url: &str, root: &RootKey) {
     store.close().await;
 }
 
+/// Thousands of events recorded at once (reads' events) are group
+/// committed in batches larger than one INSERT statement takes: every one is
+/// there, once, in one chain.
+async fn many_standalone_events_suite(url: &str, root: &RootKey) {
+    let store = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
+    let recorded: Vec<_> = (0..3_000)
+        .map(|index| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut event = event("GetSecretValue");
+                event.request_id = format!("request-{index}");
+                store.record(&event).await.unwrap();
+            })
+        })
+        .collect();
+    for task in recorded {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        assert_chain_verifies(&store, &AuditKey::derive(root)).await,
+        3_000
+    );
+    let mut seen = std::collections::HashSet::new();
+    let mut after_seq = 0;
+    loop {
+        let page = store
+            .audit_events(&AuditQuery {
+                after_seq,
+                limit: 1000,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after_seq = last.seq;
+        for stored in page {
+            assert!(seen.insert(stored.event.request_id), "recorded twice");
+        }
+    }
+    assert_eq!(seen.len(), 3_000);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_many_standalone_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
+    many_standalone_events_suite(&url, &RootKey::new(Key::generate())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_many_standalone_events() {
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    many_standalone_events_suite(&database.url, &RootKey::new(Key::generate())).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_concurrent_writes() {
     let dir = tempfile::tempdir().unwrap();

@@ -9,6 +9,10 @@ use crate::audit::{AuditEvent, StoredEvent};
 use crate::error::Result;
 use crate::store::sqlite::AuditQuery;
 
+/// Events per INSERT statement: 11 parameters each, far below the
+/// database's limit on parameters per statement.
+const EVENTS_PER_INSERT: usize = 500;
+
 /// Appends `events` to the chain inside `tx`; the caller commits, then
 /// tells `chain` with what this returns: the first sequence number and the
 /// new head.
@@ -26,25 +30,28 @@ pub(super) async fn append(
         }
     };
     let links = chain.link(last, events);
-    for (event, (seq, mac)) in events.iter().zip(&links) {
-        sqlx::query(
-            "INSERT INTO audit_events
-               (seq, time, principal, peer, action, resource, decision, outcome, request_id, detail, mac)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(seq)
-        .bind(event.time)
-        .bind(&event.principal)
-        .bind(&event.peer)
-        .bind(&event.action)
-        .bind(&event.resource)
-        .bind(&event.decision)
-        .bind(&event.outcome)
-        .bind(&event.request_id)
-        .bind(&event.detail)
-        .bind(mac)
-        .execute(&mut **tx)
-        .await?;
+    // One statement per chunk: a group commit of a few hundred reads'
+    // events costs one round trip, not one each.
+    let rows: Vec<_> = events.iter().zip(&links).collect();
+    for chunk in rows.chunks(EVENTS_PER_INSERT) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "INSERT INTO audit_events \
+             (seq, time, principal, peer, action, resource, decision, outcome, request_id, detail, mac) ",
+        );
+        insert.push_values(chunk, |mut row, (event, (seq, mac))| {
+            row.push_bind(*seq)
+                .push_bind(event.time)
+                .push_bind(&event.principal)
+                .push_bind(&event.peer)
+                .push_bind(&event.action)
+                .push_bind(&event.resource)
+                .push_bind(&event.decision)
+                .push_bind(&event.outcome)
+                .push_bind(&event.request_id)
+                .push_bind(&event.detail)
+                .push_bind(mac);
+        });
+        insert.build().execute(&mut **tx).await?;
     }
     let first = links.first().map_or(0, |(seq, _)| *seq);
     let head = links.last().cloned().unwrap_or_default();
