@@ -168,25 +168,10 @@ pub fn missing_key(name: &KeyName) -> Error {
 /// can read.
 pub fn read_root_key(path: &Path) -> anyhow::Result<RootKey> {
     use anyhow::Context;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .with_context(|| format!("reading root key {}", path.display()))?
-            .permissions()
-            .mode();
-        if mode & 0o077 != 0 {
-            anyhow::bail!(
-                "root key {} can be read by other users (mode {:o}); run `chmod 600 {}`",
-                path.display(),
-                mode & 0o777,
-                path.display()
-            );
-        }
-    }
+    let raw = crate::pki::read_private(path, "root key")?;
     let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path)
-            .with_context(|| format!("reading root key {}", path.display()))?,
+        String::from_utf8(raw.to_vec())
+            .map_err(|_| anyhow::anyhow!("root key {} is not text", path.display()))?,
     );
     let bytes = zeroize::Zeroizing::new(decode_hex(text.trim()).with_context(|| {
         format!(

@@ -166,6 +166,30 @@ impl CertificateAuthority {
     }
 }
 
+/// Reads a file of key material (`what` names it in errors), refusing one
+/// that other users can read.
+pub fn read_private(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("reading {what} {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "{what} {} can be read by other users (mode {:o}); run `chmod 600 {}`",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+    }
+    Ok(Zeroizing::new(std::fs::read(path).with_context(|| {
+        format!("reading {what} {}", path.display())
+    })?))
+}
+
 /// Writes `contents` to a new file readable by its owner only. Refuses to
 /// replace an existing file.
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {

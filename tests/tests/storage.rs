@@ -78,23 +78,31 @@ async fn add_default_key(store: &Store) {
 }
 
 /// Every event in order verifies as one chain.
-async fn assert_chain_verifies(store: &Store, key: &AuditKey) -> u64 {
-    let mut verification = verify(key, None);
-    let mut after_seq = 0;
+/// Every event in the store, in sequence order.
+async fn all_events(store: &Store) -> Vec<rekey_server::audit::StoredEvent> {
+    let mut events = Vec::new();
     loop {
         let page = store
             .audit_events(&AuditQuery {
-                after_seq,
+                after_seq: events
+                    .last()
+                    .map_or(0, |last: &rekey_server::audit::StoredEvent| last.seq),
                 limit: 500,
                 ..AuditQuery::default()
             })
             .await
             .unwrap();
-        let Some(last) = page.last() else { break };
-        after_seq = last.seq;
-        for stored in page {
-            assert!(verification.push(stored), "{:?}", verification.finding);
+        if page.is_empty() {
+            return events;
         }
+        events.extend(page);
+    }
+}
+
+async fn assert_chain_verifies(store: &Store, key: &AuditKey) -> u64 {
+    let mut verification = verify(key, None);
+    for stored in all_events(store).await {
+        assert!(verification.push(stored), "{:?}", verification.finding);
     }
     assert!(verification.finding.is_none(), "{:?}", verification.finding);
     verification.events
@@ -531,21 +539,8 @@ async fn many_standalone_events_suite(url: &str, root: &RootKey) {
         3_000
     );
     let mut seen = std::collections::HashSet::new();
-    let mut after_seq = 0;
-    loop {
-        let page = store
-            .audit_events(&AuditQuery {
-                after_seq,
-                limit: 1000,
-                ..AuditQuery::default()
-            })
-            .await
-            .unwrap();
-        let Some(last) = page.last() else { break };
-        after_seq = last.seq;
-        for stored in page {
-            assert!(seen.insert(stored.event.request_id), "recorded twice");
-        }
+    for stored in all_events(&store).await {
+        assert!(seen.insert(stored.event.request_id), "recorded twice");
     }
     assert_eq!(seen.len(), 3_000);
     store.close().await;

@@ -113,27 +113,7 @@ impl WebhookSecret {
     /// Reads a secret file (its contents without surrounding white space),
     /// refusing one that other users can read, as the root key is.
     pub fn read(path: &Path) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)
-                .with_context(|| format!("reading webhook secret file {}", path.display()))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                anyhow::bail!(
-                    "webhook secret file {} can be read by other users (mode {:o}); run `chmod 600 {}`",
-                    path.display(),
-                    mode & 0o777,
-                    path.display()
-                );
-            }
-        }
-        let bytes = Zeroizing::new(
-            std::fs::read(path)
-                .with_context(|| format!("reading webhook secret file {}", path.display()))?,
-        );
+        let bytes = crate::pki::read_private(path, "webhook secret file")?;
         let secret = bytes.trim_ascii();
         anyhow::ensure!(
             secret.len() >= MINIMUM_SECRET_BYTES,

@@ -25,6 +25,27 @@ fn reads_of(admin: &Rekey, name: &str) -> usize {
         .count()
 }
 
+/// Reads `name` until a second read adds no audit event: from then on the
+/// cache follows the stream and holds the value.
+async fn until_read_from_memory(cache: &CachingClient, admin: &Rekey, name: &str, value: &[u8]) {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let first = cache.get(name).await.unwrap();
+        let after_first = reads_of(admin, name);
+        let second = cache.get(name).await.unwrap();
+        assert_eq!(first.as_bytes(), value);
+        assert!(second.same_as(&first));
+        if reads_of(admin, name) == after_first {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second read never came from memory"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cached_reads_are_served_from_memory_until_the_secret_changes() {
     let installation = Installation::new();
@@ -40,22 +61,7 @@ async fn cached_reads_are_served_from_memory_until_the_secret_changes() {
     let cache = CachingClient::new(channel, Duration::from_secs(3600));
 
     // Once the stream is followed, a second read stays in memory.
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let first = cache.get("cached/db").await.unwrap();
-        let after_first = reads_of(&admin, "cached/db");
-        let second = cache.get("cached/db").await.unwrap();
-        assert_eq!(first.as_bytes(), b"first-7c1d");
-        assert!(second.same_as(&first));
-        if reads_of(&admin, "cached/db") == after_first {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the second read never came from memory"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    until_read_from_memory(&cache, &admin, "cached/db", b"first-7c1d").await;
 
     // A change drops the entry; the next read has the new value.
     admin
@@ -90,18 +96,7 @@ async fn nothing_stale_is_served_while_the_stream_is_down() {
         .await
         .unwrap();
     let cache = CachingClient::new(channel, Duration::from_secs(3600));
-    // Held in memory: a second read adds no audit event.
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        cache.get("cached/down").await.unwrap();
-        let before = reads_of(&admin, "cached/down");
-        cache.get("cached/down").await.unwrap();
-        if reads_of(&admin, "cached/down") == before {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never served from memory");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    until_read_from_memory(&cache, &admin, "cached/down", b"old-41e2").await;
 
     // The server goes away: no answer from memory, an error instead.
     let address = server.url.strip_prefix("https://").unwrap().to_owned();
