@@ -337,9 +337,10 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 async fn serve_until_signal(loaded: &Loaded) -> anyhow::Result<()> {
     harden_process();
-    // Root key (a passphrase perhaps) and database first: nothing is said
-    // to be listening before the installation opens.
-    let opened = installation::open(loaded).await?;
+    // Root key (a passphrase perhaps), database, policy, TLS files and
+    // webhook settings first: nothing is said to be listening before all of
+    // them are known to be good.
+    let prepared = crate::prepare(loaded, installation::open(loaded).await?).await?;
     let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(&loaded.config.listen)
         .await
@@ -352,7 +353,7 @@ async fn serve_until_signal(loaded: &Loaded) -> anyhow::Result<()> {
     }
     // Scripts and tests wait for this line: the port is bound from here on.
     println!("rekeyd listening on https://{address}");
-    crate::serve_opened(loaded, opened, listener, metrics, shutdown).await
+    crate::serve_prepared(prepared, listener, metrics, shutdown).await
 }
 
 /// The line that says where the metrics are, printed before the
@@ -375,7 +376,7 @@ async fn dev(listen: &str, metrics_listen: &str) -> anyhow::Result<()> {
     loaded.config.listen = listen.to_owned();
     init_logging(&loaded.config.log)?;
     harden_process();
-    let opened = installation::open(&loaded).await?;
+    let prepared = crate::prepare(&loaded, installation::open(&loaded).await?).await?;
     let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(listen)
         .await
@@ -396,7 +397,7 @@ async fn dev(listen: &str, metrics_listen: &str) -> anyhow::Result<()> {
         dir.path().display(),
         made.admin_identity.display()
     );
-    let served = crate::serve_opened(&loaded, opened, listener, metrics, shutdown).await;
+    let served = crate::serve_prepared(prepared, listener, metrics, shutdown).await;
     drop(dir);
     served
 }

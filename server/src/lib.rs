@@ -50,27 +50,26 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    serve_opened(
-        loaded,
-        installation::open(loaded).await?,
-        listener,
-        None,
-        shutdown,
-    )
-    .await
+    let prepared = prepare(loaded, installation::open(loaded).await?).await?;
+    serve_prepared(prepared, listener, None, shutdown).await
 }
 
-/// Serves an installation already opened (its root key derived, its
-/// database migrated) on `listener` until `shutdown` completes, and answers
-/// Prometheus scrapes on `metrics` (plain HTTP, see [`metrics::http`]) when
-/// it is given.
-pub async fn serve_opened(
+/// An installation ready to serve: everything that can refuse to start
+/// (policy, TLS files, webhook settings) has been read and checked.
+#[derive(Debug)]
+pub struct Prepared {
+    loaded: config::Loaded,
+    state: Arc<service::AppState>,
+    tls: rustls::ServerConfig,
+    revocations: Arc<tls::Revocations>,
+    notifier: notify::Notifier,
+}
+
+/// Reads and checks what serving `opened` needs, before anything listens.
+pub async fn prepare(
     loaded: &config::Loaded,
     opened: installation::Opened,
-    listener: TcpListener,
-    metrics: Option<TcpListener>,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Prepared> {
     let config = &loaded.config;
     let installation::Opened { store, keyring } = opened;
     let (policy, version) = governance::current_policy(&store)
@@ -104,6 +103,32 @@ pub async fn serve_opened(
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     tracing::info!(policy_version = version, "policy in force");
+    Ok(Prepared {
+        loaded: loaded.clone(),
+        state,
+        tls,
+        revocations,
+        notifier,
+    })
+}
+
+/// Serves a prepared installation on `listener` until `shutdown`
+/// completes, and answers Prometheus scrapes on `metrics` (plain HTTP, see
+/// [`metrics::http`]) when it is given.
+pub async fn serve_prepared(
+    prepared: Prepared,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let Prepared {
+        loaded,
+        state,
+        tls,
+        revocations,
+        notifier,
+    } = prepared;
+    let config = &loaded.config;
     let syncing = tokio::spawn(sync::run(state.clone()));
     let fanning_out = tokio::spawn(fanout::run(state.clone()));
     let engine = rotation::engine::Engine::new(state.clone());

@@ -80,6 +80,13 @@ impl PassphraseSettings {
     }
 
     fn stretch(&self, passphrase: &Passphrase) -> anyhow::Result<RootKey> {
+        // Bounds against a configuration (or a backup) that would make the
+        // derivation take all memory or forever.
+        anyhow::ensure!(
+            self.memory_kib <= 4 * 1024 * 1024 && self.iterations <= 100 && self.parallelism <= 64,
+            "root_passphrase parameters out of range: at most 4 GiB (memory_kib 4194304), \
+             100 iterations and parallelism 64"
+        );
         let salt = decode_hex(&self.salt).context("root_passphrase.salt is not hexadecimal")?;
         let params =
             argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))

@@ -33,6 +33,20 @@ const FORMAT: i64 = 1;
 const CONFIG: &str = "rekeyd.toml";
 const SERVER_CERTIFICATE: &str = "server.pem";
 const SERVER_KEY: &str = "server.key";
+/// The sealed copy of `backup_info`.
+const INFO_FILE: &str = "backup_info";
+
+/// `backup_info` as one text, its entries sorted, for comparing the sealed
+/// copy with the clear one.
+fn info_text<K: AsRef<str>, V: AsRef<str>>(info: &[(K, V)]) -> String {
+    let mut lines: Vec<String> = info
+        .iter()
+        .map(|(key, value)| format!("{}={}", key.as_ref(), value.as_ref()))
+        .collect();
+    lines.sort();
+    lines.join("\n")
+}
+
 /// The `backup_info` entry with the passphrase parameters (TOML), when the
 /// root key comes from a passphrase: restore needs them before it can open
 /// anything sealed.
@@ -100,11 +114,29 @@ fn installation_files(loaded: &Loaded) -> Vec<(String, PathBuf, bool)> {
     for (index, crl) in tls.crl_files.iter().enumerate() {
         files.push((crl_name(index), loaded.path(crl), true));
     }
+    for (index, webhook) in loaded.config.notifications.webhooks.iter().enumerate() {
+        files.push((
+            webhook_secret_name(index),
+            loaded.path(&webhook.secret_file),
+            true,
+        ));
+        if let Some(ca_file) = &webhook.ca_file {
+            files.push((webhook_ca_name(index), loaded.path(ca_file), true));
+        }
+    }
     files
 }
 
 fn crl_name(index: usize) -> String {
     format!("crl-{index}.pem")
+}
+
+fn webhook_secret_name(index: usize) -> String {
+    format!("webhook-{index}.secret")
+}
+
+fn webhook_ca_name(index: usize) -> String {
+    format!("webhook-{index}-ca.pem")
 }
 
 /// Writes a backup of the installation `loaded` describes to `out`, which
@@ -135,14 +167,15 @@ pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
     let partial = partial_path(out)?;
     let written = async {
         store.can_snapshot()?;
+        store.snapshot_into(&partial).await?;
+        // The event follows the copy: it is in the log, not in the backup.
         store
             .record(&AuditEvent::local(
                 "backup:Create",
                 "*",
-                &format!("backup to {}", out.display()),
+                &format!("backup written to {}", out.display()),
             ))
-            .await?;
-        store.snapshot_into(&partial).await
+            .await
     }
     .await;
     store.close().await;
@@ -160,6 +193,13 @@ pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
             if let Some(settings) = &loaded.config.root_passphrase {
                 info.push((PASSPHRASE_INFO, toml::to_string(settings)?));
             }
+            // What backup_info says in the clear, sealed too: restore
+            // checks that the two agree.
+            let mut files = files;
+            files.push((
+                INFO_FILE.to_owned(),
+                Zeroizing::new(info_text(&info).into_bytes()),
+            ));
             finish_file(&partial, out, &sealer, &files, &info).await
         }
         Err(error) => Err(anyhow::anyhow!("{error}")),
@@ -220,10 +260,34 @@ async fn finish_file(
     tx.commit().await?;
     let summary = summarize(&mut connection).await?;
     connection.close().await?;
-    // A hard link fails if `out` appeared meanwhile: nothing is replaced.
-    std::fs::hard_link(partial, out).with_context(|| format!("writing {}", out.display()))?;
-    std::fs::remove_file(partial)?;
+    publish(partial, out)?;
     Ok(summary)
+}
+
+/// Moves the finished file to `out`, never over an existing file: a hard
+/// link fails if `out` exists; where links are not supported (some network
+/// and FAT file systems), `out` is created empty first (failing if it
+/// exists) and the file renamed over it.
+fn publish(partial: &Path, out: &Path) -> anyhow::Result<()> {
+    match std::fs::hard_link(partial, out) {
+        Ok(()) => {
+            if let Err(error) = std::fs::remove_file(partial) {
+                tracing::warn!(file = %partial.display(), %error, "cannot remove the temporary copy");
+            }
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(error).with_context(|| format!("{} exists; nothing was replaced", out.display()))
+        }
+        Err(_) => {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            std::fs::rename(partial, out).with_context(|| format!("writing {}", out.display()))
+        }
+    }
 }
 
 /// Counts what a database (an installation's or a backup's) holds.

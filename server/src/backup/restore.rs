@@ -1,11 +1,14 @@
 //! `rekeyd restore FILE`: a new installation from a backup. Everything is
 //! checked before the first file is written (the format, and that the root
-//! key opens the backup's files); once written, the new installation is
+//! key opens the backup's files, that the clear description matches its
+//! sealed copy, that every file the configuration names is there); once
+//! written, the new installation is
 //! opened and proven: every master key unwraps, every version's value
 //! opens, the audit chain verifies. Any failure removes what was written.
 
 use super::{
-    CONFIG, FORMAT, FileSealer, PASSPHRASE_INFO, SERVER_CERTIFICATE, SERVER_KEY, Summary, crl_name,
+    CONFIG, FORMAT, FileSealer, INFO_FILE, PASSPHRASE_INFO, SERVER_CERTIFICATE, SERVER_KEY,
+    Summary, crl_name, info_text, webhook_ca_name, webhook_secret_name,
 };
 use crate::audit::{self, AuditEvent};
 use crate::config::{CONFIG_FILE, Config, Loaded};
@@ -66,6 +69,15 @@ pub async fn restore(
         }
     };
     let files = open_files(file, &sealed, &FileSealer::new(&root))?;
+    let sealed_info = files
+        .get(INFO_FILE)
+        .map(|bytes| String::from_utf8_lossy(bytes).into_owned());
+    let clear_info: Vec<(&String, &String)> = info.iter().collect();
+    anyhow::ensure!(
+        sealed_info.as_deref() == Some(info_text(&clear_info).as_str()),
+        "the description of {} (backup_info) was changed after it was written",
+        file.display()
+    );
     let mut written = Written::new(dir)?;
     let restored = async {
         let config = write_files(&mut written, &files, root_text.as_ref())?;
@@ -202,6 +214,26 @@ fn write_files(
     config.tls.crl_files = (0..config.tls.crl_files.len())
         .map(|index| PathBuf::from(crl_name(index)))
         .collect();
+    for (index, webhook) in config.notifications.webhooks.iter_mut().enumerate() {
+        webhook.secret_file = PathBuf::from(webhook_secret_name(index));
+        if webhook.ca_file.is_some() {
+            webhook.ca_file = Some(PathBuf::from(webhook_ca_name(index)));
+        }
+    }
+    // Every file the configuration names must be in the backup: a CRL
+    // silently left out would drop revocations.
+    let mut named: Vec<PathBuf> = config.tls.crl_files.clone();
+    for webhook in &config.notifications.webhooks {
+        named.push(webhook.secret_file.clone());
+        named.extend(webhook.ca_file.clone());
+    }
+    for name in &named {
+        anyhow::ensure!(
+            files.contains_key(&name.display().to_string()),
+            "the backup lacks {}, which its configuration names",
+            name.display()
+        );
+    }
 
     match root_text {
         Some(root_text) => {
@@ -221,6 +253,13 @@ fn write_files(
     }
     for crl in config.tls.crl_files.clone() {
         written.public(&crl, &text(&crl.display().to_string())?)?;
+    }
+    for webhook in &config.notifications.webhooks {
+        let secret = &webhook.secret_file;
+        written.private(secret, &text(&secret.display().to_string())?)?;
+        if let Some(ca_file) = &webhook.ca_file {
+            written.public(ca_file, &text(&ca_file.display().to_string())?)?;
+        }
     }
     written.private(Path::new(CONFIG_FILE), &crate::config::toml_of(&config))?;
     Ok(config)

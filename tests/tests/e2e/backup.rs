@@ -6,6 +6,7 @@
 
 use rekey_tests::databases::StorageDatabase;
 use rekey_tests::{Installation, Server, contains_bytes, rekeyd, text};
+use sqlx::Connection;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,6 +78,9 @@ async fn a_backup_taken_while_serving_restores_every_value_and_the_chain() {
         rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]),
         "exists; choose another file",
     );
+    // The backup is an event of the installation it copied (after the copy).
+    let log = admin.run(&["audit", "--limit", "1000"]).ok().stdout;
+    assert_eq!(log.matches("backup:Create").count(), 1, "{log}");
     drop(server);
 
     let restored_dir = tempfile::tempdir().unwrap();
@@ -132,7 +136,6 @@ async fn a_backup_taken_while_serving_restores_every_value_and_the_chain() {
     let verified = admin.run(&["audit", "verify"]).ok().stdout;
     assert!(verified.contains("verifies"), "{verified}");
     let log = admin.run(&["audit", "--limit", "1000"]).ok().stdout;
-    assert!(log.contains("backup:Create"), "{log}");
     assert!(log.contains("backup:Restore"), "{log}");
     assert!(!restored.log_text().contains(PLANTED));
 }
@@ -202,4 +205,89 @@ fn a_postgres_installation_is_told_to_use_pg_dump() {
         "back it up with pg_dump",
     );
     assert!(!file.exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhook_files_come_back_and_a_changed_description_is_refused() {
+    let installation = Installation::new();
+    let secret = installation.dir().join("hook.secret");
+    std::fs::write(&secret, "a-webhook-secret-of-32-bytes-long").unwrap();
+    installation.edit_config(|table| {
+        let notifications: toml::Table = format!(
+            "[[webhooks]]\nurl = \"http://127.0.0.1:9/hook\"\nsecret_file = {:?}\n",
+            secret.display().to_string()
+        )
+        .parse()
+        .unwrap();
+        table.insert("notifications".into(), toml::Value::Table(notifications));
+    });
+    let backups = tempfile::tempdir().unwrap();
+    let file = backups.path().join("with-webhook.db");
+    let output = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let bytes = std::fs::read(&file).unwrap();
+    assert!(!contains_bytes(
+        &bytes,
+        b"a-webhook-secret-of-32-bytes-long"
+    ));
+    let root_key = installation.dir().join("root.key");
+    let scratch = tempfile::tempdir().unwrap();
+
+    // The clear description edited: refused, nothing written.
+    let edited = backups.path().join("edited.db");
+    std::fs::copy(&file, &edited).unwrap();
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", edited.display()))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE backup_info SET value = '/somewhere/else' WHERE key = 'source'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::Connection::close(db).await.unwrap();
+    let target = scratch.path().join("edited");
+    fails_with(
+        rekeyd(
+            &target,
+            &[
+                "restore",
+                edited.to_str().unwrap(),
+                "--root-key-file",
+                root_key.to_str().unwrap(),
+            ],
+        ),
+        "was changed after it was written",
+    );
+    assert!(!target.exists());
+
+    // The webhook's secret comes back beside the configuration, 0600, and
+    // the restored installation starts with it.
+    let target = scratch.path().join("restored");
+    let output = rekeyd(
+        &target,
+        &[
+            "restore",
+            file.to_str().unwrap(),
+            "--root-key-file",
+            root_key.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let restored_secret = target.join("webhook-0.secret");
+    assert_eq!(
+        std::fs::read_to_string(&restored_secret).unwrap(),
+        "a-webhook-secret-of-32-bytes-long"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&restored_secret)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let config = std::fs::read_to_string(target.join("rekeyd.toml")).unwrap();
+    assert!(
+        config.contains("secret_file = \"webhook-0.secret\""),
+        "{config}"
+    );
+    let server = Server::start(&target, &[]);
+    server.rekey(&installation.admin()).run(&["list"]).ok();
 }
