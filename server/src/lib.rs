@@ -181,6 +181,7 @@ pub async fn serve_prepared(
         authenticator,
     );
 
+    let sweeping = tokio::spawn(refusal_sweep(state.clone()));
     let purge = tokio::spawn(purge_loop(
         state.clone(),
         std::time::Duration::from_secs(config.purge_interval_seconds.max(1)),
@@ -221,6 +222,8 @@ pub async fn serve_prepared(
         ),
     }
     purge.abort();
+    sweeping.abort();
+    state.record_unrecorded_refusals().await;
     syncing.abort();
     fanning_out.abort();
     rotating.abort();
@@ -232,6 +235,16 @@ pub async fn serve_prepared(
     state.store.log_audit_checkpoint();
     state.store.close().await;
     Ok(())
+}
+
+/// Records the rate-limit refusals left out of the log, every second.
+async fn refusal_sweep(state: Arc<service::AppState>) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        state.record_unrecorded_refusals().await;
+    }
 }
 
 /// Erases secrets whose recovery window has ended, every `interval`.

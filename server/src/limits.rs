@@ -6,7 +6,9 @@
 //!
 //! Refusals are audited, but at most one per principal per second: that
 //! event counts the refusals left out since the previous one, so a client in
-//! a tight loop cannot turn the limit into a flood of audit writes.
+//! a tight loop cannot turn the limit into a flood of audit writes. Counts
+//! that no later refusal carried are written by a sweep every second and at
+//! shutdown ([`RateLimiter::take_unrecorded`]), so none is lost.
 
 use crate::config::RateLimitSettings;
 use std::collections::HashMap;
@@ -63,8 +65,11 @@ impl RateLimiter {
             Err(poisoned) => poisoned.into_inner(),
         };
         if buckets.len() > PRUNE_ABOVE {
+            // Full buckets with nothing left to record are as good as new.
             buckets.retain(|_, bucket| {
-                bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate < burst
+                bucket.unrecorded_refusals > 0
+                    || bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate
+                        < burst
             });
         }
         let bucket = buckets
@@ -97,6 +102,27 @@ impl RateLimiter {
             retry_after,
             record,
         })
+    }
+}
+
+impl RateLimiter {
+    /// The refusals left out of the log that no recorded refusal has
+    /// counted yet, by principal; they count as recorded from now on.
+    pub fn take_unrecorded(&self) -> Vec<(String, u64)> {
+        let mut buckets = match self.buckets.lock() {
+            Ok(buckets) => buckets,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        buckets
+            .iter_mut()
+            .filter(|(_, bucket)| bucket.unrecorded_refusals > 0)
+            .map(|(principal, bucket)| {
+                (
+                    principal.clone(),
+                    std::mem::take(&mut bucket.unrecorded_refusals),
+                )
+            })
+            .collect()
     }
 }
 
@@ -139,6 +165,10 @@ mod tests {
             }
         }
         assert_eq!(refused.unwrap().record, Some(2));
+        // Left out after that one: taken by the sweep, once.
+        assert_eq!(limiter.check("app", second).unwrap_err().record, None);
+        assert_eq!(limiter.take_unrecorded(), vec![("app".to_owned(), 1)]);
+        assert!(limiter.take_unrecorded().is_empty());
     }
 
     #[test]

@@ -143,6 +143,11 @@ impl RequestContext {
         state.detail = detail.to_owned();
     }
 
+    /// The event's detail, with the decision left as it is.
+    pub fn set_detail(&self, detail: &str) {
+        self.state().detail = detail.to_owned();
+    }
+
     /// This request gets no event of its own (a rate-limit refusal counted
     /// in the next recorded one).
     pub fn leave_unaudited(&self) {

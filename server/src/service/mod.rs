@@ -66,6 +66,30 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Writes one event per principal for its rate-limit refusals that no
+    /// recorded refusal has counted (see `limits`).
+    pub async fn record_unrecorded_refusals(&self) {
+        for (principal, refused) in self.limits.take_unrecorded() {
+            let event = crate::audit::AuditEvent {
+                principal,
+                action: "rate_limit".to_owned(),
+                resource: "*".to_owned(),
+                decision: "deny".to_owned(),
+                outcome: "RESOURCE_EXHAUSTED".to_owned(),
+                ..crate::audit::AuditEvent::system(
+                    "rate_limit",
+                    "*",
+                    &format!(
+                        "{refused} requests refused over the rate limit, not recorded one by one"
+                    ),
+                )
+            };
+            if let Err(error) = self.store.record(&event).await {
+                tracing::error!(%error, "cannot record rate-limit refusals");
+            }
+        }
+    }
+
     /// Lets the request through its principal's rate limit, or refuses it
     /// with `RESOURCE_EXHAUSTED`; most refusals in a burst are left out of
     /// the audit log, counted in the next one recorded (see `limits`).
@@ -79,7 +103,7 @@ impl AppState {
             Some(left_out) => {
                 tracing::warn!(%principal, left_out, "rate limit: requests refused");
                 if left_out > 0 {
-                    context.summarize(&format!(
+                    context.set_detail(&format!(
                         "over the rate limit; {left_out} more refused since the last recorded refusal"
                     ));
                 }
