@@ -46,7 +46,9 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
         let (stream, remote_addr) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
+                // Out of file descriptors, say: wait rather than spin.
                 tracing::warn!(%error, "accepting a metrics connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
         };

@@ -37,6 +37,10 @@ pub struct Metrics {
     engine: Arc<Engine>,
     /// The server certificate's notAfter, as Unix seconds.
     certificate_expiry: Option<i64>,
+    /// One scrape at a time: the rotation gauges query the database, and
+    /// anyone on the host can connect, so parallel scrapes must not take
+    /// the pool from the gRPC handlers.
+    scraping: tokio::sync::Mutex<()>,
 }
 
 impl Metrics {
@@ -51,11 +55,13 @@ impl Metrics {
             state,
             engine,
             certificate_expiry,
+            scraping: tokio::sync::Mutex::new(()),
         }
     }
 
     /// The page a scrape gets.
     pub async fn render(&self) -> String {
+        let _one_at_a_time = self.scraping.lock().await;
         let mut page = Exposition::default();
         page.family("rekey_build_info", "gauge", "The rekeyd version serving.");
         page.sample(

@@ -36,12 +36,43 @@ impl std::fmt::Debug for Target {
     }
 }
 
+/// What an error may show of a URL: `SCHEME://HOST[:PORT]` with any user
+/// part and the path left out, and the full text kept for parsing.
+struct Shown<'a> {
+    full: &'a str,
+    origin: String,
+}
+
+impl std::fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.origin)
+    }
+}
+
+fn shown(url: &str) -> Shown<'_> {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let origin = if scheme.is_empty() {
+        "(not a URL)".to_owned()
+    } else {
+        format!("{scheme}://{host}/…")
+    };
+    Shown { full: url, origin }
+}
+
 impl Target {
     /// `url` must be `http://` or `https://` with a host and no user
     /// name or password. `ca_file`: CA certificates (PEM) to trust instead
     /// of the web's root CAs.
     pub fn parse(url: &str, ca_file: Option<&Path>) -> anyhow::Result<Self> {
+        // Errors name the scheme and host only: a path or user part may
+        // carry a token.
+        let url = &shown(url);
         let uri: hyper::Uri = url
+            .full
             .parse()
             .with_context(|| format!("{url:?} is not a URL like https://HOST[:PORT]/PATH"))?;
         let https = match uri.scheme_str() {
