@@ -37,11 +37,20 @@ struct Location {
         value_name = "N"
     )]
     passphrase_fd: Option<i32>,
+    /// Read the root key's passphrase from this file (mode 0600; e.g. a
+    /// systemd credential).
+    #[arg(
+        long,
+        global = true,
+        env = "REKEY_ROOT_PASSPHRASE_FILE",
+        value_name = "FILE"
+    )]
+    passphrase_file: Option<PathBuf>,
 }
 
 impl Location {
     fn passphrase(&self) -> PassphraseSource {
-        PassphraseSource::new(self.passphrase_fd)
+        PassphraseSource::new(self.passphrase_fd, self.passphrase_file.clone())
     }
 
     /// The configuration of the installation, with the passphrase source.

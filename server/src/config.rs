@@ -360,7 +360,8 @@ pub fn toml_of(config: &Config) -> String {
          # REKEY_ROOT_KEY_FILE, REKEY_PURGE_INTERVAL_SECONDS, REKEY_LOG, REKEY_LOG_FORMAT,\n\
          # REKEY_METRICS_LISTEN (\"\" turns the metrics listener off);\n\
          # a passphrase-derived root key ([root_passphrase]) comes from --passphrase-fd N,\n\
-         # REKEY_ROOT_PASSPHRASE_FD, REKEY_ROOT_PASSPHRASE or a prompt;\n\
+         # --passphrase-file FILE, REKEY_ROOT_PASSPHRASE_FD, REKEY_ROOT_PASSPHRASE_FILE,\n\
+         # REKEY_ROOT_PASSPHRASE or a prompt;\n\
          # flags override both.\n\n{body}"
     )
 }

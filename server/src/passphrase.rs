@@ -7,8 +7,12 @@
 //! revealing the key) are in `rekeyd.toml` under `[root_passphrase]`; none of
 //! them is secret. The passphrase is read once per process, in this order:
 //! the file descriptor of `--passphrase-fd` (`REKEY_ROOT_PASSPHRASE_FD`),
-//! the `REKEY_ROOT_PASSPHRASE` variable, or a prompt on the terminal without
-//! echo. It lives in zeroizing memory and is never logged.
+//! the file of `--passphrase-file` (`REKEY_ROOT_PASSPHRASE_FILE`, mode 0600,
+//! e.g. a systemd credential), the `REKEY_ROOT_PASSPHRASE` variable, or a
+//! prompt on the terminal without echo. It lives in zeroizing memory and is
+//! never logged. A descriptor stays open (closing one by number takes
+//! `unsafe`), so child processes inherit it: prefer a pipe, which is empty
+//! once read, or the file.
 
 use crate::crypto::{Key, RootKey};
 use crate::keyring::{decode_hex, encode_hex};
@@ -112,6 +116,7 @@ fn check_of(key: &RootKey) -> String {
 #[derive(Clone, Default)]
 pub struct PassphraseSource {
     fd: Option<i32>,
+    file: Option<std::path::PathBuf>,
     answer: Arc<Mutex<Option<Arc<Passphrase>>>>,
 }
 
@@ -119,14 +124,16 @@ impl std::fmt::Debug for PassphraseSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PassphraseSource")
             .field("fd", &self.fd)
+            .field("file", &self.file)
             .finish_non_exhaustive()
     }
 }
 
 impl PassphraseSource {
-    pub fn new(fd: Option<i32>) -> Self {
+    pub fn new(fd: Option<i32>, file: Option<std::path::PathBuf>) -> Self {
         Self {
             fd,
+            file,
             answer: Arc::default(),
         }
     }
@@ -157,6 +164,15 @@ impl PassphraseSource {
             trim_line_end(&mut text);
             return Ok(Passphrase(text));
         }
+        if let Some(file) = &self.file {
+            let bytes = crate::pki::read_private(file, "passphrase file")?;
+            let mut text =
+                Zeroizing::new(String::from_utf8(bytes.to_vec()).map_err(|_| {
+                    anyhow::anyhow!("passphrase file {} is not UTF-8", file.display())
+                })?);
+            trim_line_end(&mut text);
+            return Ok(Passphrase(text));
+        }
         if let Some(value) = std::env::var_os(PASSPHRASE_VARIABLE) {
             let text = value
                 .into_string()
@@ -166,7 +182,8 @@ impl PassphraseSource {
         let first = prompt(&format!("{purpose}: ")).map_err(|error| {
             anyhow::anyhow!(
                 "{error}; this installation's root key comes from a passphrase: give it on a \
-                 terminal, with --passphrase-fd N, or in {PASSPHRASE_VARIABLE}"
+                 terminal, with --passphrase-fd N or --passphrase-file FILE, or in \
+                 {PASSPHRASE_VARIABLE}"
             )
         })?;
         if confirm {

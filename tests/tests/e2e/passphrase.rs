@@ -35,7 +35,10 @@ fn passphrase_file(dir: &Path, passphrase: &str) -> std::fs::File {
 fn every_file_lacks(dir: &Path, needle: &str) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.is_file() && !path.ends_with("passphrase-input") {
+        if path.is_file()
+            && !path.ends_with("passphrase-input")
+            && !path.ends_with("passphrase.txt")
+        {
             let bytes = std::fs::read(&path).unwrap();
             assert!(
                 !contains_bytes(&bytes, needle.as_bytes()),
@@ -89,6 +92,44 @@ async fn an_installation_opened_by_a_passphrase_from_env_or_fd() {
     let log = server.log_text();
     drop(server);
     assert!(!log.contains(PASSPHRASE));
+
+    // From a file (a systemd credential, say), which others may not read.
+    let file = scratch.path().join("passphrase.txt");
+    std::fs::write(&file, format!("{PASSPHRASE}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loose = rekeyd_with(
+        &dir,
+        &[],
+        &[
+            "--passphrase-file",
+            file.to_str().unwrap(),
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        Stdio::null(),
+    );
+    assert_eq!(loose.status.code(), Some(1));
+    assert!(
+        text(&loose.stderr).contains("can be read by other users"),
+        "{}",
+        text(&loose.stderr)
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::start_with(
+        &dir,
+        "127.0.0.1:0",
+        &[],
+        &["--passphrase-file", file.to_str().unwrap()],
+        Stdio::null(),
+    );
+    let got = server
+        .rekey(&dir.join("admin.pem"))
+        .run(&["get", "pp/db"])
+        .ok();
+    assert_eq!(got.stdout.trim_end(), VALUE);
+    drop(server);
 
     // A wrong passphrase, and none at all: refused before listening.
     let wrong = rekeyd_with(
