@@ -25,6 +25,7 @@ pub mod password;
 pub mod pki;
 pub mod policy;
 pub mod principal;
+pub mod retention;
 pub mod rotation;
 pub mod service;
 pub mod stages;
@@ -160,6 +161,7 @@ pub async fn serve_opened(
         state.clone(),
         std::time::Duration::from_secs(config.purge_interval_seconds.max(1)),
     ));
+    let archiving = start_retention(loaded, &state)?;
     let incoming = ReceiverStream::new(tls::accept(listener, Arc::new(tls)));
     let (stopping, stopped) = tokio::sync::oneshot::channel();
     let watchers = state.clone();
@@ -196,6 +198,9 @@ pub async fn serve_opened(
         ),
     }
     purge.abort();
+    if let Some(archiving) = archiving {
+        archiving.abort();
+    }
     syncing.abort();
     fanning_out.abort();
     rotating.abort();
@@ -228,6 +233,31 @@ async fn purge_loop(state: Arc<service::AppState>, interval: std::time::Duration
             Err(error) => tracing::error!(%error, "purging deleted secrets failed"),
         }
     }
+}
+
+/// Starts archiving old audit events when `[audit] retention_days` is set;
+/// an archive directory that cannot be made stops the start.
+fn start_retention(
+    loaded: &config::Loaded,
+    state: &Arc<service::AppState>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let settings = &loaded.config.audit;
+    if settings.retention_days == 0 {
+        return Ok(None);
+    }
+    let dir = loaded.path(&settings.archive_dir);
+    retention::file::create_dir(&dir)
+        .with_context(|| format!("creating the audit archive directory {}", dir.display()))?;
+    tracing::info!(
+        days = settings.retention_days,
+        dir = %dir.display(),
+        "audit events older than the retention are archived"
+    );
+    Ok(Some(tokio::spawn(retention::run(
+        state.clone(),
+        dir,
+        settings.clone(),
+    ))))
 }
 
 /// How long a shutdown waits for open connections to finish.
