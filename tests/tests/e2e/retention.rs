@@ -322,3 +322,74 @@ fn a_bad_retention_setting_is_refused() {
         text(&output.stderr)
     );
 }
+
+/// A round whose transaction fails leaves its file and the events: the
+/// chain still verifies, the archive verifies with the database although
+/// they overlap, and a later round archives the events after all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_round_that_does_not_commit_leaves_the_file_and_the_events() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    for index in 0..3 {
+        admin.run(&["create", &format!("f/{index}")]).ok();
+    }
+    assert_eq!(server.stop().code(), Some(0));
+    let head = scalar(&installation, "SELECT MAX(seq) FROM audit_events").await;
+    let old = head - 1;
+    age_through(&installation, old).await;
+    installation.edit_config(|table| {
+        let audit: toml::Table = "retention_days = 1\narchive_interval_seconds = 1"
+            .parse()
+            .unwrap();
+        table.insert("audit".into(), toml::Value::Table(audit));
+    });
+    let mut db = database(&installation).await;
+    sqlx::query(
+        "CREATE TRIGGER keep_events BEFORE DELETE ON audit_events
+         BEGIN SELECT RAISE(ABORT, 'the disk is read-only'); END",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    eventually("a failed round", || {
+        server
+            .log_text()
+            .contains("archiving audit events failed")
+            .then_some(())
+    });
+    assert!(archive_file(&installation, 1, old).exists());
+    assert_eq!(
+        scalar(&installation, "SELECT MIN(seq) FROM audit_events").await,
+        1
+    );
+    let verdict = admin
+        .run(&["audit", "verify", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        (verdict["ok"].clone(), verdict["first_seq"].clone()),
+        (true.into(), 1.into())
+    );
+    let output = verify_archive(&installation);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let said = text(&output.stdout);
+    assert!(
+        said.contains(&format!(": {old} in 1 archive file, ")),
+        "{said}"
+    );
+
+    let mut db = database(&installation).await;
+    sqlx::query("DROP TRIGGER keep_events")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    archived_through(&admin, old);
+    let output = verify_archive(&installation);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
