@@ -122,8 +122,22 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         root_key_file: Option<PathBuf>,
     },
+    /// The audit log, from the installation itself.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Print the default configuration file.
     PrintDefaultConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify the whole audit chain: the archived events (see [audit]
+    /// retention_days), then the database's, from the first event on.
+    VerifyArchive {
+        /// The archive directory (default: the configured archive_dir).
+        #[arg(long, value_name = "DIR")]
+        archive_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -286,6 +300,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 location.dir.display(),
                 location.dir.display()
             );
+            Ok(())
+        }
+        Command::Audit(AuditCommand::VerifyArchive { archive_dir }) => {
+            let loaded = location.load()?;
+            let dir = archive_dir.unwrap_or_else(|| loaded.path(&loaded.config.audit.archive_dir));
+            let opened = installation::open(&loaded).await?;
+            let verified = crate::retention::verify_archive(&opened.store, &dir).await;
+            opened.store.close().await;
+            println!("{}", verified.context("the audit log does not verify")?);
             Ok(())
         }
         Command::PrintDefaultConfig => {

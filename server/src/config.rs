@@ -33,7 +33,34 @@ pub struct Config {
     pub rotation: RotationSettings,
     pub rate_limit: RateLimitSettings,
     pub metrics: MetricsSettings,
+    pub audit: AuditSettings,
     pub notifications: NotificationSettings,
+}
+
+/// Audit retention (see `crate::retention`): events older than
+/// `retention_days` leave the database for JSON-lines files in
+/// `archive_dir`, which `rekeyd audit verify-archive` verifies with the
+/// database. With several PostgreSQL replicas, set it on one of them only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Days an event stays in the database; 0 keeps every event there
+    /// forever. `REKEY_AUDIT_RETENTION_DAYS`.
+    pub retention_days: u32,
+    /// Where archived events go (relative to the installation).
+    pub archive_dir: PathBuf,
+    /// How often old events are archived, in seconds (and once at start).
+    pub archive_interval_seconds: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            retention_days: 0,
+            archive_dir: PathBuf::from("audit-archive"),
+            archive_interval_seconds: 3600,
+        }
+    }
 }
 
 /// Requests per principal: a token bucket refilled at `requests_per_second`
@@ -223,6 +250,7 @@ impl Default for Config {
             rotation: RotationSettings::default(),
             rate_limit: RateLimitSettings::default(),
             metrics: MetricsSettings::default(),
+            audit: AuditSettings::default(),
             notifications: NotificationSettings::default(),
         }
     }
@@ -329,6 +357,13 @@ pub fn apply_environment(
                 )
             })?;
     }
+    if let Some(days) = var("REKEY_AUDIT_RETENTION_DAYS") {
+        config.audit.retention_days = days.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "REKEY_AUDIT_RETENTION_DAYS is {days:?}; give whole days (0 keeps every event)"
+            )
+        })?;
+    }
     if let Some(listen) = var("REKEY_METRICS_LISTEN") {
         config.metrics.listen = listen;
     }
@@ -358,7 +393,8 @@ pub fn toml_of(config: &Config) -> String {
         "# rekeyd configuration. Relative paths are relative to this file's directory.\n\
          # Environment variables override it: REKEY_LISTEN, REKEY_DATABASE_URL,\n\
          # REKEY_ROOT_KEY_FILE, REKEY_PURGE_INTERVAL_SECONDS, REKEY_LOG, REKEY_LOG_FORMAT,\n\
-         # REKEY_METRICS_LISTEN (\"\" turns the metrics listener off);\n\
+         # REKEY_METRICS_LISTEN (\"\" turns the metrics listener off),\n\
+         # REKEY_AUDIT_RETENTION_DAYS (0 keeps every audit event in the database);\n\
          # a passphrase-derived root key ([root_passphrase]) comes from --passphrase-fd N,\n\
          # --passphrase-file FILE, REKEY_ROOT_PASSPHRASE_FD, REKEY_ROOT_PASSPHRASE_FILE,\n\
          # REKEY_ROOT_PASSPHRASE or a prompt;\n\
@@ -372,8 +408,34 @@ mod tests {
 
     #[test]
     fn default_toml_parses_back_to_the_defaults() {
-        let parsed: Config = toml::from_str(&default_toml()).unwrap();
+        let shown = default_toml();
+        let parsed: Config = toml::from_str(&shown).unwrap();
         assert_eq!(parsed, Config::default());
+        for line in [
+            "[audit]",
+            "retention_days = 0",
+            "archive_dir = \"audit-archive\"",
+            "archive_interval_seconds = 3600",
+            "REKEY_AUDIT_RETENTION_DAYS",
+        ] {
+            assert!(shown.contains(line), "{line} missing from\n{shown}");
+        }
+    }
+
+    #[test]
+    fn audit_retention_from_the_environment() {
+        let mut config = Config::default();
+        apply_environment(&mut config, |name| {
+            (name == "REKEY_AUDIT_RETENTION_DAYS").then(|| "90".to_owned())
+        })
+        .unwrap();
+        assert_eq!(config.audit.retention_days, 90);
+        let error = apply_environment(&mut config, |name| {
+            (name == "REKEY_AUDIT_RETENTION_DAYS").then(|| "-1".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("whole days"), "{error}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod password;
 pub mod pki;
 pub mod policy;
 pub mod principal;
+pub mod retention;
 pub mod rotation;
 pub mod service;
 pub mod stages;
@@ -55,7 +56,8 @@ pub async fn serve(
 }
 
 /// An installation ready to serve: everything that can refuse to start
-/// (policy, TLS files, webhook settings) has been read and checked.
+/// (policy, TLS files, webhook settings, the audit archive directory) has
+/// been read and checked.
 #[derive(Debug)]
 pub struct Prepared {
     loaded: config::Loaded,
@@ -63,6 +65,8 @@ pub struct Prepared {
     tls: rustls::ServerConfig,
     revocations: Arc<tls::Revocations>,
     notifier: notify::Notifier,
+    /// The audit archiver, already running (see `retention`).
+    archiving: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Reads and checks what serving `opened` needs, before anything listens.
@@ -103,12 +107,14 @@ pub async fn prepare(
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     tracing::info!(policy_version = version, "policy in force");
+    let archiving = start_retention(loaded, &state)?;
     Ok(Prepared {
         loaded: loaded.clone(),
         state,
         tls,
         revocations,
         notifier,
+        archiving,
     })
 }
 
@@ -127,6 +133,7 @@ pub async fn serve_prepared(
         tls,
         revocations,
         notifier,
+        archiving,
     } = prepared;
     let config = &loaded.config;
     let syncing = tokio::spawn(sync::run(state.clone()));
@@ -224,6 +231,9 @@ pub async fn serve_prepared(
     purge.abort();
     sweeping.abort();
     state.record_unrecorded_refusals().await;
+    if let Some(archiving) = archiving {
+        archiving.abort();
+    }
     syncing.abort();
     fanning_out.abort();
     rotating.abort();
@@ -266,6 +276,31 @@ async fn purge_loop(state: Arc<service::AppState>, interval: std::time::Duration
             Err(error) => tracing::error!(%error, "purging deleted secrets failed"),
         }
     }
+}
+
+/// Starts archiving old audit events when `[audit] retention_days` is set;
+/// an archive directory that cannot be made stops the start.
+fn start_retention(
+    loaded: &config::Loaded,
+    state: &Arc<service::AppState>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let settings = &loaded.config.audit;
+    if settings.retention_days == 0 {
+        return Ok(None);
+    }
+    let dir = loaded.path(&settings.archive_dir);
+    retention::file::create_dir(&dir)
+        .with_context(|| format!("creating the audit archive directory {}", dir.display()))?;
+    tracing::info!(
+        days = settings.retention_days,
+        dir = %dir.display(),
+        "audit events older than the retention are archived"
+    );
+    Ok(Some(tokio::spawn(retention::run(
+        state.clone(),
+        dir,
+        settings.clone(),
+    ))))
 }
 
 /// How long a shutdown waits for open connections to finish.

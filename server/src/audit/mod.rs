@@ -5,12 +5,18 @@
 //! edit of the table without the root key is detected. The server logs
 //! checkpoints (sequence and head MAC), so a cut-off tail is detected too.
 //!
+//! Old events may be archived (`crate::retention`): they leave the table
+//! for files, and an anchor row keeps the sequence number and MAC of the
+//! last one archived, itself under a MAC of the audit key ([`AuditAnchor`]),
+//! so the chain in the database goes on verifying from there and nobody
+//! without the root key can move the anchor to hide removed events.
+//!
 //! This module computes and verifies MACs; the store appends events in the
 //! same transaction as the change they describe.
 
 mod verify;
 
-pub use verify::{Finding, Verdict, Verification, verify, verify_store};
+pub use verify::{Finding, Verdict, Verification, verify, verify_from, verify_store};
 
 use crate::crypto::RootKey;
 use hmac::{Hmac, Mac};
@@ -72,6 +78,16 @@ impl AuditEvent {
     }
 }
 
+/// Where the chain in the database starts once older events were archived:
+/// the last archived event's sequence number and MAC, and `anchor_mac`,
+/// the audit key's MAC over both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditAnchor {
+    pub seq: i64,
+    pub mac: Vec<u8>,
+    pub anchor_mac: Vec<u8>,
+}
+
 /// The key that chains events, derived from the root key.
 pub struct AuditKey(Zeroizing<[u8; 32]>);
 
@@ -113,14 +129,40 @@ impl AuditKey {
     /// Whether `mac` is the MAC of event `seq` chained to `previous`
     /// (compared in constant time).
     pub fn verifies(&self, seq: i64, previous: &[u8], event: &AuditEvent, mac: &[u8]) -> bool {
-        let expected = self.mac(seq, previous, event);
-        expected.len() == mac.len()
-            && expected
-                .iter()
-                .zip(mac)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        constant_time_eq(&self.mac(seq, previous, event), mac)
     }
+
+    /// The anchor after event `seq` with MAC `mac`, sealed by this key. Its
+    /// input is domain-separated from the events' MACs.
+    pub fn anchor(&self, seq: i64, mac: &[u8]) -> AuditAnchor {
+        AuditAnchor {
+            seq,
+            mac: mac.to_vec(),
+            anchor_mac: self.anchor_mac(seq, mac),
+        }
+    }
+
+    fn anchor_mac(&self, seq: i64, mac: &[u8]) -> Vec<u8> {
+        #[allow(clippy::expect_used)] // HMAC takes keys of any length
+        let mut hmac = Hmac::<Sha256>::new_from_slice(self.0.as_ref()).expect("HMAC key");
+        hmac.update(b"rekey/audit-anchor/v1");
+        hmac.update(&seq.to_be_bytes());
+        hmac.update(&(mac.len() as u32).to_be_bytes());
+        hmac.update(mac);
+        hmac.finalize().into_bytes().to_vec()
+    }
+
+    /// Whether `anchor` was sealed by this key (compared in constant time).
+    pub fn anchor_verifies(&self, anchor: &AuditAnchor) -> bool {
+        constant_time_eq(
+            &self.anchor_mac(anchor.seq, &anchor.mac),
+            &anchor.anchor_mac,
+        )
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 pub fn hex(bytes: &[u8]) -> String {

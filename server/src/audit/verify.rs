@@ -1,9 +1,10 @@
 //! Verifying the chain: a pure walk over stored events in sequence order,
 //! fed page by page, that names the first event that was altered, removed
 //! or inserted, and a tail cut off behind a known checkpoint; and
-//! [`verify_store`], which feeds it a whole store's log.
+//! [`verify_store`], which feeds it a whole store's log, from the archive
+//! anchor on when older events were archived.
 
-use super::{AuditKey, GENESIS, StoredEvent};
+use super::{AuditAnchor, AuditKey, GENESIS, StoredEvent};
 use crate::store::{AuditQuery, Store};
 
 /// What is wrong with the log; the first problem found.
@@ -22,6 +23,27 @@ pub enum Finding {
     Truncated { last: i64, checkpoint: i64 },
     /// Event `seq` exists but is not the event of the checkpoint.
     CheckpointMismatch { seq: i64 },
+    /// The archive anchor (events up to `seq` archived) does not carry the
+    /// audit key's MAC: it was written or moved without the root key.
+    AnchorForged { seq: i64 },
+    /// Event `seq` is in the database although the anchor says that
+    /// events up to `anchor` were archived: it was inserted.
+    BeforeAnchor { seq: i64, anchor: i64 },
+}
+
+impl Finding {
+    /// The first event the finding is about.
+    pub fn first_bad_seq(&self) -> i64 {
+        match self {
+            Self::Removed { first, .. } => *first,
+            Self::Altered { seq }
+            | Self::AlteredOrInserted { seq }
+            | Self::CheckpointMismatch { seq }
+            | Self::AnchorForged { seq }
+            | Self::BeforeAnchor { seq, .. } => *seq,
+            Self::Truncated { last, .. } => last + 1,
+        }
+    }
 }
 
 impl std::fmt::Display for Finding {
@@ -43,6 +65,16 @@ impl std::fmt::Display for Finding {
             Self::CheckpointMismatch { seq } => {
                 write!(f, "event {seq} is not the event the checkpoint recorded")
             }
+            Self::AnchorForged { seq } => write!(
+                f,
+                "the archive anchor (events up to {seq} archived) does not verify: \
+                 it was changed without the root key"
+            ),
+            Self::BeforeAnchor { seq, anchor } => write!(
+                f,
+                "event {seq} is in the database, but events up to {anchor} were archived: \
+                 it was inserted"
+            ),
         }
     }
 }
@@ -64,21 +96,53 @@ pub struct Verification<'a> {
 /// Starts a verification. `checkpoint`: a sequence number and head MAC
 /// that the server logged, or that the caller holds.
 pub fn verify(key: &AuditKey, checkpoint: Option<(i64, Vec<u8>)>) -> Verification<'_> {
+    verify_from(key, checkpoint, None)
+}
+
+/// Starts a verification after event `start` (its sequence number and
+/// MAC, trusted: an archive anchor that verified), or at the first event
+/// when `start` is `None`. A checkpoint before `start` cannot be checked
+/// here (its event is archived); one at `start` must match it.
+pub fn verify_from(
+    key: &AuditKey,
+    checkpoint: Option<(i64, Vec<u8>)>,
+    start: Option<(i64, Vec<u8>)>,
+) -> Verification<'_> {
+    let (start_seq, previous) = start.unwrap_or((0, GENESIS.to_vec()));
+    let finding = match &checkpoint {
+        Some((seq, mac)) if *seq == start_seq && start_seq > 0 && *mac != previous => {
+            Some(Finding::CheckpointMismatch { seq: *seq })
+        }
+        _ => None,
+    };
     Verification {
         key,
         checkpoint,
-        expected_seq: 1,
-        previous: GENESIS.to_vec(),
+        expected_seq: start_seq + 1,
+        previous,
         suspect: None,
         events: 0,
-        finding: None,
+        finding,
     }
 }
 
 impl Verification<'_> {
+    /// The sequence number the next event must have.
+    pub fn next_seq(&self) -> i64 {
+        self.expected_seq
+    }
+
     /// Feeds the next event; returns false once a problem is found.
     pub fn push(&mut self, stored: StoredEvent) -> bool {
         if self.finding.is_some() {
+            return false;
+        }
+        if self.suspect.is_none() && stored.seq < self.expected_seq {
+            // Only a start after an anchor leaves room behind the walk.
+            self.finding = Some(Finding::BeforeAnchor {
+                seq: stored.seq,
+                anchor: self.expected_seq - 1,
+            });
             return false;
         }
         if let Some(suspect) = self.suspect.take() {
@@ -144,6 +208,8 @@ impl Verification<'_> {
 /// The verdict on a whole log.
 #[derive(Debug)]
 pub struct Verdict {
+    /// The first event verified: 1, or the one after the archive anchor.
+    pub first_seq: i64,
     pub events: u64,
     pub finding: Option<Finding>,
     pub head_seq: i64,
@@ -154,12 +220,29 @@ pub struct Verdict {
 const PAGE: u32 = 1000;
 
 /// Walks every event of `store` in sequence order, under the store's audit
-/// key, held against `checkpoint` when one is given.
+/// key, held against `checkpoint` when one is given. When older events
+/// were archived, the walk starts after the anchor, once the anchor
+/// verified.
 pub async fn verify_store(
     store: &Store,
     checkpoint: Option<(i64, Vec<u8>)>,
 ) -> crate::error::Result<Verdict> {
-    let mut verification = verify(store.audit_key(), checkpoint);
+    let anchor = store.audit_anchor().await?;
+    if let Some(anchor) = &anchor
+        && !store.audit_key().anchor_verifies(anchor)
+    {
+        return Ok(Verdict {
+            first_seq: anchor.seq + 1,
+            events: 0,
+            finding: Some(Finding::AnchorForged { seq: anchor.seq }),
+            head_seq: 0,
+            head_mac: Vec::new(),
+        });
+    }
+    let start = anchor.map(|AuditAnchor { seq, mac, .. }| (seq, mac));
+    let first_seq = start.as_ref().map_or(1, |(seq, _)| seq + 1);
+    let mut verification = verify_from(store.audit_key(), checkpoint, start);
+    // From the first event on: one still there behind the anchor is found.
     let mut after_seq = 0;
     'walk: loop {
         let page = store
@@ -180,6 +263,7 @@ pub async fn verify_store(
     let events = verification.events;
     let (finding, head_seq, head_mac) = verification.finish();
     Ok(Verdict {
+        first_seq,
         events,
         finding,
         head_seq,
@@ -269,5 +353,68 @@ mod tests {
             run(&other_key, events, None),
             Some(Finding::AlteredOrInserted { seq: 1 })
         );
+    }
+
+    fn run_from(
+        key: &AuditKey,
+        events: &[StoredEvent],
+        checkpoint: Option<(i64, Vec<u8>)>,
+        start: &StoredEvent,
+    ) -> Option<Finding> {
+        let mut verification = verify_from(key, checkpoint, Some((start.seq, start.mac.clone())));
+        for event in events {
+            if !verification.push(event.clone()) {
+                break;
+            }
+        }
+        verification.finish().0
+    }
+
+    #[test]
+    fn a_walk_from_an_anchor() {
+        let key = AuditKey::derive(&RootKey::new(Key::generate()));
+        let events = chain(&key, 6);
+        let anchor = &events[2];
+        assert_eq!(run_from(&key, &events[3..], None, anchor), None);
+        // The anchor's own event may still be the checkpoint.
+        let at_anchor = Some((3, anchor.mac.clone()));
+        assert_eq!(run_from(&key, &events[3..], at_anchor, anchor), None);
+        assert_eq!(
+            run_from(&key, &events[3..], Some((3, vec![1; 32])), anchor),
+            Some(Finding::CheckpointMismatch { seq: 3 })
+        );
+        // A checkpoint behind the anchor is the archive's to check.
+        assert_eq!(
+            run_from(&key, &events[3..], Some((2, vec![1; 32])), anchor),
+            None
+        );
+        assert_eq!(
+            run_from(&key, &events[4..], None, anchor),
+            Some(Finding::Removed { first: 4, last: 4 })
+        );
+        assert_eq!(
+            run_from(&key, &events[2..], None, anchor),
+            Some(Finding::BeforeAnchor { seq: 3, anchor: 3 })
+        );
+        assert_eq!(
+            run_from(&key, &events[3..], None, &events[1]),
+            Some(Finding::Removed { first: 3, last: 3 })
+        );
+    }
+
+    #[test]
+    fn anchors_verify_under_their_key_only() {
+        let key = AuditKey::derive(&RootKey::new(Key::generate()));
+        let anchor = key.anchor(1200, &[7; 32]);
+        assert!(key.anchor_verifies(&anchor));
+        let moved = AuditAnchor {
+            seq: 1500,
+            ..anchor.clone()
+        };
+        assert!(!key.anchor_verifies(&moved));
+        let other_key = AuditKey::derive(&RootKey::new(Key::generate()));
+        assert!(!other_key.anchor_verifies(&anchor));
+        // Not an event's MAC: the inputs are apart.
+        assert_ne!(anchor.anchor_mac, anchor.mac);
     }
 }

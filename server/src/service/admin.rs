@@ -146,19 +146,13 @@ impl AdminService {
             store.audit_head()
         };
         let audit::Verdict {
+            first_seq,
             events,
             finding,
             head_seq,
             head_mac,
         } = audit::verify_store(store, checkpoint).await?;
-        let first_bad_seq = match &finding {
-            Some(audit::Finding::Removed { first, .. }) => *first,
-            Some(audit::Finding::Altered { seq })
-            | Some(audit::Finding::AlteredOrInserted { seq })
-            | Some(audit::Finding::CheckpointMismatch { seq }) => *seq,
-            Some(audit::Finding::Truncated { last, .. }) => last + 1,
-            None => 0,
-        };
+        let first_bad_seq = finding.as_ref().map_or(0, audit::Finding::first_bad_seq);
         if let Some(finding) = &finding {
             tracing::error!(%finding, "audit log verification failed");
         } else {
@@ -171,6 +165,7 @@ impl AdminService {
             head_mac,
             finding: finding.map(|f| f.to_string()).unwrap_or_default(),
             first_bad_seq,
+            first_seq,
         })
     }
 

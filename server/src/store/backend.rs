@@ -9,7 +9,7 @@ use super::{
     Deletion, NewSecret, NewVersion, PutOutcome, Rewrapped, SecretQuery, SecretRecord,
     VersionRecord, VersionSummary, WrappedMasterKey, postgres, sqlite,
 };
-use crate::audit::{AuditEvent, AuditKey, StoredEvent};
+use crate::audit::{AuditAnchor, AuditEvent, AuditKey, StoredEvent};
 use crate::error::{Error, Result};
 use crate::rotation::{ApprovalRecord, ConfigRecord, HistoryRecord, RunRecord};
 use crate::stages::StageMap;
@@ -138,6 +138,8 @@ forward! {
     pub async fn close(&self) -> ();
     pub async fn record(&self, event: &AuditEvent) -> Result<()>;
     pub async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<StoredEvent>>;
+    pub async fn audit_anchor(&self) -> Result<Option<AuditAnchor>>;
+    pub async fn archive_audit_events(&self, from: Option<&AuditAnchor>, to: &AuditAnchor, event: &AuditEvent) -> Result<bool>;
     pub async fn record_certificate(&self, record: &CertificateRecord, event: &AuditEvent) -> Result<()>;
     pub async fn certificates(&self) -> Result<Vec<CertificateRecord>>;
     pub async fn revoke(&self, name_or_serial: &str, now: i64, event: &AuditEvent) -> Result<Vec<String>>;

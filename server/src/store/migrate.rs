@@ -21,6 +21,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         5,
         include_str!("../../migrations/sqlite/0005_versions_by_age.sql"),
     ),
+    (
+        6,
+        include_str!("../../migrations/sqlite/0006_audit_anchor.sql"),
+    ),
 ];
 
 pub async fn migrate(pool: &SqlitePool) -> Result<()> {
@@ -80,6 +84,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         5,
         include_str!("../../migrations/postgres/0005_versions_by_age.sql"),
+    ),
+    (
+        6,
+        include_str!("../../migrations/postgres/0006_audit_anchor.sql"),
     ),
 ];
 

@@ -11,6 +11,7 @@
 //! that stand alone (`group_commit`); nothing is reported before it is
 //! durable.
 
+mod anchor;
 mod backend;
 mod batch;
 mod chain;

@@ -25,6 +25,7 @@ mod passphrase;
 mod python_client;
 mod rate_limit;
 mod replicas;
+mod retention;
 mod revocation;
 mod rotation;
 mod run_command;

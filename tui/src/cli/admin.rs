@@ -243,7 +243,17 @@ async fn verify(
             "head_mac": head,
             "finding": verdict.finding,
             "first_bad_seq": verdict.first_bad_seq,
+            "first_seq": verdict.first_seq,
         })),
+        Format::Text if verdict.ok && verdict.first_seq > 1 => println!(
+            "the audit log verifies: events {} to {} ({} events; events up to {} are archived, \
+             `rekeyd audit verify-archive` checks them), head {}:{head}",
+            verdict.first_seq,
+            verdict.head_seq,
+            verdict.events,
+            verdict.first_seq - 1,
+            verdict.head_seq
+        ),
         Format::Text if verdict.ok => println!(
             "the audit log verifies: {} events, head {}:{head}",
             verdict.events, verdict.head_seq

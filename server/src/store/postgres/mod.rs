@@ -6,6 +6,7 @@
 //! audit chain stays one chain. Within a process, writers share that
 //! transaction and commit in groups (`store::batch`).
 
+mod archive;
 mod audit;
 mod certificates;
 mod keys;

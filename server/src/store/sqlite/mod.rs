@@ -5,6 +5,7 @@
 //! by subject: master keys, secrets (metadata, tags, deletion), versions
 //! and stages, and listings.
 
+mod archive;
 mod audit;
 mod certificates;
 mod keys;

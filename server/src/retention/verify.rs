@@ -1,0 +1,312 @@
+//! `rekeyd audit verify-archive`: one walk of the chain from the first
+//! event, through the archive files in sequence order, to the last event
+//! in the database. It needs the audit key, so the root key: it runs
+//! locally, like `rekeyd keys`.
+//!
+//! Files may overlap (a round whose transaction did not commit leaves a
+//! file the next round writes again, in part or whole): an event seen
+//! before is compared with the copy already verified, not walked twice. A
+//! hole is a finding. The walk must pass through the database's anchor
+//! (the last archived event, sealed with the audit key) and then go on
+//! into the database without a seam.
+
+use super::file::{self, ArchiveFile};
+use crate::audit::{AuditAnchor, Finding, StoredEvent, Verification, verify};
+use crate::store::{AuditQuery, Store};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// What verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveReport {
+    pub last: i64,
+    pub archived: u64,
+    pub files: usize,
+    pub in_database: u64,
+}
+
+impl std::fmt::Display for ArchiveReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the audit log verifies from event 1 to {}: {} in {} archive file{}, {} in the database",
+            self.last,
+            self.archived,
+            self.files,
+            if self.files == 1 { "" } else { "s" },
+            self.in_database
+        )
+    }
+}
+
+/// The walk over files and then the database: the chain's verification,
+/// the MACs of recent events (to compare overlapping copies with) and
+/// where each event came from (to name it in a finding).
+struct Walk<'a> {
+    verification: Verification<'a>,
+    anchor: Option<AuditAnchor>,
+    recent: BTreeMap<i64, Vec<u8>>,
+    /// Each source with the first and last event walked from it.
+    sources: Vec<(String, i64, i64)>,
+    walked: u64,
+}
+
+impl Walk<'_> {
+    /// Starts a source: copies of events before `first` are not expected
+    /// from here on.
+    fn source(&mut self, name: &str, first: i64) {
+        self.recent = self.recent.split_off(&first);
+        self.sources.push((name.to_owned(), i64::MAX, 0));
+    }
+
+    fn push(&mut self, stored: StoredEvent) -> Result<(), String> {
+        let name = self.sources.last().map(|s| s.0.clone()).unwrap_or_default();
+        if stored.seq < self.verification.next_seq() {
+            return match self.recent.get(&stored.seq) {
+                Some(mac) if *mac != stored.mac => Err(format!(
+                    "{name}: event {} differs from its copy verified before",
+                    stored.seq
+                )),
+                _ => Ok(()),
+            };
+        }
+        if let Some(anchor) = &self.anchor
+            && anchor.seq == stored.seq
+            && anchor.mac != stored.mac
+        {
+            return Err(format!(
+                "{name}: event {} is not the last archived event the database's anchor names",
+                stored.seq
+            ));
+        }
+        if let Some(source) = self.sources.last_mut() {
+            source.1 = source.1.min(stored.seq);
+            source.2 = stored.seq;
+        }
+        self.recent.insert(stored.seq, stored.mac.clone());
+        self.walked += 1;
+        if self.verification.push(stored) {
+            Ok(())
+        } else {
+            Err(self.failure())
+        }
+    }
+
+    fn failure(&self) -> String {
+        match &self.verification.finding {
+            Some(finding) => named(&self.sources, finding),
+            None => "the walk stopped without a finding".to_owned(),
+        }
+    }
+}
+
+/// `finding`, named with the source of its first bad event.
+fn named(sources: &[(String, i64, i64)], finding: &Finding) -> String {
+    let seq = finding.first_bad_seq();
+    let source = sources
+        .iter()
+        .find(|(_, first, last)| (*first..=*last).contains(&seq))
+        .or(sources.last())
+        .map_or("the archive", |(name, _, _)| name.as_str());
+    format!("{source}: {finding}")
+}
+
+/// Verifies the archive files in `dir` and the database of `store` as one
+/// chain; the error names the first bad event and where it is.
+pub async fn verify_archive(store: &Store, dir: &Path) -> anyhow::Result<ArchiveReport> {
+    let anchor = store
+        .audit_anchor()
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    if let Some(anchor) = &anchor
+        && !store.audit_key().anchor_verifies(anchor)
+    {
+        anyhow::bail!(
+            "the database: {}",
+            Finding::AnchorForged { seq: anchor.seq }
+        );
+    }
+    let files = match file::list(dir) {
+        Ok(files) => files,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound && anchor.is_none() => {
+            Vec::new()
+        }
+        Err(error) => anyhow::bail!(
+            "cannot read the archive directory {}: {error}",
+            dir.display()
+        ),
+    };
+    let mut walk = Walk {
+        verification: verify(store.audit_key(), None),
+        anchor: anchor.clone(),
+        recent: BTreeMap::new(),
+        sources: Vec::new(),
+        walked: 0,
+    };
+    for archive in &files {
+        walk_file(&mut walk, archive).map_err(anyhow::Error::msg)?;
+    }
+    let archived = walk.walked;
+    let archive_head = walk.verification.next_seq() - 1;
+    let anchor_seq = anchor.as_ref().map_or(0, |anchor| anchor.seq);
+    if archive_head < anchor_seq {
+        anyhow::bail!(
+            "the archive ends at event {archive_head}, but the database says events up to \
+             {anchor_seq} were archived: archive files are missing from {}",
+            dir.display()
+        );
+    }
+    walk.source("the database", anchor_seq + 1);
+    let mut after_seq = 0;
+    loop {
+        let page = store
+            .audit_events(&AuditQuery {
+                after_seq,
+                limit: 1000,
+                ..AuditQuery::default()
+            })
+            .await
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+        let Some(last) = page.last() else { break };
+        after_seq = last.seq;
+        for stored in page {
+            if stored.seq <= anchor_seq {
+                anyhow::bail!(
+                    "the database: {}",
+                    Finding::BeforeAnchor {
+                        seq: stored.seq,
+                        anchor: anchor_seq
+                    }
+                );
+            }
+            walk.push(stored).map_err(anyhow::Error::msg)?;
+        }
+    }
+    let in_database = walk.walked - archived;
+    let (finding, last, _) = walk.verification.finish();
+    if let Some(finding) = finding {
+        anyhow::bail!(named(&walk.sources, &finding));
+    }
+    Ok(ArchiveReport {
+        last,
+        archived,
+        files: files.len(),
+        in_database,
+    })
+}
+
+/// Walks one file's lines, which must hold the range its name says.
+fn walk_file(walk: &mut Walk<'_>, archive: &ArchiveFile) -> Result<(), String> {
+    let name = &archive.name;
+    let text =
+        std::fs::read_to_string(&archive.path).map_err(|error| format!("{name}: {error}"))?;
+    walk.source(name, archive.first);
+    let mut previous = None;
+    for (index, line) in text.lines().enumerate() {
+        let stored = file::parse_line(line)
+            .map_err(|error| format!("{name} line {}: {error}", index + 1))?;
+        let expected = previous.map_or(archive.first, |seq: i64| seq + 1);
+        if stored.seq != expected {
+            return Err(format!(
+                "{name} line {}: event {} where event {expected} belongs",
+                index + 1,
+                stored.seq
+            ));
+        }
+        previous = Some(stored.seq);
+        walk.push(stored)?;
+    }
+    if previous != Some(archive.last) {
+        return Err(format!(
+            "{name}: ends at event {}, but its name says it holds events {} to {}",
+            previous.unwrap_or(archive.first - 1),
+            archive.first,
+            archive.last
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditEvent, AuditKey, GENESIS};
+    use crate::crypto::{Key, RootKey};
+
+    fn chain(key: &AuditKey, count: i64) -> Vec<StoredEvent> {
+        let mut previous = GENESIS.to_vec();
+        (1..=count)
+            .map(|seq| {
+                let event = AuditEvent {
+                    time: seq,
+                    principal: format!("p{seq}"),
+                    ..AuditEvent::default()
+                };
+                let mac = key.mac(seq, &previous, &event);
+                previous.clone_from(&mac);
+                StoredEvent { seq, event, mac }
+            })
+            .collect()
+    }
+
+    /// Walks the files made of `ranges` (1-based, inclusive) of `events`.
+    fn walk_files(
+        key: &AuditKey,
+        events: &[StoredEvent],
+        ranges: &[(usize, usize)],
+        change: impl Fn(&mut Vec<StoredEvent>),
+    ) -> Result<(u64, i64), String> {
+        let dir = tempfile::tempdir().unwrap();
+        for (first, last) in ranges {
+            let mut part = events[first - 1..*last].to_vec();
+            change(&mut part);
+            file::write(dir.path(), &part).unwrap();
+        }
+        let mut walk = Walk {
+            verification: verify(key, None),
+            anchor: None,
+            recent: BTreeMap::new(),
+            sources: Vec::new(),
+            walked: 0,
+        };
+        for archive in file::list(dir.path()).unwrap() {
+            walk_file(&mut walk, &archive)?;
+        }
+        let walked = walk.walked;
+        match walk.verification.finish() {
+            (None, last, _) => Ok((walked, last)),
+            (Some(finding), _, _) => Err(named(&walk.sources, &finding)),
+        }
+    }
+
+    #[test]
+    fn overlapping_files_are_walked_once_and_holes_are_found() {
+        let key = AuditKey::derive(&RootKey::new(Key::generate()));
+        let events = chain(&key, 9);
+        let same = |_: &mut Vec<StoredEvent>| {};
+        assert_eq!(
+            walk_files(&key, &events, &[(1, 3), (1, 5), (4, 7), (8, 9)], same),
+            Ok((9, 9))
+        );
+        let hole = walk_files(&key, &events, &[(1, 3), (6, 9)], same).unwrap_err();
+        assert!(hole.contains("events 4 to 5 were removed"), "{hole}");
+        // A copy that differs from the one verified before.
+        let differs = walk_files(&key, &events, &[(1, 5), (4, 6)], |part| {
+            if part[0].seq == 4 {
+                part[0].mac = vec![0; 32];
+            }
+        })
+        .unwrap_err();
+        assert!(differs.contains("event 4 differs"), "{differs}");
+        let altered = walk_files(&key, &events, &[(1, 4), (5, 9)], |part| {
+            if part[0].seq == 5 {
+                part[1].event.detail = "edited".into();
+            }
+        })
+        .unwrap_err();
+        assert_eq!(
+            altered,
+            format!("{}: event 6 was altered", file::file_name(5, 9))
+        );
+    }
+}
