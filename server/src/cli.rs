@@ -373,6 +373,8 @@ async fn serve_until_signal(loaded: &Loaded) -> anyhow::Result<()> {
     // webhook settings first: nothing is said to be listening before all of
     // them are known to be good.
     let prepared = crate::prepare(loaded, installation::open(loaded).await?).await?;
+    // The root key is derived; the passphrase is not kept.
+    loaded.passphrase.forget();
     let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(&loaded.config.listen)
         .await

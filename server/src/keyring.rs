@@ -169,9 +169,11 @@ pub fn missing_key(name: &KeyName) -> Error {
 pub fn read_root_key(path: &Path) -> anyhow::Result<RootKey> {
     use anyhow::Context;
     let raw = crate::pki::read_private(path, "root key")?;
+    // Checked in place: a failed conversion must not carry a copy away.
     let text = zeroize::Zeroizing::new(
-        String::from_utf8(raw.to_vec())
-            .map_err(|_| anyhow::anyhow!("root key {} is not text", path.display()))?,
+        std::str::from_utf8(&raw)
+            .map_err(|_| anyhow::anyhow!("root key {} is not text", path.display()))?
+            .to_owned(),
     );
     let bytes = zeroize::Zeroizing::new(decode_hex(text.trim()).with_context(|| {
         format!(

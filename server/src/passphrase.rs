@@ -130,6 +130,14 @@ impl std::fmt::Debug for PassphraseSource {
 }
 
 impl PassphraseSource {
+    /// Drops the answer kept for later asks (a serving process needs it
+    /// once, to derive the root key).
+    pub fn forget(&self) {
+        if let Ok(mut answer) = self.answer.lock() {
+            *answer = None;
+        }
+    }
+
     pub fn new(fd: Option<i32>, file: Option<std::path::PathBuf>) -> Self {
         Self {
             fd,
@@ -166,10 +174,13 @@ impl PassphraseSource {
         }
         if let Some(file) = &self.file {
             let bytes = crate::pki::read_private(file, "passphrase file")?;
-            let mut text =
-                Zeroizing::new(String::from_utf8(bytes.to_vec()).map_err(|_| {
-                    anyhow::anyhow!("passphrase file {} is not UTF-8", file.display())
-                })?);
+            let mut text = Zeroizing::new(
+                std::str::from_utf8(&bytes)
+                    .map_err(|_| {
+                        anyhow::anyhow!("passphrase file {} is not UTF-8", file.display())
+                    })?
+                    .to_owned(),
+            );
             trim_line_end(&mut text);
             return Ok(Passphrase(text));
         }

@@ -195,12 +195,9 @@ fn write_files(
     root_text: Option<&Zeroizing<String>>,
 ) -> anyhow::Result<Config> {
     let text = |name: &str| -> anyhow::Result<Zeroizing<String>> {
-        let bytes = files
-            .get(name)
-            .map(|bytes| bytes.to_vec())
-            .unwrap_or_default();
-        String::from_utf8(bytes)
-            .map(Zeroizing::new)
+        let bytes = files.get(name).map_or(&[][..], |bytes| bytes.as_slice());
+        std::str::from_utf8(bytes)
+            .map(|text| Zeroizing::new(text.to_owned()))
             .map_err(|_| anyhow::anyhow!("{name} in the backup is not text"))
     };
     let mut config: Config =
