@@ -25,6 +25,24 @@ fn replicated() -> Option<(StorageDatabase, Installation, PathBuf)> {
     Some((database, installation, state))
 }
 
+/// The metrics page at `url` (`http://ADDR/metrics`), over plain HTTP.
+fn scrape(url: &str) -> String {
+    use std::io::{Read, Write};
+    let address = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .unwrap();
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split_once("\r\n\r\n").unwrap().1.to_owned()
+}
+
 fn show(rekey: &Rekey, name: &str) -> Value {
     rekey
         .run(&["rotation", "show", name, "--output", "json"])
@@ -164,6 +182,16 @@ fn a_scheduled_rotation_runs_exactly_once() {
         (show(&other, "sched/db")["run"]["state"] == "succeeded").then_some(())
     });
     assert_eq!(runs(&other, "sched/db").len(), 1, "one run");
+    // Both replicas' gauges read the shared database (PostgreSQL's
+    // grouping statement): one succeeded run.
+    for replica in [&a, &b] {
+        let page = scrape(replica.metrics.as_deref().expect("a metrics listener"));
+        assert!(
+            page.lines()
+                .any(|line| line == r#"rekey_rotation_runs{state="succeeded"} 1"#),
+            "{page}"
+        );
+    }
     let calls = std::fs::read_to_string(state.join("calls")).unwrap();
     assert_eq!(
         calls
