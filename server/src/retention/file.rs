@@ -6,7 +6,9 @@
 //!
 //! A file is written under a temporary name, synced, renamed and its
 //! directory synced, so that it is whole and durable before the events
-//! leave the database; writing the same range again replaces it.
+//! leave the database; writing the same range again gives the same file,
+//! and a file of that name holding other events is never replaced. A line is
+//! read back only if it is exactly what would be written for its event.
 
 use crate::audit::{AuditEvent, StoredEvent, hex};
 use serde::{Deserialize, Serialize};
@@ -66,11 +68,13 @@ pub fn line(stored: &StoredEvent) -> String {
     serde_json::to_string(&line).unwrap_or_default()
 }
 
-/// The event a line holds, or what is wrong with it.
+/// The event a line holds, or what is wrong with it. The line must be
+/// exactly what [`line`] writes for that event: a field the chain does not
+/// cover (the readable `time`) cannot be edited unnoticed.
 pub fn parse_line(text: &str) -> Result<StoredEvent, String> {
     let line: Line = serde_json::from_str(text).map_err(|error| error.to_string())?;
     let mac = from_hex(&line.mac).ok_or("mac is not hex")?;
-    Ok(StoredEvent {
+    let stored = StoredEvent {
         seq: line.seq,
         event: AuditEvent {
             time: line.time_ms,
@@ -84,7 +88,14 @@ pub fn parse_line(text: &str) -> Result<StoredEvent, String> {
             detail: line.detail,
         },
         mac,
-    })
+    };
+    if self::line(&stored) != text {
+        return Err(format!(
+            "event {} is not written as rekeyd writes it (a field was changed)",
+            stored.seq
+        ));
+    }
+    Ok(stored)
 }
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
@@ -131,6 +142,18 @@ pub fn write(dir: &Path, events: &[StoredEvent]) -> std::io::Result<PathBuf> {
     drop(writer);
     file.sync_all()?;
     let path = dir.join(&name);
+    // Never over different events (another installation's archive in the
+    // same directory, say): the same range again must be the same file.
+    match std::fs::read(&path) {
+        Ok(existing) if existing != std::fs::read(&partial)? => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(std::io::Error::other(format!(
+                "{} exists and holds other events; refusing to replace it",
+                path.display()
+            )));
+        }
+        Ok(_) | Err(_) => {}
+    }
     std::fs::rename(&partial, &path)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(path)
@@ -193,6 +216,29 @@ mod tests {
         assert_eq!(parse_line(&text).unwrap(), event);
         assert!(parse_line("{\"seq\":1}").is_err());
         assert!(parse_line(&text.replace("0001feff", "0001fg")).is_err());
+        // The readable time is not in the chain, but it cannot be edited.
+        let edited = text.replace("2025-11-28T13:27:47Z", "2025-11-29T13:27:47Z");
+        let error = parse_line(&edited).unwrap_err();
+        assert!(error.contains("a field was changed"), "{error}");
+    }
+
+    #[test]
+    fn a_file_with_other_events_is_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = vec![stored(1), stored(2)];
+        let path = write(dir.path(), &events).unwrap();
+        assert_eq!(write(dir.path(), &events).unwrap(), path);
+        let mut other = events.clone();
+        other[1].event.detail = "another installation's".to_owned();
+        let error = write(dir.path(), &other).unwrap_err();
+        assert!(error.to_string().contains("holds other events"), "{error}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            events
+                .iter()
+                .map(|e| format!("{}\n", line(e)))
+                .collect::<String>()
+        );
     }
 
     #[test]

@@ -40,12 +40,16 @@ impl std::fmt::Display for ArchiveReport {
 }
 
 /// The walk over files and then the database: the chain's verification,
-/// the MACs of recent events (to compare overlapping copies with) and
+/// the archived events walked so far (whole, to compare overlapping copies
+/// with; only while walking files, so memory stays bounded by them) and
 /// where each event came from (to name it in a finding).
 struct Walk<'a> {
     verification: Verification<'a>,
     anchor: Option<AuditAnchor>,
-    recent: BTreeMap<i64, Vec<u8>>,
+    recent: BTreeMap<i64, StoredEvent>,
+    /// Whether walked events are kept in `recent` (files: yes; the
+    /// database, which nothing comes after: no).
+    keep: bool,
     /// Each source with the first and last event walked from it.
     sources: Vec<(String, i64, i64)>,
     walked: u64,
@@ -62,12 +66,18 @@ impl Walk<'_> {
     fn push(&mut self, stored: StoredEvent) -> Result<(), String> {
         let name = self.sources.last().map(|s| s.0.clone()).unwrap_or_default();
         if stored.seq < self.verification.next_seq() {
+            // A copy of an event walked already: it must be that event,
+            // every field of it, not merely carry its MAC.
             return match self.recent.get(&stored.seq) {
-                Some(mac) if *mac != stored.mac => Err(format!(
+                Some(walked) if *walked == stored => Ok(()),
+                Some(_) => Err(format!(
                     "{name}: event {} differs from its copy verified before",
                     stored.seq
                 )),
-                _ => Ok(()),
+                None => Err(format!(
+                    "{name}: event {} comes again where it cannot be compared",
+                    stored.seq
+                )),
             };
         }
         if let Some(anchor) = &self.anchor
@@ -83,7 +93,9 @@ impl Walk<'_> {
             source.1 = source.1.min(stored.seq);
             source.2 = stored.seq;
         }
-        self.recent.insert(stored.seq, stored.mac.clone());
+        if self.keep {
+            self.recent.insert(stored.seq, stored.clone());
+        }
         self.walked += 1;
         if self.verification.push(stored) {
             Ok(())
@@ -140,6 +152,7 @@ pub async fn verify_archive(store: &Store, dir: &Path) -> anyhow::Result<Archive
         verification: verify(store.audit_key(), None),
         anchor: anchor.clone(),
         recent: BTreeMap::new(),
+        keep: true,
         sources: Vec::new(),
         walked: 0,
     };
@@ -157,6 +170,7 @@ pub async fn verify_archive(store: &Store, dir: &Path) -> anyhow::Result<Archive
         );
     }
     walk.source("the database", anchor_seq + 1);
+    walk.keep = false;
     let mut after_seq = 0;
     loop {
         let page = store
@@ -266,6 +280,7 @@ mod tests {
             verification: verify(key, None),
             anchor: None,
             recent: BTreeMap::new(),
+            keep: true,
             sources: Vec::new(),
             walked: 0,
         };
@@ -290,6 +305,15 @@ mod tests {
         );
         let hole = walk_files(&key, &events, &[(1, 3), (6, 9)], same).unwrap_err();
         assert!(hole.contains("events 4 to 5 were removed"), "{hole}");
+        // A copy with the genuine MAC but an edited field, in a file that
+        // sorts after the genuine one: still a difference.
+        let edited = walk_files(&key, &events, &[(1, 5), (1, 3)], |part| {
+            if part.len() == 3 {
+                part[1].event.detail = "edited".to_owned();
+            }
+        })
+        .unwrap_err();
+        assert!(edited.contains("event 2 differs from its copy"), "{edited}");
         // A copy that differs from the one verified before.
         let differs = walk_files(&key, &events, &[(1, 5), (4, 6)], |part| {
             if part[0].seq == 4 {

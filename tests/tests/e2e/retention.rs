@@ -251,9 +251,25 @@ async fn old_events_are_archived_and_the_whole_chain_still_verifies() {
     let second = archive_file(&installation, first_round + 1, second_round);
     let first = archive_file(&installation, 1, first_round);
     let original = std::fs::read_to_string(&first).unwrap();
-    let mut edited: Vec<serde_json::Value> = lines(&first);
-    edited[2]["principal"] = "mallory".into();
-    let edited: String = edited.iter().map(|e| format!("{e}\n")).collect();
+    // Edited in place, as an editor would: the third line's principal.
+    let principal = lines(&first)[2]["principal"].as_str().unwrap().to_owned();
+    let edited: String = original
+        .lines()
+        .enumerate()
+        .map(|(index, line)| {
+            let line = if index == 2 {
+                line.replacen(
+                    &format!("\"principal\":\"{principal}\""),
+                    "\"principal\":\"mallory\"",
+                    1,
+                )
+            } else {
+                line.to_owned()
+            };
+            format!("{line}\n")
+        })
+        .collect();
+    assert_ne!(edited, original);
     std::fs::write(&first, edited).unwrap();
     fails_with(
         verify_archive(&installation),
@@ -262,6 +278,11 @@ async fn old_events_are_archived_and_the_whole_chain_still_verifies() {
             1
         ),
     );
+    // The readable time, which the chain does not cover, edited alone.
+    let time = lines(&first)[1]["time"].as_str().unwrap().to_owned();
+    let edited = original.replacen(&time, "1999-01-01T00:00:00Z", 1);
+    std::fs::write(&first, edited).unwrap();
+    fails_with(verify_archive(&installation), "a field was changed");
     std::fs::write(&first, &original).unwrap();
     assert!(verify_archive(&installation).status.success());
 
