@@ -189,18 +189,20 @@ pub fn read_root_key(path: &Path) -> anyhow::Result<RootKey> {
 /// The text of a new `root.key` file and the key it holds.
 pub fn new_root_key() -> (zeroize::Zeroizing<String>, RootKey) {
     let key = Key::generate();
-    let text = zeroize::Zeroizing::new(format!("{}\n", encode_hex(key.as_bytes())));
+    let text = zeroize::Zeroizing::new(format!("{}\n", crate::audit::hex(key.as_bytes())));
     (text, RootKey::new(key))
-}
-
-pub(crate) fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub(crate) fn decode_hex(text: &str) -> anyhow::Result<Vec<u8>> {
     anyhow::ensure!(text.len().is_multiple_of(2), "odd length");
     (0..text.len())
         .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).map_err(Into::into))
+        .map(|i| {
+            // `get`: a multi-byte character is an error, not a panic.
+            let pair = text
+                .get(i..i + 2)
+                .ok_or_else(|| anyhow::anyhow!("not hexadecimal"))?;
+            u8::from_str_radix(pair, 16).map_err(Into::into)
+        })
         .collect()
 }

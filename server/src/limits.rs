@@ -72,14 +72,21 @@ impl RateLimiter {
                         < burst
             });
         }
-        let bucket = buckets
-            .entry(principal.to_owned())
-            .or_insert_with(|| Bucket {
-                tokens: burst,
-                updated: now,
-                last_recorded_refusal: None,
-                unrecorded_refusals: 0,
-            });
+        // Looked up by reference: no allocation for a principal seen before
+        // (every request but a principal's first).
+        if !buckets.contains_key(principal) {
+            buckets.insert(
+                principal.to_owned(),
+                Bucket {
+                    tokens: burst,
+                    updated: now,
+                    last_recorded_refusal: None,
+                    unrecorded_refusals: 0,
+                },
+            );
+        }
+        #[allow(clippy::expect_used)] // inserted just above, under the same lock
+        let bucket = buckets.get_mut(principal).expect("the bucket exists");
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
         bucket.updated = now;

@@ -14,8 +14,9 @@
 //! `unsafe`), so child processes inherit it: prefer a pipe, which is empty
 //! once read, or the file.
 
+use crate::audit::hex;
 use crate::crypto::{Key, RootKey};
-use crate::keyring::{decode_hex, encode_hex};
+use crate::keyring::decode_hex;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, Write};
@@ -61,7 +62,7 @@ impl PassphraseSettings {
         let mut salt = [0u8; 16];
         crate::crypto::random_bytes(&mut salt);
         let mut settings = Self {
-            salt: encode_hex(&salt),
+            salt: hex(&salt),
             memory_kib: 64 * 1024,
             iterations: 3,
             parallelism: 1,
@@ -108,7 +109,7 @@ impl PassphraseSettings {
 }
 
 fn check_of(key: &RootKey) -> String {
-    encode_hex(&key.derive_subkey(b"rekey/passphrase-check/v1")[..16])
+    hex(&key.derive_subkey(b"rekey/passphrase-check/v1")[..16])
 }
 
 /// Where this process gets its passphrase, asked at most once; clones share

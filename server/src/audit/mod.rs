@@ -16,6 +16,8 @@
 
 mod verify;
 
+#[cfg(test)]
+pub(crate) use verify::tests::chain as test_chain;
 pub use verify::{Finding, Verdict, Verification, verify, verify_from, verify_store};
 
 use crate::crypto::RootKey;

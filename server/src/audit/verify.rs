@@ -272,12 +272,13 @@ pub async fn verify_store(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::AuditEvent;
     use super::*;
     use crate::crypto::{Key, RootKey};
 
-    fn chain(key: &AuditKey, count: i64) -> Vec<StoredEvent> {
+    /// `count` events chained under `key`, from the genesis.
+    pub(crate) fn chain(key: &AuditKey, count: i64) -> Vec<StoredEvent> {
         let mut previous = GENESIS.to_vec();
         (1..=count)
             .map(|seq| {

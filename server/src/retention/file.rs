@@ -73,7 +73,7 @@ pub fn line(stored: &StoredEvent) -> String {
 /// cover (the readable `time`) cannot be edited unnoticed.
 pub fn parse_line(text: &str) -> Result<StoredEvent, String> {
     let line: Line = serde_json::from_str(text).map_err(|error| error.to_string())?;
-    let mac = from_hex(&line.mac).ok_or("mac is not hex")?;
+    let mac = crate::keyring::decode_hex(&line.mac).map_err(|_| "mac is not hex")?;
     let stored = StoredEvent {
         seq: line.seq,
         event: AuditEvent {
@@ -96,16 +96,6 @@ pub fn parse_line(text: &str) -> Result<StoredEvent, String> {
         ));
     }
     Ok(stored)
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Creates the archive directory (mode 0700) if it is not there.
@@ -216,6 +206,8 @@ mod tests {
         assert_eq!(parse_line(&text).unwrap(), event);
         assert!(parse_line("{\"seq\":1}").is_err());
         assert!(parse_line(&text.replace("0001feff", "0001fg")).is_err());
+        // A character across a digit pair is an error, not a panic.
+        assert!(parse_line(&text.replace("0001feff", "0é0")).is_err());
         // The readable time is not in the chain, but it cannot be edited.
         let edited = text.replace("2025-11-28T13:27:47Z", "2025-11-29T13:27:47Z");
         let error = parse_line(&edited).unwrap_err();

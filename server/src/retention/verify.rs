@@ -271,24 +271,8 @@ fn walk_file(walk: &mut Walk<'_>, archive: &ArchiveFile) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{AuditEvent, AuditKey, GENESIS};
+    use crate::audit::{AuditKey, test_chain};
     use crate::crypto::{Key, RootKey};
-
-    fn chain(key: &AuditKey, count: i64) -> Vec<StoredEvent> {
-        let mut previous = GENESIS.to_vec();
-        (1..=count)
-            .map(|seq| {
-                let event = AuditEvent {
-                    time: seq,
-                    principal: format!("p{seq}"),
-                    ..AuditEvent::default()
-                };
-                let mac = key.mac(seq, &previous, &event);
-                previous.clone_from(&mac);
-                StoredEvent { seq, event, mac }
-            })
-            .collect()
-    }
 
     /// Walks the files made of `ranges` (1-based, inclusive) of `events`.
     fn walk_files(
@@ -324,7 +308,7 @@ mod tests {
     #[test]
     fn overlapping_files_are_walked_once_and_holes_are_found() {
         let key = AuditKey::derive(&RootKey::new(Key::generate()));
-        let events = chain(&key, 9);
+        let events = test_chain(&key, 9);
         let same = |_: &mut Vec<StoredEvent>| {};
         assert_eq!(
             walk_files(&key, &events, &[(1, 3), (1, 5), (4, 7), (8, 9)], same),

@@ -94,8 +94,8 @@ impl AppState {
     /// with `RESOURCE_EXHAUSTED`; most refusals in a burst are left out of
     /// the audit log, counted in the next one recorded (see `limits`).
     pub fn admit(&self, context: &RequestContext) -> Result<()> {
-        let principal = context.principal.to_string();
-        let refusal = match self.limits.check(&principal, std::time::Instant::now()) {
+        let principal = context.principal.as_str();
+        let refusal = match self.limits.check(principal, std::time::Instant::now()) {
             Ok(()) => return Ok(()),
             Err(refusal) => refusal,
         };

@@ -8,10 +8,24 @@ use rekey_tests::databases::StorageDatabase;
 use rekey_tests::{Installation, Server, contains_bytes, rekeyd, text};
 use sqlx::Connection;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 const PLANTED: &str = "backup-planted-value-7d1f0c";
+
+/// `rekeyd --dir TARGET restore FILE --root-key-file KEY`.
+fn restore(target: &Path, file: &Path, root_key: &Path) -> std::process::Output {
+    rekeyd(
+        target,
+        &[
+            "restore",
+            file.to_str().unwrap(),
+            "--root-key-file",
+            root_key.to_str().unwrap(),
+        ],
+    )
+}
 
 fn fails_with(output: std::process::Output, message: &str) {
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));
@@ -86,15 +100,7 @@ async fn a_backup_taken_while_serving_restores_every_value_and_the_chain() {
     let restored_dir = tempfile::tempdir().unwrap();
     let target = restored_dir.path().join("restored");
     let root_key = installation.dir().join("root.key");
-    let output = rekeyd(
-        &target,
-        &[
-            "restore",
-            file.to_str().unwrap(),
-            "--root-key-file",
-            root_key.to_str().unwrap(),
-        ],
-    );
+    let output = restore(&target, &file, &root_key);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let said = text(&output.stdout);
     assert!(said.contains("every value opens"), "{said}");
@@ -147,47 +153,26 @@ fn restore_refuses_and_leaves_nothing_behind() {
     let file = backups.path().join("refusals-backup.db");
     let output = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
     assert!(output.status.success(), "{}", text(&output.stderr));
-    let file = file.to_str().unwrap();
     let root_key = installation.dir().join("root.key");
-    let root_key = root_key.to_str().unwrap();
     let scratch = tempfile::tempdir().unwrap();
 
     // Another installation's root key: nothing is written.
     let other = Installation::new();
     let target = scratch.path().join("wrong-key");
     fails_with(
-        rekeyd(
-            &target,
-            &[
-                "restore",
-                file,
-                "--root-key-file",
-                other.dir().join("root.key").to_str().unwrap(),
-            ],
-        ),
+        restore(&target, &file, &other.dir().join("root.key")),
         "the backup was made by an installation with another root key",
     );
     assert!(!target.exists());
 
     // Not into an installation, nor any non-empty directory.
-    fails_with(
-        rekeyd(other.dir(), &["restore", file, "--root-key-file", root_key]),
-        "is not empty",
-    );
+    fails_with(restore(other.dir(), &file, &root_key), "is not empty");
     assert!(other.dir().join("rekeyd.toml").exists());
 
     // A file that is not a backup (an installation's own database).
     let target = scratch.path().join("not-a-backup");
     fails_with(
-        rekeyd(
-            &target,
-            &[
-                "restore",
-                installation.database().to_str().unwrap(),
-                "--root-key-file",
-                root_key,
-            ],
-        ),
+        restore(&target, &installation.database(), &root_key),
         "is not a rekeyd backup",
     );
     assert!(!target.exists());
@@ -246,15 +231,7 @@ async fn webhook_files_come_back_and_a_changed_description_is_refused() {
     sqlx::Connection::close(db).await.unwrap();
     let target = scratch.path().join("edited");
     fails_with(
-        rekeyd(
-            &target,
-            &[
-                "restore",
-                edited.to_str().unwrap(),
-                "--root-key-file",
-                root_key.to_str().unwrap(),
-            ],
-        ),
+        restore(&target, &edited, &root_key),
         "was changed after it was written",
     );
     assert!(!target.exists());
@@ -262,15 +239,7 @@ async fn webhook_files_come_back_and_a_changed_description_is_refused() {
     // The webhook's secret comes back beside the configuration, 0600, and
     // the restored installation starts with it.
     let target = scratch.path().join("restored");
-    let output = rekeyd(
-        &target,
-        &[
-            "restore",
-            file.to_str().unwrap(),
-            "--root-key-file",
-            root_key.to_str().unwrap(),
-        ],
-    );
+    let output = restore(&target, &file, &root_key);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let restored_secret = target.join("webhook-0.secret");
     assert_eq!(

@@ -4,7 +4,7 @@
 
 use rekey_shared::cache::CachingClient;
 use rekey_shared::identity::Identity;
-use rekey_tests::{DEADLINE, Installation, Rekey};
+use rekey_tests::{DEADLINE, Installation, Rekey, Server};
 use std::time::{Duration, Instant};
 
 fn reads_of(admin: &Rekey, name: &str) -> usize {
@@ -46,19 +46,31 @@ async fn until_read_from_memory(cache: &CachingClient, admin: &Rekey, name: &str
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn cached_reads_are_served_from_memory_until_the_secret_changes() {
-    let installation = Installation::new();
-    let server = installation.serve();
+/// A caching client (time to live: an hour) as the admin of `server`, and
+/// the admin's CLI, with `name` created holding `value`.
+async fn cache_of(
+    installation: &Installation,
+    server: &Server,
+    name: &str,
+    value: &str,
+) -> (CachingClient, Rekey) {
     let admin = server.rekey(&installation.admin());
-    admin
-        .run(&["create", "cached/db", "--value", "first-7c1d"])
-        .ok();
+    admin.run(&["create", name, "--value", value]).ok();
     let identity = Identity::load(&installation.admin()).unwrap();
     let channel = rekey_shared::channel::connect(&server.url, &identity)
         .await
         .unwrap();
-    let cache = CachingClient::new(channel, Duration::from_secs(3600));
+    (
+        CachingClient::new(channel, Duration::from_secs(3600)),
+        admin,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_reads_are_served_from_memory_until_the_secret_changes() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let (cache, admin) = cache_of(&installation, &server, "cached/db", "first-7c1d").await;
 
     // Once the stream is followed, a second read stays in memory.
     until_read_from_memory(&cache, &admin, "cached/db", b"first-7c1d").await;
@@ -87,15 +99,7 @@ async fn cached_reads_are_served_from_memory_until_the_secret_changes() {
 async fn nothing_stale_is_served_while_the_stream_is_down() {
     let installation = Installation::new();
     let server = installation.serve();
-    let admin = server.rekey(&installation.admin());
-    admin
-        .run(&["create", "cached/down", "--value", "old-41e2"])
-        .ok();
-    let identity = Identity::load(&installation.admin()).unwrap();
-    let channel = rekey_shared::channel::connect(&server.url, &identity)
-        .await
-        .unwrap();
-    let cache = CachingClient::new(channel, Duration::from_secs(3600));
+    let (cache, admin) = cache_of(&installation, &server, "cached/down", "old-41e2").await;
     until_read_from_memory(&cache, &admin, "cached/down", b"old-41e2").await;
 
     // The server goes away: no answer from memory, an error instead.
@@ -119,7 +123,7 @@ async fn nothing_stale_is_served_while_the_stream_is_down() {
 
     // Back on the same address, changed before the stream is followed
     // again: the old value never comes back.
-    let server = rekey_tests::Server::start_on(installation.dir(), &address, &[]);
+    let server = Server::start_on(installation.dir(), &address, &[]);
     let admin = server.rekey(&installation.admin());
     admin
         .run(&["put", "cached/down", "--value", "new-9a07"])

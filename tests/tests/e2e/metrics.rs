@@ -9,40 +9,13 @@ use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair}
 use rekey_shared::identity::Identity;
 use rekey_shared::proto;
 use rekey_shared::proto::secrets_client::SecretsClient;
-use rekey_tests::{Installation, Server, binary, eventually, text};
+use rekey_tests::{Installation, Server, binary, eventually, http_get, text};
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 
 const GET: &str = "/rekey.v1.Secrets/GetSecretValue";
 const PLANTED_NAME: &str = "metrics/planted-name-7f3a";
 const PLANTED_VALUE: &str = "planted-value-9c1e";
-
-/// One plain HTTP/1.1 request: the status code, the headers (names in
-/// lower case) and the body.
-fn http_get(metrics_url: &str, path: &str) -> (u16, HashMap<String, String>, String) {
-    let address = metrics_url
-        .strip_prefix("http://")
-        .and_then(|rest| rest.strip_suffix("/metrics"))
-        .unwrap_or_else(|| panic!("not a metrics URL: {metrics_url}"));
-    let mut stream = TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let mut lines = head.lines();
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap();
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.to_ascii_lowercase(), value.trim().to_owned()))
-        .collect();
-    (status.parse().unwrap(), headers, body.to_owned())
-}
 
 /// A scrape: every sample by its series (`name{labels}`), and the text.
 struct Scrape {

@@ -8,7 +8,7 @@
 use rekey_shared::proto;
 use rekey_shared::proto::secrets_client::SecretsClient;
 use rekey_tests::databases::StorageDatabase;
-use rekey_tests::{Installation, Rekey, eventually};
+use rekey_tests::{Installation, Rekey, eventually, http_get};
 use serde_json::Value;
 use std::path::PathBuf;
 use tonic::transport::Channel;
@@ -23,24 +23,6 @@ fn replicated() -> Option<(StorageDatabase, Installation, PathBuf)> {
     std::fs::create_dir_all(&state).unwrap();
     installation.configure_fixture_rotator(&state);
     Some((database, installation, state))
-}
-
-/// The metrics page at `url` (`http://ADDR/metrics`), over plain HTTP.
-fn scrape(url: &str) -> String {
-    use std::io::{Read, Write};
-    let address = url
-        .strip_prefix("http://")
-        .and_then(|rest| rest.strip_suffix("/metrics"))
-        .unwrap();
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response.split_once("\r\n\r\n").unwrap().1.to_owned()
 }
 
 fn show(rekey: &Rekey, name: &str) -> Value {
@@ -185,7 +167,10 @@ fn a_scheduled_rotation_runs_exactly_once() {
     // Both replicas' gauges read the shared database (PostgreSQL's
     // grouping statement): one succeeded run.
     for replica in [&a, &b] {
-        let page = scrape(replica.metrics.as_deref().expect("a metrics listener"));
+        let (_, _, page) = http_get(
+            replica.metrics.as_deref().expect("a metrics listener"),
+            "/metrics",
+        );
         assert!(
             page.lines()
                 .any(|line| line == r#"rekey_rotation_runs{state="succeeded"} 1"#),

@@ -2,7 +2,8 @@
 //! file always, PostgreSQL when `REKEY_TEST_POSTGRES_URL` names a server
 //! (`.ci/run` sets it), each run in a fresh database of its own that is
 //! dropped afterwards. Two `Store`s on one PostgreSQL database stand in for
-//! two replicas.
+//! two replicas. The audit log's own suites (group commit of many events,
+//! retention) are in `audit`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the test's failure report
 
@@ -15,6 +16,8 @@ use rekey_server::store::{
 use rekey_shared::{KeyName, SecretName, Stage, VersionId};
 use rekey_tests::databases::StorageDatabase;
 use std::sync::Arc;
+
+mod audit;
 
 fn event(action: &str) -> AuditEvent {
     AuditEvent::system(action, "test", "")
@@ -77,7 +80,6 @@ async fn add_default_key(store: &Store) {
         .unwrap();
 }
 
-/// Every event in order verifies as one chain.
 /// Every event in the store, in sequence order.
 async fn all_events(store: &Store) -> Vec<rekey_server::audit::StoredEvent> {
     let mut events = Vec::new();
@@ -99,6 +101,7 @@ async fn all_events(store: &Store) -> Vec<rekey_server::audit::StoredEvent> {
     }
 }
 
+/// Every event in order verifies as one chain; how many there are.
 async fn assert_chain_verifies(store: &Store, key: &AuditKey) -> u64 {
     let mut verification = verify(key, None);
     for stored in all_events(store).await {
@@ -516,51 +519,6 @@ async fn concurrent_writes_suite(url: &str, root: &RootKey) {
     store.close().await;
 }
 
-/// Thousands of events recorded at once (reads' events) are group
-/// committed in batches larger than one INSERT statement takes: every one is
-/// there, once, in one chain.
-async fn many_standalone_events_suite(url: &str, root: &RootKey) {
-    let store = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
-    let recorded: Vec<_> = (0..3_000)
-        .map(|index| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let mut event = event("GetSecretValue");
-                event.request_id = format!("request-{index}");
-                store.record(&event).await.unwrap();
-            })
-        })
-        .collect();
-    for task in recorded {
-        task.await.unwrap();
-    }
-    assert_eq!(
-        assert_chain_verifies(&store, &AuditKey::derive(root)).await,
-        3_000
-    );
-    let mut seen = std::collections::HashSet::new();
-    for stored in all_events(&store).await {
-        assert!(seen.insert(stored.event.request_id), "recorded twice");
-    }
-    assert_eq!(seen.len(), 3_000);
-    store.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn sqlite_many_standalone_events() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
-    many_standalone_events_suite(&url, &RootKey::new(Key::generate())).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_many_standalone_events() {
-    let Some(database) = StorageDatabase::create() else {
-        return;
-    };
-    many_standalone_events_suite(&database.url, &RootKey::new(Key::generate())).await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_concurrent_writes() {
     let dir = tempfile::tempdir().unwrap();
@@ -684,144 +642,4 @@ async fn postgres_schema_newer_than_known_is_refused() {
         error.to_string().contains("newer than this rekeyd knows"),
         "{error}"
     );
-}
-
-/// Audit retention through the store: old events leave the table in
-/// rounds (at most `limit` each, never the newest, only from the anchor on
-/// without a younger one in between), the anchor moves with an
-/// `audit:Archive` event in the same transaction, the chain verifies from
-/// the anchor, through a reopened store too, and the archive files and
-/// the table verify as one chain.
-async fn retention_suite(url: &str, root: &RootKey) {
-    use rekey_server::retention::{archive_round, verify_archive};
-    let archive = tempfile::tempdir().unwrap();
-    let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
-    let now = rekey_shared::time::now_millis();
-    let cutoff = now - 86_400_000;
-    for index in 0..5 {
-        let old = AuditEvent {
-            time: cutoff - 1000 + index,
-            ..event("Old")
-        };
-        store.record(&old).await.unwrap();
-    }
-    let mut rounds = Vec::new();
-    while let Some(archived) = archive_round(&store, archive.path(), cutoff, 2)
-        .await
-        .unwrap()
-    {
-        rounds.push((archived.first, archived.last));
-        assert!(archived.file.exists());
-    }
-    assert_eq!(rounds, [(1, 2), (3, 4), (5, 5)]);
-    let anchor = store.audit_anchor().await.unwrap().unwrap();
-    assert_eq!(anchor.seq, 5);
-    let left = store
-        .audit_events(&AuditQuery {
-            limit: 100,
-            ..AuditQuery::default()
-        })
-        .await
-        .unwrap();
-    let left: Vec<(i64, &str)> = left
-        .iter()
-        .map(|stored| (stored.seq, stored.event.detail.as_str()))
-        .collect();
-    assert_eq!(
-        left,
-        [
-            (
-                6,
-                "events 1 to 2 archived to audit-000000000001-000000000002.jsonl"
-            ),
-            (
-                7,
-                "events 3 to 4 archived to audit-000000000003-000000000004.jsonl"
-            ),
-            (
-                8,
-                "events 5 to 5 archived to audit-000000000005-000000000005.jsonl"
-            ),
-        ]
-    );
-    // Old events behind a young one wait for it.
-    store
-        .record(&AuditEvent {
-            time: cutoff - 1,
-            ..event("Old")
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        archive_round(&store, archive.path(), cutoff, 2)
-            .await
-            .unwrap(),
-        None
-    );
-
-    // A round that read the anchor before another process moved it
-    // changes nothing.
-    let stale = store
-        .archive_audit_events(
-            None,
-            &AuditKey::derive(root).anchor(6, &[0; 32]),
-            &event("audit:Archive"),
-        )
-        .await
-        .unwrap();
-    assert!(!stale);
-    assert_eq!(store.audit_anchor().await.unwrap().unwrap(), anchor);
-
-    let verdict = rekey_server::audit::verify_store(&store, store.audit_head())
-        .await
-        .unwrap();
-    assert_eq!(verdict.finding, None);
-    assert_eq!(
-        (verdict.first_seq, verdict.events, verdict.head_seq),
-        (6, 4, 9)
-    );
-    store.record(&event("AfterArchive")).await.unwrap();
-    store.close().await;
-
-    // Reopened, appends chain on from the newest event in the table.
-    let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
-    store.record(&event("Reopened")).await.unwrap();
-    let verdict = rekey_server::audit::verify_store(&store, None)
-        .await
-        .unwrap();
-    assert_eq!(verdict.finding, None);
-    assert_eq!((verdict.first_seq, verdict.head_seq), (6, 11));
-    let report = verify_archive(&store, archive.path()).await.unwrap();
-    assert_eq!(
-        report.to_string(),
-        "the audit log verifies from event 1 to 11: 5 in 3 archive files, 6 in the database"
-    );
-    // Under another root key neither the anchor nor the chain verifies.
-    store.close().await;
-    let other = Store::open(url, AuditKey::derive(&RootKey::new(Key::generate())))
-        .await
-        .unwrap();
-    let verdict = rekey_server::audit::verify_store(&other, None)
-        .await
-        .unwrap();
-    assert_eq!(
-        verdict.finding,
-        Some(rekey_server::audit::Finding::AnchorForged { seq: 5 })
-    );
-    other.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn sqlite_audit_retention() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
-    retention_suite(&url, &RootKey::new(Key::generate())).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_audit_retention() {
-    let Some(database) = StorageDatabase::create() else {
-        return;
-    };
-    retention_suite(&database.url, &RootKey::new(Key::generate())).await;
 }
