@@ -4,9 +4,11 @@
 
 use super::super::chain::AuditChain;
 use super::super::rows::event_row;
+use super::script::Script;
 use super::{Store, Tx};
 use crate::audit::{AuditEvent, StoredEvent};
 use crate::error::Result;
+use sqlx::sqlite::SqliteRow;
 
 /// What an audit query selects.
 #[derive(Debug, Clone, Default)]
@@ -20,68 +22,78 @@ pub struct AuditQuery {
 }
 
 /// Events per INSERT statement: 11 parameters each, far below the
-/// database's limit on parameters per statement.
+/// database's limit on parameters per statement. A group commit of a few
+/// hundred reads' events costs one round trip, not one each.
 const EVENTS_PER_INSERT: usize = 500;
 
-/// Appends `events` to the chain inside `tx`; the caller commits, then
-/// tells `chain` with what this returns: the first sequence number and the
-/// new head.
-pub(super) async fn append(
-    tx: &mut Tx<'_>,
-    chain: &AuditChain,
-    events: &[AuditEvent],
-) -> Result<(i64, (i64, Vec<u8>))> {
-    let last: Option<(i64, Vec<u8>)> = match tx.last_event() {
-        Some(last) => Some(last),
-        None => {
+/// The newest event of the chain, as this transaction sees it.
+async fn chain_head(tx: &mut Tx<'_>) -> Result<Option<(i64, Vec<u8>)>> {
+    match tx.last_event() {
+        Some(last) => Ok(Some(last)),
+        None => Ok(
             sqlx::query_as("SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1")
                 .fetch_optional(&mut **tx)
-                .await?
-        }
-    };
-    let links = chain.link(last, events);
-    // One statement per chunk: a group commit of a few hundred reads'
-    // events costs one round trip, not one each.
-    let rows: Vec<_> = events.iter().zip(&links).collect();
-    for chunk in rows.chunks(EVENTS_PER_INSERT) {
-        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT INTO audit_events \
-             (seq, time, principal, peer, action, resource, decision, outcome, request_id, detail, mac) ",
-        );
-        insert.push_values(chunk, |mut row, (event, (seq, mac))| {
-            row.push_bind(*seq)
-                .push_bind(event.time)
-                .push_bind(&event.principal)
-                .push_bind(&event.peer)
-                .push_bind(&event.action)
-                .push_bind(&event.resource)
-                .push_bind(&event.decision)
-                .push_bind(&event.outcome)
-                .push_bind(&event.request_id)
-                .push_bind(&event.detail)
-                .push_bind(mac);
-        });
-        insert.build().execute(&mut **tx).await?;
+                .await?,
+        ),
     }
-    let first = links.first().map_or(0, |(seq, _)| *seq);
-    let head = links.last().cloned().unwrap_or_default();
-    if !links.is_empty() {
-        tx.appended(head.clone());
-    }
-    Ok((first, head))
 }
 
 /// Commits `tx` with `events` appended: the change and its events are
 /// durable together or not at all.
 pub(super) async fn commit_with(
-    mut tx: Tx<'_>,
+    tx: Tx<'_>,
     chain: &AuditChain,
     events: &[AuditEvent],
 ) -> Result<()> {
-    let (first, head) = append(&mut tx, chain, events).await?;
+    commit_script(tx, chain, Script::new(), events)
+        .await
+        .map(drop)
+}
+
+/// Runs `script` with `events` appended to it (one INSERT per
+/// [`EVENTS_PER_INSERT`]), in one round trip, then commits `tx`: the
+/// change, its last statements and its events are durable together or not
+/// at all. Returns the script's rows.
+pub(super) async fn commit_script<'q>(
+    mut tx: Tx<'_>,
+    chain: &AuditChain,
+    mut script: Script<'q>,
+    events: &'q [AuditEvent],
+) -> Result<Vec<SqliteRow>> {
+    let links = chain.link(chain_head(&mut tx).await?, events);
+    let rows: Vec<_> = events.iter().zip(&links).collect();
+    for chunk in rows.chunks(EVENTS_PER_INSERT) {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        script.statement(&format!(
+            "INSERT INTO audit_events \
+             (seq, time, principal, peer, action, resource, decision, outcome, request_id, detail, mac) \
+             VALUES {values}"
+        ));
+        for (event, (seq, mac)) in chunk {
+            script
+                .bind(*seq)
+                .bind(event.time)
+                .bind(&event.principal)
+                .bind(&event.peer)
+                .bind(&event.action)
+                .bind(&event.resource)
+                .bind(&event.decision)
+                .bind(&event.outcome)
+                .bind(&event.request_id)
+                .bind(&event.detail)
+                .bind(mac.clone());
+        }
+    }
+    let returned = script.run(&mut tx).await?;
+    let (Some((first, _)), Some(head)) = (links.first(), links.last()) else {
+        tx.commit().await?;
+        return Ok(returned);
+    };
+    let first = *first;
+    tx.appended(head.clone());
     tx.commit().await?;
-    chain.committed(first, head);
-    Ok(())
+    chain.committed(first, head.clone());
+    Ok(returned)
 }
 
 impl Store {
@@ -89,6 +101,17 @@ impl Store {
     /// durable together or not at all.
     pub(super) async fn commit_audited(&self, tx: Tx<'_>, event: &AuditEvent) -> Result<()> {
         commit_with(tx, &self.chain, std::slice::from_ref(event)).await
+    }
+
+    /// Commits `tx` after running `script` with `event` appended to it, in
+    /// one round trip; the script's rows.
+    pub(super) async fn commit_audited_script<'q>(
+        &self,
+        tx: Tx<'_>,
+        script: Script<'q>,
+        event: &'q AuditEvent,
+    ) -> Result<Vec<SqliteRow>> {
+        commit_script(tx, &self.chain, script, std::slice::from_ref(event)).await
     }
 
     /// Records an event on its own (a read, a refusal, a failure), durable

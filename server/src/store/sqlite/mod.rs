@@ -13,6 +13,7 @@ mod leases;
 mod list;
 mod policies;
 mod rotation;
+mod script;
 mod secrets;
 mod versions;
 
@@ -37,6 +38,7 @@ use crate::audit::AuditKey;
 use crate::error::{Error, Result};
 use crate::stages::StageMap;
 use rekey_shared::{Stage, VersionId};
+use script::Script;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -242,39 +244,58 @@ async fn write_stage_map(
     before: &StageMap,
     after: &StageMap,
 ) -> Result<()> {
+    let mut script = Script::new();
+    stage_changes(&mut script, secret_id, before, after);
+    script.run(tx).await?;
+    Ok(())
+}
+
+/// Appends to `script` the statements that write the rows differing
+/// between `before` (as read in this transaction) and `after`.
+fn stage_changes<'q>(
+    script: &mut Script<'q>,
+    secret_id: &'q str,
+    before: &'q StageMap,
+    after: &'q StageMap,
+) {
     let (removed, moved) = crate::stages::changes(before, after);
     if !removed.is_empty() {
         let marks = vec!["?"; removed.len()].join(", ");
-        let sql = format!("DELETE FROM version_stages WHERE secret_id = ? AND stage IN ({marks})");
-        let mut query = sqlx::query(&sql).bind(secret_id);
+        script
+            .statement(&format!(
+                "DELETE FROM version_stages WHERE secret_id = ? AND stage IN ({marks})"
+            ))
+            .bind(secret_id);
         for stage in removed {
-            query = query.bind(stage.as_str());
+            script.bind(stage.as_str());
         }
-        query.execute(&mut **tx).await?;
     }
     if !moved.is_empty() {
         let rows = vec!["(?, ?, ?)"; moved.len()].join(", ");
-        let sql = format!(
+        script.statement(&format!(
             "INSERT INTO version_stages (secret_id, stage, version_id) VALUES {rows}
              ON CONFLICT (secret_id, stage) DO UPDATE SET version_id = excluded.version_id"
-        );
-        let mut query = sqlx::query(&sql);
+        ));
         for (stage, version) in moved {
-            query = query
+            script
                 .bind(secret_id)
                 .bind(stage.as_str())
                 .bind(version.as_str());
         }
-        query.execute(&mut **tx).await?;
     }
-    Ok(())
 }
 
 async fn touch(tx: &mut Tx<'_>, secret_id: &str, now: i64) -> Result<()> {
-    sqlx::query("UPDATE secrets SET changed_at = ? WHERE id = ?")
-        .bind(now)
-        .bind(secret_id)
-        .execute(&mut **tx)
-        .await?;
+    let mut script = Script::new();
+    touch_in(&mut script, secret_id, now);
+    script.run(tx).await?;
     Ok(())
+}
+
+/// Appends to `script` the statement that marks the secret changed.
+fn touch_in<'q>(script: &mut Script<'q>, secret_id: &'q str, now: i64) {
+    script
+        .statement("UPDATE secrets SET changed_at = ? WHERE id = ?")
+        .bind(now)
+        .bind(secret_id);
 }

@@ -60,6 +60,7 @@ impl Store {
         }
         insert_tags(&mut tx, &secret.id, &secret.tags).await?;
         if let Some(version) = first {
+            // A new secret has no stages to read back.
             insert_version(&mut tx, &secret.id, version).await?;
             let mut map = StageMap::new();
             stages::for_new_version(&mut map, &version.version_id, &[])?;

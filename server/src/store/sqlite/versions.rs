@@ -3,9 +3,10 @@
 //! reading and listing versions.
 
 use super::super::rows::stage_list;
+use super::script::Script;
 use super::{
-    Store, Tx, VERSION_COLUMNS, is_unique_violation, read_stage_map, stored, touch, version_row,
-    write_stage_map,
+    Store, Tx, VERSION_COLUMNS, is_unique_violation, read_stage_map, stage_changes, stored, touch,
+    touch_in, version_row, write_stage_map,
 };
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
@@ -106,18 +107,27 @@ impl Store {
         requested: &[Stage],
         event: &AuditEvent,
     ) -> Result<PutOutcome> {
+        // Three round trips in the write batch: the savepoint, the insert
+        // with the stages read back, and the rest with the audit event.
         let mut tx = self.write().await?;
-        match insert_version(&mut tx, secret_id, version).await {
+        let before = match insert_version(&mut tx, secret_id, version).await {
             Err(Error::AlreadyExists(_)) => return Ok(PutOutcome::VersionExists),
             other => other?,
-        }
-        let mut map = read_stage_map(&mut tx, secret_id).await?;
-        let before = map.clone();
+        };
+        let mut map = before.clone();
         stages::for_new_version(&mut map, &version.version_id, requested)?;
-        write_stage_map(&mut tx, secret_id, &before, &map).await?;
-        purge_deprecated(&mut tx, secret_id, version.created_at).await?;
-        touch(&mut tx, secret_id, version.created_at).await?;
-        self.commit_audited(tx, event).await?;
+        let mut script = Script::new();
+        stage_changes(&mut script, secret_id, &before, &map);
+        purge_deprecated(&mut script, secret_id, version.created_at);
+        touch_in(&mut script, secret_id, version.created_at);
+        let purged = self.commit_audited_script(tx, script, event).await?;
+        if !purged.is_empty() {
+            tracing::info!(
+                secret_id,
+                purged = purged.len(),
+                "purged deprecated versions"
+            );
+        }
         Ok(PutOutcome::Added(stages::stages_of(
             &map,
             &version.version_id,
@@ -243,75 +253,102 @@ impl Store {
     }
 }
 
+/// Adds `version` and returns the secret's stages as they were before (no
+/// stage can be on a version that did not exist): one round trip.
 pub(super) async fn insert_version(
     tx: &mut Tx<'_>,
     secret_id: &str,
     version: &NewVersion,
-) -> Result<()> {
+) -> Result<StageMap> {
     // Writers are serialized, so the key check in this statement and a
     // retirement cannot interleave: a data key is never wrapped under a
     // retired version (a server learns of a new key version within a
     // second of its creation). No row inserted: the version is gone.
     let key = &version.sealed.key;
-    let inserted = sqlx::query(
-        "INSERT INTO versions (secret_id, version_id, seq, created_at, created_by, is_binary,
-                               ciphertext, wrapped_data_key, key_name, key_version)
-         SELECT ?1, ?2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE secret_id = ?1),
-                ?3, ?4, ?5, ?6, ?7, ?8, ?9
-         WHERE EXISTS (SELECT 1 FROM master_keys WHERE name = ?8 AND version = ?9)",
-    )
-    .bind(secret_id)
-    .bind(version.version_id.as_str())
-    .bind(version.created_at)
-    .bind(&version.created_by)
-    .bind(version.sealed.is_binary)
-    .bind(&version.sealed.ciphertext)
-    .bind(&version.sealed.wrapped_data_key)
-    .bind(key.name.as_str())
-    .bind(version.sealed.key.version)
-    .execute(&mut **tx)
-    .await;
-    match inserted {
-        Err(error) if is_unique_violation(&error) => Err(Error::AlreadyExists(format!(
-            "version {} already exists",
-            version.version_id
-        ))),
-        Err(error) => Err(error.into()),
-        Ok(done) if done.rows_affected() == 0 => Err(Error::FailedPrecondition(format!(
+    let mut script = Script::new();
+    script
+        .statement(
+            "INSERT INTO versions (secret_id, version_id, seq, created_at, created_by, is_binary,
+                                   ciphertext, wrapped_data_key, key_name, key_version)
+             SELECT ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE secret_id = ?),
+                    ?, ?, ?, ?, ?, ?, ?
+             WHERE EXISTS (SELECT 1 FROM master_keys WHERE name = ? AND version = ?)",
+        )
+        .bind(secret_id)
+        .bind(version.version_id.as_str())
+        .bind(secret_id)
+        .bind(version.created_at)
+        .bind(&version.created_by)
+        .bind(version.sealed.is_binary)
+        .bind(&version.sealed.ciphertext)
+        .bind(&version.sealed.wrapped_data_key)
+        .bind(key.name.as_str())
+        .bind(key.version)
+        .bind(key.name.as_str())
+        .bind(key.version);
+    // `changes()` is what the INSERT just added; every row carries it, and
+    // the LEFT JOIN gives one row even when the secret has no stages.
+    script
+        .statement(
+            "SELECT changes() AS inserted, s.stage, s.version_id
+             FROM (SELECT 1) LEFT JOIN version_stages s ON s.secret_id = ?",
+        )
+        .bind(secret_id);
+    let rows = match script.run(tx).await {
+        Err(error) if is_unique_violation(&error) => {
+            return Err(Error::AlreadyExists(format!(
+                "version {} already exists",
+                version.version_id
+            )));
+        }
+        other => other?,
+    };
+    if rows
+        .first()
+        .is_none_or(|row| row.get::<i64, _>("inserted") == 0)
+    {
+        return Err(Error::FailedPrecondition(format!(
             "master key {} version {} was retired meanwhile; try again",
             key.name, key.version
-        ))),
-        Ok(_) => Ok(()),
+        )));
     }
-}
-
-/// Deletes the versions that are deprecated (no stage), more than a day old,
-/// and not among the newest [`VERSIONS_KEPT`].
-async fn purge_deprecated(tx: &mut Tx<'_>, secret_id: &str, now: i64) -> Result<()> {
-    let purged = sqlx::query(
-        // By age first (the index says so): a secret with thousands of
-        // versions from today costs this statement nothing.
-        "DELETE FROM versions WHERE rowid IN (
-           SELECT v.rowid FROM versions v INDEXED BY versions_by_age
-           WHERE v.secret_id = ?1
-             AND v.created_at < ?2
-             AND v.seq <= (SELECT seq FROM versions WHERE secret_id = ?1
-                           ORDER BY seq DESC LIMIT 1 OFFSET ?3)
-             AND NOT EXISTS (SELECT 1 FROM version_stages s
-                             WHERE s.secret_id = v.secret_id
-                               AND s.version_id = v.version_id))",
-    )
-    .bind(secret_id)
-    .bind(now - DEPRECATED_MIN_AGE_MILLIS)
-    .bind(VERSIONS_KEPT)
-    .execute(&mut **tx)
-    .await?;
-    if purged.rows_affected() > 0 {
-        tracing::info!(
-            secret_id,
-            purged = purged.rows_affected(),
-            "purged deprecated versions"
+    let mut map = StageMap::new();
+    for row in &rows {
+        let (Some(stage), Some(version_id)) = (
+            row.get::<Option<String>, _>("stage"),
+            row.get::<Option<String>, _>("version_id"),
+        ) else {
+            continue;
+        };
+        map.insert(
+            stored(Stage::parse(&stage), "stage")?,
+            stored(VersionId::parse(&version_id), "version id")?,
         );
     }
-    Ok(())
+    Ok(map)
+}
+
+/// Appends to `script` the deletion of the versions that are deprecated
+/// (no stage), more than a day old, and not among the newest
+/// [`VERSIONS_KEPT`]; each one deleted returns a row.
+fn purge_deprecated<'q>(script: &mut Script<'q>, secret_id: &'q str, now: i64) {
+    script
+        .statement(
+            // By age first (the index says so): a secret with thousands of
+            // versions from today costs this statement nothing.
+            "DELETE FROM versions WHERE rowid IN (
+               SELECT v.rowid FROM versions v INDEXED BY versions_by_age
+               WHERE v.secret_id = ?
+                 AND v.created_at < ?
+                 AND v.seq <= (SELECT seq FROM versions WHERE secret_id = ?
+                               ORDER BY seq DESC LIMIT 1 OFFSET ?)
+                 AND NOT EXISTS (SELECT 1 FROM version_stages s
+                                 WHERE s.secret_id = v.secret_id
+                                   AND s.version_id = v.version_id))
+             RETURNING version_id",
+        )
+        .bind(secret_id)
+        .bind(now - DEPRECATED_MIN_AGE_MILLIS)
+        .bind(secret_id)
+        .bind(VERSIONS_KEPT);
 }
