@@ -53,6 +53,12 @@ impl From<sqlx::Error> for Error {
     }
 }
 
+impl From<rusqlite::Error> for Error {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::internal("database", error)
+    }
+}
+
 impl From<rekey_shared::NameError> for Error {
     fn from(error: rekey_shared::NameError) -> Self {
         Self::InvalidArgument(error.to_string())

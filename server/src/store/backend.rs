@@ -6,8 +6,8 @@
 use super::list::PageDetails;
 use super::sqlite::{AuditQuery, CertificateRecord, PolicyVersion};
 use super::{
-    Deletion, NewSecret, NewVersion, PutOutcome, Rewrapped, SecretQuery, SecretRecord,
-    VersionRecord, VersionSummary, WrappedMasterKey, postgres, sqlite,
+    Deletion, Gate, NewSecret, NewVersion, PutOutcome, Rewrapped, SecretQuery, SecretRecord,
+    ValueRead, VersionRecord, VersionSummary, WrappedMasterKey, postgres, sqlite,
 };
 use crate::audit::{AuditAnchor, AuditEvent, AuditKey, StoredEvent};
 use crate::error::{Error, Result};
@@ -123,6 +123,34 @@ impl Store {
         match self {
             Store::Sqlite(store) => store.batch_sizes(),
             Store::Postgres(store) => store.batch_sizes(),
+        }
+    }
+
+    /// The secret `name` and, if `gate` lets the read go on, its version
+    /// `version_id` (or the one carrying `stage`) with that version's
+    /// stages. SQLite runs it whole on a reader thread; PostgreSQL as the
+    /// two statements.
+    pub async fn read_value(
+        &self,
+        name: &SecretName,
+        version_id: Option<&VersionId>,
+        stage: &Stage,
+        gate: Gate,
+    ) -> Result<ValueRead> {
+        match self {
+            Store::Sqlite(store) => store.read_value(name, version_id, stage, gate).await,
+            Store::Postgres(store) => {
+                let Some(secret) = store.secret_without_tags(name).await? else {
+                    return Ok(ValueRead::NoSecret);
+                };
+                if !gate(&secret) {
+                    return Ok(ValueRead::Stopped(secret));
+                }
+                let version = store
+                    .version_with_stages(&secret.id, version_id, stage)
+                    .await?;
+                Ok(ValueRead::Read(secret, version))
+            }
         }
     }
 

@@ -4,7 +4,8 @@
 //! version (a primary key), and a client request token names one version.
 //!
 //! It does no authorization and no cryptography; callers bring sealed
-//! values. SQLite is the embedded backend (WAL, full fsync, secure_delete);
+//! values, and a read of a value asks the caller's gate whether to go on
+//! from the secret to its version. SQLite is the embedded backend (WAL, full fsync, secure_delete);
 //! PostgreSQL serves several replicas on one database, its writers serialized
 //! by one advisory lock so that the audit chain stays one chain. On both,
 //! concurrent writes share a commit (`batch`), and so do the audit events
@@ -45,6 +46,22 @@ impl Default for BatchSizes {
             writers: crate::metrics::Histogram::new(crate::metrics::BATCH_BUCKETS),
         }
     }
+}
+
+/// Whether a read of a value goes on from the secret to the version: the
+/// caller's decision (the secret is not being deleted, the caller may use
+/// its key), made between the two statements, so that no version is read
+/// before it. The store does not authorize; it asks.
+pub type Gate = Box<dyn FnOnce(&SecretRecord) -> bool + Send>;
+
+/// What a read of a value found.
+#[derive(Debug)]
+pub enum ValueRead {
+    NoSecret,
+    /// The gate said no: no version was read.
+    Stopped(SecretRecord),
+    /// The secret, and the version asked for with its stages, if there is one.
+    Read(SecretRecord, Option<(VersionRecord, Vec<Stage>)>),
 }
 
 /// A secret's metadata as stored.

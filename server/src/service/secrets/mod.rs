@@ -75,7 +75,7 @@ impl SecretsService {
             .store
             .secret(name)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("secret {name} does not exist")))
+            .ok_or_else(|| not_found(name))
     }
 
     /// The secret a request names, without its tags (no caller of this
@@ -86,14 +86,8 @@ impl SecretsService {
             .store
             .secret_without_tags(name)
             .await?
-            .ok_or_else(|| Error::NotFound(format!("secret {name} does not exist")))?;
-        if let Some(date) = secret.deletion_date {
-            return Err(Error::FailedPrecondition(format!(
-                "secret {name} is scheduled for deletion on {}; restore it first (rekey restore)",
-                rekey_shared::time::format_millis(date)
-            )));
-        }
-        Ok(secret)
+            .ok_or_else(|| not_found(name))?;
+        live(secret)
     }
 
     async fn open(&self, secret: &SecretRecord, version: &VersionRecord) -> Result<SecretValue> {
@@ -240,5 +234,21 @@ audited_service! {
     delete_secret(proto::DeleteSecretRequest) -> proto::DeleteSecretResponse => delete, DeleteSecret;
     restore_secret(proto::RestoreSecretRequest) -> proto::RestoreSecretResponse => restore, RestoreSecret;
     get_random_password(proto::GetRandomPasswordRequest) -> proto::GetRandomPasswordResponse => random_password, GetRandomPassword;
+    }
+}
+
+fn not_found(name: &SecretName) -> Error {
+    Error::NotFound(format!("secret {name} does not exist"))
+}
+
+/// `secret`, unless it is scheduled for deletion.
+fn live(secret: SecretRecord) -> Result<SecretRecord> {
+    match secret.deletion_date {
+        None => Ok(secret),
+        Some(date) => Err(Error::FailedPrecondition(format!(
+            "secret {} is scheduled for deletion on {}; restore it first (rekey restore)",
+            secret.name,
+            rekey_shared::time::format_millis(date)
+        ))),
     }
 }

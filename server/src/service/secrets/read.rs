@@ -3,6 +3,7 @@
 
 use super::SecretsService;
 use super::validate;
+use super::{live, not_found};
 use crate::auth::Action;
 use crate::error::{Error, Result};
 use crate::service::context::RequestContext;
@@ -10,7 +11,7 @@ use crate::service::convert::{
     decode_page_token, encode_page_token, list_cursor, list_page_token, page_size, secret_metadata,
     secret_version, today,
 };
-use crate::store::{SecretQuery, SecretRecord};
+use crate::store::{Gate, SecretQuery, SecretRecord, ValueRead, VersionRecord};
 use rekey_shared::proto;
 use rekey_shared::time::timestamp_from_millis;
 use rekey_shared::{SecretName, Stage, VersionId};
@@ -30,9 +31,8 @@ impl SecretsService {
         stage: Option<&Stage>,
     ) -> Result<proto::GetSecretValueResponse> {
         self.authorize(context, Action::GetSecretValue, name.as_str())?;
-        let secret = self.live_secret(name).await?;
-        self.authorize_key(context, &secret.key_name)?;
-        self.read_authorized(&secret, version_id, stage).await
+        self.read_checked(context, name, version_id, stage, KeyCheck::Record)
+            .await
     }
 
     /// One CURRENT value of a batch: a denial is this entry's error, not
@@ -42,41 +42,90 @@ impl SecretsService {
         context: &RequestContext,
         name: &SecretName,
     ) -> Result<proto::GetSecretValueResponse> {
-        let authorizer = &self.state.authorizer;
-        let denied = |action: Action, resource: &str| {
-            Error::PermissionDenied(format!(
-                "{} may not {action} on {resource}",
-                context.principal
-            ))
-        };
-        if !context.allows(authorizer, Action::GetSecretValue, name.as_str()) {
-            return Err(denied(Action::GetSecretValue, name.as_str()));
+        if !context.allows(
+            &self.state.authorizer,
+            Action::GetSecretValue,
+            name.as_str(),
+        ) {
+            return Err(denied(context, Action::GetSecretValue, name.as_str()));
         }
-        let secret = self.live_secret(name).await?;
-        let key = format!("key:{}", secret.key_name);
-        if !context.allows(authorizer, Action::KeysUse, &key) {
-            return Err(denied(Action::KeysUse, &key));
-        }
-        self.read_authorized(&secret, None, None).await
+        self.read_checked(context, name, None, None, KeyCheck::Entry)
+            .await
     }
 
-    async fn read_authorized(
+    /// The secret and, once `keys:Use` on its key is allowed, the version
+    /// asked for. The store reads both in one step (`Store::read_value`),
+    /// asking between the two statements whether to go on: that gate
+    /// decides on the policy as it is when the read starts. The decision
+    /// is then made again on the policy as it is now, as `check` says; if
+    /// only the second allows (the policy changed meanwhile), the version
+    /// is read then.
+    async fn read_checked(
+        &self,
+        context: &RequestContext,
+        name: &SecretName,
+        version_id: Option<&VersionId>,
+        stage: Option<&Stage>,
+        check: KeyCheck,
+    ) -> Result<proto::GetSecretValueResponse> {
+        let store = &self.state.store;
+        let selected = stage.cloned().unwrap_or_else(Stage::current);
+        let policy = self.state.authorizer.policy();
+        let principal = context.principal.clone();
+        let gate: Gate = Box::new(move |secret| {
+            secret.deletion_date.is_none()
+                && policy
+                    .evaluate(
+                        principal.as_str(),
+                        Action::KeysUse.as_str(),
+                        &key_resource(&secret.key_name),
+                    )
+                    .is_allowed()
+        });
+        let (secret, found) = match store.read_value(name, version_id, &selected, gate).await? {
+            ValueRead::NoSecret => return Err(not_found(name)),
+            ValueRead::Stopped(secret) => (live(secret)?, None),
+            ValueRead::Read(secret, found) => (live(secret)?, Some(found)),
+        };
+        let key = key_resource(&secret.key_name);
+        match check {
+            KeyCheck::Record => self.authorize(context, Action::KeysUse, &key)?,
+            KeyCheck::Entry => {
+                if !context.allows(&self.state.authorizer, Action::KeysUse, &key) {
+                    return Err(denied(context, Action::KeysUse, &key));
+                }
+            }
+        }
+        let found = match found {
+            Some(found) => found,
+            None => {
+                store
+                    .version_with_stages(&secret.id, version_id, &selected)
+                    .await?
+            }
+        };
+        self.answer(&secret, found, version_id, stage).await
+    }
+
+    /// The response for `found`, the version a read selected (`None`: no
+    /// version is selected so).
+    async fn answer(
         &self,
         secret: &SecretRecord,
+        found: Option<(VersionRecord, Vec<Stage>)>,
         version_id: Option<&VersionId>,
         stage: Option<&Stage>,
     ) -> Result<proto::GetSecretValueResponse> {
         let store = &self.state.store;
         let name = &secret.name;
-        let selected = stage.cloned().unwrap_or_else(Stage::current);
-        let Some((version, version_stages)) = store
-            .version_with_stages(&secret.id, version_id, &selected)
-            .await?
-        else {
-            return Err(Error::NotFound(match version_id {
-                Some(version_id) => format!("secret {name} has no version {version_id}"),
-                None if selected.is_current() => format!("secret {name} has no value yet"),
-                None => format!("secret {name} has no version with stage {selected}"),
+        let Some((version, version_stages)) = found else {
+            return Err(Error::NotFound(match (version_id, stage) {
+                (Some(version_id), _) => format!("secret {name} has no version {version_id}"),
+                (None, None) => format!("secret {name} has no value yet"),
+                (None, Some(stage)) if stage.is_current() => {
+                    format!("secret {name} has no value yet")
+                }
+                (None, Some(stage)) => format!("secret {name} has no version with stage {stage}"),
             }));
         };
         if let (Some(stage), Some(_)) = (stage, version_id)
@@ -306,6 +355,26 @@ impl SecretsService {
             next_page_token,
         })
     }
+}
+
+/// How a read checks `keys:Use`: recorded as the request's decision, or
+/// as a batch entry's error only.
+#[derive(Debug, Clone, Copy)]
+enum KeyCheck {
+    Record,
+    Entry,
+}
+
+fn key_resource(key: &rekey_shared::KeyName) -> String {
+    format!("key:{key}")
+}
+
+/// A batch entry's refusal (not recorded as the request's decision).
+fn denied(context: &RequestContext, action: Action, resource: &str) -> Error {
+    Error::PermissionDenied(format!(
+        "{} may not {action} on {resource}",
+        context.principal
+    ))
 }
 
 /// The next page's token: empty when this page was not full.

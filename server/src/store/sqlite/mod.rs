@@ -12,6 +12,7 @@ mod keys;
 mod leases;
 mod list;
 mod policies;
+mod readers;
 mod rotation;
 mod script;
 mod secrets;
@@ -28,16 +29,16 @@ use super::rows::{
     version_row,
 };
 
-use super::SecretRecord;
 use super::batch::{Boxed, Dialect, Writer};
 use super::chain::AuditChain;
 use super::group_commit::GroupCommit;
 use super::list::{attach_tags, detail_statements};
 use super::migrate::migrate;
+use super::{Gate, SecretRecord, ValueRead};
 use crate::audit::AuditKey;
 use crate::error::{Error, Result};
 use crate::stages::StageMap;
-use rekey_shared::{Stage, VersionId};
+use rekey_shared::{SecretName, Stage, VersionId};
 use script::Script;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -56,6 +57,8 @@ pub struct Store {
     standalone_events: GroupCommit,
     batch_sizes: Arc<super::BatchSizes>,
     checkpoints: tokio::task::JoinHandle<()>,
+    /// The read of a value, on connections of its own (`readers`).
+    readers: readers::Readers,
 }
 
 impl Drop for Store {
@@ -65,6 +68,10 @@ impl Drop for Store {
 }
 
 type Tx<'a> = super::batch::Tx<'a, Sqlite>;
+
+/// Threads reading values (`readers`): enough that one waiting on the disk
+/// does not hold up the others on two cores.
+const READERS: usize = 4;
 
 impl Store {
     /// Opens (creating if needed) the database at `url` and brings its
@@ -80,6 +87,13 @@ impl Store {
             .pragma("secure_delete", "ON")
             // Checkpoints run in the background (`checkpoint_loop`).
             .pragma("wal_autocheckpoint", "0");
+        let file = options.get_filename().to_owned();
+        if file.as_os_str() == ":memory:" {
+            return Err(Error::InvalidArgument(format!(
+                "database URL {url:?}: an in-memory database cannot be shared by the \
+                 server's connections; name a file"
+            )));
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             // An embedded database's connections cannot go away; testing
@@ -89,6 +103,7 @@ impl Store {
             .await
             .map_err(|error| Error::internal(&format!("opening database {url}"), error))?;
         migrate(&pool).await?;
+        let readers = readers::Readers::open(&file, READERS)?;
         let checkpoints = tokio::spawn(checkpoint_loop(pool.clone()));
         let batch_sizes = Arc::new(super::BatchSizes::default());
         let writer = Writer::start(pool.clone(), DIALECT, batch_sizes.clone());
@@ -110,6 +125,7 @@ impl Store {
             standalone_events,
             batch_sizes,
             checkpoints,
+            readers,
         })
     }
 
@@ -118,7 +134,27 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        self.readers.close();
         self.pool.close().await;
+    }
+
+    /// The secret `name` and, if `gate` lets the read go on, the version
+    /// of it a read of a value asks for: one hand-off to a reader.
+    pub async fn read_value(
+        &self,
+        name: &SecretName,
+        version_id: Option<&VersionId>,
+        stage: &Stage,
+        gate: Gate,
+    ) -> Result<ValueRead> {
+        self.readers
+            .read_value(
+                name.as_str(),
+                version_id.map(VersionId::as_str),
+                stage.as_str(),
+                gate,
+            )
+            .await
     }
 
     /// `VACUUM INTO`: one read transaction copied page by page into a new,

@@ -74,20 +74,12 @@ impl Store {
         version_id: Option<&VersionId>,
         stage: &Stage,
     ) -> Result<Option<(VersionRecord, Vec<Stage>)>> {
-        let row = sqlx::query(&format!(
-            "SELECT {VERSION_COLUMNS},
-                    (SELECT group_concat(x.stage, ',') FROM version_stages x
-                      WHERE x.secret_id = v.secret_id AND x.version_id = v.version_id) AS stages
-             FROM versions v
-             WHERE v.secret_id = ?1
-               AND v.version_id = COALESCE(?2,
-                   (SELECT s.version_id FROM version_stages s WHERE s.secret_id = ?1 AND s.stage = ?3))"
-        ))
-        .bind(secret_id)
-        .bind(version_id.map(VersionId::as_str))
-        .bind(stage.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
+        let row = sqlx::query(version_with_stages_sql())
+            .bind(secret_id)
+            .bind(version_id.map(VersionId::as_str))
+            .bind(stage.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|row| Ok((version_row(&row)?, stage_list(row.get("stages"))?)))
             .transpose()
     }
@@ -251,6 +243,23 @@ impl Store {
         .await?;
         tx.commit().await
     }
+}
+
+/// The version `?2` of secret `?1`, or the one carrying stage `?3` when
+/// `?2` is NULL, with its stages (comma-separated): the read of a value.
+pub(super) fn version_with_stages_sql() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT {VERSION_COLUMNS},
+                    (SELECT group_concat(x.stage, ',') FROM version_stages x
+                      WHERE x.secret_id = v.secret_id AND x.version_id = v.version_id) AS stages
+             FROM versions v
+             WHERE v.secret_id = ?1
+               AND v.version_id = COALESCE(?2,
+                   (SELECT s.version_id FROM version_stages s WHERE s.secret_id = ?1 AND s.stage = ?3))"
+        )
+    });
+    &SQL
 }
 
 /// Adds `version` and returns the secret's stages as they were before (no

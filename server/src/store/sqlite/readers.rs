@@ -1,0 +1,176 @@
+//! The hot read path, on synchronous connections of its own. sqlx runs
+//! every statement on its connection's worker thread, a round trip between
+//! threads per statement, and a read of a value is two statements with the
+//! caller's decision between them. Here a few threads each own a read-only
+//! SQLite connection (rusqlite, on the same libsqlite3 as sqlx) with its
+//! statements prepared once, and a whole read runs on one of them: one
+//! hand-off there and one back. The statements are the pool's own, in one
+//! read transaction (one snapshot), and rows decode through the same
+//! decoders (`rows`). Nothing here writes: the write batch stays the only
+//! writer, and WAL lets these connections read while it writes.
+
+use super::super::rows::{Columns, SECRET_COLUMNS, secret_row, stage_list, version_row};
+use super::versions::version_with_stages_sql;
+use crate::error::{Error, Result};
+use crate::store::{Gate, ValueRead};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+type Job = Box<dyn FnOnce(&Connection) + Send>;
+
+#[derive(Debug)]
+pub(super) struct Readers {
+    /// Jobs for the threads; taken at close, which ends them.
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+}
+
+impl Readers {
+    /// `threads` connections to the database file at `path`, each on a
+    /// thread of its own. The file must exist (the pool created it).
+    pub(super) fn open(path: &Path, threads: usize) -> Result<Self> {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for number in 0..threads {
+            let connection = connect(path)?;
+            let receiver = receiver.clone();
+            std::thread::Builder::new()
+                .name(format!("rekey-reader-{number}"))
+                .spawn(move || serve(&connection, &receiver))
+                .map_err(|error| Error::internal("starting a reader thread", error))?;
+        }
+        Ok(Self {
+            queue: Mutex::new(Some(sender)),
+        })
+    }
+
+    /// Ends the threads once the jobs already queued are done.
+    pub(super) fn close(&self) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    /// Runs `job` on one of the connections.
+    async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        // The answer goes missing when the job panicked or the readers
+        // were closed.
+        let stopped = || Error::Internal("a database reader failed or stopped".to_owned());
+        let (done, answer) = oneshot::channel();
+        let job: Job = Box::new(move |connection| {
+            // The caller may have gone away; nobody needs the answer then.
+            let _ = done.send(job(connection));
+        });
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The secret named `name` and, if `gate` lets the read go on, its
+    /// version `version_id` (or the one carrying `stage`) with that
+    /// version's stages: one snapshot, one hand-off.
+    pub(super) async fn read_value(
+        &self,
+        name: &str,
+        version_id: Option<&str>,
+        stage: &str,
+        gate: Gate,
+    ) -> Result<ValueRead> {
+        let (name, version_id, stage) = (
+            name.to_owned(),
+            version_id.map(str::to_owned),
+            stage.to_owned(),
+        );
+        self.run(move |connection| {
+            let snapshot = connection.unchecked_transaction()?;
+            let secret = snapshot
+                .prepare_cached(&format!(
+                    "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?1"
+                ))?
+                .query_row([&name], |row| Ok(secret_row(row)))
+                .optional()?
+                .transpose()?;
+            let Some(secret) = secret else {
+                return Ok(ValueRead::NoSecret);
+            };
+            if !gate(&secret) {
+                return Ok(ValueRead::Stopped(secret));
+            }
+            let version = snapshot
+                .prepare_cached(version_with_stages_sql())?
+                .query_row(rusqlite::params![&secret.id, &version_id, &stage], |row| {
+                    Ok(version_row(row)
+                        .and_then(|version| Ok((version, stage_list(row.maybe_text("stages"))?))))
+                })
+                .optional()?
+                .transpose()?;
+            Ok(ValueRead::Read(secret, version))
+        })
+        .await
+    }
+}
+
+fn connect(path: &Path) -> Result<Connection> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    // As the pool's: a checkpoint or a recovery may hold a lock briefly.
+    connection.busy_timeout(Duration::from_secs(10))?;
+    Ok(connection)
+}
+
+/// Takes jobs until the queue closes. A job that panics (a decoder finding
+/// a column it does not expect) fails its own read only.
+fn serve(connection: &Connection, receiver: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        let job = {
+            let receiver = receiver.lock().unwrap_or_else(PoisonError::into_inner);
+            match receiver.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(connection)));
+    }
+}
+
+/// A missing column, or one of another type, is a programming error (the
+/// statements above name their columns), and panics as the pool's rows do.
+fn column<T: rusqlite::types::FromSql>(row: &rusqlite::Row<'_>, column: &str) -> T {
+    row.get(column)
+        .unwrap_or_else(|error| panic!("column {column}: {error}"))
+}
+
+impl Columns for rusqlite::Row<'_> {
+    fn text(&self, name: &str) -> String {
+        column(self, name)
+    }
+    fn maybe_text(&self, name: &str) -> Option<String> {
+        column(self, name)
+    }
+    fn integer(&self, name: &str) -> i64 {
+        column(self, name)
+    }
+    fn maybe_integer(&self, name: &str) -> Option<i64> {
+        column(self, name)
+    }
+    fn bytes(&self, name: &str) -> Vec<u8> {
+        column(self, name)
+    }
+    fn flag(&self, name: &str) -> bool {
+        column(self, name)
+    }
+}
