@@ -3,7 +3,7 @@
 //! (`.ci/run` sets it), each run in a fresh database of its own that is
 //! dropped afterwards. Two `Store`s on one PostgreSQL database stand in for
 //! two replicas. The audit log's own suites (group commit of many events,
-//! retention) are in `audit`.
+//! retention) are in `audit`; the read of a value in `reads`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the test's failure report
 
@@ -18,6 +18,7 @@ use rekey_tests::databases::StorageDatabase;
 use std::sync::Arc;
 
 mod audit;
+mod reads;
 
 fn event(action: &str) -> AuditEvent {
     AuditEvent::system(action, "test", "")

@@ -88,7 +88,7 @@ impl Store {
             // Checkpoints run in the background (`checkpoint_loop`).
             .pragma("wal_autocheckpoint", "0");
         let file = options.get_filename().to_owned();
-        if file.as_os_str() == ":memory:" {
+        if url.contains(":memory:") || url.contains("mode=memory") {
             return Err(Error::InvalidArgument(format!(
                 "database URL {url:?}: an in-memory database cannot be shared by the \
                  server's connections; name a file"

@@ -1,0 +1,166 @@
+//! The read of a value (`Store::read_value`), on both backends: the gate is
+//! asked between the secret and its version and a "no" reads no version;
+//! versions by id and by stage; and a read that starts after a put was
+//! acknowledged sees it, while puts go on (SQLite reads on connections of
+//! their own).
+
+use super::{add_default_key, create, event, new_version};
+use rekey_server::audit::AuditKey;
+use rekey_server::crypto::{Key, RootKey};
+use rekey_server::store::{Gate, Store, ValueRead};
+use rekey_shared::{SecretName, Stage, VersionId};
+use rekey_tests::databases::StorageDatabase;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A gate that answers `answer` and counts how often it was asked.
+fn gate(answer: bool, asked: &Arc<AtomicUsize>) -> Gate {
+    let asked = asked.clone();
+    Box::new(move |_| {
+        asked.fetch_add(1, Ordering::SeqCst);
+        answer
+    })
+}
+
+async fn read_suite(url: &str) {
+    let store = Arc::new(
+        Store::open(url, AuditKey::derive(&RootKey::new(Key::generate())))
+            .await
+            .unwrap(),
+    );
+    add_default_key(&store).await;
+    let id = create(&store, "reads/db", &[]).await;
+    let name = SecretName::parse("reads/db").unwrap();
+    let asked = Arc::new(AtomicUsize::new(0));
+
+    let missing = SecretName::parse("reads/missing").unwrap();
+    let read = store
+        .read_value(&missing, None, &Stage::current(), gate(true, &asked))
+        .await
+        .unwrap();
+    assert!(matches!(read, ValueRead::NoSecret), "{read:?}");
+    assert_eq!(asked.load(Ordering::SeqCst), 0, "no secret, no question");
+
+    let read = store
+        .read_value(&name, None, &Stage::current(), gate(false, &asked))
+        .await
+        .unwrap();
+    let ValueRead::Stopped(secret) = read else {
+        panic!("the gate said no: {read:?}");
+    };
+    assert_eq!(
+        (secret.id.as_str(), asked.load(Ordering::SeqCst)),
+        (id.as_str(), 1)
+    );
+
+    let second = new_version(2);
+    store
+        .put_version(&id, &second, &[Stage::current()], &event("Put"))
+        .await
+        .unwrap();
+    let read = store
+        .read_value(&name, None, &Stage::current(), gate(true, &asked))
+        .await
+        .unwrap();
+    let ValueRead::Read(_, Some((version, stages))) = read else {
+        panic!("CURRENT: {read:?}");
+    };
+    assert_eq!(version.version_id, second.version_id);
+    assert_eq!(version.sealed.ciphertext, vec![2; 32]);
+    assert_eq!(stages, [Stage::current()]);
+
+    let previous = Stage::parse("PREVIOUS").unwrap();
+    let read = store
+        .read_value(&name, None, &previous, gate(true, &asked))
+        .await
+        .unwrap();
+    let ValueRead::Read(_, Some((first, stages))) = read else {
+        panic!("PREVIOUS: {read:?}");
+    };
+    assert_eq!(
+        (first.sealed.ciphertext, stages),
+        (vec![1; 32], vec![previous])
+    );
+
+    let by_id = store
+        .read_value(
+            &name,
+            Some(&second.version_id),
+            &Stage::current(),
+            gate(true, &asked),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(by_id, ValueRead::Read(_, Some(_))), "{by_id:?}");
+    for (version_id, stage) in [
+        (Some(VersionId::random()), Stage::current()),
+        (None, Stage::parse("NOWHERE").unwrap()),
+    ] {
+        let read = store
+            .read_value(&name, version_id.as_ref(), &stage, gate(true, &asked))
+            .await
+            .unwrap();
+        assert!(matches!(read, ValueRead::Read(_, None)), "{read:?}");
+    }
+
+    // A read that starts after a put was acknowledged sees it as CURRENT,
+    // while other puts commit beside it (each writer has its own secret).
+    let mut writers = Vec::new();
+    for w in 0..4u8 {
+        let path = format!("reads/writer{w}");
+        let id = create(&store, &path, &[]).await;
+        let (store, name) = (store.clone(), SecretName::parse(&path).unwrap());
+        writers.push(tokio::spawn(async move {
+            for n in 0..25u8 {
+                let version = new_version(n);
+                store
+                    .put_version(&id, &version, &[Stage::current()], &event("Put"))
+                    .await
+                    .unwrap();
+                let asked = Arc::new(AtomicUsize::new(0));
+                let read = store
+                    .read_value(&name, None, &Stage::current(), gate(true, &asked))
+                    .await
+                    .unwrap();
+                let ValueRead::Read(_, Some((seen, stages))) = read else {
+                    panic!("CURRENT while writing: {read:?}");
+                };
+                assert_eq!(
+                    seen.version_id, version.version_id,
+                    "a read after an acknowledged put saw another CURRENT"
+                );
+                assert_eq!(stages, [Stage::current()]);
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
+    read_suite(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_reads() {
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    read_suite(&database.url).await;
+}
+
+#[tokio::test]
+async fn an_in_memory_sqlite_database_is_refused() {
+    let error = Store::open(
+        "sqlite::memory:",
+        AuditKey::derive(&RootKey::new(Key::generate())),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("name a file"), "{error}");
+}
