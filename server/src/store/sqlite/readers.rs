@@ -22,6 +22,9 @@ use tokio::sync::oneshot;
 
 type Job = Box<dyn FnOnce(&Connection) + Send>;
 
+/// Each reader's page cache, in KiB (SQLite's negative `cache_size`).
+const READER_CACHE_KIB: i64 = -8192;
+
 #[derive(Debug)]
 pub(super) struct Readers {
     /// Jobs for the threads; taken at close, which ends them.
@@ -129,6 +132,10 @@ fn connect(path: &Path) -> Result<Connection> {
     )?;
     // As the pool's: a checkpoint or a recovery may hold a lock briefly.
     connection.busy_timeout(Duration::from_secs(10))?;
+    // Room for the inner pages of the indexes a read walks, even in a
+    // store of millions of secrets (SQLite's default is 2 MiB); a cache
+    // holds only pages read, so a small store costs no more.
+    connection.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
     Ok(connection)
 }
 
