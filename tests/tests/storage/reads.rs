@@ -156,11 +156,36 @@ async fn postgres_reads() {
 
 #[tokio::test]
 async fn an_in_memory_sqlite_database_is_refused() {
-    let error = Store::open(
-        "sqlite::memory:",
-        AuditKey::derive(&RootKey::new(Key::generate())),
-    )
-    .await
-    .unwrap_err();
-    assert!(error.to_string().contains("name a file"), "{error}");
+    for url in ["sqlite::memory:", "sqlite://rekey.db?mode=memory"] {
+        let error = Store::open(url, AuditKey::derive(&RootKey::new(Key::generate())))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("name a file"), "{url}: {error}");
+    }
+}
+
+/// The readers' connections are closed with the store, so that the pool's
+/// last connection is the database's last: SQLite then checkpoints and
+/// removes the write-ahead log.
+#[tokio::test(flavor = "multi_thread")]
+async fn closing_the_store_closes_the_readers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rekey.db");
+    let url = format!("sqlite://{}", file.display());
+    let store = Store::open(&url, AuditKey::derive(&RootKey::new(Key::generate())))
+        .await
+        .unwrap();
+    add_default_key(&store).await;
+    create(&store, "reads/closing", &[]).await;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let name = SecretName::parse("reads/closing").unwrap();
+    let read = store
+        .read_value(&name, None, &Stage::current(), gate(true, &asked))
+        .await
+        .unwrap();
+    assert!(matches!(read, ValueRead::Read(_, Some(_))), "{read:?}");
+    let wal = dir.path().join("rekey.db-wal");
+    assert!(wal.exists(), "the database is in WAL mode");
+    store.close().await;
+    assert!(!wal.exists(), "a connection outlived the store's close");
 }

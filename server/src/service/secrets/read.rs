@@ -59,7 +59,8 @@ impl SecretsService {
     /// decides on the policy as it is when the read starts. The decision
     /// is then made again on the policy as it is now, as `check` says; if
     /// only the second allows (the policy changed meanwhile), the version
-    /// is read then.
+    /// is read then. If only the first allowed, the ciphertext was read
+    /// under that decision and is dropped unopened.
     async fn read_checked(
         &self,
         context: &RequestContext,

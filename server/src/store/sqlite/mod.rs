@@ -25,8 +25,7 @@ pub use secrets::MAX_TAGS;
 use versions::insert_version;
 
 use super::rows::{
-    SECRET_COLUMNS, VERSION_COLUMNS, is_unique_violation, master_key_row, secret_row, stored,
-    version_row,
+    VERSION_COLUMNS, is_unique_violation, master_key_row, secret_row, stored, version_row,
 };
 
 use super::batch::{Boxed, Dialect, Writer};
@@ -88,7 +87,11 @@ impl Store {
             // Checkpoints run in the background (`checkpoint_loop`).
             .pragma("wal_autocheckpoint", "0");
         let file = options.get_filename().to_owned();
-        if url.contains(":memory:") || url.contains("mode=memory") {
+        let in_memory = file.as_os_str().is_empty()
+            || file.to_string_lossy().starts_with("file:sqlx-in-memory")
+            || url.contains(":memory:")
+            || url.contains("mode=memory");
+        if in_memory {
             return Err(Error::InvalidArgument(format!(
                 "database URL {url:?}: an in-memory database cannot be shared by the \
                  server's connections; name a file"
@@ -134,7 +137,7 @@ impl Store {
     }
 
     pub async fn close(&self) {
-        self.readers.close();
+        self.readers.close().await;
         self.pool.close().await;
     }
 

@@ -12,50 +12,69 @@
 use super::super::rows::{Columns, SECRET_COLUMNS, secret_row, stage_list, version_row};
 use super::versions::version_with_stages_sql;
 use crate::error::{Error, Result};
-use crate::store::{Gate, ValueRead};
+use crate::store::{Gate, SecretRecord, ValueRead};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 type Job = Box<dyn FnOnce(&Connection) + Send>;
 
 /// Each reader's page cache, in KiB (SQLite's negative `cache_size`).
 const READER_CACHE_KIB: i64 = -8192;
 
+/// Reads waiting for a reader; beyond this, a request waits to queue.
+const QUEUE: usize = 1024;
+
 #[derive(Debug)]
 pub(super) struct Readers {
     /// Jobs for the threads; taken at close, which ends them.
     queue: Mutex<Option<mpsc::Sender<Job>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl Readers {
     /// `threads` connections to the database file at `path`, each on a
     /// thread of its own. The file must exist (the pool created it).
     pub(super) fn open(path: &Path, threads: usize) -> Result<Self> {
-        let (sender, receiver) = mpsc::channel::<Job>();
+        let (sender, receiver) = mpsc::channel::<Job>(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
+        let mut handles = Vec::new();
         for number in 0..threads {
             let connection = connect(path)?;
             let receiver = receiver.clone();
-            std::thread::Builder::new()
+            let handle = std::thread::Builder::new()
                 .name(format!("rekey-reader-{number}"))
                 .spawn(move || serve(&connection, &receiver))
                 .map_err(|error| Error::internal("starting a reader thread", error))?;
+            handles.push(handle);
         }
         Ok(Self {
             queue: Mutex::new(Some(sender)),
+            threads: Mutex::new(handles),
         })
     }
 
-    /// Ends the threads once the jobs already queued are done.
-    pub(super) fn close(&self) {
+    /// Ends the threads once the jobs already queued are done, and waits
+    /// until their connections are closed (so that the pool's last
+    /// connection is the database's last, and SQLite checkpoints and
+    /// removes its write-ahead log as it closes).
+    pub(super) async fn close(&self) {
         self.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        let threads =
+            std::mem::take(&mut *self.threads.lock().unwrap_or_else(PoisonError::into_inner));
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                // A thread's job that panicked was caught; one that died
+                // otherwise has nothing left to close.
+                let _ = thread.join();
+            }
+        });
+        let _ = joined.await;
     }
 
     /// Runs `job` on one of the connections.
@@ -71,14 +90,22 @@ impl Readers {
             // The caller may have gone away; nobody needs the answer then.
             let _ = done.send(job(connection));
         });
-        self.queue
+        let queue = self
+            .queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(job)
-            .map_err(|_| stopped())?;
+            .clone()
+            .ok_or_else(stopped)?;
+        queue.send(job).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
+    }
+
+    /// The secret named `name`, without its tags (what a write checks
+    /// before it joins the write batch).
+    pub(super) async fn secret(&self, name: &str) -> Result<Option<SecretRecord>> {
+        let name = name.to_owned();
+        self.run(move |connection| secret_named(connection, &name))
+            .await
     }
 
     /// The secret named `name` and, if `gate` lets the read go on, its
@@ -98,14 +125,7 @@ impl Readers {
         );
         self.run(move |connection| {
             let snapshot = connection.unchecked_transaction()?;
-            let secret = snapshot
-                .prepare_cached(&format!(
-                    "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?1"
-                ))?
-                .query_row([&name], |row| Ok(secret_row(row)))
-                .optional()?
-                .transpose()?;
-            let Some(secret) = secret else {
+            let Some(secret) = secret_named(&snapshot, &name)? else {
                 return Ok(ValueRead::NoSecret);
             };
             if !gate(&secret) {
@@ -123,6 +143,16 @@ impl Readers {
         })
         .await
     }
+}
+
+fn secret_named(connection: &Connection, name: &str) -> Result<Option<SecretRecord>> {
+    static SQL: LazyLock<String> =
+        LazyLock::new(|| format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?1"));
+    connection
+        .prepare_cached(&SQL)?
+        .query_row([name], |row| Ok(secret_row(row)))
+        .optional()?
+        .transpose()
 }
 
 fn connect(path: &Path) -> Result<Connection> {
@@ -144,10 +174,10 @@ fn connect(path: &Path) -> Result<Connection> {
 fn serve(connection: &Connection, receiver: &Mutex<mpsc::Receiver<Job>>) {
     loop {
         let job = {
-            let receiver = receiver.lock().unwrap_or_else(PoisonError::into_inner);
-            match receiver.recv() {
-                Ok(job) => job,
-                Err(_) => return,
+            let mut receiver = receiver.lock().unwrap_or_else(PoisonError::into_inner);
+            match receiver.blocking_recv() {
+                Some(job) => job,
+                None => return,
             }
         };
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(connection)));

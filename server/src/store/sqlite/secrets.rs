@@ -1,9 +1,6 @@
 //! Secrets: creation, metadata, tags, deletion and erasure.
 
-use super::{
-    SECRET_COLUMNS, Store, Tx, insert_version, is_unique_violation, secret_row, touch,
-    write_stage_map,
-};
+use super::{Store, Tx, insert_version, is_unique_violation, touch, write_stage_map};
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use crate::stages::{self, StageMap};
@@ -79,14 +76,9 @@ impl Store {
 
     /// The secret named `name` with its tags left empty: for reading
     /// values, which never shows them (one statement fewer per read).
+    /// On a reader (`readers`): one hand-off, no pool round trip.
     pub async fn secret_without_tags(&self, name: &SecretName) -> Result<Option<SecretRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?"
-        ))
-        .bind(name.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(secret_row).transpose()
+        self.readers.secret(name.as_str()).await
     }
 
     /// Changes the description, and moves the secret to another master key

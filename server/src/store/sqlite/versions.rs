@@ -100,7 +100,8 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<PutOutcome> {
         // Three round trips in the write batch: the savepoint, the insert
-        // with the stages read back, and the rest with the audit event.
+        // with the stages read back, and the rest with the audit event
+        // (and, for a batch's first writer, the read of the chain's head).
         let mut tx = self.write().await?;
         let before = match insert_version(&mut tx, secret_id, version).await {
             Err(Error::AlreadyExists(_)) => return Ok(PutOutcome::VersionExists),
@@ -112,6 +113,7 @@ impl Store {
         stage_changes(&mut script, secret_id, &before, &map);
         purge_deprecated(&mut script, secret_id, version.created_at);
         touch_in(&mut script, secret_id, version.created_at);
+        // The purge is the script's only statement that returns rows.
         let purged = self.commit_audited_script(tx, script, event).await?;
         if !purged.is_empty() {
             tracing::info!(
