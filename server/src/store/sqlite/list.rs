@@ -1,35 +1,61 @@
-//! Listing secrets: the statement built in `store::list`, run.
+//! Listing secrets: the statement built in `store::list`, run on a reader
+//! (`readers`): the page and its tags in one snapshot and one hand-off,
+//! then, for the secrets the caller may see, their stages and rotation
+//! settings in another.
 
 use super::Store;
-use super::fetch_for_ids;
+use super::readers::fetch_all;
 use crate::error::Result;
-use crate::store::list::{Bind, PageDetails, SQLITE_BYTES, build, detail_statements, page_details};
+use crate::store::list::{
+    Bind, PageDetails, SQLITE_BYTES, attach_tags, build, detail_statements, page_details,
+};
+use crate::store::rows::secret_row;
 use crate::store::{SecretQuery, SecretRecord};
+use rusqlite::params_from_iter;
+use rusqlite::types::Value;
 
 impl Store {
-    /// One page of secrets.
+    /// One page of secrets, with their tags.
     pub async fn list_secrets(&self, query: &SecretQuery) -> Result<Vec<SecretRecord>> {
         let (sql, binds) = build(query, SQLITE_BYTES);
-        let mut statement = sqlx::query(&sql);
-        for bind in binds {
-            statement = match bind {
-                Bind::Text(text) => statement.bind(text),
-                Bind::Integer(number) => statement.bind(number),
-            };
-        }
-        let rows = statement.fetch_all(&self.pool).await?;
-        self.with_tags(&rows).await
+        let values: Vec<Value> = binds
+            .into_iter()
+            .map(|bind| match bind {
+                Bind::Text(text) => Value::Text(text),
+                Bind::Integer(number) => Value::Integer(number),
+            })
+            .collect();
+        self.readers
+            .run(move |connection| {
+                let snapshot = connection.unchecked_transaction()?;
+                let rows = fetch_all(&snapshot, &sql, params_from_iter(values))?;
+                let mut secrets = rows.iter().map(secret_row).collect::<Result<Vec<_>>>()?;
+                if !secrets.is_empty() {
+                    let [tags, _, _] = detail_statements(secrets.len());
+                    let ids: Vec<String> = secrets.iter().map(|secret| secret.id.clone()).collect();
+                    let tag_rows = fetch_all(&snapshot, &tags, params_from_iter(&ids))?;
+                    attach_tags(&mut secrets, &tag_rows);
+                }
+                Ok(secrets)
+            })
+            .await
     }
 
     /// The stage maps and rotation configurations of a page's secrets, in
-    /// two statements.
+    /// two statements and one hand-off.
     pub async fn page_details(&self, ids: &[String]) -> Result<PageDetails> {
         if ids.is_empty() {
             return Ok(PageDetails::default());
         }
-        let [_, stages, configs] = detail_statements(ids.len());
-        let stage_rows = fetch_for_ids(&self.pool, &stages, ids).await?;
-        let config_rows = fetch_for_ids(&self.pool, &configs, ids).await?;
-        page_details(&stage_rows, &config_rows)
+        let ids = ids.to_vec();
+        self.readers
+            .run(move |connection| {
+                let snapshot = connection.unchecked_transaction()?;
+                let [_, stages, configs] = detail_statements(ids.len());
+                let stage_rows = fetch_all(&snapshot, &stages, params_from_iter(&ids))?;
+                let config_rows = fetch_all(&snapshot, &configs, params_from_iter(&ids))?;
+                page_details(&stage_rows, &config_rows)
+            })
+            .await
     }
 }

@@ -31,17 +31,14 @@ use super::rows::{
 use super::batch::{Boxed, Dialect, Writer};
 use super::chain::AuditChain;
 use super::group_commit::GroupCommit;
-use super::list::{attach_tags, detail_statements};
 use super::migrate::migrate;
-use super::{Gate, SecretRecord, ValueRead};
+use super::{Gate, ValueRead};
 use crate::audit::AuditKey;
 use crate::error::{Error, Result};
 use crate::stages::StageMap;
 use rekey_shared::{SecretName, Stage, VersionId};
 use script::Script;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -200,19 +197,6 @@ impl Store {
             .map(|row| (row.get("key"), row.get("value")))
             .collect())
     }
-
-    /// The secrets of `rows` with their tags, in one statement.
-    async fn with_tags(&self, rows: &[SqliteRow]) -> Result<Vec<SecretRecord>> {
-        let mut secrets = rows.iter().map(secret_row).collect::<Result<Vec<_>>>()?;
-        if secrets.is_empty() {
-            return Ok(secrets);
-        }
-        let [tags, _, _] = detail_statements(secrets.len());
-        let ids: Vec<String> = secrets.iter().map(|secret| secret.id.clone()).collect();
-        let tag_rows = fetch_for_ids(&self.pool, &tags, &ids).await?;
-        attach_tags(&mut secrets, &tag_rows);
-        Ok(secrets)
-    }
 }
 
 /// How SQLite writes: `BEGIN IMMEDIATE` takes the database's write lock
@@ -249,15 +233,6 @@ async fn checkpoint_loop(pool: SqlitePool) {
             tracing::warn!(%error, "checkpointing the write-ahead log failed");
         }
     }
-}
-
-/// Runs `sql` with `ids` bound in order.
-async fn fetch_for_ids(pool: &SqlitePool, sql: &str, ids: &[String]) -> Result<Vec<SqliteRow>> {
-    let mut statement = sqlx::query(sql);
-    for id in ids {
-        statement = statement.bind(id);
-    }
-    Ok(statement.fetch_all(pool).await?)
 }
 
 async fn read_stage_map(connection: &mut SqliteConnection, secret_id: &str) -> Result<StageMap> {

@@ -1,7 +1,9 @@
-//! The hot read path, on synchronous connections of its own. sqlx runs
+//! The hot read paths (a value; a page of a listing), on synchronous
+//! connections of their own. sqlx runs
 //! every statement on its connection's worker thread, a round trip between
 //! threads per statement, and a read of a value is two statements with the
-//! caller's decision between them. Here a few threads each own a read-only
+//! caller's decision between them (a listing's page is four). Here a few
+//! threads each own a read-only
 //! SQLite connection (rusqlite, on the same libsqlite3 as sqlx) with its
 //! statements prepared once, and a whole read runs on one of them: one
 //! hand-off there and one back. The statements are the pool's own, in one
@@ -13,6 +15,7 @@ use super::super::rows::{Columns, SECRET_COLUMNS, secret_row, stage_list, versio
 use super::versions::version_with_stages_sql;
 use crate::error::{Error, Result};
 use crate::store::{Gate, SecretRecord, ValueRead};
+use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
@@ -78,7 +81,7 @@ impl Readers {
     }
 
     /// Runs `job` on one of the connections.
-    async fn run<T: Send + 'static>(
+    pub(super) async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
@@ -153,6 +156,94 @@ fn secret_named(connection: &Connection, name: &str) -> Result<Option<SecretReco
         .query_row([name], |row| Ok(secret_row(row)))
         .optional()?
         .transpose()
+}
+
+/// A row read whole, for the decoders that take several rows at once
+/// (a page's tags, stages and rotation settings).
+#[derive(Debug)]
+pub(super) struct OwnedRow {
+    names: Arc<[String]>,
+    values: Vec<Value>,
+}
+
+/// Every row of `sql` with `binds`, read whole.
+pub(super) fn fetch_all(
+    connection: &Connection,
+    sql: &str,
+    binds: impl rusqlite::Params,
+) -> Result<Vec<OwnedRow>> {
+    let mut statement = connection.prepare_cached(sql)?;
+    let names: Arc<[String]> = statement
+        .column_names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let mut rows = statement.query(binds)?;
+    let mut all = Vec::new();
+    while let Some(row) = rows.next()? {
+        let values = (0..names.len())
+            .map(|index| row.get::<_, Value>(index))
+            .collect::<rusqlite::Result<_>>()?;
+        all.push(OwnedRow {
+            names: names.clone(),
+            values,
+        });
+    }
+    Ok(all)
+}
+
+impl OwnedRow {
+    /// As [`column`]: a column the statement does not have, or of another
+    /// type, is a programming error. Only the type is told, never a value.
+    fn value(&self, column: &str) -> &Value {
+        self.names
+            .iter()
+            .position(|name| name == column)
+            .and_then(|index| self.values.get(index))
+            .unwrap_or_else(|| panic!("no column {column}"))
+    }
+}
+
+fn wrong_type(column: &str, value: &Value) -> ! {
+    panic!("column {column} holds {}", value.data_type())
+}
+
+impl Columns for OwnedRow {
+    fn text(&self, name: &str) -> String {
+        match self.value(name) {
+            Value::Text(text) => text.clone(),
+            other => wrong_type(name, other),
+        }
+    }
+    fn maybe_text(&self, name: &str) -> Option<String> {
+        match self.value(name) {
+            Value::Null => None,
+            Value::Text(text) => Some(text.clone()),
+            other => wrong_type(name, other),
+        }
+    }
+    fn integer(&self, name: &str) -> i64 {
+        match self.value(name) {
+            Value::Integer(number) => *number,
+            other => wrong_type(name, other),
+        }
+    }
+    fn maybe_integer(&self, name: &str) -> Option<i64> {
+        match self.value(name) {
+            Value::Null => None,
+            Value::Integer(number) => Some(*number),
+            other => wrong_type(name, other),
+        }
+    }
+    fn bytes(&self, name: &str) -> Vec<u8> {
+        match self.value(name) {
+            Value::Blob(bytes) => bytes.clone(),
+            other => wrong_type(name, other),
+        }
+    }
+    fn flag(&self, name: &str) -> bool {
+        self.integer(name) != 0
+    }
 }
 
 fn connect(path: &Path) -> Result<Connection> {
