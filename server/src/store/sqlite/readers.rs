@@ -1,10 +1,9 @@
 //! The hot read paths (a value; a page of a listing), on synchronous
-//! connections of their own. sqlx runs
-//! every statement on its connection's worker thread, a round trip between
-//! threads per statement, and a read of a value is two statements with the
-//! caller's decision between them (a listing's page is four). Here a few
-//! threads each own a read-only
-//! SQLite connection (rusqlite, on the same libsqlite3 as sqlx) with its
+//! connections of their own. sqlx runs every statement on its connection's
+//! worker thread, a round trip between threads per statement; a read of a
+//! value is two statements with the caller's decision between them, and a
+//! listing's page four. Here a few threads each own a read-only SQLite
+//! connection (rusqlite, on the same libsqlite3 as sqlx) with its
 //! statements prepared once, and a whole read runs on one of them: one
 //! hand-off there and one back. The statements are the pool's own, in one
 //! read transaction (one snapshot), and rows decode through the same
