@@ -122,11 +122,10 @@ impl SecretsService {
         let Some((version, version_stages)) = found else {
             return Err(Error::NotFound(match (version_id, stage) {
                 (Some(version_id), _) => format!("secret {name} has no version {version_id}"),
-                (None, None) => format!("secret {name} has no value yet"),
-                (None, Some(stage)) if stage.is_current() => {
-                    format!("secret {name} has no value yet")
+                (None, Some(stage)) if !stage.is_current() => {
+                    format!("secret {name} has no version with stage {stage}")
                 }
-                (None, Some(stage)) => format!("secret {name} has no version with stage {stage}"),
+                (None, _) => format!("secret {name} has no value yet"),
             }));
         };
         if let (Some(stage), Some(_)) = (stage, version_id)

@@ -85,14 +85,13 @@ pub(super) async fn commit_script<'q>(
         }
     }
     let returned = script.run(&mut tx).await?;
-    let (Some((first, _)), Some(head)) = (links.first(), links.last()) else {
-        tx.commit().await?;
-        return Ok(returned);
-    };
-    let first = *first;
-    tx.appended(head.clone());
+    if let Some(head) = links.last() {
+        tx.appended(head.clone());
+    }
     tx.commit().await?;
-    chain.committed(first, head.clone());
+    if let (Some((first, _)), Some(head)) = (links.first(), links.last()) {
+        chain.committed(*first, head.clone());
+    }
     Ok(returned)
 }
 
