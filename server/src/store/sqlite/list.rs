@@ -4,7 +4,7 @@
 //! settings in another.
 
 use super::Store;
-use super::readers::fetch_all;
+use super::columns::fetch_all;
 use crate::error::Result;
 use crate::store::list::{
     Bind, PageDetails, SQLITE_BYTES, attach_tags, build, detail_statements, page_details,

@@ -8,6 +8,7 @@
 mod archive;
 mod audit;
 mod certificates;
+mod columns;
 mod keys;
 mod leases;
 mod list;
@@ -16,6 +17,7 @@ mod readers;
 mod rotation;
 mod script;
 mod secrets;
+mod threads;
 mod versions;
 
 pub use audit::AuditQuery;
