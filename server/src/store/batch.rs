@@ -136,6 +136,36 @@ impl<DB: Database> Writer<DB> {
     /// A place in the current batch, one writer at a time: a savepoint in
     /// the open transaction, or a new transaction.
     pub(super) async fn begin(&self) -> Result<Tx<'_, DB>> {
+        let mut batch = self.lock_with_room().await;
+        if batch.transaction.is_some() {
+            return self.join(batch).await;
+        }
+        let shared = &*self.shared;
+        batch.transaction = Some((shared.dialect.begin)(&shared.pool).await?);
+        batch.last_event = None;
+        batch.writers = 1;
+        Ok(Tx {
+            batch,
+            shared,
+            savepoint: None,
+            done: false,
+        })
+    }
+
+    /// A place in the open batch, or, when none is open, the writers' lock
+    /// with no transaction of the batch's in the database: for a writer
+    /// that can commit on a connection of its own (SQLite's standalone
+    /// audit events), so that nothing of the batch's is written meanwhile.
+    pub(super) async fn join_or_lock(&self) -> Result<Place<'_, DB>> {
+        let batch = self.lock_with_room().await;
+        if batch.transaction.is_some() {
+            return Ok(Place::Batch(self.join(batch).await?));
+        }
+        Ok(Place::Alone(Alone { _batch: batch }))
+    }
+
+    /// The writers' lock, once the batch has room for one more writer.
+    async fn lock_with_room(&self) -> MutexGuard<'_, Batch<DB>> {
         let shared = &*self.shared;
         let mut batch = shared.batch.lock().await;
         settle(shared, &mut batch).await;
@@ -149,36 +179,48 @@ impl<DB: Database> Writer<DB> {
             batch = shared.batch.lock().await;
             settle(shared, &mut batch).await;
         }
+        batch
+    }
+
+    /// A savepoint of its own in the open transaction.
+    async fn join<'a>(&'a self, mut batch: MutexGuard<'a, Batch<DB>>) -> Result<Tx<'a, DB>> {
+        let shared = &*self.shared;
         batch.writers += 1;
         let number = batch.next_savepoint;
         batch.next_savepoint += 1;
-        let opened = match batch.transaction.as_mut() {
-            Some(transaction) => {
-                let statement = savepoint(number);
-                if let Err(error) = (shared.dialect.execute)(transaction, &statement).await {
-                    // The transaction may be unusable; returning to a
-                    // savepoint that is not there fails the batch, and the
-                    // committer tells those waiting.
-                    batch.abandoned = Some(number);
-                    shared.wake.notify_one();
-                    return Err(error.into());
-                }
-                Some(number)
-            }
-            None => {
-                batch.transaction = Some((shared.dialect.begin)(&shared.pool).await?);
-                batch.last_event = None;
-                batch.writers = 1;
-                None
-            }
-        };
+        let statement = savepoint(number);
+        #[allow(clippy::expect_used)] // the callers saw it open, under the lock we hold
+        let transaction = batch
+            .transaction
+            .as_mut()
+            .expect("an open write transaction");
+        if let Err(error) = (shared.dialect.execute)(transaction, &statement).await {
+            // The transaction may be unusable; returning to a savepoint
+            // that is not there fails the batch, and the committer tells
+            // those waiting.
+            batch.abandoned = Some(number);
+            shared.wake.notify_one();
+            return Err(error.into());
+        }
         Ok(Tx {
             batch,
             shared,
-            savepoint: opened,
+            savepoint: Some(number),
             done: false,
         })
     }
+}
+
+/// Where [`Writer::join_or_lock`] put a writer.
+pub(super) enum Place<'a, DB: Database> {
+    Batch(Tx<'a, DB>),
+    Alone(Alone<'a, DB>),
+}
+
+/// The writers' lock, held with no write transaction of the batch's open:
+/// no writer of the batch starts until it is dropped.
+pub(super) struct Alone<'a, DB: Database> {
+    _batch: MutexGuard<'a, Batch<DB>>,
 }
 
 /// Returns the batch to the savepoint of a writer that went away; when

@@ -9,6 +9,7 @@ mod archive;
 mod audit;
 mod certificates;
 mod columns;
+mod events;
 mod keys;
 mod leases;
 mod list;
@@ -30,7 +31,7 @@ use super::rows::{
     VERSION_COLUMNS, is_unique_violation, master_key_row, secret_row, stored, version_row,
 };
 
-use super::batch::{Boxed, Dialect, Writer};
+use super::batch::{Boxed, Dialect, Place, Writer};
 use super::chain::AuditChain;
 use super::group_commit::GroupCommit;
 use super::migrate::migrate;
@@ -57,6 +58,8 @@ pub struct Store {
     checkpoints: tokio::task::JoinHandle<()>,
     /// The read of a value, on connections of its own (`readers`).
     readers: readers::Readers,
+    /// Standalone events' commits while no write batch is open (`events`).
+    events: Arc<events::EventWriter>,
 }
 
 impl Drop for Store {
@@ -110,13 +113,16 @@ impl Store {
         let batch_sizes = Arc::new(super::BatchSizes::default());
         let writer = Writer::start(pool.clone(), DIALECT, batch_sizes.clone());
         let chain = Arc::new(AuditChain::new(audit_key));
+        let events = Arc::new(events::EventWriter::open(&file, chain.clone())?);
         let standalone_events = GroupCommit::start(batch_sizes.clone(), {
-            let (writer, chain) = (writer.clone(), chain.clone());
-            move |events| {
-                let (writer, chain) = (writer.clone(), chain.clone());
+            let (writer, chain, events) = (writer.clone(), chain.clone(), events.clone());
+            move |batch| {
+                let (writer, chain, events) = (writer.clone(), chain.clone(), events.clone());
                 async move {
-                    let tx = writer.begin().await?;
-                    audit::commit_with(tx, &chain, &events).await
+                    match writer.join_or_lock().await? {
+                        Place::Batch(tx) => audit::commit_with(tx, &chain, &batch).await,
+                        Place::Alone(_writers_wait) => events.append(batch).await,
+                    }
                 }
             }
         });
@@ -128,6 +134,7 @@ impl Store {
             batch_sizes,
             checkpoints,
             readers,
+            events,
         })
     }
 
@@ -137,6 +144,7 @@ impl Store {
 
     pub async fn close(&self) {
         self.readers.close().await;
+        self.events.close().await;
         self.pool.close().await;
     }
 

@@ -1,0 +1,96 @@
+//! The events that stand alone (a read's, a refusal's), committed on a
+//! connection of their own. Through sqlx, a group commit of them is four
+//! round trips to the pool's worker thread (begin, the chain's head, the
+//! insert, commit) and a hand-off to the batch's committer; here it is one
+//! job on one thread (`threads`), in one `BEGIN IMMEDIATE` transaction
+//! with full fsync, as the pool's. It runs only while the write batch has
+//! no transaction open and its writers wait (`Writer::join_or_lock`), so
+//! the chain is appended to by one writer at a time; the head is read in
+//! the transaction, so another process's events are chained onto too.
+
+use super::super::chain::AuditChain;
+use super::threads::Threads;
+use crate::audit::AuditEvent;
+use crate::error::Result;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug)]
+pub(super) struct EventWriter {
+    thread: Threads,
+    chain: Arc<AuditChain>,
+}
+
+impl EventWriter {
+    /// A connection to the database file at `path` (which must exist and
+    /// have its schema) that appends to `chain`.
+    pub(super) fn open(path: &Path, chain: Arc<AuditChain>) -> Result<Self> {
+        let connection = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        // As the pool's connections: durable at commit, erased pages
+        // zeroed, checkpoints left to the server's own loop.
+        connection.busy_timeout(Duration::from_secs(10))?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "secure_delete", "ON")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+        Ok(Self {
+            thread: Threads::start("rekey-audit", vec![connection])?,
+            chain,
+        })
+    }
+
+    /// Appends `events` to the chain in one transaction; durable when this
+    /// returns `Ok`. The caller holds the writers' lock with no batch open.
+    pub(super) async fn append(&self, events: Vec<AuditEvent>) -> Result<()> {
+        let chain = self.chain.clone();
+        self.thread
+            .run(move |connection| append(connection, &chain, &events))
+            .await
+    }
+
+    /// Ends the thread and closes its connection.
+    pub(super) async fn close(&self) {
+        self.thread.close().await;
+    }
+}
+
+fn append(connection: &mut Connection, chain: &AuditChain, events: &[AuditEvent]) -> Result<()> {
+    let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let head = transaction
+        .prepare_cached("SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let links = chain.link(head, events);
+    {
+        let mut insert = transaction.prepare_cached(
+            "INSERT INTO audit_events \
+             (seq, time, principal, peer, action, resource, decision, outcome, request_id, detail, mac) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        for (event, (seq, mac)) in events.iter().zip(&links) {
+            insert.execute(params![
+                seq,
+                event.time,
+                event.principal,
+                event.peer,
+                event.action,
+                event.resource,
+                event.decision,
+                event.outcome,
+                event.request_id,
+                event.detail,
+                mac,
+            ])?;
+        }
+    }
+    transaction.commit()?;
+    if let (Some((first, _)), Some(head)) = (links.first(), links.last()) {
+        chain.committed(*first, head.clone());
+    }
+    Ok(())
+}
