@@ -1,5 +1,6 @@
 //! The audit log through the store, on both backends: thousands of events
-//! recorded at once, and retention (archive rounds, the anchor, verifying
+//! recorded at once, events and changes interleaved from two stores, and
+//! retention (archive rounds, the anchor, verifying
 //! the files and the table as one chain).
 
 use super::*;
@@ -47,6 +48,61 @@ async fn postgres_many_standalone_events() {
         return;
     };
     many_standalone_events_suite(&database.url, &RootKey::new(Key::generate())).await;
+}
+
+/// Reads' events and changes at once, through two stores on one database
+/// (two processes, or two replicas): whichever way each store commits its
+/// events (in a write batch of its own, or apart while none is open), both
+/// append to one chain, each event once.
+async fn events_and_changes_interleaved_suite(url: &str, root: &RootKey) {
+    let first = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
+    let second = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
+    add_default_key(&first).await;
+    let mut tasks = Vec::new();
+    for index in 0..300 {
+        let store = [&first, &second][index % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            if index % 3 == 0 {
+                create(&store, &format!("app/secret-{index}"), &[]).await;
+            } else {
+                let mut event = event("GetSecretValue");
+                event.request_id = format!("request-{index}");
+                store.record(&event).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // The key's event, 100 creations, 200 reads.
+    assert_eq!(
+        assert_chain_verifies(&first, &AuditKey::derive(root)).await,
+        301
+    );
+    let reads: std::collections::HashSet<_> = all_events(&second)
+        .await
+        .into_iter()
+        .filter(|stored| stored.event.action == "GetSecretValue")
+        .map(|stored| stored.event.request_id)
+        .collect();
+    assert_eq!(reads.len(), 200);
+    first.close().await;
+    second.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_events_and_changes_interleaved() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
+    events_and_changes_interleaved_suite(&url, &RootKey::new(Key::generate())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_events_and_changes_interleaved() {
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    events_and_changes_interleaved_suite(&database.url, &RootKey::new(Key::generate())).await;
 }
 
 /// Audit retention through the store: old events leave the table in
