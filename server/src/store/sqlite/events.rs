@@ -9,7 +9,7 @@
 //! the transaction, so another process's events are chained onto too.
 
 use super::super::chain::AuditChain;
-use super::threads::Threads;
+use super::threads::{Jobs, Threads};
 use crate::audit::AuditEvent;
 use crate::error::Result;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -39,7 +39,7 @@ impl EventWriter {
         connection.pragma_update(None, "foreign_keys", "ON")?;
         connection.pragma_update(None, "wal_autocheckpoint", 0)?;
         Ok(Self {
-            thread: Threads::start("rekey-audit", vec![connection])?,
+            thread: Threads::start("rekey-audit", vec![connection], Jobs::Apart)?,
             chain,
         })
     }

@@ -27,13 +27,12 @@ impl Store {
             .collect();
         self.readers
             .run(move |connection| {
-                let snapshot = connection.unchecked_transaction()?;
-                let rows = fetch_all(&snapshot, &sql, params_from_iter(values))?;
+                let rows = fetch_all(connection, &sql, params_from_iter(values))?;
                 let mut secrets = rows.iter().map(secret_row).collect::<Result<Vec<_>>>()?;
                 if !secrets.is_empty() {
                     let [tags, _, _] = detail_statements(secrets.len());
                     let ids: Vec<String> = secrets.iter().map(|secret| secret.id.clone()).collect();
-                    let tag_rows = fetch_all(&snapshot, &tags, params_from_iter(&ids))?;
+                    let tag_rows = fetch_all(connection, &tags, params_from_iter(&ids))?;
                     attach_tags(&mut secrets, &tag_rows);
                 }
                 Ok(secrets)
@@ -50,10 +49,9 @@ impl Store {
         let ids = ids.to_vec();
         self.readers
             .run(move |connection| {
-                let snapshot = connection.unchecked_transaction()?;
                 let [_, stages, configs] = detail_statements(ids.len());
-                let stage_rows = fetch_all(&snapshot, &stages, params_from_iter(&ids))?;
-                let config_rows = fetch_all(&snapshot, &configs, params_from_iter(&ids))?;
+                let stage_rows = fetch_all(connection, &stages, params_from_iter(&ids))?;
+                let config_rows = fetch_all(connection, &configs, params_from_iter(&ids))?;
                 page_details(&stage_rows, &config_rows)
             })
             .await

@@ -10,7 +10,7 @@
 //! here writes, and WAL lets these connections read while others write.
 
 use super::super::rows::{Columns, SECRET_COLUMNS, secret_row, stage_list, version_row};
-use super::threads::Threads;
+use super::threads::{Jobs, Threads};
 use super::versions::version_with_stages_sql;
 use crate::error::Result;
 use crate::store::{Gate, SecretRecord, ValueRead};
@@ -33,7 +33,7 @@ impl Readers {
     pub(super) fn open(path: &Path, threads: usize) -> Result<Self> {
         let connections = (0..threads).map(|_| connect(path)).collect::<Result<_>>()?;
         Ok(Self {
-            threads: Threads::start("rekey-reader", connections)?,
+            threads: Threads::start("rekey-reader", connections, Jobs::InOneSnapshot)?,
         })
     }
 
@@ -43,7 +43,8 @@ impl Readers {
         self.threads.close().await;
     }
 
-    /// Runs `job` on one of the connections.
+    /// Runs `job` on one of the connections, in a read transaction (one
+    /// snapshot) that the job must not end.
     pub(super) async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -75,14 +76,13 @@ impl Readers {
             stage.to_owned(),
         );
         self.run(move |connection| {
-            let snapshot = connection.unchecked_transaction()?;
-            let Some(secret) = secret_named(&snapshot, &name)? else {
+            let Some(secret) = secret_named(connection, &name)? else {
                 return Ok(ValueRead::NoSecret);
             };
             if !gate(&secret) {
                 return Ok(ValueRead::Stopped(secret));
             }
-            let version = snapshot
+            let version = connection
                 .prepare_cached(version_with_stages_sql())?
                 .query_row(rusqlite::params![&secret.id, &version_id, &stage], |row| {
                     Ok(version_row(row)

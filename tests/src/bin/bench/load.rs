@@ -2,6 +2,7 @@
 //! `connections` channels, each making its call back to back until the
 //! cell's time is up; throughput and latency percentiles of all of them.
 
+use crate::machine;
 use rekey_shared::proto;
 use rekey_shared::proto::rotation_client::RotationClient;
 use rekey_shared::proto::secrets_client::SecretsClient;
@@ -205,6 +206,9 @@ pub struct Measured {
     pub calls_per_second: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// CPU time per call: the server's, and the load generator's own.
+    pub server_cpu_us: Option<f64>,
+    pub client_cpu_us: Option<f64>,
 }
 
 impl Measured {
@@ -214,18 +218,23 @@ impl Measured {
             "calls_per_second": self.calls_per_second,
             "p50_ms": self.p50_ms,
             "p99_ms": self.p99_ms,
+            "server_cpu_us_per_call": self.server_cpu_us,
+            "client_cpu_us_per_call": self.client_cpu_us,
         })
     }
 }
 
-/// Runs `call` with `in_flight` callers spread over `channels` for `time`.
+/// Runs `call` with `in_flight` callers spread over `channels` for `time`,
+/// against the server of process `server`.
 pub async fn cell(
+    server: u32,
     channels: &[Channel],
     call: Call,
     in_flight: usize,
     secrets: usize,
     time: Duration,
 ) -> Measured {
+    let cpu_before = (machine::cpu_seconds(server), machine::own_cpu_seconds());
     let started = Instant::now();
     let until = started + time;
     let tasks: Vec<_> = (0..in_flight)
@@ -244,8 +253,15 @@ pub async fn cell(
         latencies.extend(task.await.unwrap());
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let per_call = |before: Option<f64>, after: Option<f64>| {
+        Some((after? - before?) * 1e6 / latencies.len().max(1) as f64)
+    };
+    let server_cpu_us = per_call(cpu_before.0, machine::cpu_seconds(server));
+    let client_cpu_us = per_call(cpu_before.1, machine::own_cpu_seconds());
     latencies.sort();
     Measured {
+        server_cpu_us,
+        client_cpu_us,
         calls: latencies.len(),
         calls_per_second: latencies.len() as f64 / elapsed,
         p50_ms: percentile(&latencies, 0.5),

@@ -1,6 +1,7 @@
 //! What the machine allows, measured beside the server: how many fsyncs
 //! per second its disk takes (a write-and-fsync loop on a file in the
-//! directory the database lives in) and how much memory a process holds.
+//! directory the database lives in), and how much memory and CPU time a
+//! process holds and has used.
 
 use std::io::Write;
 use std::path::Path;
@@ -31,4 +32,24 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
     let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// The CPU time process `pid` has used so far, user and system, in
+/// seconds (Linux: `/proc/PID/stat`, in clock ticks).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_of(&format!("/proc/{pid}/stat"))
+}
+
+/// The CPU time this process has used so far, in seconds.
+pub fn own_cpu_seconds() -> Option<f64> {
+    cpu_of("/proc/self/stat")
+}
+
+fn cpu_of(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The fields after the command's closing parenthesis start at the
+    // third, the state; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / rustix::param::clock_ticks_per_second() as f64)
 }

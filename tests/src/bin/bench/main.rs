@@ -10,8 +10,10 @@
 //! 4. `rotate`: a full `password` rotation (four steps), StartRotation to
 //!    the Watch event that it finished;
 //!
-//! with the ratio of each to the ping at the same concurrency, beside what
-//! the disk allows (a bare fsync loop) and the server's resident memory.
+//! with the ratio of each to the ping at the same concurrency, the CPU time
+//! per call of the server and of the load generator (which share the
+//! machine), beside what the disk allows (a bare fsync loop) and the
+//! server's resident memory.
 //! `--scale` measures GetSecretValue and ListSecrets (first page, filtered
 //! page) with 10³, 10⁵ and 10⁶ secrets in the store instead, each against
 //! the 10³ figure. Figures go to a table, a JSON report and an SVG plot.
@@ -184,20 +186,31 @@ fn cell_json(call: Call, connections: usize, in_flight: usize, measured: &Measur
 
 fn header() {
     println!(
-        "{:<19} {:>5} {:>9} {:>10} {:>8} {:>8} {:>10} {:>10}",
-        "call", "conns", "in flight", "calls/s", "p50 ms", "p99 ms", "vs tput", "vs p99"
+        "{:<19} {:>5} {:>9} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "call",
+        "conns",
+        "in flight",
+        "calls/s",
+        "p50 ms",
+        "p99 ms",
+        "vs tput",
+        "vs p99",
+        "server µs",
+        "client µs"
     );
 }
 
 fn row(call: Call, connections: usize, in_flight: usize, measured: &Measured, base: &Measured) {
     println!(
-        "{:<19} {connections:>5} {in_flight:>9} {:>10.0} {:>8.2} {:>8.2} {:>10.2} {:>10.2}",
+        "{:<19} {connections:>5} {in_flight:>9} {:>10.0} {:>8.2} {:>8.2} {:>10.2} {:>10.2} {:>10.1} {:>10.1}",
         call.name(),
         measured.calls_per_second,
         measured.p50_ms,
         measured.p99_ms,
         measured.calls_per_second / base.calls_per_second,
         measured.p99_ms / base.p99_ms,
+        measured.server_cpu_us.unwrap_or(f64::NAN),
+        measured.client_cpu_us.unwrap_or(f64::NAN),
     );
 }
 
@@ -223,8 +236,15 @@ async fn load_run(plan: &Plan, only: Option<&str>, out: &str) -> Value {
                 .into_iter()
                 .filter(|call| *call == Call::Ping || only.is_none_or(|only| only == call.name()));
             for call in calls {
-                let measured =
-                    load::cell(&channels, call, in_flight, plan.secrets, plan.cell).await;
+                let measured = load::cell(
+                    server.pid(),
+                    &channels,
+                    call,
+                    in_flight,
+                    plan.secrets,
+                    plan.cell,
+                )
+                .await;
                 let base = *ping.get_or_insert(measured);
                 row(call, connections, in_flight, &measured, &base);
                 let mut cell = cell_json(call, connections, in_flight, &measured);
@@ -280,11 +300,20 @@ async fn scale_run(plan: &Plan) -> Value {
         // round of each cell first, so that no size is measured cold.
         for (call, connections, in_flight) in SCALE_CELLS {
             let warm = plan.scale_cell / 4;
-            load::cell(&channels[..connections], call, in_flight, secrets, warm).await;
+            load::cell(
+                server.pid(),
+                &channels[..connections],
+                call,
+                in_flight,
+                secrets,
+                warm,
+            )
+            .await;
         }
         let mut cells = Vec::new();
         for (index, (call, connections, in_flight)) in SCALE_CELLS.into_iter().enumerate() {
             let measured = load::cell(
+                server.pid(),
                 &channels[..connections],
                 call,
                 in_flight,
