@@ -1,9 +1,10 @@
 //! Group commit of the events that stand alone (a read's, a refusal's, a
 //! failure's): each request queues its event and waits; one task takes
-//! everything queued, appends it to the chain as one writer of the write
-//! batch (`store::batch`), and answers every waiter once that batch is
-//! durable. A read is still
-//! answered only after its event is on disk (fail-closed), but a thousand
+//! everything queued, appends it to the chain in one transaction (as one
+//! writer of the write batch, `store::batch`, or on SQLite while no batch
+//! is open on a connection of its own, `store::sqlite::events`), and
+//! answers every waiter once that is durable. A read is still answered
+//! only after its event is on disk (fail-closed), but a thousand
 //! concurrent reads cost a handful of fsyncs instead of a thousand.
 //!
 //! Batches form by themselves: while one commits, the next fills. With one

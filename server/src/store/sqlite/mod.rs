@@ -1,9 +1,11 @@
 //! The SQLite backend. Writers run one at a time in a shared `BEGIN
 //! IMMEDIATE` transaction, each in a savepoint, committed in groups
 //! (`store::batch`), so no writer works on a stale snapshot and a burst of
-//! writes costs one fsync; reads run on the pool in parallel (WAL). Split
-//! by subject: master keys, secrets (metadata, tags, deletion), versions
-//! and stages, and listings.
+//! writes costs one fsync; reads run in parallel (WAL), the hot ones on
+//! reader threads (`readers`). Standalone audit events join the open write
+//! batch, or commit on a connection of their own while none is open
+//! (`events`). Split by subject: master keys, secrets (metadata, tags,
+//! deletion), versions and stages, and listings.
 
 mod archive;
 mod audit;
