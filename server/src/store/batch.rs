@@ -152,10 +152,11 @@ impl<DB: Database> Writer<DB> {
         })
     }
 
-    /// A place in the open batch, or, when none is open, the writers' lock
-    /// with no transaction of the batch's in the database: for a writer
-    /// that can commit on a connection of its own (SQLite's standalone
-    /// audit events), so that nothing of the batch's is written meanwhile.
+    /// A place in the open batch, or, when none is open, the writers' lock:
+    /// for a writer that can commit on a connection of its own (SQLite's
+    /// standalone audit events), so that no batch opens meanwhile. (A
+    /// batch just rolled back may hold the database's lock a moment
+    /// longer, while its rollback runs; that writer waits for it.)
     pub(super) async fn join_or_lock(&self) -> Result<Place<'_, DB>> {
         let batch = self.lock_with_room().await;
         if batch.transaction.is_some() {
@@ -217,8 +218,8 @@ pub(super) enum Place<'a, DB: Database> {
     Alone(Alone<'a, DB>),
 }
 
-/// The writers' lock, held with no write transaction of the batch's open:
-/// no writer of the batch starts until it is dropped.
+/// The writers' lock, held while no batch is open: no writer of the batch
+/// starts until it is dropped.
 pub(super) struct Alone<'a, DB: Database> {
     _batch: MutexGuard<'a, Batch<DB>>,
 }

@@ -7,8 +7,8 @@ use super::*;
 
 /// Thousands of events recorded at once (reads' events) are group
 /// committed in batches larger than one INSERT statement takes: every one is
-/// there, once, in one chain.
-async fn many_standalone_events_suite(url: &str, root: &RootKey) {
+/// there, once, in one chain. Returns how many write batches committed.
+async fn many_standalone_events_suite(url: &str, root: &RootKey) -> u64 {
     let store = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
     let recorded: Vec<_> = (0..3_000)
         .map(|index| {
@@ -32,14 +32,19 @@ async fn many_standalone_events_suite(url: &str, root: &RootKey) {
         assert!(seen.insert(stored.event.request_id), "recorded twice");
     }
     assert_eq!(seen.len(), 3_000);
+    let batches = store.batch_sizes().writers.count();
     store.close().await;
+    batches
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_many_standalone_events() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
-    many_standalone_events_suite(&url, &RootKey::new(Key::generate())).await;
+    let batches = many_standalone_events_suite(&url, &RootKey::new(Key::generate())).await;
+    // With no write batch open, SQLite commits them on the events
+    // connection (`store::sqlite::events`), never as writers of a batch.
+    assert_eq!(batches, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -47,7 +52,8 @@ async fn postgres_many_standalone_events() {
     let Some(database) = StorageDatabase::create() else {
         return;
     };
-    many_standalone_events_suite(&database.url, &RootKey::new(Key::generate())).await;
+    let batches = many_standalone_events_suite(&database.url, &RootKey::new(Key::generate())).await;
+    assert!(batches > 0, "PostgreSQL commits them as writers of a batch");
 }
 
 /// Reads' events and changes at once, through two stores on one database

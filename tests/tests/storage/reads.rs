@@ -164,6 +164,32 @@ async fn an_in_memory_sqlite_database_is_refused() {
     }
 }
 
+/// URL options the server's own connections would not share with the pool
+/// (another VFS, a read-only or immutable file) are refused, not ignored.
+#[tokio::test]
+async fn sqlite_url_options_the_connections_cannot_share_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rekey.db");
+    for option in ["vfs=unix-none", "mode=ro", "immutable=1"] {
+        let url = format!("sqlite://{}?{option}", file.display());
+        let error = Store::open(&url, AuditKey::derive(&RootKey::new(Key::generate())))
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("option {option} is not supported")),
+            "{url}: {error}"
+        );
+    }
+    assert!(!file.exists(), "nothing was created");
+    let url = format!("sqlite://{}?mode=rwc", file.display());
+    let store = Store::open(&url, AuditKey::derive(&RootKey::new(Key::generate())))
+        .await
+        .unwrap();
+    store.close().await;
+}
+
 /// The readers' connections are closed with the store, so that the pool's
 /// last connection is the database's last: SQLite then checkpoints and
 /// removes the write-ahead log.

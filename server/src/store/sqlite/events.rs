@@ -3,10 +3,12 @@
 //! round trips to the pool's worker thread (begin, the chain's head, the
 //! insert, commit) and a hand-off to the batch's committer; here it is one
 //! job on one thread (`threads`), in one `BEGIN IMMEDIATE` transaction
-//! with full fsync, as the pool's. It runs only while the write batch has
-//! no transaction open and its writers wait (`Writer::join_or_lock`), so
-//! the chain is appended to by one writer at a time; the head is read in
-//! the transaction, so another process's events are chained onto too.
+//! with full fsync, as the pool's. What keeps the chain one is SQLite's
+//! write lock: every appender (this connection, the write batch, another
+//! process) reads the chain's head inside its `BEGIN IMMEDIATE`
+//! transaction. It runs only while the write batch has no transaction
+//! open and its writers wait (`Writer::join_or_lock`), so that the two do
+//! not wait on each other's lock.
 
 use super::super::chain::AuditChain;
 use super::threads::{Jobs, Threads};

@@ -72,9 +72,11 @@ impl Drop for Store {
 
 type Tx<'a> = super::batch::Tx<'a, Sqlite>;
 
-/// Threads reading values (`readers`): enough that one waiting on the disk
-/// does not hold up the others on two cores.
-const READERS: usize = 4;
+/// Threads reading values (`readers`). Each runs the reads it took at
+/// once one after another, so one waiting on the disk holds up those few,
+/// not every read; fewer threads take more reads per wake-up, which is
+/// what a read costs most here (see the README's benchmark).
+const READERS: usize = 2;
 
 impl Store {
     /// Opens (creating if needed) the database at `url` and brings its
@@ -101,6 +103,13 @@ impl Store {
                  server's connections; name a file"
             )));
         }
+        if let Some(option) = unshared_option(url) {
+            return Err(Error::InvalidArgument(format!(
+                "database URL {url:?}: option {option} is not supported; the server's own \
+                 connections open the file read-write with SQLite's default locking, as \
+                 the pool's must"
+            )));
+        }
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             // An embedded database's connections cannot go away; testing
@@ -111,11 +120,12 @@ impl Store {
             .map_err(|error| Error::internal(&format!("opening database {url}"), error))?;
         migrate(&pool).await?;
         let readers = readers::Readers::open(&file, READERS)?;
+        let chain = Arc::new(AuditChain::new(audit_key));
+        let events = Arc::new(events::EventWriter::open(&file, chain.clone())?);
+        // Nothing below fails: the tasks started here end with the pool.
         let checkpoints = tokio::spawn(checkpoint_loop(pool.clone()));
         let batch_sizes = Arc::new(super::BatchSizes::default());
         let writer = Writer::start(pool.clone(), DIALECT, batch_sizes.clone());
-        let chain = Arc::new(AuditChain::new(audit_key));
-        let events = Arc::new(events::EventWriter::open(&file, chain.clone())?);
         let standalone_events = GroupCommit::start(batch_sizes.clone(), {
             let (writer, chain, events) = (writer.clone(), chain.clone(), events.clone());
             move |batch| {
@@ -209,6 +219,23 @@ impl Store {
             .map(|row| (row.get("key"), row.get("value")))
             .collect())
     }
+}
+
+/// An option of a database URL that the server's rusqlite connections
+/// (`readers`, `events`) would not share with the pool: another VFS (whose
+/// locking the writers' exclusion relies on), a file opened read-only or
+/// as immutable.
+fn unshared_option(url: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    query
+        .split('&')
+        .find(|pair| {
+            matches!(
+                pair.split_once('=').unwrap_or((pair, "")),
+                ("vfs" | "immutable", _) | ("mode", "ro")
+            )
+        })
+        .map(str::to_owned)
 }
 
 /// How SQLite writes: `BEGIN IMMEDIATE` takes the database's write lock

@@ -117,5 +117,8 @@ fn connect(path: &Path) -> Result<Connection> {
     // store of millions of secrets (SQLite's default is 2 MiB); a cache
     // holds only pages read, so a small store costs no more.
     connection.pragma_update(None, "cache_size", READER_CACHE_KIB)?;
+    // A listing's statements differ by page size; they must not push the
+    // read of a value out of the cache (rusqlite keeps 16 by default).
+    connection.set_prepared_statement_cache_capacity(64);
     Ok(connection)
 }

@@ -23,8 +23,9 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// Jobs waiting for a thread; beyond this, a request waits to queue.
 const QUEUE: usize = 1024;
 
-/// The most jobs a thread takes at once.
-const MAX_TAKEN: usize = 16;
+/// The most jobs a thread takes at once: those after the first wait for
+/// the ones before them, even while another thread is idle.
+const MAX_TAKEN: usize = 8;
 
 /// How a thread runs the jobs it took at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +104,8 @@ impl Threads {
             .clone()
             .ok_or_else(stopped)?;
         queue.send_async(job).await.map_err(|_| stopped())?;
+        // Closing waits for the jobs queued, not for this caller.
+        drop(queue);
         answer.await.map_err(|_| stopped())?
     }
 }
@@ -114,23 +117,84 @@ fn serve(connection: &mut Connection, receiver: &flume::Receiver<Job>, jobs: Job
     while let Ok(job) = receiver.recv() {
         taken.push(job);
         taken.extend(receiver.try_iter().take(MAX_TAKEN - 1));
-        let snapshot = jobs == Jobs::InOneSnapshot && run_cached(connection, "BEGIN");
+        // Whatever a job before left open is ended first, so every job
+        // here starts its statements after it was queued.
+        if !connection.is_autocommit() && !run_cached(connection, "ROLLBACK") {
+            tracing::error!("a database thread could not end a transaction; its jobs fail");
+            taken.clear();
+            continue;
+        }
         for job in taken.drain(..) {
+            // SQLite may have ended the read transaction itself (after an
+            // I/O error): the rest start a new one.
+            if jobs == Jobs::InOneSnapshot
+                && connection.is_autocommit()
+                && !run_cached(connection, "BEGIN")
+            {
+                // Dropped unrun: its caller is told the thread failed.
+                continue;
+            }
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(connection)));
         }
-        if snapshot || !connection.is_autocommit() {
+        if !connection.is_autocommit() {
             // Ends the read transaction, or one a job that panicked left
-            // open.
+            // open (checked again before the next jobs).
             run_cached(connection, "ROLLBACK");
         }
     }
 }
 
-/// Runs a statement without arguments, kept prepared; whether it ran. A
-/// failure here shows in the jobs' own statements.
+/// Runs a statement without arguments, kept prepared; whether it ran.
 fn run_cached(connection: &Connection, sql: &str) -> bool {
     connection
         .prepare_cached(sql)
         .and_then(|mut statement| statement.execute([]))
         .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Jobs taken at once share a snapshot but not their failures: one
+    /// that panics fails its own caller, the others are answered, and a
+    /// job queued after a write sees it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_job_that_panics_fails_only_its_own_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.db");
+        let writer = Connection::open(&path).unwrap();
+        writer
+            .execute_batch(
+                "PRAGMA journal_mode = WAL; CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);",
+            )
+            .unwrap();
+        let threads = Threads::start(
+            "test-reader",
+            vec![Connection::open(&path).unwrap()],
+            Jobs::InOneSnapshot,
+        )
+        .unwrap();
+        let read = |panics: bool| {
+            threads.run(move |connection| {
+                let x: i64 = connection.query_row("SELECT x FROM t", [], |row| row.get(0))?;
+                assert!(!panics, "a decoder met a column it did not expect");
+                Ok(x)
+            })
+        };
+        // Polled together, so their jobs queue together.
+        let (first, panicked, third, fourth) =
+            tokio::join!(read(false), read(true), read(false), read(false));
+        let failed = panicked.unwrap_err().to_string();
+        assert!(failed.contains("a database thread failed"), "{failed}");
+        for answer in [first, third, fourth] {
+            assert_eq!(answer.unwrap(), 1);
+        }
+
+        writer.execute("UPDATE t SET x = 2", []).unwrap();
+        assert_eq!(read(false).await.unwrap(), 2);
+        threads.close().await;
+    }
 }
