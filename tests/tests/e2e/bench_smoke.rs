@@ -1,6 +1,7 @@
 //! The benchmark (`tests/src/bin/bench/`) in its smoke mode, so that it
 //! cannot rot: it runs against real servers and writes a report with every
-//! cell of the load and the scale run measured, and the plot.
+//! cell of the load and the scale run measured (throughput, latency, CPU
+//! time per call on both sides), and the plot.
 
 use rekey_tests::binary;
 
@@ -35,6 +36,10 @@ fn the_benchmark_runs_and_reports_every_cell() {
     for cell in &cells {
         assert!(cell["calls"].as_u64().unwrap() > 0, "{cell}");
         assert!(cell["p99_ms"].as_f64().unwrap() >= cell["p50_ms"].as_f64().unwrap());
+        // Both sides work for every call (CPU time from /proc, in ticks).
+        for side in ["server_cpu_us_per_call", "client_cpu_us_per_call"] {
+            assert!(cell[side].as_f64().unwrap() > 0.0, "{side}: {cell}");
+        }
     }
     let plot = std::fs::read_to_string(out.with_extension("svg")).unwrap();
     assert!(
