@@ -142,19 +142,22 @@ impl KeyName {
 /// A random (version 4) UUID from the OS random generator, formatted the
 /// usual way. Kept here so that `rekey-shared` needs no UUID crate.
 fn uuid_v4() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut bytes = [0u8; 16];
     getrandom_fill(&mut bytes);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    // 8-4-4-4-12 hex digits; every request makes one (its request id), so
+    // it is written in one allocation.
+    let mut text = String::with_capacity(36);
+    for (index, byte) in bytes.iter().enumerate() {
+        if matches!(index, 4 | 6 | 8 | 10) {
+            text.push('-');
+        }
+        text.push(char::from(HEX[usize::from(byte >> 4)]));
+        text.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
 fn getrandom_fill(bytes: &mut [u8]) {
@@ -233,6 +236,16 @@ mod tests {
         assert_eq!(random.as_str().len(), 36);
         assert!(VersionId::parse(random.as_str()).is_ok());
         assert_ne!(random, VersionId::random());
+        // A UUID version 4: 8-4-4-4-12 lowercase hex, version 4, variant 10.
+        let text = random.as_str().as_bytes();
+        for (index, &char) in text.iter().enumerate() {
+            match index {
+                8 | 13 | 18 | 23 => assert_eq!(char, b'-'),
+                14 => assert_eq!(char, b'4'),
+                19 => assert!(b"89ab".contains(&char), "{random}"),
+                _ => assert!(char.is_ascii_hexdigit() && !char.is_ascii_uppercase()),
+            }
+        }
     }
 
     #[test]
