@@ -8,6 +8,15 @@ use crate::audit::{AuditEvent, AuditKey, hex};
 /// Log a checkpoint every this many events.
 const CHECKPOINT_EVERY: i64 = 100;
 
+/// The newest event of the chain, as the transaction running it sees it
+/// (the same SQL in both dialects).
+pub(super) const HEAD_SQL: &str = "SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1";
+
+/// The start of an INSERT of events: the columns each event binds, in
+/// order (then `VALUES` in the dialect's placeholders).
+pub(super) const INSERT_EVENTS: &str = "INSERT INTO audit_events \
+     (seq, time, principal, peer, action, resource, decision, outcome, request_id, detail, mac)";
+
 #[derive(Debug)]
 pub(super) struct AuditChain {
     key: AuditKey,
@@ -45,10 +54,14 @@ impl AuditChain {
             .collect()
     }
 
-    /// Remembers `head` once its transaction committed, and logs a
-    /// checkpoint whenever the chain passed a multiple of
-    /// [`CHECKPOINT_EVERY`] since `first`.
-    pub(super) fn committed(&self, first: i64, head: (i64, Vec<u8>)) {
+    /// Remembers the last of `links` (as [`Self::link`] made them) once
+    /// their transaction committed, and logs a checkpoint whenever the
+    /// chain passed a multiple of [`CHECKPOINT_EVERY`] with them.
+    pub(super) fn committed(&self, links: &[(i64, Vec<u8>)]) {
+        let (Some((first, _)), Some(head)) = (links.first(), links.last()) else {
+            return;
+        };
+        let head = head.clone();
         if head.0 / CHECKPOINT_EVERY > (first - 1) / CHECKPOINT_EVERY {
             tracing::info!(seq = head.0, mac = %hex(&head.1), "audit checkpoint");
         }

@@ -2,7 +2,7 @@
 //! (so a change and its event commit together), recording a read's event
 //! on its own, and reading events back for queries and verification.
 
-use super::super::chain::AuditChain;
+use super::super::chain::{AuditChain, HEAD_SQL, INSERT_EVENTS};
 use super::super::rows::event_row;
 use super::{Store, Tx};
 use crate::audit::{AuditEvent, StoredEvent};
@@ -14,30 +14,24 @@ use crate::store::sqlite::AuditQuery;
 const EVENTS_PER_INSERT: usize = 500;
 
 /// Appends `events` to the chain inside `tx`; the caller commits, then
-/// tells `chain` with what this returns: the first sequence number and the
-/// new head.
+/// tells `chain` with what this returns: each event's sequence number and
+/// MAC.
 pub(super) async fn append(
     tx: &mut Tx<'_>,
     chain: &AuditChain,
     events: &[AuditEvent],
-) -> Result<(i64, (i64, Vec<u8>))> {
+) -> Result<Vec<(i64, Vec<u8>)>> {
     let last: Option<(i64, Vec<u8>)> = match tx.last_event() {
         Some(last) => Some(last),
-        None => {
-            sqlx::query_as("SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut **tx)
-                .await?
-        }
+        None => sqlx::query_as(HEAD_SQL).fetch_optional(&mut **tx).await?,
     };
     let links = chain.link(last, events);
     // One statement per chunk: a group commit of a few hundred reads'
     // events costs one round trip, not one each.
     let rows: Vec<_> = events.iter().zip(&links).collect();
     for chunk in rows.chunks(EVENTS_PER_INSERT) {
-        let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-            "INSERT INTO audit_events \
-             (seq, time, principal, peer, action, resource, decision, outcome, request_id, detail, mac) ",
-        );
+        let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(INSERT_EVENTS);
+        insert.push(" ");
         insert.push_values(chunk, |mut row, (event, (seq, mac))| {
             row.push_bind(*seq)
                 .push_bind(event.time)
@@ -53,12 +47,10 @@ pub(super) async fn append(
         });
         insert.build().execute(&mut **tx).await?;
     }
-    let first = links.first().map_or(0, |(seq, _)| *seq);
-    let head = links.last().cloned().unwrap_or_default();
-    if !links.is_empty() {
+    if let Some(head) = links.last() {
         tx.appended(head.clone());
     }
-    Ok((first, head))
+    Ok(links)
 }
 
 /// Commits `tx` with `events` appended: the change and its events are
@@ -68,9 +60,9 @@ pub(super) async fn commit_with(
     chain: &AuditChain,
     events: &[AuditEvent],
 ) -> Result<()> {
-    let (first, head) = append(&mut tx, chain, events).await?;
+    let links = append(&mut tx, chain, events).await?;
     tx.commit().await?;
-    chain.committed(first, head);
+    chain.committed(&links);
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! (so a change and its event commit together), recording a read's event
 //! on its own, and reading events back for queries and verification.
 
-use super::super::chain::AuditChain;
+use super::super::chain::{AuditChain, HEAD_SQL, INSERT_EVENTS};
 use super::super::rows::event_row;
 use super::script::Script;
 use super::{Store, Tx};
@@ -30,11 +30,7 @@ const EVENTS_PER_INSERT: usize = 500;
 async fn chain_head(tx: &mut Tx<'_>) -> Result<Option<(i64, Vec<u8>)>> {
     match tx.last_event() {
         Some(last) => Ok(Some(last)),
-        None => Ok(
-            sqlx::query_as("SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut **tx)
-                .await?,
-        ),
+        None => Ok(sqlx::query_as(HEAD_SQL).fetch_optional(&mut **tx).await?),
     }
 }
 
@@ -64,11 +60,7 @@ pub(super) async fn commit_script<'q>(
     let rows: Vec<_> = events.iter().zip(&links).collect();
     for chunk in rows.chunks(EVENTS_PER_INSERT) {
         let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-        script.statement(&format!(
-            "INSERT INTO audit_events \
-             (seq, time, principal, peer, action, resource, decision, outcome, request_id, detail, mac) \
-             VALUES {values}"
-        ));
+        script.statement(&format!("{INSERT_EVENTS} VALUES {values}"));
         for (event, (seq, mac)) in chunk {
             script
                 .bind(*seq)
@@ -89,9 +81,7 @@ pub(super) async fn commit_script<'q>(
         tx.appended(head.clone());
     }
     tx.commit().await?;
-    if let (Some((first, _)), Some(head)) = (links.first(), links.last()) {
-        chain.committed(*first, head.clone());
-    }
+    chain.committed(&links);
     Ok(returned)
 }
 

@@ -10,14 +10,14 @@
 //! open and its writers wait (`Writer::join_or_lock`), so that the two do
 //! not wait on each other's lock.
 
-use super::super::chain::AuditChain;
+use super::super::chain::{AuditChain, HEAD_SQL, INSERT_EVENTS};
 use super::threads::{Jobs, Threads};
+use super::{BUSY_TIMEOUT, WRITER_PRAGMAS};
 use crate::audit::AuditEvent;
 use crate::error::Result;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, LazyLock};
 
 #[derive(Debug)]
 pub(super) struct EventWriter {
@@ -33,13 +33,11 @@ impl EventWriter {
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        // As the pool's connections: durable at commit, erased pages
-        // zeroed, checkpoints left to the server's own loop.
-        connection.busy_timeout(Duration::from_secs(10))?;
-        connection.pragma_update(None, "synchronous", "FULL")?;
-        connection.pragma_update(None, "secure_delete", "ON")?;
-        connection.pragma_update(None, "foreign_keys", "ON")?;
-        connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // As the pool's connections.
+        connection.busy_timeout(BUSY_TIMEOUT)?;
+        for (name, value) in WRITER_PRAGMAS {
+            connection.pragma_update(None, name, value)?;
+        }
         Ok(Self {
             thread: Threads::start("rekey-audit", vec![connection], Jobs::Apart)?,
             chain,
@@ -64,16 +62,15 @@ impl EventWriter {
 fn append(connection: &mut Connection, chain: &AuditChain, events: &[AuditEvent]) -> Result<()> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let head = transaction
-        .prepare_cached("SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1")?
+        .prepare_cached(HEAD_SQL)?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     let links = chain.link(head, events);
     {
-        let mut insert = transaction.prepare_cached(
-            "INSERT INTO audit_events \
-             (seq, time, principal, peer, action, resource, decision, outcome, request_id, detail, mac) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?;
+        static INSERT: LazyLock<String> = LazyLock::new(|| {
+            format!("{INSERT_EVENTS} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)")
+        });
+        let mut insert = transaction.prepare_cached(&INSERT)?;
         for (event, (seq, mac)) in events.iter().zip(&links) {
             insert.execute(params![
                 seq,
@@ -91,8 +88,6 @@ fn append(connection: &mut Connection, chain: &AuditChain, events: &[AuditEvent]
         }
     }
     transaction.commit()?;
-    if let (Some((first, _)), Some(head)) = (links.first(), links.last()) {
-        chain.committed(*first, head.clone());
-    }
+    chain.committed(&links);
     Ok(())
 }

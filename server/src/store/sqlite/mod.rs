@@ -43,7 +43,7 @@ use crate::error::{Error, Result};
 use crate::stages::StageMap;
 use rekey_shared::{SecretName, Stage, VersionId};
 use script::Script;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Executor, Row, Sqlite, SqliteConnection, SqlitePool, Transaction};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -72,6 +72,20 @@ impl Drop for Store {
 
 type Tx<'a> = super::batch::Tx<'a, Sqlite>;
 
+/// What every connection that writes sets, the pool's and the events
+/// connection's (`events`): durable at each commit, foreign keys checked,
+/// erased pages zeroed, checkpoints left to `checkpoint_loop`.
+const WRITER_PRAGMAS: [(&str, &str); 4] = [
+    ("synchronous", "FULL"),
+    ("foreign_keys", "ON"),
+    ("secure_delete", "ON"),
+    ("wal_autocheckpoint", "0"),
+];
+
+/// How long any connection waits for a lock another holds (a writer, a
+/// checkpoint, a recovery).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Threads reading values (`readers`). Each runs the reads it took at
 /// once one after another, so one waiting on the disk holds up those few,
 /// not every read; fewer threads take more reads per wake-up, which is
@@ -86,12 +100,12 @@ impl Store {
             .map_err(|error| Error::InvalidArgument(format!("database URL {url:?}: {error}")))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10))
-            .pragma("secure_delete", "ON")
-            // Checkpoints run in the background (`checkpoint_loop`).
-            .pragma("wal_autocheckpoint", "0");
+            .busy_timeout(BUSY_TIMEOUT);
+        let options = WRITER_PRAGMAS
+            .iter()
+            .fold(options, |options, (name, value)| {
+                options.pragma(*name, *value)
+            });
         let file = options.get_filename().to_owned();
         let in_memory = file.as_os_str().is_empty()
             || file.to_string_lossy().starts_with("file:sqlx-in-memory")

@@ -10,6 +10,7 @@
 //! here writes, and WAL lets these connections read while others write.
 
 use super::super::rows::{Columns, SECRET_COLUMNS, secret_row, stage_list, version_row};
+use super::BUSY_TIMEOUT;
 use super::threads::{Jobs, Threads};
 use super::versions::version_with_stages_sql;
 use crate::error::Result;
@@ -17,7 +18,6 @@ use crate::store::{Gate, SecretRecord, ValueRead};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 use std::sync::LazyLock;
-use std::time::Duration;
 
 /// Each reader's page cache, in KiB (SQLite's negative `cache_size`).
 const READER_CACHE_KIB: i64 = -8192;
@@ -112,7 +112,7 @@ fn connect(path: &Path) -> Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     // As the pool's: a checkpoint or a recovery may hold a lock briefly.
-    connection.busy_timeout(Duration::from_secs(10))?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
     // Room for the inner pages of the indexes a read walks, even in a
     // store of millions of secrets (SQLite's default is 2 MiB); a cache
     // holds only pages read, so a small store costs no more.
