@@ -165,13 +165,29 @@ impl<DB: Database> Writer<DB> {
         Ok(Place::Alone(Alone { _batch: batch }))
     }
 
+    /// The writers' lock while no batch is open (an open one is committed
+    /// first): for work that must not run beside a commit, such as the
+    /// checkpoint after which the write-ahead log can start over.
+    pub(super) async fn lock_idle(&self) -> Alone<'_, DB> {
+        Alone {
+            _batch: self.lock_when(|batch| batch.transaction.is_none()).await,
+        }
+    }
+
     /// The writers' lock, once the batch has room for one more writer.
     async fn lock_with_room(&self) -> MutexGuard<'_, Batch<DB>> {
+        self.lock_when(|batch| batch.transaction.is_none() || batch.writers < MAX_WRITERS)
+            .await
+    }
+
+    /// The writers' lock, once `ready` says the batch is as wanted; until
+    /// then, the open batch is committed and the lock taken again.
+    async fn lock_when(&self, ready: impl Fn(&Batch<DB>) -> bool) -> MutexGuard<'_, Batch<DB>> {
         let shared = &*self.shared;
         let mut batch = shared.batch.lock().await;
         settle(shared, &mut batch).await;
-        while batch.transaction.is_some() && batch.writers >= MAX_WRITERS {
-            // Full: wait for its commit, then start the next one.
+        while !ready(&batch) {
+            // Wait for its commit, then look again.
             let (committed, answer) = oneshot::channel();
             batch.waiting.push(committed);
             drop(batch);

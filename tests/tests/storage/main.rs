@@ -3,7 +3,8 @@
 //! (`.ci/run` sets it), each run in a fresh database of its own that is
 //! dropped afterwards. Two `Store`s on one PostgreSQL database stand in for
 //! two replicas. The audit log's own suites (group commit of many events,
-//! retention) are in `audit`; the read of a value in `reads`.
+//! retention) are in `audit`; the read of a value in `reads`; SQLite's
+//! write-ahead log under steady writes in `wal`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the test's failure report
 
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 mod audit;
 mod reads;
+mod wal;
 
 fn event(action: &str) -> AuditEvent {
     AuditEvent::system(action, "test", "")

@@ -1,0 +1,72 @@
+//! SQLite's write-ahead log under writes that never pause: the store's
+//! checkpoint moves all of it and the log starts over from its beginning,
+//! again and again, so that it does not grow without end and commits
+//! write over blocks the file already has.
+
+use super::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The log's checkpoint sequence number (its header's bytes 12 to 15,
+/// big-endian): SQLite adds one each time the log starts over.
+fn restarts(wal: &std::path::Path) -> Option<u32> {
+    let header = std::fs::read(wal).ok()?;
+    Some(u32::from_be_bytes(header.get(12..16)?.try_into().ok()?))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_starts_over_while_writes_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rekey.db");
+    let url = format!("sqlite://{}", path.display());
+    let store = Arc::new(
+        Store::open(&url, AuditKey::derive(&RootKey::new(Key::generate())))
+            .await
+            .unwrap(),
+    );
+    add_default_key(&store).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    // Standalone events (their own connection) and changes (the write
+    // batch), back to back: a commit is always under way.
+    let writers: Vec<_> = (0..6)
+        .map(|writer| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut written = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if writer % 3 == 0 {
+                        create(&store, &format!("wal/w{writer}-{written}"), &[]).await;
+                    } else {
+                        store.record(&event("GetSecretValue")).await.unwrap();
+                    }
+                    written += 1;
+                }
+                written
+            })
+        })
+        .collect();
+
+    let wal = dir.path().join("rekey.db-wal");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(first) = restarts(&wal) {
+            break first;
+        }
+        assert!(Instant::now() < deadline, "no write-ahead log appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The checkpoint runs once a second: three starts over in 30 s.
+    while restarts(&wal).unwrap_or(first) < first + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the write-ahead log started over {} times in 30 s of steady writes",
+            restarts(&wal).unwrap_or(first) - first
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        assert!(writer.await.unwrap() > 0, "every writer wrote");
+    }
+    store.close().await;
+}
