@@ -25,6 +25,10 @@ fn the_benchmark_runs_and_reports_every_cell() {
     let mut cells = load["cells"].as_array().unwrap().clone();
     assert_eq!(cells.len(), 10, "{report}");
     assert!(load["fsync_loop_per_second"].as_f64().unwrap() > 0.0);
+    assert!(
+        load["fsync_loop_p99_ms"].as_f64().unwrap() >= load["fsync_loop_p50_ms"].as_f64().unwrap()
+    );
+    assert!(load["fsync_loop_p50_ms"].as_f64().unwrap() > 0.0);
     assert!(load["server_rss_mib_idle"].as_f64().unwrap() > 0.0);
     let sizes = report["scale"]["sizes"].as_array().unwrap();
     assert_eq!(sizes.len(), 2, "{report}");

@@ -269,7 +269,8 @@ pub async fn cell(
     }
 }
 
-fn percentile(sorted: &[Duration], fraction: f64) -> f64 {
+/// The latency below which `fraction` of `sorted` fall, in ms.
+pub fn percentile(sorted: &[Duration], fraction: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

@@ -1,29 +1,57 @@
-//! What the machine allows, measured beside the server: how many fsyncs
-//! per second its disk takes (a write-and-fsync loop on a file in the
-//! directory the database lives in), and how much memory and CPU time a
-//! process holds and has used.
+//! What the machine allows, measured beside the server: how fast its disk
+//! takes a write and an fsync (a loop on a file in the directory the
+//! database lives in), and how much memory and CPU time a process holds
+//! and has used.
 
-use std::io::Write;
+use crate::load::percentile;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Appends a small block and fsyncs it, back to back for `time`, in `dir`:
-/// the ceiling of commits per second for anything that syncs each one.
-pub fn fsyncs_per_second(dir: &Path, time: Duration) -> f64 {
+/// Blocks the size of a page written and fsynced in the loop.
+const BLOCK: usize = 4096;
+/// How many blocks the loop's file holds; it writes them over in turn.
+const BLOCKS: u64 = 1024;
+
+/// The bare fsync loop: a rate and each fsync's latency.
+#[derive(Debug, Clone, Copy)]
+pub struct FsyncLoop {
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Writes a page-sized block and fsyncs it, back to back for `time`, in
+/// `dir`: the ceiling of commits per second for anything that syncs each
+/// one. The blocks are written over in a file already written and synced,
+/// as SQLite's write-ahead log is once it starts over (an fsync that also
+/// grows the file costs more).
+pub fn fsync_loop(dir: &Path, time: Duration) -> FsyncLoop {
     let path = dir.join("bench-fsync-probe");
-    let mut file = std::fs::File::create(&path).unwrap();
-    let block = [0u8; 512];
-    let started = Instant::now();
-    let mut count = 0u64;
-    while started.elapsed() < time {
-        file.write_all(&block).unwrap();
-        file.sync_all().unwrap();
-        count += 1;
+    let file = std::fs::File::create(&path).unwrap();
+    let block = [0u8; BLOCK];
+    for index in 0..BLOCKS {
+        file.write_all_at(&block, index * BLOCK as u64).unwrap();
     }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
+    file.sync_all().unwrap();
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    while started.elapsed() < time {
+        let one = Instant::now();
+        let offset = (latencies.len() as u64 % BLOCKS) * BLOCK as u64;
+        file.write_all_at(&block, offset).unwrap();
+        file.sync_all().unwrap();
+        latencies.push(one.elapsed());
+    }
+    let per_second = latencies.len() as f64 / started.elapsed().as_secs_f64();
     drop(file);
     std::fs::remove_file(&path).unwrap();
-    rate
+    latencies.sort();
+    FsyncLoop {
+        per_second,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+    }
 }
 
 /// The resident set of process `pid`, in MiB (Linux: `/proc/PID/status`).

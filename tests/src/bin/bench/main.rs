@@ -220,10 +220,12 @@ async fn load_run(plan: &Plan, only: Option<&str>, out: &str) -> Value {
     let max_callers = plan.concurrency.iter().copied().max().unwrap_or(1);
     let setup = channels(&server, &identity, 1).await;
     create_targets(&setup[0], max_callers).await;
-    let fsync =
-        machine::fsyncs_per_second(installation.dir(), plan.cell.min(Duration::from_secs(3)));
+    let fsync = machine::fsync_loop(installation.dir(), plan.cell.min(Duration::from_secs(3)));
     let rss_idle = machine::rss_mib(server.pid());
-    eprintln!("fsync loop: {fsync:.0}/s; server RSS idle: {rss_idle:?} MiB");
+    eprintln!(
+        "fsync loop: {:.0}/s, p50 {:.3} ms, p99 {:.3} ms; server RSS idle: {rss_idle:?} MiB",
+        fsync.per_second, fsync.p50_ms, fsync.p99_ms
+    );
 
     let mut cells = Vec::new();
     let mut bars = Vec::new();
@@ -279,7 +281,9 @@ async fn load_run(plan: &Plan, only: Option<&str>, out: &str) -> Value {
         "seconds_per_cell": plan.cell.as_secs_f64(),
         "store": "sqlite (WAL, synchronous=FULL)",
         "audit": true,
-        "fsync_loop_per_second": fsync,
+        "fsync_loop_per_second": fsync.per_second,
+        "fsync_loop_p50_ms": fsync.p50_ms,
+        "fsync_loop_p99_ms": fsync.p99_ms,
         "server_rss_mib_idle": rss_idle,
         "server_rss_mib_after_load": rss_after,
         "cells": cells,
