@@ -74,12 +74,15 @@ type Tx<'a> = super::batch::Tx<'a, Sqlite>;
 
 /// What every connection that writes sets, the pool's and the events
 /// connection's (`events`): durable at each commit, foreign keys checked,
-/// erased pages zeroed, checkpoints left to `checkpoint_loop`.
-const WRITER_PRAGMAS: [(&str, &str); 4] = [
+/// erased pages zeroed, checkpoints left to `checkpoint_loop`, and the
+/// write-ahead log, which keeps its size when it starts over (commits then
+/// write over its blocks), cut back to 64 MiB after a burst grew it more.
+const WRITER_PRAGMAS: [(&str, &str); 5] = [
     ("synchronous", "FULL"),
     ("foreign_keys", "ON"),
     ("secure_delete", "ON"),
     ("wal_autocheckpoint", "0"),
+    ("journal_size_limit", "67108864"),
 ];
 
 /// How long any connection waits for a lock another holds (a writer, a
