@@ -166,28 +166,36 @@ impl<DB: Database> Writer<DB> {
     }
 
     /// The writers' lock while no batch is open (an open one is committed
-    /// first): for work that must not run beside a commit, such as the
-    /// checkpoint after which the write-ahead log can start over.
+    /// first, under the lock, so that writers coming meanwhile cannot keep
+    /// opening the next): for work that must not run beside a commit, such
+    /// as the checkpoint after which the write-ahead log can start over.
     pub(super) async fn lock_idle(&self) -> Alone<'_, DB> {
-        Alone {
-            _batch: self.lock_when(|batch| batch.transaction.is_none()).await,
+        let shared = &*self.shared;
+        let mut batch = shared.batch.lock().await;
+        settle(shared, &mut batch).await;
+        if let Some(transaction) = batch.transaction.take() {
+            batch.last_event = None;
+            let waiting = std::mem::take(&mut batch.waiting);
+            let sizes = shared.sizes.clone();
+            // In a task of its own: the writers are answered even if this
+            // caller goes away meanwhile (a writer that then comes waits
+            // on the database's lock until the commit is done).
+            let _ = tokio::spawn(async move {
+                let result = transaction.commit().await.map_err(Error::from);
+                answer(&sizes, waiting, result);
+            })
+            .await;
         }
+        Alone { _batch: batch }
     }
 
     /// The writers' lock, once the batch has room for one more writer.
     async fn lock_with_room(&self) -> MutexGuard<'_, Batch<DB>> {
-        self.lock_when(|batch| batch.transaction.is_none() || batch.writers < MAX_WRITERS)
-            .await
-    }
-
-    /// The writers' lock, once `ready` says the batch is as wanted; until
-    /// then, the open batch is committed and the lock taken again.
-    async fn lock_when(&self, ready: impl Fn(&Batch<DB>) -> bool) -> MutexGuard<'_, Batch<DB>> {
         let shared = &*self.shared;
         let mut batch = shared.batch.lock().await;
         settle(shared, &mut batch).await;
-        while !ready(&batch) {
-            // Wait for its commit, then look again.
+        while batch.transaction.is_some() && batch.writers >= MAX_WRITERS {
+            // Full: wait for its commit, then start the next one.
             let (committed, answer) = oneshot::channel();
             batch.waiting.push(committed);
             drop(batch);
@@ -276,17 +284,22 @@ async fn commit_loop<DB: Database>(shared: Weak<Shared<DB>>, wake: Arc<Notify>) 
         };
         batch.last_event = None;
         let waiting = std::mem::take(&mut batch.waiting);
-        let count = waiting.len();
         let result = transaction.commit().await.map_err(Error::from);
         drop(batch);
-        match &result {
-            Ok(()) => shared.sizes.writers.observe(count as f64),
-            Err(error) => tracing::error!(%error, writes = count, "a write batch did not commit"),
-        }
-        for waiter in waiting {
-            // A writer that went away needs no answer.
-            let _ = waiter.send(result.clone());
-        }
+        answer(&shared.sizes, waiting, result);
+    }
+}
+
+/// Tells the writers of a batch how its commit went, and counts it.
+fn answer(sizes: &BatchSizes, waiting: Vec<oneshot::Sender<Result<()>>>, result: Result<()>) {
+    let count = waiting.len();
+    match &result {
+        Ok(()) => sizes.writers.observe(count as f64),
+        Err(error) => tracing::error!(%error, writes = count, "a write batch did not commit"),
+    }
+    for waiter in waiting {
+        // A writer that went away needs no answer.
+        let _ = waiter.send(result.clone());
     }
 }
 

@@ -281,18 +281,22 @@ fn execute<'a>(connection: &'a mut SqliteConnection, sql: &'a str) -> Boxed<'a, 
 /// load a checkpoint beside the commits never catches up; the log then
 /// grows without end, and every commit's fsync must also record the
 /// file's new length, a third slower here than one over blocks already
-/// written. The writers wait for about one fsync a second.
+/// written. The writers wait for the checkpoint (the pages it writes and
+/// its fsyncs) once a second.
 async fn checkpoint_loop(pool: SqlitePool, writer: Writer<Sqlite>) {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let done = {
+        let done = async {
+            // The connection first: the writers wait only for the work.
+            let mut connection = pool.acquire().await?;
             let _no_commits = writer.lock_idle().await;
             sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&pool)
+                .execute(&mut *connection)
                 .await
-        };
+        }
+        .await;
         if pool.is_closed() {
             return;
         }
