@@ -218,10 +218,22 @@ impl Store {
     /// Moves everything in the write-ahead log into the database file and
     /// empties the log, so that erased rows linger in neither (with
     /// `secure_delete`, freed pages are zeroed).
+    /// It holds the writers' lock, as `checkpoint_loop` does, so the two
+    /// cannot overlap (a checkpoint that finds another running gives up at
+    /// once). If a reader holds the log longer than the busy timeout, the
+    /// log is not emptied, and the server warns.
     async fn checkpoint(&self) -> Result<()> {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
+        let mut connection = self.pool.acquire().await?;
+        let _no_commits = self.writer.lock_idle().await;
+        let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&mut *connection)
             .await?;
+        if busy != 0 {
+            tracing::warn!(
+                "the write-ahead log could not be emptied after an erasure; \
+                 erased pages stay in it until it is written over"
+            );
+        }
         Ok(())
     }
 
