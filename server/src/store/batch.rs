@@ -172,10 +172,7 @@ impl<DB: Database> Writer<DB> {
     pub(super) async fn lock_idle(&self) -> Alone<'_, DB> {
         let shared = &*self.shared;
         let mut batch = shared.batch.lock().await;
-        settle(shared, &mut batch).await;
-        if let Some(transaction) = batch.transaction.take() {
-            batch.last_event = None;
-            let waiting = std::mem::take(&mut batch.waiting);
+        if let Some((transaction, waiting)) = take_open(shared, &mut batch).await {
             let sizes = shared.sizes.clone();
             // In a task of its own: the writers are answered even if this
             // caller goes away meanwhile (a writer that then comes waits
@@ -278,16 +275,25 @@ async fn commit_loop<DB: Database>(shared: Weak<Shared<DB>>, wake: Arc<Notify>) 
             return;
         };
         let mut batch = shared.batch.lock().await;
-        settle(&shared, &mut batch).await;
-        let Some(transaction) = batch.transaction.take() else {
+        let Some((transaction, waiting)) = take_open(&shared, &mut batch).await else {
             continue;
         };
-        batch.last_event = None;
-        let waiting = std::mem::take(&mut batch.waiting);
         let result = transaction.commit().await.map_err(Error::from);
         drop(batch);
         answer(&shared.sizes, waiting, result);
     }
+}
+
+/// The open transaction, settled, and the writers waiting for its commit,
+/// taken out of the batch for the caller (who holds the lock) to commit.
+async fn take_open<DB: Database>(
+    shared: &Shared<DB>,
+    batch: &mut Batch<DB>,
+) -> Option<(Transaction<'static, DB>, Vec<oneshot::Sender<Result<()>>>)> {
+    settle(shared, batch).await;
+    let transaction = batch.transaction.take()?;
+    batch.last_event = None;
+    Some((transaction, std::mem::take(&mut batch.waiting)))
 }
 
 /// Tells the writers of a batch how its commit went, and counts it.

@@ -217,18 +217,11 @@ impl Store {
 
     /// Moves everything in the write-ahead log into the database file and
     /// empties the log, so that erased rows linger in neither (with
-    /// `secure_delete`, freed pages are zeroed).
-    /// It holds the writers' lock, as `checkpoint_loop` does, so the two
-    /// cannot overlap (a checkpoint that finds another running gives up at
-    /// once). If a reader holds the log longer than the busy timeout, the
-    /// log is not emptied, and the server warns.
+    /// `secure_delete`, freed pages are zeroed). If a reader holds the log
+    /// longer than the busy timeout, the log is not emptied, and the server
+    /// warns.
     async fn checkpoint(&self) -> Result<()> {
-        let mut connection = self.pool.acquire().await?;
-        let _no_commits = self.writer.lock_idle().await;
-        let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
-            .fetch_one(&mut *connection)
-            .await?;
-        if busy != 0 {
+        if wal_checkpoint(&self.pool, &self.writer, "TRUNCATE").await? {
             tracing::warn!(
                 "the write-ahead log could not be emptied after an erasure; \
                  erased pages stay in it until it is written over"
@@ -287,28 +280,14 @@ fn execute<'a>(connection: &'a mut SqliteConnection, sql: &'a str) -> Boxed<'a, 
 /// run inside the commit that crossed 1,000 pages, and so delay every
 /// request of that commit's batch.
 ///
-/// It holds the writers' lock (no batch open, the standalone events
-/// waiting), so no commit lands while it runs: it moves the whole log, and
-/// the next commit starts the log over from its beginning. Under steady
-/// load a checkpoint beside the commits never catches up; the log then
-/// grows without end, and every commit's fsync must also record the
-/// file's new length, a third slower here than one over blocks already
-/// written. The writers wait for the checkpoint (the pages it writes and
-/// its fsyncs) once a second.
+/// The writers wait for it, for the pages it writes and its fsyncs (see
+/// `wal_checkpoint`).
 async fn checkpoint_loop(pool: SqlitePool, writer: Writer<Sqlite>) {
     let mut ticks = tokio::time::interval(Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let done = async {
-            // The connection first: the writers wait only for the work.
-            let mut connection = pool.acquire().await?;
-            let _no_commits = writer.lock_idle().await;
-            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&mut *connection)
-                .await
-        }
-        .await;
+        let done = wal_checkpoint(&pool, &writer, "PASSIVE").await;
         if pool.is_closed() {
             return;
         }
@@ -316,6 +295,29 @@ async fn checkpoint_loop(pool: SqlitePool, writer: Writer<Sqlite>) {
             tracing::warn!(%error, "checkpointing the write-ahead log failed");
         }
     }
+}
+
+/// Runs SQLite's checkpoint in `mode` while holding the writers' lock (an
+/// open batch is committed first), and says whether it left part of the
+/// log behind (busy). No commit lands while it runs, so it moves the whole
+/// log, and the next commit starts the log over from its beginning. Under
+/// steady load a checkpoint beside the commits never catches up; the log
+/// then grows without end, and every commit's fsync must also record the
+/// file's new length, a third slower here than one over blocks already
+/// written. Two checkpoints cannot overlap either (one that finds another
+/// running gives up at once).
+async fn wal_checkpoint(
+    pool: &SqlitePool,
+    writer: &Writer<Sqlite>,
+    mode: &'static str,
+) -> sqlx::Result<bool> {
+    // The connection first: the writers wait only for the work.
+    let mut connection = pool.acquire().await?;
+    let _no_commits = writer.lock_idle().await;
+    let busy: i64 = sqlx::query_scalar(&format!("PRAGMA wal_checkpoint({mode})"))
+        .fetch_one(&mut *connection)
+        .await?;
+    Ok(busy != 0)
 }
 
 async fn read_stage_map(connection: &mut SqliteConnection, secret_id: &str) -> Result<StageMap> {
