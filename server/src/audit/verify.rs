@@ -219,15 +219,50 @@ pub struct Verdict {
 /// Events read per query while walking a store's log.
 const PAGE: u32 = 1000;
 
+/// The most walks of one verification. A walk is made again only when an
+/// archive round committed during the one before; rounds run back to back
+/// only until the old events are gone, and each falls in a walk's short
+/// window between its reads of the anchor and of the events only by
+/// chance, so a verification seldom takes two walks. The bound only keeps
+/// one from running on without end.
+const WALKS: usize = 100;
+
 /// Walks every event of `store` in sequence order, under the store's audit
 /// key, held against `checkpoint` when one is given. When older events
 /// were archived, the walk starts after the anchor, once the anchor
 /// verified.
+///
+/// The anchor and the pages of events are read one after another, not in
+/// one snapshot, so an archive round that commits in between removes
+/// events the walk, going by the anchor it read, expects to find. A walk
+/// with a finding is therefore made again when the anchor has moved since
+/// it started: what it reports is what a walk under one anchor found.
 pub async fn verify_store(
     store: &Store,
     checkpoint: Option<(i64, Vec<u8>)>,
 ) -> crate::error::Result<Verdict> {
-    let anchor = store.audit_anchor().await?;
+    let mut anchor = store.audit_anchor().await?;
+    let mut walks = 1;
+    loop {
+        let verdict = walk(store, checkpoint.clone(), anchor.clone()).await?;
+        if verdict.finding.is_none() || walks == WALKS {
+            return Ok(verdict);
+        }
+        let now = store.audit_anchor().await?;
+        if now == anchor {
+            return Ok(verdict);
+        }
+        anchor = now;
+        walks += 1;
+    }
+}
+
+/// One walk of `store`'s log, from `anchor` (as read before it).
+async fn walk(
+    store: &Store,
+    checkpoint: Option<(i64, Vec<u8>)>,
+    anchor: Option<AuditAnchor>,
+) -> crate::error::Result<Verdict> {
     if let Some(anchor) = &anchor
         && !store.audit_key().anchor_verifies(anchor)
     {

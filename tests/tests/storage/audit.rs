@@ -1,7 +1,7 @@
 //! The audit log through the store, on both backends: thousands of events
 //! recorded at once, events and changes interleaved from two stores, and
 //! retention (archive rounds, the anchor, verifying
-//! the files and the table as one chain).
+//! the files and the table as one chain, verifying while rounds run).
 
 use super::*;
 
@@ -249,4 +249,70 @@ async fn postgres_audit_retention() {
         return;
     };
     retention_suite(&database.url, &RootKey::new(Key::generate())).await;
+}
+
+/// A verification while archive rounds run: a round that commits between
+/// the walk's read of the anchor and its read of the events removes events
+/// the walk expected. The walk starts again from the moved anchor, so no
+/// verification reports a removal that was an archive.
+async fn verifying_while_archiving_suite(url: &str, root: &RootKey) {
+    use rekey_server::retention::archive_round;
+    const OLD: i64 = 150;
+    let archive = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
+    let cutoff = rekey_shared::time::now_millis() - 86_400_000;
+    for index in 0..OLD {
+        let old = AuditEvent {
+            time: cutoff - 1000 + index,
+            ..event("Old")
+        };
+        store.record(&old).await.unwrap();
+    }
+    let archiving = {
+        let store = store.clone();
+        let dir = archive.path().to_owned();
+        tokio::spawn(async move {
+            let mut rounds = 0;
+            while archive_round(&store, &dir, cutoff, 1)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                rounds += 1;
+            }
+            rounds
+        })
+    };
+    let mut verified = 0;
+    while !archiving.is_finished() {
+        let verdict = rekey_server::audit::verify_store(&store, None)
+            .await
+            .unwrap();
+        assert_eq!(verdict.finding, None, "verification {verified}");
+        verified += 1;
+    }
+    // Each round appends its audit:Archive event, so even the newest old
+    // event goes.
+    assert_eq!(archiving.await.unwrap(), OLD);
+    assert!(verified > 10, "only {verified} verifications ran");
+    let verdict = rekey_server::audit::verify_store(&store, None)
+        .await
+        .unwrap();
+    assert_eq!((verdict.finding, verdict.first_seq), (None, OLD + 1));
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_verifying_while_archiving() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
+    verifying_while_archiving_suite(&url, &RootKey::new(Key::generate())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_verifying_while_archiving() {
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    verifying_while_archiving_suite(&database.url, &RootKey::new(Key::generate())).await;
 }
