@@ -25,9 +25,18 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         6,
         include_str!("../../migrations/sqlite/0006_audit_anchor.sql"),
     ),
+    (
+        7,
+        include_str!("../../migrations/sqlite/0007_version_stages_without_rowid.sql"),
+    ),
 ];
 
 pub async fn migrate(pool: &SqlitePool) -> Result<()> {
+    migrate_sqlite(pool, SQLITE_MIGRATIONS).await
+}
+
+/// Brings the schema up to the last of `migrations`.
+async fn migrate_sqlite(pool: &SqlitePool, migrations: &[(i64, &str)]) -> Result<()> {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
             version INTEGER PRIMARY KEY,
@@ -36,7 +45,7 @@ pub async fn migrate(pool: &SqlitePool) -> Result<()> {
     )
     .execute(pool)
     .await?;
-    let newest_known = SQLITE_MIGRATIONS.last().map_or(0, |(version, _)| *version);
+    let newest_known = migrations.last().map_or(0, |(version, _)| *version);
     let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
         .fetch_one(pool)
         .await?;
@@ -47,7 +56,7 @@ pub async fn migrate(pool: &SqlitePool) -> Result<()> {
              (version {newest_known}); run a newer rekeyd"
         )));
     }
-    for (version, sql) in SQLITE_MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
+    for (version, sql) in migrations.iter().filter(|(v, _)| *v > applied) {
         let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::raw_sql(sql).execute(&mut *transaction).await?;
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
@@ -88,6 +97,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         6,
         include_str!("../../migrations/postgres/0006_audit_anchor.sql"),
+    ),
+    (
+        7,
+        include_str!("../../migrations/postgres/0007_version_stages_without_rowid.sql"),
     ),
 ];
 
@@ -137,6 +150,8 @@ pub async fn migrate_postgres(pool: &PgPool) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
@@ -150,6 +165,77 @@ mod tests {
                 .iter()
                 .enumerate()
                 .all(|(i, v)| *v == i as i64 + 1)
+        );
+    }
+
+    /// Version 7 rebuilds `version_stages`: a store made at version 6 keeps
+    /// every stage on the version it was on, and the rebuilt table still
+    /// ties each stage to a version of its secret.
+    #[tokio::test]
+    async fn the_rebuilt_stages_table_keeps_every_stage_and_its_constraint() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("store.db").display()
+        );
+        let pool = SqlitePool::connect(&url).await.unwrap();
+        migrate_sqlite(&pool, &SQLITE_MIGRATIONS[..6])
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO secrets (id, name, key_name, created_at, changed_at)
+                 VALUES ('s1', 'app/one', 'default', 0, 0);
+             INSERT INTO versions (secret_id, version_id, seq, created_at, created_by, is_binary,
+                                   ciphertext, wrapped_data_key, key_name, key_version)
+                 VALUES ('s1', 'v1', 1, 0, 'test', 0, x'00', x'00', 'default', 1),
+                        ('s1', 'v2', 2, 0, 'test', 0, x'00', x'00', 'default', 1);
+             INSERT INTO version_stages (secret_id, stage, version_id)
+                 VALUES ('s1', 'CURRENT', 'v2'), ('s1', 'PREVIOUS', 'v1'), ('s1', 'canary', 'v2');",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+
+        migrate(&pool).await.unwrap();
+        let stages = || async {
+            sqlx::query_as::<_, (String, String)>(
+                "SELECT stage, version_id FROM version_stages ORDER BY stage",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        };
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(stage, version)| ((*stage).to_owned(), (*version).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            stages().await,
+            pairs(&[("CURRENT", "v2"), ("PREVIOUS", "v1"), ("canary", "v2")])
+        );
+        // Stored in its key's tree: the table has no rowid to select.
+        let error = sqlx::query("SELECT rowid FROM version_stages")
+            .execute(&pool)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("no such column"), "{error}");
+        // A stage on a version that does not exist is refused; a version's
+        // deletion takes its stages with it.
+        let error = sqlx::query(
+            "INSERT INTO version_stages (secret_id, stage, version_id) VALUES ('s1', 'x', 'v9')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap_err();
+        assert!(error.to_string().contains("FOREIGN KEY"), "{error}");
+        sqlx::query("DELETE FROM versions WHERE version_id = 'v1'")
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            stages().await,
+            pairs(&[("CURRENT", "v2"), ("canary", "v2")])
         );
     }
 }
