@@ -1,8 +1,9 @@
 -- The stages of versions, rebuilt as a WITHOUT ROWID table: its rows are
 -- stored in the tree of its primary key (secret_id, stage), not beside it.
--- A read of a value looks a stage up by that key twice (the version it is
--- on; the stages of that version), and each lookup was a descent of the
--- key's index and then one of the rowid table; now it is one descent. The
+-- A read of a value looks stages up by that key twice (the version a stage
+-- is on; the stages of that version), and each lookup was a descent of the
+-- key's index and then a seek in the rowid table for each row it found;
+-- now it is one descent. The
 -- same columns, keys and constraint: nothing else changes. Not additive,
 -- but a previous release reads and writes the rebuilt table as before (it
 -- refuses a schema newer than it knows, though).

@@ -220,11 +220,8 @@ pub struct Verdict {
 const PAGE: u32 = 1000;
 
 /// The most walks of one verification. A walk is made again only when an
-/// archive round committed during the one before; rounds run back to back
-/// only until the old events are gone, and each falls in a walk's short
-/// window between its reads of the anchor and of the events only by
-/// chance, so a verification seldom takes two walks. The bound only keeps
-/// one from running on without end.
+/// archive round removed events it expected; rounds run back to back only
+/// until the old events are gone, so a verification seldom takes two.
 const WALKS: usize = 100;
 
 /// Walks every event of `store` in sequence order, under the store's audit
@@ -233,28 +230,33 @@ const WALKS: usize = 100;
 /// verified.
 ///
 /// The anchor and the pages of events are read one after another, not in
-/// one snapshot, so an archive round that commits in between removes
-/// events the walk, going by the anchor it read, expects to find. A walk
-/// with a finding is therefore made again when the anchor has moved since
-/// it started: what it reports is what a walk under one anchor found.
+/// one snapshot, so an archive round that commits before the walk has read
+/// past the events it archives (its removal and the anchor's move are one
+/// transaction) leaves a gap the walk, going by the anchor it read,
+/// reports as `Removed`. When the anchor has meanwhile moved over that
+/// whole gap, the round explains it, and the log is walked again from the
+/// moved anchor. Any other finding stands as it is found. A log archived
+/// throughout every walk is `FAILED_PRECONDITION`, not a finding.
 pub async fn verify_store(
     store: &Store,
     checkpoint: Option<(i64, Vec<u8>)>,
 ) -> crate::error::Result<Verdict> {
     let mut anchor = store.audit_anchor().await?;
-    let mut walks = 1;
-    loop {
+    for _ in 0..WALKS {
         let verdict = walk(store, checkpoint.clone(), anchor.clone()).await?;
-        if verdict.finding.is_none() || walks == WALKS {
+        let Some(Finding::Removed { last, .. }) = verdict.finding else {
             return Ok(verdict);
-        }
+        };
         let now = store.audit_anchor().await?;
-        if now == anchor {
+        if now == anchor || now.as_ref().is_none_or(|moved| moved.seq < last) {
             return Ok(verdict);
         }
         anchor = now;
-        walks += 1;
     }
+    Err(crate::error::Error::FailedPrecondition(format!(
+        "the audit log was being archived throughout {WALKS} walks of it; verify it again \
+         once archiving has caught up"
+    )))
 }
 
 /// One walk of `store`'s log, from `anchor` (as read before it).

@@ -214,6 +214,15 @@ mod tests {
             stages().await,
             pairs(&[("CURRENT", "v2"), ("PREVIOUS", "v1"), ("canary", "v2")])
         );
+        let definition: String =
+            sqlx::query_scalar("SELECT sql FROM sqlite_schema WHERE name = 'version_stages'")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert!(
+            definition.ends_with("STRICT, WITHOUT ROWID"),
+            "{definition}"
+        );
         // Stored in its key's tree: the table has no rowid to select.
         let error = sqlx::query("SELECT rowid FROM version_stages")
             .execute(&pool)

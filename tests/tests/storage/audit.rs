@@ -294,7 +294,7 @@ async fn verifying_while_archiving_suite(url: &str, root: &RootKey) {
     // Each round appends its audit:Archive event, so even the newest old
     // event goes.
     assert_eq!(archiving.await.unwrap(), OLD);
-    assert!(verified > 10, "only {verified} verifications ran");
+    assert!(verified > 2, "only {verified} verifications ran");
     let verdict = rekey_server::audit::verify_store(&store, None)
         .await
         .unwrap();
