@@ -254,8 +254,8 @@ pub async fn verify_store(
         anchor = now;
     }
     Err(crate::error::Error::FailedPrecondition(format!(
-        "the audit log was being archived throughout {WALKS} walks of it; verify it again \
-         once archiving has caught up"
+        "no walk of the audit log finished under one archive anchor: the server archived \
+         throughout {WALKS} walks; verify it again once archiving has caught up"
     )))
 }
 
