@@ -19,6 +19,7 @@ use rekey_tests::databases::StorageDatabase;
 use std::sync::Arc;
 
 mod audit;
+mod journal;
 mod reads;
 mod wal;
 

@@ -74,15 +74,23 @@ type Tx<'a> = super::batch::Tx<'a, Sqlite>;
 
 /// What every connection that writes sets, the pool's and the events
 /// connection's (`events`): durable at each commit, foreign keys checked,
-/// erased pages zeroed, checkpoints left to `checkpoint_loop`, and the
+/// erased pages zeroed, checkpoints left to `checkpoint_loop`, the
 /// write-ahead log, which keeps its size when it starts over (commits then
-/// write over its blocks), cut back to 64 MiB after a burst grew it more.
-const WRITER_PRAGMAS: [(&str, &str); 5] = [
+/// write over its blocks), cut back to 64 MiB after a burst grew it more,
+/// and temporary storage in memory. The last is for the write batch: its
+/// writers' savepoints keep the pages each changed, to return to, in a
+/// journal that SQLite otherwise moves into a temporary file once it
+/// passes 64 KiB, which a batch of writers always does. A system call per
+/// page then, and on disk, beyond `secure_delete`'s reach, copies of
+/// pages that held values being erased. The journal lasts one batch (at
+/// most 64 writers); the pool runs no query that sorts a table.
+const WRITER_PRAGMAS: [(&str, &str); 6] = [
     ("synchronous", "FULL"),
     ("foreign_keys", "ON"),
     ("secure_delete", "ON"),
     ("wal_autocheckpoint", "0"),
     ("journal_size_limit", "67108864"),
+    ("temp_store", "MEMORY"),
 ];
 
 /// How long any connection waits for a lock another holds (a writer, a
