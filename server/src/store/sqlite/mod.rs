@@ -83,7 +83,9 @@ type Tx<'a> = super::batch::Tx<'a, Sqlite>;
 /// passes 64 KiB, which a batch of writers always does. A system call per
 /// page then, and on disk, beyond `secure_delete`'s reach, copies of
 /// pages that held values being erased. The journal lasts one batch (at
-/// most 64 writers); the pool runs no query that sorts a table.
+/// most 64 writers); the pool's other temporary structures stay small (its
+/// sorts are of a page, under a LIMIT, or of a small table such as the
+/// certificates; listings run on the readers).
 const WRITER_PRAGMAS: [(&str, &str); 6] = [
     ("synchronous", "FULL"),
     ("foreign_keys", "ON"),
