@@ -251,39 +251,51 @@ async fn postgres_audit_retention() {
     retention_suite(&database.url, &RootKey::new(Key::generate())).await;
 }
 
-/// A verification while archive rounds run: a round that commits between
-/// the walk's read of the anchor and its read of the events removes events
-/// the walk expected. The walk starts again from the moved anchor, so no
-/// verification, of the table or of the files with it, reports a removal
-/// that was an archive.
-async fn verifying_while_archiving_suite(url: &str, root: &RootKey) {
-    use rekey_server::retention::{archive_round, verify_archive};
-    const OLD: i64 = 150;
-    let archive = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
-    let cutoff = rekey_shared::time::now_millis() - 86_400_000;
-    for index in 0..OLD {
+/// Records `count` events from before `cutoff`, oldest first.
+async fn record_old(store: &Store, count: i64, cutoff: i64) {
+    for index in 0..count {
         let old = AuditEvent {
             time: cutoff - 1000 + index,
             ..event("Old")
         };
         store.record(&old).await.unwrap();
     }
-    let archiving = {
-        let store = store.clone();
-        let dir = archive.path().to_owned();
-        tokio::spawn(async move {
-            let mut rounds = 0;
-            while archive_round(&store, &dir, cutoff, 1)
-                .await
-                .unwrap()
-                .is_some()
-            {
-                rounds += 1;
-            }
-            rounds
-        })
-    };
+}
+
+/// Archives everything from before `cutoff`, one event per round, back to
+/// back; answers how many rounds ran.
+fn archive_all(
+    store: &Arc<Store>,
+    dir: &std::path::Path,
+    cutoff: i64,
+) -> tokio::task::JoinHandle<i64> {
+    let (store, dir) = (store.clone(), dir.to_owned());
+    tokio::spawn(async move {
+        let mut rounds = 0;
+        while rekey_server::retention::archive_round(&store, &dir, cutoff, 1)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            rounds += 1;
+        }
+        rounds
+    })
+}
+
+/// A verification while archive rounds run: a round that commits between
+/// the walk's read of the anchor and its read of the events removes events
+/// the walk expected. The walk starts again from the moved anchor, so no
+/// verification, of the table or of the files with it, reports a removal
+/// that was an archive.
+async fn verifying_while_archiving_suite(url: &str, root: &RootKey) {
+    use rekey_server::retention::verify_archive;
+    const OLD: i64 = 150;
+    let archive = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
+    let cutoff = rekey_shared::time::now_millis() - 86_400_000;
+    record_old(&store, OLD, cutoff).await;
+    let archiving = archive_all(&store, archive.path(), cutoff);
     let mut verified = 0;
     while !archiving.is_finished() {
         let verdict = rekey_server::audit::verify_store(&store, None)
@@ -313,6 +325,56 @@ async fn verifying_while_archiving_suite(url: &str, root: &RootKey) {
     store.close().await;
 }
 
+/// Runs `sql` on the database at `url`, as someone with access to it but
+/// not to the root key.
+async fn tamper(url: &str, sql: &str) {
+    use sqlx::Connection;
+    if url.starts_with("sqlite:") {
+        let mut connection = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut connection).await.unwrap();
+        connection.close().await.unwrap();
+    } else {
+        let mut connection = sqlx::PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut connection).await.unwrap();
+        connection.close().await.unwrap();
+    }
+}
+
+/// While rounds run, a real finding still stands: an altered event that
+/// is too young to be archived is reported by every verification, however
+/// many removals by rounds it walked past again.
+async fn a_finding_stands_while_archiving_suite(url: &str, root: &RootKey) {
+    const OLD: i64 = 60;
+    let archive = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
+    let cutoff = rekey_shared::time::now_millis() - 86_400_000;
+    record_old(&store, OLD, cutoff).await;
+    store.record(&event("Young")).await.unwrap();
+    store.record(&event("Younger")).await.unwrap();
+    let altered = OLD + 1;
+    tamper(
+        url,
+        &format!("UPDATE audit_events SET detail = 'nothing happened' WHERE seq = {altered}"),
+    )
+    .await;
+    let archiving = archive_all(&store, archive.path(), cutoff);
+    let mut verified = 0;
+    while !archiving.is_finished() {
+        let verdict = rekey_server::audit::verify_store(&store, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            verdict.finding,
+            Some(rekey_server::audit::Finding::Altered { seq: altered }),
+            "verification {verified}"
+        );
+        verified += 1;
+    }
+    assert_eq!(archiving.await.unwrap(), OLD);
+    assert!(verified > 2, "only {verified} verifications ran");
+    store.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_verifying_while_archiving() {
     let dir = tempfile::tempdir().unwrap();
@@ -326,4 +388,19 @@ async fn postgres_verifying_while_archiving() {
         return;
     };
     verifying_while_archiving_suite(&database.url, &RootKey::new(Key::generate())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_a_finding_stands_while_archiving() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
+    a_finding_stands_while_archiving_suite(&url, &RootKey::new(Key::generate())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_finding_stands_while_archiving() {
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    a_finding_stands_while_archiving_suite(&database.url, &RootKey::new(Key::generate())).await;
 }
