@@ -76,8 +76,9 @@ fn a_server_killed_during_any_step_finishes_the_run_after_restart() {
         // CURRENT is readable in the middle of the run.
         assert_eq!(admin.run(&["get", "crash/db"]).ok().stdout, "v1\n");
         server.kill();
-        let _ = std::fs::remove_file(state.join(format!("block-{step}")));
 
+        // The step blocks again when the run resumes, so CURRENT is read
+        // before the run can finish; then the step may go on.
         let server = installation.serve();
         let admin = server.rekey(&installation.admin());
         assert_eq!(
@@ -85,6 +86,7 @@ fn a_server_killed_during_any_step_finishes_the_run_after_restart() {
             "v1\n",
             "{step}: CURRENT after the crash"
         );
+        let _ = std::fs::remove_file(state.join(format!("block-{step}")));
         if step == "finishSecret" {
             server.rekey(&approver).run(&["approve", "crash/db"]).ok();
         }
