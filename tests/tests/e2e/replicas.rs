@@ -218,11 +218,13 @@ fn a_replica_killed_in_a_step_leaves_the_run_to_the_other() {
         .position(|server| server.pid() == driver)
         .expect("one of the replicas runs the rotator");
     servers.remove(position).kill();
-    std::fs::remove_file(state.join("block-setSecret")).unwrap();
 
+    // The step blocks again if the other replica resumes it, so CURRENT is
+    // read before the run can finish; then the step may go on.
     let survivor = servers.remove(0);
     let admin = survivor.rekey(&installation.admin());
     assert_eq!(admin.run(&["get", "kill/db"]).ok().stdout, "v1\n");
+    std::fs::remove_file(state.join("block-setSecret")).unwrap();
     let shown = eventually("the other replica to finish the run", || {
         let shown = show(&admin, "kill/db");
         (shown["run"]["state"] == "succeeded").then_some(shown)
