@@ -141,12 +141,14 @@ pub async fn verify_archive(store: &Store, dir: &Path) -> anyhow::Result<Archive
             .await
             .map_err(|error| anyhow::anyhow!("{error}"))
     };
+    let mut before = anchor().await?;
     for _ in 0..TRIES {
-        let before = anchor().await?;
-        let walked = walk_all(store, dir).await;
-        if walked.is_ok() || anchor().await? == before {
+        let walked = walk_all(store, dir, before.clone()).await;
+        let now = anchor().await?;
+        if walked.is_ok() || now == before {
             return walked;
         }
+        before = now;
     }
     anyhow::bail!(
         "no walk of it finished under one archive anchor: the server archived throughout \
@@ -154,12 +156,13 @@ pub async fn verify_archive(store: &Store, dir: &Path) -> anyhow::Result<Archive
     )
 }
 
-/// One walk over the files and the database.
-async fn walk_all(store: &Store, dir: &Path) -> anyhow::Result<ArchiveReport> {
-    let anchor = store
-        .audit_anchor()
-        .await
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
+/// One walk over the files and the database, from `anchor` (as read
+/// before it).
+async fn walk_all(
+    store: &Store,
+    dir: &Path,
+    anchor: Option<AuditAnchor>,
+) -> anyhow::Result<ArchiveReport> {
     if let Some(anchor) = &anchor
         && !store.audit_key().anchor_verifies(anchor)
     {

@@ -96,20 +96,10 @@ async fn events_and_changes_interleaved_suite(url: &str, root: &RootKey) {
     second.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sqlite_events_and_changes_interleaved() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
-    events_and_changes_interleaved_suite(&url, &RootKey::new(Key::generate())).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_events_and_changes_interleaved() {
-    let Some(database) = StorageDatabase::create() else {
-        return;
-    };
-    events_and_changes_interleaved_suite(&database.url, &RootKey::new(Key::generate())).await;
-}
+on_both_backends!(
+    events_and_changes_interleaved_suite => sqlite_events_and_changes_interleaved,
+    postgres_events_and_changes_interleaved
+);
 
 /// Audit retention through the store: old events leave the table in
 /// rounds (at most `limit` each, never the newest, only from the anchor on
@@ -236,23 +226,14 @@ async fn retention_suite(url: &str, root: &RootKey) {
     other.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sqlite_audit_retention() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
-    retention_suite(&url, &RootKey::new(Key::generate())).await;
-}
+on_both_backends!(retention_suite => sqlite_audit_retention, postgres_audit_retention);
 
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_audit_retention() {
-    let Some(database) = StorageDatabase::create() else {
-        return;
-    };
-    retention_suite(&database.url, &RootKey::new(Key::generate())).await;
-}
-
-/// Records `count` events from before `cutoff`, oldest first.
-async fn record_old(store: &Store, count: i64, cutoff: i64) {
+/// A store on `url` whose log starts with `count` events from before the
+/// cutoff it answers (a day ago), oldest first, and a directory for their
+/// archive files.
+async fn old_log(url: &str, root: &RootKey, count: i64) -> (Arc<Store>, tempfile::TempDir, i64) {
+    let store = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
+    let cutoff = rekey_shared::time::now_millis() - 86_400_000;
     for index in 0..count {
         let old = AuditEvent {
             time: cutoff - 1000 + index,
@@ -260,6 +241,7 @@ async fn record_old(store: &Store, count: i64, cutoff: i64) {
         };
         store.record(&old).await.unwrap();
     }
+    (store, tempfile::tempdir().unwrap(), cutoff)
 }
 
 /// Archives everything from before `cutoff`, one event per round, back to
@@ -291,10 +273,7 @@ fn archive_all(
 async fn verifying_while_archiving_suite(url: &str, root: &RootKey) {
     use rekey_server::retention::verify_archive;
     const OLD: i64 = 150;
-    let archive = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
-    let cutoff = rekey_shared::time::now_millis() - 86_400_000;
-    record_old(&store, OLD, cutoff).await;
+    let (store, archive, cutoff) = old_log(url, root, OLD).await;
     let archiving = archive_all(&store, archive.path(), cutoff);
     let mut verified = 0;
     while !archiving.is_finished() {
@@ -345,10 +324,7 @@ async fn tamper(url: &str, sql: &str) {
 /// many removals by rounds it walked past again.
 async fn a_finding_stands_while_archiving_suite(url: &str, root: &RootKey) {
     const OLD: i64 = 60;
-    let archive = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
-    let cutoff = rekey_shared::time::now_millis() - 86_400_000;
-    record_old(&store, OLD, cutoff).await;
+    let (store, archive, cutoff) = old_log(url, root, OLD).await;
     store.record(&event("Young")).await.unwrap();
     store.record(&event("Younger")).await.unwrap();
     let altered = OLD + 1;
@@ -375,32 +351,12 @@ async fn a_finding_stands_while_archiving_suite(url: &str, root: &RootKey) {
     store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sqlite_verifying_while_archiving() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
-    verifying_while_archiving_suite(&url, &RootKey::new(Key::generate())).await;
-}
+on_both_backends!(
+    verifying_while_archiving_suite => sqlite_verifying_while_archiving,
+    postgres_verifying_while_archiving
+);
 
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_verifying_while_archiving() {
-    let Some(database) = StorageDatabase::create() else {
-        return;
-    };
-    verifying_while_archiving_suite(&database.url, &RootKey::new(Key::generate())).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn sqlite_a_finding_stands_while_archiving() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
-    a_finding_stands_while_archiving_suite(&url, &RootKey::new(Key::generate())).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_a_finding_stands_while_archiving() {
-    let Some(database) = StorageDatabase::create() else {
-        return;
-    };
-    a_finding_stands_while_archiving_suite(&database.url, &RootKey::new(Key::generate())).await;
-}
+on_both_backends!(
+    a_finding_stands_while_archiving_suite => sqlite_a_finding_stands_while_archiving,
+    postgres_a_finding_stands_while_archiving
+);

@@ -18,6 +18,28 @@ use rekey_shared::{KeyName, SecretName, Stage, VersionId};
 use rekey_tests::databases::StorageDatabase;
 use std::sync::Arc;
 
+/// The two tests of a suite `async fn(url, root key)`: on a SQLite file in
+/// a temporary directory, and on a PostgreSQL database of its own when
+/// `REKEY_TEST_POSTGRES_URL` names a server.
+macro_rules! on_both_backends {
+    ($suite:ident => $sqlite:ident, $postgres:ident) => {
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $sqlite() {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
+            $suite(&url, &RootKey::new(Key::generate())).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread")]
+        async fn $postgres() {
+            let Some(database) = StorageDatabase::create() else {
+                return;
+            };
+            $suite(&database.url, &RootKey::new(Key::generate())).await;
+        }
+    };
+}
+
 mod audit;
 mod journal;
 mod reads;
@@ -523,20 +545,7 @@ async fn concurrent_writes_suite(url: &str, root: &RootKey) {
     store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sqlite_concurrent_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
-    concurrent_writes_suite(&url, &RootKey::new(Key::generate())).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_concurrent_writes() {
-    let Some(database) = StorageDatabase::create() else {
-        return;
-    };
-    concurrent_writes_suite(&database.url, &RootKey::new(Key::generate())).await;
-}
+on_both_backends!(concurrent_writes_suite => sqlite_concurrent_writes, postgres_concurrent_writes);
 
 #[tokio::test]
 async fn sqlite_backend() {
