@@ -1,7 +1,8 @@
 //! The benchmark (`tests/src/bin/bench/`) in its smoke mode, so that it
 //! cannot rot: it runs against real servers and writes a report with every
 //! cell of the load and the scale run measured (throughput, latency, CPU
-//! time per call on both sides), and the plot.
+//! time per call on both sides, calls per commit of the server's batches),
+//! and the plot.
 
 use rekey_tests::binary;
 
@@ -43,6 +44,14 @@ fn the_benchmark_runs_and_reports_every_cell() {
         // Both sides work for every call (CPU time from /proc, in ticks).
         for side in ["server_cpu_us_per_call", "client_cpu_us_per_call"] {
             assert!(cell[side].as_f64().unwrap() > 0.0, "{side}: {cell}");
+        }
+        // Read from the server's metrics for every call that commits; the
+        // ping commits nothing, so it has none.
+        let per_commit = &cell["calls_per_commit"];
+        if cell["call"] == "ping" {
+            assert!(per_commit.is_null(), "{cell}");
+        } else {
+            assert!(per_commit.as_f64().unwrap() > 0.0, "{cell}");
         }
     }
     let plot = std::fs::read_to_string(out.with_extension("svg")).unwrap();

@@ -1,12 +1,14 @@
-//! The measured calls and the cells they run in: `in_flight` callers over
-//! `connections` channels, each making its call back to back until the
-//! cell's time is up; throughput and latency percentiles of all of them.
+//! The measured calls and the runs that make up a cell: `in_flight`
+//! callers over `connections` channels, each making its call back to back
+//! until the run's time is up; throughput and latency percentiles of all
+//! of them, over every run of the cell.
 
 use crate::machine;
 use rekey_shared::proto;
 use rekey_shared::proto::rotation_client::RotationClient;
 use rekey_shared::proto::secrets_client::SecretsClient;
 use rekey_shared::proto::watch_client::WatchClient;
+use rekey_tests::Server;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -199,6 +201,19 @@ async fn finished_runs(
     receiver
 }
 
+/// What one run of a call took: a cell is one run, or several taken in
+/// turn with the other calls of its group (`Measured::of`).
+#[derive(Debug)]
+pub struct Sample {
+    latencies: Vec<Duration>,
+    seconds: f64,
+    /// CPU seconds: the server's, and the load generator's own.
+    server_cpu: Option<f64>,
+    client_cpu: Option<f64>,
+    /// Commits of the server's two batches (audit events, writes).
+    commits: Option<f64>,
+}
+
 /// What one cell measured.
 #[derive(Debug, Clone, Copy)]
 pub struct Measured {
@@ -209,9 +224,42 @@ pub struct Measured {
     /// CPU time per call: the server's, and the load generator's own.
     pub server_cpu_us: Option<f64>,
     pub client_cpu_us: Option<f64>,
+    /// Calls per commit of the server's batches: how many reads' events
+    /// or writes one fsync carried (a rotation takes several commits).
+    pub calls_per_commit: Option<f64>,
 }
 
 impl Measured {
+    /// The samples of one cell, as one.
+    pub fn of(samples: Vec<Sample>) -> Self {
+        let seconds: f64 = samples.iter().map(|sample| sample.seconds).sum();
+        let total =
+            |part: fn(&Sample) -> Option<f64>| -> Option<f64> { samples.iter().map(part).sum() };
+        let (server_cpu, client_cpu, commits) = (
+            total(|sample| sample.server_cpu),
+            total(|sample| sample.client_cpu),
+            total(|sample| sample.commits),
+        );
+        let mut latencies: Vec<Duration> = samples
+            .into_iter()
+            .flat_map(|sample| sample.latencies)
+            .collect();
+        latencies.sort();
+        let calls = latencies.len();
+        let per_call = |seconds: Option<f64>| Some(seconds? * 1e6 / calls.max(1) as f64);
+        Measured {
+            calls,
+            calls_per_second: calls as f64 / seconds,
+            p50_ms: percentile(&latencies, 0.5),
+            p99_ms: percentile(&latencies, 0.99),
+            server_cpu_us: per_call(server_cpu),
+            client_cpu_us: per_call(client_cpu),
+            calls_per_commit: commits
+                .filter(|commits| *commits > 0.0)
+                .map(|commits| calls as f64 / commits),
+        }
+    }
+
     pub fn json(&self) -> Value {
         json!({
             "calls": self.calls,
@@ -220,21 +268,28 @@ impl Measured {
             "p99_ms": self.p99_ms,
             "server_cpu_us_per_call": self.server_cpu_us,
             "client_cpu_us_per_call": self.client_cpu_us,
+            "calls_per_commit": self.calls_per_commit,
         })
     }
 }
 
 /// Runs `call` with `in_flight` callers spread over `channels` for `time`,
-/// against the server of process `server`.
-pub async fn cell(
-    server: u32,
+/// against `server`.
+pub async fn run(
+    server: &Server,
     channels: &[Channel],
     call: Call,
     in_flight: usize,
     secrets: usize,
     time: Duration,
-) -> Measured {
-    let cpu_before = (machine::cpu_seconds(server), machine::own_cpu_seconds());
+) -> Sample {
+    // The ping commits nothing; what commits meanwhile is not its own.
+    let committed = || (call != Call::Ping).then(|| commits(server)).flatten();
+    let before = (
+        machine::cpu_seconds(server.pid()),
+        machine::own_cpu_seconds(),
+        committed(),
+    );
     let started = Instant::now();
     let until = started + time;
     let tasks: Vec<_> = (0..in_flight)
@@ -252,21 +307,28 @@ pub async fn cell(
     for task in tasks {
         latencies.extend(task.await.unwrap());
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let per_call = |before: Option<f64>, after: Option<f64>| {
-        Some((after? - before?) * 1e6 / latencies.len().max(1) as f64)
-    };
-    let server_cpu_us = per_call(cpu_before.0, machine::cpu_seconds(server));
-    let client_cpu_us = per_call(cpu_before.1, machine::own_cpu_seconds());
-    latencies.sort();
-    Measured {
-        server_cpu_us,
-        client_cpu_us,
-        calls: latencies.len(),
-        calls_per_second: latencies.len() as f64 / elapsed,
-        p50_ms: percentile(&latencies, 0.5),
-        p99_ms: percentile(&latencies, 0.99),
+    let seconds = started.elapsed().as_secs_f64();
+    let since = |before: Option<f64>, after: Option<f64>| Some(after? - before?);
+    Sample {
+        latencies,
+        seconds,
+        server_cpu: since(before.0, machine::cpu_seconds(server.pid())),
+        client_cpu: since(before.1, machine::own_cpu_seconds()),
+        commits: since(before.2, committed()),
     }
+}
+
+/// The commits the server's batches have made so far, from its metrics.
+fn commits(server: &Server) -> Option<f64> {
+    let (_, _, page) = rekey_tests::http_get(server.metrics.as_deref()?, "/metrics");
+    let counts = [
+        "rekey_audit_batch_size_count ",
+        "rekey_write_batch_size_count ",
+    ];
+    page.lines()
+        .filter_map(|line| counts.iter().find_map(|count| line.strip_prefix(count)))
+        .map(|value| value.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// The latency below which `fraction` of `sorted` fall, in ms.

@@ -12,8 +12,11 @@
 //!
 //! with the ratio of each to the ping at the same concurrency, the CPU time
 //! per call of the server and of the load generator (which share the
-//! machine), beside what the disk allows (a bare fsync loop) and the
-//! server's resident memory.
+//! machine) and the calls per commit of the server's batches (from its
+//! metrics), beside what the disk allows (a bare fsync loop) and the
+//! server's resident memory. The calls at one concurrency take turns, a
+//! fifth of each cell at a time, so that a slower moment of a shared
+//! machine falls on the ping and the call it is compared with alike.
 //! `--scale` measures GetSecretValue and ListSecrets (first page, filtered
 //! page) with 10³, 10⁵ and 10⁶ secrets in the store instead, each against
 //! the 10³ figure. Figures go to a table, a JSON report and an SVG plot.
@@ -46,7 +49,10 @@ use tonic::transport::Channel;
 /// What the load run measures.
 struct Plan {
     secrets: usize,
+    /// Each cell's time, in `rounds` parts taken in turn with the other
+    /// calls at the same concurrency.
     cell: Duration,
+    rounds: u32,
     concurrency: &'static [usize],
     connections: &'static [usize],
     /// Store sizes of the scale run.
@@ -57,6 +63,7 @@ struct Plan {
 const FULL: Plan = Plan {
     secrets: 10_000,
     cell: Duration::from_secs(5),
+    rounds: 5,
     concurrency: &[1, 16, 64],
     connections: &[1, 4],
     scale: &[1_000, 100_000, 1_000_000],
@@ -66,6 +73,7 @@ const FULL: Plan = Plan {
 const SMOKE: Plan = Plan {
     secrets: 200,
     cell: Duration::from_millis(300),
+    rounds: 2,
     concurrency: &[1, 16],
     connections: &[1],
     scale: &[200, 2_000],
@@ -186,7 +194,7 @@ fn cell_json(call: Call, connections: usize, in_flight: usize, measured: &Measur
 
 fn header() {
     println!(
-        "{:<19} {:>5} {:>9} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "{:<19} {:>5} {:>9} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "call",
         "conns",
         "in flight",
@@ -196,13 +204,14 @@ fn header() {
         "vs tput",
         "vs p99",
         "server µs",
-        "client µs"
+        "client µs",
+        "calls/commit"
     );
 }
 
 fn row(call: Call, connections: usize, in_flight: usize, measured: &Measured, base: &Measured) {
     println!(
-        "{:<19} {connections:>5} {in_flight:>9} {:>10.0} {:>8.2} {:>8.2} {:>10.2} {:>10.2} {:>10.1} {:>10.1}",
+        "{:<19} {connections:>5} {in_flight:>9} {:>10.0} {:>8.2} {:>8.2} {:>10.2} {:>10.2} {:>10.1} {:>10.1} {:>12.1}",
         call.name(),
         measured.calls_per_second,
         measured.p50_ms,
@@ -211,6 +220,7 @@ fn row(call: Call, connections: usize, in_flight: usize, measured: &Measured, ba
         measured.p99_ms / base.p99_ms,
         measured.server_cpu_us.unwrap_or(f64::NAN),
         measured.client_cpu_us.unwrap_or(f64::NAN),
+        measured.calls_per_commit.unwrap_or(f64::NAN),
     );
 }
 
@@ -233,21 +243,25 @@ async fn load_run(plan: &Plan, only: Option<&str>, out: &str) -> Value {
     for &connections in plan.connections {
         let channels = channels(&server, &identity, connections).await;
         for &in_flight in plan.concurrency {
-            let mut ping = None;
-            let calls = LOAD_CALLS
+            let calls: Vec<Call> = LOAD_CALLS
                 .into_iter()
-                .filter(|call| *call == Call::Ping || only.is_none_or(|only| only == call.name()));
-            for call in calls {
-                let measured = load::cell(
-                    server.pid(),
-                    &channels,
-                    call,
-                    in_flight,
-                    plan.secrets,
-                    plan.cell,
-                )
-                .await;
-                let base = *ping.get_or_insert(measured);
+                .filter(|call| *call == Call::Ping || only.is_none_or(|only| only == call.name()))
+                .collect();
+            // The calls take turns, a part of each cell at a time, so that
+            // a slower moment of a shared machine falls on all of them
+            // alike and the ratios to the ping hold.
+            let mut samples: Vec<Vec<load::Sample>> = calls.iter().map(|_| Vec::new()).collect();
+            for _ in 0..plan.rounds {
+                for (call, samples) in calls.iter().zip(&mut samples) {
+                    let part = plan.cell / plan.rounds;
+                    samples.push(
+                        load::run(&server, &channels, *call, in_flight, plan.secrets, part).await,
+                    );
+                }
+            }
+            let measured: Vec<Measured> = samples.into_iter().map(Measured::of).collect();
+            let base = measured[0];
+            for (call, measured) in calls.into_iter().zip(measured) {
                 row(call, connections, in_flight, &measured, &base);
                 let mut cell = cell_json(call, connections, in_flight, &measured);
                 cell["throughput_vs_ping"] =
@@ -304,8 +318,8 @@ async fn scale_run(plan: &Plan) -> Value {
         // round of each cell first, so that no size is measured cold.
         for (call, connections, in_flight) in SCALE_CELLS {
             let warm = plan.scale_cell / 4;
-            load::cell(
-                server.pid(),
+            load::run(
+                &server,
                 &channels[..connections],
                 call,
                 in_flight,
@@ -316,15 +330,17 @@ async fn scale_run(plan: &Plan) -> Value {
         }
         let mut cells = Vec::new();
         for (index, (call, connections, in_flight)) in SCALE_CELLS.into_iter().enumerate() {
-            let measured = load::cell(
-                server.pid(),
-                &channels[..connections],
-                call,
-                in_flight,
-                secrets,
-                plan.scale_cell,
-            )
-            .await;
+            let measured = Measured::of(vec![
+                load::run(
+                    &server,
+                    &channels[..connections],
+                    call,
+                    in_flight,
+                    secrets,
+                    plan.scale_cell,
+                )
+                .await,
+            ]);
             if smallest.len() <= index {
                 smallest.push(measured);
             }
