@@ -372,7 +372,7 @@ async fn serve_until_signal(loaded: &Loaded) -> anyhow::Result<()> {
     // Root key (a passphrase perhaps), database, policy, TLS files and
     // webhook settings first: nothing is said to be listening before all of
     // them are known to be good.
-    let prepared = crate::prepare(loaded, installation::open(loaded).await?).await?;
+    let prepared = crate::prepare(loaded, installation::open_to_serve(loaded).await?).await?;
     // The root key is derived; the passphrase is not kept.
     loaded.passphrase.forget();
     let shutdown = shutdown_signal()?;
@@ -410,7 +410,7 @@ async fn dev(listen: &str, metrics_listen: &str) -> anyhow::Result<()> {
     loaded.config.listen = listen.to_owned();
     init_logging(&loaded.config.log)?;
     harden_process();
-    let prepared = crate::prepare(&loaded, installation::open(&loaded).await?).await?;
+    let prepared = crate::prepare(&loaded, installation::open_to_serve(&loaded).await?).await?;
     let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(listen)
         .await

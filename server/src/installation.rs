@@ -44,18 +44,33 @@ pub fn root_key(loaded: &config::Loaded) -> anyhow::Result<RootKey> {
     }
 }
 
-/// Opens the store and keyring of the installation `loaded` describes.
+/// Opens the store and keyring of the installation `loaded` describes,
+/// for a command other than the server: its database must be at this
+/// binary's schema version (`Store::open_current`), so that a newer
+/// binary's command never migrates it under an older server.
 pub async fn open(loaded: &config::Loaded) -> anyhow::Result<Opened> {
+    let root = root_key(loaded)?;
+    let store = Store::open_current(&loaded.database_url(), AuditKey::derive(&root)).await;
+    opened(store, root)
+}
+
+/// Opens the installation for the server, which brings its database's
+/// schema up to date as it starts.
+pub async fn open_to_serve(loaded: &config::Loaded) -> anyhow::Result<Opened> {
     open_with(loaded, root_key(loaded)?).await
 }
 
-/// Opens the installation with a root key already at hand.
+/// Opens the installation with a root key already at hand, bringing its
+/// database's schema up to date (the server; a database just made or
+/// restored).
 pub async fn open_with(loaded: &config::Loaded, root: RootKey) -> anyhow::Result<Opened> {
-    let store = Store::open(&loaded.database_url(), AuditKey::derive(&root))
-        .await
-        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let store = Store::open(&loaded.database_url(), AuditKey::derive(&root)).await;
+    opened(store, root)
+}
+
+fn opened(store: crate::error::Result<Store>, root: RootKey) -> anyhow::Result<Opened> {
     Ok(Opened {
-        store,
+        store: store.map_err(|error| anyhow::anyhow!("{error}"))?,
         keyring: Keyring::new(root),
     })
 }

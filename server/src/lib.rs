@@ -51,7 +51,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let prepared = prepare(loaded, installation::open(loaded).await?).await?;
+    let prepared = prepare(loaded, installation::open_to_serve(loaded).await?).await?;
     serve_prepared(prepared, listener, None, shutdown).await
 }
 

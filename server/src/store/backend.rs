@@ -4,6 +4,7 @@
 //! the backends differ in SQL dialect only, never in behaviour.
 
 use super::list::PageDetails;
+use super::migrate::Schema;
 use super::sqlite::{AuditQuery, CertificateRecord, PolicyVersion};
 use super::{
     Deletion, Gate, NewSecret, NewVersion, PutOutcome, Rewrapped, SecretQuery, SecretRecord,
@@ -40,12 +41,28 @@ macro_rules! forward {
 
 impl Store {
     /// Opens the database at `url`, creating an embedded one if needed, and
-    /// brings its schema up to date.
+    /// brings its schema up to date: what the server does when it starts.
     pub async fn open(url: &str, audit_key: AuditKey) -> Result<Self> {
+        Self::open_as(url, audit_key, Schema::Migrate).await
+    }
+
+    /// Opens the database at `url` only if its schema is this binary's,
+    /// creating and changing nothing: what the other commands do, so that
+    /// a newer binary's command cannot migrate the database of an older
+    /// server that is serving it.
+    pub async fn open_current(url: &str, audit_key: AuditKey) -> Result<Self> {
+        Self::open_as(url, audit_key, Schema::Current).await
+    }
+
+    async fn open_as(url: &str, audit_key: AuditKey, schema: Schema) -> Result<Self> {
         if url.starts_with("sqlite:") {
-            Ok(Self::Sqlite(sqlite::Store::open(url, audit_key).await?))
+            Ok(Self::Sqlite(
+                sqlite::Store::open(url, audit_key, schema).await?,
+            ))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Self::Postgres(postgres::Store::open(url, audit_key).await?))
+            Ok(Self::Postgres(
+                postgres::Store::open(url, audit_key, schema).await?,
+            ))
         } else {
             Err(Error::InvalidArgument(format!(
                 "database URL {:?}: the scheme must be sqlite:// or postgres://",

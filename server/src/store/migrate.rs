@@ -1,6 +1,10 @@
-//! Schema migrations, embedded in the binary and applied in order at start.
-//! A database whose schema is newer than this binary knows is refused rather
-//! than used half-understood.
+//! Schema migrations, embedded in the binary and applied in order when the
+//! server starts (and when `init` or `restore` makes a database). A
+//! database whose schema is newer than this binary knows is refused rather
+//! than used half-understood. The other commands ([`Schema::Current`])
+//! open a database only at this binary's version: a newer binary's admin
+//! command must not migrate a database under the older server that is
+//! serving it, which would then refuse to start again.
 
 use crate::error::{Error, Result};
 use sqlx::{PgPool, SqlitePool};
@@ -31,8 +35,78 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     ),
 ];
 
+/// What opening a store does with a schema older than this binary's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// Brings it up to date (the server at start, `init`, `restore`).
+    Migrate,
+    /// Refuses it: the database is used only as this binary knows it.
+    Current,
+}
+
 pub async fn migrate(pool: &SqlitePool) -> Result<()> {
     migrate_sqlite(pool, SQLITE_MIGRATIONS).await
+}
+
+/// Refuses a schema other than this binary's, changing nothing.
+pub async fn require_current_sqlite(pool: &SqlitePool) -> Result<()> {
+    let exists: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema \
+         WHERE type = 'table' AND name = 'schema_migrations')",
+    )
+    .fetch_one(pool)
+    .await?;
+    let applied: Option<i64> = if exists {
+        sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+            .fetch_one(pool)
+            .await?
+    } else {
+        None
+    };
+    require_current(applied.unwrap_or(0), newest(SQLITE_MIGRATIONS))
+}
+
+/// Refuses a schema other than this binary's, changing nothing.
+pub async fn require_current_postgres(pool: &PgPool) -> Result<()> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    let applied: Option<i64> = if exists {
+        sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+            .fetch_one(pool)
+            .await?
+    } else {
+        None
+    };
+    require_current(applied.unwrap_or(0), newest(POSTGRES_MIGRATIONS))
+}
+
+fn newest(migrations: &[(i64, &str)]) -> i64 {
+    migrations.last().map_or(0, |(version, _)| *version)
+}
+
+/// The refusal of a schema newer than this binary's.
+fn refuse_newer(applied: i64, newest_known: i64) -> Result<()> {
+    if applied > newest_known {
+        return Err(Error::FailedPrecondition(format!(
+            "the database schema is at version {applied}, newer than this rekeyd knows \
+             (version {newest_known}); run a newer rekeyd"
+        )));
+    }
+    Ok(())
+}
+
+fn require_current(applied: i64, newest_known: i64) -> Result<()> {
+    refuse_newer(applied, newest_known)?;
+    if applied < newest_known {
+        return Err(Error::FailedPrecondition(format!(
+            "the database schema is at version {applied}, older than this rekeyd's \
+             (version {newest_known}); only the server migrates it, when it starts: \
+             restart rekeyd serve with this binary first, or run this command with \
+             the rekeyd that serves the database"
+        )));
+    }
+    Ok(())
 }
 
 /// Brings the schema up to the last of `migrations`.
@@ -45,17 +119,11 @@ async fn migrate_sqlite(pool: &SqlitePool, migrations: &[(i64, &str)]) -> Result
     )
     .execute(pool)
     .await?;
-    let newest_known = migrations.last().map_or(0, |(version, _)| *version);
     let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
         .fetch_one(pool)
         .await?;
     let applied = applied.unwrap_or(0);
-    if applied > newest_known {
-        return Err(Error::FailedPrecondition(format!(
-            "the database schema is at version {applied}, newer than this rekeyd knows \
-             (version {newest_known}); run a newer rekeyd"
-        )));
-    }
+    refuse_newer(applied, newest(migrations))?;
     for (version, sql) in migrations.iter().filter(|(v, _)| *v > applied) {
         let mut transaction = pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::raw_sql(sql).execute(&mut *transaction).await?;
@@ -122,19 +190,11 @@ pub async fn migrate_postgres(pool: &PgPool) -> Result<()> {
     )
     .execute(&mut *transaction)
     .await?;
-    let newest_known = POSTGRES_MIGRATIONS
-        .last()
-        .map_or(0, |(version, _)| *version);
     let applied: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
         .fetch_one(&mut *transaction)
         .await?;
     let applied = applied.unwrap_or(0);
-    if applied > newest_known {
-        return Err(Error::FailedPrecondition(format!(
-            "the database schema is at version {applied}, newer than this rekeyd knows \
-             (version {newest_known}); run a newer rekeyd"
-        )));
-    }
+    refuse_newer(applied, newest(POSTGRES_MIGRATIONS))?;
     for (version, sql) in POSTGRES_MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
         sqlx::raw_sql(sql).execute(&mut *transaction).await?;
         sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
@@ -245,6 +305,53 @@ mod tests {
         assert_eq!(
             stages().await,
             pairs(&[("CURRENT", "v2"), ("canary", "v2")])
+        );
+    }
+
+    /// Only the server migrates: the check the other commands make refuses
+    /// a database without a schema, one at an older version and one at a
+    /// newer version, saying which, and changes nothing.
+    #[tokio::test]
+    async fn a_command_refuses_a_schema_other_than_its_own_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("store.db").display()
+        );
+        let pool = SqlitePool::connect(&url).await.unwrap();
+        let refusal = || async { require_current_sqlite(&pool).await.unwrap_err().to_string() };
+        let error = refusal().await;
+        assert!(
+            error.contains("at version 0, older than this rekeyd's (version 7)"),
+            "{error}"
+        );
+
+        migrate_sqlite(&pool, &SQLITE_MIGRATIONS[..6])
+            .await
+            .unwrap();
+        let error = refusal().await;
+        assert!(
+            error.contains("at version 6, older than this rekeyd's (version 7)")
+                && error.contains("only the server migrates it"),
+            "{error}"
+        );
+        let applied: i64 = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(applied, 6);
+
+        migrate(&pool).await.unwrap();
+        require_current_sqlite(&pool).await.unwrap();
+
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (8, 0)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let error = refusal().await;
+        assert!(
+            error.contains("at version 8, newer than this rekeyd knows (version 7)"),
+            "{error}"
         );
     }
 }

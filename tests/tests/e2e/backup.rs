@@ -2,7 +2,8 @@
 //! into a new directory, and the restored installation serving every value
 //! to the old identities with a verifying audit chain; and the refusals:
 //! an existing file, a non-empty directory, another root key, a file that
-//! is not a backup, a PostgreSQL installation.
+//! is not a backup, a PostgreSQL installation, a database at an older
+//! schema version than the binary's (only the server migrates).
 
 use rekey_tests::databases::StorageDatabase;
 use rekey_tests::{Installation, Server, contains_bytes, rekeyd, text};
@@ -176,6 +177,56 @@ fn restore_refuses_and_leaves_nothing_behind() {
         "is not a rekeyd backup",
     );
     assert!(!target.exists());
+}
+
+/// The schema version an installation's database says it is at.
+async fn schema_version(database: &Path) -> i64 {
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display()))
+        .await
+        .unwrap();
+    sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+        .fetch_one(&mut db)
+        .await
+        .unwrap()
+}
+
+/// A newer binary's `rekeyd backup` beside an older server must not
+/// migrate the database under it (the older server would then refuse to
+/// start): it refuses, writes nothing and changes nothing, until the
+/// server has been started with this binary.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_command_leaves_an_older_schema_to_the_server() {
+    let installation = Installation::new();
+    let newest = schema_version(&installation.database()).await;
+    {
+        // As a database the previous release made: its last migration unmade
+        // in the record (the migration itself can be made again).
+        let url = format!("sqlite://{}", installation.database().display());
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("DELETE FROM schema_migrations WHERE version = ?")
+            .bind(newest)
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
+    let backups = tempfile::tempdir().unwrap();
+    let file = backups.path().join("older-schema-backup.db");
+    fails_with(
+        rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]),
+        &format!(
+            "the database schema is at version {}, older than this rekeyd's (version {newest}); \
+             only the server migrates it",
+            newest - 1
+        ),
+    );
+    assert!(!file.exists());
+    assert_eq!(schema_version(&installation.database()).await, newest - 1);
+
+    // The server migrates as it starts; then the command runs.
+    assert!(installation.serve().stop().success());
+    assert_eq!(schema_version(&installation.database()).await, newest);
+    let output = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
 }
 
 #[test]

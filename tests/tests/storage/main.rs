@@ -636,6 +636,44 @@ async fn postgres_two_replicas_share_one_database() {
     b.close().await;
 }
 
+/// Only the server migrates: `open_current` (every other command) refuses
+/// a schema older than the binary's and leaves it as it is; `open` (the
+/// server) brings it up to date.
+#[tokio::test]
+async fn postgres_an_older_schema_is_left_to_the_server() {
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    let root = RootKey::new(Key::generate());
+    Store::open(&database.url, AuditKey::derive(&root))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    database.sql("DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations)");
+    // Twice: the first refusal changed nothing.
+    for _ in 0..2 {
+        let error = Store::open_current(&database.url, AuditKey::derive(&root))
+            .await
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("older than this rekeyd's")
+                && error.to_string().contains("only the server migrates it"),
+            "{error}"
+        );
+    }
+    Store::open(&database.url, AuditKey::derive(&root))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    Store::open_current(&database.url, AuditKey::derive(&root))
+        .await
+        .unwrap()
+        .close()
+        .await;
+}
+
 #[tokio::test]
 async fn postgres_schema_newer_than_known_is_refused() {
     let Some(database) = StorageDatabase::create() else {

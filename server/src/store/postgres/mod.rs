@@ -30,7 +30,7 @@ use super::batch::{Boxed, Dialect, Writer};
 use super::chain::AuditChain;
 use super::group_commit::GroupCommit;
 use super::list::{attach_tags, detail_statements, number_placeholders};
-use super::migrate::migrate_postgres as migrate;
+use super::migrate::{Schema, migrate_postgres as migrate, require_current_postgres};
 use crate::audit::AuditKey;
 use crate::error::{Error, Result};
 use crate::stages::StageMap;
@@ -54,8 +54,10 @@ pub struct Store {
 type Tx<'a> = super::batch::Tx<'a, Postgres>;
 
 impl Store {
-    /// Connects to the database at `url` and brings its schema up to date.
-    pub async fn open(url: &str, audit_key: AuditKey) -> Result<Self> {
+    /// Connects to the database at `url` and brings its schema up to date
+    /// (`Schema::Migrate`) or refuses one not at this binary's version
+    /// (`Schema::Current`).
+    pub async fn open(url: &str, audit_key: AuditKey, schema: Schema) -> Result<Self> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|error| Error::InvalidArgument(format!("database URL {url:?}: {error}")))?
             .disable_statement_logging();
@@ -65,7 +67,10 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|error| Error::internal("opening the PostgreSQL database", error))?;
-        migrate(&pool).await?;
+        match schema {
+            Schema::Migrate => migrate(&pool).await?,
+            Schema::Current => require_current_postgres(&pool).await?,
+        }
         let batch_sizes = Arc::new(super::BatchSizes::default());
         let writer = Writer::start(pool.clone(), DIALECT, batch_sizes.clone());
         let chain = Arc::new(AuditChain::new(audit_key));

@@ -36,7 +36,7 @@ use super::rows::{
 use super::batch::{Boxed, Dialect, Place, Writer};
 use super::chain::AuditChain;
 use super::group_commit::GroupCommit;
-use super::migrate::migrate;
+use super::migrate::{Schema, migrate, require_current_sqlite};
 use super::{Gate, ValueRead};
 use crate::audit::AuditKey;
 use crate::error::{Error, Result};
@@ -106,12 +106,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const READERS: usize = 2;
 
 impl Store {
-    /// Opens (creating if needed) the database at `url` and brings its
-    /// schema up to date. `audit_key` chains the audit events it appends.
-    pub async fn open(url: &str, audit_key: AuditKey) -> Result<Self> {
+    /// Opens the database at `url` and brings its schema up to date
+    /// (`Schema::Migrate`, creating the file if needed) or refuses one not
+    /// at this binary's version (`Schema::Current`, which neither creates
+    /// nor changes anything). `audit_key` chains the audit events it appends.
+    pub async fn open(url: &str, audit_key: AuditKey, schema: Schema) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|error| Error::InvalidArgument(format!("database URL {url:?}: {error}")))?
-            .create_if_missing(true)
+            .create_if_missing(schema == Schema::Migrate)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(BUSY_TIMEOUT);
         let options = WRITER_PRAGMAS
@@ -145,7 +147,10 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(|error| Error::internal(&format!("opening database {url}"), error))?;
-        migrate(&pool).await?;
+        match schema {
+            Schema::Migrate => migrate(&pool).await?,
+            Schema::Current => require_current_sqlite(&pool).await?,
+        }
         let readers = readers::Readers::open(&file, READERS)?;
         let chain = Arc::new(AuditChain::new(audit_key));
         let events = Arc::new(events::EventWriter::open(&file, chain.clone())?);
