@@ -638,59 +638,50 @@ async fn postgres_two_replicas_share_one_database() {
 
 /// Only the server migrates: `open_current` (every other command) refuses
 /// a schema older than the binary's and leaves it as it is; `open` (the
-/// server) brings it up to date.
+/// server) brings it up to date. A schema newer than the binary's is
+/// refused by both.
 #[tokio::test]
-async fn postgres_an_older_schema_is_left_to_the_server() {
+async fn postgres_a_schema_other_than_the_binarys() {
     let Some(database) = StorageDatabase::create() else {
         return;
     };
     let root = RootKey::new(Key::generate());
-    Store::open(&database.url, AuditKey::derive(&root))
-        .await
-        .unwrap()
-        .close()
-        .await;
-    database.sql("DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations)");
+    let opened = |current: bool| {
+        let (url, key) = (database.url.clone(), AuditKey::derive(&root));
+        async move {
+            let store = if current {
+                Store::open_current(&url, key).await
+            } else {
+                Store::open(&url, key).await
+            };
+            match store {
+                Ok(store) => {
+                    store.close().await;
+                    Ok(())
+                }
+                Err(error) => Err(error.to_string()),
+            }
+        }
+    };
+    opened(false).await.unwrap();
+    database.sql(
+        "DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations)",
+    );
     // Twice: the first refusal changed nothing.
     for _ in 0..2 {
-        let error = Store::open_current(&database.url, AuditKey::derive(&root))
-            .await
-            .unwrap_err();
+        let error = opened(true).await.unwrap_err();
         assert!(
-            error.to_string().contains("older than this rekeyd's")
-                && error.to_string().contains("only the server migrates it"),
+            error.contains("older than this rekeyd's")
+                && error.contains("only the server migrates it"),
             "{error}"
         );
     }
-    Store::open(&database.url, AuditKey::derive(&root))
-        .await
-        .unwrap()
-        .close()
-        .await;
-    Store::open_current(&database.url, AuditKey::derive(&root))
-        .await
-        .unwrap()
-        .close()
-        .await;
-}
+    opened(false).await.unwrap();
+    opened(true).await.unwrap();
 
-#[tokio::test]
-async fn postgres_schema_newer_than_known_is_refused() {
-    let Some(database) = StorageDatabase::create() else {
-        return;
-    };
-    let root = RootKey::new(Key::generate());
-    Store::open(&database.url, AuditKey::derive(&root))
-        .await
-        .unwrap()
-        .close()
-        .await;
     database.sql("INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)");
-    let error = Store::open(&database.url, AuditKey::derive(&root))
-        .await
-        .unwrap_err();
-    assert!(
-        error.to_string().contains("newer than this rekeyd knows"),
-        "{error}"
-    );
+    for current in [false, true] {
+        let error = opened(current).await.unwrap_err();
+        assert!(error.contains("newer than this rekeyd knows"), "{error}");
+    }
 }
