@@ -1,20 +1,24 @@
-//! The hot read paths (a value; a page of a listing), on synchronous
-//! connections of their own. sqlx runs every statement on its connection's
-//! worker thread, a round trip between threads per statement; a read of a
-//! value is two statements with the caller's decision between them, and a
-//! listing's page four. Here a few threads (`threads`) each own a
+//! The hot read paths (a value; a page of a listing; what a write checks
+//! before it joins the write batch: the secret, and the version a client
+//! request token names), on synchronous connections of their own. sqlx
+//! runs every statement on its connection's worker thread, a round trip
+//! between threads per statement (and a ping of the connection when it
+//! goes back to the pool); a read of a value is two statements with the
+//! caller's decision between them, and a listing's page four. Here a few threads (`threads`) each own a
 //! read-only SQLite connection with its statements prepared once, and a
 //! whole read runs on one of them: one hand-off there and one back. The
 //! statements are the pool's own, in one read transaction (one snapshot),
 //! and rows decode through the same decoders (`rows`, `columns`). Nothing
 //! here writes, and WAL lets these connections read while others write.
 
-use super::super::rows::{Columns, SECRET_COLUMNS, secret_row, stage_list, version_row};
+use super::super::rows::{
+    Columns, SECRET_COLUMNS, VERSION_COLUMNS, secret_row, stage_list, version_row,
+};
 use super::BUSY_TIMEOUT;
 use super::threads::{Jobs, Threads};
 use super::versions::version_with_stages_sql;
 use crate::error::Result;
-use crate::store::{Gate, SecretRecord, ValueRead};
+use crate::store::{Gate, SecretRecord, ValueRead, VersionRecord};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 use std::sync::LazyLock;
@@ -58,6 +62,28 @@ impl Readers {
         let name = name.to_owned();
         self.run(move |connection| secret_named(connection, &name))
             .await
+    }
+
+    /// Version `version_id` of the secret with id `secret_id`, without its
+    /// stages (what a put checks its client request token against).
+    pub(super) async fn version(
+        &self,
+        secret_id: String,
+        version_id: String,
+    ) -> Result<Option<VersionRecord>> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {VERSION_COLUMNS} FROM versions v WHERE v.secret_id = ?1 AND v.version_id = ?2"
+            )
+        });
+        self.run(move |connection| {
+            connection
+                .prepare_cached(&SQL)?
+                .query_row([&secret_id, &version_id], |row| Ok(version_row(row)))
+                .optional()?
+                .transpose()
+        })
+        .await
     }
 
     /// The secret named `name` and, if `gate` lets the read go on, its

@@ -26,14 +26,9 @@ impl Store {
         secret_id: &str,
         version_id: &VersionId,
     ) -> Result<Option<VersionRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {VERSION_COLUMNS} FROM versions v WHERE v.secret_id = ? AND v.version_id = ?"
-        ))
-        .bind(secret_id)
-        .bind(version_id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(version_row).transpose()
+        self.readers
+            .version(secret_id.to_owned(), version_id.as_str().to_owned())
+            .await
     }
 
     /// Every version with its sealed value, oldest first.
