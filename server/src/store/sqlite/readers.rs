@@ -1,6 +1,7 @@
 //! The hot read paths (a value; a page of a listing; what a write checks
 //! before it joins the write batch: the secret, and the version a client
-//! request token names), on synchronous connections of their own. sqlx
+//! request token names; the rotation run a put that moves CURRENT looks
+//! for), on synchronous connections of their own. sqlx
 //! runs every statement on its connection's worker thread, a round trip
 //! between threads per statement (and a ping of the connection when it
 //! goes back to the pool); a read of a value is two statements with the
@@ -12,12 +13,14 @@
 //! here writes, and WAL lets these connections read while others write.
 
 use super::super::rows::{
-    Columns, SECRET_COLUMNS, VERSION_COLUMNS, secret_row, stage_list, version_row,
+    Columns, RUN_COLUMNS, SECRET_COLUMNS, VERSION_COLUMNS, run_row, secret_row, stage_list,
+    version_row,
 };
 use super::BUSY_TIMEOUT;
 use super::threads::{Jobs, Threads};
 use super::versions::version_with_stages_sql;
 use crate::error::Result;
+use crate::rotation::RunRecord;
 use crate::store::{Gate, SecretRecord, ValueRead, VersionRecord};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
@@ -80,6 +83,24 @@ impl Readers {
             connection
                 .prepare_cached(&SQL)?
                 .query_row([&secret_id, &version_id], |row| Ok(version_row(row)))
+                .optional()?
+                .transpose()
+        })
+        .await
+    }
+
+    /// The run of the secret with id `secret_id` that has not ended (what
+    /// the engine asks after every put that moves CURRENT).
+    pub(super) async fn active_run(&self, secret_id: String) -> Result<Option<RunRecord>> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE secret_id = ?1 AND ended_at IS NULL"
+            )
+        });
+        self.run(move |connection| {
+            connection
+                .prepare_cached(&SQL)?
+                .query_row([&secret_id], |row| Ok(run_row(row)))
                 .optional()?
                 .transpose()
         })

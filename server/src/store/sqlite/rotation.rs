@@ -256,14 +256,9 @@ impl Store {
         row.as_ref().map(run_row).transpose()
     }
 
+    /// On a reader: a put that moves CURRENT asks this every time.
     pub async fn active_run(&self, secret_id: &str) -> Result<Option<RunRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE secret_id = ? AND ended_at IS NULL"
-        ))
-        .bind(secret_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(run_row).transpose()
+        self.readers.active_run(secret_id.to_owned()).await
     }
 
     /// A secret's runs, newest first.
