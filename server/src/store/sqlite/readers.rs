@@ -80,11 +80,9 @@ impl Readers {
             )
         });
         self.run(move |connection| {
-            connection
-                .prepare_cached(&SQL)?
-                .query_row([&secret_id, &version_id], |row| Ok(version_row(row)))
-                .optional()?
-                .transpose()
+            one_row(connection, &SQL, [&secret_id, &version_id], |row| {
+                version_row(row)
+            })
         })
         .await
     }
@@ -97,14 +95,8 @@ impl Readers {
                 "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE secret_id = ?1 AND ended_at IS NULL"
             )
         });
-        self.run(move |connection| {
-            connection
-                .prepare_cached(&SQL)?
-                .query_row([&secret_id], |row| Ok(run_row(row)))
-                .optional()?
-                .transpose()
-        })
-        .await
+        self.run(move |connection| one_row(connection, &SQL, [&secret_id], |row| run_row(row)))
+            .await
     }
 
     /// The secret named `name` and, if `gate` lets the read go on, its
@@ -146,9 +138,19 @@ impl Readers {
 fn secret_named(connection: &Connection, name: &str) -> Result<Option<SecretRecord>> {
     static SQL: LazyLock<String> =
         LazyLock::new(|| format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE name = ?1"));
+    one_row(connection, &SQL, [name], |row| secret_row(row))
+}
+
+/// The row `sql` finds with `params`, if any, decoded by `decode`.
+fn one_row<T>(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    decode: impl FnOnce(&rusqlite::Row<'_>) -> Result<T>,
+) -> Result<Option<T>> {
     connection
-        .prepare_cached(&SQL)?
-        .query_row([name], |row| Ok(secret_row(row)))
+        .prepare_cached(sql)?
+        .query_row(params, |row| Ok(decode(row)))
         .optional()?
         .transpose()
 }
