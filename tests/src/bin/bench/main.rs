@@ -19,7 +19,9 @@
 //! machine falls on the ping and the call it is compared with alike.
 //! `--scale` measures GetSecretValue and ListSecrets (first page, filtered
 //! page) with 10³, 10⁵ and 10⁶ secrets in the store instead, each against
-//! the 10³ figure. Figures go to a table, a JSON report and an SVG plot.
+//! the 10³ figure; each size has a server of its own, all running at once,
+//! and at each cell the sizes take turns as the calls do. Figures go to a
+//! table, a JSON report and an SVG plot.
 //!
 //! ```sh
 //! cargo build --release --workspace
@@ -67,7 +69,7 @@ const FULL: Plan = Plan {
     concurrency: &[1, 16, 64],
     connections: &[1, 4],
     scale: &[1_000, 100_000, 1_000_000],
-    scale_cell: Duration::from_secs(3),
+    scale_cell: Duration::from_secs(5),
 };
 
 const SMOKE: Plan = Plan {
@@ -305,13 +307,13 @@ async fn load_run(plan: &Plan, only: Option<&str>, out: &str) -> Value {
 }
 
 /// The scale run: the same reads and listings at each store size, each
-/// against the smallest.
+/// against the smallest. Every size has a server of its own, all running
+/// at once; at each cell the sizes take turns, a part of the cell at a
+/// time, so that a slower moment of the machine falls on every size alike.
 async fn scale_run(plan: &Plan) -> Value {
-    let mut sizes = Vec::new();
-    let mut smallest: Vec<Measured> = Vec::new();
-    header();
+    let mut stores = Vec::new();
     for &secrets in plan.scale {
-        let (_installation, server, identity) = served(secrets).await;
+        let (installation, server, identity) = served(secrets).await;
         let channels = channels(&server, &identity, 4).await;
         let rss_idle = machine::rss_mib(server.pid());
         // A server just started on a store just written: one unrecorded
@@ -328,25 +330,34 @@ async fn scale_run(plan: &Plan) -> Value {
             )
             .await;
         }
-        let mut cells = Vec::new();
-        for (index, (call, connections, in_flight)) in SCALE_CELLS.into_iter().enumerate() {
-            let measured = Measured::of(vec![
-                load::run(
-                    &server,
-                    &channels[..connections],
-                    call,
-                    in_flight,
-                    secrets,
-                    plan.scale_cell,
-                )
-                .await,
-            ]);
-            if smallest.len() <= index {
-                smallest.push(measured);
+        stores.push((secrets, installation, server, channels, rss_idle));
+    }
+    // measured[size][cell]
+    let mut measured: Vec<Vec<Measured>> = stores.iter().map(|_| Vec::new()).collect();
+    for (call, connections, in_flight) in SCALE_CELLS {
+        let mut samples: Vec<Vec<load::Sample>> = stores.iter().map(|_| Vec::new()).collect();
+        for _ in 0..plan.rounds {
+            for ((secrets, _, server, channels, _), samples) in stores.iter().zip(&mut samples) {
+                let part = plan.scale_cell / plan.rounds;
+                let channels = &channels[..connections];
+                samples.push(load::run(server, channels, call, in_flight, *secrets, part).await);
             }
-            let base = smallest[index];
-            row(call, connections, in_flight, &measured, &base);
-            let mut cell = cell_json(call, connections, in_flight, &measured);
+        }
+        for (size, samples) in samples.into_iter().enumerate() {
+            measured[size].push(Measured::of(samples));
+        }
+    }
+    header();
+    let mut sizes = Vec::new();
+    for ((secrets, _, _, _, rss_idle), cells_measured) in stores.iter().zip(&measured) {
+        let mut cells = Vec::new();
+        for (((call, connections, in_flight), measured), base) in SCALE_CELLS
+            .into_iter()
+            .zip(cells_measured)
+            .zip(&measured[0])
+        {
+            row(call, connections, in_flight, measured, base);
+            let mut cell = cell_json(call, connections, in_flight, measured);
             cell["throughput_vs_smallest"] =
                 (measured.calls_per_second / base.calls_per_second).into();
             cell["p50_vs_smallest"] = (measured.p50_ms / base.p50_ms).into();
