@@ -252,16 +252,11 @@ async fn load_run(plan: &Plan, only: Option<&str>, out: &str) -> Value {
             // The calls take turns, a part of each cell at a time, so that
             // a slower moment of a shared machine falls on all of them
             // alike and the ratios to the ping hold.
-            let mut samples: Vec<Vec<load::Sample>> = calls.iter().map(|_| Vec::new()).collect();
-            for _ in 0..plan.rounds {
-                for (call, samples) in calls.iter().zip(&mut samples) {
-                    let part = plan.cell / plan.rounds;
-                    samples.push(
-                        load::run(&server, &channels, *call, in_flight, plan.secrets, part).await,
-                    );
-                }
-            }
-            let measured: Vec<Measured> = samples.into_iter().map(Measured::of).collect();
+            let part = plan.cell / plan.rounds;
+            let measured = in_turns(&calls, plan.rounds, async |call: &Call| {
+                load::run(&server, &channels, *call, in_flight, plan.secrets, part).await
+            })
+            .await;
             let base = measured[0];
             for (call, measured) in calls.into_iter().zip(measured) {
                 row(call, connections, in_flight, &measured, &base);
@@ -306,6 +301,32 @@ async fn load_run(plan: &Plan, only: Option<&str>, out: &str) -> Value {
     })
 }
 
+/// Runs each of `turns` in turn, `rounds` times over, and merges each
+/// one's samples: a slower moment of the machine falls on all of them.
+async fn in_turns<T>(
+    turns: &[T],
+    rounds: u32,
+    run: impl AsyncFn(&T) -> load::Sample,
+) -> Vec<Measured> {
+    let mut samples: Vec<Vec<load::Sample>> = turns.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (turn, samples) in turns.iter().zip(&mut samples) {
+            samples.push(run(turn).await);
+        }
+    }
+    samples.into_iter().map(Measured::of).collect()
+}
+
+/// One store size of the scale run, served.
+struct StoreSize {
+    secrets: usize,
+    /// Kept for the server's life.
+    _installation: Installation,
+    server: Server,
+    channels: Vec<Channel>,
+    rss_idle: Option<f64>,
+}
+
 /// The scale run: the same reads and listings at each store size, each
 /// against the smallest. Every size has a server of its own, all running
 /// at once; at each cell the sizes take turns, a part of the cell at a
@@ -330,26 +351,39 @@ async fn scale_run(plan: &Plan) -> Value {
             )
             .await;
         }
-        stores.push((secrets, installation, server, channels, rss_idle));
+        stores.push(StoreSize {
+            secrets,
+            _installation: installation,
+            server,
+            channels,
+            rss_idle,
+        });
     }
     // measured[size][cell]
     let mut measured: Vec<Vec<Measured>> = stores.iter().map(|_| Vec::new()).collect();
     for (call, connections, in_flight) in SCALE_CELLS {
-        let mut samples: Vec<Vec<load::Sample>> = stores.iter().map(|_| Vec::new()).collect();
-        for _ in 0..plan.rounds {
-            for ((secrets, _, server, channels, _), samples) in stores.iter().zip(&mut samples) {
-                let part = plan.scale_cell / plan.rounds;
-                let channels = &channels[..connections];
-                samples.push(load::run(server, channels, call, in_flight, *secrets, part).await);
-            }
-        }
-        for (size, samples) in samples.into_iter().enumerate() {
-            measured[size].push(Measured::of(samples));
+        let part = plan.scale_cell / plan.rounds;
+        let cell = in_turns(&stores, plan.rounds, async |store: &StoreSize| {
+            let channels = &store.channels[..connections];
+            load::run(
+                &store.server,
+                channels,
+                call,
+                in_flight,
+                store.secrets,
+                part,
+            )
+            .await
+        })
+        .await;
+        for (size, measured_here) in measured.iter_mut().zip(cell) {
+            size.push(measured_here);
         }
     }
     header();
     let mut sizes = Vec::new();
-    for ((secrets, _, _, _, rss_idle), cells_measured) in stores.iter().zip(&measured) {
+    for (store, cells_measured) in stores.iter().zip(&measured) {
+        let (secrets, rss_idle) = (store.secrets, store.rss_idle);
         let mut cells = Vec::new();
         for (((call, connections, in_flight), measured), base) in SCALE_CELLS
             .into_iter()
