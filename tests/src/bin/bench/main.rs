@@ -109,23 +109,61 @@ struct Args {
     out: String,
 }
 
-fn args() -> Args {
-    let args: Vec<String> = std::env::args().collect();
-    let flag = |name: &str| args.iter().any(|arg| arg == name);
-    let value = |name: &str| {
-        args.iter()
-            .position(|arg| arg == name)
-            .and_then(|index| args.get(index + 1))
-            .cloned()
+const USAGE: &str = "usage: bench [--smoke] [--scale] [--only CALL] [--out FILE]
+  --smoke      seconds, not minutes (CI runs this)
+  --scale      GetSecretValue and ListSecrets at 10^3, 10^5 and 10^6 secrets
+  --only CALL  one call of the load run, beside the ping: get_one, get_random, put, rotate
+  --out FILE   the JSON report (default bench.json); the SVG plot goes beside it";
+
+/// The command line, or a message for a person and the exit code.
+fn parse_args(mut given: impl Iterator<Item = String>) -> Result<Args, (String, i32)> {
+    let mut parsed = Args {
+        plan: &FULL,
+        smoke: false,
+        scale: false,
+        only: None,
+        out: "bench.json".to_owned(),
     };
-    let smoke = flag("--smoke");
-    Args {
-        plan: if smoke { &SMOKE } else { &FULL },
-        smoke,
-        scale: flag("--scale"),
-        only: value("--only"),
-        out: value("--out").unwrap_or_else(|| "bench.json".to_owned()),
+    let refuse = |message: String| (format!("bench: {message}\n{USAGE}"), 2);
+    while let Some(arg) = given.next() {
+        let mut value = |flag: &str| {
+            given
+                .next()
+                .ok_or_else(|| refuse(format!("{flag} needs a value")))
+        };
+        match arg.as_str() {
+            "--smoke" => {
+                parsed.smoke = true;
+                parsed.plan = &SMOKE;
+            }
+            "--scale" => parsed.scale = true,
+            "--only" => {
+                let call = value("--only")?;
+                if !LOAD_CALLS
+                    .iter()
+                    .any(|known| *known != Call::Ping && known.name() == call)
+                {
+                    return Err(refuse(format!("--only: no call named {call:?}")));
+                }
+                parsed.only = Some(call);
+            }
+            "--out" => parsed.out = value("--out")?,
+            "-h" | "--help" => return Err((USAGE.to_owned(), 0)),
+            other => return Err(refuse(format!("unknown argument {other:?}"))),
+        }
     }
+    Ok(parsed)
+}
+
+fn args() -> Args {
+    parse_args(std::env::args().skip(1)).unwrap_or_else(|(message, code)| {
+        if code == 0 {
+            println!("{message}");
+        } else {
+            eprintln!("{message}");
+        }
+        std::process::exit(code)
+    })
 }
 
 /// An installation with `secrets` numbered secrets, served.
@@ -416,4 +454,39 @@ async fn main() {
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&report).unwrap()).unwrap();
     eprintln!("wrote {}", args.out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(given: &[&str]) -> Result<Args, (String, i32)> {
+        parse_args(given.iter().map(|arg| (*arg).to_owned()))
+    }
+
+    #[test]
+    fn flags_and_values_are_read() {
+        let args = parse(&["--smoke", "--only", "put", "--out", "x.json"]).unwrap();
+        assert!(args.smoke && !args.scale);
+        assert_eq!(args.only.as_deref(), Some("put"));
+        assert_eq!(args.out, "x.json");
+        assert_eq!(parse(&[]).unwrap().out, "bench.json");
+    }
+
+    #[test]
+    fn help_and_mistakes_do_not_start_a_run() {
+        let (usage, code) = parse(&["--help"]).err().unwrap();
+        assert_eq!(code, 0);
+        assert!(usage.starts_with("usage: bench"));
+        for (given, says) in [
+            (&["--hlep"][..], "unknown argument \"--hlep\""),
+            (&["--only", "pong"], "no call named \"pong\""),
+            (&["--only", "ping"], "no call named \"ping\""),
+            (&["--out"], "--out needs a value"),
+        ] {
+            let (message, code) = parse(given).err().unwrap();
+            assert_eq!(code, 2, "{given:?}");
+            assert!(message.contains(says), "{given:?}: {message}");
+        }
+    }
 }
