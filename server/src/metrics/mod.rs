@@ -1,7 +1,7 @@
 //! Prometheus metrics: what `GET /metrics` on the metrics listener
 //! ([`http`]) shows. Requests are counted as they are answered
 //! ([`layer`] around the gRPC router, into [`requests`]); the store counts
-//! its batches ([`crate::store::BatchSizes`]); rotation runs and waiting
+//! its batches ([`crate::store::StoreMetrics`]); rotation runs and waiting
 //! approvals are read from the store at each scrape ([`rotation`]).
 //!
 //! Labels are bounded and say nothing secret: gRPC method paths from the
@@ -28,6 +28,11 @@ use std::sync::Arc;
 
 /// Batch-size buckets: one writer or event up to the largest batches.
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// Duration buckets, in seconds: half a millisecond up to ten seconds.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Everything a scrape reads.
 #[derive(Debug)]
@@ -71,7 +76,7 @@ impl Metrics {
         );
         self.requests.write(&mut page);
         rotation::write(&self.state, &self.engine, &mut page).await;
-        let batches = self.state.store.batch_sizes();
+        let batches = self.state.store.store_metrics();
         page.family(
             "rekey_audit_batch_size",
             "histogram",
@@ -84,6 +89,12 @@ impl Metrics {
             "Writers whose changes one write transaction committed.",
         );
         page.histogram("rekey_write_batch_size", &[], &batches.writers);
+        page.family(
+            "rekey_write_pause_seconds",
+            "histogram",
+            "How long each pause of the writers for upkeep (a SQLite checkpoint) held every write and every read's audit event waiting.",
+        );
+        page.histogram("rekey_write_pause_seconds", &[], &batches.writer_pauses);
         if let Some(expiry) = self.certificate_expiry {
             page.family(
                 "rekey_server_certificate_expiry_timestamp_seconds",

@@ -10,11 +10,6 @@ use prost::Message as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// Latency buckets, in seconds: half a millisecond to ten seconds.
-const DURATION_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-
 /// The method label of a path no service serves.
 const OTHER: &str = "other";
 
@@ -65,7 +60,7 @@ impl RequestMetrics {
             calls: methods.iter().map(|_| Default::default()).collect(),
             durations: methods
                 .iter()
-                .map(|_| Histogram::new(DURATION_BUCKETS))
+                .map(|_| Histogram::new(super::DURATION_BUCKETS))
                 .collect(),
             methods,
         }

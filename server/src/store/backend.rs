@@ -136,10 +136,10 @@ impl Store {
     }
 
     /// How full the batches of writes and audit events were.
-    pub fn batch_sizes(&self) -> &super::BatchSizes {
+    pub fn store_metrics(&self) -> &super::StoreMetrics {
         match self {
-            Store::Sqlite(store) => store.batch_sizes(),
-            Store::Postgres(store) => store.batch_sizes(),
+            Store::Sqlite(store) => store.store_metrics(),
+            Store::Postgres(store) => store.store_metrics(),
         }
     }
 

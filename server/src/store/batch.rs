@@ -20,7 +20,7 @@
 //! IMMEDIATE`, PostgreSQL's advisory lock) and how to run a statement
 //! without arguments; the savepoint statements are the same in both.
 
-use super::BatchSizes;
+use super::StoreMetrics;
 use crate::error::{Error, Result};
 use sqlx::{Database, Pool, Transaction};
 use std::future::Future;
@@ -82,7 +82,7 @@ struct Shared<DB: Database> {
     /// Wakes the committer; it holds this, not `Shared`, between batches.
     wake: Arc<Notify>,
     /// Where each commit's number of writers is counted.
-    sizes: Arc<BatchSizes>,
+    sizes: Arc<StoreMetrics>,
 }
 
 impl<DB: Database> Drop for Shared<DB> {
@@ -113,7 +113,7 @@ struct Batch<DB: Database> {
 
 impl<DB: Database> Writer<DB> {
     /// A writer on `pool`, with its committer task running.
-    pub(super) fn start(pool: Pool<DB>, dialect: Dialect<DB>, sizes: Arc<BatchSizes>) -> Self {
+    pub(super) fn start(pool: Pool<DB>, dialect: Dialect<DB>, sizes: Arc<StoreMetrics>) -> Self {
         let wake = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
             pool,
@@ -297,7 +297,7 @@ async fn take_open<DB: Database>(
 }
 
 /// Tells the writers of a batch how its commit went, and counts it.
-fn answer(sizes: &BatchSizes, waiting: Vec<oneshot::Sender<Result<()>>>, result: Result<()>) {
+fn answer(sizes: &StoreMetrics, waiting: Vec<oneshot::Sender<Result<()>>>, result: Result<()>) {
     let count = waiting.len();
     match &result {
         Ok(()) => sizes.writers.observe(count as f64),

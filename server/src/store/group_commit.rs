@@ -12,7 +12,7 @@
 //! timer. The task runs the commit, not the request, so a client that
 //! hangs up mid-commit cannot roll back the others' events.
 
-use super::BatchSizes;
+use super::StoreMetrics;
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use std::future::Future;
@@ -38,7 +38,7 @@ impl GroupCommit {
     /// Starts the committer: `commit` appends a batch of events in one
     /// transaction and returns once it is durable. The task ends when the
     /// store is dropped. Each committed batch's size goes to `sizes`.
-    pub(super) fn start<C, F>(sizes: Arc<BatchSizes>, mut commit: C) -> Self
+    pub(super) fn start<C, F>(sizes: Arc<StoreMetrics>, mut commit: C) -> Self
     where
         C: FnMut(Vec<AuditEvent>) -> F + Send + 'static,
         F: Future<Output = Result<()>> + Send,

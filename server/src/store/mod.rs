@@ -30,20 +30,25 @@ pub use sqlite::{AuditQuery, CertificateRecord, MAX_TAGS, PolicyVersion};
 use crate::crypto::SealedValue;
 use rekey_shared::{KeyName, SecretName, Stage, VersionId};
 
-/// How full the store's batches were, for the metrics.
+/// How full the store's batches were, and how long its upkeep held the
+/// writers, for the metrics.
 #[derive(Debug)]
-pub struct BatchSizes {
+pub struct StoreMetrics {
     /// Events per group commit of the audit events that stand alone.
     pub audit_events: crate::metrics::Histogram,
     /// Writers per committed write transaction.
     pub writers: crate::metrics::Histogram,
+    /// Seconds each pause of the writers for upkeep lasted (SQLite's
+    /// checkpoints; PostgreSQL has none).
+    pub writer_pauses: crate::metrics::Histogram,
 }
 
-impl Default for BatchSizes {
+impl Default for StoreMetrics {
     fn default() -> Self {
         Self {
             audit_events: crate::metrics::Histogram::new(crate::metrics::BATCH_BUCKETS),
             writers: crate::metrics::Histogram::new(crate::metrics::BATCH_BUCKETS),
+            writer_pauses: crate::metrics::Histogram::new(crate::metrics::DURATION_BUCKETS),
         }
     }
 }

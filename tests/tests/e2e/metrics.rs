@@ -161,6 +161,14 @@ fn metrics_count_every_answer_and_show_nothing_secret() {
         "{}",
         after.text
     );
+    // Present from the start, though a checkpoint may not have run yet.
+    assert!(
+        after
+            .samples
+            .contains_key("rekey_write_pause_seconds_bucket{le=\"+Inf\"}"),
+        "{}",
+        after.text
+    );
     let version = format!(
         "rekey_build_info{{version=\"{}\"}}",
         env!("CARGO_PKG_VERSION")

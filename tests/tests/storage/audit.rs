@@ -32,7 +32,7 @@ async fn many_standalone_events_suite(url: &str, root: &RootKey) -> u64 {
         assert!(seen.insert(stored.event.request_id), "recorded twice");
     }
     assert_eq!(seen.len(), 3_000);
-    let batches = store.batch_sizes().writers.count();
+    let batches = store.store_metrics().writers.count();
     store.close().await;
     batches
 }

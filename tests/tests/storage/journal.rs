@@ -50,7 +50,7 @@ async fn a_write_batch_keeps_its_journal_in_memory() {
         writer.await.unwrap();
     }
     // The writes did share batches, so savepoints were in use.
-    let batches = store.batch_sizes().writers.count();
+    let batches = store.store_metrics().writers.count();
     assert!(
         batches < (WRITERS * EACH) as u64,
         "{batches} batches for {} writes",

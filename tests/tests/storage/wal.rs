@@ -71,6 +71,8 @@ async fn the_log_starts_over_while_writes_go_on() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Every start over followed a pause of the writers, which was counted.
+    assert!(store.store_metrics().writer_pauses.count() >= 3);
     stop.store(true, Ordering::Relaxed);
     for writer in writers {
         assert!(writer.await.unwrap() > 0, "every writer wrote");

@@ -48,7 +48,7 @@ pub struct Store {
     chain: Arc<AuditChain>,
     /// Events that are not part of a change, committed in groups.
     standalone_events: GroupCommit,
-    batch_sizes: Arc<super::BatchSizes>,
+    store_metrics: Arc<super::StoreMetrics>,
 }
 
 type Tx<'a> = super::batch::Tx<'a, Postgres>;
@@ -71,10 +71,10 @@ impl Store {
             Schema::Migrate => migrate(&pool).await?,
             Schema::Current => require_current_postgres(&pool).await?,
         }
-        let batch_sizes = Arc::new(super::BatchSizes::default());
-        let writer = Writer::start(pool.clone(), DIALECT, batch_sizes.clone());
+        let store_metrics = Arc::new(super::StoreMetrics::default());
+        let writer = Writer::start(pool.clone(), DIALECT, store_metrics.clone());
         let chain = Arc::new(AuditChain::new(audit_key));
-        let standalone_events = GroupCommit::start(batch_sizes.clone(), {
+        let standalone_events = GroupCommit::start(store_metrics.clone(), {
             let (writer, chain) = (writer.clone(), chain.clone());
             move |events| {
                 let (writer, chain) = (writer.clone(), chain.clone());
@@ -89,12 +89,12 @@ impl Store {
             writer,
             chain,
             standalone_events,
-            batch_sizes,
+            store_metrics,
         })
     }
 
-    pub fn batch_sizes(&self) -> &super::BatchSizes {
-        &self.batch_sizes
+    pub fn store_metrics(&self) -> &super::StoreMetrics {
+        &self.store_metrics
     }
 
     pub async fn close(&self) {

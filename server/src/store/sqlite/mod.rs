@@ -10,6 +10,7 @@
 mod archive;
 mod audit;
 mod certificates;
+mod checkpoint;
 mod columns;
 mod events;
 mod keys;
@@ -56,8 +57,9 @@ pub struct Store {
     chain: Arc<AuditChain>,
     /// Events that are not part of a change, committed in groups.
     standalone_events: GroupCommit,
-    batch_sizes: Arc<super::BatchSizes>,
-    checkpoints: tokio::task::JoinHandle<()>,
+    store_metrics: Arc<super::StoreMetrics>,
+    checkpoints: checkpoint::Checkpoints,
+    checkpointing: tokio::task::JoinHandle<()>,
     /// The read of a value, on connections of its own (`readers`).
     readers: readers::Readers,
     /// Standalone events' commits while no write batch is open (`events`).
@@ -66,7 +68,7 @@ pub struct Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        self.checkpoints.abort();
+        self.checkpointing.abort();
     }
 }
 
@@ -74,7 +76,7 @@ type Tx<'a> = super::batch::Tx<'a, Sqlite>;
 
 /// What every connection that writes sets, the pool's and the events
 /// connection's (`events`): durable at each commit, foreign keys checked,
-/// erased pages zeroed, checkpoints left to `checkpoint_loop`, the
+/// erased pages zeroed, checkpoints left to `checkpoint`, the
 /// write-ahead log, which keeps its size when it starts over (commits then
 /// write over its blocks), cut back to 64 MiB after a burst grew it more,
 /// and temporary storage in memory. The last is for the write batch: its
@@ -155,10 +157,12 @@ impl Store {
         let chain = Arc::new(AuditChain::new(audit_key));
         let events = Arc::new(events::EventWriter::open(&file, chain.clone())?);
         // Nothing below fails: the tasks started here end with the pool.
-        let batch_sizes = Arc::new(super::BatchSizes::default());
-        let writer = Writer::start(pool.clone(), DIALECT, batch_sizes.clone());
-        let checkpoints = tokio::spawn(checkpoint_loop(pool.clone(), writer.clone()));
-        let standalone_events = GroupCommit::start(batch_sizes.clone(), {
+        let store_metrics = Arc::new(super::StoreMetrics::default());
+        let writer = Writer::start(pool.clone(), DIALECT, store_metrics.clone());
+        let checkpoints =
+            checkpoint::Checkpoints::new(pool.clone(), writer.clone(), store_metrics.clone());
+        let checkpointing = tokio::spawn(checkpoints.clone().run_every_second());
+        let standalone_events = GroupCommit::start(store_metrics.clone(), {
             let (writer, chain, events) = (writer.clone(), chain.clone(), events.clone());
             move |batch| {
                 let (writer, chain, events) = (writer.clone(), chain.clone(), events.clone());
@@ -175,15 +179,16 @@ impl Store {
             writer,
             chain,
             standalone_events,
-            batch_sizes,
+            store_metrics,
             checkpoints,
+            checkpointing,
             readers,
             events,
         })
     }
 
-    pub fn batch_sizes(&self) -> &super::BatchSizes {
-        &self.batch_sizes
+    pub fn store_metrics(&self) -> &super::StoreMetrics {
+        &self.store_metrics
     }
 
     pub async fn close(&self) {
@@ -236,7 +241,7 @@ impl Store {
     /// longer than the busy timeout, the log is not emptied, and the server
     /// warns.
     async fn checkpoint(&self) -> Result<()> {
-        if wal_checkpoint(&self.pool, &self.writer, "TRUNCATE").await? {
+        if self.checkpoints.empty().await? {
             tracing::warn!(
                 "the write-ahead log could not be emptied after an erasure; \
                  erased pages stay in it until it is written over"
@@ -288,51 +293,6 @@ fn begin_immediate(pool: &SqlitePool) -> Boxed<'_, sqlx::Result<Transaction<'sta
 
 fn execute<'a>(connection: &'a mut SqliteConnection, sql: &'a str) -> Boxed<'a, sqlx::Result<()>> {
     Box::pin(async move { connection.execute(sql).await.map(drop) })
-}
-
-/// Moves committed pages from the write-ahead log into the database file
-/// once a second, outside any request. SQLite's automatic checkpoint would
-/// run inside the commit that crossed 1,000 pages, and so delay every
-/// request of that commit's batch.
-///
-/// The writers wait for it, for the pages it writes and its fsyncs (see
-/// `wal_checkpoint`).
-async fn checkpoint_loop(pool: SqlitePool, writer: Writer<Sqlite>) {
-    let mut ticks = tokio::time::interval(Duration::from_secs(1));
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        let done = wal_checkpoint(&pool, &writer, "PASSIVE").await;
-        if pool.is_closed() {
-            return;
-        }
-        if let Err(error) = done {
-            tracing::warn!(%error, "checkpointing the write-ahead log failed");
-        }
-    }
-}
-
-/// Runs SQLite's checkpoint in `mode` while holding the writers' lock (an
-/// open batch is committed first), and says whether it left part of the
-/// log behind (busy). No commit lands while it runs, so it moves the whole
-/// log, and the next commit starts the log over from its beginning. Under
-/// steady load a checkpoint beside the commits never catches up; the log
-/// then grows without end, and every commit's fsync must also record the
-/// file's new length, a third slower here than one over blocks already
-/// written. Two checkpoints cannot overlap either (one that finds another
-/// running gives up at once).
-async fn wal_checkpoint(
-    pool: &SqlitePool,
-    writer: &Writer<Sqlite>,
-    mode: &'static str,
-) -> sqlx::Result<bool> {
-    // The connection first: the writers wait only for the work.
-    let mut connection = pool.acquire().await?;
-    let _no_commits = writer.lock_idle().await;
-    let busy: i64 = sqlx::query_scalar(&format!("PRAGMA wal_checkpoint({mode})"))
-        .fetch_one(&mut *connection)
-        .await?;
-    Ok(busy != 0)
 }
 
 async fn read_stage_map(connection: &mut SqliteConnection, secret_id: &str) -> Result<StageMap> {
