@@ -1,7 +1,8 @@
 //! Prometheus metrics: what `GET /metrics` on the metrics listener
 //! ([`http`]) shows. Requests are counted as they are answered
 //! ([`layer`] around the gRPC router, into [`requests`]); the store counts
-//! its batches ([`crate::store::StoreMetrics`]); rotation runs and waiting
+//! its batches and its writers' pauses ([`crate::store::StoreMetrics`]);
+//! rotation runs and waiting
 //! approvals are read from the store at each scrape ([`rotation`]).
 //!
 //! Labels are bounded and say nothing secret: gRPC method paths from the

@@ -58,6 +58,8 @@ pub struct Store {
     /// Events that are not part of a change, committed in groups.
     standalone_events: GroupCommit,
     store_metrics: Arc<super::StoreMetrics>,
+    /// The write-ahead log's checkpoints (`checkpoint`): the task that
+    /// runs one each second, and the emptying after an erasure.
     checkpoints: checkpoint::Checkpoints,
     checkpointing: tokio::task::JoinHandle<()>,
     /// The read of a value, on connections of its own (`readers`).
