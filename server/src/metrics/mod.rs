@@ -2,8 +2,8 @@
 //! ([`http`]) shows. Requests are counted as they are answered
 //! ([`layer`] around the gRPC router, into [`requests`]); the store counts
 //! its batches and its writers' pauses ([`crate::store::StoreMetrics`]);
-//! rotation runs and waiting
-//! approvals are read from the store at each scrape ([`rotation`]).
+//! rotation runs and waiting approvals are read from the store at each
+//! scrape ([`rotation`]).
 //!
 //! Labels are bounded and say nothing secret: gRPC method paths from the
 //! services' descriptors, status codes, run states. Never a secret's name,
