@@ -135,7 +135,8 @@ impl Store {
         }
     }
 
-    /// How full the batches of writes and audit events were.
+    /// How full the batches of writes and audit events were, and how long
+    /// upkeep held the writers.
     pub fn store_metrics(&self) -> &super::StoreMetrics {
         match self {
             Store::Sqlite(store) => store.store_metrics(),

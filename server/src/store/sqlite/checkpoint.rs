@@ -21,7 +21,7 @@
 
 use super::super::StoreMetrics;
 use super::super::batch::Writer;
-use sqlx::{Sqlite, SqlitePool};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -75,8 +75,9 @@ impl Checkpoints {
         sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&mut *connection)
             .await?;
-        drop(connection);
-        self.with_writers_waiting("PASSIVE").await.map(drop)
+        self.with_writers_waiting(&mut connection, "PASSIVE")
+            .await
+            .map(drop)
     }
 
     /// Moves the whole log into the database file and empties it; says
@@ -84,15 +85,19 @@ impl Checkpoints {
     /// the busy timeout).
     pub(super) async fn empty(&self) -> sqlx::Result<bool> {
         let _running = self.running.lock().await;
-        self.with_writers_waiting("TRUNCATE").await
+        let mut connection = self.pool.acquire().await?;
+        self.with_writers_waiting(&mut connection, "TRUNCATE").await
     }
 
-    /// SQLite's checkpoint in `mode` while holding the writers' lock (an
-    /// open batch is committed first): no commit lands while it runs, so
-    /// it moves the whole log. Says whether it left part of it (busy).
-    async fn with_writers_waiting(&self, mode: &'static str) -> sqlx::Result<bool> {
-        // The connection first: the writers wait only for the work.
-        let mut connection = self.pool.acquire().await?;
+    /// SQLite's checkpoint in `mode` on `connection` (taken first, so that
+    /// the writers wait only for the work) while holding the writers' lock
+    /// (an open batch is committed first): no commit lands while it runs,
+    /// so it moves the whole log. Says whether it left part of it (busy).
+    async fn with_writers_waiting(
+        &self,
+        connection: &mut SqliteConnection,
+        mode: &'static str,
+    ) -> sqlx::Result<bool> {
         let no_commits = self.writer.lock_idle().await;
         let paused = Instant::now();
         let busy = sqlx::query_scalar::<_, i64>(&format!("PRAGMA wal_checkpoint({mode})"))

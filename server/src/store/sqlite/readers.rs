@@ -1,16 +1,17 @@
 //! The hot read paths (a value; a page of a listing; what a write checks
 //! before it joins the write batch: the secret, and the version a client
 //! request token names; the rotation run a put that moves CURRENT looks
-//! for), on synchronous connections of their own. sqlx
-//! runs every statement on its connection's worker thread, a round trip
-//! between threads per statement (and a ping of the connection when it
-//! goes back to the pool); a read of a value is two statements with the
-//! caller's decision between them, and a listing's page four. Here a few threads (`threads`) each own a
-//! read-only SQLite connection with its statements prepared once, and a
-//! whole read runs on one of them: one hand-off there and one back. The
-//! statements are the pool's own, in one read transaction (one snapshot),
-//! and rows decode through the same decoders (`rows`, `columns`). Nothing
-//! here writes, and WAL lets these connections read while others write.
+//! for), on synchronous connections of their own. sqlx runs every
+//! statement on its connection's worker thread, a round trip between
+//! threads per statement (and a ping of the connection when it goes back
+//! to the pool); a read of a value is two statements with the caller's
+//! decision between them, and a listing's page four. Here a few threads
+//! (`threads`) each own a read-only SQLite connection with its statements
+//! prepared once, and a whole read runs on one of them: one hand-off there
+//! and one back. The statements are the pool's own, in one read
+//! transaction (one snapshot), and rows decode through the same decoders
+//! (`rows`, `columns`). Nothing here writes, and WAL lets these
+//! connections read while others write.
 
 use super::super::rows::{
     Columns, RUN_COLUMNS, SECRET_COLUMNS, VERSION_COLUMNS, run_row, secret_row, stage_list,
