@@ -17,14 +17,15 @@
 //!
 //! Two checkpoints never overlap: SQLite refuses the second at once, and
 //! an emptying after an erasure must not be the one refused, so both
-//! kinds take `running` first.
+//! kinds take `running` first. Closing the store takes it too, so that no
+//! checkpoint holds a connection of the pool as the pool closes.
 
 use super::super::StoreMetrics;
 use super::super::batch::Writer;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 
 #[derive(Debug, Clone)]
 pub(super) struct Checkpoints {
@@ -87,6 +88,13 @@ impl Checkpoints {
         let _running = self.running.lock().await;
         let mut connection = self.pool.acquire().await?;
         self.with_writers_waiting(&mut connection, "TRUNCATE").await
+    }
+
+    /// Waits for a checkpoint under way to end, and keeps the next from
+    /// starting while the guard lives: for closing the pool, which does
+    /// not wait for a connection a checkpoint holds to close.
+    pub(super) async fn hold(&self) -> MutexGuard<'_, ()> {
+        self.running.lock().await
     }
 
     /// SQLite's checkpoint in `mode` on `connection` (taken first, so that

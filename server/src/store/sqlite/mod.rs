@@ -196,6 +196,9 @@ impl Store {
     pub async fn close(&self) {
         self.readers.close().await;
         self.events.close().await;
+        // The pool's close does not wait for a connection still held (it
+        // closes once given back): no checkpoint may hold one meanwhile.
+        let _no_checkpoint = self.checkpoints.hold().await;
         self.pool.close().await;
     }
 
