@@ -4,7 +4,8 @@
 //! (every read asks the server) and the stream is opened again, so a value
 //! can be stale only for as long as a change event takes to arrive (and
 //! until the stream first opens, a moment after [`CachingClient::new`],
-//! reads go to the server too). Values
+//! reads go to the server too). A read the server could not answer because
+//! its connection dropped fails with UNAVAILABLE, the code to retry on. Values
 //! stay in zeroizing memory ([`SecretValue`]); the caller needs
 //! `secrets:GetSecretValue` and `secrets:Watch` on what it reads.
 //!
@@ -114,7 +115,8 @@ impl CachingClient {
                 name: name.to_owned(),
                 ..Default::default()
             })
-            .await?
+            .await
+            .map_err(crate::channel::dropped_call_is_unavailable)?
             .into_inner();
         let value = SecretValue::from_fields(response.secret_string, response.secret_binary)
             .map_err(|error| tonic::Status::internal(error.to_string()))?

@@ -437,6 +437,7 @@ pub fn main() -> ExitCode {
 /// causes of anything else.
 fn describe(error: &anyhow::Error) -> String {
     if let Some(status) = error.downcast_ref::<tonic::Status>() {
+        let status = &rekey_shared::channel::dropped_call_is_unavailable(status.clone());
         if matches!(
             status.code(),
             tonic::Code::Unavailable | tonic::Code::Unknown

@@ -24,7 +24,9 @@ pub struct Backend {
 }
 
 fn message(status: &tonic::Status) -> String {
-    crate::output::status_line(status)
+    crate::output::status_line(&rekey_shared::channel::dropped_call_is_unavailable(
+        status.clone(),
+    ))
 }
 
 impl Backend {
