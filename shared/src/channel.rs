@@ -59,11 +59,13 @@ pub fn describe_transport_error(error: &(dyn std::error::Error + 'static)) -> St
 
 /// `status` as a caller should act on it. tonic reports a call that the
 /// connection dropped (the server went away before it answered) as
-/// CANCELLED, which reads as if the caller had given up; gRPC names that
-/// UNAVAILABLE, the code to retry on. Every other status, and a CANCELLED
-/// the server sent, passes unchanged.
+/// CANCELLED when hyper had the request queued ("connection closed"),
+/// which reads as if the caller had given up, or as UNKNOWN when TLS saw
+/// the connection end ("peer closed connection without sending TLS
+/// close_notify"); gRPC names both UNAVAILABLE, the code to retry on.
+/// Every other status, and any status the server sent, passes unchanged.
 pub fn dropped_call_is_unavailable(status: tonic::Status) -> tonic::Status {
-    let dropped = status.code() == tonic::Code::Cancelled
+    let dropped = matches!(status.code(), tonic::Code::Cancelled | tonic::Code::Unknown)
         && std::iter::successors(std::error::Error::source(&status), |cause| cause.source())
             .any(|cause| cause.is::<tonic::transport::Error>());
     if !dropped {
@@ -80,10 +82,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cancelled_status_from_the_server_is_left_alone() {
+    fn statuses_from_the_server_are_left_alone() {
         let status = dropped_call_is_unavailable(tonic::Status::cancelled("run cancelled"));
         assert_eq!(status.code(), tonic::Code::Cancelled);
         assert_eq!(status.message(), "run cancelled");
+        let status = dropped_call_is_unavailable(tonic::Status::unknown("a rotator said so"));
+        assert_eq!(status.code(), tonic::Code::Unknown);
         let status = dropped_call_is_unavailable(tonic::Status::not_found("x"));
         assert_eq!(status.code(), tonic::Code::NotFound);
     }

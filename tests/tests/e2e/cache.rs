@@ -1,11 +1,18 @@
 //! The caching client of `rekey-shared`: a value read twice is read from
 //! the server once, and a change reaches it through the Watch stream long
-//! before its time to live runs out.
+//! before its time to live runs out; a call the connection drops is
+//! UNAVAILABLE, as gRPC says, whatever tonic made of it.
 
 use rekey_shared::cache::CachingClient;
 use rekey_shared::identity::Identity;
+use rekey_shared::proto::GetSecretValueRequest;
+use rekey_shared::proto::secrets_client::SecretsClient;
 use rekey_tests::{DEADLINE, Installation, Rekey, Server};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 fn reads_of(admin: &Rekey, name: &str) -> usize {
     admin
@@ -140,5 +147,84 @@ async fn nothing_stale_is_served_while_the_stream_is_down() {
     assert_eq!(
         cache.get("cached/down").await.unwrap().as_bytes(),
         b"new-9a07"
+    );
+}
+
+/// Forwards each connection to `target` until `drop_next` is set; then the
+/// next bytes a client sends are not forwarded and its connection closes,
+/// as when the server goes away between a request and its answer.
+async fn dropping_proxy(target: String) -> (String, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let drop_next = Arc::new(AtomicBool::new(false));
+    let armed = drop_next.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let (target, armed) = (target.clone(), armed.clone());
+            tokio::spawn(async move {
+                let mut upstream = TcpStream::connect(&target).await.unwrap();
+                let (mut from_client, mut from_server) = ([0u8; 16384], [0u8; 16384]);
+                loop {
+                    tokio::select! {
+                        read = client.read(&mut from_client) => match read {
+                            Ok(n) if n > 0 && !armed.load(Ordering::SeqCst) => {
+                                if upstream.write_all(&from_client[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            _ => return,
+                        },
+                        read = upstream.read(&mut from_server) => match read {
+                            Ok(n) if n > 0 => {
+                                if client.write_all(&from_server[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                            _ => return,
+                        },
+                    }
+                }
+            });
+        }
+    });
+    (format!("https://{address}"), drop_next)
+}
+
+/// A call whose connection closes before the answer: tonic says UNKNOWN
+/// (or CANCELLED, when hyper still had the request queued); the caching
+/// client, the CLI and the terminal UI say UNAVAILABLE, the code to retry
+/// on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_the_connection_drops_is_unavailable() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin
+        .run(&["create", "cached/dropped", "--value", "v-5b21"])
+        .ok();
+    let target = server.url.strip_prefix("https://").unwrap().to_owned();
+    let (url, drop_next) = dropping_proxy(target).await;
+    let identity = Identity::load(&installation.admin()).unwrap();
+    let channel = rekey_shared::channel::connect(&url, &identity)
+        .await
+        .unwrap();
+    let mut client = SecretsClient::new(channel);
+    let request = || GetSecretValueRequest {
+        name: "cached/dropped".to_owned(),
+        ..Default::default()
+    };
+    client.get_secret_value(request()).await.unwrap();
+
+    drop_next.store(true, Ordering::SeqCst);
+    let status = client.get_secret_value(request()).await.unwrap_err();
+    assert!(
+        matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled),
+        "tonic's own code for a dropped call changed: {status:?}"
+    );
+    let status = rekey_shared::channel::dropped_call_is_unavailable(status);
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("closed before it answered"),
+        "{status:?}"
     );
 }
