@@ -1,5 +1,7 @@
 //! The mutual-TLS channel to `rekeyd`: the client presents the certificate of
-//! its identity file and trusts only the CA named there.
+//! its identity file and trusts only the CA named there. A call the
+//! connection dropped is told apart here and named UNAVAILABLE
+//! ([`dropped_call_is_unavailable`]).
 
 use crate::identity::Identity;
 use std::time::Duration;
