@@ -45,6 +45,9 @@ fn the_benchmark_runs_and_reports_every_cell() {
         for side in ["server_cpu_us_per_call", "client_cpu_us_per_call"] {
             assert!(cell[side].as_f64().unwrap() > 0.0, "{side}: {cell}");
         }
+        // Every call wakes at least one of the server's threads.
+        let switches = cell["server_context_switches_per_call"].as_f64().unwrap();
+        assert!(switches > 0.0, "{cell}");
         // Read from the server's metrics for every call that commits; the
         // ping commits nothing, so it has none.
         let per_commit = &cell["calls_per_commit"];

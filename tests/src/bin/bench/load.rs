@@ -210,6 +210,8 @@ pub struct Sample {
     /// CPU seconds: the server's, and the load generator's own.
     server_cpu: Option<f64>,
     client_cpu: Option<f64>,
+    /// The server's threads' context switches.
+    server_switches: Option<f64>,
     /// Commits of the server's two batches (audit events, writes).
     commits: Option<f64>,
 }
@@ -224,6 +226,9 @@ pub struct Measured {
     /// CPU time per call: the server's, and the load generator's own.
     pub server_cpu_us: Option<f64>,
     pub client_cpu_us: Option<f64>,
+    /// The server's context switches per call: its hand-offs between
+    /// threads, which cost most at low concurrency.
+    pub server_switches: Option<f64>,
     /// Calls per commit of the server's batches: how many reads' events
     /// or writes one fsync carried (a rotation takes several commits).
     pub calls_per_commit: Option<f64>,
@@ -235,9 +240,10 @@ impl Measured {
         let seconds: f64 = samples.iter().map(|sample| sample.seconds).sum();
         let total =
             |part: fn(&Sample) -> Option<f64>| -> Option<f64> { samples.iter().map(part).sum() };
-        let (server_cpu, client_cpu, commits) = (
+        let (server_cpu, client_cpu, server_switches, commits) = (
             total(|sample| sample.server_cpu),
             total(|sample| sample.client_cpu),
+            total(|sample| sample.server_switches),
             total(|sample| sample.commits),
         );
         let mut latencies: Vec<Duration> = samples
@@ -254,6 +260,7 @@ impl Measured {
             p99_ms: percentile(&latencies, 0.99),
             server_cpu_us: per_call(server_cpu),
             client_cpu_us: per_call(client_cpu),
+            server_switches: server_switches.map(|switches| switches / calls.max(1) as f64),
             calls_per_commit: commits
                 .filter(|commits| *commits > 0.0)
                 .map(|commits| calls as f64 / commits),
@@ -268,6 +275,7 @@ impl Measured {
             "p99_ms": self.p99_ms,
             "server_cpu_us_per_call": self.server_cpu_us,
             "client_cpu_us_per_call": self.client_cpu_us,
+            "server_context_switches_per_call": self.server_switches,
             "calls_per_commit": self.calls_per_commit,
         })
     }
@@ -289,6 +297,7 @@ pub async fn run(
         machine::cpu_seconds(server.pid()),
         machine::own_cpu_seconds(),
         committed(),
+        machine::context_switches(server.pid()),
     );
     let started = Instant::now();
     let until = started + time;
@@ -314,6 +323,7 @@ pub async fn run(
         seconds,
         server_cpu: since(before.0, machine::cpu_seconds(server.pid())),
         client_cpu: since(before.1, machine::own_cpu_seconds()),
+        server_switches: since(before.3, machine::context_switches(server.pid())),
         commits: since(before.2, committed()),
     }
 }

@@ -1,7 +1,7 @@
 //! What the machine allows, measured beside the server: how fast its disk
 //! takes a write and an fsync (a loop on a file in the directory the
 //! database lives in), and how much memory and CPU time a process holds
-//! and has used.
+//! and has used, and how often its threads were switched off a core.
 
 use crate::load::percentile;
 use std::os::unix::fs::FileExt;
@@ -66,6 +66,29 @@ pub fn rss_mib(pid: u32) -> Option<f64> {
 /// seconds (Linux: `/proc/PID/stat`, in clock ticks).
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     cpu_of(&format!("/proc/{pid}/stat"))
+}
+
+/// The context switches of every thread of process `pid` so far, given
+/// up (waiting) and forced (Linux: `/proc/PID/task/*/status`). Steadier
+/// than CPU time on a noisy machine: each hand-off between threads is one
+/// or two, however fast the core that runs it.
+pub fn context_switches(pid: u32) -> Option<f64> {
+    let mut switches = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        // A thread that ended meanwhile has nothing more to count.
+        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(count) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                switches += count.trim().parse::<f64>().ok()?;
+            }
+        }
+    }
+    Some(switches)
 }
 
 /// The CPU time this process has used so far, in seconds.

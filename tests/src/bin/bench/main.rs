@@ -234,7 +234,7 @@ fn cell_json(call: Call, connections: usize, in_flight: usize, measured: &Measur
 
 fn header() {
     println!(
-        "{:<19} {:>5} {:>9} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>12}",
+        "{:<19} {:>5} {:>9} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
         "call",
         "conns",
         "in flight",
@@ -245,13 +245,14 @@ fn header() {
         "vs p99",
         "server µs",
         "client µs",
+        "switches",
         "calls/commit"
     );
 }
 
 fn row(call: Call, connections: usize, in_flight: usize, measured: &Measured, base: &Measured) {
     println!(
-        "{:<19} {connections:>5} {in_flight:>9} {:>10.0} {:>8.2} {:>8.2} {:>10.2} {:>10.2} {:>10.1} {:>10.1} {:>12.1}",
+        "{:<19} {connections:>5} {in_flight:>9} {:>10.0} {:>8.2} {:>8.2} {:>10.2} {:>10.2} {:>10.1} {:>10.1} {:>10.2} {:>12.1}",
         call.name(),
         measured.calls_per_second,
         measured.p50_ms,
@@ -260,6 +261,7 @@ fn row(call: Call, connections: usize, in_flight: usize, measured: &Measured, ba
         measured.p99_ms / base.p99_ms,
         measured.server_cpu_us.unwrap_or(f64::NAN),
         measured.client_cpu_us.unwrap_or(f64::NAN),
+        measured.server_switches.unwrap_or(f64::NAN),
         measured.calls_per_commit.unwrap_or(f64::NAN),
     );
 }
