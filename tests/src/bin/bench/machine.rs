@@ -75,7 +75,8 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 pub fn context_switches(pid: u32) -> Option<f64> {
     let mut switches = 0.0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        // A thread that ended meanwhile has nothing more to count.
+        // A thread that ends takes its count with it: a cell in which one
+        // of the runtime's idle blocking threads ends counts a few low.
         let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
             continue;
         };
