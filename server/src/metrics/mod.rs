@@ -77,25 +77,25 @@ impl Metrics {
         );
         self.requests.write(&mut page);
         rotation::write(&self.state, &self.engine, &mut page).await;
-        let batches = self.state.store.store_metrics();
+        let store = self.state.store.store_metrics();
         page.family(
             "rekey_audit_batch_size",
             "histogram",
             "Audit events of requests that changed nothing, appended per group commit.",
         );
-        page.histogram("rekey_audit_batch_size", &[], &batches.audit_events);
+        page.histogram("rekey_audit_batch_size", &[], &store.audit_events);
         page.family(
             "rekey_write_batch_size",
             "histogram",
             "Writers whose changes one write transaction committed.",
         );
-        page.histogram("rekey_write_batch_size", &[], &batches.writers);
+        page.histogram("rekey_write_batch_size", &[], &store.writers);
         page.family(
             "rekey_write_pause_seconds",
             "histogram",
             "How long each pause of the writers for upkeep (a SQLite checkpoint) held every write and every read's audit event waiting.",
         );
-        page.histogram("rekey_write_pause_seconds", &[], &batches.writer_pauses);
+        page.histogram("rekey_write_pause_seconds", &[], &store.writer_pauses);
         if let Some(expiry) = self.certificate_expiry {
             page.family(
                 "rekey_server_certificate_expiry_timestamp_seconds",

@@ -159,35 +159,35 @@ async fn dropping_proxy(target: String) -> (String, Arc<AtomicBool>) {
     let drop_next = Arc::new(AtomicBool::new(false));
     let armed = drop_next.clone();
     tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let (target, armed) = (target.clone(), armed.clone());
-            tokio::spawn(async move {
-                let mut upstream = TcpStream::connect(&target).await.unwrap();
-                let (mut from_client, mut from_server) = ([0u8; 16384], [0u8; 16384]);
-                loop {
-                    tokio::select! {
-                        read = client.read(&mut from_client) => match read {
-                            Ok(n) if n > 0 && !armed.load(Ordering::SeqCst) => {
-                                if upstream.write_all(&from_client[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
-                            _ => return,
-                        },
-                        read = upstream.read(&mut from_server) => match read {
-                            Ok(n) if n > 0 => {
-                                if client.write_all(&from_server[..n]).await.is_err() {
-                                    return;
-                                }
-                            }
-                            _ => return,
-                        },
-                    }
-                }
-            });
+        while let Ok((client, _)) = listener.accept().await {
+            let upstream = TcpStream::connect(&target).await.unwrap();
+            tokio::spawn(forward(client, upstream, armed.clone()));
         }
     });
     (format!("https://{address}"), drop_next)
+}
+
+/// Copies bytes both ways until either side closes, or the client sends
+/// some once `armed` is set; both connections close as this returns.
+async fn forward(mut client: TcpStream, mut upstream: TcpStream, armed: Arc<AtomicBool>) {
+    let (mut from_client, mut from_server) = ([0u8; 16384], [0u8; 16384]);
+    loop {
+        let copied = tokio::select! {
+            read = client.read(&mut from_client) => match read {
+                Ok(n) if n > 0 && !armed.load(Ordering::SeqCst) => {
+                    upstream.write_all(&from_client[..n]).await
+                }
+                _ => return,
+            },
+            read = upstream.read(&mut from_server) => match read {
+                Ok(n) if n > 0 => client.write_all(&from_server[..n]).await,
+                _ => return,
+            },
+        };
+        if copied.is_err() {
+            return;
+        }
+    }
 }
 
 /// A call whose connection closes before the answer: tonic says UNKNOWN
