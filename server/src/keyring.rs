@@ -12,13 +12,16 @@ use crate::store::{Store, WrappedMasterKey};
 use rekey_shared::KeyName;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 #[derive(Debug)]
 pub struct Keyring {
     root: RootKey,
     /// Every unwrapped version, by name.
     keys: RwLock<HashMap<String, Vec<Arc<MasterKey>>>>,
+    /// Each key's stored versions, as [`Keyring::index_changed`] last saw
+    /// them.
+    index: Mutex<Option<HashMap<String, Vec<u32>>>>,
 }
 
 impl Keyring {
@@ -26,6 +29,7 @@ impl Keyring {
         Self {
             root,
             keys: RwLock::new(HashMap::new()),
+            index: Mutex::new(None),
         }
     }
 
@@ -81,6 +85,19 @@ impl Keyring {
                 stored.get(name) == Some(&cached)
             });
         }
+    }
+
+    /// Whether `stored` (as for [`Keyring::forget_changed`]) differs from
+    /// what the last call saw; the first call says yes.
+    pub fn index_changed(&self, stored: &HashMap<String, Vec<u32>>) -> bool {
+        let Ok(mut seen) = self.index.lock() else {
+            return true;
+        };
+        if seen.as_ref() == Some(stored) {
+            return false;
+        }
+        *seen = Some(stored.clone());
+        true
     }
 
     fn cached(&self, name: &KeyName) -> Option<Vec<Arc<MasterKey>>> {

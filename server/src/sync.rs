@@ -30,9 +30,14 @@ pub async fn refresh(state: &AppState) -> Result<()> {
         tracing::info!(revoked = revoked.len(), "revoked certificates loaded");
         state.revocations.replace(revoked);
     }
-    state
-        .keyring
-        .forget_changed(&store.master_key_index().await?);
+    let keys = store.master_key_index().await?;
+    if state.keyring.index_changed(&keys) {
+        // Before the keyring forgets a version another process retired:
+        // a read kept in memory may hold a data key it wrapped, which that
+        // process has wrapped again since.
+        store.forget_cached_reads();
+    }
+    state.keyring.forget_changed(&keys);
     Ok(())
 }
 

@@ -406,6 +406,21 @@ pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// The value of one series (`name{labels}`) on `server`'s metrics page;
+/// 0 when the page has none.
+pub fn metric(server: &Server, series: &str) -> f64 {
+    let url = server
+        .metrics
+        .as_deref()
+        .expect("the server printed its metrics address");
+    let (status, _, page) = http_get(url, "/metrics");
+    assert_eq!(status, 200, "{page}");
+    page.lines()
+        .filter_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .find_map(|value| value.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// One plain HTTP/1.1 GET of `path` from the server of `metrics_url`
 /// (`http://ADDR/metrics`): the status code, the headers (names in
 /// lower case) and the body.

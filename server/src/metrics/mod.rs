@@ -1,7 +1,8 @@
 //! Prometheus metrics: what `GET /metrics` on the metrics listener
 //! ([`http`]) shows. Requests are counted as they are answered
 //! ([`layer`] around the gRPC router, into [`requests`]); the store counts
-//! its batches and its writers' pauses ([`crate::store::StoreMetrics`]);
+//! its batches, its writers' pauses and its read cache's hits
+//! ([`crate::store::StoreMetrics`]);
 //! rotation runs and waiting approvals are read from the store at each
 //! scrape ([`rotation`]).
 //!
@@ -96,6 +97,21 @@ impl Metrics {
             "How long each pause of the writers for upkeep (a SQLite checkpoint) held every write and every read's audit event waiting.",
         );
         page.histogram("rekey_write_pause_seconds", &[], &store.writer_pauses);
+        page.family(
+            "rekey_read_cache_total",
+            "counter",
+            "Reads of values answered from memory (hit) and from the database (miss); SQLite only.",
+        );
+        for (result, counter) in [
+            ("hit", &store.read_cache_hits),
+            ("miss", &store.read_cache_misses),
+        ] {
+            page.sample(
+                "rekey_read_cache_total",
+                &[("result", result)],
+                counter.load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
         if let Some(expiry) = self.certificate_expiry {
             page.family(
                 "rekey_server_certificate_expiry_timestamp_seconds",

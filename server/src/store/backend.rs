@@ -146,8 +146,9 @@ impl Store {
 
     /// The secret `name` and, if `gate` lets the read go on, its version
     /// `version_id` (or the one carrying `stage`) with that version's
-    /// stages. SQLite runs it whole on a reader thread; PostgreSQL as the
-    /// two statements.
+    /// stages. SQLite answers it from memory when no commit has begun
+    /// since the same read (`read_cache`), or runs it whole on a reader
+    /// thread; PostgreSQL as the two statements.
     pub async fn read_value(
         &self,
         name: &SecretName,
@@ -169,6 +170,14 @@ impl Store {
                     .await?;
                 Ok(ValueRead::Read(secret, version))
             }
+        }
+    }
+
+    /// Makes every read SQLite keeps in memory stale: another process
+    /// changed what they may hold (`sync`). PostgreSQL keeps none.
+    pub fn forget_cached_reads(&self) {
+        if let Store::Sqlite(store) = self {
+            store.forget_cached_reads();
         }
     }
 

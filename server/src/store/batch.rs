@@ -21,6 +21,7 @@
 //! without arguments; the savepoint statements are the same in both.
 
 use super::StoreMetrics;
+use super::read_cache::ReadCache;
 use crate::error::{Error, Result};
 use sqlx::{Database, Pool, Transaction};
 use std::future::Future;
@@ -83,6 +84,9 @@ struct Shared<DB: Database> {
     wake: Arc<Notify>,
     /// Where each commit's number of writers is counted.
     sizes: Arc<StoreMetrics>,
+    /// Made stale as each commit begins and once it is done, before its
+    /// writers are answered (SQLite's; PostgreSQL has none).
+    reads: Option<Arc<ReadCache>>,
 }
 
 impl<DB: Database> Drop for Shared<DB> {
@@ -112,8 +116,14 @@ struct Batch<DB: Database> {
 }
 
 impl<DB: Database> Writer<DB> {
-    /// A writer on `pool`, with its committer task running.
-    pub(super) fn start(pool: Pool<DB>, dialect: Dialect<DB>, sizes: Arc<StoreMetrics>) -> Self {
+    /// A writer on `pool`, with its committer task running; its commits
+    /// make `reads` stale.
+    pub(super) fn start(
+        pool: Pool<DB>,
+        dialect: Dialect<DB>,
+        sizes: Arc<StoreMetrics>,
+        reads: Option<Arc<ReadCache>>,
+    ) -> Self {
         let wake = Arc::new(Notify::new());
         let shared = Arc::new(Shared {
             pool,
@@ -128,6 +138,7 @@ impl<DB: Database> Writer<DB> {
             }),
             wake: wake.clone(),
             sizes,
+            reads,
         });
         tokio::spawn(commit_loop(Arc::downgrade(&shared), wake));
         Self { shared }
@@ -173,12 +184,12 @@ impl<DB: Database> Writer<DB> {
         let shared = &*self.shared;
         let mut batch = shared.batch.lock().await;
         if let Some((transaction, waiting)) = take_open(shared, &mut batch).await {
-            let sizes = shared.sizes.clone();
+            let (sizes, reads) = (shared.sizes.clone(), shared.reads.clone());
             // In a task of its own: the writers are answered even if this
             // caller goes away meanwhile (a writer that then comes waits
             // on the database's lock until the commit is done).
             let _ = tokio::spawn(async move {
-                let result = transaction.commit().await.map_err(Error::from);
+                let result = commit(transaction, reads.as_deref()).await;
                 answer(&sizes, waiting, result);
             })
             .await;
@@ -278,10 +289,30 @@ async fn commit_loop<DB: Database>(shared: Weak<Shared<DB>>, wake: Arc<Notify>) 
         let Some((transaction, waiting)) = take_open(&shared, &mut batch).await else {
             continue;
         };
-        let result = transaction.commit().await.map_err(Error::from);
+        let result = commit(transaction, shared.reads.as_deref()).await;
         drop(batch);
         answer(&shared.sizes, waiting, result);
     }
+}
+
+/// Commits `transaction`, making `reads` stale as the commit begins and
+/// again once it is done: no read answered from memory from then on is
+/// older than what the database may already show, nor than a write about
+/// to be acknowledged. (A commit that fails is treated the same: it may
+/// have happened.)
+async fn commit<DB: Database>(
+    transaction: Transaction<'static, DB>,
+    reads: Option<&ReadCache>,
+) -> Result<()> {
+    let invalidate = || {
+        if let Some(reads) = reads {
+            reads.invalidate();
+        }
+    };
+    invalidate();
+    let result = transaction.commit().await.map_err(Error::from);
+    invalidate();
+    result
 }
 
 /// The open transaction, settled, and the writers waiting for its commit,

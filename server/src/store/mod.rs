@@ -20,6 +20,7 @@ mod group_commit;
 mod list;
 mod migrate;
 mod postgres;
+mod read_cache;
 mod rows;
 mod sqlite;
 
@@ -41,6 +42,10 @@ pub struct StoreMetrics {
     /// Seconds each pause of the writers for upkeep lasted (SQLite's
     /// checkpoints; PostgreSQL has none).
     pub writer_pauses: crate::metrics::Histogram,
+    /// Reads of values answered from memory, and those that went to the
+    /// database (SQLite's read cache; PostgreSQL has none).
+    pub read_cache_hits: std::sync::atomic::AtomicU64,
+    pub read_cache_misses: std::sync::atomic::AtomicU64,
 }
 
 impl Default for StoreMetrics {
@@ -49,6 +54,8 @@ impl Default for StoreMetrics {
             audit_events: crate::metrics::Histogram::new(crate::metrics::BATCH_BUCKETS),
             writers: crate::metrics::Histogram::new(crate::metrics::BATCH_BUCKETS),
             writer_pauses: crate::metrics::Histogram::new(crate::metrics::DURATION_BUCKETS),
+            read_cache_hits: Default::default(),
+            read_cache_misses: Default::default(),
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Master keys: rotate, rewrap, retire and restart, with every value still
-//! readable; a running server sees another process's key changes.
+//! readable; a running server sees another process's key changes, and
+//! drops the reads it kept in memory when a version it knew is retired.
 
-use rekey_tests::{DEADLINE, Installation, rekeyd, text};
+use rekey_tests::{DEADLINE, Installation, eventually, metric, rekeyd, text};
 use sqlx::{Connection, SqliteConnection};
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,23 @@ async fn rotate_rewrap_retire_restart_and_every_value_reads() {
         text(&newest.stderr)
     );
 
+    // The server keeps these reads in memory, each data key still wrapped
+    // under version 1 (the second read of each; the first records the
+    // day's access, a write).
+    let hits = || metric(&server, "rekey_read_cache_total{result=\"hit\"}");
+    let misses = || metric(&server, "rekey_read_cache_total{result=\"miss\"}");
+    let before = hits();
+    for _ in 0..3 {
+        for name in &expected {
+            admin.run(&["get", name]).ok();
+        }
+    }
+    assert_eq!(
+        hits(),
+        before + 4.0,
+        "the third read of each came from memory"
+    );
+
     let rewrapped = rekeyd(installation.dir(), &["keys", "rewrap", "default"]);
     assert!(rewrapped.status.success(), "{}", text(&rewrapped.stderr));
     assert!(
@@ -94,12 +112,18 @@ async fn rotate_rewrap_retire_restart_and_every_value_reads() {
             .any(|line| line.split_whitespace().collect::<Vec<_>>() == ["default", "1"])
     );
 
-    for name in &expected {
-        assert_eq!(
-            admin.run(&["get", name]).ok().stdout,
-            format!("{name}-new\n")
-        );
-    }
+    // Within a second the server forgets version 1, and what it kept in
+    // memory first: every read answers, and then comes from the database.
+    let missed = misses();
+    eventually("the server to drop the reads it kept", || {
+        for name in &expected {
+            assert_eq!(
+                admin.run(&["get", name]).ok().stdout,
+                format!("{name}-new\n")
+            );
+        }
+        (misses() >= missed + 4.0).then_some(())
+    });
     drop(admin);
     assert!(server.stop().success());
     let server = installation.serve();

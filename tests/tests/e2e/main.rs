@@ -24,6 +24,7 @@ mod metrics;
 mod passphrase;
 mod python_client;
 mod rate_limit;
+mod read_cache;
 mod replicas;
 mod retention;
 mod revocation;

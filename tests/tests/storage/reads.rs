@@ -2,7 +2,8 @@
 //! asked between the secret and its version and a "no" reads no version;
 //! versions by id and by stage; and a read that starts after a put was
 //! acknowledged sees it, while puts go on (SQLite reads on connections of
-//! their own).
+//! their own, and from memory while no commit has begun since the same
+//! read), including reads of the secret being put.
 
 use super::{add_default_key, create, event, new_version};
 use rekey_server::audit::AuditKey;
@@ -137,6 +138,101 @@ async fn read_suite(url: &str) {
         writer.await.unwrap();
     }
     store.close().await;
+}
+
+/// Reads of one secret while its value is put again and again: no read
+/// answers a version older than the newest put acknowledged before the
+/// read began, and no reader sees CURRENT go back. On SQLite most reads
+/// are answered from memory (`read_cache`), made stale by each commit;
+/// a read of a value just read, with no commit between, is one of them.
+async fn reads_beside_puts_suite(url: &str) {
+    let store = Arc::new(
+        Store::open(url, AuditKey::derive(&RootKey::new(Key::generate())))
+            .await
+            .unwrap(),
+    );
+    add_default_key(&store).await;
+    let id = create(&store, "reads/raced", &[]).await;
+    let name = SecretName::parse("reads/raced").unwrap();
+    let read = {
+        let (store, name) = (store.clone(), name.clone());
+        move || {
+            let (store, name) = (store.clone(), name.clone());
+            async move {
+                let asked = Arc::new(AtomicUsize::new(0));
+                let read = store
+                    .read_value(&name, None, &Stage::current(), gate(true, &asked))
+                    .await
+                    .unwrap();
+                let ValueRead::Read(_, Some((version, _))) = read else {
+                    panic!("CURRENT: {read:?}");
+                };
+                version.sealed.ciphertext[0]
+            }
+        }
+    };
+    // The newest value whose put was acknowledged (values count up from 1).
+    let acknowledged = Arc::new(AtomicUsize::new(1));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (read, acknowledged) = (read.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                let mut last_seen = 0;
+                while acknowledged.load(Ordering::SeqCst) < 200 {
+                    let floor = acknowledged.load(Ordering::SeqCst);
+                    let seen = usize::from(read().await);
+                    assert!(
+                        seen >= floor,
+                        "a read that began after value {floor} was acknowledged answered {seen}"
+                    );
+                    assert!(
+                        seen >= last_seen,
+                        "CURRENT went back from {last_seen} to {seen}"
+                    );
+                    last_seen = seen;
+                    // A read from memory never waits: let the writer run.
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for value in 2..=200u8 {
+        store
+            .put_version(&id, &new_version(value), &[Stage::current()], &event("Put"))
+            .await
+            .unwrap();
+        acknowledged.store(usize::from(value), Ordering::SeqCst);
+    }
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    assert_eq!(read().await, 200);
+    if url.starts_with("sqlite:") {
+        let hits = || store.store_metrics().read_cache_hits.load(Ordering::SeqCst);
+        let before = hits();
+        assert_eq!(read().await, 200);
+        assert_eq!(
+            hits(),
+            before + 1,
+            "a value read again with no commit between"
+        );
+    }
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_reads_beside_puts() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
+    reads_beside_puts_suite(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_reads_beside_puts() {
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    reads_beside_puts_suite(&database.url).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -90,21 +90,33 @@ impl SecretsService {
         live(secret)
     }
 
+    /// The value of `version`. One that does not open (its master-key
+    /// version is gone, or the ciphertext was changed outside rekey) is
+    /// not answered from memory again: the store's next reads of values go
+    /// to the database, which may have been put right meanwhile.
     async fn open(&self, secret: &SecretRecord, version: &VersionRecord) -> Result<SecretValue> {
-        let master = self
-            .state
-            .keyring
-            .for_decryption(&self.state.store, &version.sealed.key)
-            .await?;
-        crypto::open_value(&master, &secret.id, &version.version_id, &version.sealed).map_err(
-            |_| {
-                Error::Integrity(format!(
-                    "the stored value of {} version {} failed its integrity check; \
-                     it was changed outside rekey or is corrupt",
-                    secret.name, version.version_id
-                ))
-            },
-        )
+        let store = &self.state.store;
+        let opened = async {
+            let master = self
+                .state
+                .keyring
+                .for_decryption(store, &version.sealed.key)
+                .await?;
+            crypto::open_value(&master, &secret.id, &version.version_id, &version.sealed).map_err(
+                |_| {
+                    Error::Integrity(format!(
+                        "the stored value of {} version {} failed its integrity check; \
+                         it was changed outside rekey or is corrupt",
+                        secret.name, version.version_id
+                    ))
+                },
+            )
+        }
+        .await;
+        if opened.is_err() {
+            store.forget_cached_reads();
+        }
+        opened
     }
 
     async fn seal(

@@ -72,7 +72,7 @@ impl Store {
             Schema::Current => require_current_postgres(&pool).await?,
         }
         let store_metrics = Arc::new(super::StoreMetrics::default());
-        let writer = Writer::start(pool.clone(), DIALECT, store_metrics.clone());
+        let writer = Writer::start(pool.clone(), DIALECT, store_metrics.clone(), None);
         let chain = Arc::new(AuditChain::new(audit_key));
         let standalone_events = GroupCommit::start(store_metrics.clone(), {
             let (writer, chain) = (writer.clone(), chain.clone());

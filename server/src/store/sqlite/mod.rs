@@ -38,6 +38,7 @@ use super::batch::{Boxed, Dialect, Place, Writer};
 use super::chain::AuditChain;
 use super::group_commit::GroupCommit;
 use super::migrate::{Schema, migrate, require_current_sqlite};
+use super::read_cache::{Found, ReadCache, Selector};
 use super::{Gate, ValueRead};
 use crate::audit::AuditKey;
 use crate::error::{Error, Result};
@@ -64,6 +65,9 @@ pub struct Store {
     checkpointing: tokio::task::JoinHandle<()>,
     /// The read of a value, on connections of its own (`readers`).
     readers: readers::Readers,
+    /// What reads of values found, while no commit has changed it
+    /// (`store::read_cache`).
+    reads: Arc<ReadCache>,
     /// Standalone events' commits while no write batch is open (`events`).
     events: Arc<events::EventWriter>,
 }
@@ -160,7 +164,13 @@ impl Store {
         let events = Arc::new(events::EventWriter::open(&file, chain.clone())?);
         // Nothing below fails: the tasks started here end with the pool.
         let store_metrics = Arc::new(super::StoreMetrics::default());
-        let writer = Writer::start(pool.clone(), DIALECT, store_metrics.clone());
+        let reads = Arc::new(ReadCache::new(super::read_cache::CAPACITY));
+        let writer = Writer::start(
+            pool.clone(),
+            DIALECT,
+            store_metrics.clone(),
+            Some(reads.clone()),
+        );
         let checkpoints =
             checkpoint::Checkpoints::new(pool.clone(), writer.clone(), store_metrics.clone());
         let checkpointing = tokio::spawn(checkpoints.clone().run_every_second());
@@ -185,6 +195,7 @@ impl Store {
             checkpoints,
             checkpointing,
             readers,
+            reads,
             events,
         })
     }
@@ -203,7 +214,9 @@ impl Store {
     }
 
     /// The secret `name` and, if `gate` lets the read go on, the version
-    /// of it a read of a value asks for: one hand-off to a reader.
+    /// of it a read of a value asks for: from memory when no commit has
+    /// begun since the same read was made (`read_cache`), otherwise one
+    /// hand-off to a reader.
     pub async fn read_value(
         &self,
         name: &SecretName,
@@ -211,14 +224,45 @@ impl Store {
         stage: &Stage,
         gate: Gate,
     ) -> Result<ValueRead> {
-        self.readers
+        let selector = match version_id {
+            Some(version_id) => Selector::Version(version_id.as_str()),
+            None => Selector::Stage(stage.as_str()),
+        };
+        if let Some(found) = self.reads.get(name.as_str(), selector, &self.store_metrics) {
+            if !gate(&found.secret) {
+                return Ok(ValueRead::Stopped(found.secret));
+            }
+            return Ok(ValueRead::Read(
+                found.secret,
+                Some((found.version, found.stages)),
+            ));
+        }
+        // Taken before the reader's snapshot begins.
+        let ticket = self.reads.ticket();
+        let read = self
+            .readers
             .read_value(
                 name.as_str(),
                 version_id.map(VersionId::as_str),
                 stage.as_str(),
                 gate,
             )
-            .await
+            .await?;
+        if let ValueRead::Read(secret, Some((version, stages))) = &read {
+            let found = Found {
+                secret: secret.clone(),
+                version: version.clone(),
+                stages: stages.clone(),
+            };
+            self.reads.insert(ticket, name.as_str(), selector, found);
+        }
+        Ok(read)
+    }
+
+    /// Makes every read kept in memory stale: for changes another process
+    /// made to the file (`sync`).
+    pub fn forget_cached_reads(&self) {
+        self.reads.invalidate();
     }
 
     /// `VACUUM INTO`: one read transaction copied page by page into a new,
