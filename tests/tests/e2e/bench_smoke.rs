@@ -1,8 +1,8 @@
 //! The benchmark (`tests/src/bin/bench/`) in its smoke mode, so that it
 //! cannot rot: it runs against real servers and writes a report with every
 //! cell of the load and the scale run measured (throughput, latency, CPU
-//! time per call on both sides, calls per commit of the server's batches),
-//! and the plot.
+//! time per call on both sides, calls per commit of the server's batches,
+//! the share of reads the server answered from memory), and the plot.
 
 use rekey_tests::binary;
 
@@ -35,7 +35,7 @@ fn the_benchmark_runs_and_reports_every_cell() {
     assert_eq!(sizes.len(), 2, "{report}");
     for size in sizes {
         let size_cells = size["cells"].as_array().unwrap();
-        assert_eq!(size_cells.len(), 6, "{size}");
+        assert_eq!(size_cells.len(), 7, "{size}");
         cells.extend(size_cells.iter().cloned());
     }
     for cell in &cells {
@@ -55,6 +55,19 @@ fn the_benchmark_runs_and_reports_every_cell() {
             assert!(per_commit.is_null(), "{cell}");
         } else {
             assert!(per_commit.as_f64().unwrap() > 0.0, "{cell}");
+        }
+        // From the server's metrics, for the calls that read values: one
+        // secret read over and over comes from memory.
+        let from_memory = &cell["read_cache_hit_ratio"];
+        match cell["call"].as_str().unwrap() {
+            "get_one" => assert!(from_memory.as_f64().unwrap() > 0.5, "{cell}"),
+            "get_random" | "get_working_set" => {
+                assert!(
+                    (0.0..=1.0).contains(&from_memory.as_f64().unwrap()),
+                    "{cell}"
+                );
+            }
+            _ => assert!(from_memory.is_null(), "{cell}"),
         }
     }
     let plot = std::fs::read_to_string(out.with_extension("svg")).unwrap();

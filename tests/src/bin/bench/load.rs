@@ -24,6 +24,10 @@ pub enum Call {
     GetOne,
     /// GetSecretValue of a random secret among `secrets`.
     GetRandom,
+    /// GetSecretValue of a random secret among the first
+    /// [`WORKING_SET`] (all, in a smaller store): the same reads whatever
+    /// the store's size.
+    GetWorkingSet,
     /// PutSecretValue (each caller on a secret of its own).
     Put,
     /// A full automatic `password` rotation, from StartRotation to the
@@ -41,6 +45,7 @@ impl Call {
             Call::Ping => "ping",
             Call::GetOne => "get_one",
             Call::GetRandom => "get_random",
+            Call::GetWorkingSet => "get_working_set",
             Call::Put => "put",
             Call::Rotate => "rotate",
             Call::ListFirst => "list_first_page",
@@ -48,6 +53,10 @@ impl Call {
         }
     }
 }
+
+/// How many secrets [`Call::GetWorkingSet`] reads among: the load run's
+/// store.
+pub const WORKING_SET: usize = 10_000;
 
 /// The secret each kind of caller uses.
 pub fn one() -> String {
@@ -101,11 +110,11 @@ async fn caller(
             Call::Ping => {
                 health.check(HealthCheckRequest::default()).await.unwrap();
             }
-            Call::GetOne | Call::GetRandom => {
-                let name = if call == Call::GetOne {
-                    one()
-                } else {
-                    numbered(random.below(secrets))
+            Call::GetOne | Call::GetRandom | Call::GetWorkingSet => {
+                let name = match call {
+                    Call::GetOne => one(),
+                    Call::GetWorkingSet => numbered(random.below(secrets.min(WORKING_SET))),
+                    _ => numbered(random.below(secrets)),
                 };
                 client
                     .get_secret_value(proto::GetSecretValueRequest {
@@ -214,6 +223,9 @@ pub struct Sample {
     server_switches: Option<f64>,
     /// Commits of the server's two batches (audit events, writes).
     commits: Option<f64>,
+    /// Reads of values the server answered from memory, and all it made.
+    cache_hits: Option<f64>,
+    cache_reads: Option<f64>,
 }
 
 /// What one cell measured.
@@ -232,6 +244,9 @@ pub struct Measured {
     /// Calls per commit of the server's batches: how many reads' events
     /// or writes one fsync carried (a rotation takes several commits).
     pub calls_per_commit: Option<f64>,
+    /// The share of the server's reads of values answered from memory
+    /// (its read cache); none when it made no such read.
+    pub read_cache_hits: Option<f64>,
 }
 
 impl Measured {
@@ -245,6 +260,10 @@ impl Measured {
             total(|sample| sample.client_cpu),
             total(|sample| sample.server_switches),
             total(|sample| sample.commits),
+        );
+        let (cache_hits, cache_reads) = (
+            total(|sample| sample.cache_hits),
+            total(|sample| sample.cache_reads),
         );
         let mut latencies: Vec<Duration> = samples
             .into_iter()
@@ -264,6 +283,9 @@ impl Measured {
             calls_per_commit: commits
                 .filter(|commits| *commits > 0.0)
                 .map(|commits| calls as f64 / commits),
+            read_cache_hits: cache_hits
+                .zip(cache_reads.filter(|reads| *reads > 0.0))
+                .map(|(hits, reads)| hits / reads),
         }
     }
 
@@ -277,6 +299,7 @@ impl Measured {
             "client_cpu_us_per_call": self.client_cpu_us,
             "server_context_switches_per_call": self.server_switches,
             "calls_per_commit": self.calls_per_commit,
+            "read_cache_hit_ratio": self.read_cache_hits,
         })
     }
 }
@@ -291,13 +314,22 @@ pub async fn run(
     secrets: usize,
     time: Duration,
 ) -> Sample {
-    // The ping commits nothing; what commits meanwhile is not its own.
-    let committed = || (call != Call::Ping).then(|| commits(server)).flatten();
+    // The ping commits nothing and reads no value; what the server does
+    // meanwhile is not its own.
+    let counted = |series: &[&str]| {
+        (call != Call::Ping)
+            .then(|| server_counters(server, series))
+            .flatten()
+    };
+    let committed = || counted(&COMMITS);
+    let hits = || counted(&[CACHE_HITS]);
+    let reads = || counted(&[CACHE_HITS, CACHE_MISSES]);
     let before = (
         machine::cpu_seconds(server.pid()),
         machine::own_cpu_seconds(),
         committed(),
         machine::context_switches(server.pid()),
+        (hits(), reads()),
     );
     let started = Instant::now();
     let until = started + time;
@@ -325,18 +357,28 @@ pub async fn run(
         client_cpu: since(before.1, machine::own_cpu_seconds()),
         server_switches: since(before.3, machine::context_switches(server.pid())),
         commits: since(before.2, committed()),
+        cache_hits: since(before.4.0, hits()),
+        cache_reads: since(before.4.1, reads()),
     }
 }
 
-/// The commits the server's batches have made so far, from its metrics.
-fn commits(server: &Server) -> Option<f64> {
+/// The server's counts of its batches' commits (audit events, writes).
+const COMMITS: [&str; 2] = [
+    "rekey_audit_batch_size_count",
+    "rekey_write_batch_size_count",
+];
+/// Its reads of values answered from memory, and from the database.
+const CACHE_HITS: &str = "rekey_read_cache_total{result=\"hit\"}";
+const CACHE_MISSES: &str = "rekey_read_cache_total{result=\"miss\"}";
+
+/// The sum of `series` on the server's metrics page so far.
+fn server_counters(server: &Server, series: &[&str]) -> Option<f64> {
     let (_, _, page) = rekey_tests::http_get(server.metrics.as_deref()?, "/metrics");
-    let counts = [
-        "rekey_audit_batch_size_count ",
-        "rekey_write_batch_size_count ",
-    ];
     page.lines()
-        .filter_map(|line| counts.iter().find_map(|count| line.strip_prefix(count)))
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            series.contains(&name).then_some(value)
+        })
         .map(|value| value.trim().parse::<f64>().ok())
         .sum()
 }

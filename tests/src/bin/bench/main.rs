@@ -91,9 +91,10 @@ const LOAD_CALLS: [Call; 5] = [
 ];
 
 /// The cells of the scale run: (call, connections, in flight).
-const SCALE_CELLS: [(Call, usize, usize); 6] = [
+const SCALE_CELLS: [(Call, usize, usize); 7] = [
     (Call::GetRandom, 1, 1),
     (Call::GetRandom, 4, 64),
+    (Call::GetWorkingSet, 4, 64),
     (Call::ListFirst, 1, 1),
     (Call::ListFirst, 1, 16),
     (Call::ListFiltered, 1, 1),
@@ -234,7 +235,7 @@ fn cell_json(call: Call, connections: usize, in_flight: usize, measured: &Measur
 
 fn header() {
     println!(
-        "{:<19} {:>5} {:>9} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
+        "{:<19} {:>5} {:>9} {:>10} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12} {:>11}",
         "call",
         "conns",
         "in flight",
@@ -246,13 +247,14 @@ fn header() {
         "server µs",
         "client µs",
         "switches",
-        "calls/commit"
+        "calls/commit",
+        "from memory"
     );
 }
 
 fn row(call: Call, connections: usize, in_flight: usize, measured: &Measured, base: &Measured) {
     println!(
-        "{:<19} {connections:>5} {in_flight:>9} {:>10.0} {:>8.2} {:>8.2} {:>10.2} {:>10.2} {:>10.1} {:>10.1} {:>10.2} {:>12.1}",
+        "{:<19} {connections:>5} {in_flight:>9} {:>10.0} {:>8.2} {:>8.2} {:>10.2} {:>10.2} {:>10.1} {:>10.1} {:>10.2} {:>12.1} {:>11.2}",
         call.name(),
         measured.calls_per_second,
         measured.p50_ms,
@@ -263,6 +265,7 @@ fn row(call: Call, connections: usize, in_flight: usize, measured: &Measured, ba
         measured.client_cpu_us.unwrap_or(f64::NAN),
         measured.server_switches.unwrap_or(f64::NAN),
         measured.calls_per_commit.unwrap_or(f64::NAN),
+        measured.read_cache_hits.unwrap_or(f64::NAN),
     );
 }
 
