@@ -21,7 +21,7 @@
 //! without arguments; the savepoint statements are the same in both.
 
 use super::StoreMetrics;
-use super::read_cache::ReadCache;
+use super::read_cache::{ReadCache, Stale};
 use crate::error::{Error, Result};
 use sqlx::{Database, Pool, Transaction};
 use std::future::Future;
@@ -113,6 +113,9 @@ struct Batch<DB: Database> {
     /// and MAC), so the next writer need not read it back; forgotten when
     /// a writer's changes are taken back.
     last_event: Option<(i64, Vec<u8>)>,
+    /// What the writers whose changes the transaction keeps said they
+    /// change.
+    stale: Stale,
 }
 
 impl<DB: Database> Writer<DB> {
@@ -135,6 +138,7 @@ impl<DB: Database> Writer<DB> {
                 writers: 0,
                 waiting: Vec::new(),
                 last_event: None,
+                stale: Stale::nothing(),
             }),
             wake: wake.clone(),
             sizes,
@@ -154,12 +158,14 @@ impl<DB: Database> Writer<DB> {
         let shared = &*self.shared;
         batch.transaction = Some((shared.dialect.begin)(&shared.pool).await?);
         batch.last_event = None;
+        batch.stale = Stale::nothing();
         batch.writers = 1;
         Ok(Tx {
             batch,
             shared,
             savepoint: None,
             done: false,
+            stale: Stale::Everything,
         })
     }
 
@@ -183,13 +189,13 @@ impl<DB: Database> Writer<DB> {
     pub(super) async fn lock_idle(&self) -> Alone<'_, DB> {
         let shared = &*self.shared;
         let mut batch = shared.batch.lock().await;
-        if let Some((transaction, waiting)) = take_open(shared, &mut batch).await {
+        if let Some((transaction, waiting, stale)) = take_open(shared, &mut batch).await {
             let (sizes, reads) = (shared.sizes.clone(), shared.reads.clone());
             // In a task of its own: the writers are answered even if this
             // caller goes away meanwhile (a writer that then comes waits
             // on the database's lock until the commit is done).
             let _ = tokio::spawn(async move {
-                let result = commit(transaction, reads.as_deref()).await;
+                let result = commit(transaction, reads.as_deref(), stale).await;
                 answer(&sizes, waiting, result);
             })
             .await;
@@ -240,6 +246,7 @@ impl<DB: Database> Writer<DB> {
             shared,
             savepoint: Some(number),
             done: false,
+            stale: Stale::Everything,
         })
     }
 }
@@ -286,45 +293,46 @@ async fn commit_loop<DB: Database>(shared: Weak<Shared<DB>>, wake: Arc<Notify>) 
             return;
         };
         let mut batch = shared.batch.lock().await;
-        let Some((transaction, waiting)) = take_open(&shared, &mut batch).await else {
+        let Some((transaction, waiting, stale)) = take_open(&shared, &mut batch).await else {
             continue;
         };
-        let result = commit(transaction, shared.reads.as_deref()).await;
+        let result = commit(transaction, shared.reads.as_deref(), stale).await;
         drop(batch);
         answer(&shared.sizes, waiting, result);
     }
 }
 
-/// Commits `transaction`, making `reads` stale as the commit begins and
-/// again once it is done: no read answered from memory from then on is
+/// Commits `transaction`, with what `stale` says of `reads` neither
+/// served nor kept while the commit is under way, and stale once it is
+/// done (before any writer is answered): no read answered from memory is
 /// older than what the database may already show, nor than a write about
 /// to be acknowledged. (A commit that fails is treated the same: it may
 /// have happened.)
 async fn commit<DB: Database>(
     transaction: Transaction<'static, DB>,
     reads: Option<&ReadCache>,
+    stale: Stale,
 ) -> Result<()> {
-    let invalidate = || {
-        if let Some(reads) = reads {
-            reads.invalidate();
-        }
-    };
-    invalidate();
-    let result = transaction.commit().await.map_err(Error::from);
-    invalidate();
-    result
+    let _committing = reads.map(|reads| reads.committing(stale));
+    transaction.commit().await.map_err(Error::from)
 }
 
-/// The open transaction, settled, and the writers waiting for its commit,
-/// taken out of the batch for the caller (who holds the lock) to commit.
+/// The open transaction, settled, the writers waiting for its commit and
+/// what their changes make stale, taken out of the batch for the caller
+/// (who holds the lock) to commit.
 async fn take_open<DB: Database>(
     shared: &Shared<DB>,
     batch: &mut Batch<DB>,
-) -> Option<(Transaction<'static, DB>, Vec<oneshot::Sender<Result<()>>>)> {
+) -> Option<(
+    Transaction<'static, DB>,
+    Vec<oneshot::Sender<Result<()>>>,
+    Stale,
+)> {
     settle(shared, batch).await;
     let transaction = batch.transaction.take()?;
     batch.last_event = None;
-    Some((transaction, std::mem::take(&mut batch.waiting)))
+    let stale = std::mem::replace(&mut batch.stale, Stale::nothing());
+    Some((transaction, std::mem::take(&mut batch.waiting), stale))
 }
 
 /// Tells the writers of a batch how its commit went, and counts it.
@@ -349,6 +357,8 @@ pub(super) struct Tx<'a, DB: Database> {
     /// This writer's savepoint, when others came before it.
     savepoint: Option<u64>,
     done: bool,
+    /// What this writer's changes make stale, as it said.
+    stale: Stale,
 }
 
 impl<DB: Database> std::fmt::Debug for Tx<'_, DB> {
@@ -371,11 +381,28 @@ impl<DB: Database> Tx<'_, DB> {
         self.batch.last_event = Some(head);
     }
 
+    /// Says that this writer changes rows of the secret with id
+    /// `secret_id` only (besides what no read of a value reads: its audit
+    /// event, its rotation run): its commit then makes only that secret's
+    /// reads kept in memory stale. A writer that says nothing makes them
+    /// all stale.
+    pub(super) fn changes_secret(&mut self, secret_id: &str) {
+        self.stale = Stale::Secrets(vec![secret_id.to_owned()]);
+    }
+
+    /// Says that this writer changes nothing a read of a value reads (audit
+    /// events, rotation leases).
+    pub(super) fn changes_no_value(&mut self) {
+        self.stale = Stale::nothing();
+    }
+
     /// Keeps this writer's changes and waits until the batch holding them
     /// is durable.
     pub(super) async fn commit(mut self) -> Result<()> {
         let (done, answer) = oneshot::channel();
         self.batch.waiting.push(done);
+        let stale = std::mem::replace(&mut self.stale, Stale::Everything);
+        self.batch.stale.add(stale);
         self.done = true;
         drop(self);
         answer

@@ -12,19 +12,23 @@
 //! two statements cost more server time than the rest of a read together
 //! (see the README's benchmark).
 //!
-//! When an entry may be served: every commit of the write batch moves the
-//! cache's generation twice, as it begins and once it is done, before any
-//! writer is answered. An entry carries the generation read before the
-//! read that made it began, and is served only while that is still the
-//! generation. So no answer from here is older than a write acknowledged
-//! before the request came, nor older than what a read on the database
-//! may already have returned (between the two moves, reads go to the
-//! database). The standalone audit events' commits leave it alone: no
-//! read of a value reads events. Changes other processes make to the file
-//! (`rekeyd keys`) reach a running server through `sync`, which moves the
-//! generation when the master keys changed, before the keyring forgets
-//! them. PostgreSQL has no such cache: a commit on one replica would not
-//! move another's generation.
+//! When an entry may be served: while a commit of the write batch is
+//! under way, what it changes is neither served nor kept (reads of it go
+//! to the database), and once the commit is done, before any writer is
+//! answered, it is made stale. Making stale takes a new tick of the
+//! cache's clock; an entry carries the tick read before the read that made
+//! it began, and is served only while nothing it depends on was made
+//! stale at a later tick. So no answer from here is older than a write
+//! acknowledged before the request came, nor older than what a read on
+//! the database may already have returned. What a commit changes is what
+//! its writers said ([`Stale`]): the secrets they name, when every writer
+//! named its secret, and otherwise everything; a writer that says nothing
+//! changes everything. The standalone audit events' commits change
+//! nothing here: no read of a value reads events. Changes other processes
+//! make to the file (`rekeyd keys`) reach a running server through
+//! `sync`, which makes everything stale when the master keys changed,
+//! before the keyring forgets them. PostgreSQL has no such cache: a commit
+//! on one replica would not reach another's memory.
 //!
 //! Memory is bounded by an estimate of each entry's size; past the bound
 //! the entries made first go first. An entry a commit made stale stays
@@ -44,6 +48,40 @@ pub(super) const CAPACITY: usize = 32 << 20;
 /// queue's slots.
 const ENTRY_OVERHEAD: usize = 320;
 
+/// The most secrets made stale one by one that are remembered; past it,
+/// everything is made stale instead (and they are forgotten).
+const MAX_STALE_SECRETS: usize = 65_536;
+
+/// What a commit changes among what reads of values read: everything,
+/// unless each of its writers said which secret it changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Stale {
+    Everything,
+    /// Rows of these secrets (by id) only, besides what no read of a value
+    /// reads; none: nothing such a read reads.
+    Secrets(Vec<String>),
+}
+
+impl Stale {
+    pub(super) fn nothing() -> Self {
+        Stale::Secrets(Vec::new())
+    }
+
+    /// What two writers' changes together change.
+    pub(super) fn add(&mut self, other: Stale) {
+        match (&mut *self, other) {
+            (Stale::Secrets(ids), Stale::Secrets(more)) => {
+                for id in more {
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+            }
+            (_, _) => *self = Stale::Everything,
+        }
+    }
+}
+
 /// Which value of a secret a read asked for.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Selector<'a> {
@@ -51,8 +89,8 @@ pub(super) enum Selector<'a> {
     Stage(&'a str),
 }
 
-/// The generation read before a read began: what an entry made from that
-/// read's result carries.
+/// The clock's tick read before a read began: what an entry made from
+/// that read's result carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Ticket(u64);
 
@@ -66,7 +104,8 @@ pub(super) struct Found {
 
 #[derive(Debug)]
 struct Entry {
-    generation: u64,
+    /// The tick read before the read that made it began.
+    tick: u64,
     found: Found,
     size: usize,
 }
@@ -77,11 +116,77 @@ struct Entries {
     /// The keys in the order they first came, for eviction.
     order: VecDeque<String>,
     bytes: usize,
+    /// The tick at which everything was last made stale.
+    everything_stale: u64,
+    /// The tick at which each secret (by id) was last made stale, when
+    /// later than `everything_stale`.
+    secrets_stale: HashMap<String, u64>,
+    /// Commits under way that change everything, and those that change
+    /// these secrets (how many of each).
+    committing_everything: usize,
+    committing: HashMap<String, usize>,
+}
+
+impl Entries {
+    /// Whether what a read that began at `tick` found for the secret with
+    /// id `secret_id` still holds.
+    fn holds(&self, tick: u64, secret_id: &str) -> bool {
+        self.committing_everything == 0
+            && !self.committing.contains_key(secret_id)
+            && self.everything_stale <= tick
+            && self
+                .secrets_stale
+                .get(secret_id)
+                .is_none_or(|stale| *stale <= tick)
+    }
+
+    /// Makes what `stale` names stale at `tick`.
+    fn make_stale(&mut self, stale: &Stale, tick: u64) {
+        match stale {
+            Stale::Secrets(ids) if self.secrets_stale.len() + ids.len() <= MAX_STALE_SECRETS => {
+                for id in ids {
+                    self.secrets_stale.insert(id.clone(), tick);
+                }
+            }
+            _ => {
+                self.everything_stale = tick;
+                self.secrets_stale.clear();
+            }
+        }
+    }
+}
+
+/// A commit under way (see [`ReadCache::committing`]).
+#[derive(Debug)]
+pub(super) struct Committing<'a> {
+    cache: &'a ReadCache,
+    stale: Stale,
+}
+
+impl Drop for Committing<'_> {
+    fn drop(&mut self) {
+        let mut entries = self.cache.lock();
+        let tick = self.cache.tick();
+        entries.make_stale(&self.stale, tick);
+        match &self.stale {
+            Stale::Everything => entries.committing_everything -= 1,
+            Stale::Secrets(ids) => {
+                for id in ids {
+                    if let Some(count) = entries.committing.get_mut(id) {
+                        *count -= 1;
+                        if *count == 0 {
+                            entries.committing.remove(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
 pub(super) struct ReadCache {
-    generation: AtomicU64,
+    clock: AtomicU64,
     capacity: usize,
     entries: Mutex<Entries>,
 }
@@ -89,27 +194,51 @@ pub(super) struct ReadCache {
 impl ReadCache {
     pub(super) fn new(capacity: usize) -> Self {
         Self {
-            generation: AtomicU64::new(0),
+            clock: AtomicU64::new(0),
             capacity,
             entries: Mutex::new(Entries::default()),
         }
     }
 
-    /// Makes every entry stale: called as a commit of changes begins and
-    /// again once it is done, and when another process changed what an
-    /// entry may hold.
+    /// Makes every entry stale: another process changed what an entry may
+    /// hold, or a value kept did not open.
     pub(super) fn invalidate(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        let mut entries = self.lock();
+        let tick = self.tick();
+        entries.make_stale(&Stale::Everything, tick);
+    }
+
+    /// For a commit that changes what `stale` says: until the guard is
+    /// dropped (once the commit is done), what it changes is neither
+    /// served nor kept; then it is made stale.
+    pub(super) fn committing(&self, stale: Stale) -> Committing<'_> {
+        let mut entries = self.lock();
+        let tick = self.tick();
+        entries.make_stale(&stale, tick);
+        match &stale {
+            Stale::Everything => entries.committing_everything += 1,
+            Stale::Secrets(ids) => {
+                for id in ids {
+                    *entries.committing.entry(id.clone()).or_default() += 1;
+                }
+            }
+        }
+        Committing { cache: self, stale }
+    }
+
+    /// A new tick, later than every ticket taken so far.
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     /// To take before a read on the database begins (before its job is
     /// queued), for [`ReadCache::insert`] of its result.
     pub(super) fn ticket(&self) -> Ticket {
-        Ticket(self.generation.load(Ordering::SeqCst))
+        Ticket(self.clock.load(Ordering::SeqCst))
     }
 
-    /// What an earlier read found for `name` and `selector`, if no commit
-    /// has begun since that read began.
+    /// What an earlier read found for `name` and `selector`, if nothing
+    /// it depends on has been made stale since that read began.
     pub(super) fn get(
         &self,
         name: &str,
@@ -122,7 +251,7 @@ impl ReadCache {
             entries
                 .map
                 .get(&key)
-                .filter(|entry| entry.generation == self.generation.load(Ordering::SeqCst))
+                .filter(|entry| entries.holds(entry.tick, &entry.found.secret.id))
                 .map(|entry| entry.found.clone())
         };
         let counter = match found {
@@ -133,8 +262,9 @@ impl ReadCache {
         found
     }
 
-    /// Keeps what a read that began with `ticket` found, unless a commit
-    /// has begun since (it may not be what the database holds now).
+    /// Keeps what a read that began with `ticket` found, unless what it
+    /// found has been made stale since (it may not be what the database
+    /// holds now).
     pub(super) fn insert(&self, ticket: Ticket, name: &str, selector: Selector<'_>, found: Found) {
         let size = ENTRY_OVERHEAD + found_size(&found);
         if size > self.capacity {
@@ -142,11 +272,11 @@ impl ReadCache {
         }
         let key = key(name, selector);
         let mut entries = self.lock();
-        if ticket != self.ticket() {
+        if !entries.holds(ticket.0, &found.secret.id) {
             return;
         }
         let entry = Entry {
-            generation: ticket.0,
+            tick: ticket.0,
             found,
             size,
         };
@@ -246,16 +376,13 @@ mod tests {
     const CURRENT: Selector<'static> = Selector::Stage("CURRENT");
 
     #[test]
-    fn an_entry_is_served_until_a_commit_begins() {
+    fn an_entry_is_served_until_what_it_holds_changes() {
         let (cache, metrics) = (ReadCache::new(CAPACITY), StoreMetrics::default());
         let ticket = cache.ticket();
         cache.insert(ticket, "app/db", CURRENT, found("app/db", 16));
         assert!(cache.get("app/db", CURRENT, &metrics).is_some());
-        assert!(
-            cache
-                .get("app/db", Selector::Stage("PREVIOUS"), &metrics)
-                .is_none()
-        );
+        let previous = Selector::Stage("PREVIOUS");
+        assert!(cache.get("app/db", previous, &metrics).is_none());
         assert!(cache.get("app/other", CURRENT, &metrics).is_none());
 
         cache.invalidate();
@@ -263,27 +390,76 @@ mod tests {
         assert_eq!(metrics.read_cache_hits.load(Ordering::Relaxed), 1);
         assert_eq!(metrics.read_cache_misses.load(Ordering::Relaxed), 3);
 
-        // A read that began after the commit fills it again.
-        let ticket = cache.ticket();
-        cache.insert(ticket, "app/db", CURRENT, found("app/db", 16));
+        // A read that began after it fills it again.
+        cache.insert(cache.ticket(), "app/db", CURRENT, found("app/db", 16));
         assert!(cache.get("app/db", CURRENT, &metrics).is_some());
     }
 
-    /// A read that began before a commit may have found what the commit
-    /// changed: what it found is not kept.
+    /// While a commit is under way, what it changes is neither served nor
+    /// kept, even from a read that began after it did (that read may have
+    /// found the database from before it); once done, what a read from
+    /// before its end found is not kept.
     #[test]
-    fn what_a_read_from_before_a_commit_found_is_not_kept() {
+    fn nothing_a_commit_changes_is_served_or_kept_until_it_is_done() {
         let (cache, metrics) = (ReadCache::new(CAPACITY), StoreMetrics::default());
-        let ticket = cache.ticket();
-        cache.invalidate();
-        cache.insert(ticket, "app/db", CURRENT, found("app/db", 16));
+        let (db, web) = (found("app/db", 16), found("app/web", 16));
+        cache.insert(cache.ticket(), "app/db", CURRENT, db.clone());
+        cache.insert(cache.ticket(), "app/web", CURRENT, web.clone());
+        let before = cache.ticket();
+        let committing = cache.committing(Stale::Secrets(vec![db.secret.id.clone()]));
+        let during = cache.ticket();
         assert!(cache.get("app/db", CURRENT, &metrics).is_none());
-        // Nor once a later read's entry has come and gone stale.
-        let later = cache.ticket();
-        cache.insert(later, "app/db", CURRENT, found("app/db", 16));
-        cache.invalidate();
-        cache.insert(later, "app/db", CURRENT, found("app/db", 16));
+        cache.insert(during, "app/db", CURRENT, db.clone());
         assert!(cache.get("app/db", CURRENT, &metrics).is_none());
+        // Another secret is served and kept meanwhile.
+        assert!(cache.get("app/web", CURRENT, &metrics).is_some());
+        cache.insert(during, "app/web", CURRENT, web.clone());
+        assert!(cache.get("app/web", CURRENT, &metrics).is_some());
+        drop(committing);
+        for ticket in [before, during] {
+            cache.insert(ticket, "app/db", CURRENT, db.clone());
+            assert!(cache.get("app/db", CURRENT, &metrics).is_none());
+        }
+        cache.insert(cache.ticket(), "app/db", CURRENT, db.clone());
+        assert!(cache.get("app/db", CURRENT, &metrics).is_some());
+
+        // A commit of everything: nothing served until it is done.
+        let committing = cache.committing(Stale::Everything);
+        assert!(cache.get("app/web", CURRENT, &metrics).is_none());
+        cache.insert(cache.ticket(), "app/web", CURRENT, web.clone());
+        drop(committing);
+        assert!(cache.get("app/web", CURRENT, &metrics).is_none());
+        assert!(cache.lock().committing.is_empty());
+        assert_eq!(cache.lock().committing_everything, 0);
+        // A commit of no value changes nothing here.
+        cache.insert(cache.ticket(), "app/web", CURRENT, web.clone());
+        drop(cache.committing(Stale::nothing()));
+        assert!(cache.get("app/web", CURRENT, &metrics).is_some());
+    }
+
+    #[test]
+    fn too_many_secrets_made_stale_one_by_one_make_everything_stale() {
+        let (cache, metrics) = (ReadCache::new(CAPACITY), StoreMetrics::default());
+        cache.insert(cache.ticket(), "app/web", CURRENT, found("app/web", 16));
+        drop(cache.committing(Stale::Secrets(vec!["1".into()])));
+        assert!(cache.get("app/web", CURRENT, &metrics).is_some());
+        let many: Vec<String> = (0..=MAX_STALE_SECRETS).map(|n| n.to_string()).collect();
+        drop(cache.committing(Stale::Secrets(many)));
+        assert!(cache.get("app/web", CURRENT, &metrics).is_none());
+        assert!(cache.lock().secrets_stale.is_empty());
+        assert!(cache.lock().committing.is_empty());
+    }
+
+    #[test]
+    fn what_two_writers_change_together() {
+        let mut stale = Stale::nothing();
+        stale.add(Stale::Secrets(vec!["a".into()]));
+        stale.add(Stale::Secrets(vec!["a".into(), "b".into()]));
+        assert_eq!(stale, Stale::Secrets(vec!["a".into(), "b".into()]));
+        stale.add(Stale::Everything);
+        assert_eq!(stale, Stale::Everything);
+        stale.add(Stale::nothing());
+        assert_eq!(stale, Stale::Everything);
     }
 
     #[test]

@@ -143,8 +143,9 @@ async fn read_suite(url: &str) {
 /// Reads of one secret while its value is put again and again: no read
 /// answers a version older than the newest put acknowledged before the
 /// read began, and no reader sees CURRENT go back. On SQLite most reads
-/// are answered from memory (`read_cache`), made stale by each commit;
-/// a read of a value just read, with no commit between, is one of them.
+/// are answered from memory (`read_cache`), made stale by each commit of
+/// the secret; a read of a value just read, with no commit between or
+/// only a put of another secret, is one of them.
 async fn reads_beside_puts_suite(url: &str) {
     let store = Arc::new(
         Store::open(url, AuditKey::derive(&RootKey::new(Key::generate())))
@@ -216,6 +217,16 @@ async fn reads_beside_puts_suite(url: &str) {
             before + 1,
             "a value read again with no commit between"
         );
+        // A put of another secret leaves this one's read in memory.
+        let other = create(&store, "reads/other", &[]).await;
+        assert_eq!(read().await, 200);
+        store
+            .put_version(&other, &new_version(7), &[Stage::current()], &event("Put"))
+            .await
+            .unwrap();
+        let before = hits();
+        assert_eq!(read().await, 200);
+        assert_eq!(hits(), before + 1, "a value read again after another's put");
     }
     store.close().await;
 }

@@ -19,6 +19,7 @@ impl Store {
         until: i64,
     ) -> Result<bool> {
         let mut tx = self.write().await?;
+        tx.changes_no_value();
         let claimed = sqlx::query(
             "INSERT INTO rotation_leases (secret_id, owner, expires_at) VALUES (?, ?, ?)
              ON CONFLICT (secret_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
@@ -37,6 +38,7 @@ impl Store {
     /// Gives the lease up, if `owner` still holds it.
     pub async fn release_lease(&self, secret_id: &str, owner: &str) -> Result<()> {
         let mut tx = self.write().await?;
+        tx.changes_no_value();
         sqlx::query("DELETE FROM rotation_leases WHERE secret_id = ? AND owner = ?")
             .bind(secret_id)
             .bind(owner)
@@ -49,6 +51,7 @@ impl Store {
     /// lease found at start belongs to a process that is gone.
     pub async fn clear_leases(&self) -> Result<()> {
         let mut tx = self.write().await?;
+        tx.changes_no_value();
         sqlx::query("DELETE FROM rotation_leases")
             .execute(&mut *tx)
             .await?;
@@ -59,6 +62,7 @@ impl Store {
     /// caller whose claim did, who then starts the run.
     pub async fn claim_due(&self, secret_id: &str, due_at: i64, next: Option<i64>) -> Result<bool> {
         let mut tx = self.write().await?;
+        tx.changes_no_value();
         let claimed = sqlx::query(
             "UPDATE rotation_configs SET next_rotation_at = ?
              WHERE secret_id = ? AND next_rotation_at = ?",

@@ -180,7 +180,10 @@ impl Store {
                 let (writer, chain, events) = (writer.clone(), chain.clone(), events.clone());
                 async move {
                     match writer.join_or_lock().await? {
-                        Place::Batch(tx) => audit::commit_with(tx, &chain, &batch).await,
+                        Place::Batch(mut tx) => {
+                            tx.changes_no_value();
+                            audit::commit_with(tx, &chain, &batch).await
+                        }
                         Place::Alone(_writers_wait) => events.append(batch).await,
                     }
                 }

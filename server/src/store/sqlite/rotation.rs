@@ -128,6 +128,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<()> {
         let mut tx = self.write().await?;
+        tx.changes_secret(&run.secret_id);
         let inserted = sqlx::query(&format!(
             "INSERT INTO rotation_runs ({RUN_COLUMNS})
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -178,6 +179,7 @@ impl Store {
         event: Option<&AuditEvent>,
     ) -> Result<()> {
         let mut tx = self.write().await?;
+        tx.changes_secret(&run.secret_id);
         write_run(&mut tx, run).await?;
         write_history(&mut tx, &run.id, history).await?;
         match event {
@@ -198,6 +200,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<bool> {
         let mut tx = self.write().await?;
+        tx.changes_secret(&run.secret_id);
         let mut map = read_stage_map(&mut tx, &run.secret_id).await?;
         let before = map.clone();
         let current = map.get(&Stage::current()).map(|v| v.as_str().to_owned());
@@ -235,6 +238,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<()> {
         let mut tx = self.write().await?;
+        tx.changes_secret(&run.secret_id);
         let mut map = read_stage_map(&mut tx, &run.secret_id).await?;
         let before = map.clone();
         if map.get(&pending()).map(|v| v.as_str()) == Some(run.id.as_str()) {

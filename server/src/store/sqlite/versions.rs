@@ -98,6 +98,7 @@ impl Store {
         // with the stages read back, and the rest with the audit event
         // (and, for a batch's first writer, the read of the chain's head).
         let mut tx = self.write().await?;
+        tx.changes_secret(secret_id);
         let before = match insert_version(&mut tx, secret_id, version).await {
             Err(Error::AlreadyExists(_)) => return Ok(PutOutcome::VersionExists),
             other => other?,
@@ -136,6 +137,7 @@ impl Store {
     ) -> Result<()> {
         let (secret_id, secret_name) = (secret.id.as_str(), &secret.name);
         let mut tx = self.write().await?;
+        tx.changes_secret(secret_id);
         let mut map = read_stage_map(&mut tx, secret_id).await?;
         let before = map.clone();
         if let Some(from) = from {
@@ -221,6 +223,7 @@ impl Store {
         day: i64,
     ) -> Result<()> {
         let mut tx = self.write().await?;
+        tx.changes_secret(secret_id);
         sqlx::query(
             "UPDATE secrets SET accessed_day = ?1
              WHERE id = ?2 AND (accessed_day IS NULL OR accessed_day < ?1)",

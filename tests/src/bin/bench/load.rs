@@ -72,6 +72,10 @@ pub fn rotation_target(seed: usize) -> String {
     format!("bench/rot{seed}")
 }
 
+/// How many callers have started (which sequence of secrets the next
+/// one reads).
+static CALLERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// A small non-cryptographic generator: which secret to read next.
 struct XorShift(u64);
 
@@ -96,7 +100,10 @@ async fn caller(
     let mut health = HealthClient::new(channel.clone());
     let mut client = SecretsClient::new(channel.clone());
     let mut rotation = RotationClient::new(channel.clone());
-    let mut random = XorShift((seed as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    // Each caller reads a sequence of its own: a run's callers must not
+    // read again what the last run's read (and the server kept).
+    let stream = CALLERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut random = XorShift((stream + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut finished = if call == Call::Rotate {
         Some(finished_runs(channel, rotation_target(seed)).await)
     } else {
