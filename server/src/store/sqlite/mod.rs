@@ -70,6 +70,15 @@ pub struct Store {
     reads: Arc<ReadCache>,
     /// Standalone events' commits while no write batch is open (`events`).
     events: Arc<events::EventWriter>,
+    /// The database file.
+    path: std::path::PathBuf,
+}
+
+/// The write-ahead log of the database at `path`.
+fn wal_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut log = path.as_os_str().to_owned();
+    log.push("-wal");
+    log.into()
 }
 
 impl Drop for Store {
@@ -200,6 +209,7 @@ impl Store {
             readers,
             reads,
             events,
+            path: file,
         })
     }
 
@@ -213,7 +223,32 @@ impl Store {
         // The pool's close does not wait for a connection still held (it
         // closes once given back): no checkpoint may hold one meanwhile.
         let _no_checkpoint = self.checkpoints.hold().await;
+        // sqlx 0.8's close can end with a connection that was being given
+        // back meanwhile (a write batch's, just committed) left idle and
+        // open: it waits for that connection to land, but looks for idle
+        // connections to close only before. Another pass closes it.
         self.pool.close().await;
+        while self.pool.size() > 0 {
+            self.pool.close().await;
+        }
+        // The last connection to close moves the write-ahead log into the
+        // database file and removes it, but two closing at once (a pool
+        // connection given back as the pool closed) can each see the other
+        // open and leave it. One more, closed alone, does it then.
+        let (path, log) = (self.path.clone(), wal_path(&self.path));
+        let last = tokio::task::spawn_blocking(move || {
+            if log.exists() {
+                // It takes a read to open the log (and find it to move).
+                let closed = rusqlite::Connection::open(&path).and_then(|connection| {
+                    connection.query_row("PRAGMA schema_version", [], |_| Ok(()))?;
+                    connection.close().map_err(|(_, error)| error)
+                });
+                if let Err(error) = closed {
+                    tracing::warn!(%error, "the write-ahead log could not be moved in at close");
+                }
+            }
+        });
+        let _ = last.await;
     }
 
     /// The secret `name` and, if `gate` lets the read go on, the version
