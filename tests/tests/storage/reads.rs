@@ -23,12 +23,8 @@ fn gate(answer: bool, asked: &Arc<AtomicUsize>) -> Gate {
     })
 }
 
-async fn read_suite(url: &str) {
-    let store = Arc::new(
-        Store::open(url, AuditKey::derive(&RootKey::new(Key::generate())))
-            .await
-            .unwrap(),
-    );
+async fn read_suite(url: &str, root: &RootKey) {
+    let store = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
     add_default_key(&store).await;
     let id = create(&store, "reads/db", &[]).await;
     let name = SecretName::parse("reads/db").unwrap();
@@ -146,12 +142,8 @@ async fn read_suite(url: &str) {
 /// are answered from memory (`read_cache`), made stale by each commit of
 /// the secret; a read of a value just read, with no commit between or
 /// only a put of another secret, is one of them.
-async fn reads_beside_puts_suite(url: &str) {
-    let store = Arc::new(
-        Store::open(url, AuditKey::derive(&RootKey::new(Key::generate())))
-            .await
-            .unwrap(),
-    );
+async fn reads_beside_puts_suite(url: &str, root: &RootKey) {
+    let store = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
     add_default_key(&store).await;
     let id = create(&store, "reads/raced", &[]).await;
     let name = SecretName::parse("reads/raced").unwrap();
@@ -231,35 +223,8 @@ async fn reads_beside_puts_suite(url: &str) {
     store.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sqlite_reads_beside_puts() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
-    reads_beside_puts_suite(&url).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_reads_beside_puts() {
-    let Some(database) = StorageDatabase::create() else {
-        return;
-    };
-    reads_beside_puts_suite(&database.url).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn sqlite_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
-    read_suite(&url).await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_reads() {
-    let Some(database) = StorageDatabase::create() else {
-        return;
-    };
-    read_suite(&database.url).await;
-}
+on_both_backends!(reads_beside_puts_suite => sqlite_reads_beside_puts, postgres_reads_beside_puts);
+on_both_backends!(read_suite => sqlite_reads, postgres_reads);
 
 #[tokio::test]
 async fn an_in_memory_sqlite_database_is_refused() {
