@@ -125,6 +125,18 @@ impl Keyring {
         if !versions.is_empty()
             && let Ok(mut keys) = self.keys.write()
         {
+            let numbers = |versions: &[Arc<MasterKey>]| -> Vec<u32> {
+                versions.iter().map(|key| key.reference.version).collect()
+            };
+            if keys
+                .get(name.as_str())
+                .is_some_and(|known| numbers(known) != numbers(&versions))
+            {
+                // Another process changed the key before `sync` noticed:
+                // a read kept in memory may hold a data key wrapped under a
+                // version that is gone now.
+                store.forget_cached_reads();
+            }
             keys.insert(name.as_str().to_owned(), versions.clone());
         }
         Ok(versions)

@@ -181,6 +181,14 @@ impl Store {
         }
     }
 
+    /// Makes the reads of the secret with id `secret_id` kept in memory
+    /// stale: one of its values did not open.
+    pub fn forget_cached_reads_of(&self, secret_id: &str) {
+        if let Store::Sqlite(store) = self {
+            store.forget_cached_reads_of(secret_id);
+        }
+    }
+
     pub fn audit_key(&self) -> &AuditKey {
         match self {
             Store::Sqlite(store) => store.audit_key(),

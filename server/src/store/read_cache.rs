@@ -31,8 +31,8 @@
 //! on one replica would not reach another's memory.
 //!
 //! Memory is bounded by an estimate of each entry's size; past the bound
-//! the entries made first go first. An entry a commit made stale stays
-//! until a read of its value replaces it, or it is evicted.
+//! the entries made first go first. Entries made stale are let go at
+//! once, so that an erased secret's sealed values do not stay in memory.
 
 use super::{SecretRecord, StoreMetrics, VersionRecord};
 use rekey_shared::Stage;
@@ -106,6 +106,8 @@ pub(super) struct Found {
 struct Entry {
     /// The tick read before the read that made it began.
     tick: u64,
+    /// When it came, in the order of insertions (see `Entries::order`).
+    number: u64,
     found: Found,
     size: usize,
 }
@@ -113,8 +115,13 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Entries {
     map: HashMap<String, Entry>,
-    /// The keys in the order they first came, for eviction.
-    order: VecDeque<String>,
+    /// The keys of each secret's entries, by the secret's id.
+    by_secret: HashMap<String, Vec<String>>,
+    /// Keys with the number of the insertion that made their entry, oldest
+    /// first, for eviction; a pair whose entry has gone or been replaced
+    /// is skipped, and such pairs are swept out once they are half.
+    order: VecDeque<(u64, String)>,
+    insertions: u64,
     bytes: usize,
     /// The tick at which everything was last made stale.
     everything_stale: u64,
@@ -140,18 +147,85 @@ impl Entries {
                 .is_none_or(|stale| *stale <= tick)
     }
 
-    /// Makes what `stale` names stale at `tick`.
+    /// Makes what `stale` names stale at `tick`, and lets go of the
+    /// entries it made stale (the values of an erased secret must not
+    /// stay in memory until evicted).
     fn make_stale(&mut self, stale: &Stale, tick: u64) {
         match stale {
             Stale::Secrets(ids) if self.secrets_stale.len() + ids.len() <= MAX_STALE_SECRETS => {
                 for id in ids {
                     self.secrets_stale.insert(id.clone(), tick);
+                    for key in self.by_secret.remove(id).unwrap_or_default() {
+                        if let Some(entry) = self.map.remove(&key) {
+                            self.bytes -= entry.size;
+                        }
+                    }
                 }
+                self.sweep();
             }
             _ => {
                 self.everything_stale = tick;
                 self.secrets_stale.clear();
+                self.map.clear();
+                self.by_secret.clear();
+                self.order.clear();
+                self.bytes = 0;
             }
+        }
+    }
+
+    fn insert(&mut self, key: String, entry: Entry) {
+        self.bytes += entry.size;
+        self.order.push_back((entry.number, key.clone()));
+        let id = entry.found.secret.id.clone();
+        match self.map.insert(key.clone(), entry) {
+            Some(replaced) => {
+                self.bytes -= replaced.size;
+                if replaced.found.secret.id != id {
+                    self.forget_key(&replaced.found.secret.id, &key);
+                    self.by_secret.entry(id).or_default().push(key);
+                }
+            }
+            None => self.by_secret.entry(id).or_default().push(key),
+        }
+    }
+
+    /// Evicts the oldest entries until they fit in `capacity` bytes.
+    fn evict_to(&mut self, capacity: usize) {
+        while self.bytes > capacity {
+            let Some((number, key)) = self.order.pop_front() else {
+                break;
+            };
+            if self
+                .map
+                .get(&key)
+                .is_some_and(|entry| entry.number == number)
+                && let Some(evicted) = self.map.remove(&key)
+            {
+                self.bytes -= evicted.size;
+                self.forget_key(&evicted.found.secret.id, &key);
+            }
+        }
+        self.sweep();
+    }
+
+    fn forget_key(&mut self, secret_id: &str, key: &str) {
+        if let Some(keys) = self.by_secret.get_mut(secret_id) {
+            keys.retain(|kept| kept != key);
+            if keys.is_empty() {
+                self.by_secret.remove(secret_id);
+            }
+        }
+    }
+
+    /// Drops the eviction order's pairs whose entries have gone, once they
+    /// are more than half of it (each sweep is paid for by as many
+    /// insertions).
+    fn sweep(&mut self) {
+        if self.order.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.order
+                .retain(|(number, key)| map.get(key).is_some_and(|entry| entry.number == *number));
         }
     }
 }
@@ -275,24 +349,23 @@ impl ReadCache {
         if !entries.holds(ticket.0, &found.secret.id) {
             return;
         }
+        entries.insertions += 1;
         let entry = Entry {
             tick: ticket.0,
+            number: entries.insertions,
             found,
             size,
         };
-        match entries.map.insert(key.clone(), entry) {
-            Some(replaced) => entries.bytes -= replaced.size,
-            None => entries.order.push_back(key),
-        }
-        entries.bytes += size;
-        while entries.bytes > self.capacity {
-            let Some(oldest) = entries.order.pop_front() else {
-                break;
-            };
-            if let Some(evicted) = entries.map.remove(&oldest) {
-                entries.bytes -= evicted.size;
-            }
-        }
+        entries.insert(key, entry);
+        entries.evict_to(self.capacity);
+    }
+
+    /// Makes the entries of the secret with id `secret_id` stale: one of
+    /// its values did not open.
+    pub(super) fn forget_secret(&self, secret_id: &str) {
+        let mut entries = self.lock();
+        let tick = self.tick();
+        entries.make_stale(&Stale::Secrets(vec![secret_id.to_owned()]), tick);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -435,6 +508,41 @@ mod tests {
         cache.insert(cache.ticket(), "app/web", CURRENT, web.clone());
         drop(cache.committing(Stale::nothing()));
         assert!(cache.get("app/web", CURRENT, &metrics).is_some());
+    }
+
+    /// What is made stale is let go at once, and churn (a secret read,
+    /// put, read again) leaves nothing behind in the eviction order.
+    #[test]
+    fn stale_entries_are_let_go() {
+        let (cache, metrics) = (ReadCache::new(CAPACITY), StoreMetrics::default());
+        let (db, web) = (found("app/db", 1000), found("app/web", 1000));
+        let web_bytes = ENTRY_OVERHEAD + found_size(&web);
+        cache.insert(cache.ticket(), "app/web", CURRENT, web.clone());
+        for _ in 0..1000 {
+            cache.insert(cache.ticket(), "app/db", CURRENT, db.clone());
+            cache.insert(
+                cache.ticket(),
+                "app/db",
+                Selector::Stage("PREVIOUS"),
+                db.clone(),
+            );
+            drop(cache.committing(Stale::Secrets(vec![db.secret.id.clone()])));
+        }
+        {
+            let entries = cache.lock();
+            assert_eq!(entries.map.len(), 1);
+            assert_eq!(entries.bytes, web_bytes);
+            assert!(!entries.by_secret.contains_key(&db.secret.id));
+            assert!(entries.order.len() <= 2 * entries.map.len() + 64 + 2);
+        }
+        assert!(cache.get("app/web", CURRENT, &metrics).is_some());
+        cache.forget_secret(&web.secret.id);
+        assert!(cache.get("app/web", CURRENT, &metrics).is_none());
+        cache.insert(cache.ticket(), "app/web", CURRENT, web);
+        cache.invalidate();
+        let entries = cache.lock();
+        assert!(entries.map.is_empty() && entries.order.is_empty() && entries.by_secret.is_empty());
+        assert_eq!(entries.bytes, 0);
     }
 
     #[test]

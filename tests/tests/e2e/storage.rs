@@ -1,8 +1,9 @@
 //! What is on disk: no plaintext in the SQLite file, ciphertexts that fail
-//! loudly when changed or moved, and values that survive a restart.
+//! loudly when changed or moved, values that survive a restart, and one
+//! server per SQLite file.
 
 use rekey_shared::proto;
-use rekey_tests::{Installation, contains_bytes};
+use rekey_tests::{DEADLINE, Installation, binary, contains_bytes, text};
 use sqlx::{Connection, Row, SqliteConnection};
 use tonic::Code;
 
@@ -221,4 +222,50 @@ async fn a_restarted_server_serves_every_value_written_before() {
             .into_inner();
         assert_eq!(previous.secret_string, Some(format!("v1-{index}")));
     }
+}
+
+/// A second `rekeyd serve` on a database another one serves exits 1 and
+/// says so, before it changes anything; the first goes on serving, and
+/// once it stops the database can be served again.
+#[test]
+fn a_second_server_on_one_sqlite_file_is_refused() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let rekey = server.rekey(&installation.admin());
+    rekey.run(&["create", "one/server", "--value", "v"]).ok();
+
+    let mut second = std::process::Command::new(binary("rekeyd"))
+        .arg("--dir")
+        .arg(installation.dir())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            panic!("a second server started on the same database");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    };
+    let output = second.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(1), "{}", text(&output.stderr));
+    let said = text(&output.stderr);
+    assert!(
+        said.contains("another rekeyd is serving the database")
+            && said.contains("one SQLite file has one server"),
+        "{said}"
+    );
+    assert_eq!(rekey.run(&["get", "one/server"]).ok().stdout, "v\n");
+
+    drop(rekey);
+    assert!(server.stop().success());
+    let again = installation.serve();
+    let rekey = again.rekey(&installation.admin());
+    assert_eq!(rekey.run(&["get", "one/server"]).ok().stdout, "v\n");
 }

@@ -57,12 +57,18 @@ async fn postgres_many_standalone_events() {
 }
 
 /// Reads' events and changes at once, through two stores on one database
-/// (two processes, or two replicas): whichever way each store commits its
-/// events (in a write batch of its own, or apart while none is open), both
-/// append to one chain, each event once.
+/// (a server and an admin command beside it, or two replicas): whichever
+/// way each store commits its events (in a write batch of its own, or
+/// apart while none is open), both append to one chain, each event once.
 async fn events_and_changes_interleaved_suite(url: &str, root: &RootKey) {
     let first = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
-    let second = Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
+    // The way a command other than the server opens it (one SQLite file
+    // has one server).
+    let second = Arc::new(
+        Store::open_current(url, AuditKey::derive(root))
+            .await
+            .unwrap(),
+    );
     add_default_key(&first).await;
     let mut tasks = Vec::new();
     for index in 0..300 {

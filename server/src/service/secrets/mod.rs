@@ -92,8 +92,9 @@ impl SecretsService {
 
     /// The value of `version`. One that does not open (its master-key
     /// version is gone, or the ciphertext was changed outside rekey) is
-    /// not answered from memory again: the store's next reads of values go
-    /// to the database, which may have been put right meanwhile.
+    /// not answered from memory again: the store's next reads of the
+    /// secret's values go to the database, which may have been put right
+    /// meanwhile.
     async fn open(&self, secret: &SecretRecord, version: &VersionRecord) -> Result<SecretValue> {
         let store = &self.state.store;
         let opened = async {
@@ -114,7 +115,7 @@ impl SecretsService {
         }
         .await;
         if opened.is_err() {
-            store.forget_cached_reads();
+            store.forget_cached_reads_of(&secret.id);
         }
         opened
     }

@@ -105,7 +105,19 @@ impl SecretsService {
                     .await?
             }
         };
-        self.answer(&secret, found, version_id, stage).await
+        match self.answer(&secret, found, version_id, stage).await {
+            // What SQLite kept in memory may be wrapped under a master-key
+            // version another process retired meanwhile: a value that does
+            // not open is read once more from the database (`open` made
+            // what was kept of the secret stale) before the read fails.
+            Err(Error::Integrity(_)) => {
+                let found = store
+                    .version_with_stages(&secret.id, version_id, &selected)
+                    .await?;
+                self.answer(&secret, found, version_id, stage).await
+            }
+            answered => answered,
+        }
     }
 
     /// The response for `found`, the version a read selected (`None`: no

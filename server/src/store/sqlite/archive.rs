@@ -30,6 +30,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<bool> {
         let mut tx = self.write().await?;
+        tx.changes_no_value();
         let current: Option<AnchorRow> =
             sqlx::query_as("SELECT seq, mac, anchor_mac FROM audit_anchor WHERE id = 1")
                 .fetch_optional(&mut *tx)

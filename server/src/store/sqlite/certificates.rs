@@ -21,6 +21,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<()> {
         let mut tx = self.write().await?;
+        tx.changes_no_value();
         sqlx::query(
             "INSERT INTO certificates (serial, principal, issued_at, not_after) VALUES (?, ?, ?, ?)",
         )
@@ -62,6 +63,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<Vec<String>> {
         let mut tx = self.write().await?;
+        tx.changes_no_value();
         let serial = name_or_serial.to_ascii_lowercase().replace(':', "");
         let matching: Vec<String> = sqlx::query_scalar(
             "SELECT serial FROM certificates WHERE (principal = ? OR serial = ?) AND revoked_at IS NULL",

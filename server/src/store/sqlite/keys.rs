@@ -14,6 +14,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<()> {
         let mut tx = self.write().await?;
+        tx.changes_no_value();
         let inserted = sqlx::query(
             "INSERT INTO master_keys (name, version, wrapped_material, created_at) VALUES (?, ?, ?, ?)",
         )

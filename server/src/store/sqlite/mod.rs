@@ -72,6 +72,46 @@ pub struct Store {
     events: Arc<events::EventWriter>,
     /// The database file.
     path: std::path::PathBuf,
+    /// Held while a store that migrates (a server) has the file open
+    /// (`hold_serving_lock`); let go at close.
+    serving: std::sync::Mutex<Option<std::fs::File>>,
+}
+
+/// Refuses a second server on the database file at `path`: each keeps
+/// reads of values in memory (`read_cache`) that only its own commits make
+/// stale, so a second one writing to the file would leave the first
+/// answering values replaced meanwhile. (One server per SQLite file was
+/// already the rule: leases found at start are taken for a dead
+/// process's.) An exclusive `flock` on a file beside the database, held
+/// for the store's life; the kernel lets go of it when the process ends,
+/// however it ends. A lock file of its own, not the database file: closing
+/// any descriptor of the database would drop SQLite's own locks on it.
+fn hold_serving_lock(path: &std::path::Path) -> Result<std::fs::File> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".rekeyd-lock");
+    let lock_path = std::path::PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|error| {
+            Error::internal(
+                &format!("opening the lock file {}", lock_path.display()),
+                error,
+            )
+        })?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+        |_| {
+            Error::FailedPrecondition(format!(
+                "another rekeyd is serving the database {} (it holds {}); one SQLite file has \
+                 one server: stop the other first, or use PostgreSQL for several replicas",
+                path.display(),
+                lock_path.display()
+            ))
+        },
+    )?;
+    Ok(file)
 }
 
 /// The write-ahead log of the database at `path`.
@@ -156,6 +196,12 @@ impl Store {
                  the pool's must"
             )));
         }
+        // Before anything touches the file: a second server migrates
+        // nothing either.
+        let serving = match schema {
+            Schema::Migrate => Some(hold_serving_lock(&file)?),
+            Schema::Current => None,
+        };
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             // An embedded database's connections cannot go away; testing
@@ -210,6 +256,7 @@ impl Store {
             reads,
             events,
             path: file,
+            serving: std::sync::Mutex::new(serving),
         })
     }
 
@@ -249,6 +296,10 @@ impl Store {
             }
         });
         let _ = last.await;
+        self.serving
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
     }
 
     /// The secret `name` and, if `gate` lets the read go on, the version
@@ -266,7 +317,10 @@ impl Store {
             Some(version_id) => Selector::Version(version_id.as_str()),
             None => Selector::Stage(stage.as_str()),
         };
-        if let Some(found) = self.reads.get(name.as_str(), selector, &self.store_metrics) {
+        // A closed store answers nothing from memory either.
+        if !self.pool.is_closed()
+            && let Some(found) = self.reads.get(name.as_str(), selector, &self.store_metrics)
+        {
             if !gate(&found.secret) {
                 return Ok(ValueRead::Stopped(found.secret));
             }
@@ -301,6 +355,11 @@ impl Store {
     /// made to the file (`sync`).
     pub fn forget_cached_reads(&self) {
         self.reads.invalidate();
+    }
+
+    /// Makes the reads of one secret kept in memory stale.
+    pub fn forget_cached_reads_of(&self, secret_id: &str) {
+        self.reads.forget_secret(secret_id);
     }
 
     /// `VACUUM INTO`: one read transaction copied page by page into a new,

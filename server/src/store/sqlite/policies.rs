@@ -45,6 +45,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<Option<i64>> {
         let mut tx = self.write().await?;
+        tx.changes_no_value();
         let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM policies")
             .fetch_one(&mut *tx)
             .await?;

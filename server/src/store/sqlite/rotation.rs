@@ -65,6 +65,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<()> {
         let mut tx = self.write().await?;
+        tx.changes_no_value();
         let steps: Vec<&str> = config.approval_steps.iter().map(|s| s.as_str()).collect();
         sqlx::query(&format!(
             "INSERT OR REPLACE INTO rotation_configs ({CONFIG_COLUMNS})
@@ -128,7 +129,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<()> {
         let mut tx = self.write().await?;
-        tx.changes_secret(&run.secret_id);
+        tx.changes_no_value();
         let inserted = sqlx::query(&format!(
             "INSERT INTO rotation_runs ({RUN_COLUMNS})
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -179,7 +180,7 @@ impl Store {
         event: Option<&AuditEvent>,
     ) -> Result<()> {
         let mut tx = self.write().await?;
-        tx.changes_secret(&run.secret_id);
+        tx.changes_no_value();
         write_run(&mut tx, run).await?;
         write_history(&mut tx, &run.id, history).await?;
         match event {
@@ -329,6 +330,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<bool> {
         let mut tx = self.write().await?;
+        tx.changes_no_value();
         let inserted = sqlx::query(
             "INSERT INTO rotation_approvals (run_id, step, principal, at, comment) VALUES (?, ?, ?, ?, ?)",
         )
