@@ -23,6 +23,10 @@ pub struct Config {
     /// How often secrets whose recovery window ended are erased, in
     /// seconds. `REKEY_PURGE_INTERVAL_SECONDS`.
     pub purge_interval_seconds: u64,
+    /// The most memory, in MiB, that an SQLite server spends on reads it
+    /// answers again without the database (values still sealed; see
+    /// `store::read_cache`); 0 keeps nothing. `REKEY_READ_CACHE_MIB`.
+    pub read_cache_mib: u32,
     /// Set by `rekeyd init --passphrase`: the root key is derived from a
     /// passphrase (Argon2id) with these parameters instead of read from
     /// `root_key_file`.
@@ -244,6 +248,7 @@ impl Default for Config {
             database_url: "sqlite://rekey.db".to_owned(),
             root_key_file: PathBuf::from("root.key"),
             purge_interval_seconds: 60,
+            read_cache_mib: 32,
             root_passphrase: None,
             tls: TlsFiles::default(),
             log: LogConfig::default(),
@@ -357,6 +362,11 @@ pub fn apply_environment(
                 )
             })?;
     }
+    if let Some(mib) = var("REKEY_READ_CACHE_MIB") {
+        config.read_cache_mib = mib.parse().map_err(|_| {
+            anyhow::anyhow!("REKEY_READ_CACHE_MIB is {mib:?}; give whole MiB (0 keeps nothing)")
+        })?;
+    }
     if let Some(days) = var("REKEY_AUDIT_RETENTION_DAYS") {
         config.audit.retention_days = days.parse().map_err(|_| {
             anyhow::anyhow!(
@@ -392,7 +402,8 @@ pub fn toml_of(config: &Config) -> String {
     format!(
         "# rekeyd configuration. Relative paths are relative to this file's directory.\n\
          # Environment variables override it: REKEY_LISTEN, REKEY_DATABASE_URL,\n\
-         # REKEY_ROOT_KEY_FILE, REKEY_PURGE_INTERVAL_SECONDS, REKEY_LOG, REKEY_LOG_FORMAT,\n\
+         # REKEY_ROOT_KEY_FILE, REKEY_PURGE_INTERVAL_SECONDS, REKEY_READ_CACHE_MIB,\n\
+         # REKEY_LOG, REKEY_LOG_FORMAT,\n\
          # REKEY_METRICS_LISTEN (\"\" turns the metrics listener off),\n\
          # REKEY_AUDIT_RETENTION_DAYS (0 keeps every audit event in the database);\n\
          # a passphrase-derived root key ([root_passphrase]) comes from --passphrase-fd N,\n\
@@ -420,6 +431,23 @@ mod tests {
         ] {
             assert!(shown.contains(line), "{line} missing from\n{shown}");
         }
+    }
+
+    #[test]
+    fn read_cache_size_from_the_environment() {
+        let mut config = Config::default();
+        assert_eq!(config.read_cache_mib, 32);
+        apply_environment(&mut config, |name| {
+            (name == "REKEY_READ_CACHE_MIB").then(|| "0".to_owned())
+        })
+        .unwrap();
+        assert_eq!(config.read_cache_mib, 0);
+        let error = apply_environment(&mut config, |name| {
+            (name == "REKEY_READ_CACHE_MIB").then(|| "32M".to_owned())
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("whole MiB"), "{error}");
     }
 
     #[test]

@@ -64,7 +64,13 @@ pub async fn open_to_serve(loaded: &config::Loaded) -> anyhow::Result<Opened> {
 /// database's schema up to date (the server; a database just made or
 /// restored).
 pub async fn open_with(loaded: &config::Loaded, root: RootKey) -> anyhow::Result<Opened> {
-    let store = Store::open(&loaded.database_url(), AuditKey::derive(&root)).await;
+    let read_cache_bytes = loaded.config.read_cache_mib as usize * (1 << 20);
+    let store = Store::open_to_serve(
+        &loaded.database_url(),
+        AuditKey::derive(&root),
+        read_cache_bytes,
+    )
+    .await;
     opened(store, root)
 }
 

@@ -43,7 +43,17 @@ impl Store {
     /// Opens the database at `url`, creating an embedded one if needed, and
     /// brings its schema up to date: what the server does when it starts.
     pub async fn open(url: &str, audit_key: AuditKey) -> Result<Self> {
-        Self::open_as(url, audit_key, Schema::Migrate).await
+        Self::open_as(url, audit_key, Schema::Migrate, super::read_cache::CAPACITY).await
+    }
+
+    /// As [`Store::open`], with at most `read_cache_bytes` of reads kept
+    /// in memory (SQLite; 0 keeps none): the server's own configuration.
+    pub async fn open_to_serve(
+        url: &str,
+        audit_key: AuditKey,
+        read_cache_bytes: usize,
+    ) -> Result<Self> {
+        Self::open_as(url, audit_key, Schema::Migrate, read_cache_bytes).await
     }
 
     /// Opens the database at `url` only if its schema is this binary's,
@@ -51,13 +61,18 @@ impl Store {
     /// a newer binary's command cannot migrate the database of an older
     /// server that is serving it.
     pub async fn open_current(url: &str, audit_key: AuditKey) -> Result<Self> {
-        Self::open_as(url, audit_key, Schema::Current).await
+        Self::open_as(url, audit_key, Schema::Current, super::read_cache::CAPACITY).await
     }
 
-    async fn open_as(url: &str, audit_key: AuditKey, schema: Schema) -> Result<Self> {
+    async fn open_as(
+        url: &str,
+        audit_key: AuditKey,
+        schema: Schema,
+        read_cache_bytes: usize,
+    ) -> Result<Self> {
         if url.starts_with("sqlite:") {
             Ok(Self::Sqlite(
-                sqlite::Store::open(url, audit_key, schema).await?,
+                sqlite::Store::open(url, audit_key, schema, read_cache_bytes).await?,
             ))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Self::Postgres(

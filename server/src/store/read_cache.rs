@@ -40,8 +40,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-/// The bound on the entries' estimated size, in bytes: tens of thousands
-/// of passwords, or about 500 values of the largest size.
+/// The default bound on the entries' estimated size, in bytes: tens of
+/// thousands of passwords, or about 500 values of the largest size
+/// (`read_cache_mib` in the configuration sets another).
 pub(super) const CAPACITY: usize = 32 << 20;
 
 /// What an entry costs beyond its strings: the records, the map's and the

@@ -1,9 +1,10 @@
 //! Reads of values answered from memory (SQLite's read cache, a real
 //! `rekeyd`): a value read again with no change between comes from memory
 //! (its metrics say so), and the next read after each change sees it: a
-//! put, a stage moved by hand, a deletion and its restore. That a running
-//! server drops what it keeps when another process retires the master-key
-//! version it was wrapped under is in `keys`.
+//! put, a stage moved by hand, a deletion and its restore. With
+//! `read_cache_mib = 0` nothing is kept. That a running server drops what
+//! it keeps when another process retires the master-key version it was
+//! wrapped under is in `keys`.
 
 use rekey_tests::{Installation, Rekey, Server, metric};
 
@@ -65,4 +66,23 @@ fn every_change_is_seen_by_the_next_read() {
     );
     rekey.run(&["restore", "rc/db"]).ok();
     assert_eq!(get(&rekey, &["rc/db"]), "one\n");
+}
+
+#[test]
+fn a_cache_of_no_size_keeps_nothing() {
+    let installation = Installation::new();
+    installation.edit_config(|table| {
+        table.insert("read_cache_mib".into(), toml::Value::Integer(0));
+    });
+    let server = installation.serve();
+    let rekey = server.rekey(&installation.admin());
+    rekey.run(&["create", "rc/none", "--value", "one"]).ok();
+    for _ in 0..3 {
+        assert_eq!(get(&rekey, &["rc/none"]), "one\n");
+    }
+    assert_eq!(metric(&server, HITS), 0.0, "nothing is kept");
+    assert!(
+        metric(&server, "rekey_read_cache_total{result=\"miss\"}") >= 3.0,
+        "every read went to the database"
+    );
 }

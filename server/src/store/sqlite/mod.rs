@@ -166,8 +166,14 @@ impl Store {
     /// Opens the database at `url` and brings its schema up to date
     /// (`Schema::Migrate`, creating the file if needed) or refuses one not
     /// at this binary's version (`Schema::Current`, which neither creates
-    /// nor changes anything). `audit_key` chains the audit events it appends.
-    pub async fn open(url: &str, audit_key: AuditKey, schema: Schema) -> Result<Self> {
+    /// nor changes anything). `audit_key` chains the audit events it appends;
+    /// at most `read_cache_bytes` of reads are kept in memory (`read_cache`).
+    pub async fn open(
+        url: &str,
+        audit_key: AuditKey,
+        schema: Schema,
+        read_cache_bytes: usize,
+    ) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|error| Error::InvalidArgument(format!("database URL {url:?}: {error}")))?
             .create_if_missing(schema == Schema::Migrate)
@@ -219,7 +225,7 @@ impl Store {
         let events = Arc::new(events::EventWriter::open(&file, chain.clone())?);
         // Nothing below fails: the tasks started here end with the pool.
         let store_metrics = Arc::new(super::StoreMetrics::default());
-        let reads = Arc::new(ReadCache::new(super::read_cache::CAPACITY));
+        let reads = Arc::new(ReadCache::new(read_cache_bytes));
         let writer = Writer::start(
             pool.clone(),
             DIALECT,
