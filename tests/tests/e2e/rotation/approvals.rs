@@ -1,0 +1,178 @@
+//! Approvals: steps that wait for an approver, who may approve and who may
+//! not, and approvals that stop counting when their approver loses the
+//! right.
+
+use super::*;
+
+#[test]
+fn approvals_gate_steps() {
+    let installation = Installation::new();
+    let state = fixture(&installation);
+    let alice = installation.issue("alice", &["operator"]);
+    let bob = installation.issue("bob", &["approver"]);
+    let carol = installation.issue("carol", &["approver"]);
+    let dave = installation.issue("dave", &["reader"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let (alice, bob, carol, dave) = (
+        server.rekey(&alice),
+        server.rekey(&bob),
+        server.rekey(&carol),
+        server.rekey(&dave),
+    );
+    admin.run(&["create", "gate/db", "--value", "v1"]).ok();
+    alice
+        .run(&[
+            "rotation",
+            "configure",
+            "gate/db",
+            "--rotator",
+            "exec:fixture",
+            "--approve",
+            "set",
+            "--approvals",
+            "2",
+        ])
+        .ok();
+
+    // The gate waits; the initiator's own approval is refused.
+    admin.run(&["rotate", "gate/db", "--no-wait"]).ok();
+    wait_for_state(&admin, "gate/db", "awaiting_approval");
+    let own = admin.run(&["approve", "gate/db"]);
+    assert!(
+        own.stderr.contains("started this run") && own.stderr.contains("(PERMISSION_DENIED)"),
+        "{}",
+        own.stderr
+    );
+    let not_approver = dave.run(&["approve", "gate/db"]);
+    assert!(
+        not_approver.stderr.contains("(PERMISSION_DENIED)"),
+        "{}",
+        not_approver.stderr
+    );
+    // The approvals inbox shows it to approvers.
+    let inbox = bob.run(&["approvals", "--output", "json"]).ok().json();
+    assert_eq!(inbox[0]["name"], "gate/db");
+    assert_eq!(
+        admin.run(&["approvals", "--output", "json"]).ok().json(),
+        serde_json::json!([])
+    );
+
+    // Two required approvals need two principals.
+    bob.run(&["approve", "gate/db", "--comment", "looks right"])
+        .ok();
+    let twice = bob.run(&["approve", "gate/db"]);
+    assert!(twice.stderr.contains("counts once"), "{}", twice.stderr);
+    let shown = show(&admin, "gate/db");
+    assert_eq!(shown["run"]["state"], "awaiting_approval");
+    assert_eq!(shown["run"]["steps"][1]["approvals"], 1);
+    assert!(
+        !target(&state).starts_with("rotated-"),
+        "setSecret ran without its approvals"
+    );
+    carol.run(&["approve", "gate/db"]).ok();
+    wait_for_state(&admin, "gate/db", "succeeded");
+    assert!(target(&state).starts_with("rotated-"));
+    let approvals = show(&admin, "gate/db")["run"]["approvals"].clone();
+    assert_eq!(approvals[0]["principal"], "bob");
+    assert_eq!(approvals[0]["comment"], "looks right");
+
+    // A rejection cancels, CURRENT unchanged.
+    let current = admin.run(&["get", "gate/db"]).ok().stdout;
+    admin.run(&["rotate", "gate/db", "--no-wait"]).ok();
+    wait_for_state(&admin, "gate/db", "awaiting_approval");
+    let no_comment = bob.run(&["reject", "gate/db", "--comment", " "]);
+    assert!(
+        no_comment.stderr.contains("needs a comment"),
+        "{}",
+        no_comment.stderr
+    );
+    bob.run(&["reject", "gate/db", "--comment", "not during the sale"])
+        .ok();
+    let rejected = wait_for_state(&admin, "gate/db", "rejected");
+    assert!(
+        rejected["run"]["end_reason"]
+            .as_str()
+            .unwrap()
+            .contains("not during the sale")
+    );
+    assert_eq!(admin.run(&["get", "gate/db"]).ok().stdout, current);
+    assert!(stages(&admin, "gate/db").get("PENDING").is_none());
+
+    // An expired request fails the run.
+    alice
+        .run(&[
+            "rotation",
+            "configure",
+            "gate/db",
+            "--rotator",
+            "exec:fixture",
+            "--approve",
+            "set",
+            "--approvals",
+            "1",
+            "--approval-expiry",
+            "1s",
+        ])
+        .ok();
+    admin.run(&["rotate", "gate/db", "--no-wait"]).ok();
+    let failed = wait_for_state(&admin, "gate/db", "failed");
+    assert!(
+        failed["run"]["end_reason"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{failed}"
+    );
+    assert_eq!(admin.run(&["get", "gate/db"]).ok().stdout, current);
+}
+
+#[test]
+fn an_approval_counts_only_while_its_approver_may_still_approve() {
+    let installation = Installation::new();
+    let _state = fixture(&installation);
+    let bob = installation.issue("bob", &["approver"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let bob = server.rekey(&bob);
+    admin.run(&["create", "recheck/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "recheck/db",
+            "--rotator",
+            "exec:fixture",
+            "--approve",
+            "create",
+            "--approvals",
+            "1",
+        ])
+        .ok();
+    admin.run(&["rotate", "recheck/db", "--manual"]).ok();
+    bob.run(&["approve", "recheck/db"]).ok();
+    let shown = show(&admin, "recheck/db");
+    assert_eq!(shown["run"]["state"], "waiting_for_operator", "{shown}");
+
+    // Bob loses the approver role before the step runs: his approval no
+    // longer counts, and the step waits again.
+    let policy = admin.run(&["policy", "get"]).ok().stdout;
+    let without = policy.replace(
+        "principal = \"bob\"\nroles = [\"approver\"]",
+        "principal = \"bob\"\nroles = [\"reader\"]",
+    );
+    assert_ne!(without, policy, "{policy}");
+    let path = installation.dir().join("no-bob.toml");
+    std::fs::write(&path, without).unwrap();
+    admin.run(&["policy", "apply", path.to_str().unwrap()]).ok();
+    let refused = admin.run(&["rotation", "step", "recheck/db"]);
+    assert!(
+        refused.stderr.contains("awaits approval (0 of 1)"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        show(&admin, "recheck/db")["run"]["steps"][0]["state"],
+        "awaiting_approval"
+    );
+}

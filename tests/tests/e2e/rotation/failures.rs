@@ -1,0 +1,279 @@
+//! Runs that do not finish: a run ending after setSecret reverts the
+//! target, failing rotators leave CURRENT untouched and say why, a put
+//! that moves CURRENT abandons the run, and a configuration is checked
+//! before it is kept.
+
+use super::*;
+
+#[test]
+fn a_run_ending_after_set_secret_reverts_the_target() {
+    let installation = Installation::new();
+    let state = fixture(&installation);
+    let bob = installation.issue("bob", &["approver"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let bob = server.rekey(&bob);
+    admin.run(&["create", "rev/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "rev/db",
+            "--rotator",
+            "exec:fixture",
+            "--approve",
+            "test",
+            "--approvals",
+            "1",
+        ])
+        .ok();
+
+    // Rejected after setSecret installed the pending value: CURRENT goes back.
+    admin.run(&["rotate", "rev/db", "--no-wait"]).ok();
+    wait_for_state(&admin, "rev/db", "awaiting_approval");
+    assert!(target(&state).starts_with("rotated-"), "setSecret ran");
+    bob.run(&["reject", "rev/db", "--comment", "no"]).ok();
+    let ended = wait_for_state(&admin, "rev/db", "rejected");
+    assert_eq!(target(&state), "v1");
+    assert_eq!(ended["run"]["steps"][2]["state"], "reverted", "{ended}");
+    assert!(
+        std::fs::read_to_string(state.join("calls"))
+            .unwrap()
+            .contains("setSecret revert=true")
+    );
+
+    // A failing step after setSecret: retries, gives up, reverts.
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "rev/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+    flag(&state, "fail-testSecret");
+    admin.run(&["rotate", "rev/db", "--no-wait"]).ok();
+    let failed = wait_for_state(&admin, "rev/db", "failed");
+    assert_eq!(target(&state), "v1");
+    let test_step = &failed["run"]["steps"][2];
+    assert_eq!(test_step["attempts"], 2, "{failed}");
+    assert_eq!(admin.run(&["get", "rev/db"]).ok().stdout, "v1\n");
+
+    // A revert that fails leaves the run needing attention.
+    flag(&state, "fail-revert");
+    admin.run(&["rotate", "rev/db", "--no-wait"]).ok();
+    let attention = wait_for_state(&admin, "rev/db", "needs_attention");
+    assert!(
+        attention["run"]["steps"][2]["state"] == "needs_attention",
+        "{attention}"
+    );
+    let runs = admin
+        .run(&["rotation", "runs", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        runs[0]["state"], "needs_attention",
+        "needs attention comes first: {runs}"
+    );
+    let listed = admin.run(&["rotation", "runs"]).ok().stdout;
+    assert!(
+        listed.lines().nth(1).unwrap().contains("needs_attention"),
+        "{listed}"
+    );
+    assert_eq!(admin.run(&["get", "rev/db"]).ok().stdout, "v1\n");
+}
+
+#[test]
+fn failing_rotators_leave_current_untouched_and_say_why() {
+    let installation = Installation::new();
+    let state = fixture(&installation);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin
+        .run(&["create", "fail/db", "--value", "the-current-value-83f2"])
+        .ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "fail/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+
+    let cases = [
+        (
+            "fail-setSecret",
+            "setSecret",
+            "failed setSecret with status 1",
+        ),
+        (
+            "hang-createSecret",
+            "createSecret",
+            "did not finish createSecret within 3 seconds",
+        ),
+        ("garbage-createSecret", "createSecret", "not UTF-8 text"),
+    ];
+    for (steer, step, cause) in cases {
+        flag(&state, steer);
+        // A manual run pauses at the failure for the operator.
+        admin.run(&["rotate", "fail/db", "--manual"]).ok();
+        let mut shown = show(&admin, "fail/db");
+        while shown["run"]["state"] == "waiting_for_operator" {
+            let _ = admin.run(&["rotation", "step", "fail/db"]);
+            shown = show(&admin, "fail/db");
+        }
+        assert_eq!(shown["run"]["state"], "step_failed", "{steer}: {shown}");
+        let failed = shown["run"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == step)
+            .unwrap()
+            .clone();
+        assert_eq!(failed["state"], "failed", "{steer}: {shown}");
+        assert_eq!(failed["attempts"], 1);
+        let error = failed["error"].as_str().unwrap();
+        assert!(error.contains(cause), "{steer}: {error}");
+        assert!(
+            !error.contains("the-current-value-83f2"),
+            "a value in an error: {error}"
+        );
+        let text = admin.run(&["rotation", "show", "fail/db"]).ok().stdout;
+        assert!(text.contains(cause) && text.contains("attempt 1"), "{text}");
+        let history = admin.run(&["rotation", "history", "fail/db"]).ok().stdout;
+        assert!(
+            history.contains("step_failed") && history.contains(cause),
+            "{history}"
+        );
+        assert!(!history.contains("the-current-value-83f2"));
+        assert_eq!(
+            admin.run(&["get", "fail/db"]).ok().stdout,
+            "the-current-value-83f2\n"
+        );
+
+        // Retry fails again while steered; then the operator fixes it and retries.
+        std::fs::remove_file(state.join(steer)).unwrap();
+        let retried = admin
+            .run(&["rotation", "retry", "fail/db", "--output", "json"])
+            .ok()
+            .json();
+        assert_ne!(retried["state"], "step_failed", "{retried}");
+        admin.run(&["rotation", "cancel", "fail/db"]).ok();
+        assert_eq!(
+            admin.run(&["get", "fail/db"]).ok().stdout,
+            "the-current-value-83f2\n"
+        );
+        assert!(stages(&admin, "fail/db").get("PENDING").is_none());
+    }
+    let nothing = admin.run(&["rotation", "retry", "fail/db"]);
+    assert!(
+        nothing.stderr.contains("no active rotation run"),
+        "{}",
+        nothing.stderr
+    );
+}
+
+#[test]
+fn a_put_that_moves_current_abandons_the_run() {
+    let installation = Installation::new();
+    let _state = fixture(&installation);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "ab/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "ab/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+    admin.run(&["rotate", "ab/db", "--manual"]).ok();
+    admin.run(&["rotation", "step", "ab/db"]).ok();
+    admin.run(&["put", "ab/db", "--value", "by-hand"]).ok();
+    let abandoned = wait_for_state(&admin, "ab/db", "abandoned");
+    assert!(
+        abandoned["run"]["end_reason"]
+            .as_str()
+            .unwrap()
+            .contains("CURRENT moved")
+    );
+    assert_eq!(admin.run(&["get", "ab/db"]).ok().stdout, "by-hand\n");
+    assert!(stages(&admin, "ab/db").get("PENDING").is_none());
+}
+
+#[test]
+fn configuration_is_checked() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "cfg/db", "--value", "v"]).ok();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--rotator", "exec:nothing"],
+            "no exec rotator \"nothing\"",
+        ),
+        (&["--rotator", "/bin/sh"], "is not available"),
+        (
+            &["--rotator", "password", "--schedule", "every day"],
+            "is not a schedule",
+        ),
+        (
+            &["--rotator", "password", "--schedule", "cron(0 10 * * * *)"],
+            "must be ?",
+        ),
+        (
+            &[
+                "--rotator",
+                "password",
+                "--approve",
+                "set",
+                "--approvals",
+                "0",
+            ],
+            "at least 1 approval",
+        ),
+        (
+            &[
+                "--rotator",
+                "password",
+                "--approve",
+                "set",
+                "--approvals",
+                "1",
+                "--approver-role",
+                "ghost",
+            ],
+            "not defined",
+        ),
+        (
+            &["--rotator", "password", "--window", "2h"],
+            "a window needs a schedule",
+        ),
+        (
+            &["--rotator", "password", "--length", "0"],
+            "password length 0",
+        ),
+    ];
+    for (args, message) in cases {
+        let mut full = vec!["rotation", "configure", "cfg/db"];
+        full.extend_from_slice(args);
+        let refused = admin.run(&full);
+        assert_eq!(refused.code, 1, "{args:?}");
+        assert!(
+            refused.stderr.contains(message) && refused.stderr.contains("(INVALID_ARGUMENT)"),
+            "{args:?}: {}",
+            refused.stderr
+        );
+    }
+    let unconfigured = admin.run(&["rotate", "cfg/db"]);
+    assert!(
+        unconfigured.stderr.contains("no rotation configuration"),
+        "{}",
+        unconfigured.stderr
+    );
+}

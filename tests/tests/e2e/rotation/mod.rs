@@ -1,0 +1,269 @@
+//! Rotation end to end: automatic and manual runs and schedules here,
+//! approvals in `approvals`, reverts, failures and configuration checks in
+//! `failures`; with the password rotator and the test rotator
+//! (`src/bin/test-rotator.rs`) as `exec:fixture`.
+
+mod approvals;
+mod failures;
+
+use rekey_tests::{Installation, Rekey, eventually};
+use serde_json::Value;
+use std::path::Path;
+
+fn show(rekey: &Rekey, name: &str) -> Value {
+    rekey
+        .run(&["rotation", "show", name, "--output", "json"])
+        .ok()
+        .json()
+}
+
+fn step_states(rekey: &Rekey, name: &str) -> Vec<String> {
+    show(rekey, name)["run"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn wait_for_state(rekey: &Rekey, name: &str, state: &str) -> Value {
+    eventually(&format!("run of {name} in state {state}"), || {
+        let shown = show(rekey, name);
+        (shown["run"]["state"] == state).then_some(shown)
+    })
+}
+
+fn stages(rekey: &Rekey, name: &str) -> Value {
+    let mut map = serde_json::Map::new();
+    let described = rekey
+        .run(&["describe", name, "--output", "json"])
+        .ok()
+        .json();
+    for version in described["versions"].as_array().unwrap() {
+        for stage in version["stages"].as_array().unwrap() {
+            map.insert(
+                stage.as_str().unwrap().to_owned(),
+                version["version_id"].clone(),
+            );
+        }
+    }
+    Value::Object(map)
+}
+
+fn fixture(installation: &Installation) -> std::path::PathBuf {
+    let state = installation.dir().join("rotator-state");
+    std::fs::create_dir_all(&state).unwrap();
+    installation.configure_fixture_rotator(&state);
+    state
+}
+
+fn flag(state: &Path, name: &str) {
+    std::fs::write(state.join(name), "").unwrap();
+}
+
+fn target(state: &Path) -> String {
+    std::fs::read_to_string(state.join("target")).unwrap_or_default()
+}
+
+#[test]
+fn automatic_password_rotation() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin
+        .run(&[
+            "create",
+            "rot/db",
+            "--value",
+            r#"{"username":"orders","password":"old"}"#,
+        ])
+        .ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "rot/db",
+            "--rotator",
+            "password",
+            "--field",
+            "password",
+            "--schedule",
+            "rate(30 days)",
+            "--length",
+            "24",
+            "--exclude-punctuation",
+        ])
+        .ok();
+    let before = admin
+        .run(&["get", "rot/db", "--output", "json"])
+        .ok()
+        .json();
+
+    let run = admin
+        .run(&["rotate", "rot/db", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(run["state"], "succeeded", "{run}");
+    let current = admin
+        .run(&["get", "rot/db", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(current["version_id"], run["version_id"]);
+    let document: Value = serde_json::from_str(current["secret_string"].as_str().unwrap()).unwrap();
+    assert_eq!(document["username"], "orders");
+    let password = document["password"].as_str().unwrap();
+    assert_eq!(password.len(), 24);
+    assert!(password.chars().all(|c| c.is_ascii_alphanumeric()));
+    let previous = admin
+        .run(&["get", "rot/db", "--stage", "PREVIOUS", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(previous["version_id"], before["version_id"]);
+    let stage_map = stages(&admin, "rot/db");
+    assert!(stage_map.get("PENDING").is_none(), "{stage_map}");
+
+    let described = admin
+        .run(&["describe", "rot/db", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(described["rotation_enabled"], true);
+    assert!(described["last_rotated_at"].is_string(), "{described}");
+    assert!(described["next_rotation_at"].is_string(), "{described}");
+    let text = admin.run(&["describe", "rot/db"]).ok().stdout;
+    assert!(
+        text.contains("last rotated:") && text.contains("next rotation:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn manual_mode_runs_each_step_only_when_asked() {
+    let installation = Installation::new();
+    let state = fixture(&installation);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "man/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "man/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+
+    let started = admin
+        .run(&["rotate", "man/db", "--manual", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(started["state"], "waiting_for_operator");
+    assert_eq!(
+        step_states(&admin, "man/db"),
+        ["waiting_for_operator", "pending", "pending", "pending"]
+    );
+    assert!(
+        !state.join("calls").exists(),
+        "nothing ran before it was asked"
+    );
+
+    let expected = [
+        ["done", "waiting_for_operator", "pending", "pending"],
+        ["done", "done", "waiting_for_operator", "pending"],
+        ["done", "done", "done", "waiting_for_operator"],
+    ];
+    for states in expected {
+        admin.run(&["rotation", "step", "man/db"]).ok();
+        assert_eq!(step_states(&admin, "man/db"), states);
+        assert_eq!(admin.run(&["get", "man/db"]).ok().stdout, "v1\n");
+    }
+    let pending = admin
+        .run(&["get", "man/db", "--stage", "PENDING"])
+        .ok()
+        .stdout;
+    assert_eq!(target(&state), pending.trim_end());
+    let done = admin
+        .run(&["rotation", "step", "man/db", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(admin.run(&["get", "man/db"]).ok().stdout, pending);
+    let calls = std::fs::read_to_string(state.join("calls")).unwrap();
+    assert_eq!(
+        calls
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap())
+            .collect::<Vec<_>>(),
+        ["createSecret", "setSecret", "testSecret"]
+    );
+    assert!(
+        calls.lines().all(|line| line.ends_with("env=0")),
+        "the environment is empty: {calls}"
+    );
+    let nothing = admin.run(&["rotation", "step", "man/db"]);
+    assert!(
+        nothing.stderr.contains("no active rotation run"),
+        "{}",
+        nothing.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scheduled_run_starts_by_itself_and_its_configurer_cannot_approve() {
+    let installation = Installation::new();
+    let _state = fixture(&installation);
+    let alice = installation.issue("alice", &["approver", "operator"]);
+    let bob = installation.issue("bob", &["approver"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let (alice, bob) = (server.rekey(&alice), server.rekey(&bob));
+    admin.run(&["create", "sched/db", "--value", "v1"]).ok();
+    alice
+        .run(&[
+            "rotation",
+            "configure",
+            "sched/db",
+            "--rotator",
+            "exec:fixture",
+            "--schedule",
+            "rate(1 days)",
+            "--approve",
+            "finish",
+            "--approvals",
+            "1",
+        ])
+        .ok();
+    assert_eq!(show(&admin, "sched/db")["run"], Value::Null);
+    // The schedule comes due: move its time into the past.
+    let url = format!("sqlite://{}", installation.database().display());
+    {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE rotation_configs SET next_rotation_at = 1000")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+    }
+    let shown = wait_for_state(&admin, "sched/db", "awaiting_approval");
+    assert_eq!(shown["run"]["scheduled"], true);
+    assert_eq!(shown["run"]["initiator"], "alice");
+    let own = alice.run(&["approve", "sched/db"]);
+    assert!(
+        own.stderr.contains("configured the scheduled rotation"),
+        "{}",
+        own.stderr
+    );
+    bob.run(&["approve", "sched/db"]).ok();
+    wait_for_state(&admin, "sched/db", "succeeded");
+    let described = admin
+        .run(&["describe", "sched/db", "--output", "json"])
+        .ok()
+        .json();
+    assert!(described["last_rotated_at"].is_string());
+    let next = described["next_rotation_at"].as_str().unwrap().to_owned();
+    assert!(
+        next.as_str() > described["last_rotated_at"].as_str().unwrap(),
+        "{described}"
+    );
+}
