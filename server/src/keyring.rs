@@ -12,16 +12,13 @@ use crate::store::{Store, WrappedMasterKey};
 use rekey_shared::KeyName;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 #[derive(Debug)]
 pub struct Keyring {
     root: RootKey,
     /// Every unwrapped version, by name.
     keys: RwLock<HashMap<String, Vec<Arc<MasterKey>>>>,
-    /// Each key's stored versions, as [`Keyring::index_changed`] last saw
-    /// them.
-    index: Mutex<Option<HashMap<String, Vec<u32>>>>,
 }
 
 impl Keyring {
@@ -29,7 +26,6 @@ impl Keyring {
         Self {
             root,
             keys: RwLock::new(HashMap::new()),
-            index: Mutex::new(None),
         }
     }
 
@@ -78,26 +74,17 @@ impl Keyring {
     /// Drops every cached key whose stored versions differ from what is in
     /// memory (another process rotated or retired one); the next use
     /// reloads it. `stored`: each key's name and its version numbers.
-    pub fn forget_changed(&self, stored: &HashMap<String, Vec<u32>>) {
-        if let Ok(mut keys) = self.keys.write() {
-            keys.retain(|name, versions| {
-                let cached: Vec<u32> = versions.iter().map(|key| key.reference.version).collect();
-                stored.get(name) == Some(&cached)
-            });
-        }
-    }
-
-    /// Whether `stored` (as for [`Keyring::forget_changed`]) differs from
-    /// what the last call saw; the first call says yes.
-    pub fn index_changed(&self, stored: &HashMap<String, Vec<u32>>) -> bool {
-        let Ok(mut seen) = self.index.lock() else {
-            return true;
-        };
-        if seen.as_ref() == Some(stored) {
+    /// Whether it dropped any.
+    pub fn forget_changed(&self, stored: &HashMap<String, Vec<u32>>) -> bool {
+        let Ok(mut keys) = self.keys.write() else {
             return false;
-        }
-        *seen = Some(stored.clone());
-        true
+        };
+        let known = keys.len();
+        keys.retain(|name, versions| {
+            let cached: Vec<u32> = versions.iter().map(|key| key.reference.version).collect();
+            stored.get(name) == Some(&cached)
+        });
+        keys.len() != known
     }
 
     fn cached(&self, name: &KeyName) -> Option<Vec<Arc<MasterKey>>> {

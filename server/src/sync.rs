@@ -30,14 +30,16 @@ pub async fn refresh(state: &AppState) -> Result<()> {
         tracing::info!(revoked = revoked.len(), "revoked certificates loaded");
         state.revocations.replace(revoked);
     }
-    let keys = store.master_key_index().await?;
-    if state.keyring.index_changed(&keys) {
-        // Before the keyring forgets a version another process retired:
-        // a read kept in memory may hold a data key it wrapped, which that
-        // process has wrapped again since.
+    if state
+        .keyring
+        .forget_changed(&store.master_key_index().await?)
+    {
+        // Another process rotated or retired a key: a read kept in memory
+        // may hold a data key wrapped under a version that is gone, which
+        // that process has wrapped again since. (One answered meanwhile
+        // fails to open and is read again from the database.)
         store.forget_cached_reads();
     }
-    state.keyring.forget_changed(&keys);
     Ok(())
 }
 

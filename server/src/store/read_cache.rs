@@ -275,12 +275,13 @@ impl ReadCache {
         }
     }
 
-    /// Makes every entry stale: another process changed what an entry may
-    /// hold, or a value kept did not open.
-    pub(super) fn invalidate(&self) {
+    /// Makes what `stale` names stale now: another process changed what
+    /// an entry may hold (everything), or a value kept did not open (its
+    /// secret).
+    pub(super) fn make_stale(&self, stale: &Stale) {
         let mut entries = self.lock();
         let tick = self.tick();
-        entries.make_stale(&Stale::Everything, tick);
+        entries.make_stale(stale, tick);
     }
 
     /// For a commit that changes what `stale` says: until the guard is
@@ -359,14 +360,6 @@ impl ReadCache {
         };
         entries.insert(key, entry);
         entries.evict_to(self.capacity);
-    }
-
-    /// Makes the entries of the secret with id `secret_id` stale: one of
-    /// its values did not open.
-    pub(super) fn forget_secret(&self, secret_id: &str) {
-        let mut entries = self.lock();
-        let tick = self.tick();
-        entries.make_stale(&Stale::Secrets(vec![secret_id.to_owned()]), tick);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -459,7 +452,7 @@ mod tests {
         assert!(cache.get("app/db", previous, &metrics).is_none());
         assert!(cache.get("app/other", CURRENT, &metrics).is_none());
 
-        cache.invalidate();
+        cache.make_stale(&Stale::Everything);
         assert!(cache.get("app/db", CURRENT, &metrics).is_none());
         assert_eq!(metrics.read_cache_hits.load(Ordering::Relaxed), 1);
         assert_eq!(metrics.read_cache_misses.load(Ordering::Relaxed), 3);
@@ -537,10 +530,10 @@ mod tests {
             assert!(entries.order.len() <= 2 * entries.map.len() + 64 + 2);
         }
         assert!(cache.get("app/web", CURRENT, &metrics).is_some());
-        cache.forget_secret(&web.secret.id);
+        cache.make_stale(&Stale::Secrets(vec![web.secret.id.clone()]));
         assert!(cache.get("app/web", CURRENT, &metrics).is_none());
         cache.insert(cache.ticket(), "app/web", CURRENT, web);
-        cache.invalidate();
+        cache.make_stale(&Stale::Everything);
         let entries = cache.lock();
         assert!(entries.map.is_empty() && entries.order.is_empty() && entries.by_secret.is_empty());
         assert_eq!(entries.bytes, 0);

@@ -38,7 +38,7 @@ use super::batch::{Boxed, Dialect, Place, Writer};
 use super::chain::AuditChain;
 use super::group_commit::GroupCommit;
 use super::migrate::{Schema, migrate, require_current_sqlite};
-use super::read_cache::{Found, ReadCache, Selector};
+use super::read_cache::{Found, ReadCache, Selector, Stale};
 use super::{Gate, ValueRead};
 use crate::audit::AuditKey;
 use crate::error::{Error, Result};
@@ -360,12 +360,13 @@ impl Store {
     /// Makes every read kept in memory stale: for changes another process
     /// made to the file (`sync`).
     pub fn forget_cached_reads(&self) {
-        self.reads.invalidate();
+        self.reads.make_stale(&Stale::Everything);
     }
 
     /// Makes the reads of one secret kept in memory stale.
     pub fn forget_cached_reads_of(&self, secret_id: &str) {
-        self.reads.forget_secret(secret_id);
+        self.reads
+            .make_stale(&Stale::Secrets(vec![secret_id.to_owned()]));
     }
 
     /// `VACUUM INTO`: one read transaction copied page by page into a new,
