@@ -373,6 +373,14 @@ impl Rekey {
         }
     }
 
+    /// Applies `policy` (a TOML document) as the policy's new version,
+    /// through `rekey policy apply` on a file of its own.
+    pub fn apply_policy(&self, policy: &str) -> Run {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), policy).unwrap();
+        self.run(&["policy", "apply", file.path().to_str().unwrap()])
+    }
+
     /// Runs with `input` on standard input.
     pub fn run_with_input(&self, args: &[&str], input: &[u8]) -> Run {
         use std::io::Write;
