@@ -1,8 +1,7 @@
 //! Access control with real identities of different roles.
 
 use rekey_shared::proto::{self, Filter, FilterKey};
-use rekey_tests::{Installation, Rekey};
-use std::io::Write;
+use rekey_tests::Installation;
 
 const POLICY: &str = r#"
 [roles.admin]
@@ -39,15 +38,6 @@ principal = "keyless"
 roles = ["keyless"]
 "#;
 
-fn apply(admin: &Rekey, dir: &std::path::Path, policy: &str) -> rekey_tests::Run {
-    let path = dir.join(format!("policy-{}.toml", rekey_shared::VersionId::random()));
-    std::fs::File::create(&path)
-        .unwrap()
-        .write_all(policy.as_bytes())
-        .unwrap();
-    admin.run(&["policy", "apply", path.to_str().unwrap()])
-}
-
 fn denied(run: &rekey_tests::Run) -> bool {
     run.code == 1 && run.stderr.contains("(PERMISSION_DENIED)")
 }
@@ -62,7 +52,7 @@ async fn roles_decide_who_reads_what() {
             .run(&["create", name, "--value", &format!("{name}-value")])
             .ok();
     }
-    apply(&admin, installation.dir(), POLICY).ok();
+    admin.apply_policy(POLICY).ok();
     let reader = server.rekey(&installation.issue("reader", &[]));
     let ci = server.rekey(&installation.issue("ci-deploy", &[]));
     let keyless = server.rekey(&installation.issue("keyless", &[]));
@@ -160,7 +150,7 @@ async fn roles_decide_who_reads_what() {
         "resources = [\"app/db\"] },\n  { effect = \"allow\", actions = [\"keys:Use\"]",
     );
     assert_ne!(stricter, POLICY);
-    apply(&admin, installation.dir(), &stricter).ok();
+    admin.apply_policy(&stricter).ok();
     assert!(denied(&reader.run(&["get", "app/payments/stripe"])));
     reader.run(&["get", "app/db"]).ok();
     let history = admin
@@ -216,25 +206,18 @@ fn bad_policies_are_refused_and_recover_gets_back_in() {
         .ok()
         .json();
 
-    let malformed = apply(
-        &admin,
-        installation.dir(),
-        "[roles.x]\nstatements = [{ effect = \"allow\" actions = [] }]\n",
-    );
+    let malformed =
+        admin.apply_policy("[roles.x]\nstatements = [{ effect = \"allow\" actions = [] }]\n");
     assert_eq!(malformed.code, 1);
     assert!(
         malformed.stderr.contains("line 2") && malformed.stderr.contains("(INVALID_ARGUMENT)"),
         "{}",
         malformed.stderr
     );
-    let unknown = apply(
-        &admin,
-        installation.dir(),
-        &POLICY.replace(
-            "secrets:DescribeSecret\", \"secrets:ListSecrets\"]",
-            "secrets:DescribeSecret\", \"secrets:ListSecret\"]",
-        ),
-    );
+    let unknown = admin.apply_policy(&POLICY.replace(
+        "secrets:DescribeSecret\", \"secrets:ListSecrets\"]",
+        "secrets:DescribeSecret\", \"secrets:ListSecret\"]",
+    ));
     assert!(
         unknown
             .stderr
@@ -242,14 +225,10 @@ fn bad_policies_are_refused_and_recover_gets_back_in() {
         "{}",
         unknown.stderr
     );
-    let locked = apply(
-        &admin,
-        installation.dir(),
-        &POLICY.replace(
-            "principal = \"admin\"\nroles = [\"admin\"]",
-            "principal = \"admin\"\nroles = [\"app-reader\"]",
-        ),
-    );
+    let locked = admin.apply_policy(&POLICY.replace(
+        "principal = \"admin\"\nroles = [\"admin\"]",
+        "principal = \"admin\"\nroles = [\"app-reader\"]",
+    ));
     assert!(
         locked.stderr.contains("lock everyone out")
             && locked.stderr.contains("(FAILED_PRECONDITION)"),
@@ -266,12 +245,9 @@ fn bad_policies_are_refused_and_recover_gets_back_in() {
 
     // A policy that hands policy to someone else (who then loses their
     // certificate) locks the admin out; break glass from the installation.
-    apply(
-        &admin,
-        installation.dir(),
-        &POLICY.replace("principal = \"admin\"", "principal = \"ops\""),
-    )
-    .ok();
+    admin
+        .apply_policy(&POLICY.replace("principal = \"admin\"", "principal = \"ops\""))
+        .ok();
     assert!(denied(&admin.run(&["policy", "get"])));
     let recovered = rekey_tests::rekeyd(
         installation.dir(),

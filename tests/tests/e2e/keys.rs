@@ -156,9 +156,7 @@ fn moving_a_secret_needs_keys_use_on_both_keys() {
         "actions = [\"keys:Use\"]\nresources = [\"key:default\"]",
     );
     assert_ne!(limited, policy, "{policy}");
-    let path = installation.dir().join("limited.toml");
-    std::fs::write(&path, limited).unwrap();
-    admin.run(&["policy", "apply", path.to_str().unwrap()]).ok();
+    admin.apply_policy(&limited).ok();
 
     let operator = server.rekey(&operator);
     let refused = operator.run(&["update", "m/x", "--key", "payments"]);

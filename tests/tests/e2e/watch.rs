@@ -4,7 +4,6 @@
 use rekey_shared::proto::watch_client::WatchClient;
 use rekey_shared::proto::{self, WatchEvent};
 use rekey_tests::{DEADLINE, Installation};
-use std::io::Write;
 use tokio::sync::mpsc;
 
 pub(crate) async fn watcher(
@@ -64,12 +63,7 @@ async fn a_watcher_sees_a_rotation_in_order_and_nothing_it_may_not_see() {
     let policy = format!(
         "{policy}\n[roles.watch-a]\nstatements = [{{ effect = \"allow\", actions = [\"secrets:Watch\"], resources = [\"w/a/*\"] }}]\n\n[[bindings]]\nprincipal = \"limited\"\nroles = [\"watch-a\"]\n"
     );
-    let path = installation.dir().join("watch-policy.toml");
-    std::fs::File::create(&path)
-        .unwrap()
-        .write_all(policy.as_bytes())
-        .unwrap();
-    admin.run(&["policy", "apply", path.to_str().unwrap()]).ok();
+    admin.apply_policy(&policy).ok();
 
     let mut everything = watcher(&server.url, &installation.admin(), "w/").await;
     let mut only_a = watcher(&server.url, &limited, "").await;

@@ -162,9 +162,7 @@ fn an_approval_counts_only_while_its_approver_may_still_approve() {
         "principal = \"bob\"\nroles = [\"reader\"]",
     );
     assert_ne!(without, policy, "{policy}");
-    let path = installation.dir().join("no-bob.toml");
-    std::fs::write(&path, without).unwrap();
-    admin.run(&["policy", "apply", path.to_str().unwrap()]).ok();
+    admin.apply_policy(&without).ok();
     let refused = admin.run(&["rotation", "step", "recheck/db"]);
     assert!(
         refused.stderr.contains("awaits approval (0 of 1)"),
