@@ -275,6 +275,12 @@ impl ReadCache {
         }
     }
 
+    /// Whether it keeps nothing (`read_cache_mib = 0`): then what a read
+    /// found need not be copied for [`ReadCache::insert`].
+    pub(super) fn keeps_nothing(&self) -> bool {
+        self.capacity == 0
+    }
+
     /// Makes what `stale` names stale now: another process changed what
     /// an entry may hold (everything), or a value kept did not open (its
     /// secret).

@@ -346,7 +346,9 @@ impl Store {
                 gate,
             )
             .await?;
-        if let ValueRead::Read(secret, Some((version, stages))) = &read {
+        if let ValueRead::Read(secret, Some((version, stages))) = &read
+            && !self.reads.keeps_nothing()
+        {
             let found = Found {
                 secret: secret.clone(),
                 version: version.clone(),
