@@ -3,8 +3,10 @@
 //! inserted event and a cut-off tail.
 
 use rekey_shared::proto::GetSecretValueRequest;
-use rekey_tests::{Installation, Rekey};
+use rekey_tests::{Installation, Rekey, metric};
 use sqlx::{Connection, SqliteConnection};
+
+const HITS: &str = "rekey_read_cache_total{result=\"hit\"}";
 
 async fn execute(installation: &Installation, sql: &str) {
     let url = format!("sqlite://{}", installation.database().display());
@@ -228,7 +230,8 @@ async fn concurrent_reads_each_get_an_event_in_one_chain() {
 }
 
 /// Fail-closed: when the audit log refuses the events, the reads that
-/// waited for them are not answered, and none of their values leaves.
+/// waited for them are not answered, and none of their values leaves,
+/// though the server has the value in memory.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_whose_event_cannot_be_written_is_not_answered() {
     let installation = Installation::new();
@@ -237,6 +240,11 @@ async fn a_read_whose_event_cannot_be_written_is_not_answered() {
     admin
         .run(&["create", "g/planted", "--value", "planted-value-5d1e"])
         .ok();
+    // The first read of the day records it; the second is kept in memory.
+    for _ in 0..2 {
+        admin.run(&["get", "g/planted"]).ok();
+    }
+    let hits = metric(&server, HITS);
     execute(
         &installation,
         "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events
@@ -265,6 +273,12 @@ async fn a_read_whose_event_cannot_be_written_is_not_answered() {
             "the audit log cannot be written, so the request was not answered"
         );
     }
+
+    assert_eq!(
+        metric(&server, HITS),
+        hits + 16.0,
+        "the refused reads were answered from memory"
+    );
 
     execute(&installation, "DROP TRIGGER refuse_audit").await;
     let answer = client
