@@ -225,8 +225,9 @@ async fn a_restarted_server_serves_every_value_written_before() {
 }
 
 /// A second `rekeyd serve` on a database another one serves exits 1 and
-/// says so, before it changes anything; the first goes on serving, and
-/// once it stops the database can be served again.
+/// says so, before it changes anything, also when it names the file
+/// through a symbolic link; the first goes on serving, and once it stops
+/// the database can be served again.
 #[test]
 fn a_second_server_on_one_sqlite_file_is_refused() {
     let installation = Installation::new();
@@ -234,7 +235,7 @@ fn a_second_server_on_one_sqlite_file_is_refused() {
     let rekey = server.rekey(&installation.admin());
     rekey.run(&["create", "one/server", "--value", "v"]).ok();
 
-    let mut second = std::process::Command::new(binary("rekeyd"))
+    let second = std::process::Command::new(binary("rekeyd"))
         .arg("--dir")
         .arg(installation.dir())
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -242,20 +243,8 @@ fn a_second_server_on_one_sqlite_file_is_refused() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let status = loop {
-        if let Some(status) = second.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            second.kill().unwrap();
-            panic!("a second server started on the same database");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(25));
-    };
-    let output = second.wait_with_output().unwrap();
-    assert_eq!(status.code(), Some(1), "{}", text(&output.stderr));
-    let said = text(&output.stderr);
+    let (status, said) = exit_of(second);
+    assert_eq!(status.code(), Some(1), "{said}");
     assert!(
         said.contains("another rekeyd is serving the database")
             && said.contains("one SQLite file has one server"),
@@ -263,9 +252,46 @@ fn a_second_server_on_one_sqlite_file_is_refused() {
     );
     assert_eq!(rekey.run(&["get", "one/server"]).ok().stdout, "v\n");
 
+    // Nor through another name for the file: a symbolic link.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let link = elsewhere.path().join("link.db");
+    std::os::unix::fs::symlink(installation.database(), &link).unwrap();
+    let second = std::process::Command::new(binary("rekeyd"))
+        .arg("--dir")
+        .arg(installation.dir())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("REKEY_DATABASE_URL", format!("sqlite://{}", link.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (status, said) = exit_of(second);
+    assert_eq!(status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("another rekeyd is serving the database") && said.contains("link.db"),
+        "{said}"
+    );
+
     drop(rekey);
     assert!(server.stop().success());
     let again = installation.serve();
     let rekey = again.rekey(&installation.admin());
     assert_eq!(rekey.run(&["get", "one/server"]).ok().stdout, "v\n");
+}
+
+/// How `server` (a second `rekeyd serve`) ended, and what it said; fails
+/// if it is still serving after [`DEADLINE`].
+fn exit_of(mut server: std::process::Child) -> (std::process::ExitStatus, String) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            server.kill().unwrap();
+            panic!("a second server started on the same database");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    };
+    (status, text(&server.wait_with_output().unwrap().stderr))
 }

@@ -86,8 +86,10 @@ pub struct Store {
 /// for the store's life; the kernel lets go of it when the process ends,
 /// however it ends. A lock file of its own, not the database file: closing
 /// any descriptor of the database would drop SQLite's own locks on it.
+/// It sits beside the file the path resolves to, so that a second name
+/// for the file (a symbolic link) finds the same lock.
 fn hold_serving_lock(path: &std::path::Path) -> Result<std::fs::File> {
-    let mut lock_path = path.as_os_str().to_owned();
+    let mut lock_path = resolved(path).into_os_string();
     lock_path.push(".rekeyd-lock");
     let lock_path = std::path::PathBuf::from(lock_path);
     let file = std::fs::OpenOptions::new()
@@ -114,7 +116,25 @@ fn hold_serving_lock(path: &std::path::Path) -> Result<std::fs::File> {
     Ok(file)
 }
 
-/// The write-ahead log of the database at `path`.
+/// `path` with every symbolic link resolved, as SQLite resolves the name of
+/// a database for its own files; a file not created yet has its directory
+/// resolved.
+fn resolved(path: &std::path::Path) -> std::path::PathBuf {
+    if let Ok(resolved) = std::fs::canonicalize(path) {
+        return resolved;
+    }
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => std::path::Path::new("."),
+    };
+    match (std::fs::canonicalize(directory), path.file_name()) {
+        (Ok(directory), Some(name)) => directory.join(name),
+        _ => path.to_owned(),
+    }
+}
+
+/// The write-ahead log of the database at `path` (resolved: SQLite keeps
+/// it beside the file a symbolic link names).
 fn wal_path(path: &std::path::Path) -> std::path::PathBuf {
     let mut log = path.as_os_str().to_owned();
     log.push("-wal");
@@ -288,7 +308,7 @@ impl Store {
         // database file and removes it, but two closing at once (a pool
         // connection given back as the pool closed) can each see the other
         // open and leave it. One more, closed alone, does it then.
-        let (path, log) = (self.path.clone(), wal_path(&self.path));
+        let (path, log) = (self.path.clone(), wal_path(&resolved(&self.path)));
         let last = tokio::task::spawn_blocking(move || {
             if log.exists() {
                 // It takes a read to open the log (and find it to move).
