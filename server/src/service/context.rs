@@ -29,7 +29,10 @@ struct AuditState {
     resource: String,
     decision: &'static str,
     detail: String,
+    /// A change of its own was committed with its event.
     recorded: bool,
+    /// It gets no event (a rate-limit refusal counted in the next one).
+    unaudited: bool,
     authorized_once: bool,
 }
 
@@ -53,6 +56,7 @@ impl RequestContext {
                 decision: "none",
                 detail: String::new(),
                 recorded: false,
+                unaudited: false,
                 authorized_once: false,
             }),
         })
@@ -151,14 +155,18 @@ impl RequestContext {
     /// This request gets no event of its own (a rate-limit refusal counted
     /// in the next recorded one).
     pub fn leave_unaudited(&self) {
-        self.state().recorded = true;
+        self.state().unaudited = true;
     }
 
     pub fn recorded(&self) {
         self.state().recorded = true;
     }
 
-    pub fn is_recorded(&self) -> bool {
-        self.state().recorded
+    /// Whether the request's outcome needs an event of its own: not when
+    /// it is left unaudited, nor when it succeeded and its change wrote
+    /// the event; a failure after a change of its own was committed does.
+    pub fn needs_event(&self, failed: bool) -> bool {
+        let state = self.state();
+        !state.unaudited && (!state.recorded || failed)
     }
 }

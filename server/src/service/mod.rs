@@ -125,13 +125,16 @@ impl AppState {
 
     /// Writes the request's audit event (unless its change already did)
     /// and only then lets the answer go. A successful request whose event
-    /// cannot be written fails.
+    /// cannot be written fails. A request that failed after a change of
+    /// its own was committed with its event (an update whose new version
+    /// could not be added) gets an event for the failure too, so the log
+    /// does not end it at that change's `OK`.
     pub async fn finish<T>(
         &self,
         context: &RequestContext,
         result: Result<T>,
     ) -> Result<T, Status> {
-        if context.is_recorded() {
+        if !context.needs_event(result.is_err()) {
             return result.map_err(Status::from);
         }
         let (outcome, detail, result) = match result {

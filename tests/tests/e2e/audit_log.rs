@@ -293,6 +293,50 @@ async fn a_read_whose_event_cannot_be_written_is_not_answered() {
     assert!(!server.log_text().contains("planted-value-5d1e"));
 }
 
+/// A request that fails after a change of its own was committed (an update
+/// whose description changed, then whose new version could not be added)
+/// is not left at that change's `OK`: its failure is an event too, under
+/// the same request id.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_fails_after_its_change_records_the_failure() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "g/update", "--value", "one"]).ok();
+    execute(
+        &installation,
+        "CREATE TRIGGER refuse_versions BEFORE INSERT ON versions
+         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
+    )
+    .await;
+    let failed = admin.run(&[
+        "update",
+        "g/update",
+        "--description",
+        "changed first",
+        "--value",
+        "two",
+    ]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert!(failed.stderr.contains("(INTERNAL)"), "{}", failed.stderr);
+
+    let events: Vec<serde_json::Value> = admin
+        .run(&["audit", "--resource", "g/update", "--output", "json"])
+        .ok()
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|event: &serde_json::Value| event["action"] == "secrets:UpdateSecret")
+        .collect();
+    let outcomes: Vec<&str> = events
+        .iter()
+        .map(|event| event["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["OK", "INTERNAL"], "{events:?}");
+    assert_eq!(events[0]["request_id"], events[1]["request_id"]);
+    execute(&installation, "DROP TRIGGER refuse_versions").await;
+}
+
 /// `rekey audit --follow --output json`: the log so far, then each new
 /// event as one JSON line, as it is written.
 #[test]

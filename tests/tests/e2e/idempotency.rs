@@ -1,5 +1,6 @@
 //! Client request tokens: the same token with the same value is the same
-//! version; with another value it is refused and nothing changes.
+//! version; with another value it is refused and nothing changes (an
+//! update that would also have changed the description included).
 
 use rekey_shared::proto;
 use rekey_tests::Installation;
@@ -86,6 +87,29 @@ async fn a_token_names_one_version() {
     binary.secret_binary = Some(b"A".to_vec());
     let conflict = client.put_secret_value(binary).await.unwrap_err();
     assert_eq!(conflict.code(), tonic::Code::AlreadyExists);
+
+    // An update that also puts a value under the used token is refused
+    // before its description changes.
+    let conflict = client
+        .update_secret(proto::UpdateSecretRequest {
+            name: "idem/one".into(),
+            description: Some("changed with the value".into()),
+            client_request_token: TOKEN.into(),
+            secret_string: Some("B".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), tonic::Code::AlreadyExists);
+    let described = client
+        .describe_secret(proto::DescribeSecretRequest {
+            name: "idem/one".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(described.description, "");
+    assert_eq!(version_count(&mut client, "idem/one").await, 2);
 }
 
 #[tokio::test]

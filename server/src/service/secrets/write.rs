@@ -160,8 +160,11 @@ impl SecretsService {
             self.authorize_key(context, &secret.key_name)?;
             self.authorize_key(context, key)?;
         }
-        if value.is_some() {
+        if let Some(value) = &value {
             self.authorize_key(context, moving.as_ref().unwrap_or(&secret.key_name))?;
+            // A token already used for another value is refused before the
+            // description or the key changes: the request changes nothing.
+            self.reused_token(&secret, &version_id, value).await?;
         }
         if request.description.is_some() || moving.is_some() {
             let rewrapped = match &moving {
