@@ -3,13 +3,16 @@
 //! [`Authenticator`] is the one interceptor every API service runs behind:
 //! it turns the connection's certificate into a [`Principal`] in the
 //! request's extensions, or refuses the request with UNAUTHENTICATED (a
-//! refused or revoked certificate). [`Authorizer`] holds the current policy
+//! refused or revoked certificate) and audits the refusal (action
+//! `authenticate`, the RPC's path as the resource). [`Authorizer`] holds the current policy
 //! and answers "may P do A on R?"; handlers ask it through their
 //! `RequestContext`, which also records the answer for the audit log.
 
+use crate::audit::AuditEvent;
 use crate::policy::{Decision, Policy};
 use crate::principal::Principal;
-use crate::tls::{ConnectionInfo, Revocations};
+use crate::service::AppState;
+use crate::tls::ConnectionInfo;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -91,12 +94,71 @@ impl fmt::Display for Action {
 /// refuses certificates revoked after their connection was opened.
 #[derive(Debug, Clone)]
 pub struct Authenticator {
-    revocations: Arc<Revocations>,
+    state: Arc<AppState>,
 }
 
+/// The path of the RPC a request calls (`/rekey.v1.Secrets/ListSecrets`),
+/// put on it by the layer around the router (`metrics::layer`): tonic
+/// hands an interceptor the request without it.
+#[derive(Debug, Clone)]
+pub struct CalledPath(pub String);
+
+/// The principal of a refusal's event when the certificate names none
+/// (no principal can be spelled with parentheses).
+const NO_PRINCIPAL: &str = "(none)";
+
 impl Authenticator {
-    pub fn new(revocations: Arc<Revocations>) -> Self {
-        Self { revocations }
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+
+    /// Refuses the request with UNAUTHENTICATED `message`, and audits the
+    /// refusal, since no handler runs to do it. Nothing leaves with a
+    /// refusal, so the answer does not wait for the event; refusals past
+    /// the principal's rate limit are counted as the handlers' are
+    /// (`limits`).
+    fn refuse(&self, request: &Request<()>, principal: &str, message: String) -> Status {
+        let left_out = match self
+            .state
+            .limits
+            .check(principal, std::time::Instant::now())
+        {
+            Ok(()) => Some(0),
+            Err(refusal) => refusal.record,
+        };
+        if let Some(left_out) = left_out {
+            let mut detail = message.clone();
+            if left_out > 0 {
+                detail.push_str(&format!(
+                    "; {left_out} more refused since the last recorded refusal"
+                ));
+            }
+            let extensions = request.extensions();
+            let event = AuditEvent {
+                time: rekey_shared::time::now_millis(),
+                principal: principal.to_owned(),
+                peer: extensions
+                    .get::<ConnectionInfo>()
+                    .map(|info| info.remote_addr.to_string())
+                    .unwrap_or_default(),
+                action: "authenticate".to_owned(),
+                resource: extensions
+                    .get::<CalledPath>()
+                    .map(|path| path.0.clone())
+                    .unwrap_or_default(),
+                decision: "deny".to_owned(),
+                outcome: "UNAUTHENTICATED".to_owned(),
+                request_id: rekey_shared::VersionId::random().into_string(),
+                detail,
+            };
+            let state = self.state.clone();
+            tokio::spawn(async move {
+                if let Err(error) = state.store.record(&event).await {
+                    tracing::error!(%error, "the event of a refused certificate was not written");
+                }
+            });
+        }
+        Status::unauthenticated(message)
     }
 }
 
@@ -108,13 +170,14 @@ impl tonic::service::Interceptor for Authenticator {
             .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
         let peer = match info.peer.as_ref() {
             Ok(peer) => peer,
-            Err(refusal) => return Err(Status::unauthenticated(refusal.to_string())),
+            Err(refusal) => return Err(self.refuse(&request, NO_PRINCIPAL, refusal.to_string())),
         };
-        if self.revocations.is_revoked(&peer.serial) {
-            return Err(Status::unauthenticated(format!(
+        if self.state.revocations.is_revoked(&peer.serial) {
+            let message = format!(
                 "client certificate refused: serial {} was revoked",
                 peer.serial
-            )));
+            );
+            return Err(self.refuse(&request, peer.principal.as_str(), message));
         }
         let principal = peer.principal.clone();
         request.extensions_mut().insert(principal);

@@ -63,7 +63,6 @@ pub struct Prepared {
     loaded: config::Loaded,
     state: Arc<service::AppState>,
     tls: rustls::ServerConfig,
-    revocations: Arc<tls::Revocations>,
     notifier: notify::Notifier,
     /// The audit archiver, already running (see `retention`).
     archiving: Option<tokio::task::JoinHandle<()>>,
@@ -97,7 +96,7 @@ pub async fn prepare(
         store,
         keyring,
         authorizer: auth::Authorizer::new(policy, version),
-        revocations: revocations.clone(),
+        revocations,
         events: events::Events::default(),
         rotation: config.rotation.clone(),
         limits: limits::RateLimiter::new(config.rate_limit.clone()),
@@ -112,7 +111,6 @@ pub async fn prepare(
         loaded: loaded.clone(),
         state,
         tls,
-        revocations,
         notifier,
         archiving,
     })
@@ -131,7 +129,6 @@ pub async fn serve_prepared(
         loaded,
         state,
         tls,
-        revocations,
         notifier,
         archiving,
     } = prepared;
@@ -164,7 +161,7 @@ pub async fn serve_prepared(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the reflection service")?;
-    let authenticator = auth::Authenticator::new(revocations);
+    let authenticator = auth::Authenticator::new(state.clone());
     let secrets = InterceptedService::new(
         SecretsServer::new(service::secrets::SecretsService::new(
             state.clone(),

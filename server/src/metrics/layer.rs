@@ -7,7 +7,9 @@
 //! from the trailers when the body yields them (a unary success, and a
 //! stream when it ends). A call whose client goes away first counts as
 //! `CANCELLED`, or `DEADLINE_EXCEEDED` when its `grpc-timeout` had passed.
-//! The duration runs from the call's arrival to that moment.
+//! The duration runs from the call's arrival to that moment. It also puts
+//! the RPC's path on the request (`auth::CalledPath`), for the interceptor's
+//! audit of a refusal.
 
 use super::requests::{MethodId, RequestMetrics};
 use bytes::Bytes;
@@ -63,7 +65,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let path = crate::auth::CalledPath(request.uri().path().to_owned());
+        request.extensions_mut().insert(path);
         let mut call = Call {
             method: self.metrics.method(request.uri().path()),
             metrics: self.metrics.clone(),

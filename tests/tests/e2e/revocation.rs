@@ -1,9 +1,9 @@
 //! Certificates revoked while the server runs: refused on the next request
-//! of a connection opened before, and at the next handshake. Also the
-//! registry (`cert list`) and renewal.
+//! of a connection opened before (and the refusal audited), and at the next
+//! handshake. Also the registry (`cert list`) and renewal.
 
 use rekey_shared::proto;
-use rekey_tests::{DEADLINE, Installation, rekeyd, text};
+use rekey_tests::{DEADLINE, Installation, eventually, rekeyd, text};
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,6 +57,26 @@ async fn a_revoked_certificate_is_refused_on_an_open_connection() {
         status.message().contains("was revoked"),
         "{}",
         status.message()
+    );
+    // No handler ran, and the refusal is audited all the same.
+    let admin = server.rekey(&installation.admin());
+    let refusal = tokio::task::block_in_place(|| {
+        eventually("the refusal's audit event", || {
+            admin
+                .run(&["audit", "--principal", "bob", "--output", "json"])
+                .ok()
+                .stdout
+                .lines()
+                .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+                .find(|event| event["action"] == "authenticate")
+        })
+    });
+    assert_eq!(refusal["resource"], "/rekey.v1.Secrets/GetSecretValue");
+    assert_eq!(refusal["decision"], "deny");
+    assert_eq!(refusal["outcome"], "UNAUTHENTICATED");
+    assert!(
+        refusal["detail"].as_str().unwrap().contains("was revoked"),
+        "{refusal}"
     );
 
     // A new connection fails at the handshake.
