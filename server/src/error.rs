@@ -34,6 +34,10 @@ pub enum Error {
     /// corruption, never a client mistake.
     #[error("{0}")]
     Integrity(String),
+    /// The audit events of a request that succeeded could not be written,
+    /// so it is not answered (fail-closed); the cause goes to the log only.
+    #[error("the audit log cannot be written: {0}")]
+    AuditUnwritable(String),
     /// Everything the client cannot act on; the text goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
@@ -95,6 +99,13 @@ impl From<Error> for Status {
             Error::Integrity(message) => {
                 tracing::error!(%message, "integrity check failed");
                 Status::new(Code::DataLoss, message)
+            }
+            Error::AuditUnwritable(detail) => {
+                tracing::error!(%detail, "audit events not written; request refused");
+                Status::new(
+                    Code::Internal,
+                    "the audit log cannot be written, so the request was not answered",
+                )
             }
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");

@@ -156,16 +156,11 @@ impl AppState {
             "request"
         );
         if let Err(error) = self.store.record(&event).await {
-            let status = Status::from(Error::internal("writing the audit log", error));
-            tracing::error!(request_id = %context.request_id, "audit event not written; request refused");
+            tracing::error!(request_id = %context.request_id, "audit event not written");
+            let refused = Status::from(Error::AuditUnwritable(error.to_string()));
             return match result {
-                Ok(_) => Err(Status::internal(
-                    "the audit log cannot be written, so the request was not answered",
-                )),
-                Err(original) => {
-                    drop(status);
-                    Err(original)
-                }
+                Ok(_) => Err(refused),
+                Err(original) => Err(original),
             };
         }
         result

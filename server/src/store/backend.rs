@@ -215,6 +215,7 @@ impl Store {
 forward! {
     pub async fn close(&self) -> ();
     pub async fn record(&self, event: &AuditEvent) -> Result<()>;
+    pub async fn record_all(&self, events: &[AuditEvent]) -> Result<()>;
     pub async fn audit_events(&self, query: &AuditQuery) -> Result<Vec<StoredEvent>>;
     pub async fn audit_anchor(&self) -> Result<Option<AuditAnchor>>;
     pub async fn archive_audit_events(&self, from: Option<&AuditAnchor>, to: &AuditAnchor, event: &AuditEvent) -> Result<bool>;

@@ -70,7 +70,24 @@ impl GroupCommit {
 
     /// Appends `event` to the chain; durable when this returns `Ok`.
     pub(super) async fn record(&self, event: &AuditEvent) -> Result<()> {
-        let stopped = || Error::Internal("the audit committer has stopped".to_owned());
+        self.enqueue(event).await?.await.map_err(|_| stopped())?
+    }
+
+    /// Appends `events` to the chain in their order; all durable when this
+    /// returns `Ok`. They queue together, so they share commits.
+    pub(super) async fn record_all(&self, events: &[AuditEvent]) -> Result<()> {
+        let mut answers = Vec::with_capacity(events.len());
+        for event in events {
+            answers.push(self.enqueue(event).await?);
+        }
+        for answer in answers {
+            answer.await.map_err(|_| stopped())??;
+        }
+        Ok(())
+    }
+
+    /// Queues `event` for the committer; the answer says when it is durable.
+    async fn enqueue(&self, event: &AuditEvent) -> Result<oneshot::Receiver<Result<()>>> {
         let (done, answer) = oneshot::channel();
         self.queue
             .send(Waiting {
@@ -79,6 +96,10 @@ impl GroupCommit {
             })
             .await
             .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        Ok(answer)
     }
+}
+
+fn stopped() -> Error {
+    Error::Internal("the audit committer has stopped".to_owned())
 }

@@ -1,5 +1,5 @@
 //! Batch reads: a secret that cannot be read is an entry in the error list,
-//! and the call succeeds.
+//! and the call succeeds; each value given is an audit event of its own.
 
 use rekey_shared::proto::{self, Filter, FilterKey};
 use rekey_tests::Installation;
@@ -77,6 +77,51 @@ async fn a_batch_reports_missing_and_deleted_secrets_among_good_ones() {
         .collect();
     assert_eq!(names, ["b/one", "b/two"]);
     assert_eq!(by_filter.errors[0].name, "b/empty");
+
+    // The log names each secret whose value a batch gave, under the
+    // batch's request id, whether it was asked for by name or by filter.
+    for name in ["b/one", "b/two"] {
+        let given: Vec<serde_json::Value> = rekey
+            .run(&["audit", "--resource", name, "--output", "json"])
+            .ok()
+            .stdout
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .filter(|event: &serde_json::Value| event["detail"] == "given in a batch")
+            .collect();
+        assert_eq!(given.len(), 2, "{given:?}");
+        for event in &given {
+            assert_eq!(event["action"], "secrets:GetSecretValue");
+            assert_eq!(event["resource"], name);
+            assert_eq!(event["outcome"], "OK");
+        }
+    }
+    let batches: Vec<serde_json::Value> = rekey
+        .run(&["audit", "--output", "json"])
+        .ok()
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|event: &serde_json::Value| {
+            event["detail"].as_str().unwrap().ends_with(" read, 1 not")
+                || event["detail"].as_str().unwrap().ends_with(" read, 4 not")
+        })
+        .collect();
+    assert_eq!(batches.len(), 2, "{batches:?}");
+    let by_filter_event = &batches[1];
+    assert_eq!(by_filter_event["resource"], "");
+    let given_with_it = rekey
+        .run(&["audit", "--resource", "b/", "--output", "json"])
+        .ok()
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|event| {
+            event["request_id"] == by_filter_event["request_id"]
+                && event["detail"] == "given in a batch"
+        })
+        .count();
+    assert_eq!(given_with_it, 2);
 
     // The CLI prints what it could read and exits 1 for the rest.
     let run = rekey.run(&["batch-get", "b/one", "b/missing"]);

@@ -4,6 +4,7 @@
 use super::SecretsService;
 use super::validate;
 use super::{live, not_found};
+use crate::audit::AuditEvent;
 use crate::auth::Action;
 use crate::error::{Error, Result};
 use crate::service::context::RequestContext;
@@ -262,6 +263,23 @@ impl SecretsService {
                 }
             }
         }
+        // Each value given is an event of its own, as a read by name is:
+        // the log names every secret whose value left, and none leaves
+        // before its event is durable. The batch's own event counts them.
+        let given: Vec<AuditEvent> = response
+            .secret_values
+            .iter()
+            .map(|value| AuditEvent {
+                resource: value.name.clone(),
+                decision: "allow".to_owned(),
+                ..context.event("OK", Some("given in a batch"))
+            })
+            .collect();
+        self.state
+            .store
+            .record_all(&given)
+            .await
+            .map_err(|error| Error::AuditUnwritable(error.to_string()))?;
         context.summarize(&format!(
             "{} read, {} not",
             response.secret_values.len(),

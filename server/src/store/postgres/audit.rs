@@ -79,6 +79,12 @@ impl Store {
         self.standalone_events.record(event).await
     }
 
+    /// Records `events` on their own, in their order, sharing commits;
+    /// all durable when this returns.
+    pub async fn record_all(&self, events: &[AuditEvent]) -> Result<()> {
+        self.standalone_events.record_all(events).await
+    }
+
     /// The newest event this process wrote.
     pub fn audit_head(&self) -> Option<(i64, Vec<u8>)> {
         self.chain.head()
