@@ -3,7 +3,8 @@
 //! the handler validates the request, authorizes it through the context,
 //! then reads or changes the store, sealing and opening values through the
 //! keyring. [`AppState::finish`] writes the request's audit event unless
-//! the change already wrote it, before the answer leaves (fail-closed).
+//! the change already wrote it, before the answer leaves (fail-closed);
+//! [`Abandoned`] writes it for a request dropped before its handler ended.
 
 /// Implements a service trait: each RPC makes its request context, calls
 /// its handler, and lets `AppState::finish` audit the outcome and map a
@@ -24,10 +25,12 @@ macro_rules! audited_service {
                         &request,
                         $crate::auth::Action::$action,
                     )?;
+                    let abandoned = $crate::service::Abandoned::new(&self.state, &context);
                     let result = match self.state.admit(&context) {
                         Ok(()) => self.$handler(&context, request.into_inner()).await,
                         Err(refused) => Err(refused),
                     };
+                    abandoned.answered();
                     self.state.finish(&context, result).await.map(tonic::Response::new)
                 }
             )*
@@ -50,6 +53,54 @@ use crate::tls::Revocations;
 use context::RequestContext;
 use std::sync::Arc;
 use tonic::Status;
+
+/// Records the event of a request whose handler was dropped before it
+/// ended (its client went away, or its deadline passed), which `finish`
+/// never sees: unless a change of its own wrote one, the request leaves
+/// a `CANCELLED` event, written in the background (nothing was answered).
+#[derive(Debug)]
+pub struct Abandoned<'a> {
+    state: &'a Arc<AppState>,
+    context: &'a RequestContext,
+    armed: bool,
+}
+
+impl<'a> Abandoned<'a> {
+    pub fn new(state: &'a Arc<AppState>, context: &'a RequestContext) -> Self {
+        Self {
+            state,
+            context,
+            armed: true,
+        }
+    }
+
+    /// The handler ended: `finish` records the request.
+    pub fn answered(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed || !self.context.needs_event(false) {
+            return;
+        }
+        let event = self.context.event(
+            "CANCELLED",
+            Some("the client went away, or its deadline passed, before the answer"),
+        );
+        let state = self.state.clone();
+        // Outside a runtime (one that has shut down dropping its tasks'
+        // futures) nothing can be written: such a request goes unrecorded.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = state.store.record(&event).await {
+                    tracing::error!(%error, "the event of an abandoned request was not written");
+                }
+            });
+        }
+    }
+}
 
 /// What every handler shares.
 #[derive(Debug)]

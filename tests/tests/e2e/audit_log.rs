@@ -3,7 +3,7 @@
 //! inserted event and a cut-off tail.
 
 use rekey_shared::proto::GetSecretValueRequest;
-use rekey_tests::{Installation, Rekey, metric};
+use rekey_tests::{Installation, Rekey, eventually, metric};
 use sqlx::{Connection, SqliteConnection};
 
 const HITS: &str = "rekey_read_cache_total{result=\"hit\"}";
@@ -335,6 +335,54 @@ async fn a_request_that_fails_after_its_change_records_the_failure() {
     assert_eq!(outcomes, ["OK", "INTERNAL"], "{events:?}");
     assert_eq!(events[0]["request_id"], events[1]["request_id"]);
     execute(&installation, "DROP TRIGGER refuse_versions").await;
+}
+
+/// A request dropped before its handler ended (its deadline passed while
+/// the database was locked) still leaves an event: `CANCELLED`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_abandoned_by_its_client_is_recorded() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "g/abandoned", "--value", "one"]).ok();
+    let url = format!("sqlite://{}", installation.database().display());
+    let mut lock = SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let mut client = server.client(&installation.admin()).await;
+    let mut put = tonic::Request::new(rekey_shared::proto::PutSecretValueRequest {
+        name: "g/abandoned".into(),
+        secret_string: Some("two".into()),
+        ..Default::default()
+    });
+    put.set_timeout(std::time::Duration::from_millis(300));
+    let refused = client.put_secret_value(put).await.unwrap_err();
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+        ),
+        "{refused:?}"
+    );
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    lock.close().await.unwrap();
+
+    let abandoned = tokio::task::block_in_place(|| {
+        eventually("the abandoned put's event", || {
+            admin
+                .run(&["audit", "--resource", "g/abandoned", "--output", "json"])
+                .ok()
+                .stdout
+                .lines()
+                .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+                .find(|event| event["action"] == "secrets:PutSecretValue")
+        })
+    });
+    assert_eq!(abandoned["outcome"], "CANCELLED", "{abandoned}");
+    assert_eq!(abandoned["decision"], "allow", "{abandoned}");
+    assert_eq!(admin.run(&["get", "g/abandoned"]).ok().stdout, "one\n");
 }
 
 /// `rekey audit --follow --output json`: the log so far, then each new
