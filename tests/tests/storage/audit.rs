@@ -107,6 +107,21 @@ on_both_backends!(
     postgres_events_and_changes_interleaved
 );
 
+/// The same on a PostgreSQL database whose transactions default to
+/// repeatable read: a writer's snapshot must not predate the lock that
+/// serializes the writers (it would read a stale head of the chain).
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_events_and_changes_interleaved_under_repeatable_read() {
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    database.sql(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = %L', \
+         current_database(), 'repeatable read'); END $$",
+    );
+    events_and_changes_interleaved_suite(&database.url, &RootKey::new(Key::generate())).await;
+}
+
 /// Audit retention through the store: old events leave the table in
 /// rounds (at most `limit` each, never the newest, only from the anchor on
 /// without a younger one in between), the anchor moves with an

@@ -146,11 +146,19 @@ const DIALECT: Dialect<Postgres> = Dialect {
     execute,
 };
 
+/// A write transaction holding the writers' lock. Read committed whatever
+/// the database's default: each statement then sees what the lock's last
+/// holder committed (the chain's head, the stage map), where a snapshot
+/// taken at the transaction's first statement, before the lock was had,
+/// would not. One round trip for both.
 fn begin_locked(pool: &PgPool) -> Boxed<'_, sqlx::Result<Transaction<'static, Postgres>>> {
     Box::pin(async move {
         let mut transaction = pool.begin().await?;
         (&mut *transaction)
-            .execute("SELECT pg_advisory_xact_lock(7001)")
+            .execute(
+                "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+                 SELECT pg_advisory_xact_lock(7001)",
+            )
             .await?;
         Ok(transaction)
     })
