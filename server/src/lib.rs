@@ -185,7 +185,8 @@ pub async fn serve_prepared(
         authenticator,
     );
 
-    let sweeping = tokio::spawn(refusal_sweep(state.clone()));
+    let (stop_sweeping, sweep_stop) = tokio::sync::oneshot::channel();
+    let sweeping = tokio::spawn(refusal_sweep(state.clone(), sweep_stop));
     let purge = tokio::spawn(purge_loop(
         state.clone(),
         std::time::Duration::from_secs(config.purge_interval_seconds.max(1)),
@@ -226,7 +227,10 @@ pub async fn serve_prepared(
         ),
     }
     purge.abort();
-    sweeping.abort();
+    // The round under way ends (aborted, the counts it took would be
+    // lost), then one more takes what came after.
+    let _ = stop_sweeping.send(());
+    let _ = sweeping.await;
     state.record_unrecorded_refusals().await;
     if let Some(archiving) = archiving {
         archiving.abort();
@@ -244,13 +248,19 @@ pub async fn serve_prepared(
     Ok(())
 }
 
-/// Records the rate-limit refusals left out of the log, every second.
-async fn refusal_sweep(state: Arc<service::AppState>) {
+/// Records the rate-limit refusals left out of the log, every second,
+/// until `stop` (between rounds, never within one).
+async fn refusal_sweep(
+    state: Arc<service::AppState>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
-        state.record_unrecorded_refusals().await;
+        tokio::select! {
+            _ = ticks.tick() => state.record_unrecorded_refusals().await,
+            _ = &mut stop => return,
+        }
     }
 }
 

@@ -8,7 +8,8 @@
 //! event counts the refusals left out since the previous one, so a client in
 //! a tight loop cannot turn the limit into a flood of audit writes. Counts
 //! that no later refusal carried are written by a sweep every second and at
-//! shutdown ([`RateLimiter::take_unrecorded`]), so none is lost.
+//! shutdown ([`RateLimiter::take_unrecorded`]); a count whose event could
+//! not be written is counted again for the next sweep, so none is lost.
 
 use crate::config::RateLimitSettings;
 use std::collections::HashMap;
@@ -113,6 +114,25 @@ impl RateLimiter {
 }
 
 impl RateLimiter {
+    /// Counts `refused` of `principal`'s refusals as left out of the log
+    /// again: the event that was to count them was not written.
+    pub fn count_unrecorded(&self, principal: &str, refused: u64) {
+        let mut buckets = match self.buckets.lock() {
+            Ok(buckets) => buckets,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let burst = f64::from(self.settings.burst.max(1));
+        buckets
+            .entry(principal.to_owned())
+            .or_insert_with(|| Bucket {
+                tokens: burst,
+                updated: Instant::now(),
+                last_recorded_refusal: None,
+                unrecorded_refusals: 0,
+            })
+            .unrecorded_refusals += refused;
+    }
+
     /// The refusals left out of the log that no recorded refusal has
     /// counted yet, by principal; they count as recorded from now on.
     pub fn take_unrecorded(&self) -> Vec<(String, u64)> {

@@ -80,6 +80,16 @@ impl Installation {
         self.dir.path()
     }
 
+    /// Runs `sql` on the installation's SQLite database on a connection of
+    /// its own, beside a running server (as an operator's tool would).
+    pub async fn execute_sql(&self, sql: &str) {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}", self.database().display());
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query(sql).execute(&mut db).await.unwrap();
+        db.close().await.unwrap();
+    }
+
     pub fn admin(&self) -> PathBuf {
         self.dir().join("admin.pem")
     }

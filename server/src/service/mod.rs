@@ -118,7 +118,8 @@ pub struct AppState {
 
 impl AppState {
     /// Writes one event per principal for its rate-limit refusals that no
-    /// recorded refusal has counted (see `limits`).
+    /// recorded refusal has counted (see `limits`); a count whose event
+    /// cannot be written is counted again for the next round.
     pub async fn record_unrecorded_refusals(&self) {
         for (principal, refused) in self.limits.take_unrecorded() {
             let event = crate::audit::AuditEvent {
@@ -136,7 +137,8 @@ impl AppState {
                 )
             };
             if let Err(error) = self.store.record(&event).await {
-                tracing::error!(%error, "cannot record rate-limit refusals");
+                tracing::error!(%error, "cannot record rate-limit refusals; counted again");
+                self.limits.count_unrecorded(&event.principal, refused);
             }
         }
     }

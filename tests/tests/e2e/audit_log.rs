@@ -8,13 +8,6 @@ use sqlx::{Connection, SqliteConnection};
 
 const HITS: &str = "rekey_read_cache_total{result=\"hit\"}";
 
-async fn execute(installation: &Installation, sql: &str) {
-    let url = format!("sqlite://{}", installation.database().display());
-    let mut db = SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query(sql).execute(&mut db).await.unwrap();
-    db.close().await.unwrap();
-}
-
 fn verify(admin: &Rekey) -> rekey_tests::Run {
     admin.run(&["audit", "verify"])
 }
@@ -95,11 +88,9 @@ async fn every_request_is_one_event_and_tampering_is_named() {
     );
 
     // A field changed.
-    execute(
-        &installation,
-        "UPDATE audit_events SET principal = 'mallory' WHERE seq = 3",
-    )
-    .await;
+    installation
+        .execute_sql("UPDATE audit_events SET principal = 'mallory' WHERE seq = 3")
+        .await;
     let altered = verify(&admin);
     assert_eq!(altered.code, 1);
     assert!(
@@ -107,15 +98,15 @@ async fn every_request_is_one_event_and_tampering_is_named() {
         "{}",
         altered.stderr
     );
-    execute(
-        &installation,
-        "UPDATE audit_events SET principal = 'rekeyd' WHERE seq = 3",
-    )
-    .await;
+    installation
+        .execute_sql("UPDATE audit_events SET principal = 'rekeyd' WHERE seq = 3")
+        .await;
     verify(&admin).ok();
 
     // A row removed.
-    execute(&installation, "DELETE FROM audit_events WHERE seq = 4").await;
+    installation
+        .execute_sql("DELETE FROM audit_events WHERE seq = 4")
+        .await;
     let removed = verify(&admin);
     assert!(
         removed.stderr.contains("event 4 was removed"),
@@ -139,11 +130,12 @@ async fn a_cut_off_tail_is_detected() {
     let head = before["head_seq"].as_i64().unwrap();
     let checkpoint = format!("{head}:{}", before["head_mac"].as_str().unwrap());
 
-    execute(
-        &installation,
-        &format!("DELETE FROM audit_events WHERE seq > {}", head - 3),
-    )
-    .await;
+    installation
+        .execute_sql(&format!(
+            "DELETE FROM audit_events WHERE seq > {}",
+            head - 3
+        ))
+        .await;
     let cut = verify(&admin);
     assert_eq!(cut.code, 1);
     assert!(
@@ -160,9 +152,7 @@ async fn a_cut_off_tail_is_detected() {
         against.stderr
     );
     // An inserted event at the end does not verify either.
-    execute(
-        &installation,
-        "INSERT INTO audit_events (seq, time, principal, peer, action, resource, decision, outcome, request_id, detail, mac)
+    installation.execute_sql("INSERT INTO audit_events (seq, time, principal, peer, action, resource, decision, outcome, request_id, detail, mac)
          SELECT MAX(seq) + 1, 0, 'mallory', '', 'x', 'y', 'allow', 'OK', '', '', zeroblob(32) FROM audit_events",
     )
     .await;
@@ -245,12 +235,12 @@ async fn a_read_whose_event_cannot_be_written_is_not_answered() {
         admin.run(&["get", "g/planted"]).ok();
     }
     let hits = metric(&server, HITS);
-    execute(
-        &installation,
-        "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events
+    installation
+        .execute_sql(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events
          BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
-    )
-    .await;
+        )
+        .await;
     let mut client = server.client(&installation.admin()).await;
     let tasks: Vec<_> = (0..16)
         .map(|_| {
@@ -280,7 +270,7 @@ async fn a_read_whose_event_cannot_be_written_is_not_answered() {
         "the refused reads were answered from memory"
     );
 
-    execute(&installation, "DROP TRIGGER refuse_audit").await;
+    installation.execute_sql("DROP TRIGGER refuse_audit").await;
     let answer = client
         .get_secret_value(GetSecretValueRequest {
             name: "g/planted".into(),
@@ -303,12 +293,12 @@ async fn a_request_that_fails_after_its_change_records_the_failure() {
     let server = installation.serve();
     let admin = server.rekey(&installation.admin());
     admin.run(&["create", "g/update", "--value", "one"]).ok();
-    execute(
-        &installation,
-        "CREATE TRIGGER refuse_versions BEFORE INSERT ON versions
+    installation
+        .execute_sql(
+            "CREATE TRIGGER refuse_versions BEFORE INSERT ON versions
          BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
-    )
-    .await;
+        )
+        .await;
     let failed = admin.run(&[
         "update",
         "g/update",
@@ -334,7 +324,9 @@ async fn a_request_that_fails_after_its_change_records_the_failure() {
         .collect();
     assert_eq!(outcomes, ["OK", "INTERNAL"], "{events:?}");
     assert_eq!(events[0]["request_id"], events[1]["request_id"]);
-    execute(&installation, "DROP TRIGGER refuse_versions").await;
+    installation
+        .execute_sql("DROP TRIGGER refuse_versions")
+        .await;
 }
 
 /// A request dropped before its handler ended (its deadline passed while

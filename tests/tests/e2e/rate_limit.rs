@@ -2,7 +2,8 @@
 //! RESOURCE_EXHAUSTED with a retry hint (message and
 //! `grpc-retry-pushback-ms`), other principals go on, the principal is let
 //! through again once the hint has passed, and a burst of refusals is one
-//! audit event that counts the rest.
+//! audit event that counts the rest; counts the audit log refused are
+//! written by a later sweep.
 
 use rekey_shared::proto::GetSecretValueRequest;
 use rekey_tests::{DEADLINE, Installation, eventually};
@@ -148,4 +149,81 @@ async fn a_principal_over_its_limit_is_told_when_to_retry_and_others_go_on() {
         refusals.len()
     );
     assert_eq!(accounted(&events), refusals.len() + more_refusals);
+}
+
+/// Refusals the sweep could not write (the audit log refused them) are
+/// counted again and written by a later sweep: none is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_the_sweep_could_not_write_are_written_later() {
+    let installation = Installation::new();
+    installation.edit_config(|table| {
+        let limits: toml::Table = "requests_per_second = 1\nburst = 1\n".parse().unwrap();
+        table.insert("rate_limit".into(), toml::Value::Table(limits));
+    });
+    let app = installation.issue("app", &["reader"]);
+    let server = installation.serve();
+    server
+        .rekey(&installation.admin())
+        .run(&["create", "limited/app", "--value", "v"])
+        .ok();
+    let mut client = server.client(&app).await;
+    client.get_secret_value(request()).await.unwrap();
+
+    installation
+        .execute_sql(
+            "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events
+             BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
+        )
+        .await;
+    // The first refusal is recorded by itself (and its event fails); the
+    // rest, within its second, are left to the sweep.
+    let mut left_to_the_sweep = 0;
+    let first = Instant::now();
+    for _ in 0..5 {
+        let refused = client.get_secret_value(request()).await.unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        left_to_the_sweep += 1;
+    }
+    left_to_the_sweep -= 1;
+    assert!(
+        first.elapsed() < Duration::from_secs(1),
+        "the refusals took a second"
+    );
+    tokio::task::block_in_place(|| {
+        eventually("a sweep that could not write", || {
+            server
+                .log_text()
+                .contains("cannot record rate-limit refusals; counted again")
+                .then_some(())
+        })
+    });
+    installation.execute_sql("DROP TRIGGER refuse_audit").await;
+
+    let admin = server.rekey(&installation.admin());
+    let counted = tokio::task::block_in_place(|| {
+        eventually("the sweep's event", || {
+            // The admin has a limit of its own too: a refused ask asks again.
+            let run = admin.run(&["audit", "--principal", "app", "--output", "json"]);
+            if run.code != 0 {
+                return None;
+            }
+            let counted: u64 = run
+                .stdout
+                .lines()
+                .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+                .filter(|event| event["action"] == "rate_limit")
+                .map(|event| {
+                    let detail = event["detail"].as_str().unwrap().to_owned();
+                    detail
+                        .split_whitespace()
+                        .next()
+                        .unwrap()
+                        .parse::<u64>()
+                        .unwrap()
+                })
+                .sum();
+            (counted > 0).then_some(counted)
+        })
+    });
+    assert_eq!(counted, left_to_the_sweep);
 }
