@@ -6,7 +6,7 @@
 //! written by a later sweep.
 
 use rekey_shared::proto::GetSecretValueRequest;
-use rekey_tests::{DEADLINE, Installation, eventually};
+use rekey_tests::{DEADLINE, Installation, Server, eventually};
 use std::time::{Duration, Instant};
 use tonic::Code;
 
@@ -17,20 +17,35 @@ fn request() -> GetSecretValueRequest {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_principal_over_its_limit_is_told_when_to_retry_and_others_go_on() {
+/// An installation where each principal may make `per_second` requests a
+/// second, `burst` at once.
+fn limited(per_second: u32, burst: u32) -> Installation {
     let installation = Installation::new();
     installation.edit_config(|table| {
-        let limits: toml::Table = "requests_per_second = 2\nburst = 4\n".parse().unwrap();
+        let limits: toml::Table = format!("requests_per_second = {per_second}\nburst = {burst}\n")
+            .parse()
+            .unwrap();
         table.insert("rate_limit".into(), toml::Value::Table(limits));
     });
-    let app = installation.issue("app", &["reader"]);
-    let other = installation.issue("other", &["reader"]);
+    installation
+}
+
+/// `installation` served, with the secret the tests read.
+fn serve_limited(installation: &Installation) -> Server {
     let server = installation.serve();
     server
         .rekey(&installation.admin())
         .run(&["create", "limited/app", "--value", "v"])
         .ok();
+    server
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_principal_over_its_limit_is_told_when_to_retry_and_others_go_on() {
+    let installation = limited(2, 4);
+    let app = installation.issue("app", &["reader"]);
+    let other = installation.issue("other", &["reader"]);
+    let server = serve_limited(&installation);
 
     let mut client = server.client(&app).await;
     let mut allowed = 0;
@@ -155,17 +170,9 @@ async fn a_principal_over_its_limit_is_told_when_to_retry_and_others_go_on() {
 /// counted again and written by a later sweep: none is lost.
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_the_sweep_could_not_write_are_written_later() {
-    let installation = Installation::new();
-    installation.edit_config(|table| {
-        let limits: toml::Table = "requests_per_second = 1\nburst = 1\n".parse().unwrap();
-        table.insert("rate_limit".into(), toml::Value::Table(limits));
-    });
+    let installation = limited(1, 1);
     let app = installation.issue("app", &["reader"]);
-    let server = installation.serve();
-    server
-        .rekey(&installation.admin())
-        .run(&["create", "limited/app", "--value", "v"])
-        .ok();
+    let server = serve_limited(&installation);
     let mut client = server.client(&app).await;
     client.get_secret_value(request()).await.unwrap();
 

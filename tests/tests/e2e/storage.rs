@@ -235,15 +235,7 @@ fn a_second_server_on_one_sqlite_file_is_refused() {
     let rekey = server.rekey(&installation.admin());
     rekey.run(&["create", "one/server", "--value", "v"]).ok();
 
-    let second = std::process::Command::new(binary("rekeyd"))
-        .arg("--dir")
-        .arg(installation.dir())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (status, said) = exit_of(second);
+    let (status, said) = exit_of(second_server(&installation).spawn().unwrap());
     assert_eq!(status.code(), Some(1), "{said}");
     assert!(
         said.contains("another rekeyd is serving the database")
@@ -256,13 +248,8 @@ fn a_second_server_on_one_sqlite_file_is_refused() {
     let elsewhere = tempfile::tempdir().unwrap();
     let link = elsewhere.path().join("link.db");
     std::os::unix::fs::symlink(installation.database(), &link).unwrap();
-    let second = std::process::Command::new(binary("rekeyd"))
-        .arg("--dir")
-        .arg(installation.dir())
-        .args(["serve", "--listen", "127.0.0.1:0"])
+    let second = second_server(&installation)
         .env("REKEY_DATABASE_URL", format!("sqlite://{}", link.display()))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let (status, said) = exit_of(second);
@@ -277,6 +264,18 @@ fn a_second_server_on_one_sqlite_file_is_refused() {
     let again = installation.serve();
     let rekey = again.rekey(&installation.admin());
     assert_eq!(rekey.run(&["get", "one/server"]).ok().stdout, "v\n");
+}
+
+/// A second `rekeyd serve` of `installation`, what it says kept.
+fn second_server(installation: &Installation) -> std::process::Command {
+    let mut command = std::process::Command::new(binary("rekeyd"));
+    command
+        .arg("--dir")
+        .arg(installation.dir())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    command
 }
 
 /// How `server` (a second `rekeyd serve`) ended, and what it said; fails
