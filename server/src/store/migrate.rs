@@ -178,6 +178,12 @@ const MIGRATION_LOCK: i64 = 7000;
 
 pub async fn migrate_postgres(pool: &PgPool) -> Result<()> {
     let mut transaction = pool.begin().await?;
+    // Read committed whatever the database's default, as the writers'
+    // transactions: under repeatable read the snapshot would predate the
+    // lock, and a second replica would not see the first one's migrations.
+    sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *transaction)
+        .await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(MIGRATION_LOCK)
         .execute(&mut *transaction)

@@ -108,8 +108,9 @@ on_both_backends!(
 );
 
 /// The same on a PostgreSQL database whose transactions default to
-/// repeatable read: a writer's snapshot must not predate the lock that
-/// serializes the writers (it would read a stale head of the chain).
+/// repeatable read, after two stores migrated it at once: a writer's (or
+/// a migrator's) snapshot must not predate the lock that serializes them
+/// (it would read a stale head of the chain, or migrations not applied).
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_events_and_changes_interleaved_under_repeatable_read() {
     let Some(database) = StorageDatabase::create() else {
@@ -119,7 +120,15 @@ async fn postgres_events_and_changes_interleaved_under_repeatable_read() {
         "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = %L', \
          current_database(), 'repeatable read'); END $$",
     );
-    events_and_changes_interleaved_suite(&database.url, &RootKey::new(Key::generate())).await;
+    let root = RootKey::new(Key::generate());
+    // Two replicas starting at once migrate the new database once.
+    let (first, second) = tokio::join!(
+        Store::open(&database.url, AuditKey::derive(&root)),
+        Store::open(&database.url, AuditKey::derive(&root)),
+    );
+    first.unwrap().close().await;
+    second.unwrap().close().await;
+    events_and_changes_interleaved_suite(&database.url, &root).await;
 }
 
 /// Audit retention through the store: old events leave the table in
