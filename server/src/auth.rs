@@ -4,7 +4,8 @@
 //! it turns the connection's certificate into a [`Principal`] in the
 //! request's extensions, or refuses the request with UNAUTHENTICATED (a
 //! refused or revoked certificate) and audits the refusal (action
-//! `authenticate`, the RPC's path as the resource). [`Authorizer`] holds the current policy
+//! `authenticate`, the RPC's path as the resource; at most one a second
+//! per certificate, counting the rest). [`Authorizer`] holds the current policy
 //! and answers "may P do A on R?"; handlers ask it through their
 //! `RequestContext`, which also records the answer for the audit log.
 
@@ -13,9 +14,11 @@ use crate::policy::{Decision, Policy};
 use crate::principal::Principal;
 use crate::service::AppState;
 use crate::tls::ConnectionInfo;
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 use tonic::{Request, Status};
 
 /// An action of the policy language, as DESIGN lists them.
@@ -95,6 +98,7 @@ impl fmt::Display for Action {
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     state: Arc<AppState>,
+    refusals: Arc<RefusalLog>,
 }
 
 /// The path of the RPC a request calls (`/rekey.v1.Secrets/ListSecrets`),
@@ -107,58 +111,110 @@ pub struct CalledPath(pub String);
 /// (no principal can be spelled with parentheses).
 const NO_PRINCIPAL: &str = "(none)";
 
+/// The most of a called path a refusal's event keeps (the client chose it).
+const MAX_PATH_CHARS: usize = 200;
+
 impl Authenticator {
     pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+        Self {
+            state,
+            refusals: Arc::default(),
+        }
     }
 
     /// Refuses the request with UNAUTHENTICATED `message`, and audits the
     /// refusal, since no handler runs to do it. Nothing leaves with a
-    /// refusal, so the answer does not wait for the event; refusals past
-    /// the principal's rate limit are counted as the handlers' are
-    /// (`limits`).
-    fn refuse(&self, request: &Request<()>, principal: &str, message: String) -> Status {
-        let left_out = match self
-            .state
-            .limits
-            .check(principal, std::time::Instant::now())
-        {
-            Ok(()) => Some(0),
-            Err(refusal) => refusal.record,
+    /// refusal, so the answer does not wait for the event. Refusals of one
+    /// certificate (or, when it names no principal, of one address) are
+    /// recorded at most once a second ([`RefusalLog`]); they take nothing
+    /// from the principal's rate limit, which its other certificates share.
+    fn refuse(&self, request: &Request<()>, key: &str, principal: &str, message: String) -> Status {
+        let Some(left_out) = self.refusals.admit(key, Instant::now()) else {
+            return Status::unauthenticated(message);
         };
-        if let Some(left_out) = left_out {
-            let mut detail = message.clone();
-            if left_out > 0 {
-                detail.push_str(&format!(
-                    "; {left_out} more refused since the last recorded refusal"
-                ));
-            }
-            let extensions = request.extensions();
-            let event = AuditEvent {
-                time: rekey_shared::time::now_millis(),
-                principal: principal.to_owned(),
-                peer: extensions
-                    .get::<ConnectionInfo>()
-                    .map(|info| info.remote_addr.to_string())
-                    .unwrap_or_default(),
-                action: "authenticate".to_owned(),
-                resource: extensions
-                    .get::<CalledPath>()
-                    .map(|path| path.0.clone())
-                    .unwrap_or_default(),
-                decision: "deny".to_owned(),
-                outcome: "UNAUTHENTICATED".to_owned(),
-                request_id: rekey_shared::VersionId::random().into_string(),
-                detail,
-            };
-            let state = self.state.clone();
-            tokio::spawn(async move {
-                if let Err(error) = state.store.record(&event).await {
-                    tracing::error!(%error, "the event of a refused certificate was not written");
-                }
-            });
+        let mut detail = message.clone();
+        if left_out > 0 {
+            detail.push_str(&format!(
+                "; {left_out} more refused since the last recorded refusal"
+            ));
         }
+        let extensions = request.extensions();
+        let event = AuditEvent {
+            time: rekey_shared::time::now_millis(),
+            principal: principal.to_owned(),
+            peer: extensions
+                .get::<ConnectionInfo>()
+                .map(|info| info.remote_addr.to_string())
+                .unwrap_or_default(),
+            action: "authenticate".to_owned(),
+            resource: extensions
+                .get::<CalledPath>()
+                .map(|path| path.0.chars().take(MAX_PATH_CHARS).collect())
+                .unwrap_or_default(),
+            decision: "deny".to_owned(),
+            outcome: "UNAUTHENTICATED".to_owned(),
+            request_id: rekey_shared::VersionId::random().into_string(),
+            detail,
+        };
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            if let Err(error) = state.store.record(&event).await {
+                tracing::error!(%error, "the event of a refused certificate was not written");
+            }
+        });
         Status::unauthenticated(message)
+    }
+}
+
+/// Which of the interceptor's refusals are recorded: at most one a second
+/// for each key (a certificate's serial, or an address), the next one
+/// counting those left out meanwhile. A flood of refused requests on an
+/// open connection costs one audit write a second, whatever the rate
+/// limits say (they may be off).
+#[derive(Debug, Default)]
+struct RefusalLog {
+    recent: Mutex<HashMap<String, Recent>>,
+}
+
+#[derive(Debug)]
+struct Recent {
+    recorded: Instant,
+    left_out: u64,
+}
+
+/// Beyond this many keys, those recorded over a second ago are forgotten
+/// (with any count left out since: the bound wins over the count).
+const MAX_REMEMBERED: usize = 10_000;
+
+impl RefusalLog {
+    /// `Some(n)`: record this refusal, noting `n` left out before it;
+    /// `None`: leave it out, counted in the next one recorded.
+    fn admit(&self, key: &str, now: Instant) -> Option<u64> {
+        let second = Duration::from_secs(1);
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if recent.len() > MAX_REMEMBERED {
+            recent.retain(|_, seen| now.saturating_duration_since(seen.recorded) < second);
+        }
+        match recent.get_mut(key) {
+            Some(seen) if now.saturating_duration_since(seen.recorded) < second => {
+                seen.left_out += 1;
+                None
+            }
+            Some(seen) => {
+                seen.recorded = now;
+                Some(std::mem::take(&mut seen.left_out))
+            }
+            None => {
+                recent.insert(
+                    key.to_owned(),
+                    Recent {
+                        recorded: now,
+                        left_out: 0,
+                    },
+                );
+                Some(0)
+            }
+        }
     }
 }
 
@@ -170,14 +226,18 @@ impl tonic::service::Interceptor for Authenticator {
             .ok_or_else(|| Status::unauthenticated("no client certificate on this connection"))?;
         let peer = match info.peer.as_ref() {
             Ok(peer) => peer,
-            Err(refusal) => return Err(self.refuse(&request, NO_PRINCIPAL, refusal.to_string())),
+            Err(refusal) => {
+                let key = format!("{NO_PRINCIPAL}@{}", info.remote_addr.ip());
+                return Err(self.refuse(&request, &key, NO_PRINCIPAL, refusal.to_string()));
+            }
         };
         if self.state.revocations.is_revoked(&peer.serial) {
             let message = format!(
                 "client certificate refused: serial {} was revoked",
                 peer.serial
             );
-            return Err(self.refuse(&request, peer.principal.as_str(), message));
+            let principal = peer.principal.as_str();
+            return Err(self.refuse(&request, &peer.serial, principal, message));
         }
         let principal = peer.principal.clone();
         request.extensions_mut().insert(principal);
@@ -238,5 +298,25 @@ impl Authorizer {
     pub fn decide(&self, principal: &Principal, action: Action, resource: &str) -> Decision {
         self.policy()
             .evaluate(principal.as_str(), action.as_str(), resource)
+    }
+}
+
+#[cfg(test)]
+mod refusal_log_tests {
+    use super::*;
+
+    /// One refusal a second per key is recorded, carrying the count of
+    /// those left out since; other keys are apart.
+    #[test]
+    fn one_refusal_a_second_per_key_counts_the_rest() {
+        let log = RefusalLog::default();
+        let start = Instant::now();
+        assert_eq!(log.admit("a1", start), Some(0));
+        for _ in 0..3 {
+            assert_eq!(log.admit("a1", start + Duration::from_millis(10)), None);
+        }
+        assert_eq!(log.admit("b2", start + Duration::from_millis(10)), Some(0));
+        assert_eq!(log.admit("a1", start + Duration::from_secs(1)), Some(3));
+        assert_eq!(log.admit("a1", start + Duration::from_millis(1500)), None);
     }
 }

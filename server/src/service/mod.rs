@@ -56,8 +56,9 @@ use tonic::Status;
 
 /// Records the event of a request whose handler was dropped before it
 /// ended (its client went away, or its deadline passed), which `finish`
-/// never sees: unless a change of its own wrote one, the request leaves
-/// a `CANCELLED` event, written in the background (nothing was answered).
+/// never sees: a `CANCELLED` event, written in the background (nothing
+/// was answered). A change the request made may have committed all the
+/// same, with its own event: a commit under way runs to its end.
 #[derive(Debug)]
 pub struct Abandoned<'a> {
     state: &'a Arc<AppState>,
@@ -82,12 +83,17 @@ impl<'a> Abandoned<'a> {
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
-        if !self.armed || !self.context.needs_event(false) {
+        // As for a failure: a change already recorded does not stand for
+        // how the request ended.
+        if !self.armed || !self.context.needs_event(true) {
             return;
         }
         let event = self.context.event(
             "CANCELLED",
-            Some("the client went away, or its deadline passed, before the answer"),
+            Some(
+                "the client went away, or its deadline passed, before the answer; a change it \
+                 made may have committed with its own event",
+            ),
         );
         let state = self.state.clone();
         // Outside a runtime (one that has shut down dropping its tasks'
