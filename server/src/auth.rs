@@ -10,6 +10,7 @@
 //! `RequestContext`, which also records the answer for the audit log.
 
 use crate::audit::AuditEvent;
+use crate::limits::OncePerSecond;
 use crate::policy::{Decision, Policy};
 use crate::principal::Principal;
 use crate::service::AppState;
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tonic::{Request, Status};
 
 /// An action of the policy language, as DESIGN lists them.
@@ -101,11 +102,12 @@ pub struct Authenticator {
     refusals: Arc<RefusalLog>,
 }
 
-/// The path of the RPC a request calls (`/rekey.v1.Secrets/ListSecrets`),
+/// The URI of the RPC a request calls (path `/rekey.v1.Secrets/ListSecrets`),
 /// put on it by the layer around the router (`metrics::layer`): tonic
-/// hands an interceptor the request without it.
+/// hands an interceptor the request without it. (A clone of the request's
+/// own: no copy of the path on every request for the rare refusal.)
 #[derive(Debug, Clone)]
-pub struct CalledPath(pub String);
+pub struct CalledPath(pub http::Uri);
 
 /// The principal of a refusal's event when the certificate names none
 /// (no principal can be spelled with parentheses).
@@ -149,37 +151,26 @@ impl Authenticator {
             action: "authenticate".to_owned(),
             resource: extensions
                 .get::<CalledPath>()
-                .map(|path| path.0.chars().take(MAX_PATH_CHARS).collect())
+                .map(|called| called.0.path().chars().take(MAX_PATH_CHARS).collect())
                 .unwrap_or_default(),
             decision: "deny".to_owned(),
             outcome: "UNAUTHENTICATED".to_owned(),
             request_id: rekey_shared::VersionId::random().into_string(),
             detail,
         };
-        let state = self.state.clone();
-        tokio::spawn(async move {
-            if let Err(error) = state.store.record(&event).await {
-                tracing::error!(%error, "the event of a refused certificate was not written");
-            }
-        });
+        self.state.record_in_background(event);
         Status::unauthenticated(message)
     }
 }
 
-/// Which of the interceptor's refusals are recorded: at most one a second
-/// for each key (a certificate's serial, or an address), the next one
-/// counting those left out meanwhile. A flood of refused requests on an
-/// open connection costs one audit write a second, whatever the rate
-/// limits say (they may be off).
+/// Which of the interceptor's refusals are recorded: one a second for
+/// each key (a certificate's serial, or an address), counting the rest
+/// ([`OncePerSecond`]). A flood of refused requests on an open connection
+/// costs one audit write a second, whatever the rate limits say (they may
+/// be off).
 #[derive(Debug, Default)]
 struct RefusalLog {
-    recent: Mutex<HashMap<String, Recent>>,
-}
-
-#[derive(Debug)]
-struct Recent {
-    recorded: Instant,
-    left_out: u64,
+    recent: Mutex<HashMap<String, OncePerSecond>>,
 }
 
 /// Beyond this many keys, those recorded over a second ago are forgotten
@@ -187,34 +178,16 @@ struct Recent {
 const MAX_REMEMBERED: usize = 10_000;
 
 impl RefusalLog {
-    /// `Some(n)`: record this refusal, noting `n` left out before it;
-    /// `None`: leave it out, counted in the next one recorded.
+    /// As [`OncePerSecond::admit`], for `key`.
     fn admit(&self, key: &str, now: Instant) -> Option<u64> {
-        let second = Duration::from_secs(1);
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         if recent.len() > MAX_REMEMBERED {
-            recent.retain(|_, seen| now.saturating_duration_since(seen.recorded) < second);
+            recent.retain(|_, refusals| refusals.recorded_within_a_second(now));
         }
-        match recent.get_mut(key) {
-            Some(seen) if now.saturating_duration_since(seen.recorded) < second => {
-                seen.left_out += 1;
-                None
-            }
-            Some(seen) => {
-                seen.recorded = now;
-                Some(std::mem::take(&mut seen.left_out))
-            }
-            None => {
-                recent.insert(
-                    key.to_owned(),
-                    Recent {
-                        recorded: now,
-                        left_out: 0,
-                    },
-                );
-                Some(0)
-            }
+        if !recent.contains_key(key) {
+            recent.insert(key.to_owned(), OncePerSecond::default());
         }
+        recent.get_mut(key).and_then(|refusals| refusals.admit(now))
     }
 }
 
@@ -304,6 +277,7 @@ impl Authorizer {
 #[cfg(test)]
 mod refusal_log_tests {
     use super::*;
+    use std::time::Duration;
 
     /// One refusal a second per key is recorded, carrying the count of
     /// those left out since; other keys are apart.

@@ -29,8 +29,49 @@ pub struct RateLimiter {
 struct Bucket {
     tokens: f64,
     updated: Instant,
-    last_recorded_refusal: Option<Instant>,
-    unrecorded_refusals: u64,
+    refusals: OncePerSecond,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            updated: now,
+            refusals: OncePerSecond::default(),
+        }
+    }
+}
+
+/// Which of a run of events are recorded: at most one a second, each
+/// counting those left out since the one before. Shared by the rate
+/// limit's refusals and the interceptor's (`auth`).
+#[derive(Debug, Default)]
+pub struct OncePerSecond {
+    last_recorded: Option<Instant>,
+    left_out: u64,
+}
+
+impl OncePerSecond {
+    /// `Some(n)`: record this one, noting `n` left out before it; `None`:
+    /// leave it out, counted in the next one recorded.
+    pub fn admit(&mut self, now: Instant) -> Option<u64> {
+        let due = self
+            .last_recorded
+            .is_none_or(|last| now.saturating_duration_since(last) >= Duration::from_secs(1));
+        if due {
+            self.last_recorded = Some(now);
+            Some(std::mem::take(&mut self.left_out))
+        } else {
+            self.left_out += 1;
+            None
+        }
+    }
+
+    /// Whether one was recorded less than a second before `now`.
+    pub fn recorded_within_a_second(&self, now: Instant) -> bool {
+        self.last_recorded
+            .is_some_and(|last| now.saturating_duration_since(last) < Duration::from_secs(1))
+    }
 }
 
 /// A request over the limit.
@@ -68,7 +109,7 @@ impl RateLimiter {
         if buckets.len() > PRUNE_ABOVE {
             // Full buckets with nothing left to record are as good as new.
             buckets.retain(|_, bucket| {
-                bucket.unrecorded_refusals > 0
+                bucket.refusals.left_out > 0
                     || bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate
                         < burst
             });
@@ -76,15 +117,7 @@ impl RateLimiter {
         // Looked up by reference: no allocation for a principal seen before
         // (every request but a principal's first).
         if !buckets.contains_key(principal) {
-            buckets.insert(
-                principal.to_owned(),
-                Bucket {
-                    tokens: burst,
-                    updated: now,
-                    last_recorded_refusal: None,
-                    unrecorded_refusals: 0,
-                },
-            );
+            buckets.insert(principal.to_owned(), Bucket::full(burst, now));
         }
         #[allow(clippy::expect_used)] // inserted just above, under the same lock
         let bucket = buckets.get_mut(principal).expect("the bucket exists");
@@ -96,19 +129,9 @@ impl RateLimiter {
             return Ok(());
         }
         let retry_after = Duration::from_secs_f64((1.0 - bucket.tokens) / rate);
-        let due = bucket
-            .last_recorded_refusal
-            .is_none_or(|last| now.saturating_duration_since(last) >= Duration::from_secs(1));
-        let record = if due {
-            bucket.last_recorded_refusal = Some(now);
-            Some(std::mem::take(&mut bucket.unrecorded_refusals))
-        } else {
-            bucket.unrecorded_refusals += 1;
-            None
-        };
         Err(Refusal {
             retry_after,
-            record,
+            record: bucket.refusals.admit(now),
         })
     }
 }
@@ -124,13 +147,9 @@ impl RateLimiter {
         let burst = f64::from(self.settings.burst.max(1));
         buckets
             .entry(principal.to_owned())
-            .or_insert_with(|| Bucket {
-                tokens: burst,
-                updated: Instant::now(),
-                last_recorded_refusal: None,
-                unrecorded_refusals: 0,
-            })
-            .unrecorded_refusals += refused;
+            .or_insert_with(|| Bucket::full(burst, Instant::now()))
+            .refusals
+            .left_out += refused;
     }
 
     /// The refusals left out of the log that no recorded refusal has
@@ -142,11 +161,11 @@ impl RateLimiter {
         };
         buckets
             .iter_mut()
-            .filter(|(_, bucket)| bucket.unrecorded_refusals > 0)
+            .filter(|(_, bucket)| bucket.refusals.left_out > 0)
             .map(|(principal, bucket)| {
                 (
                     principal.clone(),
-                    std::mem::take(&mut bucket.unrecorded_refusals),
+                    std::mem::take(&mut bucket.refusals.left_out),
                 )
             })
             .collect()

@@ -66,8 +66,8 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let path = crate::auth::CalledPath(request.uri().path().to_owned());
-        request.extensions_mut().insert(path);
+        let called = crate::auth::CalledPath(request.uri().clone());
+        request.extensions_mut().insert(called);
         let mut call = Call {
             method: self.metrics.method(request.uri().path()),
             metrics: self.metrics.clone(),

@@ -95,16 +95,7 @@ impl Drop for Abandoned<'_> {
                  made may have committed with its own event",
             ),
         );
-        let state = self.state.clone();
-        // Outside a runtime (one that has shut down dropping its tasks'
-        // futures) nothing can be written: such a request goes unrecorded.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(error) = state.store.record(&event).await {
-                    tracing::error!(%error, "the event of an abandoned request was not written");
-                }
-            });
-        }
+        self.state.record_in_background(event);
     }
 }
 
@@ -123,6 +114,22 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Writes `event` without waiting for it, for a request whose answer
+    /// does not wait (a refusal before any handler, a request abandoned).
+    /// Outside a runtime (one that has shut down, dropping its tasks'
+    /// futures) nothing can be written: the event is lost.
+    pub fn record_in_background(self: &Arc<Self>, event: crate::audit::AuditEvent) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let state = self.clone();
+        runtime.spawn(async move {
+            if let Err(error) = state.store.record(&event).await {
+                tracing::error!(%error, action = %event.action, "an audit event was not written");
+            }
+        });
+    }
+
     /// Writes one event per principal for its rate-limit refusals that no
     /// recorded refusal has counted (see `limits`); a count whose event
     /// cannot be written is counted again for the next round.
@@ -216,9 +223,8 @@ impl AppState {
         );
         if let Err(error) = self.store.record(&event).await {
             tracing::error!(request_id = %context.request_id, "audit event not written");
-            let refused = Status::from(Error::AuditUnwritable(error.to_string()));
             return match result {
-                Ok(_) => Err(refused),
+                Ok(_) => Err(Status::from(Error::AuditUnwritable(error.to_string()))),
                 Err(original) => Err(original),
             };
         }

@@ -70,7 +70,7 @@ pub struct Store {
     reads: Arc<ReadCache>,
     /// Standalone events' commits while no write batch is open (`events`).
     events: Arc<events::EventWriter>,
-    /// The database file.
+    /// The database file, every symbolic link resolved.
     path: std::path::PathBuf,
     /// Held while a store that migrates (a server) has the file open
     /// (`hold_serving_lock`); let go at close.
@@ -86,10 +86,11 @@ pub struct Store {
 /// for the store's life; the kernel lets go of it when the process ends,
 /// however it ends. A lock file of its own, not the database file: closing
 /// any descriptor of the database would drop SQLite's own locks on it.
-/// It sits beside the file the path resolves to, so that a second name
-/// for the file (a symbolic link) finds the same lock.
-fn hold_serving_lock(path: &std::path::Path) -> Result<std::fs::File> {
-    let mut lock_path = resolved(path).into_os_string();
+/// It sits beside the file the path resolves to (`resolved`), so that a
+/// second name for the file (a symbolic link) finds the same lock; `path`
+/// is the name the server was given.
+fn hold_serving_lock(path: &std::path::Path, resolved: &std::path::Path) -> Result<std::fs::File> {
+    let mut lock_path = resolved.as_os_str().to_owned();
     lock_path.push(".rekeyd-lock");
     let lock_path = std::path::PathBuf::from(lock_path);
     let file = std::fs::OpenOptions::new()
@@ -134,7 +135,7 @@ fn resolved(path: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// The write-ahead log of the database at `path` (resolved: SQLite keeps
-/// it beside the file a symbolic link names).
+/// it beside the file a symbolic link names, not beside the link).
 fn wal_path(path: &std::path::Path) -> std::path::PathBuf {
     let mut log = path.as_os_str().to_owned();
     log.push("-wal");
@@ -224,8 +225,9 @@ impl Store {
         }
         // Before anything touches the file: a second server migrates
         // nothing either.
+        let path = resolved(&file);
         let serving = match schema {
-            Schema::Migrate => Some(hold_serving_lock(&file)?),
+            Schema::Migrate => Some(hold_serving_lock(&file, &path)?),
             Schema::Current => None,
         };
         let pool = SqlitePoolOptions::new()
@@ -281,7 +283,7 @@ impl Store {
             readers,
             reads,
             events,
-            path: file,
+            path,
             serving: std::sync::Mutex::new(serving),
         })
     }
@@ -308,7 +310,7 @@ impl Store {
         // database file and removes it, but two closing at once (a pool
         // connection given back as the pool closed) can each see the other
         // open and leave it. One more, closed alone, does it then.
-        let (path, log) = (self.path.clone(), wal_path(&resolved(&self.path)));
+        let (path, log) = (self.path.clone(), wal_path(&self.path));
         let last = tokio::task::spawn_blocking(move || {
             if log.exists() {
                 // It takes a read to open the log (and find it to move).
