@@ -8,13 +8,13 @@ use super::migrate::Schema;
 use super::sqlite::{AuditQuery, CertificateRecord, PolicyVersion};
 use super::{
     Deletion, Gate, NewSecret, NewVersion, PutOutcome, Rewrapped, SecretQuery, SecretRecord,
-    ValueRead, VersionRecord, VersionSummary, WrappedMasterKey, postgres, sqlite,
+    SecretUpdate, ValueRead, VersionRecord, VersionSummary, WrappedMasterKey, postgres, sqlite,
 };
 use crate::audit::{AuditAnchor, AuditEvent, AuditKey, StoredEvent};
 use crate::error::{Error, Result};
 use crate::rotation::{ApprovalRecord, ConfigRecord, HistoryRecord, RunRecord};
 use crate::stages::StageMap;
-use rekey_shared::{KeyName, SecretName, Stage, VersionId};
+use rekey_shared::{SecretName, Stage, VersionId};
 use std::collections::HashMap;
 
 #[derive(Debug)]
@@ -258,7 +258,7 @@ forward! {
     pub async fn create_secret(&self, secret: &NewSecret, first: Option<&NewVersion>, event: &AuditEvent) -> Result<()>;
     pub async fn secret(&self, name: &SecretName) -> Result<Option<SecretRecord>>;
     pub async fn secret_without_tags(&self, name: &SecretName) -> Result<Option<SecretRecord>>;
-    pub async fn update_secret(&self, secret_id: &str, description: Option<&str>, new_key: Option<(&KeyName, &[Rewrapped])>, now: i64, event: &AuditEvent) -> Result<()>;
+    pub async fn update_secret(&self, secret_id: &str, update: &SecretUpdate<'_>, event: &AuditEvent) -> Result<Option<PutOutcome>>;
     pub async fn tag_secret(&self, secret_id: &str, tags: &[(String, String)], now: i64, event: &AuditEvent) -> Result<()>;
     pub async fn untag_secret(&self, secret_id: &str, keys: &[String], now: i64, event: &AuditEvent) -> Result<()>;
     pub async fn delete_secret(&self, secret: &SecretRecord, deletion: Deletion, event: &AuditEvent) -> Result<()>;

@@ -132,6 +132,19 @@ pub struct NewVersion {
     pub sealed: SealedValue,
 }
 
+/// What UpdateSecret changes, each part optional, in one transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretUpdate<'a> {
+    pub description: Option<&'a str>,
+    /// The master key to move to, with every version's data key
+    /// re-wrapped under it.
+    pub new_key: Option<(&'a KeyName, &'a [Rewrapped])>,
+    /// A version to add, which gets CURRENT (sealed under the new key when
+    /// the secret moves).
+    pub version: Option<&'a NewVersion>,
+    pub now: i64,
+}
+
 /// What a put did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PutOutcome {

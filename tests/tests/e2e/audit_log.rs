@@ -3,7 +3,7 @@
 //! inserted event and a cut-off tail.
 
 use rekey_shared::proto::GetSecretValueRequest;
-use rekey_tests::{Installation, Rekey, eventually, metric};
+use rekey_tests::{Installation, Rekey, eventually, metric, rekeyd};
 use sqlx::{Connection, SqliteConnection};
 
 const HITS: &str = "rekey_read_cache_total{result=\"hit\"}";
@@ -283,16 +283,29 @@ async fn a_read_whose_event_cannot_be_written_is_not_answered() {
     assert!(!server.log_text().contains("planted-value-5d1e"));
 }
 
-/// A request that fails after a change of its own was committed (an update
-/// whose description changed, then whose new version could not be added)
-/// is not left at that change's `OK`: its failure is an event too, under
-/// the same request id.
+/// An UpdateSecret whose new version cannot be stored changes nothing:
+/// not the description, not the master key (the secret's and every data
+/// key's), and its one event says it failed.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_request_that_fails_after_its_change_records_the_failure() {
+async fn an_update_that_fails_changes_nothing() {
     let installation = Installation::new();
     let server = installation.serve();
     let admin = server.rekey(&installation.admin());
-    admin.run(&["create", "g/update", "--value", "one"]).ok();
+    admin
+        .run(&[
+            "create",
+            "g/update",
+            "--value",
+            "one",
+            "--description",
+            "old",
+        ])
+        .ok();
+    assert!(
+        rekeyd(installation.dir(), &["keys", "create", "other"])
+            .status
+            .success()
+    );
     installation
         .execute_sql(
             "CREATE TRIGGER refuse_versions BEFORE INSERT ON versions
@@ -303,12 +316,29 @@ async fn a_request_that_fails_after_its_change_records_the_failure() {
         "update",
         "g/update",
         "--description",
-        "changed first",
+        "new",
+        "--key",
+        "other",
         "--value",
         "two",
     ]);
     assert_eq!(failed.code, 1, "{}", failed.stderr);
     assert!(failed.stderr.contains("(INTERNAL)"), "{}", failed.stderr);
+
+    let described = admin
+        .run(&["describe", "g/update", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(described["description"], "old", "{described}");
+    assert_eq!(described["key_name"], "default", "{described}");
+    let versions = admin
+        .run(&["versions", "g/update", "--all", "--output", "json"])
+        .ok()
+        .json();
+    let versions = versions.as_array().unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert_eq!(versions[0]["key_name"], "default", "{versions:?}");
+    assert_eq!(admin.run(&["get", "g/update"]).ok().stdout, "one\n");
 
     let events: Vec<serde_json::Value> = admin
         .run(&["audit", "--resource", "g/update", "--output", "json"])
@@ -322,11 +352,30 @@ async fn a_request_that_fails_after_its_change_records_the_failure() {
         .iter()
         .map(|event| event["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["OK", "INTERNAL"], "{events:?}");
-    assert_eq!(events[0]["request_id"], events[1]["request_id"]);
+    assert_eq!(outcomes, ["INTERNAL"], "{events:?}");
+
     installation
         .execute_sql("DROP TRIGGER refuse_versions")
         .await;
+    admin
+        .run(&[
+            "update",
+            "g/update",
+            "--description",
+            "new",
+            "--key",
+            "other",
+            "--value",
+            "two",
+        ])
+        .ok();
+    let described = admin
+        .run(&["describe", "g/update", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(described["description"], "new", "{described}");
+    assert_eq!(described["key_name"], "other", "{described}");
+    assert_eq!(admin.run(&["get", "g/update"]).ok().stdout, "two\n");
 }
 
 /// A request dropped before its handler ended (its deadline passed while

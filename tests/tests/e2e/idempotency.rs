@@ -110,6 +110,30 @@ async fn a_token_names_one_version() {
         .into_inner();
     assert_eq!(described.description, "");
     assert_eq!(version_count(&mut client, "idem/one").await, 2);
+
+    // The same value under the token: a retry, answered with the version;
+    // the description it brings is set.
+    let retried = client
+        .update_secret(proto::UpdateSecretRequest {
+            name: "idem/one".into(),
+            description: Some("set by a retry".into()),
+            client_request_token: TOKEN.into(),
+            secret_string: Some("A".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retried.version_id.as_deref(), Some(TOKEN));
+    let described = client
+        .describe_secret(proto::DescribeSecretRequest {
+            name: "idem/one".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(described.description, "set by a retry");
+    assert_eq!(version_count(&mut client, "idem/one").await, 2);
 }
 
 #[tokio::test]

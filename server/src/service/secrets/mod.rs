@@ -189,24 +189,7 @@ impl SecretsService {
         {
             PutOutcome::Added(stages) => {
                 context.recorded();
-                let labels: Vec<String> = stages.iter().map(ToString::to_string).collect();
-                self.publish(
-                    context,
-                    "version_added",
-                    secret.name.as_str(),
-                    version_id.as_str(),
-                    &labels.join(","),
-                );
-                if stages.iter().any(Stage::is_current) {
-                    self.publish(
-                        context,
-                        "stages_moved",
-                        secret.name.as_str(),
-                        version_id.as_str(),
-                        "CURRENT",
-                    );
-                    self.engine.spawn_drive(&secret.id);
-                }
+                self.added(context, secret, version_id, &stages);
                 Ok(put_response(secret, version_id, &stages))
             }
             // Another request with the same token won the race.
@@ -215,6 +198,48 @@ impl SecretsService {
                 .await?
                 .ok_or_else(|| Error::internal("put", "a version vanished")),
         }
+    }
+}
+
+impl SecretsService {
+    /// What follows a committed new version: its events, and the engine
+    /// told when it took CURRENT.
+    fn added(
+        &self,
+        context: &RequestContext,
+        secret: &SecretRecord,
+        version_id: &VersionId,
+        stages: &[Stage],
+    ) {
+        let labels: Vec<String> = stages.iter().map(ToString::to_string).collect();
+        self.publish(
+            context,
+            "version_added",
+            secret.name.as_str(),
+            version_id.as_str(),
+            &labels.join(","),
+        );
+        if stages.iter().any(Stage::is_current) {
+            self.publish(
+                context,
+                "stages_moved",
+                secret.name.as_str(),
+                version_id.as_str(),
+                "CURRENT",
+            );
+            self.engine.spawn_drive(&secret.id);
+        }
+    }
+
+    /// Refuses a client request token that a rotation run holds for the
+    /// version it makes.
+    async fn refuse_run_token(&self, token: &str, version_id: &VersionId) -> Result<()> {
+        if !token.is_empty() && self.state.store.is_run_token(version_id.as_str()).await? {
+            return Err(Error::AlreadyExists(format!(
+                "client request token {version_id} is reserved by a rotation run; use another"
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,7 @@ use crate::auth::Action;
 use crate::crypto;
 use crate::error::{Error, Result};
 use crate::service::context::RequestContext;
-use crate::store::{NewSecret, NewVersion, Rewrapped, SecretRecord};
+use crate::store::{NewSecret, NewVersion, PutOutcome, Rewrapped, SecretRecord, SecretUpdate};
 use rekey_shared::proto;
 use rekey_shared::time::now_millis;
 use rekey_shared::{KeyName, SecretName, SecretValue, Stage, VersionId};
@@ -116,13 +116,8 @@ impl SecretsService {
             .collect::<Result<Vec<_>, _>>()?;
         let version_id = version_id_from_token(&request.client_request_token)?;
         self.authorize(context, Action::PutSecretValue, name.as_str())?;
-        if !request.client_request_token.is_empty()
-            && self.state.store.is_run_token(version_id.as_str()).await?
-        {
-            return Err(Error::AlreadyExists(format!(
-                "client request token {version_id} is reserved by a rotation run; use another"
-            )));
-        }
+        self.refuse_run_token(&request.client_request_token, &version_id)
+            .await?;
         let secret = self.live_secret(&name).await?;
         self.authorize_key(context, &secret.key_name)?;
         self.put(context, &secret, &version_id, &value, &requested)
@@ -130,7 +125,8 @@ impl SecretsService {
     }
 
     /// Description, master key (every data key re-wrapped, values
-    /// untouched), and a new CURRENT value, each optional.
+    /// untouched), and a new CURRENT value, each optional: one
+    /// transaction, so a request that fails changes nothing.
     pub(super) async fn update(
         &self,
         context: &RequestContext,
@@ -154,51 +150,79 @@ impl SecretsService {
             ));
         }
         self.authorize(context, Action::UpdateSecret, name.as_str())?;
+        if value.is_some() {
+            self.refuse_run_token(&request.client_request_token, &version_id)
+                .await?;
+        }
         let mut secret = self.live_secret(&name).await?;
         let moving = new_key.filter(|key| *key != secret.key_name);
         if let Some(key) = &moving {
             self.authorize_key(context, &secret.key_name)?;
             self.authorize_key(context, key)?;
         }
-        if let Some(value) = &value {
-            self.authorize_key(context, moving.as_ref().unwrap_or(&secret.key_name))?;
-            // A token already used for another value is refused before the
-            // description or the key changes: the request changes nothing.
-            self.reused_token(&secret, &version_id, value).await?;
+        let key_name = moving.clone().unwrap_or_else(|| secret.key_name.clone());
+        if value.is_some() {
+            self.authorize_key(context, &key_name)?;
         }
-        if request.description.is_some() || moving.is_some() {
+        let changes_metadata = request.description.is_some() || moving.is_some();
+        // A retried request whose version exists already (same token, same
+        // value) answers with it; another value under the token is refused.
+        let mut reused = match &value {
+            Some(value) => self.reused_token(&secret, &version_id, value).await?,
+            None => None,
+        };
+        // Twice at most: a request with the same token that adds its
+        // version meanwhile makes this one a retry.
+        loop {
+            let version = match (&value, &reused) {
+                (Some(value), None) => Some(NewVersion {
+                    version_id: version_id.clone(),
+                    created_at: now_millis(),
+                    created_by: context.principal.to_string(),
+                    sealed: self.seal(&key_name, &secret.id, &version_id, value).await?,
+                }),
+                _ => None,
+            };
+            if !changes_metadata && version.is_none() {
+                break;
+            }
             let rewrapped = match &moving {
                 Some(key) => self.rewrap_all(&secret, key).await?,
                 None => Vec::new(),
             };
-            self.state
+            let update = SecretUpdate {
+                description: request.description.as_deref(),
+                new_key: moving.as_ref().map(|key| (key, rewrapped.as_slice())),
+                version: version.as_ref(),
+                now: now_millis(),
+            };
+            let outcome = self
+                .state
                 .store
-                .update_secret(
-                    &secret.id,
-                    request.description.as_deref(),
-                    moving.as_ref().map(|key| (key, rewrapped.as_slice())),
-                    now_millis(),
-                    &context.change_event(),
-                )
+                .update_secret(&secret.id, &update, &context.change_event())
                 .await?;
-            context.recorded();
-            self.publish(context, "secret_changed", name.as_str(), "", "metadata");
-            if let Some(key) = moving {
-                secret.key_name = key;
+            if let (Some(PutOutcome::VersionExists), Some(value)) = (&outcome, &value) {
+                reused = Some(
+                    self.reused_token(&secret, &version_id, value)
+                        .await?
+                        .ok_or_else(|| Error::internal("update", "a version vanished"))?,
+                );
+                continue;
             }
+            context.recorded();
+            if changes_metadata {
+                self.publish(context, "secret_changed", name.as_str(), "", "metadata");
+            }
+            secret.key_name = key_name;
+            if let Some(PutOutcome::Added(stages)) = outcome {
+                self.added(context, &secret, &version_id, &stages);
+            }
+            break;
         }
-        let version_id = match value {
-            Some(value) => Some(
-                self.put(context, &secret, &version_id, &value, &[])
-                    .await?
-                    .version_id,
-            ),
-            None => None,
-        };
         Ok(proto::UpdateSecretResponse {
             name: name.to_string(),
             secret_id: secret.id,
-            version_id,
+            version_id: value.map(|_| version_id.to_string()),
         })
     }
 

@@ -8,9 +8,11 @@ use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use crate::stages::{self, StageMap};
 use crate::store::sqlite::MAX_TAGS;
-use crate::store::{Deletion, NewSecret, NewVersion, Rewrapped, SecretRecord};
+use crate::store::{
+    Deletion, NewSecret, NewVersion, PutOutcome, Rewrapped, SecretRecord, SecretUpdate,
+};
+use rekey_shared::SecretName;
 use rekey_shared::time::format_millis as format_date;
-use rekey_shared::{KeyName, SecretName};
 
 impl Store {
     /// Creates a secret, with its first version (which gets CURRENT) when
@@ -86,25 +88,25 @@ impl Store {
         row.as_ref().map(secret_row).transpose()
     }
 
-    /// Changes the description, and moves the secret to another master key
-    /// with every version's data key re-wrapped.
+    /// Changes the description, moves the secret to another master key
+    /// with every version's data key re-wrapped, and adds a version, each
+    /// when asked, in one transaction: all or nothing. `None` when no
+    /// version was given; [`PutOutcome::VersionExists`] changed nothing.
     pub async fn update_secret(
         &self,
         secret_id: &str,
-        description: Option<&str>,
-        new_key: Option<(&KeyName, &[Rewrapped])>,
-        now: i64,
+        update: &SecretUpdate<'_>,
         event: &AuditEvent,
-    ) -> Result<()> {
+    ) -> Result<Option<PutOutcome>> {
         let mut tx = self.write().await?;
-        if let Some(description) = description {
+        if let Some(description) = update.description {
             sqlx::query("UPDATE secrets SET description = $1 WHERE id = $2")
                 .bind(description)
                 .bind(secret_id)
                 .execute(&mut *tx)
                 .await?;
         }
-        if let Some((key_name, rewrapped)) = new_key {
+        if let Some((key_name, rewrapped)) = update.new_key {
             sqlx::query("UPDATE secrets SET key_name = $1 WHERE id = $2")
                 .bind(key_name.as_str())
                 .bind(secret_id)
@@ -145,8 +147,17 @@ impl Store {
                 return Err(changed_meanwhile());
             }
         }
-        touch(&mut tx, secret_id, now).await?;
-        self.commit_audited(tx, event).await
+        match update.version {
+            Some(version) => self
+                .add_version(tx, secret_id, version, &[], event)
+                .await
+                .map(Some),
+            None => {
+                touch(&mut tx, secret_id, update.now).await?;
+                self.commit_audited(tx, event).await?;
+                Ok(None)
+            }
+        }
     }
 
     /// Adds or replaces tags, keeping the total within [`MAX_TAGS`].

@@ -106,7 +106,21 @@ impl Store {
         requested: &[Stage],
         event: &AuditEvent,
     ) -> Result<PutOutcome> {
-        let mut tx = self.write().await?;
+        let tx = self.write().await?;
+        self.add_version(tx, secret_id, version, requested, event)
+            .await
+    }
+
+    /// Adds `version` in `tx` and commits it with `event`; a version that
+    /// exists already changes nothing.
+    pub(super) async fn add_version(
+        &self,
+        mut tx: Tx<'_>,
+        secret_id: &str,
+        version: &NewVersion,
+        requested: &[Stage],
+        event: &AuditEvent,
+    ) -> Result<PutOutcome> {
         match insert_version(&mut tx, secret_id, version).await {
             Err(Error::AlreadyExists(_)) => return Ok(PutOutcome::VersionExists),
             other => other?,

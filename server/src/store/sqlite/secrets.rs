@@ -4,9 +4,11 @@ use super::{Store, Tx, insert_version, is_unique_violation, touch, write_stage_m
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use crate::stages::{self, StageMap};
-use crate::store::{Deletion, NewSecret, NewVersion, Rewrapped, SecretRecord};
+use crate::store::{
+    Deletion, NewSecret, NewVersion, PutOutcome, Rewrapped, SecretRecord, SecretUpdate,
+};
+use rekey_shared::SecretName;
 use rekey_shared::time::format_millis as format_date;
-use rekey_shared::{KeyName, SecretName};
 
 /// A secret carries at most this many tags.
 pub const MAX_TAGS: usize = 50;
@@ -81,25 +83,26 @@ impl Store {
         self.readers.secret(name.as_str()).await
     }
 
-    /// Changes the description, and moves the secret to another master key
-    /// with every version's data key re-wrapped.
+    /// Changes the description, moves the secret to another master key
+    /// with every version's data key re-wrapped, and adds a version, each
+    /// when asked, in one transaction: all or nothing. `None` when no
+    /// version was given; [`PutOutcome::VersionExists`] changed nothing.
     pub async fn update_secret(
         &self,
         secret_id: &str,
-        description: Option<&str>,
-        new_key: Option<(&KeyName, &[Rewrapped])>,
-        now: i64,
+        update: &SecretUpdate<'_>,
         event: &AuditEvent,
-    ) -> Result<()> {
+    ) -> Result<Option<PutOutcome>> {
         let mut tx = self.write().await?;
-        if let Some(description) = description {
+        tx.changes_secret(secret_id);
+        if let Some(description) = update.description {
             sqlx::query("UPDATE secrets SET description = ? WHERE id = ?")
                 .bind(description)
                 .bind(secret_id)
                 .execute(&mut *tx)
                 .await?;
         }
-        if let Some((key_name, rewrapped)) = new_key {
+        if let Some((key_name, rewrapped)) = update.new_key {
             sqlx::query("UPDATE secrets SET key_name = ? WHERE id = ?")
                 .bind(key_name.as_str())
                 .bind(secret_id)
@@ -140,8 +143,17 @@ impl Store {
                 return Err(changed_meanwhile());
             }
         }
-        touch(&mut tx, secret_id, now).await?;
-        self.commit_audited(tx, event).await
+        match update.version {
+            Some(version) => self
+                .add_version(tx, secret_id, version, &[], event)
+                .await
+                .map(Some),
+            None => {
+                touch(&mut tx, secret_id, update.now).await?;
+                self.commit_audited(tx, event).await?;
+                Ok(None)
+            }
+        }
     }
 
     /// Adds or replaces tags, keeping the total within [`MAX_TAGS`].

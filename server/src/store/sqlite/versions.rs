@@ -94,11 +94,26 @@ impl Store {
         requested: &[Stage],
         event: &AuditEvent,
     ) -> Result<PutOutcome> {
+        let mut tx = self.write().await?;
+        tx.changes_secret(secret_id);
+        self.add_version(tx, secret_id, version, requested, event)
+            .await
+    }
+
+    /// Adds `version` in `tx` (which has said that it changes this secret)
+    /// and commits it with `event`; a version that exists already changes
+    /// nothing.
+    pub(super) async fn add_version(
+        &self,
+        mut tx: Tx<'_>,
+        secret_id: &str,
+        version: &NewVersion,
+        requested: &[Stage],
+        event: &AuditEvent,
+    ) -> Result<PutOutcome> {
         // Three round trips in the write batch: the savepoint, the insert
         // with the stages read back, and the rest with the audit event
         // (and, for a batch's first writer, the read of the chain's head).
-        let mut tx = self.write().await?;
-        tx.changes_secret(secret_id);
         let before = match insert_version(&mut tx, secret_id, version).await {
             Err(Error::AlreadyExists(_)) => return Ok(PutOutcome::VersionExists),
             other => other?,

@@ -174,3 +174,57 @@ fn an_approval_counts_only_while_its_approver_may_still_approve() {
         "awaiting_approval"
     );
 }
+
+/// A run's id is the client request token of the version it makes: a put
+/// or an update that names it is refused, and the update changes nothing.
+#[test]
+fn a_run_token_is_refused_to_puts_and_updates() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin
+        .run(&["create", "held/db", "--value", "v1", "--description", "old"])
+        .ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "held/db",
+            "--rotator",
+            "password",
+            "--approve",
+            "create",
+            "--approvals",
+            "1",
+        ])
+        .ok();
+    admin.run(&["rotate", "held/db", "--no-wait"]).ok();
+    let shown = wait_for_state(&admin, "held/db", "awaiting_approval");
+    let token = shown["run"]["run_id"].as_str().unwrap().to_owned();
+
+    let put = admin.run(&["put", "held/db", "--value", "v2", "--token", &token]);
+    let update = admin.run(&[
+        "update",
+        "held/db",
+        "--description",
+        "new",
+        "--value",
+        "v2",
+        "--token",
+        &token,
+    ]);
+    for refused in [put, update] {
+        assert!(
+            refused.stderr.contains("reserved by a rotation run")
+                && refused.stderr.contains("(ALREADY_EXISTS)"),
+            "{}",
+            refused.stderr
+        );
+    }
+    let described = admin
+        .run(&["describe", "held/db", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(described["description"], "old", "{described}");
+    assert_eq!(admin.run(&["get", "held/db"]).ok().stdout, "v1\n");
+}
