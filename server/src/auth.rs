@@ -258,11 +258,17 @@ impl Authorizer {
         }
     }
 
+    /// Puts `policy` in force unless a newer version already is: an apply
+    /// whose handler puts its version in force after another apply (or the
+    /// sync) put a later one there does not bring the older back.
     pub fn replace(&self, policy: Policy, version: i64) {
         let mut current = match self.policy.write() {
             Ok(current) => current,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if version < self.version.load(Ordering::Acquire) {
+            return;
+        }
         *current = Arc::new(policy);
         self.version.store(version, Ordering::Release);
     }
@@ -275,9 +281,24 @@ impl Authorizer {
 }
 
 #[cfg(test)]
-mod refusal_log_tests {
+mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn an_older_policy_never_replaces_a_newer_one() {
+        let authorizer = Authorizer::new(Policy::default(), 1);
+        let admin = Policy::default_for("admin");
+        authorizer.replace(admin.clone(), 6);
+        authorizer.replace(Policy::default(), 5);
+        assert_eq!(authorizer.version(), 6);
+        let policy = authorizer.policy();
+        assert!(
+            policy
+                .evaluate("admin", "policy:ApplyPolicy", "*")
+                .is_allowed()
+        );
+    }
 
     /// One refusal a second per key is recorded, carrying the count of
     /// those left out since; other keys are apart.

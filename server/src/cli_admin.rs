@@ -138,17 +138,19 @@ async fn bind_roles(opened: &Opened, name: &str, roles: &[String]) -> anyhow::Re
 
 pub async fn recover(loaded: &Loaded, principal: &str) -> anyhow::Result<()> {
     let opened = installation::open(loaded).await?;
-    let event = AuditEvent::local(
-        "policy:Recover",
-        "*",
-        &format!("break-glass: {principal} bound to admin"),
-    );
-    let recovered = governance::recover(&opened.store, principal, &event).await;
+    let recovered = governance::recover(&opened.store, principal).await;
     opened.store.close().await;
-    let version = recovered.map_err(domain)?;
+    let recovered = recovered.map_err(domain)?;
     println!(
-        "policy version {version}: {principal} is bound to the admin role; running servers apply it within seconds"
+        "policy version {}: {principal} is bound to the admin role; running servers apply it within seconds",
+        recovered.version
     );
+    if !recovered.unbound.is_empty() {
+        println!(
+            "roles with deny statements taken off {principal}'s binding: {}",
+            recovered.unbound.join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
-use crate::policy::{Effect, Policy, Role, Statement};
+use crate::policy::{Decision, Effect, Policy, Role, Statement};
 use crate::store::Store;
 
 /// The policy in force and its version (an empty policy, version 0, when
@@ -80,36 +80,151 @@ pub async fn bind(store: &Store, principal: &str, role: &str, event: &AuditEvent
     .await
 }
 
+/// What `recover` did.
+#[derive(Debug)]
+pub struct Recovered {
+    pub version: i64,
+    /// Roles with deny statements taken off the principal's own binding.
+    pub unbound: Vec<String>,
+}
+
 /// The break-glass way back in: `principal` gets the `admin` role, which is
 /// (re)defined as allowing everything. Roles with deny statements are taken
-/// off every binding that matches `principal`, or they could still shut it
-/// out; the audit event says so.
-pub async fn recover(store: &Store, principal: &str, event: &AuditEvent) -> Result<i64> {
-    change_policy(store, "rekeyd", event, |policy| {
-        policy.roles.insert(
-            "admin".to_owned(),
-            Role {
-                description: "Everything.".to_owned(),
-                statements: vec![Statement {
-                    effect: Effect::Allow,
-                    actions: vec!["*".to_owned()],
-                    resources: vec!["*".to_owned()],
-                }],
-            },
-        );
-        let denying: Vec<String> = policy
-            .roles
-            .iter()
-            .filter(|(_, role)| role.statements.iter().any(|s| s.effect == Effect::Deny))
-            .map(|(name, _)| name.clone())
-            .collect();
-        for binding in &mut policy.bindings {
-            if crate::policy::glob_matches(&binding.principal, principal) {
-                binding.roles.retain(|role| !denying.contains(role));
-            }
+/// off the principal's own binding, and the audit event names them. Those
+/// bound through a glob that matches it stay, since they bind others too:
+/// if one of them denies it policy, nothing is changed and the error says
+/// so.
+pub async fn recover(store: &Store, principal: &str) -> Result<Recovered> {
+    let (mut policy, based_on) = current_policy(store).await?;
+    let unbound = break_glass(&mut policy, principal)?;
+    let mut detail = format!("break-glass: {principal} bound to admin");
+    if !unbound.is_empty() {
+        detail.push_str(&format!(
+            "; roles with deny statements taken off its binding: {}",
+            unbound.join(", ")
+        ));
+    }
+    let event = AuditEvent::local("policy:Recover", "*", &detail);
+    let version = apply_policy(store, &policy, "rekeyd", based_on, &event).await?;
+    Ok(Recovered { version, unbound })
+}
+
+/// `recover`'s change to `policy`: the roles it took off `principal`'s own
+/// binding.
+fn break_glass(policy: &mut Policy, principal: &str) -> Result<Vec<String>> {
+    policy.roles.insert(
+        "admin".to_owned(),
+        Role {
+            description: "Everything.".to_owned(),
+            statements: vec![Statement {
+                effect: Effect::Allow,
+                actions: vec!["*".to_owned()],
+                resources: vec!["*".to_owned()],
+            }],
+        },
+    );
+    let denying: Vec<String> = policy
+        .roles
+        .iter()
+        .filter(|(_, role)| role.statements.iter().any(|s| s.effect == Effect::Deny))
+        .map(|(name, _)| name.clone())
+        .collect();
+    let mut unbound = Vec::new();
+    for binding in &mut policy.bindings {
+        if binding.principal == principal {
+            let (denies, keeps) = binding
+                .roles
+                .drain(..)
+                .partition(|role| denying.contains(role));
+            unbound.extend::<Vec<String>>(denies);
+            binding.roles = keeps;
         }
-        policy.bindings.retain(|binding| !binding.roles.is_empty());
-        policy.bind(principal, "admin");
-    })
-    .await
+    }
+    policy.bindings.retain(|binding| !binding.roles.is_empty());
+    policy.bind(principal, "admin");
+    for action in ["policy:ApplyPolicy", "policy:GetPolicy"] {
+        if let Decision::DeniedBy(role) = policy.evaluate(principal, action, "*") {
+            let pattern = policy
+                .bindings
+                .iter()
+                .find(|binding| {
+                    binding.roles.contains(&role)
+                        && crate::policy::glob_matches(&binding.principal, principal)
+                })
+                .map_or("*", |binding| binding.principal.as_str());
+            return Err(Error::FailedPrecondition(format!(
+                "role {role:?} denies {principal} {action} through the binding of {pattern:?}, \
+                 which binds other principals too, so recovering as {principal} would not get \
+                 back in; recover as a principal that {pattern:?} does not match \
+                 (rekeyd policy recover --principal NAME, then rekeyd cert issue NAME)"
+            )));
+        }
+    }
+    Ok(unbound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"
+[roles.reader]
+statements = [{ effect = "allow", actions = ["secrets:GetSecretValue"], resources = ["*"] }]
+[roles.no-payments]
+statements = [{ effect = "deny", actions = ["secrets:*"], resources = ["app/payments/*"] }]
+[roles.no-policy]
+statements = [{ effect = "deny", actions = ["policy:*"], resources = ["*"] }]
+[roles.ops]
+statements = [{ effect = "allow", actions = ["policy:*"], resources = ["*"] }]
+
+[[bindings]]
+principal = "*"
+roles = ["reader", "no-payments"]
+[[bindings]]
+principal = "admin"
+roles = ["reader", "no-policy"]
+[[bindings]]
+principal = "ops"
+roles = ["ops"]
+"#;
+
+    #[test]
+    fn break_glass_frees_only_the_principal_it_names() {
+        let mut policy = Policy::parse(POLICY).unwrap();
+        let unbound = break_glass(&mut policy, "admin").unwrap();
+        assert_eq!(unbound, ["no-policy"]);
+        assert!(
+            policy
+                .evaluate("admin", "policy:ApplyPolicy", "*")
+                .is_allowed()
+        );
+        // The deny bound to everyone still binds everyone, admin too.
+        for principal in ["bob", "admin"] {
+            assert_eq!(
+                policy.evaluate(principal, "secrets:GetSecretValue", "app/payments/x"),
+                Decision::DeniedBy("no-payments".into()),
+                "{principal}"
+            );
+        }
+        assert!(
+            policy
+                .evaluate("bob", "secrets:GetSecretValue", "app/db")
+                .is_allowed()
+        );
+    }
+
+    #[test]
+    fn break_glass_refuses_when_a_shared_binding_denies_policy() {
+        let mut policy = Policy::parse(&POLICY.replace(
+            "roles = [\"reader\", \"no-payments\"]",
+            "roles = [\"reader\", \"no-policy\"]",
+        ))
+        .unwrap();
+        let error = break_glass(&mut policy, "admin").unwrap_err().to_string();
+        assert!(
+            error.contains("\"no-policy\" denies admin policy:ApplyPolicy")
+                && error.contains("binding of \"*\""),
+            "{error}"
+        );
+    }
 }

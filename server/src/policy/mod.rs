@@ -222,11 +222,16 @@ impl Policy {
     }
 
     /// Refuses a policy under which no bound principal may apply policy:
-    /// the way back in would be `rekeyd policy recover` only.
+    /// the way back in would be `rekeyd policy recover` only. A binding of
+    /// a name no certificate can carry (reserved, or not a principal at
+    /// all) counts for nothing; one of a glob counts as its own text.
     pub fn check_not_locked_out(&self) -> Result<(), PolicyError> {
         let someone = self.bindings.iter().any(|binding| {
-            self.evaluate(&binding.principal, "policy:ApplyPolicy", "*")
-                .is_allowed()
+            (binding.principal.contains('*')
+                || crate::principal::could_be_named(&binding.principal))
+                && self
+                    .evaluate(&binding.principal, "policy:ApplyPolicy", "*")
+                    .is_allowed()
         });
         if someone {
             Ok(())
@@ -442,6 +447,18 @@ roles = ["admin"]
         );
         denied.bind("root", "no-policy");
         assert!(denied.check_not_locked_out().is_err());
+
+        // Admin bound only to names no certificate can carry.
+        for name in ["system", "rekeyd", "ops team", "ops/team", ""] {
+            let mut unnamed = locked.clone();
+            unnamed.bind(name, "admin");
+            assert!(unnamed.check_not_locked_out().is_err(), "{name:?}");
+        }
+        for name in ["ops", "spiffe://corp/ops", "spiffe://corp/ops/*"] {
+            let mut named = locked.clone();
+            named.bind(name, "admin");
+            assert!(named.check_not_locked_out().is_ok(), "{name:?}");
+        }
     }
 
     #[test]
