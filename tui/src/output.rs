@@ -6,11 +6,37 @@ use base64::engine::general_purpose::STANDARD;
 use rekey_shared::proto;
 use rekey_shared::time::format_timestamp;
 use serde_json::{Value, json};
+use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
     Text,
     Json,
+}
+
+/// Text from the server as a terminal may show it: control characters
+/// (escape sequences, carriage returns, new lines) and bidirectional
+/// overrides written as `\u{1b}`, so that what another client stored (a
+/// description, the name an audit event quotes, a rotator's error) cannot
+/// move the cursor, retitle the window, set the clipboard or forge lines.
+/// Values are printed as they are: `get` is for programs.
+pub fn shown(text: &str) -> Cow<'_, str> {
+    fn hidden(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    }
+    if !text.chars().any(hidden) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if hidden(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn time(timestamp: &Option<prost_types::Timestamp>) -> Value {
@@ -65,7 +91,7 @@ pub fn print_metadata(format: Format, secret: &proto::SecretMetadata) {
     };
     println!("name:          {}", secret.name);
     println!("id:            {}", secret.secret_id);
-    println!("description:   {}", secret.description);
+    println!("description:   {}", shown(&secret.description));
     println!("master key:    {}", secret.key_name);
     println!("created:       {}", or_dash(time(&secret.created_at)));
     println!("changed:       {}", or_dash(time(&secret.changed_at)));
@@ -86,7 +112,7 @@ pub fn print_metadata(format: Format, secret: &proto::SecretMetadata) {
     let tags: Vec<String> = secret
         .tags
         .iter()
-        .map(|tag| format!("{}={}", tag.key, tag.value))
+        .map(|tag| format!("{}={}", shown(&tag.key), shown(&tag.value)))
         .collect();
     println!("tags:          {}", tags.join(" "));
     println!("versions:");
@@ -105,7 +131,12 @@ pub fn print_secret_list(format: Format, secrets: &[proto::SecretMetadata]) {
             Value::String(text) => text,
             _ => "-".to_owned(),
         };
-        println!("{:<40} {:<20} {}", secret.name, changed, secret.description);
+        println!(
+            "{:<40} {:<20} {}",
+            shown(&secret.name),
+            changed,
+            shown(&secret.description)
+        );
     }
 }
 
@@ -166,7 +197,7 @@ pub fn value_json(response: &proto::GetSecretValueResponse) -> Value {
 /// One line for standard error from a gRPC status.
 pub fn status_line(status: &tonic::Status) -> String {
     let code = format!("{:?}", status.code());
-    let message = status.message();
+    let message = shown(status.message());
     if message.is_empty() {
         code
     } else {
@@ -196,5 +227,19 @@ mod tests {
         assert_eq!(status_line(&status), "secret x does not exist (NOT_FOUND)");
         let status = tonic::Status::invalid_argument("bad");
         assert_eq!(status_line(&status), "bad (INVALID_ARGUMENT)");
+    }
+
+    #[test]
+    fn what_the_server_sends_cannot_steer_the_terminal() {
+        assert!(matches!(
+            shown("plain words/é"),
+            Cow::Borrowed("plain words/é")
+        ));
+        assert_eq!(
+            shown("a\u{1b}]52;c;aGk=\u{7}b\r\nforged\u{202e}"),
+            "a\\u{1b}]52;c;aGk=\\u{7}b\\u{d}\\u{a}forged\\u{202e}"
+        );
+        let status = tonic::Status::not_found("no \u{1b}[2Jsecret");
+        assert_eq!(status_line(&status), "no \\u{1b}[2Jsecret (NOT_FOUND)");
     }
 }

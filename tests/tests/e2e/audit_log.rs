@@ -473,3 +473,48 @@ fn audit_follow_prints_new_events_as_json_lines() {
     follower.kill().unwrap();
     follower.wait().unwrap();
 }
+
+/// A name with terminal control sequences, refused and recorded as sent,
+/// reaches an operator's terminal escaped, never as sequences; so do a
+/// description and a tag another client stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_clients_sent_cannot_steer_an_operators_terminal() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let hostile = "x\u{1b}]52;c;aGk=\u{7}\r\u{1b}[2K";
+    let mut client = server.client(&installation.admin()).await;
+    let refused = client
+        .get_secret_value(GetSecretValueRequest {
+            name: hostile.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    client
+        .create_secret(rekey_shared::proto::CreateSecretRequest {
+            name: "t/described".into(),
+            description: hostile.into(),
+            tags: vec![rekey_shared::proto::Tag {
+                key: "k".into(),
+                value: hostile.into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+
+    let audit = admin.run(&["audit"]).ok().stdout;
+    assert!(
+        audit.contains("x\\u{1b}]52;c;aGk=\\u{7}\\u{d}\\u{1b}[2K"),
+        "{audit}"
+    );
+    for shown in [
+        audit,
+        admin.run(&["describe", "t/described"]).ok().stdout,
+        admin.run(&["list"]).ok().stdout,
+    ] {
+        assert!(!shown.contains(['\u{1b}', '\u{7}', '\r']), "{shown:?}");
+    }
+}

@@ -2,7 +2,7 @@
 //! verify).
 
 use super::{AuditArgs, AuditCommand, PolicyCommand};
-use crate::output::{self, Format};
+use crate::output::{self, Format, shown};
 use rekey_shared::proto::admin_client::AdminClient;
 use rekey_shared::proto::{self};
 use rekey_shared::time::{format_timestamp, now_millis, timestamp_from_millis};
@@ -182,15 +182,15 @@ fn print_events(format: Format, events: &[proto::AuditEvent]) {
                         .as_ref()
                         .map(format_timestamp)
                         .unwrap_or_default(),
-                    event.principal,
-                    event.action,
-                    event.resource,
+                    shown(&event.principal),
+                    shown(&event.action),
+                    shown(&event.resource),
                     event.decision,
                     event.outcome,
                     if event.detail.is_empty() {
                         String::new()
                     } else {
-                        format!(" ({})", event.detail)
+                        format!(" ({})", shown(&event.detail))
                     }
                 );
             }

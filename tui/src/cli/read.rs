@@ -1,6 +1,6 @@
 //! Commands that read: get, batch-get, describe, list, versions.
 
-use crate::output::{self, Format};
+use crate::output::{self, Format, shown};
 use rekey_shared::proto::secrets_client::SecretsClient;
 use rekey_shared::proto::{self};
 use serde_json::json;
@@ -112,7 +112,12 @@ pub async fn batch_get(
                 }
             }
             for error in &errors {
-                eprintln!("rekey: {}: {} ({})", error.name, error.message, error.code);
+                eprintln!(
+                    "rekey: {}: {} ({})",
+                    shown(&error.name),
+                    shown(&error.message),
+                    error.code
+                );
             }
         }
     }

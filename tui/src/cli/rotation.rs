@@ -3,7 +3,7 @@
 
 use super::PasswordArgs;
 use crate::client::Connection;
-use crate::output::{self, Format};
+use crate::output::{self, Format, shown};
 use clap::{Args, Subcommand};
 use rekey_shared::proto::{self, RotationStep};
 use rekey_shared::time::format_timestamp;
@@ -178,7 +178,7 @@ pub fn print_run(run: &proto::RotationRun) {
         if run.end_reason.is_empty() {
             String::new()
         } else {
-            format!(" ({})", run.end_reason)
+            format!(" ({})", shown(&run.end_reason))
         }
     );
     for (index, step) in run.steps.iter().enumerate() {
@@ -198,7 +198,7 @@ pub fn print_run(run: &proto::RotationRun) {
             line.push_str(&format!(", attempt {}", step.attempts));
         }
         if !step.error.is_empty() {
-            line.push_str(&format!(": {}", step.error));
+            line.push_str(&format!(": {}", shown(&step.error)));
         }
         println!("{line}");
     }
@@ -206,12 +206,12 @@ pub fn print_run(run: &proto::RotationRun) {
         println!(
             "  approved {} by {} at {}{}",
             step_name(approval.step),
-            approval.principal,
+            shown(&approval.principal),
             time(&approval.at),
             if approval.comment.is_empty() {
                 String::new()
             } else {
-                format!(": {}", approval.comment)
+                format!(": {}", shown(&approval.comment))
             }
         );
     }
@@ -225,11 +225,11 @@ fn print_history(run: &proto::RotationRun) {
             step_name(entry.step),
             entry.event,
             entry.attempt,
-            entry.principal,
+            shown(&entry.principal),
             if entry.detail.is_empty() {
                 String::new()
             } else {
-                format!("  {}", entry.detail)
+                format!("  {}", shown(&entry.detail))
             }
         );
     }
@@ -560,11 +560,11 @@ pub async fn watch(connection: &Connection, format: Format, prefix: String) -> a
                 } else {
                     String::new()
                 },
-                event.detail,
+                shown(&event.detail),
                 if event.principal.is_empty() {
                     String::new()
                 } else {
-                    format!(" [{}]", event.principal)
+                    format!(" [{}]", shown(&event.principal))
                 }
             ),
         }
