@@ -128,9 +128,11 @@ fn field(text: &str, what: &str, low: u32, high: u32, names: &[&str]) -> Result<
     };
     let mut values = Vec::new();
     for part in text.split(',') {
-        if part.contains(['L', 'W', '#'])
-            && names.iter().all(|name| !part.eq_ignore_ascii_case(name))
-        {
+        let unsupported = part.split(['-', '/']).any(|token| {
+            token.contains(['L', 'W', '#'])
+                && names.iter().all(|name| !token.eq_ignore_ascii_case(name))
+        });
+        if unsupported {
             return Err(format!("cron {what}: {part:?} (L, W, #) is not supported"));
         }
         let (range, step) = match part.split_once('/') {
@@ -293,7 +295,21 @@ mod tests {
             range.next(None, from),
             Some(at(datetime!(2027-01-01 12:00 UTC)))
         );
+        // Ranges of names that hold L or W: Monday to Wednesday, June
+        // to July (2026-11-28 is a Saturday).
+        let names = parse("cron(0 10 ? * MON-WED *)").unwrap();
+        assert_eq!(
+            names.next(None, from),
+            Some(at(datetime!(2026-11-30 10:00 UTC)))
+        );
+        let summer = parse("cron(0 10 1 JUN-JUL ? *)").unwrap();
+        assert_eq!(
+            summer.next(None, from),
+            Some(at(datetime!(2027-06-01 10:00 UTC)))
+        );
         for bad in [
+            "cron(0 10 ? * MON-5L *)",
+            "cron(0 10 ? * 2/2W *)",
             "cron(0 10 * * * *)",
             "cron(0 10 ? * ? *)",
             "cron(0 10 * *)",

@@ -98,17 +98,23 @@ pub fn parse_since(text: &str) -> anyhow::Result<i64> {
     if let Ok(time) = OffsetDateTime::parse(text, &Rfc3339) {
         return Ok((time.unix_timestamp_nanos() / 1_000_000) as i64);
     }
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
-    let seconds = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
+    let unit = text.chars().last().unwrap_or(' ');
+    let number = &text[..text.len() - unit.len_utf8().min(text.len())];
+    let seconds: i64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
         _ => 0,
     };
-    match number.parse::<i64>() {
-        Ok(count) if seconds > 0 && count >= 0 => Ok(now_millis() - count * seconds * 1000),
-        _ => anyhow::bail!(
+    let millis = number
+        .parse::<i64>()
+        .ok()
+        .filter(|count| seconds > 0 && *count >= 0)
+        .and_then(|count| count.checked_mul(seconds * 1000));
+    match millis {
+        Some(millis) => Ok(now_millis().saturating_sub(millis)),
+        None => anyhow::bail!(
             "--since {text:?} is neither RFC 3339 (2026-11-28T10:00:00Z) nor an age like 30m, 12h, 7d"
         ),
     }
@@ -272,7 +278,7 @@ fn parse_checkpoint(text: &str) -> anyhow::Result<(i64, Vec<u8>)> {
         || anyhow::anyhow!("--checkpoint {text:?} is not SEQ:MAC (as the server log prints it)");
     let (seq, mac) = text.split_once(':').ok_or_else(malformed)?;
     let seq: i64 = seq.parse().map_err(|_| malformed())?;
-    if mac.len() % 2 != 0 {
+    if mac.len() % 2 != 0 || !mac.is_ascii() {
         return Err(malformed());
     }
     let mac = (0..mac.len())
@@ -294,6 +300,9 @@ mod tests {
         assert!((now_millis() - hour_ago - 3_600_000).abs() < 5_000);
         assert!(parse_since("yesterday").is_err());
         assert!(parse_since("5x").is_err());
+        for odd in ["5é", "é", "", "9999999999999999d"] {
+            assert!(parse_since(odd).is_err(), "{odd:?}");
+        }
     }
 
     #[test]
@@ -301,5 +310,6 @@ mod tests {
         assert_eq!(parse_checkpoint("12:0aff").unwrap(), (12, vec![0x0a, 0xff]));
         assert!(parse_checkpoint("12").is_err());
         assert!(parse_checkpoint("x:00").is_err());
+        assert!(parse_checkpoint("1:€0").is_err());
     }
 }
