@@ -114,6 +114,18 @@ pub struct SecretsList {
     pub loading: bool,
 }
 
+/// A value the server sent to be shown, and the secret it is of.
+pub struct Fetched {
+    pub name: String,
+    pub value: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for Fetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Fetched({}, <redacted>)", self.name)
+    }
+}
+
 /// A value on screen for a moment.
 pub struct Revealed {
     pub value: Zeroizing<String>,

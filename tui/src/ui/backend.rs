@@ -2,7 +2,7 @@
 //! answers with actions; follows the Watch stream, reconnecting when it
 //! drops.
 
-use super::app::{App, Connection, Detail, SecretRow, Sort};
+use super::app::{App, Connection, Detail, Fetched, SecretRow, Sort};
 use super::update::{Action, Effect};
 use rekey_shared::proto::admin_client::AdminClient;
 use rekey_shared::proto::rotation_client::RotationClient;
@@ -97,26 +97,28 @@ impl Backend {
                 tokio::spawn(async move {
                     let result = SecretsClient::new(backend.channel.clone())
                         .get_secret_value(proto::GetSecretValueRequest {
-                            name,
+                            name: name.clone(),
                             ..Default::default()
                         })
                         .await;
                     backend.send(match result {
                         Ok(response) => {
                             let response = response.into_inner();
-                            let value = Zeroizing::new(
-                                match (&response.secret_string, &response.secret_binary) {
-                                    (Some(text), _) => text.clone(),
-                                    (None, Some(binary)) => {
-                                        format!("({} bytes of binary)", binary.len())
-                                    }
-                                    _ => String::new(),
-                                },
-                            );
-                            if copy {
-                                Action::Done(clipboard(&value))
-                            } else {
-                                Action::Revealed(value)
+                            let binary = response.secret_binary.as_ref().map(Vec::len);
+                            let value = Zeroizing::new(match (&response.secret_string, binary) {
+                                (Some(text), _) => text.clone(),
+                                (None, Some(length)) => {
+                                    format!("({length} bytes of binary)")
+                                }
+                                _ => String::new(),
+                            });
+                            match (copy, response.secret_string.is_none(), binary) {
+                                (true, true, Some(length)) => Action::Failed(format!(
+                                    "{name} is binary ({length} bytes), which a clipboard \
+                                     does not hold: rekey get {name} > FILE"
+                                )),
+                                (true, _, _) => Action::Done(clipboard(&value)),
+                                (false, _, _) => Action::Revealed(Fetched { name, value }),
                             }
                         }
                         Err(status) => Action::Failed(message(&status)),

@@ -3,10 +3,9 @@
 //! perform. No I/O here: the backend performs effects and answers with more
 //! actions.
 
-use super::app::{App, Confirmable, Connection, Detail, Mode, Revealed, SecretRow, View};
+use super::app::{App, Confirmable, Connection, Detail, Fetched, Mode, Revealed, SecretRow, View};
 use rekey_shared::proto;
 use std::time::{Duration, Instant};
-use zeroize::Zeroizing;
 
 /// Something the user did, or a server answer.
 #[derive(Debug)]
@@ -59,7 +58,8 @@ pub enum Action {
     DetailLoaded(Box<Detail>),
     ApprovalsLoaded(Vec<proto::RotationRun>),
     AuditLoaded(Vec<proto::AuditEvent>),
-    Revealed(Zeroizing<String>),
+    /// A value to show on the detail of the secret it is of.
+    Revealed(Fetched),
     Done(String),
     Failed(String),
     Event(Box<proto::WatchEvent>),
@@ -345,12 +345,17 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             app.audit_selected = app.audit_selected.min(app.audit.len().saturating_sub(1));
             Vec::new()
         }
-        Action::Revealed(value) => {
-            if let Some(detail) = &mut app.detail {
-                detail.revealed = Some(Revealed {
-                    value,
-                    until: Instant::now() + Duration::from_secs(super::app::REVEAL_SECONDS),
-                });
+        Action::Revealed(Fetched { name, value }) => {
+            // Shown only on its own secret's detail, and only while it is
+            // the one on screen: the user may have moved on meanwhile.
+            match &mut app.detail {
+                Some(detail) if detail.metadata.name == name && app.view == View::Detail => {
+                    detail.revealed = Some(Revealed {
+                        value,
+                        until: Instant::now() + Duration::from_secs(super::app::REVEAL_SECONDS),
+                    });
+                }
+                _ => app.info(format!("open {name} to see its value")),
             }
             Vec::new()
         }
@@ -523,6 +528,7 @@ fn submit(app: &mut App) -> Vec<Effect> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use zeroize::Zeroizing;
 
     fn app_with_rows(count: usize) -> App {
         let mut app = App::new("https://127.0.0.1:8443", "admin", true);
@@ -624,11 +630,42 @@ mod tests {
         assert_eq!(app.secrets.rows.len(), 2);
     }
 
+    fn fetched(name: &str) -> Action {
+        Action::Revealed(Fetched {
+            name: name.into(),
+            value: Zeroizing::new("planted-value".into()),
+        })
+    }
+
+    fn detail_of(name: &str) -> Option<Detail> {
+        let mut detail = Detail::default();
+        detail.metadata.name = name.into();
+        Some(detail)
+    }
+
+    #[test]
+    fn a_revealed_value_shows_only_on_its_own_secret() {
+        let mut app = app_with_rows(2);
+        app.detail = detail_of("a");
+        app.view = View::Detail;
+        update(&mut app, fetched("b"));
+        assert!(app.detail.as_ref().unwrap().revealed.is_none());
+        // Back on the list, the detail of a kept for going back to.
+        app.view = View::Secrets;
+        update(&mut app, fetched("a"));
+        assert!(app.detail.as_ref().unwrap().revealed.is_none());
+        app.view = View::Detail;
+        update(&mut app, fetched("a"));
+        assert!(app.detail.as_ref().unwrap().revealed.is_some());
+        assert!(!format!("{:?}", fetched("a")).contains("planted-value"));
+    }
+
     #[test]
     fn a_revealed_value_hides_after_its_time() {
         let mut app = app_with_rows(1);
-        app.detail = Some(Detail::default());
-        update(&mut app, Action::Revealed(Zeroizing::new("v".into())));
+        app.detail = detail_of("a");
+        app.view = View::Detail;
+        update(&mut app, fetched("a"));
         assert!(app.detail.as_ref().unwrap().revealed.is_some());
         update(
             &mut app,
