@@ -2,7 +2,7 @@
 //! its exit code passed through, no value printed; a secret that cannot be
 //! read stops it before the command starts.
 
-use rekey_tests::{Installation, eventually};
+use rekey_tests::{Installation, Server, eventually};
 
 #[test]
 fn run_puts_values_in_the_environment_and_passes_the_exit_code() {
@@ -117,4 +117,70 @@ fn run_watch_restarts_the_command_when_its_value_changes() {
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let status = eventually("rekey run to stop", || running.try_wait().unwrap());
     assert_eq!(status.code(), Some(128 + 15), "sleep ended by SIGTERM");
+}
+
+/// `rekey run --watch` outlives a restart of the server (the command runs
+/// on, and a change made after it is followed), and a value that can no
+/// longer be read stops the command with it: it never leaves the command
+/// running on its own.
+#[test]
+fn run_watch_follows_a_restarted_server_and_takes_its_command_down_with_it() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let rekey = server.rekey(&installation.admin());
+    rekey
+        .run(&["create", "watched/token", "--value", "tok-1"])
+        .ok();
+    let seen = installation.dir().join("seen");
+    let script = format!(r#"echo "$T $$" >> '{}'; exec sleep 60"#, seen.display());
+    let mut running = rekey
+        .command(&[
+            "run",
+            "--watch",
+            "--env",
+            "T=watched/token",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = || {
+        std::fs::read_to_string(&seen)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| line.split_once(' ').unwrap())
+            .map(|(value, pid)| (value.to_owned(), pid.parse::<i32>().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    eventually("the first start", || (lines().len() == 1).then_some(()));
+
+    let address = server.url.trim_start_matches("https://").to_owned();
+    assert!(server.stop().success());
+    let server = Server::start_on(installation.dir(), &address, &[]);
+    rekey
+        .run(&["put", "watched/token", "--value", "tok-2"])
+        .ok();
+    let restarted = eventually("a restart with the value put after the server's", || {
+        let lines = lines();
+        (lines.len() == 2).then_some(lines)
+    });
+    assert_eq!(restarted[0].0, "tok-1");
+    assert_eq!(restarted[1].0, "tok-2");
+    assert!(running.try_wait().unwrap().is_none());
+
+    server
+        .rekey(&installation.admin())
+        .run(&["delete", "watched/token", "--force"])
+        .ok();
+    let status = eventually("rekey run to stop", || running.try_wait().unwrap());
+    assert_eq!(status.code(), Some(1));
+    let command = std::path::PathBuf::from(format!("/proc/{}", restarted[1].1));
+    assert!(!command.exists(), "the command outlived rekey run");
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut running.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("(NOT_FOUND)"), "{stderr}");
 }

@@ -3,14 +3,17 @@
 //! prints a value; a secret that cannot be read stops it before the
 //! command starts. With `--watch` it follows the secrets' change events
 //! and, when a value the command got has changed, stops the command
-//! (SIGTERM) and starts it again with the new values. SIGTERM and SIGINT
-//! to `rekey run` go on to the command.
+//! (SIGTERM) and starts it again with the new values; a watch the server
+//! dropped is opened again while the command runs on. A value that can no
+//! longer be read (deleted, access revoked) stops the command and `rekey
+//! run` with it. SIGTERM and SIGINT to `rekey run` go on to the command.
 
 use crate::client::Connection;
 use rekey_shared::proto;
 use rekey_shared::proto::secrets_client::SecretsClient;
 use rekey_shared::proto::watch_client::WatchClient;
 use std::process::ExitCode;
+use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
@@ -101,7 +104,10 @@ async fn read_values(
 }
 
 /// Change events of the secrets `specs` name, merged (events carry no
-/// values; the receiver reads them again).
+/// values; the receiver reads them again). A stream that ends (the server
+/// restarted, the connection dropped) is opened again, with pauses of up
+/// to 5 seconds between tries, and once it is back the receiver is told
+/// too, for what changed while it was away; the command runs on meanwhile.
 async fn changes(
     connection: &Connection,
     specs: &[EnvSpec],
@@ -112,22 +118,61 @@ async fn changes(
     names.dedup();
     let channel = connection.channel().await?;
     for name in names {
-        let mut stream = WatchClient::new(channel.clone())
-            .watch(proto::WatchRequest {
-                prefix: name.to_owned(),
-            })
-            .await?
-            .into_inner();
-        let (sender, name) = (sender.clone(), name.to_owned());
-        tokio::spawn(async move {
-            while let Ok(Some(event)) = stream.message().await {
-                if event.name == name && sender.send(()).is_err() {
-                    return;
-                }
-            }
-        });
+        let stream = watch(&channel, name).await?;
+        tokio::spawn(follow(
+            channel.clone(),
+            name.to_owned(),
+            stream,
+            sender.clone(),
+        ));
     }
     Ok(receiver)
+}
+
+async fn watch(
+    channel: &Channel,
+    name: &str,
+) -> Result<tonic::Streaming<proto::WatchEvent>, tonic::Status> {
+    Ok(WatchClient::new(channel.clone())
+        .watch(proto::WatchRequest {
+            prefix: name.to_owned(),
+        })
+        .await?
+        .into_inner())
+}
+
+/// Passes on the change events of `name` until the receiver is gone.
+async fn follow(
+    channel: Channel,
+    name: String,
+    mut stream: tonic::Streaming<proto::WatchEvent>,
+    sender: mpsc::UnboundedSender<()>,
+) {
+    const FIRST_PAUSE: Duration = Duration::from_millis(100);
+    let mut pause = FIRST_PAUSE;
+    loop {
+        while let Ok(Some(event)) = stream.message().await {
+            if event.name == name && sender.send(()).is_err() {
+                return;
+            }
+        }
+        eprintln!("rekey: the watch of {name} ended; watching again when the server answers");
+        stream = loop {
+            if sender.is_closed() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+            if let Ok(stream) = watch(&channel, &name).await {
+                break stream;
+            }
+        };
+        pause = FIRST_PAUSE;
+        eprintln!("rekey: watching {name} again");
+        if sender.send(()).is_err() {
+            return;
+        }
+    }
 }
 
 fn spawn(
@@ -169,7 +214,8 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
 
 /// Reads every value, then runs `command` with them and returns its exit
 /// code (128 + the signal for a command a signal ended); with `watch`,
-/// again with new values whenever one of them changes.
+/// again with new values whenever one of them changes. It never returns
+/// with the command still running: an error stops the command first.
 pub async fn run(
     connection: &Connection,
     specs: Vec<EnvSpec>,
@@ -177,15 +223,45 @@ pub async fn run(
     watch: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut client = connection.secrets().await?;
-    let mut changed = if watch {
+    let changed = if watch {
         Some(changes(connection, &specs).await?)
     } else {
         None
     };
+    let values = read_values(&mut client, &specs).await?;
+    let mut child = spawn(&command, &values)?;
+    let outcome = supervise(&mut child, &mut client, &specs, &command, values, changed).await;
+    if outcome.is_err() {
+        let _ = stop(&mut child).await;
+    }
+    outcome
+}
+
+/// Whether a failed read says only that the server could not be reached
+/// (the command keeps its values until it can), not that the secret is
+/// gone or no longer the caller's to read.
+fn unreachable(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<tonic::Status>().is_some_and(|status| {
+        matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Cancelled
+                | tonic::Code::Unknown
+                | tonic::Code::DeadlineExceeded
+        )
+    })
+}
+
+async fn supervise(
+    child: &mut tokio::process::Child,
+    client: &mut SecretsClient<Channel>,
+    specs: &[EnvSpec],
+    command: &[String],
+    mut values: Vec<(String, Zeroizing<String>)>,
+    mut changed: Option<mpsc::UnboundedReceiver<()>>,
+) -> anyhow::Result<ExitCode> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut values = read_values(&mut client, &specs).await?;
-    let mut child = spawn(&command, &values)?;
     loop {
         let change = async {
             match changed.as_mut() {
@@ -195,18 +271,28 @@ pub async fn run(
         };
         tokio::select! {
             status = child.wait() => return Ok(exit_code(status?)),
-            _ = terminate.recv() => return Ok(exit_code(stop(&mut child).await?)),
-            _ = interrupt.recv() => return Ok(exit_code(stop(&mut child).await?)),
+            _ = terminate.recv() => return Ok(exit_code(stop(child).await?)),
+            _ = interrupt.recv() => return Ok(exit_code(stop(child).await?)),
             event = change => {
                 if event.is_none() {
-                    anyhow::bail!("the watch stream ended; the server went away");
+                    anyhow::bail!("the watch of the secrets stopped");
                 }
-                let now = read_values(&mut client, &specs).await?;
+                let now = match read_values(client, specs).await {
+                    Ok(now) => now,
+                    Err(error) if unreachable(&error) => {
+                        eprintln!(
+                            "rekey: cannot read the values again ({error}); the command keeps \
+                             its values until the server answers"
+                        );
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
                 let same = now.iter().zip(&values).all(|(a, b)| a.1.as_str() == b.1.as_str());
                 if !same {
-                    stop(&mut child).await?;
+                    stop(child).await?;
                     values = now;
-                    child = spawn(&command, &values)?;
+                    *child = spawn(command, &values)?;
                 }
             }
         }
