@@ -91,6 +91,15 @@ impl ValueSource {
                 "give a value with --value-file FILE, --binary-file FILE, --value TEXT, or on standard input"
             );
         }
-        text(read_source(&PathBuf::from("-"))?, "standard input")
+        let bytes = read_source(&PathBuf::from("-"))?;
+        // Standard input nobody named that holds nothing (`< /dev/null`
+        // under cron, a forgotten flag) is not taken as an empty value.
+        if bytes.is_empty() {
+            anyhow::bail!(
+                "standard input is empty; give a value with --value-file FILE, --binary-file \
+                 FILE or --value TEXT (an empty value: --value-file - with empty input)"
+            );
+        }
+        text(bytes, "standard input")
     }
 }

@@ -426,3 +426,26 @@ fn the_cli_refuses_force_with_a_recovery_window() {
         "{generated}"
     );
 }
+
+/// `rekey put` with no value named and nothing on standard input (cron's
+/// `< /dev/null`) is refused and changes nothing; an empty value named as
+/// such is stored.
+#[test]
+fn an_empty_standard_input_nobody_named_is_no_value() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let rekey = server.rekey(&installation.admin());
+    rekey.run(&["create", "stdin/db", "--value", "kept"]).ok();
+    let refused = rekey.run(&["put", "stdin/db"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("standard input is empty"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(rekey.run(&["get", "stdin/db"]).ok().stdout, "kept\n");
+    rekey
+        .run_with_input(&["put", "stdin/db", "--value-file", "-"], b"")
+        .ok();
+    assert_eq!(rekey.run(&["get", "stdin/db"]).ok().stdout, "\n");
+}
