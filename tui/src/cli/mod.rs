@@ -192,12 +192,18 @@ enum Command {
         name: String,
         #[arg(long, default_value = "")]
         comment: String,
+        /// Only if this run (the id `rotation show` gives) is still the one waiting.
+        #[arg(long = "run", value_name = "RUN_ID", default_value = "")]
+        run_id: String,
     },
     /// Reject the rotation step a run waits at: the run is cancelled.
     Reject {
         name: String,
         #[arg(long)]
         comment: String,
+        /// Only if this run (the id `rotation show` gives) is still the one waiting.
+        #[arg(long = "run", value_name = "RUN_ID", default_value = "")]
+        run_id: String,
     },
     /// Runs waiting for an approval you may give, oldest first.
     Approvals,
@@ -474,11 +480,19 @@ async fn run(connection: &Connection, format: Format, command: Command) -> anyho
             manual,
             no_wait,
         } => return rotation::rotate(connection, format, name, manual, no_wait).await,
-        Command::Approve { name, comment } => {
-            return rotation::approve(connection, format, name, comment, false).await;
+        Command::Approve {
+            name,
+            comment,
+            run_id,
+        } => {
+            return rotation::approve(connection, format, name, run_id, comment, false).await;
         }
-        Command::Reject { name, comment } => {
-            return rotation::approve(connection, format, name, comment, true).await;
+        Command::Reject {
+            name,
+            comment,
+            run_id,
+        } => {
+            return rotation::approve(connection, format, name, run_id, comment, true).await;
         }
         Command::Approvals => return rotation::approvals(connection, format).await,
         Command::Watch { prefix } => return rotation::watch(connection, format, prefix).await,

@@ -476,6 +476,7 @@ pub async fn approve(
     connection: &Connection,
     format: Format,
     name: String,
+    run_id: String,
     comment: String,
     reject: bool,
 ) -> anyhow::Result<()> {
@@ -486,6 +487,7 @@ pub async fn approve(
             name,
             comment,
             reject,
+            run_id,
         })
         .await?
         .into_inner();

@@ -38,7 +38,11 @@ pub enum Confirmable {
     Copy(String),
     ForceDelete(String),
     Cancel(String),
-    Reject { name: String, comment: String },
+    Reject {
+        name: String,
+        run_id: String,
+        comment: String,
+    },
 }
 
 /// What the keyboard is doing.
@@ -53,6 +57,8 @@ pub enum Mode {
     /// Typing a comment for an approval or a rejection.
     Comment {
         name: String,
+        /// The run on screen, which the approval is for.
+        run_id: String,
         reject: bool,
         text: String,
     },
@@ -205,6 +211,20 @@ impl App {
                 .map(|run| run.name.clone()),
             View::Audit => None,
         }
+    }
+
+    /// The run an approval given now is for: the one on screen (empty on
+    /// the list of secrets, where no run is shown: the active one).
+    pub fn focused_run_id(&self) -> String {
+        match self.view {
+            View::Detail | View::Run => self.run().map(|run| run.run_id.clone()),
+            View::Approvals => self
+                .approvals
+                .get(self.approvals_selected)
+                .map(|run| run.run_id.clone()),
+            View::Secrets | View::Audit => None,
+        }
+        .unwrap_or_default()
     }
 
     /// The run the Run view shows.

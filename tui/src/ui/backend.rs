@@ -282,19 +282,29 @@ impl Backend {
                 .step_rotation(proto::StepRotationRequest { name: name.clone() })
                 .await
                 .map(|run| format!("{name}: {}", run.into_inner().state.replace('_', " "))),
-            Effect::Approve { name, comment } => rotation
+            Effect::Approve {
+                name,
+                run_id,
+                comment,
+            } => rotation
                 .approve_rotation(proto::ApproveRotationRequest {
                     name: name.clone(),
                     comment: comment.clone(),
                     reject: false,
+                    run_id: run_id.clone(),
                 })
                 .await
                 .map(|_| format!("approved the waiting step of {name}")),
-            Effect::Reject { name, comment } => rotation
+            Effect::Reject {
+                name,
+                run_id,
+                comment,
+            } => rotation
                 .approve_rotation(proto::ApproveRotationRequest {
                     name: name.clone(),
                     comment: comment.clone(),
                     reject: true,
+                    run_id: run_id.clone(),
                 })
                 .await
                 .map(|_| format!("rejected the run of {name}")),

@@ -125,7 +125,9 @@ fn render_input(app: &App, frame: &mut Frame, area: Rect) {
     let line = match &app.mode {
         Mode::Filter(text) => format!("/{text}▏"),
         Mode::Command(text) => format!(":{text}▏"),
-        Mode::Comment { reject, text, name } => format!(
+        Mode::Comment {
+            reject, text, name, ..
+        } => format!(
             "{} {name}, comment: {text}▏  (Enter to send, Esc to drop)",
             if *reject { "Reject" } else { "Approve" }
         ),

@@ -69,16 +69,29 @@ pub enum Action {
 /// A server call for the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    LoadSecrets { append: bool },
+    LoadSecrets {
+        append: bool,
+    },
     LoadDetail(String),
     LoadApprovals,
     LoadAudit,
     Reveal(String),
     Copy(String),
-    Rotate { name: String, manual: bool },
+    Rotate {
+        name: String,
+        manual: bool,
+    },
     Step(String),
-    Approve { name: String, comment: String },
-    Reject { name: String, comment: String },
+    Approve {
+        name: String,
+        run_id: String,
+        comment: String,
+    },
+    Reject {
+        name: String,
+        run_id: String,
+        comment: String,
+    },
     Retry(String),
     Cancel(String),
     ForceDelete(String),
@@ -266,6 +279,7 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             if let Some(name) = app.focused_name() {
                 app.mode = Mode::Comment {
                     name,
+                    run_id: app.focused_run_id(),
                     reject: matches!(action, Action::Reject),
                     text: String::new(),
                 };
@@ -285,7 +299,15 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
                 Confirmable::Copy(name) => Effect::Copy(name),
                 Confirmable::ForceDelete(name) => Effect::ForceDelete(name),
                 Confirmable::Cancel(name) => Effect::Cancel(name),
-                Confirmable::Reject { name, comment } => Effect::Reject { name, comment },
+                Confirmable::Reject {
+                    name,
+                    run_id,
+                    comment,
+                } => Effect::Reject {
+                    name,
+                    run_id,
+                    comment,
+                },
             }]
         }
         Action::Tick(now) => {
@@ -500,7 +522,12 @@ fn submit(app: &mut App) -> Vec<Effect> {
                 Vec::new()
             }
         },
-        Mode::Comment { name, reject, text } => {
+        Mode::Comment {
+            name,
+            run_id,
+            reject,
+            text,
+        } => {
             if reject {
                 if text.trim().is_empty() {
                     app.error("a rejection needs a comment");
@@ -508,12 +535,14 @@ fn submit(app: &mut App) -> Vec<Effect> {
                 }
                 app.mode = Mode::Confirm(Confirmable::Reject {
                     name,
+                    run_id,
                     comment: text,
                 });
                 Vec::new()
             } else {
                 vec![Effect::Approve {
                     name,
+                    run_id,
                     comment: text,
                 }]
             }
@@ -585,7 +614,29 @@ mod tests {
             update(&mut app, Action::Confirm(true)),
             [Effect::Reject {
                 name: "s/000".into(),
+                run_id: String::new(),
                 comment: "no".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn an_approval_names_the_run_on_screen() {
+        let mut app = app_with_rows(1);
+        app.approvals = vec![proto::RotationRun {
+            name: "s/000".into(),
+            run_id: "run-seen".into(),
+            ..Default::default()
+        }];
+        app.view = View::Approvals;
+        update(&mut app, Action::Approve);
+        update(&mut app, Action::Type('k'));
+        assert_eq!(
+            update(&mut app, Action::Submit),
+            [Effect::Approve {
+                name: "s/000".into(),
+                run_id: "run-seen".into(),
+                comment: "k".into()
             }]
         );
     }

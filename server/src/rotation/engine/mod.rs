@@ -11,7 +11,7 @@
 //! The same loop starts scheduled runs when they are due; a claim on the
 //! schedule makes exactly one replica start each.
 
-use super::planner::{self, Inputs, Plan};
+use super::planner::{self, Inputs, Plan, Wait};
 use super::schedule;
 use super::{HistoryRecord, Outcome, Phase, Revert, RunRecord, Step};
 use crate::audit::AuditEvent;
@@ -428,10 +428,14 @@ impl Engine {
             .ok_or_else(|| Error::internal("rotation", "the run vanished"))
     }
 
-    /// Records an approval of the step the run waits at, then drives on.
+    /// Records an approval of the step the run waits at, then drives on;
+    /// refused unless run `run_id` is still the active one and still waits
+    /// for an approval of that step (the approver decided on what they
+    /// saw, not on a run that began or moved on since).
     pub async fn approve(
         &self,
         secret: &SecretRecord,
+        run_id: &str,
         approval: crate::rotation::ApprovalRecord,
         event: &AuditEvent,
     ) -> Result<bool> {
@@ -450,6 +454,14 @@ impl Engine {
                         secret.name
                     ))
                 })?;
+            let (plan, _, _) = self.plan_of(secret, &run).await?;
+            let waits = match plan {
+                Plan::Wait(Wait::Approval { step, .. }) | Plan::RequestApproval(step) => Some(step),
+                _ => None,
+            };
+            if run.id != run_id || waits != Some(approval.step) {
+                return Err(moved_on(secret, approval.step));
+            }
             let entry = history(
                 approval.step,
                 "approved",
@@ -668,4 +680,14 @@ impl Engine {
     fn begin_ending(&self, run: &mut RunRecord, outcome: Outcome, reason: &str) {
         *run = Self::ending(run, outcome, reason);
     }
+}
+
+/// The refusal of an approval or rejection whose run ended, or moved past
+/// the step, between the approver's look and the change.
+pub fn moved_on(secret: &SecretRecord, step: Step) -> Error {
+    Error::FailedPrecondition(format!(
+        "the rotation of {} no longer waits for an approval of {step} in the run you saw; \
+         look at it again (rekey rotation show {})",
+        secret.name, secret.name
+    ))
 }

@@ -6,7 +6,7 @@ use super::AppState;
 use super::context::RequestContext;
 use crate::auth::Action;
 use crate::error::{Error, Result};
-use crate::rotation::engine::{Engine, history};
+use crate::rotation::engine::{Engine, history, moved_on};
 use crate::rotation::planner::{Plan, Wait};
 use crate::rotation::rotators::{Rotator, RotatorSettings};
 use crate::rotation::{
@@ -381,6 +381,13 @@ impl RotationService {
         let run = store.active_run(&secret.id).await?.ok_or_else(|| {
             Error::FailedPrecondition(format!("secret {name} has no active rotation run"))
         })?;
+        if !request.run_id.is_empty() && request.run_id != run.id {
+            return Err(Error::FailedPrecondition(format!(
+                "run {} of {name} is no longer the active one (run {} is); look at it again \
+                 (rekey rotation show {name})",
+                request.run_id, run.id
+            )));
+        }
         let principal = context.principal.to_string();
         if principal == run.initiator {
             return Err(Error::PermissionDenied(if run.scheduled {
@@ -423,8 +430,19 @@ impl RotationService {
                 ));
             }
             let reason = format!("rejected by {principal}: {}", request.comment);
+            let seen = run.id.clone();
             self.engine
-                .act(&secret, &context.change_event(), |run, _| {
+                .act(&secret, &context.change_event(), |now, plan| {
+                    let waits = match plan {
+                        Plan::Wait(Wait::Approval { step, .. }) | Plan::RequestApproval(step) => {
+                            Some(*step)
+                        }
+                        _ => None,
+                    };
+                    if now.id != seen || waits != Some(step) {
+                        return Err(moved_on(&secret, step));
+                    }
+                    let run = now;
                     let next = Engine::ending(run, Outcome::Rejected, &reason);
                     let entry =
                         history(step, "rejected", run.attempt, &principal, &request.comment);
@@ -436,6 +454,7 @@ impl RotationService {
                 .engine
                 .approve(
                     &secret,
+                    &run.id,
                     ApprovalRecord {
                         step,
                         principal: principal.clone(),

@@ -228,3 +228,54 @@ fn a_run_token_is_refused_to_puts_and_updates() {
     assert_eq!(described["description"], "old", "{described}");
     assert_eq!(admin.run(&["get", "held/db"]).ok().stdout, "v1\n");
 }
+
+/// An approval or a rejection that names the run its approver saw is
+/// refused once another run took that one's place, and changes nothing.
+#[test]
+fn an_approval_of_a_run_that_ended_does_not_pass_to_the_next() {
+    let installation = Installation::new();
+    let bob = installation.issue("bob", &["approver"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let bob = server.rekey(&bob);
+    admin.run(&["create", "seen/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "seen/db",
+            "--rotator",
+            "password",
+            "--approve",
+            "set",
+            "--approvals",
+            "1",
+        ])
+        .ok();
+    admin.run(&["rotate", "seen/db", "--no-wait"]).ok();
+    let first = wait_for_state(&admin, "seen/db", "awaiting_approval")["run"]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    admin.run(&["rotation", "cancel", "seen/db"]).ok();
+    admin.run(&["rotate", "seen/db", "--no-wait"]).ok();
+    let second = wait_for_state(&admin, "seen/db", "awaiting_approval");
+    assert_ne!(second["run"]["run_id"], first.as_str());
+
+    for verb in ["approve", "reject"] {
+        let refused = bob.run(&[verb, "seen/db", "--run", &first, "--comment", "seen"]);
+        assert!(
+            refused.stderr.contains("is no longer the active one")
+                && refused.stderr.contains("(FAILED_PRECONDITION)"),
+            "{}",
+            refused.stderr
+        );
+    }
+    let shown = show(&admin, "seen/db");
+    assert_eq!(shown["run"]["state"], "awaiting_approval");
+    assert_eq!(shown["run"]["approvals"], serde_json::json!([]));
+
+    let second = second["run"]["run_id"].as_str().unwrap();
+    bob.run(&["approve", "seen/db", "--run", second]).ok();
+    wait_for_state(&admin, "seen/db", "succeeded");
+}
