@@ -247,21 +247,86 @@ async fn read_limited(mut stream: impl AsyncRead + Unpin, limit: usize) -> Zeroi
 }
 
 /// Replaces every occurrence of the values with `<redacted>`, and keeps
-/// the text short.
+/// the text short. Of each value: the whole of it, and in a JSON object
+/// the value of every field whose name says it holds a secret (see
+/// [`secret_texts`]); binary values that are UTF-8 as text.
 fn redact(text: &str, values: &[Option<&SecretValue>]) -> String {
+    let mut secrets: Vec<Zeroizing<String>> = values
+        .iter()
+        .flatten()
+        .flat_map(|value| secret_texts(value))
+        .collect();
+    // A secret that holds another goes first, or its rest would show.
+    secrets.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
     let mut redacted = text.to_owned();
-    for value in values.iter().flatten() {
-        if let SecretValue::Text(secret) = value
-            && !secret.is_empty()
-        {
-            redacted = redacted.replace(secret.as_str(), "<redacted>");
-        }
+    for secret in &secrets {
+        redacted = redacted.replace(secret.as_str(), "<redacted>");
     }
     let mut short: String = redacted.trim().chars().take(MAX_LOG_CHARS).collect();
     if redacted.trim().chars().count() > MAX_LOG_CHARS {
         short.push_str(" …");
     }
     short
+}
+
+/// Field names that hold secrets, as parts of a JSON object's keys.
+const SECRET_FIELDS: &[&str] = &[
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "key",
+    "credential",
+    "auth",
+];
+
+/// What of `value` a log must not show: the value, and the strings and
+/// numbers (of at least 4 characters, so that `"key_version": 1` does not
+/// hide every 1) under JSON fields whose names say they are secret, at any
+/// depth.
+fn secret_texts(value: &SecretValue) -> Vec<Zeroizing<String>> {
+    let text = match value {
+        SecretValue::Text(text) => text.as_str(),
+        SecretValue::Binary(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(_) => return Vec::new(),
+        },
+    };
+    let mut found = Vec::new();
+    if text.is_empty() {
+        return found;
+    }
+    found.push(Zeroizing::new(text.to_owned()));
+    fn walk(node: &serde_json::Value, secret: bool, found: &mut Vec<Zeroizing<String>>) {
+        match node {
+            serde_json::Value::Object(fields) => {
+                for (name, field) in fields {
+                    let name = name.to_ascii_lowercase();
+                    let named = SECRET_FIELDS.iter().any(|part| name.contains(part));
+                    walk(field, secret || named, found);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    walk(item, secret, found);
+                }
+            }
+            serde_json::Value::String(text) if secret && text.chars().count() >= 4 => {
+                found.push(Zeroizing::new(text.clone()));
+            }
+            serde_json::Value::Number(number) if secret => {
+                let text = number.to_string();
+                if text.len() >= 4 {
+                    found.push(Zeroizing::new(text));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Ok(document) = serde_json::from_str::<serde_json::Value>(text) {
+        walk(&document, false, &mut found);
+    }
+    found
 }
 
 async fn exec_step(
@@ -334,9 +399,23 @@ async fn exec_step(
             )));
         }
     };
+    // What createSecret printed is the new value: never in its log either.
+    let printed = (input.step == Step::Create && !input.revert).then(|| {
+        let mut printed = stdout.to_vec();
+        if printed.ends_with(b"\n") {
+            printed.pop();
+        }
+        SecretValue::binary(printed)
+    });
     let log = redact(
         &String::from_utf8_lossy(&stderr),
-        &[input.current, input.pending],
+        &[
+            input.current,
+            input.pending,
+            input.previous,
+            input.replacing,
+            printed.as_ref(),
+        ],
     );
     let status = status.map_err(|error| RotatorError(format!("rotator {name}: {error}")))?;
     if !status.success() {
@@ -460,8 +539,53 @@ mod tests {
         let value = SecretValue::text("hunter2");
         let text = redact("failed: hunter2 was refused\n", &[Some(&value)]);
         assert_eq!(text, "failed: <redacted> was refused");
+        // The secret fields of a JSON value, at any depth; not the rest.
+        let json = SecretValue::text(
+            r#"{"username":"orders","password":"hunter2","key_version":1,
+                "tls":{"client_key":"k3y-pem","port":5432}}"#,
+        );
+        let text = redact(
+            "auth failed for orders with hunter2 (k3y-pem, 5432, status 1)",
+            &[Some(&json)],
+        );
+        assert_eq!(
+            text,
+            "auth failed for orders with <redacted> (<redacted>, 5432, status 1)"
+        );
+        // A number under a secret field, and a secret that holds another.
+        let numeric = SecretValue::text(r#"{"pin":"12","password":123456}"#);
+        let outer = SecretValue::binary(b"123456789".to_vec());
+        assert_eq!(
+            redact("got 123456789 and 123456", &[Some(&numeric), Some(&outer)]),
+            "got <redacted> and <redacted>"
+        );
         let long = "x".repeat(5000);
         assert!(redact(&long, &[]).chars().count() <= MAX_LOG_CHARS + 2);
+    }
+
+    /// What a program prints as createSecret's new value is not in the
+    /// step's log, even when it also writes it to its standard error.
+    #[tokio::test]
+    async fn an_exec_rotator_never_logs_the_value_it_made() {
+        let program = ExecRotator {
+            command: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "echo 'made n3w-v4lue-0192'  >&2; echo n3w-v4lue-0192".into(),
+            ],
+            timeout_seconds: 10,
+        };
+        let current = SecretValue::text("old");
+        let output = exec_step("t", &program, &input(Step::Create, Some(&current)))
+            .await
+            .unwrap();
+        assert!(
+            output
+                .new_value
+                .unwrap()
+                .same_as(&SecretValue::text("n3w-v4lue-0192"))
+        );
+        assert_eq!(output.log, "made <redacted>");
     }
 
     #[test]

@@ -83,6 +83,27 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// What is wrong with a JSON value, without quoting any of it: serde's
+/// messages for a wrong type quote the value found ("invalid type: integer
+/// `123456`"), which may be the password.
+fn parse_problem(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    let message = message.split(" at line").next().unwrap_or_default();
+    if message.starts_with("missing field") || message.starts_with("unknown field") {
+        return message
+            .split(", expected")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+    }
+    match error.classify() {
+        serde_json::error::Category::Syntax => "it is not valid JSON".to_owned(),
+        serde_json::error::Category::Eof => "it ends early".to_owned(),
+        _ => "a field is not of its type: host, username and password are strings, port a number"
+            .to_owned(),
+    }
+}
+
 impl Credentials {
     pub fn parse(value: Option<&SecretValue>, what: &str) -> Result<Credentials, RotatorError> {
         let text = match value {
@@ -95,14 +116,9 @@ impl Credentials {
             None => return Err(RotatorError(format!("{what} has no value"))),
         };
         let credentials: Credentials = serde_json::from_str(text).map_err(|error| {
-            // serde's message names the field, not the value.
             RotatorError(format!(
                 "{what} is not a JSON object with host, username and password ({})",
-                error
-                    .to_string()
-                    .split(" at line")
-                    .next()
-                    .unwrap_or("malformed")
+                parse_problem(&error)
             ))
         })?;
         if !credentials
@@ -312,5 +328,38 @@ pub fn describe(error: &sqlx::Error, user: &str, address: &str, doing: &str) -> 
             }
         }
         other => LoginError::Unreachable(format!("cannot {doing} at {address}: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error about a malformed credential value never quotes it.
+    #[test]
+    fn malformed_credentials_are_described_not_quoted() {
+        let cases = [
+            (
+                r#"{"host":"h","username":"u","password":918273}"#,
+                "not of its type",
+            ),
+            (
+                r#"{"host":"h","username":"u","password":"918273"#,
+                "ends early",
+            ),
+            (
+                r#"{"host":"h","username":"u","password":"918273",}"#,
+                "not valid JSON",
+            ),
+            (r#"{"host":"h","username":"u"}"#, "missing field `password`"),
+        ];
+        for (text, says) in cases {
+            let value = SecretValue::text(text);
+            let Err(RotatorError(message)) = Credentials::parse(Some(&value), "the value") else {
+                panic!("{text} parsed");
+            };
+            assert!(message.contains(says), "{text}: {message}");
+            assert!(!message.contains("918273"), "{message}");
+        }
     }
 }
