@@ -114,6 +114,9 @@ pub struct RotationSettings {
     /// Programs a rotation configuration may name as `exec:NAME`. Only
     /// these run: never a path given through the API.
     pub exec: std::collections::BTreeMap<String, ExecRotator>,
+    /// How long a step of the `postgres` and `mysql` rotators may take
+    /// (its statements are limited to it on the database server too).
+    pub database_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +139,7 @@ impl Default for RotationSettings {
             max_attempts: 5,
             retry_base_seconds: 30,
             exec: Default::default(),
+            database_timeout_seconds: 60,
         }
     }
 }

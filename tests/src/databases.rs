@@ -147,6 +147,45 @@ impl ThrowawayPostgres {
         );
     }
 
+    /// The output of `sql` run as the superuser, unaligned, without headers.
+    pub fn query(&self, sql: &str) -> String {
+        let output = self.psql().args(["-At", "-c", sql]).output().unwrap();
+        assert!(
+            output.status.success(),
+            "psql failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// A superuser session that runs what is written to its standard input,
+    /// and prints each statement's tag: for holding a transaction open.
+    pub fn session(&self) -> std::process::Child {
+        self.psql()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn psql(&self) -> Command {
+        let mut command = Command::new(self.bindir.join("psql"));
+        command.env("PGPASSWORD", &self.superuser_password).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+        ]);
+        command
+    }
+
     /// Whether `user` logs in with `password` and may run `query`.
     pub fn can(&self, user: &str, password: &str, query: &str) -> bool {
         Command::new(self.bindir.join("psql"))

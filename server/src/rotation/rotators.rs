@@ -97,6 +97,7 @@ impl Rotator {
                 strategy,
                 policy: settings.password_policy.clone(),
                 admin: None,
+                limit: Duration::from_secs(server.database_timeout_seconds.max(1)),
             }));
         }
         if let Some(name) = rotator.strip_prefix("exec:") {

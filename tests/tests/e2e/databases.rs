@@ -437,3 +437,105 @@ fn mysql_alternating_users_and_revert() {
     assert!(!mysql.logs_in(&pending.0, &pending.1) || pending.0 != current.0);
     mysql.sql(&format!("DROP TABLE IF EXISTS {table}"));
 }
+
+/// A step that waits on a lock (another session holds the role in an open
+/// transaction) gives up after `rotation.database_timeout_seconds`, on the
+/// database server too, and holds up no other rotation meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_step_held_by_a_lock_gives_up_and_holds_up_nothing_else() {
+    let Some(pg) = ThrowawayPostgres::start() else {
+        return;
+    };
+    pg.sql("CREATE ROLE app_locked LOGIN PASSWORD 'locked-first'");
+    let installation = Installation::new();
+    installation.no_retries();
+    installation.edit_config(|table| {
+        let rotation = table
+            .entry("rotation")
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        if let Some(rotation) = rotation.as_table_mut() {
+            rotation.insert("database_timeout_seconds".into(), 4.into());
+        }
+    });
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    put_json(
+        &admin,
+        "create",
+        "db/locked",
+        &json!({
+            "engine": "postgres", "host": "127.0.0.1", "port": pg.port,
+            "username": "app_locked", "password": "locked-first", "dbname": "postgres",
+        }),
+    );
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "db/locked",
+            "--rotator",
+            "postgres",
+        ])
+        .ok();
+    admin.run(&["create", "other/due", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "other/due",
+            "--rotator",
+            "password",
+            "--schedule",
+            "rate(1 days)",
+        ])
+        .ok();
+
+    let mut holder = pg.session();
+    let mut input = holder.stdin.take().unwrap();
+    std::io::Write::write_all(
+        &mut input,
+        b"BEGIN;\nALTER ROLE app_locked VALID UNTIL 'infinity';\n",
+    )
+    .unwrap();
+    assert!(rekey_tests::wait_for_line(holder.stdout.take().unwrap(), "ALTER ROLE").is_some());
+    admin.run(&["rotate", "db/locked", "--no-wait"]).ok();
+    eventually("setSecret waiting on the lock", || {
+        (pg.query("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'") == "1")
+            .then_some(())
+    });
+
+    // The other secret's schedule comes due while that step waits.
+    installation
+        .execute_sql(
+            "UPDATE rotation_configs SET next_rotation_at = 1000 WHERE secret_id =
+             (SELECT id FROM secrets WHERE name = 'other/due')",
+        )
+        .await;
+    eventually("the scheduled run of other/due to succeed", || {
+        (show(&admin, "other/due")["run"]["state"] == "succeeded").then_some(())
+    });
+    assert_eq!(show(&admin, "db/locked")["run"]["state"], "running");
+
+    let failed = eventually("db/locked's run to fail", || {
+        let shown = show(&admin, "db/locked");
+        (shown["run"]["state"] == "failed").then_some(shown)
+    });
+    assert!(
+        failed["run"]["end_reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 4 seconds"),
+        "{failed}"
+    );
+    // Nothing waits on the server once the step gave up: its statement
+    // cannot commit when the lock goes.
+    assert_eq!(
+        pg.query("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"),
+        "0"
+    );
+    drop(input);
+    holder.wait().unwrap();
+    let (_, current) = login(&value(&admin, "db/locked", "CURRENT"));
+    assert_eq!(current, "locked-first");
+    assert!(pg.logs_in("app_locked", "locked-first"));
+}

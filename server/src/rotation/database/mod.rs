@@ -198,10 +198,26 @@ pub struct DatabaseRotator {
     /// The admin secret's CURRENT value (alternating users), loaded by the
     /// engine before each step.
     pub admin: Option<SecretValue>,
+    /// How long a step may take (`rotation.database_timeout_seconds`);
+    /// each session's statements are limited to it on the server too.
+    pub limit: Duration,
 }
 
 impl DatabaseRotator {
     pub async fn run(&self, input: &StepInput<'_>) -> Result<StepOutput, RotatorError> {
+        tokio::time::timeout(self.limit, self.step(input))
+            .await
+            .unwrap_or_else(|_| {
+                Err(RotatorError(format!(
+                    "{} did not finish within {} seconds and was stopped (is another session \
+                     holding a lock on the user, in an open transaction?)",
+                    input.step,
+                    self.limit.as_secs()
+                )))
+            })
+    }
+
+    async fn step(&self, input: &StepInput<'_>) -> Result<StepOutput, RotatorError> {
         match (input.step, input.revert) {
             (Step::Create, _) => self.create(input),
             (Step::Set, _) => self.set(input).await.map(|()| StepOutput::default()),
@@ -236,8 +252,8 @@ impl DatabaseRotator {
 
     async fn login(&self, credentials: &Credentials) -> Result<(), LoginError> {
         match self.dialect {
-            Dialect::Postgres => postgres::check_login(credentials).await,
-            Dialect::Mysql => mysql::check_login(credentials).await,
+            Dialect::Postgres => postgres::check_login(credentials, self.limit).await,
+            Dialect::Mysql => mysql::check_login(credentials, self.limit).await,
         }
     }
 
@@ -263,10 +279,16 @@ impl DatabaseRotator {
                 for credentials in candidates {
                     let result = match self.dialect {
                         Dialect::Postgres => {
-                            postgres::change_own_password(&credentials, &target.password).await
+                            postgres::change_own_password(
+                                &credentials,
+                                &target.password,
+                                self.limit,
+                            )
+                            .await
                         }
                         Dialect::Mysql => {
-                            mysql::change_own_password(&credentials, &target.password).await
+                            mysql::change_own_password(&credentials, &target.password, self.limit)
+                                .await
                         }
                     };
                     match result {
@@ -289,9 +311,11 @@ impl DatabaseRotator {
                     .to_owned();
                 let result = match self.dialect {
                     Dialect::Postgres => {
-                        postgres::set_password_as_admin(&admin, &base, &target).await
+                        postgres::set_password_as_admin(&admin, &base, &target, self.limit).await
                     }
-                    Dialect::Mysql => mysql::set_password_as_admin(&admin, &base, &target).await,
+                    Dialect::Mysql => {
+                        mysql::set_password_as_admin(&admin, &base, &target, self.limit).await
+                    }
                 };
                 result.map_err(|error| RotatorError(error.message()))
             }
@@ -313,18 +337,18 @@ pub fn describe(error: &sqlx::Error, user: &str, address: &str, doing: &str) -> 
         }
         sqlx::Error::Database(db) => {
             let code = db.code().map(|code| code.into_owned()).unwrap_or_default();
+            // MySQL quotes the statement from where it could not parse it
+            // ("... near 'PASSWORD '*6BB4...'' at line 1"): a password hash.
+            let message = db.message();
+            let message = message.split(" near '").next().unwrap_or_default();
             match code.as_str() {
                 "28P01" | "28000" => LoginError::Refused(format!(
                     "authentication failed for user {user} at {address}"
                 )),
                 "42501" | "1227" | "1044" | "1142" | "42000" => LoginError::Unreachable(format!(
-                    "permission denied to {doing} (user {user} at {address}): {}",
-                    db.message()
+                    "permission denied to {doing} (user {user} at {address}): {message}"
                 )),
-                _ => LoginError::Unreachable(format!(
-                    "{address} refused to {doing}: {}",
-                    db.message()
-                )),
+                _ => LoginError::Unreachable(format!("{address} refused to {doing}: {message}")),
             }
         }
         other => LoginError::Unreachable(format!("cannot {doing} at {address}: {other}")),

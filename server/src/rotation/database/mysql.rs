@@ -7,8 +7,13 @@ use super::hashes::mysql_native_hash;
 use super::{Boxed, CONNECT_TIMEOUT, Credentials, Dialect, LoginError, describe};
 use sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
 use sqlx::{ConnectOptions, Connection, Executor, MySqlConnection, Row};
+use std::time::Duration;
 
-async fn connect(credentials: &Credentials, doing: &str) -> Result<MySqlConnection, LoginError> {
+async fn connect(
+    credentials: &Credentials,
+    doing: &str,
+    limit: Duration,
+) -> Result<MySqlConnection, LoginError> {
     let address = credentials.address(Dialect::Mysql);
     let mut options = MySqlConnectOptions::new()
         .host(&credentials.host)
@@ -29,16 +34,26 @@ async fn connect(credentials: &Credentials, doing: &str) -> Result<MySqlConnecti
             "cannot connect to {address}: timed out"
         ))),
         Ok(Err(error)) => Err(describe(&error, &credentials.username, &address, doing)),
-        Ok(Ok(connection)) => Ok(connection),
+        Ok(Ok(mut connection)) => {
+            // A statement that waits on a lock ends on the server too, never
+            // to commit after the step has given up on it (a variable both
+            // MySQL and MariaDB know, in seconds).
+            let seconds = limit.as_secs().max(1);
+            connection
+                .execute(format!("SET SESSION lock_wait_timeout = {seconds}").as_str())
+                .await
+                .map_err(|error| describe(&error, &credentials.username, &address, doing))?;
+            Ok(connection)
+        }
     }
 }
 
-pub fn check_login(credentials: &Credentials) -> Boxed<'_> {
-    Box::pin(check_login_inner(credentials))
+pub fn check_login(credentials: &Credentials, limit: Duration) -> Boxed<'_> {
+    Box::pin(check_login_inner(credentials, limit))
 }
 
-async fn check_login_inner(credentials: &Credentials) -> Result<(), LoginError> {
-    let mut connection = connect(credentials, "log in").await?;
+async fn check_login_inner(credentials: &Credentials, limit: Duration) -> Result<(), LoginError> {
+    let mut connection = connect(credentials, "log in", limit).await?;
     let address = credentials.address(Dialect::Mysql);
     sqlx::query("SELECT 1")
         .execute(&mut connection)
@@ -48,15 +63,20 @@ async fn check_login_inner(credentials: &Credentials) -> Result<(), LoginError> 
     Ok(())
 }
 
-pub fn change_own_password<'a>(credentials: &'a Credentials, new_password: &'a str) -> Boxed<'a> {
-    Box::pin(change_own_password_inner(credentials, new_password))
+pub fn change_own_password<'a>(
+    credentials: &'a Credentials,
+    new_password: &'a str,
+    limit: Duration,
+) -> Boxed<'a> {
+    Box::pin(change_own_password_inner(credentials, new_password, limit))
 }
 
 async fn change_own_password_inner(
     credentials: &Credentials,
     new_password: &str,
+    limit: Duration,
 ) -> Result<(), LoginError> {
-    let mut connection = connect(credentials, "log in").await?;
+    let mut connection = connect(credentials, "log in", limit).await?;
     let address = credentials.address(Dialect::Mysql);
     let hash = mysql_native_hash(new_password);
     connection
@@ -78,16 +98,18 @@ pub fn set_password_as_admin<'a>(
     admin: &'a Credentials,
     base: &'a str,
     target: &'a Credentials,
+    limit: Duration,
 ) -> Boxed<'a> {
-    Box::pin(set_password_as_admin_inner(admin, base, target))
+    Box::pin(set_password_as_admin_inner(admin, base, target, limit))
 }
 
 async fn set_password_as_admin_inner(
     admin: &Credentials,
     base: &str,
     target: &Credentials,
+    limit: Duration,
 ) -> Result<(), LoginError> {
-    let mut connection = connect(admin, "log in as admin").await?;
+    let mut connection = connect(admin, "log in as admin", limit).await?;
     let address = admin.address(Dialect::Mysql);
     let hash = mysql_native_hash(&target.password);
     let lookup =

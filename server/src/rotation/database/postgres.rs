@@ -6,8 +6,13 @@ use super::hashes::scram_sha256_verifier;
 use super::{Boxed, CONNECT_TIMEOUT, Credentials, Dialect, LoginError, describe};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
+use std::time::Duration;
 
-async fn connect(credentials: &Credentials, doing: &str) -> Result<PgConnection, LoginError> {
+async fn connect(
+    credentials: &Credentials,
+    doing: &str,
+    limit: Duration,
+) -> Result<PgConnection, LoginError> {
     let address = credentials.address(Dialect::Postgres);
     let mut options = PgConnectOptions::new()
         .host(&credentials.host)
@@ -19,7 +24,14 @@ async fn connect(credentials: &Credentials, doing: &str) -> Result<PgConnection,
         } else {
             PgSslMode::Prefer
         })
-        .disable_statement_logging();
+        .disable_statement_logging()
+        // A statement that waits on a lock (another session's open
+        // transaction on the role) ends on the server too, never to
+        // commit after the step has given up on it.
+        .options([
+            ("statement_timeout", limit.as_millis().to_string()),
+            ("lock_timeout", limit.as_millis().to_string()),
+        ]);
     if let Some(dbname) = &credentials.dbname {
         options = options.database(dbname);
     }
@@ -37,12 +49,12 @@ fn quote(identifier: &str) -> String {
     format!("\"{identifier}\"")
 }
 
-pub fn check_login(credentials: &Credentials) -> Boxed<'_> {
-    Box::pin(check_login_inner(credentials))
+pub fn check_login(credentials: &Credentials, limit: Duration) -> Boxed<'_> {
+    Box::pin(check_login_inner(credentials, limit))
 }
 
-async fn check_login_inner(credentials: &Credentials) -> Result<(), LoginError> {
-    let mut connection = connect(credentials, "log in").await?;
+async fn check_login_inner(credentials: &Credentials, limit: Duration) -> Result<(), LoginError> {
+    let mut connection = connect(credentials, "log in", limit).await?;
     let address = credentials.address(Dialect::Postgres);
     sqlx::query("SELECT 1")
         .execute(&mut connection)
@@ -52,15 +64,20 @@ async fn check_login_inner(credentials: &Credentials) -> Result<(), LoginError> 
     Ok(())
 }
 
-pub fn change_own_password<'a>(credentials: &'a Credentials, new_password: &'a str) -> Boxed<'a> {
-    Box::pin(change_own_password_inner(credentials, new_password))
+pub fn change_own_password<'a>(
+    credentials: &'a Credentials,
+    new_password: &'a str,
+    limit: Duration,
+) -> Boxed<'a> {
+    Box::pin(change_own_password_inner(credentials, new_password, limit))
 }
 
 async fn change_own_password_inner(
     credentials: &Credentials,
     new_password: &str,
+    limit: Duration,
 ) -> Result<(), LoginError> {
-    let mut connection = connect(credentials, "log in").await?;
+    let mut connection = connect(credentials, "log in", limit).await?;
     let address = credentials.address(Dialect::Postgres);
     let verifier = scram_sha256_verifier(new_password);
     let alter = format!("ALTER ROLE CURRENT_USER PASSWORD '{verifier}'");
@@ -80,16 +97,18 @@ pub fn set_password_as_admin<'a>(
     admin: &'a Credentials,
     base: &'a str,
     target: &'a Credentials,
+    limit: Duration,
 ) -> Boxed<'a> {
-    Box::pin(set_password_as_admin_inner(admin, base, target))
+    Box::pin(set_password_as_admin_inner(admin, base, target, limit))
 }
 
 async fn set_password_as_admin_inner(
     admin: &Credentials,
     base: &str,
     target: &Credentials,
+    limit: Duration,
 ) -> Result<(), LoginError> {
-    let mut connection = connect(admin, "log in as admin").await?;
+    let mut connection = connect(admin, "log in as admin", limit).await?;
     let address = admin.address(Dialect::Postgres);
     let verifier = scram_sha256_verifier(&target.password);
     let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")

@@ -81,6 +81,11 @@ impl Engine {
         locks.entry(secret_id.to_owned()).or_default().clone()
     }
 
+    /// Whether a drive of the secret's run holds its lock now.
+    fn is_driven(&self, secret_id: &str) -> bool {
+        self.lock_for(secret_id).try_lock().is_err()
+    }
+
     fn publish(
         &self,
         kind: &str,
@@ -132,21 +137,13 @@ impl Engine {
             match self.state.store.all_runs(true, 10_000).await {
                 Ok(runs) => {
                     for run in runs {
-                        // In a task of its own: a panic in a rotator must
-                        // not stop this loop.
-                        let engine = self.clone();
-                        let secret_id = run.secret_id.clone();
-                        let driven =
-                            tokio::spawn(async move { engine.drive(&secret_id).await }).await;
-                        match driven {
-                            Ok(Ok(())) => {}
-                            Ok(Err(error)) => {
-                                tracing::error!(%error, run = %run.id, "driving a rotation run failed")
-                            }
-                            Err(panic) => {
-                                tracing::error!(%panic, run = %run.id, "driving a rotation run panicked")
-                            }
+                        // A run being driven (a step under way, however
+                        // long) is left to its driver: one slow rotator
+                        // holds up neither the other runs nor this loop.
+                        if self.is_driven(&run.secret_id) {
+                            continue;
                         }
+                        self.spawn_drive(&run.secret_id);
                     }
                 }
                 Err(error) => tracing::error!(%error, "listing active rotation runs failed"),
