@@ -205,14 +205,16 @@ pub struct DatabaseRotator {
 
 impl DatabaseRotator {
     pub async fn run(&self, input: &StepInput<'_>) -> Result<StepOutput, RotatorError> {
-        tokio::time::timeout(self.limit, self.step(input))
+        // The database server ends a statement at the limit (its error says
+        // so); this is for a server that stops answering altogether.
+        let backstop = self.limit + Duration::from_secs(5);
+        tokio::time::timeout(backstop, self.step(input))
             .await
             .unwrap_or_else(|_| {
                 Err(RotatorError(format!(
-                    "{} did not finish within {} seconds and was stopped (is another session \
-                     holding a lock on the user, in an open transaction?)",
+                    "{} did not finish within {} seconds and was stopped",
                     input.step,
-                    self.limit.as_secs()
+                    backstop.as_secs()
                 )))
             })
     }
@@ -342,6 +344,15 @@ pub fn describe(error: &sqlx::Error, user: &str, address: &str, doing: &str) -> 
             let message = db.message();
             let message = message.split(" near '").next().unwrap_or_default();
             match code.as_str() {
+                // Statement or lock timeout (PostgreSQL), lock wait timeout
+                // (MySQL, MariaDB): the session's time limit passed.
+                "57014" | "55P03" | "HY000" if is_time_limit(db.as_ref()) => {
+                    LoginError::Unreachable(format!(
+                        "{address} gave up waiting to {doing} at the step's time limit \
+                         (rotation.database_timeout_seconds): another session may hold a lock \
+                         on the user, in an open transaction"
+                    ))
+                }
                 "28P01" | "28000" => LoginError::Refused(format!(
                     "authentication failed for user {user} at {address}"
                 )),
@@ -352,6 +363,15 @@ pub fn describe(error: &sqlx::Error, user: &str, address: &str, doing: &str) -> 
             }
         }
         other => LoginError::Unreachable(format!("cannot {doing} at {address}: {other}")),
+    }
+}
+
+/// Whether a database error says a session's time limit passed.
+fn is_time_limit(error: &dyn sqlx::error::DatabaseError) -> bool {
+    match error.code().as_deref() {
+        Some("57014" | "55P03") => true,
+        // MySQL's SQLSTATE for a lock wait timeout (1205) is the generic one.
+        _ => error.message().contains("Lock wait timeout"),
     }
 }
 
