@@ -30,6 +30,10 @@ pub enum Error {
         message: String,
         retry_after_ms: u64,
     },
+    /// What the request would change was changed by someone else since it
+    /// was read; nothing was written, and trying again may succeed.
+    #[error("{0}")]
+    Aborted(String),
     /// A stored value or key failed its integrity check: tampering or
     /// corruption, never a client mistake.
     #[error("{0}")]
@@ -82,6 +86,7 @@ impl From<Error> for Status {
             Error::NotFound(message) => Status::new(Code::NotFound, message),
             Error::AlreadyExists(message) => Status::new(Code::AlreadyExists, message),
             Error::FailedPrecondition(message) => Status::new(Code::FailedPrecondition, message),
+            Error::Aborted(message) => Status::new(Code::Aborted, message),
             Error::PermissionDenied(message) => Status::new(Code::PermissionDenied, message),
             Error::Unauthenticated(message) => Status::new(Code::Unauthenticated, message),
             Error::Unimplemented(message) => Status::new(Code::Unimplemented, message),

@@ -219,6 +219,10 @@ pub struct RunRecord {
     pub created_at: i64,
     pub updated_at: i64,
     pub ended_at: Option<i64>,
+    /// How many times the run's row was written when this was read (or
+    /// last written through this record): a write of a run that someone
+    /// else wrote meanwhile changes nothing (ABORTED).
+    pub revision: i64,
 }
 
 /// The approval gates of a rotation configuration.

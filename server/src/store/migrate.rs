@@ -33,6 +33,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         7,
         include_str!("../../migrations/sqlite/0007_version_stages_without_rowid.sql"),
     ),
+    (
+        8,
+        include_str!("../../migrations/sqlite/0008_rotation_run_revision.sql"),
+    ),
 ];
 
 /// What opening a store does with a schema older than this binary's.
@@ -169,6 +173,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (
         7,
         include_str!("../../migrations/postgres/0007_version_stages_without_rowid.sql"),
+    ),
+    (
+        8,
+        include_str!("../../migrations/postgres/0008_rotation_run_revision.sql"),
     ),
 ];
 

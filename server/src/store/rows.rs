@@ -22,7 +22,8 @@ pub(super) const VERSION_COLUMNS: &str = "v.version_id, v.created_at, v.created_
 
 pub(super) const RUN_COLUMNS: &str = "run_id, secret_id, manual, scheduled, initiator, phase, \
      step, set_applied, operator_go, attempt, next_attempt_at, approval_requested_at, \
-     current_at_start, outcome, revert, end_reason, last_error, created_at, updated_at, ended_at";
+     current_at_start, outcome, revert, end_reason, last_error, created_at, updated_at, ended_at, \
+     revision";
 
 pub(super) const CONFIG_COLUMNS: &str = "secret_id, rotator, schedule, window_text, \
      approval_steps, approvals_required, approver_role, approval_expiry, settings, enabled, \
@@ -197,6 +198,7 @@ pub(super) fn run_row(row: &impl Columns) -> Result<RunRecord> {
         created_at: row.integer("created_at"),
         updated_at: row.integer("updated_at"),
         ended_at: row.maybe_integer("ended_at"),
+        revision: row.integer("revision"),
     })
 }
 

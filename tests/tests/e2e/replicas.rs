@@ -252,6 +252,52 @@ fn a_replica_killed_in_a_step_leaves_the_run_to_the_other() {
     admin.run(&["audit", "verify"]).ok();
 }
 
+/// A cancel made through the replica that does not drive the run holds:
+/// the driver's write after its step finds the run changed and writes
+/// nothing, and the run ends cancelled, with the target holding CURRENT.
+#[test]
+fn a_cancel_through_the_other_replica_is_not_undone_by_the_driver() {
+    let Some((_database, installation, state)) = replicated() else {
+        return;
+    };
+    let servers = [installation.serve(), installation.serve()];
+    let admin = servers[0].rekey(&installation.admin());
+    admin.run(&["create", "undo/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "undo/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+    std::fs::write(state.join("block-setSecret"), "").unwrap();
+    admin.run(&["rotate", "undo/db", "--no-wait"]).ok();
+    let driver: u32 = eventually("the rotator to block in setSecret", || {
+        std::fs::read_to_string(state.join("blocked-setSecret"))
+            .ok()
+            .and_then(|pid| pid.parse().ok())
+    });
+    let other = servers
+        .iter()
+        .find(|server| server.pid() != driver)
+        .expect("one replica does not drive the run");
+    let other = other.rekey(&installation.admin());
+    other.run(&["rotation", "cancel", "undo/db"]).ok();
+    std::fs::remove_file(state.join("block-setSecret")).unwrap();
+
+    let shown = eventually("the run to end", || {
+        let shown = show(&other, "undo/db");
+        (shown["run"]["active"] == false).then_some(shown)
+    });
+    assert_eq!(shown["run"]["state"], "cancelled", "{shown}");
+    assert_eq!(other.run(&["get", "undo/db"]).ok().stdout, "v1\n");
+    let target = std::fs::read_to_string(state.join("target")).unwrap();
+    assert_eq!(target.trim_end(), "v1", "the revert put CURRENT back");
+    other.run(&["audit", "verify"]).ok();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watcher_on_one_replica_sees_changes_made_through_the_other() {
     let Some((_database, installation, _state)) = replicated() else {

@@ -156,10 +156,24 @@ impl Engine {
         let engine = self.clone();
         let secret_id = secret_id.to_owned();
         tokio::spawn(async move {
-            if let Err(error) = engine.drive(&secret_id).await {
+            if let Err(error) = engine.drive_on(&secret_id).await {
                 tracing::error!(%error, secret_id, "driving a rotation run failed");
             }
         });
+    }
+
+    /// Drives the secret's run on after a change was made; a run that
+    /// changed under the drive (an operator or another replica wrote it
+    /// meanwhile) is left to the next round, which starts from what is
+    /// stored.
+    pub async fn drive_on(&self, secret_id: &str) -> Result<()> {
+        match self.drive(secret_id).await {
+            Err(Error::Aborted(message)) => {
+                tracing::info!(secret_id, %message, "the next round drives the run from what is stored");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Starts the runs whose schedule is due, as the principal who last
@@ -241,6 +255,7 @@ impl Engine {
             })?;
         let now = now_millis();
         let run = RunRecord {
+            revision: 0,
             id: VersionId::random().into_string(),
             secret_id: secret.id.clone(),
             manual,
@@ -399,10 +414,10 @@ impl Engine {
                     ))
                 })?;
             let (plan, _, _) = self.plan_of(secret, &run).await?;
-            let (next, entries, kind) = change(&run, &plan)?;
+            let (mut next, entries, kind) = change(&run, &plan)?;
             self.state
                 .store
-                .update_run(&next, &entries, Some(event))
+                .update_run(&mut next, &entries, Some(event))
                 .await?;
             let detail = entries
                 .last()
@@ -417,7 +432,7 @@ impl Engine {
                 &event.principal,
             );
         }
-        self.drive(&secret.id).await?;
+        self.drive_on(&secret.id).await?;
         let store = &self.state.store;
         let runs = store.runs_of(&secret.id, 1).await?;
         runs.into_iter()
@@ -482,7 +497,7 @@ impl Engine {
                 );
             }
         }
-        self.drive(&secret.id).await?;
+        self.drive_on(&secret.id).await?;
         Ok(recorded)
     }
 
@@ -572,7 +587,7 @@ impl Engine {
                     let detail = format!("{need} approval(s) by role {} needed", gates.role);
                     store
                         .update_run(
-                            &next,
+                            &mut next,
                             &[history(
                                 step,
                                 "awaiting_approval",
@@ -607,7 +622,7 @@ impl Engine {
                         AuditEvent::system("rotation:EndRotation", secret.name.as_str(), &reason);
                     store
                         .update_run(
-                            &next,
+                            &mut next,
                             &[history(
                                 run.step,
                                 outcome.as_str(),
@@ -649,7 +664,7 @@ impl Engine {
                     );
                     store
                         .end_run(
-                            &next,
+                            &mut next,
                             &[history(
                                 run.step,
                                 "ended",

@@ -75,7 +75,7 @@ impl Engine {
         }
         store
             .update_run(
-                &started,
+                &mut started,
                 &[history(step, "step_started", attempt, "system", "")],
                 None,
             )
@@ -109,7 +109,7 @@ impl Engine {
                 );
                 store
                     .update_run(
-                        &next,
+                        &mut next,
                         &[history(step, "step_done", attempt, "system", &log)],
                         Some(&event),
                     )
@@ -153,7 +153,7 @@ impl Engine {
                         &format!("run {}: {step} attempt {attempt} failed: {message}", run.id),
                     )
                 };
-                store.update_run(&next, &entries, Some(&event)).await?;
+                store.update_run(&mut next, &entries, Some(&event)).await?;
                 self.publish("failed", secret, &next, Some(step), &message, "system");
                 if next.phase == Phase::StepFailed {
                     self.notify_failed(secret, &next, Phase::StepFailed.as_str());
@@ -279,7 +279,7 @@ impl Engine {
                 );
                 let finished = store
                     .finish_run(
-                        &ended,
+                        &mut ended,
                         &[
                             history(step, "step_done", run.attempt + 1, "system", ""),
                             history(step, "finished", run.attempt + 1, "system", "CURRENT moved"),
@@ -378,7 +378,7 @@ impl Engine {
         );
         store
             .update_run(
-                &next,
+                &mut next,
                 &[history(Step::Set, entry, run.attempt, "system", &detail)],
                 Some(&event),
             )

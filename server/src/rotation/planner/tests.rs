@@ -9,6 +9,7 @@ use proptest::prelude::*;
 
 fn run() -> RunRecord {
     RunRecord {
+        revision: 0,
         id: "token".into(),
         secret_id: "s".into(),
         manual: false,

@@ -324,7 +324,7 @@ impl RotationService {
             .await?;
         context.recorded();
         if request.manual {
-            self.engine.drive(&secret.id).await?;
+            self.engine.drive_on(&secret.id).await?;
         } else {
             self.engine.spawn_drive(&secret.id);
         }

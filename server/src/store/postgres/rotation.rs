@@ -12,12 +12,21 @@ use crate::rotation::{ApprovalRecord, ConfigRecord, HistoryRecord, Outcome, RunR
 use crate::stages;
 use rekey_shared::{Stage, VersionId};
 
+fn changed_meanwhile(run: &RunRecord) -> Error {
+    Error::Aborted(format!(
+        "rotation run {} changed meanwhile (an operator, or another replica); look at it again",
+        run.id
+    ))
+}
+
+/// Writes `run` over the row it was read from; refused (nothing written)
+/// when someone wrote the row meanwhile.
 async fn write_run(tx: &mut Tx<'_>, run: &RunRecord) -> Result<()> {
-    sqlx::query(
+    let written = sqlx::query(
         "UPDATE rotation_runs SET phase = $1, step = $2, set_applied = $3, operator_go = $4, attempt = $5,
             next_attempt_at = $6, approval_requested_at = $7, outcome = $8, revert = $9, end_reason = $10,
-            last_error = $11, updated_at = $12, ended_at = $13
-         WHERE run_id = $14",
+            last_error = $11, updated_at = $12, ended_at = $13, revision = revision + 1
+         WHERE run_id = $14 AND revision = $15",
     )
     .bind(run.phase.as_str())
     .bind(run.step.as_str())
@@ -33,8 +42,12 @@ async fn write_run(tx: &mut Tx<'_>, run: &RunRecord) -> Result<()> {
     .bind(run.updated_at)
     .bind(run.ended_at)
     .bind(&run.id)
+    .bind(run.revision)
     .execute(&mut **tx)
     .await?;
+    if written.rows_affected() != 1 {
+        return Err(changed_meanwhile(run));
+    }
     Ok(())
 }
 
@@ -137,7 +150,8 @@ impl Store {
         let mut tx = self.write().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO rotation_runs ({RUN_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+                     $21)"
         ))
         .bind(&run.id)
         .bind(&run.secret_id)
@@ -159,6 +173,7 @@ impl Store {
         .bind(run.created_at)
         .bind(run.updated_at)
         .bind(run.ended_at)
+        .bind(run.revision)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -180,7 +195,7 @@ impl Store {
     /// given.
     pub async fn update_run(
         &self,
-        run: &RunRecord,
+        run: &mut RunRecord,
         history: &[HistoryRecord],
         event: Option<&AuditEvent>,
     ) -> Result<()> {
@@ -188,9 +203,11 @@ impl Store {
         write_run(&mut tx, run).await?;
         write_history(&mut tx, &run.id, history).await?;
         match event {
-            Some(event) => self.commit_audited(tx, event).await,
-            None => Ok(tx.commit().await?),
+            Some(event) => self.commit_audited(tx, event).await?,
+            None => tx.commit().await?,
         }
+        run.revision += 1;
+        Ok(())
     }
 
     /// finishSecret: CURRENT moves to the run's version (PREVIOUS follows,
@@ -199,7 +216,7 @@ impl Store {
     /// where the run started (nothing changes; the run is abandoned).
     pub async fn finish_run(
         &self,
-        run: &RunRecord,
+        run: &mut RunRecord,
         history: &[HistoryRecord],
         next_rotation: Option<i64>,
         event: &AuditEvent,
@@ -230,6 +247,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         self.commit_audited(tx, event).await?;
+        run.revision += 1;
         Ok(true)
     }
 
@@ -237,7 +255,7 @@ impl Store {
     /// the same transaction as the run's end.
     pub async fn end_run(
         &self,
-        run: &RunRecord,
+        run: &mut RunRecord,
         history: &[HistoryRecord],
         event: &AuditEvent,
     ) -> Result<()> {
@@ -250,7 +268,9 @@ impl Store {
         }
         write_run(&mut tx, run).await?;
         write_history(&mut tx, &run.id, history).await?;
-        self.commit_audited(tx, event).await
+        self.commit_audited(tx, event).await?;
+        run.revision += 1;
+        Ok(())
     }
 
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {

@@ -12,12 +12,21 @@ use crate::rotation::{ApprovalRecord, ConfigRecord, HistoryRecord, Outcome, RunR
 use crate::stages;
 use rekey_shared::{Stage, VersionId};
 
+fn changed_meanwhile(run: &RunRecord) -> Error {
+    Error::Aborted(format!(
+        "rotation run {} changed meanwhile (an operator, or another replica); look at it again",
+        run.id
+    ))
+}
+
+/// Writes `run` over the row it was read from; refused (nothing written)
+/// when someone wrote the row meanwhile.
 async fn write_run(tx: &mut Tx<'_>, run: &RunRecord) -> Result<()> {
-    sqlx::query(
+    let written = sqlx::query(
         "UPDATE rotation_runs SET phase = ?, step = ?, set_applied = ?, operator_go = ?, attempt = ?,
             next_attempt_at = ?, approval_requested_at = ?, outcome = ?, revert = ?, end_reason = ?,
-            last_error = ?, updated_at = ?, ended_at = ?
-         WHERE run_id = ?",
+            last_error = ?, updated_at = ?, ended_at = ?, revision = revision + 1
+         WHERE run_id = ? AND revision = ?",
     )
     .bind(run.phase.as_str())
     .bind(run.step.as_str())
@@ -33,8 +42,12 @@ async fn write_run(tx: &mut Tx<'_>, run: &RunRecord) -> Result<()> {
     .bind(run.updated_at)
     .bind(run.ended_at)
     .bind(&run.id)
+    .bind(run.revision)
     .execute(&mut **tx)
     .await?;
+    if written.rows_affected() != 1 {
+        return Err(changed_meanwhile(run));
+    }
     Ok(())
 }
 
@@ -132,7 +145,7 @@ impl Store {
         tx.changes_no_value();
         let inserted = sqlx::query(&format!(
             "INSERT INTO rotation_runs ({RUN_COLUMNS})
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&run.id)
         .bind(&run.secret_id)
@@ -154,6 +167,7 @@ impl Store {
         .bind(run.created_at)
         .bind(run.updated_at)
         .bind(run.ended_at)
+        .bind(run.revision)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -175,7 +189,7 @@ impl Store {
     /// given.
     pub async fn update_run(
         &self,
-        run: &RunRecord,
+        run: &mut RunRecord,
         history: &[HistoryRecord],
         event: Option<&AuditEvent>,
     ) -> Result<()> {
@@ -184,9 +198,11 @@ impl Store {
         write_run(&mut tx, run).await?;
         write_history(&mut tx, &run.id, history).await?;
         match event {
-            Some(event) => self.commit_audited(tx, event).await,
-            None => Ok(tx.commit().await?),
+            Some(event) => self.commit_audited(tx, event).await?,
+            None => tx.commit().await?,
         }
+        run.revision += 1;
+        Ok(())
     }
 
     /// finishSecret: CURRENT moves to the run's version (PREVIOUS follows,
@@ -195,7 +211,7 @@ impl Store {
     /// where the run started (nothing changes; the run is abandoned).
     pub async fn finish_run(
         &self,
-        run: &RunRecord,
+        run: &mut RunRecord,
         history: &[HistoryRecord],
         next_rotation: Option<i64>,
         event: &AuditEvent,
@@ -227,6 +243,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         self.commit_audited(tx, event).await?;
+        run.revision += 1;
         Ok(true)
     }
 
@@ -234,7 +251,7 @@ impl Store {
     /// the same transaction as the run's end.
     pub async fn end_run(
         &self,
-        run: &RunRecord,
+        run: &mut RunRecord,
         history: &[HistoryRecord],
         event: &AuditEvent,
     ) -> Result<()> {
@@ -248,7 +265,9 @@ impl Store {
         }
         write_run(&mut tx, run).await?;
         write_history(&mut tx, &run.id, history).await?;
-        self.commit_audited(tx, event).await
+        self.commit_audited(tx, event).await?;
+        run.revision += 1;
+        Ok(())
     }
 
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
