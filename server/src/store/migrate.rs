@@ -336,7 +336,7 @@ mod tests {
         let refusal = || async { require_current_sqlite(&pool).await.unwrap_err().to_string() };
         let error = refusal().await;
         assert!(
-            error.contains("at version 0, older than this rekeyd's (version 7)"),
+            error.contains("at version 0, older than this rekeyd's (version 8)"),
             "{error}"
         );
 
@@ -345,7 +345,7 @@ mod tests {
             .unwrap();
         let error = refusal().await;
         assert!(
-            error.contains("at version 6, older than this rekeyd's (version 7)")
+            error.contains("at version 6, older than this rekeyd's (version 8)")
                 && error.contains("only the server migrates it"),
             "{error}"
         );
@@ -358,13 +358,13 @@ mod tests {
         migrate(&pool).await.unwrap();
         require_current_sqlite(&pool).await.unwrap();
 
-        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (8, 0)")
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (9, 0)")
             .execute(&pool)
             .await
             .unwrap();
         let error = refusal().await;
         assert!(
-            error.contains("at version 8, newer than this rekeyd knows (version 7)"),
+            error.contains("at version 9, newer than this rekeyd knows (version 8)"),
             "{error}"
         );
     }

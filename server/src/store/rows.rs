@@ -22,8 +22,11 @@ pub(super) const VERSION_COLUMNS: &str = "v.version_id, v.created_at, v.created_
 
 pub(super) const RUN_COLUMNS: &str = "run_id, secret_id, manual, scheduled, initiator, phase, \
      step, set_applied, operator_go, attempt, next_attempt_at, approval_requested_at, \
-     current_at_start, outcome, revert, end_reason, last_error, created_at, updated_at, ended_at, \
-     revision";
+     current_at_start, outcome, revert, end_reason, last_error, created_at, updated_at, ended_at";
+
+/// The run's revision, beside [`RUN_COLUMNS`] in a query of `rotation_runs`.
+pub(super) const RUN_REVISION: &str = "COALESCE((SELECT x.revision FROM rotation_run_revisions x \
+     WHERE x.run_id = rotation_runs.run_id), 0) AS revision";
 
 pub(super) const CONFIG_COLUMNS: &str = "secret_id, rotator, schedule, window_text, \
      approval_steps, approvals_required, approver_role, approval_expiry, settings, enabled, \

@@ -1,5 +1,7 @@
-//! MySQL and MariaDB: logins, a user's own password change, and an admin's
-//! change (creating `user_clone` with the user's grants on first use).
+//! MariaDB (and MySQL for logins only): logins, a user's own password
+//! change, and an admin's change (creating `user_clone` with the user's
+//! grants on first use). Password changes are refused on MySQL
+//! (`require_mariadb`).
 //! Passwords go as `mysql_native_password` hashes; statements are not
 //! logged.
 
@@ -48,6 +50,30 @@ async fn connect(
     }
 }
 
+/// Refuses to change a password on a server that is not MariaDB. The
+/// statements here give the password as its `mysql_native_password` hash
+/// (`SET PASSWORD = '*…'`, `IDENTIFIED BY PASSWORD '*…'`): MariaDB takes
+/// that as the hash, but MySQL 5.7.6 and later take the quoted text of
+/// `SET PASSWORD` as the password itself, which would lock the user out,
+/// and MySQL 8 has no `IDENTIFIED BY PASSWORD`. Nothing is changed there.
+async fn require_mariadb(
+    connection: &mut MySqlConnection,
+    user: &str,
+    address: &str,
+) -> Result<(), LoginError> {
+    let version: String = sqlx::query_scalar("SELECT VERSION()")
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(|error| describe(&error, user, address, "read the server's version"))?;
+    if version.contains("MariaDB") {
+        return Ok(());
+    }
+    Err(LoginError::Unreachable(format!(
+        "{address} is MySQL {version}, not MariaDB: the mysql rotator sets passwords as \
+         MariaDB hashes, which MySQL would take as the password itself; nothing was changed"
+    )))
+}
+
 pub fn check_login(credentials: &Credentials, limit: Duration) -> Boxed<'_> {
     Box::pin(check_login_inner(credentials, limit))
 }
@@ -78,6 +104,7 @@ async fn change_own_password_inner(
 ) -> Result<(), LoginError> {
     let mut connection = connect(credentials, "log in", limit).await?;
     let address = credentials.address(Dialect::Mysql);
+    require_mariadb(&mut connection, &credentials.username, &address).await?;
     let hash = mysql_native_hash(new_password);
     connection
         .execute(format!("SET PASSWORD = '{hash}'").as_str())
@@ -111,6 +138,7 @@ async fn set_password_as_admin_inner(
 ) -> Result<(), LoginError> {
     let mut connection = connect(admin, "log in as admin", limit).await?;
     let address = admin.address(Dialect::Mysql);
+    require_mariadb(&mut connection, &admin.username, &address).await?;
     let hash = mysql_native_hash(&target.password);
     let lookup =
         |error: sqlx::Error| describe(&error, &admin.username, &address, "read mysql.user");

@@ -3,7 +3,7 @@
 //! stages and the run in one transaction.
 
 use super::super::rows::{
-    CONFIG_COLUMNS, RUN_COLUMNS, approval_row, config_row, history_row, run_row,
+    CONFIG_COLUMNS, RUN_COLUMNS, RUN_REVISION, approval_row, config_row, history_row, run_row,
 };
 use super::{Store, Tx, is_unique_violation, read_stage_map, touch, write_stage_map};
 use crate::audit::AuditEvent;
@@ -22,11 +22,24 @@ fn changed_meanwhile(run: &RunRecord) -> Error {
 /// Writes `run` over the row it was read from; refused (nothing written)
 /// when someone wrote the row meanwhile.
 async fn write_run(tx: &mut Tx<'_>, run: &RunRecord) -> Result<()> {
+    // First the revision: it moves on only from the one this writer read.
+    let claimed = sqlx::query(
+        "INSERT INTO rotation_run_revisions (run_id, revision) VALUES ($1, $2 + 1)
+         ON CONFLICT (run_id) DO UPDATE SET revision = EXCLUDED.revision
+         WHERE rotation_run_revisions.revision = $2",
+    )
+    .bind(&run.id)
+    .bind(run.revision)
+    .execute(&mut **tx)
+    .await?;
+    if claimed.rows_affected() != 1 {
+        return Err(changed_meanwhile(run));
+    }
     let written = sqlx::query(
         "UPDATE rotation_runs SET phase = $1, step = $2, set_applied = $3, operator_go = $4, attempt = $5,
             next_attempt_at = $6, approval_requested_at = $7, outcome = $8, revert = $9, end_reason = $10,
-            last_error = $11, updated_at = $12, ended_at = $13, revision = revision + 1
-         WHERE run_id = $14 AND revision = $15",
+            last_error = $11, updated_at = $12, ended_at = $13
+         WHERE run_id = $14",
     )
     .bind(run.phase.as_str())
     .bind(run.step.as_str())
@@ -42,7 +55,6 @@ async fn write_run(tx: &mut Tx<'_>, run: &RunRecord) -> Result<()> {
     .bind(run.updated_at)
     .bind(run.ended_at)
     .bind(&run.id)
-    .bind(run.revision)
     .execute(&mut **tx)
     .await?;
     if written.rows_affected() != 1 {
@@ -150,8 +162,7 @@ impl Store {
         let mut tx = self.write().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO rotation_runs ({RUN_COLUMNS})
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-                     $21)"
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
         ))
         .bind(&run.id)
         .bind(&run.secret_id)
@@ -173,7 +184,6 @@ impl Store {
         .bind(run.created_at)
         .bind(run.updated_at)
         .bind(run.ended_at)
-        .bind(run.revision)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -275,7 +285,7 @@ impl Store {
 
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE run_id = $1"
+            "SELECT {RUN_COLUMNS}, {RUN_REVISION} FROM rotation_runs WHERE run_id = $1"
         ))
         .bind(run_id)
         .fetch_optional(&self.pool)
@@ -285,7 +295,7 @@ impl Store {
 
     pub async fn active_run(&self, secret_id: &str) -> Result<Option<RunRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE secret_id = $1 AND ended_at IS NULL"
+            "SELECT {RUN_COLUMNS}, {RUN_REVISION} FROM rotation_runs WHERE secret_id = $1 AND ended_at IS NULL"
         ))
         .bind(secret_id)
         .fetch_optional(&self.pool)
@@ -296,7 +306,7 @@ impl Store {
     /// A secret's runs, newest first.
     pub async fn runs_of(&self, secret_id: &str, limit: u32) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE secret_id = $1
+            "SELECT {RUN_COLUMNS}, {RUN_REVISION} FROM rotation_runs WHERE secret_id = $1
              ORDER BY created_at DESC, run_id LIMIT $2"
         ))
         .bind(secret_id)
@@ -309,7 +319,7 @@ impl Store {
     /// Every run (or every active one), newest first.
     pub async fn all_runs(&self, active_only: bool, limit: u32) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE (NOT $1 OR ended_at IS NULL)
+            "SELECT {RUN_COLUMNS}, {RUN_REVISION} FROM rotation_runs WHERE (NOT $1 OR ended_at IS NULL)
              ORDER BY created_at DESC, run_id LIMIT $2"
         ))
         .bind(active_only)

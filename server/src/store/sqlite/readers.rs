@@ -14,8 +14,8 @@
 //! connections read while others write.
 
 use super::super::rows::{
-    Columns, RUN_COLUMNS, SECRET_COLUMNS, VERSION_COLUMNS, run_row, secret_row, stage_list,
-    version_row,
+    Columns, RUN_COLUMNS, RUN_REVISION, SECRET_COLUMNS, VERSION_COLUMNS, run_row, secret_row,
+    stage_list, version_row,
 };
 use super::BUSY_TIMEOUT;
 use super::threads::{Jobs, Threads};
@@ -93,7 +93,7 @@ impl Readers {
     pub(super) async fn active_run(&self, secret_id: String) -> Result<Option<RunRecord>> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
-                "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE secret_id = ?1 AND ended_at IS NULL"
+                "SELECT {RUN_COLUMNS}, {RUN_REVISION} FROM rotation_runs WHERE secret_id = ?1 AND ended_at IS NULL"
             )
         });
         self.run(move |connection| one_row(connection, &SQL, [&secret_id], |row| run_row(row)))

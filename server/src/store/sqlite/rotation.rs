@@ -3,7 +3,7 @@
 //! stages and the run in one transaction.
 
 use super::super::rows::{
-    CONFIG_COLUMNS, RUN_COLUMNS, approval_row, config_row, history_row, run_row,
+    CONFIG_COLUMNS, RUN_COLUMNS, RUN_REVISION, approval_row, config_row, history_row, run_row,
 };
 use super::{Store, Tx, is_unique_violation, read_stage_map, touch, write_stage_map};
 use crate::audit::AuditEvent;
@@ -22,11 +22,24 @@ fn changed_meanwhile(run: &RunRecord) -> Error {
 /// Writes `run` over the row it was read from; refused (nothing written)
 /// when someone wrote the row meanwhile.
 async fn write_run(tx: &mut Tx<'_>, run: &RunRecord) -> Result<()> {
+    // First the revision: it moves on only from the one this writer read.
+    let claimed = sqlx::query(
+        "INSERT INTO rotation_run_revisions (run_id, revision) VALUES (?1, ?2 + 1)
+         ON CONFLICT (run_id) DO UPDATE SET revision = excluded.revision
+         WHERE rotation_run_revisions.revision = ?2",
+    )
+    .bind(&run.id)
+    .bind(run.revision)
+    .execute(&mut **tx)
+    .await?;
+    if claimed.rows_affected() != 1 {
+        return Err(changed_meanwhile(run));
+    }
     let written = sqlx::query(
         "UPDATE rotation_runs SET phase = ?, step = ?, set_applied = ?, operator_go = ?, attempt = ?,
             next_attempt_at = ?, approval_requested_at = ?, outcome = ?, revert = ?, end_reason = ?,
-            last_error = ?, updated_at = ?, ended_at = ?, revision = revision + 1
-         WHERE run_id = ? AND revision = ?",
+            last_error = ?, updated_at = ?, ended_at = ?
+         WHERE run_id = ?",
     )
     .bind(run.phase.as_str())
     .bind(run.step.as_str())
@@ -42,7 +55,6 @@ async fn write_run(tx: &mut Tx<'_>, run: &RunRecord) -> Result<()> {
     .bind(run.updated_at)
     .bind(run.ended_at)
     .bind(&run.id)
-    .bind(run.revision)
     .execute(&mut **tx)
     .await?;
     if written.rows_affected() != 1 {
@@ -145,7 +157,7 @@ impl Store {
         tx.changes_no_value();
         let inserted = sqlx::query(&format!(
             "INSERT INTO rotation_runs ({RUN_COLUMNS})
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(&run.id)
         .bind(&run.secret_id)
@@ -167,7 +179,6 @@ impl Store {
         .bind(run.created_at)
         .bind(run.updated_at)
         .bind(run.ended_at)
-        .bind(run.revision)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -272,7 +283,7 @@ impl Store {
 
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE run_id = ?"
+            "SELECT {RUN_COLUMNS}, {RUN_REVISION} FROM rotation_runs WHERE run_id = ?"
         ))
         .bind(run_id)
         .fetch_optional(&self.pool)
@@ -288,7 +299,7 @@ impl Store {
     /// A secret's runs, newest first.
     pub async fn runs_of(&self, secret_id: &str, limit: u32) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE secret_id = ?
+            "SELECT {RUN_COLUMNS}, {RUN_REVISION} FROM rotation_runs WHERE secret_id = ?
              ORDER BY created_at DESC, run_id LIMIT ?"
         ))
         .bind(secret_id)
@@ -301,7 +312,7 @@ impl Store {
     /// Every run (or every active one), newest first.
     pub async fn all_runs(&self, active_only: bool, limit: u32) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {RUN_COLUMNS} FROM rotation_runs WHERE (? = 0 OR ended_at IS NULL)
+            "SELECT {RUN_COLUMNS}, {RUN_REVISION} FROM rotation_runs WHERE (? = 0 OR ended_at IS NULL)
              ORDER BY created_at DESC, run_id LIMIT ?"
         ))
         .bind(active_only)
