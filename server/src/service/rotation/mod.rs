@@ -284,6 +284,18 @@ impl RotationService {
             next_rotation_at: parsed.and_then(|schedule| schedule.next(last_rotated_at, now)),
             last_rotated_at,
         };
+        // A run reads its rotator and gates from the configuration as it
+        // goes: changing them under a run waiting for approval would let
+        // whoever may configure (not approve) wave it through.
+        if let Some(existing) = &existing
+            && changes_how_runs_go(existing, &config)
+            && store.active_run(&secret.id).await?.is_some()
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "a rotation of {name} is under way; its rotator and approval gates cannot change \
+                 until it ends (wait, or rekey rotation cancel {name}); the schedule can"
+            )));
+        }
         store
             .save_rotation_config(&config, &context.change_event())
             .await?;
@@ -673,4 +685,15 @@ audited_service! {
     list_rotation_runs(proto::ListRotationRunsRequest) -> proto::ListRotationRunsResponse => list_runs, DescribeRotation;
     list_approvals(proto::ListApprovalsRequest) -> proto::ListApprovalsResponse => list_approvals, DescribeRotation;
     }
+}
+
+/// Whether `new` changes what a run under way reads of its configuration:
+/// the rotator with its settings, and the approval gates.
+fn changes_how_runs_go(old: &ConfigRecord, new: &ConfigRecord) -> bool {
+    old.rotator != new.rotator
+        || old.settings != new.settings
+        || old.approval_steps != new.approval_steps
+        || old.approvals_required != new.approvals_required
+        || old.approver_role != new.approver_role
+        || old.approval_expiry != new.approval_expiry
 }

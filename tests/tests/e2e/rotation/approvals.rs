@@ -279,3 +279,50 @@ fn an_approval_of_a_run_that_ended_does_not_pass_to_the_next() {
     bob.run(&["approve", "seen/db", "--run", second]).ok();
     wait_for_state(&admin, "seen/db", "succeeded");
 }
+
+/// While a run waits for an approval, its gates cannot be configured away
+/// (an operator may configure, not approve); its schedule can change.
+#[test]
+fn a_waiting_run_keeps_its_gates() {
+    let installation = Installation::new();
+    let alice = installation.issue("alice", &["operator"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let alice = server.rekey(&alice);
+    admin.run(&["create", "kept/db", "--value", "v1"]).ok();
+    let gated = [
+        "rotation",
+        "configure",
+        "kept/db",
+        "--rotator",
+        "password",
+        "--approve",
+        "set",
+        "--approvals",
+        "1",
+    ];
+    admin.run(&gated).ok();
+    admin.run(&["rotate", "kept/db", "--no-wait"]).ok();
+    wait_for_state(&admin, "kept/db", "awaiting_approval");
+
+    let ungated = alice.run(&["rotation", "configure", "kept/db", "--rotator", "password"]);
+    assert!(
+        ungated
+            .stderr
+            .contains("approval gates cannot change until it ends")
+            && ungated.stderr.contains("(FAILED_PRECONDITION)"),
+        "{}",
+        ungated.stderr
+    );
+    let shown = show(&admin, "kept/db");
+    assert_eq!(shown["run"]["state"], "awaiting_approval", "{shown}");
+    assert_eq!(shown["config"]["approvals_required"], 1, "{shown}");
+
+    let mut rescheduled = gated.to_vec();
+    rescheduled.extend(["--schedule", "rate(7 days)"]);
+    alice.run(&rescheduled).ok();
+    assert_eq!(
+        show(&admin, "kept/db")["config"]["schedule"],
+        "rate(7 days)"
+    );
+}
