@@ -121,25 +121,7 @@ impl ThrowawayPostgres {
 
     /// Runs SQL as the superuser; panics when it fails.
     pub fn sql(&self, sql: &str) {
-        let output = Command::new(self.bindir.join("psql"))
-            .env("PGPASSWORD", &self.superuser_password)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-q",
-                "-c",
-                sql,
-            ])
-            .output()
-            .unwrap();
+        let output = self.psql().args(["-q", "-c", sql]).output().unwrap();
         assert!(
             output.status.success(),
             "psql failed: {}",
