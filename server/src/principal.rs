@@ -42,6 +42,23 @@ pub fn could_be_named(name: &str) -> bool {
         || (is_valid_common_name(name) && !RESERVED_PRINCIPALS.contains(&name))
 }
 
+/// A certificate serial as rekey keeps it: lower-case hex without colons
+/// or the leading zero bytes of DER's sign padding, so that the serial
+/// `openssl x509 -serial` prints (`8F01…`), the one `rekeyd cert` prints
+/// and the one a certificate carries (`00:8f:01:…`) are the same text.
+pub fn serial_hex(text: &str) -> String {
+    let hex: String = text
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let mut rest = hex.as_str();
+    while rest.len() > 2 && rest.starts_with("00") {
+        rest = &rest[2..];
+    }
+    rest.to_owned()
+}
+
 /// What the server keeps of a client certificate once the handshake is done.
 #[derive(Debug, Clone)]
 pub struct PeerCertificate {
@@ -128,13 +145,22 @@ pub fn peer_certificate(der: &[u8]) -> Result<PeerCertificate, CertificateRefusa
     }
     Ok(PeerCertificate {
         principal: Principal(name),
-        serial: certificate.raw_serial_as_string().replace(':', ""),
+        serial: serial_hex(&certificate.raw_serial_as_string()),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serials_read_the_same_however_written() {
+        for spelling in ["8F0102030405", "8f:01:02:03:04:05", "00:8f:01:02:03:04:05"] {
+            assert_eq!(serial_hex(spelling), "8f0102030405", "{spelling}");
+        }
+        assert_eq!(serial_hex("00"), "00");
+        assert_eq!(serial_hex("0a:bc"), "0abc");
+    }
     use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, SanType};
 
     fn certificate(common_name: &str, uris: &[&str], client_auth: bool) -> Vec<u8> {

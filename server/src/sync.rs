@@ -23,7 +23,12 @@ pub async fn refresh(state: &AppState) -> Result<()> {
         state.authorizer.replace(policy, version);
         tracing::info!(version, "policy in force");
     }
-    let revoked: HashSet<String> = store.revoked_serials().await?.into_iter().collect();
+    let revoked: HashSet<String> = store
+        .revoked_serials()
+        .await?
+        .iter()
+        .map(|serial| crate::principal::serial_hex(serial))
+        .collect();
     if revoked.len() != state.revocations.len()
         || revoked.iter().any(|s| !state.revocations.is_revoked(s))
     {

@@ -86,9 +86,9 @@ impl ClientCertVerifier for RevocationCheckingVerifier {
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
         if let Ok((_, certificate)) = X509Certificate::from_der(end_entity.as_ref())
-            && self
-                .revocations
-                .is_revoked(&certificate.raw_serial_as_string().replace(':', ""))
+            && self.revocations.is_revoked(&crate::principal::serial_hex(
+                &certificate.raw_serial_as_string(),
+            ))
         {
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::Revoked,

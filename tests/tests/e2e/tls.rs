@@ -296,3 +296,38 @@ async fn a_crl_of_the_ca_is_honoured() {
         .await
         .unwrap_err();
 }
+
+/// A certificate of another issuer of the installation's CA (a bring-your-
+/// own CA's) whose serial has its high bit set is revoked by the serial as
+/// `openssl x509 -serial` prints it, without DER's leading zero byte.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_serial_revoked_as_openssl_prints_it_is_refused() {
+    let installation = Installation::new();
+    let (ca_pem, issuer) = installation_ca(&installation);
+    let mut params = client_params("carol");
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&[
+        0x8f, 0x01, 0x02, 0x03, 0x04, 0x05,
+    ]));
+    let carol = identity(params, &issuer, &ca_pem);
+    let server = installation.serve();
+    let listed = try_read(&server, rekey_shared::channel::tls_config(&carol)).await;
+    assert!(listed.is_ok(), "carol lists what she may see: {listed:?}");
+    let revoked = rekey_tests::rekeyd(installation.dir(), &["cert", "revoke", "8F0102030405"]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        rekey_tests::text(&revoked.stderr)
+    );
+    let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
+    loop {
+        let read = try_read(&server, rekey_shared::channel::tls_config(&carol)).await;
+        if read.is_err() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the revoked certificate is still let in: {read:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

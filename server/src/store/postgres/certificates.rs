@@ -54,7 +54,7 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<Vec<String>> {
         let mut tx = self.write().await?;
-        let serial = name_or_serial.to_ascii_lowercase().replace(':', "");
+        let serial = crate::principal::serial_hex(name_or_serial);
         let matching: Vec<String> = sqlx::query_scalar(
             "SELECT serial FROM certificates WHERE (principal = $1 OR serial = $2) AND revoked_at IS NULL",
         )

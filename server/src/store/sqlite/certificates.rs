@@ -64,7 +64,7 @@ impl Store {
     ) -> Result<Vec<String>> {
         let mut tx = self.write().await?;
         tx.changes_no_value();
-        let serial = name_or_serial.to_ascii_lowercase().replace(':', "");
+        let serial = crate::principal::serial_hex(name_or_serial);
         let matching: Vec<String> = sqlx::query_scalar(
             "SELECT serial FROM certificates WHERE (principal = ? OR serial = ?) AND revoked_at IS NULL",
         )
