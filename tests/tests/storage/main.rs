@@ -547,6 +547,82 @@ async fn concurrent_writes_suite(url: &str, root: &RootKey) {
 
 on_both_backends!(concurrent_writes_suite => sqlite_concurrent_writes, postgres_concurrent_writes);
 
+/// Data keys wrapped under a master-key version that was retired before
+/// they were stored (a move to another key, a re-wrap) are refused, and
+/// nothing changes: stored, they could never be opened again.
+async fn retired_key_suite(url: &str, root: &RootKey) {
+    let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
+    add_default_key(&store).await;
+    let id = create(&store, "moving/db", &[]).await;
+    let version = store.all_versions(&id).await.unwrap().remove(0);
+    for number in [1, 2] {
+        store
+            .insert_master_key(
+                &WrappedMasterKey {
+                    name: "payments".into(),
+                    version: number,
+                    wrapped_material: vec![8; 60],
+                    created_at: 2,
+                },
+                &event("CreateKey"),
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .retire_master_key("payments", 1, &event("RetireKey"))
+        .await
+        .unwrap();
+    let payments = KeyName::parse("payments").unwrap();
+    let moved = rekey_server::store::Rewrapped {
+        version_id: version.version_id.clone(),
+        wrapped_data_key: vec![9; 60],
+        from: version.sealed.key.clone(),
+        to: KeyRef {
+            name: payments.clone(),
+            version: 1,
+        },
+    };
+    let update = rekey_server::store::SecretUpdate {
+        description: Some("moved"),
+        new_key: Some((&payments, std::slice::from_ref(&moved))),
+        version: None,
+        now: 3,
+    };
+    let refused = store
+        .update_secret(&id, &update, &event("UpdateSecret"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("was retired meanwhile"),
+        "{refused}"
+    );
+    let refused = store
+        .store_rewrapped(&[(id.clone(), moved)], &event("Rewrap"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("was retired meanwhile"),
+        "{refused}"
+    );
+    let stored = store.all_versions(&id).await.unwrap().remove(0);
+    assert_eq!(stored.sealed.key, version.sealed.key);
+    assert_eq!(
+        stored.sealed.wrapped_data_key,
+        version.sealed.wrapped_data_key
+    );
+    let secret = store
+        .secret(&SecretName::parse("moving/db").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(secret.key_name, KeyName::default_key());
+    assert_eq!(secret.description, "about moving/db");
+    store.close().await;
+}
+
+on_both_backends!(retired_key_suite => sqlite_retired_key_versions, postgres_retired_key_versions);
+
 #[tokio::test]
 async fn sqlite_backend() {
     let dir = tempfile::tempdir().unwrap();

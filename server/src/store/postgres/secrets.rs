@@ -107,6 +107,9 @@ impl Store {
                 .await?;
         }
         if let Some((key_name, rewrapped)) = update.new_key {
+            for moved in rewrapped {
+                super::keys::require_key_version(&mut tx, &moved.to).await?;
+            }
             sqlx::query("UPDATE secrets SET key_name = $1 WHERE id = $2")
                 .bind(key_name.as_str())
                 .bind(secret_id)

@@ -1,7 +1,8 @@
 //! Master keys, as the root key wrapped them.
 
-use super::{Store, VERSION_COLUMNS, is_unique_violation, master_key_row, version_row};
+use super::{Store, Tx, VERSION_COLUMNS, is_unique_violation, master_key_row, version_row};
 use crate::audit::AuditEvent;
+use crate::crypto::KeyRef;
 use crate::error::{Error, Result};
 use crate::store::WrappedMasterKey;
 use crate::store::{Rewrapped, VersionRecord};
@@ -175,6 +176,9 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<u64> {
         let mut tx = self.write().await?;
+        for (_, rewrapped) in batch {
+            require_key_version(&mut tx, &rewrapped.to).await?;
+        }
         let mut written = 0;
         for (secret_id, rewrapped) in batch {
             written += sqlx::query(
@@ -194,5 +198,25 @@ impl Store {
         }
         self.commit_audited(tx, event).await?;
         Ok(written)
+    }
+}
+
+/// Refuses to wrap a data key under a master-key version that is gone:
+/// one retired since the caller wrapped it would leave the value
+/// unreadable for good. Writers are serialized, so a retirement cannot
+/// come between this and the write.
+pub(super) async fn require_key_version(tx: &mut Tx<'_>, key: &KeyRef) -> Result<()> {
+    let exists: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM master_keys WHERE name = ? AND version = ?")
+            .bind(key.name.as_str())
+            .bind(key.version)
+            .fetch_optional(&mut **tx)
+            .await?;
+    match exists {
+        Some(_) => Ok(()),
+        None => Err(Error::FailedPrecondition(format!(
+            "master key {} version {} was retired meanwhile; try again",
+            key.name, key.version
+        ))),
     }
 }

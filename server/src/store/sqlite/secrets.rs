@@ -103,6 +103,9 @@ impl Store {
                 .await?;
         }
         if let Some((key_name, rewrapped)) = update.new_key {
+            for moved in rewrapped {
+                super::keys::require_key_version(&mut tx, &moved.to).await?;
+            }
             sqlx::query("UPDATE secrets SET key_name = ? WHERE id = ?")
                 .bind(key_name.as_str())
                 .bind(secret_id)
