@@ -152,8 +152,8 @@ pub(crate) enum CertCommand {
         /// Where to write the identity file (default: ./NAME.pem).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        /// Days of validity.
-        #[arg(long, default_value_t = 365)]
+        /// Days of validity (1 to 3650).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=3650))]
         days: i64,
     },
     /// Issue a fresh certificate for a principal (roles stay as bound).
@@ -162,7 +162,8 @@ pub(crate) enum CertCommand {
         /// Where to write the identity file (default: ./NAME.pem, replaced).
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
-        #[arg(long, default_value_t = 365)]
+        /// Days of validity (1 to 3650).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=3650))]
         days: i64,
     },
     /// Revoke every certificate of a principal, or one serial number.

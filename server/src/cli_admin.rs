@@ -30,7 +30,6 @@ pub async fn cert(loaded: &Loaded, command: CertCommand) -> anyhow::Result<()> {
             days,
         } => {
             certificates::check_principal(&name)?;
-            anyhow::ensure!(days > 0, "--days must be at least 1");
             let out = default_out(&name, out)?;
             anyhow::ensure!(
                 !out.exists(),

@@ -132,6 +132,29 @@ async fn a_revoked_certificate_is_refused_on_an_open_connection() {
 fn renewal_issues_a_working_certificate_and_revocation_names_what_it_did() {
     let installation = Installation::new();
     let carol = installation.issue("carol", &["reader"]);
+    // A validity of no days (or too many) is refused before anything is
+    // replaced.
+    let before = std::fs::read(&carol).unwrap();
+    for days in ["--days=0", "--days=-1", "--days=100000"] {
+        let refused = rekeyd(
+            installation.dir(),
+            &[
+                "cert",
+                "renew",
+                "carol",
+                "--out",
+                carol.to_str().unwrap(),
+                days,
+            ],
+        );
+        assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+        assert!(
+            text(&refused.stderr).contains("--days"),
+            "{}",
+            text(&refused.stderr)
+        );
+    }
+    assert_eq!(std::fs::read(&carol).unwrap(), before);
     let renewed = rekeyd(
         installation.dir(),
         &["cert", "renew", "carol", "--out", carol.to_str().unwrap()],
