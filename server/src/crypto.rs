@@ -158,6 +158,11 @@ impl RootKey {
         )
     }
 
+    /// A key for another purpose (see [`RootKey::derive_subkey`]).
+    pub fn derive_key(&self, purpose: &[u8]) -> Key {
+        Key(self.derive_subkey(purpose))
+    }
+
     /// A key for another purpose, derived with HKDF-SHA256; the root key
     /// itself is only ever used to wrap master keys.
     pub fn derive_subkey(&self, purpose: &[u8]) -> Zeroizing<[u8; KEY_BYTES]> {

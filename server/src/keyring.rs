@@ -22,6 +22,11 @@ pub struct Keyring {
 }
 
 impl Keyring {
+    /// A key for another purpose, derived from the root key.
+    pub fn derive_key(&self, purpose: &[u8]) -> crate::crypto::Key {
+        self.root.derive_key(purpose)
+    }
+
     pub fn new(root: RootKey) -> Self {
         Self {
             root,

@@ -75,6 +75,8 @@ pub async fn prepare(
 ) -> anyhow::Result<Prepared> {
     let config = &loaded.config;
     let installation::Opened { store, keyring } = opened;
+    let page_tokens =
+        service::convert::PageTokens::new(keyring.derive_key(b"rekey/page-tokens/v1"));
     let (policy, version) = governance::current_policy(&store)
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
@@ -101,6 +103,7 @@ pub async fn prepare(
         rotation: config.rotation.clone(),
         limits: limits::RateLimiter::new(config.rate_limit.clone()),
         notifications: notifier.notifications(),
+        page_tokens,
     });
     sync::refresh(&state)
         .await

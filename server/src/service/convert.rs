@@ -1,6 +1,7 @@
 //! Conversions between store records and API messages, and the opaque page
 //! tokens. Nothing here touches a value.
 
+use crate::crypto::Key;
 use crate::error::{Error, Result};
 use crate::rotation::ConfigRecord;
 use crate::stages::StageMap;
@@ -78,29 +79,84 @@ pub fn secret_version(version: &VersionSummary) -> proto::SecretVersion {
     }
 }
 
-/// Page tokens are opaque to clients: a kind tag and the position after
-/// which the next page starts, base64url-encoded.
-pub fn encode_page_token(kind: &str, position: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{kind}:{position}"))
-}
+/// Page tokens: the position after which the next page starts, sealed
+/// (AES-256-GCM, the kind of listing as associated data) under a key
+/// derived from the root key, so that every replica opens every other's
+/// tokens and a token says nothing of where it points. It may point at a
+/// secret the caller may not see: a listing leaves those out of its page,
+/// not out of its position.
+#[derive(Debug)]
+pub struct PageTokens(Key);
 
-pub fn decode_page_token(kind: &str, token: &str) -> Result<Option<String>> {
-    if token.is_empty() {
-        return Ok(None);
+impl PageTokens {
+    pub fn new(key: Key) -> Self {
+        Self(key)
     }
-    let malformed = || {
-        Error::InvalidArgument(
-            "page token is malformed; pass the next_page_token of the previous response unchanged"
-                .to_owned(),
+
+    pub fn encode(&self, kind: &str, position: &str) -> String {
+        URL_SAFE_NO_PAD.encode(self.0.seal(position.as_bytes(), kind.as_bytes()))
+    }
+
+    pub fn decode(&self, kind: &str, token: &str) -> Result<Option<String>> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let malformed = || {
+            Error::InvalidArgument(
+                "page token is malformed; pass the next_page_token of the previous response \
+                 unchanged"
+                    .to_owned(),
+            )
+        };
+        let sealed = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed())?;
+        let opened = self
+            .0
+            .open(&sealed, kind.as_bytes())
+            .map_err(|_| malformed())?;
+        let position = std::str::from_utf8(&opened).map_err(|_| malformed())?;
+        Ok(Some(position.to_owned()))
+    }
+
+    /// The token of the page after `last` in a listing sorted this way.
+    pub fn list_token(&self, sort: SortKey, descending: bool, last: &SecretRecord) -> String {
+        let value = match sort {
+            SortKey::Name => 0,
+            SortKey::Created => last.created_at,
+            SortKey::Changed => last.changed_at,
+        };
+        self.encode(
+            "secrets",
+            &format!("{}:{value}:{}", sort_tag(sort, descending), last.name),
         )
-    };
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed())?;
-    let text = String::from_utf8(bytes).map_err(|_| malformed())?;
-    let position = text
-        .strip_prefix(kind)
-        .and_then(|rest| rest.strip_prefix(':'))
-        .ok_or_else(malformed)?;
-    Ok(Some(position.to_owned()))
+    }
+
+    /// Where a listing continues; a token from a listing sorted another
+    /// way is refused rather than silently misread.
+    pub fn list_cursor(
+        &self,
+        token: &str,
+        sort: SortKey,
+        descending: bool,
+    ) -> Result<Option<Cursor>> {
+        let Some(position) = self.decode("secrets", token)? else {
+            return Ok(None);
+        };
+        let malformed = || Error::InvalidArgument("page token is malformed".to_owned());
+        let mut parts = position.splitn(3, ':');
+        let (Some(tag), Some(value), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed());
+        };
+        if tag != sort_tag(sort, descending) {
+            return Err(Error::InvalidArgument(format!(
+                "the page token belongs to a listing sorted {tag}; keep the sort of the first page"
+            )));
+        }
+        Ok(Some(Cursor {
+            value: value.parse().map_err(|_| malformed())?,
+            name: name.to_owned(),
+        }))
+    }
 }
 
 fn sort_tag(sort: SortKey, descending: bool) -> String {
@@ -110,41 +166,6 @@ fn sort_tag(sort: SortKey, descending: bool) -> String {
         SortKey::Changed => "changed",
     };
     format!("{key}-{}", if descending { "desc" } else { "asc" })
-}
-
-/// The token of the page after `last` in a listing sorted this way.
-pub fn list_page_token(sort: SortKey, descending: bool, last: &SecretRecord) -> String {
-    let value = match sort {
-        SortKey::Name => 0,
-        SortKey::Created => last.created_at,
-        SortKey::Changed => last.changed_at,
-    };
-    encode_page_token(
-        "secrets",
-        &format!("{}:{value}:{}", sort_tag(sort, descending), last.name),
-    )
-}
-
-/// Where a listing continues; a token from a listing sorted another way is
-/// refused rather than silently misread.
-pub fn list_cursor(token: &str, sort: SortKey, descending: bool) -> Result<Option<Cursor>> {
-    let Some(position) = decode_page_token("secrets", token)? else {
-        return Ok(None);
-    };
-    let malformed = || Error::InvalidArgument("page token is malformed".to_owned());
-    let mut parts = position.splitn(3, ':');
-    let (Some(tag), Some(value), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(malformed());
-    };
-    if tag != sort_tag(sort, descending) {
-        return Err(Error::InvalidArgument(format!(
-            "the page token belongs to a listing sorted {tag}; keep the sort of the first page"
-        )));
-    }
-    Ok(Some(Cursor {
-        value: value.parse().map_err(|_| malformed())?,
-        name: name.to_owned(),
-    }))
 }
 
 /// A page size: 0 means the maximum; more than the maximum is refused.
@@ -164,20 +185,32 @@ mod tests {
 
     #[test]
     fn page_tokens_round_trip_and_refuse_garbage() {
-        let token = encode_page_token("secrets", "prod/db");
+        let tokens = PageTokens::new(Key::generate());
+        let token = tokens.encode("secrets", "prod/db");
         assert_eq!(
-            decode_page_token("secrets", &token).unwrap().as_deref(),
+            tokens.decode("secrets", &token).unwrap().as_deref(),
             Some("prod/db")
         );
-        assert_eq!(decode_page_token("secrets", "").unwrap(), None);
-        for bad in ["!!!", "bm9wZQ", &encode_page_token("versions", "1")] {
-            let error = decode_page_token("secrets", bad).unwrap_err().to_string();
+        // Nothing of the position shows.
+        let bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        assert!(!bytes.windows(4).any(|window| window == b"prod"));
+        assert_eq!(tokens.decode("secrets", "").unwrap(), None);
+        let other_key = PageTokens::new(Key::generate()).encode("secrets", "prod/db");
+        for bad in [
+            "!!!",
+            "bm9wZQ",
+            &tokens.encode("versions", "1"),
+            &other_key,
+            &URL_SAFE_NO_PAD.encode("secrets:name-asc:0:prod/db"),
+        ] {
+            let error = tokens.decode("secrets", bad).unwrap_err().to_string();
             assert!(error.contains("malformed"), "{bad}: {error}");
         }
     }
 
     #[test]
     fn list_tokens_carry_the_sort() {
+        let tokens = PageTokens::new(Key::generate());
         let last = SecretRecord {
             id: "a/b-x".into(),
             name: rekey_shared::SecretName::parse("a/b").unwrap(),
@@ -189,8 +222,9 @@ mod tests {
             accessed_day: None,
             deletion_date: None,
         };
-        let token = list_page_token(SortKey::Created, true, &last);
-        let cursor = list_cursor(&token, SortKey::Created, true)
+        let token = tokens.list_token(SortKey::Created, true, &last);
+        let cursor = tokens
+            .list_cursor(&token, SortKey::Created, true)
             .unwrap()
             .unwrap();
         assert_eq!(
@@ -200,7 +234,8 @@ mod tests {
                 name: "a/b".into()
             }
         );
-        let error = list_cursor(&token, SortKey::Name, false)
+        let error = tokens
+            .list_cursor(&token, SortKey::Name, false)
             .unwrap_err()
             .to_string();
         assert!(error.contains("sorted created-desc"), "{error}");

@@ -111,6 +111,8 @@ pub struct AppState {
     pub limits: crate::limits::RateLimiter,
     /// Webhook notifications (approval requested, run failed).
     pub notifications: crate::notify::Notifications,
+    /// Seals the page tokens of listings.
+    pub page_tokens: convert::PageTokens,
 }
 
 impl AppState {

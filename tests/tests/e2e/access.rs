@@ -272,3 +272,48 @@ fn bad_policies_are_refused_and_recover_gets_back_in() {
         .stdout;
     assert!(audit.contains("policy:Recover"), "{audit}");
 }
+
+/// A reader's pages of a listing hold only what it may see, and their
+/// tokens say nothing of what it may not: paging one at a time through
+/// secrets it may not list tells it none of their names.
+#[tokio::test(flavor = "multi_thread")]
+async fn page_tokens_tell_nothing_of_what_the_caller_may_not_see() {
+    use base64::Engine;
+    let installation = Installation::new();
+    let reader = installation.issue("reader", &[]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.apply_policy(POLICY).ok();
+    for name in ["app/a", "hidden/one", "hidden/two", "app/z"] {
+        admin.run(&["create", name, "--value", "v"]).ok();
+    }
+    let mut client = server.client(&reader).await;
+    let (mut token, mut seen, mut pages) = (String::new(), Vec::new(), 0);
+    loop {
+        let page = client
+            .list_secrets(proto::ListSecretsRequest {
+                page_size: 1,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        seen.extend(page.secrets.into_iter().map(|secret| secret.name));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+        pages += 1;
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&token)
+            .unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&decoded).contains("hidden"),
+            "a page token names a hidden secret: {}",
+            String::from_utf8_lossy(&decoded)
+        );
+    }
+    assert_eq!(seen, ["app/a", "app/z"]);
+    assert!(pages >= 3, "paged past the hidden secrets one by one");
+}

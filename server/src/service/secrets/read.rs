@@ -8,10 +8,7 @@ use crate::audit::AuditEvent;
 use crate::auth::Action;
 use crate::error::{Error, Result};
 use crate::service::context::RequestContext;
-use crate::service::convert::{
-    decode_page_token, encode_page_token, list_cursor, list_page_token, page_size, secret_metadata,
-    secret_version, today,
-};
+use crate::service::convert::{PageTokens, page_size, secret_metadata, secret_version, today};
 use crate::store::{Gate, SecretQuery, SecretRecord, ValueRead, VersionRecord};
 use rekey_shared::proto;
 use rekey_shared::time::timestamp_from_millis;
@@ -238,12 +235,16 @@ impl SecretsService {
             (true, false) => {
                 let query = SecretQuery {
                     filters: validate::filters(&request.filters)?,
-                    after: list_cursor(&request.page_token, Default::default(), false)?,
+                    after: self.state.page_tokens.list_cursor(
+                        &request.page_token,
+                        Default::default(),
+                        false,
+                    )?,
                     limit: page_size(request.page_size, MAX_BATCH as u32)?,
                     ..SecretQuery::default()
                 };
                 let page = self.state.store.list_secrets(&query).await?;
-                response.next_page_token = next_token(&query, &page);
+                response.next_page_token = next_token(&self.state.page_tokens, &query, &page);
                 for secret in &page {
                     // What the caller may not read is left out, as in a listing.
                     if !context.allows(
@@ -313,7 +314,10 @@ impl SecretsService {
             filters: validate::filters(&request.filters)?,
             sort,
             descending,
-            after: list_cursor(&request.page_token, sort, descending)?,
+            after: self
+                .state
+                .page_tokens
+                .list_cursor(&request.page_token, sort, descending)?,
             include_planned_deletion: request.include_planned_deletion,
             limit: page_size(request.page_size, MAX_PAGE)?,
         };
@@ -349,7 +353,7 @@ impl SecretsService {
         ));
         Ok(proto::ListSecretsResponse {
             secrets,
-            next_page_token: next_token(&query, &page),
+            next_page_token: next_token(&self.state.page_tokens, &query, &page),
         })
     }
 
@@ -361,7 +365,10 @@ impl SecretsService {
         context.set_resource(&request.name);
         let name = SecretName::parse(&request.name)?;
         let limit = page_size(request.page_size, MAX_PAGE)?;
-        let before_seq = decode_page_token("versions", &request.page_token)?
+        let before_seq = self
+            .state
+            .page_tokens
+            .decode("versions", &request.page_token)?
             .map(|seq| seq.parse::<i64>())
             .transpose()
             .map_err(|_| Error::InvalidArgument("page token is malformed".to_owned()))?;
@@ -373,9 +380,10 @@ impl SecretsService {
             .list_versions(&secret.id, request.include_deprecated, before_seq, limit)
             .await?;
         let next_page_token = match versions.last() {
-            Some(last) if versions.len() == limit as usize => {
-                encode_page_token("versions", &last.seq.to_string())
-            }
+            Some(last) if versions.len() == limit as usize => self
+                .state
+                .page_tokens
+                .encode("versions", &last.seq.to_string()),
             _ => String::new(),
         };
         Ok(proto::ListSecretVersionIdsResponse {
@@ -408,10 +416,10 @@ fn denied(context: &RequestContext, action: Action, resource: &str) -> Error {
 }
 
 /// The next page's token: empty when this page was not full.
-fn next_token(query: &SecretQuery, page: &[SecretRecord]) -> String {
+fn next_token(tokens: &PageTokens, query: &SecretQuery, page: &[SecretRecord]) -> String {
     match page.last() {
         Some(last) if page.len() == query.limit as usize => {
-            list_page_token(query.sort, query.descending, last)
+            tokens.list_token(query.sort, query.descending, last)
         }
         _ => String::new(),
     }
