@@ -1,7 +1,8 @@
 //! The Watch service: a stream of change events for a name prefix, with
 //! each event checked against the policy in force (`secrets:Watch` on its
 //! secret) before it is sent. A watcher that falls too far behind is told
-//! so and the stream ends; it reconnects.
+//! so and the stream ends; it reconnects. A stream whose certificate is
+//! revoked ends within a second.
 
 use super::AppState;
 use super::context::RequestContext;
@@ -11,8 +12,9 @@ use rekey_shared::proto::watch_server::Watch;
 use rekey_shared::proto::{self, WatchEvent};
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio_stream::wrappers::BroadcastStream;
+use std::time::Duration;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::{BroadcastStream, IntervalStream};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
@@ -28,7 +30,15 @@ impl WatchService {
         Self { state }
     }
 
-    fn open(&self, context: &RequestContext, request: proto::WatchRequest) -> Result<EventStream> {
+    /// The stream of `request`'s events for `context`'s principal, whose
+    /// certificate has `serial`: it ends (UNAUTHENTICATED) within a second
+    /// of that serial's revocation, as the connection's next request would.
+    fn open(
+        &self,
+        context: &RequestContext,
+        serial: Option<String>,
+        request: proto::WatchRequest,
+    ) -> Result<EventStream> {
         context.set_resource(if request.prefix.is_empty() {
             "*"
         } else {
@@ -38,24 +48,42 @@ impl WatchService {
         let state = self.state.clone();
         let principal = context.principal.clone();
         let prefix = request.prefix;
-        let stream = BroadcastStream::new(self.state.events.subscribe())
+        let events = BroadcastStream::new(self.state.events.subscribe())
+            .map(Watched::Event)
+            .chain(tokio_stream::once(Watched::Closed));
+        let checks =
+            IntervalStream::new(tokio::time::interval(REVOCATION_CHECK)).map(|_| Watched::Check);
+        let stream = events
+            .merge(checks)
             // The server is shutting down: end the stream.
-            .take_while(
-                |item| !matches!(item, Ok(event) if event.kind == crate::events::SERVER_STOPPING),
-            )
-            .filter_map(move |item| match item {
-                Ok(event) => {
-                    let visible = event.name.starts_with(&prefix)
-                        && state
-                            .authorizer
-                            .decide(&principal, Action::Watch, &event.name)
-                            .is_allowed();
-                    visible.then(|| Ok((*event).clone()))
+            .take_while(|item| match item {
+                Watched::Closed => false,
+                Watched::Event(Ok(event)) => event.kind != crate::events::SERVER_STOPPING,
+                _ => true,
+            })
+            .filter_map(move |item| {
+                if let Some(serial) = serial.as_deref()
+                    && state.revocations.is_revoked(serial)
+                {
+                    return Some(Err(Status::unauthenticated(format!(
+                        "client certificate refused: serial {serial} was revoked"
+                    ))));
                 }
-                Err(BroadcastStreamRecvError::Lagged(missed)) => {
-                    Some(Err(Status::resource_exhausted(format!(
-                        "this watcher fell {missed} events behind; reconnect and reload"
-                    ))))
+                match item {
+                    Watched::Event(Ok(event)) => {
+                        let visible = event.name.starts_with(&prefix)
+                            && state
+                                .authorizer
+                                .decide(&principal, Action::Watch, &event.name)
+                                .is_allowed();
+                        visible.then(|| Ok((*event).clone()))
+                    }
+                    Watched::Event(Err(BroadcastStreamRecvError::Lagged(missed))) => {
+                        Some(Err(Status::resource_exhausted(format!(
+                            "this watcher fell {missed} events behind; reconnect and reload"
+                        ))))
+                    }
+                    Watched::Check | Watched::Closed => None,
                 }
             });
         // End the stream after the first error.
@@ -69,6 +97,18 @@ impl WatchService {
     }
 }
 
+/// How often an open stream looks whether its certificate was revoked.
+const REVOCATION_CHECK: Duration = Duration::from_secs(1);
+
+/// What a watcher's stream is made of.
+enum Watched {
+    Event(Result<Arc<WatchEvent>, BroadcastStreamRecvError>),
+    /// Time to look at the revocations again.
+    Check,
+    /// The hub is gone.
+    Closed,
+}
+
 #[tonic::async_trait]
 impl Watch for WatchService {
     async fn watch(
@@ -76,10 +116,15 @@ impl Watch for WatchService {
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let context = RequestContext::new(&request, Action::Watch)?;
+        let serial = request
+            .extensions()
+            .get::<crate::tls::ConnectionInfo>()
+            .and_then(|info| info.peer.as_ref().as_ref().ok())
+            .map(|peer| peer.serial.clone());
         let result = self
             .state
             .admit(&context)
-            .and_then(|()| self.open(&context, request.into_inner()));
+            .and_then(|()| self.open(&context, serial, request.into_inner()));
         self.state.finish(&context, result).await.map(Response::new)
     }
 }

@@ -128,6 +128,32 @@ async fn a_revoked_certificate_is_refused_on_an_open_connection() {
     assert!(admin_line.ends_with("valid"), "{listed}");
 }
 
+/// A Watch stream opened before its certificate was revoked ends with
+/// UNAUTHENTICATED, whether or not an event comes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_certificate_loses_its_open_watch() {
+    let installation = Installation::new();
+    let bob = installation.issue("bob", &["reader"]);
+    let server = installation.serve();
+    let identity = rekey_shared::identity::Identity::load(&bob).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    let mut stream = rekey_shared::proto::watch_client::WatchClient::new(channel)
+        .watch(proto::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let revoked = rekeyd(installation.dir(), &["cert", "revoke", "bob"]);
+    assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+    let ended = tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .expect("the stream of a revoked certificate stays open");
+    let status = ended.expect_err("a revoked certificate's stream got an event");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("was revoked"), "{status:?}");
+}
+
 #[test]
 fn renewal_issues_a_working_certificate_and_revocation_names_what_it_did() {
     let installation = Installation::new();
