@@ -264,6 +264,8 @@ forward! {
     pub async fn delete_secret(&self, secret: &SecretRecord, deletion: Deletion, event: &AuditEvent) -> Result<()>;
     pub async fn restore_secret(&self, secret: &SecretRecord, now: i64, event: &AuditEvent) -> Result<()>;
     pub async fn purge_due(&self, now: i64) -> Result<Vec<String>>;
+    pub async fn due_for_purge(&self, now: i64) -> Result<Vec<(String, String)>>;
+    pub async fn purge(&self, secret_id: &str, name: &str, now: i64) -> Result<bool>;
     pub async fn version(&self, secret_id: &str, version_id: &VersionId) -> Result<Option<VersionRecord>>;
     pub async fn all_versions(&self, secret_id: &str) -> Result<Vec<VersionRecord>>;
     pub async fn version_at_stage(&self, secret_id: &str, stage: &Stage) -> Result<Option<VersionRecord>>;

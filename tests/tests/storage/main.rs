@@ -623,6 +623,60 @@ async fn retired_key_suite(url: &str, root: &RootKey) {
 
 on_both_backends!(retired_key_suite => sqlite_retired_key_versions, postgres_retired_key_versions);
 
+/// A secret restored after the purge found it due is not erased, and no
+/// purge is recorded; one still due is.
+async fn purge_race_suite(url: &str, root: &RootKey) {
+    let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
+    add_default_key(&store).await;
+    let now = rekey_shared::time::now_millis();
+    for name in ["purge/restored", "purge/due"] {
+        create(&store, name, &[]).await;
+        let secret = store
+            .secret(&SecretName::parse(name).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .delete_secret(&secret, Deletion::At(now - 1), &event("DeleteSecret"))
+            .await
+            .unwrap();
+    }
+    let due = store.due_for_purge(now).await.unwrap();
+    assert_eq!(due.len(), 2, "{due:?}");
+    let restored = store
+        .secret(&SecretName::parse("purge/restored").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .restore_secret(&restored, now, &event("RestoreSecret"))
+        .await
+        .unwrap();
+    let mut purged = Vec::new();
+    for (id, name) in &due {
+        if store.purge(id, name, now).await.unwrap() {
+            purged.push(name.clone());
+        }
+    }
+    assert_eq!(purged, ["purge/due"]);
+    let kept = store
+        .secret(&SecretName::parse("purge/restored").unwrap())
+        .await
+        .unwrap()
+        .expect("the restored secret was erased");
+    assert_eq!(kept.deletion_date, None);
+    assert_eq!(store.all_versions(&kept.id).await.unwrap().len(), 1);
+    let purges = all_events(&store)
+        .await
+        .into_iter()
+        .filter(|stored| stored.event.action == "secrets:PurgeSecret")
+        .count();
+    assert_eq!(purges, 1);
+    store.close().await;
+}
+
+on_both_backends!(purge_race_suite => sqlite_purge_after_restore, postgres_purge_after_restore);
+
 #[tokio::test]
 async fn sqlite_backend() {
     let dir = tempfile::tempdir().unwrap();

@@ -261,24 +261,52 @@ impl Store {
     /// Erases every secret whose recovery window ended by `now`, with all
     /// its versions, and returns their names.
     pub async fn purge_due(&self, now: i64) -> Result<Vec<String>> {
-        let due: Vec<(String, String)> = sqlx::query_as(
+        let mut purged = Vec::new();
+        for (id, name) in self.due_for_purge(now).await? {
+            if self.purge(&id, &name, now).await? {
+                purged.push(name);
+            }
+        }
+        if !purged.is_empty() {
+            self.checkpoint().await?;
+        }
+        Ok(purged)
+    }
+
+    /// The secrets (id, name) whose recovery window ended by `now`.
+    pub async fn due_for_purge(&self, now: i64) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
             "SELECT id, name FROM secrets WHERE deletion_date IS NOT NULL AND deletion_date <= ?",
         )
         .bind(now)
         .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Erases a secret whose recovery window ended by `now`, audited;
+    /// `false` (nothing erased, nothing recorded) when it is no longer due:
+    /// restored since it was found due.
+    pub async fn purge(&self, secret_id: &str, name: &str, now: i64) -> Result<bool> {
+        let mut tx = self.write().await?;
+        // The cascade removes versions (and their ciphertexts), stages and tags.
+        let erased = sqlx::query(
+            "DELETE FROM secrets
+             WHERE id = ? AND deletion_date IS NOT NULL AND deletion_date <= ?",
+        )
+        .bind(secret_id)
+        .bind(now)
+        .execute(&mut *tx)
         .await?;
-        for (id, name) in &due {
-            let event = AuditEvent::system(
-                "secrets:PurgeSecret",
-                name,
-                "recovery window ended; secret and ciphertexts erased",
-            );
-            self.erase(id, &event).await?;
+        if erased.rows_affected() == 0 {
+            return Ok(false);
         }
-        if !due.is_empty() {
-            self.checkpoint().await?;
-        }
-        Ok(due.into_iter().map(|(_, name)| name).collect())
+        let event = AuditEvent::system(
+            "secrets:PurgeSecret",
+            name,
+            "recovery window ended; secret and ciphertexts erased",
+        );
+        self.commit_audited(tx, &event).await?;
+        Ok(true)
     }
 
     async fn erase(&self, secret_id: &str, event: &AuditEvent) -> Result<()> {
