@@ -70,13 +70,17 @@ impl Shared {
         }
     }
 
+    /// Counts a change and drops what it makes stale, under the entries'
+    /// lock: a read that looks at the count and keeps its value under the
+    /// same lock either sees this change or is dropped by it.
     fn changed(&self, name: Option<&str>) {
+        let mut entries = self.entries();
         self.changes.fetch_add(1, Ordering::SeqCst);
         match name {
             Some(name) => {
-                self.entries().remove(name);
+                entries.remove(name);
             }
-            None => self.entries().clear(),
+            None => entries.clear(),
         }
     }
 }
@@ -123,17 +127,21 @@ impl CachingClient {
             .ok_or_else(|| {
                 tonic::Status::internal(format!("the server sent no value of {name}"))
             })?;
-        if following
-            && shared.following.load(Ordering::SeqCst)
-            && shared.changes.load(Ordering::SeqCst) == before
-        {
-            shared.entries().insert(
-                name.to_owned(),
-                Entry {
-                    value: value.clone(),
-                    fetched: Instant::now(),
-                },
-            );
+        if following {
+            // Kept only if nothing changed since the read began, looked at
+            // under the lock `changed` takes (see there).
+            let mut entries = shared.entries();
+            if shared.following.load(Ordering::SeqCst)
+                && shared.changes.load(Ordering::SeqCst) == before
+            {
+                entries.insert(
+                    name.to_owned(),
+                    Entry {
+                        value: value.clone(),
+                        fetched: Instant::now(),
+                    },
+                );
+            }
         }
         Ok(value)
     }
