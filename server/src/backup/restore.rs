@@ -16,7 +16,7 @@ use crate::crypto::{self, RootKey};
 use crate::installation::{self, Opened};
 use crate::keyring::read_root_key;
 use crate::passphrase::{PassphraseSettings, PassphraseSource};
-use crate::pki::{CA_CERTIFICATE, CA_KEY, write_private};
+use crate::pki::{CA_CERTIFICATE, CA_KEY};
 use crate::store::{Cursor, SecretQuery};
 use anyhow::Context;
 use sqlx::sqlite::SqliteConnectOptions;
@@ -81,8 +81,7 @@ pub async fn restore(
     let mut written = Written::new(dir)?;
     let restored = async {
         let config = write_files(&mut written, &files, root_text.as_ref())?;
-        let database = written.path("rekey.db");
-        std::fs::copy(file, &database).with_context(|| format!("copying {}", file.display()))?;
+        let database = written.database("rekey.db", file)?;
         drop_backup_tables(&database).await?;
         let loaded = Loaded {
             config,
@@ -385,27 +384,60 @@ impl Written {
         })
     }
 
-    /// A file in the directory, removed with the rest on failure.
-    fn path(&mut self, name: &str) -> PathBuf {
+    /// The restored database, copied from `backup` into a file this run
+    /// creates; on failure it goes with its write-ahead log, shared memory
+    /// and the one-server lock the proof's open leaves beside it.
+    fn database(&mut self, name: &str, backup: &Path) -> anyhow::Result<PathBuf> {
         let path = self.dir.join(name);
-        for companion in ["", "-wal", "-shm"] {
+        let mut from =
+            std::fs::File::open(backup).with_context(|| format!("reading {}", backup.display()))?;
+        let mut to = self.create(&path, 0o600)?;
+        for companion in ["-wal", "-shm", ".rekeyd-lock"] {
             let mut file = path.clone().into_os_string();
             file.push(companion);
             self.files.push(file.into());
         }
-        path
+        std::io::copy(&mut from, &mut to)
+            .and_then(|_| to.sync_all())
+            .with_context(|| format!("copying {}", backup.display()))?;
+        Ok(path)
     }
 
     fn private(&mut self, name: &Path, contents: &str) -> anyhow::Result<()> {
-        let path = self.dir.join(name);
-        self.files.push(path.clone());
-        write_private(&path, contents)
+        self.write(name, 0o600, contents)
     }
 
     fn public(&mut self, name: &Path, contents: &str) -> anyhow::Result<()> {
+        self.write(name, 0o644, contents)
+    }
+
+    fn write(&mut self, name: &Path, mode: u32, contents: &str) -> anyhow::Result<()> {
+        use std::io::Write;
         let path = self.dir.join(name);
-        self.files.push(path.clone());
-        std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
+        let mut file = self.create(&path, mode)?;
+        file.write_all(contents.as_bytes())
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Creates `path`, which must not exist, and removes it on failure:
+    /// only files this run made are ever removed (a second restore into
+    /// the same directory fails here, and takes nothing of the first's).
+    fn create(&mut self, path: &Path, mode: u32) -> anyhow::Result<std::fs::File> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(mode);
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        let file = options
+            .open(path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        self.files.push(path.to_owned());
+        Ok(file)
     }
 
     fn keep(mut self) {

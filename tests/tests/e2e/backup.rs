@@ -179,6 +179,48 @@ fn restore_refuses_and_leaves_nothing_behind() {
     assert!(!target.exists());
 }
 
+/// A restore that fails after it began writing (a value in the backup was
+/// changed, so the proof fails) leaves nothing behind, the database's lock
+/// file included, and a second try into the same place is not refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restore_that_fails_its_proof_leaves_nothing() {
+    let installation = Installation::new();
+    {
+        let server = installation.serve();
+        server
+            .rekey(&installation.admin())
+            .run(&["create", "p/x", "--value", "v"])
+            .ok();
+    }
+    let backups = tempfile::tempdir().unwrap();
+    let file = backups.path().join("tampered-backup.db");
+    let output = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE versions SET ciphertext = zeroblob(length(ciphertext))
+         WHERE rowid = (SELECT MIN(rowid) FROM versions)",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+
+    let scratch = tempfile::tempdir().unwrap();
+    let target = scratch.path().join("restored");
+    let root_key = installation.dir().join("root.key");
+    fails_with(restore(&target, &file, &root_key), "nothing was left in");
+    assert!(
+        !target.exists(),
+        "left behind: {:?}",
+        std::fs::read_dir(&target)
+            .map(|entries| entries.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    fails_with(restore(&target, &file, &root_key), "nothing was left in");
+}
+
 /// The schema version an installation's database says it is at.
 async fn schema_version(database: &Path) -> i64 {
     let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display()))
