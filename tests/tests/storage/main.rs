@@ -598,7 +598,7 @@ async fn retired_key_suite(url: &str, root: &RootKey) {
         "{refused}"
     );
     let refused = store
-        .store_rewrapped(&[(id.clone(), moved)], &event("Rewrap"))
+        .store_rewrapped(&[(id.clone(), moved.clone())], &event("Rewrap"))
         .await
         .unwrap_err();
     assert!(
@@ -618,6 +618,27 @@ async fn retired_key_suite(url: &str, root: &RootKey) {
         .unwrap();
     assert_eq!(secret.key_name, KeyName::default_key());
     assert_eq!(secret.description, "about moving/db");
+
+    // Under the version that is there, the move goes through.
+    let moved = rekey_server::store::Rewrapped {
+        to: KeyRef {
+            name: payments.clone(),
+            version: 2,
+        },
+        ..moved.clone()
+    };
+    let update = rekey_server::store::SecretUpdate {
+        description: Some("moved"),
+        new_key: Some((&payments, std::slice::from_ref(&moved))),
+        version: None,
+        now: 4,
+    };
+    store
+        .update_secret(&id, &update, &event("UpdateSecret"))
+        .await
+        .unwrap();
+    let stored = store.all_versions(&id).await.unwrap().remove(0);
+    assert_eq!(stored.sealed.key, moved.to);
     store.close().await;
 }
 

@@ -208,7 +208,7 @@ impl Store {
 /// come between this and the write.
 pub(super) async fn require_key_version(tx: &mut Tx<'_>, key: &KeyRef) -> Result<()> {
     let exists: Option<i64> =
-        sqlx::query_scalar("SELECT 1 FROM master_keys WHERE name = $1 AND version = $2")
+        sqlx::query_scalar("SELECT 1::BIGINT FROM master_keys WHERE name = $1 AND version = $2")
             .bind(key.name.as_str())
             .bind(i64::from(key.version))
             .fetch_optional(&mut **tx)
