@@ -206,6 +206,9 @@ pub async fn serve_prepared(
         let _ = stopping.send(());
     };
     let serving = tonic::transport::Server::builder()
+        // A client that stops answering pings is let go, with its streams.
+        .http2_keepalive_interval(Some(rekey_shared::channel::KEEP_ALIVE))
+        .http2_keepalive_timeout(Some(rekey_shared::channel::KEEP_ALIVE))
         .layer(metrics::RequestMetricsLayer::new(requests))
         .add_service(health_service)
         .add_service(reflection)

@@ -25,12 +25,23 @@ pub fn tls_config(identity: &Identity) -> ClientTlsConfig {
         ))
 }
 
+/// How often an idle connection is pinged, and how long a ping may go
+/// unanswered.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+
 /// An endpoint for `server` (`https://host:port`) with the given TLS settings.
 pub fn endpoint(server: &str, tls: ClientTlsConfig) -> Result<Endpoint, ConnectError> {
     Endpoint::from_shared(server.to_owned())
         .map_err(|_| ConnectError::BadUrl(server.to_owned()))?
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
+        // A connection that stops answering (a partition, a host gone
+        // without a reset) is found dead within about 20 seconds, even
+        // while idle: a Watch stream on it ends, and a caching client stops
+        // answering from memory.
+        .http2_keep_alive_interval(KEEP_ALIVE)
+        .keep_alive_timeout(KEEP_ALIVE)
+        .keep_alive_while_idle(true)
         .tls_config(tls)
         .map_err(|error| ConnectError::Unreachable {
             server: server.to_owned(),
