@@ -3,12 +3,18 @@
 //! Events carry names, version ids, steps and principals, never values.
 
 use rekey_shared::proto::WatchEvent;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use tokio::sync::{broadcast, mpsc};
 
 /// The kind of the event that ends every Watch stream when the server
 /// shuts down; never sent to clients.
 pub const SERVER_STOPPING: &str = "server_stopping";
+
+/// The kind of the event that ends every Watch stream of this process
+/// (UNAVAILABLE) because events of other replicas may have been missed;
+/// never sent to clients, who reconnect and read again.
+pub const EVENTS_LOST: &str = "events_lost";
 
 /// How many events a slow subscriber may fall behind before it is told it
 /// missed some.
@@ -20,6 +26,9 @@ pub struct Events {
     /// Where events published here also go for the other replicas
     /// (see `crate::fanout`); unset with an embedded database.
     relay: OnceLock<mpsc::Sender<Arc<WatchEvent>>>,
+    /// An event could not be queued for the other replicas: they are told
+    /// so before the next one that is sent (see `crate::fanout`).
+    relay_dropped: AtomicBool,
 }
 
 impl Default for Events {
@@ -27,6 +36,7 @@ impl Default for Events {
         Self {
             sender: broadcast::channel(BACKLOG).0,
             relay: OnceLock::new(),
+            relay_dropped: AtomicBool::new(false),
         }
     }
 }
@@ -64,6 +74,7 @@ impl Events {
                 kind,
                 "an event was not sent to the other replicas (backlog full)"
             );
+            self.relay_dropped.store(true, Ordering::SeqCst);
         }
         self.deliver(event);
     }
@@ -78,6 +89,20 @@ impl Events {
     /// From now on, every event published here is also sent to `relay`.
     pub fn relay_to(&self, relay: mpsc::Sender<Arc<WatchEvent>>) {
         let _ = self.relay.set(relay);
+    }
+
+    /// Whether an event was dropped on its way to the other replicas since
+    /// the last time this was asked.
+    pub fn take_relay_dropped(&self) -> bool {
+        self.relay_dropped.swap(false, Ordering::SeqCst)
+    }
+
+    /// Ends every Watch stream of this process: events may have been lost.
+    pub fn lost(&self) {
+        self.deliver(Arc::new(WatchEvent {
+            kind: EVENTS_LOST.to_owned(),
+            ..WatchEvent::default()
+        }));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<WatchEvent>> {

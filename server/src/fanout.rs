@@ -5,9 +5,13 @@
 //! any other. So a client watching through replica A sees a rotation run on
 //! replica B. Events carry names, ids, steps and principals, never values.
 //!
-//! Delivery is at most once, as Watch is within one process: a listener
-//! that loses its connection reconnects, and events sent meanwhile are not
-//! seen (a client re-reads state after a gap).
+//! Delivery is at most once, as Watch is within one process, but a gap is
+//! never silent: a listener that loses its connection ends every Watch
+//! stream of its process (`events::EVENTS_LOST`: UNAVAILABLE, "reconnect
+//! and read again"), when it finds out and again once it listens again;
+//! and a sender that could not send an event (its queue full, `NOTIFY`
+//! failed) first sends the others an `EVENTS_LOST` of its own, which ends
+//! theirs. A client that reconnects reads what it keeps again.
 
 use crate::error::{Error, Result};
 use crate::service::AppState;
@@ -83,22 +87,40 @@ pub async fn run(state: Arc<AppState>) {
 }
 
 async fn send_out(state: &AppState, origin: &str, mut outgoing: mpsc::Receiver<Arc<WatchEvent>>) {
+    let mut lost = false;
     while let Some(event) = outgoing.recv().await {
-        let sent = match serde_json::to_string(&Wire::of(origin, &event)) {
-            Ok(payload) => state.store.notify(&payload).await,
-            Err(error) => Err(Error::internal("encoding a watch event", error)),
-        };
-        if let Err(error) = sent {
+        lost |= state.events.take_relay_dropped();
+        if lost {
+            let marker = WatchEvent {
+                kind: crate::events::EVENTS_LOST.to_owned(),
+                ..WatchEvent::default()
+            };
+            lost = send(state, origin, &marker).await.is_err();
+        }
+        if let Err(error) = send(state, origin, &event).await {
             tracing::warn!(%error, kind = %event.kind, "sending a watch event to the other replicas failed");
+            lost = true;
         }
     }
 }
 
-/// Listens, reconnecting a second after the connection is lost.
+async fn send(state: &AppState, origin: &str, event: &WatchEvent) -> Result<()> {
+    match serde_json::to_string(&Wire::of(origin, event)) {
+        Ok(payload) => state.store.notify(&payload).await,
+        Err(error) => Err(Error::internal("encoding a watch event", error)),
+    }
+}
+
+/// Listens, reconnecting a second after the connection is lost; every
+/// Watch stream of this process ends when it is lost and again once it
+/// listens again (streams opened meanwhile missed events too).
 async fn take_in(state: &AppState, origin: &str) {
+    let mut lost = false;
     loop {
-        if let Err(error) = listen(state, origin).await {
+        if let Err(error) = listen(state, origin, &mut lost).await {
             tracing::warn!(%error, "listening for other replicas' watch events failed");
+            state.events.lost();
+            lost = true;
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
@@ -106,12 +128,27 @@ async fn take_in(state: &AppState, origin: &str) {
 
 /// Hands the other replicas' events to this one's subscribers until the
 /// connection fails.
-async fn listen(state: &AppState, origin: &str) -> Result<()> {
+async fn listen(state: &AppState, origin: &str, lost: &mut bool) -> Result<()> {
     let Some(mut listener) = state.store.listen().await? else {
         return std::future::pending().await;
     };
+    if std::mem::take(lost) {
+        state.events.lost();
+    }
     loop {
-        let notification = listener.recv().await?;
+        // `try_recv`, not `recv`: `recv` reconnects a lost connection
+        // without saying so, and what was sent meanwhile is gone.
+        let Some(notification) = listener.try_recv().await? else {
+            tracing::warn!(
+                "the connection for other replicas' watch events was lost; reconnecting"
+            );
+            state.events.lost();
+            *lost = true;
+            continue;
+        };
+        if std::mem::take(lost) {
+            state.events.lost();
+        }
         match serde_json::from_str::<Wire>(notification.payload()) {
             Ok(wire) if wire.origin == origin => {}
             Ok(wire) => state.events.deliver(Arc::new(wire.into_event())),

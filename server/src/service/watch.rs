@@ -61,6 +61,14 @@ impl WatchService {
                 Watched::Event(Ok(event)) => event.kind != crate::events::SERVER_STOPPING,
                 _ => true,
             })
+            // Events of other replicas may have been missed: end the
+            // stream, as a watcher that fell behind is ended.
+            .map(|item| match item {
+                Watched::Event(Ok(event)) if event.kind == crate::events::EVENTS_LOST => {
+                    Watched::Lost
+                }
+                other => other,
+            })
             .filter_map(move |item| {
                 if let Some(serial) = serial.as_deref()
                     && state.revocations.is_revoked(serial)
@@ -83,6 +91,10 @@ impl WatchService {
                             "this watcher fell {missed} events behind; reconnect and reload"
                         ))))
                     }
+                    Watched::Lost => Some(Err(Status::unavailable(
+                        "events from another replica may have been missed; reconnect and read \
+                         again",
+                    ))),
                     Watched::Check | Watched::Closed => None,
                 }
             });
@@ -107,6 +119,8 @@ enum Watched {
     Check,
     /// The hub is gone.
     Closed,
+    /// Events of other replicas may have been missed.
+    Lost,
 }
 
 #[tonic::async_trait]

@@ -298,6 +298,57 @@ fn a_cancel_through_the_other_replica_is_not_undone_by_the_driver() {
     other.run(&["audit", "verify"]).ok();
 }
 
+/// A replica that loses its connection for the other replicas' events
+/// ends its Watch streams (UNAVAILABLE) rather than leaving them open with
+/// a silent gap: a caching client would serve what changed meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_listener_ends_the_watch_streams_of_its_replica() {
+    let Some((database, installation, _state)) = replicated() else {
+        return;
+    };
+    let a = installation.serve();
+    let identity = rekey_shared::identity::Identity::load(&installation.admin()).unwrap();
+    let channel = rekey_shared::channel::connect(&a.url, &identity)
+        .await
+        .unwrap();
+    let mut stream = rekey_shared::proto::watch_client::WatchClient::new(channel)
+        .watch(proto::WatchRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // The replica's LISTEN connection is cut by the database.
+    let cut = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    eventually("the replica to listen", || {
+        let mut client = sqlx_count(&database.url, cut);
+        (client.pop() == Some(1)).then_some(())
+    });
+    let ended = tokio::time::timeout(rekey_tests::DEADLINE, stream.message())
+        .await
+        .expect("the stream stayed open across the gap");
+    let status = ended.expect_err("an event instead of the end");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("reconnect"), "{status:?}");
+}
+
+/// Runs `sql` (a SELECT of one column) on `url` and returns how many rows
+/// it gave, in a runtime of its own (the test's is busy awaiting).
+fn sqlx_count(url: &str, sql: &str) -> Vec<usize> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move {
+                use sqlx::Connection;
+                let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
+                let rows = sqlx::query(&sql).fetch_all(&mut connection).await.unwrap();
+                vec![rows.len()]
+            })
+    })
+    .join()
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watcher_on_one_replica_sees_changes_made_through_the_other() {
     let Some((_database, installation, _state)) = replicated() else {
