@@ -141,7 +141,7 @@ fn webhook_ca_name(index: usize) -> String {
 
 /// Writes a backup of the installation `loaded` describes to `out`, which
 /// must not exist. The server may be running: the copy is of one moment,
-/// and the backup is itself an audit event in it.
+/// and once the file is written, the backup is an audit event in the log.
 pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
     anyhow::ensure!(
         !out.exists(),
@@ -164,46 +164,53 @@ pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
     ));
 
     let Opened { store, keyring } = installation::open(loaded).await?;
+    let sealer = FileSealer::new(keyring.root());
+    drop(keyring);
     let partial = partial_path(out)?;
-    let written = async {
-        store.can_snapshot()?;
-        store.snapshot_into(&partial).await?;
-        // The event follows the copy: it is in the log, not in the backup.
+    let finished = async {
         store
+            .can_snapshot()
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+        store
+            .snapshot_into(&partial)
+            .await
+            .map_err(|error| anyhow::anyhow!("{error}"))?;
+        let source = std::fs::canonicalize(&loaded.dir).unwrap_or_else(|_| loaded.dir.clone());
+        let mut info = vec![
+            ("format", FORMAT.to_string()),
+            ("created_at", rekey_shared::time::now_millis().to_string()),
+            ("rekeyd_version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("source", source.display().to_string()),
+        ];
+        if let Some(settings) = &loaded.config.root_passphrase {
+            info.push((PASSPHRASE_INFO, toml::to_string(settings)?));
+        }
+        // What backup_info says in the clear, sealed too: restore checks
+        // that the two agree.
+        let mut files = files;
+        files.push((
+            INFO_FILE.to_owned(),
+            Zeroizing::new(info_text(&info).into_bytes()),
+        ));
+        let summary = finish_file(&partial, out, &sealer, &files, &info).await?;
+        // The event follows the file: the log says a backup was written
+        // only once it was (and the event is not in the backup). A backup
+        // the log cannot say was written is not left behind.
+        let recorded = store
             .record(&AuditEvent::local(
                 "backup:Create",
                 "*",
                 &format!("backup written to {}", out.display()),
             ))
-            .await
+            .await;
+        if let Err(error) = recorded {
+            let _ = std::fs::remove_file(out);
+            anyhow::bail!("the audit log cannot be written ({error}); the backup was removed");
+        }
+        Ok(summary)
     }
     .await;
     store.close().await;
-    let sealer = FileSealer::new(keyring.root());
-    drop(keyring);
-    let finished = match written {
-        Ok(()) => {
-            let source = std::fs::canonicalize(&loaded.dir).unwrap_or_else(|_| loaded.dir.clone());
-            let mut info = vec![
-                ("format", FORMAT.to_string()),
-                ("created_at", rekey_shared::time::now_millis().to_string()),
-                ("rekeyd_version", env!("CARGO_PKG_VERSION").to_owned()),
-                ("source", source.display().to_string()),
-            ];
-            if let Some(settings) = &loaded.config.root_passphrase {
-                info.push((PASSPHRASE_INFO, toml::to_string(settings)?));
-            }
-            // What backup_info says in the clear, sealed too: restore
-            // checks that the two agree.
-            let mut files = files;
-            files.push((
-                INFO_FILE.to_owned(),
-                Zeroizing::new(info_text(&info).into_bytes()),
-            ));
-            finish_file(&partial, out, &sealer, &files, &info).await
-        }
-        Err(error) => Err(anyhow::anyhow!("{error}")),
-    };
     if finished.is_err() {
         let _ = std::fs::remove_file(&partial);
     }
