@@ -207,6 +207,9 @@ fn write_files(
     config.tls.client_ca = defaults.tls.client_ca.clone();
     config.tls.certificate = defaults.tls.certificate.clone();
     config.tls.private_key = defaults.tls.private_key.clone();
+    // The archive too: an absolute one would be the original's directory,
+    // which a restore on the same host (a drill) would archive into.
+    config.audit.archive_dir = defaults.audit.archive_dir.clone();
     config.tls.crl_files = (0..config.tls.crl_files.len())
         .map(|index| PathBuf::from(crl_name(index)))
         .collect();

@@ -221,6 +221,42 @@ async fn a_restore_that_fails_its_proof_leaves_nothing() {
     fails_with(restore(&target, &file, &root_key), "nothing was left in");
 }
 
+/// A restored installation archives audit events into its own directory,
+/// not into the original's (an absolute `archive_dir` in the backup).
+#[test]
+fn a_restore_archives_into_its_own_directory() {
+    let installation = Installation::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let original_archive = elsewhere.path().join("original-archive");
+    installation.edit_config(|table| {
+        let audit = table
+            .entry("audit")
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        if let Some(audit) = audit.as_table_mut() {
+            audit.insert(
+                "archive_dir".into(),
+                original_archive.display().to_string().into(),
+            );
+        }
+    });
+    let backups = tempfile::tempdir().unwrap();
+    let file = backups.path().join("archive-backup.db");
+    let output = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let scratch = tempfile::tempdir().unwrap();
+    let target = scratch.path().join("restored");
+    let restored = restore(&target, &file, &installation.dir().join("root.key"));
+    assert!(restored.status.success(), "{}", text(&restored.stderr));
+    let config: toml::Table = std::fs::read_to_string(target.join("rekeyd.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        config["audit"]["archive_dir"].as_str(),
+        Some("audit-archive")
+    );
+}
+
 /// The schema version an installation's database says it is at.
 async fn schema_version(database: &Path) -> i64 {
     let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display()))
