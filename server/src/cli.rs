@@ -203,6 +203,10 @@ enum PolicyCommand {
 pub fn main() -> ExitCode {
     // Every file rekeyd creates (database, WAL, keys) is its owner's only.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    // Every subcommand may hold the root key or the CA key in memory (cert,
+    // keys, backup, restore, init), not only the server. Again once logging
+    // is set up in `serve` and `dev`, so that a failure is logged there.
+    harden_process();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -407,7 +411,7 @@ async fn dev(listen: &str, metrics_listen: &str) -> anyhow::Result<()> {
         .context("creating a temporary directory")?;
     let made = installation::init(dir.path(), &[], None, None).await?;
     installation::add_demo_secrets(dir.path()).await?;
-    let mut loaded = config::load(dir.path(), None)?;
+    let mut loaded = config::load_new_installation(dir.path())?;
     loaded.config.listen = listen.to_owned();
     init_logging(&loaded.config.log)?;
     harden_process();

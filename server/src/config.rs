@@ -341,6 +341,25 @@ pub fn load(dir: &Path, config_file: Option<&Path>) -> anyhow::Result<Loaded> {
     })
 }
 
+/// As [`load`], for an installation `init` or `dev` has just made in
+/// `dir`: the environment may tune it (logging, limits), but what it is
+/// made of (its database and its root key) is the file's. A
+/// `REKEY_DATABASE_URL` or `REKEY_ROOT_KEY_FILE` left in an operator's
+/// shell would otherwise have `init` migrate and write into that database.
+pub fn load_new_installation(dir: &Path) -> anyhow::Result<Loaded> {
+    let mut loaded = load(dir, None)?;
+    let path = dir.join(CONFIG_FILE);
+    let own: Config = toml::from_str(
+        &std::fs::read_to_string(&path)
+            .with_context(|| format!("reading configuration {}", path.display()))?,
+    )
+    .with_context(|| format!("configuration file {}", path.display()))?;
+    loaded.config.database_url = own.database_url;
+    loaded.config.root_key_file = own.root_key_file;
+    loaded.config.root_passphrase = own.root_passphrase;
+    Ok(loaded)
+}
+
 /// `REKEY_*` variables override the file.
 pub fn apply_environment(
     config: &mut Config,

@@ -106,9 +106,12 @@ pub async fn init(
             );
         }
     }
+    let made = !dir.exists();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    // A directory init makes is its own (0700); one that was there keeps
+    // its mode (`--dir .` or a shared /srv), the key files being 0600.
     #[cfg(unix)]
-    {
+    if made {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
@@ -147,7 +150,7 @@ pub async fn init(
     // Private: a database URL may carry a password.
     write_private(&dir.join(CONFIG_FILE), &config::toml_of(&defaults))?;
 
-    let mut loaded = config::load(dir, None)?;
+    let mut loaded = config::load_new_installation(dir)?;
     if let Some(source) = passphrase {
         loaded.passphrase = source.clone();
     }
@@ -215,7 +218,7 @@ pub const DEMO_SECRETS: &[(&str, &str, &str)] = &[
 
 /// Stores the demo secrets, as the `system` principal.
 pub async fn add_demo_secrets(dir: &Path) -> anyhow::Result<()> {
-    let loaded = config::load(dir, None)?;
+    let loaded = config::load_new_installation(dir)?;
     let Opened { store, keyring } = open(&loaded).await?;
     let key_name = KeyName::default_key();
     let master = keyring

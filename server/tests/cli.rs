@@ -107,3 +107,38 @@ fn a_database_newer_than_the_binary_is_refused() {
         "{stderr}"
     );
 }
+
+/// `init` makes the installation its flags and file say, whatever
+/// `REKEY_DATABASE_URL` or `REKEY_ROOT_KEY_FILE` an operator's shell still
+/// holds, and leaves the mode of a directory that was there alone.
+#[test]
+fn init_takes_no_database_or_root_key_from_the_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+    let wanted = dir.path().join("wanted.db");
+    let elsewhere = dir.path().join("elsewhere.db");
+    let output = Command::new(env!("CARGO_BIN_EXE_rekeyd"))
+        .arg("--dir")
+        .arg(dir.path())
+        .args(["init", "--database-url"])
+        .arg(format!("sqlite://{}", wanted.display()))
+        .env(
+            "REKEY_DATABASE_URL",
+            format!("sqlite://{}", elsewhere.display()),
+        )
+        .env("REKEY_ROOT_KEY_FILE", dir.path().join("other.key"))
+        .env("REKEY_METRICS_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(wanted.exists());
+    assert!(!elsewhere.exists(), "init wrote the environment's database");
+    assert!(dir.path().join("root.key").exists());
+    let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o750, "the directory's mode changed");
+}

@@ -56,9 +56,9 @@ impl AdminService {
         request: proto::ApplyPolicyRequest,
     ) -> Result<proto::PolicyDocument> {
         context.set_resource("*");
+        self.authorize(context, Action::ApplyPolicy, "*")?;
         let policy = Policy::parse(&request.document)
             .map_err(|error| Error::InvalidArgument(error.to_string()))?;
-        self.authorize(context, Action::ApplyPolicy, "*")?;
         let (_, based_on) = governance::current_policy(&self.state.store).await?;
         let version = governance::apply_policy(
             &self.state.store,

@@ -206,6 +206,15 @@ fn bad_policies_are_refused_and_recover_gets_back_in() {
         .ok()
         .json();
 
+    // Someone who may not apply policy is told so, malformed or not.
+    let nobody = server.rekey(&installation.issue("nobody", &[]));
+    let refused =
+        nobody.apply_policy("[roles.x]\nstatements = [{ effect = \"allow\" actions = [] }]\n");
+    assert!(
+        refused.stderr.contains("(PERMISSION_DENIED)"),
+        "{}",
+        refused.stderr
+    );
     let malformed =
         admin.apply_policy("[roles.x]\nstatements = [{ effect = \"allow\" actions = [] }]\n");
     assert_eq!(malformed.code, 1);
