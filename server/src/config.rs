@@ -303,7 +303,12 @@ impl Loaded {
     /// The database URL with a relative SQLite path made absolute.
     pub fn database_url(&self) -> String {
         let url = &self.config.database_url;
-        match url.strip_prefix("sqlite://") {
+        // `sqlite:FILE` as well as `sqlite://FILE`: a relative file is the
+        // installation's, never the working directory's (`/` under systemd).
+        let file = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"));
+        match file {
             Some(file) if !file.starts_with('/') && !file.starts_with(':') => {
                 format!("sqlite://{}", self.dir.join(file).display())
             }
@@ -517,6 +522,19 @@ mod tests {
             passphrase: Default::default(),
         };
         assert_eq!(loaded.database_url(), "sqlite:///srv/rekey/rekey.db");
+        let short = |url: &str| {
+            let mut config = Config::default();
+            config.database_url = url.to_owned();
+            Loaded {
+                config,
+                dir: PathBuf::from("/srv/rekey"),
+                passphrase: Default::default(),
+            }
+            .database_url()
+        };
+        assert_eq!(short("sqlite:data/r.db"), "sqlite:///srv/rekey/data/r.db");
+        assert_eq!(short("sqlite:/var/lib/r.db"), "sqlite:/var/lib/r.db");
+        assert_eq!(short("sqlite::memory:"), "sqlite::memory:");
     }
 
     #[test]
