@@ -523,10 +523,11 @@ mod tests {
         };
         assert_eq!(loaded.database_url(), "sqlite:///srv/rekey/rekey.db");
         let short = |url: &str| {
-            let mut config = Config::default();
-            config.database_url = url.to_owned();
             Loaded {
-                config,
+                config: Config {
+                    database_url: url.to_owned(),
+                    ..Config::default()
+                },
                 dir: PathBuf::from("/srv/rekey"),
                 passphrase: Default::default(),
             }
