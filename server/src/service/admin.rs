@@ -59,7 +59,15 @@ impl AdminService {
         self.authorize(context, Action::ApplyPolicy, "*")?;
         let policy = Policy::parse(&request.document)
             .map_err(|error| Error::InvalidArgument(error.to_string()))?;
-        let (_, based_on) = governance::current_policy(&self.state.store).await?;
+        let (_, current) = governance::current_policy(&self.state.store).await?;
+        let based_on = request.based_on_version.unwrap_or(current);
+        if based_on != current {
+            return Err(Error::FailedPrecondition(format!(
+                "the document was edited from policy version {based_on}, but version {current} \
+                 has been applied since; get it again (rekey policy get) and redo the change, or \
+                 apply with --force"
+            )));
+        }
         let version = governance::apply_policy(
             &self.state.store,
             &policy,

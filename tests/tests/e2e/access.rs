@@ -326,3 +326,47 @@ async fn page_tokens_tell_nothing_of_what_the_caller_may_not_see() {
     assert_eq!(seen, ["app/a", "app/z"]);
     assert!(pages >= 3, "paged past the hidden secrets one by one");
 }
+
+/// A policy saved with `policy get`, edited and applied after someone else
+/// applied another version, is refused rather than undoing their change;
+/// `--force` applies it anyway.
+#[test]
+fn an_edit_of_an_older_policy_version_is_refused_unless_forced() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let got = admin.run(&["policy", "get"]).ok().stdout;
+    assert!(got.starts_with("# policy version "), "{got}");
+    let edited = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        edited.path(),
+        format!("{got}\n[roles.auditor]\nstatements = [{{ effect = \"allow\", actions = [\"audit:*\"], resources = [\"*\"] }}]\n"),
+    )
+    .unwrap();
+    // Someone else applies a version meanwhile.
+    admin.apply_policy(&got).ok();
+
+    let path = edited.path().to_str().unwrap();
+    let refused = admin.run(&["policy", "apply", path]);
+    assert!(
+        refused.stderr.contains("has been applied since")
+            && refused.stderr.contains("(FAILED_PRECONDITION)"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !admin
+            .run(&["policy", "get"])
+            .ok()
+            .stdout
+            .contains("auditor")
+    );
+    admin.run(&["policy", "apply", path, "--force"]).ok();
+    assert!(
+        admin
+            .run(&["policy", "get"])
+            .ok()
+            .stdout
+            .contains("auditor")
+    );
+}

@@ -35,11 +35,15 @@ pub async fn policy(
                 }
             }
         }
-        PolicyCommand::Apply { file } => {
+        PolicyCommand::Apply { file, force } => {
             let document = std::fs::read_to_string(&file)
                 .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", file.display()))?;
+            let based_on_version = if force { None } else { edited_from(&document) };
             let applied = client
-                .apply_policy(proto::ApplyPolicyRequest { document })
+                .apply_policy(proto::ApplyPolicyRequest {
+                    document,
+                    based_on_version,
+                })
                 .await?
                 .into_inner();
             match format {
@@ -91,6 +95,19 @@ fn policy_json(policy: &proto::PolicyDocument, with_document: bool) -> Value {
         value["document"] = Value::String(policy.document.clone());
     }
     value
+}
+
+/// The version a document written by `policy get` was edited from: its
+/// first line, `# policy version N by P`.
+fn edited_from(document: &str) -> Option<i64> {
+    document
+        .lines()
+        .next()?
+        .strip_prefix("# policy version ")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// `2026-11-28T10:00:00Z`, or an age: `30m`, `12h`, `7d`, `90s`.

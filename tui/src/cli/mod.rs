@@ -241,7 +241,14 @@ pub enum PolicyCommand {
     /// Print the policy in force (TOML).
     Get,
     /// Apply a policy file (TOML) as the new version.
-    Apply { file: PathBuf },
+    /// A file written by `policy get` names the version it was edited from
+    /// (`# policy version N`): applying it is refused if another version
+    /// was applied since, unless `--force`.
+    Apply {
+        file: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
     /// List the policy versions, newest first.
     History,
 }
