@@ -98,7 +98,21 @@ pub async fn init(
     database_url: Option<&str>,
     passphrase: Option<&PassphraseSource>,
 ) -> anyhow::Result<Initialized> {
-    for existing in [CONFIG_FILE, "root.key", "rekey.db", CA_KEY] {
+    let defaults = config::Config::default();
+    let server_certificate = defaults.tls.certificate.display().to_string();
+    let server_key = defaults.tls.private_key.display().to_string();
+    let root_key = defaults.root_key_file.display().to_string();
+    let files = [
+        CONFIG_FILE,
+        &root_key,
+        "rekey.db",
+        CA_KEY,
+        CA_CERTIFICATE,
+        &server_certificate,
+        &server_key,
+        ADMIN_IDENTITY,
+    ];
+    for existing in files {
         if dir.join(existing).exists() {
             anyhow::bail!(
                 "{} already holds an installation ({existing} exists); refusing to overwrite it",
@@ -107,6 +121,29 @@ pub async fn init(
         }
     }
     let made = !dir.exists();
+    let initialized = init_files(dir, made, extra_hosts, database_url, passphrase).await;
+    if initialized.is_err() {
+        // Everything named above was made here (none was there): a failed
+        // init (a passphrase mistyped, a database down) leaves nothing that
+        // a second one would refuse.
+        let database = ["rekey.db-wal", "rekey.db-shm", "rekey.db.rekeyd-lock"];
+        for file in files.iter().chain(database.iter()) {
+            let _ = std::fs::remove_file(dir.join(file));
+        }
+        if made {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+    initialized
+}
+
+async fn init_files(
+    dir: &Path,
+    made: bool,
+    extra_hosts: &[String],
+    database_url: Option<&str>,
+    passphrase: Option<&PassphraseSource>,
+) -> anyhow::Result<Initialized> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // A directory init makes is its own (0700); one that was there keeps
     // its mode (`--dir .` or a shared /srv), the key files being 0600.

@@ -142,3 +142,28 @@ fn init_takes_no_database_or_root_key_from_the_environment() {
     let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o750, "the directory's mode changed");
 }
+
+/// An init that fails part way (its database cannot be reached) leaves
+/// nothing behind, so that the next init is not refused as overwriting.
+#[test]
+fn a_failed_init_leaves_nothing_and_the_next_one_works() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("new");
+    let failed = rekeyd(
+        &dir,
+        &["init", "--database-url", "mysql://root@127.0.0.1/none"],
+    );
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        !dir.exists(),
+        "left behind: {:?}",
+        std::fs::read_dir(&dir)
+            .map(|entries| entries.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+    );
+    let again = rekeyd(&dir, &["init"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
