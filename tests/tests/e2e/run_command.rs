@@ -2,7 +2,7 @@
 //! its exit code passed through, no value printed; a secret that cannot be
 //! read stops it before the command starts.
 
-use rekey_tests::{Installation, Server, eventually};
+use rekey_tests::{Installation, Rekey, Server, eventually};
 
 #[test]
 fn run_puts_values_in_the_environment_and_passes_the_exit_code() {
@@ -87,21 +87,7 @@ fn run_watch_restarts_the_command_when_its_value_changes() {
         .ok();
     let seen = installation.dir().join("seen");
     let script = format!(r#"echo "$T" >> '{}'; exec sleep 60"#, seen.display());
-    let mut running = rekey
-        .command(&[
-            "run",
-            "--watch",
-            "--env",
-            "T=watched/token",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut running = run_watched(&rekey, &script, std::process::Stdio::null());
     let lines = || std::fs::read_to_string(&seen).unwrap_or_default();
     eventually("the first start", || (lines() == "tok-1\n").then_some(()));
 
@@ -133,21 +119,7 @@ fn run_watch_follows_a_restarted_server_and_takes_its_command_down_with_it() {
         .ok();
     let seen = installation.dir().join("seen");
     let script = format!(r#"echo "$T $$" >> '{}'; exec sleep 60"#, seen.display());
-    let mut running = rekey
-        .command(&[
-            "run",
-            "--watch",
-            "--env",
-            "T=watched/token",
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut running = run_watched(&rekey, &script, std::process::Stdio::piped());
     let lines = || {
         std::fs::read_to_string(&seen)
             .unwrap_or_default()
@@ -183,4 +155,23 @@ fn run_watch_follows_a_restarted_server_and_takes_its_command_down_with_it() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut running.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("(NOT_FOUND)"), "{stderr}");
+}
+
+/// `rekey run --watch --env T=watched/token -- sh -c SCRIPT`, started.
+fn run_watched(rekey: &Rekey, script: &str, stderr: std::process::Stdio) -> std::process::Child {
+    rekey
+        .command(&[
+            "run",
+            "--watch",
+            "--env",
+            "T=watched/token",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
 }
