@@ -204,6 +204,14 @@ impl tonic::service::Interceptor for Authenticator {
                 return Err(self.refuse(&request, &key, NO_PRINCIPAL, refusal.to_string()));
             }
         };
+        if peer.expired(rekey_shared::time::now_millis() / 1000) {
+            let message = format!(
+                "client certificate refused: serial {} expired while its connection was open",
+                peer.serial
+            );
+            let principal = peer.principal.as_str();
+            return Err(self.refuse(&request, &peer.serial, principal, message));
+        }
         if self.state.revocations.is_revoked(&peer.serial) {
             let message = format!(
                 "client certificate refused: serial {} was revoked",

@@ -65,6 +65,16 @@ pub struct PeerCertificate {
     pub principal: Principal,
     /// Lower-case hex of the serial number, as `rekeyd cert` prints it.
     pub serial: String,
+    /// When the certificate expires (Unix seconds): the handshake checks
+    /// it once, requests on the connection check it again.
+    pub not_after: i64,
+}
+
+impl PeerCertificate {
+    /// Whether the certificate has expired by `now` (Unix seconds).
+    pub fn expired(&self, now: i64) -> bool {
+        now > self.not_after
+    }
 }
 
 /// Why a certificate that passed the handshake still names no principal.
@@ -146,6 +156,7 @@ pub fn peer_certificate(der: &[u8]) -> Result<PeerCertificate, CertificateRefusa
     Ok(PeerCertificate {
         principal: Principal(name),
         serial: serial_hex(&certificate.raw_serial_as_string()),
+        not_after: certificate.validity().not_after.timestamp(),
     })
 }
 

@@ -31,12 +31,13 @@ impl WatchService {
     }
 
     /// The stream of `request`'s events for `context`'s principal, whose
-    /// certificate has `serial`: it ends (UNAUTHENTICATED) within a second
-    /// of that serial's revocation, as the connection's next request would.
+    /// certificate is `peer`: it ends (UNAUTHENTICATED) within a second of
+    /// that certificate's revocation or expiry, as the connection's next
+    /// request would.
     fn open(
         &self,
         context: &RequestContext,
-        serial: Option<String>,
+        peer: Option<crate::principal::PeerCertificate>,
         request: proto::WatchRequest,
     ) -> Result<EventStream> {
         context.set_resource(if request.prefix.is_empty() {
@@ -70,12 +71,19 @@ impl WatchService {
                 other => other,
             })
             .filter_map(move |item| {
-                if let Some(serial) = serial.as_deref()
-                    && state.revocations.is_revoked(serial)
-                {
-                    return Some(Err(Status::unauthenticated(format!(
-                        "client certificate refused: serial {serial} was revoked"
-                    ))));
+                if let Some(peer) = &peer {
+                    if state.revocations.is_revoked(&peer.serial) {
+                        return Some(Err(Status::unauthenticated(format!(
+                            "client certificate refused: serial {} was revoked",
+                            peer.serial
+                        ))));
+                    }
+                    if peer.expired(rekey_shared::time::now_millis() / 1000) {
+                        return Some(Err(Status::unauthenticated(format!(
+                            "client certificate refused: serial {} expired",
+                            peer.serial
+                        ))));
+                    }
                 }
                 match item {
                     Watched::Event(Ok(event)) => {
@@ -130,15 +138,15 @@ impl Watch for WatchService {
         request: Request<proto::WatchRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let context = RequestContext::new(&request, Action::Watch)?;
-        let serial = request
+        let peer = request
             .extensions()
             .get::<crate::tls::ConnectionInfo>()
             .and_then(|info| info.peer.as_ref().as_ref().ok())
-            .map(|peer| peer.serial.clone());
+            .cloned();
         let result = self
             .state
             .admit(&context)
-            .and_then(|()| self.open(&context, serial, request.into_inner()));
+            .and_then(|()| self.open(&context, peer, request.into_inner()));
         self.state.finish(&context, result).await.map(Response::new)
     }
 }

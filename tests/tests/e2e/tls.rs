@@ -331,3 +331,44 @@ async fn a_serial_revoked_as_openssl_prints_it_is_refused() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A certificate that expires while its connection is open is refused on
+/// that connection's next request, not only at the next handshake.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_that_expires_on_an_open_connection_is_refused() {
+    let installation = Installation::new();
+    let (ca_pem, issuer) = installation_ca(&installation);
+    let mut params = client_params("dora");
+    params.not_before = OffsetDateTime::now_utc() - Duration::minutes(5);
+    params.not_after = OffsetDateTime::now_utc() + Duration::seconds(6);
+    let dora = identity(params, &issuer, &ca_pem);
+    let server = installation.serve();
+    let endpoint =
+        rekey_shared::channel::endpoint(&server.url, rekey_shared::channel::tls_config(&dora))
+            .unwrap();
+    let mut client = SecretsClient::new(endpoint.connect().await.unwrap());
+    let list = |client: &mut SecretsClient<tonic::transport::Channel>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_secrets(proto::ListSecretsRequest::default())
+                .await
+        }
+    };
+    list(&mut client).await.unwrap();
+    let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
+    let refused = loop {
+        match list(&mut client).await {
+            Ok(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the expired certificate is still served"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("expired"), "{refused:?}");
+}
