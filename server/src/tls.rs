@@ -153,11 +153,18 @@ pub fn server_config(
         for crl in CertificateRevocationListDer::pem_file_iter(file)
             .with_context(|| format!("reading CRL file {}", file.display()))?
         {
-            crls.push(crl.with_context(|| format!("parsing CRL file {}", file.display()))?);
+            let crl = crl.with_context(|| format!("parsing CRL file {}", file.display()))?;
+            refuse_expired_crl(&crl, file)?;
+            crls.push(crl);
         }
     }
+    // A CRL past its next update is not trusted (rustls would by default):
+    // its issuer may have revoked more since. The files are read at start,
+    // so one that expires while the server runs refuses that CA's clients
+    // until a fresh one is published and the server restarted.
     let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .with_crls(crls)
+        .enforce_revocation_expiration()
         .build()
         .context("building the client certificate verifier")?;
     let verifier = Arc::new(RevocationCheckingVerifier {
@@ -174,6 +181,22 @@ pub fn server_config(
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(config)
+}
+
+/// Refuses to start on a CRL that is already past its next update, saying
+/// which and since when, rather than refuse every client of its CA.
+fn refuse_expired_crl(crl: &CertificateRevocationListDer<'_>, file: &Path) -> anyhow::Result<()> {
+    let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
+        .map_err(|error| anyhow::anyhow!("parsing CRL file {}: {error}", file.display()))?;
+    if let Some(next) = parsed.next_update()
+        && next.timestamp() < rekey_shared::time::now_millis() / 1000
+    {
+        anyhow::bail!(
+            "CRL file {} expired at {next} (its next update): publish a fresh CRL from its CA",
+            file.display()
+        );
+    }
+    Ok(())
 }
 
 /// What every request on a connection learns about it.

@@ -250,6 +250,55 @@ fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tokio_stream::Stream<It
     tokio_stream::iter([item])
 }
 
+/// A CRL past its next update is not trusted: the server refuses to start
+/// on it, saying which file and since when.
+#[test]
+fn an_expired_crl_is_refused_at_start() {
+    let installation = Installation::new();
+    let (_, issuer) = installation_ca(&installation);
+    let now = OffsetDateTime::now_utc();
+    let crl = rcgen::CertificateRevocationListParams {
+        this_update: now - Duration::days(8),
+        next_update: now - Duration::days(1),
+        crl_number: rcgen::SerialNumber::from_slice(&[1]),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer)
+    .unwrap();
+    std::fs::write(installation.dir().join("old-crl.pem"), crl.pem().unwrap()).unwrap();
+    installation.edit_config(|table| {
+        let tls = table
+            .get_mut("tls")
+            .and_then(|tls| tls.as_table_mut())
+            .unwrap();
+        tls.insert(
+            "crl_files".into(),
+            toml::Value::Array(vec!["old-crl.pem".into()]),
+        );
+    });
+    let mut serving = std::process::Command::new(rekey_tests::binary("rekeyd"))
+        .arg("--dir")
+        .arg(installation.dir())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("REKEY_METRICS_LISTEN", "")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = rekey_tests::eventually("rekeyd to refuse the expired CRL", || {
+        serving.try_wait().unwrap()
+    });
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut serving.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("old-crl.pem") && stderr.contains("expired"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn a_crl_of_the_ca_is_honoured() {
     let installation = Installation::new();
