@@ -191,7 +191,10 @@ async fn init_files(
     if let Some(source) = passphrase {
         loaded.passphrase = source.clone();
     }
-    let Opened { store, keyring } = open_with(&loaded, root).await?;
+    // A database with any schema is refused before anything is changed in
+    // it: a newer binary's init would otherwise migrate another release's.
+    let store = Store::create(&loaded.database_url(), AuditKey::derive(&root)).await;
+    let Opened { store, keyring } = opened(store, root)?;
     let initialized = async {
         if !store.list_master_keys().await?.is_empty() {
             return Err(crate::error::Error::FailedPrecondition(

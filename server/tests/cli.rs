@@ -167,3 +167,40 @@ fn a_failed_init_leaves_nothing_and_the_next_one_works() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// `init` pointed at a database that already has a schema (here another
+/// installation's, one release older) refuses it and changes nothing
+/// there: it does not migrate it first.
+#[test]
+fn init_leaves_a_database_with_a_schema_alone() {
+    let first = tempfile::tempdir().unwrap();
+    assert!(rekeyd(first.path(), &["init"]).status.success());
+    let database = first.path().join("rekey.db");
+    let schema = |database: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(database)
+            .unwrap()
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |row| {
+                row.get(0)
+            })
+            .unwrap()
+    };
+    let newest = schema(&database);
+    rusqlite::Connection::open(&database)
+        .unwrap()
+        .execute("DELETE FROM schema_migrations WHERE version = ?1", [newest])
+        .unwrap();
+
+    let second = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", database.display());
+    let refused = rekeyd(second.path(), &["init", "--database-url", &url]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "already holds a rekey schema (version {})",
+            newest - 1
+        )),
+        "{stderr}"
+    );
+    assert_eq!(schema(&database), newest - 1, "init migrated the database");
+}

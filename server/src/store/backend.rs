@@ -56,6 +56,13 @@ impl Store {
         Self::open_as(url, audit_key, Schema::Migrate, read_cache_bytes).await
     }
 
+    /// Makes a new installation's schema in the database at `url` (an
+    /// embedded one is created), refusing a database that has any schema
+    /// and changing nothing there: what `init` does.
+    pub async fn create(url: &str, audit_key: AuditKey) -> Result<Self> {
+        Self::open_as(url, audit_key, Schema::New, super::read_cache::CAPACITY).await
+    }
+
     /// Opens the database at `url` only if its schema is this binary's,
     /// creating and changing nothing: what the other commands do, so that
     /// a newer binary's command cannot migrate the database of an older

@@ -46,14 +46,45 @@ pub enum Schema {
     Migrate,
     /// Refuses it: the database is used only as this binary knows it.
     Current,
+    /// Makes the schema of a database that has none (`init`), and refuses
+    /// one that has any, at any version, leaving it as it is.
+    New,
 }
 
 pub async fn migrate(pool: &SqlitePool) -> Result<()> {
     migrate_sqlite(pool, SQLITE_MIGRATIONS).await
 }
 
+/// Makes the schema of a database that has none; refuses one that has.
+pub async fn create_sqlite(pool: &SqlitePool) -> Result<()> {
+    require_none(applied_sqlite(pool).await?)?;
+    migrate(pool).await
+}
+
+/// Makes the schema of a database that has none; refuses one that has.
+pub async fn create_postgres(pool: &PgPool) -> Result<()> {
+    require_none(applied_postgres(pool).await?)?;
+    migrate_postgres(pool).await
+}
+
+fn require_none(applied: i64) -> Result<()> {
+    if applied > 0 {
+        return Err(Error::FailedPrecondition(format!(
+            "the database already holds a rekey schema (version {applied}); init makes a new \
+             installation in an empty database (to add a replica, copy that installation's \
+             directory instead); nothing was changed"
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses a schema other than this binary's, changing nothing.
 pub async fn require_current_sqlite(pool: &SqlitePool) -> Result<()> {
+    require_current(applied_sqlite(pool).await?, newest(SQLITE_MIGRATIONS))
+}
+
+/// The newest migration applied; 0 without a schema.
+async fn applied_sqlite(pool: &SqlitePool) -> Result<i64> {
     let exists: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM sqlite_schema \
          WHERE type = 'table' AND name = 'schema_migrations')",
@@ -67,11 +98,16 @@ pub async fn require_current_sqlite(pool: &SqlitePool) -> Result<()> {
     } else {
         None
     };
-    require_current(applied.unwrap_or(0), newest(SQLITE_MIGRATIONS))
+    Ok(applied.unwrap_or(0))
 }
 
 /// Refuses a schema other than this binary's, changing nothing.
 pub async fn require_current_postgres(pool: &PgPool) -> Result<()> {
+    require_current(applied_postgres(pool).await?, newest(POSTGRES_MIGRATIONS))
+}
+
+/// The newest migration applied; 0 without a schema.
+async fn applied_postgres(pool: &PgPool) -> Result<i64> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass('schema_migrations') IS NOT NULL")
         .fetch_one(pool)
         .await?;
@@ -82,7 +118,7 @@ pub async fn require_current_postgres(pool: &PgPool) -> Result<()> {
     } else {
         None
     };
-    require_current(applied.unwrap_or(0), newest(POSTGRES_MIGRATIONS))
+    Ok(applied.unwrap_or(0))
 }
 
 fn newest(migrations: &[(i64, &str)]) -> i64 {

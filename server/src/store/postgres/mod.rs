@@ -30,7 +30,9 @@ use super::batch::{Boxed, Dialect, Writer};
 use super::chain::AuditChain;
 use super::group_commit::GroupCommit;
 use super::list::{attach_tags, detail_statements, number_placeholders};
-use super::migrate::{Schema, migrate_postgres as migrate, require_current_postgres};
+use super::migrate::{
+    Schema, create_postgres, migrate_postgres as migrate, require_current_postgres,
+};
 use crate::audit::AuditKey;
 use crate::error::{Error, Result};
 use crate::stages::StageMap;
@@ -70,6 +72,7 @@ impl Store {
         match schema {
             Schema::Migrate => migrate(&pool).await?,
             Schema::Current => require_current_postgres(&pool).await?,
+            Schema::New => create_postgres(&pool).await?,
         }
         let store_metrics = Arc::new(super::StoreMetrics::default());
         let writer = Writer::start(pool.clone(), DIALECT, store_metrics.clone(), None);

@@ -37,7 +37,7 @@ use super::rows::{
 use super::batch::{Boxed, Dialect, Place, Writer};
 use super::chain::AuditChain;
 use super::group_commit::GroupCommit;
-use super::migrate::{Schema, migrate, require_current_sqlite};
+use super::migrate::{Schema, create_sqlite, migrate, require_current_sqlite};
 use super::read_cache::{Found, ReadCache, Selector, Stale};
 use super::{Gate, ValueRead};
 use crate::audit::AuditKey;
@@ -197,7 +197,7 @@ impl Store {
     ) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|error| Error::InvalidArgument(format!("database URL {url:?}: {error}")))?
-            .create_if_missing(schema == Schema::Migrate)
+            .create_if_missing(schema != Schema::Current)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(BUSY_TIMEOUT);
         let options = WRITER_PRAGMAS
@@ -227,7 +227,7 @@ impl Store {
         // nothing either.
         let path = resolved(&file);
         let serving = match schema {
-            Schema::Migrate => Some(hold_serving_lock(&file, &path)?),
+            Schema::Migrate | Schema::New => Some(hold_serving_lock(&file, &path)?),
             Schema::Current => None,
         };
         let pool = SqlitePoolOptions::new()
@@ -241,6 +241,7 @@ impl Store {
         match schema {
             Schema::Migrate => migrate(&pool).await?,
             Schema::Current => require_current_sqlite(&pool).await?,
+            Schema::New => create_sqlite(&pool).await?,
         }
         let readers = readers::Readers::open(&file, READERS)?;
         let chain = Arc::new(AuditChain::new(audit_key));
