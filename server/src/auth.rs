@@ -12,9 +12,9 @@
 use crate::audit::AuditEvent;
 use crate::limits::OncePerSecond;
 use crate::policy::{Decision, Policy};
-use crate::principal::Principal;
+use crate::principal::{PeerCertificate, Principal};
 use crate::service::AppState;
-use crate::tls::ConnectionInfo;
+use crate::tls::{ConnectionInfo, Revocations};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -204,25 +204,32 @@ impl tonic::service::Interceptor for Authenticator {
                 return Err(self.refuse(&request, &key, NO_PRINCIPAL, refusal.to_string()));
             }
         };
-        if peer.expired(rekey_shared::time::now_millis() / 1000) {
-            let message = format!(
-                "client certificate refused: serial {} expired while its connection was open",
-                peer.serial
-            );
-            let principal = peer.principal.as_str();
-            return Err(self.refuse(&request, &peer.serial, principal, message));
-        }
-        if self.state.revocations.is_revoked(&peer.serial) {
-            let message = format!(
-                "client certificate refused: serial {} was revoked",
-                peer.serial
-            );
+        if let Some(message) = no_longer_valid(&self.state.revocations, peer) {
             let principal = peer.principal.as_str();
             return Err(self.refuse(&request, &peer.serial, principal, message));
         }
         let principal = peer.principal.clone();
         request.extensions_mut().insert(principal);
         Ok(request)
+    }
+}
+
+/// Why a certificate that passed its connection's handshake may no longer
+/// be served (revoked or expired since), if so: asked at every request,
+/// and by an open Watch stream.
+pub fn no_longer_valid(revocations: &Revocations, peer: &PeerCertificate) -> Option<String> {
+    if revocations.is_revoked(&peer.serial) {
+        Some(format!(
+            "client certificate refused: serial {} was revoked",
+            peer.serial
+        ))
+    } else if peer.expired(rekey_shared::time::now_millis() / 1000) {
+        Some(format!(
+            "client certificate refused: serial {} expired while its connection was open",
+            peer.serial
+        ))
+    } else {
+        None
     }
 }
 

@@ -16,6 +16,14 @@ pub const SERVER_STOPPING: &str = "server_stopping";
 /// never sent to clients, who reconnect and read again.
 pub const EVENTS_LOST: &str = "events_lost";
 
+/// The event of kind [`EVENTS_LOST`].
+pub fn events_lost() -> WatchEvent {
+    WatchEvent {
+        kind: EVENTS_LOST.to_owned(),
+        ..WatchEvent::default()
+    }
+}
+
 /// How many events a slow subscriber may fall behind before it is told it
 /// missed some.
 const BACKLOG: usize = 1024;
@@ -99,10 +107,7 @@ impl Events {
 
     /// Ends every Watch stream of this process: events may have been lost.
     pub fn lost(&self) {
-        self.deliver(Arc::new(WatchEvent {
-            kind: EVENTS_LOST.to_owned(),
-            ..WatchEvent::default()
-        }));
+        self.deliver(Arc::new(events_lost()));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<WatchEvent>> {

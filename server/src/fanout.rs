@@ -91,11 +91,9 @@ async fn send_out(state: &AppState, origin: &str, mut outgoing: mpsc::Receiver<A
     while let Some(event) = outgoing.recv().await {
         lost |= state.events.take_relay_dropped();
         if lost {
-            let marker = WatchEvent {
-                kind: crate::events::EVENTS_LOST.to_owned(),
-                ..WatchEvent::default()
-            };
-            lost = send(state, origin, &marker).await.is_err();
+            lost = send(state, origin, &crate::events::events_lost())
+                .await
+                .is_err();
         }
         if let Err(error) = send(state, origin, &event).await {
             tracing::warn!(%error, kind = %event.kind, "sending a watch event to the other replicas failed");

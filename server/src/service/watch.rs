@@ -62,30 +62,22 @@ impl WatchService {
                 Watched::Event(Ok(event)) => event.kind != crate::events::SERVER_STOPPING,
                 _ => true,
             })
-            // Events of other replicas may have been missed: end the
-            // stream, as a watcher that fell behind is ended.
-            .map(|item| match item {
-                Watched::Event(Ok(event)) if event.kind == crate::events::EVENTS_LOST => {
-                    Watched::Lost
-                }
-                other => other,
-            })
             .filter_map(move |item| {
-                if let Some(peer) = &peer {
-                    if state.revocations.is_revoked(&peer.serial) {
-                        return Some(Err(Status::unauthenticated(format!(
-                            "client certificate refused: serial {} was revoked",
-                            peer.serial
-                        ))));
-                    }
-                    if peer.expired(rekey_shared::time::now_millis() / 1000) {
-                        return Some(Err(Status::unauthenticated(format!(
-                            "client certificate refused: serial {} expired",
-                            peer.serial
-                        ))));
-                    }
+                if let Some(refusal) = peer
+                    .as_ref()
+                    .and_then(|peer| crate::auth::no_longer_valid(&state.revocations, peer))
+                {
+                    return Some(Err(Status::unauthenticated(refusal)));
                 }
                 match item {
+                    // Events of other replicas may have been missed: end
+                    // the stream, as a watcher that fell behind is ended.
+                    Watched::Event(Ok(event)) if event.kind == crate::events::EVENTS_LOST => {
+                        Some(Err(Status::unavailable(
+                            "events from another replica may have been missed; reconnect and \
+                             read again",
+                        )))
+                    }
                     Watched::Event(Ok(event)) => {
                         let visible = event.name.starts_with(&prefix)
                             && state
@@ -99,10 +91,6 @@ impl WatchService {
                             "this watcher fell {missed} events behind; reconnect and reload"
                         ))))
                     }
-                    Watched::Lost => Some(Err(Status::unavailable(
-                        "events from another replica may have been missed; reconnect and read \
-                         again",
-                    ))),
                     Watched::Check | Watched::Closed => None,
                 }
             });
@@ -127,8 +115,6 @@ enum Watched {
     Check,
     /// The hub is gone.
     Closed,
-    /// Events of other replicas may have been missed.
-    Lost,
 }
 
 #[tonic::async_trait]

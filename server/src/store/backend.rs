@@ -101,6 +101,22 @@ impl Store {
         }
     }
 
+    /// Erases every secret whose recovery window ended by `now`, with all
+    /// its versions, and returns their names; then empties SQLite's
+    /// write-ahead log of them (see each backend's `checkpoint`).
+    pub async fn purge_due(&self, now: i64) -> Result<Vec<String>> {
+        let mut purged = Vec::new();
+        for (id, name) in self.due_for_purge(now).await? {
+            if self.purge(&id, &name, now).await? {
+                purged.push(name);
+            }
+        }
+        if !purged.is_empty() {
+            self.checkpoint().await?;
+        }
+        Ok(purged)
+    }
+
     /// Logs the current audit head as a checkpoint.
     pub fn log_audit_checkpoint(&self) {
         match self {
@@ -270,9 +286,9 @@ forward! {
     pub async fn untag_secret(&self, secret_id: &str, keys: &[String], now: i64, event: &AuditEvent) -> Result<()>;
     pub async fn delete_secret(&self, secret: &SecretRecord, deletion: Deletion, event: &AuditEvent) -> Result<()>;
     pub async fn restore_secret(&self, secret: &SecretRecord, now: i64, event: &AuditEvent) -> Result<()>;
-    pub async fn purge_due(&self, now: i64) -> Result<Vec<String>>;
     pub async fn due_for_purge(&self, now: i64) -> Result<Vec<(String, String)>>;
     pub async fn purge(&self, secret_id: &str, name: &str, now: i64) -> Result<bool>;
+    pub async fn checkpoint(&self) -> Result<()>;
     pub async fn version(&self, secret_id: &str, version_id: &VersionId) -> Result<Option<VersionRecord>>;
     pub async fn all_versions(&self, secret_id: &str) -> Result<Vec<VersionRecord>>;
     pub async fn version_at_stage(&self, secret_id: &str, stage: &Stage) -> Result<Option<VersionRecord>>;

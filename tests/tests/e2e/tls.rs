@@ -250,24 +250,25 @@ fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tokio_stream::Stream<It
     tokio_stream::iter([item])
 }
 
-/// A CRL past its next update is not trusted: the server refuses to start
-/// on it, saying which file and since when.
-#[test]
-fn an_expired_crl_is_refused_at_start() {
-    let installation = Installation::new();
-    let (_, issuer) = installation_ca(&installation);
-    let now = OffsetDateTime::now_utc();
+/// A CRL of the installation's CA, next updated at `next_update`, written
+/// as `crl.pem` and named in `tls.crl_files`.
+fn use_crl(
+    installation: &Installation,
+    issuer: &Issuer<'_, KeyPair>,
+    next_update: OffsetDateTime,
+    revoked_certs: Vec<rcgen::RevokedCertParams>,
+) {
     let crl = rcgen::CertificateRevocationListParams {
-        this_update: now - Duration::days(8),
-        next_update: now - Duration::days(1),
+        this_update: next_update - Duration::days(7),
+        next_update,
         crl_number: rcgen::SerialNumber::from_slice(&[1]),
         issuing_distribution_point: None,
-        revoked_certs: Vec::new(),
+        revoked_certs,
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
     }
-    .signed_by(&issuer)
+    .signed_by(issuer)
     .unwrap();
-    std::fs::write(installation.dir().join("old-crl.pem"), crl.pem().unwrap()).unwrap();
+    std::fs::write(installation.dir().join("crl.pem"), crl.pem().unwrap()).unwrap();
     installation.edit_config(|table| {
         let tls = table
             .get_mut("tls")
@@ -275,9 +276,19 @@ fn an_expired_crl_is_refused_at_start() {
             .unwrap();
         tls.insert(
             "crl_files".into(),
-            toml::Value::Array(vec!["old-crl.pem".into()]),
+            toml::Value::Array(vec!["crl.pem".into()]),
         );
     });
+}
+
+/// A CRL past its next update is not trusted: the server refuses to start
+/// on it, saying which file and since when.
+#[test]
+fn an_expired_crl_is_refused_at_start() {
+    let installation = Installation::new();
+    let (_, issuer) = installation_ca(&installation);
+    let now = OffsetDateTime::now_utc();
+    use_crl(&installation, &issuer, now - Duration::days(1), Vec::new());
     let mut serving = std::process::Command::new(rekey_tests::binary("rekeyd"))
         .arg("--dir")
         .arg(installation.dir())
@@ -294,7 +305,7 @@ fn an_expired_crl_is_refused_at_start() {
     std::io::Read::read_to_string(&mut serving.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
-        stderr.contains("old-crl.pem") && stderr.contains("expired"),
+        stderr.contains("crl.pem") && stderr.contains("expired"),
         "{stderr}"
     );
 }
@@ -311,32 +322,13 @@ async fn a_crl_of_the_ca_is_honoured() {
     let revoked = with_serial(&[0x0a, 0xbc, 0xde]);
     let kept = with_serial(&[0x0b, 0x01, 0x02]);
     let now = OffsetDateTime::now_utc();
-    let crl = rcgen::CertificateRevocationListParams {
-        this_update: now - Duration::minutes(5),
-        next_update: now + Duration::days(7),
-        crl_number: rcgen::SerialNumber::from_slice(&[1]),
-        issuing_distribution_point: None,
-        revoked_certs: vec![rcgen::RevokedCertParams {
-            serial_number: rcgen::SerialNumber::from_slice(&[0x0a, 0xbc, 0xde]),
-            revocation_time: now - Duration::minutes(1),
-            reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-            invalidity_date: None,
-        }],
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(&issuer)
-    .unwrap();
-    std::fs::write(installation.dir().join("crl.pem"), crl.pem().unwrap()).unwrap();
-    installation.edit_config(|table| {
-        let tls = table
-            .get_mut("tls")
-            .and_then(|tls| tls.as_table_mut())
-            .unwrap();
-        tls.insert(
-            "crl_files".into(),
-            toml::Value::Array(vec!["crl.pem".into()]),
-        );
-    });
+    let revocations = vec![rcgen::RevokedCertParams {
+        serial_number: rcgen::SerialNumber::from_slice(&[0x0a, 0xbc, 0xde]),
+        revocation_time: now - Duration::minutes(1),
+        reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+        invalidity_date: None,
+    }];
+    use_crl(&installation, &issuer, now + Duration::days(7), revocations);
     let server = installation.serve();
     try_read(&server, rekey_shared::channel::tls_config(&kept))
         .await

@@ -115,15 +115,15 @@ pub fn parse_since(text: &str) -> anyhow::Result<i64> {
     if let Ok(time) = OffsetDateTime::parse(text, &Rfc3339) {
         return Ok((time.unix_timestamp_nanos() / 1_000_000) as i64);
     }
-    let unit = text.chars().last().unwrap_or(' ');
-    let number = &text[..text.len() - unit.len_utf8().min(text.len())];
-    let seconds: i64 = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86_400,
+    let mut chars = text.chars();
+    let seconds: i64 = match chars.next_back() {
+        Some('s') => 1,
+        Some('m') => 60,
+        Some('h') => 3600,
+        Some('d') => 86_400,
         _ => 0,
     };
+    let number = chars.as_str();
     let millis = number
         .parse::<i64>()
         .ok()

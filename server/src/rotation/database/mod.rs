@@ -343,16 +343,17 @@ pub fn describe(error: &sqlx::Error, user: &str, address: &str, doing: &str) -> 
             // ("... near 'PASSWORD '*6BB4...'' at line 1"): a password hash.
             let message = db.message();
             let message = message.split(" near '").next().unwrap_or_default();
+            // Statement or lock timeout (PostgreSQL), lock wait timeout
+            // (MySQL, MariaDB, whose SQLSTATE for it is the generic HY000):
+            // the session's time limit passed.
+            if matches!(code.as_str(), "57014" | "55P03") || message.contains("Lock wait timeout") {
+                return LoginError::Unreachable(format!(
+                    "{address} gave up waiting to {doing} at the step's time limit \
+                     (rotation.database_timeout_seconds): another session may hold a lock on \
+                     the user, in an open transaction"
+                ));
+            }
             match code.as_str() {
-                // Statement or lock timeout (PostgreSQL), lock wait timeout
-                // (MySQL, MariaDB): the session's time limit passed.
-                "57014" | "55P03" | "HY000" if is_time_limit(db.as_ref()) => {
-                    LoginError::Unreachable(format!(
-                        "{address} gave up waiting to {doing} at the step's time limit \
-                         (rotation.database_timeout_seconds): another session may hold a lock \
-                         on the user, in an open transaction"
-                    ))
-                }
                 "28P01" | "28000" => LoginError::Refused(format!(
                     "authentication failed for user {user} at {address}"
                 )),
@@ -363,15 +364,6 @@ pub fn describe(error: &sqlx::Error, user: &str, address: &str, doing: &str) -> 
             }
         }
         other => LoginError::Unreachable(format!("cannot {doing} at {address}: {other}")),
-    }
-}
-
-/// Whether a database error says a session's time limit passed.
-fn is_time_limit(error: &dyn sqlx::error::DatabaseError) -> bool {
-    match error.code().as_deref() {
-        Some("57014" | "55P03") => true,
-        // MySQL's SQLSTATE for a lock wait timeout (1205) is the generic one.
-        _ => error.message().contains("Lock wait timeout"),
     }
 }
 

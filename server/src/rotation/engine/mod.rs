@@ -11,7 +11,7 @@
 //! The same loop starts scheduled runs when they are due; a claim on the
 //! schedule makes exactly one replica start each.
 
-use super::planner::{self, Inputs, Plan, Wait};
+use super::planner::{self, Inputs, Plan};
 use super::schedule;
 use super::{HistoryRecord, Outcome, Phase, Revert, RunRecord, Step};
 use crate::audit::AuditEvent;
@@ -467,11 +467,7 @@ impl Engine {
                     ))
                 })?;
             let (plan, _, _) = self.plan_of(secret, &run).await?;
-            let waits = match plan {
-                Plan::Wait(Wait::Approval { step, .. }) | Plan::RequestApproval(step) => Some(step),
-                _ => None,
-            };
-            if run.id != run_id || waits != Some(approval.step) {
+            if run.id != run_id || plan.awaited_approval() != Some(approval.step) {
                 return Err(moved_on(secret, approval.step));
             }
             let entry = history(

@@ -23,6 +23,16 @@ pub enum Plan {
     Wait(Wait),
 }
 
+impl Plan {
+    /// The step that waits for an approval now, if any.
+    pub fn awaited_approval(&self) -> Option<Step> {
+        match self {
+            Plan::Wait(Wait::Approval { step, .. }) | Plan::RequestApproval(step) => Some(*step),
+            _ => None,
+        }
+    }
+}
+
 /// Why nothing happens now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wait {

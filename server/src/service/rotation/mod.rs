@@ -427,14 +427,11 @@ impl RotationService {
             )));
         }
         let (plan, _, _) = self.engine.plan_of(&secret, &run).await?;
-        let step = match plan {
-            Plan::Wait(Wait::Approval { step, .. }) | Plan::RequestApproval(step) => step,
-            _ => {
-                return Err(Error::FailedPrecondition(format!(
-                    "the run of {name} does not wait for an approval now"
-                )));
-            }
-        };
+        let step = plan.awaited_approval().ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "the run of {name} does not wait for an approval now"
+            ))
+        })?;
         if request.reject {
             if request.comment.trim().is_empty() {
                 return Err(Error::InvalidArgument(
@@ -444,17 +441,10 @@ impl RotationService {
             let reason = format!("rejected by {principal}: {}", request.comment);
             let seen = run.id.clone();
             self.engine
-                .act(&secret, &context.change_event(), |now, plan| {
-                    let waits = match plan {
-                        Plan::Wait(Wait::Approval { step, .. }) | Plan::RequestApproval(step) => {
-                            Some(*step)
-                        }
-                        _ => None,
-                    };
-                    if now.id != seen || waits != Some(step) {
+                .act(&secret, &context.change_event(), |run, plan| {
+                    if run.id != seen || plan.awaited_approval() != Some(step) {
                         return Err(moved_on(&secret, step));
                     }
-                    let run = now;
                     let next = Engine::ending(run, Outcome::Rejected, &reason);
                     let entry =
                         history(step, "rejected", run.attempt, &principal, &request.comment);

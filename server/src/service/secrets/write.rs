@@ -167,15 +167,18 @@ impl SecretsService {
         let changes_metadata = request.description.is_some() || moving.is_some();
         // A retried request whose version exists already (same token, same
         // value) answers with it; another value under the token is refused.
-        let mut reused = match &value {
-            Some(value) => self.reused_token(&secret, &version_id, value).await?,
-            None => None,
+        let mut version_exists = match &value {
+            Some(value) => self
+                .reused_token(&secret, &version_id, value)
+                .await?
+                .is_some(),
+            None => false,
         };
         // Twice at most: a request with the same token that adds its
         // version meanwhile makes this one a retry.
         loop {
-            let version = match (&value, &reused) {
-                (Some(value), None) => Some(NewVersion {
+            let version = match (&value, version_exists) {
+                (Some(value), false) => Some(NewVersion {
                     version_id: version_id.clone(),
                     created_at: now_millis(),
                     created_by: context.principal.to_string(),
@@ -202,11 +205,10 @@ impl SecretsService {
                 .update_secret(&secret.id, &update, &context.change_event())
                 .await?;
             if let (Some(PutOutcome::VersionExists), Some(value)) = (&outcome, &value) {
-                reused = Some(
-                    self.reused_token(&secret, &version_id, value)
-                        .await?
-                        .ok_or_else(|| Error::internal("update", "a version vanished"))?,
-                );
+                self.reused_token(&secret, &version_id, value)
+                    .await?
+                    .ok_or_else(|| Error::internal("update", "a version vanished"))?;
+                version_exists = true;
                 continue;
             }
             context.recorded();

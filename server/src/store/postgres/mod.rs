@@ -112,7 +112,7 @@ impl Store {
 
     /// SQLite rewrites freed pages; PostgreSQL leaves erased rows to
     /// VACUUM, which reclaims them (see the README on erasure).
-    async fn checkpoint(&self) -> Result<()> {
+    pub async fn checkpoint(&self) -> Result<()> {
         Ok(())
     }
 

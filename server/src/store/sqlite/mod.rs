@@ -418,7 +418,7 @@ impl Store {
     /// `secure_delete`, freed pages are zeroed). If a reader holds the log
     /// longer than the busy timeout, the log is not emptied, and the server
     /// warns.
-    async fn checkpoint(&self) -> Result<()> {
+    pub async fn checkpoint(&self) -> Result<()> {
         if self.checkpoints.empty().await? {
             tracing::warn!(
                 "the write-ahead log could not be emptied after an erasure; \

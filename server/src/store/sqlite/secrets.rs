@@ -258,21 +258,6 @@ impl Store {
         self.commit_audited(tx, event).await
     }
 
-    /// Erases every secret whose recovery window ended by `now`, with all
-    /// its versions, and returns their names.
-    pub async fn purge_due(&self, now: i64) -> Result<Vec<String>> {
-        let mut purged = Vec::new();
-        for (id, name) in self.due_for_purge(now).await? {
-            if self.purge(&id, &name, now).await? {
-                purged.push(name);
-            }
-        }
-        if !purged.is_empty() {
-            self.checkpoint().await?;
-        }
-        Ok(purged)
-    }
-
     /// The secrets (id, name) whose recovery window ended by `now`.
     pub async fn due_for_purge(&self, now: i64) -> Result<Vec<(String, String)>> {
         Ok(sqlx::query_as(
