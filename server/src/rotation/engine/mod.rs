@@ -28,8 +28,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod actions;
 mod lease;
 mod steps;
+
+pub use actions::moved_on;
 
 pub use lease::LEASE;
 
@@ -390,125 +393,6 @@ impl Engine {
         Ok((plan, have, need))
     }
 
-    /// An operator's action on the secret's active run: `change` looks at
-    /// the run and what it waits for, and returns the run to persist with
-    /// its history (or refuses). Then the run is driven on.
-    pub async fn act(
-        &self,
-        secret: &SecretRecord,
-        event: &AuditEvent,
-        change: impl FnOnce(&RunRecord, &Plan) -> Result<(RunRecord, Vec<HistoryRecord>, &'static str)>,
-    ) -> Result<RunRecord> {
-        {
-            let lock = self.lock_for(&secret.id);
-            let _held = lock.lock().await;
-            let run = self
-                .state
-                .store
-                .active_run(&secret.id)
-                .await?
-                .ok_or_else(|| {
-                    Error::FailedPrecondition(format!(
-                        "secret {} has no active rotation run",
-                        secret.name
-                    ))
-                })?;
-            let (plan, _, _) = self.plan_of(secret, &run).await?;
-            let (mut next, entries, kind) = change(&run, &plan)?;
-            self.state
-                .store
-                .update_run(&mut next, &entries, Some(event))
-                .await?;
-            let detail = entries
-                .last()
-                .map(|entry| entry.detail.clone())
-                .unwrap_or_default();
-            self.publish(
-                kind,
-                secret,
-                &next,
-                Some(next.step),
-                &detail,
-                &event.principal,
-            );
-        }
-        self.drive_on(&secret.id).await?;
-        let store = &self.state.store;
-        let runs = store.runs_of(&secret.id, 1).await?;
-        runs.into_iter()
-            .next()
-            .ok_or_else(|| Error::internal("rotation", "the run vanished"))
-    }
-
-    /// Records an approval of the step the run waits at, then drives on;
-    /// refused unless run `run_id` is still the active one and still waits
-    /// for an approval of that step (the approver decided on what they
-    /// saw, not on a run that began or moved on since).
-    pub async fn approve(
-        &self,
-        secret: &SecretRecord,
-        run_id: &str,
-        approval: crate::rotation::ApprovalRecord,
-        event: &AuditEvent,
-    ) -> Result<bool> {
-        let recorded;
-        {
-            let lock = self.lock_for(&secret.id);
-            let _held = lock.lock().await;
-            let run = self
-                .state
-                .store
-                .active_run(&secret.id)
-                .await?
-                .ok_or_else(|| {
-                    Error::FailedPrecondition(format!(
-                        "secret {} has no active rotation run",
-                        secret.name
-                    ))
-                })?;
-            let (plan, _, _) = self.plan_of(secret, &run).await?;
-            if run.id != run_id || plan.awaited_approval() != Some(approval.step) {
-                return Err(moved_on(secret, approval.step));
-            }
-            let entry = history(
-                approval.step,
-                "approved",
-                run.attempt,
-                &approval.principal,
-                &approval.comment,
-            );
-            recorded = self
-                .state
-                .store
-                .add_approval(&run.id, &approval, &[entry], event)
-                .await?;
-            if recorded {
-                self.publish(
-                    "approved",
-                    secret,
-                    &run,
-                    Some(approval.step),
-                    &approval.comment,
-                    &approval.principal,
-                );
-            }
-        }
-        self.drive_on(&secret.id).await?;
-        Ok(recorded)
-    }
-
-    /// Begins ending a run for an operator (cancel, reject).
-    pub fn ending(run: &RunRecord, outcome: Outcome, reason: &str) -> RunRecord {
-        let mut next = run.clone();
-        next.phase = Phase::Ending;
-        next.outcome = Some(outcome);
-        next.revert = planner::revert_for(run);
-        next.end_reason = reason.to_owned();
-        next.next_attempt_at = None;
-        next.updated_at = now_millis();
-        next
-    }
-
     /// Drives the secret's active run until the planner says wait.
     ///
     /// Boxed: the future is deep, and naming it `Send` here spares every
@@ -688,14 +572,4 @@ impl Engine {
     fn begin_ending(&self, run: &mut RunRecord, outcome: Outcome, reason: &str) {
         *run = Self::ending(run, outcome, reason);
     }
-}
-
-/// The refusal of an approval or rejection whose run ended, or moved past
-/// the step, between the approver's look and the change.
-pub fn moved_on(secret: &SecretRecord, step: Step) -> Error {
-    Error::FailedPrecondition(format!(
-        "the rotation of {} no longer waits for an approval of {step} in the run you saw; \
-         look at it again (rekey rotation show {})",
-        secret.name, secret.name
-    ))
 }

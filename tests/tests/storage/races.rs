@@ -1,0 +1,162 @@
+//! Writes that race on both backends: data keys wrapped under a master-key
+//! version retired before they are stored (a move to another key, a
+//! re-wrap) are refused; a secret restored after the purge found it due is
+//! not erased.
+
+use super::{add_default_key, all_events, create, event};
+use rekey_server::audit::AuditKey;
+use rekey_server::crypto::{Key, KeyRef, RootKey};
+use rekey_server::store::{Deletion, Store, WrappedMasterKey};
+use rekey_shared::{KeyName, SecretName};
+use rekey_tests::databases::StorageDatabase;
+
+/// Data keys wrapped under a master-key version that was retired before
+/// they were stored (a move to another key, a re-wrap) are refused, and
+/// nothing changes: stored, they could never be opened again.
+async fn retired_key_suite(url: &str, root: &RootKey) {
+    let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
+    add_default_key(&store).await;
+    let id = create(&store, "moving/db", &[]).await;
+    let version = store.all_versions(&id).await.unwrap().remove(0);
+    for number in [1, 2] {
+        store
+            .insert_master_key(
+                &WrappedMasterKey {
+                    name: "payments".into(),
+                    version: number,
+                    wrapped_material: vec![8; 60],
+                    created_at: 2,
+                },
+                &event("CreateKey"),
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .retire_master_key("payments", 1, &event("RetireKey"))
+        .await
+        .unwrap();
+    let payments = KeyName::parse("payments").unwrap();
+    let moved = rekey_server::store::Rewrapped {
+        version_id: version.version_id.clone(),
+        wrapped_data_key: vec![9; 60],
+        from: version.sealed.key.clone(),
+        to: KeyRef {
+            name: payments.clone(),
+            version: 1,
+        },
+    };
+    let update = rekey_server::store::SecretUpdate {
+        description: Some("moved"),
+        new_key: Some((&payments, std::slice::from_ref(&moved))),
+        version: None,
+        now: 3,
+    };
+    let refused = store
+        .update_secret(&id, &update, &event("UpdateSecret"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("was retired meanwhile"),
+        "{refused}"
+    );
+    let refused = store
+        .store_rewrapped(&[(id.clone(), moved.clone())], &event("Rewrap"))
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("was retired meanwhile"),
+        "{refused}"
+    );
+    let stored = store.all_versions(&id).await.unwrap().remove(0);
+    assert_eq!(stored.sealed.key, version.sealed.key);
+    assert_eq!(
+        stored.sealed.wrapped_data_key,
+        version.sealed.wrapped_data_key
+    );
+    let secret = store
+        .secret(&SecretName::parse("moving/db").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(secret.key_name, KeyName::default_key());
+    assert_eq!(secret.description, "about moving/db");
+
+    // Under the version that is there, the move goes through.
+    let moved = rekey_server::store::Rewrapped {
+        to: KeyRef {
+            name: payments.clone(),
+            version: 2,
+        },
+        ..moved.clone()
+    };
+    let update = rekey_server::store::SecretUpdate {
+        description: Some("moved"),
+        new_key: Some((&payments, std::slice::from_ref(&moved))),
+        version: None,
+        now: 4,
+    };
+    store
+        .update_secret(&id, &update, &event("UpdateSecret"))
+        .await
+        .unwrap();
+    let stored = store.all_versions(&id).await.unwrap().remove(0);
+    assert_eq!(stored.sealed.key, moved.to);
+    store.close().await;
+}
+
+on_both_backends!(retired_key_suite => sqlite_retired_key_versions, postgres_retired_key_versions);
+
+/// A secret restored after the purge found it due is not erased, and no
+/// purge is recorded; one still due is.
+async fn purge_race_suite(url: &str, root: &RootKey) {
+    let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
+    add_default_key(&store).await;
+    let now = rekey_shared::time::now_millis();
+    for name in ["purge/restored", "purge/due"] {
+        create(&store, name, &[]).await;
+        let secret = store
+            .secret(&SecretName::parse(name).unwrap())
+            .await
+            .unwrap()
+            .unwrap();
+        store
+            .delete_secret(&secret, Deletion::At(now - 1), &event("DeleteSecret"))
+            .await
+            .unwrap();
+    }
+    let due = store.due_for_purge(now).await.unwrap();
+    assert_eq!(due.len(), 2, "{due:?}");
+    let restored = store
+        .secret(&SecretName::parse("purge/restored").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .restore_secret(&restored, now, &event("RestoreSecret"))
+        .await
+        .unwrap();
+    let mut purged = Vec::new();
+    for (id, name) in &due {
+        if store.purge(id, name, now).await.unwrap() {
+            purged.push(name.clone());
+        }
+    }
+    assert_eq!(purged, ["purge/due"]);
+    let kept = store
+        .secret(&SecretName::parse("purge/restored").unwrap())
+        .await
+        .unwrap()
+        .expect("the restored secret was erased");
+    assert_eq!(kept.deletion_date, None);
+    assert_eq!(store.all_versions(&kept.id).await.unwrap().len(), 1);
+    let purges = all_events(&store)
+        .await
+        .into_iter()
+        .filter(|stored| stored.event.action == "secrets:PurgeSecret")
+        .count();
+    assert_eq!(purges, 1);
+    store.close().await;
+}
+
+on_both_backends!(purge_race_suite => sqlite_purge_after_restore, postgres_purge_after_restore);

@@ -1,0 +1,170 @@
+//! The update function's rules, one action at a time.
+
+use super::*;
+use zeroize::Zeroizing;
+
+fn app_with_rows(count: usize) -> App {
+    let mut app = App::new("https://127.0.0.1:8443", "admin", true);
+    app.secrets.rows = (0..count)
+        .map(|i| SecretRow {
+            metadata: proto::SecretMetadata {
+                name: format!("s/{i:03}"),
+                ..Default::default()
+            },
+            run: None,
+        })
+        .collect();
+    app
+}
+
+#[test]
+fn scrolling_fetches_the_next_page_once() {
+    let mut app = app_with_rows(30);
+    app.secrets.next_page_token = "more".into();
+    assert!(update(&mut app, Action::Down).is_empty());
+    let effects = update(&mut app, Action::PageDown);
+    assert_eq!(effects, [Effect::LoadSecrets { append: true }]);
+    assert!(
+        update(&mut app, Action::PageDown).is_empty(),
+        "one fetch at a time"
+    );
+}
+
+#[test]
+fn irreversible_actions_ask_first() {
+    let mut app = app_with_rows(3);
+    assert!(update(&mut app, Action::ForceDelete).is_empty());
+    assert_eq!(
+        app.mode,
+        Mode::Confirm(Confirmable::ForceDelete("s/000".into()))
+    );
+    assert!(update(&mut app, Action::Confirm(false)).is_empty());
+    assert_eq!(app.mode, Mode::Normal);
+    update(&mut app, Action::ForceDelete);
+    assert_eq!(
+        update(&mut app, Action::Confirm(true)),
+        [Effect::ForceDelete("s/000".into())]
+    );
+    // A rejection needs a comment, then a confirmation.
+    update(&mut app, Action::Reject);
+    assert!(update(&mut app, Action::Submit).is_empty());
+    assert!(app.message.as_ref().is_some_and(|m| m.error));
+    update(&mut app, Action::Reject);
+    for c in "no".chars() {
+        update(&mut app, Action::Type(c));
+    }
+    update(&mut app, Action::Submit);
+    assert_eq!(
+        update(&mut app, Action::Confirm(true)),
+        [Effect::Reject {
+            name: "s/000".into(),
+            run_id: String::new(),
+            comment: "no".into()
+        }]
+    );
+}
+
+#[test]
+fn an_approval_names_the_run_on_screen() {
+    let mut app = app_with_rows(1);
+    app.approvals = vec![proto::RotationRun {
+        name: "s/000".into(),
+        run_id: "run-seen".into(),
+        ..Default::default()
+    }];
+    app.view = View::Approvals;
+    update(&mut app, Action::Approve);
+    update(&mut app, Action::Type('k'));
+    assert_eq!(
+        update(&mut app, Action::Submit),
+        [Effect::Approve {
+            name: "s/000".into(),
+            run_id: "run-seen".into(),
+            comment: "k".into()
+        }]
+    );
+}
+
+#[test]
+fn filtering_as_you_type_and_views_by_name() {
+    let mut app = app_with_rows(3);
+    update(&mut app, Action::StartFilter);
+    assert_eq!(
+        update(&mut app, Action::Type('p')),
+        [Effect::LoadSecrets { append: false }]
+    );
+    assert_eq!(app.secrets.filter, "p");
+    update(&mut app, Action::Back);
+    assert_eq!(app.secrets.filter, "");
+    update(&mut app, Action::StartCommand);
+    for c in "audit".chars() {
+        update(&mut app, Action::Type(c));
+    }
+    assert_eq!(update(&mut app, Action::Submit), [Effect::LoadAudit]);
+    assert_eq!(app.view, View::Audit);
+    update(&mut app, Action::Back);
+    assert_eq!(app.view, View::Secrets);
+    update(&mut app, Action::Back);
+    assert!(app.quit);
+}
+
+#[test]
+fn answers_to_an_older_filter_are_dropped() {
+    let mut app = app_with_rows(0);
+    app.secrets.filter = "prod/d".into();
+    let stale = |filter: &str| Action::SecretsLoaded {
+        rows: app_with_rows(2).secrets.rows,
+        next_page_token: String::new(),
+        append: false,
+        filter: filter.into(),
+        sort: Default::default(),
+    };
+    update(&mut app, stale("prod/"));
+    assert!(app.secrets.rows.is_empty());
+    update(&mut app, stale("prod/d"));
+    assert_eq!(app.secrets.rows.len(), 2);
+}
+
+fn fetched(name: &str) -> Action {
+    Action::Revealed(Fetched {
+        name: name.into(),
+        value: Zeroizing::new("planted-value".into()),
+    })
+}
+
+fn detail_of(name: &str) -> Option<Detail> {
+    let mut detail = Detail::default();
+    detail.metadata.name = name.into();
+    Some(detail)
+}
+
+#[test]
+fn a_revealed_value_shows_only_on_its_own_secret() {
+    let mut app = app_with_rows(2);
+    app.detail = detail_of("a");
+    app.view = View::Detail;
+    update(&mut app, fetched("b"));
+    assert!(app.detail.as_ref().unwrap().revealed.is_none());
+    // Back on the list, the detail of a kept for going back to.
+    app.view = View::Secrets;
+    update(&mut app, fetched("a"));
+    assert!(app.detail.as_ref().unwrap().revealed.is_none());
+    app.view = View::Detail;
+    update(&mut app, fetched("a"));
+    assert!(app.detail.as_ref().unwrap().revealed.is_some());
+    assert!(!format!("{:?}", fetched("a")).contains("planted-value"));
+}
+
+#[test]
+fn a_revealed_value_hides_after_its_time() {
+    let mut app = app_with_rows(1);
+    app.detail = detail_of("a");
+    app.view = View::Detail;
+    update(&mut app, fetched("a"));
+    assert!(app.detail.as_ref().unwrap().revealed.is_some());
+    update(
+        &mut app,
+        Action::Tick(Instant::now() + Duration::from_secs(super::super::app::REVEAL_SECONDS + 1)),
+    );
+    assert!(app.detail.as_ref().unwrap().revealed.is_none());
+}
