@@ -291,18 +291,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             root_key_file,
         } => {
-            let summary = crate::backup::restore(
+            let restored = crate::backup::restore(
                 &file,
                 &location.dir,
                 root_key_file.as_deref(),
                 &location.passphrase(),
             )
             .await?;
+            let proven = if restored.tables_proven {
+                "every table is as it was backed up, every value opens and the audit log verifies"
+            } else {
+                "every value opens and the audit log verifies; this backup (format 1) cannot \
+                 prove its other tables: check its policy (rekey policy get) and certificates \
+                 (rekeyd cert list) before you serve it"
+            };
             println!(
-                "restored {} into {}: {summary}; every value opens and the audit log verifies\n\
+                "restored {} into {}: {}; {proven}\n\
                  start it with: rekeyd --dir {} serve",
                 file.display(),
                 location.dir.display(),
+                restored.summary,
                 location.dir.display()
             );
             Ok(())

@@ -9,11 +9,14 @@
 //! key derived from the root key. Values stay as they are stored, sealed
 //! under master keys that the root key wraps; the root key itself is never
 //! in the file. A backup is therefore useless without the root key, and
-//! restoring one needs it.
+//! restoring one needs it. The description names the files and carries a
+//! MAC of each table (`contents`), so restore proves the whole backup, not
+//! only the values and the audit chain.
 
+mod contents;
 mod restore;
 
-pub use restore::restore;
+pub use restore::{Restored, restore};
 
 use crate::audit::AuditEvent;
 use crate::config::{self, Loaded};
@@ -27,7 +30,10 @@ use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
 
 /// The layout of the file; restore refuses formats it does not know.
-const FORMAT: i64 = 1;
+/// Format 2 added the files' names and the tables' MACs to the
+/// description; restore still reads format 1, whose tables it cannot prove.
+const FORMAT: i64 = 2;
+const FIRST_FORMAT: i64 = 1;
 
 /// Names of the installation files inside a backup.
 const CONFIG: &str = "rekeyd.toml";
@@ -35,6 +41,9 @@ const SERVER_CERTIFICATE: &str = "server.pem";
 const SERVER_KEY: &str = "server.key";
 /// The sealed copy of `backup_info`.
 const INFO_FILE: &str = "backup_info";
+/// The `backup_info` entry naming the installation files in the backup,
+/// sorted and separated by commas.
+const FILES_INFO: &str = "files";
 
 /// `backup_info` as one text, its entries sorted, for comparing the sealed
 /// copy with the clear one.
@@ -165,6 +174,7 @@ pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
 
     let Opened { store, keyring } = installation::open(loaded).await?;
     let sealer = FileSealer::new(keyring.root());
+    let contents_key = contents::ContentsKey::new(keyring.root());
     drop(keyring);
     let partial = partial_path(out)?;
     let finished = async {
@@ -175,15 +185,28 @@ pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
             .snapshot_into(&partial)
             .await
             .map_err(|error| anyhow::anyhow!("{error}"))?;
+        let snapshot = partial.clone();
+        let macs =
+            tokio::task::spawn_blocking(move || contents::macs(&snapshot, &contents_key)).await??;
         let source = std::fs::canonicalize(&loaded.dir).unwrap_or_else(|_| loaded.dir.clone());
+        let mut names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+        names.sort_unstable();
         let mut info = vec![
-            ("format", FORMAT.to_string()),
-            ("created_at", rekey_shared::time::now_millis().to_string()),
-            ("rekeyd_version", env!("CARGO_PKG_VERSION").to_owned()),
-            ("source", source.display().to_string()),
+            ("format".to_owned(), FORMAT.to_string()),
+            (
+                "created_at".to_owned(),
+                rekey_shared::time::now_millis().to_string(),
+            ),
+            (
+                "rekeyd_version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            ),
+            ("source".to_owned(), source.display().to_string()),
+            (FILES_INFO.to_owned(), names.join(",")),
         ];
+        info.extend(macs);
         if let Some(settings) = &loaded.config.root_passphrase {
-            info.push((PASSPHRASE_INFO, toml::to_string(settings)?));
+            info.push((PASSPHRASE_INFO.to_owned(), toml::to_string(settings)?));
         }
         // What backup_info says in the clear, sealed too: restore checks
         // that the two agree.
@@ -234,7 +257,7 @@ async fn finish_file(
     out: &Path,
     sealer: &FileSealer,
     files: &[(String, Zeroizing<Vec<u8>>)],
-    info: &[(&str, String)],
+    info: &[(String, String)],
 ) -> anyhow::Result<Summary> {
     let mut connection = SqliteConnection::connect_with(
         &SqliteConnectOptions::new()

@@ -1,14 +1,17 @@
 //! `rekeyd restore FILE`: a new installation from a backup. Everything is
 //! checked before the first file is written (the format, and that the root
 //! key opens the backup's files, that the clear description matches its
-//! sealed copy, that every file the configuration names is there); once
-//! written, the new installation is
-//! opened and proven: every master key unwraps, every version's value
-//! opens, the audit chain verifies. Any failure removes what was written.
+//! sealed copy, that the files it names are there, every table's MAC,
+//! that every file the configuration names is there); once written, the
+//! new installation is opened and proven: every master key unwraps, every
+//! version's value opens, the audit chain verifies. Any failure removes
+//! what was written.
 
+use super::contents::{self, ContentsKey};
 use super::{
-    CONFIG, FORMAT, FileSealer, INFO_FILE, PASSPHRASE_INFO, SERVER_CERTIFICATE, SERVER_KEY,
-    Summary, crl_name, info_text, webhook_ca_name, webhook_secret_name,
+    CONFIG, FILES_INFO, FIRST_FORMAT, FORMAT, FileSealer, INFO_FILE, PASSPHRASE_INFO,
+    SERVER_CERTIFICATE, SERVER_KEY, Summary, crl_name, info_text, webhook_ca_name,
+    webhook_secret_name,
 };
 use crate::audit::{self, AuditEvent};
 use crate::config::{CONFIG_FILE, Config, Loaded};
@@ -21,9 +24,18 @@ use crate::store::{Cursor, SecretQuery};
 use anyhow::Context;
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, Row, SqliteConnection};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use zeroize::Zeroizing;
+
+/// What a restore brought back.
+#[derive(Debug)]
+pub struct Restored {
+    pub summary: Summary,
+    /// The backup proved every table and its schema (format 2 on); one of
+    /// format 1 proves only its values and audit chain.
+    pub tables_proven: bool,
+}
 
 /// Restores the backup `file` into `dir`, which must be empty or absent,
 /// with the root key of the installation it was made from: its
@@ -34,7 +46,7 @@ pub async fn restore(
     dir: &Path,
     root_key_file: Option<&Path>,
     passphrase: &PassphraseSource,
-) -> anyhow::Result<Summary> {
+) -> anyhow::Result<Restored> {
     refuse_installation(dir)?;
     let (info, sealed) = read_backup(file).await?;
     let (root, root_text) = match root_key_file {
@@ -78,6 +90,11 @@ pub async fn restore(
         "the description of {} (backup_info) was changed after it was written",
         file.display()
     );
+    let format = info.get("format").and_then(|format| format.parse().ok());
+    let tables_proven = format != Some(FIRST_FORMAT);
+    if tables_proven {
+        prove_contents(file, &info, &files, ContentsKey::new(&root)).await?;
+    }
     let mut written = Written::new(dir)?;
     let restored = async {
         let config = write_files(&mut written, &files, root_text.as_ref())?;
@@ -94,7 +111,10 @@ pub async fn restore(
     match restored {
         Ok(summary) => {
             written.keep();
-            Ok(summary)
+            Ok(Restored {
+                summary,
+                tables_proven,
+            })
         }
         Err(error) => Err(error.context(format!(
             "restoring {}; nothing was left in {}",
@@ -145,8 +165,8 @@ async fn read_backup(
         .and_then(|format| format.parse().ok())
         .with_context(not_a_backup)?;
     anyhow::ensure!(
-        format == FORMAT,
-        "{} is a backup of format {format}; this rekeyd reads format {FORMAT}",
+        (FIRST_FORMAT..=FORMAT).contains(&format),
+        "{} is a backup of format {format}; this rekeyd reads formats {FIRST_FORMAT} to {FORMAT}",
         file.display()
     );
     let sealed = sqlx::query("SELECT name, sealed FROM backup_files")
@@ -184,6 +204,54 @@ fn open_files(
         );
     }
     Ok(files)
+}
+
+/// Checks that the backup holds the installation files its description
+/// names, and no other, and that its tables and schema are as they were
+/// written (their MACs): an edit by someone without the root key is
+/// refused here, before anything is written.
+async fn prove_contents(
+    file: &Path,
+    info: &HashMap<String, String>,
+    files: &Files,
+    key: ContentsKey,
+) -> anyhow::Result<()> {
+    let named: Vec<&str> = info
+        .get(FILES_INFO)
+        .map(|names| names.split(',').filter(|name| !name.is_empty()).collect())
+        .unwrap_or_default();
+    for name in &named {
+        anyhow::ensure!(
+            files.contains_key(*name),
+            "{} lacks {name}, which it was written with",
+            file.display()
+        );
+    }
+    if let Some(extra) = files
+        .keys()
+        .find(|name| *name != INFO_FILE && !named.contains(&name.as_str()))
+    {
+        anyhow::bail!(
+            "{} holds {extra}, which it was not written with",
+            file.display()
+        );
+    }
+    let written: BTreeMap<String, String> = info
+        .iter()
+        .filter(|(entry, _)| entry.starts_with(contents::ENTRY_PREFIX))
+        .map(|(entry, mac)| (entry.clone(), mac.clone()))
+        .collect();
+    let path = file.to_owned();
+    let found = tokio::task::spawn_blocking(move || contents::macs(&path, &key))
+        .await?
+        .with_context(|| format!("reading {}", file.display()))?;
+    if let Some(difference) = contents::difference(&written, &found) {
+        anyhow::bail!(
+            "{} was changed after it was written: {difference}",
+            file.display()
+        );
+    }
+    Ok(())
 }
 
 /// Writes the installation files with the standard names, and the

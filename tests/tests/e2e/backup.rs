@@ -179,9 +179,11 @@ fn restore_refuses_and_leaves_nothing_behind() {
     assert!(!target.exists());
 }
 
-/// A restore that fails after it began writing (a value in the backup was
-/// changed, so the proof fails) leaves nothing behind, the database's lock
-/// file included, and a second try into the same place is not refused.
+/// A restore that fails after it began writing (a value that does not
+/// open, in a backup of an installation whose database was damaged before
+/// the backup, so the backup's MACs cover the damage and only the proof
+/// finds it) leaves nothing behind, the database's lock file included,
+/// and a second try into the same place is not refused.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restore_that_fails_its_proof_leaves_nothing() {
     let installation = Installation::new();
@@ -192,13 +194,10 @@ async fn a_restore_that_fails_its_proof_leaves_nothing() {
             .run(&["create", "p/x", "--value", "v"])
             .ok();
     }
-    let backups = tempfile::tempdir().unwrap();
-    let file = backups.path().join("tampered-backup.db");
-    let output = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", file.display()))
-        .await
-        .unwrap();
+    let mut db =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}", installation.database().display()))
+            .await
+            .unwrap();
     sqlx::query(
         "UPDATE versions SET ciphertext = zeroblob(length(ciphertext))
          WHERE rowid = (SELECT MIN(rowid) FROM versions)",
@@ -207,6 +206,10 @@ async fn a_restore_that_fails_its_proof_leaves_nothing() {
     .await
     .unwrap();
     db.close().await.unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let file = backups.path().join("damaged-backup.db");
+    let output = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
 
     let scratch = tempfile::tempdir().unwrap();
     let target = scratch.path().join("restored");

@@ -7,6 +7,7 @@
 mod access;
 mod audit_log;
 mod backup;
+mod backup_edits;
 mod bad_input;
 mod batch;
 mod bench_smoke;
