@@ -78,6 +78,38 @@ impl AuditEvent {
             ..Self::system(action, resource, detail)
         }
     }
+
+    /// The event as PostgreSQL's text can hold it: a NUL, which a client
+    /// can send in a name and a rotator can print, is written `\0`. One
+    /// such event would otherwise fail the commit of every event batched
+    /// with it, and go unrecorded itself. Borrowed when there is none.
+    pub fn storable(&self) -> std::borrow::Cow<'_, AuditEvent> {
+        let texts = [
+            &self.principal,
+            &self.peer,
+            &self.action,
+            &self.resource,
+            &self.decision,
+            &self.outcome,
+            &self.request_id,
+            &self.detail,
+        ];
+        if !texts.iter().any(|text| text.contains('\0')) {
+            return std::borrow::Cow::Borrowed(self);
+        }
+        let clean = |text: &str| text.replace('\0', "\\0");
+        std::borrow::Cow::Owned(AuditEvent {
+            time: self.time,
+            principal: clean(&self.principal),
+            peer: clean(&self.peer),
+            action: clean(&self.action),
+            resource: clean(&self.resource),
+            decision: clean(&self.decision),
+            outcome: clean(&self.outcome),
+            request_id: clean(&self.request_id),
+            detail: clean(&self.detail),
+        })
+    }
 }
 
 /// Where the chain in the database starts once older events were archived:

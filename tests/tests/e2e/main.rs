@@ -12,6 +12,7 @@ mod bad_input;
 mod batch;
 mod bench_smoke;
 mod cache;
+mod control_characters;
 mod crash;
 mod databases;
 mod dev;

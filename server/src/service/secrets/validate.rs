@@ -36,7 +36,24 @@ pub fn check_description(description: &str) -> Result<()> {
             "description is {length} characters long; the limit is {MAX_DESCRIPTION_CHARS}"
         )));
     }
-    Ok(())
+    check_characters("description", description, &['\n', '\t'])
+}
+
+/// Refuses control characters (NUL among them, which PostgreSQL's text
+/// cannot hold) other than those `allowed`, naming the field and where.
+fn check_characters(field: &str, text: &str, allowed: &[char]) -> Result<()> {
+    match text
+        .chars()
+        .enumerate()
+        .find(|(_, c)| c.is_control() && !allowed.contains(c))
+    {
+        Some((at, c)) => Err(Error::InvalidArgument(format!(
+            "{field} holds a control character (U+{:04X}) at character {}",
+            u32::from(c),
+            at + 1
+        ))),
+        None => Ok(()),
+    }
 }
 
 pub fn check_tag_key(key: &str) -> Result<()> {
@@ -46,7 +63,19 @@ pub fn check_tag_key(key: &str) -> Result<()> {
             "tag key {key:?} is {length} characters long; it must be 1-128"
         )));
     }
-    Ok(())
+    check_characters("a tag key", key, &[])
+}
+
+/// The keys of an UntagResource: at most as many as a secret carries tags,
+/// each a valid key.
+pub fn check_tag_keys(keys: &[String]) -> Result<()> {
+    if keys.len() > MAX_TAGS {
+        return Err(Error::InvalidArgument(format!(
+            "{} tag keys given; a secret carries at most {MAX_TAGS} tags",
+            keys.len()
+        )));
+    }
+    keys.iter().try_for_each(|key| check_tag_key(key))
 }
 
 /// Tags as (key, value) pairs; a key given twice keeps its last value.
@@ -67,6 +96,7 @@ pub fn check_tags(tags: &[proto::Tag]) -> Result<Vec<(String, String)>> {
                 tag.key
             )));
         }
+        check_characters(&format!("the value of tag {:?}", tag.key), &tag.value, &[])?;
         checked.retain(|(key, _)| *key != tag.key);
         checked.push((tag.key.clone(), tag.value.clone()));
     }
@@ -113,6 +143,7 @@ pub fn filters(filters: &[proto::Filter]) -> Result<Vec<SecretFilter>> {
                         "a filter value is longer than {MAX_FILTER_VALUE_CHARS} characters"
                     )));
                 }
+                check_characters("a filter value", value, &[])?;
                 if field == FilterField::Tag && !value.trim_start_matches('!').contains('=') {
                     return Err(Error::InvalidArgument(format!(
                         "tag filter {value:?} is not KEY=VALUE"

@@ -3,7 +3,7 @@
 
 use super::SecretsService;
 use super::validate::{
-    check_description, check_tag_key, check_tags, key_name_or_default, random_suffix,
+    check_description, check_tag_keys, check_tags, key_name_or_default, random_suffix,
     version_id_from_token,
 };
 use crate::auth::Action;
@@ -347,9 +347,7 @@ impl SecretsService {
                 "give at least one tag key".to_owned(),
             ));
         }
-        for key in &request.tag_keys {
-            check_tag_key(key)?;
-        }
+        check_tag_keys(&request.tag_keys)?;
         self.authorize(context, Action::UntagResource, name.as_str())?;
         let secret = self.live_secret(&name).await?;
         self.state
