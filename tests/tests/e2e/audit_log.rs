@@ -475,8 +475,8 @@ fn audit_follow_prints_new_events_as_json_lines() {
 }
 
 /// A name with terminal control sequences, refused and recorded as sent,
-/// reaches an operator's terminal escaped, never as sequences; so do a
-/// description and a tag another client stored.
+/// reaches an operator's terminal escaped, never as sequences; a
+/// description or tag with them is refused (they were stored before).
 #[tokio::test(flavor = "multi_thread")]
 async fn what_clients_sent_cannot_steer_an_operators_terminal() {
     let installation = Installation::new();
@@ -492,18 +492,27 @@ async fn what_clients_sent_cannot_steer_an_operators_terminal() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    client
-        .create_secret(rekey_shared::proto::CreateSecretRequest {
-            name: "t/described".into(),
-            description: hostile.into(),
-            tags: vec![rekey_shared::proto::Tag {
-                key: "k".into(),
-                value: hostile.into(),
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    for (description, value) in [(hostile, "v"), ("d", hostile)] {
+        let refused = client
+            .create_secret(rekey_shared::proto::CreateSecretRequest {
+                name: "t/described".into(),
+                description: description.into(),
+                tags: vec![rekey_shared::proto::Tag {
+                    key: "k".into(),
+                    value: value.into(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().contains("(U+001B) at character 2"),
+            "{}",
+            refused.message()
+        );
+    }
+    admin.run(&["create", "t/described", "--value", "v"]).ok();
 
     let audit = admin.run(&["audit"]).ok().stdout;
     assert!(
