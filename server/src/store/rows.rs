@@ -248,3 +248,30 @@ pub(super) fn approval_row(row: &impl Columns) -> Result<ApprovalRecord> {
         comment: row.text("comment"),
     })
 }
+
+/// Why a version's insert added no row, from a row of what its
+/// transaction sees (`present`, `key_version_present`, `key_name`,
+/// `deleted`): the version is there already (a retry), its master-key
+/// version was retired, the secret was scheduled for deletion or moved to
+/// another master key since the value was sealed, or the secret is gone.
+pub(super) fn version_refusal(row: &impl Columns, key: &KeyRef, version_id: &VersionId) -> Error {
+    if row.integer("present") > 0 {
+        return Error::AlreadyExists(format!("version {version_id} already exists"));
+    }
+    match row.maybe_text("key_name") {
+        None => Error::NotFound("the secret was deleted meanwhile".to_owned()),
+        Some(_) if row.integer("deleted") > 0 => Error::FailedPrecondition(
+            "the secret was scheduled for deletion meanwhile; restore it first (rekey restore)"
+                .to_owned(),
+        ),
+        Some(moved) if moved != key.name.as_str() => Error::Aborted(format!(
+            "the secret was moved to master key {moved} while this value was sealed under {}; \
+             try again",
+            key.name
+        )),
+        Some(_) => Error::FailedPrecondition(format!(
+            "master key {} version {} was retired meanwhile; try again",
+            key.name, key.version
+        )),
+    }
+}

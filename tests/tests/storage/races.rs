@@ -1,12 +1,14 @@
 //! Writes that race on both backends: data keys wrapped under a master-key
 //! version retired before they are stored (a move to another key, a
-//! re-wrap) are refused; a secret restored after the purge found it due is
-//! not erased.
+//! re-wrap) are refused; a value sealed under the key its secret was moved
+//! off, or put after the secret was scheduled for deletion, is refused; a
+//! secret restored after the purge found it due is not erased.
 
-use super::{add_default_key, all_events, create, event};
+use super::{add_default_key, all_events, create, event, new_version};
 use rekey_server::audit::AuditKey;
 use rekey_server::crypto::{Key, KeyRef, RootKey};
-use rekey_server::store::{Deletion, Store, WrappedMasterKey};
+use rekey_server::error::Error;
+use rekey_server::store::{Deletion, PutOutcome, Store, WrappedMasterKey};
 use rekey_shared::{KeyName, SecretName};
 use rekey_tests::databases::StorageDatabase;
 
@@ -160,3 +162,112 @@ async fn purge_race_suite(url: &str, root: &RootKey) {
 }
 
 on_both_backends!(purge_race_suite => sqlite_purge_after_restore, postgres_purge_after_restore);
+
+/// A put that read the secret before another request moved it to another
+/// master key (or scheduled its deletion) and sealed its value under the
+/// old key is refused when it commits; a retry of a put that was stored
+/// is still answered as one.
+async fn put_after_move_suite(url: &str, root: &RootKey) {
+    let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
+    add_default_key(&store).await;
+    store
+        .insert_master_key(
+            &WrappedMasterKey {
+                name: "payments".into(),
+                version: 1,
+                wrapped_material: vec![8; 60],
+                created_at: 2,
+            },
+            &event("CreateKey"),
+        )
+        .await
+        .unwrap();
+    let id = create(&store, "moving/put", &[]).await;
+    let stored = new_version(2);
+    store
+        .put_version(&id, &stored, &[], &event("PutSecretValue"))
+        .await
+        .unwrap();
+    let payments = KeyName::parse("payments").unwrap();
+    let moved: Vec<_> = store
+        .all_versions(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|version| rekey_server::store::Rewrapped {
+            version_id: version.version_id,
+            wrapped_data_key: vec![9; 60],
+            from: version.sealed.key,
+            to: KeyRef {
+                name: payments.clone(),
+                version: 1,
+            },
+        })
+        .collect();
+    let update = rekey_server::store::SecretUpdate {
+        description: None,
+        new_key: Some((&payments, &moved)),
+        version: None,
+        now: 3,
+    };
+    store
+        .update_secret(&id, &update, &event("UpdateSecret"))
+        .await
+        .unwrap();
+
+    // Sealed under `default`, which the secret was moved off meanwhile.
+    let late = new_version(3);
+    let refused = store
+        .put_version(&id, &late, &[], &event("PutSecretValue"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, Error::Aborted(message)
+            if message.contains("moved to master key payments while this value was sealed under default")),
+        "{refused:?}"
+    );
+    let versions = store.all_versions(&id).await.unwrap();
+    assert_eq!(versions.len(), 2);
+    assert!(
+        versions
+            .iter()
+            .all(|version| version.sealed.key.name == payments)
+    );
+    // A retry of the put that was stored before the move is one.
+    assert!(matches!(
+        store
+            .put_version(&id, &stored, &[], &event("PutSecretValue"))
+            .await
+            .unwrap(),
+        PutOutcome::VersionExists
+    ));
+
+    // Scheduled for deletion meanwhile: refused, nothing added.
+    let secret = store
+        .secret(&SecretName::parse("moving/put").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .delete_secret(&secret, Deletion::At(i64::MAX / 2), &event("DeleteSecret"))
+        .await
+        .unwrap();
+    let mut late = new_version(4);
+    late.sealed.key = KeyRef {
+        name: payments.clone(),
+        version: 1,
+    };
+    let refused = store
+        .put_version(&id, &late, &[], &event("PutSecretValue"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, Error::FailedPrecondition(message)
+            if message.contains("scheduled for deletion meanwhile")),
+        "{refused:?}"
+    );
+    assert_eq!(store.all_versions(&id).await.unwrap().len(), 2);
+    store.close().await;
+}
+
+on_both_backends!(put_after_move_suite => sqlite_put_after_a_key_move, postgres_put_after_a_key_move);

@@ -2,7 +2,7 @@
 //! purge of old deprecated versions, in one transaction), moving a stage,
 //! reading and listing versions.
 
-use super::super::rows::stage_list;
+use super::super::rows::{stage_list, version_refusal};
 use super::{
     Store, Tx, VERSION_COLUMNS, is_unique_violation, read_stage_map, stored, touch, version_row,
     write_stage_map,
@@ -261,17 +261,21 @@ pub(super) async fn insert_version(
     secret_id: &str,
     version: &NewVersion,
 ) -> Result<()> {
-    // Writers are serialized, so the key check in this statement and a
-    // retirement cannot interleave: a data key is never wrapped under a
-    // retired version (a server learns of a new key version within a
-    // second of its creation). No row inserted: the version is gone.
+    // Writers are serialized, so the checks in this statement and a
+    // retirement, a move to another key or a deletion cannot interleave: a
+    // data key is never wrapped under a retired version (a server learns
+    // of a new key version within a second of its creation), nor under
+    // the key a secret was moved off while the value was being sealed.
+    // No row inserted: `version_refusal` says why.
     let key = &version.sealed.key;
     let inserted = sqlx::query(
         "INSERT INTO versions (secret_id, version_id, seq, created_at, created_by, is_binary,
                                ciphertext, wrapped_data_key, key_name, key_version)
          SELECT $1, $2, (SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE secret_id = $1),
                 $3, $4, $5, $6, $7, $8, $9
-         WHERE EXISTS (SELECT 1 FROM master_keys WHERE name = $8 AND version = $9)",
+         WHERE EXISTS (SELECT 1 FROM master_keys WHERE name = $8 AND version = $9)
+           AND EXISTS (SELECT 1 FROM secrets
+                       WHERE id = $1 AND key_name = $8 AND deletion_date IS NULL)",
     )
     .bind(secret_id)
     .bind(version.version_id.as_str())
@@ -290,10 +294,20 @@ pub(super) async fn insert_version(
             version.version_id
         ))),
         Err(error) => Err(error.into()),
-        Ok(done) if done.rows_affected() == 0 => Err(Error::FailedPrecondition(format!(
-            "master key {} version {} was retired meanwhile; try again",
-            key.name, key.version
-        ))),
+        Ok(done) if done.rows_affected() == 0 => {
+            let row = sqlx::query(
+                "SELECT (SELECT count(*) FROM versions WHERE secret_id = $1 AND version_id = $2)
+                            AS present,
+                        (SELECT key_name FROM secrets WHERE id = $1) AS key_name,
+                        (SELECT count(*) FROM secrets WHERE id = $1 AND deletion_date IS NOT NULL)
+                            AS deleted",
+            )
+            .bind(secret_id)
+            .bind(version.version_id.as_str())
+            .fetch_one(&mut **tx)
+            .await?;
+            Err(version_refusal(&row, key, &version.version_id))
+        }
         Ok(_) => Ok(()),
     }
 }

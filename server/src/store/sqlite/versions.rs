@@ -2,7 +2,7 @@
 //! purge of old deprecated versions, in one transaction), moving a stage,
 //! reading and listing versions.
 
-use super::super::rows::stage_list;
+use super::super::rows::{stage_list, version_refusal};
 use super::script::Script;
 use super::{
     Store, Tx, VERSION_COLUMNS, is_unique_violation, read_stage_map, stage_changes, stored, touch,
@@ -284,10 +284,12 @@ pub(super) async fn insert_version(
     secret_id: &str,
     version: &NewVersion,
 ) -> Result<StageMap> {
-    // Writers are serialized, so the key check in this statement and a
-    // retirement cannot interleave: a data key is never wrapped under a
-    // retired version (a server learns of a new key version within a
-    // second of its creation). No row inserted: the version is gone.
+    // Writers are serialized, so the checks in this statement and a
+    // retirement, a move to another key or a deletion cannot interleave: a
+    // data key is never wrapped under a retired version (a server learns
+    // of a new key version within a second of its creation), nor under
+    // the key a secret was moved off while the value was being sealed.
+    // No row inserted: `version_refusal` says why.
     let key = &version.sealed.key;
     let mut script = Script::new();
     script
@@ -296,7 +298,9 @@ pub(super) async fn insert_version(
                                    ciphertext, wrapped_data_key, key_name, key_version)
              SELECT ?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM versions WHERE secret_id = ?),
                     ?, ?, ?, ?, ?, ?, ?
-             WHERE EXISTS (SELECT 1 FROM master_keys WHERE name = ? AND version = ?)",
+             WHERE EXISTS (SELECT 1 FROM master_keys WHERE name = ? AND version = ?)
+               AND EXISTS (SELECT 1 FROM secrets
+                           WHERE id = ? AND key_name = ? AND deletion_date IS NULL)",
         )
         .bind(secret_id)
         .bind(version.version_id.as_str())
@@ -309,7 +313,9 @@ pub(super) async fn insert_version(
         .bind(key.name.as_str())
         .bind(key.version)
         .bind(key.name.as_str())
-        .bind(key.version);
+        .bind(key.version)
+        .bind(secret_id)
+        .bind(key.name.as_str());
     // `changes()` is what the INSERT just added; every row carries it, and
     // the LEFT JOIN gives one row even when the secret has no stages.
     script
@@ -331,10 +337,18 @@ pub(super) async fn insert_version(
         .first()
         .is_none_or(|row| row.get::<i64, _>("inserted") == 0)
     {
-        return Err(Error::FailedPrecondition(format!(
-            "master key {} version {} was retired meanwhile; try again",
-            key.name, key.version
-        )));
+        let row = sqlx::query(
+            "SELECT (SELECT count(*) FROM versions WHERE secret_id = ?1 AND version_id = ?2)
+                        AS present,
+                    (SELECT key_name FROM secrets WHERE id = ?1) AS key_name,
+                    (SELECT count(*) FROM secrets WHERE id = ?1 AND deletion_date IS NOT NULL)
+                        AS deleted",
+        )
+        .bind(secret_id)
+        .bind(version.version_id.as_str())
+        .fetch_one(&mut **tx)
+        .await?;
+        return Err(version_refusal(&row, key, &version.version_id));
     }
     let mut map = StageMap::new();
     for row in &rows {
