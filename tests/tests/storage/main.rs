@@ -10,6 +10,7 @@
 
 use rekey_server::audit::{AuditEvent, AuditKey, verify};
 use rekey_server::crypto::{Key, KeyRef, RootKey, SealedValue};
+use rekey_server::error::Error;
 use rekey_server::store::{
     AuditQuery, CertificateRecord, Cursor, Deletion, FilterField, NewSecret, NewVersion,
     PutOutcome, SecretFilter, SecretQuery, Store, WrappedMasterKey,
@@ -340,6 +341,34 @@ async fn suite(url: &str, root: &RootKey) {
         2
     );
     let doomed = store.secret(&doomed.name).await.unwrap().unwrap();
+    // A name taken: ALREADY_EXISTS, or FAILED_PRECONDITION while the secret
+    // holding it waits for deletion (on PostgreSQL the failed INSERT
+    // aborted the transaction, and the check after it answered INTERNAL).
+    for (name, expected) in [
+        ("app/db", "already exists"),
+        ("ops/ci", "scheduled for deletion"),
+    ] {
+        let taken = NewSecret {
+            id: VersionId::random().into_string(),
+            name: SecretName::parse(name).unwrap(),
+            description: String::new(),
+            key_name: KeyName::default_key(),
+            tags: Vec::new(),
+            created_at: 1,
+        };
+        let refused = store
+            .create_secret(&taken, Some(&new_version(9)), &event("CreateSecret"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                (&refused, expected),
+                (Error::AlreadyExists(_), "already exists")
+                    | (Error::FailedPrecondition(_), "scheduled for deletion")
+            ) && refused.to_string().contains(expected),
+            "{refused:?}"
+        );
+    }
     store
         .restore_secret(&doomed, rekey_shared::time::now_millis(), &event("Restore"))
         .await

@@ -1,9 +1,6 @@
 //! Secrets: creation, metadata, tags, deletion and erasure.
 
-use super::{
-    SECRET_COLUMNS, Store, Tx, insert_version, is_unique_violation, secret_row, touch,
-    write_stage_map,
-};
+use super::{SECRET_COLUMNS, Store, Tx, insert_version, secret_row, touch, write_stage_map};
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
 use crate::stages::{self, StageMap};
@@ -25,9 +22,12 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<()> {
         let mut tx = self.write().await?;
+        // ON CONFLICT, not a unique violation: a failed statement aborts a
+        // PostgreSQL transaction, and the check below could not run.
         let inserted = sqlx::query(
             "INSERT INTO secrets (id, name, description, key_name, created_at, changed_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (name) DO NOTHING",
         )
         .bind(&secret.id)
         .bind(secret.name.as_str())
@@ -36,27 +36,22 @@ impl Store {
         .bind(secret.created_at)
         .bind(secret.created_at)
         .execute(&mut *tx)
-        .await;
-        match inserted {
-            Err(error) if is_unique_violation(&error) => {
-                let deletion: Option<i64> =
-                    sqlx::query_scalar("SELECT deletion_date FROM secrets WHERE name = $1")
-                        .bind(secret.name.as_str())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                return Err(match deletion {
-                    Some(date) => Error::FailedPrecondition(format!(
-                        "secret {} is scheduled for deletion on {}; its name is free once it is \
-                         purged, or restore it (rekey restore) and delete it with --force",
-                        secret.name,
-                        format_date(date)
-                    )),
-                    None => Error::AlreadyExists(format!("secret {} already exists", secret.name)),
-                });
-            }
-            other => {
-                other?;
-            }
+        .await?;
+        if inserted.rows_affected() == 0 {
+            let deletion: Option<i64> =
+                sqlx::query_scalar("SELECT deletion_date FROM secrets WHERE name = $1")
+                    .bind(secret.name.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            return Err(match deletion {
+                Some(date) => Error::FailedPrecondition(format!(
+                    "secret {} is scheduled for deletion on {}; its name is free once it is \
+                     purged, or restore it (rekey restore) and delete it with --force",
+                    secret.name,
+                    format_date(date)
+                )),
+                None => Error::AlreadyExists(format!("secret {} already exists", secret.name)),
+            });
         }
         insert_tags(&mut tx, &secret.id, &secret.tags).await?;
         if let Some(version) = first {
