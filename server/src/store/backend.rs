@@ -261,7 +261,7 @@ forward! {
     pub async fn policy_version(&self) -> Result<i64>;
     pub async fn insert_policy(&self, document: &str, created_by: &str, based_on: i64, now: i64, event: &AuditEvent) -> Result<Option<i64>>;
     pub async fn policy_history(&self) -> Result<Vec<PolicyVersion>>;
-    pub async fn save_rotation_config(&self, config: &ConfigRecord, event: &AuditEvent) -> Result<()>;
+    pub async fn save_rotation_config(&self, config: &ConfigRecord, read: Option<&ConfigRecord>, frozen: bool, event: &AuditEvent) -> Result<()>;
     pub async fn rotation_config(&self, secret_id: &str) -> Result<Option<ConfigRecord>>;
     pub async fn due_rotations(&self, now: i64) -> Result<Vec<ConfigRecord>>;
     pub async fn insert_run(&self, run: &RunRecord, history: &[HistoryRecord], event: &AuditEvent) -> Result<()>;

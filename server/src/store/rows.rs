@@ -275,3 +275,41 @@ pub(super) fn version_refusal(row: &impl Columns, key: &KeyRef, version_id: &Ver
         )),
     }
 }
+
+/// The schedule times of a stored configuration, as
+/// `(configured_at, next_rotation_at, last_rotated_at)`.
+pub(super) type ConfigTimes = (i64, Option<i64>, Option<i64>);
+
+/// Why a configuration may not be saved over what its transaction finds:
+/// the stored row is not the one the request read (a run ended, a schedule
+/// was claimed, or someone configured it meanwhile: saving would put back
+/// the old times, and a rotation could run again at once), or the save
+/// changes how runs go (`frozen`) and a run started meanwhile.
+pub(super) fn config_save_refusal(
+    stored: Option<ConfigTimes>,
+    read: Option<&ConfigRecord>,
+    run_under_way: bool,
+) -> Option<Error> {
+    let read = read.map(|config| {
+        (
+            config.configured_at,
+            config.next_rotation_at,
+            config.last_rotated_at,
+        )
+    });
+    if stored != read {
+        return Some(Error::Aborted(
+            "the rotation changed while this configuration was being saved (a run ended, a \
+             schedule came due, or someone configured it); look at it again (rekey rotation \
+             show) and retry"
+                .to_owned(),
+        ));
+    }
+    run_under_way.then(|| {
+        Error::FailedPrecondition(
+            "a rotation run started while this configuration was being saved; its rotator and \
+             approval gates cannot change until it ends"
+                .to_owned(),
+        )
+    })
+}

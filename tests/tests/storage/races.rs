@@ -2,7 +2,8 @@
 //! version retired before they are stored (a move to another key, a
 //! re-wrap) are refused; a value sealed under the key its secret was moved
 //! off, or put after the secret was scheduled for deletion, is refused; a
-//! secret restored after the purge found it due is not erased.
+//! secret restored after the purge found it due is not erased; a rotation
+//! configuration saved over a change made since it was read is refused.
 
 use super::{add_default_key, all_events, create, event, new_version};
 use rekey_server::audit::AuditKey;
@@ -271,3 +272,123 @@ async fn put_after_move_suite(url: &str, root: &RootKey) {
 }
 
 on_both_backends!(put_after_move_suite => sqlite_put_after_a_key_move, postgres_put_after_a_key_move);
+
+/// A rotation configuration saved over one that changed since it was read
+/// (a schedule claimed or a run finished meanwhile) is refused, so it
+/// cannot put back the old times and have the rotation run again at once;
+/// one that changes how runs go is refused once a run started.
+async fn config_save_suite(url: &str, root: &RootKey) {
+    use rekey_server::rotation::{ConfigRecord, Phase, Revert, RunRecord, Step};
+    let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
+    add_default_key(&store).await;
+    let id = create(&store, "rotating/db", &[]).await;
+    let first = ConfigRecord {
+        secret_id: id.clone(),
+        rotator: "password".into(),
+        schedule: "rate(30 days)".into(),
+        window: String::new(),
+        approval_steps: Vec::new(),
+        approvals_required: 0,
+        approver_role: String::new(),
+        approval_expiry: "24h".into(),
+        settings: "{}".into(),
+        enabled: true,
+        configured_by: "tester".into(),
+        configured_at: 1,
+        next_rotation_at: Some(1_000),
+        last_rotated_at: Some(0),
+    };
+    let configure = |config: &ConfigRecord, read: Option<&ConfigRecord>, frozen: bool| {
+        let (store, config, read) = (&store, config.clone(), read.cloned());
+        async move {
+            store
+                .save_rotation_config(&config, read.as_ref(), frozen, &event("Configure"))
+                .await
+        }
+    };
+    configure(&first, None, false).await.unwrap();
+    let read = store.rotation_config(&id).await.unwrap().unwrap();
+    // The scheduler claims the due rotation meanwhile.
+    assert!(store.claim_due(&id, 1_000, Some(2_000)).await.unwrap());
+    let edited = ConfigRecord {
+        configured_at: 2,
+        ..read.clone()
+    };
+    let refused = configure(&edited, Some(&read), false).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::Aborted(message) if message.contains("look at it again")),
+        "{refused:?}"
+    );
+    let stored = store.rotation_config(&id).await.unwrap().unwrap();
+    assert_eq!(stored.next_rotation_at, Some(2_000));
+    // A first configuration saved over one made meanwhile: refused too.
+    assert!(matches!(
+        configure(&edited, None, false).await.unwrap_err(),
+        Error::Aborted(_)
+    ));
+    // Read again, it saves.
+    let edited = ConfigRecord {
+        configured_at: 3,
+        ..stored.clone()
+    };
+    configure(&edited, Some(&stored), false).await.unwrap();
+
+    // A run starts: a change of how runs go is refused, the rest saves.
+    let run = RunRecord {
+        id: rekey_shared::VersionId::random().into_string(),
+        secret_id: id.clone(),
+        manual: false,
+        scheduled: false,
+        initiator: "tester".into(),
+        phase: Phase::Running,
+        step: Step::Create,
+        set_applied: false,
+        operator_go: false,
+        attempt: 0,
+        next_attempt_at: None,
+        approval_requested_at: None,
+        current_at_start: String::new(),
+        outcome: None,
+        revert: Revert::NotNeeded,
+        end_reason: String::new(),
+        last_error: String::new(),
+        created_at: 4,
+        updated_at: 4,
+        ended_at: None,
+        revision: 0,
+    };
+    store
+        .insert_run(&run, &[], &event("StartRotation"))
+        .await
+        .unwrap();
+    let read = store.rotation_config(&id).await.unwrap().unwrap();
+    let gated = ConfigRecord {
+        configured_at: 5,
+        approval_steps: vec![Step::Set],
+        approvals_required: 1,
+        ..read.clone()
+    };
+    let refused = configure(&gated, Some(&read), true).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::FailedPrecondition(message) if message.contains("run started")),
+        "{refused:?}"
+    );
+    assert!(
+        store
+            .rotation_config(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .approval_steps
+            .is_empty()
+    );
+    let rescheduled = ConfigRecord {
+        configured_at: 5,
+        schedule: "rate(7 days)".into(),
+        ..read.clone()
+    };
+    configure(&rescheduled, Some(&read), false).await.unwrap();
+    store.close().await;
+}
+
+on_both_backends!(config_save_suite => sqlite_config_saved_over_a_change, postgres_config_saved_over_a_change);

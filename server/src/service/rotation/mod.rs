@@ -168,7 +168,7 @@ impl RotationService {
         let existing = store.rotation_config(&secret.id).await?;
         let now = now_millis();
         if request.disable {
-            let mut config = existing.ok_or_else(|| {
+            let mut config = existing.clone().ok_or_else(|| {
                 Error::FailedPrecondition(format!(
                     "secret {name} has no rotation configuration to disable"
                 ))
@@ -178,7 +178,7 @@ impl RotationService {
             config.configured_by = context.principal.to_string();
             config.configured_at = now;
             store
-                .save_rotation_config(&config, &context.change_event())
+                .save_rotation_config(&config, existing.as_ref(), false, &context.change_event())
                 .await?;
             context.recorded();
             return Ok(config_message(name.as_str(), &config));
@@ -287,17 +287,17 @@ impl RotationService {
         // A run reads its rotator and gates from the configuration as it
         // goes: changing them under a run waiting for approval would let
         // whoever may configure (not approve) wave it through.
-        if let Some(existing) = &existing
-            && changes_how_runs_go(existing, &config)
-            && store.active_run(&secret.id).await?.is_some()
-        {
+        let frozen = existing
+            .as_ref()
+            .is_some_and(|existing| changes_how_runs_go(existing, &config));
+        if frozen && store.active_run(&secret.id).await?.is_some() {
             return Err(Error::FailedPrecondition(format!(
                 "a rotation of {name} is under way; its rotator and approval gates cannot change \
                  until it ends (wait, or rekey rotation cancel {name}); the schedule can"
             )));
         }
         store
-            .save_rotation_config(&config, &context.change_event())
+            .save_rotation_config(&config, existing.as_ref(), frozen, &context.change_event())
             .await?;
         context.recorded();
         Ok(config_message(name.as_str(), &config))

@@ -3,7 +3,8 @@
 //! stages and the run in one transaction.
 
 use super::super::rows::{
-    CONFIG_COLUMNS, RUN_COLUMNS, RUN_REVISION, approval_row, config_row, history_row, run_row,
+    CONFIG_COLUMNS, ConfigTimes, RUN_COLUMNS, RUN_REVISION, approval_row, config_row,
+    config_save_refusal, history_row, run_row,
 };
 use super::{Store, Tx, is_unique_violation, read_stage_map, touch, write_stage_map};
 use crate::audit::AuditEvent;
@@ -84,12 +85,37 @@ async fn write_history(tx: &mut Tx<'_>, run_id: &str, entries: &[HistoryRecord])
 }
 
 impl Store {
+    /// Saves `config` over `read`, the configuration the request read
+    /// (`None`: there was none), unless the stored one changed since; one
+    /// that changes how runs go (`frozen`) is refused while a run is under
+    /// way. Both checks run in the write, so no run or schedule claim can
+    /// slip between them and the save.
     pub async fn save_rotation_config(
         &self,
         config: &ConfigRecord,
+        read: Option<&ConfigRecord>,
+        frozen: bool,
         event: &AuditEvent,
     ) -> Result<()> {
         let mut tx = self.write().await?;
+        let stored: Option<ConfigTimes> = sqlx::query_as(
+            "SELECT configured_at, next_rotation_at, last_rotated_at FROM rotation_configs
+             WHERE secret_id = $1",
+        )
+        .bind(&config.secret_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let run_under_way = frozen
+            && sqlx::query_scalar::<_, bool>(
+                "SELECT EXISTS (SELECT 1 FROM rotation_runs
+                                WHERE secret_id = $1 AND ended_at IS NULL)",
+            )
+            .bind(&config.secret_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if let Some(refusal) = config_save_refusal(stored, read, run_under_way) {
+            return Err(refusal);
+        }
         let steps: Vec<&str> = config.approval_steps.iter().map(|s| s.as_str()).collect();
         sqlx::query(&format!(
             "INSERT INTO rotation_configs ({CONFIG_COLUMNS})
