@@ -164,6 +164,65 @@ async fn a_retried_create_is_answered_as_the_first() {
     assert_eq!(other.code(), tonic::Code::AlreadyExists);
     assert_eq!(version_count(&mut client, "idem/created").await, 1);
 
+    // A creator who may use only key:default cannot learn, by retrying
+    // with a version's id as the token, whether a guess is the value of a
+    // secret under another key: the same answer either way.
+    let output = rekey_tests::rekeyd(installation.dir(), &["keys", "create", "payments"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        rekey_tests::text(&output.stderr)
+    );
+    let guarded = client
+        .create_secret(proto::CreateSecretRequest {
+            name: "idem/guarded".into(),
+            key_name: "payments".into(),
+            secret_string: Some("1234".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .version_id
+        .unwrap();
+    let admin = server.rekey(&installation.admin());
+    admin
+        .apply_policy(
+            r#"
+[roles.admin]
+statements = [{ effect = "allow", actions = ["*"], resources = ["*"] }]
+
+[roles.creator]
+statements = [
+  { effect = "allow", actions = ["secrets:CreateSecret", "secrets:DescribeSecret"], resources = ["idem/*"] },
+  { effect = "allow", actions = ["keys:Use"], resources = ["key:default"] },
+]
+
+[[bindings]]
+principal = "admin"
+roles = ["admin"]
+
+[[bindings]]
+principal = "creator"
+roles = ["creator"]
+"#,
+        )
+        .ok();
+    let mut creator = server.client(&installation.issue("creator", &[])).await;
+    for guess in ["1234", "0000"] {
+        let answer = creator
+            .create_secret(proto::CreateSecretRequest {
+                name: "idem/guarded".into(),
+                client_request_token: guarded.clone(),
+                secret_string: Some(guess.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(answer.code(), tonic::Code::AlreadyExists, "{guess}");
+        assert_eq!(answer.message(), "secret idem/guarded already exists");
+    }
+
     // Without a token a second create is simply a name already taken.
     let mut untokened = create("v");
     untokened.client_request_token.clear();

@@ -80,10 +80,14 @@ impl SecretsService {
                     version_id: first.map(|version| version.version_id.to_string()),
                 })
             }
-            // A retried create (same token, same value) is answered as the first was.
+            // A retried create (same token, same value) is answered as the
+            // first was. Only under the master key this request may use: the
+            // comparison opens the existing value, and must not answer for
+            // one under a key the caller may not use.
             Err(Error::AlreadyExists(message)) => {
                 if let (Some(value), false) = (&value, request.client_request_token.is_empty())
                     && let Some(existing) = self.state.store.secret(&name).await?
+                    && existing.key_name == key_name
                     && let Some(reused) = self.reused_token(&existing, &version_id, value).await?
                 {
                     return Ok(proto::CreateSecretResponse {
