@@ -598,6 +598,24 @@ async fn unknown_database_scheme_is_refused() {
     );
 }
 
+/// A PostgreSQL URL that does not parse is refused without being quoted:
+/// it may hold the password (one with a `/` in it reads as a bad port).
+#[tokio::test]
+async fn a_database_url_that_does_not_parse_is_not_quoted() {
+    let error = Store::open(
+        "postgres://rekey:s3cr/et-pw@db.invalid/rekey",
+        AuditKey::derive(&RootKey::new(Key::generate())),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("does not parse"), "{error}");
+    assert!(
+        !error.contains("s3cr") && !error.contains("et-pw"),
+        "{error}"
+    );
+}
+
 #[tokio::test]
 async fn postgres_backend() {
     let Some(database) = StorageDatabase::create() else {

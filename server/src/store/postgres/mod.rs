@@ -60,8 +60,18 @@ impl Store {
     /// (`Schema::Migrate`) or refuses one not at this binary's version
     /// (`Schema::Current`).
     pub async fn open(url: &str, audit_key: AuditKey, schema: Schema) -> Result<Self> {
+        // The URL is not quoted back: it may hold the database password.
+        // Every session commits durably whatever the database's or role's
+        // synchronous_commit (reads are answered only once their audit
+        // events are durable).
         let options = PgConnectOptions::from_str(url)
-            .map_err(|error| Error::InvalidArgument(format!("database URL {url:?}: {error}")))?
+            .map_err(|error| {
+                Error::InvalidArgument(format!(
+                    "the PostgreSQL database URL (database_url, REKEY_DATABASE_URL) does not \
+                     parse: {error}"
+                ))
+            })?
+            .options([("synchronous_commit", "on")])
             .disable_statement_logging();
         let pool = PgPoolOptions::new()
             .max_connections(8)
