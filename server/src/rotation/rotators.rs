@@ -286,14 +286,23 @@ const SECRET_FIELDS: &[&str] = &[
 /// hide every 1) under JSON fields whose names say they are secret, at any
 /// depth.
 fn secret_texts(value: &SecretValue) -> Vec<Zeroizing<String>> {
+    let mut found = Vec::new();
+    // As the program's input carries a binary value: in base64.
+    if let SecretValue::Binary(bytes) = value
+        && !bytes.is_empty()
+    {
+        use base64::Engine;
+        found.push(Zeroizing::new(
+            base64::engine::general_purpose::STANDARD.encode(bytes.as_slice()),
+        ));
+    }
     let text = match value {
         SecretValue::Text(text) => text.as_str(),
         SecretValue::Binary(bytes) => match std::str::from_utf8(bytes) {
             Ok(text) => text,
-            Err(_) => return Vec::new(),
+            Err(_) => return found,
         },
     };
-    let mut found = Vec::new();
     if text.is_empty() {
         return found;
     }
@@ -327,7 +336,34 @@ fn secret_texts(value: &SecretValue) -> Vec<Zeroizing<String>> {
     if let Ok(document) = serde_json::from_str::<serde_json::Value>(text) {
         walk(&document, false, &mut found);
     }
+    // Each as a JSON string writes it too (a program that prints its
+    // input): `pa"ss\wd` as `pa\"ss\\wd`, within its quotes.
+    let escaped: Vec<Zeroizing<String>> = found
+        .iter()
+        .filter_map(|secret| {
+            let quoted = Zeroizing::new(serde_json::to_string(secret.as_str()).ok()?);
+            let inner = quoted.get(1..quoted.len() - 1)?;
+            (inner != secret.as_str()).then(|| Zeroizing::new(inner.to_owned()))
+        })
+        .collect();
+    found.extend(escaped);
     found
+}
+
+/// An exec rotator's process group (its id is the program's), killed
+/// whole when dropped: when the step ends, or when its future is dropped.
+struct ProcessGroup(Option<u32>);
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        let Some(pid) = self.0.and_then(|id| i32::try_from(id).ok()) else {
+            return;
+        };
+        if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+            // Gone already (ESRCH) is what a program that cleans up leaves.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
 }
 
 async fn exec_step(
@@ -350,12 +386,16 @@ async fn exec_step(
         }
     }
 
+    // In a process group of its own, which ends with the step: nothing
+    // the program started goes on changing the target after the step
+    // ended (timed out, and reverted, say).
     let mut child = tokio::process::Command::new(&program.command)
         .args(&program.args)
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|error| {
@@ -364,6 +404,7 @@ async fn exec_step(
                 program.command.display()
             ))
         })?;
+    let group = ProcessGroup(child.id());
     let mut stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -390,7 +431,9 @@ async fn exec_step(
         let (out, err, status) = tokio::join!(out, err, child.wait());
         (out, err, status)
     };
-    let (stdout, stderr, status) = match tokio::time::timeout(timeout, work).await {
+    let finished = tokio::time::timeout(timeout, work).await;
+    drop(group);
+    let (stdout, stderr, status) = match finished {
         Ok(result) => result,
         Err(_) => {
             return Err(RotatorError(format!(
@@ -560,6 +603,17 @@ mod tests {
             redact("got 123456789 and 123456", &[Some(&numeric), Some(&outer)]),
             "got <redacted> and <redacted>"
         );
+        // As a program that prints its JSON input writes them: escaped, and
+        // a binary value in base64.
+        let quoted = SecretValue::text(r#"pa"ss\wd"#);
+        let binary = SecretValue::binary(vec![0xff, 0x00, 0x7f, 0x80, 0x01]);
+        assert_eq!(
+            redact(
+                r#"input {"current":"pa\"ss\\wd","pending_base64":"/wB/gAE="}"#,
+                &[Some(&quoted), Some(&binary)]
+            ),
+            r#"input {"current":"<redacted>","pending_base64":"<redacted>"}"#
+        );
         let long = "x".repeat(5000);
         assert!(redact(&long, &[]).chars().count() <= MAX_LOG_CHARS + 2);
     }
@@ -587,6 +641,67 @@ mod tests {
                 .same_as(&SecretValue::text("n3w-v4lue-0192"))
         );
         assert_eq!(output.log, "made <redacted>");
+    }
+
+    /// The pid a test program wrote to `file`, once it is there.
+    fn pid_in(file: &std::path::Path) -> i32 {
+        let text = std::fs::read_to_string(file).unwrap();
+        text.trim().parse().unwrap()
+    }
+
+    /// Waits (polling, up to 10 s) until process `pid` is gone or a zombie.
+    fn ends(pid: i32) -> bool {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // The state follows the command's closing parenthesis.
+            let state = status.rsplit(')').next().unwrap_or("").trim_start();
+            if status.is_empty() || state.starts_with('Z') {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What a program started ends with its step: after a timeout, and
+    /// after a step that succeeded while something it started ran on.
+    #[tokio::test]
+    async fn an_exec_rotators_processes_end_with_its_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("pid");
+        let program = |script: &str, timeout_seconds| ExecRotator {
+            command: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                script.replace("PIDFILE", &pid_file.display().to_string()),
+            ],
+            timeout_seconds,
+        };
+        let hung = program(
+            "sleep 100 >/dev/null 2>&1 & echo $! > PIDFILE; sleep 100",
+            1,
+        );
+        let error = exec_step("t", &hung, &input(Step::Set, None))
+            .await
+            .unwrap_err();
+        assert!(error.0.contains("within 1 seconds"), "{error}");
+        assert!(
+            ends(pid_in(&pid_file)),
+            "the background process outlived the step"
+        );
+
+        std::fs::remove_file(&pid_file).unwrap();
+        let finished = program("sleep 100 >/dev/null 2>&1 & echo $! > PIDFILE", 10);
+        exec_step("t", &finished, &input(Step::Set, None))
+            .await
+            .unwrap();
+        assert!(
+            ends(pid_in(&pid_file)),
+            "the background process outlived the step"
+        );
     }
 
     #[test]
