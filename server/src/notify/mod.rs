@@ -38,16 +38,14 @@ impl Notifications {
     /// Queues `notice` for every webhook that wants its kind.
     pub fn send(&self, notice: Notice) {
         let kind = notice.kind();
-        let mut wanted = self.webhooks.iter().filter(|webhook| webhook.wants(kind));
-        let Some(first) = wanted.next() else {
-            return;
-        };
-        let body: Arc<[u8]> = notice.body(rekey_shared::time::now_millis()).into();
-        for webhook in std::iter::once(first).chain(wanted) {
+        let wanted = self.webhooks.iter().filter(|webhook| webhook.wants(kind));
+        let at = rekey_shared::time::now_millis();
+        for webhook in wanted {
+            let id = uuid::Uuid::new_v4().to_string();
             webhook.enqueue(Delivery {
-                id: uuid::Uuid::new_v4().to_string(),
+                body: notice.body(&id, at).into(),
+                id,
                 kind,
-                body: body.clone(),
             });
         }
     }

@@ -79,17 +79,22 @@ impl Notice {
         }
     }
 
-    /// The JSON body: the notice, when it was raised and the hint.
-    pub fn body(&self, at_millis: i64) -> Vec<u8> {
+    /// The JSON body: the notice, its delivery id (also the
+    /// `X-Rekey-Delivery` header; in the body, under the signature, so
+    /// that a replayed call cannot pass as another delivery), when it was
+    /// raised and the hint.
+    pub fn body(&self, delivery: &str, at_millis: i64) -> Vec<u8> {
         #[derive(Serialize)]
         struct Body<'a> {
             #[serde(flatten)]
             notice: &'a Notice,
+            delivery: &'a str,
             at: String,
             hint: String,
         }
         serde_json::to_vec(&Body {
             notice: self,
+            delivery,
             at: rekey_shared::time::format_millis(at_millis),
             hint: self.hint(),
         })
@@ -172,8 +177,9 @@ mod tests {
             attempts: 2,
             initiator: "alice".to_owned(),
         };
-        let body: serde_json::Value = serde_json::from_slice(&notice.body(0)).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&notice.body("d-1", 0)).unwrap();
         assert_eq!(body["event"], "run_failed");
+        assert_eq!(body["delivery"], "d-1");
         assert_eq!(body["secret"], "prod/db");
         assert_eq!(body["at"], "1970-01-01T00:00:00Z");
         assert!(

@@ -302,6 +302,8 @@ fn webhooks_announce_approvals_failures_and_expiring_certificates() {
         assert_eq!(call.header("content-type"), "application/json");
         assert_eq!(call.header("x-rekey-event"), call.json()["event"]);
         assert!(!call.header("x-rekey-delivery").is_empty());
+        // Signed with the body: a replay cannot pass as another delivery.
+        assert_eq!(call.header("x-rekey-delivery"), call.json()["delivery"]);
         let timestamp = call.header("x-rekey-timestamp");
         assert!(
             (now - timestamp.parse::<i64>().unwrap()).abs() < 300,
