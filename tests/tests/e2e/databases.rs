@@ -438,6 +438,94 @@ fn mysql_alternating_users_and_revert() {
     mysql.sql(&format!("DROP TABLE IF EXISTS {table}"));
 }
 
+/// A setSecret that failed after creating the clone (the admin could not
+/// pass on the user's grant) leaves a clone that logs in with fewer grants;
+/// its retry, once the admin may, gives the clone the grants and the
+/// rotation finishes (before, the retry found the clone logging in and
+/// copied nothing, and testSecret could not reach the database).
+#[test]
+fn mysql_a_clone_left_without_its_grants_gets_them_on_retry() {
+    let Some(mysql) = TestMysql::connect() else {
+        return;
+    };
+    let (admin_user, admin_password) = mysql.create_user("CREATE USER ON *.*");
+    mysql.sql(&format!("GRANT SELECT ON mysql.* TO '{admin_user}'@'%'"));
+    mysql.sql(&format!("GRANT SELECT ON test.* TO '{admin_user}'@'%'"));
+    let (user, password) = mysql.create_user("");
+    mysql.adopt(&format!("{user}_clone"));
+    let table = format!("test.{user}_t");
+    mysql.sql(&format!("CREATE TABLE IF NOT EXISTS {table} (id INT)"));
+    mysql.sql(&format!("GRANT SELECT ON {table} TO '{user}'@'%'"));
+    let query = format!("SELECT COUNT(*) FROM {table}");
+    let installation = Installation::new();
+    installation.no_retries();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let credentials = |user: &str, password: &str| {
+        json!({
+            "engine": "mysql", "host": mysql.host, "port": mysql.port,
+            "username": user, "password": password, "dbname": "test",
+        })
+    };
+    put_json(
+        &admin,
+        "create",
+        "db/grants-admin",
+        &credentials(&admin_user, &admin_password),
+    );
+    put_json(
+        &admin,
+        "create",
+        "db/grants",
+        &credentials(&user, &password),
+    );
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "db/grants",
+            "--rotator",
+            "mysql",
+            "--strategy",
+            "alternating",
+            "--admin-secret",
+            "db/grants-admin",
+        ])
+        .ok();
+    admin.run(&["rotate", "db/grants", "--manual"]).ok();
+    admin.run(&["rotation", "step", "db/grants"]).ok();
+    admin.run(&["rotation", "step", "db/grants"]).ok();
+    let shown = show(&admin, "db/grants");
+    assert_eq!(shown["run"]["state"], "step_failed", "{shown}");
+    let error = shown["run"]["steps"][1]["error"].as_str().unwrap();
+    assert!(error.contains("permission denied to grant"), "{error}");
+    let pending = login(&value(&admin, "db/grants", "PENDING"));
+    assert!(
+        !mysql.can(&pending.0, &pending.1, &query),
+        "the clone was left without the grant"
+    );
+
+    mysql.sql(&format!(
+        "GRANT ALL PRIVILEGES ON *.* TO '{admin_user}'@'%' WITH GRANT OPTION"
+    ));
+    admin.run(&["rotation", "retry", "db/grants"]).ok();
+    for _ in 0..3 {
+        if show(&admin, "db/grants")["run"]["state"] == "succeeded" {
+            break;
+        }
+        admin.run(&["rotation", "step", "db/grants"]).ok();
+    }
+    let shown = show(&admin, "db/grants");
+    assert_eq!(shown["run"]["state"], "succeeded", "{shown}");
+    let current = login(&value(&admin, "db/grants", "CURRENT"));
+    assert_eq!(current, pending);
+    assert!(
+        mysql.can(&current.0, &current.1, &query),
+        "the clone has the grant"
+    );
+    mysql.sql(&format!("DROP TABLE IF EXISTS {table}"));
+}
+
 /// A step that waits on a lock (another session holds the role in an open
 /// transaction) gives up after `rotation.database_timeout_seconds`, on the
 /// database server too, and holds up no other rotation meanwhile.

@@ -245,6 +245,21 @@ impl DatabaseRotator {
                 None => format!("{}{CLONE_SUFFIX}", current.username),
             },
         };
+        // PostgreSQL would cut a longer name short, silently, and find no
+        // role of the whole name the next time.
+        let longest = match self.dialect {
+            Dialect::Postgres => 63,
+            Dialect::Mysql => 80,
+        };
+        if username.len() > longest {
+            return Err(RotatorError(format!(
+                "user {} is too long for alternating users: its clone {username} would be {} \
+                 characters, and the database allows {longest}; use a user name of at most {}",
+                current.username,
+                username.len(),
+                longest - CLONE_SUFFIX.len()
+            )));
+        }
         let value = current.with(&username, &password);
         Ok(StepOutput {
             new_value: Some(SecretValue::text(value.as_str())),
@@ -260,16 +275,19 @@ impl DatabaseRotator {
     }
 
     /// Installs the target credentials (the pending value; CURRENT's when
-    /// reverting). A no-op when they already log in.
+    /// reverting). A single user's is a no-op when they already log in;
+    /// alternating users' always goes through the admin, which also makes
+    /// a clone's grants whole (a step that failed after creating the clone
+    /// left it logging in with fewer).
     async fn set(&self, input: &StepInput<'_>) -> Result<(), RotatorError> {
         let target = Credentials::parse(input.pending, "the value to install")?;
-        match self.login(&target).await {
-            Ok(()) => return Ok(()),
-            Err(LoginError::Unreachable(message)) => return Err(RotatorError(message)),
-            Err(LoginError::Refused(_)) => {}
-        }
         match self.strategy {
             Strategy::Single => {
+                match self.login(&target).await {
+                    Ok(()) => return Ok(()),
+                    Err(LoginError::Unreachable(message)) => return Err(RotatorError(message)),
+                    Err(LoginError::Refused(_)) => {}
+                }
                 // Log in as the user with any password it may still have.
                 let candidates: Vec<Credentials> = [input.current, input.previous, input.replacing]
                     .into_iter()
@@ -354,8 +372,13 @@ pub fn describe(error: &sqlx::Error, user: &str, address: &str, doing: &str) -> 
                 ));
             }
             match code.as_str() {
-                "28P01" | "28000" => LoginError::Refused(format!(
+                // MariaDB answers a GRANT it refuses with the same SQLSTATE
+                // as a failed login (1045, 28000): not a login, not refused.
+                "28P01" | "28000" if doing.starts_with("log in") => LoginError::Refused(format!(
                     "authentication failed for user {user} at {address}"
+                )),
+                "28P01" | "28000" => LoginError::Unreachable(format!(
+                    "permission denied to {doing} (user {user} at {address}): {message}"
                 )),
                 "42501" | "1227" | "1044" | "1142" | "42000" => LoginError::Unreachable(format!(
                     "permission denied to {doing} (user {user} at {address}): {message}"
@@ -397,5 +420,49 @@ mod tests {
             assert!(message.contains(says), "{text}: {message}");
             assert!(!message.contains("918273"), "{message}");
         }
+    }
+
+    /// A PostgreSQL user whose clone's name would pass 63 characters is
+    /// refused at createSecret, before anything changes: PostgreSQL would
+    /// cut the clone's name short and not find it by its whole name again.
+    #[tokio::test]
+    async fn a_clone_name_the_database_would_cut_short_is_refused() {
+        let rotator = |dialect| DatabaseRotator {
+            dialect,
+            strategy: Strategy::Alternating,
+            policy: PasswordPolicy::default(),
+            admin: None,
+            limit: Duration::from_secs(1),
+        };
+        let create = |user: &str| {
+            let value = SecretValue::text(format!(
+                r#"{{"host":"h","username":"{user}","password":"p"}}"#
+            ));
+            async move {
+                let input = StepInput {
+                    step: Step::Create,
+                    revert: false,
+                    secret_name: "db/app",
+                    secret_id: "db/app-1",
+                    token: "t",
+                    current: Some(&value),
+                    pending: None,
+                    previous: None,
+                    replacing: None,
+                };
+                rotator(Dialect::Postgres).run(&input).await.map(drop)
+            }
+        };
+        create(&"u".repeat(57)).await.unwrap();
+        let Err(RotatorError(message)) = create(&"u".repeat(58)).await else {
+            panic!("a 64-character clone was accepted");
+        };
+        assert!(
+            message.contains("would be 64 characters, and the database allows 63")
+                && message.contains("at most 57"),
+            "{message}"
+        );
+        // The clone's own CURRENT goes back to the base name: accepted.
+        create(&format!("{}_clone", "u".repeat(57))).await.unwrap();
     }
 }

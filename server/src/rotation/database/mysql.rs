@@ -165,49 +165,56 @@ async fn set_password_as_admin_inner(
             .fetch_optional(&mut connection)
             .await
             .map_err(|error| describe(&error, &admin.username, &address, "read mysql.user"))?;
-    if exists.is_none() {
-        let create = format!(
-            "CREATE USER '{}'@'{host}' IDENTIFIED BY PASSWORD '{hash}'",
-            target.username
-        );
-        connection
-            .execute(create.as_str())
-            .await
-            .map_err(|error| describe(&error, &admin.username, &address, "create user"))?;
-        // The same grants as the user.
-        let show = format!("SHOW GRANTS FOR '{base}'@'{host}'");
-        let grants: Vec<String> = connection
-            .fetch_all(show.as_str())
-            .await
-            .map_err(|error| describe(&error, &admin.username, &address, "read grants"))?
-            .iter()
-            .filter_map(|row| row.try_get::<String, _>(0).ok())
-            .collect();
-        for grant in grants {
-            let grant = match grant.find(" IDENTIFIED BY") {
-                Some(at) => grant[..at].to_owned(),
-                None => grant,
-            };
-            let cloned = grant
-                .replace(&format!("`{base}`@"), &format!("`{}`@", target.username))
-                .replace(&format!("'{base}'@"), &format!("'{}'@", target.username));
-            if cloned == grant {
-                continue;
-            }
-            connection
-                .execute(cloned.as_str())
-                .await
-                .map_err(|error| describe(&error, &admin.username, &address, "grant"))?;
-        }
+    let (statement, doing) = if exists.is_none() {
+        (
+            format!(
+                "CREATE USER '{}'@'{host}' IDENTIFIED BY PASSWORD '{hash}'",
+                target.username
+            ),
+            "create user",
+        )
     } else {
-        let alter = format!(
-            "ALTER USER '{}'@'{host}' IDENTIFIED BY PASSWORD '{hash}'",
-            target.username
-        );
+        (
+            format!(
+                "ALTER USER '{}'@'{host}' IDENTIFIED BY PASSWORD '{hash}'",
+                target.username
+            ),
+            "alter user",
+        )
+    };
+    connection
+        .execute(statement.as_str())
+        .await
+        .map_err(|error| describe(&error, &admin.username, &address, doing))?;
+    // The same grants as the user, every time: GRANT is idempotent, and a
+    // step that failed between CREATE USER and its grants (or a grant the
+    // user got since) is made whole on the next.
+    let show = format!("SHOW GRANTS FOR '{base}'@'{host}'");
+    let grants: Vec<String> = connection
+        .fetch_all(show.as_str())
+        .await
+        .map_err(|error| describe(&error, &admin.username, &address, "read grants"))?
+        .iter()
+        .filter_map(|row| row.try_get::<String, _>(0).ok())
+        .collect();
+    for grant in grants {
+        let grant = match grant.find(" IDENTIFIED BY") {
+            Some(at) => grant[..at].to_owned(),
+            None => grant,
+        };
+        let cloned = grant
+            .replace(&format!("`{base}`@"), &format!("`{}`@", target.username))
+            .replace(&format!("'{base}'@"), &format!("'{}'@", target.username));
+        // The bare USAGE line grants nothing (the clone exists), and only
+        // an admin with GRANT OPTION may say it.
+        let bare_usage = format!("GRANT USAGE ON *.* TO `{}`@`{host}`", target.username);
+        if cloned == grant || cloned == bare_usage {
+            continue;
+        }
         connection
-            .execute(alter.as_str())
+            .execute(cloned.as_str())
             .await
-            .map_err(|error| describe(&error, &admin.username, &address, "alter user"))?;
+            .map_err(|error| describe(&error, &admin.username, &address, "grant"))?;
     }
     let _ = connection.close().await;
     Ok(())
