@@ -119,14 +119,10 @@ impl PageTokens {
 
     /// The token of the page after `last` in a listing sorted this way.
     pub fn list_token(&self, sort: SortKey, descending: bool, last: &SecretRecord) -> String {
-        let value = match sort {
-            SortKey::Name => 0,
-            SortKey::Created => last.created_at,
-            SortKey::Changed => last.changed_at,
-        };
+        let Cursor { value, name } = Cursor::after(last, sort);
         self.encode(
             "secrets",
-            &format!("{}:{value}:{}", sort_tag(sort, descending), last.name),
+            &format!("{}:{value}:{name}", sort_tag(sort, descending)),
         )
     }
 

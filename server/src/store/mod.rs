@@ -206,6 +206,20 @@ pub struct Cursor {
     pub name: String,
 }
 
+impl Cursor {
+    /// The position just after `secret` in a listing sorted by `sort`.
+    pub fn after(secret: &SecretRecord, sort: SortKey) -> Self {
+        Self {
+            value: match sort {
+                SortKey::Name => 0,
+                SortKey::Created => secret.created_at,
+                SortKey::Changed => secret.changed_at,
+            },
+            name: secret.name.as_str().to_owned(),
+        }
+    }
+}
+
 /// How a secret leaves: at once, or at a date.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deletion {

@@ -324,7 +324,47 @@ async fn page_tokens_tell_nothing_of_what_the_caller_may_not_see() {
         );
     }
     assert_eq!(seen, ["app/a", "app/z"]);
-    assert!(pages >= 3, "paged past the hidden secrets one by one");
+    // A token follows a page of secrets the reader may see, never a
+    // hidden one: the listing scans past what the reader may not see.
+    assert_eq!(pages, 2);
+
+    // A filter on a hidden name's prefix answers as one that matches
+    // nothing: no secrets, and no token (a token used to come back exactly
+    // when a hidden secret matched, so a prefix at a time spelled it out).
+    for (prefix, page_size) in [("hidden/o", 1), ("hidden/x", 1), ("hidden/", 2), ("zzz", 1)] {
+        let filters = vec![Filter {
+            key: FilterKey::Name.into(),
+            values: vec![prefix.into()],
+        }];
+        let listed = client
+            .list_secrets(proto::ListSecretsRequest {
+                page_size,
+                filters: filters.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            listed.secrets.is_empty() && listed.next_page_token.is_empty(),
+            "listing {prefix}: {listed:?}"
+        );
+        let batch = client
+            .batch_get_secret_value(proto::BatchGetSecretValueRequest {
+                filters,
+                page_size,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            batch.secret_values.is_empty()
+                && batch.errors.is_empty()
+                && batch.next_page_token.is_empty(),
+            "batch {prefix}: {batch:?}"
+        );
+    }
 }
 
 /// A policy saved with `policy get`, edited and applied after someone else

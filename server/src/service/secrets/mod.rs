@@ -7,6 +7,7 @@
 //! read allowed before it.
 
 mod lifecycle;
+mod pages;
 mod read;
 mod validate;
 mod write;

@@ -2,13 +2,14 @@
 //! versions.
 
 use super::SecretsService;
+use super::pages::visible_page;
 use super::validate;
 use super::{live, not_found};
 use crate::audit::AuditEvent;
 use crate::auth::Action;
 use crate::error::{Error, Result};
 use crate::service::context::RequestContext;
-use crate::service::convert::{PageTokens, page_size, secret_metadata, secret_version, today};
+use crate::service::convert::{page_size, secret_metadata, secret_version, today};
 use crate::store::{Gate, SecretQuery, SecretRecord, ValueRead, VersionRecord};
 use rekey_shared::proto;
 use rekey_shared::time::timestamp_from_millis;
@@ -243,17 +244,22 @@ impl SecretsService {
                     limit: page_size(request.page_size, MAX_BATCH as u32)?,
                     ..SecretQuery::default()
                 };
-                let page = self.state.store.list_secrets(&query).await?;
-                response.next_page_token = next_token(&self.state.page_tokens, &query, &page);
-                for secret in &page {
-                    // What the caller may not read is left out, as in a listing.
-                    if !context.allows(
-                        &self.state.authorizer,
-                        Action::GetSecretValue,
-                        secret.name.as_str(),
-                    ) {
-                        continue;
-                    }
+                // What the caller may not read is left out, as in a listing.
+                let page = visible_page(
+                    &self.state.store,
+                    &self.state.page_tokens,
+                    &query,
+                    |secret| {
+                        context.allows(
+                            &self.state.authorizer,
+                            Action::GetSecretValue,
+                            secret.name.as_str(),
+                        )
+                    },
+                )
+                .await?;
+                response.next_page_token = page.next_page_token;
+                for secret in &page.secrets {
                     let read = self.read_in_batch(context, &secret.name).await;
                     match read {
                         Ok(value) => response.secret_values.push(value),
@@ -322,21 +328,23 @@ impl SecretsService {
             limit: page_size(request.page_size, MAX_PAGE)?,
         };
         let store = &self.state.store;
-        let page = store.list_secrets(&query).await?;
-        let visible: Vec<&SecretRecord> = page
+        let page = visible_page(store, &self.state.page_tokens, &query, |secret| {
+            context.allows(
+                &self.state.authorizer,
+                Action::ListSecrets,
+                secret.name.as_str(),
+            )
+        })
+        .await?;
+        let ids: Vec<String> = page
+            .secrets
             .iter()
-            .filter(|secret| {
-                context.allows(
-                    &self.state.authorizer,
-                    Action::ListSecrets,
-                    secret.name.as_str(),
-                )
-            })
+            .map(|secret| secret.id.clone())
             .collect();
-        let ids: Vec<String> = visible.iter().map(|secret| secret.id.clone()).collect();
         let details = store.page_details(&ids).await?;
         let no_stages = Default::default();
-        let secrets: Vec<_> = visible
+        let secrets: Vec<_> = page
+            .secrets
             .iter()
             .map(|secret| {
                 secret_metadata(
@@ -349,11 +357,11 @@ impl SecretsService {
         context.summarize(&format!(
             "{} listed, {} hidden by policy",
             secrets.len(),
-            page.len() - secrets.len()
+            page.hidden
         ));
         Ok(proto::ListSecretsResponse {
             secrets,
-            next_page_token: next_token(&self.state.page_tokens, &query, &page),
+            next_page_token: page.next_page_token,
         })
     }
 
@@ -416,15 +424,6 @@ fn denied(context: &RequestContext, action: Action, resource: &str) -> Error {
 }
 
 /// The next page's token: empty when this page was not full.
-fn next_token(tokens: &PageTokens, query: &SecretQuery, page: &[SecretRecord]) -> String {
-    match page.last() {
-        Some(last) if page.len() == query.limit as usize => {
-            tokens.list_token(query.sort, query.descending, last)
-        }
-        _ => String::new(),
-    }
-}
-
 fn batch_error(name: &str, error: Error) -> proto::BatchGetError {
     let status = Status::from(error);
     proto::BatchGetError {
