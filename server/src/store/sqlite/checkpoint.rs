@@ -19,11 +19,19 @@
 //! an emptying after an erasure must not be the one refused, so both
 //! kinds take `running` first. Closing the store takes it too, so that no
 //! checkpoint holds a connection of the pool as the pool closes.
+//!
+//! An emptying never waits for readers: one that holds an older snapshot
+//! (a backup's `VACUUM INTO` from another process, for as long as the copy
+//! lasts) keeps part of the log, and waiting for it with the writers'
+//! lock held would stall every write and every read's audit event. The
+//! emptying then stays owed, and each second's checkpoint tries it again
+//! until the log is empty.
 
 use super::super::StoreMetrics;
 use super::super::batch::Writer;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -32,6 +40,8 @@ pub(super) struct Checkpoints {
     pool: SqlitePool,
     writer: Writer<Sqlite>,
     running: Arc<Mutex<()>>,
+    /// An erasure's emptying of the log is owed (readers kept part of it).
+    owed: Arc<AtomicBool>,
     /// Where each pause of the writers is counted.
     metrics: Arc<StoreMetrics>,
 }
@@ -46,6 +56,7 @@ impl Checkpoints {
             pool,
             writer,
             running: Arc::new(Mutex::new(())),
+            owed: Arc::new(AtomicBool::new(false)),
             metrics,
         }
     }
@@ -67,7 +78,8 @@ impl Checkpoints {
     }
 
     /// The log moved into the database file: most of it beside the
-    /// commits, the rest with the writers waiting.
+    /// commits, the rest with the writers waiting; emptied, if an erasure
+    /// is owed that and no reader holds part of it.
     async fn tick(&self) -> sqlx::Result<()> {
         let _running = self.running.lock().await;
         let mut connection = self.pool.acquire().await?;
@@ -76,18 +88,46 @@ impl Checkpoints {
         sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&mut *connection)
             .await?;
+        if self.owed.load(Ordering::Acquire) {
+            if !self.emptied(&mut connection).await? {
+                tracing::info!("the write-ahead log was emptied after an erasure");
+            }
+            return Ok(());
+        }
         self.with_writers_waiting(&mut connection, "PASSIVE")
             .await
             .map(drop)
     }
 
-    /// Moves the whole log into the database file and empties it; says
-    /// whether part of it was left behind (a reader held it longer than
-    /// the busy timeout).
+    /// Moves the whole log into the database file and empties it, unless
+    /// a reader holds part of it: then says so (true), and each second's
+    /// checkpoint tries again until it is done.
     pub(super) async fn empty(&self) -> sqlx::Result<bool> {
         let _running = self.running.lock().await;
+        self.owed.store(true, Ordering::Release);
         let mut connection = self.pool.acquire().await?;
-        self.with_writers_waiting(&mut connection, "TRUNCATE").await
+        self.emptied(&mut connection).await
+    }
+
+    /// One try at emptying the log without waiting for readers (a busy
+    /// timeout of 0 for it); clears what is owed when it is done. Says
+    /// whether part of the log was left (busy).
+    async fn emptied(&self, connection: &mut SqliteConnection) -> sqlx::Result<bool> {
+        sqlx::query("PRAGMA busy_timeout = 0")
+            .execute(&mut *connection)
+            .await?;
+        let busy = self.with_writers_waiting(connection, "TRUNCATE").await;
+        sqlx::query(&format!(
+            "PRAGMA busy_timeout = {}",
+            super::BUSY_TIMEOUT.as_millis()
+        ))
+        .execute(&mut *connection)
+        .await?;
+        let busy = busy?;
+        if !busy {
+            self.owed.store(false, Ordering::Release);
+        }
+        Ok(busy)
     }
 
     /// Waits for a checkpoint under way to end, and keeps the next from

@@ -421,8 +421,8 @@ impl Store {
     pub async fn checkpoint(&self) -> Result<()> {
         if self.checkpoints.empty().await? {
             tracing::warn!(
-                "the write-ahead log could not be emptied after an erasure; \
-                 erased pages stay in it until it is written over"
+                "a reader (a backup, say) holds part of the write-ahead log: erased pages stay \
+                 in it until it can be emptied, which is tried again every second"
             );
         }
         Ok(())
