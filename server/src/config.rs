@@ -117,6 +117,11 @@ pub struct RotationSettings {
     /// How long a step of the `postgres` and `mysql` rotators may take
     /// (its statements are limited to it on the database server too).
     pub database_timeout_seconds: u64,
+    /// The CA (PEM) that signed the certificates of the databases whose
+    /// credentials say `"ssl": true`, beside the web's roots; relative to
+    /// the installation directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,6 +145,7 @@ impl Default for RotationSettings {
             retry_base_seconds: 30,
             exec: Default::default(),
             database_timeout_seconds: 60,
+            database_ca_file: None,
         }
     }
 }

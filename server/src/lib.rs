@@ -69,6 +69,28 @@ pub struct Prepared {
 }
 
 /// Reads and checks what serving `opened` needs, before anything listens.
+/// The rotation settings with the database CA's path made absolute, once
+/// it is known to be there.
+fn rotation_settings(loaded: &config::Loaded) -> anyhow::Result<config::RotationSettings> {
+    let mut settings = loaded.config.rotation.clone();
+    if let Some(file) = &settings.database_ca_file {
+        let path = loaded.path(file);
+        let pem = std::fs::read(&path).map_err(|error| {
+            anyhow::anyhow!(
+                "rotation.database_ca_file: cannot read {}: {error}",
+                path.display()
+            )
+        })?;
+        anyhow::ensure!(
+            String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----"),
+            "rotation.database_ca_file: {} holds no PEM certificate",
+            path.display()
+        );
+        settings.database_ca_file = Some(path);
+    }
+    Ok(settings)
+}
+
 pub async fn prepare(
     loaded: &config::Loaded,
     opened: installation::Opened,
@@ -100,7 +122,7 @@ pub async fn prepare(
         authorizer: auth::Authorizer::new(policy, version),
         revocations,
         events: events::Events::default(),
-        rotation: config.rotation.clone(),
+        rotation: rotation_settings(loaded)?,
         limits: limits::RateLimiter::new(config.rate_limit.clone()),
         notifications: notifier.notifications(),
         page_tokens,

@@ -32,6 +32,25 @@ fn on_own_runtime<T: Send>(future: impl std::future::Future<Output = T> + Send) 
     })
 }
 
+/// A CA's certificate, and a certificate it signed for 127.0.0.1 and
+/// localhost with its key, in PEM.
+fn database_certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name
+        .push(DnType::CommonName, "rekey test database CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_pem, server.pem(), key.serialize_pem())
+}
+
 /// A PostgreSQL cluster that lives as long as this value.
 #[derive(Debug)]
 pub struct ThrowawayPostgres {
@@ -39,6 +58,8 @@ pub struct ThrowawayPostgres {
     bindir: PathBuf,
     pub port: u16,
     pub superuser_password: String,
+    /// With TLS: the CA (PEM file) that signed the server's certificate.
+    pub ca_file: Option<PathBuf>,
 }
 
 fn as_postgres(program: &std::path::Path) -> Command {
@@ -50,6 +71,16 @@ fn as_postgres(program: &std::path::Path) -> Command {
 impl ThrowawayPostgres {
     /// `None` (skip) when `REKEY_TEST_PG_BINDIR` is unset.
     pub fn start() -> Option<Self> {
+        Self::start_with(false)
+    }
+
+    /// As [`Self::start`], taking TCP connections over TLS only, with a
+    /// certificate for 127.0.0.1 and localhost from a CA of its own.
+    pub fn start_with_tls() -> Option<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<Self> {
         let Ok(bindir) = std::env::var("REKEY_TEST_PG_BINDIR") else {
             eprintln!("skipped: REKEY_TEST_PG_BINDIR is not set (.ci/run sets it)");
             return None;
@@ -94,10 +125,32 @@ impl ThrowawayPostgres {
             .local_addr()
             .unwrap()
             .port();
-        let options = format!(
+        let mut options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c log_statement=all -c password_encryption=scram-sha-256",
             dir.path().display()
         );
+        let ca_file = tls.then(|| {
+            let (ca, certificate, key) = database_certificates();
+            let ca_file = dir.path().join("ca.pem");
+            std::fs::write(&ca_file, ca).unwrap();
+            for (name, contents) in [("server.crt", certificate), ("server.key", key)] {
+                let path = dir.path().join(name);
+                std::fs::write(&path, contents).unwrap();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+                let _ = Command::new("chown").arg("postgres").arg(&path).status();
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+            )
+            .unwrap();
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                dir.path().display()
+            ));
+            ca_file
+        });
         let started = as_postgres(&bindir.join("pg_ctl"))
             .arg("-D")
             .arg(&data)
@@ -116,6 +169,7 @@ impl ThrowawayPostgres {
             bindir,
             port,
             superuser_password,
+            ca_file,
         })
     }
 

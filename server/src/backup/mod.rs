@@ -39,6 +39,7 @@ const FIRST_FORMAT: i64 = 1;
 const CONFIG: &str = "rekeyd.toml";
 const SERVER_CERTIFICATE: &str = "server.pem";
 const SERVER_KEY: &str = "server.key";
+const DATABASE_CA: &str = "database-ca.pem";
 /// The sealed copy of `backup_info`.
 const INFO_FILE: &str = "backup_info";
 /// The `backup_info` entry naming the installation files in the backup,
@@ -132,6 +133,9 @@ fn installation_files(loaded: &Loaded) -> Vec<(String, PathBuf, bool)> {
         if let Some(ca_file) = &webhook.ca_file {
             files.push((webhook_ca_name(index), loaded.path(ca_file), true));
         }
+    }
+    if let Some(ca_file) = &loaded.config.rotation.database_ca_file {
+        files.push((DATABASE_CA.to_owned(), loaded.path(ca_file), true));
     }
     files
 }

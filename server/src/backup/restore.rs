@@ -9,7 +9,7 @@
 
 use super::contents::{self, ContentsKey};
 use super::{
-    CONFIG, FILES_INFO, FIRST_FORMAT, FORMAT, FileSealer, INFO_FILE, PASSPHRASE_INFO,
+    CONFIG, DATABASE_CA, FILES_INFO, FIRST_FORMAT, FORMAT, FileSealer, INFO_FILE, PASSPHRASE_INFO,
     SERVER_CERTIFICATE, SERVER_KEY, Summary, crl_name, info_text, webhook_ca_name,
     webhook_secret_name,
 };
@@ -287,9 +287,13 @@ fn write_files(
             webhook.ca_file = Some(PathBuf::from(webhook_ca_name(index)));
         }
     }
+    if config.rotation.database_ca_file.is_some() {
+        config.rotation.database_ca_file = Some(PathBuf::from(DATABASE_CA));
+    }
     // Every file the configuration names must be in the backup: a CRL
     // silently left out would drop revocations.
     let mut named: Vec<PathBuf> = config.tls.crl_files.clone();
+    named.extend(config.rotation.database_ca_file.clone());
     for webhook in &config.notifications.webhooks {
         named.push(webhook.secret_file.clone());
         named.extend(webhook.ca_file.clone());
@@ -327,6 +331,9 @@ fn write_files(
         if let Some(ca_file) = &webhook.ca_file {
             written.public(ca_file, &text(&ca_file.display().to_string())?)?;
         }
+    }
+    if let Some(ca_file) = &config.rotation.database_ca_file {
+        written.public(ca_file, &text(DATABASE_CA)?)?;
     }
     written.private(Path::new(CONFIG_FILE), &crate::config::toml_of(&config))?;
     Ok(config)

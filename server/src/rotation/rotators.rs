@@ -8,7 +8,7 @@
 //! appears in one (a program's standard error is redacted and truncated).
 
 use super::Step;
-use super::database::{DatabaseRotator, Dialect, Strategy};
+use super::database::{DatabaseRotator, Dialect, Session, Strategy};
 use crate::config::{ExecRotator, RotationSettings};
 use crate::password::{self, PasswordPolicy};
 use rekey_shared::SecretValue;
@@ -97,7 +97,10 @@ impl Rotator {
                 strategy,
                 policy: settings.password_policy.clone(),
                 admin: None,
-                limit: Duration::from_secs(server.database_timeout_seconds.max(1)),
+                session: Session {
+                    limit: Duration::from_secs(server.database_timeout_seconds.max(1)),
+                    ca_file: server.database_ca_file.clone(),
+                },
             }));
         }
         if let Some(name) = rotator.strip_prefix("exec:") {

@@ -325,7 +325,7 @@ fn a_postgres_installation_is_told_to_use_pg_dump() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn webhook_files_come_back_and_a_changed_description_is_refused() {
+async fn webhook_and_database_ca_files_come_back_and_a_changed_description_is_refused() {
     let installation = Installation::new();
     let secret = installation.dir().join("hook.secret");
     std::fs::write(&secret, "a-webhook-secret-of-32-bytes-long").unwrap();
@@ -337,7 +337,12 @@ async fn webhook_files_come_back_and_a_changed_description_is_refused() {
         .parse()
         .unwrap();
         table.insert("notifications".into(), toml::Value::Table(notifications));
+        let rotation: toml::Table = "database_ca_file = \"db-ca.pem\"\n".parse().unwrap();
+        table.insert("rotation".into(), toml::Value::Table(rotation));
     });
+    // Any certificate will do: the server only checks that it is one.
+    let ca = std::fs::read_to_string(installation.dir().join("ca.pem")).unwrap();
+    std::fs::write(installation.dir().join("db-ca.pem"), &ca).unwrap();
     let backups = tempfile::tempdir().unwrap();
     let file = backups.path().join("with-webhook.db");
     let output = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
@@ -386,8 +391,13 @@ async fn webhook_files_come_back_and_a_changed_description_is_refused() {
     assert_eq!(mode & 0o777, 0o600);
     let config = std::fs::read_to_string(target.join("rekeyd.toml")).unwrap();
     assert!(
-        config.contains("secret_file = \"webhook-0.secret\""),
+        config.contains("secret_file = \"webhook-0.secret\"")
+            && config.contains("database_ca_file = \"database-ca.pem\""),
         "{config}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target.join("database-ca.pem")).unwrap(),
+        ca
     );
     let server = Server::start(&target, &[]);
     server.rekey(&installation.admin()).run(&["list"]).ok();

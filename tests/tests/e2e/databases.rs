@@ -438,6 +438,80 @@ fn mysql_alternating_users_and_revert() {
     mysql.sql(&format!("DROP TABLE IF EXISTS {table}"));
 }
 
+/// With `"ssl": true` the rotator verifies the database's certificate: one
+/// from a CA it does not know is refused before any password is sent (the
+/// step fails and says where to name the CA); with the CA in
+/// `rotation.database_ca_file`, the rotation goes through, over TLS (the
+/// cluster takes TCP connections over TLS only).
+#[test]
+fn postgres_ssl_verifies_the_database_certificate() {
+    let Some(pg) = ThrowawayPostgres::start_with_tls() else {
+        return;
+    };
+    pg.sql("CREATE ROLE app_tls LOGIN PASSWORD 'tls-first'");
+    let installation = Installation::new();
+    installation.no_retries();
+    let credentials = json!({
+        "engine": "postgres", "host": "127.0.0.1", "port": pg.port,
+        "username": "app_tls", "password": "tls-first", "dbname": "postgres", "ssl": true,
+    });
+    {
+        let server = installation.serve();
+        let admin = server.rekey(&installation.admin());
+        put_json(&admin, "create", "db/tls", &credentials);
+        admin
+            .run(&["rotation", "configure", "db/tls", "--rotator", "postgres"])
+            .ok();
+        admin.run(&["rotate", "db/tls", "--manual"]).ok();
+        admin.run(&["rotation", "step", "db/tls"]).ok();
+        admin.run(&["rotation", "step", "db/tls"]).ok();
+        let shown = show(&admin, "db/tls");
+        assert_eq!(shown["run"]["state"], "step_failed", "{shown}");
+        let error = shown["run"]["steps"][1]["error"].as_str().unwrap();
+        assert!(
+            error.contains("TLS with 127.0.0.1") && error.contains("rotation.database_ca_file"),
+            "{error}"
+        );
+        admin.run(&["rotation", "cancel", "db/tls"]).ok();
+        // Its revert cannot reach the database either: the run ends.
+        eventually("the cancel", || {
+            (show(&admin, "db/tls")["run"]["active"] == false).then_some(())
+        });
+    }
+    assert!(pg.logs_in("app_tls", "tls-first"), "nothing changed");
+
+    let set_ca_file = |file: &std::path::Path| {
+        installation.edit_config(|table| {
+            table
+                .entry("rotation")
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .unwrap()
+                .insert(
+                    "database_ca_file".into(),
+                    toml::Value::String(file.display().to_string()),
+                );
+        });
+    };
+    // A CA file that is not there: refused at start, named.
+    set_ca_file(std::path::Path::new("no-such-ca.pem"));
+    let refused = installation.refused_at_start();
+    assert!(
+        refused.contains("rotation.database_ca_file: cannot read")
+            && refused.contains("no-such-ca.pem"),
+        "{refused}"
+    );
+    set_ca_file(pg.ca_file.as_ref().unwrap());
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["rotate", "db/tls"]).ok();
+    let (user, password) = login(&value(&admin, "db/tls", "CURRENT"));
+    assert_eq!(user, "app_tls");
+    assert_ne!(password, "tls-first");
+    assert!(pg.logs_in("app_tls", &password));
+    assert!(!pg.logs_in("app_tls", "tls-first"));
+}
+
 /// A setSecret that failed after creating the clone (the admin could not
 /// pass on the user's grant) leaves a clone that logs in with fewer grants;
 /// its retry, once the admin may, gives the clone the grants and the

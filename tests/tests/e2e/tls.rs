@@ -289,21 +289,7 @@ fn an_expired_crl_is_refused_at_start() {
     let (_, issuer) = installation_ca(&installation);
     let now = OffsetDateTime::now_utc();
     use_crl(&installation, &issuer, now - Duration::days(1), Vec::new());
-    let mut serving = std::process::Command::new(rekey_tests::binary("rekeyd"))
-        .arg("--dir")
-        .arg(installation.dir())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("REKEY_METRICS_LISTEN", "")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = rekey_tests::eventually("rekeyd to refuse the expired CRL", || {
-        serving.try_wait().unwrap()
-    });
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut serving.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let stderr = installation.refused_at_start();
     assert!(
         stderr.contains("crl.pem") && stderr.contains("expired"),
         "{stderr}"

@@ -198,16 +198,25 @@ pub struct DatabaseRotator {
     /// The admin secret's CURRENT value (alternating users), loaded by the
     /// engine before each step.
     pub admin: Option<SecretValue>,
+    pub session: Session,
+}
+
+/// How a step's sessions with the database go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
     /// How long a step may take (`rotation.database_timeout_seconds`);
     /// each session's statements are limited to it on the server too.
     pub limit: Duration,
+    /// `rotation.database_ca_file`: a CA that databases with `"ssl": true`
+    /// may present certificates of, beside the web's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl DatabaseRotator {
     pub async fn run(&self, input: &StepInput<'_>) -> Result<StepOutput, RotatorError> {
         // The database server ends a statement at the limit (its error says
         // so); this is for a server that stops answering altogether.
-        let backstop = self.limit + Duration::from_secs(5);
+        let backstop = self.session.limit + Duration::from_secs(5);
         tokio::time::timeout(backstop, self.step(input))
             .await
             .unwrap_or_else(|_| {
@@ -269,8 +278,8 @@ impl DatabaseRotator {
 
     async fn login(&self, credentials: &Credentials) -> Result<(), LoginError> {
         match self.dialect {
-            Dialect::Postgres => postgres::check_login(credentials, self.limit).await,
-            Dialect::Mysql => mysql::check_login(credentials, self.limit).await,
+            Dialect::Postgres => postgres::check_login(credentials, &self.session).await,
+            Dialect::Mysql => mysql::check_login(credentials, &self.session).await,
         }
     }
 
@@ -302,13 +311,17 @@ impl DatabaseRotator {
                             postgres::change_own_password(
                                 &credentials,
                                 &target.password,
-                                self.limit,
+                                &self.session,
                             )
                             .await
                         }
                         Dialect::Mysql => {
-                            mysql::change_own_password(&credentials, &target.password, self.limit)
-                                .await
+                            mysql::change_own_password(
+                                &credentials,
+                                &target.password,
+                                &self.session,
+                            )
+                            .await
                         }
                     };
                     match result {
@@ -331,10 +344,10 @@ impl DatabaseRotator {
                     .to_owned();
                 let result = match self.dialect {
                     Dialect::Postgres => {
-                        postgres::set_password_as_admin(&admin, &base, &target, self.limit).await
+                        postgres::set_password_as_admin(&admin, &base, &target, &self.session).await
                     }
                     Dialect::Mysql => {
-                        mysql::set_password_as_admin(&admin, &base, &target, self.limit).await
+                        mysql::set_password_as_admin(&admin, &base, &target, &self.session).await
                     }
                 };
                 result.map_err(|error| RotatorError(error.message()))
@@ -343,15 +356,29 @@ impl DatabaseRotator {
     }
 }
 
+fn tls_failed(address: &str, error: &dyn std::fmt::Display) -> LoginError {
+    LoginError::Unreachable(format!(
+        "TLS with {address} failed: {error} (with \"ssl\": true the database's certificate must \
+         name the host and verify against the web's roots or the CA in \
+         rotation.database_ca_file)"
+    ))
+}
+
 /// An operator's sentence for a database error: no statement, no value.
 pub fn describe(error: &sqlx::Error, user: &str, address: &str, doing: &str) -> LoginError {
     match error {
+        // sqlx gives rustls's refusal of a certificate as an I/O error.
+        sqlx::Error::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()) =>
+        {
+            tls_failed(address, io)
+        }
         sqlx::Error::Io(io) => {
             LoginError::Unreachable(format!("cannot connect to {address}: {io}"))
         }
-        sqlx::Error::Tls(tls) => {
-            LoginError::Unreachable(format!("TLS with {address} failed: {tls}"))
-        }
+        sqlx::Error::Tls(tls) => tls_failed(address, tls),
         sqlx::Error::PoolTimedOut => {
             LoginError::Unreachable(format!("cannot connect to {address}: timed out"))
         }
@@ -432,7 +459,10 @@ mod tests {
             strategy: Strategy::Alternating,
             policy: PasswordPolicy::default(),
             admin: None,
-            limit: Duration::from_secs(1),
+            session: Session {
+                limit: Duration::from_secs(1),
+                ca_file: None,
+            },
         };
         let create = |user: &str| {
             let value = SecretValue::text(format!(

@@ -6,15 +6,14 @@
 //! logged.
 
 use super::hashes::mysql_native_hash;
-use super::{Boxed, CONNECT_TIMEOUT, Credentials, Dialect, LoginError, describe};
+use super::{Boxed, CONNECT_TIMEOUT, Credentials, Dialect, LoginError, Session, describe};
 use sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
 use sqlx::{ConnectOptions, Connection, Executor, MySqlConnection, Row};
-use std::time::Duration;
 
 async fn connect(
     credentials: &Credentials,
     doing: &str,
-    limit: Duration,
+    session: &Session,
 ) -> Result<MySqlConnection, LoginError> {
     let address = credentials.address(Dialect::Mysql);
     let mut options = MySqlConnectOptions::new()
@@ -23,11 +22,14 @@ async fn connect(
         .username(&credentials.username)
         .password(&credentials.password)
         .ssl_mode(if credentials.ssl {
-            MySqlSslMode::Required
+            MySqlSslMode::VerifyIdentity
         } else {
             MySqlSslMode::Preferred
         })
         .disable_statement_logging();
+    if let (true, Some(ca_file)) = (credentials.ssl, &session.ca_file) {
+        options = options.ssl_ca(ca_file);
+    }
     if let Some(dbname) = &credentials.dbname {
         options = options.database(dbname);
     }
@@ -40,7 +42,7 @@ async fn connect(
             // A statement that waits on a lock ends on the server too, never
             // to commit after the step has given up on it (a variable both
             // MySQL and MariaDB know, in seconds).
-            let seconds = limit.as_secs().max(1);
+            let seconds = session.limit.as_secs().max(1);
             connection
                 .execute(format!("SET SESSION lock_wait_timeout = {seconds}").as_str())
                 .await
@@ -74,12 +76,12 @@ async fn require_mariadb(
     )))
 }
 
-pub fn check_login(credentials: &Credentials, limit: Duration) -> Boxed<'_> {
-    Box::pin(check_login_inner(credentials, limit))
+pub fn check_login<'a>(credentials: &'a Credentials, session: &'a Session) -> Boxed<'a> {
+    Box::pin(check_login_inner(credentials, session))
 }
 
-async fn check_login_inner(credentials: &Credentials, limit: Duration) -> Result<(), LoginError> {
-    let mut connection = connect(credentials, "log in", limit).await?;
+async fn check_login_inner(credentials: &Credentials, session: &Session) -> Result<(), LoginError> {
+    let mut connection = connect(credentials, "log in", session).await?;
     let address = credentials.address(Dialect::Mysql);
     sqlx::query("SELECT 1")
         .execute(&mut connection)
@@ -92,17 +94,21 @@ async fn check_login_inner(credentials: &Credentials, limit: Duration) -> Result
 pub fn change_own_password<'a>(
     credentials: &'a Credentials,
     new_password: &'a str,
-    limit: Duration,
+    session: &'a Session,
 ) -> Boxed<'a> {
-    Box::pin(change_own_password_inner(credentials, new_password, limit))
+    Box::pin(change_own_password_inner(
+        credentials,
+        new_password,
+        session,
+    ))
 }
 
 async fn change_own_password_inner(
     credentials: &Credentials,
     new_password: &str,
-    limit: Duration,
+    session: &Session,
 ) -> Result<(), LoginError> {
-    let mut connection = connect(credentials, "log in", limit).await?;
+    let mut connection = connect(credentials, "log in", session).await?;
     let address = credentials.address(Dialect::Mysql);
     require_mariadb(&mut connection, &credentials.username, &address).await?;
     let hash = mysql_native_hash(new_password);
@@ -125,18 +131,18 @@ pub fn set_password_as_admin<'a>(
     admin: &'a Credentials,
     base: &'a str,
     target: &'a Credentials,
-    limit: Duration,
+    session: &'a Session,
 ) -> Boxed<'a> {
-    Box::pin(set_password_as_admin_inner(admin, base, target, limit))
+    Box::pin(set_password_as_admin_inner(admin, base, target, session))
 }
 
 async fn set_password_as_admin_inner(
     admin: &Credentials,
     base: &str,
     target: &Credentials,
-    limit: Duration,
+    session: &Session,
 ) -> Result<(), LoginError> {
-    let mut connection = connect(admin, "log in as admin", limit).await?;
+    let mut connection = connect(admin, "log in as admin", session).await?;
     let address = admin.address(Dialect::Mysql);
     require_mariadb(&mut connection, &admin.username, &address).await?;
     let hash = mysql_native_hash(&target.password);

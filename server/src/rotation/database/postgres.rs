@@ -3,15 +3,14 @@
 //! SCRAM-SHA-256 verifiers; statements are not logged.
 
 use super::hashes::scram_sha256_verifier;
-use super::{Boxed, CONNECT_TIMEOUT, Credentials, Dialect, LoginError, describe};
+use super::{Boxed, CONNECT_TIMEOUT, Credentials, Dialect, LoginError, Session, describe};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::{ConnectOptions, Connection, Executor, PgConnection};
-use std::time::Duration;
 
 async fn connect(
     credentials: &Credentials,
     doing: &str,
-    limit: Duration,
+    session: &Session,
 ) -> Result<PgConnection, LoginError> {
     let address = credentials.address(Dialect::Postgres);
     let mut options = PgConnectOptions::new()
@@ -19,8 +18,11 @@ async fn connect(
         .port(credentials.port.unwrap_or(5432))
         .username(&credentials.username)
         .password(&credentials.password)
+        // With ssl, a certificate that names the host and verifies: a
+        // server that merely speaks TLS could be anyone's, and would be
+        // sent the password (sqlx answers a request for it in the clear).
         .ssl_mode(if credentials.ssl {
-            PgSslMode::Require
+            PgSslMode::VerifyFull
         } else {
             PgSslMode::Prefer
         })
@@ -29,9 +31,12 @@ async fn connect(
         // transaction on the role) ends on the server too, never to
         // commit after the step has given up on it.
         .options([
-            ("statement_timeout", limit.as_millis().to_string()),
-            ("lock_timeout", limit.as_millis().to_string()),
+            ("statement_timeout", session.limit.as_millis().to_string()),
+            ("lock_timeout", session.limit.as_millis().to_string()),
         ]);
+    if let (true, Some(ca_file)) = (credentials.ssl, &session.ca_file) {
+        options = options.ssl_root_cert(ca_file);
+    }
     if let Some(dbname) = &credentials.dbname {
         options = options.database(dbname);
     }
@@ -49,12 +54,12 @@ fn quote(identifier: &str) -> String {
     format!("\"{identifier}\"")
 }
 
-pub fn check_login(credentials: &Credentials, limit: Duration) -> Boxed<'_> {
-    Box::pin(check_login_inner(credentials, limit))
+pub fn check_login<'a>(credentials: &'a Credentials, session: &'a Session) -> Boxed<'a> {
+    Box::pin(check_login_inner(credentials, session))
 }
 
-async fn check_login_inner(credentials: &Credentials, limit: Duration) -> Result<(), LoginError> {
-    let mut connection = connect(credentials, "log in", limit).await?;
+async fn check_login_inner(credentials: &Credentials, session: &Session) -> Result<(), LoginError> {
+    let mut connection = connect(credentials, "log in", session).await?;
     let address = credentials.address(Dialect::Postgres);
     sqlx::query("SELECT 1")
         .execute(&mut connection)
@@ -67,17 +72,21 @@ async fn check_login_inner(credentials: &Credentials, limit: Duration) -> Result
 pub fn change_own_password<'a>(
     credentials: &'a Credentials,
     new_password: &'a str,
-    limit: Duration,
+    session: &'a Session,
 ) -> Boxed<'a> {
-    Box::pin(change_own_password_inner(credentials, new_password, limit))
+    Box::pin(change_own_password_inner(
+        credentials,
+        new_password,
+        session,
+    ))
 }
 
 async fn change_own_password_inner(
     credentials: &Credentials,
     new_password: &str,
-    limit: Duration,
+    session: &Session,
 ) -> Result<(), LoginError> {
-    let mut connection = connect(credentials, "log in", limit).await?;
+    let mut connection = connect(credentials, "log in", session).await?;
     let address = credentials.address(Dialect::Postgres);
     let verifier = scram_sha256_verifier(new_password);
     let alter = format!("ALTER ROLE CURRENT_USER PASSWORD '{verifier}'");
@@ -97,18 +106,18 @@ pub fn set_password_as_admin<'a>(
     admin: &'a Credentials,
     base: &'a str,
     target: &'a Credentials,
-    limit: Duration,
+    session: &'a Session,
 ) -> Boxed<'a> {
-    Box::pin(set_password_as_admin_inner(admin, base, target, limit))
+    Box::pin(set_password_as_admin_inner(admin, base, target, session))
 }
 
 async fn set_password_as_admin_inner(
     admin: &Credentials,
     base: &str,
     target: &Credentials,
-    limit: Duration,
+    session: &Session,
 ) -> Result<(), LoginError> {
-    let mut connection = connect(admin, "log in as admin", limit).await?;
+    let mut connection = connect(admin, "log in as admin", session).await?;
     let address = admin.address(Dialect::Postgres);
     let verifier = scram_sha256_verifier(&target.password);
     let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_roles WHERE rolname = $1")
