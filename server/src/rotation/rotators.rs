@@ -382,6 +382,11 @@ async fn exec_step(
     document.insert("token".into(), input.token.into());
     value_fields("current", input.current, &mut document);
     value_fields("pending", input.pending, &mut document);
+    // What the target may hold besides: to log in with when putting
+    // CURRENT back (a user who changes their own password needs the one
+    // they have now).
+    value_fields("previous", input.previous, &mut document);
+    value_fields("replacing", input.replacing, &mut document);
     let stdin_bytes = Zeroizing::new(serde_json::to_vec(&document).unwrap_or_default());
     for value in document.values_mut() {
         if let serde_json::Value::String(text) = value {
@@ -644,6 +649,39 @@ mod tests {
                 .same_as(&SecretValue::text("n3w-v4lue-0192"))
         );
         assert_eq!(output.log, "made <redacted>");
+    }
+
+    /// A revert tells the program what the target may hold: the run's new
+    /// value (`replacing`) and PREVIOUS, beside CURRENT to put back.
+    #[tokio::test]
+    async fn a_revert_tells_the_program_what_the_target_may_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = dir.path().join("input.json");
+        let program = ExecRotator {
+            command: "/bin/sh".into(),
+            args: vec!["-c".into(), format!("cat > {}", seen.display())],
+            timeout_seconds: 10,
+        };
+        let (current, previous, replacing) = (
+            SecretValue::text("current-v"),
+            SecretValue::text("previous-v"),
+            SecretValue::binary(vec![0xff, 0x01]),
+        );
+        let input = StepInput {
+            revert: true,
+            pending: Some(&current),
+            previous: Some(&previous),
+            replacing: Some(&replacing),
+            ..input(Step::Set, Some(&current))
+        };
+        exec_step("t", &program, &input).await.unwrap();
+        let document: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&seen).unwrap()).unwrap();
+        assert_eq!(document["revert"], true);
+        assert_eq!(document["current"], "current-v");
+        assert_eq!(document["pending"], "current-v");
+        assert_eq!(document["previous"], "previous-v");
+        assert_eq!(document["replacing_base64"], "/wE=");
     }
 
     /// The pid a test program wrote to `file`, once it is there.
