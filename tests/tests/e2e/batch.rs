@@ -1,5 +1,6 @@
 //! Batch reads: a secret that cannot be read is an entry in the error list,
-//! and the call succeeds; each value given is an audit event of its own.
+//! and the call succeeds; each value given, and each entry the policy
+//! refused, is an audit event of its own.
 
 use rekey_shared::proto::{self, Filter, FilterKey};
 use rekey_tests::Installation;
@@ -133,4 +134,73 @@ async fn a_batch_reports_missing_and_deleted_secrets_among_good_ones() {
         "{}",
         run.stderr
     );
+}
+
+/// Each name of a batch that the policy refused is a `deny` event of its
+/// own, under the batch's request id, however long the batch's names are
+/// together (the batch's own event cuts its list of names short).
+#[tokio::test]
+async fn each_refused_entry_is_recorded_as_denied() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let long = |index: usize| format!("p/{}-{index}", "x".repeat(200));
+    for name in ["b/one".to_owned(), long(1), long(2), long(3)] {
+        admin.run(&["create", &name, "--value", "v"]).ok();
+    }
+    admin
+        .apply_policy(
+            r#"
+[roles.admin]
+statements = [{ effect = "allow", actions = ["*"], resources = ["*"] }]
+
+[roles.b-reader]
+statements = [
+  { effect = "allow", actions = ["secrets:GetSecretValue"], resources = ["b/*"] },
+  { effect = "allow", actions = ["keys:Use"], resources = ["key:default"] },
+]
+
+[[bindings]]
+principal = "admin"
+roles = ["admin"]
+
+[[bindings]]
+principal = "prober"
+roles = ["b-reader"]
+"#,
+        )
+        .ok();
+    let mut prober = server.client(&installation.issue("prober", &[])).await;
+    let batch = prober
+        .batch_get_secret_value(proto::BatchGetSecretValueRequest {
+            names: vec!["b/one".into(), long(1), long(2), long(3)],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(batch.secret_values.len(), 1);
+    assert_eq!(batch.errors.len(), 3);
+
+    let events: Vec<serde_json::Value> = admin
+        .run(&["audit", "--principal", "prober", "--output", "json"])
+        .ok()
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let request_id = &events
+        .iter()
+        .find(|event| event["detail"] == "given in a batch")
+        .expect("the value given")["request_id"];
+    let denied: Vec<&str> = events
+        .iter()
+        .filter(|event| event["decision"] == "deny" && event["request_id"] == *request_id)
+        .map(|event| {
+            assert_eq!(event["outcome"], "PERMISSION_DENIED");
+            assert_eq!(event["action"], "secrets:GetSecretValue");
+            event["resource"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(denied, [long(1), long(2), long(3)]);
 }

@@ -272,16 +272,26 @@ impl SecretsService {
         }
         // Each value given is an event of its own, as a read by name is:
         // the log names every secret whose value left, and none leaves
-        // before its event is durable. The batch's own event counts them.
-        let given: Vec<AuditEvent> = response
-            .secret_values
+        // before its event is durable; so is each entry the policy refused,
+        // as a refused read by name is. The batch's own event counts them.
+        let given = response.secret_values.iter().map(|value| AuditEvent {
+            resource: value.name.clone(),
+            decision: "allow".to_owned(),
+            ..context.event("OK", Some("given in a batch"))
+        });
+        let refused = response
+            .errors
             .iter()
-            .map(|value| AuditEvent {
-                resource: value.name.clone(),
-                decision: "allow".to_owned(),
-                ..context.event("OK", Some("given in a batch"))
-            })
-            .collect();
+            .filter(|error| error.code == code_name(tonic::Code::PermissionDenied))
+            .map(|error| AuditEvent {
+                resource: error.name.clone(),
+                decision: "deny".to_owned(),
+                ..context.event(
+                    code_name(tonic::Code::PermissionDenied),
+                    Some(&format!("refused in a batch: {}", error.message)),
+                )
+            });
+        let given: Vec<AuditEvent> = given.chain(refused).collect();
         self.state
             .store
             .record_all(&given)
