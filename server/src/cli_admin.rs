@@ -7,11 +7,9 @@ use crate::audit::AuditEvent;
 use crate::certificates;
 use crate::cli::{CertCommand, KeysCommand};
 use crate::config::Loaded;
-use crate::crypto;
 use crate::governance;
 use crate::installation::{self, Opened};
 use crate::pki::CertificateAuthority;
-use crate::store::Rewrapped;
 use rekey_shared::KeyName;
 use rekey_shared::time::format_millis;
 use std::io::{IsTerminal, Write};
@@ -266,55 +264,16 @@ async fn rewrap(opened: &Opened, name: &KeyName) -> anyhow::Result<()> {
         }
     };
     progress(0);
+    let event = AuditEvent::local("keys:Manage", &format!("key:{name}"), "");
     loop {
-        let batch = store
-            .versions_to_rewrap(name.as_str(), newest, BATCH)
+        let rewrapped = keyring
+            .rewrap_some(store, &to, BATCH, &event)
             .await
             .map_err(domain)?;
-        if batch.is_empty() {
+        if rewrapped == 0 {
             break;
         }
-        let mut rewrapped = Vec::with_capacity(batch.len());
-        for (secret_id, version) in batch {
-            let from = keyring
-                .for_decryption(store, &version.sealed.key)
-                .await
-                .map_err(domain)?;
-            let moved = crypto::rewrap_data_key(
-                &from,
-                &to,
-                &secret_id,
-                &version.version_id,
-                &version.sealed,
-            )
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "the data key of version {} of secret {secret_id} failed its integrity check",
-                    version.version_id
-                )
-            })?;
-            rewrapped.push((
-                secret_id,
-                Rewrapped {
-                    version_id: version.version_id,
-                    wrapped_data_key: moved.wrapped_data_key,
-                    from: version.sealed.key,
-                    to: moved.key,
-                },
-            ));
-        }
-        let event = AuditEvent::local(
-            "keys:Manage",
-            &format!("key:{name}"),
-            &format!(
-                "re-wrapped {} data keys to version {newest}",
-                rewrapped.len()
-            ),
-        );
-        done += store
-            .store_rewrapped(&rewrapped, &event)
-            .await
-            .map_err(domain)? as i64;
+        done += i64::try_from(rewrapped).unwrap_or(i64::MAX);
         progress(done.min(total));
     }
     if interactive {

@@ -8,7 +8,7 @@
 use crate::audit::AuditEvent;
 use crate::crypto::{Key, KeyRef, MasterKey, RootKey};
 use crate::error::{Error, Result};
-use crate::store::{Store, WrappedMasterKey};
+use crate::store::{Rewrapped, Store, WrappedMasterKey};
 use rekey_shared::KeyName;
 use std::collections::HashMap;
 use std::path::Path;
@@ -176,6 +176,62 @@ impl Keyring {
     /// Whether a key of this name exists.
     pub async fn exists(&self, store: &Store, name: &KeyName) -> Result<bool> {
         Ok(!self.versions(store, name).await?.is_empty())
+    }
+
+    /// Re-wraps up to `batch` data keys still under an older version of
+    /// `to`'s key than `to`, stored with `event` (whose detail says how
+    /// many); how many were (0: none is left). Safe beside other writers:
+    /// each row is updated only if it still holds the key it was read
+    /// with, so a rewrap interrupted resumes where it stopped.
+    pub async fn rewrap_some(
+        &self,
+        store: &Store,
+        to: &MasterKey,
+        batch: u32,
+        event: &AuditEvent,
+    ) -> Result<u64> {
+        let name = &to.reference.name;
+        let newest = to.reference.version;
+        let versions = store
+            .versions_to_rewrap(name.as_str(), newest, batch)
+            .await?;
+        if versions.is_empty() {
+            return Ok(0);
+        }
+        let mut rewrapped = Vec::with_capacity(versions.len());
+        for (secret_id, version) in versions {
+            let from = self.for_decryption(store, &version.sealed.key).await?;
+            let moved = crate::crypto::rewrap_data_key(
+                &from,
+                to,
+                &secret_id,
+                &version.version_id,
+                &version.sealed,
+            )
+            .map_err(|_| {
+                Error::Integrity(format!(
+                    "the data key of version {} of secret {secret_id} failed its integrity check",
+                    version.version_id
+                ))
+            })?;
+            rewrapped.push((
+                secret_id,
+                Rewrapped {
+                    version_id: version.version_id,
+                    wrapped_data_key: moved.wrapped_data_key,
+                    from: version.sealed.key,
+                    to: moved.key,
+                },
+            ));
+        }
+        let event = AuditEvent {
+            detail: format!(
+                "re-wrapped {} data keys to version {newest}",
+                rewrapped.len()
+            ),
+            ..event.clone()
+        };
+        store.store_rewrapped(&rewrapped, &event).await
     }
 }
 

@@ -257,6 +257,36 @@ impl AdminService {
         self.add_key_version(context, &request.name, true).await
     }
 
+    async fn rewrap_key_impl(
+        &self,
+        context: &RequestContext,
+        request: proto::RewrapKeyRequest,
+    ) -> Result<proto::RewrapKeyResponse> {
+        const BATCH: u32 = 200;
+        context.set_resource(&format!("key:{}", request.name));
+        let name = KeyName::parse(&request.name)?;
+        self.authorize(context, Action::KeysManage, &format!("key:{name}"))?;
+        let (store, keyring) = (&self.state.store, &self.state.keyring);
+        let to = keyring.for_encryption(store, &name).await?;
+        // Each batch commits with an event of its own; a request that
+        // re-wrapped nothing is recorded as any other.
+        let mut rewrapped = 0;
+        loop {
+            let done = keyring
+                .rewrap_some(store, &to, BATCH, &context.change_event())
+                .await?;
+            if done == 0 {
+                break;
+            }
+            context.recorded();
+            rewrapped += done;
+        }
+        Ok(proto::RewrapKeyResponse {
+            version: to.reference.version,
+            rewrapped,
+        })
+    }
+
     async fn retire_key_impl(
         &self,
         context: &RequestContext,
@@ -300,6 +330,7 @@ audited_service! {
     list_keys(proto::ListKeysRequest) -> proto::ListKeysResponse => list_keys_impl, KeysManage;
     create_key(proto::CreateKeyRequest) -> proto::MasterKey => create_key_impl, KeysManage;
     rotate_key(proto::RotateKeyRequest) -> proto::MasterKey => rotate_key_impl, KeysManage;
+    rewrap_key(proto::RewrapKeyRequest) -> proto::RewrapKeyResponse => rewrap_key_impl, KeysManage;
     retire_key(proto::RetireKeyRequest) -> proto::RetireKeyResponse => retire_key_impl, KeysManage;
     }
 }

@@ -175,3 +175,82 @@ fn moving_a_secret_needs_keys_use_on_both_keys() {
     admin.run(&["update", "m/x", "--key", "payments"]).ok();
     assert_eq!(admin.run(&["get", "m/x"]).ok().stdout, "v\n");
 }
+
+/// The Admin API's key calls, as a script would make them: create, rotate,
+/// rewrap (every data key under the newest version; a second call finds
+/// none left), retire the old version, and every value still reads; a
+/// principal without `keys:Manage` is refused each.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_api_rotates_rewraps_and_retires_a_key() {
+    use rekey_shared::identity::Identity;
+    use rekey_shared::proto::{self, admin_client::AdminClient};
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let connect = |identity: std::path::PathBuf| {
+        let url = server.url.clone();
+        async move {
+            let identity = Identity::load(&identity).unwrap();
+            AdminClient::new(
+                rekey_shared::channel::connect(&url, &identity)
+                    .await
+                    .unwrap(),
+            )
+        }
+    };
+    let mut client = connect(installation.admin()).await;
+    client
+        .create_key(proto::CreateKeyRequest { name: "api".into() })
+        .await
+        .unwrap();
+    for index in 0..3 {
+        let name = format!("api/{index}");
+        admin
+            .run(&[
+                "create",
+                &name,
+                "--key",
+                "api",
+                "--value",
+                &format!("{name}-v"),
+            ])
+            .ok();
+    }
+    let rotated = client
+        .rotate_key(proto::RotateKeyRequest { name: "api".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rotated.versions, [1, 2]);
+    let rewrap = || proto::RewrapKeyRequest { name: "api".into() };
+    let first = client.rewrap_key(rewrap()).await.unwrap().into_inner();
+    assert_eq!((first.version, first.rewrapped), (2, 3));
+    let again = client.rewrap_key(rewrap()).await.unwrap().into_inner();
+    assert_eq!((again.version, again.rewrapped), (2, 0));
+    client
+        .retire_key(proto::RetireKeyRequest {
+            name: "api".into(),
+            version: 1,
+        })
+        .await
+        .unwrap();
+    for index in 0..3 {
+        let name = format!("api/{index}");
+        assert_eq!(
+            admin.run(&["get", &name]).ok().stdout,
+            format!("{name}-v\n")
+        );
+    }
+    let events = admin
+        .run(&["audit", "--resource", "key:api", "--output", "json"])
+        .ok()
+        .stdout;
+    assert!(
+        events.contains("re-wrapped 3 data keys to version 2"),
+        "{events}"
+    );
+
+    let mut reader = connect(installation.issue("reader-1", &["reader"])).await;
+    let refused = reader.rewrap_key(rewrap()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+}
