@@ -86,16 +86,31 @@ pub async fn run(state: Arc<AppState>) {
     );
 }
 
+/// Sends this process's events out; after one could not be sent, the
+/// others' `EVENTS_LOST` goes out before the next event, and is tried
+/// again every second meanwhile, so that a gap followed by quiet is not
+/// learned of only at the next change.
 async fn send_out(state: &AppState, origin: &str, mut outgoing: mpsc::Receiver<Arc<WatchEvent>>) {
     let mut lost = false;
-    while let Some(event) = outgoing.recv().await {
+    let mut retry = tokio::time::interval(std::time::Duration::from_secs(1));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let event = tokio::select! {
+            event = outgoing.recv() => match event {
+                Some(event) => Some(event),
+                None => return,
+            },
+            _ = retry.tick(), if lost => None,
+        };
         lost |= state.events.take_relay_dropped();
         if lost {
             lost = send(state, origin, &crate::events::events_lost())
                 .await
                 .is_err();
         }
-        if let Err(error) = send(state, origin, &event).await {
+        if let Some(event) = event
+            && let Err(error) = send(state, origin, &event).await
+        {
             tracing::warn!(%error, kind = %event.kind, "sending a watch event to the other replicas failed");
             lost = true;
         }
