@@ -10,6 +10,7 @@ pub mod certificates;
 pub mod cli;
 mod cli_admin;
 pub mod config;
+pub mod crls;
 pub mod crypto;
 pub mod error;
 pub mod events;
@@ -63,6 +64,7 @@ pub struct Prepared {
     loaded: config::Loaded,
     state: Arc<service::AppState>,
     tls: rustls::ServerConfig,
+    crls: Arc<crls::ClientVerifier>,
     notifier: notify::Notifier,
     /// The audit archiver, already running (see `retention`).
     archiving: Option<tokio::task::JoinHandle<()>>,
@@ -103,7 +105,7 @@ pub async fn prepare(
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     let revocations = Arc::new(tls::Revocations::default());
-    let tls = tls::server_config(
+    let (tls, crls) = tls::server_config(
         &loaded.path(&config.tls.certificate),
         &loaded.path(&config.tls.private_key),
         &loaded.path(&config.tls.client_ca),
@@ -136,6 +138,7 @@ pub async fn prepare(
         loaded: loaded.clone(),
         state,
         tls,
+        crls,
         notifier,
         archiving,
     })
@@ -154,11 +157,13 @@ pub async fn serve_prepared(
         loaded,
         state,
         tls,
+        crls,
         notifier,
         archiving,
     } = prepared;
     let config = &loaded.config;
     let syncing = tokio::spawn(sync::run(state.clone()));
+    let watching_crls = tokio::spawn(crls.watch());
     let fanning_out = tokio::spawn(fanout::run(state.clone()));
     let engine = rotation::engine::Engine::new(state.clone());
     let rotating = tokio::spawn(engine.clone().run());
@@ -264,6 +269,7 @@ pub async fn serve_prepared(
         archiving.abort();
     }
     syncing.abort();
+    watching_crls.abort();
     fanning_out.abort();
     rotating.abort();
     if let Some(scraping) = scraping {

@@ -6,13 +6,13 @@
 //! Handshakes run in their own tasks with a time limit, so a slow or silent
 //! client cannot hold up others.
 
+use crate::crls::ClientVerifier;
 use crate::principal::{CertificateRefusal, PeerCertificate, peer_certificate};
 use anyhow::Context;
 use rustls::RootCertStore;
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
@@ -67,13 +67,13 @@ impl Revocations {
 /// usage, CRLs), then the revocation list of the database.
 #[derive(Debug)]
 struct RevocationCheckingVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    inner: Arc<ClientVerifier>,
     revocations: Arc<Revocations>,
 }
 
 impl ClientCertVerifier for RevocationCheckingVerifier {
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        self.inner.root_hint_subjects()
+        self.inner.hints()
     }
 
     fn verify_client_cert(
@@ -84,6 +84,7 @@ impl ClientCertVerifier for RevocationCheckingVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self
             .inner
+            .current()
             .verify_client_cert(end_entity, intermediates, now)?;
         if let Ok((_, certificate)) = X509Certificate::from_der(end_entity.as_ref())
             && self.revocations.is_revoked(&crate::principal::serial_hex(
@@ -103,7 +104,9 @@ impl ClientCertVerifier for RevocationCheckingVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.inner
+            .current()
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -112,11 +115,13 @@ impl ClientCertVerifier for RevocationCheckingVerifier {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.inner
+            .current()
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.inner.current().supported_verify_schemes()
     }
 }
 
@@ -125,14 +130,15 @@ impl ClientCertVerifier for RevocationCheckingVerifier {
 /// chosen here explicitly rather than from a process-wide default.
 ///
 /// Sessions are never resumed: every connection presents its certificate
-/// and passes the revocation check again.
+/// and passes the revocation check again. The CRL files are read again
+/// when they change (`ClientVerifier::watch`, which the caller runs).
 pub fn server_config(
     certificate: &Path,
     private_key: &Path,
     client_ca: &Path,
     crl_files: &[std::path::PathBuf],
     revocations: Arc<Revocations>,
-) -> anyhow::Result<rustls::ServerConfig> {
+) -> anyhow::Result<(rustls::ServerConfig, Arc<ClientVerifier>)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = CertificateDer::pem_file_iter(certificate)
         .with_context(|| format!("reading server certificate {}", certificate.display()))?
@@ -148,27 +154,13 @@ pub fn server_config(
             .add(ca.with_context(|| format!("parsing client CA {}", client_ca.display()))?)
             .context("adding the client CA")?;
     }
-    let mut crls = Vec::new();
-    for file in crl_files {
-        for crl in CertificateRevocationListDer::pem_file_iter(file)
-            .with_context(|| format!("reading CRL file {}", file.display()))?
-        {
-            let crl = crl.with_context(|| format!("parsing CRL file {}", file.display()))?;
-            refuse_expired_crl(&crl, file)?;
-            crls.push(crl);
-        }
-    }
-    // A CRL past its next update is not trusted (rustls would by default):
-    // its issuer may have revoked more since. The files are read at start,
-    // so one that expires while the server runs refuses that CA's clients
-    // until a fresh one is published and the server restarted.
-    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .with_crls(crls)
-        .enforce_revocation_expiration()
-        .build()
-        .context("building the client certificate verifier")?;
+    let client_verifier = Arc::new(ClientVerifier::load(
+        roots,
+        provider.clone(),
+        crl_files.to_vec(),
+    )?);
     let verifier = Arc::new(RevocationCheckingVerifier {
-        inner: webpki,
+        inner: client_verifier.clone(),
         revocations,
     });
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -180,23 +172,7 @@ pub fn server_config(
     config.alpn_protocols = vec![b"h2".to_vec()];
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    Ok(config)
-}
-
-/// Refuses to start on a CRL that is already past its next update, saying
-/// which and since when, rather than refuse every client of its CA.
-fn refuse_expired_crl(crl: &CertificateRevocationListDer<'_>, file: &Path) -> anyhow::Result<()> {
-    let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
-        .map_err(|error| anyhow::anyhow!("parsing CRL file {}: {error}", file.display()))?;
-    if let Some(next) = parsed.next_update()
-        && next.timestamp() < rekey_shared::time::now_millis() / 1000
-    {
-        anyhow::bail!(
-            "CRL file {} expired at {next} (its next update): publish a fresh CRL from its CA",
-            file.display()
-        );
-    }
-    Ok(())
+    Ok((config, client_verifier))
 }
 
 /// What every request on a connection learns about it.

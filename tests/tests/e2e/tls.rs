@@ -324,6 +324,60 @@ async fn a_crl_of_the_ca_is_honoured() {
         .unwrap_err();
 }
 
+/// A CRL file that changes while the server runs is read again: a serial
+/// it now revokes is refused at its next handshake, without a restart; a
+/// changed file that does not parse leaves the CRLs in force as they were,
+/// and says so in the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_crl_is_honoured_without_a_restart() {
+    let installation = Installation::new();
+    let (ca_pem, issuer) = installation_ca(&installation);
+    let with_serial = |serial: &[u8]| {
+        let mut params = client_params("alice");
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+        identity(params, &issuer, &ca_pem)
+    };
+    let revoked = with_serial(&[0x0c, 0x01]);
+    let kept = with_serial(&[0x0d, 0x02]);
+    let now = OffsetDateTime::now_utc();
+    use_crl(&installation, &issuer, now + Duration::days(7), Vec::new());
+    let server = installation.serve();
+    try_read(&server, rekey_shared::channel::tls_config(&revoked))
+        .await
+        .unwrap();
+
+    let revocations = vec![rcgen::RevokedCertParams {
+        serial_number: rcgen::SerialNumber::from_slice(&[0x0c, 0x01]),
+        revocation_time: now - Duration::minutes(1),
+        reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+        invalidity_date: None,
+    }];
+    use_crl(&installation, &issuer, now + Duration::days(7), revocations);
+    let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
+    while try_read(&server, rekey_shared::channel::tls_config(&revoked))
+        .await
+        .is_ok()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the CRL written while the server runs was not honoured"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    try_read(&server, rekey_shared::channel::tls_config(&kept))
+        .await
+        .unwrap();
+
+    std::fs::write(installation.dir().join("crl.pem"), "not a CRL").unwrap();
+    wait_for_log(&server, "a changed CRL file cannot be used").await;
+    try_read(&server, rekey_shared::channel::tls_config(&revoked))
+        .await
+        .unwrap_err();
+    try_read(&server, rekey_shared::channel::tls_config(&kept))
+        .await
+        .unwrap();
+}
+
 /// A certificate of another issuer of the installation's CA (a bring-your-
 /// own CA's) whose serial has its high bit set is revoked by the serial as
 /// `openssl x509 -serial` prints it, without DER's leading zero byte.
