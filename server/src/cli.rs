@@ -121,6 +121,11 @@ enum Command {
         /// needed when its root key comes from a passphrase.
         #[arg(long, value_name = "FILE")]
         root_key_file: Option<PathBuf>,
+        /// Restore a backup of format 1 (made before backups proved their
+        /// tables), whose policy, certificates and settings cannot be
+        /// proven unchanged.
+        #[arg(long)]
+        accept_unproven_tables: bool,
     },
     /// The audit log, from the installation itself.
     #[command(subcommand)]
@@ -290,18 +295,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Restore {
             file,
             root_key_file,
+            accept_unproven_tables,
         } => {
             let restored = crate::backup::restore(
                 &file,
                 &location.dir,
                 root_key_file.as_deref(),
                 &location.passphrase(),
+                accept_unproven_tables,
             )
             .await?;
             let proven = if restored.tables_proven {
                 "every table is as it was backed up, every value opens and the audit log verifies"
             } else {
-                "every value opens and the audit log verifies; this backup (format 1) cannot \
+                "every value opens and the audit log verifies; this backup (format 1) could not \
                  prove its other tables: check its policy (rekey policy get) and certificates \
                  (rekeyd cert list) before you serve it"
             };

@@ -38,6 +38,13 @@ impl ContentsKey {
         Self(root.derive_subkey(b"rekey/backup-contents/v1"))
     }
 
+    /// The MAC of an installation file the backup carries, as hex.
+    pub(super) fn file_mac(&self, name: &str, contents: &[u8]) -> String {
+        let mut mac = self.mac(&format!("file.{name}"));
+        feed(&mut mac, contents);
+        crate::audit::hex(&mac.finalize().into_bytes())
+    }
+
     fn mac(&self, what: &str) -> Hmac<Sha256> {
         #[allow(clippy::expect_used)] // HMAC takes a key of any length
         let mut mac = Hmac::<Sha256>::new_from_slice(self.0.as_ref()).expect("HMAC key");
@@ -50,9 +57,12 @@ impl ContentsKey {
 /// The MACs of the database at `path` (opened read-only), as description
 /// entries: `mac.schema` and `mac.table.NAME` for each table.
 pub(super) fn macs(path: &Path, key: &ContentsKey) -> anyhow::Result<BTreeMap<String, String>> {
+    // Immutable: the file as it is, never a write-ahead log beside it.
     let connection = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        format!("file:{}?immutable=1", uri_path(path)),
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .with_context(|| format!("opening {}", path.display()))?;
     let mut entries = BTreeMap::new();
@@ -82,6 +92,14 @@ pub(super) fn macs(path: &Path, key: &ContentsKey) -> anyhow::Result<BTreeMap<St
         entries.insert(format!("{ENTRY_PREFIX}{TABLE}{table}"), mac);
     }
     Ok(entries)
+}
+
+/// `path` as the path of a `file:` URI: `%`, `?` and `#` escaped.
+fn uri_path(path: &Path) -> String {
+    path.to_string_lossy()
+        .replace('%', "%25")
+        .replace('?', "%3f")
+        .replace('#', "%23")
 }
 
 /// How the MACs found in a backup differ from those it was written with,

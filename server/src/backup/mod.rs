@@ -43,7 +43,7 @@ const DATABASE_CA: &str = "database-ca.pem";
 /// The sealed copy of `backup_info`.
 const INFO_FILE: &str = "backup_info";
 /// The `backup_info` entry naming the installation files in the backup,
-/// sorted and separated by commas.
+/// each with its MAC (`name:mac`), sorted and separated by commas.
 const FILES_INFO: &str = "files";
 
 /// `backup_info` as one text, its entries sorted, for comparing the sealed
@@ -189,12 +189,15 @@ pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
             .snapshot_into(&partial)
             .await
             .map_err(|error| anyhow::anyhow!("{error}"))?;
+        let mut names: Vec<String> = files
+            .iter()
+            .map(|(name, contents)| format!("{name}:{}", contents_key.file_mac(name, contents)))
+            .collect();
+        names.sort_unstable();
         let snapshot = partial.clone();
         let macs =
             tokio::task::spawn_blocking(move || contents::macs(&snapshot, &contents_key)).await??;
         let source = std::fs::canonicalize(&loaded.dir).unwrap_or_else(|_| loaded.dir.clone());
-        let mut names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
-        names.sort_unstable();
         let mut info = vec![
             ("format".to_owned(), FORMAT.to_string()),
             (

@@ -41,11 +41,16 @@ pub struct Restored {
 /// with the root key of the installation it was made from: its
 /// `root_key_file` (copied into the new installation), or, for an
 /// installation whose root key comes from a passphrase, that passphrase.
+///
+/// A backup of format 1 cannot prove its tables beyond the values and the
+/// audit chain; it is restored only with `accept_unproven` (the operator
+/// trusts where it was kept), else refused before anything is written.
 pub async fn restore(
     file: &Path,
     dir: &Path,
     root_key_file: Option<&Path>,
     passphrase: &PassphraseSource,
+    accept_unproven: bool,
 ) -> anyhow::Result<Restored> {
     refuse_installation(dir)?;
     let (info, sealed) = read_backup(file).await?;
@@ -92,13 +97,27 @@ pub async fn restore(
     );
     let format = info.get("format").and_then(|format| format.parse().ok());
     let tables_proven = format != Some(FIRST_FORMAT);
+    anyhow::ensure!(
+        tables_proven || accept_unproven,
+        "{} is a backup of format 1, made before backups proved their tables: its policy, \
+         certificates and settings cannot be proven unchanged. Restore it only if you trust \
+         where it was kept, with --accept-unproven-tables",
+        file.display()
+    );
+    let key = ContentsKey::new(&root);
     if tables_proven {
-        prove_contents(file, &info, &files, ContentsKey::new(&root)).await?;
+        prove_files(file, &info, &files, &key)?;
     }
     let mut written = Written::new(dir)?;
     let restored = async {
-        let config = write_files(&mut written, &files, root_text.as_ref())?;
+        // The tables are proven on the copy, as it is restored: not on the
+        // file, which could change under the restore, or come with a
+        // write-ahead log of other pages beside it.
         let database = written.database("rekey.db", file)?;
+        if tables_proven {
+            prove_tables(file, &database, &info, key).await?;
+        }
+        let config = write_files(&mut written, &files, root_text.as_ref())?;
         drop_backup_tables(&database).await?;
         let loaded = Loaded {
             config,
@@ -207,41 +226,60 @@ fn open_files(
 }
 
 /// Checks that the backup holds the installation files its description
-/// names, and no other, and that its tables and schema are as they were
-/// written (their MACs): an edit by someone without the root key is
-/// refused here, before anything is written.
-async fn prove_contents(
+/// names, each as it was written (its MAC), and no other: a file taken out,
+/// or one of another backup put in its place, is refused before anything
+/// is written.
+fn prove_files(
     file: &Path,
     info: &HashMap<String, String>,
     files: &Files,
-    key: ContentsKey,
+    key: &ContentsKey,
 ) -> anyhow::Result<()> {
-    let named: Vec<&str> = info
+    let named: Vec<(&str, &str)> = info
         .get(FILES_INFO)
-        .map(|names| names.split(',').filter(|name| !name.is_empty()).collect())
+        .map(|entries| {
+            entries
+                .split(',')
+                .filter_map(|entry| entry.split_once(':'))
+                .collect()
+        })
         .unwrap_or_default();
-    for name in &named {
+    for (name, mac) in &named {
+        let contents = files.get(*name).ok_or_else(|| {
+            anyhow::anyhow!("{} lacks {name}, which it was written with", file.display())
+        })?;
         anyhow::ensure!(
-            files.contains_key(*name),
-            "{} lacks {name}, which it was written with",
+            key.file_mac(name, contents) == *mac,
+            "{} was changed after it was written: its {name} is not the one it was written with",
             file.display()
         );
     }
     if let Some(extra) = files
         .keys()
-        .find(|name| *name != INFO_FILE && !named.contains(&name.as_str()))
+        .find(|name| *name != INFO_FILE && !named.iter().any(|(named, _)| named == name))
     {
         anyhow::bail!(
             "{} holds {extra}, which it was not written with",
             file.display()
         );
     }
+    Ok(())
+}
+
+/// Checks that the tables and schema of `database` (the restored copy of
+/// the backup `file`) are as the backup was written (their MACs).
+async fn prove_tables(
+    file: &Path,
+    database: &Path,
+    info: &HashMap<String, String>,
+    key: ContentsKey,
+) -> anyhow::Result<()> {
     let written: BTreeMap<String, String> = info
         .iter()
         .filter(|(entry, _)| entry.starts_with(contents::ENTRY_PREFIX))
         .map(|(entry, mac)| (entry.clone(), mac.clone()))
         .collect();
-    let path = file.to_owned();
+    let path = database.to_owned();
     let found = tokio::task::spawn_blocking(move || contents::macs(&path, &key))
         .await?
         .with_context(|| format!("reading {}", file.display()))?;

@@ -1,8 +1,9 @@
 //! A backup edited by someone without the root key is refused before
 //! anything is written: a certificate un-revoked, a policy version added, a
-//! trigger planted, a value's ciphertext changed, a sealed file taken out.
-//! A backup of format 1 (before the tables' MACs) still restores, and says
-//! what it could not prove.
+//! trigger planted, a value's ciphertext changed, a sealed file taken out
+//! or one of another backup put in its place. A backup of format 1 (before
+//! the tables' MACs) restores only when asked to, and says what it could
+//! not prove.
 
 use rekey_tests::{Installation, rekeyd, text};
 use sqlx::Connection;
@@ -18,6 +19,20 @@ fn restore(target: &Path, file: &Path, root_key: &Path) -> std::process::Output 
             root_key.to_str().unwrap(),
         ],
     )
+}
+
+/// The sealed `name` of the backup `file`.
+async fn sealed_file(file: &Path, name: &str) -> Vec<u8> {
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    let sealed = sqlx::query_scalar("SELECT sealed FROM backup_files WHERE name = ?")
+        .bind(name)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    sealed
 }
 
 /// An installation with a secret and a revoked certificate, and a backup
@@ -89,6 +104,30 @@ async fn an_edited_backup_is_refused_before_anything_is_written() {
             "lacks ca.key, which it was written with",
         ),
     ];
+    // The configuration sealed in another backup of the same installation
+    // (taken after a change), put in this one's place.
+    installation.edit_config(|table| {
+        table.insert("listen".into(), "127.0.0.1:7443".into());
+    });
+    let later = backups.path().join("later.db");
+    let output = rekeyd(installation.dir(), &["backup", later.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let swapped_config = sealed_file(&later, "rekeyd.toml").await;
+    let swap = format!(
+        "UPDATE backup_files SET sealed = x'{}' WHERE name = 'rekeyd.toml'",
+        swapped_config
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<String>()
+    );
+    let edits: Vec<(&str, &str, &str)> = edits
+        .into_iter()
+        .chain([(
+            "file-swapped",
+            swap.as_str(),
+            "its rekeyd.toml is not the one it was written with",
+        )])
+        .collect();
     for (name, sql, message) in edits {
         let copy = edited(&file, name, sql).await;
         let target = scratch.path().join(name);
@@ -119,9 +158,10 @@ async fn an_edited_backup_is_refused_before_anything_is_written() {
 }
 
 /// A backup made before the tables' MACs (format 1: no `files` or `mac.*`
-/// entries in its description) restores, proving its values and its audit
-/// chain, and says it could not prove the rest. Written here from a
-/// current one with the root key, as only its holder could.
+/// entries in its description) is refused unless the operator accepts it
+/// unproven; then it restores, proving its values and its audit chain, and
+/// says it could not prove the rest. Written here from a current one with
+/// the root key, as only its holder could.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_format_1_backup_restores_and_says_what_it_could_not_prove() {
     let backups = tempfile::tempdir().unwrap();
@@ -163,12 +203,30 @@ async fn a_format_1_backup_restores_and_says_what_it_could_not_prove() {
 
     let scratch = tempfile::tempdir().unwrap();
     let target = scratch.path().join("restored");
-    let output = restore(&target, &old, &installation.dir().join("root.key"));
+    let root_key = installation.dir().join("root.key");
+    let refused = restore(&target, &old, &root_key);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains("--accept-unproven-tables"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(!target.exists());
+    let output = rekeyd(
+        &target,
+        &[
+            "restore",
+            old.to_str().unwrap(),
+            "--root-key-file",
+            root_key.to_str().unwrap(),
+            "--accept-unproven-tables",
+        ],
+    );
     assert!(output.status.success(), "{}", text(&output.stderr));
     let stdout = text(&output.stdout);
     assert!(
         stdout.contains("every value opens and the audit log verifies")
-            && stdout.contains("cannot prove its other tables"),
+            && stdout.contains("could not prove its other tables"),
         "{stdout}"
     );
 }
