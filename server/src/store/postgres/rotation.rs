@@ -99,8 +99,11 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.write().await?;
         let stored: Option<ConfigTimes> = sqlx::query_as(
+            // Locked: a schedule claim (which runs outside the writers'
+            // lock) waits for this save, then finds the row it expected
+            // changed, and claims nothing.
             "SELECT configured_at, next_rotation_at, last_rotated_at FROM rotation_configs
-             WHERE secret_id = $1",
+             WHERE secret_id = $1 FOR UPDATE",
         )
         .bind(&config.secret_id)
         .fetch_optional(&mut *tx)
