@@ -118,15 +118,16 @@ async fn an_erasure_beside_a_long_reader_stalls_nothing() {
     .await
     .expect("the erasure waited for the reader")
     .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), create(&store, "erase/after", &[]))
-        .await
-        .expect("a write waited for the reader");
-    let during = started.elapsed();
+    // Not emptied under the reader (which would have meant waiting for it).
     let wal = dir.path().join("rekey.db-wal");
     assert!(
         std::fs::metadata(&wal).unwrap().len() > 0,
         "the log was emptied under the reader"
     );
+    tokio::time::timeout(Duration::from_secs(5), create(&store, "erase/after", &[]))
+        .await
+        .expect("a write waited for the reader");
+    let during = started.elapsed();
 
     // Once the reader ends, a checkpoint empties the log.
     sqlx::raw_sql("COMMIT").execute(&mut reader).await.unwrap();

@@ -29,6 +29,7 @@
 
 use super::super::StoreMetrics;
 use super::super::batch::Writer;
+use sqlx::pool::PoolConnection;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -110,20 +111,16 @@ impl Checkpoints {
     }
 
     /// One try at emptying the log without waiting for readers (a busy
-    /// timeout of 0 for it); clears what is owed when it is done. Says
-    /// whether part of the log was left (busy).
-    async fn emptied(&self, connection: &mut SqliteConnection) -> sqlx::Result<bool> {
+    /// timeout of 0 on `connection`, which is closed afterwards rather than
+    /// go back to the pool so: also when the caller is dropped midway);
+    /// clears what is owed when it is done. Says whether part of the log
+    /// was left (busy).
+    async fn emptied(&self, connection: &mut PoolConnection<Sqlite>) -> sqlx::Result<bool> {
+        connection.close_on_drop();
         sqlx::query("PRAGMA busy_timeout = 0")
-            .execute(&mut *connection)
+            .execute(&mut **connection)
             .await?;
-        let busy = self.with_writers_waiting(connection, "TRUNCATE").await;
-        sqlx::query(&format!(
-            "PRAGMA busy_timeout = {}",
-            super::BUSY_TIMEOUT.as_millis()
-        ))
-        .execute(&mut *connection)
-        .await?;
-        let busy = busy?;
+        let busy = self.with_writers_waiting(connection, "TRUNCATE").await?;
         if !busy {
             self.owed.store(false, Ordering::Release);
         }

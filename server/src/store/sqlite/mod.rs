@@ -415,9 +415,9 @@ impl Store {
 
     /// Moves everything in the write-ahead log into the database file and
     /// empties the log, so that erased rows linger in neither (with
-    /// `secure_delete`, freed pages are zeroed). If a reader holds the log
-    /// longer than the busy timeout, the log is not emptied, and the server
-    /// warns.
+    /// `secure_delete`, freed pages are zeroed). If a reader holds part of
+    /// the log, it is not waited for: the server warns, and a later
+    /// checkpoint empties the log once it can.
     pub async fn checkpoint(&self) -> Result<()> {
         if self.checkpoints.empty().await? {
             tracing::warn!(
