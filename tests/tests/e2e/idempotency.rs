@@ -262,3 +262,60 @@ fn the_cli_retries_safely_with_a_token() {
         refused.stderr
     );
 }
+
+/// A writer who may not read values (the default operator role) learns
+/// nothing from reusing another's version id as its token: the same answer
+/// for the right value and a wrong one. Its own retries still work.
+#[tokio::test]
+async fn a_writer_who_may_not_read_learns_nothing_from_a_token() {
+    let installation = Installation::new();
+    let operator = installation.issue("operator-1", &["operator"]);
+    let server = installation.serve();
+    let mut admin = server.client(&installation.admin()).await;
+    let mut operator = server.client(&operator).await;
+    let guarded = |token: &str, value: &str| proto::PutSecretValueRequest {
+        name: "idem/pin".into(),
+        client_request_token: token.into(),
+        secret_string: Some(value.into()),
+        ..Default::default()
+    };
+    admin
+        .create_secret(proto::CreateSecretRequest {
+            name: "idem/pin".into(),
+            secret_string: Some("0000".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let admins = "11111111-1111-4111-8111-111111111111";
+    admin
+        .put_secret_value(guarded(admins, "4711"))
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    for guess in ["4711", "1234"] {
+        let status = operator
+            .put_secret_value(guarded(admins, guess))
+            .await
+            .unwrap_err();
+        answers.push((status.code(), status.message().to_owned()));
+    }
+    assert_eq!(
+        answers[0], answers[1],
+        "the answers tell the guesses apart: {answers:?}"
+    );
+    assert_eq!(answers[0].0, tonic::Code::AlreadyExists, "{answers:?}");
+
+    let own = "22222222-2222-4222-8222-222222222222";
+    let first = operator
+        .put_secret_value(guarded(own, "operator's"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = operator
+        .put_secret_value(guarded(own, "operator's"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.version_id, again.version_id);
+}

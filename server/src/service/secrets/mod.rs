@@ -137,9 +137,12 @@ impl SecretsService {
     }
 
     /// A client request token reused: the same value gives the existing
-    /// version back, another value is refused.
+    /// version back, another value is refused. The values are compared
+    /// only for a caller who made that version or may read it: to anyone
+    /// else, the answer would say whether a guess is the value.
     async fn reused_token(
         &self,
+        context: &RequestContext,
         secret: &SecretRecord,
         version_id: &VersionId,
         value: &SecretValue,
@@ -147,6 +150,19 @@ impl SecretsService {
         let Some(existing) = self.state.store.version(&secret.id, version_id).await? else {
             return Ok(None);
         };
+        let may_compare = existing.created_by == context.principal.to_string()
+            || context.allows(
+                &self.state.authorizer,
+                Action::GetSecretValue,
+                secret.name.as_str(),
+            );
+        if !may_compare {
+            return Err(Error::AlreadyExists(format!(
+                "client request token {version_id} was already used for a version of {}; use a \
+                 new token for a new value",
+                secret.name
+            )));
+        }
         if !self.open(secret, &existing).await?.same_as(value) {
             return Err(Error::AlreadyExists(format!(
                 "client request token {version_id} was already used for a version of {} with a \
@@ -171,7 +187,10 @@ impl SecretsService {
         value: &SecretValue,
         requested: &[Stage],
     ) -> Result<proto::PutSecretValueResponse> {
-        if let Some(response) = self.reused_token(secret, version_id, value).await? {
+        if let Some(response) = self
+            .reused_token(context, secret, version_id, value)
+            .await?
+        {
             return Ok(response);
         }
         let version = NewVersion {
@@ -195,7 +214,7 @@ impl SecretsService {
             }
             // Another request with the same token won the race.
             PutOutcome::VersionExists => self
-                .reused_token(secret, version_id, value)
+                .reused_token(context, secret, version_id, value)
                 .await?
                 .ok_or_else(|| Error::internal("put", "a version vanished")),
         }

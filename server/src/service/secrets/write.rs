@@ -88,7 +88,9 @@ impl SecretsService {
                 if let (Some(value), false) = (&value, request.client_request_token.is_empty())
                     && let Some(existing) = self.state.store.secret(&name).await?
                     && existing.key_name == key_name
-                    && let Some(reused) = self.reused_token(&existing, &version_id, value).await?
+                    && let Some(reused) = self
+                        .reused_token(context, &existing, &version_id, value)
+                        .await?
                 {
                     return Ok(proto::CreateSecretResponse {
                         name: reused.name,
@@ -173,7 +175,7 @@ impl SecretsService {
         // value) answers with it; another value under the token is refused.
         let mut version_exists = match &value {
             Some(value) => self
-                .reused_token(&secret, &version_id, value)
+                .reused_token(context, &secret, &version_id, value)
                 .await?
                 .is_some(),
             None => false,
@@ -209,7 +211,7 @@ impl SecretsService {
                 .update_secret(&secret.id, &update, &context.change_event())
                 .await?;
             if let (Some(PutOutcome::VersionExists), Some(value)) = (&outcome, &value) {
-                self.reused_token(&secret, &version_id, value)
+                self.reused_token(context, &secret, &version_id, value)
                     .await?
                     .ok_or_else(|| Error::internal("update", "a version vanished"))?;
                 version_exists = true;
