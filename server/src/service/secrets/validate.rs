@@ -36,7 +36,7 @@ pub fn check_description(description: &str) -> Result<()> {
             "description is {length} characters long; the limit is {MAX_DESCRIPTION_CHARS}"
         )));
     }
-    check_characters("description", description, &['\n', '\t'])
+    check_characters("description", description, &['\n', '\r', '\t'])
 }
 
 /// Refuses control characters (NUL among them, which PostgreSQL's text
@@ -67,7 +67,8 @@ pub fn check_tag_key(key: &str) -> Result<()> {
 }
 
 /// The keys of an UntagResource: at most as many as a secret carries tags,
-/// each a valid key.
+/// each of a key's length. Not their characters: a key stored before
+/// control characters were refused can still be removed.
 pub fn check_tag_keys(keys: &[String]) -> Result<()> {
     if keys.len() > MAX_TAGS {
         return Err(Error::InvalidArgument(format!(
@@ -75,7 +76,15 @@ pub fn check_tag_keys(keys: &[String]) -> Result<()> {
             keys.len()
         )));
     }
-    keys.iter().try_for_each(|key| check_tag_key(key))
+    for key in keys {
+        let length = key.chars().count();
+        if !(1..=128).contains(&length) {
+            return Err(Error::InvalidArgument(format!(
+                "tag key {key:?} is {length} characters long; it must be 1-128"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Tags as (key, value) pairs; a key given twice keeps its last value.
