@@ -61,9 +61,6 @@ impl Store {
     /// (`Schema::Current`).
     pub async fn open(url: &str, audit_key: AuditKey, schema: Schema) -> Result<Self> {
         // The URL is not quoted back: it may hold the database password.
-        // Every session commits durably whatever the database's or role's
-        // synchronous_commit (reads are answered only once their audit
-        // events are durable).
         let options = PgConnectOptions::from_str(url)
             .map_err(|error| {
                 Error::InvalidArgument(format!(
@@ -71,7 +68,6 @@ impl Store {
                      parse: {error}"
                 ))
             })?
-            .options([("synchronous_commit", "on")])
             .disable_statement_logging();
         let pool = PgPoolOptions::new()
             .max_connections(8)
@@ -163,13 +159,17 @@ const DIALECT: Dialect<Postgres> = Dialect {
 /// the database's default: each statement then sees what the lock's last
 /// holder committed (the chain's head, the stage map), where a snapshot
 /// taken at the transaction's first statement, before the lock was had,
-/// would not. One round trip for both.
+/// would not. Committed durably whatever the database's or role's
+/// `synchronous_commit` (reads are answered only once their audit events
+/// are durable); set per transaction, which a pooler in front of the
+/// database passes on. One round trip for all three.
 fn begin_locked(pool: &PgPool) -> Boxed<'_, sqlx::Result<Transaction<'static, Postgres>>> {
     Box::pin(async move {
         let mut transaction = pool.begin().await?;
         (&mut *transaction)
             .execute(
                 "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; \
+                 SET LOCAL synchronous_commit = on; \
                  SELECT pg_advisory_xact_lock(7001)",
             )
             .await?;
