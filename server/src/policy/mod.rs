@@ -111,6 +111,38 @@ impl Decision {
 #[error("{0}")]
 pub struct PolicyError(pub String);
 
+/// A check's refusal, with where in a document it is: the first line
+/// holding the needle at or after the first line holding the anchor.
+struct Refusal {
+    message: String,
+    at: Option<(String, String)>,
+}
+
+/// The line (from 1) of the first `needle` at or after the first line
+/// holding `anchor` (the anchor's own line if no needle follows).
+fn line_of(text: &str, anchor: &str, needle: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|line| line.contains(anchor))?;
+    let found = lines[start..]
+        .iter()
+        .position(|line| line.contains(needle))
+        .map_or(start, |offset| start + offset);
+    Some(found + 1)
+}
+
+/// A role's name as a TOML table header writes it: bare when it can be.
+fn toml_key(name: &str) -> String {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        name.to_owned()
+    } else {
+        format!("{name:?}")
+    }
+}
+
 impl Policy {
     /// Parses and checks a TOML document.
     pub fn parse(text: &str) -> Result<Self, PolicyError> {
@@ -127,7 +159,14 @@ impl Policy {
                 error.message()
             ))
         })?;
-        policy.check()?;
+        policy.check_located().map_err(|refusal| {
+            let line = refusal
+                .at
+                .and_then(|(anchor, needle)| line_of(text, &anchor, &needle))
+                .map(|line| format!("line {line}: "))
+                .unwrap_or_default();
+            PolicyError(format!("{line}{}", refusal.message))
+        })?;
         Ok(policy)
     }
 
@@ -138,33 +177,52 @@ impl Policy {
     /// Every action pattern names at least one known action; every binding
     /// names roles that exist; nothing is empty.
     pub fn check(&self) -> Result<(), PolicyError> {
+        self.check_located()
+            .map_err(|refusal| PolicyError(refusal.message))
+    }
+
+    fn check_located(&self) -> Result<(), Refusal> {
         for (name, role) in &self.roles {
+            let header = format!("[roles.{}]", toml_key(name));
             for statement in &role.statements {
                 if statement.actions.is_empty() || statement.resources.is_empty() {
-                    return Err(PolicyError(format!(
-                        "role {name:?}: every statement needs actions and resources"
-                    )));
+                    return Err(Refusal {
+                        message: format!(
+                            "role {name:?}: every statement needs actions and resources"
+                        ),
+                        at: Some((header, "statements".to_owned())),
+                    });
                 }
                 for action in &statement.actions {
                     if !ACTIONS.iter().any(|known| glob::matches(action, known)) {
-                        return Err(PolicyError(format!(
-                            "role {name:?}: unknown action {action:?}; actions are {}",
-                            ACTIONS.join(", ")
-                        )));
+                        return Err(Refusal {
+                            message: format!(
+                                "role {name:?}: unknown action {action:?}; actions are {}",
+                                ACTIONS.join(", ")
+                            ),
+                            at: Some((header, format!("{action:?}"))),
+                        });
                     }
                 }
             }
         }
         for binding in &self.bindings {
             if binding.principal.is_empty() {
-                return Err(PolicyError("a binding has an empty principal".to_owned()));
+                return Err(Refusal {
+                    message: "a binding has an empty principal".to_owned(),
+                    at: Some(("principal".to_owned(), "\"\"".to_owned())),
+                });
             }
             for role in &binding.roles {
                 if !self.roles.contains_key(role) {
-                    return Err(PolicyError(format!(
-                        "the binding of {:?} names role {role:?}, which the policy does not define",
-                        binding.principal
-                    )));
+                    return Err(Refusal {
+                        message: format!(
+                            "the binding of {:?} names role {role:?}, which the policy does not \
+                             define",
+                            binding.principal
+                        ),
+                        at: Some((format!("{:?}", binding.principal), format!("{role:?}"))),
+                    });
                 }
             }
         }
@@ -402,9 +460,14 @@ roles = ["admin"]
         let unknown = "[roles.x]\nstatements = [{ effect = \"allow\", actions = [\"secrets:GetSecretVlue\"], resources = [\"*\"] }]\n";
         let error = Policy::parse(unknown).unwrap_err().to_string();
         assert!(
-            error.contains("unknown action \"secrets:GetSecretVlue\""),
+            error.starts_with("line 2: ")
+                && error.contains("unknown action \"secrets:GetSecretVlue\""),
             "{error}"
         );
+        // In the role it is in, not another's line that names it too.
+        let twice = "[roles.a]\nstatements = [{ effect = \"allow\", actions = [\"*\"], resources = [\"secrets:GetSecretVlue\"] }]\n\n[roles.b]\nstatements = [\n  { effect = \"allow\", resources = [\"*\"], actions = [\"secrets:GetSecretVlue\"] },\n]\n";
+        let error = Policy::parse(twice).unwrap_err().to_string();
+        assert!(error.starts_with("line 6: role \"b\""), "{error}");
         let effect = "[roles.x]\nstatements = [{ effect = \"maybe\", actions = [\"*\"], resources = [\"*\"] }]\n";
         let error = Policy::parse(effect).unwrap_err().to_string();
         assert!(
@@ -413,7 +476,10 @@ roles = ["admin"]
         );
         let role = "[[bindings]]\nprincipal = \"a\"\nroles = [\"ghost\"]\n";
         let error = Policy::parse(role).unwrap_err().to_string();
-        assert!(error.contains("role \"ghost\""), "{error}");
+        assert!(
+            error.starts_with("line 3: ") && error.contains("role \"ghost\""),
+            "{error}"
+        );
         let field = "[roles.x]\nstatment = []\n";
         assert!(
             Policy::parse(field)
