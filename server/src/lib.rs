@@ -70,7 +70,6 @@ pub struct Prepared {
     archiving: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Reads and checks what serving `opened` needs, before anything listens.
 /// The rotation settings with the database CA's path made absolute, once
 /// it is known to be there.
 fn rotation_settings(loaded: &config::Loaded) -> anyhow::Result<config::RotationSettings> {
@@ -93,6 +92,7 @@ fn rotation_settings(loaded: &config::Loaded) -> anyhow::Result<config::Rotation
     Ok(settings)
 }
 
+/// Reads and checks what serving `opened` needs, before anything listens.
 pub async fn prepare(
     loaded: &config::Loaded,
     opened: installation::Opened,

@@ -250,8 +250,7 @@ pub(super) fn approval_row(row: &impl Columns) -> Result<ApprovalRecord> {
 }
 
 /// Why a version's insert added no row, from a row of what its
-/// transaction sees (`present`, `key_version_present`, `key_name`,
-/// `deleted`): the version is there already (a retry), its master-key
+/// transaction sees (`present`, `key_name`, `deleted`): the version is there already (a retry), its master-key
 /// version was retired, the secret was scheduled for deletion or moved to
 /// another master key since the value was sealed, or the secret is gone.
 pub(super) fn version_refusal(row: &impl Columns, key: &KeyRef, version_id: &VersionId) -> Error {

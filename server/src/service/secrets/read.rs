@@ -433,7 +433,7 @@ fn denied(context: &RequestContext, action: Action, resource: &str) -> Error {
     ))
 }
 
-/// The next page's token: empty when this page was not full.
+/// A batch entry's error as the response carries it.
 fn batch_error(name: &str, error: Error) -> proto::BatchGetError {
     let status = Status::from(error);
     proto::BatchGetError {
