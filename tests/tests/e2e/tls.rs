@@ -250,6 +250,27 @@ fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tokio_stream::Stream<It
     tokio_stream::iter([item])
 }
 
+/// A CRL of `issuer` in PEM.
+fn crl_pem(
+    issuer: &Issuer<'_, KeyPair>,
+    this_update: OffsetDateTime,
+    next_update: OffsetDateTime,
+    revoked_certs: Vec<rcgen::RevokedCertParams>,
+) -> String {
+    rcgen::CertificateRevocationListParams {
+        this_update,
+        next_update,
+        crl_number: rcgen::SerialNumber::from_slice(&[1]),
+        issuing_distribution_point: None,
+        revoked_certs,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(issuer)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
 /// A CRL of the installation's CA, next updated at `next_update`, written
 /// as `crl.pem` and named in `tls.crl_files`.
 fn use_crl(
@@ -258,17 +279,13 @@ fn use_crl(
     next_update: OffsetDateTime,
     revoked_certs: Vec<rcgen::RevokedCertParams>,
 ) {
-    let crl = rcgen::CertificateRevocationListParams {
-        this_update: next_update - Duration::days(7),
+    let crl = crl_pem(
+        issuer,
+        next_update - Duration::days(7),
         next_update,
-        crl_number: rcgen::SerialNumber::from_slice(&[1]),
-        issuing_distribution_point: None,
         revoked_certs,
-        key_identifier_method: rcgen::KeyIdMethod::Sha256,
-    }
-    .signed_by(issuer)
-    .unwrap();
-    std::fs::write(installation.dir().join("crl.pem"), crl.pem().unwrap()).unwrap();
+    );
+    std::fs::write(installation.dir().join("crl.pem"), crl).unwrap();
     installation.edit_config(|table| {
         let tls = table
             .get_mut("tls")
@@ -376,6 +393,109 @@ async fn a_changed_crl_is_honoured_without_a_restart() {
     try_read(&server, rekey_shared::channel::tls_config(&kept))
         .await
         .unwrap();
+
+    // A stale copy (an older CRL, without the revocation) written over the
+    // file is refused: the revocation stays.
+    std::fs::write(
+        installation.dir().join("crl.pem"),
+        crl_pem(
+            &issuer,
+            now - Duration::days(30),
+            now + Duration::days(7),
+            Vec::new(),
+        ),
+    )
+    .unwrap();
+    wait_for_log(&server, "older than the one in force").await;
+    try_read(&server, rekey_shared::channel::tls_config(&revoked))
+        .await
+        .unwrap_err();
+}
+
+/// One CRL file that cannot be used holds up no other: with another CA's
+/// file broken, a fresh CRL of the installation's CA still revokes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_crl_file_holds_up_no_other() {
+    let installation = Installation::new();
+    let (ca_pem, issuer) = installation_ca(&installation);
+    let mut params = client_params("alice");
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x0e, 0x03]));
+    let revoked = identity(params, &issuer, &ca_pem);
+    let mut other_ca = CertificateParams::default();
+    other_ca
+        .distinguished_name
+        .push(DnType::CommonName, "another CA");
+    other_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let other = Issuer::new(other_ca, KeyPair::generate().unwrap());
+    let now = OffsetDateTime::now_utc();
+    let (ours, theirs) = (
+        installation.dir().join("ours.pem"),
+        installation.dir().join("theirs.pem"),
+    );
+    std::fs::write(
+        &ours,
+        crl_pem(
+            &issuer,
+            now - Duration::days(1),
+            now + Duration::days(7),
+            Vec::new(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        &theirs,
+        crl_pem(
+            &other,
+            now - Duration::days(1),
+            now + Duration::days(7),
+            Vec::new(),
+        ),
+    )
+    .unwrap();
+    installation.edit_config(|table| {
+        let tls = table
+            .get_mut("tls")
+            .and_then(|tls| tls.as_table_mut())
+            .unwrap();
+        tls.insert(
+            "crl_files".into(),
+            toml::Value::Array(vec!["ours.pem".into(), "theirs.pem".into()]),
+        );
+    });
+    let server = installation.serve();
+    try_read(&server, rekey_shared::channel::tls_config(&revoked))
+        .await
+        .unwrap();
+
+    std::fs::write(&theirs, "cut sho").unwrap();
+    let revocation = vec![rcgen::RevokedCertParams {
+        serial_number: rcgen::SerialNumber::from_slice(&[0x0e, 0x03]),
+        revocation_time: now - Duration::minutes(1),
+        reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+        invalidity_date: None,
+    }];
+    std::fs::write(
+        &ours,
+        crl_pem(&issuer, now, now + Duration::days(7), revocation),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
+    while try_read(&server, rekey_shared::channel::tls_config(&revoked))
+        .await
+        .is_ok()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fresh CRL was held up by the broken file:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        server.log_text().contains("theirs.pem"),
+        "{}",
+        server.log_text()
+    );
 }
 
 /// A certificate of another issuer of the installation's CA (a bring-your-
