@@ -1,8 +1,11 @@
 //! What a backup's database holds, proven: an HMAC-SHA256 of its schema
 //! and one of each table's rows, under a key derived from the root key.
 //! `backup` writes them into its description, whose sealed copy restore
-//! compares with the clear one; `restore` computes them again over the
-//! backup before it writes anything and refuses a table that differs. So
+//! compares with the clear one; `restore` computes them again over its
+//! copy of the backup's database (opened immutable: the file as it is,
+//! never a write-ahead log beside it) before it writes anything else, and
+//! refuses a table that differs. Each installation file the backup carries
+//! has a MAC too (`file_mac`). So
 //! a backup edited by someone without the root key (a policy binding
 //! added, a revocation or a certificate's registry entry removed, a
 //! trigger planted) is refused, not restored as proven.
@@ -59,7 +62,7 @@ impl ContentsKey {
 pub(super) fn macs(path: &Path, key: &ContentsKey) -> anyhow::Result<BTreeMap<String, String>> {
     // Immutable: the file as it is, never a write-ahead log beside it.
     let connection = Connection::open_with_flags(
-        format!("file:{}?immutable=1", uri_path(path)),
+        format!("{}?immutable=1", uri(path)),
         OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_URI
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -94,12 +97,26 @@ pub(super) fn macs(path: &Path, key: &ContentsKey) -> anyhow::Result<BTreeMap<St
     Ok(entries)
 }
 
-/// `path` as the path of a `file:` URI: `%`, `?` and `#` escaped.
-fn uri_path(path: &Path) -> String {
-    path.to_string_lossy()
-        .replace('%', "%25")
-        .replace('?', "%3f")
-        .replace('#', "%23")
+/// `path` as a `file:` URI: every byte but letters, digits and `/-_.~`
+/// percent-encoded (also those of a name that is not UTF-8); an absolute
+/// path after an empty authority, so that one starting `//` is not read as
+/// a host.
+fn uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut encoded = String::new();
+    for byte in path.as_os_str().as_bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' | b'~' => {
+                encoded.push(char::from(*byte));
+            }
+            _ => encoded.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    if path.is_absolute() {
+        format!("file://{encoded}")
+    } else {
+        format!("file:{encoded}")
+    }
 }
 
 /// How the MACs found in a backup differ from those it was written with,

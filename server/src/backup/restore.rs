@@ -1,11 +1,12 @@
-//! `rekeyd restore FILE`: a new installation from a backup. Everything is
-//! checked before the first file is written (the format, and that the root
-//! key opens the backup's files, that the clear description matches its
-//! sealed copy, that the files it names are there, every table's MAC,
-//! that every file the configuration names is there); once written, the
-//! new installation is opened and proven: every master key unwraps, every
-//! version's value opens, the audit chain verifies. Any failure removes
-//! what was written.
+//! `rekeyd restore FILE`: a new installation from a backup. Checked before
+//! anything is written: the format, that the root key opens the backup's
+//! files, that the clear description matches its sealed copy, that the
+//! files it names are there as they were written (their MACs). Then the
+//! database is copied first, and its tables and schema proven on the copy
+//! (their MACs) before anything else is written; then that every file the
+//! configuration names is there. Once written, the new installation is
+//! opened and proven: every master key unwraps, every version's value
+//! opens, the audit chain verifies. Any failure removes what was written.
 
 use super::contents::{self, ContentsKey};
 use super::{

@@ -111,21 +111,33 @@ impl Decision {
 #[error("{0}")]
 pub struct PolicyError(pub String);
 
-/// A check's refusal, with where in a document it is: the first line
-/// holding the needle at or after the first line holding the anchor.
+/// A check's refusal, with where in a document it is.
 struct Refusal {
     message: String,
-    at: Option<(String, String)>,
+    at: Option<Place>,
 }
 
-/// The line (from 1) of the first `needle` at or after the first line
-/// holding `anchor` (the anchor's own line if no needle follows).
-fn line_of(text: &str, anchor: &str, needle: &str) -> Option<usize> {
+/// The first line holding `needle` at or after the `nth` (from 0) line
+/// holding `anchor`.
+struct Place {
+    anchor: String,
+    nth: usize,
+    needle: String,
+}
+
+/// The line (from 1) of `place` in `text` (the anchor's own line if no
+/// needle follows it).
+fn line_of(text: &str, place: &Place) -> Option<usize> {
     let lines: Vec<&str> = text.lines().collect();
-    let start = lines.iter().position(|line| line.contains(anchor))?;
+    let start = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| line.contains(&place.anchor))
+        .nth(place.nth)?
+        .0;
     let found = lines[start..]
         .iter()
-        .position(|line| line.contains(needle))
+        .position(|line| line.contains(&place.needle))
         .map_or(start, |offset| start + offset);
     Some(found + 1)
 }
@@ -159,10 +171,10 @@ impl Policy {
                 error.message()
             ))
         })?;
-        policy.check_located().map_err(|refusal| {
+        policy.check_located(text).map_err(|refusal| {
             let line = refusal
                 .at
-                .and_then(|(anchor, needle)| line_of(text, &anchor, &needle))
+                .and_then(|place| line_of(text, &place))
                 .map(|line| format!("line {line}: "))
                 .unwrap_or_default();
             PolicyError(format!("{line}{}", refusal.message))
@@ -177,11 +189,34 @@ impl Policy {
     /// Every action pattern names at least one known action; every binding
     /// names roles that exist; nothing is empty.
     pub fn check(&self) -> Result<(), PolicyError> {
-        self.check_located()
+        self.check_located("")
             .map_err(|refusal| PolicyError(refusal.message))
     }
 
-    fn check_located(&self) -> Result<(), Refusal> {
+    /// As [`Self::check`], saying where in `text` (the document this
+    /// policy was parsed from) a refusal is.
+    fn check_located(&self, text: &str) -> Result<(), Refusal> {
+        // A binding is found by its `[[bindings]]` header when each has
+        // one, else by its principal's first mention.
+        let headers = text
+            .lines()
+            .filter(|line| line.trim() == "[[bindings]]")
+            .count();
+        let binding_at = |index: usize, principal: &str, needle: String| {
+            if headers == self.bindings.len() {
+                Place {
+                    anchor: "[[bindings]]".to_owned(),
+                    nth: index,
+                    needle,
+                }
+            } else {
+                Place {
+                    anchor: format!("{principal:?}"),
+                    nth: 0,
+                    needle,
+                }
+            }
+        };
         for (name, role) in &self.roles {
             let header = format!("[roles.{}]", toml_key(name));
             for statement in &role.statements {
@@ -190,7 +225,11 @@ impl Policy {
                         message: format!(
                             "role {name:?}: every statement needs actions and resources"
                         ),
-                        at: Some((header, "statements".to_owned())),
+                        at: Some(Place {
+                            anchor: header,
+                            nth: 0,
+                            needle: "statements".to_owned(),
+                        }),
                     });
                 }
                 for action in &statement.actions {
@@ -200,17 +239,21 @@ impl Policy {
                                 "role {name:?}: unknown action {action:?}; actions are {}",
                                 ACTIONS.join(", ")
                             ),
-                            at: Some((header, format!("{action:?}"))),
+                            at: Some(Place {
+                                anchor: header,
+                                nth: 0,
+                                needle: format!("{action:?}"),
+                            }),
                         });
                     }
                 }
             }
         }
-        for binding in &self.bindings {
+        for (index, binding) in self.bindings.iter().enumerate() {
             if binding.principal.is_empty() {
                 return Err(Refusal {
                     message: "a binding has an empty principal".to_owned(),
-                    at: Some(("principal".to_owned(), "\"\"".to_owned())),
+                    at: Some(binding_at(index, "", "principal".to_owned())),
                 });
             }
             for role in &binding.roles {
@@ -221,7 +264,7 @@ impl Policy {
                              define",
                             binding.principal
                         ),
-                        at: Some((format!("{:?}", binding.principal), format!("{role:?}"))),
+                        at: Some(binding_at(index, &binding.principal, format!("{role:?}"))),
                     });
                 }
             }
@@ -480,6 +523,10 @@ roles = ["admin"]
             error.starts_with("line 3: ") && error.contains("role \"ghost\""),
             "{error}"
         );
+        // The binding refused, not an earlier one of the same principal.
+        let bindings = "[roles.reader]\nstatements = [{ effect = \"allow\", actions = [\"*\"], resources = [\"*\"] }]\n\n[[bindings]]\nprincipal = \"ci\"\nroles = [\"reader\"]\n\n[[bindings]]\nprincipal = \"deployer\"\nroles = [\"reader\"]\n\n[[bindings]]\nprincipal = \"ci\"\nroles = [\"deployer\"]\n";
+        let error = Policy::parse(bindings).unwrap_err().to_string();
+        assert!(error.starts_with("line 14: "), "{error}");
         let field = "[roles.x]\nstatment = []\n";
         assert!(
             Policy::parse(field)

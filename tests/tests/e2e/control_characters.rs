@@ -92,6 +92,15 @@ async fn nul_is_refused_and_fails_nobody_else(installation: &Installation) {
             .await,
         "51 tag keys given; a secret carries at most 50 tags",
     );
+    refused(
+        client
+            .untag_resource(proto::UntagResourceRequest {
+                name: "nul/one".into(),
+                tag_keys: vec!["k\0".into()],
+            })
+            .await,
+        "a tag key holds a control character (U+0000) at character 2",
+    );
     // A description may hold new lines and tabs.
     client
         .create_secret(proto::CreateSecretRequest {

@@ -67,8 +67,9 @@ pub fn check_tag_key(key: &str) -> Result<()> {
 }
 
 /// The keys of an UntagResource: at most as many as a secret carries tags,
-/// each of a key's length. Not their characters: a key stored before
-/// control characters were refused can still be removed.
+/// each of a key's length, without NUL (which no stored key holds, and
+/// PostgreSQL refuses). Not other control characters: a key stored before
+/// they were refused can still be removed.
 pub fn check_tag_keys(keys: &[String]) -> Result<()> {
     if keys.len() > MAX_TAGS {
         return Err(Error::InvalidArgument(format!(
@@ -83,8 +84,15 @@ pub fn check_tag_keys(keys: &[String]) -> Result<()> {
                 "tag key {key:?} is {length} characters long; it must be 1-128"
             )));
         }
+        check_characters("a tag key", key, &allowed_in_stored_keys())?;
     }
     Ok(())
+}
+
+/// The control characters a tag key stored before they were refused may
+/// hold: all but NUL.
+fn allowed_in_stored_keys() -> Vec<char> {
+    ('\u{1}'..='\u{1f}').chain('\u{7f}'..='\u{9f}').collect()
 }
 
 /// Tags as (key, value) pairs; a key given twice keeps its last value.

@@ -100,8 +100,8 @@ impl Store {
         let mut tx = self.write().await?;
         let stored: Option<ConfigTimes> = sqlx::query_as(
             // Locked: a schedule claim (which runs outside the writers'
-            // lock) waits for this save, then finds the row it expected
-            // changed, and claims nothing.
+            // lock) skips the row while this save holds it, and tries
+            // again at the engine's next tick.
             "SELECT configured_at, next_rotation_at, last_rotated_at FROM rotation_configs
              WHERE secret_id = $1 FOR UPDATE",
         )
