@@ -1,13 +1,18 @@
 //! The client certificate verifier and the CRL files (`tls.crl_files`) it
-//! trusts: read at start, where an expired or unreadable CRL refuses the
+//! trusts: read at start, where a file that cannot be used refuses the
 //! start, and each read again whenever it changes (checked every few
 //! seconds, `watch`), so that a CA's fresh CRL is honoured without a
 //! restart: its revocations refuse new handshakes at once, and a CRL past
 //! its next update is replaced before it refuses every client of its CA.
-//! A changed file that does not parse, holds no CRL, holds one past its
-//! next update or one older than the CRL in force (a stale copy), is
-//! logged and that file's CRLs in force stay; the other files' new CRLs
-//! are taken all the same.
+//!
+//! A file cannot be used when it does not parse, holds no CRL, holds one
+//! the verifier would not take (a version-1 or delta CRL, say), one past
+//! its next update, or one older than the CRL of the same issuer in force
+//! (a stale copy, which would un-revoke serials: older by its CRL number,
+//! or by its `thisUpdate` where either has none). A changed file that
+//! cannot be used is logged, and its CRLs in force stay; the other files'
+//! new CRLs are taken all the same. Files are read and the verifier built
+//! outside the lock that handshakes take.
 
 use anyhow::Context;
 use rustls::RootCertStore;
@@ -16,9 +21,11 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::CertificateRevocationListDer;
 use rustls_pki_types::pem::PemObject;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
+use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::FromDer;
 
 /// How often the CRL files are looked at.
@@ -27,15 +34,32 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// What a file looked like when it was read: changed means reread.
 type Stamp = Option<(SystemTime, u64)>;
 
+/// How new a CRL is: its CRL number, if it has one, and its `thisUpdate`
+/// (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Issue {
+    number: Option<BigUint>,
+    this_update: i64,
+}
+
+impl Issue {
+    fn older_than(&self, other: &Issue) -> bool {
+        match (&self.number, &other.number) {
+            (Some(mine), Some(theirs)) => mine < theirs,
+            _ => self.this_update < other.this_update,
+        }
+    }
+}
+
 /// One CRL file as last read, and the CRLs of it in force: those of the
 /// last reading that could be used.
+#[derive(Clone)]
 struct File {
     path: PathBuf,
     stamp: Stamp,
     crls: Vec<CertificateRevocationListDer<'static>>,
-    /// The newest `thisUpdate` among them (Unix seconds): an older CRL
-    /// written over the file (a stale copy) would un-revoke serials.
-    issued: i64,
+    /// Each issuer's CRL in force (by the issuer's DER name).
+    issues: HashMap<Vec<u8>, Issue>,
 }
 
 pub struct ClientVerifier {
@@ -43,7 +67,9 @@ pub struct ClientVerifier {
     provider: Arc<CryptoProvider>,
     /// The roots' subjects, which a reload does not change.
     hints: Vec<rustls::DistinguishedName>,
-    current: RwLock<(Arc<dyn ClientCertVerifier>, Vec<File>)>,
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+    /// The files as last read; only the reload touches them.
+    files: Mutex<Vec<File>>,
 }
 
 impl std::fmt::Debug for ClientVerifier {
@@ -54,8 +80,7 @@ impl std::fmt::Debug for ClientVerifier {
 
 impl ClientVerifier {
     /// The verifier of certificates chaining to `roots`, with the CRLs in
-    /// `files`; refuses a file that does not parse, holds no CRL or holds
-    /// one past its next update.
+    /// `files`; refuses a file that cannot be used.
     pub fn load(
         roots: RootCertStore,
         provider: Arc<CryptoProvider>,
@@ -66,12 +91,12 @@ impl ClientVerifier {
             .into_iter()
             .map(|path| {
                 let stamp = stamp(&path);
-                let (crls, issued) = read(&path)?;
+                let (crls, issues) = read(&path, &roots, &provider)?;
                 Ok(File {
                     path,
                     stamp,
                     crls,
-                    issued,
+                    issues,
                 })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -81,7 +106,8 @@ impl ClientVerifier {
             roots,
             provider,
             hints,
-            current: RwLock::new((verifier, files)),
+            current: RwLock::new(verifier),
+            files: Mutex::new(files),
         })
     }
 
@@ -90,7 +116,6 @@ impl ClientVerifier {
         self.current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0
             .clone()
     }
 
@@ -100,39 +125,43 @@ impl ClientVerifier {
 
     /// Reads again each CRL file that changed since it was read, once per
     /// change: what it holds now replaces its CRLs in force, unless it
-    /// cannot be used (then its CRLs in force stay, and every other file's
-    /// new CRLs are taken all the same). What was read again, and why each
-    /// file that could not be used was not.
+    /// cannot be used. What was read again, and why each file that could
+    /// not be used was not.
     pub fn reload_if_changed(&self) -> (Vec<PathBuf>, Vec<anyhow::Error>) {
-        let mut current = self
-            .current
-            .write()
+        let mut files = self
+            .files
+            .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (mut read_again, mut refused) = (Vec::new(), Vec::new());
-        for file in &mut current.1 {
+        for file in files.iter_mut() {
             let now = stamp(&file.path);
             if now == file.stamp {
                 continue;
             }
             file.stamp = now;
-            match read(&file.path) {
-                Ok((_, issued)) if issued < file.issued => refused.push(anyhow::anyhow!(
-                    "CRL file {} holds a CRL older than the one in force (issued at {issued}, \
-                     against {}): a stale copy would un-revoke serials",
-                    file.path.display(),
-                    file.issued
-                )),
-                Ok((crls, issued)) => {
+            let taken = read(&file.path, &self.roots, &self.provider).and_then(|(crls, issues)| {
+                stale(&file.path, &file.issues, &issues)?;
+                Ok((crls, issues))
+            });
+            match taken {
+                Ok((crls, issues)) => {
                     file.crls = crls;
-                    file.issued = issued;
+                    file.issues = issues;
                     read_again.push(file.path.clone());
                 }
                 Err(error) => refused.push(error),
             }
         }
         if !read_again.is_empty() {
-            match build(&self.roots, &self.provider, &current.1) {
-                Ok(verifier) => current.0 = verifier,
+            // Each file's CRLs were taken by the verifier on their own, so
+            // together they build.
+            match build(&self.roots, &self.provider, &files) {
+                Ok(verifier) => {
+                    *self
+                        .current
+                        .write()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = verifier;
+                }
                 Err(error) => refused.push(error),
             }
         }
@@ -146,7 +175,12 @@ impl ClientVerifier {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
-            let (read_again, refused) = self.reload_if_changed();
+            let this = self.clone();
+            let Ok((read_again, refused)) =
+                tokio::task::spawn_blocking(move || this.reload_if_changed()).await
+            else {
+                continue;
+            };
             if !read_again.is_empty() {
                 tracing::info!(files = ?read_again, "CRL files read again");
             }
@@ -165,16 +199,48 @@ fn stamp(file: &Path) -> Stamp {
     Some((metadata.modified().ok()?, metadata.len()))
 }
 
-/// The CRLs of one file, and the newest `thisUpdate` among them; refuses a
-/// file that does not parse, holds none, or holds one past its next update.
-fn read(file: &Path) -> anyhow::Result<(Vec<CertificateRevocationListDer<'static>>, i64)> {
+/// Refuses `found` if a CRL of it is older than the one of the same
+/// issuer in `in_force` (an issuer no longer there is fine: a retired CA).
+fn stale(
+    file: &Path,
+    in_force: &HashMap<Vec<u8>, Issue>,
+    found: &HashMap<Vec<u8>, Issue>,
+) -> anyhow::Result<()> {
+    for (issuer, issue) in found {
+        if let Some(current) = in_force.get(issuer)
+            && issue.older_than(current)
+        {
+            anyhow::bail!(
+                "CRL file {} holds a CRL older than the one of its issuer in force: a stale \
+                 copy would un-revoke serials",
+                file.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The CRLs of one file, and how new each issuer's is; refuses a file
+/// that does not parse, holds none, holds one past its next update, or
+/// one the verifier would not take.
+type Read = (
+    Vec<CertificateRevocationListDer<'static>>,
+    HashMap<Vec<u8>, Issue>,
+);
+
+fn read(
+    file: &Path,
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+) -> anyhow::Result<Read> {
     let mut crls = Vec::new();
-    let mut issued = i64::MIN;
+    let mut issues = HashMap::new();
     for crl in CertificateRevocationListDer::pem_file_iter(file)
         .with_context(|| format!("reading CRL file {}", file.display()))?
     {
         let crl = crl.with_context(|| format!("parsing CRL file {}", file.display()))?;
-        issued = issued.max(refuse_expired(&crl, file)?);
+        let (issuer, issue) = examine(&crl, file)?;
+        issues.insert(issuer, issue);
         crls.push(crl);
     }
     // An empty or cut-short file would drop every revocation it held.
@@ -183,7 +249,11 @@ fn read(file: &Path) -> anyhow::Result<(Vec<CertificateRevocationListDer<'static
         "CRL file {} holds no CRL (no -----BEGIN X509 CRL----- block)",
         file.display()
     );
-    Ok((crls, issued))
+    // What the verifier refuses (a version-1 CRL, a delta CRL) is found
+    // here, for this file alone.
+    build_from(roots, provider, crls.clone())
+        .with_context(|| format!("CRL file {}", file.display()))?;
+    Ok((crls, issues))
 }
 
 fn build(
@@ -191,7 +261,18 @@ fn build(
     provider: &Arc<CryptoProvider>,
     files: &[File],
 ) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
-    let crls = files.iter().flat_map(|file| file.crls.iter().cloned());
+    build_from(
+        roots,
+        provider,
+        files.iter().flat_map(|file| file.crls.iter().cloned()),
+    )
+}
+
+fn build_from(
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<CryptoProvider>,
+    crls: impl IntoIterator<Item = CertificateRevocationListDer<'static>>,
+) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
     // A CRL past its next update is not trusted (rustls would by default):
     // its issuer may have revoked more since.
     WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
@@ -201,10 +282,13 @@ fn build(
         .context("building the client certificate verifier")
 }
 
-/// Refuses a CRL that is already past its next update, saying which and
-/// since when, rather than refuse every client of its CA; its
-/// `thisUpdate` (Unix seconds) otherwise.
-fn refuse_expired(crl: &CertificateRevocationListDer<'_>, file: &Path) -> anyhow::Result<i64> {
+/// A CRL's issuer and how new it is; refuses one already past its next
+/// update, saying which and since when, rather than refuse every client of
+/// its CA.
+fn examine(
+    crl: &CertificateRevocationListDer<'_>,
+    file: &Path,
+) -> anyhow::Result<(Vec<u8>, Issue)> {
     let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
         .map_err(|error| anyhow::anyhow!("parsing CRL file {}: {error}", file.display()))?;
     if let Some(next) = parsed.next_update()
@@ -215,5 +299,29 @@ fn refuse_expired(crl: &CertificateRevocationListDer<'_>, file: &Path) -> anyhow
             file.display()
         );
     }
-    Ok(parsed.last_update().timestamp())
+    Ok((
+        parsed.issuer().as_raw().to_vec(),
+        Issue {
+            number: parsed.crl_number().cloned(),
+            this_update: parsed.last_update().timestamp(),
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crl_is_older_by_its_number_or_else_its_time() {
+        let issue = |number: Option<u32>, this_update| Issue {
+            number: number.map(BigUint::from),
+            this_update,
+        };
+        assert!(issue(Some(1), 200).older_than(&issue(Some(2), 100)));
+        assert!(!issue(Some(2), 100).older_than(&issue(Some(1), 200)));
+        assert!(!issue(Some(2), 100).older_than(&issue(Some(2), 100)));
+        assert!(issue(None, 100).older_than(&issue(Some(2), 200)));
+        assert!(!issue(Some(1), 300).older_than(&issue(None, 200)));
+    }
 }

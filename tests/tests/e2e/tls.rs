@@ -250,9 +250,10 @@ fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tokio_stream::Stream<It
     tokio_stream::iter([item])
 }
 
-/// A CRL of `issuer` in PEM.
+/// CRL number `number` of `issuer`, in PEM.
 fn crl_pem(
     issuer: &Issuer<'_, KeyPair>,
+    number: u8,
     this_update: OffsetDateTime,
     next_update: OffsetDateTime,
     revoked_certs: Vec<rcgen::RevokedCertParams>,
@@ -260,7 +261,7 @@ fn crl_pem(
     rcgen::CertificateRevocationListParams {
         this_update,
         next_update,
-        crl_number: rcgen::SerialNumber::from_slice(&[1]),
+        crl_number: rcgen::SerialNumber::from_slice(&[number]),
         issuing_distribution_point: None,
         revoked_certs,
         key_identifier_method: rcgen::KeyIdMethod::Sha256,
@@ -271,16 +272,51 @@ fn crl_pem(
     .unwrap()
 }
 
-/// A CRL of the installation's CA, next updated at `next_update`, written
-/// as `crl.pem` and named in `tls.crl_files`.
+/// A client certificate of `issuer` for alice with `serial`.
+fn alice_with_serial(issuer: &Issuer<'_, KeyPair>, ca_pem: &str, serial: &[u8]) -> Identity {
+    let mut params = client_params("alice");
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+    identity(params, issuer, ca_pem)
+}
+
+/// A CRL entry revoking `serial` a minute before `now`.
+fn revoked_serial(serial: &[u8], now: OffsetDateTime) -> Vec<rcgen::RevokedCertParams> {
+    vec![rcgen::RevokedCertParams {
+        serial_number: rcgen::SerialNumber::from_slice(serial),
+        revocation_time: now - Duration::minutes(1),
+        reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+        invalidity_date: None,
+    }]
+}
+
+/// Waits (polling, up to the tests' deadline) until `who` is refused.
+async fn until_refused(server: &Server, who: &Identity, what: &str) {
+    let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
+    while try_read(server, rekey_shared::channel::tls_config(who))
+        .await
+        .is_ok()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}:\n{}",
+            server.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// CRL number `number` of the installation's CA, next updated at
+/// `next_update`, written as `crl.pem` and named in `tls.crl_files`.
 fn use_crl(
     installation: &Installation,
     issuer: &Issuer<'_, KeyPair>,
+    number: u8,
     next_update: OffsetDateTime,
     revoked_certs: Vec<rcgen::RevokedCertParams>,
 ) {
     let crl = crl_pem(
         issuer,
+        number,
         next_update - Duration::days(7),
         next_update,
         revoked_certs,
@@ -305,7 +341,13 @@ fn an_expired_crl_is_refused_at_start() {
     let installation = Installation::new();
     let (_, issuer) = installation_ca(&installation);
     let now = OffsetDateTime::now_utc();
-    use_crl(&installation, &issuer, now - Duration::days(1), Vec::new());
+    use_crl(
+        &installation,
+        &issuer,
+        1,
+        now - Duration::days(1),
+        Vec::new(),
+    );
     let stderr = installation.refused_at_start();
     assert!(
         stderr.contains("crl.pem") && stderr.contains("expired"),
@@ -317,21 +359,17 @@ fn an_expired_crl_is_refused_at_start() {
 async fn a_crl_of_the_ca_is_honoured() {
     let installation = Installation::new();
     let (ca_pem, issuer) = installation_ca(&installation);
-    let with_serial = |serial: &[u8]| {
-        let mut params = client_params("alice");
-        params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
-        identity(params, &issuer, &ca_pem)
-    };
-    let revoked = with_serial(&[0x0a, 0xbc, 0xde]);
-    let kept = with_serial(&[0x0b, 0x01, 0x02]);
+    let revoked = alice_with_serial(&issuer, &ca_pem, &[0x0a, 0xbc, 0xde]);
+    let kept = alice_with_serial(&issuer, &ca_pem, &[0x0b, 0x01, 0x02]);
     let now = OffsetDateTime::now_utc();
-    let revocations = vec![rcgen::RevokedCertParams {
-        serial_number: rcgen::SerialNumber::from_slice(&[0x0a, 0xbc, 0xde]),
-        revocation_time: now - Duration::minutes(1),
-        reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-        invalidity_date: None,
-    }];
-    use_crl(&installation, &issuer, now + Duration::days(7), revocations);
+    let revocations = revoked_serial(&[0x0a, 0xbc, 0xde], now);
+    use_crl(
+        &installation,
+        &issuer,
+        1,
+        now + Duration::days(7),
+        revocations,
+    );
     let server = installation.serve();
     try_read(&server, rekey_shared::channel::tls_config(&kept))
         .await
@@ -349,38 +387,35 @@ async fn a_crl_of_the_ca_is_honoured() {
 async fn a_changed_crl_is_honoured_without_a_restart() {
     let installation = Installation::new();
     let (ca_pem, issuer) = installation_ca(&installation);
-    let with_serial = |serial: &[u8]| {
-        let mut params = client_params("alice");
-        params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
-        identity(params, &issuer, &ca_pem)
-    };
-    let revoked = with_serial(&[0x0c, 0x01]);
-    let kept = with_serial(&[0x0d, 0x02]);
+    let revoked = alice_with_serial(&issuer, &ca_pem, &[0x0c, 0x01]);
+    let kept = alice_with_serial(&issuer, &ca_pem, &[0x0d, 0x02]);
     let now = OffsetDateTime::now_utc();
-    use_crl(&installation, &issuer, now + Duration::days(7), Vec::new());
+    use_crl(
+        &installation,
+        &issuer,
+        1,
+        now + Duration::days(7),
+        Vec::new(),
+    );
     let server = installation.serve();
     try_read(&server, rekey_shared::channel::tls_config(&revoked))
         .await
         .unwrap();
 
-    let revocations = vec![rcgen::RevokedCertParams {
-        serial_number: rcgen::SerialNumber::from_slice(&[0x0c, 0x01]),
-        revocation_time: now - Duration::minutes(1),
-        reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-        invalidity_date: None,
-    }];
-    use_crl(&installation, &issuer, now + Duration::days(7), revocations);
-    let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
-    while try_read(&server, rekey_shared::channel::tls_config(&revoked))
-        .await
-        .is_ok()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the CRL written while the server runs was not honoured"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let revocations = revoked_serial(&[0x0c, 0x01], now);
+    use_crl(
+        &installation,
+        &issuer,
+        2,
+        now + Duration::days(7),
+        revocations,
+    );
+    until_refused(
+        &server,
+        &revoked,
+        "the CRL written while the server runs was not honoured",
+    )
+    .await;
     try_read(&server, rekey_shared::channel::tls_config(&kept))
         .await
         .unwrap();
@@ -400,13 +435,14 @@ async fn a_changed_crl_is_honoured_without_a_restart() {
         installation.dir().join("crl.pem"),
         crl_pem(
             &issuer,
+            1,
             now - Duration::days(30),
             now + Duration::days(7),
             Vec::new(),
         ),
     )
     .unwrap();
-    wait_for_log(&server, "older than the one in force").await;
+    wait_for_log(&server, "older than the one of its issuer in force").await;
     try_read(&server, rekey_shared::channel::tls_config(&revoked))
         .await
         .unwrap_err();
@@ -418,9 +454,7 @@ async fn a_changed_crl_is_honoured_without_a_restart() {
 async fn a_broken_crl_file_holds_up_no_other() {
     let installation = Installation::new();
     let (ca_pem, issuer) = installation_ca(&installation);
-    let mut params = client_params("alice");
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x0e, 0x03]));
-    let revoked = identity(params, &issuer, &ca_pem);
+    let revoked = alice_with_serial(&issuer, &ca_pem, &[0x0e, 0x03]);
     let mut other_ca = CertificateParams::default();
     other_ca
         .distinguished_name
@@ -436,6 +470,7 @@ async fn a_broken_crl_file_holds_up_no_other() {
         &ours,
         crl_pem(
             &issuer,
+            1,
             now - Duration::days(1),
             now + Duration::days(7),
             Vec::new(),
@@ -446,6 +481,7 @@ async fn a_broken_crl_file_holds_up_no_other() {
         &theirs,
         crl_pem(
             &other,
+            1,
             now - Duration::days(1),
             now + Duration::days(7),
             Vec::new(),
@@ -468,29 +504,19 @@ async fn a_broken_crl_file_holds_up_no_other() {
         .unwrap();
 
     std::fs::write(&theirs, "cut sho").unwrap();
-    let revocation = vec![rcgen::RevokedCertParams {
-        serial_number: rcgen::SerialNumber::from_slice(&[0x0e, 0x03]),
-        revocation_time: now - Duration::minutes(1),
-        reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-        invalidity_date: None,
-    }];
+    let revocation = revoked_serial(&[0x0e, 0x03], now);
     std::fs::write(
         &ours,
-        crl_pem(&issuer, now, now + Duration::days(7), revocation),
+        crl_pem(&issuer, 2, now, now + Duration::days(7), revocation),
     )
     .unwrap();
-    let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
-    while try_read(&server, rekey_shared::channel::tls_config(&revoked))
-        .await
-        .is_ok()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the fresh CRL was held up by the broken file:\n{}",
-            server.log_text()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    until_refused(
+        &server,
+        &revoked,
+        "the fresh CRL was held up by the broken file",
+    )
+    .await;
+    wait_for_log(&server, "theirs.pem").await;
     assert!(
         server.log_text().contains("theirs.pem"),
         "{}",
@@ -519,18 +545,7 @@ async fn a_serial_revoked_as_openssl_prints_it_is_refused() {
         "{}",
         rekey_tests::text(&revoked.stderr)
     );
-    let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
-    loop {
-        let read = try_read(&server, rekey_shared::channel::tls_config(&carol)).await;
-        if read.is_err() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the revoked certificate is still let in: {read:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    until_refused(&server, &carol, "the revoked certificate is still let in").await;
 }
 
 /// A certificate that expires while its connection is open is refused on
