@@ -177,6 +177,19 @@ impl Installation {
 }
 
 /// Runs `rekeyd --dir DIR ARGS` to completion.
+/// `rekeyd --dir TARGET restore FILE --root-key-file KEY`.
+pub fn restore(target: &Path, file: &Path, root_key: &Path) -> Output {
+    rekeyd(
+        target,
+        &[
+            "restore",
+            file.to_str().unwrap(),
+            "--root-key-file",
+            root_key.to_str().unwrap(),
+        ],
+    )
+}
+
 pub fn rekeyd(dir: &Path, args: &[&str]) -> Output {
     Command::new(binary("rekeyd"))
         .arg("--dir")

@@ -129,10 +129,20 @@ struct Place {
 /// needle follows it).
 fn line_of(text: &str, place: &Place) -> Option<usize> {
     let lines: Vec<&str> = text.lines().collect();
+    // A header is a whole line; anything else is a part of one (not in a
+    // comment either way).
+    let holds_anchor = |line: &str| {
+        let code = line.split('#').next().unwrap_or_default();
+        if place.anchor.starts_with('[') {
+            code.trim() == place.anchor
+        } else {
+            code.contains(&place.anchor)
+        }
+    };
     let start = lines
         .iter()
         .enumerate()
-        .filter(|(_, line)| line.contains(&place.anchor))
+        .filter(|(_, line)| holds_anchor(line))
         .nth(place.nth)?
         .0;
     let found = lines[start..]
@@ -200,7 +210,7 @@ impl Policy {
         // one, else by its principal's first mention.
         let headers = text
             .lines()
-            .filter(|line| line.trim() == "[[bindings]]")
+            .filter(|line| line.split('#').next().unwrap_or_default().trim() == "[[bindings]]")
             .count();
         let binding_at = |index: usize, principal: &str, needle: String| {
             if headers == self.bindings.len() {
@@ -527,6 +537,10 @@ roles = ["admin"]
         let bindings = "[roles.reader]\nstatements = [{ effect = \"allow\", actions = [\"*\"], resources = [\"*\"] }]\n\n[[bindings]]\nprincipal = \"ci\"\nroles = [\"reader\"]\n\n[[bindings]]\nprincipal = \"deployer\"\nroles = [\"reader\"]\n\n[[bindings]]\nprincipal = \"ci\"\nroles = [\"deployer\"]\n";
         let error = Policy::parse(bindings).unwrap_err().to_string();
         assert!(error.starts_with("line 14: "), "{error}");
+        // A comment that mentions a header is not one.
+        let commented = format!("# [[bindings]] come last\n{bindings}");
+        let error = Policy::parse(&commented).unwrap_err().to_string();
+        assert!(error.starts_with("line 15: "), "{error}");
         let field = "[roles.x]\nstatment = []\n";
         assert!(
             Policy::parse(field)

@@ -6,7 +6,7 @@
 //! schema version than the binary's (only the server migrates).
 
 use rekey_tests::databases::StorageDatabase;
-use rekey_tests::{Installation, Server, contains_bytes, rekeyd, text};
+use rekey_tests::{Installation, Server, contains_bytes, rekeyd, restore, text};
 use sqlx::Connection;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,19 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 const PLANTED: &str = "backup-planted-value-7d1f0c";
-
-/// `rekeyd --dir TARGET restore FILE --root-key-file KEY`.
-fn restore(target: &Path, file: &Path, root_key: &Path) -> std::process::Output {
-    rekeyd(
-        target,
-        &[
-            "restore",
-            file.to_str().unwrap(),
-            "--root-key-file",
-            root_key.to_str().unwrap(),
-        ],
-    )
-}
 
 fn fails_with(output: std::process::Output, message: &str) {
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stdout));

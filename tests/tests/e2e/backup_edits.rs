@@ -5,21 +5,9 @@
 //! the tables' MACs) restores only when asked to, and says what it could
 //! not prove.
 
-use rekey_tests::{Installation, rekeyd, text};
+use rekey_tests::{Installation, rekeyd, restore, text};
 use sqlx::Connection;
 use std::path::{Path, PathBuf};
-
-fn restore(target: &Path, file: &Path, root_key: &Path) -> std::process::Output {
-    rekeyd(
-        target,
-        &[
-            "restore",
-            file.to_str().unwrap(),
-            "--root-key-file",
-            root_key.to_str().unwrap(),
-        ],
-    )
-}
 
 /// The sealed `name` of the backup `file`.
 async fn sealed_file(file: &Path, name: &str) -> Vec<u8> {
