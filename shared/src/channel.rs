@@ -29,8 +29,17 @@ pub fn tls_config(identity: &Identity) -> ClientTlsConfig {
 /// unanswered.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 
-/// An endpoint for `server` (`https://host:port`) with the given TLS settings.
+/// An endpoint for `server` (`https://host:port`) with the given TLS
+/// settings. Only `https`: tonic applies TLS to no other scheme, so an
+/// `http://` address would send every request, values included, in clear
+/// to whoever answers.
 pub fn endpoint(server: &str, tls: ClientTlsConfig) -> Result<Endpoint, ConnectError> {
+    if !server
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    {
+        return Err(ConnectError::BadUrl(server.to_owned()));
+    }
     Endpoint::from_shared(server.to_owned())
         .map_err(|_| ConnectError::BadUrl(server.to_owned()))?
         .connect_timeout(Duration::from_secs(10))
@@ -93,6 +102,27 @@ pub fn dropped_call_is_unavailable(status: tonic::Status) -> tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_https_addresses_are_taken() {
+        for server in [
+            "http://127.0.0.1:8443",
+            "127.0.0.1:8443",
+            "ftp://host",
+            "HTTP://x:1",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    endpoint(server, ClientTlsConfig::new()),
+                    Err(ConnectError::BadUrl(_))
+                ),
+                "{server}"
+            );
+        }
+        assert!(endpoint("https://127.0.0.1:8443", ClientTlsConfig::new()).is_ok());
+        assert!(endpoint("HTTPS://rekey.internal:8443", ClientTlsConfig::new()).is_ok());
+    }
 
     #[test]
     fn statuses_from_the_server_are_left_alone() {

@@ -258,6 +258,35 @@ fn the_cli_reports_errors_in_one_line_with_stable_exit_codes() {
     );
 }
 
+/// A server address that is not https is refused before anything is
+/// sent: tonic would connect to an http:// one without TLS, and a put's
+/// value would go out in clear to whoever listens there.
+#[test]
+fn the_cli_refuses_an_address_that_is_not_https() {
+    let installation = Installation::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let output = std::process::Command::new(rekey_tests::binary("rekey"))
+        .env("REKEY_SERVER", format!("http://{address}"))
+        .env("REKEY_IDENTITY", installation.admin())
+        .args(["put", "app/x", "--value-file", "/dev/stdin"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("is not a URL like https://host:port"),
+        "{stderr}"
+    );
+    listener.set_nonblocking(true).unwrap();
+    assert_eq!(
+        listener.accept().map(drop).map_err(|error| error.kind()),
+        Err(std::io::ErrorKind::WouldBlock),
+        "the client connected to the http:// address"
+    );
+}
+
 #[tokio::test]
 async fn lifecycle_tag_batch_and_password_requests_are_checked() {
     let installation = Installation::new();
