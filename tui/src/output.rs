@@ -196,12 +196,12 @@ pub fn value_json(response: &proto::GetSecretValueResponse) -> Value {
 
 /// One line for standard error from a gRPC status.
 pub fn status_line(status: &tonic::Status) -> String {
-    let code = format!("{:?}", status.code());
+    let code = screaming(&format!("{:?}", status.code()));
     let message = shown(status.message());
     if message.is_empty() {
         code
     } else {
-        format!("{message} ({})", screaming(&code))
+        format!("{message} ({code})")
     }
 }
 

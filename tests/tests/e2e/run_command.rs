@@ -157,6 +157,46 @@ fn run_watch_follows_a_restarted_server_and_takes_its_command_down_with_it() {
     assert!(stderr.contains("(NOT_FOUND)"), "{stderr}");
 }
 
+/// `rekey run --watch` under a certificate that is then revoked stops the
+/// command and exits 1 once the server ends its watch: the command does
+/// not keep values its caller may no longer read.
+#[test]
+fn run_watch_stops_the_command_when_its_certificate_is_revoked() {
+    let installation = Installation::new();
+    let app = installation.issue("app", &["reader"]);
+    let server = installation.serve();
+    server
+        .rekey(&installation.admin())
+        .run(&["create", "watched/token", "--value", "tok-1"])
+        .ok();
+    let seen = installation.dir().join("seen");
+    let script = format!(r#"echo "$$" >> '{}'; exec sleep 60"#, seen.display());
+    let mut running = run_watched(&server.rekey(&app), &script, std::process::Stdio::piped());
+    let pid = eventually("the command to start", || {
+        std::fs::read_to_string(&seen)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+    });
+    let revoked = rekey_tests::rekeyd(installation.dir(), &["cert", "revoke", "app"]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        rekey_tests::text(&revoked.stderr)
+    );
+    let status = eventually("rekey run to stop", || running.try_wait().unwrap());
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the command outlived rekey run"
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut running.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("ended the watch of watched/token") && stderr.contains("(UNAUTHENTICATED)"),
+        "{stderr}"
+    );
+}
+
 /// `rekey run --watch --env T=watched/token -- sh -c SCRIPT`, started.
 fn run_watched(rekey: &Rekey, script: &str, stderr: std::process::Stdio) -> std::process::Child {
     rekey

@@ -103,6 +103,16 @@ async fn read_values(
     Ok(values)
 }
 
+/// What the watch tells the supervisor: read the values again, or the
+/// server ended the watch because the caller's certificate is no longer
+/// good (revoked, expired): the command must not keep values it got under
+/// it.
+#[derive(Debug)]
+enum Change {
+    Changed,
+    Refused(String),
+}
+
 /// Change events of the secrets `specs` name, merged (events carry no
 /// values; the receiver reads them again). A stream that ends (the server
 /// restarted, the connection dropped) is opened again, with pauses of up
@@ -111,7 +121,7 @@ async fn read_values(
 async fn changes(
     connection: &Connection,
     specs: &[EnvSpec],
-) -> anyhow::Result<mpsc::UnboundedReceiver<()>> {
+) -> anyhow::Result<mpsc::UnboundedReceiver<Change>> {
     let (sender, receiver) = mpsc::unbounded_channel();
     let mut names: Vec<&str> = specs.iter().map(|spec| spec.name.as_str()).collect();
     names.sort_unstable();
@@ -141,20 +151,41 @@ async fn watch(
         .into_inner())
 }
 
-/// Passes on the change events of `name` until the receiver is gone.
+/// Passes on the change events of `name` until the receiver is gone; a
+/// watch the server ended as UNAUTHENTICATED or PERMISSION_DENIED is the
+/// end (the certificate is revoked or expired), any other end is followed
+/// by a new watch.
 async fn follow(
     channel: Channel,
     name: String,
     mut stream: tonic::Streaming<proto::WatchEvent>,
-    sender: mpsc::UnboundedSender<()>,
+    sender: mpsc::UnboundedSender<Change>,
 ) {
     const FIRST_PAUSE: Duration = Duration::from_millis(100);
     let mut pause = FIRST_PAUSE;
     loop {
-        while let Ok(Some(event)) = stream.message().await {
-            if event.name == name && sender.send(()).is_err() {
-                return;
+        let ended = loop {
+            match stream.message().await {
+                Ok(Some(event)) => {
+                    if event.name == name && sender.send(Change::Changed).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break None,
+                Err(status) => break Some(status),
             }
+        };
+        if let Some(status) = ended
+            && matches!(
+                status.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            )
+        {
+            let _ = sender.send(Change::Refused(format!(
+                "the server ended the watch of {name}: {}",
+                crate::output::status_line(&status)
+            )));
+            return;
         }
         eprintln!("rekey: the watch of {name} ended; watching again when the server answers");
         stream = loop {
@@ -169,7 +200,7 @@ async fn follow(
         };
         pause = FIRST_PAUSE;
         eprintln!("rekey: watching {name} again");
-        if sender.send(()).is_err() {
+        if sender.send(Change::Changed).is_err() {
             return;
         }
     }
@@ -258,7 +289,7 @@ async fn supervise(
     specs: &[EnvSpec],
     command: &[String],
     mut values: Vec<(String, Zeroizing<String>)>,
-    mut changed: Option<mpsc::UnboundedReceiver<()>>,
+    mut changed: Option<mpsc::UnboundedReceiver<Change>>,
 ) -> anyhow::Result<ExitCode> {
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -274,8 +305,10 @@ async fn supervise(
             _ = terminate.recv() => return Ok(exit_code(stop(child).await?)),
             _ = interrupt.recv() => return Ok(exit_code(stop(child).await?)),
             event = change => {
-                if event.is_none() {
-                    anyhow::bail!("the watch of the secrets stopped");
+                match event {
+                    None => anyhow::bail!("the watch of the secrets stopped"),
+                    Some(Change::Refused(why)) => anyhow::bail!("{why}; the command was stopped"),
+                    Some(Change::Changed) => {}
                 }
                 let now = match read_values(client, specs).await {
                     Ok(now) => now,
