@@ -208,6 +208,16 @@ impl RotationService {
         } else {
             Some(schedule::parse(&request.schedule).map_err(Error::InvalidArgument)?)
         };
+        // A schedule that never comes due would look configured and never
+        // rotate (a date that does not exist, a year long past).
+        if let Some(schedule) = &parsed
+            && schedule.next(None, now).is_none()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "schedule {:?} never comes due: no time in the next 10 years matches it",
+                request.schedule
+            )));
+        }
         if !request.window.is_empty() {
             if parsed.is_none() {
                 return Err(Error::InvalidArgument(

@@ -227,6 +227,14 @@ fn configuration_is_checked() {
             "must be ?",
         ),
         (
+            &["--rotator", "password", "--schedule", "cron(0 0 30 2 ? *)"],
+            "never comes due",
+        ),
+        (
+            &["--rotator", "password", "--schedule", "cron(0 0 1 1 ? 2001)"],
+            "never comes due",
+        ),
+        (
             &[
                 "--rotator",
                 "password",
