@@ -3,7 +3,8 @@
 //! re-wrap) are refused; a value sealed under the key its secret was moved
 //! off, or put after the secret was scheduled for deletion, is refused; a
 //! secret restored after the purge found it due is not erased; a rotation
-//! configuration saved over a change made since it was read is refused.
+//! configuration saved over a change made since it was read is refused; a
+//! rotation lease is freed only by its own claim's release.
 
 use super::{add_default_key, all_events, create, event, new_version};
 use rekey_server::audit::AuditKey;
@@ -392,3 +393,36 @@ async fn config_save_suite(url: &str, root: &RootKey) {
 }
 
 on_both_backends!(config_save_suite => sqlite_config_saved_over_a_change, postgres_config_saved_over_a_change);
+
+/// A drive's lease is freed by its own release only: a release that comes
+/// late (it runs in the background once the drive ended) does not free the
+/// lease that the same process's next drive claimed meanwhile, so no other
+/// replica can claim it and drive the same step alongside.
+async fn lease_suite(url: &str, root: &RootKey) {
+    let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
+    add_default_key(&store).await;
+    let id = create(&store, "leased/db", &[]).await;
+    assert!(store.claim_lease(&id, "a/1", 0, 10_000).await.unwrap());
+    assert!(
+        store.claim_lease(&id, "a/2", 1, 10_001).await.unwrap(),
+        "a process's next drive takes over its own lease"
+    );
+    store.release_lease(&id, "a/1").await.unwrap();
+    assert!(
+        !store.claim_lease(&id, "b/1", 2, 10_002).await.unwrap(),
+        "another replica claimed a lease held by the next drive"
+    );
+    store.release_lease(&id, "a/2").await.unwrap();
+    assert!(store.claim_lease(&id, "b/1", 3, 10_003).await.unwrap());
+    assert!(
+        !store.claim_lease(&id, "a/3", 4, 10_004).await.unwrap(),
+        "a live lease of another process"
+    );
+    assert!(
+        store.claim_lease(&id, "a/3", 20_000, 30_000).await.unwrap(),
+        "a lapsed lease goes to whoever claims it"
+    );
+    store.close().await;
+}
+
+on_both_backends!(lease_suite => sqlite_a_late_release_frees_no_other_lease, postgres_a_late_release_frees_no_other_lease);

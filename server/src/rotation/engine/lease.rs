@@ -31,13 +31,14 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// Claims the lease on `secret_id` for `owner`; `None` when another
-    /// process holds it.
+    /// Claims the lease on `secret_id` for the process `process`, under a
+    /// token of this claim's own; `None` when another process holds it.
     pub async fn claim(
         state: &Arc<AppState>,
         secret_id: &str,
-        owner: &str,
+        process: &str,
     ) -> Result<Option<Self>> {
+        let owner = &format!("{process}/{}", rekey_shared::VersionId::random());
         let now = now_millis();
         if !state
             .store

@@ -11,6 +11,11 @@ use crate::error::Result;
 impl Store {
     /// Takes or renews the lease on `secret_id`'s rotation work until
     /// `until`; false when another owner holds an unexpired one.
+    /// Claims (or renews) the lease on `secret_id` for `owner`, a claim's
+    /// own token `PROCESS/CLAIM`: taken when it lapsed, or when a claim of
+    /// the same process holds it (that process's drives of one secret take
+    /// turns under its lock). A claim's release removes only its own token,
+    /// so a release that comes late cannot free the next claim's lease.
     pub async fn claim_lease(
         &self,
         secret_id: &str,
@@ -18,15 +23,20 @@ impl Store {
         now: i64,
         until: i64,
     ) -> Result<bool> {
+        let process = match owner.split_once('/') {
+            Some((process, _)) => format!("{process}/"),
+            None => owner.to_owned(),
+        };
         let claimed = sqlx::query(
             "INSERT INTO rotation_leases (secret_id, owner, expires_at) VALUES ($1, $2, $3)
              ON CONFLICT (secret_id) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at
-             WHERE rotation_leases.owner = EXCLUDED.owner OR rotation_leases.expires_at < $4",
+             WHERE left(rotation_leases.owner, length($5)) = $5 OR rotation_leases.expires_at < $4",
         )
         .bind(secret_id)
         .bind(owner)
         .bind(until)
         .bind(now)
+        .bind(&process)
         .execute(&self.pool)
         .await?;
         Ok(claimed.rows_affected() == 1)

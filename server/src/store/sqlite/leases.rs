@@ -11,6 +11,11 @@ use crate::error::Result;
 impl Store {
     /// Takes or renews the lease on `secret_id`'s rotation work until
     /// `until`; false when another owner holds an unexpired one.
+    /// Claims (or renews) the lease on `secret_id` for `owner`, a claim's
+    /// own token `PROCESS/CLAIM`: taken when it lapsed, or when a claim of
+    /// the same process holds it (that process's drives of one secret take
+    /// turns under its lock). A claim's release removes only its own token,
+    /// so a release that comes late cannot free the next claim's lease.
     pub async fn claim_lease(
         &self,
         secret_id: &str,
@@ -18,16 +23,22 @@ impl Store {
         now: i64,
         until: i64,
     ) -> Result<bool> {
+        let process = match owner.split_once('/') {
+            Some((process, _)) => format!("{process}/"),
+            None => owner.to_owned(),
+        };
         let mut tx = self.write().await?;
         tx.changes_no_value();
         let claimed = sqlx::query(
             "INSERT INTO rotation_leases (secret_id, owner, expires_at) VALUES (?, ?, ?)
              ON CONFLICT (secret_id) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
-             WHERE rotation_leases.owner = excluded.owner OR rotation_leases.expires_at < ?",
+             WHERE substr(rotation_leases.owner, 1, length(?)) = ? OR rotation_leases.expires_at < ?",
         )
         .bind(secret_id)
         .bind(owner)
         .bind(until)
+        .bind(&process)
+        .bind(&process)
         .bind(now)
         .execute(&mut *tx)
         .await?;

@@ -231,7 +231,12 @@ fn configuration_is_checked() {
             "never comes due",
         ),
         (
-            &["--rotator", "password", "--schedule", "cron(0 0 1 1 ? 2001)"],
+            &[
+                "--rotator",
+                "password",
+                "--schedule",
+                "cron(0 0 1 1 ? 2001)",
+            ],
             "never comes due",
         ),
         (
