@@ -195,6 +195,10 @@ enum Command {
         /// Only if this run (the id `rotation show` gives) is still the one waiting.
         #[arg(long = "run", value_name = "RUN_ID", default_value = "")]
         run_id: String,
+        /// Only if the run still waits at this step (createSecret, setSecret,
+        /// testSecret, finishSecret).
+        #[arg(long, value_name = "STEP", value_parser = parse_step)]
+        step: Option<i32>,
     },
     /// Reject the rotation step a run waits at: the run is cancelled.
     Reject {
@@ -361,6 +365,12 @@ pub struct PasswordArgs {
     pub no_require_each_type: bool,
 }
 
+/// `--step`: a step's name (`setSecret` or `set`).
+fn parse_step(text: &str) -> Result<i32, String> {
+    rotation::parse_step(text)
+        .map_err(|_| format!("--step {text:?}: steps are create, set, test, finish"))
+}
+
 fn parse_tag(text: &str) -> Result<proto::Tag, String> {
     let (key, value) = text
         .split_once('=')
@@ -491,15 +501,17 @@ async fn run(connection: &Connection, format: Format, command: Command) -> anyho
             name,
             comment,
             run_id,
+            step,
         } => {
-            return rotation::approve(connection, format, name, run_id, comment, false).await;
+            let seen = (run_id, step.unwrap_or_default());
+            return rotation::approve(connection, format, name, seen, comment, false).await;
         }
         Command::Reject {
             name,
             comment,
             run_id,
         } => {
-            return rotation::approve(connection, format, name, run_id, comment, true).await;
+            return rotation::approve(connection, format, name, (run_id, 0), comment, true).await;
         }
         Command::Approvals => return rotation::approvals(connection, format).await,
         Command::Watch { prefix } => return rotation::watch(connection, format, prefix).await,

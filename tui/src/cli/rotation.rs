@@ -82,7 +82,7 @@ fn step_name(step: i32) -> &'static str {
     }
 }
 
-fn parse_step(text: &str) -> anyhow::Result<i32> {
+pub(super) fn parse_step(text: &str) -> anyhow::Result<i32> {
     let step = match text.trim().to_ascii_lowercase().trim_end_matches("secret") {
         "create" => RotationStep::CreateSecret,
         "set" => RotationStep::SetSecret,
@@ -472,14 +472,17 @@ pub async fn rotate(
     finish_with(format, &run)
 }
 
+/// Approves (or rejects) the step a run waits at; `seen` is the run and the
+/// step (0: any) the approver means, which the server checks.
 pub async fn approve(
     connection: &Connection,
     format: Format,
     name: String,
-    run_id: String,
+    seen: (String, i32),
     comment: String,
     reject: bool,
 ) -> anyhow::Result<()> {
+    let (run_id, step) = seen;
     let run = connection
         .rotation()
         .await?
@@ -488,6 +491,7 @@ pub async fn approve(
             comment,
             reject,
             run_id,
+            step,
         })
         .await?
         .into_inner();

@@ -40,9 +40,18 @@ pub enum Confirmable {
     Cancel(String),
     Reject {
         name: String,
-        run_id: String,
+        seen: RunSeen,
         comment: String,
     },
+}
+
+/// The run on screen and the step it waits at, which an approval (or a
+/// rejection) is for: the server refuses it if the run has moved on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunSeen {
+    pub run_id: String,
+    /// `RotationStep` as the run showed it; 0 when none was on screen.
+    pub step: i32,
 }
 
 /// What the keyboard is doing.
@@ -58,7 +67,7 @@ pub enum Mode {
     Comment {
         name: String,
         /// The run on screen, which the approval is for.
-        run_id: String,
+        seen: RunSeen,
         reject: bool,
         text: String,
     },
@@ -215,15 +224,16 @@ impl App {
 
     /// The run an approval given now is for: the one on screen (empty on
     /// the list of secrets, where no run is shown: the active one).
-    pub fn focused_run_id(&self) -> String {
+    pub fn focused_run(&self) -> RunSeen {
         match self.view {
-            View::Detail | View::Run => self.run().map(|run| run.run_id.clone()),
-            View::Approvals => self
-                .approvals
-                .get(self.approvals_selected)
-                .map(|run| run.run_id.clone()),
+            View::Detail | View::Run => self.run(),
+            View::Approvals => self.approvals.get(self.approvals_selected),
             View::Secrets | View::Audit => None,
         }
+        .map(|run| RunSeen {
+            run_id: run.run_id.clone(),
+            step: run.current_step,
+        })
         .unwrap_or_default()
     }
 

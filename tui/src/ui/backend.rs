@@ -284,27 +284,29 @@ impl Backend {
                 .map(|run| format!("{name}: {}", run.into_inner().state.replace('_', " "))),
             Effect::Approve {
                 name,
-                run_id,
+                seen,
                 comment,
             } => rotation
                 .approve_rotation(proto::ApproveRotationRequest {
                     name: name.clone(),
                     comment: comment.clone(),
                     reject: false,
-                    run_id: run_id.clone(),
+                    run_id: seen.run_id.clone(),
+                    step: seen.step,
                 })
                 .await
                 .map(|_| format!("approved the waiting step of {name}")),
             Effect::Reject {
                 name,
-                run_id,
+                seen,
                 comment,
             } => rotation
                 .approve_rotation(proto::ApproveRotationRequest {
                     name: name.clone(),
                     comment: comment.clone(),
                     reject: true,
-                    run_id: run_id.clone(),
+                    run_id: seen.run_id.clone(),
+                    step: seen.step,
                 })
                 .await
                 .map(|_| format!("rejected the run of {name}")),

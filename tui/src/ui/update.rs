@@ -3,7 +3,9 @@
 //! perform. No I/O here: the backend performs effects and answers with more
 //! actions.
 
-use super::app::{App, Confirmable, Connection, Detail, Fetched, Mode, Revealed, SecretRow, View};
+use super::app::{
+    App, Confirmable, Connection, Detail, Fetched, Mode, Revealed, RunSeen, SecretRow, View,
+};
 use rekey_shared::proto;
 use std::time::{Duration, Instant};
 
@@ -84,12 +86,12 @@ pub enum Effect {
     Step(String),
     Approve {
         name: String,
-        run_id: String,
+        seen: RunSeen,
         comment: String,
     },
     Reject {
         name: String,
-        run_id: String,
+        seen: RunSeen,
         comment: String,
     },
     Retry(String),
@@ -279,7 +281,7 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             if let Some(name) = app.focused_name() {
                 app.mode = Mode::Comment {
                     name,
-                    run_id: app.focused_run_id(),
+                    seen: app.focused_run(),
                     reject: matches!(action, Action::Reject),
                     text: String::new(),
                 };
@@ -301,11 +303,11 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
                 Confirmable::Cancel(name) => Effect::Cancel(name),
                 Confirmable::Reject {
                     name,
-                    run_id,
+                    seen,
                     comment,
                 } => Effect::Reject {
                     name,
-                    run_id,
+                    seen,
                     comment,
                 },
             }]
@@ -524,7 +526,7 @@ fn submit(app: &mut App) -> Vec<Effect> {
         },
         Mode::Comment {
             name,
-            run_id,
+            seen,
             reject,
             text,
         } => {
@@ -535,14 +537,14 @@ fn submit(app: &mut App) -> Vec<Effect> {
                 }
                 app.mode = Mode::Confirm(Confirmable::Reject {
                     name,
-                    run_id,
+                    seen,
                     comment: text,
                 });
                 Vec::new()
             } else {
                 vec![Effect::Approve {
                     name,
-                    run_id,
+                    seen,
                     comment: text,
                 }]
             }

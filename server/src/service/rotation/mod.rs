@@ -442,6 +442,18 @@ impl RotationService {
                 "the run of {name} does not wait for an approval now"
             ))
         })?;
+        // The step the approver saw: an approval never counts for a later
+        // gate of the run than the one it was given for.
+        if request.step != 0 {
+            let seen = Step::from_proto(request.step)
+                .ok_or_else(|| Error::InvalidArgument(format!("unknown step {}", request.step)))?;
+            if seen != step {
+                return Err(Error::FailedPrecondition(format!(
+                    "the run of {name} now waits for an approval of {step}, not of {seen}: \
+                     look at it again (rekey rotation show {name})"
+                )));
+            }
+        }
         if request.reject {
             if request.comment.trim().is_empty() {
                 return Err(Error::InvalidArgument(

@@ -280,6 +280,72 @@ fn an_approval_of_a_run_that_ended_does_not_pass_to_the_next() {
     wait_for_state(&admin, "seen/db", "succeeded");
 }
 
+/// An approval that names the step its approver saw waiting does not count
+/// for a later gate of the same run: with setSecret and finishSecret gated,
+/// one approver's approval moves the run on to finishSecret, and a second
+/// approver's approval of setSecret (what they saw) is refused, not
+/// counted for finishSecret.
+#[test]
+fn an_approval_of_one_step_does_not_count_for_the_next_gate() {
+    let installation = Installation::new();
+    let bob = installation.issue("bob", &["approver"]);
+    let carol = installation.issue("carol", &["approver"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let (bob, carol) = (server.rekey(&bob), server.rekey(&carol));
+    admin.run(&["create", "gates/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "gates/db",
+            "--rotator",
+            "password",
+            "--approve",
+            "set,finish",
+            "--approvals",
+            "1",
+        ])
+        .ok();
+    admin.run(&["rotate", "gates/db", "--no-wait"]).ok();
+    let seen = wait_for_state(&admin, "gates/db", "awaiting_approval");
+    let run_id = seen["run"]["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(seen["run"]["current_step"], "setSecret", "{seen}");
+
+    bob.run(&[
+        "approve",
+        "gates/db",
+        "--run",
+        &run_id,
+        "--step",
+        "setSecret",
+    ])
+    .ok();
+    eventually("the run to wait at finishSecret", || {
+        let shown = show(&admin, "gates/db");
+        (shown["run"]["state"] == "awaiting_approval"
+            && shown["run"]["current_step"] == "finishSecret")
+            .then_some(())
+    });
+    let refused = carol.run(&["approve", "gates/db", "--run", &run_id, "--step", "set"]);
+    assert!(
+        refused
+            .stderr
+            .contains("now waits for an approval of finishSecret, not of setSecret")
+            && refused.stderr.contains("(FAILED_PRECONDITION)"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        show(&admin, "gates/db")["run"]["state"],
+        "awaiting_approval"
+    );
+    carol
+        .run(&["approve", "gates/db", "--run", &run_id, "--step", "finish"])
+        .ok();
+    wait_for_state(&admin, "gates/db", "succeeded");
+}
+
 /// While a run waits for an approval, its gates cannot be configured away
 /// (an operator may configure, not approve); its schedule can change.
 #[test]

@@ -58,7 +58,7 @@ fn irreversible_actions_ask_first() {
         update(&mut app, Action::Confirm(true)),
         [Effect::Reject {
             name: "s/000".into(),
-            run_id: String::new(),
+            seen: RunSeen::default(),
             comment: "no".into()
         }]
     );
@@ -70,6 +70,7 @@ fn an_approval_names_the_run_on_screen() {
     app.approvals = vec![proto::RotationRun {
         name: "s/000".into(),
         run_id: "run-seen".into(),
+        current_step: proto::RotationStep::SetSecret.into(),
         ..Default::default()
     }];
     app.view = View::Approvals;
@@ -79,7 +80,10 @@ fn an_approval_names_the_run_on_screen() {
         update(&mut app, Action::Submit),
         [Effect::Approve {
             name: "s/000".into(),
-            run_id: "run-seen".into(),
+            seen: RunSeen {
+                run_id: "run-seen".into(),
+                step: proto::RotationStep::SetSecret.into(),
+            },
             comment: "k".into()
         }]
     );
