@@ -258,6 +258,32 @@ fn the_cli_reports_errors_in_one_line_with_stable_exit_codes() {
     );
 }
 
+/// A reader that stops reading ends rekey quietly (exit 0, nothing on
+/// standard error), as `rekey list | head -1` expects; it panicked.
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let rekey = server.rekey(&installation.admin());
+    rekey.run(&["create", "pipe/a", "--value", "v"]).ok();
+    let mut listing = rekey
+        .command(&["list"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before rekey has connected, let alone written.
+    drop(listing.stdout.take());
+    let output = listing.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+}
+
 /// A server address that is not https is refused before anything is
 /// sent: tonic would connect to an http:// one without TLS, and a put's
 /// value would go out in clear to whoever listens there.

@@ -365,6 +365,26 @@ pub struct PasswordArgs {
     pub no_require_each_type: bool,
 }
 
+/// A reader that stops reading (`rekey list | head -1`) ends rekey with
+/// exit 0 and nothing on standard error, as it ends the other commands of
+/// a pipeline: Rust ignores SIGPIPE, so printing to the closed pipe
+/// panicked (exit 101, a multi-line panic message).
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 /// `--step`: a step's name (`setSecret` or `set`).
 fn parse_step(text: &str) -> Result<i32, String> {
     rotation::parse_step(text)
@@ -383,6 +403,7 @@ fn parse_tag(text: &str) -> Result<proto::Tag, String> {
 
 /// Runs `rekey` and returns its exit code.
 pub fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     // Generated from the flags above, so they never drift from them.
     let generated = match cli.command {
