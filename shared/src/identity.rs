@@ -42,14 +42,23 @@ pub enum IdentityError {
 }
 
 impl Identity {
-    /// Builds the text of an identity file.
-    pub fn to_file_text(&self, principal: &str) -> String {
-        format!(
-            "# rekey identity for {principal}: private key, certificate, CA. Keep it mode 0600.\n{}{}{}",
-            ensure_newline(&self.key_pem),
-            ensure_newline(&self.certificate_pem),
-            ensure_newline(&self.ca_pem),
-        )
+    /// Builds the text of an identity file, in zeroizing memory (allocated
+    /// once, so that no copy of the key is left behind by a reallocation).
+    pub fn to_file_text(&self, principal: &str) -> Zeroizing<String> {
+        let header = format!(
+            "# rekey identity for {principal}: private key, certificate, CA. Keep it mode 0600.\n"
+        );
+        let parts = [self.key_pem.as_str(), &self.certificate_pem, &self.ca_pem];
+        let length = header.len() + parts.iter().map(|part| part.len() + 1).sum::<usize>();
+        let mut text = Zeroizing::new(String::with_capacity(length));
+        text.push_str(&header);
+        for part in parts {
+            text.push_str(part);
+            if !part.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+        text
     }
 
     /// Reads an identity file, refusing one that group or others can read.
@@ -81,7 +90,7 @@ impl Identity {
     /// first being the client's own and the last the CA.
     pub fn parse(text: &str) -> Result<Self, String> {
         let blocks = pem_blocks(text);
-        let keys: Vec<&(String, String)> = blocks
+        let keys: Vec<&(String, Zeroizing<String>)> = blocks
             .iter()
             .filter(|(label, _)| label.ends_with("PRIVATE KEY"))
             .collect();
@@ -105,23 +114,16 @@ impl Identity {
         let (chain, ca) = certificates.split_at(certificates.len() - 1);
         Ok(Self {
             certificate_pem: chain.concat(),
-            key_pem: Zeroizing::new(key.1.clone()),
+            key_pem: key.1.clone(),
             ca_pem: ca.concat(),
         })
     }
 }
 
-fn ensure_newline(text: &str) -> String {
-    if text.ends_with('\n') {
-        text.to_owned()
-    } else {
-        format!("{text}\n")
-    }
-}
-
 /// Every `-----BEGIN X----- ... -----END X-----` block with its label, the
-/// block's text kept as it is (text between blocks is ignored, as PEM allows).
-pub fn pem_blocks(text: &str) -> Vec<(String, String)> {
+/// block's text kept as it is (text between blocks is ignored, as PEM
+/// allows), in zeroizing memory: one may be a private key.
+pub fn pem_blocks(text: &str) -> Vec<(String, Zeroizing<String>)> {
     let mut blocks = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("-----BEGIN ") {
@@ -135,7 +137,10 @@ pub fn pem_blocks(text: &str) -> Vec<(String, String)> {
             break;
         };
         let block_end = start + end + end_marker.len();
-        blocks.push((label.to_owned(), format!("{}\n", &rest[start..block_end])));
+        let mut block = Zeroizing::new(String::with_capacity(block_end - start + 1));
+        block.push_str(&rest[start..block_end]);
+        block.push('\n');
+        blocks.push((label.to_owned(), block));
         rest = &rest[block_end..];
     }
     blocks

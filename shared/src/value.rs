@@ -95,6 +95,20 @@ pub enum ValueError {
     TooLarge(usize),
 }
 
+/// Wipes the value a response carries (its text or its bytes): for a
+/// response whose value was printed or copied and is about to be dropped,
+/// which prost's plain `String` and `Vec` would otherwise leave in freed
+/// memory.
+pub fn wipe_response(response: &mut crate::proto::GetSecretValueResponse) {
+    use zeroize::Zeroize;
+    if let Some(text) = response.secret_string.as_mut() {
+        text.zeroize();
+    }
+    if let Some(bytes) = response.secret_binary.as_mut() {
+        bytes.zeroize();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -194,6 +194,22 @@ pub fn value_json(response: &proto::GetSecretValueResponse) -> Value {
     object
 }
 
+/// Wipes every string of a JSON document parsed from a value (its
+/// fields' values and names) before it is dropped.
+pub fn wipe_json(document: &mut serde_json::Value) {
+    use zeroize::Zeroize;
+    match document {
+        serde_json::Value::String(text) => text.zeroize(),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(wipe_json),
+        serde_json::Value::Object(fields) => {
+            for (_, field) in fields.iter_mut() {
+                wipe_json(field);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// One line for standard error from a gRPC status.
 pub fn status_line(status: &tonic::Status) -> String {
     let code = screaming(&format!("{:?}", status.code()));
@@ -220,6 +236,26 @@ fn screaming(camel: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wiping_a_json_document_empties_every_string() {
+        let mut document = serde_json::json!({
+            "password": "hunter2", "nested": {"token": "t0k"}, "list": ["a", 1], "port": 5432
+        });
+        wipe_json(&mut document);
+        assert_eq!(
+            document,
+            serde_json::json!({"password": "", "nested": {"token": ""}, "list": ["", 1], "port": 5432})
+        );
+        let mut response = rekey_shared::proto::GetSecretValueResponse {
+            secret_string: Some("hunter2".into()),
+            secret_binary: Some(vec![1, 2, 3]),
+            ..Default::default()
+        };
+        rekey_shared::value::wipe_response(&mut response);
+        assert_eq!(response.secret_string.as_deref(), Some(""));
+        assert_eq!(response.secret_binary.as_deref(), Some(&[][..]));
+    }
 
     #[test]
     fn status_lines_name_the_code() {

@@ -70,15 +70,18 @@ fn pick(
     let Some(field) = field else {
         return Ok(Zeroizing::new(text.to_owned()));
     };
-    let document: serde_json::Value = serde_json::from_str(text)
+    let mut document: serde_json::Value = serde_json::from_str(text)
         .map_err(|_| anyhow::anyhow!("the value of {} is not JSON", response.name))?;
-    let picked = document.get(field).ok_or_else(|| {
+    let picked = document.get(field).map(|picked| {
+        Zeroizing::new(match picked {
+            serde_json::Value::String(text) => text.clone(),
+            other => other.to_string(),
+        })
+    });
+    crate::output::wipe_json(&mut document);
+    picked.ok_or_else(|| {
         anyhow::anyhow!("the JSON value of {} has no field {field:?}", response.name)
-    })?;
-    Ok(Zeroizing::new(match picked {
-        serde_json::Value::String(text) => text.clone(),
-        other => other.to_string(),
-    }))
+    })
 }
 
 /// The values `specs` name, as the command's environment gets them.
@@ -88,17 +91,16 @@ async fn read_values(
 ) -> anyhow::Result<Vec<(String, Zeroizing<String>)>> {
     let mut values = Vec::with_capacity(specs.len());
     for spec in specs {
-        let response = client
+        let mut response = client
             .get_secret_value(proto::GetSecretValueRequest {
                 name: spec.name.clone(),
                 ..Default::default()
             })
             .await?
             .into_inner();
-        values.push((
-            spec.variable.clone(),
-            pick(&response, spec.field.as_deref())?,
-        ));
+        let picked = pick(&response, spec.field.as_deref());
+        rekey_shared::value::wipe_response(&mut response);
+        values.push((spec.variable.clone(), picked?));
     }
     Ok(values)
 }

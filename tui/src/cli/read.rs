@@ -17,7 +17,7 @@ pub async fn get(
     version: Option<String>,
     field: Option<&str>,
 ) -> anyhow::Result<()> {
-    let response = client
+    let mut response = client
         .get_secret_value(proto::GetSecretValueRequest {
             name,
             version_id: version,
@@ -25,7 +25,9 @@ pub async fn get(
         })
         .await?
         .into_inner();
-    print_value(format, &response, field)
+    let printed = print_value(format, &response, field);
+    rekey_shared::value::wipe_response(&mut response);
+    printed
 }
 
 fn print_value(
@@ -40,19 +42,33 @@ fn print_value(
                 response.name
             )
         })?;
-        let document: serde_json::Value = serde_json::from_str(text)
+        let mut document: serde_json::Value = serde_json::from_str(text)
             .map_err(|_| anyhow::anyhow!("the value of {} is not JSON", response.name))?;
-        let picked = document.get(field).ok_or_else(|| {
-            anyhow::anyhow!("the JSON value of {} has no field {field:?}", response.name)
-        })?;
-        match (format, picked) {
-            (Format::Text, serde_json::Value::String(text)) => println!("{text}"),
-            (_, other) => println!("{other}"),
-        }
+        let found = match document.get(field) {
+            Some(serde_json::Value::String(text)) if format == Format::Text => {
+                println!("{text}");
+                true
+            }
+            Some(other) => {
+                println!("{other}");
+                true
+            }
+            None => false,
+        };
+        output::wipe_json(&mut document);
+        anyhow::ensure!(
+            found,
+            "the JSON value of {} has no field {field:?}",
+            response.name
+        );
         return Ok(());
     }
     match format {
-        Format::Json => output::print_json(&output::value_json(response)),
+        Format::Json => {
+            let mut document = output::value_json(response);
+            output::print_json(&document);
+            output::wipe_json(&mut document);
+        }
         Format::Text => {
             let mut stdout = std::io::stdout().lock();
             if let Some(text) = &response.secret_string {
@@ -95,12 +111,16 @@ pub async fn batch_get(
         page_token = page.next_page_token;
     }
     match format {
-        Format::Json => output::print_json(&json!({
-            "secret_values": values.iter().map(output::value_json).collect::<Vec<_>>(),
-            "errors": errors.iter().map(|e| json!({
-                "name": e.name, "code": e.code, "message": e.message,
-            })).collect::<Vec<_>>(),
-        })),
+        Format::Json => {
+            let mut document = json!({
+                "secret_values": values.iter().map(output::value_json).collect::<Vec<_>>(),
+                "errors": errors.iter().map(|e| json!({
+                    "name": e.name, "code": e.code, "message": e.message,
+                })).collect::<Vec<_>>(),
+            });
+            output::print_json(&document);
+            output::wipe_json(&mut document);
+        }
         Format::Text => {
             for value in &values {
                 match (&value.secret_string, &value.secret_binary) {
@@ -121,6 +141,9 @@ pub async fn batch_get(
             }
         }
     }
+    values
+        .iter_mut()
+        .for_each(rekey_shared::value::wipe_response);
     if errors.is_empty() {
         Ok(())
     } else {

@@ -103,7 +103,7 @@ impl Backend {
                         .await;
                     backend.send(match result {
                         Ok(response) => {
-                            let response = response.into_inner();
+                            let mut response = response.into_inner();
                             let binary = response.secret_binary.as_ref().map(Vec::len);
                             let value = Zeroizing::new(match (&response.secret_string, binary) {
                                 (Some(text), _) => text.clone(),
@@ -112,8 +112,10 @@ impl Backend {
                                 }
                                 _ => String::new(),
                             });
-                            match (copy, response.secret_string.is_none(), binary) {
-                                (true, true, Some(length)) => Action::Failed(format!(
+                            let is_text = response.secret_string.is_some();
+                            rekey_shared::value::wipe_response(&mut response);
+                            match (copy, is_text, binary) {
+                                (true, false, Some(length)) => Action::Failed(format!(
                                     "{name} is binary ({length} bytes), which a clipboard \
                                      does not hold: rekey get {name} > FILE"
                                 )),
