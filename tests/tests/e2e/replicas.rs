@@ -164,6 +164,24 @@ fn a_scheduled_rotation_runs_exactly_once() {
         (show(&other, "sched/db")["run"]["state"] == "succeeded").then_some(())
     });
     assert_eq!(runs(&other, "sched/db").len(), 1, "one run");
+    // Started by the server, for the principal who configured it.
+    let started: Vec<serde_json::Value> = other
+        .run(&["audit", "--resource", "sched/db", "--output", "json"])
+        .ok()
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|event: &serde_json::Value| event["action"] == "rotation:StartRotation")
+        .collect();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0]["principal"], "system");
+    assert!(
+        started[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("its initiator is admin"),
+        "{started:?}"
+    );
     // Both replicas' gauges read the shared database (PostgreSQL's
     // grouping statement): one succeeded run.
     for replica in [&a, &b] {

@@ -285,13 +285,29 @@ impl Engine {
             (false, true) => "manual",
             (false, false) => "automatic",
         };
-        let event = event.unwrap_or_else(|| AuditEvent {
-            principal: initiator.to_owned(),
-            ..AuditEvent::system(
-                "rotation:StartRotation",
-                secret.name.as_str(),
-                &format!("{how} run {} started", run.id),
-            )
+        // A scheduled run is started by the server, for the principal who
+        // configured the schedule (its initiator): not by that principal.
+        let event = event.unwrap_or_else(|| {
+            if scheduled {
+                AuditEvent::system(
+                    "rotation:StartRotation",
+                    secret.name.as_str(),
+                    &format!(
+                        "scheduled run {} started; its initiator is {initiator}, who configured \
+                         the schedule",
+                        run.id
+                    ),
+                )
+            } else {
+                AuditEvent {
+                    principal: initiator.to_owned(),
+                    ..AuditEvent::system(
+                        "rotation:StartRotation",
+                        secret.name.as_str(),
+                        &format!("{how} run {} started", run.id),
+                    )
+                }
+            }
         });
         store
             .insert_run(
