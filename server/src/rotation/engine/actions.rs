@@ -1,6 +1,11 @@
 //! Operators' actions on a secret's active run (cancel, reject, retry,
-//! step, approve): each under the secret's lock, on the run as it is then,
-//! persisted with its history and audit event before the run is driven on.
+//! step, approve): each on the run as it is then, persisted with its
+//! history and audit event before the run is driven on. Under the secret's
+//! lock when it can be had within a moment; a drive holds it through a
+//! whole step (a rotator call may take minutes), and an action does not
+//! wait for that: the run's revision keeps the two apart (whichever writes
+//! second is refused, and a refused drive leaves the run to the engine's
+//! next round, which starts from what the action stored).
 
 use super::{Engine, history};
 use crate::audit::AuditEvent;
@@ -9,6 +14,10 @@ use crate::rotation::planner::{self, Plan};
 use crate::rotation::{HistoryRecord, Outcome, Phase, RunRecord, Step};
 use crate::store::SecretRecord;
 use rekey_shared::time::now_millis;
+
+/// How long an action waits for a drive to let go of the secret's lock
+/// before it acts without it.
+const WAIT_FOR_A_DRIVE: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Engine {
     /// An operator's action on the secret's active run: `change` looks at
@@ -20,9 +29,11 @@ impl Engine {
         event: &AuditEvent,
         change: impl FnOnce(&RunRecord, &Plan) -> Result<(RunRecord, Vec<HistoryRecord>, &'static str)>,
     ) -> Result<RunRecord> {
+        let lock = self.lock_for(&secret.id);
+        let held = tokio::time::timeout(WAIT_FOR_A_DRIVE, lock.lock())
+            .await
+            .ok();
         {
-            let lock = self.lock_for(&secret.id);
-            let _held = lock.lock().await;
             let run = self
                 .state
                 .store
@@ -53,7 +64,12 @@ impl Engine {
                 &event.principal,
             );
         }
-        self.drive_on(&secret.id).await?;
+        // A drive under way goes on from what was stored, or leaves it to
+        // the next round; with the lock, this action drives on itself.
+        if held.is_some() {
+            drop(held);
+            self.drive_on(&secret.id).await?;
+        }
         let store = &self.state.store;
         let runs = store.runs_of(&secret.id, 1).await?;
         runs.into_iter()

@@ -290,3 +290,53 @@ fn configuration_is_checked() {
         unconfigured.stderr
     );
 }
+
+/// On one server, a cancel does not wait for the step the run's drive is
+/// in (setSecret, blocked here): it answers at once, and once the step
+/// ends, the run is reverted and ends cancelled, CURRENT untouched. It
+/// waited for the whole step, and then found the run finished.
+#[test]
+fn a_cancel_does_not_wait_for_the_step_under_way() {
+    let installation = Installation::new();
+    let state = fixture(&installation);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "slow/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "slow/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+    flag(&state, "block-setSecret");
+    admin.run(&["rotate", "slow/db", "--no-wait"]).ok();
+    eventually("the rotator to block in setSecret", || {
+        state.join("blocked-setSecret").exists().then_some(())
+    });
+    let mut cancel = admin
+        .command(&["rotation", "cancel", "slow/db"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = eventually("the cancel to answer while the step is blocked", || {
+        cancel.try_wait().unwrap()
+    });
+    assert!(status.success(), "the cancel failed");
+    std::fs::remove_file(state.join("block-setSecret")).unwrap();
+    let shown = eventually("the run to end", || {
+        let shown = show(&admin, "slow/db");
+        (shown["run"]["active"] == false).then_some(shown)
+    });
+    assert_eq!(shown["run"]["state"], "cancelled", "{shown}");
+    assert_eq!(admin.run(&["get", "slow/db"]).ok().stdout, "v1\n");
+    assert_eq!(
+        target(&state).trim_end(),
+        "v1",
+        "the revert put CURRENT back"
+    );
+    admin.run(&["audit", "verify"]).ok();
+}
