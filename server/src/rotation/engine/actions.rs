@@ -22,18 +22,23 @@ const WAIT_FOR_A_DRIVE: std::time::Duration = std::time::Duration::from_millis(5
 impl Engine {
     /// An operator's action on the secret's active run: `change` looks at
     /// the run and what it waits for, and returns the run to persist with
-    /// its history (or refuses). Then the run is driven on.
+    /// its history (or refuses). Then the run is driven on. Beside a drive
+    /// (without the lock), a write refused because the drive moved the run
+    /// on meanwhile is tried again on the run as it is then.
     pub async fn act(
         &self,
         secret: &SecretRecord,
         event: &AuditEvent,
-        change: impl FnOnce(&RunRecord, &Plan) -> Result<(RunRecord, Vec<HistoryRecord>, &'static str)>,
+        change: impl Fn(&RunRecord, &Plan) -> Result<(RunRecord, Vec<HistoryRecord>, &'static str)>,
     ) -> Result<RunRecord> {
+        const TRIES_BESIDE_A_DRIVE: usize = 5;
         let lock = self.lock_for(&secret.id);
         let held = tokio::time::timeout(WAIT_FOR_A_DRIVE, lock.lock())
             .await
             .ok();
-        {
+        let mut tries = 0;
+        loop {
+            tries += 1;
             let run = self
                 .state
                 .store
@@ -47,10 +52,17 @@ impl Engine {
                 })?;
             let (plan, _, _) = self.plan_of(secret, &run).await?;
             let (mut next, entries, kind) = change(&run, &plan)?;
-            self.state
+            match self
+                .state
                 .store
                 .update_run(&mut next, &entries, Some(event))
-                .await?;
+                .await
+            {
+                Err(Error::Aborted(_)) if held.is_none() && tries < TRIES_BESIDE_A_DRIVE => {
+                    continue;
+                }
+                other => other?,
+            }
             let detail = entries
                 .last()
                 .map(|entry| entry.detail.clone())
@@ -63,6 +75,7 @@ impl Engine {
                 &detail,
                 &event.principal,
             );
+            break;
         }
         // A drive under way goes on from what was stored, or leaves it to
         // the next round; with the lock, this action drives on itself.
