@@ -153,6 +153,15 @@ async fn watch(
         .into_inner())
 }
 
+/// Whether the server refused the caller (its certificate revoked or
+/// expired, or the policy), as against not answering.
+fn refused(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    )
+}
+
 /// Passes on the change events of `name` until the receiver is gone; a
 /// watch the server ended as UNAUTHENTICATED or PERMISSION_DENIED is the
 /// end (the certificate is revoked or expired), any other end is followed
@@ -178,10 +187,7 @@ async fn follow(
             }
         };
         if let Some(status) = ended
-            && matches!(
-                status.code(),
-                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
-            )
+            && refused(&status)
         {
             let _ = sender.send(Change::Refused(format!(
                 "the server ended the watch of {name}: {}",
@@ -196,8 +202,18 @@ async fn follow(
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
-            if let Ok(stream) = watch(&channel, &name).await {
-                break stream;
+            match watch(&channel, &name).await {
+                Ok(stream) => break stream,
+                // Refused (not unreachable): the certificate was revoked or
+                // expired meanwhile.
+                Err(status) if refused(&status) => {
+                    let _ = sender.send(Change::Refused(format!(
+                        "the server refused to watch {name} again: {}",
+                        crate::output::status_line(&status)
+                    )));
+                    return;
+                }
+                Err(_) => {}
             }
         };
         pause = FIRST_PAUSE;
