@@ -84,17 +84,23 @@ impl Tmux {
         self.wait_for_but_not(window, texts, &[])
     }
 
-    /// Waits until the window shows all of `texts` and none of `absent`.
+    /// Waits until the window shows all of `texts` and none of `absent`;
+    /// a timeout shows the screen as it was last seen.
     fn wait_for_but_not(&self, window: &str, texts: &[&str], absent: &[&str]) -> String {
-        eventually(
-            &format!("{window} to show {texts:?} without {absent:?}"),
-            || {
-                let screen = self.screen(window);
-                (texts.iter().all(|text| screen.contains(text))
-                    && !absent.iter().any(|text| screen.contains(text)))
-                .then_some(screen)
-            },
-        )
+        let mut last = String::new();
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            eventually(
+                &format!("{window} to show {texts:?} without {absent:?}"),
+                || {
+                    let screen = self.screen(window);
+                    let shown = texts.iter().all(|text| screen.contains(text))
+                        && !absent.iter().any(|text| screen.contains(text));
+                    last.clone_from(&screen);
+                    shown.then_some(screen)
+                },
+            )
+        }));
+        found.unwrap_or_else(|_| panic!("the screen of {window} was last:\n{last}"))
     }
 }
 
