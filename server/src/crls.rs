@@ -171,6 +171,14 @@ impl ClientVerifier {
     /// Reloads every few seconds, logging what happened, until dropped
     /// with the task.
     pub async fn watch(self: Arc<Self>) {
+        let no_files = self
+            .files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_empty();
+        if no_files {
+            return;
+        }
         let mut ticks = tokio::time::interval(CHECK_EVERY);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

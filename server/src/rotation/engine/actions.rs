@@ -39,17 +39,7 @@ impl Engine {
         let mut tries = 0;
         loop {
             tries += 1;
-            let run = self
-                .state
-                .store
-                .active_run(&secret.id)
-                .await?
-                .ok_or_else(|| {
-                    Error::FailedPrecondition(format!(
-                        "secret {} has no active rotation run",
-                        secret.name
-                    ))
-                })?;
+            let run = self.active_run_of(secret).await?;
             let (plan, _, _) = self.plan_of(secret, &run).await?;
             let (mut next, entries, kind) = change(&run, &plan)?;
             match self
@@ -90,6 +80,20 @@ impl Engine {
             .ok_or_else(|| Error::internal("rotation", "the run vanished"))
     }
 
+    /// The secret's active run, or FAILED_PRECONDITION.
+    async fn active_run_of(&self, secret: &SecretRecord) -> Result<RunRecord> {
+        self.state
+            .store
+            .active_run(&secret.id)
+            .await?
+            .ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "secret {} has no active rotation run",
+                    secret.name
+                ))
+            })
+    }
+
     /// Records an approval of the step the run waits at, then drives on;
     /// refused unless run `run_id` is still the active one and still waits
     /// for an approval of that step (the approver decided on what they
@@ -105,17 +109,7 @@ impl Engine {
         {
             let lock = self.lock_for(&secret.id);
             let _held = lock.lock().await;
-            let run = self
-                .state
-                .store
-                .active_run(&secret.id)
-                .await?
-                .ok_or_else(|| {
-                    Error::FailedPrecondition(format!(
-                        "secret {} has no active rotation run",
-                        secret.name
-                    ))
-                })?;
+            let run = self.active_run_of(secret).await?;
             let (plan, _, _) = self.plan_of(secret, &run).await?;
             if run.id != run_id || plan.awaited_approval() != Some(approval.step) {
                 return Err(moved_on(secret, approval.step));

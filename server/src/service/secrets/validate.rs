@@ -57,13 +57,18 @@ fn check_characters(field: &str, text: &str, allowed: &[char]) -> Result<()> {
 }
 
 pub fn check_tag_key(key: &str) -> Result<()> {
+    check_tag_key_allowing(key, &[])
+}
+
+/// A tag key's length, and its characters but those `allowed`.
+fn check_tag_key_allowing(key: &str, allowed: &[char]) -> Result<()> {
     let length = key.chars().count();
     if !(1..=128).contains(&length) {
         return Err(Error::InvalidArgument(format!(
             "tag key {key:?} is {length} characters long; it must be 1-128"
         )));
     }
-    check_characters("a tag key", key, &[])
+    check_characters("a tag key", key, allowed)
 }
 
 /// The keys of an UntagResource: at most as many as a secret carries tags,
@@ -77,22 +82,9 @@ pub fn check_tag_keys(keys: &[String]) -> Result<()> {
             keys.len()
         )));
     }
-    for key in keys {
-        let length = key.chars().count();
-        if !(1..=128).contains(&length) {
-            return Err(Error::InvalidArgument(format!(
-                "tag key {key:?} is {length} characters long; it must be 1-128"
-            )));
-        }
-        check_characters("a tag key", key, &allowed_in_stored_keys())?;
-    }
-    Ok(())
-}
-
-/// The control characters a tag key stored before they were refused may
-/// hold: all but NUL.
-fn allowed_in_stored_keys() -> Vec<char> {
-    ('\u{1}'..='\u{1f}').chain('\u{7f}'..='\u{9f}').collect()
+    let stored_before: Vec<char> = ('\u{1}'..='\u{1f}').chain('\u{7f}'..='\u{9f}').collect();
+    keys.iter()
+        .try_for_each(|key| check_tag_key_allowing(key, &stored_before))
 }
 
 /// Tags as (key, value) pairs; a key given twice keeps its last value.
