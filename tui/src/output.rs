@@ -21,10 +21,21 @@ pub enum Format {
 /// move the cursor, retitle the window, set the clipboard or forge lines.
 /// Values are printed as they are: `get` is for programs.
 pub fn shown(text: &str) -> Cow<'_, str> {
-    fn hidden(c: char) -> bool {
-        c.is_control()
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    }
+    escaped(text, |_| false)
+}
+
+/// A document from the server (a policy) as [`shown`], but keeping its
+/// lines and tabs.
+pub fn shown_document(text: &str) -> Cow<'_, str> {
+    escaped(text, |c| matches!(c, '\n' | '\t'))
+}
+
+fn escaped(text: &str, kept: impl Fn(char) -> bool) -> Cow<'_, str> {
+    let hidden = |c: char| {
+        !kept(c)
+            && (c.is_control()
+                || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+    };
     if !text.chars().any(hidden) {
         return Cow::Borrowed(text);
     }
@@ -171,7 +182,7 @@ pub fn print_versions(format: Format, versions: &[proto::SecretVersion]) {
             version.version_id,
             version.stages.join(","),
             created,
-            version.created_by
+            shown(&version.created_by)
         );
     }
 }
@@ -274,6 +285,10 @@ mod tests {
         assert_eq!(
             shown("a\u{1b}]52;c;aGk=\u{7}b\r\nforged\u{202e}"),
             "a\\u{1b}]52;c;aGk=\\u{7}b\\u{d}\\u{a}forged\\u{202e}"
+        );
+        assert_eq!(
+            shown_document("[[roles]]\n\tname = \"x\u{9b}2J\"\r\n"),
+            "[[roles]]\n\tname = \"x\\u{9b}2J\"\\u{d}\n"
         );
         let status = tonic::Status::not_found("no \u{1b}[2Jsecret");
         assert_eq!(status_line(&status), "no \\u{1b}[2Jsecret (NOT_FOUND)");

@@ -6,7 +6,8 @@
 //! redact), `fail-revert` fails the revert, `hang-STEP` never finishes,
 //! `garbage-createSecret` prints bytes that are not text, and `block-STEP`
 //! holds STEP (after writing `blocked-STEP`, holding the process id of the
-//! rekeyd that runs it) until the test removes it.
+//! rekeyd that runs it) until the test removes it. With `escape`, a failure
+//! also prints terminal escape sequences (a clipboard write, a forged line).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -48,6 +49,9 @@ fn main() {
         }
     }
     if (revert && flag("fail-revert")) || (!revert && flag(&format!("fail-{step}"))) {
+        if flag("escape") {
+            eprint!("\u{1b}]52;c;aGk=\u{7}\r\u{1b}[2K\nrotation succeeded\n");
+        }
         eprintln!("cannot reach the target system; it still holds {current}");
         std::process::exit(1);
     }

@@ -246,6 +246,14 @@ fn the_cli_reports_errors_in_one_line_with_stable_exit_codes() {
     assert_eq!(missing.stdout, "");
     let usage = rekey.run(&["get"]);
     assert_eq!(usage.code, 2, "{}", usage.stderr);
+    // Usage errors that only the arguments' meaning shows are usage errors too.
+    for args in [
+        &["stage", "app/x", "CURRENT"][..],
+        &["rotation", "configure", "app/x", "--approve", "bogus"],
+    ] {
+        let usage = rekey.run(args);
+        assert_eq!(usage.code, 2, "{args:?}: {}", usage.stderr);
+    }
     let too_big = rekey.run_with_input(
         &["create", "app/big", "--value-file", "-"],
         &vec![b'x'; 70_000],

@@ -29,9 +29,10 @@ pub async fn policy(
                 Format::Text => {
                     println!(
                         "# policy version {} by {}",
-                        policy.version, policy.created_by
+                        policy.version,
+                        shown(&policy.created_by)
                     );
-                    print!("{}", policy.document);
+                    print!("{}", output::shown_document(&policy.document));
                 }
             }
         }
@@ -75,7 +76,7 @@ pub async fn policy(
                                 .as_ref()
                                 .map(format_timestamp)
                                 .unwrap_or_default(),
-                            version.created_by
+                            shown(&version.created_by)
                         );
                     }
                 }

@@ -134,6 +134,7 @@ enum Command {
         all: bool,
     },
     /// Move a stage to a version, or remove it.
+    #[command(group(clap::ArgGroup::new("which").args(["to", "from"]).required(true).multiple(true)))]
     Stage {
         name: String,
         stage: String,
@@ -495,7 +496,9 @@ fn describe(error: &anyhow::Error) -> String {
         }
         return output::status_line(status);
     }
-    format!("{error:#}")
+    // A local error can quote the server too (a rotator's error in a
+    // failed run), so it is shown as anything else from there.
+    output::shown(&format!("{error:#}")).into_owned()
 }
 
 fn token(token: Option<String>) -> String {

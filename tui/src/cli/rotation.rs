@@ -48,8 +48,13 @@ pub struct ConfigureArgs {
     #[arg(long, default_value = "")]
     pub window: String,
     /// Steps that need approval: create, set, test, finish (comma-separated).
-    #[arg(long = "approve", value_name = "STEP[,STEP]", value_delimiter = ',')]
-    pub approve: Vec<String>,
+    #[arg(
+        long = "approve",
+        value_name = "STEP[,STEP]",
+        value_delimiter = ',',
+        value_parser = approval_step
+    )]
+    pub approve: Vec<i32>,
     #[arg(long, default_value_t = 0)]
     pub approvals: u32,
     #[arg(long, default_value = "")]
@@ -80,6 +85,10 @@ fn step_name(step: i32) -> &'static str {
         Ok(RotationStep::FinishSecret) => "finishSecret",
         _ => "-",
     }
+}
+
+fn approval_step(text: &str) -> Result<i32, String> {
+    parse_step(text).map_err(|error| error.to_string())
 }
 
 pub(super) fn parse_step(text: &str) -> anyhow::Result<i32> {
@@ -169,7 +178,7 @@ pub fn print_run(run: &proto::RotationRun) {
         "{}  run {}  {how}, started by {} at {}",
         run.name,
         run.run_id,
-        run.initiator,
+        shown(&run.initiator),
         time(&run.started_at)
     );
     println!(
@@ -266,18 +275,13 @@ pub async fn command(
     let mut client = connection.rotation().await?;
     match command {
         RotationCommand::Configure(args) => {
-            let approval_steps = args
-                .approve
-                .iter()
-                .map(|s| parse_step(s))
-                .collect::<anyhow::Result<Vec<_>>>()?;
             let config = client
                 .configure_rotation(proto::ConfigureRotationRequest {
                     name: args.name,
                     rotator: args.rotator,
                     schedule: args.schedule,
                     window: args.window,
-                    approval_steps,
+                    approval_steps: args.approve,
                     approvals_required: args.approvals,
                     approver_role: args.approver_role,
                     approval_expiry: args.approval_expiry,
@@ -426,7 +430,7 @@ pub async fn command(
                             run.state,
                             step_name(run.current_step),
                             time(&run.started_at),
-                            run.initiator
+                            shown(&run.initiator)
                         );
                     }
                 }
@@ -467,6 +471,12 @@ pub async fn rotate(
             {
                 run = newest;
             }
+        }
+        if run.active && matches!(run.state.as_str(), "running" | "reverting" | "ending") {
+            anyhow::bail!(
+                "the rotation of {name} is still {} after 10 minutes; `rekey rotation show {name}` follows it",
+                run.state
+            );
         }
     }
     finish_with(format, &run)
@@ -526,7 +536,7 @@ pub async fn approvals(connection: &Connection, format: Format) -> anyhow::Resul
                     time(&run.updated_at),
                     step.map(|s| format!("{}/{}", s.approvals, s.approvals_required))
                         .unwrap_or_default(),
-                    run.initiator
+                    shown(&run.initiator)
                 );
             }
         }

@@ -102,9 +102,6 @@ pub async fn stage(
     to: Option<String>,
     from: Option<String>,
 ) -> anyhow::Result<()> {
-    if to.is_none() && from.is_none() {
-        anyhow::bail!("give --to VERSION, --from VERSION (to remove the stage), or both");
-    }
     client
         .update_secret_version_stage(proto::UpdateSecretVersionStageRequest {
             name: name.clone(),

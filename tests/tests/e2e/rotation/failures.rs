@@ -177,6 +177,44 @@ fn failing_rotators_leave_current_untouched_and_say_why() {
 }
 
 #[test]
+fn a_rotators_error_cannot_steer_the_operators_terminal() {
+    let installation = Installation::new();
+    let state = fixture(&installation);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "steer/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "steer/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+    flag(&state, "fail-setSecret");
+    flag(&state, "escape");
+
+    // The run waits to retry; `rotate` says why on one line, escaped.
+    let failed = admin.run(&["rotate", "steer/db"]);
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert_eq!(failed.stderr.lines().count(), 1, "{:?}", failed.stderr);
+    assert!(
+        failed.stderr.contains("\\u{1b}]52;c;aGk=\\u{7}"),
+        "{:?}",
+        failed.stderr
+    );
+    for shown in [
+        failed.stderr,
+        admin.run(&["rotation", "show", "steer/db"]).ok().stdout,
+        admin.run(&["rotation", "history", "steer/db"]).ok().stdout,
+    ] {
+        assert!(!shown.contains('\u{1b}'), "{shown:?}");
+        assert!(!shown.contains('\r'), "{shown:?}");
+    }
+}
+
+#[test]
 fn a_put_that_moves_current_abandons_the_run() {
     let installation = Installation::new();
     let _state = fixture(&installation);
