@@ -5,8 +5,8 @@
 //! [`INTERVAL`]. The loop also logs audit checkpoints.
 
 use crate::audit::hex;
-use crate::error::Result;
-use crate::governance;
+use crate::error::{Error, Result};
+use crate::policy::Policy;
 use crate::service::AppState;
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,15 +14,48 @@ use std::time::Duration;
 
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
-/// Loads everything once; [`run`] keeps it current.
+/// Loads everything once; [`run`] keeps it current. Each part is loaded
+/// whatever became of the others: a policy this server cannot read must not
+/// keep a revocation from taking effect. The first failure is returned.
 pub async fn refresh(state: &AppState) -> Result<()> {
+    let revocations = refresh_revocations(state).await;
+    let policy = refresh_policy(state).await;
+    let keys = refresh_keys(state).await;
+    revocations.and(policy).and(keys)
+}
+
+/// A newer policy than the one in force is put in force. One this server
+/// cannot read (a newer `rekeyd` wrote it, say, with an action this one does
+/// not know) leaves it nothing it can enforce: it then refuses every request
+/// (an empty policy, deny by default) until a policy it can read is applied,
+/// rather than go on with one that was replaced.
+async fn refresh_policy(state: &AppState) -> Result<()> {
     let store = &state.store;
     let version = store.policy_version().await?;
-    if version != state.authorizer.version() {
-        let (policy, version) = governance::current_policy(store).await?;
-        state.authorizer.replace(policy, version);
-        tracing::info!(version, "policy in force");
+    if version == state.authorizer.version() {
+        return Ok(());
     }
+    let Some(stored) = store.current_policy().await? else {
+        return Ok(());
+    };
+    match Policy::parse(&stored.document) {
+        Ok(policy) => {
+            state.authorizer.replace(policy, stored.version);
+            tracing::info!(version = stored.version, "policy in force");
+            Ok(())
+        }
+        Err(error) => {
+            state.authorizer.replace(Policy::default(), stored.version);
+            Err(Error::Internal(format!(
+                "stored policy version {}: {error}; this server cannot enforce it and refuses every request until a policy it can read is applied",
+                stored.version
+            )))
+        }
+    }
+}
+
+async fn refresh_revocations(state: &AppState) -> Result<()> {
+    let store = &state.store;
     let revoked: HashSet<String> = store
         .revoked_serials()
         .await?
@@ -35,6 +68,11 @@ pub async fn refresh(state: &AppState) -> Result<()> {
         tracing::info!(revoked = revoked.len(), "revoked certificates loaded");
         state.revocations.replace(revoked);
     }
+    Ok(())
+}
+
+async fn refresh_keys(state: &AppState) -> Result<()> {
+    let store = &state.store;
     if state
         .keyring
         .forget_changed(&store.master_key_index().await?)

@@ -4,6 +4,7 @@
 
 use rekey_shared::proto;
 use rekey_tests::{DEADLINE, Installation, eventually, rekeyd, text};
+use sqlx::Connection;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -213,4 +214,67 @@ fn renewal_issues_a_working_certificate_and_revocation_names_what_it_did() {
     );
     let reserved = rekeyd(installation.dir(), &["cert", "issue", "system"]);
     assert!(text(&reserved.stderr).contains("reserved"));
+}
+
+/// A policy version this server cannot read (a newer `rekeyd` beside it may
+/// write one, with an action this one does not know) does not hold up the
+/// revocations loaded after it, and is not met by going on with the policy
+/// it replaced: the server refuses every request until it can read the one
+/// in force.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_this_server_cannot_read_holds_up_no_revocation() {
+    let installation = Installation::new();
+    let bob = installation.issue("bob", &["reader"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "r/x", "--value", "v"]).ok();
+    let mut client = server.client(&bob).await;
+    let request = || proto::GetSecretValueRequest {
+        name: "r/x".into(),
+        ..Default::default()
+    };
+    client.get_secret_value(request()).await.unwrap();
+
+    let url = format!("sqlite://{}", installation.database().display());
+    let mut database = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO policies (version, document, created_at, created_by)
+         SELECT version + 1, document || char(10) || 'from_the_future = true', created_at, 'newer'
+         FROM policies ORDER BY version DESC LIMIT 1",
+    )
+    .execute(&mut database)
+    .await
+    .unwrap();
+    let revoked = rekeyd(installation.dir(), &["cert", "revoke", "bob"]);
+    assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+
+    let status = tokio::task::block_in_place(|| {
+        eventually("bob's revocation to take effect", || {
+            let mut client = client.clone();
+            let result = tokio::runtime::Handle::current()
+                .block_on(async move { client.get_secret_value(request()).await });
+            // Refused for the policy (PERMISSION_DENIED) until the
+            // revocation is loaded.
+            result
+                .err()
+                .filter(|status| status.code() == tonic::Code::Unauthenticated)
+        })
+    });
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("was revoked"), "{status:?}");
+    // The admin, whom both policies allow, is refused too.
+    let refused = admin.run(&["get", "r/x"]);
+    assert_eq!(refused.code, 1);
+    assert!(
+        refused.stderr.contains("PERMISSION_DENIED"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        server
+            .log_text()
+            .contains("refuses every request until a policy it can read is applied"),
+        "{}",
+        server.log_text()
+    );
 }
