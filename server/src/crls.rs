@@ -12,8 +12,16 @@
 //! or by its `thisUpdate` where either has none). A changed file that
 //! cannot be used is logged, and its CRLs in force stay; the other files'
 //! new CRLs are taken all the same. Files are read and the verifier built
-//! outside the lock that handshakes take.
+//! outside the lock that handshakes take. Where files hold several CRLs of
+//! one issuer (a file each day's CRL is appended to, say), the newest is
+//! the one in force.
+//!
+//! The serials the CRLs in force revoke are also handed to
+//! [`Revocations`], which every request asks: a certificate a fresh CRL
+//! revokes loses the connections it opened before, not just new ones.
 
+use crate::principal::serial_hex;
+use crate::tls::Revocations;
 use anyhow::Context;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
@@ -21,7 +29,7 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls_pki_types::CertificateRevocationListDer;
 use rustls_pki_types::pem::PemObject;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
@@ -51,15 +59,57 @@ impl Issue {
     }
 }
 
+/// One CRL as read from a file.
+#[derive(Clone)]
+struct Crl {
+    /// The issuer's DER name.
+    issuer: Vec<u8>,
+    issue: Issue,
+    der: CertificateRevocationListDer<'static>,
+    /// The serials it revokes, as `principal::serial_hex` writes them.
+    serials: Vec<String>,
+}
+
 /// One CRL file as last read, and the CRLs of it in force: those of the
 /// last reading that could be used.
 #[derive(Clone)]
 struct File {
     path: PathBuf,
     stamp: Stamp,
-    crls: Vec<CertificateRevocationListDer<'static>>,
-    /// Each issuer's CRL in force (by the issuer's DER name).
-    issues: HashMap<Vec<u8>, Issue>,
+    crls: Vec<Crl>,
+}
+
+/// The newest of each issuer's CRLs in `crls` (the first of equals).
+fn newest<'a>(crls: impl IntoIterator<Item = &'a Crl>) -> Vec<&'a Crl> {
+    let mut newest: Vec<&Crl> = Vec::new();
+    for crl in crls {
+        match newest.iter_mut().find(|kept| kept.issuer == crl.issuer) {
+            Some(kept) if kept.issue.older_than(&crl.issue) => *kept = crl,
+            Some(_) => {}
+            None => newest.push(crl),
+        }
+    }
+    newest
+}
+
+/// Each issuer's newest CRL in `crls`, by issuer.
+fn issues(crls: &[Crl]) -> HashMap<Vec<u8>, Issue> {
+    newest(crls)
+        .into_iter()
+        .map(|crl| (crl.issuer.clone(), crl.issue.clone()))
+        .collect()
+}
+
+/// What the CRLs in force revoke: (issuer's DER name, serial).
+fn revoked(files: &[File]) -> HashSet<(Vec<u8>, String)> {
+    newest(files.iter().flat_map(|file| &file.crls))
+        .into_iter()
+        .flat_map(|crl| {
+            crl.serials
+                .iter()
+                .map(|serial| (crl.issuer.clone(), serial.clone()))
+        })
+        .collect()
 }
 
 pub struct ClientVerifier {
@@ -70,6 +120,8 @@ pub struct ClientVerifier {
     current: RwLock<Arc<dyn ClientCertVerifier>>,
     /// The files as last read; only the reload touches them.
     files: Mutex<Vec<File>>,
+    /// Where requests learn what the CRLs in force revoke.
+    revocations: Arc<Revocations>,
 }
 
 impl std::fmt::Debug for ClientVerifier {
@@ -81,33 +133,32 @@ impl std::fmt::Debug for ClientVerifier {
 impl ClientVerifier {
     /// The verifier of certificates chaining to `roots`, with the CRLs in
     /// `files`; refuses a file that cannot be used.
+    /// Reads `files`, and tells `revocations` what their CRLs revoke.
     pub fn load(
         roots: RootCertStore,
         provider: Arc<CryptoProvider>,
         files: Vec<PathBuf>,
+        revocations: Arc<Revocations>,
     ) -> anyhow::Result<Self> {
         let roots = Arc::new(roots);
         let files = files
             .into_iter()
             .map(|path| {
                 let stamp = stamp(&path);
-                let (crls, issues) = read(&path, &roots, &provider)?;
-                Ok(File {
-                    path,
-                    stamp,
-                    crls,
-                    issues,
-                })
+                let crls = read(&path, &roots, &provider)?;
+                Ok(File { path, stamp, crls })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let verifier = build(&roots, &provider, &files)?;
         let hints = verifier.root_hint_subjects().to_vec();
+        revocations.replace_crl_entries(revoked(&files));
         Ok(Self {
             roots,
             provider,
             hints,
             current: RwLock::new(verifier),
             files: Mutex::new(files),
+            revocations,
         })
     }
 
@@ -139,14 +190,13 @@ impl ClientVerifier {
                 continue;
             }
             file.stamp = now;
-            let taken = read(&file.path, &self.roots, &self.provider).and_then(|(crls, issues)| {
-                stale(&file.path, &file.issues, &issues)?;
-                Ok((crls, issues))
+            let taken = read(&file.path, &self.roots, &self.provider).and_then(|crls| {
+                stale(&file.path, &issues(&file.crls), &issues(&crls))?;
+                Ok(crls)
             });
             match taken {
-                Ok((crls, issues)) => {
+                Ok(crls) => {
                     file.crls = crls;
-                    file.issues = issues;
                     read_again.push(file.path.clone());
                 }
                 Err(error) => refused.push(error),
@@ -161,6 +211,7 @@ impl ClientVerifier {
                         .current
                         .write()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = verifier;
+                    self.revocations.replace_crl_entries(revoked(&files));
                 }
                 Err(error) => refused.push(error),
             }
@@ -228,28 +279,19 @@ fn stale(
     Ok(())
 }
 
-/// The CRLs of one file, and how new each issuer's is; refuses a file
-/// that does not parse, holds none, holds one past its next update, or
-/// one the verifier would not take.
-type Read = (
-    Vec<CertificateRevocationListDer<'static>>,
-    HashMap<Vec<u8>, Issue>,
-);
-
+/// The CRLs of one file; refuses a file that does not parse, holds none,
+/// holds one past its next update, or one the verifier would not take.
 fn read(
     file: &Path,
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
-) -> anyhow::Result<Read> {
+) -> anyhow::Result<Vec<Crl>> {
     let mut crls = Vec::new();
-    let mut issues = HashMap::new();
-    for crl in CertificateRevocationListDer::pem_file_iter(file)
+    for der in CertificateRevocationListDer::pem_file_iter(file)
         .with_context(|| format!("reading CRL file {}", file.display()))?
     {
-        let crl = crl.with_context(|| format!("parsing CRL file {}", file.display()))?;
-        let (issuer, issue) = examine(&crl, file)?;
-        issues.insert(issuer, issue);
-        crls.push(crl);
+        let der = der.with_context(|| format!("parsing CRL file {}", file.display()))?;
+        crls.push(examine(der, file)?);
     }
     // An empty or cut-short file would drop every revocation it held.
     anyhow::ensure!(
@@ -259,11 +301,13 @@ fn read(
     );
     // What the verifier refuses (a version-1 CRL, a delta CRL) is found
     // here, for this file alone.
-    build_from(roots, provider, crls.clone())
+    build_from(roots, provider, crls.iter().map(|crl| crl.der.clone()))
         .with_context(|| format!("CRL file {}", file.display()))?;
-    Ok((crls, issues))
+    Ok(crls)
 }
 
+/// The verifier of each issuer's newest CRL in `files` (the verifier would
+/// check a certificate against the first CRL of its issuer it holds).
 fn build(
     roots: &Arc<RootCertStore>,
     provider: &Arc<CryptoProvider>,
@@ -272,7 +316,9 @@ fn build(
     build_from(
         roots,
         provider,
-        files.iter().flat_map(|file| file.crls.iter().cloned()),
+        newest(files.iter().flat_map(|file| &file.crls))
+            .into_iter()
+            .map(|crl| crl.der.clone()),
     )
 }
 
@@ -290,14 +336,11 @@ fn build_from(
         .context("building the client certificate verifier")
 }
 
-/// A CRL's issuer and how new it is; refuses one already past its next
-/// update, saying which and since when, rather than refuse every client of
-/// its CA.
-fn examine(
-    crl: &CertificateRevocationListDer<'_>,
-    file: &Path,
-) -> anyhow::Result<(Vec<u8>, Issue)> {
-    let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
+/// A CRL's issuer, how new it is and what it revokes; refuses one already
+/// past its next update, saying which and since when, rather than refuse
+/// every client of its CA.
+fn examine(der: CertificateRevocationListDer<'static>, file: &Path) -> anyhow::Result<Crl> {
+    let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
         .map_err(|error| anyhow::anyhow!("parsing CRL file {}: {error}", file.display()))?;
     if let Some(next) = parsed.next_update()
         && next.timestamp() < rekey_shared::time::now_millis() / 1000
@@ -307,13 +350,18 @@ fn examine(
             file.display()
         );
     }
-    Ok((
-        parsed.issuer().as_raw().to_vec(),
-        Issue {
+    Ok(Crl {
+        issuer: parsed.issuer().as_raw().to_vec(),
+        issue: Issue {
             number: parsed.crl_number().cloned(),
             this_update: parsed.last_update().timestamp(),
         },
-    ))
+        serials: parsed
+            .iter_revoked_certificates()
+            .map(|entry| serial_hex(&entry.raw_serial_as_string()))
+            .collect(),
+        der,
+    })
 }
 
 #[cfg(test)]

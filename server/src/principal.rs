@@ -68,6 +68,9 @@ pub struct PeerCertificate {
     /// When the certificate expires (Unix seconds): the handshake checks
     /// it once, requests on the connection check it again.
     pub not_after: i64,
+    /// Issuer (DER name) and serial of the certificate, then of each
+    /// intermediate the client sent: what a CRL could revoke.
+    pub chain: Vec<(Vec<u8>, String)>,
 }
 
 impl PeerCertificate {
@@ -153,9 +156,11 @@ pub fn peer_certificate(der: &[u8]) -> Result<PeerCertificate, CertificateRefusa
             "the name {name:?} is reserved for the server"
         )));
     }
+    let serial = serial_hex(&certificate.raw_serial_as_string());
     Ok(PeerCertificate {
         principal: Principal(name),
-        serial: serial_hex(&certificate.raw_serial_as_string()),
+        chain: vec![(certificate.issuer().as_raw().to_vec(), serial.clone())],
+        serial,
         not_after: certificate.validity().not_after.timestamp(),
     })
 }

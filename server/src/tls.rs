@@ -33,10 +33,14 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The serials of revoked client certificates, refreshed from the database
-/// (see `sync`), consulted at every handshake and on every request.
+/// (see `sync`), consulted at every handshake and on every request; and
+/// the certificates the CRL files in force revoke (see `crls`), by issuer
+/// and serial, which the handshake's verifier checks itself and every
+/// request asks here.
 #[derive(Debug, Default)]
 pub struct Revocations {
     serials: RwLock<HashSet<String>>,
+    by_crl: RwLock<HashSet<(Vec<u8>, String)>>,
 }
 
 impl Revocations {
@@ -51,6 +55,30 @@ impl Revocations {
     pub fn replace(&self, serials: HashSet<String>) {
         if let Ok(mut current) = self.serials.write() {
             *current = serials;
+        }
+    }
+
+    /// The serial of the first certificate of `chain` (issuer's DER name,
+    /// serial) that a CRL in force revokes, if any.
+    pub fn revoked_by_crl<'a>(&self, chain: &'a [(Vec<u8>, String)]) -> Option<&'a str> {
+        let revoked = match self.by_crl.read() {
+            Ok(revoked) => revoked,
+            // A poisoned lock must not let a revoked certificate in.
+            Err(_) => return chain.first().map(|(_, serial)| serial.as_str()),
+        };
+        if revoked.is_empty() {
+            return None;
+        }
+        chain
+            .iter()
+            .find(|entry| revoked.contains(*entry))
+            .map(|(_, serial)| serial.as_str())
+    }
+
+    /// What the CRL files in force revoke, replacing what they did.
+    pub fn replace_crl_entries(&self, entries: HashSet<(Vec<u8>, String)>) {
+        if let Ok(mut current) = self.by_crl.write() {
+            *current = entries;
         }
     }
 
@@ -158,6 +186,7 @@ pub fn server_config(
         roots,
         provider.clone(),
         crl_files.to_vec(),
+        revocations.clone(),
     )?);
     let verifier = Arc::new(RevocationCheckingVerifier {
         inner: client_verifier.clone(),
@@ -288,12 +317,20 @@ pub fn accept(
 
 fn peer_of(stream: &TlsStream<TcpStream>) -> Result<PeerCertificate, CertificateRefusal> {
     let (_, connection) = stream.get_ref();
-    match connection
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-    {
-        Some(leaf) => peer_certificate(leaf),
+    let chain = connection.peer_certificates().unwrap_or_default();
+    let Some((leaf, intermediates)) = chain.split_first() else {
         // The verifier requires a certificate; this cannot pass the handshake.
-        None => peer_certificate(&[]),
+        return peer_certificate(&[]);
+    };
+    let mut peer = peer_certificate(leaf)?;
+    // The intermediates the client sent, which a CRL may revoke too.
+    for intermediate in intermediates {
+        if let Ok((_, certificate)) = X509Certificate::from_der(intermediate.as_ref()) {
+            peer.chain.push((
+                certificate.issuer().as_raw().to_vec(),
+                crate::principal::serial_hex(&certificate.raw_serial_as_string()),
+            ));
+        }
     }
+    Ok(peer)
 }

@@ -448,6 +448,92 @@ async fn a_changed_crl_is_honoured_without_a_restart() {
         .unwrap_err();
 }
 
+/// A certificate a fresh CRL revokes loses the connection it opened
+/// before, at its next request, not only new handshakes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crl_revocation_reaches_connections_opened_before() {
+    let installation = Installation::new();
+    let (ca_pem, issuer) = installation_ca(&installation);
+    let revoked = alice_with_serial(&issuer, &ca_pem, &[0x0f, 0x04]);
+    let now = OffsetDateTime::now_utc();
+    use_crl(
+        &installation,
+        &issuer,
+        1,
+        now + Duration::days(7),
+        Vec::new(),
+    );
+    let server = installation.serve();
+    let tls = rekey_shared::channel::tls_config(&revoked);
+    let endpoint = rekey_shared::channel::endpoint(&server.url, tls).unwrap();
+    let mut client = SecretsClient::new(endpoint.connect().await.unwrap());
+    let list = || proto::ListSecretsRequest::default();
+    client.list_secrets(list()).await.unwrap();
+
+    let revocation = revoked_serial(&[0x0f, 0x04], now);
+    use_crl(
+        &installation,
+        &issuer,
+        2,
+        now + Duration::days(7),
+        revocation,
+    );
+    let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
+    let status = loop {
+        match client.list_secrets(list()).await {
+            Ok(_) => assert!(
+                std::time::Instant::now() < deadline,
+                "the open connection outlived its certificate's revocation:\n{}",
+                server.log_text()
+            ),
+            Err(status) => break status,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("0f04 was revoked by its CA's CRL"),
+        "{status:?}"
+    );
+}
+
+/// Of several CRLs of one issuer in the files (each day's appended to one
+/// file, say), the newest is in force, whichever comes first.
+#[tokio::test]
+async fn the_newest_crl_of_an_issuer_is_the_one_in_force() {
+    let installation = Installation::new();
+    let (ca_pem, issuer) = installation_ca(&installation);
+    let revoked = alice_with_serial(&issuer, &ca_pem, &[0x0f, 0x05]);
+    let kept = alice_with_serial(&issuer, &ca_pem, &[0x0f, 0x06]);
+    let now = OffsetDateTime::now_utc();
+    use_crl(
+        &installation,
+        &issuer,
+        1,
+        now + Duration::days(7),
+        Vec::new(),
+    );
+    let path = installation.dir().join("crl.pem");
+    let older = std::fs::read_to_string(&path).unwrap();
+    let newer = crl_pem(
+        &issuer,
+        2,
+        now - Duration::days(1),
+        now + Duration::days(7),
+        revoked_serial(&[0x0f, 0x05], now),
+    );
+    std::fs::write(&path, older + &newer).unwrap();
+    let server = installation.serve();
+    try_read(&server, rekey_shared::channel::tls_config(&kept))
+        .await
+        .unwrap();
+    try_read(&server, rekey_shared::channel::tls_config(&revoked))
+        .await
+        .unwrap_err();
+}
+
 /// One CRL file that cannot be used holds up no other: with another CA's
 /// file broken, a fresh CRL of the installation's CA still revokes.
 #[tokio::test(flavor = "multi_thread")]
