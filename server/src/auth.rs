@@ -55,6 +55,40 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether a request for this action may change what the server holds
+    /// (the key actions are all managed under `keys:Manage`, listing too).
+    pub fn changes(self) -> bool {
+        match self {
+            Self::CreateSecret
+            | Self::PutSecretValue
+            | Self::UpdateSecret
+            | Self::UpdateSecretVersionStage
+            | Self::TagResource
+            | Self::UntagResource
+            | Self::DeleteSecret
+            | Self::RestoreSecret
+            | Self::ConfigureRotation
+            | Self::StartRotation
+            | Self::StepRotation
+            | Self::RetryRotation
+            | Self::CancelRotation
+            | Self::ApproveRotation
+            | Self::KeysManage
+            | Self::ApplyPolicy => true,
+            Self::GetSecretValue
+            | Self::DescribeSecret
+            | Self::ListSecrets
+            | Self::ListSecretVersionIds
+            | Self::Watch
+            | Self::GetRandomPassword
+            | Self::DescribeRotation
+            | Self::KeysUse
+            | Self::GetPolicy
+            | Self::ReadAudit
+            | Self::VerifyAudit => false,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CreateSecret => "secrets:CreateSecret",

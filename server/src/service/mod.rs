@@ -10,6 +10,15 @@
 /// its handler, and lets `AppState::finish` audit the outcome and map a
 /// domain error to a `Status`. One line per RPC: the RPC, its request and
 /// response, the handler, and the action the audit event names.
+///
+/// A request whose action changes something ([`Action::changes`]) runs in
+/// a task of its own, to its end, whether or not its client is still
+/// there: a change that commits is then always published to Watch and
+/// audited as it ended. (Dropped with its client, a handler could be
+/// dropped after its commit began, and the change it made reached no
+/// watcher.) Reads are dropped with their client.
+///
+/// [`Action::changes`]: crate::auth::Action::changes
 macro_rules! audited_service {
     ($trait:ident for $service:ty {
         $($rpc:ident($request:ty) -> $response:ty => $handler:ident, $action:ident;)*
@@ -21,17 +30,28 @@ macro_rules! audited_service {
                     &self,
                     request: tonic::Request<$request>,
                 ) -> Result<tonic::Response<$response>, tonic::Status> {
-                    let context = $crate::service::context::RequestContext::new(
-                        &request,
-                        $crate::auth::Action::$action,
-                    )?;
-                    let abandoned = $crate::service::Abandoned::new(&self.state, &context);
-                    let result = match self.state.admit(&context) {
-                        Ok(()) => self.$handler(&context, request.into_inner()).await,
-                        Err(refused) => Err(refused),
+                    let service = self.clone();
+                    let handled = async move {
+                        let context = $crate::service::context::RequestContext::new(
+                            &request,
+                            $crate::auth::Action::$action,
+                        )?;
+                        let abandoned =
+                            $crate::service::Abandoned::new(&service.state, &context);
+                        let result = match service.state.admit(&context) {
+                            Ok(()) => service.$handler(&context, request.into_inner()).await,
+                            Err(refused) => Err(refused),
+                        };
+                        abandoned.answered();
+                        service.state.finish(&context, result).await.map(tonic::Response::new)
                     };
-                    abandoned.answered();
-                    self.state.finish(&context, result).await.map(tonic::Response::new)
+                    if $crate::auth::Action::$action.changes() {
+                        tokio::spawn(handled)
+                            .await
+                            .unwrap_or_else(|_| Err(tonic::Status::internal("the request's handler failed")))
+                    } else {
+                        handled.await
+                    }
                 }
             )*
         }
@@ -57,8 +77,8 @@ use tonic::Status;
 /// Records the event of a request whose handler was dropped before it
 /// ended (its client went away, or its deadline passed), which `finish`
 /// never sees: a `CANCELLED` event, written in the background (nothing
-/// was answered). A change the request made may have committed all the
-/// same, with its own event: a commit under way runs to its end.
+/// was answered). Only reads are dropped so (changes run to their end:
+/// see `audited_service`), and a runtime that shuts down drops the rest.
 #[derive(Debug)]
 pub struct Abandoned<'a> {
     state: &'a Arc<AppState>,

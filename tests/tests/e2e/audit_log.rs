@@ -378,52 +378,88 @@ async fn an_update_that_fails_changes_nothing() {
     assert_eq!(admin.run(&["get", "g/update"]).ok().stdout, "two\n");
 }
 
-/// A request dropped before its handler ended (its deadline passed while
-/// the database was locked) still leaves an event: `CANCELLED`.
+/// A read dropped before its handler ended (its deadline passed while the
+/// database was locked, so its event could not be written) still leaves an
+/// event: `CANCELLED`. A change whose client went away runs to its end: it
+/// commits with its own event once the lock is gone, and watchers hear of
+/// it (a change dropped mid-commit used to reach no watcher).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_request_abandoned_by_its_client_is_recorded() {
+async fn an_abandoned_read_is_recorded_and_an_abandoned_change_runs_to_its_end() {
     let installation = Installation::new();
     let server = installation.serve();
     let admin = server.rekey(&installation.admin());
     admin.run(&["create", "g/abandoned", "--value", "one"]).ok();
+    let mut client = server.client(&installation.admin()).await;
+    let identity = rekey_shared::identity::Identity::load(&installation.admin()).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    let mut watch = rekey_shared::proto::watch_client::WatchClient::new(channel)
+        .watch(rekey_shared::proto::WatchRequest {
+            prefix: "g/".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let url = format!("sqlite://{}", installation.database().display());
     let mut lock = SqliteConnection::connect(&url).await.unwrap();
     sqlx::query("BEGIN IMMEDIATE")
         .execute(&mut lock)
         .await
         .unwrap();
-    let mut client = server.client(&installation.admin()).await;
+    let mut get = tonic::Request::new(rekey_shared::proto::GetSecretValueRequest {
+        name: "g/abandoned".into(),
+        ..Default::default()
+    });
+    get.set_timeout(std::time::Duration::from_millis(300));
     let mut put = tonic::Request::new(rekey_shared::proto::PutSecretValueRequest {
         name: "g/abandoned".into(),
         secret_string: Some("two".into()),
         ..Default::default()
     });
     put.set_timeout(std::time::Duration::from_millis(300));
-    let refused = client.put_secret_value(put).await.unwrap_err();
-    assert!(
-        matches!(
-            refused.code(),
-            tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
-        ),
-        "{refused:?}"
-    );
+    let gone = |status: tonic::Status| {
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
+            ),
+            "{status:?}"
+        );
+    };
+    gone(client.get_secret_value(get).await.unwrap_err());
+    gone(client.put_secret_value(put).await.unwrap_err());
     sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
     lock.close().await.unwrap();
 
-    let abandoned = tokio::task::block_in_place(|| {
-        eventually("the abandoned put's event", || {
+    let event = |action: &'static str| {
+        eventually(&format!("the abandoned {action}'s event"), || {
             admin
                 .run(&["audit", "--resource", "g/abandoned", "--output", "json"])
                 .ok()
                 .stdout
                 .lines()
                 .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
-                .find(|event| event["action"] == "secrets:PutSecretValue")
+                .find(|event| event["action"] == action)
         })
+    };
+    let (read, change) = tokio::task::block_in_place(|| {
+        (
+            event("secrets:GetSecretValue"),
+            event("secrets:PutSecretValue"),
+        )
     });
-    assert_eq!(abandoned["outcome"], "CANCELLED", "{abandoned}");
-    assert_eq!(abandoned["decision"], "allow", "{abandoned}");
-    assert_eq!(admin.run(&["get", "g/abandoned"]).ok().stdout, "one\n");
+    assert_eq!(read["outcome"], "CANCELLED", "{read}");
+    assert_eq!(read["decision"], "allow", "{read}");
+    assert_eq!(change["outcome"], "OK", "{change}");
+    assert_eq!(admin.run(&["get", "g/abandoned"]).ok().stdout, "two\n");
+    let heard = tokio::time::timeout(rekey_tests::DEADLINE, watch.message())
+        .await
+        .expect("no watch event for the abandoned put")
+        .unwrap()
+        .unwrap();
+    assert_eq!(heard.kind, "version_added", "{heard:?}");
+    assert_eq!(heard.name, "g/abandoned");
 }
 
 /// `rekey audit --follow --output json`: the log so far, then each new
