@@ -222,13 +222,19 @@ impl App {
         }
     }
 
-    /// The run an approval given now is for: the one on screen (empty on
-    /// the list of secrets, where no run is shown: the active one).
+    /// The run an approval given now is for: the one on screen (on the
+    /// list of secrets, the selected row's, whose state it shows; empty
+    /// where none is known).
     pub fn focused_run(&self) -> RunSeen {
         match self.view {
             View::Detail | View::Run => self.run(),
             View::Approvals => self.approvals.get(self.approvals_selected),
-            View::Secrets | View::Audit => None,
+            View::Secrets => self
+                .secrets
+                .rows
+                .get(self.secrets.selected)
+                .and_then(|row| row.run.as_ref()),
+            View::Audit => None,
         }
         .map(|run| RunSeen {
             run_id: run.run_id.clone(),

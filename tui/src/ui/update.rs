@@ -358,9 +358,15 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             Vec::new()
         }
         Action::ApprovalsLoaded(runs) => {
+            // The selection stays on its run while others come and go.
+            let selected = app
+                .approvals
+                .get(app.approvals_selected)
+                .map(|run| run.run_id.clone());
             app.approvals = runs;
-            app.approvals_selected = app
-                .approvals_selected
+            app.approvals_selected = selected
+                .and_then(|id| app.approvals.iter().position(|run| run.run_id == id))
+                .unwrap_or(app.approvals_selected)
                 .min(app.approvals.len().saturating_sub(1));
             Vec::new()
         }

@@ -90,6 +90,50 @@ fn an_approval_names_the_run_on_screen() {
 }
 
 #[test]
+fn an_approval_from_the_list_names_the_run_its_row_shows() {
+    let mut app = app_with_rows(2);
+    app.secrets.rows[1].run = Some(proto::RotationRun {
+        name: "s/001".into(),
+        run_id: "run-listed".into(),
+        current_step: proto::RotationStep::CreateSecret.into(),
+        ..Default::default()
+    });
+    update(&mut app, Action::Down);
+    update(&mut app, Action::Approve);
+    update(&mut app, Action::Type('k'));
+    assert_eq!(
+        update(&mut app, Action::Submit),
+        [Effect::Approve {
+            name: "s/001".into(),
+            seen: RunSeen {
+                run_id: "run-listed".into(),
+                step: proto::RotationStep::CreateSecret.into(),
+            },
+            comment: "k".into()
+        }]
+    );
+}
+
+#[test]
+fn the_approvals_selection_stays_on_its_run() {
+    let run = |id: &str| proto::RotationRun {
+        name: format!("s/{id}"),
+        run_id: id.into(),
+        ..Default::default()
+    };
+    let mut app = app_with_rows(0);
+    app.view = View::Approvals;
+    update(
+        &mut app,
+        Action::ApprovalsLoaded(vec![run("a"), run("b"), run("c")]),
+    );
+    update(&mut app, Action::Down);
+    assert_eq!(app.focused_run().run_id, "b");
+    update(&mut app, Action::ApprovalsLoaded(vec![run("b"), run("c")]));
+    assert_eq!(app.focused_run().run_id, "b");
+}
+
+#[test]
 fn filtering_as_you_type_and_views_by_name() {
     let mut app = app_with_rows(3);
     update(&mut app, Action::StartFilter);
