@@ -7,7 +7,7 @@ use crate::audit::AuditEvent;
 use crate::config::Loaded;
 use crate::installation;
 use crate::pki::{CertificateAuthority, IssuedCertificate, write_private};
-use crate::store::CertificateRecord;
+use crate::store::{CertificateRecord, RevokeTarget};
 use std::path::Path;
 
 /// Issues a certificate for `principal`, records it, and writes its
@@ -45,14 +45,18 @@ pub async fn issue(
 }
 
 /// Revokes every certificate of a principal, or one serial.
-pub async fn revoke(loaded: &Loaded, name_or_serial: &str) -> anyhow::Result<Vec<String>> {
+pub async fn revoke(loaded: &Loaded, target: RevokeTarget<'_>) -> anyhow::Result<Vec<String>> {
     let opened = installation::open(loaded).await?;
+    let resource = match target {
+        RevokeTarget::Named(name) => name.to_owned(),
+        RevokeTarget::Serial(serial) => format!("serial:{serial}"),
+    };
     let revoked = opened
         .store
         .revoke(
-            name_or_serial,
+            target,
             rekey_shared::time::now_millis(),
-            &AuditEvent::local("certificates:Revoke", name_or_serial, ""),
+            &AuditEvent::local("certificates:Revoke", &resource, ""),
         )
         .await;
     opened.store.close().await;

@@ -171,10 +171,18 @@ pub(crate) enum CertCommand {
         #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=3650))]
         days: i64,
     },
-    /// Revoke every certificate of a principal, or one serial number.
+    /// Revoke every certificate of a principal (or the one issued here
+    /// with that serial), or with --serial one serial number of any CA.
     Revoke {
-        #[arg(value_name = "NAME|SERIAL")]
-        target: String,
+        #[arg(
+            value_name = "NAME",
+            required_unless_present = "serial",
+            conflicts_with = "serial"
+        )]
+        target: Option<String>,
+        /// A serial number (hex), also of a certificate another CA issued.
+        #[arg(long, value_name = "SERIAL")]
+        serial: Option<String>,
     },
     /// List issued certificates: valid, expired or revoked.
     List,

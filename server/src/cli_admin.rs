@@ -10,6 +10,7 @@ use crate::config::Loaded;
 use crate::governance;
 use crate::installation::{self, Opened};
 use crate::pki::CertificateAuthority;
+use crate::store::RevokeTarget;
 use rekey_shared::KeyName;
 use rekey_shared::time::format_millis;
 use std::io::{IsTerminal, Write};
@@ -74,8 +75,13 @@ pub async fn cert(loaded: &Loaded, command: CertCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        CertCommand::Revoke { target } => {
-            let revoked = certificates::revoke(loaded, &target).await?;
+        CertCommand::Revoke { target, serial } => {
+            let target = match (&target, &serial) {
+                (_, Some(serial)) => RevokeTarget::Serial(serial),
+                (Some(name), None) => RevokeTarget::Named(name),
+                (None, None) => anyhow::bail!("give a NAME or --serial SERIAL"),
+            };
+            let revoked = certificates::revoke(loaded, target).await?;
             println!(
                 "revoked {} certificate(s): {}; running servers refuse them within seconds",
                 revoked.len(),

@@ -26,6 +26,7 @@ mod sqlite;
 
 pub use backend::Store;
 pub use list::PageDetails;
+pub use rows::RevokeTarget;
 pub use sqlite::{AuditQuery, CertificateRecord, MAX_TAGS, PolicyVersion};
 
 use crate::crypto::SealedValue;

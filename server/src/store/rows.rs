@@ -312,3 +312,157 @@ pub(super) fn config_save_refusal(
         )
     })
 }
+
+/// What `rekeyd cert revoke` names: a principal (or the serial of a
+/// certificate in the registry), or, with `--serial`, a serial of any
+/// certificate, also one another CA issued.
+#[derive(Debug, Clone, Copy)]
+pub enum RevokeTarget<'a> {
+    Named(&'a str),
+    Serial(&'a str),
+}
+
+impl RevokeTarget<'_> {
+    pub fn text(&self) -> &str {
+        match self {
+            Self::Named(text) | Self::Serial(text) => text,
+        }
+    }
+}
+
+/// What a revocation does: the serials it revokes, and whether the one
+/// serial must first be recorded (a certificate not issued here).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct RevocationPlan {
+    pub revoke: Vec<String>,
+    pub record: bool,
+}
+
+/// Plans a revocation of `target` (whose text as a serial is `serial`)
+/// from the registry rows it may concern: (serial, principal, revoked).
+/// A name that is a principal and another certificate's serial is refused
+/// as ambiguous; a name the registry does not know is refused, not taken
+/// for a serial (a principal of another CA would seem revoked and work on).
+pub(super) fn plan_revocation(
+    target: RevokeTarget<'_>,
+    serial: &str,
+    rows: &[(String, String, bool)],
+) -> Result<RevocationPlan> {
+    let chosen: Vec<&(String, String, bool)> = match target {
+        RevokeTarget::Named(name) => {
+            let by_name: Vec<_> = rows.iter().filter(|row| row.1 == name).collect();
+            let by_serial: Vec<_> = rows
+                .iter()
+                .filter(|row| row.0 == serial && row.1 != name)
+                .collect();
+            match (by_name.is_empty(), by_serial.is_empty()) {
+                (false, false) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "{name} is a principal and the serial of another certificate; give \
+                         --serial {name} to revoke that serial"
+                    )));
+                }
+                (false, true) => by_name,
+                (true, false) => by_serial,
+                (true, true) => {
+                    return Err(Error::NotFound(format!(
+                        "no certificate was issued here to {name} or with that serial; revoke a \
+                         certificate of another CA by its serial: rekeyd cert revoke --serial SERIAL"
+                    )));
+                }
+            }
+        }
+        RevokeTarget::Serial(text) => {
+            if serial.is_empty() || !serial.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(Error::InvalidArgument(format!(
+                    "{text:?} is not a serial number (hexadecimal, as rekeyd cert list or openssl \
+                     x509 -serial prints it)"
+                )));
+            }
+            let known: Vec<_> = rows.iter().filter(|row| row.0 == serial).collect();
+            if known.is_empty() {
+                return Ok(RevocationPlan {
+                    revoke: vec![serial.to_owned()],
+                    record: true,
+                });
+            }
+            known
+        }
+    };
+    let revoke: Vec<String> = chosen
+        .iter()
+        .filter(|row| !row.2)
+        .map(|row| row.0.clone())
+        .collect();
+    if revoke.is_empty() {
+        return Err(Error::FailedPrecondition(format!(
+            "every certificate of {} is already revoked",
+            target.text()
+        )));
+    }
+    Ok(RevocationPlan {
+        revoke,
+        record: false,
+    })
+}
+
+#[cfg(test)]
+mod revocation_tests {
+    use super::*;
+
+    fn row(serial: &str, principal: &str, revoked: bool) -> (String, String, bool) {
+        (serial.to_owned(), principal.to_owned(), revoked)
+    }
+
+    #[test]
+    fn a_revocation_revokes_what_its_target_names_and_nothing_it_might_mean() {
+        let plan = |target, serial: &str, rows: &[_]| plan_revocation(target, serial, rows);
+        let alice = [row("0a", "alice", false), row("0b", "alice", true)];
+        assert_eq!(
+            plan(RevokeTarget::Named("alice"), "alice", &alice).unwrap(),
+            RevocationPlan {
+                revoke: vec!["0a".into()],
+                record: false
+            }
+        );
+        // A serial issued here, by name.
+        assert_eq!(
+            plan(RevokeTarget::Named("0a"), "0a", &alice)
+                .unwrap()
+                .revoke,
+            ["0a"]
+        );
+        // Unknown, though it reads as hex: refused, not recorded.
+        assert!(matches!(
+            plan(RevokeTarget::Named("beef"), "beef", &[]),
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(
+            plan(RevokeTarget::Serial("beef"), "beef", &[]).unwrap(),
+            RevocationPlan {
+                revoke: vec!["beef".into()],
+                record: true
+            }
+        );
+        // A principal named as another certificate's serial.
+        let both = [row("0c", "0a", false), row("0a", "alice", false)];
+        assert!(matches!(
+            plan(RevokeTarget::Named("0a"), "0a", &both),
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert_eq!(
+            plan(RevokeTarget::Serial("0a"), "0a", &both)
+                .unwrap()
+                .revoke,
+            ["0a"]
+        );
+        assert!(matches!(
+            plan(RevokeTarget::Serial("0b"), "0b", &alice),
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            plan(RevokeTarget::Serial("nope"), "nope", &[]),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+}

@@ -205,12 +205,55 @@ fn renewal_issues_a_working_certificate_and_revocation_names_what_it_did() {
 
     let unknown = rekeyd(installation.dir(), &["cert", "revoke", "nobody"]);
     assert_eq!(unknown.status.code(), Some(1));
-    assert!(text(&unknown.stderr).contains("no certificate was issued to nobody"));
-    let serial = rekeyd(installation.dir(), &["cert", "revoke", "0a1b2c"]);
+    assert!(text(&unknown.stderr).contains("no certificate was issued here to nobody"));
+    // A name the registry does not know is not taken for a serial, even
+    // when it reads as one (a principal of another CA would seem revoked
+    // and work on); a serial of another CA is given as one.
+    let hex_name = rekeyd(installation.dir(), &["cert", "revoke", "0a1b2c"]);
+    assert_eq!(hex_name.status.code(), Some(1));
+    assert!(
+        text(&hex_name.stderr).contains("rekeyd cert revoke --serial SERIAL"),
+        "{}",
+        text(&hex_name.stderr)
+    );
+    let serial = rekeyd(
+        installation.dir(),
+        &["cert", "revoke", "--serial", "0a:1b:2c"],
+    );
     assert!(
         serial.status.success(),
         "a foreign serial is recorded: {}",
         text(&serial.stderr)
+    );
+    let again = rekeyd(
+        installation.dir(),
+        &["cert", "revoke", "--serial", "0A1B2C"],
+    );
+    assert!(
+        text(&again.stderr).contains("already revoked"),
+        "{}",
+        text(&again.stderr)
+    );
+    let not_hex = rekeyd(installation.dir(), &["cert", "revoke", "--serial", "carol"]);
+    assert!(
+        text(&not_hex.stderr).contains("is not a serial number"),
+        "{}",
+        text(&not_hex.stderr)
+    );
+    // A principal whose name is another certificate's serial is ambiguous.
+    let carol_serial = listed
+        .lines()
+        .find(|line| line.contains(" carol "))
+        .and_then(|line| line.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    installation.issue(&carol_serial, &["reader"]);
+    let ambiguous = rekeyd(installation.dir(), &["cert", "revoke", &carol_serial]);
+    assert_eq!(ambiguous.status.code(), Some(1));
+    assert!(
+        text(&ambiguous.stderr).contains("is a principal and the serial of another certificate"),
+        "{}",
+        text(&ambiguous.stderr)
     );
     let reserved = rekeyd(installation.dir(), &["cert", "issue", "system"]);
     assert!(text(&reserved.stderr).contains("reserved"));

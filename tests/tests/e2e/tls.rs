@@ -625,7 +625,10 @@ async fn a_serial_revoked_as_openssl_prints_it_is_refused() {
     let server = installation.serve();
     let listed = try_read(&server, rekey_shared::channel::tls_config(&carol)).await;
     assert!(listed.is_ok(), "carol lists what she may see: {listed:?}");
-    let revoked = rekey_tests::rekeyd(installation.dir(), &["cert", "revoke", "8F0102030405"]);
+    let revoked = rekey_tests::rekeyd(
+        installation.dir(),
+        &["cert", "revoke", "--serial", "8F0102030405"],
+    );
     assert!(
         revoked.status.success(),
         "{}",

@@ -13,7 +13,7 @@ use rekey_server::crypto::{Key, KeyRef, RootKey, SealedValue};
 use rekey_server::error::Error;
 use rekey_server::store::{
     AuditQuery, CertificateRecord, Cursor, Deletion, FilterField, NewSecret, NewVersion,
-    PutOutcome, SecretFilter, SecretQuery, Store, WrappedMasterKey,
+    PutOutcome, RevokeTarget, SecretFilter, SecretQuery, Store, WrappedMasterKey,
 };
 use rekey_shared::{KeyName, SecretName, Stage, VersionId};
 use rekey_tests::databases::StorageDatabase;
@@ -402,7 +402,10 @@ async fn suite(url: &str, root: &RootKey) {
         .await
         .unwrap();
     assert_eq!(
-        store.revoke("alice", 5, &event("Revoke")).await.unwrap(),
+        store
+            .revoke(RevokeTarget::Named("alice"), 5, &event("Revoke"))
+            .await
+            .unwrap(),
         ["0a0b"]
     );
     assert_eq!(store.revoked_serials().await.unwrap(), ["0a0b"]);

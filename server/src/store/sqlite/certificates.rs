@@ -2,7 +2,8 @@
 
 use super::Store;
 use crate::audit::AuditEvent;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::store::rows::{RevokeTarget, plan_revocation};
 use sqlx::Row;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,48 +57,32 @@ impl Store {
     /// Revokes every certificate of a principal, or one serial (recorded
     /// even when it was not issued here, for a bring-your-own CA). Returns
     /// the serials revoked.
+    /// Revokes what `target` names (see [`RevokeTarget`]); the serials
+    /// revoked.
     pub async fn revoke(
         &self,
-        name_or_serial: &str,
+        target: RevokeTarget<'_>,
         now: i64,
         event: &AuditEvent,
     ) -> Result<Vec<String>> {
         let mut tx = self.write().await?;
         tx.changes_no_value();
-        let serial = crate::principal::serial_hex(name_or_serial);
-        let matching: Vec<String> = sqlx::query_scalar(
-            "SELECT serial FROM certificates WHERE (principal = ? OR serial = ?) AND revoked_at IS NULL",
+        let serial = crate::principal::serial_hex(target.text());
+        let rows: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT serial, principal, revoked_at IS NOT NULL FROM certificates WHERE principal = ? OR serial = ?",
         )
-        .bind(name_or_serial)
+        .bind(target.text())
         .bind(&serial)
         .fetch_all(&mut *tx)
         .await?;
-        let revoked = if matching.is_empty() {
-            let known: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM certificates WHERE principal = ? OR serial = ?")
-                    .bind(name_or_serial)
-                    .bind(&serial)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            if known.is_some() {
-                return Err(Error::FailedPrecondition(format!(
-                    "every certificate of {name_or_serial} is already revoked"
-                )));
-            }
-            if serial.is_empty() || !serial.chars().all(|c| c.is_ascii_hexdigit()) {
-                return Err(Error::NotFound(format!(
-                    "no certificate was issued to {name_or_serial}, and it is not a serial number"
-                )));
-            }
+        let plan = plan_revocation(target, &serial, &rows)?;
+        if plan.record {
             sqlx::query("INSERT INTO certificates (serial, principal) VALUES (?, '')")
                 .bind(&serial)
                 .execute(&mut *tx)
                 .await?;
-            vec![serial]
-        } else {
-            matching
-        };
-        for serial in &revoked {
+        }
+        for serial in &plan.revoke {
             sqlx::query("UPDATE certificates SET revoked_at = ?, revoked_by = ? WHERE serial = ?")
                 .bind(now)
                 .bind(&event.principal)
@@ -106,7 +91,7 @@ impl Store {
                 .await?;
         }
         self.commit_audited(tx, event).await?;
-        Ok(revoked)
+        Ok(plan.revoke)
     }
 
     pub async fn revoked_serials(&self) -> Result<Vec<String>> {
