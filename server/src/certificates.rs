@@ -74,14 +74,14 @@ pub async fn list(loaded: &Loaded) -> anyhow::Result<Vec<CertificateRecord>> {
 /// Checks a principal name for a new certificate: the principal rule's
 /// characters, or a spiffe URI; never a reserved name.
 pub fn check_principal(name: &str) -> anyhow::Result<()> {
-    let is_spiffe = name.starts_with("spiffe://");
+    let is_spiffe = crate::principal::is_valid_spiffe_name(name);
     let valid_name = (1..=128).contains(&name.len())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._@-".contains(c));
     if !is_spiffe && !valid_name {
         anyhow::bail!(
-            "principal {name:?} must be 1-128 characters of A-Z a-z 0-9 . _ @ - or a spiffe:// URI"
+            "principal {name:?} must be 1-128 characters of A-Z a-z 0-9 . _ @ - or a spiffe:// URI of printable ASCII without spaces"
         );
     }
     if crate::principal::RESERVED_PRINCIPALS.contains(&name) {

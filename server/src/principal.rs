@@ -89,6 +89,13 @@ fn refuse(reason: impl Into<String>) -> CertificateRefusal {
     CertificateRefusal(reason.into())
 }
 
+/// A `spiffe://` URI as a principal: printable ASCII without spaces, at
+/// most 512 characters (no control character can reach a log line or a
+/// terminal as part of a name).
+pub fn is_valid_spiffe_name(name: &str) -> bool {
+    name.starts_with("spiffe://") && name.len() <= 512 && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
 fn is_valid_common_name(name: &str) -> bool {
     (1..=128).contains(&name.len())
         && name
@@ -112,10 +119,15 @@ pub fn peer_certificate(der: &[u8]) -> Result<PeerCertificate, CertificateRefusa
         ));
     }
 
+    // A SAN extension that does not parse is refused, not read as none: the
+    // common name would stand in for the URI it may hold.
     let uris: Vec<&str> = certificate
         .subject_alternative_name()
-        .ok()
-        .flatten()
+        .map_err(|error| {
+            refuse(format!(
+                "its subject alternative names do not parse: {error}"
+            ))
+        })?
         .map(|san| {
             san.value
                 .general_names
@@ -135,14 +147,26 @@ pub fn peer_certificate(der: &[u8]) -> Result<PeerCertificate, CertificateRefusa
     }
 
     let name = match uris.first() {
-        Some(uri) if uri.starts_with("spiffe://") => (*uri).to_owned(),
+        Some(uri) if uri.starts_with("spiffe://") => {
+            if !is_valid_spiffe_name(uri) {
+                return Err(refuse(format!(
+                    "its URI {uri:?} must be at most 512 printable ASCII characters without spaces"
+                )));
+            }
+            (*uri).to_owned()
+        }
         _ => {
-            let common_name = certificate
-                .subject()
-                .iter_common_name()
+            let mut common_names = certificate.subject().iter_common_name();
+            let common_name = common_names
                 .next()
                 .and_then(|cn| cn.as_str().ok())
                 .ok_or_else(|| refuse("it has neither a spiffe:// URI nor a common name"))?;
+            // Which of several a CA means differs between implementations.
+            if common_names.next().is_some() {
+                return Err(refuse(
+                    "it has more than one common name and no spiffe:// URI",
+                ));
+            }
             if !is_valid_common_name(common_name) {
                 return Err(refuse(format!(
                     "its common name {common_name:?} must be 1-128 characters of A-Z a-z 0-9 . _ @ -"
@@ -211,6 +235,18 @@ mod tests {
             ("system", &[], true, Err("reserved")),
             ("rekeyd", &[], true, Err("reserved")),
             ("alice", &[], false, Err("client-auth")),
+            (
+                "alice",
+                &["spiffe://corp/\u{1b}[2Jci"],
+                true,
+                Err("printable ASCII"),
+            ),
+            (
+                "alice",
+                &["spiffe://corp/a b"],
+                true,
+                Err("printable ASCII"),
+            ),
         ];
         for (cn, uris, client_auth, expected) in cases {
             let result = peer_certificate(&certificate(cn, uris, *client_auth));
