@@ -38,7 +38,7 @@ impl fmt::Display for Principal {
 /// Whether a certificate could name `name`: a `spiffe://` URI, or a valid
 /// common name that is not reserved.
 pub fn could_be_named(name: &str) -> bool {
-    name.starts_with("spiffe://")
+    is_valid_spiffe_name(name)
         || (is_valid_common_name(name) && !RESERVED_PRINCIPALS.contains(&name))
 }
 

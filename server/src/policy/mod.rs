@@ -6,11 +6,13 @@
 //!
 //! A policy document is TOML. [`Policy::parse`] refuses a malformed file
 //! with the line and the reason, an unknown action, a binding to an unknown
-//! role; [`Policy::check_not_locked_out`] refuses a policy under which no
-//! principal could apply policy again. [`Policy::evaluate`] is a pure
+//! role; [`Policy::parse_to_apply`] also refuses patterns that could match
+//! nothing (`patterns`); [`Policy::check_not_locked_out`] refuses a policy
+//! under which no principal could apply policy again. [`Policy::evaluate`] is a pure
 //! function: no I/O, no clock.
 
 mod glob;
+mod patterns;
 
 pub use glob::matches as glob_matches;
 
@@ -192,6 +194,63 @@ impl Policy {
         Ok(policy)
     }
 
+    /// Parses a document to be applied: as [`Self::parse`], and every
+    /// resource must be one its statement's actions could name, every
+    /// binding's principal one a certificate could carry. (Policies stored
+    /// before these checks load all the same.)
+    pub fn parse_to_apply(text: &str) -> Result<Self, PolicyError> {
+        let policy = Self::parse(text)?;
+        policy.check_patterns().map_err(|refusal| {
+            let line = refusal
+                .at
+                .and_then(|place| line_of(text, &place))
+                .map(|line| format!("line {line}: "))
+                .unwrap_or_default();
+            PolicyError(format!("{line}{}", refusal.message))
+        })?;
+        Ok(policy)
+    }
+
+    /// See [`Self::parse_to_apply`].
+    fn check_patterns(&self) -> Result<(), Refusal> {
+        for (name, role) in &self.roles {
+            for statement in &role.statements {
+                for resource in &statement.resources {
+                    if let Some(reason) =
+                        patterns::resource_refusal(&statement.actions, ACTIONS, resource)
+                    {
+                        return Err(Refusal {
+                            message: format!("role {name:?}: {reason}"),
+                            at: Some(Place {
+                                anchor: format!("[roles.{}]", toml_key(name)),
+                                nth: 0,
+                                needle: format!("{resource:?}"),
+                            }),
+                        });
+                    }
+                }
+            }
+        }
+        for binding in &self.bindings {
+            if !patterns::could_match_principal(&binding.principal) {
+                return Err(Refusal {
+                    message: format!(
+                        "the binding of {:?} matches no name a client certificate can carry: a \
+                         common name (letters, digits and ._@-) or a spiffe:// URI (printable \
+                         ASCII), and not a reserved name (system, rekeyd)",
+                        binding.principal
+                    ),
+                    at: Some(Place {
+                        anchor: format!("{:?}", binding.principal),
+                        nth: 0,
+                        needle: format!("{:?}", binding.principal),
+                    }),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_default()
     }
@@ -334,12 +393,12 @@ impl Policy {
 
     /// Refuses a policy under which no bound principal may apply policy:
     /// the way back in would be `rekeyd policy recover` only. A binding of
-    /// a name no certificate can carry (reserved, or not a principal at
-    /// all) counts for nothing; one of a glob counts as its own text.
+    /// a name or glob no certificate can carry (reserved, or not a
+    /// principal at all) counts for nothing; one of a glob counts as its
+    /// own text.
     pub fn check_not_locked_out(&self) -> Result<(), PolicyError> {
         let someone = self.bindings.iter().any(|binding| {
-            (binding.principal.contains('*')
-                || crate::principal::could_be_named(&binding.principal))
+            patterns::could_match_principal(&binding.principal)
                 && self
                     .evaluate(&binding.principal, "policy:ApplyPolicy", "*")
                     .is_allowed()
@@ -576,7 +635,16 @@ roles = ["admin"]
         assert!(denied.check_not_locked_out().is_err());
 
         // Admin bound only to names no certificate can carry.
-        for name in ["system", "rekeyd", "ops team", "ops/team", ""] {
+        for name in [
+            "system",
+            "rekeyd",
+            "ops team",
+            "ops/team",
+            "",
+            "CN=ops-*",
+            "ops/*",
+            "SPIFFE://corp/ops/*",
+        ] {
             let mut unnamed = locked.clone();
             unnamed.bind(name, "admin");
             assert!(unnamed.check_not_locked_out().is_err(), "{name:?}");
@@ -586,6 +654,34 @@ roles = ["admin"]
             named.bind(name, "admin");
             assert!(named.check_not_locked_out().is_ok(), "{name:?}");
         }
+    }
+
+    #[test]
+    fn a_policy_to_apply_names_only_what_could_be_matched() {
+        let with = |extra: &str| Policy::parse_to_apply(&format!("{POLICY}{extra}"));
+        with("").unwrap();
+        let deny = "\n[roles.no-payments-key]\nstatements = [\n  { effect = \"deny\", actions = [\"keys:Use\"], resources = [\"payments\"] },\n]\n";
+        // Loaded as it is when stored; refused when applied.
+        Policy::parse(&format!("{POLICY}{deny}")).unwrap();
+        let error = with(deny).unwrap_err().to_string();
+        let line = format!("{POLICY}{deny}")
+            .lines()
+            .position(|line| line.contains("\"payments\""))
+            .unwrap()
+            + 1;
+        assert!(
+            error.starts_with(&format!(
+                "line {line}: role \"no-payments-key\": resource \"payments\""
+            )),
+            "{error}"
+        );
+        assert!(error.contains("key:NAME"), "{error}");
+        let binding = "\n[[bindings]]\nprincipal = \"alice \"\nroles = [\"admin\"]\n";
+        let error = with(binding).unwrap_err().to_string();
+        assert!(
+            error.contains("the binding of \"alice \" matches no name"),
+            "{error}"
+        );
     }
 
     #[test]

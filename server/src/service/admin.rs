@@ -57,7 +57,7 @@ impl AdminService {
     ) -> Result<proto::PolicyDocument> {
         context.set_resource("*");
         self.authorize(context, Action::ApplyPolicy, "*")?;
-        let policy = Policy::parse(&request.document)
+        let policy = Policy::parse_to_apply(&request.document)
             .map_err(|error| Error::InvalidArgument(error.to_string()))?;
         let (_, current) = governance::current_policy(&self.state.store).await?;
         let based_on = request.based_on_version.unwrap_or(current);

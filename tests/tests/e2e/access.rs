@@ -234,6 +234,16 @@ fn bad_policies_are_refused_and_recover_gets_back_in() {
         "{}",
         unknown.stderr
     );
+    // A deny that could match nothing would deny nothing.
+    let typo = admin.apply_policy(&format!(
+        "{POLICY}\n[roles.no-payments-key]\nstatements = [{{ effect = \"deny\", actions = [\"keys:Use\"], resources = [\"payments\"] }}]\n"
+    ));
+    assert!(
+        typo.stderr.contains("resource \"payments\" matches nothing")
+            && typo.stderr.contains("(INVALID_ARGUMENT)"),
+        "{}",
+        typo.stderr
+    );
     let locked = admin.apply_policy(&POLICY.replace(
         "principal = \"admin\"\nroles = [\"admin\"]",
         "principal = \"admin\"\nroles = [\"app-reader\"]",
