@@ -205,7 +205,8 @@ pub(crate) enum KeysCommand {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// Break glass: bind a principal to the admin role (local access only).
+    /// Break glass: bind a principal to the allow-everything break-glass role
+    /// (local access only).
     Recover {
         #[arg(long, default_value = "admin")]
         principal: String,

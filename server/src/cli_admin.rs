@@ -145,7 +145,7 @@ pub async fn recover(loaded: &Loaded, principal: &str) -> anyhow::Result<()> {
     opened.store.close().await;
     let recovered = recovered.map_err(domain)?;
     println!(
-        "policy version {}: {principal} is bound to the admin role; running servers apply it within seconds",
+        "policy version {}: {principal} is bound to the break-glass role (allow everything); running servers apply it within seconds",
         recovered.version
     );
     if !recovered.unbound.is_empty() {

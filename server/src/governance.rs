@@ -88,7 +88,12 @@ pub struct Recovered {
     pub unbound: Vec<String>,
 }
 
-/// The break-glass way back in: `principal` gets the `admin` role, which is
+/// The role `recover` binds: allows everything. A role of its own, so that
+/// a recovery widens nobody else's (redefining `admin` would have widened
+/// everyone bound to it).
+pub const BREAK_GLASS_ROLE: &str = "break-glass";
+
+/// The break-glass way back in: `principal` gets the [`BREAK_GLASS_ROLE`],
 /// (re)defined as allowing everything. Roles with deny statements are taken
 /// off the principal's own binding, and the audit event names them. Those
 /// bound through a glob that matches it stay, since they bind others too:
@@ -97,7 +102,7 @@ pub struct Recovered {
 pub async fn recover(store: &Store, principal: &str) -> Result<Recovered> {
     let (mut policy, based_on) = current_policy(store).await?;
     let unbound = break_glass(&mut policy, principal)?;
-    let mut detail = format!("break-glass: {principal} bound to admin");
+    let mut detail = format!("break-glass: {principal} bound to {BREAK_GLASS_ROLE}");
     if !unbound.is_empty() {
         detail.push_str(&format!(
             "; roles with deny statements taken off its binding: {}",
@@ -113,9 +118,9 @@ pub async fn recover(store: &Store, principal: &str) -> Result<Recovered> {
 /// binding.
 fn break_glass(policy: &mut Policy, principal: &str) -> Result<Vec<String>> {
     policy.roles.insert(
-        "admin".to_owned(),
+        BREAK_GLASS_ROLE.to_owned(),
         Role {
-            description: "Everything.".to_owned(),
+            description: "Everything: bound by rekeyd policy recover.".to_owned(),
             statements: vec![Statement {
                 effect: Effect::Allow,
                 actions: vec!["*".to_owned()],
@@ -141,7 +146,7 @@ fn break_glass(policy: &mut Policy, principal: &str) -> Result<Vec<String>> {
         }
     }
     policy.bindings.retain(|binding| !binding.roles.is_empty());
-    policy.bind(principal, "admin");
+    policy.bind(principal, BREAK_GLASS_ROLE);
     for action in ["policy:ApplyPolicy", "policy:GetPolicy"] {
         if let Decision::DeniedBy(role) = policy.evaluate(principal, action, "*") {
             let pattern = policy
@@ -200,15 +205,47 @@ roles = ["ops"]
         );
         // The deny bound to everyone still binds everyone, admin too.
         for principal in ["bob", "admin"] {
+            assert!(
+                policy
+                    .evaluate(principal, "secrets:GetSecretValue", "app/db")
+                    .is_allowed()
+            );
             assert_eq!(
                 policy.evaluate(principal, "secrets:GetSecretValue", "app/payments/x"),
                 Decision::DeniedBy("no-payments".into()),
                 "{principal}"
             );
         }
+        // Nobody else is widened: the role of that name is untouched.
+        assert!(
+            !policy
+                .evaluate("bob", "policy:ApplyPolicy", "*")
+                .is_allowed()
+        );
+    }
+
+    #[test]
+    fn break_glass_widens_nobody_else() {
+        let narrowed = POLICY.replace(
+            "[roles.ops]",
+            "[roles.admin]\nstatements = [{ effect = \"allow\", actions = [\"secrets:*\"], resources = [\"app/*\"] }]\n[roles.ops]",
+        ) + "[[bindings]]\nprincipal = \"spiffe://corp/teams/*\"\nroles = [\"admin\"]\n";
+        let mut policy = Policy::parse(&narrowed).unwrap();
+        break_glass(&mut policy, "ops").unwrap();
         assert!(
             policy
-                .evaluate("bob", "secrets:GetSecretValue", "app/db")
+                .evaluate("ops", "secrets:GetSecretValue", "prod/db")
+                .is_allowed()
+        );
+        let team = "spiffe://corp/teams/x";
+        assert!(
+            !policy
+                .evaluate(team, "secrets:PutSecretValue", "prod/db")
+                .is_allowed()
+        );
+        assert!(
+            !policy
+                .evaluate(team, "policy:ApplyPolicy", "*")
                 .is_allowed()
         );
     }

@@ -239,7 +239,8 @@ fn bad_policies_are_refused_and_recover_gets_back_in() {
         "{POLICY}\n[roles.no-payments-key]\nstatements = [{{ effect = \"deny\", actions = [\"keys:Use\"], resources = [\"payments\"] }}]\n"
     ));
     assert!(
-        typo.stderr.contains("resource \"payments\" matches nothing")
+        typo.stderr
+            .contains("resource \"payments\" matches nothing")
             && typo.stderr.contains("(INVALID_ARGUMENT)"),
         "{}",
         typo.stderr
