@@ -118,9 +118,51 @@ async fn send_out(state: &AppState, origin: &str, mut outgoing: mpsc::Receiver<A
 }
 
 async fn send(state: &AppState, origin: &str, event: &WatchEvent) -> Result<()> {
-    match serde_json::to_string(&Wire::of(origin, event)) {
-        Ok(payload) => state.store.notify(&payload).await,
-        Err(error) => Err(Error::internal("encoding a watch event", error)),
+    state.store.notify(&payload(origin, event)?).await
+}
+
+/// The most bytes of a payload: PostgreSQL refuses a `NOTIFY` of 8000
+/// bytes or more (the whole write would fail, and the others would hear
+/// `EVENTS_LOST` instead).
+const MAX_PAYLOAD: usize = 7_900;
+
+/// `event` on the wire, its detail (a rotator's error, say: up to 2,000
+/// characters, which JSON may escape to six bytes each) cut short, ending
+/// in `…`, where the whole would be too long.
+fn payload(origin: &str, event: &WatchEvent) -> Result<String> {
+    let encode = |wire: &Wire| {
+        serde_json::to_string(wire)
+            .map_err(|error| Error::internal("encoding a watch event", error))
+    };
+    let mut wire = Wire::of(origin, event);
+    let whole = encode(&wire)?;
+    if whole.len() <= MAX_PAYLOAD {
+        return Ok(whole);
+    }
+    // What the detail may take of the payload, written as JSON writes it.
+    let detail_bytes: usize = wire.detail.chars().map(json_len).sum();
+    let mut budget = (MAX_PAYLOAD + detail_bytes)
+        .saturating_sub(whole.len())
+        .saturating_sub('…'.len_utf8());
+    let mut keep = 0;
+    for c in wire.detail.chars() {
+        let Some(left) = budget.checked_sub(json_len(c)) else {
+            break;
+        };
+        budget = left;
+        keep += c.len_utf8();
+    }
+    wire.detail.truncate(keep);
+    wire.detail.push('…');
+    encode(&wire)
+}
+
+/// The bytes `c` takes in a JSON string as `serde_json` writes it.
+fn json_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if c < ' ' => 6,
+        c => c.len_utf8(),
     }
 }
 
@@ -167,5 +209,39 @@ async fn listen(state: &AppState, origin: &str, lost: &mut bool) -> Result<()> {
             Ok(wire) => state.events.deliver(Arc::new(wire.into_event())),
             Err(error) => tracing::warn!(%error, "a malformed watch event from another replica"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_detail_is_cut_to_what_notify_takes() {
+        for detail in [
+            "😀".repeat(2_000),
+            "\u{1b}".repeat(2_000),
+            "a".repeat(8_000),
+        ] {
+            let event = WatchEvent {
+                kind: "failed".into(),
+                name: "db/prod".into(),
+                detail: detail.clone(),
+                ..WatchEvent::default()
+            };
+            let payload = payload("origin", &event).unwrap();
+            assert!(payload.len() <= MAX_PAYLOAD, "{}", payload.len());
+            let wire: Wire = serde_json::from_str(&payload).unwrap();
+            assert!(wire.detail.ends_with('…'));
+            assert!(detail.starts_with(wire.detail.trim_end_matches('…')));
+            // Cut no shorter than it had to be.
+            assert!(payload.len() + 6 > MAX_PAYLOAD, "{}", payload.len());
+        }
+        let short = WatchEvent {
+            detail: "done".into(),
+            ..WatchEvent::default()
+        };
+        let wire: Wire = serde_json::from_str(&payload("o", &short).unwrap()).unwrap();
+        assert_eq!(wire.detail, "done");
     }
 }
