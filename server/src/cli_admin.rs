@@ -271,17 +271,13 @@ async fn rewrap(opened: &Opened, name: &KeyName) -> anyhow::Result<()> {
     };
     progress(0);
     let event = AuditEvent::local("keys:Manage", &format!("key:{name}"), "");
-    loop {
-        let rewrapped = keyring
-            .rewrap_some(store, &to, BATCH, &event)
-            .await
-            .map_err(domain)?;
-        if rewrapped == 0 {
-            break;
-        }
-        done += i64::try_from(rewrapped).unwrap_or(i64::MAX);
-        progress(done.min(total));
-    }
+    keyring
+        .rewrap_all(store, &to, BATCH, &event, |rewrapped| {
+            done += i64::try_from(rewrapped).unwrap_or(i64::MAX);
+            progress(done.min(total));
+        })
+        .await
+        .map_err(domain)?;
     if interactive {
         eprintln!();
     }

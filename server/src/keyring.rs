@@ -178,25 +178,58 @@ impl Keyring {
         Ok(!self.versions(store, name).await?.is_empty())
     }
 
-    /// Re-wraps up to `batch` data keys still under an older version of
-    /// `to`'s key than `to`, stored with `event` (whose detail says how
-    /// many); how many were (0: none is left). Safe beside other writers:
-    /// each row is updated only if it still holds the key it was read
-    /// with, so a rewrap interrupted resumes where it stopped.
-    pub async fn rewrap_some(
+    /// Re-wraps every data key still under an older version of `to`'s key
+    /// than `to`, `batch` at a time, each batch in a transaction of its own
+    /// stored with `event` (whose detail says how many); `progress` hears
+    /// each batch's count. The total. Safe beside other writers: each row
+    /// is updated only if it still holds the key it was read with (a rewrap
+    /// interrupted resumes where it stopped), and rows another writer
+    /// changed meanwhile are read again. A batch that wrote none ends
+    /// nothing: only a batch that finds no row does; five in a row that
+    /// wrote none are ABORTED.
+    pub async fn rewrap_all(
         &self,
         store: &Store,
         to: &MasterKey,
         batch: u32,
         event: &AuditEvent,
+        mut progress: impl FnMut(u64),
     ) -> Result<u64> {
+        let (mut total, mut idle) = (0, 0);
+        while let Some(done) = self.rewrap_some(store, to, batch, event).await? {
+            if done == 0 {
+                idle += 1;
+                if idle == 5 {
+                    return Err(Error::Aborted(format!(
+                        "the data keys under master key {} kept changing during the rewrap; run it again",
+                        to.reference.name
+                    )));
+                }
+                continue;
+            }
+            idle = 0;
+            total += done;
+            progress(done);
+        }
+        Ok(total)
+    }
+
+    /// Re-wraps up to `batch` data keys still under an older version than
+    /// `to`: how many were, of a batch found; `None` when none is left.
+    async fn rewrap_some(
+        &self,
+        store: &Store,
+        to: &MasterKey,
+        batch: u32,
+        event: &AuditEvent,
+    ) -> Result<Option<u64>> {
         let name = &to.reference.name;
         let newest = to.reference.version;
         let versions = store
             .versions_to_rewrap(name.as_str(), newest, batch)
             .await?;
         if versions.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
         let mut rewrapped = Vec::with_capacity(versions.len());
         for (secret_id, version) in versions {
@@ -231,7 +264,7 @@ impl Keyring {
             ),
             ..event.clone()
         };
-        store.store_rewrapped(&rewrapped, &event).await
+        store.store_rewrapped(&rewrapped, &event).await.map(Some)
     }
 }
 
@@ -265,21 +298,31 @@ pub fn read_root_key(path: &Path) -> anyhow::Result<RootKey> {
 
 /// The text of a new `root.key` file and the key it holds.
 pub fn new_root_key() -> (zeroize::Zeroizing<String>, RootKey) {
+    use std::fmt::Write;
     let key = Key::generate();
-    let text = zeroize::Zeroizing::new(format!("{}\n", crate::audit::hex(key.as_bytes())));
+    // Written straight into zeroizing memory of its final size: no copy of
+    // the key's hex is left behind in a freed or regrown buffer.
+    let mut text = zeroize::Zeroizing::new(String::with_capacity(key.as_bytes().len() * 2 + 1));
+    for byte in key.as_bytes() {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text.push('\n');
     (text, RootKey::new(key))
 }
 
+/// The bytes `text` spells in hexadecimal. The buffer is allocated once at
+/// its final size, so that decoding a key leaves no partial copy of it in
+/// memory a regrown buffer gave back (the caller wraps the result in
+/// `Zeroizing`); on an error what was decoded is wiped.
 pub(crate) fn decode_hex(text: &str) -> anyhow::Result<Vec<u8>> {
     anyhow::ensure!(text.len().is_multiple_of(2), "odd length");
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            // `get`: a multi-byte character is an error, not a panic.
-            let pair = text
-                .get(i..i + 2)
-                .ok_or_else(|| anyhow::anyhow!("not hexadecimal"))?;
-            u8::from_str_radix(pair, 16).map_err(Into::into)
-        })
-        .collect()
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(text.len() / 2));
+    for i in (0..text.len()).step_by(2) {
+        // `get`: a multi-byte character is an error, not a panic.
+        let pair = text
+            .get(i..i + 2)
+            .ok_or_else(|| anyhow::anyhow!("not hexadecimal"))?;
+        bytes.push(u8::from_str_radix(pair, 16)?);
+    }
+    Ok(std::mem::take(&mut *bytes))
 }

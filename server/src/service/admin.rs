@@ -270,17 +270,11 @@ impl AdminService {
         let to = keyring.for_encryption(store, &name).await?;
         // Each batch commits with an event of its own; a request that
         // re-wrapped nothing is recorded as any other.
-        let mut rewrapped = 0;
-        loop {
-            let done = keyring
-                .rewrap_some(store, &to, BATCH, &context.change_event())
-                .await?;
-            if done == 0 {
-                break;
-            }
-            context.recorded();
-            rewrapped += done;
-        }
+        let rewrapped = keyring
+            .rewrap_all(store, &to, BATCH, &context.change_event(), |_| {
+                context.recorded()
+            })
+            .await?;
         Ok(proto::RewrapKeyResponse {
             version: to.reference.version,
             rewrapped,
