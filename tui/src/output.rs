@@ -64,11 +64,18 @@ fn tags_json(tags: &[proto::Tag]) -> Value {
     )
 }
 
+/// Prints `value` as pretty JSON straight to standard output: no text of
+/// it is built in memory first, where a value it holds would stay behind.
 pub fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = serde_json::to_writer_pretty(&mut out, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out));
+    // As `println!` would: the panic hook ends a closed pipe quietly.
+    if let Err(error) = written {
+        panic!("failed printing to stdout: {error}");
+    }
 }
 
 pub fn metadata_json(secret: &proto::SecretMetadata) -> Value {

@@ -274,22 +274,24 @@ fn a_closed_pipe_ends_the_cli_quietly() {
     let server = installation.serve();
     let rekey = server.rekey(&installation.admin());
     rekey.run(&["create", "pipe/a", "--value", "v"]).ok();
-    let mut listing = rekey
-        .command(&["list"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The reader goes away before rekey has connected, let alone written.
-    drop(listing.stdout.take());
-    let output = listing.wait_with_output().unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    for args in [&["list"][..], &["get", "pipe/a", "--output", "json"]] {
+        let mut listing = rekey
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before rekey has connected, let alone written.
+        drop(listing.stdout.take());
+        let output = listing.wait_with_output().unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{args:?}");
+    }
 }
 
 /// A server address that is not https is refused before anything is

@@ -90,7 +90,7 @@ pub async fn batch_get(
     names: Vec<String>,
     filters: Vec<proto::Filter>,
 ) -> anyhow::Result<()> {
-    let mut values = Vec::new();
+    let mut values = Wiped(Vec::new());
     let mut errors = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -103,7 +103,7 @@ pub async fn batch_get(
             })
             .await?
             .into_inner();
-        values.extend(page.secret_values);
+        values.0.extend(page.secret_values);
         errors.extend(page.errors);
         if page.next_page_token.is_empty() {
             break;
@@ -113,7 +113,7 @@ pub async fn batch_get(
     match format {
         Format::Json => {
             let mut document = json!({
-                "secret_values": values.iter().map(output::value_json).collect::<Vec<_>>(),
+                "secret_values": values.0.iter().map(output::value_json).collect::<Vec<_>>(),
                 "errors": errors.iter().map(|e| json!({
                     "name": e.name, "code": e.code, "message": e.message,
                 })).collect::<Vec<_>>(),
@@ -122,7 +122,7 @@ pub async fn batch_get(
             output::wipe_json(&mut document);
         }
         Format::Text => {
-            for value in &values {
+            for value in &values.0 {
                 match (&value.secret_string, &value.secret_binary) {
                     (Some(text), _) => println!("{}: {text}", value.name),
                     (None, Some(binary)) => {
@@ -141,17 +141,25 @@ pub async fn batch_get(
             }
         }
     }
-    values
-        .iter_mut()
-        .for_each(rekey_shared::value::wipe_response);
     if errors.is_empty() {
         Ok(())
     } else {
         anyhow::bail!(
             "{} of {} secrets could not be read",
             errors.len(),
-            errors.len() + values.len()
+            errors.len() + values.0.len()
         )
+    }
+}
+
+/// Responses with values, wiped when dropped: also when a later page fails.
+struct Wiped(Vec<proto::GetSecretValueResponse>);
+
+impl Drop for Wiped {
+    fn drop(&mut self) {
+        self.0
+            .iter_mut()
+            .for_each(rekey_shared::value::wipe_response);
     }
 }
 

@@ -288,10 +288,9 @@ fn render_detail(app: &App, frame: &mut Frame, area: Rect) {
         )));
     }
     let value = match &detail.revealed {
-        Some(revealed) => Span::styled(
-            revealed.value.as_str().to_owned(),
-            color(app, Color::Yellow),
-        ),
+        // Borrowed, not copied: a copy per frame would leave the value in
+        // freed memory four times a second.
+        Some(revealed) => Span::styled(revealed.value.as_str(), color(app, Color::Yellow)),
         None => Span::raw("•••••••• (v reveal, c copy)"),
     };
     lines.push(Line::from(vec![Span::raw("value         "), value]));
