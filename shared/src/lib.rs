@@ -9,6 +9,7 @@ pub mod cache;
 pub mod channel;
 pub mod identity;
 pub mod names;
+pub mod probe;
 pub mod proto;
 pub mod time;
 pub mod value;

@@ -17,22 +17,23 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// A mutual-TLS channel to the server as the identity.
-    pub async fn channel(&self) -> anyhow::Result<Channel> {
+    /// The identity file, loaded.
+    pub fn identity(&self) -> anyhow::Result<Identity> {
         let path = self.identity.as_ref().ok_or_else(|| {
             anyhow::anyhow!("no identity: pass --identity FILE or set REKEY_IDENTITY")
         })?;
-        let identity = Identity::load(path)?;
-        Ok(channel::connect(&self.server, &identity).await?)
+        Ok(Identity::load(path)?)
+    }
+
+    /// A mutual-TLS channel to the server as the identity.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(channel::connect(&self.server, &self.identity()?).await?)
     }
 
     /// A channel that connects on first use (the UI starts at once, and
     /// says so when the server cannot be reached), and who we are.
     pub fn lazy_channel(&self) -> anyhow::Result<(Channel, String)> {
-        let path = self.identity.as_ref().ok_or_else(|| {
-            anyhow::anyhow!("no identity: pass --identity FILE or set REKEY_IDENTITY")
-        })?;
-        let identity = Identity::load(path)?;
+        let identity = self.identity()?;
         let principal = principal_of(&identity.certificate_pem);
         let endpoint = channel::endpoint(&self.server, channel::tls_config(&identity))?;
         Ok((endpoint.connect_lazy(), principal))

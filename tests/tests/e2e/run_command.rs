@@ -197,6 +197,51 @@ fn run_watch_stops_the_command_when_its_certificate_is_revoked() {
     );
 }
 
+/// The same when the revocation is met at a new connection's handshake
+/// (the server restarted meanwhile): the refusal is told from a server that
+/// does not answer, which `rekey run` waits for with the command running.
+#[test]
+fn run_watch_stops_the_command_when_a_restarted_server_refuses_its_certificate() {
+    let installation = Installation::new();
+    let app = installation.issue("app", &["reader"]);
+    let server = installation.serve();
+    server
+        .rekey(&installation.admin())
+        .run(&["create", "watched/token", "--value", "tok-1"])
+        .ok();
+    let seen = installation.dir().join("seen");
+    let script = format!(r#"echo "$$" >> '{}'; exec sleep 60"#, seen.display());
+    let mut running = run_watched(&server.rekey(&app), &script, std::process::Stdio::piped());
+    let pid = eventually("the command to start", || {
+        std::fs::read_to_string(&seen)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+    });
+    let address = server.url.trim_start_matches("https://").to_owned();
+    assert!(server.stop().success());
+    let revoked = rekey_tests::rekeyd(installation.dir(), &["cert", "revoke", "app"]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        rekey_tests::text(&revoked.stderr)
+    );
+    let _server = Server::start_on(installation.dir(), &address, &[]);
+    let status = eventually("rekey run to stop", || running.try_wait().unwrap());
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the command outlived rekey run"
+    );
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut running.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains(
+            "refused this client's certificate at the TLS handshake (CertificateRevoked)"
+        ),
+        "{stderr}"
+    );
+}
+
 /// `rekey run --watch --env T=watched/token -- sh -c SCRIPT`, started.
 fn run_watched(rekey: &Rekey, script: &str, stderr: std::process::Stdio) -> std::process::Child {
     rekey

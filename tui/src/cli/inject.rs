@@ -9,10 +9,12 @@
 //! run` with it. SIGTERM and SIGINT to `rekey run` go on to the command.
 
 use crate::client::Connection;
+use rekey_shared::identity::Identity;
 use rekey_shared::proto;
 use rekey_shared::proto::secrets_client::SecretsClient;
 use rekey_shared::proto::watch_client::WatchClient;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
@@ -129,10 +131,15 @@ async fn changes(
     names.sort_unstable();
     names.dedup();
     let channel = connection.channel().await?;
+    let prober = Prober {
+        server: connection.server.clone(),
+        identity: Arc::new(connection.identity()?),
+    };
     for name in names {
         let stream = watch(&channel, name).await?;
         tokio::spawn(follow(
             channel.clone(),
+            prober.clone(),
             name.to_owned(),
             stream,
             sender.clone(),
@@ -162,12 +169,32 @@ fn refused(status: &tonic::Status) -> bool {
     )
 }
 
+/// Where to ask whether a server that does not answer in fact refuses
+/// this client's certificate at the TLS handshake (after a restart, say),
+/// which tonic reports as a connection that closed.
+#[derive(Clone)]
+struct Prober {
+    server: String,
+    identity: Arc<Identity>,
+}
+
+impl Prober {
+    /// Why the server refuses the certificate, if it does.
+    async fn refusal(&self) -> Option<String> {
+        let alert = rekey_shared::probe::certificate_refused(&self.server, &self.identity).await?;
+        Some(format!(
+            "the server refused this client's certificate at the TLS handshake ({alert:?})"
+        ))
+    }
+}
+
 /// Passes on the change events of `name` until the receiver is gone; a
 /// watch the server ended as UNAUTHENTICATED or PERMISSION_DENIED is the
 /// end (the certificate is revoked or expired), any other end is followed
 /// by a new watch.
 async fn follow(
     channel: Channel,
+    prober: Prober,
     name: String,
     mut stream: tonic::Streaming<proto::WatchEvent>,
     sender: mpsc::UnboundedSender<Change>,
@@ -213,7 +240,16 @@ async fn follow(
                     )));
                     return;
                 }
-                Err(_) => {}
+                // Not answering, as tonic tells it (UNAVAILABLE, or a
+                // connection that closed: CANCELLED, UNKNOWN).
+                Err(_) => {
+                    if let Some(refusal) = prober.refusal().await {
+                        let _ = sender.send(Change::Refused(format!(
+                            "the server refused to watch {name} again: {refusal}"
+                        )));
+                        return;
+                    }
+                }
             }
         };
         pause = FIRST_PAUSE;
