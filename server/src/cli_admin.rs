@@ -145,8 +145,8 @@ pub async fn recover(loaded: &Loaded, principal: &str) -> anyhow::Result<()> {
     opened.store.close().await;
     let recovered = recovered.map_err(domain)?;
     println!(
-        "policy version {}: {principal} is bound to the break-glass role (allow everything); running servers apply it within seconds",
-        recovered.version
+        "policy version {}: {principal} is bound to the role {} (allow everything); running servers apply it within seconds",
+        recovered.version, recovered.role
     );
     if !recovered.unbound.is_empty() {
         println!(

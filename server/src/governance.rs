@@ -84,6 +84,8 @@ pub async fn bind(store: &Store, principal: &str, role: &str, event: &AuditEvent
 #[derive(Debug)]
 pub struct Recovered {
     pub version: i64,
+    /// The allow-everything role it was bound to.
+    pub role: String,
     /// Roles with deny statements taken off the principal's own binding.
     pub unbound: Vec<String>,
 }
@@ -101,8 +103,8 @@ pub const BREAK_GLASS_ROLE: &str = "break-glass";
 /// so.
 pub async fn recover(store: &Store, principal: &str) -> Result<Recovered> {
     let (mut policy, based_on) = current_policy(store).await?;
-    let unbound = break_glass(&mut policy, principal)?;
-    let mut detail = format!("break-glass: {principal} bound to {BREAK_GLASS_ROLE}");
+    let (role, unbound) = break_glass(&mut policy, principal)?;
+    let mut detail = format!("break-glass: {principal} bound to {role}");
     if !unbound.is_empty() {
         detail.push_str(&format!(
             "; roles with deny statements taken off its binding: {}",
@@ -111,14 +113,29 @@ pub async fn recover(store: &Store, principal: &str) -> Result<Recovered> {
     }
     let event = AuditEvent::local("policy:Recover", "*", &detail);
     let version = apply_policy(store, &policy, "rekeyd", based_on, &event).await?;
-    Ok(Recovered { version, unbound })
+    Ok(Recovered {
+        version,
+        role,
+        unbound,
+    })
 }
 
-/// `recover`'s change to `policy`: the roles it took off `principal`'s own
-/// binding.
-fn break_glass(policy: &mut Policy, principal: &str) -> Result<Vec<String>> {
+/// `recover`'s change to `policy`: the role it bound `principal` to, and
+/// the roles it took off `principal`'s own binding.
+fn break_glass(policy: &mut Policy, principal: &str) -> Result<(String, Vec<String>)> {
+    // A role of that name bound to anyone else is left alone: another name
+    // is taken (break-glass-2, ...).
+    let bound_to_others = |role: &str| {
+        policy.bindings.iter().any(|binding| {
+            binding.principal != principal && binding.roles.iter().any(|r| r == role)
+        })
+    };
+    let role_name = std::iter::once(BREAK_GLASS_ROLE.to_owned())
+        .chain((2..).map(|n| format!("{BREAK_GLASS_ROLE}-{n}")))
+        .find(|name| !bound_to_others(name))
+        .unwrap_or_else(|| BREAK_GLASS_ROLE.to_owned());
     policy.roles.insert(
-        BREAK_GLASS_ROLE.to_owned(),
+        role_name.clone(),
         Role {
             description: "Everything: bound by rekeyd policy recover.".to_owned(),
             statements: vec![Statement {
@@ -146,7 +163,7 @@ fn break_glass(policy: &mut Policy, principal: &str) -> Result<Vec<String>> {
         }
     }
     policy.bindings.retain(|binding| !binding.roles.is_empty());
-    policy.bind(principal, BREAK_GLASS_ROLE);
+    policy.bind(principal, &role_name);
     for action in ["policy:ApplyPolicy", "policy:GetPolicy"] {
         if let Decision::DeniedBy(role) = policy.evaluate(principal, action, "*") {
             let pattern = policy
@@ -165,7 +182,7 @@ fn break_glass(policy: &mut Policy, principal: &str) -> Result<Vec<String>> {
             )));
         }
     }
-    Ok(unbound)
+    Ok((role_name, unbound))
 }
 
 #[cfg(test)]
@@ -196,7 +213,7 @@ roles = ["ops"]
     #[test]
     fn break_glass_frees_only_the_principal_it_names() {
         let mut policy = Policy::parse(POLICY).unwrap();
-        let unbound = break_glass(&mut policy, "admin").unwrap();
+        let (_, unbound) = break_glass(&mut policy, "admin").unwrap();
         assert_eq!(unbound, ["no-policy"]);
         assert!(
             policy
@@ -232,6 +249,20 @@ roles = ["ops"]
         ) + "[[bindings]]\nprincipal = \"spiffe://corp/teams/*\"\nroles = [\"admin\"]\n";
         let mut policy = Policy::parse(&narrowed).unwrap();
         break_glass(&mut policy, "ops").unwrap();
+        // A role already named break-glass, bound to others, is left alone.
+        let mut taken = Policy::parse(
+            &(narrowed
+                .replace("[roles.admin]", "[roles.break-glass]")
+                .replace("roles = [\"admin\"]\n", "roles = [\"break-glass\"]\n")),
+        )
+        .unwrap();
+        let (role, _) = break_glass(&mut taken, "ops").unwrap();
+        assert_eq!(role, "break-glass-2");
+        assert!(
+            !taken
+                .evaluate("spiffe://corp/teams/x", "policy:ApplyPolicy", "*")
+                .is_allowed()
+        );
         assert!(
             policy
                 .evaluate("ops", "secrets:GetSecretValue", "prod/db")

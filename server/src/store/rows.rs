@@ -355,6 +355,13 @@ pub(super) fn plan_revocation(
                 .iter()
                 .filter(|row| row.0 == serial && row.1 != name)
                 .collect();
+            // Ambiguous only where both readings would revoke something.
+            let live = |rows: &[&(String, String, bool)]| rows.iter().any(|row| !row.2);
+            let (by_name, by_serial) = match (live(&by_name), live(&by_serial)) {
+                (true, false) => (by_name, Vec::new()),
+                (false, true) => (Vec::new(), by_serial),
+                _ => (by_name, by_serial),
+            };
             match (by_name.is_empty(), by_serial.is_empty()) {
                 (false, false) => {
                     return Err(Error::FailedPrecondition(format!(
@@ -460,6 +467,15 @@ mod revocation_tests {
             plan(RevokeTarget::Serial("0b"), "0b", &alice),
             Err(Error::FailedPrecondition(_))
         ));
+        // A serial revoked before does not make a principal of that name
+        // ambiguous.
+        let cafe = [row("cafe", "", true), row("0a", "cafe", false)];
+        assert_eq!(
+            plan(RevokeTarget::Named("cafe"), "cafe", &cafe)
+                .unwrap()
+                .revoke,
+            ["0a"]
+        );
         assert!(matches!(
             plan(RevokeTarget::Serial("nope"), "nope", &[]),
             Err(Error::InvalidArgument(_))
