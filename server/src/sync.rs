@@ -46,6 +46,10 @@ async fn refresh_policy(state: &AppState) -> Result<()> {
         }
         Err(error) => {
             state.authorizer.replace(Policy::default(), stored.version);
+            // Open Watch streams would go on, silent (their events are
+            // checked against the policy): they end, and a client that
+            // watches again is refused.
+            state.events.lost();
             Err(Error::Internal(format!(
                 "stored policy version {}: {error}; this server cannot enforce it and refuses every request until a policy it can read is applied",
                 stored.version

@@ -277,6 +277,17 @@ async fn a_policy_this_server_cannot_read_holds_up_no_revocation() {
         ..Default::default()
     };
     client.get_secret_value(request()).await.unwrap();
+    let identity = rekey_shared::identity::Identity::load(&installation.admin()).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    let mut watch = rekey_shared::proto::watch_client::WatchClient::new(channel)
+        .watch(proto::WatchRequest {
+            prefix: "r/".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
 
     let url = format!("sqlite://{}", installation.database().display());
     let mut database = sqlx::SqliteConnection::connect(&url).await.unwrap();
@@ -305,6 +316,11 @@ async fn a_policy_this_server_cannot_read_holds_up_no_revocation() {
     });
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     assert!(status.message().contains("was revoked"), "{status:?}");
+    // An open Watch stream ends (its events would all be held back).
+    let ended = tokio::time::timeout(DEADLINE, watch.message())
+        .await
+        .expect("the watch went on under a policy the server cannot read");
+    assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
     // The admin, whom both policies allow, is refused too.
     let refused = admin.run(&["get", "r/x"]);
     assert_eq!(refused.code, 1);
