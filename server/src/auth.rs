@@ -257,14 +257,11 @@ pub fn no_longer_valid(revocations: &Revocations, peer: &PeerCertificate) -> Opt
             "client certificate refused: serial {} was revoked",
             peer.serial
         ))
-    } else if let Some(serial) = revocations.revoked_by_crl(&peer.chain) {
-        Some(if serial == peer.serial {
-            format!("client certificate refused: serial {serial} was revoked by its CA's CRL")
-        } else {
-            format!(
-                "client certificate refused: the intermediate certificate with serial {serial} was revoked by its CA's CRL"
-            )
-        })
+    } else if revocations.revoked_by_crl(&peer.issuer, &peer.serial) {
+        Some(format!(
+            "client certificate refused: serial {} was revoked by its CA's CRL",
+            peer.serial
+        ))
     } else if peer.expired(rekey_shared::time::now_millis() / 1000) {
         Some(format!(
             "client certificate refused: serial {} expired while its connection was open",

@@ -13,8 +13,10 @@
 //! cannot be used is logged, and its CRLs in force stay; the other files'
 //! new CRLs are taken all the same. Files are read and the verifier built
 //! outside the lock that handshakes take. Where files hold several CRLs of
-//! one issuer (a file each day's CRL is appended to, say), the newest is
-//! the one in force.
+//! one issuer and scope (a file each day's CRL is appended to, say), the
+//! newest is the one in force; CRLs of one issuer with different scopes
+//! (its issuing distribution point: a CA's partitioned CRLs) are each in
+//! force.
 //!
 //! The serials the CRLs in force revoke are also handed to
 //! [`Revocations`], which every request asks: a certificate a fresh CRL
@@ -64,6 +66,9 @@ impl Issue {
 struct Crl {
     /// The issuer's DER name.
     issuer: Vec<u8>,
+    /// Its issuing distribution point extension (DER; empty without):
+    /// which certificates of the issuer it covers.
+    scope: Vec<u8>,
     issue: Issue,
     der: CertificateRevocationListDer<'static>,
     /// The serials it revokes, as `principal::serial_hex` writes them.
@@ -79,11 +84,15 @@ struct File {
     crls: Vec<Crl>,
 }
 
-/// The newest of each issuer's CRLs in `crls` (the first of equals).
+/// The newest of each issuer's CRLs of each scope in `crls` (the first of
+/// equals).
 fn newest<'a>(crls: impl IntoIterator<Item = &'a Crl>) -> Vec<&'a Crl> {
     let mut newest: Vec<&Crl> = Vec::new();
     for crl in crls {
-        match newest.iter_mut().find(|kept| kept.issuer == crl.issuer) {
+        match newest
+            .iter_mut()
+            .find(|kept| kept.issuer == crl.issuer && kept.scope == crl.scope)
+        {
             Some(kept) if kept.issue.older_than(&crl.issue) => *kept = crl,
             Some(_) => {}
             None => newest.push(crl),
@@ -92,11 +101,12 @@ fn newest<'a>(crls: impl IntoIterator<Item = &'a Crl>) -> Vec<&'a Crl> {
     newest
 }
 
-/// Each issuer's newest CRL in `crls`, by issuer.
-fn issues(crls: &[Crl]) -> HashMap<Vec<u8>, Issue> {
+/// How new each issuer's newest CRL of each scope in `crls` is, by issuer
+/// and scope.
+fn issues(crls: &[Crl]) -> HashMap<(Vec<u8>, Vec<u8>), Issue> {
     newest(crls)
         .into_iter()
-        .map(|crl| (crl.issuer.clone(), crl.issue.clone()))
+        .map(|crl| ((crl.issuer.clone(), crl.scope.clone()), crl.issue.clone()))
         .collect()
 }
 
@@ -262,8 +272,8 @@ fn stamp(file: &Path) -> Stamp {
 /// issuer in `in_force` (an issuer no longer there is fine: a retired CA).
 fn stale(
     file: &Path,
-    in_force: &HashMap<Vec<u8>, Issue>,
-    found: &HashMap<Vec<u8>, Issue>,
+    in_force: &HashMap<(Vec<u8>, Vec<u8>), Issue>,
+    found: &HashMap<(Vec<u8>, Vec<u8>), Issue>,
 ) -> anyhow::Result<()> {
     for (issuer, issue) in found {
         if let Some(current) = in_force.get(issuer)
@@ -350,8 +360,17 @@ fn examine(der: CertificateRevocationListDer<'static>, file: &Path) -> anyhow::R
             file.display()
         );
     }
+    let scope = parsed
+        .extensions()
+        .iter()
+        .find(|extension| {
+            extension.oid == x509_parser::oid_registry::OID_X509_EXT_ISSUER_DISTRIBUTION_POINT
+        })
+        .map(|extension| extension.value.to_vec())
+        .unwrap_or_default();
     Ok(Crl {
         issuer: parsed.issuer().as_raw().to_vec(),
+        scope,
         issue: Issue {
             number: parsed.crl_number().cloned(),
             this_update: parsed.last_update().timestamp(),

@@ -68,9 +68,8 @@ pub struct PeerCertificate {
     /// When the certificate expires (Unix seconds): the handshake checks
     /// it once, requests on the connection check it again.
     pub not_after: i64,
-    /// Issuer (DER name) and serial of the certificate, then of each
-    /// intermediate the client sent: what a CRL could revoke.
-    pub chain: Vec<(Vec<u8>, String)>,
+    /// The issuer's DER name: with the serial, what a CRL revokes.
+    pub issuer: Vec<u8>,
 }
 
 impl PeerCertificate {
@@ -183,7 +182,7 @@ pub fn peer_certificate(der: &[u8]) -> Result<PeerCertificate, CertificateRefusa
     let serial = serial_hex(&certificate.raw_serial_as_string());
     Ok(PeerCertificate {
         principal: Principal(name),
-        chain: vec![(certificate.issuer().as_raw().to_vec(), serial.clone())],
+        issuer: certificate.issuer().as_raw().to_vec(),
         serial,
         not_after: certificate.validity().not_after.timestamp(),
     })

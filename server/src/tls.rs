@@ -58,21 +58,19 @@ impl Revocations {
         }
     }
 
-    /// The serial of the first certificate of `chain` (issuer's DER name,
-    /// serial) that a CRL in force revokes, if any.
-    pub fn revoked_by_crl<'a>(&self, chain: &'a [(Vec<u8>, String)]) -> Option<&'a str> {
-        let revoked = match self.by_crl.read() {
-            Ok(revoked) => revoked,
+    /// Whether a CRL in force revokes the certificate `serial` of
+    /// `issuer` (a DER name). Only a client's own certificate is asked
+    /// about on each request: which of the intermediates it sent the
+    /// handshake's path went through is not known here, and a revoked one
+    /// it did not use must not refuse it (the handshake checks the path).
+    pub fn revoked_by_crl(&self, issuer: &[u8], serial: &str) -> bool {
+        match self.by_crl.read() {
+            Ok(revoked) => {
+                !revoked.is_empty() && revoked.contains(&(issuer.to_vec(), serial.to_owned()))
+            }
             // A poisoned lock must not let a revoked certificate in.
-            Err(_) => return chain.first().map(|(_, serial)| serial.as_str()),
-        };
-        if revoked.is_empty() {
-            return None;
+            Err(_) => true,
         }
-        chain
-            .iter()
-            .find(|entry| revoked.contains(*entry))
-            .map(|(_, serial)| serial.as_str())
     }
 
     /// What the CRL files in force revoke, replacing what they did.
@@ -317,20 +315,12 @@ pub fn accept(
 
 fn peer_of(stream: &TlsStream<TcpStream>) -> Result<PeerCertificate, CertificateRefusal> {
     let (_, connection) = stream.get_ref();
-    let chain = connection.peer_certificates().unwrap_or_default();
-    let Some((leaf, intermediates)) = chain.split_first() else {
+    match connection
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+    {
+        Some(leaf) => peer_certificate(leaf),
         // The verifier requires a certificate; this cannot pass the handshake.
-        return peer_certificate(&[]);
-    };
-    let mut peer = peer_certificate(leaf)?;
-    // The intermediates the client sent, which a CRL may revoke too.
-    for intermediate in intermediates {
-        if let Ok((_, certificate)) = X509Certificate::from_der(intermediate.as_ref()) {
-            peer.chain.push((
-                certificate.issuer().as_raw().to_vec(),
-                crate::principal::serial_hex(&certificate.raw_serial_as_string()),
-            ));
-        }
+        None => peer_certificate(&[]),
     }
-    Ok(peer)
 }

@@ -534,6 +534,73 @@ async fn the_newest_crl_of_an_issuer_is_the_one_in_force() {
         .unwrap_err();
 }
 
+/// A CA's partitioned CRLs (one for its end-entity certificates, one for
+/// its CAs, each with its issuing distribution point) are each in force:
+/// the newer of the two does not stand in for the other.
+#[tokio::test]
+async fn partitioned_crls_of_one_issuer_are_each_in_force() {
+    let installation = Installation::new();
+    let (ca_pem, issuer) = installation_ca(&installation);
+    let user_crl = "http://crl.example/users.crl";
+    let with_distribution_point = |serial: &[u8]| {
+        let mut params = client_params("alice");
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: vec![user_crl.to_owned()],
+        }];
+        identity(params, &issuer, &ca_pem)
+    };
+    let revoked = with_distribution_point(&[0x0f, 0x07]);
+    let kept = with_distribution_point(&[0x0f, 0x08]);
+    let now = OffsetDateTime::now_utc();
+    let partition = |number: u8, uri: &str, scope, revoked_certs| {
+        rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::days(1),
+            next_update: now + Duration::days(7),
+            crl_number: rcgen::SerialNumber::from_slice(&[number]),
+            issuing_distribution_point: Some(rcgen::CrlIssuingDistributionPoint {
+                distribution_point: rcgen::CrlDistributionPoint {
+                    uris: vec![uri.to_owned()],
+                },
+                scope: Some(scope),
+            }),
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
+    };
+    let users = partition(
+        2,
+        user_crl,
+        rcgen::CrlScope::UserCertsOnly,
+        revoked_serial(&[0x0f, 0x07], now),
+    );
+    let cas = partition(
+        3,
+        "http://crl.example/cas.crl",
+        rcgen::CrlScope::CaCertsOnly,
+        Vec::new(),
+    );
+    use_crl(
+        &installation,
+        &issuer,
+        1,
+        now + Duration::days(7),
+        Vec::new(),
+    );
+    std::fs::write(installation.dir().join("crl.pem"), users + &cas).unwrap();
+    let server = installation.serve();
+    try_read(&server, rekey_shared::channel::tls_config(&kept))
+        .await
+        .unwrap();
+    try_read(&server, rekey_shared::channel::tls_config(&revoked))
+        .await
+        .unwrap_err();
+}
+
 /// One CRL file that cannot be used holds up no other: with another CA's
 /// file broken, a fresh CRL of the installation's CA still revokes.
 #[tokio::test(flavor = "multi_thread")]
