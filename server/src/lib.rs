@@ -128,6 +128,7 @@ pub async fn prepare(
         limits: limits::RateLimiter::new(config.rate_limit.clone()),
         notifications: notifier.notifications(),
         page_tokens,
+        changes: service::Changes::default(),
     });
     sync::refresh(&state)
         .await
@@ -258,6 +259,21 @@ pub async fn serve_prepared(
             seconds = DRAIN_TIMEOUT.as_secs(),
             "connections still open after the drain timeout; closing them"
         ),
+    }
+    // Changes whose clients went away run on in tasks of their own: they
+    // commit, and are told to the other replicas, before the store closes.
+    let running = state.changes.running();
+    if running > 0 {
+        tracing::info!(running, "waiting for changes still running");
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, state.changes.all_done())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            seconds = DRAIN_TIMEOUT.as_secs(),
+            "changes still running after the drain timeout; closing the store under them"
+        );
     }
     purge.abort();
     // The round under way ends (aborted, the counts it took would be

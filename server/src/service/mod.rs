@@ -46,9 +46,13 @@ macro_rules! audited_service {
                         service.state.finish(&context, result).await.map(tonic::Response::new)
                     };
                     if $crate::auth::Action::$action.changes() {
-                        tokio::spawn(handled)
-                            .await
-                            .unwrap_or_else(|_| Err(tonic::Status::internal("the request's handler failed")))
+                        let running = self.state.changes.started(&self.state);
+                        tokio::spawn(async move {
+                            let _running = running;
+                            handled.await
+                        })
+                        .await
+                        .unwrap_or_else(|_| Err(tonic::Status::internal("the request's handler failed")))
                     } else {
                         handled.await
                     }
@@ -133,6 +137,60 @@ pub struct AppState {
     pub notifications: crate::notify::Notifications,
     /// Seals the page tokens of listings.
     pub page_tokens: convert::PageTokens,
+    /// The changes running in tasks of their own, which shutdown waits for.
+    pub changes: Changes,
+}
+
+/// Counts the changes running in tasks of their own (see
+/// `audited_service`): one whose client went away is no longer a request
+/// the server's drain waits for, so shutdown waits for these before it
+/// stops telling the other replicas of changes and closes the store.
+#[derive(Debug, Default)]
+pub struct Changes {
+    running: std::sync::atomic::AtomicUsize,
+    none_running: tokio::sync::Notify,
+}
+
+/// One change running; dropped when it ends.
+#[derive(Debug)]
+pub struct Running(Arc<AppState>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let changes = &self.0.changes;
+        if changes
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            changes.none_running.notify_waiters();
+        }
+    }
+}
+
+impl Changes {
+    /// A change of `state` starts.
+    pub fn started(&self, state: &Arc<AppState>) -> Running {
+        self.running
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Running(state.clone())
+    }
+
+    /// How many are running.
+    pub fn running(&self) -> usize {
+        self.running.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Returns once no change is running.
+    pub async fn all_done(&self) {
+        loop {
+            let none_running = self.none_running.notified();
+            if self.running.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            none_running.await;
+        }
+    }
 }
 
 impl AppState {

@@ -110,3 +110,54 @@ fn sigterm_right_after_the_listening_line_still_drains() {
         assert_eq!(status.code(), Some(0), "{status:?}");
     }
 }
+
+/// A change whose client went away runs on in a task of its own, which the
+/// drain of connections does not wait for: shutdown waits for it before it
+/// closes the store, and it commits.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_waits_for_a_change_whose_client_went_away() {
+    use sqlx::Connection;
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "drain/gone", "--value", "one"]).ok();
+    let url = format!("sqlite://{}", installation.database().display());
+    let mut lock = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    {
+        let mut client = server.client(&installation.admin()).await;
+        let mut put = tonic::Request::new(proto::PutSecretValueRequest {
+            name: "drain/gone".into(),
+            secret_string: Some("two".into()),
+            ..Default::default()
+        });
+        put.set_timeout(std::time::Duration::from_millis(300));
+        client.put_secret_value(put).await.unwrap_err();
+    }
+    let pid = rustix::process::Pid::from_raw(server.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    tokio::task::block_in_place(|| {
+        rekey_tests::eventually("shutdown to wait for the put", || {
+            server
+                .log_text()
+                .contains("waiting for changes still running")
+                .then_some(())
+        })
+    });
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    lock.close().await.unwrap();
+    assert!(tokio::task::block_in_place(|| server.stop()).success());
+
+    let server = installation.serve();
+    assert_eq!(
+        server
+            .rekey(&installation.admin())
+            .run(&["get", "drain/gone"])
+            .ok()
+            .stdout,
+        "two\n"
+    );
+}
