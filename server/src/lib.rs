@@ -71,9 +71,17 @@ pub struct Prepared {
 }
 
 /// The rotation settings with the database CA's path made absolute, once
-/// it is known to be there.
+/// it is known to be there, and each `exec` command given as a relative
+/// path (`rotators/ldap.sh`) made one of the installation's: relative to
+/// the working directory, it would run another program wherever rekeyd is
+/// started (under systemd, from `/`). A bare name is looked up on `PATH`.
 fn rotation_settings(loaded: &config::Loaded) -> anyhow::Result<config::RotationSettings> {
     let mut settings = loaded.config.rotation.clone();
+    for rotator in settings.exec.values_mut() {
+        if rotator.command.is_relative() && rotator.command.components().count() > 1 {
+            rotator.command = loaded.path(&rotator.command);
+        }
+    }
     if let Some(file) = &settings.database_ca_file {
         let path = loaded.path(file);
         let pem = std::fs::read(&path).map_err(|error| {

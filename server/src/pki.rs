@@ -93,13 +93,16 @@ impl CertificateAuthority {
         let certificate_pem = std::fs::read_to_string(dir.join(CA_CERTIFICATE))
             .with_context(|| format!("reading {}", dir.join(CA_CERTIFICATE).display()))?;
         let key_path = dir.join(CA_KEY);
-        let key_pem = Zeroizing::new(std::fs::read_to_string(&key_path).with_context(|| {
-            format!(
-                "reading the CA key {}; `rekeyd cert` needs it beside the installation",
+        if !key_path.exists() {
+            anyhow::bail!(
+                "the CA key {} is missing; `rekeyd cert` needs it beside the installation",
                 key_path.display()
-            )
-        })?);
-        let key = KeyPair::from_pem(&key_pem).context("parsing the CA key")?;
+            );
+        }
+        // Whoever can read it can issue themselves an admin identity.
+        let raw = read_private(&key_path, "the CA key")?;
+        let key_pem = std::str::from_utf8(&raw).context("the CA key is not PEM text")?;
+        let key = KeyPair::from_pem(key_pem).context("parsing the CA key")?;
         let issuer = Issuer::from_ca_cert_pem(&certificate_pem, key)
             .context("parsing the CA certificate")?;
         Ok(Self {

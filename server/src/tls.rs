@@ -170,7 +170,8 @@ pub fn server_config(
         .with_context(|| format!("reading server certificate {}", certificate.display()))?
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing server certificate {}", certificate.display()))?;
-    let key = PrivateKeyDer::from_pem_file(private_key)
+    let raw = crate::pki::read_private(private_key, "the server key")?;
+    let key = PrivateKeyDer::from_pem_slice(&raw)
         .with_context(|| format!("reading server key {}", private_key.display()))?;
     let mut roots = RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(client_ca)

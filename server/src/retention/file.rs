@@ -13,7 +13,7 @@
 use crate::audit::{AuditEvent, StoredEvent, hex};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// One archived event as a line.
@@ -116,14 +116,19 @@ pub fn write(dir: &Path, events: &[StoredEvent]) -> std::io::Result<PathBuf> {
     create_dir(dir)?;
     let name = file_name(first.seq, last.seq);
     let partial = dir.join(format!(".{name}.partial"));
+    // A leftover of an interrupted round goes (a symbolic link, not what it
+    // points at), and the file is made anew, never opened where it is: a
+    // link planted under that name in a directory others can write would
+    // otherwise have this write over what it points at (root.key, say).
+    match std::fs::remove_file(&partial) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
     let file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(&partial)?;
-    // A leftover of an interrupted round may have been made otherwise.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     let mut writer = std::io::BufWriter::new(&file);
     for event in events {
         writeln!(writer, "{}", line(event))?;
@@ -183,6 +188,7 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<ArchiveFile>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn stored(seq: i64) -> StoredEvent {
         StoredEvent {
@@ -265,5 +271,20 @@ mod tests {
         assert_eq!(ranges, [(1, 3), (1, 2), (5, 6)]);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 2);
+    }
+
+    #[test]
+    fn a_link_planted_under_the_partial_name_is_replaced_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("archive");
+        create_dir(&archive).unwrap();
+        let target = dir.path().join("root.key");
+        std::fs::write(&target, "keep me").unwrap();
+        let partial = archive.join(format!(".{}.partial", file_name(1, 2)));
+        std::os::unix::fs::symlink(&target, &partial).unwrap();
+        let path = write(&archive, &[stored(1), stored(2)]).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep me");
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
     }
 }

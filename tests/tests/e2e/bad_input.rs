@@ -514,3 +514,37 @@ fn an_empty_standard_input_nobody_named_is_no_value() {
         .ok();
     assert_eq!(rekey.run(&["get", "stdin/db"]).ok().stdout, "\n");
 }
+
+/// Key files others can read are refused, as `root.key` is: whoever reads
+/// `ca.key` can issue themselves an admin identity, and `server.key` lets
+/// them pass for the server.
+#[test]
+fn key_files_others_can_read_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let installation = Installation::new();
+    let loosen = |name: &str, mode: u32| {
+        std::fs::set_permissions(
+            installation.dir().join(name),
+            std::fs::Permissions::from_mode(mode),
+        )
+        .unwrap();
+    };
+    loosen("server.key", 0o644);
+    let stderr = installation.refused_at_start();
+    assert!(
+        stderr.contains("server.key can be read by other users (mode 644)")
+            && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    loosen("server.key", 0o600);
+    loosen("ca.key", 0o640);
+    let issued = rekey_tests::rekeyd(installation.dir(), &["cert", "issue", "carol"]);
+    assert_eq!(issued.status.code(), Some(1));
+    assert!(
+        rekey_tests::text(&issued.stderr).contains("ca.key can be read by other users (mode 640)"),
+        "{}",
+        rekey_tests::text(&issued.stderr)
+    );
+    loosen("ca.key", 0o600);
+    installation.serve();
+}

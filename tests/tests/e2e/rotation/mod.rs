@@ -267,3 +267,38 @@ async fn a_scheduled_run_starts_by_itself_and_its_configurer_cannot_approve() {
         "{described}"
     );
 }
+
+/// An `exec` command given as a relative path is the installation's, not
+/// one relative to where rekeyd was started (the tests start it elsewhere).
+#[test]
+fn a_relative_rotator_command_is_the_installations() {
+    let installation = Installation::new();
+    fixture(&installation);
+    let local = installation.dir().join("rotators");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::copy(rekey_tests::binary("test-rotator"), local.join("fixture")).unwrap();
+    installation.edit_config(|table| {
+        let fixture = table
+            .get_mut("rotation")
+            .and_then(|rotation| rotation.get_mut("exec"))
+            .and_then(|exec| exec.get_mut("fixture"))
+            .and_then(|fixture| fixture.as_table_mut())
+            .unwrap();
+        fixture.insert("command".into(), "rotators/fixture".into());
+    });
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "rel/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "rel/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+    admin.run(&["rotate", "rel/db"]).ok();
+    let rotated = admin.run(&["get", "rel/db"]).ok().stdout;
+    assert!(rotated.starts_with("rotated-"), "{rotated}");
+}
