@@ -331,8 +331,20 @@ pub fn load(dir: &Path, config_file: Option<&Path>) -> anyhow::Result<Loaded> {
         None => (dir.join(CONFIG_FILE), false),
     };
     let mut config = match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text)
-            .with_context(|| format!("configuration file {}", path.display()))?,
+        // The line and the reason, not the line's text: it may hold a
+        // database password.
+        Ok(text) => toml::from_str(&text).map_err(|error| {
+            let line = error
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            anyhow::anyhow!(
+                "configuration file {}{}: {}",
+                path.display(),
+                line.map(|line| format!(", line {line}"))
+                    .unwrap_or_default(),
+                error.message()
+            )
+        })?,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound && !explicit => {
             Config::default()
         }
@@ -450,6 +462,19 @@ pub fn toml_of(config: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_file_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "listen = \"127.0.0.1:8443\"\ndatabase_url = \"postgres://rekey:hunter2-pw@db/rekey\n",
+        )
+        .unwrap();
+        let error = format!("{:#}", load(dir.path(), None).unwrap_err());
+        assert!(error.contains("line 2"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
 
     #[test]
     fn default_toml_parses_back_to_the_defaults() {

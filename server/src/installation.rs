@@ -56,7 +56,21 @@ pub async fn open(loaded: &config::Loaded) -> anyhow::Result<Opened> {
 
 /// Opens the installation for the server, which brings its database's
 /// schema up to date as it starts.
+/// An embedded database that is not there is refused, not created: one
+/// moved aside (for a restore, say) would otherwise be served empty, with
+/// no policy and no revocations.
 pub async fn open_to_serve(loaded: &config::Loaded) -> anyhow::Result<Opened> {
+    let url = loaded.database_url();
+    if url.starts_with("sqlite:")
+        && let Some(file) = crate::store::database_file(&url)
+        && !file.exists()
+    {
+        anyhow::bail!(
+            "the database {} does not exist; put it back, restore a backup (rekeyd restore), \
+             or make a new installation (rekeyd init)",
+            file.display()
+        );
+    }
     open_with(loaded, root_key(loaded)?).await
 }
 

@@ -283,7 +283,10 @@ pub fn accept(
             let (tcp, remote_addr) = match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
-                    tracing::warn!(%error, "accepting a TCP connection failed");
+                    // Out of file descriptors, say: trying again at once
+                    // would spin a core and flood the log.
+                    tracing::warn!(%error, "accepting a TCP connection failed; trying again in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };

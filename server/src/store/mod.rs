@@ -27,7 +27,7 @@ mod sqlite;
 pub use backend::Store;
 pub use list::PageDetails;
 pub use rows::RevokeTarget;
-pub use sqlite::{AuditQuery, CertificateRecord, MAX_TAGS, PolicyVersion};
+pub use sqlite::{AuditQuery, CertificateRecord, MAX_TAGS, PolicyVersion, database_file};
 
 use crate::crypto::SealedValue;
 use rekey_shared::{KeyName, SecretName, Stage, VersionId};

@@ -548,3 +548,19 @@ fn key_files_others_can_read_are_refused() {
     loosen("ca.key", 0o600);
     installation.serve();
 }
+
+/// A database moved aside (for a restore, say) is not served empty: with
+/// no policy and no revocations, a revoked admin certificate would work
+/// again after a `policy recover`.
+#[test]
+fn a_missing_database_is_refused_not_made_anew() {
+    let installation = Installation::new();
+    let database = installation.database();
+    std::fs::rename(&database, database.with_extension("aside")).unwrap();
+    let stderr = installation.refused_at_start();
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("rekeyd restore"),
+        "{stderr}"
+    );
+    assert!(!database.exists());
+}

@@ -183,6 +183,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// what a read costs most here (see the README's benchmark).
 const READERS: usize = 2;
 
+/// The file of the embedded database at `url` (`sqlite://FILE`), if it is
+/// one.
+pub fn database_file(url: &str) -> Option<std::path::PathBuf> {
+    let options = SqliteConnectOptions::from_str(url).ok()?;
+    let file = options.get_filename();
+    (!file.as_os_str().is_empty()).then(|| file.to_owned())
+}
+
 impl Store {
     /// Opens the database at `url` and brings its schema up to date
     /// (`Schema::Migrate`, creating the file if needed) or refuses one not
