@@ -221,7 +221,7 @@ pub async fn serve_prepared(
     );
     let watch = InterceptedService::new(
         WatchServer::new(service::watch::WatchService::new(state.clone())),
-        authenticator,
+        authenticator.clone(),
     );
 
     let (stop_sweeping, sweep_stop) = tokio::sync::oneshot::channel();
@@ -246,8 +246,14 @@ pub async fn serve_prepared(
         .http2_keepalive_interval(Some(rekey_shared::channel::KEEP_ALIVE))
         .http2_keepalive_timeout(Some(rekey_shared::channel::KEEP_ALIVE))
         .layer(metrics::RequestMetricsLayer::new(requests))
-        .add_service(health_service)
-        .add_service(reflection)
+        // Health and reflection touch no store and take no policy decision,
+        // but a certificate revoked since its connection opened, or one
+        // that names no principal, is refused there too, and recorded.
+        .add_service(InterceptedService::new(
+            health_service,
+            authenticator.clone(),
+        ))
+        .add_service(InterceptedService::new(reflection, authenticator))
         .add_service(secrets)
         .add_service(admin)
         .add_service(rotation)

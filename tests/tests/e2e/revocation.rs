@@ -337,3 +337,32 @@ async fn a_policy_this_server_cannot_read_holds_up_no_revocation() {
         server.log_text()
     );
 }
+
+/// Health and reflection, on a connection opened before the revocation,
+/// refuse the revoked certificate as every other service does.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_refuses_a_revoked_certificate_on_an_open_connection() {
+    let installation = Installation::new();
+    let bob = installation.issue("bob", &["reader"]);
+    let server = installation.serve();
+    let identity = rekey_shared::identity::Identity::load(&bob).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let check = || tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    };
+    health.check(check()).await.unwrap();
+    let revoked = rekeyd(installation.dir(), &["cert", "revoke", "bob"]);
+    assert!(revoked.status.success(), "{}", text(&revoked.stderr));
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        match health.check(check()).await {
+            Ok(_) => assert!(Instant::now() < deadline, "health still answers bob"),
+            Err(status) => break status,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+}
