@@ -278,9 +278,11 @@ async fn walk(
     }
     let start = anchor.map(|AuditAnchor { seq, mac, .. }| (seq, mac));
     let first_seq = start.as_ref().map_or(1, |(seq, _)| seq + 1);
+    let anchored = start.as_ref().map(|(seq, _)| *seq);
     let mut verification = verify_from(store.audit_key(), checkpoint, start);
-    // From the first event on: one still there behind the anchor is found.
-    let mut after_seq = 0;
+    // From the lowest number on: an event behind the anchor, or one numbered
+    // 0 or below (which no append makes), is found too.
+    let mut after_seq = i64::MIN;
     'walk: loop {
         let page = store
             .audit_events(&AuditQuery {
@@ -298,7 +300,15 @@ async fn walk(
         }
     }
     let events = verification.events;
-    let (finding, head_seq, head_mac) = verification.finish();
+    let (mut finding, head_seq, head_mac) = verification.finish();
+    // Archiving always leaves events after the anchor (its own event, at
+    // least): none there means they were removed.
+    if let (None, Some(anchor), 0) = (&finding, anchored, events) {
+        finding = Some(Finding::Truncated {
+            last: anchor,
+            checkpoint: anchor + 1,
+        });
+    }
     Ok(Verdict {
         first_seq,
         events,

@@ -146,20 +146,33 @@ impl AdminService {
     ) -> Result<proto::VerifyAuditResponse> {
         self.authorize(context, Action::VerifyAudit, "*")?;
         let store = &self.state.store;
-        // Hold the log against the caller's checkpoint, or the newest event
-        // this server wrote before the walk began.
-        let checkpoint = if request.checkpoint_seq > 0 {
-            Some((request.checkpoint_seq, request.checkpoint_mac))
-        } else {
-            store.audit_head()
-        };
+        // Hold the log against the caller's checkpoint and against the
+        // newest event this server knows of before the walk began: a
+        // caller's older checkpoint must not hide a tail cut off since.
+        let own = store.audit_head();
+        let theirs = (request.checkpoint_seq > 0)
+            .then(|| (request.checkpoint_seq, request.checkpoint_mac.clone()));
+        if let Some((seq, _)) = &theirs
+            && let Some(anchor) = store.audit_anchor().await?
+            && *seq < anchor.seq
+        {
+            return Err(crate::error::Error::FailedPrecondition(format!(
+                "checkpoint {seq} is of an archived event (the database's log starts after event \
+                 {}); it can no longer be checked here",
+                anchor.seq
+            )));
+        }
+        let mut verdict = audit::verify_store(store, theirs.clone().or(own.clone())).await?;
+        if verdict.finding.is_none() && theirs.is_some() && own.is_some() && own != theirs {
+            verdict = audit::verify_store(store, own).await?;
+        }
         let audit::Verdict {
             first_seq,
             events,
             finding,
             head_seq,
             head_mac,
-        } = audit::verify_store(store, checkpoint).await?;
+        } = verdict;
         let first_bad_seq = finding.as_ref().map_or(0, audit::Finding::first_bad_seq);
         if let Some(finding) = &finding {
             tracing::error!(%finding, "audit log verification failed");

@@ -4,6 +4,7 @@
 //! logged now and then. The SQL that appends events stays per dialect.
 
 use crate::audit::{AuditEvent, AuditKey, hex};
+use crate::error::{Error, Result};
 
 /// Log a checkpoint every this many events.
 const CHECKPOINT_EVERY: i64 = 100;
@@ -35,23 +36,57 @@ impl AuditChain {
         &self.key
     }
 
+    /// The newest event the database held when it was opened (or, holding
+    /// none, the archive anchor's): what this process's appends must build
+    /// on, as on what it commits itself.
+    pub(super) fn starts_at(&self, head: Option<(i64, Vec<u8>)>) {
+        if let (Some(head), Ok(mut current)) = (head, self.head.lock())
+            && current.as_ref().is_none_or(|(seq, _)| *seq < head.0)
+        {
+            *current = Some(head);
+        }
+    }
+
     /// The MACs of `events` appended after event `last` (its sequence
-    /// number and MAC; `None` for an empty chain), in order, each with its
-    /// sequence number.
+    /// number and MAC, as the transaction reads the table; `None` for an
+    /// empty chain), in order, each with its sequence number. Refused
+    /// (fail-closed) when `last` is behind the newest event this process
+    /// knows of, or is another event of that number: events were removed
+    /// from the tail, and appending would reuse their numbers, making a
+    /// chain that verifies without them.
     pub(super) fn link<'a>(
         &self,
         last: Option<(i64, Vec<u8>)>,
         events: impl IntoIterator<Item = &'a AuditEvent>,
-    ) -> Vec<(i64, Vec<u8>)> {
+    ) -> Result<Vec<(i64, Vec<u8>)>> {
+        if let Some((known, known_mac)) = self.head() {
+            let builds_on_it = match &last {
+                Some((seq, _)) if *seq > known => true,
+                Some((seq, mac)) => *seq == known && *mac == known_mac,
+                None => false,
+            };
+            if !builds_on_it {
+                return Err(Error::Integrity(format!(
+                    "the audit log in the database ends {}, behind event {known}, which this \
+                     server knows was written: events were removed or changed; nothing is \
+                     appended, and no request answered, until the log is restored (rekey audit \
+                     verify)",
+                    match &last {
+                        Some((seq, _)) => format!("at event {seq}"),
+                        None => "with no event".to_owned(),
+                    }
+                )));
+            }
+        }
         let (mut seq, mut previous) = last.unwrap_or((0, crate::audit::GENESIS.to_vec()));
-        events
+        Ok(events
             .into_iter()
             .map(|event| {
                 seq += 1;
                 previous = self.key.mac(seq, &previous, event);
                 (seq, previous.clone())
             })
-            .collect()
+            .collect())
     }
 
     /// Remembers the last of `links` (as [`Self::link`] made them) once

@@ -390,3 +390,69 @@ on_both_backends!(
     a_finding_stands_while_archiving_suite => sqlite_a_finding_stands_while_archiving,
     postgres_a_finding_stands_while_archiving
 );
+
+/// Events cut off the tail are not built over: the next append is refused
+/// (fail-closed) rather than reuse their numbers, which would make a chain
+/// that verifies without them; also by a store opened after the cut when
+/// every event is gone.
+async fn a_cut_tail_is_not_built_over_suite(url: &str, root: &RootKey) {
+    let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
+    for _ in 0..10 {
+        store.record(&event("Read")).await.unwrap();
+    }
+    tamper(url, "DELETE FROM audit_events WHERE seq > 8").await;
+    let refused = store.record(&event("Read")).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::Integrity(message) if message.contains("behind event 10")),
+        "{refused:?}"
+    );
+    assert_eq!(all_events(&store).await.len(), 8);
+    store.close().await;
+
+    // Opened after every event is gone: it builds on nothing it cannot see
+    // either (the next open starts from what the table holds).
+    let reopened = Store::open(url, AuditKey::derive(root)).await.unwrap();
+    reopened.record(&event("Read")).await.unwrap();
+    tamper(url, "DELETE FROM audit_events").await;
+    assert!(matches!(
+        reopened.record(&event("Read")).await,
+        Err(Error::Integrity(_))
+    ));
+    reopened.close().await;
+}
+
+on_both_backends!(
+    a_cut_tail_is_not_built_over_suite => sqlite_a_cut_tail_is_not_built_over,
+    postgres_a_cut_tail_is_not_built_over
+);
+
+/// An event numbered 0 or below, which no append makes, is found by
+/// verification (walks began after 0 and never read it).
+async fn an_event_numbered_below_one_is_found_suite(url: &str, root: &RootKey) {
+    let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
+    for _ in 0..3 {
+        store.record(&event("Read")).await.unwrap();
+    }
+    tamper(
+        url,
+        "INSERT INTO audit_events (seq, time, principal, peer, action, resource, decision, outcome, request_id, detail, mac)
+         SELECT -1, time, principal, peer, 'forged', resource, decision, outcome, request_id, detail, mac
+         FROM audit_events WHERE seq = 1",
+    )
+    .await;
+    let verdict = rekeyd_verdict(&store).await;
+    assert!(verdict.is_some(), "an event numbered -1 went unseen");
+    store.close().await;
+}
+
+async fn rekeyd_verdict(store: &Store) -> Option<rekey_server::audit::Finding> {
+    rekey_server::audit::verify_store(store, None)
+        .await
+        .unwrap()
+        .finding
+}
+
+on_both_backends!(
+    an_event_numbered_below_one_is_found_suite => sqlite_an_event_numbered_below_one_is_found,
+    postgres_an_event_numbered_below_one_is_found
+);

@@ -26,7 +26,7 @@ pub(super) async fn append(
         None => sqlx::query_as(HEAD_SQL).fetch_optional(&mut **tx).await?,
     };
     let events: Vec<_> = events.iter().map(AuditEvent::storable).collect();
-    let links = chain.link(last, events.iter().map(AsRef::as_ref));
+    let links = chain.link(last, events.iter().map(AsRef::as_ref))?;
     // One statement per chunk: a group commit of a few hundred reads'
     // events costs one round trip, not one each.
     let rows: Vec<_> = events.iter().zip(&links).collect();

@@ -56,7 +56,7 @@ pub(super) async fn commit_script<'q>(
     mut script: Script<'q>,
     events: &'q [AuditEvent],
 ) -> Result<Vec<SqliteRow>> {
-    let links = chain.link(chain_head(&mut tx).await?, events);
+    let links = chain.link(chain_head(&mut tx).await?, events)?;
     let rows: Vec<_> = events.iter().zip(&links).collect();
     for chunk in rows.chunks(EVENTS_PER_INSERT) {
         let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");

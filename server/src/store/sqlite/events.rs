@@ -65,7 +65,7 @@ fn append(connection: &mut Connection, chain: &AuditChain, events: &[AuditEvent]
         .prepare_cached(HEAD_SQL)?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
-    let links = chain.link(head, events);
+    let links = chain.link(head, events)?;
     {
         static INSERT: LazyLock<String> = LazyLock::new(|| {
             format!("{INSERT_EVENTS} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)")

@@ -281,7 +281,7 @@ impl Store {
                 }
             }
         });
-        Ok(Self {
+        let store = Self {
             pool,
             writer,
             chain,
@@ -294,6 +294,31 @@ impl Store {
             events,
             path,
             serving: std::sync::Mutex::new(serving),
+        };
+        // Appends build on what the database holds now: a tail cut off
+        // while this process runs is found at its next append.
+        match store.chain_head_at_open().await {
+            Ok(head) => store.chain.starts_at(head),
+            Err(error) => {
+                store.close().await;
+                return Err(error);
+            }
+        }
+        Ok(store)
+    }
+
+    /// The newest event in the database, or the archive anchor's when it
+    /// holds none.
+    async fn chain_head_at_open(&self) -> Result<Option<(i64, Vec<u8>)>> {
+        let head: Option<(i64, Vec<u8>)> = sqlx::query_as(super::chain::HEAD_SQL)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match head {
+            Some(head) => Some(head),
+            None => self
+                .audit_anchor()
+                .await?
+                .map(|anchor| (anchor.seq, anchor.mac)),
         })
     }
 
