@@ -18,6 +18,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let identity = Identity::load(identity.as_ref())?;
     let channel = rekey_shared::channel::connect(&server, &identity).await?;
     let cache = CachingClient::new(channel, Duration::from_secs(300));
+    // Reads are kept once the Watch stream is open.
+    if !cache.ready(Duration::from_secs(5)).await {
+        println!("the Watch stream did not open: every read goes to the server");
+    }
     for attempt in 1..=2 {
         let started = Instant::now();
         let value = cache.get(&name).await?;

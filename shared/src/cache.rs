@@ -4,7 +4,11 @@
 //! (every read asks the server) and the stream is opened again, so a value
 //! can be stale only for as long as a change event takes to arrive (and
 //! until the stream first opens, a moment after [`CachingClient::new`],
-//! reads go to the server too). A read the server could not answer because
+//! reads go to the server too, and are not kept: the first read after
+//! `new` is not, as a rule, unless [`CachingClient::ready`] waited for the
+//! stream). Values past their time to live are wiped
+//! when next asked for, and swept out as entries pile up. A read the
+//! server could not answer because
 //! its connection dropped fails with UNAVAILABLE, the code to retry on. Values
 //! stay in zeroizing memory ([`SecretValue`]); the caller needs
 //! `secrets:GetSecretValue` and `secrets:Watch` on what it reads.
@@ -18,8 +22,11 @@
 //! let identity = Identity::load("app.pem".as_ref())?;
 //! let channel = rekey_shared::channel::connect("https://rekey.internal:8443", &identity).await?;
 //! let cache = CachingClient::new(channel, Duration::from_secs(300));
+//! cache.ready(Duration::from_secs(5)).await;
 //! let password = cache.get("prod/db/orders").await?; // from the server
-//! let again = cache.get("prod/db/orders").await?; // from memory, until it changes
+//! // Once the stream is open, a read is kept: the next is from memory,
+//! // until the secret changes or its time to live ends.
+//! let again = cache.get("prod/db/orders").await?;
 //! assert!(password.same_as(&again));
 //! # Ok(()) }
 //! ```
@@ -36,6 +43,9 @@ use tonic::transport::Channel;
 
 /// How long the follower waits before opening a lost stream again.
 const RECONNECT: Duration = Duration::from_secs(1);
+
+/// How many entries there may be before an insert sweeps out the expired.
+const SWEEP_AT: usize = 1024;
 
 /// A Secrets client whose reads of CURRENT are cached; see the module doc.
 #[derive(Debug)]
@@ -54,6 +64,8 @@ struct Shared {
     /// Moves on with every change event: a read that saw it move while it
     /// asked the server does not keep what it got.
     changes: AtomicU64,
+    /// Told whenever the stream opens.
+    opened: tokio::sync::Notify,
 }
 
 #[derive(Debug)]
@@ -100,18 +112,45 @@ impl CachingClient {
         }
     }
 
+    /// Waits, at most `within`, until the Watch stream is open, so that
+    /// reads from then on are kept; whether it is. (A server that refuses
+    /// the caller a Watch never opens it: every read then asks it.)
+    pub async fn ready(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let opened = self.shared.opened.notified();
+            if self.shared.following.load(Ordering::SeqCst) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, opened).await.is_err() {
+                return self.shared.following.load(Ordering::SeqCst);
+            }
+        }
+    }
+
     /// The CURRENT value of `name`: from memory when it was read less than
     /// the time to live ago and has not changed since, else from the server.
     pub async fn get(&self, name: &str) -> Result<SecretValue, tonic::Status> {
         let shared = &self.shared;
-        let following = shared.following.load(Ordering::SeqCst);
-        if following
-            && let Some(entry) = shared.entries().get(name)
-            && entry.fetched.elapsed() < self.ttl
-        {
-            return Ok(entry.value.clone());
-        }
+        // The count before the stream's state: a stream lost in between
+        // moves the count, so this read does not keep what it gets.
         let before = shared.changes.load(Ordering::SeqCst);
+        let following = shared.following.load(Ordering::SeqCst);
+        if following {
+            let mut entries = shared.entries();
+            match entries.get(name) {
+                Some(entry) if entry.fetched.elapsed() < self.ttl => {
+                    return Ok(entry.value.clone());
+                }
+                // Past its time to live: wiped now, not at the next change.
+                Some(_) => {
+                    entries.remove(name);
+                }
+                None => {}
+            }
+        }
+        // Its time to live counts from before the server was asked.
+        let asked = Instant::now();
         let response = self
             .secrets
             .clone()
@@ -134,11 +173,17 @@ impl CachingClient {
             if shared.following.load(Ordering::SeqCst)
                 && shared.changes.load(Ordering::SeqCst) == before
             {
+                // Now and then, what has outlived its time to live goes, so
+                // that names read once are not kept for ever.
+                if entries.len() >= SWEEP_AT {
+                    let ttl = self.ttl;
+                    entries.retain(|_, entry| entry.fetched.elapsed() < ttl);
+                }
                 entries.insert(
                     name.to_owned(),
                     Entry {
                         value: value.clone(),
-                        fetched: Instant::now(),
+                        fetched: asked,
                     },
                 );
             }
@@ -165,6 +210,7 @@ async fn follow(channel: Channel, shared: Arc<Shared>) {
         if let Ok(stream) = opened {
             let mut stream = stream.into_inner();
             shared.following.store(true, Ordering::SeqCst);
+            shared.opened.notify_waiters();
             while let Ok(Some(event)) = stream.message().await {
                 shared.changed(Some(&event.name));
             }

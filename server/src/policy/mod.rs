@@ -391,6 +391,26 @@ impl Policy {
         }
     }
 
+    /// Whether `principal` may perform `action` on anything at all, as the
+    /// statements alone tell: an allow statement of its roles names the
+    /// action, and no deny statement names it on every resource (`*`).
+    pub fn allows_somewhere(&self, principal: &str, action: &str) -> bool {
+        let mut allowed = false;
+        for (_, role) in self.roles_of(principal) {
+            for statement in &role.statements {
+                if !statement.actions.iter().any(|a| glob::matches(a, action)) {
+                    continue;
+                }
+                match statement.effect {
+                    Effect::Deny if statement.resources.iter().any(|r| r == "*") => return false,
+                    Effect::Deny => {}
+                    Effect::Allow => allowed = true,
+                }
+            }
+        }
+        allowed
+    }
+
     /// Refuses a policy under which no bound principal may apply policy:
     /// the way back in would be `rekeyd policy recover` only. A binding of
     /// a name or glob no certificate can carry (reserved, or not a
@@ -654,6 +674,18 @@ roles = ["admin"]
             named.bind(name, "admin");
             assert!(named.check_not_locked_out().is_ok(), "{name:?}");
         }
+    }
+
+    #[test]
+    fn allowed_somewhere_or_nowhere() {
+        let policy = Policy::parse(POLICY).unwrap();
+        assert!(policy.allows_somewhere("alice", "secrets:GetSecretValue"));
+        assert!(!policy.allows_somewhere("alice", "secrets:Watch"));
+        assert!(!policy.allows_somewhere("nobody", "secrets:GetSecretValue"));
+        assert!(policy.allows_somewhere("root", "secrets:Watch"));
+        // A deny of only some resources leaves the rest.
+        assert!(policy.allows_somewhere("spiffe://corp/ci/x", "secrets:GetSecretValue"));
+        assert!(!Policy::default().allows_somewhere("root", "secrets:Watch"));
     }
 
     #[test]

@@ -40,11 +40,23 @@ impl WatchService {
         peer: Option<crate::principal::PeerCertificate>,
         request: proto::WatchRequest,
     ) -> Result<EventStream> {
-        context.set_resource(if request.prefix.is_empty() {
+        let resource = if request.prefix.is_empty() {
             "*"
         } else {
-            &request.prefix
-        });
+            request.prefix.as_str()
+        };
+        context.set_resource(resource);
+        // Events are filtered one by one; a caller the policy lets watch
+        // nothing at all is refused, not given a stream that stays silent
+        // (a caching client would take the silence for no change).
+        if !self
+            .state
+            .authorizer
+            .policy()
+            .allows_somewhere(context.principal.as_str(), Action::Watch.as_str())
+        {
+            context.authorize(&self.state.authorizer, Action::Watch, resource)?;
+        }
         context.summarize("watching");
         let state = self.state.clone();
         let principal = context.principal.clone();

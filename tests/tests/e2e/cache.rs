@@ -73,6 +73,19 @@ async fn cache_of(
     )
 }
 
+/// Once `ready` says the stream is open, the first read is kept and the
+/// second comes from memory (no second audit event).
+#[tokio::test(flavor = "multi_thread")]
+async fn after_ready_the_second_read_comes_from_memory() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let (cache, admin) = cache_of(&installation, &server, "ready/db", "v-ready").await;
+    assert!(cache.ready(DEADLINE).await);
+    cache.get("ready/db").await.unwrap();
+    cache.get("ready/db").await.unwrap();
+    assert_eq!(reads_of(&admin, "ready/db"), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn cached_reads_are_served_from_memory_until_the_secret_changes() {
     let installation = Installation::new();

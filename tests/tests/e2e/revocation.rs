@@ -321,6 +321,17 @@ async fn a_policy_this_server_cannot_read_holds_up_no_revocation() {
         .await
         .expect("the watch went on under a policy the server cannot read");
     assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
+    // Watching again is refused, not answered with a silent stream.
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    let again = rekey_shared::proto::watch_client::WatchClient::new(channel)
+        .watch(proto::WatchRequest {
+            prefix: "r/".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::PermissionDenied, "{again:?}");
     // The admin, whom both policies allow, is refused too.
     let refused = admin.run(&["get", "r/x"]);
     assert_eq!(refused.code, 1);

@@ -168,3 +168,28 @@ async fn a_watcher_sees_a_rotation_in_order_and_nothing_it_may_not_see() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// A caller the policy lets watch nothing at all is refused, not given a
+/// stream that stays silent (a caching client would take the silence for
+/// no change); one that may watch some names gets the stream, filtered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_is_refused_to_whom_the_policy_lets_watch_nothing() {
+    let installation = rekey_tests::Installation::new();
+    let nobody = installation.issue("nobody", &[]);
+    let server = installation.serve();
+    let identity = rekey_shared::identity::Identity::load(&nobody).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    let refused = WatchClient::new(channel)
+        .watch(proto::WatchRequest {
+            prefix: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("nobody may not secrets:Watch"),
+        "{refused:?}"
+    );
+}
