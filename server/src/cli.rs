@@ -380,17 +380,30 @@ fn harden_process() {
     }
 }
 
-/// Completes on SIGTERM or SIGINT. The handlers are installed when this is
-/// called, not when the future is first polled: a signal that arrives
-/// between "listening" and the first poll still drains instead of killing.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+/// Completes on SIGTERM or SIGINT, and with `hangup` on SIGHUP too (`dev`:
+/// the terminal closed). The handlers are installed when this is called,
+/// not when the future is first polled: a signal that arrives between
+/// "listening" and the first poll still drains instead of killing.
+fn shutdown_signal(hangup: bool) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let mut hung_up = if hangup {
+        Some(signal(SignalKind::hangup()).context("handling SIGHUP")?)
+    } else {
+        None
+    };
     Ok(async move {
+        let hung_up = async {
+            match &mut hung_up {
+                Some(hung_up) => hung_up.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = terminate.recv() => {}
             _ = interrupt.recv() => {}
+            _ = hung_up => {}
         }
         tracing::info!("shutting down: finishing in-flight requests");
     })
@@ -404,7 +417,7 @@ async fn serve_until_signal(loaded: &Loaded) -> anyhow::Result<()> {
     let prepared = crate::prepare(loaded, installation::open_to_serve(loaded).await?).await?;
     // The root key is derived; the passphrase is not kept.
     loaded.passphrase.forget();
-    let shutdown = shutdown_signal()?;
+    let shutdown = shutdown_signal(false)?;
     let listener = TcpListener::bind(&loaded.config.listen)
         .await
         .with_context(|| format!("listening on {}", loaded.config.listen))?;
@@ -429,6 +442,9 @@ fn metrics_line(metrics: &TcpListener) -> anyhow::Result<String> {
 }
 
 async fn dev(listen: &str, metrics_listen: &str) -> anyhow::Result<()> {
+    // Before anything is written: a signal while the installation is made
+    // still ends in its removal, as does the terminal closing (SIGHUP).
+    let shutdown = shutdown_signal(true)?;
     let dir = tempfile::Builder::new()
         .prefix("rekey-dev-")
         .tempdir()
@@ -440,7 +456,6 @@ async fn dev(listen: &str, metrics_listen: &str) -> anyhow::Result<()> {
     init_logging(&loaded.config.log)?;
     harden_process();
     let prepared = crate::prepare(&loaded, installation::open_to_serve(&loaded).await?).await?;
-    let shutdown = shutdown_signal()?;
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;

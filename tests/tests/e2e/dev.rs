@@ -5,8 +5,8 @@ use rekey_tests::{Rekey, binary, wait_for_line};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-#[test]
-fn rekeyd_dev_prints_a_line_that_connects_rekey() {
+/// `rekeyd dev`, started, and the client its export line describes.
+fn start_dev() -> (std::process::Child, Rekey) {
     let mut child = Command::new(binary("rekeyd"))
         .arg("dev")
         .stdin(Stdio::null())
@@ -33,6 +33,12 @@ fn rekeyd_dev_prints_a_line_that_connects_rekey() {
         server: server.expect("REKEY_SERVER in the line"),
         identity: identity.expect("REKEY_IDENTITY in the line"),
     };
+    (child, rekey)
+}
+
+#[test]
+fn rekeyd_dev_prints_a_line_that_connects_rekey() {
+    let (mut child, rekey) = start_dev();
     let listed = rekey.run(&["list"]);
     let read = rekey.run(&["get", "demo/api/payments"]);
     let field = rekey.run(&["get", "demo/db/orders", "--field", "username"]);
@@ -49,6 +55,19 @@ fn rekeyd_dev_prints_a_line_that_connects_rekey() {
     );
     assert_eq!(read.ok().stdout, "demo-payments-api-key\n");
     assert_eq!(field.ok().stdout, "orders\n");
+    assert!(status.success(), "rekeyd dev exited with {status}");
+    assert!(!dir.exists(), "rekeyd dev left {} behind", dir.display());
+}
+
+/// Closing the terminal (SIGHUP) removes the throwaway installation too.
+#[test]
+fn rekeyd_dev_cleans_up_when_its_terminal_closes() {
+    let (mut child, rekey) = start_dev();
+    let dir = rekey.identity.parent().unwrap().to_owned();
+    assert!(dir.exists());
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let status = child.wait().unwrap();
     assert!(status.success(), "rekeyd dev exited with {status}");
     assert!(!dir.exists(), "rekeyd dev left {} behind", dir.display());
 }
