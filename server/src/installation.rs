@@ -158,6 +158,15 @@ async fn init_files(
     database_url: Option<&str>,
     passphrase: Option<&PassphraseSource>,
 ) -> anyhow::Result<Initialized> {
+    // Asked before anything is written: an init stopped at the prompt
+    // (Ctrl-C) leaves no files that a second one would refuse.
+    let passphrase_root = match passphrase {
+        Some(source) => {
+            let passphrase = source.get("passphrase for the new installation's root key", true)?;
+            Some(PassphraseSettings::create(&passphrase)?)
+        }
+        None => None,
+    };
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     // A directory init makes is its own (0700); one that was there keeps
     // its mode (`--dir .` or a shared /srv), the key files being 0600.
@@ -185,10 +194,8 @@ async fn init_files(
     std::fs::write(dir.join(&defaults.tls.certificate), &server.certificate_pem)?;
     write_private(&dir.join(&defaults.tls.private_key), &server.key_pem)?;
 
-    let root = match passphrase {
-        Some(source) => {
-            let passphrase = source.get("passphrase for the new installation's root key", true)?;
-            let (settings, root) = PassphraseSettings::create(&passphrase)?;
+    let root = match passphrase_root {
+        Some((settings, root)) => {
             defaults.root_passphrase = Some(settings);
             root
         }

@@ -195,3 +195,40 @@ async fn an_installation_opened_by_a_passphrase_from_env_or_fd() {
         PASSPHRASE.as_bytes()
     ));
 }
+
+/// An init stopped at the passphrase prompt (Ctrl-C) has written nothing
+/// yet, so a second init is not refused for the first one's files.
+#[test]
+fn an_init_stopped_at_the_passphrase_leaves_nothing_behind() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("installation");
+    let mut waiting = Command::new(binary("rekeyd"))
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--passphrase-fd", "0", "init", "--passphrase"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Blocked reading the passphrase, on one of its threads (`read` is
+    // syscall 0; the descriptor it reads is its own copy of 0).
+    let tasks = format!("/proc/{}/task", waiting.id());
+    rekey_tests::eventually("init to wait for its passphrase", || {
+        std::fs::read_dir(&tasks).ok()?.find_map(|task| {
+            std::fs::read_to_string(task.ok()?.path().join("syscall"))
+                .ok()
+                .filter(|text| text.starts_with("0 "))
+        })
+    });
+    let pid = rustix::process::Pid::from_raw(waiting.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    waiting.wait().unwrap();
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|entries| entries.map(|entry| entry.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "init left {left:?}");
+    let env = [("REKEY_ROOT_PASSPHRASE", PASSPHRASE)];
+    let made = rekeyd_with(&dir, &env, &["init", "--passphrase"], Stdio::null());
+    assert!(made.status.success(), "{}", text(&made.stderr));
+}
