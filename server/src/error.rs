@@ -40,11 +40,47 @@ pub enum Error {
     Integrity(String),
     /// The audit events of a request that succeeded could not be written,
     /// so it is not answered (fail-closed); the cause goes to the log only.
-    #[error("the audit log cannot be written: {0}")]
-    AuditUnwritable(String),
+    /// `for_now`: the database was unavailable, and trying again may do.
+    #[error("the audit log cannot be written: {detail}")]
+    AuditUnwritable { detail: String, for_now: bool },
+    /// The database cannot be reached or is busy for now (a connection
+    /// lost, a pool exhausted, a lock held): trying again may succeed. The
+    /// text goes to the log only.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// Everything the client cannot act on; the text goes to the log only.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What a database error says: unavailable for now (a connection lost or
+/// refused, a server shutting down, too many connections, a pool that timed
+/// out, SQLite busy or locked), a transaction to try again (serialization
+/// failure, deadlock), or something else.
+fn database_error(error: &sqlx::Error) -> Option<fn(String) -> Error> {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => Some(Error::Unavailable),
+        sqlx::Error::Database(database) => {
+            let code = database.code()?;
+            if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
+                Some(Error::Unavailable)
+            } else if code == "40001" || code == "40P01" {
+                Some(Error::Aborted)
+            } else if code
+                .parse::<i32>()
+                .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
+            {
+                // SQLITE_BUSY, SQLITE_LOCKED and their extended codes.
+                Some(Error::Unavailable)
+            } else {
+                None
+            }
+        }
+        _ => None,
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -53,17 +89,33 @@ impl Error {
     pub fn internal(context: &str, error: impl std::fmt::Display) -> Self {
         Self::Internal(format!("{context}: {error}"))
     }
+
+    /// Writing a request's audit events failed with `error`.
+    pub fn audit_unwritable(error: &Error) -> Self {
+        Self::AuditUnwritable {
+            detail: error.to_string(),
+            for_now: matches!(error, Error::Unavailable(_) | Error::Aborted(_)),
+        }
+    }
 }
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
-        Self::internal("database", error)
+        match database_error(&error) {
+            Some(kind) => kind(format!("database: {error}")),
+            None => Self::internal("database", error),
+        }
     }
 }
 
 impl From<rusqlite::Error> for Error {
     fn from(error: rusqlite::Error) -> Self {
-        Self::internal("database", error)
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                Self::Unavailable(format!("database: {error}"))
+            }
+            _ => Self::internal("database", error),
+        }
     }
 }
 
@@ -105,11 +157,26 @@ impl From<Error> for Status {
                 tracing::error!(%message, "integrity check failed");
                 Status::new(Code::DataLoss, message)
             }
-            Error::AuditUnwritable(detail) => {
+            Error::AuditUnwritable { detail, for_now } => {
                 tracing::error!(%detail, "audit events not written; request refused");
+                if for_now {
+                    Status::new(
+                        Code::Unavailable,
+                        "the audit log cannot be written for now, so the request was not \
+                         answered; try again",
+                    )
+                } else {
+                    Status::new(
+                        Code::Internal,
+                        "the audit log cannot be written, so the request was not answered",
+                    )
+                }
+            }
+            Error::Unavailable(detail) => {
+                tracing::error!(%detail, "database unavailable");
                 Status::new(
-                    Code::Internal,
-                    "the audit log cannot be written, so the request was not answered",
+                    Code::Unavailable,
+                    "the database is unavailable or busy; try again (the server log has the details)",
                 )
             }
             Error::Internal(detail) => {
@@ -120,5 +187,30 @@ impl From<Error> for Status {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_that_is_away_or_busy_is_unavailable_not_internal() {
+        let code = |error: Error| Status::from(error).code();
+        assert_eq!(code(sqlx::Error::PoolTimedOut.into()), Code::Unavailable);
+        assert_eq!(
+            code(sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)).into()),
+            Code::Unavailable
+        );
+        let busy = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(5), None);
+        assert_eq!(code(busy.into()), Code::Unavailable);
+        let locked = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(6), None);
+        assert_eq!(code(locked.into()), Code::Unavailable);
+        assert_eq!(code(sqlx::Error::RowNotFound.into()), Code::Internal);
+        let constraint = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(19), None);
+        assert_eq!(code(constraint.into()), Code::Internal);
+        // The client hears no database text.
+        let status = Status::from(Error::from(sqlx::Error::PoolTimedOut));
+        assert!(!status.message().contains("pool"), "{}", status.message());
     }
 }

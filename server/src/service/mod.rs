@@ -304,7 +304,7 @@ impl AppState {
         if let Err(error) = self.store.record(&event).await {
             tracing::error!(request_id = %context.request_id, "audit event not written");
             return match result {
-                Ok(_) => Err(Status::from(Error::AuditUnwritable(error.to_string()))),
+                Ok(_) => Err(Status::from(Error::audit_unwritable(&error))),
                 Err(original) => Err(original),
             };
         }

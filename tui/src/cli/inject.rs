@@ -322,17 +322,21 @@ pub async fn run(
     outcome
 }
 
-/// Whether a failed read says only that the server could not be reached
-/// (the command keeps its values until it can), not that the secret is
-/// gone or no longer the caller's to read.
+/// Whether a failed read leaves the values as they were (the command keeps
+/// them until the server answers): anything but an answer that the secret
+/// is gone or no longer the caller's to read (NOT_FOUND, PERMISSION_DENIED,
+/// UNAUTHENTICATED, INVALID_ARGUMENT, FAILED_PRECONDITION). A server that
+/// cannot be reached, a database that fails over, a rate limit or an
+/// internal error do not stop a running program.
 fn unreachable(error: &anyhow::Error) -> bool {
     error.downcast_ref::<tonic::Status>().is_some_and(|status| {
-        matches!(
+        !matches!(
             status.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::Cancelled
-                | tonic::Code::Unknown
-                | tonic::Code::DeadlineExceeded
+            tonic::Code::NotFound
+                | tonic::Code::PermissionDenied
+                | tonic::Code::Unauthenticated
+                | tonic::Code::InvalidArgument
+                | tonic::Code::FailedPrecondition
         )
     })
 }
@@ -383,5 +387,37 @@ async fn supervise(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_answer_about_the_secret_stops_the_command() {
+        let failed = |code| unreachable(&anyhow::Error::new(tonic::Status::new(code, "x")));
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::Internal,
+            tonic::Code::Aborted,
+            tonic::Code::ResourceExhausted,
+            tonic::Code::DataLoss,
+            tonic::Code::Cancelled,
+            tonic::Code::Unknown,
+            tonic::Code::DeadlineExceeded,
+        ] {
+            assert!(failed(code), "{code:?} stopped the command");
+        }
+        for code in [
+            tonic::Code::NotFound,
+            tonic::Code::PermissionDenied,
+            tonic::Code::Unauthenticated,
+            tonic::Code::InvalidArgument,
+            tonic::Code::FailedPrecondition,
+        ] {
+            assert!(!failed(code), "{code:?} left the command running");
+        }
+        assert!(!unreachable(&anyhow::anyhow!("not a status")));
     }
 }

@@ -296,7 +296,7 @@ impl SecretsService {
             .store
             .record_all(&given)
             .await
-            .map_err(|error| Error::AuditUnwritable(error.to_string()))?;
+            .map_err(|error| Error::audit_unwritable(&error))?;
         context.summarize(&format!(
             "{} read, {} not",
             response.secret_values.len(),
