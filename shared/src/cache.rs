@@ -44,7 +44,12 @@ use tonic::transport::Channel;
 /// How long the follower waits before opening a lost stream again.
 const RECONNECT: Duration = Duration::from_secs(1);
 
-/// How many entries there may be before an insert sweeps out the expired.
+/// How long a refused Watch waits, at most, before it is asked again.
+const REFUSED_AT_MOST: Duration = Duration::from_secs(300);
+
+/// How many entries there may be before an insert sweeps out the expired;
+/// after a sweep, twice as many as it left (each sweep is then paid for by
+/// as many inserts as it looked at).
 const SWEEP_AT: usize = 1024;
 
 /// A Secrets client whose reads of CURRENT are cached; see the module doc.
@@ -66,6 +71,8 @@ struct Shared {
     changes: AtomicU64,
     /// Told whenever the stream opens.
     opened: tokio::sync::Notify,
+    /// The number of entries at which an insert sweeps next (0: SWEEP_AT).
+    sweep_at: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -175,9 +182,13 @@ impl CachingClient {
             {
                 // Now and then, what has outlived its time to live goes, so
                 // that names read once are not kept for ever.
-                if entries.len() >= SWEEP_AT {
+                let sweep_at = shared.sweep_at.load(Ordering::Relaxed).max(SWEEP_AT);
+                if entries.len() >= sweep_at {
                     let ttl = self.ttl;
                     entries.retain(|_, entry| entry.fetched.elapsed() < ttl);
+                    shared
+                        .sweep_at
+                        .store((entries.len() * 2).max(SWEEP_AT), Ordering::Relaxed);
                 }
                 entries.insert(
                     name.to_owned(),
@@ -201,12 +212,27 @@ impl Drop for CachingClient {
 /// Follows every change event the caller may see; drops what changed, and
 /// everything whenever the stream is lost.
 async fn follow(channel: Channel, shared: Arc<Shared>) {
+    let mut pause = RECONNECT;
     loop {
         let opened = WatchClient::new(channel.clone())
             .watch(WatchRequest {
                 prefix: String::new(),
             })
             .await;
+        // Refused (the policy lets this caller watch nothing, or its
+        // certificate is no good): asked again less and less often, since
+        // every refusal is an audit event.
+        pause = match &opened {
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                ) =>
+            {
+                (pause * 2).min(REFUSED_AT_MOST)
+            }
+            _ => RECONNECT,
+        };
         if let Ok(stream) = opened {
             let mut stream = stream.into_inner();
             shared.following.store(true, Ordering::SeqCst);
@@ -217,6 +243,6 @@ async fn follow(channel: Channel, shared: Arc<Shared>) {
             shared.following.store(false, Ordering::SeqCst);
             shared.changed(None);
         }
-        tokio::time::sleep(RECONNECT).await;
+        tokio::time::sleep(pause).await;
     }
 }

@@ -152,8 +152,11 @@ impl AdminService {
         let own = store.audit_head();
         let theirs = (request.checkpoint_seq > 0)
             .then(|| (request.checkpoint_seq, request.checkpoint_mac.clone()));
+        // (An anchor that does not verify is a finding of the walk, not a
+        // reason to refuse the checkpoint.)
         if let Some((seq, _)) = &theirs
             && let Some(anchor) = store.audit_anchor().await?
+            && store.audit_key().anchor_verifies(&anchor)
             && *seq < anchor.seq
         {
             return Err(crate::error::Error::FailedPrecondition(format!(

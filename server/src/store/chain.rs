@@ -68,9 +68,12 @@ impl AuditChain {
             if !builds_on_it {
                 return Err(Error::Integrity(format!(
                     "the audit log in the database ends {}, behind event {known}, which this \
-                     server knows was written: events were removed or changed; nothing is \
-                     appended, and no request answered, until the log is restored (rekey audit \
-                     verify)",
+                     server knows was written: events were removed or changed (or the database \
+                     was restored to an earlier point, a failover to a standby that lagged); \
+                     nothing is appended, and no request answered, until the log is restored, \
+                     or this server is restarted, which accepts the log as it stands (then \
+                     check it: rekey audit verify --checkpoint {known}:MAC, the MAC as the \
+                     log's audit checkpoint lines give it)",
                     match &last {
                         Some((seq, _)) => format!("at event {seq}"),
                         None => "with no event".to_owned(),

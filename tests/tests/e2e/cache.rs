@@ -241,3 +241,50 @@ async fn a_call_the_connection_drops_is_unavailable() {
         "{status:?}"
     );
 }
+
+/// A caching client the policy lets watch nothing asks for its Watch again
+/// less and less often: every refusal is an audit event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_watch_is_asked_for_less_and_less_often() {
+    let installation = Installation::new();
+    let reader = installation.issue("reader-only", &[]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin
+        .apply_policy(&format!(
+            "{}\n[roles.values]\nstatements = [{{ effect = \"allow\", actions = [\"secrets:GetSecretValue\", \"keys:Use\"], resources = [\"*\"] }}]\n[[bindings]]\nprincipal = \"reader-only\"\nroles = [\"values\"]\n",
+            admin.run(&["policy", "get"]).ok().stdout.lines().skip(1).collect::<Vec<_>>().join("\n")
+        ))
+        .ok();
+    let identity = Identity::load(&reader).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    let cache = CachingClient::new(channel, Duration::from_secs(3600));
+    let refusals = || {
+        admin
+            .run(&["audit", "--principal", "reader-only", "--output", "json"])
+            .ok()
+            .stdout
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|event| event["action"] == "secrets:Watch" && event["decision"] == "deny")
+            .map(|event| event["time"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let times = tokio::task::block_in_place(|| {
+        rekey_tests::eventually("three refused watches", || {
+            let times = refusals();
+            (times.len() >= 3).then_some(times)
+        })
+    });
+    let at = |text: &str| {
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    let (first, second) = (at(&times[1]) - at(&times[0]), at(&times[2]) - at(&times[1]));
+    assert!(
+        second > first + Duration::from_millis(500),
+        "refusals {times:?} came no less often"
+    );
+    drop(cache);
+}
