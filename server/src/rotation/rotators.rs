@@ -459,6 +459,8 @@ async fn exec_step(
         }
         SecretValue::binary(printed)
     });
+    // NUL escaped: PostgreSQL's text, where the run's history is kept,
+    // cannot hold one.
     let log = redact(
         &String::from_utf8_lossy(&stderr),
         &[
@@ -468,7 +470,8 @@ async fn exec_step(
             input.replacing,
             printed.as_ref(),
         ],
-    );
+    )
+    .replace('\0', "\\0");
     let status = status.map_err(|error| RotatorError(format!("rotator {name}: {error}")))?;
     if !status.success() {
         let code = status

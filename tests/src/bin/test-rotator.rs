@@ -7,7 +7,8 @@
 //! `garbage-createSecret` prints bytes that are not text, and `block-STEP`
 //! holds STEP (after writing `blocked-STEP`, holding the process id of the
 //! rekeyd that runs it) until the test removes it. With `escape`, a failure
-//! also prints terminal escape sequences (a clipboard write, a forged line).
+//! also prints terminal escape sequences (a clipboard write, a forged line);
+//! with `nul`, a NUL byte.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -49,6 +50,9 @@ fn main() {
         }
     }
     if (revert && flag("fail-revert")) || (!revert && flag(&format!("fail-{step}"))) {
+        if flag("nul") {
+            eprint!("before\0after; ");
+        }
         if flag("escape") {
             eprint!("\u{1b}]52;c;aGk=\u{7}\r\u{1b}[2K\nrotation succeeded\n");
         }

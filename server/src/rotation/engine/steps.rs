@@ -119,7 +119,7 @@ impl Engine {
             }
             Ok(StepDone::Abandoned) => Ok(()),
             Err(error) => {
-                let message = error.to_string();
+                let message = failure_text(&error);
                 let mut next = started.clone();
                 next.attempt = attempt;
                 next.last_error = message.clone();
@@ -396,4 +396,24 @@ enum StepDone {
     Finished,
     /// finishSecret found CURRENT moved.
     Abandoned,
+}
+
+/// What a step's failure says in the run's history, its last error and its
+/// events (which DescribeRotation and Watch show): the rotator's own words,
+/// NUL escaped (PostgreSQL's text cannot hold one: the run's update failed,
+/// and the step ran again every second); for a failure of the server itself
+/// (its database, its keys, its audit log) a line that points to its log,
+/// where the details go.
+fn failure_text(error: &Error) -> String {
+    match error {
+        Error::Internal(_) | Error::AuditUnwritable { .. } => {
+            tracing::error!(%error, "a rotation step failed on the server's side");
+            "the server failed (its log has the details)".to_owned()
+        }
+        Error::Unavailable(_) => {
+            tracing::error!(%error, "a rotation step failed on the server's side");
+            "the database was unavailable (the server log has the details)".to_owned()
+        }
+        other => other.to_string().replace('\0', "\\0"),
+    }
 }

@@ -454,6 +454,7 @@ impl RotationService {
                 )));
             }
         }
+        crate::service::secrets::validate::check_comment(&request.comment)?;
         if request.reject {
             if request.comment.trim().is_empty() {
                 return Err(Error::InvalidArgument(

@@ -9,7 +9,7 @@
 mod lifecycle;
 mod pages;
 mod read;
-mod validate;
+pub(crate) mod validate;
 mod write;
 
 pub use read::code_name;

@@ -39,6 +39,21 @@ pub fn check_description(description: &str) -> Result<()> {
     check_characters("description", description, &['\n', '\r', '\t'])
 }
 
+/// The most characters of an approval's or a rejection's comment.
+pub const MAX_COMMENT_CHARS: usize = 2_000;
+
+/// An approval's or a rejection's comment: at most [`MAX_COMMENT_CHARS`],
+/// and no control character but tab, line feed and carriage return.
+pub fn check_comment(comment: &str) -> Result<()> {
+    let length = comment.chars().count();
+    if length > MAX_COMMENT_CHARS {
+        return Err(Error::InvalidArgument(format!(
+            "comment is {length} characters long; the limit is {MAX_COMMENT_CHARS}"
+        )));
+    }
+    check_characters("comment", comment, &['\n', '\r', '\t'])
+}
+
 /// Refuses control characters (NUL among them, which PostgreSQL's text
 /// cannot hold) other than those `allowed`, naming the field and where.
 fn check_characters(field: &str, text: &str, allowed: &[char]) -> Result<()> {
@@ -204,4 +219,24 @@ pub fn random_suffix() -> String {
         }
     }
     suffix
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_comment_may_span_lines_but_hold_no_other_control_character() {
+        check_comment("looks right\n\tship it").unwrap();
+        assert!(matches!(
+            check_comment("x\0"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            check_comment("\u{1b}[2J"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(check_comment(&"y".repeat(MAX_COMMENT_CHARS)).is_ok());
+        assert!(check_comment(&"y".repeat(MAX_COMMENT_CHARS + 1)).is_err());
+    }
 }

@@ -214,6 +214,53 @@ fn a_rotators_error_cannot_steer_the_operators_terminal() {
     }
 }
 
+/// A NUL in a rotator's error is kept, escaped, on PostgreSQL, whose text
+/// cannot hold one: the run's update failed, and the step ran again every
+/// second without a failure ever being recorded.
+#[test]
+fn a_nul_in_a_rotators_error_is_recorded_on_postgres() {
+    let Some(database) = rekey_tests::databases::StorageDatabase::create() else {
+        return;
+    };
+    let installation = Installation::on_postgres(&database);
+    let state = fixture(&installation);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "nul/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "nul/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+    flag(&state, "fail-setSecret");
+    flag(&state, "nul");
+    admin.run(&["rotate", "nul/db", "--manual"]).ok();
+    let mut shown = show(&admin, "nul/db");
+    while shown["run"]["state"] == "waiting_for_operator" {
+        let _ = admin.run(&["rotation", "step", "nul/db"]);
+        shown = show(&admin, "nul/db");
+    }
+    assert_eq!(shown["run"]["state"], "step_failed", "{shown}");
+    let error = shown["run"]["steps"][1]["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(error.contains("before\\0after"), "{error}");
+    let calls = std::fs::read_to_string(state.join("calls")).unwrap();
+    assert_eq!(
+        calls
+            .lines()
+            .filter(|line| line.starts_with("setSecret"))
+            .count(),
+        1,
+        "{calls}"
+    );
+}
+
 #[test]
 fn a_put_that_moves_current_abandons_the_run() {
     let installation = Installation::new();
