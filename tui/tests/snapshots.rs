@@ -382,3 +382,18 @@ fn help_and_confirmation_and_a_lost_connection() {
     app.connection = Connection::Lost("cannot connect to rekey.internal:8443".into());
     check("confirm-cancel", &app);
 }
+
+/// Bidirectional overrides in what the server sent (a description, here)
+/// reach no cell: ratatui drops control characters, not these, and they
+/// would reorder what the screen shows.
+#[test]
+fn bidirectional_overrides_are_not_drawn() {
+    let mut app = base();
+    app.secrets.rows[0].metadata.description = "\u{202e}evil\u{2066}x\u{2069}\u{200f}".into();
+    let drawn = screen(&app, 120, 40);
+    assert!(
+        !drawn.chars().any(|c| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')),
+        "{drawn:?}"
+    );
+    assert!(drawn.contains("evil"), "{drawn}");
+}

@@ -76,6 +76,25 @@ pub fn render(app: &App, frame: &mut Frame) {
         Mode::Confirm(what) => render_confirm(app, frame, what),
         _ => {}
     }
+    drop_bidirectional_overrides(frame);
+}
+
+/// Takes bidirectional overrides and isolates out of every cell drawn:
+/// ratatui drops control characters, not these, and in what the server sent
+/// (a description, a rotator's error) they would reorder what the screen
+/// shows. (The CLI escapes them: `output::shown`.)
+fn drop_bidirectional_overrides(frame: &mut Frame) {
+    let bidirectional = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    for cell in frame.buffer_mut().content.iter_mut() {
+        if cell.symbol().chars().any(bidirectional) {
+            let kept: String = cell
+                .symbol()
+                .chars()
+                .filter(|c| !bidirectional(*c))
+                .collect();
+            cell.set_symbol(if kept.is_empty() { " " } else { &kept });
+        }
+    }
 }
 
 fn render_header(app: &App, frame: &mut Frame, area: Rect) {
