@@ -9,7 +9,7 @@ use super::super::rows::{
 use super::{Store, Tx, is_unique_violation, read_stage_map, touch, write_stage_map};
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
-use crate::rotation::{ApprovalRecord, ConfigRecord, HistoryRecord, Outcome, RunRecord};
+use crate::rotation::{ApprovalRecord, ConfigRecord, HistoryRecord, Outcome, Revert, RunRecord};
 use crate::stages;
 use rekey_shared::{Stage, VersionId};
 
@@ -284,8 +284,9 @@ impl Store {
         Ok(true)
     }
 
-    /// Ends a run without success: PENDING comes off the run's version, in
-    /// the same transaction as the run's end.
+    /// Ends a run without success: PENDING comes off the run's version
+    /// (unless its revert failed), in the same transaction as the run's
+    /// end.
     pub async fn end_run(
         &self,
         run: &mut RunRecord,
@@ -296,7 +297,12 @@ impl Store {
         tx.changes_secret(&run.secret_id);
         let mut map = read_stage_map(&mut tx, &run.secret_id).await?;
         let before = map.clone();
-        if map.get(&pending()).map(|v| v.as_str()) == Some(run.id.as_str()) {
+        // After a revert that failed, the target may hold the run's value:
+        // PENDING stays on it, so that the one value that may work there
+        // is found by a stage, not by searching the versions.
+        if run.revert != Revert::Failed
+            && map.get(&pending()).map(|v| v.as_str()) == Some(run.id.as_str())
+        {
             map.remove(&pending());
             write_stage_map(&mut tx, &run.secret_id, &before, &map).await?;
         }

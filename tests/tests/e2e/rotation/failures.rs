@@ -82,6 +82,20 @@ fn a_run_ending_after_set_secret_reverts_the_target() {
         "{listed}"
     );
     assert_eq!(admin.run(&["get", "rev/db"]).ok().stdout, "v1\n");
+    // What the target may hold now keeps its PENDING label: the one value
+    // that may work there is found by a stage.
+    let pending = admin
+        .run(&["get", "rev/db", "--stage", "PENDING"])
+        .ok()
+        .stdout;
+    assert_eq!(pending.trim_end(), target(&state));
+    // Once the target is mended, the next rotation runs as any other.
+    std::fs::remove_file(state.join("fail-revert")).unwrap();
+    std::fs::remove_file(state.join("fail-testSecret")).unwrap();
+    admin.run(&["rotate", "rev/db"]).ok();
+    let rotated = admin.run(&["get", "rev/db"]).ok().stdout;
+    assert_eq!(rotated.trim_end(), target(&state));
+    assert!(rotated.starts_with("rotated-"), "{rotated}");
 }
 
 #[test]
