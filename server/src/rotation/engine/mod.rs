@@ -215,7 +215,28 @@ impl Engine {
                     }
                     Err(error) => {
                         tracing::warn!(%error, secret = %secret.name, "a scheduled rotation did not start");
-                        format!("not started: {error}")
+                        // A failure of the server's own (its database away
+                        // for a moment) does not cost a whole period: the
+                        // due time is put back, and the next look starts it.
+                        // (What the run itself refuses, it skips.)
+                        let transient = matches!(
+                            error,
+                            Error::Unavailable(_) | Error::Aborted(_) | Error::Internal(_)
+                        );
+                        // The server's own failures are told in its log.
+                        let why = if transient {
+                            "the server failed (its log has the details)".to_owned()
+                        } else {
+                            error.to_string()
+                        };
+                        if transient
+                            && let Some(next) = next
+                            && store.claim_due(&secret.id, next, Some(due_at)).await?
+                        {
+                            format!("not started: {why}; tried again shortly")
+                        } else {
+                            format!("not started: {why}")
+                        }
                     }
                 }
             };
