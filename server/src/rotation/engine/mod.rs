@@ -217,8 +217,9 @@ impl Engine {
                         tracing::warn!(%error, secret = %secret.name, "a scheduled rotation did not start");
                         // A failure of the server's own (its database away
                         // for a moment) does not cost a whole period: the
-                        // due time is put back, and the next look starts it.
-                        // (What the run itself refuses, it skips.)
+                        // run is due again in a minute (not at once: a
+                        // failure that lasts would be an event a second).
+                        // What the run itself refuses, it skips.
                         let transient = matches!(
                             error,
                             Error::Unavailable(_) | Error::Aborted(_) | Error::Internal(_)
@@ -231,9 +232,11 @@ impl Engine {
                         };
                         if transient
                             && let Some(next) = next
-                            && store.claim_due(&secret.id, next, Some(due_at)).await?
+                            && store
+                                .claim_due(&secret.id, next, Some(now + 60_000))
+                                .await?
                         {
-                            format!("not started: {why}; tried again shortly")
+                            format!("not started: {why}; tried again in a minute")
                         } else {
                             format!("not started: {why}")
                         }
