@@ -16,6 +16,12 @@ pub const SERVER_STOPPING: &str = "server_stopping";
 /// never sent to clients, who reconnect and read again.
 pub const EVENTS_LOST: &str = "events_lost";
 
+/// The kind of the event that ends every Watch stream of this process
+/// (UNAVAILABLE) because another policy is in force: what a client keeps
+/// from before (a caching client's values) may be no longer its to read.
+/// Never sent to clients, who reconnect and read again, under the new one.
+pub const POLICY_CHANGED: &str = "policy_changed";
+
 /// The event of kind [`EVENTS_LOST`].
 pub fn events_lost() -> WatchEvent {
     WatchEvent {
@@ -108,6 +114,14 @@ impl Events {
     /// Ends every Watch stream of this process: events may have been lost.
     pub fn lost(&self) {
         self.deliver(Arc::new(events_lost()));
+    }
+
+    /// Ends every Watch stream of this process: another policy is in force.
+    pub fn policy_changed(&self) {
+        self.deliver(Arc::new(WatchEvent {
+            kind: POLICY_CHANGED.to_owned(),
+            ..WatchEvent::default()
+        }));
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<WatchEvent>> {

@@ -41,6 +41,8 @@ async fn refresh_policy(state: &AppState) -> Result<()> {
     match Policy::parse(&stored.document) {
         Ok(policy) => {
             state.authorizer.replace(policy, stored.version);
+            // Watchers read again under it (see `events::POLICY_CHANGED`).
+            state.events.policy_changed();
             tracing::info!(version = stored.version, "policy in force");
             Ok(())
         }
@@ -49,7 +51,7 @@ async fn refresh_policy(state: &AppState) -> Result<()> {
             // Open Watch streams would go on, silent (their events are
             // checked against the policy): they end, and a client that
             // watches again is refused.
-            state.events.lost();
+            state.events.policy_changed();
             Err(Error::Internal(format!(
                 "stored policy version {}: {error}; this server cannot enforce it and refuses every request until a policy it can read is applied",
                 stored.version

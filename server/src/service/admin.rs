@@ -79,6 +79,8 @@ impl AdminService {
         context.recorded();
         // In force for the next request, here; elsewhere within seconds.
         self.state.authorizer.replace(policy.clone(), version);
+        // Watchers read again under it (see `events::POLICY_CHANGED`).
+        self.state.events.policy_changed();
         Ok(proto::PolicyDocument {
             version,
             document: policy.to_toml(),

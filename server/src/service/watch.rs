@@ -90,6 +90,12 @@ impl WatchService {
                              read again",
                         )))
                     }
+                    // What the watcher keeps may be no longer its to read.
+                    Watched::Event(Ok(event)) if event.kind == crate::events::POLICY_CHANGED => {
+                        Some(Err(Status::unavailable(
+                            "another policy is in force; reconnect and read again",
+                        )))
+                    }
                     Watched::Event(Ok(event)) => {
                         let visible = event.name.starts_with(&prefix)
                             && state

@@ -288,3 +288,42 @@ async fn a_refused_watch_is_asked_for_less_and_less_often() {
     );
     drop(cache);
 }
+
+/// A policy that takes reading away ends the Watch streams, so a caching
+/// client drops what it kept and asks again, and is refused: it served the
+/// value from memory until its time to live ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_policy_that_takes_reading_away_empties_the_cache() {
+    let installation = Installation::new();
+    let app = installation.issue("app", &["reader"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    // The same policy with app an approver (watches, reads no value).
+    let policy = admin.run(&["policy", "get"]).ok().stdout;
+    let bound = "principal = \"app\"\nroles = [\"reader\"]";
+    assert!(policy.contains(bound), "{policy}");
+    let taken = policy.replace(bound, "principal = \"app\"\nroles = [\"approver\"]");
+    admin
+        .run(&["create", "taken/db", "--value", "v-taken"])
+        .ok();
+    let identity = Identity::load(&app).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    let cache = CachingClient::new(channel, Duration::from_secs(3600));
+    until_read_from_memory(&cache, &admin, "taken/db", b"v-taken").await;
+
+    admin.apply_policy(&taken).ok();
+    let deadline = Instant::now() + DEADLINE;
+    let refused = loop {
+        match cache.get("taken/db").await {
+            Ok(_) => assert!(
+                Instant::now() < deadline,
+                "the value was still served from memory"
+            ),
+            Err(status) => break status,
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+}
