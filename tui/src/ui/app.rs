@@ -182,6 +182,9 @@ pub struct App {
     pub secrets: SecretsList,
     /// The secret Detail and Run show.
     pub detail: Option<Detail>,
+    /// The secret last opened: a detail that arrives for another (a late
+    /// reload of the one before) is not shown in its place.
+    pub detail_wanted: Option<String>,
     pub approvals: Vec<proto::RotationRun>,
     pub approvals_selected: usize,
     pub audit: Vec<proto::AuditEvent>,

@@ -234,6 +234,7 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
                     app.back.push(app.view);
                     app.view = target;
                     app.detail = None;
+                    app.detail_wanted = Some(name.clone());
                     vec![Effect::LoadDetail(name)]
                 }
                 None => Vec::new(),
@@ -347,6 +348,13 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             Vec::new()
         }
         Action::DetailLoaded(mut detail) => {
+            if app
+                .detail_wanted
+                .as_deref()
+                .is_some_and(|wanted| wanted != detail.metadata.name)
+            {
+                return Vec::new();
+            }
             if let Some(old) = &mut app.detail
                 && old.metadata.name == detail.metadata.name
             {

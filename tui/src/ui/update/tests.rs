@@ -115,6 +115,29 @@ fn an_approval_from_the_list_names_the_run_its_row_shows() {
 }
 
 #[test]
+fn a_late_detail_of_another_secret_is_not_shown() {
+    let mut app = app_with_rows(2);
+    update(&mut app, Action::Down);
+    assert_eq!(
+        update(&mut app, Action::Open),
+        [Effect::LoadDetail("s/001".into())]
+    );
+    let detail = |name: &str| {
+        Box::new(Detail {
+            metadata: proto::SecretMetadata {
+                name: name.into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    };
+    update(&mut app, Action::DetailLoaded(detail("s/000")));
+    assert!(app.detail.is_none());
+    update(&mut app, Action::DetailLoaded(detail("s/001")));
+    assert_eq!(app.detail.unwrap().metadata.name, "s/001");
+}
+
+#[test]
 fn the_approvals_selection_stays_on_its_run() {
     let run = |id: &str| proto::RotationRun {
         name: format!("s/{id}"),
