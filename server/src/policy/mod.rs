@@ -119,6 +119,18 @@ struct Refusal {
     at: Option<Place>,
 }
 
+impl Refusal {
+    /// The error, with the line of `text` (the document checked) it is on.
+    fn in_document(self, text: &str) -> PolicyError {
+        let line = self
+            .at
+            .and_then(|place| line_of(text, &place))
+            .map(|line| format!("line {line}: "))
+            .unwrap_or_default();
+        PolicyError(format!("{line}{}", self.message))
+    }
+}
+
 /// The first line holding `needle` at or after the `nth` (from 0) line
 /// holding `anchor`.
 struct Place {
@@ -183,14 +195,9 @@ impl Policy {
                 error.message()
             ))
         })?;
-        policy.check_located(text).map_err(|refusal| {
-            let line = refusal
-                .at
-                .and_then(|place| line_of(text, &place))
-                .map(|line| format!("line {line}: "))
-                .unwrap_or_default();
-            PolicyError(format!("{line}{}", refusal.message))
-        })?;
+        policy
+            .check_located(text)
+            .map_err(|refusal| refusal.in_document(text))?;
         Ok(policy)
     }
 
@@ -200,14 +207,9 @@ impl Policy {
     /// before these checks load all the same.)
     pub fn parse_to_apply(text: &str) -> Result<Self, PolicyError> {
         let policy = Self::parse(text)?;
-        policy.check_patterns().map_err(|refusal| {
-            let line = refusal
-                .at
-                .and_then(|place| line_of(text, &place))
-                .map(|line| format!("line {line}: "))
-                .unwrap_or_default();
-            PolicyError(format!("{line}{}", refusal.message))
-        })?;
+        policy
+            .check_patterns()
+            .map_err(|refusal| refusal.in_document(text))?;
         Ok(policy)
     }
 

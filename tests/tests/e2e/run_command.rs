@@ -162,35 +162,14 @@ fn run_watch_follows_a_restarted_server_and_takes_its_command_down_with_it() {
 /// not keep values its caller may no longer read.
 #[test]
 fn run_watch_stops_the_command_when_its_certificate_is_revoked() {
-    let installation = Installation::new();
-    let app = installation.issue("app", &["reader"]);
-    let server = installation.serve();
-    server
-        .rekey(&installation.admin())
-        .run(&["create", "watched/token", "--value", "tok-1"])
-        .ok();
-    let seen = installation.dir().join("seen");
-    let script = format!(r#"echo "$$" >> '{}'; exec sleep 60"#, seen.display());
-    let mut running = run_watched(&server.rekey(&app), &script, std::process::Stdio::piped());
-    let pid = eventually("the command to start", || {
-        std::fs::read_to_string(&seen)
-            .ok()
-            .and_then(|text| text.trim().parse::<i32>().ok())
-    });
+    let (installation, _server, mut running, pid) = watched_as_app();
     let revoked = rekey_tests::rekeyd(installation.dir(), &["cert", "revoke", "app"]);
     assert!(
         revoked.status.success(),
         "{}",
         rekey_tests::text(&revoked.stderr)
     );
-    let status = eventually("rekey run to stop", || running.try_wait().unwrap());
-    assert_eq!(status.code(), Some(1));
-    assert!(
-        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        "the command outlived rekey run"
-    );
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut running.stderr.take().unwrap(), &mut stderr).unwrap();
+    let stderr = stopped_with_its_command(&mut running, pid);
     assert!(
         stderr.contains("ended the watch of watched/token") && stderr.contains("(UNAUTHENTICATED)"),
         "{stderr}"
@@ -202,21 +181,7 @@ fn run_watch_stops_the_command_when_its_certificate_is_revoked() {
 /// does not answer, which `rekey run` waits for with the command running.
 #[test]
 fn run_watch_stops_the_command_when_a_restarted_server_refuses_its_certificate() {
-    let installation = Installation::new();
-    let app = installation.issue("app", &["reader"]);
-    let server = installation.serve();
-    server
-        .rekey(&installation.admin())
-        .run(&["create", "watched/token", "--value", "tok-1"])
-        .ok();
-    let seen = installation.dir().join("seen");
-    let script = format!(r#"echo "$$" >> '{}'; exec sleep 60"#, seen.display());
-    let mut running = run_watched(&server.rekey(&app), &script, std::process::Stdio::piped());
-    let pid = eventually("the command to start", || {
-        std::fs::read_to_string(&seen)
-            .ok()
-            .and_then(|text| text.trim().parse::<i32>().ok())
-    });
+    let (installation, server, mut running, pid) = watched_as_app();
     let address = server.url.trim_start_matches("https://").to_owned();
     assert!(server.stop().success());
     let revoked = rekey_tests::rekeyd(installation.dir(), &["cert", "revoke", "app"]);
@@ -226,6 +191,40 @@ fn run_watch_stops_the_command_when_a_restarted_server_refuses_its_certificate()
         rekey_tests::text(&revoked.stderr)
     );
     let _server = Server::start_on(installation.dir(), &address, &[]);
+    let stderr = stopped_with_its_command(&mut running, pid);
+    assert!(
+        stderr.contains(
+            "refused this client's certificate at the TLS handshake (CertificateRevoked)"
+        ),
+        "{stderr}"
+    );
+}
+
+/// An installation serving `watched/token`, and `rekey run --watch` as
+/// `app` (a reader) running a command that wrote its process id; the
+/// command's process id.
+fn watched_as_app() -> (Installation, rekey_tests::Server, std::process::Child, i32) {
+    let installation = Installation::new();
+    let app = installation.issue("app", &["reader"]);
+    let server = installation.serve();
+    server
+        .rekey(&installation.admin())
+        .run(&["create", "watched/token", "--value", "tok-1"])
+        .ok();
+    let seen = installation.dir().join("seen");
+    let script = format!(r#"echo "$$" >> '{}'; exec sleep 60"#, seen.display());
+    let running = run_watched(&server.rekey(&app), &script, std::process::Stdio::piped());
+    let pid = eventually("the command to start", || {
+        std::fs::read_to_string(&seen)
+            .ok()
+            .and_then(|text| text.trim().parse::<i32>().ok())
+    });
+    (installation, server, running, pid)
+}
+
+/// Waits for `rekey run` to exit 1 having stopped its command `pid`; what
+/// it said on standard error.
+fn stopped_with_its_command(running: &mut std::process::Child, pid: i32) -> String {
     let status = eventually("rekey run to stop", || running.try_wait().unwrap());
     assert_eq!(status.code(), Some(1));
     assert!(
@@ -234,12 +233,7 @@ fn run_watch_stops_the_command_when_a_restarted_server_refuses_its_certificate()
     );
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut running.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(
-        stderr.contains(
-            "refused this client's certificate at the TLS handshake (CertificateRevoked)"
-        ),
-        "{stderr}"
-    );
+    stderr
 }
 
 /// `rekey run --watch --env T=watched/token -- sh -c SCRIPT`, started.
