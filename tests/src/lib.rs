@@ -145,9 +145,10 @@ impl Installation {
             let rotation = table
                 .entry("rotation")
                 .or_insert_with(|| toml::Value::Table(Default::default()));
-            if let Some(rotation) = rotation.as_table_mut() {
-                rotation.insert("max_attempts".into(), 1.into());
-            }
+            rotation
+                .as_table_mut()
+                .expect("[rotation] is a table")
+                .insert("max_attempts".into(), 1.into());
         });
     }
 

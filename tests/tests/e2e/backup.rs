@@ -222,12 +222,10 @@ fn a_restore_archives_into_its_own_directory() {
         let audit = table
             .entry("audit")
             .or_insert_with(|| toml::Value::Table(Default::default()));
-        if let Some(audit) = audit.as_table_mut() {
-            audit.insert(
-                "archive_dir".into(),
-                original_archive.display().to_string().into(),
-            );
-        }
+        audit.as_table_mut().expect("[audit] is a table").insert(
+            "archive_dir".into(),
+            original_archive.display().to_string().into(),
+        );
     });
     let backups = tempfile::tempdir().unwrap();
     let file = backups.path().join("archive-backup.db");

@@ -211,15 +211,23 @@ fn an_init_stopped_at_the_passphrase_leaves_nothing_behind() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Blocked reading the passphrase, on one of its threads (`read` is
-    // syscall 0; the descriptor it reads is its own copy of 0).
-    let tasks = format!("/proc/{}/task", waiting.id());
+    // Blocked reading the passphrase, on one of its threads: in `read`
+    // (syscall 0 on x86-64) on a descriptor that is its standard input
+    // (its own copy of 0: the same pipe).
+    let process = format!("/proc/{}", waiting.id());
+    let stdin = std::fs::read_link(format!("{process}/fd/0")).unwrap();
     rekey_tests::eventually("init to wait for its passphrase", || {
-        std::fs::read_dir(&tasks).ok()?.find_map(|task| {
-            std::fs::read_to_string(task.ok()?.path().join("syscall"))
-                .ok()
-                .filter(|text| text.starts_with("0 "))
-        })
+        std::fs::read_dir(format!("{process}/task"))
+            .ok()?
+            .find_map(|task| {
+                let call = std::fs::read_to_string(task.ok()?.path().join("syscall")).ok()?;
+                let mut fields = call.split_whitespace();
+                let fd = (fields.next()? == "0")
+                    .then(|| fields.next())??
+                    .trim_start_matches("0x");
+                let fd = i64::from_str_radix(fd, 16).ok()?;
+                (std::fs::read_link(format!("{process}/fd/{fd}")).ok()? == stdin).then_some(())
+            })
     });
     let pid = rustix::process::Pid::from_raw(waiting.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();

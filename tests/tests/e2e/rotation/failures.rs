@@ -98,6 +98,24 @@ fn a_run_ending_after_set_secret_reverts_the_target() {
     assert!(rotated.starts_with("rotated-"), "{rotated}");
 }
 
+/// Steps a manual run (at most its four steps) until one fails; the run,
+/// as shown then.
+fn step_until_it_fails(admin: &Rekey, name: &str) -> Value {
+    let mut shown = show(admin, name);
+    for _ in 0..4 {
+        if shown["run"]["state"] != "waiting_for_operator" {
+            break;
+        }
+        let stepped = admin.run(&["rotation", "step", name]);
+        shown = show(admin, name);
+        if shown["run"]["state"] == "waiting_for_operator" {
+            assert_eq!(stepped.code, 0, "{}", stepped.stderr);
+        }
+    }
+    assert_eq!(shown["run"]["state"], "step_failed", "{shown}");
+    shown
+}
+
 #[test]
 fn failing_rotators_leave_current_untouched_and_say_why() {
     let installation = Installation::new();
@@ -134,12 +152,7 @@ fn failing_rotators_leave_current_untouched_and_say_why() {
         flag(&state, steer);
         // A manual run pauses at the failure for the operator.
         admin.run(&["rotate", "fail/db", "--manual"]).ok();
-        let mut shown = show(&admin, "fail/db");
-        while shown["run"]["state"] == "waiting_for_operator" {
-            let _ = admin.run(&["rotation", "step", "fail/db"]);
-            shown = show(&admin, "fail/db");
-        }
-        assert_eq!(shown["run"]["state"], "step_failed", "{steer}: {shown}");
+        let shown = step_until_it_fails(&admin, "fail/db");
         let failed = shown["run"]["steps"]
             .as_array()
             .unwrap()
@@ -169,6 +182,16 @@ fn failing_rotators_leave_current_untouched_and_say_why() {
         );
 
         // Retry fails again while steered; then the operator fixes it and retries.
+        admin.run(&["rotation", "retry", "fail/db"]);
+        let again = show(&admin, "fail/db");
+        assert_eq!(again["run"]["state"], "step_failed", "{steer}: {again}");
+        let failed_again = again["run"]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["step"] == step)
+            .unwrap();
+        assert_eq!(failed_again["attempts"], 2, "{steer}: {again}");
         std::fs::remove_file(state.join(steer)).unwrap();
         let retried = admin
             .run(&["rotation", "retry", "fail/db", "--output", "json"])
@@ -253,12 +276,7 @@ fn a_nul_in_a_rotators_error_is_recorded_on_postgres() {
     flag(&state, "fail-setSecret");
     flag(&state, "nul");
     admin.run(&["rotate", "nul/db", "--manual"]).ok();
-    let mut shown = show(&admin, "nul/db");
-    while shown["run"]["state"] == "waiting_for_operator" {
-        let _ = admin.run(&["rotation", "step", "nul/db"]);
-        shown = show(&admin, "nul/db");
-    }
-    assert_eq!(shown["run"]["state"], "step_failed", "{shown}");
+    let shown = step_until_it_fails(&admin, "nul/db");
     let error = shown["run"]["steps"][1]["error"]
         .as_str()
         .unwrap()
