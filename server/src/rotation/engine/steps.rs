@@ -331,7 +331,7 @@ impl Engine {
         let previous = self.previous(secret).await?;
         let replacing = self.open(secret, &run.id).await?;
         let result = match self.rotator(rotator, settings).await {
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(failure_text(&error)),
             Ok(rotator) => {
                 let mut outcome = Ok(());
                 for step in [Step::Set, Step::Test] {
