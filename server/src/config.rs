@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 pub const CONFIG_FILE: &str = "rekeyd.toml";
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Address of the gRPC listener (mutual TLS). `REKEY_LISTEN`.
@@ -173,7 +173,7 @@ pub struct NotificationSettings {
     pub webhooks: Vec<WebhookConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// `http://` or `https://` (verified against the web's root CAs, or
@@ -189,6 +189,56 @@ pub struct WebhookConfig {
     /// chain to, instead of the web's root CAs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+}
+
+/// `url` as Debug shows it: no user or password, no query, and with
+/// `keep_path` its path (a webhook's may carry a token: not kept).
+fn shown_url(url: &str, keep_path: bool) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<not a URL>".to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let host = rest[..end]
+        .rsplit_once('@')
+        .map_or(&rest[..end], |(_, host)| host);
+    let path = if keep_path {
+        rest[end..].split(['?', '#']).next().unwrap_or_default()
+    } else {
+        ""
+    };
+    format!("{scheme}://{host}{path}")
+}
+
+// By hand: a database URL may carry a password, a webhook URL a token.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("database_url", &shown_url(&self.database_url, true))
+            .field("root_key_file", &self.root_key_file)
+            .field("purge_interval_seconds", &self.purge_interval_seconds)
+            .field("read_cache_mib", &self.read_cache_mib)
+            .field("root_passphrase", &self.root_passphrase)
+            .field("tls", &self.tls)
+            .field("log", &self.log)
+            .field("rotation", &self.rotation)
+            .field("rate_limit", &self.rate_limit)
+            .field("metrics", &self.metrics)
+            .field("audit", &self.audit)
+            .field("notifications", &self.notifications)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookConfig")
+            .field("url", &shown_url(&self.url, false))
+            .field("secret_file", &self.secret_file)
+            .field("events", &self.events)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 /// What a notification is about: the `X-Rekey-Event` header.
@@ -462,6 +512,30 @@ pub fn toml_of(config: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_no_password_or_token() {
+        let mut config = Config {
+            database_url: "postgres://rekey:hunter2-pw@db.internal:5432/rekey?password=hunter3"
+                .to_owned(),
+            ..Config::default()
+        };
+        config.notifications.webhooks.push(WebhookConfig {
+            url: "https://hooks.example/services/T0KEN-4a1c?key=T0KEN-2".to_owned(),
+            secret_file: "hook.key".into(),
+            events: None,
+            ca_file: None,
+        });
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("postgres://db.internal:5432/rekey"),
+            "{shown}"
+        );
+        assert!(shown.contains("https://hooks.example\""), "{shown}");
+        for secret in ["hunter2", "hunter3", "T0KEN"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
 
     #[test]
     fn a_malformed_file_is_refused_without_quoting_it() {
