@@ -113,6 +113,17 @@ async fn a_revoked_certificate_is_refused_on_an_open_connection() {
             "refused after, not at, the handshake"
         );
     }
+    // ... and the server said why, in its TLS alert.
+    assert_eq!(
+        rekey_shared::probe::certificate_refused(&server.url, &identity).await,
+        Some(rustls::AlertDescription::CertificateRevoked)
+    );
+    // An identity it accepts is told apart.
+    let admin = rekey_shared::identity::Identity::load(&installation.admin()).unwrap();
+    assert_eq!(
+        rekey_shared::probe::certificate_refused(&server.url, &admin).await,
+        None
+    );
     // The admin is unaffected.
     server
         .rekey(&installation.admin())
