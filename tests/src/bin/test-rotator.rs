@@ -38,9 +38,14 @@ fn main() {
     let block = format!("block-{step}");
     if flag(&block) {
         // Which rekeyd runs it: the test of replicas kills that one.
-        let parent = std::os::unix::process::parent_id().to_string();
-        std::fs::write(dir.join(format!("blocked-{step}")), parent).unwrap();
+        let parent = std::os::unix::process::parent_id();
+        std::fs::write(dir.join(format!("blocked-{step}")), parent.to_string()).unwrap();
         while flag(&block) {
+            // The rekeyd that ran it was killed: an orphan must not finish
+            // its step beside the run another server resumed.
+            if std::os::unix::process::parent_id() != parent {
+                std::process::exit(1);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
