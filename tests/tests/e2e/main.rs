@@ -14,6 +14,7 @@ mod bench_smoke;
 mod cache;
 mod control_characters;
 mod crash;
+mod crls;
 mod databases;
 mod dev;
 mod idempotency;
