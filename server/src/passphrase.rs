@@ -166,10 +166,10 @@ impl PassphraseSource {
     fn read(&self, purpose: &str, confirm: bool) -> anyhow::Result<Passphrase> {
         if let Some(fd) = self.fd {
             // /dev/fd opens the descriptor without taking it over unsafely.
-            let mut text = Zeroizing::new(
-                std::fs::read_to_string(format!("/dev/fd/{fd}"))
-                    .with_context(|| format!("reading the passphrase from file descriptor {fd}"))?,
-            );
+            let file = std::fs::File::open(format!("/dev/fd/{fd}"))
+                .with_context(|| format!("reading the passphrase from file descriptor {fd}"))?;
+            let mut text = read_bounded(file)
+                .with_context(|| format!("reading the passphrase from file descriptor {fd}"))?;
             trim_line_end(&mut text);
             return Ok(Passphrase(text));
         }
@@ -241,9 +241,49 @@ fn prompt(question: &str) -> anyhow::Result<Passphrase> {
     Ok(Passphrase(line))
 }
 
+/// The most bytes a passphrase read from a descriptor may have.
+const MAX_PASSPHRASE_BYTES: usize = 4096;
+
+/// All of `reader` as text, into a buffer allocated once (no copy of the
+/// passphrase is left in memory a growing buffer gave back); refused when
+/// longer than [`MAX_PASSPHRASE_BYTES`] or not UTF-8.
+fn read_bounded(mut reader: impl std::io::Read) -> anyhow::Result<Zeroizing<String>> {
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_PASSPHRASE_BYTES));
+    let mut chunk = Zeroizing::new([0u8; 512]);
+    loop {
+        let read = reader.read(&mut chunk[..])?;
+        if read == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            bytes.len() + read <= MAX_PASSPHRASE_BYTES,
+            "the passphrase is longer than {MAX_PASSPHRASE_BYTES} bytes"
+        );
+        bytes.extend_from_slice(&chunk[..read]);
+    }
+    let bytes = std::mem::take(&mut *bytes);
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok(Zeroizing::new(text)),
+        Err(error) => {
+            // Wiped, not dropped as it is.
+            drop(Zeroizing::new(error.into_bytes()));
+            anyhow::bail!("the passphrase is not UTF-8")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_passphrase_is_read_whole_bounded_and_as_text() {
+        let text = read_bounded(&b"correct horse battery staple\n"[..]).unwrap();
+        assert_eq!(text.as_str(), "correct horse battery staple\n");
+        let long = vec![b'x'; MAX_PASSPHRASE_BYTES + 1];
+        assert!(read_bounded(&long[..]).is_err());
+        assert!(read_bounded(&[0xff, 0xfe][..]).is_err());
+    }
 
     fn phrase(text: &str) -> Passphrase {
         Passphrase(Zeroizing::new(text.to_owned()))

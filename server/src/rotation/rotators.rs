@@ -232,8 +232,10 @@ fn value_fields(
     }
 }
 
+/// What `stream` gives, the first `limit` bytes of it, in a buffer that
+/// never grows (so no copy of a value is left in memory it gave back).
 async fn read_limited(mut stream: impl AsyncRead + Unpin, limit: usize) -> Zeroizing<Vec<u8>> {
-    let mut buffer = Zeroizing::new(Vec::new());
+    let mut buffer = Zeroizing::new(Vec::with_capacity(limit));
     let mut chunk = [0u8; 8192];
     loop {
         match stream.read(&mut chunk).await {
