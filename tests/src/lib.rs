@@ -458,7 +458,9 @@ pub fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 }
 
 /// The value of one series (`name{labels}`) on `server`'s metrics page;
-/// 0 when the page has none.
+/// 0 when the page has none of those labels yet. A metric the page does
+/// not declare at all (renamed, dropped) fails the test rather than read
+/// as 0.
 pub fn metric(server: &Server, series: &str) -> f64 {
     let url = server
         .metrics
@@ -466,6 +468,16 @@ pub fn metric(server: &Server, series: &str) -> f64 {
         .expect("the server printed its metrics address");
     let (status, _, page) = http_get(url, "/metrics");
     assert_eq!(status, 200, "{page}");
+    let name = series.split('{').next().unwrap_or(series);
+    let family = ["_bucket", "_count", "_sum", "_total"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .filter(|family| page.contains(&format!("# TYPE {family} ")))
+        .unwrap_or(name);
+    assert!(
+        page.contains(&format!("# TYPE {family} ")),
+        "the metrics page declares no {family}:\n{page}"
+    );
     page.lines()
         .filter_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .find_map(|value| value.trim().parse().ok())
