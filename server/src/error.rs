@@ -90,6 +90,15 @@ impl Error {
         Self::Internal(format!("{context}: {error}"))
     }
 
+    /// What a client is told of this error: its own message for a kind it
+    /// can act on; for the server's own failures (internal, the database
+    /// away, the audit log unwritable) the short line of the status, the
+    /// details going to the log. For text other principals read (a
+    /// rotation's history, a Watch event, an audit detail).
+    pub fn told(&self) -> String {
+        Status::from(self.clone()).message().to_owned()
+    }
+
     /// Writing a request's audit events failed with `error`.
     pub fn audit_unwritable(error: &Error) -> Self {
         Self::AuditUnwritable {

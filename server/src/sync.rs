@@ -40,18 +40,14 @@ async fn refresh_policy(state: &AppState) -> Result<()> {
     };
     match Policy::parse(&stored.document) {
         Ok(policy) => {
-            state.authorizer.replace(policy, stored.version);
-            // Watchers read again under it (see `events::POLICY_CHANGED`).
-            state.events.policy_changed();
+            state.put_policy_in_force(policy, stored.version);
             tracing::info!(version = stored.version, "policy in force");
             Ok(())
         }
         Err(error) => {
-            state.authorizer.replace(Policy::default(), stored.version);
-            // Open Watch streams would go on, silent (their events are
-            // checked against the policy): they end, and a client that
-            // watches again is refused.
-            state.events.policy_changed();
+            // Deny everything; open Watch streams end (they would go on,
+            // silent), and a client that watches again is refused.
+            state.put_policy_in_force(Policy::default(), stored.version);
             Err(Error::Internal(format!(
                 "stored policy version {}: {error}; this server cannot enforce it and refuses every request until a policy it can read is applied",
                 stored.version

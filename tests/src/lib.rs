@@ -317,6 +317,25 @@ impl Server {
                 .unwrap(),
         )
     }
+
+    /// A Watch of the names under `prefix` as `identity`, on a connection
+    /// of its own: the stream, or the server's refusal.
+    pub async fn watch(
+        &self,
+        identity: &Path,
+        prefix: &str,
+    ) -> Result<tonic::Streaming<rekey_shared::proto::WatchEvent>, tonic::Status> {
+        let identity = Identity::load(identity).unwrap();
+        let channel = rekey_shared::channel::connect(&self.url, &identity)
+            .await
+            .unwrap();
+        rekey_shared::proto::watch_client::WatchClient::new(channel)
+            .watch(rekey_shared::proto::WatchRequest {
+                prefix: prefix.to_owned(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
 }
 
 impl Drop for Server {

@@ -78,9 +78,7 @@ impl AdminService {
         .await?;
         context.recorded();
         // In force for the next request, here; elsewhere within seconds.
-        self.state.authorizer.replace(policy.clone(), version);
-        // Watchers read again under it (see `events::POLICY_CHANGED`).
-        self.state.events.policy_changed();
+        self.state.put_policy_in_force(policy.clone(), version);
         Ok(proto::PolicyDocument {
             version,
             document: policy.to_toml(),

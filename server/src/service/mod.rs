@@ -194,6 +194,14 @@ impl Changes {
 }
 
 impl AppState {
+    /// Puts `policy` (version `version`) in force, unless a newer one is,
+    /// and ends every Watch stream: what a watcher keeps from before may be
+    /// no longer its to read (see `events::POLICY_CHANGED`).
+    pub fn put_policy_in_force(&self, policy: crate::policy::Policy, version: i64) {
+        self.authorizer.replace(policy, version);
+        self.events.policy_changed();
+    }
+
     /// Writes `event` without waiting for it, for a request whose answer
     /// does not wait (a refusal before any handler, a request abandoned).
     /// Outside a runtime (one that has shut down, dropping its tasks'

@@ -409,17 +409,7 @@ async fn an_abandoned_read_is_recorded_and_an_abandoned_change_runs_to_its_end()
     let admin = server.rekey(&installation.admin());
     admin.run(&["create", "g/abandoned", "--value", "one"]).ok();
     let mut client = server.client(&installation.admin()).await;
-    let identity = rekey_shared::identity::Identity::load(&installation.admin()).unwrap();
-    let channel = rekey_shared::channel::connect(&server.url, &identity)
-        .await
-        .unwrap();
-    let mut watch = rekey_shared::proto::watch_client::WatchClient::new(channel)
-        .watch(rekey_shared::proto::WatchRequest {
-            prefix: "g/".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = server.watch(&installation.admin(), "g/").await.unwrap();
     let url = format!("sqlite://{}", installation.database().display());
     let mut lock = SqliteConnection::connect(&url).await.unwrap();
     sqlx::query("BEGIN IMMEDIATE")

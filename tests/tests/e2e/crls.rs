@@ -3,7 +3,7 @@
 //! an expired, stale or broken file refused without holding up the others;
 //! the newest CRL of an issuer and scope in force.
 
-use super::tls::{client_params, identity, installation_ca, try_read, until_refused, wait_for_log};
+use super::tls::{client_params, identity, installation_ca, read_as, until_refused, wait_for_log};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use rekey_shared::identity::Identity;
 use rekey_shared::proto;
@@ -116,12 +116,8 @@ async fn a_crl_of_the_ca_is_honoured() {
         revocations,
     );
     let server = installation.serve();
-    try_read(&server, rekey_shared::channel::tls_config(&kept))
-        .await
-        .unwrap();
-    try_read(&server, rekey_shared::channel::tls_config(&revoked))
-        .await
-        .unwrap_err();
+    read_as(&server, &kept).await.unwrap();
+    read_as(&server, &revoked).await.unwrap_err();
 }
 
 /// A CRL file that changes while the server runs is read again: a serial
@@ -143,9 +139,7 @@ async fn a_changed_crl_is_honoured_without_a_restart() {
         Vec::new(),
     );
     let server = installation.serve();
-    try_read(&server, rekey_shared::channel::tls_config(&revoked))
-        .await
-        .unwrap();
+    read_as(&server, &revoked).await.unwrap();
 
     let revocations = revoked_serial(&[0x0c, 0x01], now);
     use_crl(
@@ -161,18 +155,12 @@ async fn a_changed_crl_is_honoured_without_a_restart() {
         "the CRL written while the server runs was not honoured",
     )
     .await;
-    try_read(&server, rekey_shared::channel::tls_config(&kept))
-        .await
-        .unwrap();
+    read_as(&server, &kept).await.unwrap();
 
     std::fs::write(installation.dir().join("crl.pem"), "not a CRL").unwrap();
     wait_for_log(&server, "a changed CRL file cannot be used").await;
-    try_read(&server, rekey_shared::channel::tls_config(&revoked))
-        .await
-        .unwrap_err();
-    try_read(&server, rekey_shared::channel::tls_config(&kept))
-        .await
-        .unwrap();
+    read_as(&server, &revoked).await.unwrap_err();
+    read_as(&server, &kept).await.unwrap();
 
     // A stale copy (an older CRL, without the revocation) written over the
     // file is refused: the revocation stays.
@@ -188,9 +176,7 @@ async fn a_changed_crl_is_honoured_without_a_restart() {
     )
     .unwrap();
     wait_for_log(&server, "older than the one of its issuer in force").await;
-    try_read(&server, rekey_shared::channel::tls_config(&revoked))
-        .await
-        .unwrap_err();
+    read_as(&server, &revoked).await.unwrap_err();
 }
 
 /// A certificate a fresh CRL revokes loses the connection it opened
@@ -271,12 +257,8 @@ async fn the_newest_crl_of_an_issuer_is_the_one_in_force() {
     );
     std::fs::write(&path, older + &newer).unwrap();
     let server = installation.serve();
-    try_read(&server, rekey_shared::channel::tls_config(&kept))
-        .await
-        .unwrap();
-    try_read(&server, rekey_shared::channel::tls_config(&revoked))
-        .await
-        .unwrap_err();
+    read_as(&server, &kept).await.unwrap();
+    read_as(&server, &revoked).await.unwrap_err();
 }
 
 /// A CA's partitioned CRLs (one for its end-entity certificates, one for
@@ -338,12 +320,8 @@ async fn partitioned_crls_of_one_issuer_are_each_in_force() {
     );
     std::fs::write(installation.dir().join("crl.pem"), users + &cas).unwrap();
     let server = installation.serve();
-    try_read(&server, rekey_shared::channel::tls_config(&kept))
-        .await
-        .unwrap();
-    try_read(&server, rekey_shared::channel::tls_config(&revoked))
-        .await
-        .unwrap_err();
+    read_as(&server, &kept).await.unwrap();
+    read_as(&server, &revoked).await.unwrap_err();
 }
 
 /// One CRL file that cannot be used holds up no other: with another CA's
@@ -397,9 +375,7 @@ async fn a_broken_crl_file_holds_up_no_other() {
         );
     });
     let server = installation.serve();
-    try_read(&server, rekey_shared::channel::tls_config(&revoked))
-        .await
-        .unwrap();
+    read_as(&server, &revoked).await.unwrap();
 
     std::fs::write(&theirs, "cut sho").unwrap();
     let revocation = revoked_serial(&[0x0e, 0x03], now);

@@ -325,15 +325,7 @@ async fn a_lost_listener_ends_the_watch_streams_of_its_replica() {
         return;
     };
     let a = installation.serve();
-    let identity = rekey_shared::identity::Identity::load(&installation.admin()).unwrap();
-    let channel = rekey_shared::channel::connect(&a.url, &identity)
-        .await
-        .unwrap();
-    let mut stream = rekey_shared::proto::watch_client::WatchClient::new(channel)
-        .watch(proto::WatchRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = a.watch(&installation.admin(), "").await.unwrap();
     // The replica's LISTEN connection is cut by the database.
     let cut = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
                WHERE datname = current_database() AND query LIKE 'LISTEN%'";

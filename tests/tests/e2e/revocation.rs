@@ -147,15 +147,7 @@ async fn a_revoked_certificate_loses_its_open_watch() {
     let installation = Installation::new();
     let bob = installation.issue("bob", &["reader"]);
     let server = installation.serve();
-    let identity = rekey_shared::identity::Identity::load(&bob).unwrap();
-    let channel = rekey_shared::channel::connect(&server.url, &identity)
-        .await
-        .unwrap();
-    let mut stream = rekey_shared::proto::watch_client::WatchClient::new(channel)
-        .watch(proto::WatchRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = server.watch(&bob, "").await.unwrap();
     let revoked = rekeyd(installation.dir(), &["cert", "revoke", "bob"]);
     assert!(revoked.status.success(), "{}", text(&revoked.stderr));
     let ended = tokio::time::timeout(DEADLINE, stream.message())
@@ -288,17 +280,7 @@ async fn a_policy_this_server_cannot_read_holds_up_no_revocation() {
         ..Default::default()
     };
     client.get_secret_value(request()).await.unwrap();
-    let identity = rekey_shared::identity::Identity::load(&installation.admin()).unwrap();
-    let channel = rekey_shared::channel::connect(&server.url, &identity)
-        .await
-        .unwrap();
-    let mut watch = rekey_shared::proto::watch_client::WatchClient::new(channel)
-        .watch(proto::WatchRequest {
-            prefix: "r/".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = server.watch(&installation.admin(), "r/").await.unwrap();
 
     let url = format!("sqlite://{}", installation.database().display());
     let mut database = sqlx::SqliteConnection::connect(&url).await.unwrap();
@@ -333,15 +315,7 @@ async fn a_policy_this_server_cannot_read_holds_up_no_revocation() {
         .expect("the watch went on under a policy the server cannot read");
     assert!(!matches!(ended, Ok(Some(_))), "{ended:?}");
     // Watching again is refused, not answered with a silent stream.
-    let channel = rekey_shared::channel::connect(&server.url, &identity)
-        .await
-        .unwrap();
-    let again = rekey_shared::proto::watch_client::WatchClient::new(channel)
-        .watch(proto::WatchRequest {
-            prefix: "r/".into(),
-        })
-        .await
-        .unwrap_err();
+    let again = server.watch(&installation.admin(), "r/").await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::PermissionDenied, "{again:?}");
     // The admin, whom both policies allow, is refused too.
     let refused = admin.run(&["get", "r/x"]);

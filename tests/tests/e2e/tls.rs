@@ -49,6 +49,11 @@ pub(super) fn identity(
     }
 }
 
+/// Tries one read as `who`, on a connection of its own.
+pub(super) async fn read_as(server: &Server, who: &Identity) -> Result<(), String> {
+    try_read(server, rekey_shared::channel::tls_config(who)).await
+}
+
 /// Tries one read with the given TLS settings.
 pub(super) async fn try_read(server: &Server, tls: ClientTlsConfig) -> Result<(), String> {
     let endpoint = rekey_shared::channel::endpoint(&server.url, tls).map_err(|e| e.to_string())?;
@@ -83,9 +88,7 @@ async fn clients_without_a_valid_certificate_are_refused_at_the_handshake() {
 
     // The control: a certificate from the installation's CA gets in.
     let good = identity(client_params("alice"), &issuer, &ca_pem);
-    try_read(&server, rekey_shared::channel::tls_config(&good))
-        .await
-        .unwrap();
+    read_as(&server, &good).await.unwrap();
 
     // No certificate at all.
     let no_certificate = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem));
@@ -102,18 +105,14 @@ async fn clients_without_a_valid_certificate_are_refused_at_the_handshake() {
     other_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let other_issuer = Issuer::new(other_ca, other_ca_key);
     let foreign = identity(client_params("alice"), &other_issuer, &ca_pem);
-    try_read(&server, rekey_shared::channel::tls_config(&foreign))
-        .await
-        .unwrap_err();
+    read_as(&server, &foreign).await.unwrap_err();
 
     // An expired certificate from the right CA.
     let mut expired = client_params("alice");
     expired.not_before = OffsetDateTime::now_utc() - Duration::days(30);
     expired.not_after = OffsetDateTime::now_utc() - Duration::days(1);
     let expired = identity(expired, &issuer, &ca_pem);
-    try_read(&server, rekey_shared::channel::tls_config(&expired))
-        .await
-        .unwrap_err();
+    read_as(&server, &expired).await.unwrap_err();
 }
 
 #[tokio::test]
@@ -127,9 +126,7 @@ async fn a_certificate_that_names_no_principal_is_unauthenticated() {
         SanType::URI("spiffe://corp/b".try_into().unwrap()),
     ];
     let two_uris = identity(params, &issuer, &ca_pem);
-    let refused = try_read(&server, rekey_shared::channel::tls_config(&two_uris))
-        .await
-        .unwrap_err();
+    let refused = read_as(&server, &two_uris).await.unwrap_err();
     assert!(refused.starts_with("Unauthenticated"), "{refused}");
     assert!(
         refused.contains("2 URI subject alternative names"),
@@ -137,15 +134,11 @@ async fn a_certificate_that_names_no_principal_is_unauthenticated() {
     );
 
     let reserved = identity(client_params("system"), &issuer, &ca_pem);
-    let refused = try_read(&server, rekey_shared::channel::tls_config(&reserved))
-        .await
-        .unwrap_err();
+    let refused = read_as(&server, &reserved).await.unwrap_err();
     assert!(refused.contains("reserved"), "{refused}");
 
     let odd_name = identity(client_params("alice smith!"), &issuer, &ca_pem);
-    let refused = try_read(&server, rekey_shared::channel::tls_config(&odd_name))
-        .await
-        .unwrap_err();
+    let refused = read_as(&server, &odd_name).await.unwrap_err();
     assert!(refused.starts_with("Unauthenticated"), "{refused}");
     assert!(
         refused.contains("common name \"alice smith!\""),
@@ -253,10 +246,7 @@ fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tokio_stream::Stream<It
 /// Waits (polling, up to the tests' deadline) until `who` is refused.
 pub(super) async fn until_refused(server: &Server, who: &Identity, what: &str) {
     let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
-    while try_read(server, rekey_shared::channel::tls_config(who))
-        .await
-        .is_ok()
-    {
+    while read_as(server, who).await.is_ok() {
         assert!(
             std::time::Instant::now() < deadline,
             "{what}:\n{}",
@@ -279,7 +269,7 @@ async fn a_serial_revoked_as_openssl_prints_it_is_refused() {
     ]));
     let carol = identity(params, &issuer, &ca_pem);
     let server = installation.serve();
-    let listed = try_read(&server, rekey_shared::channel::tls_config(&carol)).await;
+    let listed = read_as(&server, &carol).await;
     assert!(listed.is_ok(), "carol lists what she may see: {listed:?}");
     let revoked = rekey_tests::rekeyd(
         installation.dir(),

@@ -177,16 +177,7 @@ async fn a_watch_is_refused_to_whom_the_policy_lets_watch_nothing() {
     let installation = rekey_tests::Installation::new();
     let nobody = installation.issue("nobody", &[]);
     let server = installation.serve();
-    let identity = rekey_shared::identity::Identity::load(&nobody).unwrap();
-    let channel = rekey_shared::channel::connect(&server.url, &identity)
-        .await
-        .unwrap();
-    let refused = WatchClient::new(channel)
-        .watch(proto::WatchRequest {
-            prefix: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let refused = server.watch(&nobody, "").await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(
         refused.message().contains("nobody may not secrets:Watch"),

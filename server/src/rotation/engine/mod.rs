@@ -224,12 +224,7 @@ impl Engine {
                             error,
                             Error::Unavailable(_) | Error::Aborted(_) | Error::Internal(_)
                         );
-                        // The server's own failures are told in its log.
-                        let why = if transient {
-                            "the server failed (its log has the details)".to_owned()
-                        } else {
-                            error.to_string()
-                        };
+                        let why = error.told();
                         if transient
                             && let Some(next) = next
                             && store

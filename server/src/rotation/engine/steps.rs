@@ -399,21 +399,11 @@ enum StepDone {
 }
 
 /// What a step's failure says in the run's history, its last error and its
-/// events (which DescribeRotation and Watch show): the rotator's own words,
-/// NUL escaped (PostgreSQL's text cannot hold one: the run's update failed,
-/// and the step ran again every second); for a failure of the server itself
-/// (its database, its keys, its audit log) a line that points to its log,
-/// where the details go.
+/// events (which DescribeRotation and Watch show): what a client would be
+/// told of it (`Error::told`: the rotator's own words; for a failure of the
+/// server itself a line that points to its log), NUL escaped (PostgreSQL's
+/// text cannot hold one: the run's update failed, and the step ran again
+/// every second).
 fn failure_text(error: &Error) -> String {
-    match error {
-        Error::Internal(_) | Error::AuditUnwritable { .. } => {
-            tracing::error!(%error, "a rotation step failed on the server's side");
-            "the server failed (its log has the details)".to_owned()
-        }
-        Error::Unavailable(_) => {
-            tracing::error!(%error, "a rotation step failed on the server's side");
-            "the database was unavailable (the server log has the details)".to_owned()
-        }
-        other => other.to_string().replace('\0', "\\0"),
-    }
+    error.told().replace('\0', "\\0")
 }
