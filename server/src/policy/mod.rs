@@ -395,7 +395,9 @@ impl Policy {
 
     /// Whether `principal` may perform `action` on anything at all, as the
     /// statements alone tell: an allow statement of its roles names the
-    /// action, and no deny statement names it on every resource (`*`).
+    /// action with a resource the action could apply to (not `key:*` for
+    /// a secret's action), and no deny statement names it on every
+    /// resource (`*`, `**`).
     pub fn allows_somewhere(&self, principal: &str, action: &str) -> bool {
         let mut allowed = false;
         for (_, role) in self.roles_of(principal) {
@@ -403,10 +405,15 @@ impl Policy {
                 if !statement.actions.iter().any(|a| glob::matches(a, action)) {
                     continue;
                 }
+                let resources = &statement.resources;
                 match statement.effect {
-                    Effect::Deny if statement.resources.iter().any(|r| r == "*") => return false,
+                    Effect::Deny if resources.iter().any(|r| r.bytes().all(|c| c == b'*')) => {
+                        return false;
+                    }
                     Effect::Deny => {}
-                    Effect::Allow => allowed = true,
+                    Effect::Allow => {
+                        allowed |= resources.iter().any(|r| patterns::could_name(action, r));
+                    }
                 }
             }
         }

@@ -54,6 +54,12 @@ impl Kind {
     }
 }
 
+/// Whether `pattern` could match a resource that `action` (a known
+/// action, not a pattern) applies to.
+pub(super) fn could_name(action: &str, pattern: &str) -> bool {
+    Kind::of(action).could_match(pattern)
+}
+
 /// Why `resource` matches no resource that the actions `actions` (patterns
 /// of known actions) apply to, if it does not.
 pub(super) fn resource_refusal(

@@ -186,6 +186,36 @@ fn allowed_somewhere_or_nowhere() {
 }
 
 #[test]
+fn allowed_somewhere_counts_only_resources_the_action_could_name() {
+    let policy = Policy::parse(
+        r#"
+[roles.keys-only]
+statements = [{ effect = "allow", actions = ["*"], resources = ["key:*"] }]
+
+[roles.all-stars-denied]
+statements = [
+  { effect = "allow", actions = ["secrets:*"], resources = ["prod/*"] },
+  { effect = "deny", actions = ["secrets:Watch"], resources = ["**"] },
+]
+
+[[bindings]]
+principal = "keeper"
+roles = ["keys-only"]
+
+[[bindings]]
+principal = "quiet"
+roles = ["all-stars-denied"]
+"#,
+    )
+    .unwrap();
+    // No secret's name holds a ':': a Watch would never hear of anything.
+    assert!(!policy.allows_somewhere("keeper", "secrets:Watch"));
+    assert!(policy.allows_somewhere("keeper", "keys:Manage"));
+    assert!(!policy.allows_somewhere("quiet", "secrets:Watch"));
+    assert!(policy.allows_somewhere("quiet", "secrets:GetSecretValue"));
+}
+
+#[test]
 fn a_policy_to_apply_names_only_what_could_be_matched() {
     let with = |extra: &str| Policy::parse_to_apply(&format!("{POLICY}{extra}"));
     with("").unwrap();
