@@ -70,20 +70,27 @@ impl Wire {
 /// event is dropped (and logged) rather than held without bound.
 const OUTGOING: usize = 1024;
 
-/// Relays this process's events to the other replicas and theirs to this
-/// one's subscribers, until aborted. Returns at once with an embedded
-/// database, which one process serves.
-pub async fn run(state: Arc<AppState>) {
+/// Starts relaying this process's events to the other replicas and
+/// theirs to this one's subscribers, until the task is aborted; with an
+/// embedded database, which one process serves, the task ends at once.
+///
+/// Events published from the moment this returns are relayed (the relay
+/// is in place before any other task of the server runs); Watch streams
+/// opened before the first `LISTEN` succeeds are ended once it does, since
+/// the other replicas' events until then never reached them.
+pub fn start(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
     if !state.store.is_shared() {
-        return;
+        return tokio::spawn(async {});
     }
     let origin = rekey_shared::VersionId::random().into_string();
     let (relay, outgoing) = mpsc::channel(OUTGOING);
     state.events.relay_to(relay);
-    tokio::join!(
-        send_out(&state, &origin, outgoing),
-        take_in(&state, &origin)
-    );
+    tokio::spawn(async move {
+        tokio::join!(
+            send_out(&state, &origin, outgoing),
+            take_in(&state, &origin)
+        );
+    })
 }
 
 /// Sends this process's events out; after one could not be sent, the
@@ -168,9 +175,10 @@ fn json_len(c: char) -> usize {
 
 /// Listens, reconnecting a second after the connection is lost; every
 /// Watch stream of this process ends when it is lost and again once it
-/// listens again (streams opened meanwhile missed events too).
+/// listens again (streams opened meanwhile missed events too), and once it
+/// first listens (streams opened before missed the events until then).
 async fn take_in(state: &AppState, origin: &str) {
-    let mut lost = false;
+    let mut lost = true;
     loop {
         if let Err(error) = listen(state, origin, &mut lost).await {
             tracing::warn!(%error, "listening for other replicas' watch events failed");

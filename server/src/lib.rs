@@ -171,9 +171,10 @@ pub async fn serve_prepared(
         archiving,
     } = prepared;
     let config = &loaded.config;
+    // First: every event from here on is relayed to the other replicas.
+    let fanning_out = fanout::start(state.clone());
     let syncing = tokio::spawn(sync::run(state.clone()));
     let watching_crls = tokio::spawn(crls.watch());
-    let fanning_out = tokio::spawn(fanout::run(state.clone()));
     let engine = rotation::engine::Engine::new(state.clone());
     let rotating = tokio::spawn(engine.clone().run());
     let requests = Arc::new(metrics::RequestMetrics::for_services(&[
