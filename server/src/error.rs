@@ -99,6 +99,20 @@ impl Error {
         Status::from(self.clone()).message().to_owned()
     }
 
+    /// A failure of the server itself (the database away or busy, a write
+    /// that lost a race, the audit log unwritable, anything internal), not
+    /// of what it was asked or of a system it talks to: what a rotation
+    /// step does not count as one of its attempts.
+    pub fn is_servers_own(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable(_)
+                | Error::Aborted(_)
+                | Error::Internal(_)
+                | Error::AuditUnwritable { .. }
+        )
+    }
+
     /// Writing a request's audit events failed with `error`.
     pub fn audit_unwritable(error: &Error) -> Self {
         Self::AuditUnwritable {

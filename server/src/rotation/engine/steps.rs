@@ -118,6 +118,35 @@ impl Engine {
                 Ok(())
             }
             Ok(StepDone::Abandoned) => Ok(()),
+            // The server's own failure (its database away, say) is not the
+            // step's: the step runs again after the base backoff, its
+            // attempts as they were, in either mode. (Counted, a database
+            // outage would spend a run's attempts and revert a value that
+            // had passed its test.)
+            Err(error) if error.is_servers_own() => {
+                tracing::warn!(%error, run = %run.id, %step, "a rotation step was interrupted by the server's own failure; it runs again");
+                let message = failure_text(&error);
+                let mut next = started.clone();
+                next.last_error = message.clone();
+                next.updated_at = now;
+                let retry_base = (self.state.rotation.retry_base_seconds as i64).max(1) * 1000;
+                next.next_attempt_at = Some(now + retry_base);
+                let detail = format!("{message}; it runs again");
+                store
+                    .update_run(
+                        &mut next,
+                        &[history(
+                            step,
+                            "step_interrupted",
+                            attempt,
+                            "system",
+                            &detail,
+                        )],
+                        None,
+                    )
+                    .await?;
+                Ok(())
+            }
             Err(error) => {
                 let message = failure_text(&error);
                 let mut next = started.clone();
@@ -331,6 +360,9 @@ impl Engine {
         let previous = self.previous(secret).await?;
         let replacing = self.open(secret, &run.id).await?;
         let result = match self.rotator(rotator, settings).await {
+            // The next round reverts again: the server's own failure says
+            // nothing about the target.
+            Err(error) if error.is_servers_own() => return Err(error),
             Err(error) => Err(failure_text(&error)),
             Ok(rotator) => {
                 let mut outcome = Ok(());

@@ -1,10 +1,12 @@
 //! Rotation end to end: automatic and manual runs and schedules here,
 //! approvals in `approvals`, reverts, failures and configuration checks in
-//! `failures`; with the password rotator and the test rotator
+//! `failures`, the server's own failures during a run in
+//! `server_failures`; with the password rotator and the test rotator
 //! (`src/bin/test-rotator.rs`) as `exec:fixture`.
 
 mod approvals;
 mod failures;
+mod server_failures;
 
 use rekey_tests::{Installation, Rekey, eventually};
 use serde_json::Value;

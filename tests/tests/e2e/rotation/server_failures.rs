@@ -1,0 +1,103 @@
+//! The server's own failures during a run (a write refused by the
+//! database, here by a trigger that stands for a full disk): they are not
+//! the step's, so they spend none of its attempts, and a change an operator
+//! made is answered as made even when driving the run on after it fails.
+
+use super::*;
+
+fn sql(installation: &Installation, statement: &str) {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(installation.execute_sql(statement));
+}
+
+fn calls_of(state: &Path, step: &str) -> usize {
+    std::fs::read_to_string(state.join("calls"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| line.starts_with(&format!("{step} revert=false")))
+        .count()
+}
+
+/// With one attempt allowed, a createSecret whose pending version cannot
+/// be written runs again, and the run succeeds once the database takes
+/// writes again. It ended failed after the first.
+#[test]
+fn a_step_the_server_failed_is_not_one_of_its_attempts() {
+    let installation = Installation::new();
+    let state = fixture(&installation);
+    installation.no_retries();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "srv/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "srv/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+    sql(
+        &installation,
+        "CREATE TRIGGER full_disk BEFORE INSERT ON audit_events
+         WHEN NEW.action = 'secrets:PutSecretValue' AND NEW.detail LIKE 'run %: pending version'
+         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
+    );
+    admin.run(&["rotate", "srv/db", "--no-wait"]).ok();
+    eventually("createSecret to run again after the server failed", || {
+        (calls_of(&state, "createSecret") >= 2).then_some(())
+    });
+    let shown = show(&admin, "srv/db");
+    assert_eq!(shown["run"]["active"], true, "{shown}");
+    sql(&installation, "DROP TRIGGER full_disk");
+    wait_for_state(&admin, "srv/db", "succeeded");
+    assert_eq!(
+        admin.run(&["get", "srv/db"]).ok().stdout.trim_end(),
+        target(&state)
+    );
+    admin.run(&["audit", "verify"]).ok();
+}
+
+/// An operator's step of a manual run is saved before the run is driven
+/// on; when the drive then fails (its step's event cannot be written), the
+/// operator is still told the step was taken, and the engine drives the
+/// run on once it can. The operator was told it failed, and a second try
+/// was refused: "does not wait for an operator now".
+#[test]
+fn a_saved_step_is_answered_as_saved_when_driving_on_fails() {
+    let installation = Installation::new();
+    let state = fixture(&installation);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "man/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "man/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+    admin.run(&["rotate", "man/db", "--manual"]).ok();
+    wait_for_state(&admin, "man/db", "waiting_for_operator");
+    sql(
+        &installation,
+        "CREATE TRIGGER full_disk BEFORE INSERT ON audit_events
+         WHEN NEW.action = 'rotation:StepRotation' AND NEW.detail LIKE 'run %: createSecret done'
+         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
+    );
+    let stepped = admin.run(&["rotation", "step", "man/db"]);
+    assert_eq!(stepped.code, 0, "{}", stepped.stderr);
+    assert_eq!(calls_of(&state, "createSecret"), 1);
+    sql(&installation, "DROP TRIGGER full_disk");
+    let waiting = wait_for_state(&admin, "man/db", "waiting_for_operator");
+    assert_eq!(waiting["run"]["steps"][0]["state"], "done", "{waiting}");
+    assert_eq!(
+        waiting["run"]["steps"][1]["state"], "waiting_for_operator",
+        "{waiting}"
+    );
+    admin.run(&["audit", "verify"]).ok();
+}
