@@ -37,7 +37,7 @@ impl Engine {
             .await
             .ok();
         let mut tries = 0;
-        loop {
+        let saved = loop {
             tries += 1;
             let run = self.active_run_of(secret).await?;
             let (plan, _, _) = self.plan_of(secret, &run).await?;
@@ -65,19 +65,23 @@ impl Engine {
                 &detail,
                 &event.principal,
             );
-            break;
-        }
+            break next;
+        };
         // A drive under way goes on from what was stored, or leaves it to
         // the next round; with the lock, this action drives on itself.
         if held.is_some() {
             drop(held);
-            self.drive_on(&secret.id).await?;
+            self.drive_after_change(&secret.id).await;
         }
-        let store = &self.state.store;
-        let runs = store.runs_of(&secret.id, 1).await?;
-        runs.into_iter()
-            .next()
-            .ok_or_else(|| Error::internal("rotation", "the run vanished"))
+        // The run as it is now; the change is saved, so a failure to read
+        // it answers with the run as the change left it.
+        match self.state.store.runs_of(&secret.id, 1).await {
+            Ok(runs) => Ok(runs.into_iter().next().unwrap_or(saved)),
+            Err(error) => {
+                tracing::warn!(%error, "reading a run after a change to it; answering with the run as changed");
+                Ok(saved)
+            }
+        }
     }
 
     /// The secret's active run, or FAILED_PRECONDITION.
@@ -137,7 +141,7 @@ impl Engine {
                 );
             }
         }
-        self.drive_on(&secret.id).await?;
+        self.drive_after_change(&secret.id).await;
         Ok(recorded)
     }
 

@@ -179,6 +179,18 @@ impl Engine {
         }
     }
 
+    /// Drives the secret's run on after a change to it was saved (an
+    /// operator's action, an approval, a manual run's start): the change
+    /// stands whatever happens next, so a drive that fails for the
+    /// server's own reasons is logged and left to the engine's next round
+    /// (every step is idempotent), not answered to the client as if the
+    /// change had failed. A rotator's failure is the run's, recorded in it.
+    pub async fn drive_after_change(&self, secret_id: &str) {
+        if let Err(error) = self.drive_on(secret_id).await {
+            tracing::warn!(%error, secret_id, "driving a rotation run on after a change failed; the next round drives it");
+        }
+    }
+
     /// Starts the runs whose schedule is due, as the principal who last
     /// configured rotation (the initiator of a scheduled run).
     async fn start_due(self: &Arc<Self>) -> Result<()> {

@@ -346,7 +346,7 @@ impl RotationService {
             .await?;
         context.recorded();
         if request.manual {
-            self.engine.drive_on(&secret.id).await?;
+            self.engine.drive_after_change(&secret.id).await;
         } else {
             self.engine.spawn_drive(&secret.id);
         }
