@@ -31,6 +31,11 @@ pub struct RotatorSettings {
     pub json_field: String,
     pub admin_secret: String,
     pub strategy: String,
+    /// Alternating users: the database user the admin switches with its
+    /// clone, pinned when rotation is configured (from the secret's
+    /// CURRENT value then), so that whoever may later write the secret's
+    /// value cannot point the admin at another user.
+    pub user: String,
 }
 
 /// What a step is given.
@@ -96,6 +101,7 @@ impl Rotator {
                 },
                 strategy,
                 policy: settings.password_policy.clone(),
+                user: settings.user.clone(),
                 admin: None,
                 session: Session {
                     limit: Duration::from_secs(server.database_timeout_seconds.max(1)),

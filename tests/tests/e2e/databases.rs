@@ -27,6 +27,12 @@ fn show(rekey: &Rekey, name: &str) -> Value {
         .json()
 }
 
+/// `value` without its "ssl" field: TLS verified, as by default.
+fn without_ssl(mut value: Value) -> Value {
+    value.as_object_mut().unwrap().remove("ssl");
+    value
+}
+
 fn login(value: &Value) -> (String, String) {
     (
         value["username"].as_str().unwrap().to_owned(),
@@ -56,7 +62,7 @@ fn postgres_single_user_rotation() {
         "db/pg",
         &json!({
             "engine": "postgres", "host": "127.0.0.1", "port": pg.port,
-            "username": "app_single", "password": "first-password", "dbname": "postgres",
+            "username": "app_single", "password": "first-password", "dbname": "postgres", "ssl": false,
         }),
     );
     admin
@@ -97,6 +103,44 @@ fn postgres_single_user_rotation() {
     assert_eq!(login(&value(&admin, "db/pg", "PREVIOUS")).1, new_password);
 }
 
+/// A single user whose CURRENT password no longer works logs in with an
+/// older value's password at CURRENT's place: not at the place the older
+/// value named (where the database was before it moved, which may be
+/// another server now, here a listener that must hear nothing).
+#[test]
+fn postgres_older_passwords_are_tried_where_current_points() {
+    let Some(pg) = ThrowawayPostgres::start() else {
+        return;
+    };
+    pg.sql("CREATE ROLE app_moved LOGIN PASSWORD 'moved-first';");
+    let old_place = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    old_place.set_nonblocking(true).unwrap();
+    let installation = Installation::new();
+    installation.no_retries();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let at = |port: u16, password: &str| {
+        json!({
+            "engine": "postgres", "host": "127.0.0.1", "port": port,
+            "username": "app_moved", "password": password, "dbname": "postgres", "ssl": false,
+        })
+    };
+    let old_port = old_place.local_addr().unwrap().port();
+    put_json(&admin, "create", "db/moved", &at(old_port, "moved-first"));
+    put_json(&admin, "put", "db/moved", &at(pg.port, "mistyped"));
+    admin
+        .run(&["rotation", "configure", "db/moved", "--rotator", "postgres"])
+        .ok();
+    admin.run(&["rotate", "db/moved"]).ok();
+    let (_, new_password) = login(&value(&admin, "db/moved", "CURRENT"));
+    assert!(pg.logs_in("app_moved", &new_password));
+    assert_eq!(
+        old_place.accept().map(drop).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "a login went to the older value's place"
+    );
+}
+
 #[test]
 fn postgres_alternating_users() {
     let Some(pg) = ThrowawayPostgres::start() else {
@@ -113,7 +157,7 @@ fn postgres_alternating_users() {
         "db/pg-admin",
         &json!({
             "engine": "postgres", "host": "127.0.0.1", "port": pg.port,
-            "username": "postgres", "password": pg.superuser_password, "dbname": "postgres",
+            "username": "postgres", "password": pg.superuser_password, "dbname": "postgres", "ssl": false,
         }),
     );
     put_json(
@@ -122,7 +166,7 @@ fn postgres_alternating_users() {
         "db/pg-app",
         &json!({
             "engine": "postgres", "host": "127.0.0.1", "port": pg.port,
-            "username": "app_alt", "password": "alt-first", "dbname": "postgres",
+            "username": "app_alt", "password": "alt-first", "dbname": "postgres", "ssl": false,
         }),
     );
     admin
@@ -162,6 +206,32 @@ fn postgres_alternating_users() {
         seen.push(current);
     }
     assert!(seen.iter().any(|(user, _)| user == "app_alt_clone"));
+
+    // A value written since, naming another user, does not point the
+    // admin at it: the run fails at createSecret and the user keeps its
+    // password. (The admin reset victim's password, and gave the writer
+    // the new one.)
+    pg.sql("CREATE ROLE victim LOGIN PASSWORD 'victim-pw';");
+    put_json(
+        &admin,
+        "put",
+        "db/pg-app",
+        &json!({
+            "engine": "postgres", "host": "127.0.0.1", "port": pg.port,
+            "username": "victim_clone", "password": "x", "dbname": "postgres", "ssl": false,
+        }),
+    );
+    let steered = admin.run(&["rotate", "db/pg-app"]);
+    assert_ne!(steered.code, 0, "{}", steered.stdout);
+    let shown = show(&admin, "db/pg-app");
+    assert_eq!(shown["run"]["state"], "failed", "{shown}");
+    assert!(
+        shown["run"]["end_reason"].as_str().unwrap().contains(
+            "the value names database user victim_clone, but this rotation switches app_alt and app_alt_clone"
+        ),
+        "{shown}"
+    );
+    assert!(pg.logs_in("victim", "victim-pw"));
 }
 
 #[test]
@@ -179,7 +249,7 @@ fn postgres_revert_and_failures() {
     let app = |user: &str, password: &str, port: u16| {
         json!({
             "engine": "postgres", "host": "127.0.0.1", "port": port,
-            "username": user, "password": password, "dbname": "postgres",
+            "username": user, "password": password, "dbname": "postgres", "ssl": false,
         })
     };
     put_json(
@@ -239,6 +309,14 @@ fn postgres_revert_and_failures() {
             Some(app("weak_admin", "weak-pass", pg.port)),
             "permission denied to create role",
         ),
+        // This cluster speaks no TLS: a value that does not say "ssl":
+        // false is sent to no database without verified TLS.
+        (
+            "no verified tls",
+            without_ssl(app("app_rev", "rev-first", pg.port)),
+            None,
+            "only a value with \"ssl\": false is sent to a database without verified TLS",
+        ),
     ];
     for (what, target, admin_secret, cause) in cases {
         let name = format!("db/fail-{}", what.replace(' ', "-"));
@@ -294,7 +372,7 @@ fn mysql_single_user_rotation() {
         "db/my",
         &json!({
             "engine": "mysql", "host": mysql.host, "port": mysql.port,
-            "username": user, "password": password, "dbname": "test",
+            "username": user, "password": password, "dbname": "test", "ssl": false,
         }),
     );
     admin
@@ -346,7 +424,7 @@ fn mysql_alternating_users_and_revert() {
     let credentials = |user: &str, password: &str| {
         json!({
             "engine": "mysql", "host": mysql.host, "port": mysql.port,
-            "username": user, "password": password, "dbname": "test",
+            "username": user, "password": password, "dbname": "test", "ssl": false,
         })
     };
     put_json(
@@ -542,7 +620,7 @@ fn mysql_a_clone_left_without_its_grants_gets_them_on_retry() {
     let credentials = |user: &str, password: &str| {
         json!({
             "engine": "mysql", "host": mysql.host, "port": mysql.port,
-            "username": user, "password": password, "dbname": "test",
+            "username": user, "password": password, "dbname": "test", "ssl": false,
         })
     };
     put_json(
@@ -632,7 +710,7 @@ async fn postgres_a_step_held_by_a_lock_gives_up_and_holds_up_nothing_else() {
         "db/locked",
         &json!({
             "engine": "postgres", "host": "127.0.0.1", "port": pg.port,
-            "username": "app_locked", "password": "locked-first", "dbname": "postgres",
+            "username": "app_locked", "password": "locked-first", "dbname": "postgres", "ssl": false,
         }),
     );
     admin

@@ -59,9 +59,10 @@ pub struct Credentials {
     pub password: String,
     #[serde(default)]
     pub dbname: Option<String>,
-    /// Require TLS to the database.
+    /// TLS to the database: verified unless this is `false` (see
+    /// [`Credentials::verified_tls`]).
     #[serde(default)]
-    pub ssl: bool,
+    pub ssl: Option<bool>,
     #[serde(flatten)]
     pub rest: serde_json::Map<String, serde_json::Value>,
 }
@@ -136,6 +137,24 @@ impl Credentials {
         Ok(credentials)
     }
 
+    /// Whether the connection must be TLS with a certificate that names
+    /// the host and verifies: unless the value says `"ssl": false`. A
+    /// server that merely speaks TLS, or none, could be anyone's, and
+    /// would be sent what a login sends (sqlx answers a request for the
+    /// password in the clear) and the verifier or hash a step installs.
+    pub fn verified_tls(&self) -> bool {
+        self.ssl != Some(false)
+    }
+
+    /// The same credentials with another password: to log in as the same
+    /// user at the same place, with a password an older value had.
+    fn with_password(&self, password: &str) -> Credentials {
+        let mut credentials = self.clone();
+        zeroize::Zeroize::zeroize(&mut credentials.password);
+        credentials.password = password.to_owned();
+        credentials
+    }
+
     pub fn address(&self, dialect: Dialect) -> String {
         let port = self.port.unwrap_or(match dialect {
             Dialect::Postgres => 5432,
@@ -157,8 +176,8 @@ impl Credentials {
         if let Some(dbname) = &self.dbname {
             document.insert("dbname".into(), dbname.clone().into());
         }
-        if self.ssl {
-            document.insert("ssl".into(), true.into());
+        if let Some(ssl) = self.ssl {
+            document.insert("ssl".into(), ssl.into());
         }
         let text = Zeroizing::new(serde_json::to_string(&document).unwrap_or_default());
         if let Some(serde_json::Value::String(password)) = document.get_mut("password") {
@@ -195,6 +214,9 @@ pub struct DatabaseRotator {
     pub dialect: Dialect,
     pub strategy: Strategy,
     pub policy: PasswordPolicy,
+    /// Alternating users: the user (and its clone) the admin may act on,
+    /// as pinned when rotation was configured (`RotatorSettings::user`).
+    pub user: String,
     /// The admin secret's CURRENT value (alternating users), loaded by the
     /// engine before each step.
     pub admin: Option<SecretValue>,
@@ -243,8 +265,34 @@ impl DatabaseRotator {
         }
     }
 
+    /// Alternating users: refuses a value that names a user other than the
+    /// one pinned at configuration or its clone. The value is written by
+    /// whoever may put one; the admin acts on the user it names.
+    fn check_user(&self, username: &str) -> Result<(), RotatorError> {
+        if self.strategy != Strategy::Alternating {
+            return Ok(());
+        }
+        let pinned = &self.user;
+        if pinned.is_empty() {
+            return Err(RotatorError(
+                "this rotation was configured before alternating users pinned their database \
+                 user; configure it again (rekey rotation configure) to pin it"
+                    .to_owned(),
+            ));
+        }
+        if username == pinned || username.strip_suffix(CLONE_SUFFIX) == Some(pinned) {
+            return Ok(());
+        }
+        Err(RotatorError(format!(
+            "the value names database user {username}, but this rotation switches {pinned} and \
+             {pinned}{CLONE_SUFFIX}, as pinned when it was configured; the admin acts on no other \
+             user (to switch another, configure rotation again)"
+        )))
+    }
+
     fn create(&self, input: &StepInput<'_>) -> Result<StepOutput, RotatorError> {
         let current = Credentials::parse(input.current, "the CURRENT value")?;
+        self.check_user(&current.username)?;
         let password = password::generate(&self.policy)
             .map_err(|error| RotatorError(format!("the password policy: {error}")))?;
         let username = match self.strategy {
@@ -297,12 +345,15 @@ impl DatabaseRotator {
                     Err(LoginError::Unreachable(message)) => return Err(RotatorError(message)),
                     Err(LoginError::Refused(_)) => {}
                 }
-                // Log in as the user with any password it may still have.
+                // Log in as the user with any password it may still have:
+                // at the target's place, as the target says (an older
+                // value's host may be another server now, its TLS weaker).
                 let candidates: Vec<Credentials> = [input.current, input.previous, input.replacing]
                     .into_iter()
                     .flatten()
                     .filter_map(|candidate| Credentials::parse(Some(candidate), "a value").ok())
                     .filter(|credentials| credentials.username == target.username)
+                    .map(|credentials| target.with_password(&credentials.password))
                     .collect();
                 let mut last = String::new();
                 for credentials in candidates {
@@ -336,6 +387,7 @@ impl DatabaseRotator {
                 )))
             }
             Strategy::Alternating => {
+                self.check_user(&target.username)?;
                 let admin = Credentials::parse(self.admin.as_ref(), "the admin secret")?;
                 let base = target
                     .username
@@ -356,11 +408,23 @@ impl DatabaseRotator {
     }
 }
 
+/// The database user that alternating users switch with its clone, as the
+/// secret's CURRENT value (`value`) names it: its user name, without the
+/// clone's suffix.
+pub fn pinned_user(value: Option<&SecretValue>) -> Result<String, RotatorError> {
+    let current = Credentials::parse(value, "the secret's CURRENT value")?;
+    Ok(current
+        .username
+        .strip_suffix(CLONE_SUFFIX)
+        .unwrap_or(&current.username)
+        .to_owned())
+}
+
 fn tls_failed(address: &str, error: &dyn std::fmt::Display) -> LoginError {
     LoginError::Unreachable(format!(
-        "TLS with {address} failed: {error} (with \"ssl\": true the database's certificate must \
-         name the host and verify against the web's roots or the CA in \
-         rotation.database_ca_file)"
+        "TLS with {address} failed: {error} (the database's certificate must name the host and \
+         verify against the web's roots or the CA in rotation.database_ca_file; only a value \
+         with \"ssl\": false is sent to a database without verified TLS)"
     ))
 }
 
@@ -449,42 +513,45 @@ mod tests {
         }
     }
 
-    /// A PostgreSQL user whose clone's name would pass 63 characters is
-    /// refused at createSecret, before anything changes: PostgreSQL would
-    /// cut the clone's name short and not find it by its whole name again.
-    #[tokio::test]
-    async fn a_clone_name_the_database_would_cut_short_is_refused() {
-        let rotator = |dialect| DatabaseRotator {
-            dialect,
+    /// Alternating users, as configured for `pinned`: createSecret from a
+    /// CURRENT value naming `user`.
+    async fn create_alternating(pinned: &str, user: &str) -> Result<StepOutput, RotatorError> {
+        let rotator = DatabaseRotator {
+            dialect: Dialect::Postgres,
             strategy: Strategy::Alternating,
             policy: PasswordPolicy::default(),
+            user: pinned.to_owned(),
             admin: None,
             session: Session {
                 limit: Duration::from_secs(1),
                 ca_file: None,
             },
         };
-        let create = |user: &str| {
-            let value = SecretValue::text(format!(
-                r#"{{"host":"h","username":"{user}","password":"p"}}"#
-            ));
-            async move {
-                let input = StepInput {
-                    step: Step::Create,
-                    revert: false,
-                    secret_name: "db/app",
-                    secret_id: "db/app-1",
-                    token: "t",
-                    current: Some(&value),
-                    pending: None,
-                    previous: None,
-                    replacing: None,
-                };
-                rotator(Dialect::Postgres).run(&input).await.map(drop)
-            }
+        let value = SecretValue::text(format!(
+            r#"{{"host":"h","username":"{user}","password":"p"}}"#
+        ));
+        let input = StepInput {
+            step: Step::Create,
+            revert: false,
+            secret_name: "db/app",
+            secret_id: "db/app-1",
+            token: "t",
+            current: Some(&value),
+            pending: None,
+            previous: None,
+            replacing: None,
         };
-        create(&"u".repeat(57)).await.unwrap();
-        let Err(RotatorError(message)) = create(&"u".repeat(58)).await else {
+        rotator.run(&input).await
+    }
+
+    /// A PostgreSQL user whose clone's name would pass 63 characters is
+    /// refused at createSecret, before anything changes: PostgreSQL would
+    /// cut the clone's name short and not find it by its whole name again.
+    #[tokio::test]
+    async fn a_clone_name_the_database_would_cut_short_is_refused() {
+        let (fits, too_long) = ("u".repeat(57), "u".repeat(58));
+        create_alternating(&fits, &fits).await.unwrap();
+        let Err(RotatorError(message)) = create_alternating(&too_long, &too_long).await else {
             panic!("a 64-character clone was accepted");
         };
         assert!(
@@ -493,6 +560,39 @@ mod tests {
             "{message}"
         );
         // The clone's own CURRENT goes back to the base name: accepted.
-        create(&format!("{}_clone", "u".repeat(57))).await.unwrap();
+        create_alternating(&fits, &format!("{fits}_clone"))
+            .await
+            .unwrap();
+    }
+
+    /// Alternating users act only on the user pinned at configuration and
+    /// its clone, whatever user a value written since names: a writer of
+    /// the secret named `postgres_clone` to have the superuser's password
+    /// reset and handed to them, or `postgres` to get a clone in its role.
+    #[tokio::test]
+    async fn alternating_users_act_only_on_the_pinned_user() {
+        for user in ["app", "app_clone"] {
+            create_alternating("app", user).await.unwrap();
+        }
+        for user in ["postgres", "postgres_clone", "app_clone_clone", "ap"] {
+            let Err(RotatorError(message)) = create_alternating("app", user).await else {
+                panic!("a value naming {user} was acted on");
+            };
+            assert!(
+                message.starts_with(&format!("the value names database user {user}, but this rotation switches app and app_clone")),
+                "{message}"
+            );
+        }
+        let Err(RotatorError(message)) = create_alternating("", "app").await else {
+            panic!("a configuration without a pinned user was acted on");
+        };
+        assert!(message.contains("configure it again"), "{message}");
+        assert_eq!(
+            pinned_user(Some(&SecretValue::text(
+                r#"{"host":"h","username":"app_clone","password":"p"}"#
+            )))
+            .unwrap(),
+            "app"
+        );
     }
 }

@@ -21,13 +21,13 @@ async fn connect(
         .port(credentials.port.unwrap_or(3306))
         .username(&credentials.username)
         .password(&credentials.password)
-        .ssl_mode(if credentials.ssl {
+        .ssl_mode(if credentials.verified_tls() {
             MySqlSslMode::VerifyIdentity
         } else {
             MySqlSslMode::Preferred
         })
         .disable_statement_logging();
-    if let (true, Some(ca_file)) = (credentials.ssl, &session.ca_file) {
+    if let (true, Some(ca_file)) = (credentials.verified_tls(), &session.ca_file) {
         options = options.ssl_ca(ca_file);
     }
     if let Some(dbname) = &credentials.dbname {

@@ -18,10 +18,9 @@ async fn connect(
         .port(credentials.port.unwrap_or(5432))
         .username(&credentials.username)
         .password(&credentials.password)
-        // With ssl, a certificate that names the host and verifies: a
-        // server that merely speaks TLS could be anyone's, and would be
-        // sent the password (sqlx answers a request for it in the clear).
-        .ssl_mode(if credentials.ssl {
+        // Unless the value says "ssl": false, a certificate that names the
+        // host and verifies (`Credentials::verified_tls`).
+        .ssl_mode(if credentials.verified_tls() {
             PgSslMode::VerifyFull
         } else {
             PgSslMode::Prefer
@@ -34,7 +33,7 @@ async fn connect(
             ("statement_timeout", session.limit.as_millis().to_string()),
             ("lock_timeout", session.limit.as_millis().to_string()),
         ]);
-    if let (true, Some(ca_file)) = (credentials.ssl, &session.ca_file) {
+    if let (true, Some(ca_file)) = (credentials.verified_tls(), &session.ca_file) {
         options = options.ssl_root_cert(ca_file);
     }
     if let Some(dbname) = &credentials.dbname {

@@ -382,6 +382,19 @@ impl Engine {
             .collect())
     }
 
+    /// The secret's CURRENT value, if it has one.
+    pub async fn current_value(&self, secret: &SecretRecord) -> Result<Option<SecretValue>> {
+        let current = self
+            .state
+            .store
+            .version_at_stage(&secret.id, &Stage::current())
+            .await?;
+        match current {
+            Some(version) => self.open(secret, version.version_id.as_str()).await,
+            None => Ok(None),
+        }
+    }
+
     async fn open(&self, secret: &SecretRecord, version_id: &str) -> Result<Option<SecretValue>> {
         let Ok(version_id) = VersionId::parse(version_id) else {
             return Ok(None);

@@ -26,20 +26,9 @@ impl Engine {
         let secret = self.state.store.secret(&name).await?.ok_or_else(|| {
             Error::FailedPrecondition(format!("the admin secret {name} does not exist"))
         })?;
-        let current = self
-            .state
-            .store
-            .version_at_stage(&secret.id, &Stage::current())
-            .await?
-            .ok_or_else(|| {
-                Error::FailedPrecondition(format!("the admin secret {name} has no value"))
-            })?;
-        let value = self
-            .open(&secret, current.version_id.as_str())
-            .await?
-            .ok_or_else(|| {
-                Error::FailedPrecondition(format!("the admin secret {name} has no value"))
-            })?;
+        let value = self.current_value(&secret).await?.ok_or_else(|| {
+            Error::FailedPrecondition(format!("the admin secret {name} has no value"))
+        })?;
         Ok(rotator.with_admin(value))
     }
 

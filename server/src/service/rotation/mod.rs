@@ -193,14 +193,27 @@ impl RotationService {
         } else {
             request.rotator.clone()
         };
-        let settings = RotatorSettings {
+        let mut settings = RotatorSettings {
             password_policy: policy_from(request.password_policy),
             json_field: request.json_field,
             admin_secret: request.admin_secret,
             strategy: request.strategy,
+            user: String::new(),
         };
-        Rotator::from_config(&rotator, &settings, &self.state.rotation)
+        let checked = Rotator::from_config(&rotator, &settings, &self.state.rotation)
             .map_err(|error| Error::InvalidArgument(error.0))?;
+        if checked.admin_secret(&settings).is_some() {
+            // The user the admin may act on, from the value as it is now:
+            // not from what a later writer of the value names.
+            let current = self.engine.current_value(&secret).await?;
+            settings.user =
+                crate::rotation::database::pinned_user(current.as_ref()).map_err(|error| {
+                    Error::FailedPrecondition(format!(
+                        "alternating users pin the database user the secret's CURRENT value \
+                         names when rotation is configured: {error}"
+                    ))
+                })?;
+        }
         crate::password::generate(&settings.password_policy)
             .map_err(|error| Error::InvalidArgument(format!("password policy: {error}")))?;
         let parsed = if request.schedule.is_empty() {
