@@ -421,17 +421,21 @@ async fn exec_step(
             ))
         })?;
     let group = ProcessGroup(child.id());
-    let mut stdin = child.stdin.take();
+    let stdin = child.stdin.take();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let timeout = Duration::from_secs(program.timeout_seconds.max(1));
     let work = async {
-        if let Some(stdin) = stdin.as_mut() {
-            // A program that does not read its input is its own business.
-            let _ = stdin.write_all(&stdin_bytes).await;
-            let _ = stdin.shutdown().await;
-        }
-        drop(stdin.take());
+        // Written while its output is read: a program may write more than
+        // a pipe holds before it reads its input (which may be more than a
+        // pipe holds too), and then neither side would go on.
+        let input = async {
+            if let Some(mut stdin) = stdin {
+                // A program that does not read its input is its own business.
+                let _ = stdin.write_all(&stdin_bytes).await;
+                let _ = stdin.shutdown().await;
+            }
+        };
         let out = async {
             match stdout {
                 Some(stream) => read_limited(stream, MAX_VALUE_BYTES + 1).await,
@@ -444,7 +448,7 @@ async fn exec_step(
                 None => Zeroizing::new(Vec::new()),
             }
         };
-        let (out, err, status) = tokio::join!(out, err, child.wait());
+        let ((), out, err, status) = tokio::join!(input, out, err, child.wait());
         (out, err, status)
     };
     let finished = tokio::time::timeout(timeout, work).await;

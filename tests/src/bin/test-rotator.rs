@@ -8,7 +8,8 @@
 //! holds STEP (after writing `blocked-STEP`, holding the process id of the
 //! rekeyd that runs it) until the test removes it. With `escape`, a failure
 //! also prints terminal escape sequences (a clipboard write, a forged line);
-//! with `nul`, a NUL byte.
+//! with `nul`, a NUL byte. With `talk-first`, it writes more than a pipe
+//! holds to standard error before it reads its input.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -18,6 +19,10 @@ use std::time::Duration;
 
 fn main() {
     let dir = PathBuf::from(std::env::args().nth(1).expect("the state directory"));
+    if dir.join("talk-first").exists() {
+        // More than a pipe holds, before reading any input.
+        eprint!("{}", "x".repeat(70_000));
+    }
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input).unwrap();
     let document: serde_json::Value = serde_json::from_str(&input).unwrap();

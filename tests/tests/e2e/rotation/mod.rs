@@ -304,3 +304,36 @@ fn a_relative_rotator_command_is_the_installations() {
     let rotated = admin.run(&["get", "rel/db"]).ok().stdout;
     assert!(rotated.starts_with("rotated-"), "{rotated}");
 }
+
+/// A rotator that writes more than a pipe holds before it reads its input,
+/// given more input than a pipe holds (a value of the largest size): both
+/// go through. rekeyd wrote all the input before reading any output, and
+/// the step hung until its time limit.
+#[test]
+fn a_rotator_may_talk_before_it_reads_a_large_input() {
+    let installation = Installation::new();
+    let state = fixture(&installation);
+    installation.no_retries();
+    flag(&state, "talk-first");
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let largest = "a".repeat(rekey_shared::value::MAX_VALUE_BYTES);
+    admin
+        .run_with_input(
+            &["create", "big/db", "--value-file", "-"],
+            largest.as_bytes(),
+        )
+        .ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "big/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+    admin.run(&["rotate", "big/db"]).ok();
+    let rotated = admin.run(&["get", "big/db"]).ok().stdout;
+    assert!(rotated.starts_with("rotated-"), "{rotated}");
+}
