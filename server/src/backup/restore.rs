@@ -300,14 +300,13 @@ fn write_files(
     files: &Files,
     root_text: Option<&Zeroizing<String>>,
 ) -> anyhow::Result<Config> {
-    let text = |name: &str| -> anyhow::Result<Zeroizing<String>> {
-        let bytes = files.get(name).map_or(&[][..], |bytes| bytes.as_slice());
-        std::str::from_utf8(bytes)
-            .map(|text| Zeroizing::new(text.to_owned()))
-            .map_err(|_| anyhow::anyhow!("{name} in the backup is not text"))
-    };
+    // Each file as it was (a webhook's secret may be any bytes); only the
+    // configuration is read here.
+    let bytes = |name: &str| files.get(name).map_or(&[][..], |bytes| bytes.as_slice());
+    let config_text = std::str::from_utf8(bytes(CONFIG))
+        .map_err(|_| anyhow::anyhow!("{CONFIG} in the backup is not text"))?;
     let mut config: Config =
-        toml::from_str(&text(CONFIG)?).context("the configuration in the backup does not parse")?;
+        toml::from_str(config_text).context("the configuration in the backup does not parse")?;
     let defaults = Config::default();
     config.database_url = defaults.database_url;
     config.root_key_file = defaults.root_key_file.clone();
@@ -348,33 +347,34 @@ fn write_files(
     match root_text {
         Some(root_text) => {
             config.root_passphrase = None;
-            written.private(&defaults.root_key_file, root_text)?;
+            written.private(&defaults.root_key_file, root_text.as_bytes())?;
         }
         None => anyhow::ensure!(
             config.root_passphrase.is_some(),
             "the configuration in the backup has no passphrase parameters"
         ),
     }
-    written.public(&config.tls.client_ca, &text(CA_CERTIFICATE)?)?;
-    written.public(&config.tls.certificate, &text(SERVER_CERTIFICATE)?)?;
-    written.private(&config.tls.private_key, &text(SERVER_KEY)?)?;
+    written.public(&config.tls.client_ca, bytes(CA_CERTIFICATE))?;
+    written.public(&config.tls.certificate, bytes(SERVER_CERTIFICATE))?;
+    written.private(&config.tls.private_key, bytes(SERVER_KEY))?;
     if files.contains_key(CA_KEY) {
-        written.private(Path::new(CA_KEY), &text(CA_KEY)?)?;
+        written.private(Path::new(CA_KEY), bytes(CA_KEY))?;
     }
     for crl in config.tls.crl_files.clone() {
-        written.public(&crl, &text(&crl.display().to_string())?)?;
+        written.public(&crl, bytes(&crl.display().to_string()))?;
     }
     for webhook in &config.notifications.webhooks {
         let secret = &webhook.secret_file;
-        written.private(secret, &text(&secret.display().to_string())?)?;
+        written.private(secret, bytes(&secret.display().to_string()))?;
         if let Some(ca_file) = &webhook.ca_file {
-            written.public(ca_file, &text(&ca_file.display().to_string())?)?;
+            written.public(ca_file, bytes(&ca_file.display().to_string()))?;
         }
     }
     if let Some(ca_file) = &config.rotation.database_ca_file {
-        written.public(ca_file, &text(DATABASE_CA)?)?;
+        written.public(ca_file, bytes(DATABASE_CA))?;
     }
-    written.private(Path::new(CONFIG_FILE), &crate::config::toml_of(&config))?;
+    let config_file = crate::config::toml_of(&config);
+    written.private(Path::new(CONFIG_FILE), config_file.as_bytes())?;
     Ok(config)
 }
 
@@ -520,19 +520,19 @@ impl Written {
         Ok(path)
     }
 
-    fn private(&mut self, name: &Path, contents: &str) -> anyhow::Result<()> {
+    fn private(&mut self, name: &Path, contents: &[u8]) -> anyhow::Result<()> {
         self.write(name, 0o600, contents)
     }
 
-    fn public(&mut self, name: &Path, contents: &str) -> anyhow::Result<()> {
+    fn public(&mut self, name: &Path, contents: &[u8]) -> anyhow::Result<()> {
         self.write(name, 0o644, contents)
     }
 
-    fn write(&mut self, name: &Path, mode: u32, contents: &str) -> anyhow::Result<()> {
+    fn write(&mut self, name: &Path, mode: u32, contents: &[u8]) -> anyhow::Result<()> {
         use std::io::Write;
         let path = self.dir.join(name);
         let mut file = self.create(&path, mode)?;
-        file.write_all(contents.as_bytes())
+        file.write_all(contents)
             .and_then(|()| file.sync_all())
             .with_context(|| format!("writing {}", path.display()))
     }

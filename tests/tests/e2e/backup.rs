@@ -309,11 +309,15 @@ fn a_postgres_installation_is_told_to_use_pg_dump() {
     assert!(!file.exists());
 }
 
+/// A webhook's secret as `head -c 32 /dev/urandom` makes one: not text.
+/// Its backup could not be restored ("not text").
+const WEBHOOK_SECRET: &[u8] = b"\xff\x80a-webhook-secret-of-32-bytes-long\xfe";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn webhook_and_database_ca_files_come_back_and_a_changed_description_is_refused() {
     let installation = Installation::new();
     let secret = installation.dir().join("hook.secret");
-    std::fs::write(&secret, "a-webhook-secret-of-32-bytes-long").unwrap();
+    std::fs::write(&secret, WEBHOOK_SECRET).unwrap();
     installation.edit_config(|table| {
         let notifications: toml::Table = format!(
             "[[webhooks]]\nurl = \"http://127.0.0.1:9/hook\"\nsecret_file = {:?}\n",
@@ -364,10 +368,7 @@ async fn webhook_and_database_ca_files_come_back_and_a_changed_description_is_re
     let output = restore(&target, &file, &root_key);
     assert!(output.status.success(), "{}", text(&output.stderr));
     let restored_secret = target.join("webhook-0.secret");
-    assert_eq!(
-        std::fs::read_to_string(&restored_secret).unwrap(),
-        "a-webhook-secret-of-32-bytes-long"
-    );
+    assert_eq!(std::fs::read(&restored_secret).unwrap(), WEBHOOK_SECRET);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&restored_secret)
         .unwrap()
