@@ -181,6 +181,7 @@ pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
     let contents_key = contents::ContentsKey::new(keyring.root());
     drop(keyring);
     let partial = partial_path(out)?;
+    create_partial(&partial)?;
     let finished = async {
         store
             .can_snapshot()
@@ -247,14 +248,34 @@ pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
     finished
 }
 
-/// A name beside `out` for the file while it is being written.
+/// A name beside `out` for the file while it is being written, which no
+/// one can guess ahead.
 fn partial_path(out: &Path) -> anyhow::Result<PathBuf> {
     let name = out
         .file_name()
         .ok_or_else(|| anyhow::anyhow!("{} is not a file name", out.display()))?;
     let mut partial = name.to_owned();
-    partial.push(format!(".partial-{}", std::process::id()));
+    partial.push(format!(".partial-{}", rekey_shared::VersionId::random()));
     Ok(out.with_file_name(partial))
+}
+
+/// Creates the empty file the snapshot goes into, readable by its owner
+/// only; it must not exist. (SQLite writes a snapshot into an existing
+/// empty file too: one someone else made beside `out`, in a shared
+/// directory, would have been theirs, with their mode, and published as
+/// the backup.)
+fn create_partial(partial: &Path) -> anyhow::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(partial)
+        .map(drop)
+        .with_context(|| format!("creating {}", partial.display()))
 }
 
 /// Adds the backup's own tables to the snapshot at `partial`, reads its

@@ -388,3 +388,26 @@ async fn webhook_and_database_ca_files_come_back_and_a_changed_description_is_re
     let server = Server::start(&target, &[]);
     server.rekey(&installation.admin()).run(&["list"]).ok();
 }
+
+/// The file a backup is written into while it is made is one the backup
+/// made itself, under a name no one could guess: an empty file planted in
+/// the backup's directory under the name it used (`FILE.partial-PID`) took
+/// the snapshot, with its planter's mode, and was published as the backup.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_backup_is_never_written_into_a_planted_file() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let installation = Installation::new();
+    let backups = tempfile::tempdir().unwrap();
+    let out = backups.path().join("b.db");
+    let planted = backups
+        .path()
+        .join(format!("b.db.partial-{}", std::process::id()));
+    std::fs::write(&planted, b"").unwrap();
+    std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let loaded = rekey_server::config::load(installation.dir(), None).unwrap();
+    rekey_server::backup::backup(&loaded, &out).await.unwrap();
+    let written = std::fs::metadata(&out).unwrap();
+    assert_eq!(written.permissions().mode() & 0o777, 0o600);
+    assert_ne!(written.ino(), std::fs::metadata(&planted).unwrap().ino());
+    assert_eq!(std::fs::metadata(&planted).unwrap().len(), 0);
+}
