@@ -178,8 +178,9 @@ async fn read_backup(
         .await
         .with_context(not_a_backup)?
         .iter()
-        .map(|row| (row.get("key"), row.get("value")))
-        .collect();
+        .map(|row| Ok((row.try_get("key")?, row.try_get("value")?)))
+        .collect::<sqlx::Result<_>>()
+        .with_context(not_a_backup)?;
     let format: i64 = info
         .get("format")
         .and_then(|format| format.parse().ok())
@@ -191,10 +192,12 @@ async fn read_backup(
     );
     let sealed = sqlx::query("SELECT name, sealed FROM backup_files")
         .fetch_all(&mut connection)
-        .await?
+        .await
+        .with_context(not_a_backup)?
         .iter()
-        .map(|row| (row.get("name"), row.get("sealed")))
-        .collect();
+        .map(|row| Ok((row.try_get("name")?, row.try_get("sealed")?)))
+        .collect::<sqlx::Result<_>>()
+        .with_context(not_a_backup)?;
     connection.close().await?;
     Ok((info, sealed))
 }
@@ -206,16 +209,30 @@ fn open_files(
     sealer: &FileSealer,
 ) -> anyhow::Result<Files> {
     let mut files = Files::new();
+    let mut unopened = Vec::new();
     for (name, sealed) in sealed {
-        let contents = sealer.open(name, sealed).map_err(|_| {
-            anyhow::anyhow!(
-                "this root key does not open {}: the backup was made by an installation \
-                 with another root key",
-                file.display()
-            )
-        })?;
-        files.insert(name.clone(), contents);
+        match sealer.open(name, sealed) {
+            Ok(contents) => {
+                files.insert(name.clone(), contents);
+            }
+            Err(_) => unopened.push(name.as_str()),
+        }
     }
+    // None opens: another root key. Some do: this key is the backup's,
+    // and what does not open was damaged since (a bit flipped, a bad copy).
+    anyhow::ensure!(
+        unopened.is_empty() || !files.is_empty(),
+        "this root key does not open {}: the backup was made by an installation with another \
+         root key",
+        file.display()
+    );
+    anyhow::ensure!(
+        unopened.is_empty(),
+        "{} is damaged: this root key opens the backup, but not {} in it (restore from another \
+         copy of the backup)",
+        file.display(),
+        unopened.join(", ")
+    );
     for required in [CONFIG, CA_CERTIFICATE, SERVER_CERTIFICATE, SERVER_KEY] {
         anyhow::ensure!(
             files.contains_key(required),

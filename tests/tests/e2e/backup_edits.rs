@@ -1,7 +1,9 @@
 //! A backup edited by someone without the root key is refused before
 //! anything is written: a certificate un-revoked, a policy version added, a
 //! trigger planted, a value's ciphertext changed, a sealed file taken out
-//! or one of another backup put in its place. A backup of format 1 (before
+//! or one of another backup put in its place; and a damaged one (a sealed
+//! file that does not open) or a malformed one is told apart from one of
+//! another installation. A backup of format 1 (before
 //! the tables' MACs) restores only when asked to, and says what it could
 //! not prove.
 
@@ -90,6 +92,21 @@ async fn an_edited_backup_is_refused_before_anything_is_written() {
             "file-removed",
             "DELETE FROM backup_files WHERE name = 'ca.key'",
             "lacks ca.key, which it was written with",
+        ),
+        // A bit flipped by a bad copy: the key is the backup's, so it is not
+        // called another installation's.
+        (
+            "damaged",
+            "UPDATE backup_files SET sealed = CAST(substr(sealed, 1, length(sealed) - 1)
+               || CASE WHEN substr(sealed, -1) = x'00' THEN x'01' ELSE x'00' END AS BLOB)
+             WHERE name = 'ca.pem'",
+            "is damaged: this root key opens the backup, but not ca.pem in it",
+        ),
+        // A description that is not text: refused, not a panic.
+        (
+            "description-not-text",
+            "UPDATE backup_info SET value = CAST(value AS BLOB) WHERE key = 'source'",
+            "is not a rekeyd backup",
         ),
     ];
     // The configuration sealed in another backup of the same installation
