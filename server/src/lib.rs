@@ -216,7 +216,7 @@ pub async fn serve_prepared(
     let rotation = InterceptedService::new(
         RotationServer::new(service::rotation::RotationService::new(
             state.clone(),
-            engine,
+            engine.clone(),
         )),
         authenticator.clone(),
     );
@@ -275,6 +275,10 @@ pub async fn serve_prepared(
             "connections still open after the drain timeout; closing them"
         ),
     }
+    // No rotation step starts from here on; those under way end with
+    // their outcome persisted, as changes.
+    engine.stop();
+    rotating.abort();
     // Changes whose clients went away run on in tasks of their own: they
     // commit, and are told to the other replicas, before the store closes.
     let running = state.changes.running();
@@ -302,7 +306,6 @@ pub async fn serve_prepared(
     syncing.abort();
     watching_crls.abort();
     fanning_out.abort();
-    rotating.abort();
     if let Some(scraping) = scraping {
         scraping.abort();
     }

@@ -44,6 +44,8 @@ pub struct Engine {
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// This process, as the owner of the leases it takes.
     owner: String,
+    /// Shutdown began: no drive starts another transition.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 pub fn history(
@@ -69,7 +71,21 @@ impl Engine {
             state,
             locks: Default::default(),
             owner: VersionId::random().into_string(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Shutdown: each drive ends once the transition under way (a step
+    /// and its outcome) is persisted, and none begins another; the next
+    /// process resumes the runs where they stand. Shutdown waits for the
+    /// drives, as for other changes (`AppState::changes`).
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn state(&self) -> &AppState {
@@ -158,7 +174,9 @@ impl Engine {
     pub fn spawn_drive(self: &Arc<Self>, secret_id: &str) {
         let engine = self.clone();
         let secret_id = secret_id.to_owned();
+        let running = self.state.changes.started(&self.state);
         tokio::spawn(async move {
+            let _running = running;
             if let Err(error) = engine.drive_on(&secret_id).await {
                 tracing::error!(%error, secret_id, "driving a rotation run failed");
             }
@@ -480,6 +498,9 @@ impl Engine {
         let store = &self.state.store;
         // Bounded: every iteration persists progress; a run needs far fewer.
         for transition in 0..64 {
+            if self.is_stopping() {
+                return Ok(());
+            }
             // Every transition starts with a full lease (the claim just
             // gave the first one), and none starts after another process
             // took the run over.

@@ -2,6 +2,8 @@
 //! database, here by a trigger that stands for a full disk): they are not
 //! the step's, so they spend none of its attempts, and a change an operator
 //! made is answered as made even when driving the run on after it fails.
+//! And the server stopping during a run: the step under way ends, and its
+//! outcome is kept, before the server exits.
 
 use super::*;
 
@@ -100,4 +102,50 @@ fn a_saved_step_is_answered_as_saved_when_driving_on_fails() {
         "{waiting}"
     );
     admin.run(&["audit", "verify"]).ok();
+}
+
+/// SIGTERM while setSecret runs: shutdown waits for the step (as for any
+/// change under way), persists that it is done, and the next process goes
+/// on from testSecret, setSecret having run once. The step's outcome was
+/// lost when the store closed under it, and the rotator was killed.
+#[test]
+fn sigterm_lets_the_step_under_way_end_and_keeps_its_outcome() {
+    let installation = Installation::new();
+    let state = fixture(&installation);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "stop/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "stop/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+    flag(&state, "block-setSecret");
+    admin.run(&["rotate", "stop/db", "--no-wait"]).ok();
+    eventually("the rotator to block in setSecret", || {
+        state.join("blocked-setSecret").exists().then_some(())
+    });
+    let pid = rustix::process::Pid::from_raw(server.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    eventually("shutdown to wait for the step", || {
+        server
+            .log_text()
+            .contains("waiting for changes still running")
+            .then_some(())
+    });
+    std::fs::remove_file(state.join("block-setSecret")).unwrap();
+    assert!(server.stop().success());
+
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    wait_for_state(&admin, "stop/db", "succeeded");
+    assert_eq!(calls_of(&state, "setSecret"), 1);
+    assert_eq!(
+        admin.run(&["get", "stop/db"]).ok().stdout.trim_end(),
+        target(&state)
+    );
 }
