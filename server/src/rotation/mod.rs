@@ -190,6 +190,16 @@ impl Revert {
     }
 }
 
+/// A scheduled run's claim of its due time: the schedule moves on from
+/// `due_at` to `next` in the transaction that starts the run, so that
+/// exactly one process starts it, and a process that dies before the run
+/// is stored leaves the schedule due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduleClaim {
+    pub due_at: i64,
+    pub next: Option<i64>,
+}
+
 /// A run as persisted: everything the planner decides from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunRecord {

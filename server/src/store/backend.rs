@@ -12,7 +12,7 @@ use super::{
 };
 use crate::audit::{AuditAnchor, AuditEvent, AuditKey, StoredEvent};
 use crate::error::{Error, Result};
-use crate::rotation::{ApprovalRecord, ConfigRecord, HistoryRecord, RunRecord};
+use crate::rotation::{ApprovalRecord, ConfigRecord, HistoryRecord, RunRecord, ScheduleClaim};
 use crate::stages::StageMap;
 use rekey_shared::{SecretName, Stage, VersionId};
 use std::collections::HashMap;
@@ -264,7 +264,7 @@ forward! {
     pub async fn save_rotation_config(&self, config: &ConfigRecord, read: Option<&ConfigRecord>, frozen: bool, event: &AuditEvent) -> Result<()>;
     pub async fn rotation_config(&self, secret_id: &str) -> Result<Option<ConfigRecord>>;
     pub async fn due_rotations(&self, now: i64) -> Result<Vec<ConfigRecord>>;
-    pub async fn insert_run(&self, run: &RunRecord, history: &[HistoryRecord], event: &AuditEvent) -> Result<()>;
+    pub async fn insert_run(&self, run: &RunRecord, history: &[HistoryRecord], claim: Option<ScheduleClaim>, event: &AuditEvent) -> Result<bool>;
     pub async fn update_run(&self, run: &mut RunRecord, history: &[HistoryRecord], event: Option<&AuditEvent>) -> Result<()>;
     pub async fn finish_run(&self, run: &mut RunRecord, history: &[HistoryRecord], next_rotation: Option<i64>, event: &AuditEvent) -> Result<bool>;
     pub async fn end_run(&self, run: &mut RunRecord, history: &[HistoryRecord], event: &AuditEvent) -> Result<()>;

@@ -207,6 +207,70 @@ fn a_scheduled_rotation_runs_exactly_once() {
     admin.run(&["audit", "verify"]).ok();
 }
 
+/// A server killed while it starts a scheduled run (its insert of the run
+/// held by a lock) leaves the schedule due: the run starts once a server
+/// runs again. The schedule's claim committed on its own, moving it on a
+/// whole period, and no run was stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_killed_while_starting_a_scheduled_run_leaves_it_due() {
+    use sqlx::Connection;
+    let Some((database, installation, _state)) = replicated() else {
+        return;
+    };
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "sched/kill", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "sched/kill",
+            "--rotator",
+            "exec:fixture",
+            "--schedule",
+            "rate(1 days)",
+        ])
+        .ok();
+    // Inserts of runs wait while this holds its lock; reads go on.
+    let mut lock = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; LOCK TABLE rotation_runs IN EXCLUSIVE MODE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    database.sql("UPDATE rotation_configs SET next_rotation_at = 1000");
+    let mut watcher = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks
+             WHERE relation = 'rotation_runs'::regclass AND NOT granted",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduled run's insert never waited on the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    tokio::task::block_in_place(|| server.kill());
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    lock.close().await.unwrap();
+    watcher.close().await.unwrap();
+
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    tokio::task::block_in_place(|| {
+        eventually("the scheduled run to start and succeed", || {
+            (show(&admin, "sched/kill")["run"]["state"] == "succeeded").then_some(())
+        })
+    });
+}
+
 #[test]
 fn a_replica_killed_in_a_step_leaves_the_run_to_the_other() {
     let Some((_database, installation, state)) = replicated() else {

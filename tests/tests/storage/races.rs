@@ -279,7 +279,7 @@ on_both_backends!(put_after_move_suite => sqlite_put_after_a_key_move, postgres_
 /// cannot put back the old times and have the rotation run again at once;
 /// one that changes how runs go is refused once a run started.
 async fn config_save_suite(url: &str, root: &RootKey) {
-    use rekey_server::rotation::{ConfigRecord, Phase, Revert, RunRecord, Step};
+    use rekey_server::rotation::{ConfigRecord, Phase, Revert, RunRecord, ScheduleClaim, Step};
     let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
     add_default_key(&store).await;
     let id = create(&store, "rotating/db", &[]).await;
@@ -334,6 +334,45 @@ async fn config_save_suite(url: &str, root: &RootKey) {
     };
     configure(&edited, Some(&stored), false).await.unwrap();
 
+    // A scheduled run whose due time another process claimed first:
+    // nothing is written, neither the run nor the schedule's move.
+    let late = RunRecord {
+        id: rekey_shared::VersionId::random().into_string(),
+        secret_id: id.clone(),
+        manual: false,
+        scheduled: true,
+        initiator: "tester".into(),
+        phase: Phase::Running,
+        step: Step::Create,
+        set_applied: false,
+        operator_go: false,
+        attempt: 0,
+        next_attempt_at: None,
+        approval_requested_at: None,
+        current_at_start: String::new(),
+        outcome: None,
+        revert: Revert::NotNeeded,
+        end_reason: String::new(),
+        last_error: String::new(),
+        created_at: 4,
+        updated_at: 4,
+        ended_at: None,
+        revision: 0,
+    };
+    let before = store.rotation_config(&id).await.unwrap().unwrap();
+    let claimed_before = ScheduleClaim {
+        due_at: before.next_rotation_at.unwrap_or(0) - 1,
+        next: Some(9_000),
+    };
+    assert!(
+        !store
+            .insert_run(&late, &[], Some(claimed_before), &event("StartRotation"))
+            .await
+            .unwrap()
+    );
+    assert!(store.run(&late.id).await.unwrap().is_none());
+    assert_eq!(store.rotation_config(&id).await.unwrap().unwrap(), before);
+
     // A run starts: a change of how runs go is refused, the rest saves.
     let run = RunRecord {
         id: rekey_shared::VersionId::random().into_string(),
@@ -358,10 +397,12 @@ async fn config_save_suite(url: &str, root: &RootKey) {
         ended_at: None,
         revision: 0,
     };
-    store
-        .insert_run(&run, &[], &event("StartRotation"))
-        .await
-        .unwrap();
+    assert!(
+        store
+            .insert_run(&run, &[], None, &event("StartRotation"))
+            .await
+            .unwrap()
+    );
     let read = store.rotation_config(&id).await.unwrap().unwrap();
     let gated = ConfigRecord {
         configured_at: 5,

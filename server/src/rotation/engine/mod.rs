@@ -13,7 +13,7 @@
 
 use super::planner::{self, Inputs, Plan};
 use super::schedule;
-use super::{HistoryRecord, Outcome, Phase, Revert, RunRecord, Step};
+use super::{HistoryRecord, Outcome, Phase, Revert, RunRecord, ScheduleClaim, Step};
 use crate::audit::AuditEvent;
 use crate::auth::Action;
 use crate::crypto;
@@ -224,47 +224,47 @@ impl Engine {
             let next = parsed
                 .as_ref()
                 .and_then(|schedule| schedule.next(Some(now), now));
-            // Exactly one process moves the schedule on from this due time,
-            // and only it goes on to start the run.
-            if !store.claim_due(&secret.id, due_at, next).await? {
-                continue;
-            }
             let detail = if let Some(window) = window
                 && now > due_at + window
             {
-                // The window passed (the server was down): wait for the next.
+                // The window passed (the server was down): wait for the
+                // next. Exactly one process moves the schedule on.
+                if !store.claim_due(&secret.id, due_at, next).await? {
+                    continue;
+                }
                 "the rotation window passed; skipped to the next time".to_owned()
             } else {
+                // The run and the schedule's move from this due time commit
+                // together: one process starts it, and a process that dies
+                // first leaves it due.
+                let claim = ScheduleClaim { due_at, next };
                 match self
-                    .start_run(&secret, &config.configured_by, false, true, None)
+                    .create_run(&secret, &config.configured_by, false, Some(claim), None)
                     .await
                 {
-                    Ok(run) => {
+                    Ok(Some(run)) => {
                         tracing::info!(secret = %secret.name, run = %run.id, "scheduled rotation started");
                         format!("scheduled run {} started", run.id)
                     }
+                    // Another replica started it.
+                    Ok(None) => continue,
                     Err(error) => {
                         tracing::warn!(%error, secret = %secret.name, "a scheduled rotation did not start");
-                        // A failure of the server's own (its database away
-                        // for a moment) does not cost a whole period: the
-                        // run is due again in a minute (not at once: a
-                        // failure that lasts would be an event a second).
-                        // What the run itself refuses, it skips.
-                        let transient = matches!(
-                            error,
-                            Error::Unavailable(_) | Error::Aborted(_) | Error::Internal(_)
-                        );
-                        let why = error.told();
-                        if transient
-                            && let Some(next) = next
-                            && store
-                                .claim_due(&secret.id, next, Some(now + 60_000))
-                                .await?
-                        {
-                            format!("not started: {why}; tried again in a minute")
+                        // Nothing was written. A failure of the server's
+                        // own (its database away for a moment) does not
+                        // cost a whole period: the run is due again in a
+                        // minute (not at once: a failure that lasts would
+                        // be an event a second). What the run itself
+                        // refuses, it skips to the next time.
+                        let (then, said) = if error.is_servers_own() {
+                            (Some(now + 60_000), "; tried again in a minute")
                         } else {
-                            format!("not started: {why}")
+                            (next, "")
+                        };
+                        if !store.claim_due(&secret.id, due_at, then).await? {
+                            continue;
                         }
+                        format!("not started: {}{said}", error.told())
                     }
                 }
             };
@@ -279,16 +279,31 @@ impl Engine {
         Ok(())
     }
 
-    /// Creates a run (not yet driven). Its token is reserved here and
-    /// becomes the new version's id.
+    /// Creates a run that someone started (not yet driven). Its token is
+    /// reserved here and becomes the new version's id.
     pub async fn start_run(
         self: &Arc<Self>,
         secret: &SecretRecord,
         initiator: &str,
         manual: bool,
-        scheduled: bool,
         event: Option<AuditEvent>,
     ) -> Result<RunRecord> {
+        self.create_run(secret, initiator, manual, None, event)
+            .await?
+            .ok_or_else(|| Error::internal("rotation", "a run without a claim was not stored"))
+    }
+
+    /// Creates a run; a scheduled one with its schedule's `claim`, which
+    /// another process may have taken (`None`: nothing was written).
+    async fn create_run(
+        self: &Arc<Self>,
+        secret: &SecretRecord,
+        initiator: &str,
+        manual: bool,
+        claim: Option<ScheduleClaim>,
+        event: Option<AuditEvent>,
+    ) -> Result<Option<RunRecord>> {
+        let scheduled = claim.is_some();
         let store = &self.state.store;
         if store.rotation_config(&secret.id).await?.is_none() {
             return Err(Error::FailedPrecondition(format!(
@@ -358,15 +373,19 @@ impl Engine {
                 }
             }
         });
-        store
+        let stored = store
             .insert_run(
                 &run,
                 &[history(Step::Create, "started", 0, initiator, how)],
+                claim,
                 &event,
             )
             .await?;
+        if !stored {
+            return Ok(None);
+        }
         self.publish("run_started", secret, &run, None, how, initiator);
-        Ok(run)
+        Ok(Some(run))
     }
 
     /// Principals whose approval of the run's current step still counts:

@@ -353,7 +353,6 @@ impl RotationService {
                 &secret,
                 context.principal.as_str(),
                 request.manual,
-                false,
                 Some(context.change_event()),
             )
             .await?;

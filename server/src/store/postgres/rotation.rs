@@ -9,7 +9,9 @@ use super::super::rows::{
 use super::{Store, Tx, is_unique_violation, read_stage_map, touch, write_stage_map};
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
-use crate::rotation::{ApprovalRecord, ConfigRecord, HistoryRecord, Outcome, Revert, RunRecord};
+use crate::rotation::{
+    ApprovalRecord, ConfigRecord, HistoryRecord, Outcome, Revert, RunRecord, ScheduleClaim,
+};
 use crate::stages;
 use rekey_shared::{Stage, VersionId};
 
@@ -181,14 +183,34 @@ impl Store {
         rows.iter().map(config_row).collect()
     }
 
-    /// Starts a run; refused while the secret has another active run.
+    /// Starts a run; refused while the secret has another active run. A
+    /// scheduled run's `claim` moves its schedule on in the same
+    /// transaction: false, and nothing written, when another process
+    /// claimed that due time.
     pub async fn insert_run(
         &self,
         run: &RunRecord,
         history: &[HistoryRecord],
+        claim: Option<ScheduleClaim>,
         event: &AuditEvent,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut tx = self.write().await?;
+        if let Some(claim) = claim {
+            let claimed = sqlx::query(
+                "UPDATE rotation_configs SET next_rotation_at = $1
+             WHERE secret_id = (SELECT secret_id FROM rotation_configs
+                                WHERE secret_id = $2 AND next_rotation_at = $3
+                                FOR UPDATE SKIP LOCKED)",
+            )
+            .bind(claim.next)
+            .bind(&run.secret_id)
+            .bind(claim.due_at)
+            .execute(&mut *tx)
+            .await?;
+            if claimed.rows_affected() != 1 {
+                return Ok(false);
+            }
+        }
         let inserted = sqlx::query(&format!(
             "INSERT INTO rotation_runs ({RUN_COLUMNS})
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)"
@@ -227,7 +249,8 @@ impl Store {
             }
         }
         write_history(&mut tx, &run.id, history).await?;
-        self.commit_audited(tx, event).await
+        self.commit_audited(tx, event).await?;
+        Ok(true)
     }
 
     /// Persists a run's new state with its history, audited when `event` is

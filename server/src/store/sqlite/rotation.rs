@@ -9,7 +9,9 @@ use super::super::rows::{
 use super::{Store, Tx, is_unique_violation, read_stage_map, touch, write_stage_map};
 use crate::audit::AuditEvent;
 use crate::error::{Error, Result};
-use crate::rotation::{ApprovalRecord, ConfigRecord, HistoryRecord, Outcome, Revert, RunRecord};
+use crate::rotation::{
+    ApprovalRecord, ConfigRecord, HistoryRecord, Outcome, Revert, RunRecord, ScheduleClaim,
+};
 use crate::stages;
 use rekey_shared::{Stage, VersionId};
 
@@ -172,14 +174,32 @@ impl Store {
         rows.iter().map(config_row).collect()
     }
 
-    /// Starts a run; refused while the secret has another active run.
+    /// Starts a run; refused while the secret has another active run. A
+    /// scheduled run's `claim` moves its schedule on in the same
+    /// transaction: false, and nothing written, when another process
+    /// claimed that due time.
     pub async fn insert_run(
         &self,
         run: &RunRecord,
         history: &[HistoryRecord],
+        claim: Option<ScheduleClaim>,
         event: &AuditEvent,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut tx = self.write().await?;
+        if let Some(claim) = claim {
+            let claimed = sqlx::query(
+                "UPDATE rotation_configs SET next_rotation_at = ?
+             WHERE secret_id = ? AND next_rotation_at = ?",
+            )
+            .bind(claim.next)
+            .bind(&run.secret_id)
+            .bind(claim.due_at)
+            .execute(&mut *tx)
+            .await?;
+            if claimed.rows_affected() != 1 {
+                return Ok(false);
+            }
+        }
         tx.changes_no_value();
         let inserted = sqlx::query(&format!(
             "INSERT INTO rotation_runs ({RUN_COLUMNS})
@@ -219,7 +239,8 @@ impl Store {
             }
         }
         write_history(&mut tx, &run.id, history).await?;
-        self.commit_audited(tx, event).await
+        self.commit_audited(tx, event).await?;
+        Ok(true)
     }
 
     /// Persists a run's new state with its history, audited when `event` is
