@@ -310,6 +310,26 @@ impl TestMysql {
         })
     }
 
+    /// The first column of what `sql` returns, as text.
+    pub fn query(&self, sql: &str) -> Vec<String> {
+        on_own_runtime(async {
+            use sqlx::{Connection, Row};
+            let mut connection = sqlx::MySqlConnection::connect(&self.url).await.unwrap();
+            let rows = sqlx::query(sql).fetch_all(&mut connection).await.unwrap();
+            let _ = connection.close().await;
+            rows.iter()
+                .map(|row| {
+                    row.try_get::<String, _>(0)
+                        .or_else(|_| {
+                            row.try_get::<Vec<u8>, _>(0)
+                                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                        })
+                        .unwrap()
+                })
+                .collect()
+        })
+    }
+
     /// A new user of this test, with a unique name, and its password.
     pub fn create_user(&self, grants: &str) -> (String, String) {
         let user = format!("rk_{}", random_word());
@@ -355,7 +375,9 @@ impl Drop for TestMysql {
     fn drop(&mut self) {
         let users = std::mem::take(&mut *self.users.lock().unwrap());
         for user in users {
-            self.sql(&format!("DROP USER IF EXISTS '{user}'@'%'"));
+            self.sql(&format!(
+                "DROP USER IF EXISTS '{user}'@'%', '{user}'@'localhost'"
+            ));
         }
     }
 }

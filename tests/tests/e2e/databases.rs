@@ -784,3 +784,83 @@ async fn postgres_a_step_held_by_a_lock_gives_up_and_holds_up_nothing_else() {
     assert_eq!(current, "locked-first");
     assert!(pg.logs_in("app_locked", "locked-first"));
 }
+
+/// Alternating users on MariaDB: a user with accounts at two hosts gets its
+/// clone at both, held to the account's options (a connection limit here)
+/// without its credentials. Only the first host got a clone, and the
+/// options were cut off with the credentials.
+#[test]
+fn mysql_a_clone_is_made_at_every_host_with_the_users_options() {
+    let Some(mysql) = TestMysql::connect() else {
+        return;
+    };
+    let (admin_user, admin_password) = mysql.create_user("");
+    mysql.sql(&format!(
+        "GRANT ALL PRIVILEGES ON *.* TO '{admin_user}'@'%' WITH GRANT OPTION"
+    ));
+    let (user, password) = mysql.create_user("SELECT ON test.*");
+    mysql.sql(&format!(
+        "CREATE USER '{user}'@'localhost' IDENTIFIED BY '{password}'"
+    ));
+    mysql.sql(&format!("GRANT SELECT ON test.* TO '{user}'@'localhost'"));
+    mysql.sql(&format!(
+        "ALTER USER '{user}'@'%' WITH MAX_USER_CONNECTIONS 5"
+    ));
+    let clone = format!("{user}_clone");
+    mysql.adopt(&clone);
+    let installation = Installation::new();
+    installation.no_retries();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let credentials = |user: &str, password: &str| {
+        json!({
+            "engine": "mysql", "host": mysql.host, "port": mysql.port,
+            "username": user, "password": password, "dbname": "test", "ssl": false,
+        })
+    };
+    put_json(
+        &admin,
+        "create",
+        "db/hosts-admin",
+        &credentials(&admin_user, &admin_password),
+    );
+    put_json(&admin, "create", "db/hosts", &credentials(&user, &password));
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "db/hosts",
+            "--rotator",
+            "mysql",
+            "--strategy",
+            "alternating",
+            "--admin-secret",
+            "db/hosts-admin",
+        ])
+        .ok();
+    let rotated = admin.run(&["rotate", "db/hosts"]);
+    assert_eq!(rotated.code, 0, "{}", show(&admin, "db/hosts"));
+    let current = login(&value(&admin, "db/hosts", "CURRENT"));
+    assert_eq!(current.0, clone);
+    assert!(mysql.can(&current.0, &current.1, "SELECT 1"));
+    assert_eq!(
+        mysql.query(&format!(
+            "SELECT CAST(Host AS CHAR) FROM mysql.user WHERE User = '{clone}' ORDER BY Host"
+        )),
+        ["%", "localhost"]
+    );
+    let grants = mysql.query(&format!("SHOW GRANTS FOR '{clone}'@'%'"));
+    assert!(
+        grants
+            .iter()
+            .any(|grant| grant.contains("WITH MAX_USER_CONNECTIONS 5")),
+        "{grants:?}"
+    );
+    let own_hash = mysql.query(&format!(
+        "SELECT CAST(authentication_string AS CHAR) FROM mysql.user WHERE User = '{user}' AND Host = '%'"
+    ));
+    let clone_hash = mysql.query(&format!(
+        "SELECT CAST(authentication_string AS CHAR) FROM mysql.user WHERE User = '{clone}' AND Host = '%'"
+    ));
+    assert_ne!(own_hash, clone_hash, "the clone has the user's password");
+}

@@ -157,71 +157,160 @@ async fn set_password_as_admin_inner(
             .iter()
             .filter_map(|row| row.try_get::<String, _>("host").ok())
             .collect();
-    let Some(host) = hosts.first() else {
+    if hosts.is_empty() {
         return Err(LoginError::Unreachable(format!(
             "user {base} does not exist at {address}"
         )));
-    };
-    // Host names come from the server; quote them as string literals.
-    let host = host.replace('\'', "''");
+    }
+    // Every host the user has: a user is one account per host, and each
+    // logs in with the password of its own.
+    for host in &hosts {
+        set_at_host(&mut connection, admin, base, target, host, &hash, &address).await?;
+    }
+    let _ = connection.close().await;
+    Ok(())
+}
+
+/// Installs `hash` for `target`'s user at `host`, creating it with the
+/// grants and account options of `base` at that host.
+async fn set_at_host(
+    connection: &mut MySqlConnection,
+    admin: &Credentials,
+    base: &str,
+    target: &Credentials,
+    host: &str,
+    hash: &str,
+    address: &str,
+) -> Result<(), LoginError> {
     let exists: Option<i32> =
         sqlx::query_scalar("SELECT 1 FROM mysql.user WHERE User = ? AND Host = ?")
             .bind(&target.username)
-            .bind(&host)
-            .fetch_optional(&mut connection)
+            .bind(host)
+            .fetch_optional(&mut *connection)
             .await
-            .map_err(|error| describe(&error, &admin.username, &address, "read mysql.user"))?;
+            .map_err(|error| describe(&error, &admin.username, address, "read mysql.user"))?;
+    // Host names come from the server; in statements, as string literals.
+    let host_literal = literal(host);
+    let user = &target.username;
     let (statement, doing) = if exists.is_none() {
         (
-            format!(
-                "CREATE USER '{}'@'{host}' IDENTIFIED BY PASSWORD '{hash}'",
-                target.username
-            ),
+            format!("CREATE USER '{user}'@{host_literal} IDENTIFIED BY PASSWORD '{hash}'"),
             "create user",
         )
     } else {
         (
-            format!(
-                "ALTER USER '{}'@'{host}' IDENTIFIED BY PASSWORD '{hash}'",
-                target.username
-            ),
+            format!("ALTER USER '{user}'@{host_literal} IDENTIFIED BY PASSWORD '{hash}'"),
             "alter user",
         )
     };
     connection
         .execute(statement.as_str())
         .await
-        .map_err(|error| describe(&error, &admin.username, &address, doing))?;
+        .map_err(|error| describe(&error, &admin.username, address, doing))?;
     // The same grants as the user, every time: GRANT is idempotent, and a
     // step that failed between CREATE USER and its grants (or a grant the
     // user got since) is made whole on the next.
-    let show = format!("SHOW GRANTS FOR '{base}'@'{host}'");
+    let show = format!("SHOW GRANTS FOR '{base}'@{host_literal}");
     let grants: Vec<String> = connection
         .fetch_all(show.as_str())
         .await
-        .map_err(|error| describe(&error, &admin.username, &address, "read grants"))?
+        .map_err(|error| describe(&error, &admin.username, address, "read grants"))?
         .iter()
         .filter_map(|row| row.try_get::<String, _>(0).ok())
         .collect();
     for grant in grants {
-        let grant = match grant.find(" IDENTIFIED BY") {
-            Some(at) => grant[..at].to_owned(),
-            None => grant,
-        };
+        let grant = without_credentials(&grant);
         let cloned = grant
-            .replace(&format!("`{base}`@"), &format!("`{}`@", target.username))
-            .replace(&format!("'{base}'@"), &format!("'{}'@", target.username));
+            .replace(&format!("`{base}`@"), &format!("`{user}`@"))
+            .replace(&format!("'{base}'@"), &format!("'{user}'@"));
         // The bare USAGE line grants nothing (the clone exists), and only
         // an admin with GRANT OPTION may say it.
-        let bare_usage = format!("GRANT USAGE ON *.* TO `{}`@`{host}`", target.username);
-        if cloned == grant || cloned == bare_usage {
+        if cloned == grant || is_bare_usage(&cloned) {
             continue;
         }
         connection
             .execute(cloned.as_str())
             .await
-            .map_err(|error| describe(&error, &admin.username, &address, "grant"))?;
+            .map_err(|error| describe(&error, &admin.username, address, "grant"))?;
     }
-    let _ = connection.close().await;
     Ok(())
+}
+
+/// `text` as a MariaDB string literal: quotes doubled, backslashes escaped
+/// (which, under the default SQL mode, start an escape).
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// A line of `SHOW GRANTS` without its `IDENTIFIED ...` clause (`BY
+/// PASSWORD '*hash'`, `VIA plugin USING '...'`), which would give the clone
+/// the user's credentials; what follows it (`REQUIRE SSL`, `WITH
+/// MAX_USER_CONNECTIONS 5`) is kept, so the clone is held to the same.
+fn without_credentials(grant: &str) -> String {
+    let Some(start) = grant.find(" IDENTIFIED ") else {
+        return grant.to_owned();
+    };
+    let rest = &grant[start + 1..];
+    // The clause ends where REQUIRE or WITH begins outside a quoted string.
+    let mut quoted = false;
+    let mut end = rest.len();
+    for (at, c) in rest.char_indices() {
+        match c {
+            '\'' => quoted = !quoted,
+            ' ' if !quoted
+                && (rest[at..].starts_with(" REQUIRE ") || rest[at..].starts_with(" WITH ")) =>
+            {
+                end = at;
+                break;
+            }
+            _ => {}
+        }
+    }
+    format!("{}{}", &grant[..start], &rest[end..])
+}
+
+/// `GRANT USAGE ON *.* TO user@host` and nothing more.
+fn is_bare_usage(grant: &str) -> bool {
+    grant.starts_with("GRANT USAGE ON *.* TO ")
+        && !grant.contains(" REQUIRE ")
+        && !grant.contains(" WITH ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants_lose_their_credentials_and_keep_their_options() {
+        for (line, kept) in [
+            (
+                "GRANT USAGE ON *.* TO `app`@`%` IDENTIFIED BY PASSWORD '*AB12'",
+                "GRANT USAGE ON *.* TO `app`@`%`",
+            ),
+            (
+                "GRANT USAGE ON *.* TO `app`@`%` IDENTIFIED BY PASSWORD '*AB12' REQUIRE SSL WITH MAX_USER_CONNECTIONS 5",
+                "GRANT USAGE ON *.* TO `app`@`%` REQUIRE SSL WITH MAX_USER_CONNECTIONS 5",
+            ),
+            (
+                "GRANT USAGE ON *.* TO `app`@`%` IDENTIFIED VIA ed25519 USING 'x WITH y' OR unix_socket WITH GRANT OPTION",
+                "GRANT USAGE ON *.* TO `app`@`%` WITH GRANT OPTION",
+            ),
+            (
+                "GRANT SELECT ON `test`.* TO `app`@`%`",
+                "GRANT SELECT ON `test`.* TO `app`@`%`",
+            ),
+        ] {
+            assert_eq!(without_credentials(line), kept);
+        }
+        assert!(is_bare_usage("GRANT USAGE ON *.* TO `app_clone`@`%`"));
+        assert!(!is_bare_usage(
+            "GRANT USAGE ON *.* TO `app_clone`@`%` REQUIRE SSL"
+        ));
+    }
+
+    #[test]
+    fn hosts_are_quoted_as_literals() {
+        assert_eq!(literal("10.0.%"), "'10.0.%'");
+        assert_eq!(literal("a'b\\"), "'a''b\\\\'");
+    }
 }
