@@ -79,6 +79,14 @@ impl Engine {
         );
 
         let result = self.effect(secret, config, &started, step).await;
+        let interruptible = match &result {
+            Err(error) if error.is_servers_own() => {
+                self.interruptions(run, step, STEP_INTERRUPTED, attempt)
+                    .await
+                    < MAX_INTERRUPTIONS
+            }
+            _ => false,
+        };
         let now = now_millis();
         match result {
             Ok(StepDone::Finished) => Ok(()),
@@ -111,30 +119,11 @@ impl Engine {
             // step's: the step runs again after the base backoff, its
             // attempts as they were, in either mode. (Counted, a database
             // outage would spend a run's attempts and revert a value that
-            // had passed its test.)
-            Err(error) if error.is_servers_own() => {
-                tracing::warn!(%error, run = %run.id, %step, "a rotation step was interrupted by the server's own failure; it runs again");
-                let message = failure_text(&error);
-                let mut next = started.clone();
-                next.last_error = message.clone();
-                next.updated_at = now;
-                let retry_base = (self.state.rotation.retry_base_seconds as i64).max(1) * 1000;
-                next.next_attempt_at = Some(now + retry_base);
-                let detail = format!("{message}; it runs again");
-                store
-                    .update_run(
-                        &mut next,
-                        &[history(
-                            step,
-                            "step_interrupted",
-                            attempt,
-                            "system",
-                            &detail,
-                        )],
-                        None,
-                    )
-                    .await?;
-                Ok(())
+            // had passed its test.) One that lasts (a failure that is not
+            // going away) counts after MAX_INTERRUPTIONS tries.
+            Err(error) if interruptible => {
+                self.interrupted(secret, &started, step, STEP_INTERRUPTED, attempt, &error)
+                    .await
             }
             Err(error) => {
                 let message = failure_text(&error);
@@ -340,20 +329,42 @@ impl Engine {
         run: &RunRecord,
     ) -> Result<()> {
         let store = &self.state.store;
-        let current_version = store
-            .version_at_stage(&secret.id, &Stage::current())
-            .await?
-            .map(|version| version.version_id.to_string())
-            .unwrap_or_default();
-        let current = self.open(secret, &current_version).await?;
-        let previous = self.previous(secret).await?;
-        let replacing = self.open(secret, &run.id).await?;
-        let result = match self.rotator(rotator, settings).await {
-            // The next round reverts again: the server's own failure says
-            // nothing about the target.
-            Err(error) if error.is_servers_own() => return Err(error),
+        let prepared = async {
+            let current_version = store
+                .version_at_stage(&secret.id, &Stage::current())
+                .await?
+                .map(|version| version.version_id.to_string())
+                .unwrap_or_default();
+            let current = self.open(secret, &current_version).await?;
+            let previous = self.previous(secret).await?;
+            let replacing = self.open(secret, &run.id).await?;
+            let rotator = self.rotator(rotator, settings).await?;
+            Ok::<_, Error>((current, previous, replacing, rotator))
+        }
+        .await;
+        let result = match prepared {
+            // The server's own failure says nothing about the target: the
+            // revert runs again after a backoff, a few times, recorded.
+            Err(error)
+                if error.is_servers_own()
+                    && self
+                        .interruptions(run, Step::Set, REVERT_INTERRUPTED, run.attempt)
+                        .await
+                        < MAX_INTERRUPTIONS =>
+            {
+                return self
+                    .interrupted(
+                        secret,
+                        run,
+                        Step::Set,
+                        REVERT_INTERRUPTED,
+                        run.attempt,
+                        &error,
+                    )
+                    .await;
+            }
             Err(error) => Err(failure_text(&error)),
-            Ok(rotator) => {
+            Ok((current, previous, replacing, rotator)) => {
                 let mut outcome = Ok(());
                 for step in [Step::Set, Step::Test] {
                     let input = StepInput {
@@ -406,6 +417,69 @@ impl Engine {
             .await?;
         self.publish(kind, secret, &next, Some(Step::Set), &detail, "system");
         Ok(())
+    }
+}
+
+/// How many times in a row the server's own failures may interrupt one
+/// attempt of a step (or a revert) before it counts as failed: with the
+/// base backoff of 30 s, five minutes.
+const MAX_INTERRUPTIONS: usize = 10;
+/// The history entries of interruptions.
+const STEP_INTERRUPTED: &str = "step_interrupted";
+const REVERT_INTERRUPTED: &str = "revert_interrupted";
+
+impl Engine {
+    /// How many times `event` (an interruption) was recorded for `step`'s
+    /// attempt `attempt` of `run`; none when the history cannot be read
+    /// (the database away: that is an interruption too).
+    async fn interruptions(&self, run: &RunRecord, step: Step, event: &str, attempt: u32) -> usize {
+        match self.state.store.history(&run.id).await {
+            Ok(history) => history
+                .iter()
+                .filter(|entry| {
+                    entry.step == step && entry.event == event && entry.attempt == attempt
+                })
+                .count(),
+            Err(_) => 0,
+        }
+    }
+
+    /// Records that the server's own `error` interrupted `step` (or its
+    /// revert) of `run`, which runs again after the base backoff; audited,
+    /// its text in the history (not as the step's error: nothing failed
+    /// that an operator must act on, unless it lasts).
+    async fn interrupted(
+        &self,
+        secret: &SecretRecord,
+        run: &RunRecord,
+        step: Step,
+        event: &str,
+        attempt: u32,
+        error: &Error,
+    ) -> Result<()> {
+        tracing::warn!(%error, run = %run.id, %step, "the server's own failure interrupted a rotation step; it runs again");
+        let now = now_millis();
+        let retry_base = (self.state.rotation.retry_base_seconds as i64).max(1) * 1000;
+        let mut next = run.clone();
+        next.next_attempt_at = Some(now + retry_base);
+        next.updated_at = now;
+        let detail = format!("{}; it runs again", failure_text(error));
+        let audit = AuditEvent {
+            outcome: "INTERRUPTED".to_owned(),
+            ..AuditEvent::system(
+                "rotation:StepRotation",
+                secret.name.as_str(),
+                &format!("run {}: {step}: {detail}", run.id),
+            )
+        };
+        self.state
+            .store
+            .update_run(
+                &mut next,
+                &[history(step, event, attempt, "system", &detail)],
+                Some(&audit),
+            )
+            .await
     }
 }
 

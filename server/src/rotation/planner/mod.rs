@@ -81,6 +81,10 @@ pub fn plan(run: &RunRecord, inputs: &Inputs<'_>) -> Plan {
         Phase::Ending => {
             let outcome = run.outcome.unwrap_or(Outcome::Failed);
             return match run.revert {
+                // After a revert the server's own failure interrupted.
+                Revert::Needed if run.next_attempt_at.is_some_and(|at| at > inputs.now) => {
+                    Plan::Wait(Wait::RetryAt(run.next_attempt_at.unwrap_or_default()))
+                }
                 Revert::Needed => Plan::Revert,
                 Revert::Failed => Plan::End(Outcome::NeedsAttention),
                 Revert::NotNeeded | Revert::Done => Plan::End(outcome),

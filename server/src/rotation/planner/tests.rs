@@ -229,6 +229,36 @@ fn decisions() {
             Plan::Revert,
         ),
         (
+            "a revert the server's own failure interrupted waits for its backoff",
+            RunRecord {
+                phase: Phase::Ending,
+                outcome: Some(Outcome::Cancelled),
+                revert: Revert::Needed,
+                next_attempt_at: Some(5_000),
+                ..run()
+            },
+            &none,
+            vec![],
+            "v1",
+            4_999,
+            Plan::Wait(Wait::RetryAt(5_000)),
+        ),
+        (
+            "and then reverts again",
+            RunRecord {
+                phase: Phase::Ending,
+                outcome: Some(Outcome::Cancelled),
+                revert: Revert::Needed,
+                next_attempt_at: Some(5_000),
+                ..run()
+            },
+            &none,
+            vec![],
+            "v1",
+            5_000,
+            Plan::Revert,
+        ),
+        (
             "a failed revert needs attention",
             RunRecord {
                 phase: Phase::Ending,

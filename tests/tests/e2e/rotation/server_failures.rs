@@ -62,6 +62,59 @@ fn a_step_the_server_failed_is_not_one_of_its_attempts() {
     admin.run(&["audit", "verify"]).ok();
 }
 
+/// A failure of the server's own that does not go away (the trigger
+/// stays) is not retried for ever: after ten interruptions, each recorded
+/// in the run's history and audited, the step counts as failed, and with
+/// one attempt allowed the run ends failed, pointing to the server's log.
+#[test]
+fn a_server_failure_that_lasts_fails_the_step_in_the_end() {
+    let installation = Installation::new();
+    let state = fixture(&installation);
+    installation.no_retries();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "srv/lasting", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "srv/lasting",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+    sql(
+        &installation,
+        "CREATE TRIGGER full_disk BEFORE INSERT ON audit_events
+         WHEN NEW.action = 'secrets:PutSecretValue' AND NEW.detail LIKE 'run %: pending version'
+         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
+    );
+    admin.run(&["rotate", "srv/lasting", "--no-wait"]).ok();
+    let ended = wait_for_state(&admin, "srv/lasting", "failed");
+    let interruptions = ended["run"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["event"] == "step_interrupted")
+        .count();
+    assert_eq!(interruptions, 10, "{ended}");
+    assert!(
+        ended["run"]["end_reason"]
+            .as_str()
+            .unwrap()
+            .contains("the server log has the details"),
+        "{ended}"
+    );
+    assert_eq!(calls_of(&state, "createSecret"), 11);
+    let audited = admin
+        .run(&["audit", "--resource", "srv/lasting", "--output", "json"])
+        .ok()
+        .stdout;
+    assert_eq!(audited.matches("\"INTERRUPTED\"").count(), 10, "{audited}");
+    sql(&installation, "DROP TRIGGER full_disk");
+    assert_eq!(admin.run(&["get", "srv/lasting"]).ok().stdout, "v1\n");
+}
+
 /// An operator's step of a manual run is saved before the run is driven
 /// on; when the drive then fails (its step's event cannot be written), the
 /// operator is still told the step was taken, and the engine drives the
