@@ -117,9 +117,9 @@ pub struct RotationSettings {
     /// How long a step of the `postgres` and `mysql` rotators may take
     /// (its statements are limited to it on the database server too).
     pub database_timeout_seconds: u64,
-    /// The CA (PEM) that signed the certificates of the databases whose
-    /// credentials say `"ssl": true`, beside the web's roots; relative to
-    /// the installation directory.
+    /// The CA (PEM) that signed the certificates of the databases (all but
+    /// those whose credentials say `"ssl": false`), beside the web's roots;
+    /// relative to the installation directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_ca_file: Option<PathBuf>,
 }
@@ -132,6 +132,19 @@ pub struct ExecRotator {
     pub args: Vec<String>,
     #[serde(default = "default_exec_timeout")]
     pub timeout_seconds: u64,
+}
+
+impl RotationSettings {
+    /// The longest a rotation step may take: the longest exec rotator's
+    /// time limit, or a database rotator's with its backstop.
+    pub fn longest_step(&self) -> std::time::Duration {
+        let exec = self
+            .exec
+            .values()
+            .map(|program| program.timeout_seconds.max(1));
+        let longest = exec.chain([self.database_timeout_seconds.max(1) + 5]).max();
+        std::time::Duration::from_secs(longest.unwrap_or_default())
+    }
 }
 
 fn default_exec_timeout() -> u64 {

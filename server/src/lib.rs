@@ -234,8 +234,12 @@ pub async fn serve_prepared(
     let incoming = ReceiverStream::new(tls::accept(listener, Arc::new(tls)));
     let (stopping, stopped) = tokio::sync::oneshot::channel();
     let watchers = state.clone();
+    let stopping_engine = engine.clone();
     let signal = async move {
         shutdown.await;
+        // No rotation step starts from here on; those under way end with
+        // their outcome persisted, as changes.
+        stopping_engine.stop();
         // Open Watch streams end, so that they do not hold the drain up.
         watchers
             .events
@@ -275,23 +279,24 @@ pub async fn serve_prepared(
             "connections still open after the drain timeout; closing them"
         ),
     }
-    // No rotation step starts from here on; those under way end with
-    // their outcome persisted, as changes.
     engine.stop();
     rotating.abort();
     // Changes whose clients went away run on in tasks of their own: they
     // commit, and are told to the other replicas, before the store closes.
+    // So do rotation steps under way, for as long as a step may take.
     let running = state.changes.running();
     if running > 0 {
         tracing::info!(running, "waiting for changes still running");
     }
-    if tokio::time::timeout(DRAIN_TIMEOUT, state.changes.all_done())
+    let wait =
+        DRAIN_TIMEOUT.max(config.rotation.longest_step() + std::time::Duration::from_secs(1));
+    if tokio::time::timeout(wait, state.changes.all_done())
         .await
         .is_err()
     {
         tracing::warn!(
-            seconds = DRAIN_TIMEOUT.as_secs(),
-            "changes still running after the drain timeout; closing the store under them"
+            seconds = wait.as_secs(),
+            "changes still running after the longest a step may take; closing the store under them"
         );
     }
     purge.abort();

@@ -229,8 +229,9 @@ pub struct Session {
     /// How long a step may take (`rotation.database_timeout_seconds`);
     /// each session's statements are limited to it on the server too.
     pub limit: Duration,
-    /// `rotation.database_ca_file`: a CA that databases with `"ssl": true`
-    /// may present certificates of, beside the web's roots.
+    /// `rotation.database_ca_file`: a CA that databases (all but those
+    /// whose value says `"ssl": false`) may present certificates of,
+    /// beside the web's roots.
     pub ca_file: Option<std::path::PathBuf>,
 }
 

@@ -510,6 +510,9 @@ impl Engine {
         }
         let lock = self.lock_for(secret_id);
         let _held = lock.lock().await;
+        if self.is_stopping() {
+            return Ok(());
+        }
         let Some(lease) = lease::Lease::claim(&self.state, secret_id, &self.owner).await? else {
             // Another replica drives this run.
             return Ok(());
