@@ -206,13 +206,38 @@ impl RotationService {
             // The user the admin may act on, from the value as it is now:
             // not from what a later writer of the value names.
             let current = self.engine.current_value(&secret).await?;
-            settings.user =
+            let named =
                 crate::rotation::database::pinned_user(current.as_ref()).map_err(|error| {
                     Error::FailedPrecondition(format!(
                         "alternating users pin the database user the secret's CURRENT value \
                          names when rotation is configured: {error}"
                     ))
                 })?;
+            // Configured again the same way (a new schedule, say), the pin
+            // stays: configuring is no way to take up whatever user a
+            // writer of the value has named since.
+            let pinned = existing
+                .as_ref()
+                .filter(|existing| existing.rotator == rotator)
+                .and_then(|existing| {
+                    serde_json::from_str::<RotatorSettings>(&existing.settings).ok()
+                })
+                .filter(|before| {
+                    before.strategy == settings.strategy
+                        && before.admin_secret == settings.admin_secret
+                        && !before.user.is_empty()
+                })
+                .map(|before| before.user);
+            if let Some(pinned) = &pinned
+                && *pinned != named
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "rotation of {name} switches database user {pinned}, but its CURRENT value \
+                     names {named}: configuring again keeps the user; to switch {named}, \
+                     configure the single strategy first, then alternating users again"
+                )));
+            }
+            settings.user = named;
         }
         crate::password::generate(&settings.password_policy)
             .map_err(|error| Error::InvalidArgument(format!("password policy: {error}")))?;

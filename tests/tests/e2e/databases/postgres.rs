@@ -198,6 +198,29 @@ fn postgres_alternating_users() {
         "{shown}"
     );
     assert!(pg.logs_in("victim", "victim-pw"));
+    // Configured again the same way (as for a new schedule), the pin stays:
+    // refused, naming both users, rather than taking up the one written.
+    let again = admin.run(&[
+        "rotation",
+        "configure",
+        "db/pg-app",
+        "--rotator",
+        "postgres",
+        "--strategy",
+        "alternating",
+        "--admin-secret",
+        "db/pg-admin",
+        "--schedule",
+        "rate(30 days)",
+    ]);
+    assert_ne!(again.code, 0);
+    assert!(
+        again.stderr.contains(
+            "switches database user app_alt, but its CURRENT value names victim: configuring again keeps the user"
+        ),
+        "{}",
+        again.stderr
+    );
 }
 
 #[test]
