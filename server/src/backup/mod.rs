@@ -181,8 +181,10 @@ pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
     let contents_key = contents::ContentsKey::new(keyring.root());
     drop(keyring);
     let partial = partial_path(out)?;
-    create_partial(&partial)?;
+    let mut created = false;
     let finished = async {
+        create_partial(&partial)?;
+        created = true;
         store
             .can_snapshot()
             .map_err(|error| anyhow::anyhow!("{error}"))?;
@@ -242,7 +244,8 @@ pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
     }
     .await;
     store.close().await;
-    if finished.is_err() {
+    // Only a file this backup made is removed.
+    if finished.is_err() && created {
         let _ = std::fs::remove_file(&partial);
     }
     finished
