@@ -271,6 +271,60 @@ async fn a_server_killed_while_starting_a_scheduled_run_leaves_it_due() {
     });
 }
 
+/// A server that cannot renew its lease on a run (its renewals refused
+/// here) stops the step it runs once the lease lapses: another replica may
+/// have the run by then, and two must never act on one target. It went on
+/// with the step. The run then goes on from what is stored.
+#[test]
+fn a_lapsed_lease_stops_the_step_under_way() {
+    let Some((database, installation, state)) = replicated() else {
+        return;
+    };
+    // A step that may run longer than a lease lasts.
+    installation.edit_config(|table| {
+        table["rotation"]["exec"]["fixture"]
+            .as_table_mut()
+            .unwrap()
+            .insert("timeout_seconds".into(), 60.into());
+    });
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "lease/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "lease/db",
+            "--rotator",
+            "exec:fixture",
+        ])
+        .ok();
+    std::fs::write(state.join("block-setSecret"), "").unwrap();
+    admin.run(&["rotate", "lease/db", "--no-wait"]).ok();
+    eventually("the rotator to block in setSecret", || {
+        state.join("blocked-setSecret").exists().then_some(())
+    });
+    database.sql(
+        "CREATE FUNCTION refuse_renewal() RETURNS trigger LANGUAGE plpgsql
+           AS $$ BEGIN RAISE EXCEPTION 'the disk is full'; END $$;
+         CREATE TRIGGER refuse_renewal BEFORE UPDATE ON rotation_leases
+           FOR EACH ROW WHEN (OLD.owner = NEW.owner) EXECUTE FUNCTION refuse_renewal();",
+    );
+    eventually("the step to be stopped when the lease lapses", || {
+        server
+            .log_text()
+            .contains(
+                "the rotation lease lapsed while renewals failed; the step under way is stopped",
+            )
+            .then_some(())
+    });
+    database.sql("DROP TRIGGER refuse_renewal ON rotation_leases");
+    std::fs::remove_file(state.join("block-setSecret")).unwrap();
+    eventually("the run to succeed", || {
+        (show(&admin, "lease/db")["run"]["state"] == "succeeded").then_some(())
+    });
+}
+
 #[test]
 fn a_replica_killed_in_a_step_leaves_the_run_to_the_other() {
     let Some((_database, installation, state)) = replicated() else {

@@ -2,7 +2,9 @@
 //! the run: renewed by a heartbeat in the background, given up when the
 //! driver is done. A process that dies stops renewing; once the lease
 //! lapses, another replica's engine loop claims it and resumes the run at
-//! its persisted step.
+//! its persisted step. A process that loses its lease (taken over, or
+//! lapsed while it could not renew) stops the step it runs: two replicas
+//! never act on one target at once.
 
 use crate::error::Result;
 use crate::service::AppState;
@@ -28,6 +30,9 @@ pub struct Lease {
     secret_id: String,
     owner: String,
     heartbeat: tokio::task::JoinHandle<()>,
+    /// Set once the lease is lost: taken over, or lapsed while renewals
+    /// failed.
+    lost: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Lease {
@@ -47,11 +52,13 @@ impl Lease {
         {
             return Ok(None);
         }
+        let (tell, lost) = tokio::sync::watch::channel(false);
         let heartbeat = {
             let (state, secret_id, owner) = (state.clone(), secret_id.to_owned(), owner.to_owned());
             tokio::spawn(async move {
                 let mut beats = tokio::time::interval(HEARTBEAT);
                 beats.tick().await;
+                let mut held_until = until(now);
                 loop {
                     beats.tick().await;
                     let now = now_millis();
@@ -60,12 +67,18 @@ impl Lease {
                         .claim_lease(&secret_id, &owner, now, until(now))
                         .await
                     {
-                        Ok(true) => {}
+                        Ok(true) => held_until = until(now),
                         Ok(false) => {
                             tracing::error!(
                                 secret_id,
-                                "the rotation lease was taken over while held"
+                                "the rotation lease was taken over while held; the step under way is stopped"
                             );
+                            let _ = tell.send(true);
+                            return;
+                        }
+                        Err(error) if now >= held_until => {
+                            tracing::error!(%error, secret_id, "the rotation lease lapsed while renewals failed; the step under way is stopped");
+                            let _ = tell.send(true);
                             return;
                         }
                         Err(error) => {
@@ -80,11 +93,22 @@ impl Lease {
             secret_id: secret_id.to_owned(),
             owner: owner.to_owned(),
             heartbeat,
+            lost,
         }))
     }
 }
 
 impl Lease {
+    /// Returns once the lease is lost (taken over, or lapsed while its
+    /// renewals failed): another replica may drive the run from then on,
+    /// so what this one does for it must stop. Never, while it holds.
+    pub async fn lost(&self) {
+        let mut lost = self.lost.clone();
+        if lost.wait_for(|lost| *lost).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Renews the lease now; false when another process took it over (this
     /// one stalled longer than [`LEASE`]), and the caller must stop.
     pub async fn renew(&self) -> Result<bool> {

@@ -626,8 +626,10 @@ impl Engine {
                     );
                 }
                 Plan::Revert => {
-                    self.revert(&secret, &config.rotator, &config.settings, &run)
-                        .await?
+                    tokio::select! {
+                        reverted = self.revert(&secret, &config.rotator, &config.settings, &run) => reverted?,
+                        () = lease.lost() => return Ok(()),
+                    }
                 }
                 Plan::End(outcome) => {
                     let mut next = run.clone();
@@ -664,8 +666,14 @@ impl Engine {
                     }
                     return Ok(());
                 }
+                // Dropped (its rotator killed) when the lease is lost: the
+                // replica that has the run now runs the step again, from
+                // what is stored.
                 Plan::Execute(step) => {
-                    self.execute(&secret, &config, &run, step).await?;
+                    tokio::select! {
+                        executed = self.execute(&secret, &config, &run, step) => executed?,
+                        () = lease.lost() => return Ok(()),
+                    }
                 }
             }
         }
