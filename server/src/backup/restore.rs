@@ -109,8 +109,13 @@ pub async fn restore(
     if tables_proven {
         prove_files(file, &info, &files, &key)?;
     }
+    // From the first file written, a signal (Ctrl-C, SIGTERM, the terminal
+    // closing) ends the restore as a failure does, taking back what it
+    // wrote: an installation half written, its values never proven, must
+    // not be left to serve.
+    let interrupted = interruption()?;
     let mut written = Written::new(dir)?;
-    let restored = async {
+    let restoring = async {
         // The tables are proven on the copy, as it is restored: not on the
         // file, which could change under the restore, or come with a
         // write-ahead log of other pages beside it.
@@ -126,8 +131,11 @@ pub async fn restore(
             passphrase: passphrase.clone(),
         };
         prove(&loaded, root, &info).await
-    }
-    .await;
+    };
+    let restored = tokio::select! {
+        restored = restoring => restored,
+        () = interrupted => Err(anyhow::anyhow!("interrupted by a signal")),
+    };
     match restored {
         Ok(summary) => {
             written.keep();
@@ -142,6 +150,22 @@ pub async fn restore(
             dir.display()
         ))),
     }
+}
+
+/// Completes on SIGINT, SIGTERM or SIGHUP; the handlers are in place once
+/// this returns.
+fn interruption() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+            _ = hangup.recv() => {}
+        }
+    })
 }
 
 fn refuse_installation(dir: &Path) -> anyhow::Result<()> {

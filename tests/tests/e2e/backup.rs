@@ -411,3 +411,76 @@ async fn a_backup_is_never_written_into_a_planted_file() {
     assert_ne!(written.ino(), std::fs::metadata(&planted).unwrap().ino());
     assert_eq!(std::fs::metadata(&planted).unwrap().len(), 0);
 }
+
+/// A restore interrupted (SIGINT) once it has begun writing ends as a
+/// failure does, taking back what it wrote. It died with the installation
+/// half written and its values never proven, which `rekeyd serve` would
+/// have started on, and a second restore refused the directory as not
+/// empty. (Should the signal come only once the restore is done, it is
+/// done: whole.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_restore_leaves_nothing() {
+    let installation = Installation::new();
+    {
+        let server = installation.serve();
+        let client = server.client(&installation.admin()).await;
+        // Enough values that proving them takes a while after the files
+        // are written.
+        let creates: Vec<_> = (0..400)
+            .map(|index| {
+                let mut client = client.clone();
+                tokio::spawn(async move {
+                    client
+                        .create_secret(rekey_shared::proto::CreateSecretRequest {
+                            name: format!("many/{index}"),
+                            secret_string: Some(format!("value-{index}")),
+                            ..Default::default()
+                        })
+                        .await
+                        .unwrap();
+                })
+            })
+            .collect();
+        for create in creates {
+            create.await.unwrap();
+        }
+    }
+    let backups = tempfile::tempdir().unwrap();
+    let file = backups.path().join("many.db");
+    let output = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let scratch = tempfile::tempdir().unwrap();
+    let target = scratch.path().join("restored");
+    let restoring = std::process::Command::new(rekey_tests::binary("rekeyd"))
+        .arg("--dir")
+        .arg(&target)
+        .args(["restore", file.to_str().unwrap(), "--root-key-file"])
+        .arg(installation.dir().join("root.key"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !target.join("rekeyd.toml").exists() {
+        assert!(std::time::Instant::now() < deadline, "nothing was written");
+        std::thread::yield_now();
+    }
+    let pid = rustix::process::Pid::from_raw(restoring.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let output = tokio::task::block_in_place(|| restoring.wait_with_output()).unwrap();
+    if output.status.success() {
+        assert!(text(&output.stdout).contains("every value opens"));
+        return;
+    }
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("interrupted by a signal") && stderr.contains("nothing was left"),
+        "{stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&target)
+        .map(|entries| entries.map(|entry| entry.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
