@@ -246,3 +246,14 @@ pub struct WrappedMasterKey {
     pub wrapped_material: Vec<u8>,
     pub created_at: i64,
 }
+
+/// The refusal of a deletion while a rotation run of the secret is under
+/// way: its setSecret may have changed the target, and only the run's end
+/// (a cancel reverts) puts CURRENT back there; erased, the run and the
+/// value the target may hold would be gone.
+pub(super) fn run_under_way(name: &impl std::fmt::Display) -> crate::error::Error {
+    crate::error::Error::FailedPrecondition(format!(
+        "a rotation of {name} is under way; cancel it first (rekey rotation cancel {name}): \
+         its setSecret may have changed the target, and cancelling puts CURRENT back there"
+    ))
+}

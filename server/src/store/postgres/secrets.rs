@@ -211,11 +211,12 @@ impl Store {
     ) -> Result<()> {
         match deletion {
             Deletion::Now => {
-                self.erase(&secret.id, event).await?;
+                self.erase(secret, event).await?;
                 self.checkpoint().await
             }
             Deletion::At(date) => {
                 let mut tx = self.write().await?;
+                refuse_while_rotating(&mut tx, secret).await?;
                 let updated = sqlx::query(
                     "UPDATE secrets SET deletion_date = $1 WHERE id = $2 AND deletion_date IS NULL",
                 )
@@ -270,13 +271,16 @@ impl Store {
 
     /// Erases a secret whose recovery window ended by `now`, audited;
     /// `false` (nothing erased, nothing recorded) when it is no longer due:
-    /// restored since it was found due.
+    /// restored since it was found due, or a rotation run of it is under
+    /// way (the purge waits for its end).
     pub async fn purge(&self, secret_id: &str, name: &str, now: i64) -> Result<bool> {
         let mut tx = self.write().await?;
         // The cascade removes versions (and their ciphertexts), stages and tags.
         let erased = sqlx::query(
             "DELETE FROM secrets
-             WHERE id = $1 AND deletion_date IS NOT NULL AND deletion_date <= $2",
+             WHERE id = $1 AND deletion_date IS NOT NULL AND deletion_date <= $2
+               AND NOT EXISTS (SELECT 1 FROM rotation_runs
+                               WHERE secret_id = secrets.id AND ended_at IS NULL)",
         )
         .bind(secret_id)
         .bind(now)
@@ -294,11 +298,12 @@ impl Store {
         Ok(true)
     }
 
-    async fn erase(&self, secret_id: &str, event: &AuditEvent) -> Result<()> {
+    async fn erase(&self, secret: &SecretRecord, event: &AuditEvent) -> Result<()> {
         let mut tx = self.write().await?;
+        refuse_while_rotating(&mut tx, secret).await?;
         // The cascade removes versions (and their ciphertexts), stages and tags.
         sqlx::query("DELETE FROM secrets WHERE id = $1")
-            .bind(secret_id)
+            .bind(&secret.id)
             .execute(&mut *tx)
             .await?;
         self.commit_audited(tx, event).await
@@ -324,4 +329,18 @@ async fn insert_tags(tx: &mut Tx<'_>, secret_id: &str, tags: &[(String, String)]
         .await?;
     }
     Ok(())
+}
+
+/// Refuses (FAILED_PRECONDITION) a deletion of `secret` while a rotation
+/// run of it is under way (`run_under_way`).
+async fn refuse_while_rotating(tx: &mut Tx<'_>, secret: &SecretRecord) -> Result<()> {
+    let running: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM rotation_runs WHERE secret_id = $1 AND ended_at IS NULL")
+            .bind(&secret.id)
+            .fetch_optional(&mut **tx)
+            .await?;
+    match running {
+        Some(_) => Err(super::super::run_under_way(&secret.name)),
+        None => Ok(()),
+    }
 }

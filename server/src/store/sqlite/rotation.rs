@@ -186,6 +186,17 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<bool> {
         let mut tx = self.write().await?;
+        let deleting: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT deletion_date FROM secrets WHERE id = ?")
+                .bind(&run.secret_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if !matches!(deleting, Some(None)) {
+            return Err(Error::FailedPrecondition(
+                "the secret is deleted or scheduled for deletion; restore it to rotate it"
+                    .to_owned(),
+            ));
+        }
         if let Some(claim) = claim {
             let claimed = sqlx::query(
                 "UPDATE rotation_configs SET next_rotation_at = ?

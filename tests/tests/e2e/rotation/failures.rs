@@ -457,3 +457,50 @@ fn a_cancel_does_not_wait_for_the_step_under_way() {
     );
     admin.run(&["audit", "verify"]).ok();
 }
+
+/// A secret whose rotation is under way (setSecret has changed the target)
+/// is not deleted, now or later, until the run ends: erased with its run,
+/// the value the target holds would have no copy left and no revert would
+/// run. Cancelled, the run puts CURRENT back, and the deletion goes ahead.
+#[test]
+fn a_secret_is_not_deleted_while_its_rotation_is_under_way() {
+    let installation = Installation::new();
+    let state = fixture(&installation);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "del/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "del/db",
+            "--rotator",
+            "exec:fixture",
+            "--approve",
+            "test",
+            "--approvals",
+            "1",
+        ])
+        .ok();
+    admin.run(&["rotate", "del/db", "--no-wait"]).ok();
+    wait_for_state(&admin, "del/db", "awaiting_approval");
+    assert!(target(&state).starts_with("rotated-"), "setSecret ran");
+    for how in [&["--force"][..], &["--recovery-days", "7"][..]] {
+        let mut args = vec!["delete", "del/db"];
+        args.extend_from_slice(how);
+        let refused = admin.run(&args);
+        assert_eq!(refused.code, 1, "{how:?}: {}", refused.stdout);
+        assert!(
+            refused
+                .stderr
+                .contains("a rotation of del/db is under way; cancel it first"),
+            "{how:?}: {}",
+            refused.stderr
+        );
+    }
+    assert_eq!(admin.run(&["get", "del/db"]).ok().stdout, "v1\n");
+    admin.run(&["rotation", "cancel", "del/db"]).ok();
+    wait_for_state(&admin, "del/db", "cancelled");
+    assert_eq!(target(&state), "v1", "the revert put CURRENT back");
+    admin.run(&["delete", "del/db", "--force"]).ok();
+}
