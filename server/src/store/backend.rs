@@ -288,6 +288,7 @@ forward! {
     pub async fn restore_secret(&self, secret: &SecretRecord, now: i64, event: &AuditEvent) -> Result<()>;
     pub async fn due_for_purge(&self, now: i64) -> Result<Vec<(String, String)>>;
     pub async fn purge(&self, secret_id: &str, name: &str, now: i64) -> Result<bool>;
+    pub async fn barrier(&self) -> Result<()>;
     pub async fn checkpoint(&self) -> Result<()>;
     pub async fn version(&self, secret_id: &str, version_id: &VersionId) -> Result<Option<VersionRecord>>;
     pub async fn all_versions(&self, secret_id: &str) -> Result<Vec<VersionRecord>>;

@@ -319,3 +319,62 @@ async fn a_writer_who_may_not_read_learns_nothing_from_a_token() {
         .into_inner();
     assert_eq!(first.version_id, again.version_id);
 }
+
+/// Retries that arrive together (a client that gave up on its first call
+/// while it was still being written) are each answered as the first: the
+/// later ones found the first's version in a write batch not yet durable,
+/// could not read it back, and got INTERNAL ("a version vanished") or, for
+/// a create, ALREADY_EXISTS.
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_that_arrive_together_are_each_answered_as_the_first() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let client = server.client(&installation.admin()).await;
+    let creates: Vec<_> = (0..16)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .create_secret(proto::CreateSecretRequest {
+                        name: "idem/together".into(),
+                        client_request_token: TOKEN.into(),
+                        secret_string: Some("same".into()),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for create in creates {
+        let created = create.await.unwrap().unwrap();
+        assert_eq!(created.version_id.as_deref(), Some(TOKEN));
+        ids.push(created.secret_id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+
+    let put = "7c2e9a41-5d3b-4f08-b6a1-2e9d4c7f8a30";
+    let puts: Vec<_> = (0..32)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .put_secret_value(proto::PutSecretValueRequest {
+                        name: "idem/together".into(),
+                        client_request_token: put.into(),
+                        secret_string: Some("next".into()),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+        })
+        .collect();
+    for answer in puts {
+        assert_eq!(answer.await.unwrap().unwrap().version_id, put);
+    }
+    let mut client = client;
+    assert_eq!(version_count(&mut client, "idem/together").await, 2);
+}

@@ -212,11 +212,15 @@ impl SecretsService {
                 self.added(context, secret, version_id, &stages);
                 Ok(put_response(secret, version_id, &stages))
             }
-            // Another request with the same token won the race.
-            PutOutcome::VersionExists => self
-                .reused_token(context, secret, version_id, value)
-                .await?
-                .ok_or_else(|| Error::internal("put", "a version vanished")),
+            // Another request with the same token won the race; its write
+            // may share a batch not yet durable, which this request's read
+            // would not see until it is.
+            PutOutcome::VersionExists => {
+                self.state.store.barrier().await?;
+                self.reused_token(context, secret, version_id, value)
+                    .await?
+                    .ok_or_else(|| Error::internal("put", "a version vanished"))
+            }
         }
     }
 }

@@ -86,6 +86,8 @@ impl SecretsService {
             // one under a key the caller may not use.
             Err(Error::AlreadyExists(message)) => {
                 if let (Some(value), false) = (&value, request.client_request_token.is_empty())
+                    // The first create may share a batch not yet durable.
+                    && self.state.store.barrier().await.is_ok()
                     && let Some(existing) = self.state.store.secret(&name).await?
                     && existing.key_name == key_name
                     && let Some(reused) = self
@@ -211,6 +213,8 @@ impl SecretsService {
                 .update_secret(&secret.id, &update, &context.change_event())
                 .await?;
             if let (Some(PutOutcome::VersionExists), Some(value)) = (&outcome, &value) {
+                // Its first write may share a batch not yet durable.
+                self.state.store.barrier().await?;
                 self.reused_token(context, &secret, &version_id, value)
                     .await?
                     .ok_or_else(|| Error::internal("update", "a version vanished"))?;

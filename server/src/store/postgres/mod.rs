@@ -143,6 +143,15 @@ impl Store {
 
     /// SQLite rewrites freed pages; PostgreSQL leaves erased rows to
     /// VACUUM, which reclaims them (see the README on erasure).
+    /// Returns once every write begun before it is durable (or taken
+    /// back): a write of the same client request token in another request
+    /// may share a batch not yet committed, which reads on other
+    /// connections cannot see until it is.
+    pub async fn barrier(&self) -> Result<()> {
+        let tx = self.write().await?;
+        tx.commit().await
+    }
+
     pub async fn checkpoint(&self) -> Result<()> {
         Ok(())
     }

@@ -451,6 +451,16 @@ impl Store {
     /// `secure_delete`, freed pages are zeroed). If a reader holds part of
     /// the log, it is not waited for: the server warns, and a later
     /// checkpoint empties the log once it can.
+    /// Returns once every write begun before it is durable (or taken
+    /// back): a write of the same client request token in another request
+    /// may share a batch not yet committed, which reads on other
+    /// connections cannot see until it is.
+    pub async fn barrier(&self) -> Result<()> {
+        let mut tx = self.write().await?;
+        tx.changes_no_value();
+        tx.commit().await
+    }
+
     pub async fn checkpoint(&self) -> Result<()> {
         if self.checkpoints.empty().await? {
             tracing::warn!(
