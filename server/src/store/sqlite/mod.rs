@@ -243,6 +243,21 @@ impl Store {
             // An embedded database's connections cannot go away; testing
             // each before use would cost a round trip per statement.
             .test_before_acquire(false)
+            // But one that SQLite took out of its transaction by itself (an
+            // I/O error, a full disk) comes back with sqlx still counting
+            // the transaction, and every later begin on it would fail: such
+            // a connection is closed, not kept.
+            .after_release(|connection, _| {
+                Box::pin(async move {
+                    use sqlx::{Connection, TransactionManager};
+                    connection.ping().await?;
+                    Ok(
+                        <Sqlite as sqlx::Database>::TransactionManager::get_transaction_depth(
+                            connection,
+                        ) == 0,
+                    )
+                })
+            })
             .connect_with(options)
             .await
             .map_err(|error| Error::internal(&format!("opening database {url}"), error))?;
@@ -508,8 +523,19 @@ const DIALECT: Dialect<Sqlite> = Dialect {
     execute,
 };
 
+/// In a task of its own: sqlx's begin waits once more after `BEGIN
+/// IMMEDIATE` has run, and a caller dropped there (a read whose client
+/// went away while it recorded its access day) returned the connection to
+/// the pool holding the write lock, every other writer then BUSY. Here the
+/// task runs to its end, and a transaction no one takes is dropped, which
+/// rolls it back.
 fn begin_immediate(pool: &SqlitePool) -> Boxed<'_, sqlx::Result<Transaction<'static, Sqlite>>> {
-    Box::pin(pool.begin_with("BEGIN IMMEDIATE"))
+    let pool = pool.clone();
+    Box::pin(async move {
+        tokio::spawn(async move { pool.begin_with("BEGIN IMMEDIATE").await })
+            .await
+            .map_err(|_| sqlx::Error::WorkerCrashed)?
+    })
 }
 
 fn execute<'a>(connection: &'a mut SqliteConnection, sql: &'a str) -> Boxed<'a, sqlx::Result<()>> {
