@@ -65,16 +65,27 @@ fn database_error(error: &sqlx::Error) -> Option<fn(String) -> Error> {
         | sqlx::Error::WorkerCrashed => Some(Error::Unavailable),
         sqlx::Error::Database(database) => {
             let code = database.code()?;
-            if code.starts_with("08") || code.starts_with("57P") || code == "53300" {
+            let sqlite = database
+                .try_downcast_ref::<sqlx::sqlite::SqliteError>()
+                .is_some();
+            if sqlite {
+                // SQLITE_BUSY, SQLITE_LOCKED and their extended codes (a
+                // PostgreSQL SQLSTATE such as 42501 would match the mask).
+                return code
+                    .parse::<i32>()
+                    .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
+                    .then_some(Error::Unavailable as fn(String) -> Error);
+            }
+            // PostgreSQL: a connection exception, the server shutting down,
+            // too many connections, or the writers' lock not had in time.
+            if code.starts_with("08")
+                || code.starts_with("57P")
+                || code == "53300"
+                || code == "55P03"
+            {
                 Some(Error::Unavailable)
             } else if code == "40001" || code == "40P01" {
                 Some(Error::Aborted)
-            } else if code
-                .parse::<i32>()
-                .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
-            {
-                // SQLITE_BUSY, SQLITE_LOCKED and their extended codes.
-                Some(Error::Unavailable)
             } else {
                 None
             }

@@ -736,3 +736,50 @@ async fn postgres_a_schema_other_than_the_binarys() {
         assert!(error.contains("newer than this rekeyd knows"), "{error}");
     }
 }
+
+/// A writer that holds the writers' lock (a replica cut off mid-batch,
+/// whose session PostgreSQL has not yet found dead) makes the other
+/// writers UNAVAILABLE after ten seconds, as SQLite's busy timeout does,
+/// rather than hang them for as long as that takes (hours). And a refusal
+/// that is not the database being away (insufficient privilege, 42501,
+/// whose number matches SQLite's BUSY mask) is not called unavailable.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_held_writers_lock_is_unavailable_not_a_hang() {
+    use sqlx::Connection;
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    let root = RootKey::new(Key::generate());
+    let store = Store::open(&database.url, AuditKey::derive(&root))
+        .await
+        .unwrap();
+    let mut holder = sqlx::PgConnection::connect(&database.url).await.unwrap();
+    sqlx::raw_sql("BEGIN; SELECT pg_advisory_xact_lock(7001)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        store.record(&event("Read")),
+    )
+    .await
+    .expect("the write waited past the lock's timeout")
+    .unwrap_err();
+    assert!(matches!(refused, Error::Unavailable(_)), "{refused:?}");
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    store.record(&event("Read")).await.unwrap();
+
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql
+           AS $$ BEGIN RAISE EXCEPTION 'no' USING ERRCODE = 'insufficient_privilege'; END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON audit_events
+           FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(&mut holder)
+    .await
+    .unwrap();
+    let refused = store.record(&event("Read")).await.unwrap_err();
+    assert!(matches!(refused, Error::Internal(_)), "{refused:?}");
+    holder.close().await.unwrap();
+    store.close().await;
+}

@@ -196,7 +196,9 @@ const DIALECT: Dialect<Postgres> = Dialect {
 /// would not. Committed durably whatever the database's or role's
 /// `synchronous_commit` (reads are answered only once their audit events
 /// are durable); set per transaction, which a pooler in front of the
-/// database passes on. One round trip for all three.
+/// database passes on. The lock is waited for 10 s at most (then
+/// UNAVAILABLE), as SQLite's busy timeout: a replica cut off mid-batch holds
+/// it until PostgreSQL finds its session dead. One round trip for all four.
 fn begin_locked(pool: &PgPool) -> Boxed<'_, sqlx::Result<Transaction<'static, Postgres>>> {
     Box::pin(async move {
         let mut transaction = pool.begin().await?;
@@ -204,6 +206,7 @@ fn begin_locked(pool: &PgPool) -> Boxed<'_, sqlx::Result<Transaction<'static, Po
             .execute(
                 "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; \
                  SET LOCAL synchronous_commit = on; \
+                 SET LOCAL lock_timeout = '10s'; \
                  SELECT pg_advisory_xact_lock(7001)",
             )
             .await?;
