@@ -120,6 +120,7 @@ impl Store {
         };
         let mut map = before.clone();
         stages::for_new_version(&mut map, &version.version_id, requested)?;
+        keep_pending_of_run(&mut tx, secret_id, &before, &map).await?;
         let mut script = Script::new();
         stage_changes(&mut script, secret_id, &before, &map);
         purge_deprecated(&mut script, secret_id, version.created_at);
@@ -184,6 +185,7 @@ impl Store {
             }
             None => stages::remove(&mut map, stage)?,
         }
+        keep_pending_of_run(&mut tx, secret_id, &before, &map).await?;
         write_stage_map(&mut tx, secret_id, &before, &map).await?;
         touch(&mut tx, secret_id, now).await?;
         self.commit_audited(tx, event).await
@@ -389,4 +391,37 @@ fn purge_deprecated<'q>(script: &mut Script<'q>, secret_id: &'q str, now: i64) {
         .bind(now - DEPRECATED_MIN_AGE_MILLIS)
         .bind(secret_id)
         .bind(VERSIONS_KEPT);
+}
+
+/// Refuses a client's change that takes PENDING off the version an active
+/// rotation run of the secret is making (its id is the run's): the run
+/// moves it when it ends, and in `needs attention` it marks the value the
+/// target may hold. Looked up only when PENDING moves.
+async fn keep_pending_of_run(
+    tx: &mut Tx<'_>,
+    secret_id: &str,
+    before: &StageMap,
+    after: &StageMap,
+) -> Result<()> {
+    let pending = Stage::parse(Stage::PENDING).map_err(Error::from)?;
+    let Some(on) = before.get(&pending) else {
+        return Ok(());
+    };
+    if after.get(&pending) == Some(on) {
+        return Ok(());
+    }
+    let running: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM rotation_runs WHERE secret_id = ? AND run_id = ? AND ended_at IS NULL",
+    )
+    .bind(secret_id)
+    .bind(on.as_str())
+    .fetch_optional(&mut **tx)
+    .await?;
+    match running {
+        Some(_) => Err(Error::FailedPrecondition(format!(
+            "stage PENDING is on version {on}, which a rotation run is making: the run moves it \
+             when it ends (cancel the run to take it away)"
+        ))),
+        None => Ok(()),
+    }
 }

@@ -504,3 +504,59 @@ fn a_secret_is_not_deleted_while_its_rotation_is_under_way() {
     assert_eq!(target(&state), "v1", "the revert put CURRENT back");
     admin.run(&["delete", "del/db", "--force"]).ok();
 }
+
+/// PENDING stays on the version a run is making until the run ends: a
+/// client can neither move it (to another version, or off with --from) nor
+/// put a new version labelled PENDING meanwhile. Moved, it was left on a
+/// version that is not CURRENT when the run finished, and in needs
+/// attention no longer marked the value the target may hold.
+#[test]
+fn pending_stays_on_the_runs_version_until_the_run_ends() {
+    let installation = Installation::new();
+    fixture(&installation);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "pen/db", "--value", "v1"]).ok();
+    let v1 = stages(&admin, "pen/db")["CURRENT"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "pen/db",
+            "--rotator",
+            "exec:fixture",
+            "--approve",
+            "test",
+            "--approvals",
+            "1",
+        ])
+        .ok();
+    admin.run(&["rotate", "pen/db", "--no-wait"]).ok();
+    let waiting = wait_for_state(&admin, "pen/db", "awaiting_approval");
+    let run_version = waiting["run"]["version_id"].as_str().unwrap().to_owned();
+    assert_eq!(stages(&admin, "pen/db")["PENDING"], run_version.as_str());
+    let refusals = [
+        vec!["stage", "pen/db", "PENDING", "--to", &v1],
+        vec!["stage", "pen/db", "PENDING", "--from", &run_version],
+        vec!["put", "pen/db", "--stage", "PENDING", "--value", "v2"],
+    ];
+    for args in refusals {
+        let refused = admin.run(&args);
+        assert_eq!(refused.code, 1, "{args:?}: {}", refused.stdout);
+        assert!(
+            refused.stderr.contains("which a rotation run is making"),
+            "{args:?}: {}",
+            refused.stderr
+        );
+    }
+    assert_eq!(stages(&admin, "pen/db")["PENDING"], run_version.as_str());
+    admin.run(&["rotation", "cancel", "pen/db"]).ok();
+    wait_for_state(&admin, "pen/db", "cancelled");
+    // The run ended: PENDING is the client's again.
+    admin
+        .run(&["put", "pen/db", "--stage", "PENDING", "--value", "v2"])
+        .ok();
+}
