@@ -8,7 +8,7 @@
 //! follows to the version it left. A version carries at most 20 labels.
 
 use crate::error::{Error, Result};
-use rekey_shared::names::MAX_STAGES_PER_VERSION;
+use rekey_shared::names::{MAX_STAGES_PER_SECRET, MAX_STAGES_PER_VERSION};
 use rekey_shared::{Stage, VersionId};
 use std::collections::BTreeMap;
 
@@ -82,6 +82,13 @@ pub fn check_limit(map: &StageMap, version: &VersionId) -> Result<()> {
             "version {version} would carry {count} stages; at most {MAX_STAGES_PER_VERSION} are allowed"
         )));
     }
+    if map.len() > MAX_STAGES_PER_SECRET {
+        return Err(Error::InvalidArgument(format!(
+            "the secret's versions would carry {} stages; at most {MAX_STAGES_PER_SECRET} are \
+             allowed across them (move or remove one: rekey stage NAME STAGE --from VERSION)",
+            map.len()
+        )));
+    }
     Ok(())
 }
 
@@ -99,6 +106,20 @@ mod tests {
 
     fn map(entries: &[(&str, u8)]) -> StageMap {
         entries.iter().map(|(stage, n)| (s(stage), v(*n))).collect()
+    }
+
+    #[test]
+    fn a_secret_carries_at_most_a_hundred_stages() {
+        let mut all: StageMap = (0..100u8)
+            .map(|n| (s(&format!("L{n}")), v(n / 10)))
+            .collect();
+        check_limit(&all, &v(0)).unwrap();
+        attach(&mut all, &s("ONE-MORE"), &v(11));
+        let refused = check_limit(&all, &v(11)).unwrap_err().to_string();
+        assert!(
+            refused.contains("would carry 101 stages; at most 100"),
+            "{refused}"
+        );
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub struct KeyName(String);
 pub const MAX_SECRET_NAME_CHARS: usize = 512;
 pub const MAX_STAGE_CHARS: usize = 256;
 pub const MAX_STAGES_PER_VERSION: usize = 20;
+/// Labels across all versions of one secret: bounded, so that a secret's
+/// description (every label with its version) stays far below a message's
+/// 4 MiB, whoever lists it.
+pub const MAX_STAGES_PER_SECRET: usize = 100;
 
 fn check(
     what: &str,
