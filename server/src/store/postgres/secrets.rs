@@ -212,7 +212,13 @@ impl Store {
         match deletion {
             Deletion::Now => {
                 self.erase(secret, event).await?;
-                self.checkpoint().await
+                // The erasure is committed and audited: the log's emptying
+                // failing now is not the request's failure (it is owed, and
+                // tried again every second).
+                if let Err(error) = self.checkpoint().await {
+                    tracing::warn!(%error, "emptying the write-ahead log after an erasure failed; tried again");
+                }
+                Ok(())
             }
             Deletion::At(date) => {
                 let mut tx = self.write().await?;
