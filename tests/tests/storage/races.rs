@@ -334,46 +334,9 @@ async fn config_save_suite(url: &str, root: &RootKey) {
     };
     configure(&edited, Some(&stored), false).await.unwrap();
 
-    // A scheduled run whose due time another process claimed first:
-    // nothing is written, neither the run nor the schedule's move.
-    let late = RunRecord {
-        id: rekey_shared::VersionId::random().into_string(),
-        secret_id: id.clone(),
-        manual: false,
-        scheduled: true,
-        initiator: "tester".into(),
-        phase: Phase::Running,
-        step: Step::Create,
-        set_applied: false,
-        operator_go: false,
-        attempt: 0,
-        next_attempt_at: None,
-        approval_requested_at: None,
-        current_at_start: String::new(),
-        outcome: None,
-        revert: Revert::NotNeeded,
-        end_reason: String::new(),
-        last_error: String::new(),
-        created_at: 4,
-        updated_at: 4,
-        ended_at: None,
-        revision: 0,
-    };
-    let before = store.rotation_config(&id).await.unwrap().unwrap();
-    let claimed_before = ScheduleClaim {
-        due_at: before.next_rotation_at.unwrap_or(0) - 1,
-        next: Some(9_000),
-    };
-    assert!(
-        !store
-            .insert_run(&late, &[], Some(claimed_before), &event("StartRotation"))
-            .await
-            .unwrap()
-    );
-    assert!(store.run(&late.id).await.unwrap().is_none());
-    assert_eq!(store.rotation_config(&id).await.unwrap().unwrap(), before);
-
-    // A run starts: a change of how runs go is refused, the rest saves.
+    // The run this test starts below. First, as a scheduled run whose due
+    // time another process claimed: nothing is written, neither the run
+    // nor the schedule's move.
     let run = RunRecord {
         id: rekey_shared::VersionId::random().into_string(),
         secret_id: id.clone(),
@@ -397,6 +360,26 @@ async fn config_save_suite(url: &str, root: &RootKey) {
         ended_at: None,
         revision: 0,
     };
+    let late = RunRecord {
+        id: rekey_shared::VersionId::random().into_string(),
+        scheduled: true,
+        ..run.clone()
+    };
+    let before = store.rotation_config(&id).await.unwrap().unwrap();
+    let claimed_before = ScheduleClaim {
+        due_at: before.next_rotation_at.unwrap_or(0) - 1,
+        next: Some(9_000),
+    };
+    assert!(
+        !store
+            .insert_run(&late, &[], Some(claimed_before), &event("StartRotation"))
+            .await
+            .unwrap()
+    );
+    assert!(store.run(&late.id).await.unwrap().is_none());
+    assert_eq!(store.rotation_config(&id).await.unwrap().unwrap(), before);
+
+    // A run starts: a change of how runs go is refused, the rest saves.
     assert!(
         store
             .insert_run(&run, &[], None, &event("StartRotation"))

@@ -13,6 +13,18 @@ fn sql(installation: &Installation, statement: &str) {
         .block_on(installation.execute_sql(statement));
 }
 
+/// A trigger, standing for a full disk, refuses the audit event of a
+/// run's pending version, so createSecret's write fails for the server's
+/// own reasons; `DROP TRIGGER full_disk` ends it.
+fn refuse_pending_versions(installation: &Installation) {
+    sql(
+        installation,
+        "CREATE TRIGGER full_disk BEFORE INSERT ON audit_events
+         WHEN NEW.action = 'secrets:PutSecretValue' AND NEW.detail LIKE 'run %: pending version'
+         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
+    );
+}
+
 fn calls_of(state: &Path, step: &str) -> usize {
     std::fs::read_to_string(state.join("calls"))
         .unwrap_or_default()
@@ -41,12 +53,7 @@ fn a_step_the_server_failed_is_not_one_of_its_attempts() {
             "exec:fixture",
         ])
         .ok();
-    sql(
-        &installation,
-        "CREATE TRIGGER full_disk BEFORE INSERT ON audit_events
-         WHEN NEW.action = 'secrets:PutSecretValue' AND NEW.detail LIKE 'run %: pending version'
-         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
-    );
+    refuse_pending_versions(&installation);
     admin.run(&["rotate", "srv/db", "--no-wait"]).ok();
     eventually("createSecret to run again after the server failed", || {
         (calls_of(&state, "createSecret") >= 2).then_some(())
@@ -83,12 +90,7 @@ fn a_server_failure_that_lasts_fails_the_step_in_the_end() {
             "exec:fixture",
         ])
         .ok();
-    sql(
-        &installation,
-        "CREATE TRIGGER full_disk BEFORE INSERT ON audit_events
-         WHEN NEW.action = 'secrets:PutSecretValue' AND NEW.detail LIKE 'run %: pending version'
-         BEGIN SELECT RAISE(ABORT, 'the disk is full'); END",
-    );
+    refuse_pending_versions(&installation);
     admin.run(&["rotate", "srv/lasting", "--no-wait"]).ok();
     let ended = wait_for_state(&admin, "srv/lasting", "failed");
     let interruptions = ended["run"]["history"]
