@@ -55,6 +55,7 @@ pub fn remove(map: &mut StageMap, stage: &Stage) -> Result<()> {
 /// The stages for a new version: the requested ones, or `CURRENT` when none
 /// are requested; and `CURRENT` anyway when the secret has no value yet.
 pub fn for_new_version(map: &mut StageMap, version: &VersionId, requested: &[Stage]) -> Result<()> {
+    let before_labels = client_labels(map);
     let mut stages: Vec<Stage> = requested.to_vec();
     if stages.is_empty() || !map.contains_key(&Stage::current()) {
         stages.push(Stage::current());
@@ -64,7 +65,7 @@ pub fn for_new_version(map: &mut StageMap, version: &VersionId, requested: &[Sta
     for stage in &stages {
         attach(map, stage, version);
     }
-    check_limit(map, version)
+    check_limit(before_labels, map, version)
 }
 
 /// The labels a version carries, sorted.
@@ -75,18 +76,34 @@ pub fn stages_of(map: &StageMap, version: &VersionId) -> Vec<Stage> {
         .collect()
 }
 
-pub fn check_limit(map: &StageMap, version: &VersionId) -> Result<()> {
+/// Labels other than `CURRENT`, `PREVIOUS` and `PENDING`: those clients
+/// name, which [`MAX_STAGES_PER_SECRET`] bounds (the three that rotation
+/// and every put move are never refused for it).
+pub fn client_labels(map: &StageMap) -> usize {
+    map.keys()
+        .filter(|stage| {
+            ![Stage::CURRENT, Stage::PREVIOUS, Stage::PENDING].contains(&stage.as_str())
+        })
+        .count()
+}
+
+/// Refuses a change that leaves `version` with too many labels, or that
+/// adds a client's label to a secret whose versions carry as many as
+/// allowed (`before_labels`: their count before the change; a secret over
+/// the bound from before takes every change that does not add one).
+pub fn check_limit(before_labels: usize, map: &StageMap, version: &VersionId) -> Result<()> {
     let count = stages_of(map, version).len();
     if count > MAX_STAGES_PER_VERSION {
         return Err(Error::InvalidArgument(format!(
             "version {version} would carry {count} stages; at most {MAX_STAGES_PER_VERSION} are allowed"
         )));
     }
-    if map.len() > MAX_STAGES_PER_SECRET {
+    let labels = client_labels(map);
+    if labels > MAX_STAGES_PER_SECRET && labels > before_labels {
         return Err(Error::InvalidArgument(format!(
-            "the secret's versions would carry {} stages; at most {MAX_STAGES_PER_SECRET} are \
-             allowed across them (move or remove one: rekey stage NAME STAGE --from VERSION)",
-            map.len()
+            "the secret's versions would carry {labels} labels of your own; at most \
+             {MAX_STAGES_PER_SECRET} are allowed across them (move or remove one: rekey stage \
+             NAME STAGE --from VERSION)"
         )));
     }
     Ok(())
@@ -109,17 +126,26 @@ mod tests {
     }
 
     #[test]
-    fn a_secret_carries_at_most_a_hundred_stages() {
+    fn a_secret_carries_at_most_a_hundred_labels_of_its_clients() {
         let mut all: StageMap = (0..100u8)
             .map(|n| (s(&format!("L{n}")), v(n / 10)))
             .collect();
-        check_limit(&all, &v(0)).unwrap();
-        attach(&mut all, &s("ONE-MORE"), &v(11));
-        let refused = check_limit(&all, &v(11)).unwrap_err().to_string();
+        check_limit(100, &all, &v(0)).unwrap();
+        // Rotation's and every put's labels are never refused for it.
+        for_new_version(&mut all, &v(11), &[s("PENDING")]).unwrap();
+        for_new_version(&mut all, &v(12), &[]).unwrap();
+        assert_eq!(client_labels(&all), 100);
+        let mut more = all.clone();
+        let refused = for_new_version(&mut more, &v(13), &[s("ONE-MORE")])
+            .unwrap_err()
+            .to_string();
         assert!(
-            refused.contains("would carry 101 stages; at most 100"),
+            refused.contains("would carry 101 labels of your own; at most 100"),
             "{refused}"
         );
+        // A secret over the bound from before takes what adds none.
+        attach(&mut all, &s("ONE-MORE"), &v(12));
+        for_new_version(&mut all, &v(14), &[]).unwrap();
     }
 
     #[test]

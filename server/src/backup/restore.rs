@@ -109,8 +109,8 @@ pub async fn restore(
     if tables_proven {
         prove_files(file, &info, &files, &key)?;
     }
-    // From the first file written, a signal (Ctrl-C, SIGTERM, the terminal
-    // closing) ends the restore as a failure does, taking back what it
+    // From the first file written, a signal (Ctrl-C, SIGTERM) ends the
+    // restore as a failure does, taking back what it
     // wrote: an installation half written, its values never proven, must
     // not be left to serve.
     let interrupted = interruption()?;
@@ -152,18 +152,16 @@ pub async fn restore(
     }
 }
 
-/// Completes on SIGINT, SIGTERM or SIGHUP; the handlers are in place once
-/// this returns.
+/// Completes on SIGINT or SIGTERM; the handlers are in place once this
+/// returns. (Not SIGHUP: a restore under `nohup` goes on.)
 fn interruption() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
     let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
-    let mut hangup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
     Ok(async move {
         tokio::select! {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
-            _ = hangup.recv() => {}
         }
     })
 }
@@ -550,7 +548,7 @@ impl Written {
         let mut from =
             std::fs::File::open(backup).with_context(|| format!("reading {}", backup.display()))?;
         let mut to = self.create(&path, 0o600)?;
-        for companion in ["-wal", "-shm", ".rekeyd-lock"] {
+        for companion in ["-wal", "-shm", "-journal", ".rekeyd-lock"] {
             let mut file = path.clone().into_os_string();
             file.push(companion);
             self.files.push(file.into());

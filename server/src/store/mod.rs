@@ -253,7 +253,8 @@ pub struct WrappedMasterKey {
 /// value the target may hold would be gone.
 pub(super) fn run_under_way(name: &impl std::fmt::Display) -> crate::error::Error {
     crate::error::Error::FailedPrecondition(format!(
-        "a rotation of {name} is under way; cancel it first (rekey rotation cancel {name}): \
-         its setSecret may have changed the target, and cancelling puts CURRENT back there"
+        "a rotation of {name} is under way; cancel it first (rekey rotation cancel {name}), or, \
+         if it is already ending, wait for its end (rekey rotation show {name}): its setSecret \
+         may have changed the target, and only the run's end puts CURRENT back there"
     ))
 }

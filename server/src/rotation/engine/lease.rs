@@ -58,17 +58,26 @@ impl Lease {
             tokio::spawn(async move {
                 let mut beats = tokio::time::interval(HEARTBEAT);
                 beats.tick().await;
+                // Another replica can take the run over only with a shared
+                // database; an embedded one's single server keeps its steps
+                // through a failing disk.
+                let shared = state.store.is_shared();
+                let heartbeat_millis = i64::try_from(HEARTBEAT.as_millis()).unwrap_or(i64::MAX);
                 let mut held_until = until(now);
                 loop {
                     beats.tick().await;
                     let now = now_millis();
-                    match state
-                        .store
-                        .claim_lease(&secret_id, &owner, now, until(now))
-                        .await
-                    {
-                        Ok(true) => held_until = until(now),
-                        Ok(false) => {
+                    // A renewal waits no longer than the lease lasts: one
+                    // that hangs (a connection cut mid-call) is a failure.
+                    let left = Duration::from_millis(u64::try_from(held_until - now).unwrap_or(0));
+                    let renewed = tokio::time::timeout(
+                        left,
+                        state.store.claim_lease(&secret_id, &owner, now, until(now)),
+                    )
+                    .await;
+                    match renewed {
+                        Ok(Ok(true)) => held_until = until(now),
+                        Ok(Ok(false)) => {
                             tracing::error!(
                                 secret_id,
                                 "the rotation lease was taken over while held; the step under way is stopped"
@@ -76,14 +85,21 @@ impl Lease {
                             let _ = tell.send(true);
                             return;
                         }
-                        Err(error) if now >= held_until => {
-                            tracing::error!(%error, secret_id, "the rotation lease lapsed while renewals failed; the step under way is stopped");
+                        // The lease lapses before the next heartbeat could
+                        // renew it: stop now, not a heartbeat after another
+                        // replica may have taken the run.
+                        _ if shared && now_millis() + heartbeat_millis >= held_until => {
+                            tracing::error!(
+                                secret_id,
+                                "the rotation lease lapsed while renewals failed; the step under way is stopped"
+                            );
                             let _ = tell.send(true);
                             return;
                         }
-                        Err(error) => {
+                        Ok(Err(error)) => {
                             tracing::warn!(%error, secret_id, "renewing a rotation lease failed")
                         }
+                        Err(_) => tracing::warn!(secret_id, "renewing a rotation lease timed out"),
                     }
                 }
             })

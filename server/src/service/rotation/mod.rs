@@ -233,7 +233,7 @@ impl RotationService {
             {
                 return Err(Error::FailedPrecondition(format!(
                     "rotation of {name} switches database user {pinned}, but its CURRENT value \
-                     names {named}: configuring again keeps the user; to switch {named}, \
+                     names {named}: configuring again keeps the user; to switch to {named}, \
                      configure the single strategy first, then alternating users again"
                 )));
             }

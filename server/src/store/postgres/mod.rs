@@ -141,8 +141,6 @@ impl Store {
         self.writer.begin().await
     }
 
-    /// SQLite rewrites freed pages; PostgreSQL leaves erased rows to
-    /// VACUUM, which reclaims them (see the README on erasure).
     /// Returns once every write begun before it is durable (or taken
     /// back): a write of the same client request token in another request
     /// may share a batch not yet committed, which reads on other
@@ -152,6 +150,8 @@ impl Store {
         tx.commit().await
     }
 
+    /// SQLite rewrites freed pages; PostgreSQL leaves erased rows to
+    /// VACUUM, which reclaims them (see the README on erasure).
     pub async fn checkpoint(&self) -> Result<()> {
         Ok(())
     }

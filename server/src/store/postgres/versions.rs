@@ -179,7 +179,7 @@ impl Store {
                     )));
                 }
                 stages::attach(&mut map, stage, version);
-                stages::check_limit(&map, version)?;
+                stages::check_limit(stages::client_labels(&before), &map, version)?;
             }
             None => stages::remove(&mut map, stage)?,
         }

@@ -246,11 +246,11 @@ impl Store {
             // But one that SQLite took out of its transaction by itself (an
             // I/O error, a full disk) comes back with sqlx still counting
             // the transaction, and every later begin on it would fail: such
-            // a connection is closed, not kept.
-            .after_release(|connection, _| {
+            // a connection is closed, not used. (sqlx's ping on release has
+            // run the rollback it queued, so the count is current here.)
+            .before_acquire(|connection, _| {
                 Box::pin(async move {
-                    use sqlx::{Connection, TransactionManager};
-                    connection.ping().await?;
+                    use sqlx::TransactionManager;
                     Ok(
                         <Sqlite as sqlx::Database>::TransactionManager::get_transaction_depth(
                             connection,
@@ -461,11 +461,6 @@ impl Store {
         self.writer.begin().await
     }
 
-    /// Moves everything in the write-ahead log into the database file and
-    /// empties the log, so that erased rows linger in neither (with
-    /// `secure_delete`, freed pages are zeroed). If a reader holds part of
-    /// the log, it is not waited for: the server warns, and a later
-    /// checkpoint empties the log once it can.
     /// Returns once every write begun before it is durable (or taken
     /// back): a write of the same client request token in another request
     /// may share a batch not yet committed, which reads on other
@@ -476,6 +471,11 @@ impl Store {
         tx.commit().await
     }
 
+    /// Moves everything in the write-ahead log into the database file and
+    /// empties the log, so that erased rows linger in neither (with
+    /// `secure_delete`, freed pages are zeroed). If a reader holds part of
+    /// the log, it is not waited for: the server warns, and a later
+    /// checkpoint empties the log once it can.
     pub async fn checkpoint(&self) -> Result<()> {
         if self.checkpoints.empty().await? {
             tracing::warn!(

@@ -193,7 +193,7 @@ impl Store {
                 .await?;
         if !matches!(deleting, Some(None)) {
             return Err(Error::FailedPrecondition(
-                "the secret is deleted or scheduled for deletion; restore it to rotate it"
+                "the secret is deleted, or scheduled for deletion (restore it to rotate it)"
                     .to_owned(),
             ));
         }
