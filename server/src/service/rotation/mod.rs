@@ -8,11 +8,7 @@ use crate::auth::Action;
 use crate::error::{Error, Result};
 use crate::rotation::engine::{Engine, history, moved_on};
 use crate::rotation::planner::{Plan, Wait};
-use crate::rotation::rotators::{Rotator, RotatorSettings};
-use crate::rotation::{
-    ApprovalRecord, ConfigRecord, DEFAULT_APPROVAL_EXPIRY, Outcome, Phase, Revert, RunRecord, Step,
-    schedule,
-};
+use crate::rotation::{ApprovalRecord, ConfigRecord, Outcome, Phase, Revert, RunRecord, Step};
 use crate::store::SecretRecord;
 use rekey_shared::SecretName;
 use rekey_shared::proto::rotation_server::Rotation;
@@ -20,10 +16,11 @@ use rekey_shared::proto::{self};
 use rekey_shared::time::{now_millis, timestamp_from_millis};
 use std::sync::Arc;
 
+mod configure;
 mod messages;
 
+use messages::config_message;
 pub use messages::state_name;
-use messages::{config_message, policy_from};
 
 #[derive(Debug, Clone)]
 pub struct RotationService {
@@ -153,202 +150,6 @@ impl RotationService {
             .next()
             .ok_or_else(|| Error::internal("rotation", "the run vanished"))?;
         self.run_message(secret, &run).await
-    }
-
-    async fn configure(
-        &self,
-        context: &RequestContext,
-        request: proto::ConfigureRotationRequest,
-    ) -> Result<proto::RotationConfig> {
-        context.set_resource(&request.name);
-        let name = SecretName::parse(&request.name)?;
-        self.authorize(context, Action::ConfigureRotation, &name)?;
-        let secret = self.secret(&name).await?;
-        let store = &self.state.store;
-        let existing = store.rotation_config(&secret.id).await?;
-        let now = now_millis();
-        if request.disable {
-            let mut config = existing.clone().ok_or_else(|| {
-                Error::FailedPrecondition(format!(
-                    "secret {name} has no rotation configuration to disable"
-                ))
-            })?;
-            config.enabled = false;
-            config.next_rotation_at = None;
-            config.configured_by = context.principal.to_string();
-            config.configured_at = now;
-            store
-                .save_rotation_config(&config, existing.as_ref(), false, &context.change_event())
-                .await?;
-            context.recorded();
-            return Ok(config_message(name.as_str(), &config));
-        }
-        let rotator = if request.rotator.is_empty() {
-            existing
-                .as_ref()
-                .map(|config| config.rotator.clone())
-                .ok_or_else(|| {
-                    Error::InvalidArgument("give a rotator: password or exec:NAME".to_owned())
-                })?
-        } else {
-            request.rotator.clone()
-        };
-        let mut settings = RotatorSettings {
-            password_policy: policy_from(request.password_policy),
-            json_field: request.json_field,
-            admin_secret: request.admin_secret,
-            strategy: request.strategy,
-            user: String::new(),
-        };
-        let checked = Rotator::from_config(&rotator, &settings, &self.state.rotation)
-            .map_err(|error| Error::InvalidArgument(error.0))?;
-        if checked.admin_secret(&settings).is_some() {
-            // The user the admin may act on, from the value as it is now:
-            // not from what a later writer of the value names.
-            let current = self.engine.current_value(&secret).await?;
-            let named =
-                crate::rotation::database::pinned_user(current.as_ref()).map_err(|error| {
-                    Error::FailedPrecondition(format!(
-                        "alternating users pin the database user the secret's CURRENT value \
-                         names when rotation is configured: {error}"
-                    ))
-                })?;
-            // Configured again the same way (a new schedule, say), the pin
-            // stays: configuring is no way to take up whatever user a
-            // writer of the value has named since.
-            let pinned = existing
-                .as_ref()
-                .filter(|existing| existing.rotator == rotator)
-                .and_then(|existing| {
-                    serde_json::from_str::<RotatorSettings>(&existing.settings).ok()
-                })
-                .filter(|before| {
-                    before.strategy == settings.strategy
-                        && before.admin_secret == settings.admin_secret
-                        && !before.user.is_empty()
-                })
-                .map(|before| before.user);
-            if let Some(pinned) = &pinned
-                && *pinned != named
-            {
-                return Err(Error::FailedPrecondition(format!(
-                    "rotation of {name} switches database user {pinned}, but its CURRENT value \
-                     names {named}: configuring again keeps the user; to switch to {named}, \
-                     configure the single strategy first, then alternating users again"
-                )));
-            }
-            settings.user = named;
-        }
-        crate::password::generate(&settings.password_policy)
-            .map_err(|error| Error::InvalidArgument(format!("password policy: {error}")))?;
-        let parsed = if request.schedule.is_empty() {
-            None
-        } else {
-            Some(schedule::parse(&request.schedule).map_err(Error::InvalidArgument)?)
-        };
-        // A schedule that never comes due would look configured and never
-        // rotate (a date that does not exist, a year long past).
-        if let Some(schedule) = &parsed
-            && schedule.next(None, now).is_none()
-        {
-            return Err(Error::InvalidArgument(format!(
-                "schedule {:?} never comes due: no time in the next 10 years matches it",
-                request.schedule
-            )));
-        }
-        if !request.window.is_empty() {
-            if parsed.is_none() {
-                return Err(Error::InvalidArgument(
-                    "a window needs a schedule".to_owned(),
-                ));
-            }
-            schedule::parse_duration(&request.window).map_err(Error::InvalidArgument)?;
-        }
-        let steps: Vec<Step> = request
-            .approval_steps
-            .iter()
-            .map(|step| {
-                Step::from_proto(*step)
-                    .ok_or_else(|| Error::InvalidArgument(format!("unknown step {step}")))
-            })
-            .collect::<Result<_>>()?;
-        let (required, role) = if steps.is_empty() {
-            if request.approvals_required > 0 {
-                return Err(Error::InvalidArgument(
-                    "approvals are required of no step: name the steps with --approve".to_owned(),
-                ));
-            }
-            (0, String::new())
-        } else {
-            if request.approvals_required == 0 {
-                return Err(Error::InvalidArgument(
-                    "a gated step needs at least 1 approval; 0 is not allowed".to_owned(),
-                ));
-            }
-            let role = if request.approver_role.is_empty() {
-                "approver".to_owned()
-            } else {
-                request.approver_role.clone()
-            };
-            if !self.state.authorizer.policy().roles.contains_key(&role) {
-                return Err(Error::InvalidArgument(format!(
-                    "approver role {role:?} is not defined by the policy"
-                )));
-            }
-            (request.approvals_required, role)
-        };
-        let expiry = if request.approval_expiry.is_empty() {
-            DEFAULT_APPROVAL_EXPIRY.to_owned()
-        } else {
-            schedule::parse_duration(&request.approval_expiry).map_err(Error::InvalidArgument)?;
-            request.approval_expiry.clone()
-        };
-        if !settings.admin_secret.is_empty() {
-            let admin = SecretName::parse(&settings.admin_secret)?;
-            // Whoever configures an admin secret must be allowed to read it:
-            // its value, and its master key.
-            self.authorize(context, Action::GetSecretValue, &admin)?;
-            let admin_secret = self.secret(&admin).await?;
-            context.authorize(
-                &self.state.authorizer,
-                Action::KeysUse,
-                &format!("key:{}", admin_secret.key_name),
-            )?;
-        }
-        let last_rotated_at = existing.as_ref().and_then(|config| config.last_rotated_at);
-        let config = ConfigRecord {
-            secret_id: secret.id.clone(),
-            rotator,
-            schedule: request.schedule,
-            window: request.window,
-            approval_steps: steps,
-            approvals_required: required,
-            approver_role: role,
-            approval_expiry: expiry,
-            settings: serde_json::to_string(&settings).unwrap_or_else(|_| "{}".to_owned()),
-            enabled: true,
-            configured_by: context.principal.to_string(),
-            configured_at: now,
-            next_rotation_at: parsed.and_then(|schedule| schedule.next(last_rotated_at, now)),
-            last_rotated_at,
-        };
-        // A run reads its rotator and gates from the configuration as it
-        // goes: changing them under a run waiting for approval would let
-        // whoever may configure (not approve) wave it through.
-        let frozen = existing
-            .as_ref()
-            .is_some_and(|existing| changes_how_runs_go(existing, &config));
-        if frozen && store.active_run(&secret.id).await?.is_some() {
-            return Err(Error::FailedPrecondition(format!(
-                "a rotation of {name} is under way; its rotator and approval gates cannot change \
-                 until it ends (wait, or rekey rotation cancel {name}); the schedule can"
-            )));
-        }
-        store
-            .save_rotation_config(&config, existing.as_ref(), frozen, &context.change_event())
-            .await?;
-        context.recorded();
-        Ok(config_message(name.as_str(), &config))
     }
 
     async fn start(
@@ -735,15 +536,4 @@ audited_service! {
     list_rotation_runs(proto::ListRotationRunsRequest) -> proto::ListRotationRunsResponse => list_runs, DescribeRotation;
     list_approvals(proto::ListApprovalsRequest) -> proto::ListApprovalsResponse => list_approvals, DescribeRotation;
     }
-}
-
-/// Whether `new` changes what a run under way reads of its configuration:
-/// the rotator with its settings, and the approval gates.
-fn changes_how_runs_go(old: &ConfigRecord, new: &ConfigRecord) -> bool {
-    old.rotator != new.rotator
-        || old.settings != new.settings
-        || old.approval_steps != new.approval_steps
-        || old.approvals_required != new.approvals_required
-        || old.approver_role != new.approver_role
-        || old.approval_expiry != new.approval_expiry
 }
