@@ -2,7 +2,8 @@
 //! file always, PostgreSQL when `REKEY_TEST_POSTGRES_URL` names a server
 //! (`.ci/run` sets it), each run in a fresh database of its own that is
 //! dropped afterwards. Two `Store`s on one PostgreSQL database stand in for
-//! two replicas. The audit log's own suites (group commit of many events,
+//! two replicas (`postgres`, with what is PostgreSQL's own: its schema
+//! check, its writers' lock). The audit log's own suites (group commit of many events,
 //! retention) are in `audit`; the read of a value in `reads`; SQLite's
 //! write-ahead log under steady writes in `wal`.
 
@@ -43,6 +44,7 @@ macro_rules! on_both_backends {
 
 mod audit;
 mod journal;
+mod postgres;
 mod races;
 mod reads;
 mod wal;
@@ -625,161 +627,4 @@ async fn postgres_backend() {
         return;
     };
     suite(&database.url, &RootKey::new(Key::generate())).await;
-}
-
-/// Two stores on one database, as two replicas: writes through one are
-/// read through the other, concurrent puts through both leave one CURRENT,
-/// and the audit chain is one chain.
-#[tokio::test]
-async fn postgres_two_replicas_share_one_database() {
-    let Some(database) = StorageDatabase::create() else {
-        return;
-    };
-    let root = RootKey::new(Key::generate());
-    let a = Arc::new(
-        Store::open(&database.url, AuditKey::derive(&root))
-            .await
-            .unwrap(),
-    );
-    let b = Arc::new(
-        Store::open(&database.url, AuditKey::derive(&root))
-            .await
-            .unwrap(),
-    );
-    add_default_key(&a).await;
-    let id = create(&a, "shared/secret", &[]).await;
-    let seen = b
-        .secret(&SecretName::parse("shared/secret").unwrap())
-        .await
-        .unwrap()
-        .expect("a write through one replica is read through the other");
-    assert_eq!(seen.id, id);
-
-    let tasks: Vec<_> = (0..20u8)
-        .map(|n| {
-            let store = Arc::clone(if n % 2 == 0 { &a } else { &b });
-            let id = id.clone();
-            tokio::spawn(async move {
-                let version = new_version(n);
-                store
-                    .put_version(&id, &version, &[Stage::current()], &event("Put"))
-                    .await
-                    .unwrap();
-            })
-        })
-        .collect();
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let versions = b.list_versions(&id, true, None, 100).await.unwrap();
-    assert_eq!(versions.len(), 21);
-    let with = |stage: Stage| {
-        versions
-            .iter()
-            .filter(|v| v.stages.contains(&stage))
-            .count()
-    };
-    assert_eq!(with(Stage::current()), 1);
-    assert_eq!(with(Stage::previous()), 1);
-    let events = assert_chain_verifies(&a, &AuditKey::derive(&root)).await;
-    assert_eq!(events, 22);
-    a.close().await;
-    b.close().await;
-}
-
-/// Only the server migrates: `open_current` (every other command) refuses
-/// a schema older than the binary's and leaves it as it is; `open` (the
-/// server) brings it up to date. A schema newer than the binary's is
-/// refused by both.
-#[tokio::test]
-async fn postgres_a_schema_other_than_the_binarys() {
-    let Some(database) = StorageDatabase::create() else {
-        return;
-    };
-    let root = RootKey::new(Key::generate());
-    let opened = |current: bool| {
-        let (url, key) = (database.url.clone(), AuditKey::derive(&root));
-        async move {
-            let store = if current {
-                Store::open_current(&url, key).await
-            } else {
-                Store::open(&url, key).await
-            };
-            match store {
-                Ok(store) => {
-                    store.close().await;
-                    Ok(())
-                }
-                Err(error) => Err(error.to_string()),
-            }
-        }
-    };
-    opened(false).await.unwrap();
-    database.sql(
-        "DELETE FROM schema_migrations WHERE version = (SELECT MAX(version) FROM schema_migrations)",
-    );
-    // Twice: the first refusal changed nothing.
-    for _ in 0..2 {
-        let error = opened(true).await.unwrap_err();
-        assert!(
-            error.contains("older than this rekeyd's")
-                && error.contains("only the server migrates it"),
-            "{error}"
-        );
-    }
-    opened(false).await.unwrap();
-    opened(true).await.unwrap();
-
-    database.sql("INSERT INTO schema_migrations (version, applied_at) VALUES (999, 0)");
-    for current in [false, true] {
-        let error = opened(current).await.unwrap_err();
-        assert!(error.contains("newer than this rekeyd knows"), "{error}");
-    }
-}
-
-/// A writer that holds the writers' lock (a replica cut off mid-batch,
-/// whose session PostgreSQL has not yet found dead) makes the other
-/// writers UNAVAILABLE after ten seconds, as SQLite's busy timeout does,
-/// rather than hang them for as long as that takes (hours). And a refusal
-/// that is not the database being away (insufficient privilege, 42501,
-/// whose number matches SQLite's BUSY mask) is not called unavailable.
-#[tokio::test(flavor = "multi_thread")]
-async fn postgres_a_held_writers_lock_is_unavailable_not_a_hang() {
-    use sqlx::Connection;
-    let Some(database) = StorageDatabase::create() else {
-        return;
-    };
-    let root = RootKey::new(Key::generate());
-    let store = Store::open(&database.url, AuditKey::derive(&root))
-        .await
-        .unwrap();
-    let mut holder = sqlx::PgConnection::connect(&database.url).await.unwrap();
-    sqlx::raw_sql("BEGIN; SELECT pg_advisory_xact_lock(7001)")
-        .execute(&mut holder)
-        .await
-        .unwrap();
-    let refused = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        store.record(&event("Read")),
-    )
-    .await
-    .expect("the write waited past the lock's timeout")
-    .unwrap_err();
-    assert!(matches!(refused, Error::Unavailable(_)), "{refused:?}");
-    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
-    store.record(&event("Read")).await.unwrap();
-
-    sqlx::raw_sql(
-        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql
-           AS $$ BEGIN RAISE EXCEPTION 'no' USING ERRCODE = 'insufficient_privilege'; END $$;
-         CREATE TRIGGER refuse BEFORE INSERT ON audit_events
-           FOR EACH ROW EXECUTE FUNCTION refuse();",
-    )
-    .execute(&mut holder)
-    .await
-    .unwrap();
-    let refused = store.record(&event("Read")).await.unwrap_err();
-    assert!(matches!(refused, Error::Internal(_)), "{refused:?}");
-    holder.close().await.unwrap();
-    store.close().await;
 }
