@@ -258,3 +258,12 @@ pub(super) fn run_under_way(name: &impl std::fmt::Display) -> crate::error::Erro
          may have changed the target, and only the run's end puts CURRENT back there"
     ))
 }
+
+/// The refusal of a change to a secret scheduled for deletion (or erased)
+/// after the request found it live.
+pub(super) fn deleted_meanwhile() -> crate::error::Error {
+    crate::error::Error::FailedPrecondition(
+        "the secret was scheduled for deletion (or erased) meanwhile; restore it first to change it"
+            .to_owned(),
+    )
+}

@@ -343,6 +343,31 @@ async fn suite(url: &str, root: &RootKey) {
         2
     );
     let doomed = store.secret(&doomed.name).await.unwrap().unwrap();
+    // A change that found the secret live before its deletion was
+    // scheduled is refused in its own transaction, and changes nothing.
+    let tagged = store
+        .tag_secret(
+            &doomed.id,
+            &[("late".to_owned(), "tag".to_owned())],
+            7,
+            &event("TagResource"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&tagged, Error::FailedPrecondition(message) if message.contains("scheduled for deletion")),
+        "{tagged:?}"
+    );
+    assert!(
+        !store
+            .secret(&doomed.name)
+            .await
+            .unwrap()
+            .unwrap()
+            .tags
+            .iter()
+            .any(|(key, _)| key == "late")
+    );
     // A name taken: ALREADY_EXISTS, or FAILED_PRECONDITION while the secret
     // holding it waits for deletion (on PostgreSQL the failed INSERT
     // aborted the transaction, and the check after it answered INTERNAL).

@@ -276,11 +276,18 @@ async fn write_stage_map(
     Ok(())
 }
 
+/// Marks the secret changed: refused (FAILED_PRECONDITION, the write's
+/// transaction taken back) for a secret scheduled for deletion since the
+/// request looked, or erased meanwhile.
 async fn touch(tx: &mut Tx<'_>, secret_id: &str, now: i64) -> Result<()> {
-    sqlx::query("UPDATE secrets SET changed_at = $1 WHERE id = $2")
-        .bind(now)
-        .bind(secret_id)
-        .execute(&mut **tx)
-        .await?;
+    let touched =
+        sqlx::query("UPDATE secrets SET changed_at = $1 WHERE id = $2 AND deletion_date IS NULL")
+            .bind(now)
+            .bind(secret_id)
+            .execute(&mut **tx)
+            .await?;
+    if touched.rows_affected() != 1 {
+        return Err(super::deleted_meanwhile());
+    }
     Ok(())
 }

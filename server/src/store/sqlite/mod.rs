@@ -606,10 +606,20 @@ fn stage_changes<'q>(
     }
 }
 
+/// Marks the secret changed: refused (FAILED_PRECONDITION, the write's
+/// transaction taken back) for a secret scheduled for deletion since the
+/// request looked, or erased meanwhile. (A put's own script marks it with
+/// `touch_in`; its insert checks the deletion.)
 async fn touch(tx: &mut Tx<'_>, secret_id: &str, now: i64) -> Result<()> {
-    let mut script = Script::new();
-    touch_in(&mut script, secret_id, now);
-    script.run(tx).await?;
+    let touched =
+        sqlx::query("UPDATE secrets SET changed_at = ? WHERE id = ? AND deletion_date IS NULL")
+            .bind(now)
+            .bind(secret_id)
+            .execute(&mut **tx)
+            .await?;
+    if touched.rows_affected() != 1 {
+        return Err(super::deleted_meanwhile());
+    }
     Ok(())
 }
 
