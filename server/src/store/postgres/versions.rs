@@ -198,7 +198,12 @@ impl Store {
         before_seq: Option<i64>,
         limit: u32,
     ) -> Result<Vec<VersionSummary>> {
-        let mut connection = self.pool.acquire().await?;
+        // One snapshot for the stages and the rows: a put between the two
+        // would show its version without its stages.
+        let mut connection = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *connection)
+            .await?;
         let map = read_stage_map(&mut connection, secret_id).await?;
         let rows = sqlx::query(
             "SELECT version_id, seq, created_at, created_by, accessed_day, key_name FROM versions v
