@@ -380,31 +380,12 @@ fn harden_process() {
     }
 }
 
-/// Completes on SIGTERM or SIGINT, and with `hangup` on SIGHUP too (`dev`:
-/// the terminal closed). The handlers are installed when this is called,
-/// not when the future is first polled: a signal that arrives between
-/// "listening" and the first poll still drains instead of killing.
+/// Completes on SIGTERM or SIGINT, and with `hangup` on SIGHUP too
+/// (`crate::signals::stop`), saying that the server shuts down.
 fn shutdown_signal(hangup: bool) -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
-    let mut hung_up = if hangup {
-        Some(signal(SignalKind::hangup()).context("handling SIGHUP")?)
-    } else {
-        None
-    };
+    let stop = crate::signals::stop(hangup)?;
     Ok(async move {
-        let hung_up = async {
-            match &mut hung_up {
-                Some(hung_up) => hung_up.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-            _ = hung_up => {}
-        }
+        stop.await;
         tracing::info!("shutting down: finishing in-flight requests");
     })
 }

@@ -29,6 +29,7 @@ pub mod principal;
 pub mod retention;
 pub mod rotation;
 pub mod service;
+pub mod signals;
 pub mod stages;
 pub mod store;
 pub mod sync;
@@ -279,7 +280,7 @@ pub async fn serve_prepared(
             "connections still open after the drain timeout; closing them"
         ),
     }
-    engine.stop();
+    // The engine stopped at the signal (serving ends only after it).
     rotating.abort();
     // Changes whose clients went away run on in tasks of their own: they
     // commit, and are told to the other replicas, before the store closes.

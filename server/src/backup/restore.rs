@@ -113,7 +113,8 @@ pub async fn restore(
     // restore as a failure does, taking back what it
     // wrote: an installation half written, its values never proven, must
     // not be left to serve.
-    let interrupted = interruption()?;
+    // Not SIGHUP: a restore under `nohup` goes on.
+    let interrupted = crate::signals::stop(false)?;
     let mut written = Written::new(dir)?;
     let restoring = async {
         // The tables are proven on the copy, as it is restored: not on the
@@ -150,20 +151,6 @@ pub async fn restore(
             dir.display()
         ))),
     }
-}
-
-/// Completes on SIGINT or SIGTERM; the handlers are in place once this
-/// returns. (Not SIGHUP: a restore under `nohup` goes on.)
-fn interruption() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).context("handling SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("handling SIGTERM")?;
-    Ok(async move {
-        tokio::select! {
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => {}
-        }
-    })
 }
 
 fn refuse_installation(dir: &Path) -> anyhow::Result<()> {

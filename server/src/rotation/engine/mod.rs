@@ -421,12 +421,12 @@ impl Engine {
 
     /// The secret's CURRENT value, if it has one.
     pub async fn current_value(&self, secret: &SecretRecord) -> Result<Option<SecretValue>> {
-        let current = self
-            .state
-            .store
-            .version_at_stage(&secret.id, &Stage::current())
-            .await?;
-        match current {
+        self.value_at(secret, &Stage::current()).await
+    }
+
+    /// The value of the secret's version that carries `stage`, if one does.
+    async fn value_at(&self, secret: &SecretRecord, stage: &Stage) -> Result<Option<SecretValue>> {
+        match self.state.store.version_at_stage(&secret.id, stage).await? {
             Some(version) => self.open(secret, version.version_id.as_str()).await,
             None => Ok(None),
         }

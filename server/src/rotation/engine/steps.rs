@@ -12,7 +12,7 @@ use crate::rotation::rotators::{Rotator, RotatorSettings, StepInput};
 use crate::rotation::{Outcome, Phase, Revert, RunRecord, Step, schedule};
 use crate::store::{NewVersion, PutOutcome, SecretRecord};
 use rekey_shared::time::now_millis;
-use rekey_shared::{SecretValue, Stage, VersionId};
+use rekey_shared::{Stage, VersionId};
 
 impl Engine {
     async fn rotator(&self, rotator: &str, settings: &str) -> Result<Rotator> {
@@ -30,20 +30,6 @@ impl Engine {
             Error::FailedPrecondition(format!("the admin secret {name} has no value"))
         })?;
         Ok(rotator.with_admin(value))
-    }
-
-    /// The PREVIOUS value of a secret, if it has one.
-    async fn previous(&self, secret: &SecretRecord) -> Result<Option<SecretValue>> {
-        let previous = Stage::previous();
-        match self
-            .state
-            .store
-            .version_at_stage(&secret.id, &previous)
-            .await?
-        {
-            Some(version) => self.open(secret, version.version_id.as_str()).await,
-            None => Ok(None),
-        }
     }
 
     /// Runs one step, then persists its success or failure.
@@ -80,12 +66,11 @@ impl Engine {
 
         let result = self.effect(secret, config, &started, step).await;
         let interruptible = match &result {
-            Err(error) if error.is_servers_own() => {
-                self.interruptions(run, step, STEP_INTERRUPTED, attempt)
+            Err(error) => {
+                self.is_interruption(run, step, STEP_INTERRUPTED, attempt, error)
                     .await
-                    < MAX_INTERRUPTIONS
             }
-            _ => false,
+            Ok(_) => false,
         };
         let now = now_millis();
         match result {
@@ -131,7 +116,7 @@ impl Engine {
                 next.attempt = attempt;
                 next.last_error = message.clone();
                 next.updated_at = now;
-                let retry_base = (self.state.rotation.retry_base_seconds as i64).max(1) * 1000;
+                let retry_base = self.retry_base_millis();
                 let mut entries = vec![history(step, "step_failed", attempt, "system", &message)];
                 match planner::after_failure(
                     &next,
@@ -250,7 +235,7 @@ impl Engine {
                     Error::FailedPrecondition("the pending version is missing".to_owned())
                 })?;
                 let rotator = self.rotator(&config.rotator, &config.settings).await?;
-                let previous = self.previous(secret).await?;
+                let previous = self.value_at(secret, &Stage::previous()).await?;
                 let output = rotator
                     .run(&StepInput {
                         step,
@@ -330,13 +315,8 @@ impl Engine {
     ) -> Result<()> {
         let store = &self.state.store;
         let prepared = async {
-            let current_version = store
-                .version_at_stage(&secret.id, &Stage::current())
-                .await?
-                .map(|version| version.version_id.to_string())
-                .unwrap_or_default();
-            let current = self.open(secret, &current_version).await?;
-            let previous = self.previous(secret).await?;
+            let current = self.value_at(secret, &Stage::current()).await?;
+            let previous = self.value_at(secret, &Stage::previous()).await?;
             let replacing = self.open(secret, &run.id).await?;
             let rotator = self.rotator(rotator, settings).await?;
             Ok::<_, Error>((current, previous, replacing, rotator))
@@ -346,11 +326,9 @@ impl Engine {
             // The server's own failure says nothing about the target: the
             // revert runs again after a backoff, a few times, recorded.
             Err(error)
-                if error.is_servers_own()
-                    && self
-                        .interruptions(run, Step::Set, REVERT_INTERRUPTED, run.attempt)
-                        .await
-                        < MAX_INTERRUPTIONS =>
+                if self
+                    .is_interruption(run, Step::Set, REVERT_INTERRUPTED, run.attempt, &error)
+                    .await =>
             {
                 return self
                     .interrupted(
@@ -429,11 +407,27 @@ const STEP_INTERRUPTED: &str = "step_interrupted";
 const REVERT_INTERRUPTED: &str = "revert_interrupted";
 
 impl Engine {
-    /// How many times `event` (an interruption) was recorded for `step`'s
-    /// attempt `attempt` of `run`; none when the history cannot be read
-    /// (the database away: that is an interruption too).
-    async fn interruptions(&self, run: &RunRecord, step: Step, event: &str, attempt: u32) -> usize {
-        match self.state.store.history(&run.id).await {
+    /// The base backoff of retries, in milliseconds.
+    fn retry_base_millis(&self) -> i64 {
+        (self.state.rotation.retry_base_seconds as i64).max(1) * 1000
+    }
+
+    /// Whether `error` of `step`'s attempt `attempt` of `run` is an
+    /// interruption: the server's own failure, recorded (as `event`) fewer
+    /// than [`MAX_INTERRUPTIONS`] times for that attempt so far (none when
+    /// the history cannot be read: the database away is one too).
+    async fn is_interruption(
+        &self,
+        run: &RunRecord,
+        step: Step,
+        event: &str,
+        attempt: u32,
+        error: &Error,
+    ) -> bool {
+        if !error.is_servers_own() {
+            return false;
+        }
+        let recorded = match self.state.store.history(&run.id).await {
             Ok(history) => history
                 .iter()
                 .filter(|entry| {
@@ -441,7 +435,8 @@ impl Engine {
                 })
                 .count(),
             Err(_) => 0,
-        }
+        };
+        recorded < MAX_INTERRUPTIONS
     }
 
     /// Records that the server's own `error` interrupted `step` (or its
@@ -459,9 +454,8 @@ impl Engine {
     ) -> Result<()> {
         tracing::warn!(%error, run = %run.id, %step, "the server's own failure interrupted a rotation step; it runs again");
         let now = now_millis();
-        let retry_base = (self.state.rotation.retry_base_seconds as i64).max(1) * 1000;
         let mut next = run.clone();
-        next.next_attempt_at = Some(now + retry_base);
+        next.next_attempt_at = Some(now + self.retry_base_millis());
         next.updated_at = now;
         let detail = format!("{}; it runs again", failure_text(error));
         let audit = AuditEvent {

@@ -200,9 +200,9 @@ impl Store {
     ) -> Result<Vec<VersionSummary>> {
         // One snapshot for the stages and the rows: a put between the two
         // would show its version without its stages.
-        let mut connection = self.pool.begin().await?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *connection)
+        let mut connection = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             .await?;
         let map = read_stage_map(&mut connection, secret_id).await?;
         let rows = sqlx::query(
