@@ -87,5 +87,13 @@ pub fn check_principal(name: &str) -> anyhow::Result<()> {
     if crate::principal::RESERVED_PRINCIPALS.contains(&name) {
         anyhow::bail!("the name {name:?} is reserved for the server");
     }
+    // Bound as written, a `*` would be a pattern that binds every principal
+    // it matches.
+    if name.contains('*') {
+        anyhow::bail!(
+            "principal {name:?} contains `*`, which a policy binding reads as a pattern; \
+             name one principal (patterns are bound with rekey policy apply)"
+        );
+    }
     Ok(())
 }

@@ -35,14 +35,21 @@ pub async fn cert(loaded: &Loaded, command: CertCommand) -> anyhow::Result<()> {
                 "{} exists; choose another --out or remove it",
                 out.display()
             );
-            // Roles first: an unknown role refuses the whole command.
+            // The CA key, then the roles (all in one policy version), then
+            // the certificate: a missing key or an unknown role binds
+            // nothing.
+            let ca = CertificateAuthority::load(&loaded.dir)?;
             if !roles.is_empty() {
                 let opened = installation::open(loaded).await?;
-                let bound = bind_roles(&opened, &name, &roles).await;
+                let event = AuditEvent::local(
+                    "policy:ApplyPolicy",
+                    "*",
+                    &format!("bind {name} to {}", roles.join(", ")),
+                );
+                let bound = governance::bind(&opened.store, &name, &roles, &event).await;
                 opened.store.close().await;
-                bound?;
+                bound.map_err(domain)?;
             }
-            let ca = CertificateAuthority::load(&loaded.dir)?;
             let issued = certificates::issue(loaded, &ca, &name, days, &out).await?;
             println!(
                 "issued an identity for {name} (serial {}, valid until {}) in {}{}",
@@ -127,16 +134,6 @@ fn default_out(name: &str, out: Option<PathBuf>) -> anyhow::Result<PathBuf> {
         }
         None => Ok(PathBuf::from(format!("{name}.pem"))),
     }
-}
-
-async fn bind_roles(opened: &Opened, name: &str, roles: &[String]) -> anyhow::Result<()> {
-    for role in roles {
-        let event = AuditEvent::local("policy:ApplyPolicy", "*", &format!("bind {name} to {role}"));
-        governance::bind(&opened.store, name, role, &event)
-            .await
-            .map_err(domain)?;
-    }
-    Ok(())
 }
 
 pub async fn recover(loaded: &Loaded, principal: &str) -> anyhow::Result<()> {

@@ -65,19 +65,25 @@ pub async fn change_policy(
     apply_policy(store, &policy, by, version, event).await
 }
 
-/// Binds `principal` to `role`, which must exist.
-pub async fn bind(store: &Store, principal: &str, role: &str, event: &AuditEvent) -> Result<i64> {
-    let (policy, _) = current_policy(store).await?;
-    if !policy.roles.contains_key(role) {
+/// Binds `principal` to `roles`, which must all exist, in one policy
+/// version: an unknown role changes nothing.
+pub async fn bind(
+    store: &Store,
+    principal: &str,
+    roles: &[String],
+    event: &AuditEvent,
+) -> Result<i64> {
+    let (mut policy, version) = current_policy(store).await?;
+    if let Some(role) = roles.iter().find(|role| !policy.roles.contains_key(*role)) {
         return Err(Error::InvalidArgument(format!(
             "role {role:?} is not defined by the policy in force; roles are {}",
             policy.roles.keys().cloned().collect::<Vec<_>>().join(", ")
         )));
     }
-    change_policy(store, "rekeyd", event, |policy| {
-        policy.bind(principal, role)
-    })
-    .await
+    for role in roles {
+        policy.bind(principal, role);
+    }
+    apply_policy(store, &policy, "rekeyd", version, event).await
 }
 
 /// What `recover` did.
@@ -123,6 +129,9 @@ pub async fn recover(store: &Store, principal: &str) -> Result<Recovered> {
 /// `recover`'s change to `policy`: the role it bound `principal` to, and
 /// the roles it took off `principal`'s own binding.
 fn break_glass(policy: &mut Policy, principal: &str) -> Result<(String, Vec<String>)> {
+    // A pattern would be bound as one: everyone it matches let in.
+    crate::certificates::check_principal(principal)
+        .map_err(|error| Error::InvalidArgument(error.to_string()))?;
     // A role of that name bound to anyone else is left alone: another name
     // is taken (break-glass-2, ...).
     let bound_to_others = |role: &str| {
@@ -239,6 +248,24 @@ roles = ["ops"]
                 .evaluate("bob", "policy:ApplyPolicy", "*")
                 .is_allowed()
         );
+    }
+
+    #[test]
+    fn break_glass_names_one_principal_not_a_pattern() {
+        for pattern in ["*", "team-*", "spiffe://corp/*", "rekeyd", ""] {
+            let mut policy = Policy::parse(POLICY).unwrap();
+            let error = break_glass(&mut policy, pattern).unwrap_err();
+            assert!(
+                matches!(error, Error::InvalidArgument(_)),
+                "{pattern}: {error}"
+            );
+            assert_eq!(policy.to_toml(), Policy::parse(POLICY).unwrap().to_toml());
+            assert!(
+                !policy
+                    .evaluate("bob", "policy:ApplyPolicy", "*")
+                    .is_allowed()
+            );
+        }
     }
 
     #[test]

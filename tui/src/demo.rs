@@ -27,7 +27,7 @@ pub async fn run() -> anyhow::Result<()> {
         let bound = governance::bind(
             &opened.store,
             "approver",
-            "approver",
+            &["approver".to_owned()],
             &AuditEvent::local("policy:ApplyPolicy", "*", "demo approver"),
         )
         .await;

@@ -293,6 +293,67 @@ fn bad_policies_are_refused_and_recover_gets_back_in() {
     assert!(audit.contains("policy:Recover"), "{audit}");
 }
 
+/// Granting roles from the installation binds nothing it cannot back: an
+/// unknown role among several, a CA key that is not there, or a name that
+/// the policy would read as a pattern (`*` binds everyone it matches) leave
+/// the policy as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn granting_roles_from_the_installation_binds_nothing_it_cannot_back() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let policy = || {
+        admin
+            .run(&["policy", "get", "--output", "json"])
+            .ok()
+            .json()
+    };
+    let before = policy();
+    let out = tempfile::tempdir().unwrap();
+    let refused = |args: &[&str], says: &str| {
+        let output = rekey_tests::rekeyd(installation.dir(), args);
+        let stderr = rekey_tests::text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    };
+    let ci = out.path().join("ci.pem");
+    let ci = ci.to_str().unwrap();
+    refused(
+        &[
+            "cert", "issue", "ci", "--role", "reader", "--role", "typo", "--out", ci,
+        ],
+        "role \"typo\" is not defined",
+    );
+    refused(
+        &[
+            "cert",
+            "issue",
+            "spiffe://corp/*",
+            "--role",
+            "admin",
+            "--out",
+            ci,
+        ],
+        "which a policy binding reads as a pattern",
+    );
+    refused(
+        &["policy", "recover", "--principal", "*"],
+        "must be 1-128 characters",
+    );
+    refused(
+        &["policy", "recover", "--principal", "spiffe://corp/*"],
+        "which a policy binding reads as a pattern",
+    );
+    let key = installation.dir().join("ca.key");
+    std::fs::rename(&key, out.path().join("ca.key")).unwrap();
+    refused(
+        &["cert", "issue", "ci", "--role", "admin", "--out", ci],
+        "ca.key",
+    );
+    assert!(!std::path::Path::new(ci).exists());
+    assert_eq!(policy(), before);
+}
+
 /// A reader's pages of a listing hold only what it may see, and their
 /// tokens say nothing of what it may not: paging one at a time through
 /// secrets it may not list tells it none of their names.
