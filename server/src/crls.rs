@@ -7,9 +7,12 @@
 //!
 //! A file cannot be used when it does not parse, holds no CRL, holds one
 //! the verifier would not take (a version-1 or delta CRL, say), one past
-//! its next update, or one older than the CRL of the same issuer in force
-//! (a stale copy, which would un-revoke serials: older by its CRL number,
-//! or by its `thisUpdate` where either has none). A changed file that
+//! its next update, one that is not signed by a CA of `tls.client_ca` of
+//! its issuer's name (a forged CRL would decide which CRL is newest and
+//! what open connections lose; the handshake checks signatures too late
+//! for that), or one older than the CRL of the same issuer in force (a
+//! stale copy, which would un-revoke serials: older by its CRL number, or
+//! by its `thisUpdate` where either has none). A changed file that
 //! cannot be used is logged, and its CRLs in force stay; the other files'
 //! new CRLs are taken all the same. Files are read and the verifier built
 //! outside the lock that handshakes take. Where files hold several CRLs of
@@ -17,6 +20,10 @@
 //! newest is the one in force; CRLs of one issuer with different scopes
 //! (its issuing distribution point: a CA's partitioned CRLs) are each in
 //! force.
+//!
+//! A CA without a CRL in the files is not checked by CRL: its clients are
+//! let in (rustls would refuse them all once any CRL is loaded), and the
+//! database's revocations still apply to them.
 //!
 //! The serials the CRLs in force revoke are also handed to
 //! [`Revocations`], which every request asks: a certificate a fresh CRL
@@ -29,12 +36,13 @@ use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
-use rustls_pki_types::CertificateRevocationListDer;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
+use x509_parser::certificate::X509Certificate;
 use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::FromDer;
 
@@ -122,8 +130,15 @@ fn revoked(files: &[File]) -> HashSet<(Vec<u8>, String)> {
         .collect()
 }
 
-pub struct ClientVerifier {
+/// The client CAs: as the verifier takes them, and as certificates, whose
+/// keys check the CRLs' signatures.
+struct Anchors {
     roots: Arc<RootCertStore>,
+    certificates: Vec<CertificateDer<'static>>,
+}
+
+pub struct ClientVerifier {
+    anchors: Anchors,
     provider: Arc<CryptoProvider>,
     /// The roots' subjects, which a reload does not change.
     hints: Vec<rustls::DistinguishedName>,
@@ -141,29 +156,36 @@ impl std::fmt::Debug for ClientVerifier {
 }
 
 impl ClientVerifier {
-    /// The verifier of certificates chaining to `roots`, with the CRLs in
-    /// `files`; refuses a file that cannot be used.
+    /// The verifier of certificates chaining to the client CAs `cas`, with
+    /// the CRLs in `files`; refuses a file that cannot be used.
     /// Reads `files`, and tells `revocations` what their CRLs revoke.
     pub fn load(
-        roots: RootCertStore,
+        cas: Vec<CertificateDer<'static>>,
         provider: Arc<CryptoProvider>,
         files: Vec<PathBuf>,
         revocations: Arc<Revocations>,
     ) -> anyhow::Result<Self> {
-        let roots = Arc::new(roots);
+        let mut roots = RootCertStore::empty();
+        for ca in &cas {
+            roots.add(ca.clone()).context("adding the client CA")?;
+        }
+        let anchors = Anchors {
+            roots: Arc::new(roots),
+            certificates: cas,
+        };
         let files = files
             .into_iter()
             .map(|path| {
                 let stamp = stamp(&path);
-                let crls = read(&path, &roots, &provider)?;
+                let crls = read(&path, &anchors, &provider)?;
                 Ok(File { path, stamp, crls })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let verifier = build(&roots, &provider, &files)?;
+        let verifier = build(&anchors.roots, &provider, &files)?;
         let hints = verifier.root_hint_subjects().to_vec();
         revocations.replace_crl_entries(revoked(&files));
         Ok(Self {
-            roots,
+            anchors,
             provider,
             hints,
             current: RwLock::new(verifier),
@@ -200,7 +222,7 @@ impl ClientVerifier {
                 continue;
             }
             file.stamp = now;
-            let taken = read(&file.path, &self.roots, &self.provider).and_then(|crls| {
+            let taken = read(&file.path, &self.anchors, &self.provider).and_then(|crls| {
                 stale(&file.path, &issues(&file.crls), &issues(&crls))?;
                 Ok(crls)
             });
@@ -215,7 +237,7 @@ impl ClientVerifier {
         if !read_again.is_empty() {
             // Each file's CRLs were taken by the verifier on their own, so
             // together they build.
-            match build(&self.roots, &self.provider, &files) {
+            match build(&self.anchors.roots, &self.provider, &files) {
                 Ok(verifier) => {
                     *self
                         .current
@@ -290,10 +312,11 @@ fn stale(
 }
 
 /// The CRLs of one file; refuses a file that does not parse, holds none,
-/// holds one past its next update, or one the verifier would not take.
+/// holds one past its next update, one no client CA signed, or one the
+/// verifier would not take.
 fn read(
     file: &Path,
-    roots: &Arc<RootCertStore>,
+    anchors: &Anchors,
     provider: &Arc<CryptoProvider>,
 ) -> anyhow::Result<Vec<Crl>> {
     let mut crls = Vec::new();
@@ -301,7 +324,7 @@ fn read(
         .with_context(|| format!("reading CRL file {}", file.display()))?
     {
         let der = der.with_context(|| format!("parsing CRL file {}", file.display()))?;
-        crls.push(examine(der, file)?);
+        crls.push(examine(der, file, &anchors.certificates)?);
     }
     // An empty or cut-short file would drop every revocation it held.
     anyhow::ensure!(
@@ -311,8 +334,12 @@ fn read(
     );
     // What the verifier refuses (a version-1 CRL, a delta CRL) is found
     // here, for this file alone.
-    build_from(roots, provider, crls.iter().map(|crl| crl.der.clone()))
-        .with_context(|| format!("CRL file {}", file.display()))?;
+    build_from(
+        &anchors.roots,
+        provider,
+        crls.iter().map(|crl| crl.der.clone()),
+    )
+    .with_context(|| format!("CRL file {}", file.display()))?;
     Ok(crls)
 }
 
@@ -342,16 +369,42 @@ fn build_from(
     WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
         .with_crls(crls)
         .enforce_revocation_expiration()
+        .allow_unknown_revocation_status()
         .build()
         .context("building the client certificate verifier")
 }
 
-/// A CRL's issuer, how new it is and what it revokes; refuses one already
-/// past its next update, saying which and since when, rather than refuse
-/// every client of its CA.
-fn examine(der: CertificateRevocationListDer<'static>, file: &Path) -> anyhow::Result<Crl> {
+/// A CRL's issuer, how new it is and what it revokes; refuses one that no
+/// client CA of its issuer's name signed, and one already past its next
+/// update, saying which and since when, rather than refuse every client of
+/// its CA.
+fn examine(
+    der: CertificateRevocationListDer<'static>,
+    file: &Path,
+    cas: &[CertificateDer<'static>],
+) -> anyhow::Result<Crl> {
     let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(&der)
         .map_err(|error| anyhow::anyhow!("parsing CRL file {}: {error}", file.display()))?;
+    let issuers: Vec<X509Certificate<'_>> = cas
+        .iter()
+        .filter_map(|ca| X509Certificate::from_der(ca).ok().map(|(_, ca)| ca))
+        .filter(|ca| ca.subject().as_raw() == parsed.issuer().as_raw())
+        .collect();
+    anyhow::ensure!(
+        !issuers.is_empty(),
+        "CRL file {} holds a CRL of {}, which is not a CA in tls.client_ca: its signature \
+         cannot be checked (CRLs of intermediate CAs are not supported)",
+        file.display(),
+        parsed.issuer()
+    );
+    anyhow::ensure!(
+        issuers
+            .iter()
+            .any(|ca| parsed.verify_signature(ca.public_key()).is_ok()),
+        "CRL file {} holds a CRL of {} that its key did not sign: a forged or damaged CRL",
+        file.display(),
+        parsed.issuer()
+    );
     if let Some(next) = parsed.next_update()
         && next.timestamp() < rekey_shared::time::now_millis() / 1000
     {

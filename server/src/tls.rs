@@ -9,7 +9,6 @@
 use crate::crls::ClientVerifier;
 use crate::principal::{CertificateRefusal, PeerCertificate, peer_certificate};
 use anyhow::Context;
-use rustls::RootCertStore;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -173,16 +172,12 @@ pub fn server_config(
     let raw = crate::pki::read_private(private_key, "the server key")?;
     let key = PrivateKeyDer::from_pem_slice(&raw)
         .with_context(|| format!("reading server key {}", private_key.display()))?;
-    let mut roots = RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(client_ca)
+    let cas = CertificateDer::pem_file_iter(client_ca)
         .with_context(|| format!("reading client CA {}", client_ca.display()))?
-    {
-        roots
-            .add(ca.with_context(|| format!("parsing client CA {}", client_ca.display()))?)
-            .context("adding the client CA")?;
-    }
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing client CA {}", client_ca.display()))?;
     let client_verifier = Arc::new(ClientVerifier::load(
-        roots,
+        cas,
         provider.clone(),
         crl_files.to_vec(),
         revocations.clone(),

@@ -79,6 +79,22 @@ fn use_crl(
     });
 }
 
+/// Client CAs: the installation's (`ca_pem`) and `other_pem`.
+fn trust_as_well(installation: &Installation, ca_pem: &str, other_pem: &str) {
+    std::fs::write(
+        installation.dir().join("client-cas.pem"),
+        format!("{ca_pem}{other_pem}"),
+    )
+    .unwrap();
+    installation.edit_config(|table| {
+        let tls = table
+            .get_mut("tls")
+            .and_then(|tls| tls.as_table_mut())
+            .unwrap();
+        tls.insert("client_ca".into(), "client-cas.pem".into());
+    });
+}
+
 /// A CRL past its next update is not trusted: the server refuses to start
 /// on it, saying which file and since when.
 #[test]
@@ -336,7 +352,10 @@ async fn a_broken_crl_file_holds_up_no_other() {
         .distinguished_name
         .push(DnType::CommonName, "another CA");
     other_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let other = Issuer::new(other_ca, KeyPair::generate().unwrap());
+    let other_key = KeyPair::generate().unwrap();
+    let other_pem = other_ca.self_signed(&other_key).unwrap().pem();
+    let other = Issuer::new(other_ca, other_key);
+    trust_as_well(&installation, &ca_pem, &other_pem);
     let now = OffsetDateTime::now_utc();
     let (ours, theirs) = (
         installation.dir().join("ours.pem"),
@@ -396,4 +415,96 @@ async fn a_broken_crl_file_holds_up_no_other() {
         "{}",
         server.log_text()
     );
+}
+
+/// A CRL its issuer's key did not sign (written over the file by whoever
+/// can write there, say) is refused, at start and later: it neither takes
+/// back a revocation nor blocks the CA's genuine CRLs that follow it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crl_its_issuer_did_not_sign_is_refused() {
+    let installation = Installation::new();
+    let (ca_pem, issuer) = installation_ca(&installation);
+    let forger = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::generate().unwrap()).unwrap();
+    let revoked = alice_with_serial(&issuer, &ca_pem, &[0x0e, 0x01]);
+    let later = alice_with_serial(&issuer, &ca_pem, &[0x0e, 0x02]);
+    let now = OffsetDateTime::now_utc();
+    let next = now + Duration::days(7);
+    use_crl(&installation, &forger, 1, next, Vec::new());
+    let stderr = installation.refused_at_start();
+    assert!(
+        stderr.contains("crl.pem") && stderr.contains("that its key did not sign"),
+        "{stderr}"
+    );
+    // Nor is a CRL of a CA the server does not trust checked.
+    let mut stranger = CertificateParams::default();
+    stranger
+        .distinguished_name
+        .push(DnType::CommonName, "stranger CA");
+    stranger.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let stranger = Issuer::new(stranger, KeyPair::generate().unwrap());
+    use_crl(&installation, &stranger, 1, next, Vec::new());
+    let stderr = installation.refused_at_start();
+    assert!(
+        stderr.contains("CN=stranger CA, which is not a CA in tls.client_ca"),
+        "{stderr}"
+    );
+
+    use_crl(
+        &installation,
+        &issuer,
+        1,
+        next,
+        revoked_serial(&[0x0e, 0x01], now),
+    );
+    let server = installation.serve();
+    read_as(&server, &revoked).await.unwrap_err();
+    read_as(&server, &later).await.unwrap();
+    // A forged CRL numbered past every genuine one, revoking nothing.
+    use_crl(&installation, &forger, 200, next, Vec::new());
+    wait_for_log(&server, "that its key did not sign").await;
+    read_as(&server, &revoked).await.unwrap_err();
+    // The CA's next CRL is taken all the same.
+    let mut both = revoked_serial(&[0x0e, 0x01], now);
+    both.extend(revoked_serial(&[0x0e, 0x02], now));
+    use_crl(&installation, &issuer, 2, next, both);
+    until_refused(
+        &server,
+        &later,
+        "the CA's CRL after a forged one was not taken",
+    )
+    .await;
+    read_as(&server, &revoked).await.unwrap_err();
+}
+
+/// With two client CAs and the CRL of one, the other's clients (the
+/// installation's own `admin.pem`) are let in: a CA without a CRL in the
+/// files is not checked by CRL.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crl_of_one_client_ca_leaves_the_others_clients_alone() {
+    let installation = Installation::new();
+    let (ca_pem, _) = installation_ca(&installation);
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Corp Client CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let corp_pem = params.self_signed(&key).unwrap().pem();
+    let corp = Issuer::new(params, key);
+    let revoked = alice_with_serial(&corp, &ca_pem, &[0x0e, 0x03]);
+    let kept = alice_with_serial(&corp, &ca_pem, &[0x0e, 0x04]);
+    trust_as_well(&installation, &ca_pem, &corp_pem);
+    let now = OffsetDateTime::now_utc();
+    use_crl(
+        &installation,
+        &corp,
+        1,
+        now + Duration::days(7),
+        revoked_serial(&[0x0e, 0x03], now),
+    );
+    let server = installation.serve();
+    read_as(&server, &kept).await.unwrap();
+    read_as(&server, &revoked).await.unwrap_err();
+    let admin = Identity::load(&installation.admin()).unwrap();
+    read_as(&server, &admin).await.unwrap();
 }
