@@ -257,6 +257,14 @@ pub fn no_longer_valid(revocations: &Revocations, peer: &PeerCertificate) -> Opt
             "client certificate refused: serial {} was revoked",
             peer.serial
         ))
+    } else if let Some(serial) = peer
+        .chain
+        .iter()
+        .find(|serial| revocations.is_revoked(serial))
+    {
+        Some(format!(
+            "client certificate refused: serial {serial} of a CA certificate it sent was revoked"
+        ))
     } else if revocations.revoked_by_crl(&peer.issuer, &peer.serial) {
         Some(format!(
             "client certificate refused: serial {} was revoked by its CA's CRL",

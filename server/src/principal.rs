@@ -42,21 +42,31 @@ pub fn could_be_named(name: &str) -> bool {
         || (is_valid_common_name(name) && !RESERVED_PRINCIPALS.contains(&name))
 }
 
-/// A certificate serial as rekey keeps it: lower-case hex without colons
-/// or the leading zero bytes of DER's sign padding, so that the serial
-/// `openssl x509 -serial` prints (`8F01…`), the one `rekeyd cert` prints
-/// and the one a certificate carries (`00:8f:01:…`) are the same text.
+/// A certificate serial as rekey keeps it: lower-case hex of whole bytes
+/// without colons or leading zero bytes (DER's sign padding), so that the
+/// serial `openssl x509 -serial` prints (`8F01…`), the one `rekeyd cert`
+/// prints, the one a certificate carries (`00:8f:01:…`) and one typed
+/// without its leading zero (`abc` for `0abc`) are the same text.
 pub fn serial_hex(text: &str) -> String {
     let hex: String = text
         .chars()
         .filter(|c| *c != ':' && !c.is_whitespace())
         .map(|c| c.to_ascii_lowercase())
         .collect();
-    let mut rest = hex.as_str();
-    while rest.len() > 2 && rest.starts_with("00") {
-        rest = &rest[2..];
+    let digits = hex.trim_start_matches('0');
+    match digits.len() {
+        0 if hex.is_empty() => String::new(),
+        0 => "00".to_owned(),
+        odd if odd % 2 == 1 => format!("0{digits}"),
+        _ => digits.to_owned(),
     }
-    rest.to_owned()
+}
+
+/// The serial of a DER certificate, as [`serial_hex`] writes it.
+pub fn serial_of(der: &[u8]) -> Option<String> {
+    X509Certificate::from_der(der)
+        .ok()
+        .map(|(_, certificate)| serial_hex(&certificate.raw_serial_as_string()))
 }
 
 /// What the server keeps of a client certificate once the handshake is done.
@@ -70,6 +80,9 @@ pub struct PeerCertificate {
     pub not_after: i64,
     /// The issuer's DER name: with the serial, what a CRL revokes.
     pub issuer: Vec<u8>,
+    /// The serials of the other certificates the client sent (its CAs'):
+    /// `rekeyd cert revoke --serial` of one refuses the client too.
+    pub chain: Vec<String>,
 }
 
 impl PeerCertificate {
@@ -185,6 +198,7 @@ pub fn peer_certificate(der: &[u8]) -> Result<PeerCertificate, CertificateRefusa
         issuer: certificate.issuer().as_raw().to_vec(),
         serial,
         not_after: certificate.validity().not_after.timestamp(),
+        chain: Vec::new(),
     })
 }
 
@@ -198,7 +212,11 @@ mod tests {
             assert_eq!(serial_hex(spelling), "8f0102030405", "{spelling}");
         }
         assert_eq!(serial_hex("00"), "00");
-        assert_eq!(serial_hex("0a:bc"), "0abc");
+        assert_eq!(serial_hex("0"), "00");
+        assert_eq!(serial_hex(""), "");
+        for spelling in ["0a:bc", "abc", "ABC", "000abc", "00:0a:bc"] {
+            assert_eq!(serial_hex(spelling), "0abc", "{spelling}");
+        }
     }
     use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, SanType};
 

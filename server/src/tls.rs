@@ -27,7 +27,6 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -111,10 +110,12 @@ impl ClientCertVerifier for RevocationCheckingVerifier {
             .inner
             .current()
             .verify_client_cert(end_entity, intermediates, now)?;
-        if let Ok((_, certificate)) = X509Certificate::from_der(end_entity.as_ref())
-            && self.revocations.is_revoked(&crate::principal::serial_hex(
-                &certificate.raw_serial_as_string(),
-            ))
+        // Its CAs' too: a database revocation names a serial of any
+        // certificate, an intermediate's as well.
+        if std::iter::once(end_entity)
+            .chain(intermediates)
+            .filter_map(|certificate| crate::principal::serial_of(certificate))
+            .any(|serial| self.revocations.is_revoked(&serial))
         {
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::Revoked,
@@ -314,12 +315,16 @@ pub fn accept(
 
 fn peer_of(stream: &TlsStream<TcpStream>) -> Result<PeerCertificate, CertificateRefusal> {
     let (_, connection) = stream.get_ref();
-    match connection
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-    {
-        Some(leaf) => peer_certificate(leaf),
+    match connection.peer_certificates() {
+        Some([leaf, rest @ ..]) => {
+            let mut peer = peer_certificate(leaf)?;
+            peer.chain = rest
+                .iter()
+                .filter_map(|certificate| crate::principal::serial_of(certificate))
+                .collect();
+            Ok(peer)
+        }
         // The verifier requires a certificate; this cannot pass the handshake.
-        None => peer_certificate(&[]),
+        _ => peer_certificate(&[]),
     }
 }

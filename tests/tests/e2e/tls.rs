@@ -323,3 +323,52 @@ async fn a_certificate_that_expires_on_an_open_connection_is_refused() {
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     assert!(refused.message().contains("expired"), "{refused:?}");
 }
+
+/// `rekeyd cert revoke --serial` of an intermediate CA's certificate
+/// refuses the clients it issued, at the handshake and on a connection
+/// opened before; the serial may be typed without its leading zero.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_intermediate_refuses_the_clients_under_it() {
+    let installation = Installation::new();
+    let (ca_pem, root) = installation_ca(&installation);
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "team intermediate");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x0a, 0xbc]));
+    let key = KeyPair::generate().unwrap();
+    let intermediate_pem = params.signed_by(&key, &root).unwrap().pem();
+    let intermediate = Issuer::new(params, key);
+    let mut erin = identity(client_params("erin"), &intermediate, &ca_pem);
+    erin.certificate_pem.push_str(&intermediate_pem);
+    let server = installation.serve();
+    read_as(&server, &erin).await.unwrap();
+    let endpoint =
+        rekey_shared::channel::endpoint(&server.url, rekey_shared::channel::tls_config(&erin))
+            .unwrap();
+    let mut open = SecretsClient::new(endpoint.connect().await.unwrap());
+    let list = || proto::ListSecretsRequest::default();
+    open.list_secrets(list()).await.unwrap();
+
+    let revoked = rekey_tests::rekeyd(installation.dir(), &["cert", "revoke", "--serial", "abc"]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        rekey_tests::text(&revoked.stderr)
+    );
+    until_refused(
+        &server,
+        &erin,
+        "a client of the revoked intermediate is let in",
+    )
+    .await;
+    let refused = open.list_secrets(list()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("serial 0abc of a CA certificate it sent was revoked"),
+        "{refused:?}"
+    );
+}
