@@ -146,18 +146,21 @@ impl Backend {
             Ok(page) => page.into_inner(),
             Err(status) => return self.send(Action::Failed(message(&status))),
         };
-        // The newest run of each secret, for the rotation column.
+        // Each secret's active run, or else its newest, for the rotation
+        // column and for what an approval from the list is given to.
         let mut runs: HashMap<String, proto::RotationRun> = HashMap::new();
-        if let Ok(response) = RotationClient::new(self.channel.clone())
-            .list_rotation_runs(proto::ListRotationRunsRequest {
-                name: String::new(),
-                active_only: false,
-                limit: 1000,
-            })
-            .await
-        {
-            for run in response.into_inner().runs {
-                runs.entry(run.name.clone()).or_insert(run);
+        for active_only in [true, false] {
+            if let Ok(response) = RotationClient::new(self.channel.clone())
+                .list_rotation_runs(proto::ListRotationRunsRequest {
+                    name: String::new(),
+                    active_only,
+                    limit: 1000,
+                })
+                .await
+            {
+                for run in response.into_inner().runs {
+                    runs.entry(run.name.clone()).or_insert(run);
+                }
             }
         }
         let rows = page

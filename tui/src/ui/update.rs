@@ -279,13 +279,25 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
         Action::Step => with_name(app, Effect::Step),
         Action::Retry => with_name(app, Effect::Retry),
         Action::Approve | Action::Reject => {
-            if let Some(name) = app.focused_name() {
-                app.mode = Mode::Comment {
-                    name,
-                    seen: app.focused_run(),
-                    reject: matches!(action, Action::Reject),
-                    text: String::new(),
-                };
+            let seen = app.focused_run();
+            match app.focused_name() {
+                // Without the run on screen, an approval would go to
+                // whichever run waits when it arrives.
+                Some(name) if seen.run_id.is_empty() => {
+                    app.error(format!(
+                        "no rotation run of {name} is shown here; open it (Enter) to see the \
+                         run an approval would be for"
+                    ));
+                }
+                Some(name) => {
+                    app.mode = Mode::Comment {
+                        name,
+                        seen,
+                        reject: matches!(action, Action::Reject),
+                        text: String::new(),
+                    };
+                }
+                None => {}
             }
             Vec::new()
         }
@@ -337,6 +349,12 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             if filter != list.filter || sort != list.sort {
                 return Vec::new();
             }
+            // The selection stays on its secret while others come and go
+            // (a key pressed next acts on the secret it was on).
+            let selected = list
+                .rows
+                .get(list.selected)
+                .map(|row| row.metadata.name.clone());
             if append {
                 list.rows.extend(rows);
             } else {
@@ -344,7 +362,10 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             }
             list.next_page_token = next_page_token;
             list.loading = false;
-            list.selected = list.selected.min(list.rows.len().saturating_sub(1));
+            list.selected = selected
+                .and_then(|name| list.rows.iter().position(|row| row.metadata.name == name))
+                .unwrap_or(list.selected)
+                .min(list.rows.len().saturating_sub(1));
             Vec::new()
         }
         Action::DetailLoaded(mut detail) => {

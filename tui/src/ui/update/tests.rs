@@ -33,6 +33,11 @@ fn scrolling_fetches_the_next_page_once() {
 #[test]
 fn irreversible_actions_ask_first() {
     let mut app = app_with_rows(3);
+    app.secrets.rows[0].run = Some(proto::RotationRun {
+        name: "s/000".into(),
+        run_id: "run-listed".into(),
+        ..Default::default()
+    });
     assert!(update(&mut app, Action::ForceDelete).is_empty());
     assert_eq!(
         app.mode,
@@ -58,8 +63,63 @@ fn irreversible_actions_ask_first() {
         update(&mut app, Action::Confirm(true)),
         [Effect::Reject {
             name: "s/000".into(),
-            seen: RunSeen::default(),
+            seen: RunSeen {
+                run_id: "run-listed".into(),
+                step: 0,
+            },
             comment: "no".into()
+        }]
+    );
+}
+
+#[test]
+fn no_approval_goes_out_without_the_run_it_is_for() {
+    let mut app = app_with_rows(2);
+    for action in [Action::Approve, Action::Reject] {
+        assert!(update(&mut app, action).is_empty());
+        assert_eq!(app.mode, Mode::Normal);
+        assert!(
+            app.message
+                .as_ref()
+                .is_some_and(|m| m.error && m.text.contains("no rotation run of s/000")),
+            "{:?}",
+            app.message
+        );
+    }
+}
+
+#[test]
+fn the_selection_stays_on_its_secret_when_the_list_changes() {
+    let mut app = app_with_rows(0);
+    let loaded = |names: &[&str]| Action::SecretsLoaded {
+        rows: names
+            .iter()
+            .map(|name| SecretRow {
+                metadata: proto::SecretMetadata {
+                    name: (*name).into(),
+                    ..Default::default()
+                },
+                run: None,
+            })
+            .collect(),
+        next_page_token: String::new(),
+        append: false,
+        filter: String::new(),
+        sort: Default::default(),
+    };
+    update(&mut app, loaded(&["a", "c", "d"]));
+    update(&mut app, Action::Down);
+    assert_eq!(app.focused_name().as_deref(), Some("c"));
+    // Created above it (a live reload), then deleted below it.
+    update(&mut app, loaded(&["a", "b", "c", "d"]));
+    assert_eq!(app.focused_name().as_deref(), Some("c"));
+    update(&mut app, loaded(&["c", "d"]));
+    assert_eq!(app.focused_name().as_deref(), Some("c"));
+    assert_eq!(
+        update(&mut app, Action::Rotate { manual: false }),
+        [Effect::Rotate {
+            name: "c".into(),
+            manual: false
         }]
     );
 }
