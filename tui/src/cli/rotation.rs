@@ -5,10 +5,12 @@ use super::PasswordArgs;
 use crate::client::Connection;
 use crate::output::{self, Format, shown};
 use clap::{Args, Subcommand};
+use rekey_shared::proto::rotation_client::RotationClient;
 use rekey_shared::proto::{self, RotationStep};
 use rekey_shared::time::format_timestamp;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 
 #[derive(Debug, Subcommand)]
 pub enum RotationCommand {
@@ -463,14 +465,7 @@ pub async fn rotate(
             && Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            if let Some(newest) = client
-                .describe_rotation(proto::DescribeRotationRequest { name: name.clone() })
-                .await?
-                .into_inner()
-                .run
-            {
-                run = newest;
-            }
+            run = this_run(&mut client, &name, run).await?;
         }
         if run.active && matches!(run.state.as_str(), "running" | "reverting" | "ending") {
             anyhow::bail!(
@@ -479,7 +474,56 @@ pub async fn rotate(
             );
         }
     }
-    finish_with(format, &run)
+    finish_with(format, &run)?;
+    // Stopped by someone: what a script waiting on it must not take for done.
+    if run.state == "cancelled" {
+        anyhow::bail!(
+            "the rotation of {name} was cancelled{}",
+            if run.end_reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", shown(&run.end_reason))
+            }
+        );
+    }
+    Ok(())
+}
+
+/// `run` as it stands now: the secret's run shown is another once `run`
+/// ended and the next began, so then it is looked for among the secret's
+/// runs.
+async fn this_run(
+    client: &mut RotationClient<Channel>,
+    name: &str,
+    run: proto::RotationRun,
+) -> anyhow::Result<proto::RotationRun> {
+    let shown = client
+        .describe_rotation(proto::DescribeRotationRequest {
+            name: name.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .run;
+    match shown {
+        Some(shown) if shown.run_id == run.run_id => Ok(shown),
+        _ => Ok(client
+            .list_rotation_runs(proto::ListRotationRunsRequest {
+                name: name.to_owned(),
+                active_only: false,
+                limit: 100,
+            })
+            .await?
+            .into_inner()
+            .runs
+            .into_iter()
+            .find(|listed| listed.run_id == run.run_id)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "run {} of {name} ended and is no longer among its newest runs",
+                    run.run_id
+                )
+            })?),
+    }
 }
 
 /// Approves (or rejects) the step a run waits at; `seen` is the run and the

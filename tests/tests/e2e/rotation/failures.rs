@@ -429,7 +429,13 @@ fn a_cancel_does_not_wait_for_the_step_under_way() {
         ])
         .ok();
     flag(&state, "block-setSecret");
-    admin.run(&["rotate", "slow/db", "--no-wait"]).ok();
+    // A script waiting on the run learns that it did not succeed.
+    let waiting = admin
+        .command(&["rotate", "slow/db"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     eventually("the rotator to block in setSecret", || {
         state.join("blocked-setSecret").exists().then_some(())
     });
@@ -449,6 +455,13 @@ fn a_cancel_does_not_wait_for_the_step_under_way() {
         (shown["run"]["active"] == false).then_some(shown)
     });
     assert_eq!(shown["run"]["state"], "cancelled", "{shown}");
+    let waited = waiting.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&waited.stderr);
+    assert_eq!(waited.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the rotation of slow/db was cancelled"),
+        "{stderr}"
+    );
     assert_eq!(admin.run(&["get", "slow/db"]).ok().stdout, "v1\n");
     assert_eq!(
         target(&state).trim_end(),
