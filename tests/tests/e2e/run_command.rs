@@ -105,6 +105,45 @@ fn run_watch_restarts_the_command_when_its_value_changes() {
     assert_eq!(status.code(), Some(128 + 15), "sleep ended by SIGTERM");
 }
 
+/// SIGINT and SIGHUP to `rekey run` go on to the command, which decides
+/// what they mean (SIGINT cancels a query in psql, say): `rekey run` ends
+/// when the command does, with its exit code. SIGINT was turned into a
+/// SIGTERM that ended the command.
+#[test]
+fn signals_go_on_to_the_command_which_decides_what_they_mean() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let rekey = server.rekey(&installation.admin());
+    rekey
+        .run(&["create", "watched/token", "--value", "tok-1"])
+        .ok();
+    let (ready, interrupted) = (
+        installation.dir().join("ready"),
+        installation.dir().join("interrupted"),
+    );
+    let script = format!(
+        r#"trap 'echo int >> "{}"' INT; trap 'exit 7' HUP; touch "{}"; while :; do sleep 0.1; done"#,
+        interrupted.display(),
+        ready.display()
+    );
+    let mut running = run_watched(&rekey, &script, std::process::Stdio::null());
+    eventually("the command to start", || ready.exists().then_some(()));
+    let pid = rustix::process::Pid::from_raw(running.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    eventually("the command to get SIGINT", || {
+        interrupted.exists().then_some(())
+    });
+    assert!(
+        running.try_wait().unwrap().is_none(),
+        "rekey run ended on a SIGINT its command took"
+    );
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    let status = eventually("rekey run to end with its command", || {
+        running.try_wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(7));
+}
+
 /// `rekey run --watch` outlives a restart of the server (the command runs
 /// on, and a change made after it is followed), and a value that can no
 /// longer be read stops the command with it: it never leaves the command

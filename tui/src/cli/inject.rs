@@ -278,15 +278,52 @@ fn spawn(
         .map_err(|error| anyhow::anyhow!("cannot start {program}: {error}"))
 }
 
-/// Sends SIGTERM to `child` and waits for it to end.
-async fn stop(child: &mut tokio::process::Child) -> anyhow::Result<std::process::ExitStatus> {
+/// Sends `signal` to `child`, if it still runs.
+fn forward(child: &tokio::process::Child, signal: rustix::process::Signal) {
     if let Some(pid) = child
         .id()
         .and_then(|id| rustix::process::Pid::from_raw(i32::try_from(id).ok()?))
     {
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let _ = rustix::process::kill_process(pid, signal);
     }
+}
+
+/// Sends SIGTERM to `child` and waits for it to end.
+async fn stop(child: &mut tokio::process::Child) -> anyhow::Result<std::process::ExitStatus> {
+    forward(child, rustix::process::Signal::TERM);
     Ok(child.wait().await?)
+}
+
+/// The signals `rekey run` passes on to its command, which decides what
+/// they mean (SIGINT may cancel a query rather than end the program).
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Taken before the command starts: one arriving later is its.
+    fn listen() -> anyhow::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+            quit: signal(SignalKind::quit())?,
+        })
+    }
+
+    /// The next signal, as the command is to get it.
+    async fn next(&mut self) -> rustix::process::Signal {
+        use rustix::process::Signal;
+        tokio::select! {
+            _ = self.terminate.recv() => Signal::TERM,
+            _ = self.interrupt.recv() => Signal::INT,
+            _ = self.hangup.recv() => Signal::HUP,
+            _ = self.quit.recv() => Signal::QUIT,
+        }
+    }
 }
 
 fn exit_code(status: std::process::ExitStatus) -> ExitCode {
@@ -314,8 +351,18 @@ pub async fn run(
         None
     };
     let values = read_values(&mut client, &specs).await?;
+    let mut signals = Signals::listen()?;
     let mut child = spawn(&command, &values)?;
-    let outcome = supervise(&mut child, &mut client, &specs, &command, values, changed).await;
+    let outcome = supervise(
+        &mut child,
+        &mut signals,
+        &mut client,
+        &specs,
+        &command,
+        values,
+        changed,
+    )
+    .await;
     if outcome.is_err() {
         let _ = stop(&mut child).await;
     }
@@ -343,14 +390,13 @@ fn unreachable(error: &anyhow::Error) -> bool {
 
 async fn supervise(
     child: &mut tokio::process::Child,
+    signals: &mut Signals,
     client: &mut SecretsClient<Channel>,
     specs: &[EnvSpec],
     command: &[String],
     mut values: Vec<(String, Zeroizing<String>)>,
     mut changed: Option<mpsc::UnboundedReceiver<Change>>,
 ) -> anyhow::Result<ExitCode> {
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut interrupt = signal(SignalKind::interrupt())?;
     loop {
         let change = async {
             match changed.as_mut() {
@@ -360,8 +406,11 @@ async fn supervise(
         };
         tokio::select! {
             status = child.wait() => return Ok(exit_code(status?)),
-            _ = terminate.recv() => return Ok(exit_code(stop(child).await?)),
-            _ = interrupt.recv() => return Ok(exit_code(stop(child).await?)),
+            // Its exit code is `rekey run`'s, whenever it comes.
+            signal = signals.next() => {
+                forward(child, signal);
+                continue;
+            }
             event = change => {
                 match event {
                     None => anyhow::bail!("the watch of the secrets stopped"),
