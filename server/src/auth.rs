@@ -145,10 +145,10 @@ pub struct CalledPath(pub http::Uri);
 
 /// The principal of a refusal's event when the certificate names none
 /// (no principal can be spelled with parentheses).
-const NO_PRINCIPAL: &str = "(none)";
+pub(crate) const NO_PRINCIPAL: &str = "(none)";
 
 /// The most of a called path a refusal's event keeps (the client chose it).
-const MAX_PATH_CHARS: usize = 200;
+pub(crate) const MAX_PATH_CHARS: usize = 200;
 
 impl Authenticator {
     pub fn new(state: Arc<AppState>) -> Self {
@@ -165,6 +165,7 @@ impl Authenticator {
     /// recorded at most once a second ([`RefusalLog`]); they take nothing
     /// from the principal's rate limit, which its other certificates share.
     fn refuse(&self, request: &Request<()>, key: &str, principal: &str, message: String) -> Status {
+        crate::service::unhandled::Seen::mark(request.extensions());
         let Some(left_out) = self.refusals.admit(key, Instant::now()) else {
             return Status::unauthenticated(message);
         };
@@ -203,7 +204,7 @@ impl Authenticator {
 /// costs one audit write a second, whatever the rate limits say (they may
 /// be off).
 #[derive(Debug, Default)]
-struct RefusalLog {
+pub(crate) struct RefusalLog {
     recent: Mutex<HashMap<String, OncePerSecond>>,
 }
 
@@ -213,7 +214,7 @@ const MAX_REMEMBERED: usize = 10_000;
 
 impl RefusalLog {
     /// As [`OncePerSecond::admit`], for `key`.
-    fn admit(&self, key: &str, now: Instant) -> Option<u64> {
+    pub(crate) fn admit(&self, key: &str, now: Instant) -> Option<u64> {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         if recent.len() > MAX_REMEMBERED {
             recent.retain(|_, refusals| refusals.recorded_within_a_second(now));

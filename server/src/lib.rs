@@ -252,6 +252,9 @@ pub async fn serve_prepared(
         .http2_keepalive_interval(Some(rekey_shared::channel::KEEP_ALIVE))
         .http2_keepalive_timeout(Some(rekey_shared::channel::KEEP_ALIVE))
         .layer(metrics::RequestMetricsLayer::new(requests))
+        // Requests tonic answers before their handler (one that does not
+        // decode, say) are audited there.
+        .layer(service::unhandled::UnhandledLayer::new(state.clone()))
         // Health and reflection touch no store and take no policy decision,
         // but a certificate revoked since its connection opened, or one
         // that names no principal, is refused there too, and recorded.

@@ -41,6 +41,8 @@ impl RequestContext {
     /// event keeps it even when the request fails before authorization).
     pub fn new<T>(request: &Request<T>, action: Action) -> Result<Self> {
         let principal = auth::principal(request)?;
+        // From here on, the request's audit is this context's.
+        crate::service::unhandled::Seen::mark(request.extensions());
         let peer = request
             .extensions()
             .get::<ConnectionInfo>()

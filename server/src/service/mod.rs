@@ -67,6 +67,7 @@ pub mod context;
 pub mod convert;
 pub mod rotation;
 pub mod secrets;
+pub mod unhandled;
 pub mod watch;
 
 use crate::auth::Authorizer;

@@ -572,3 +572,84 @@ async fn what_clients_sent_cannot_steer_an_operators_terminal() {
         assert!(!shown.contains(['\u{1b}', '\u{7}', '\r']), "{shown:?}");
     }
 }
+
+/// A request tonic answers before its handler runs (a body that does not
+/// decode, a method the service does not have) is audited all the same:
+/// action `request`, the path as the resource, the status as the outcome;
+/// such events are written at most once a second per principal, counting
+/// the rest. Health is not audited.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_answered_before_its_handler_is_audited() {
+    use rekey_shared::proto::ListSecretsRequest;
+    let installation = Installation::new();
+    let bob = installation.issue("bob", &[]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let identity = rekey_shared::identity::Identity::load(&bob).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    // A ListSecretsRequest's field 2 is a number; GetSecretValueRequest's
+    // is text: the body does not decode as the RPC's request.
+    let send = |path: &'static str| {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        async move {
+            grpc.ready().await.unwrap();
+            grpc.unary::<_, ListSecretsRequest, _>(
+                tonic::Request::new(ListSecretsRequest {
+                    page_size: 5,
+                    ..Default::default()
+                }),
+                tonic::codegen::http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err()
+        }
+    };
+    let undecodable = send("/rekey.v1.Secrets/GetSecretValue").await;
+    assert_eq!(undecodable.code(), tonic::Code::Internal, "{undecodable:?}");
+    let events = |resource: &str| -> Vec<serde_json::Value> {
+        admin
+            .run(&["audit", "--principal", "bob", "--output", "json"])
+            .ok()
+            .stdout
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+            .filter(|event| event["resource"] == resource)
+            .collect()
+    };
+    let recorded = eventually("the undecodable request's event", || {
+        events("/rekey.v1.Secrets/GetSecretValue").pop()
+    });
+    assert_eq!(recorded["action"], "request", "{recorded}");
+    assert_eq!(recorded["outcome"], "INTERNAL", "{recorded}");
+    assert!(
+        recorded["detail"].as_str().unwrap().contains("decode"),
+        "{recorded}"
+    );
+    // Within the second after it, one more is counted in the next one.
+    let mut sent = 0;
+    let unknown = eventually("an unknown method's event", || {
+        let status = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(send("/rekey.v1.Secrets/Nothing"))
+        });
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+        sent += 1;
+        events("/rekey.v1.Secrets/Nothing").pop()
+    });
+    assert_eq!(unknown["outcome"], "UNIMPLEMENTED", "{unknown}");
+    assert!(sent >= 1);
+    // Health answers are not requests of the API: no event.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let _ = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await;
+    let all = admin
+        .run(&["audit", "--principal", "bob", "--output", "json"])
+        .ok()
+        .stdout;
+    assert!(!all.contains("grpc.health"), "{all}");
+}
