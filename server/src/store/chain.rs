@@ -13,6 +13,16 @@ const CHECKPOINT_EVERY: i64 = 100;
 /// (the same SQL in both dialects).
 pub(super) const HEAD_SQL: &str = "SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1";
 
+/// Event `?1` as the transaction reads it, when another process appended
+/// past the newest event this one knows (see [`AuditChain::to_confirm`]):
+/// its MAC, and the archive anchor's sequence number and MAC. `$1` is
+/// spelled `?1` for SQLite; the PostgreSQL statement numbers it `$1`.
+pub(super) const KNOWN_SQL: &str = "SELECT (SELECT mac FROM audit_events WHERE seq = ?1), \
+     (SELECT seq FROM audit_anchor), (SELECT mac FROM audit_anchor)";
+
+/// What [`KNOWN_SQL`] reads.
+pub(super) type KnownRow = (Option<Vec<u8>>, Option<i64>, Option<Vec<u8>>);
+
 /// The start of an INSERT of events: the columns each event binds, in
 /// order (then `VALUES` in the dialect's placeholders).
 pub(super) const INSERT_EVENTS: &str = "INSERT INTO audit_events \
@@ -45,6 +55,46 @@ impl AuditChain {
         {
             *current = Some(head);
         }
+    }
+
+    /// The event this process knows of that must still be there, as
+    /// [`KNOWN_SQL`] is to read it, when `last` (the newest event as the
+    /// transaction reads it) is past it: others appended since, and had
+    /// the events after it been cut off and written again by another
+    /// replica, the head alone would not show it.
+    pub(super) fn to_confirm(&self, last: &Option<(i64, Vec<u8>)>) -> Option<i64> {
+        let (known, _) = self.head()?;
+        match last {
+            Some((seq, _)) if *seq > known => Some(known),
+            _ => None,
+        }
+    }
+
+    /// Checks the event [`Self::to_confirm`] named against what
+    /// [`KNOWN_SQL`] read: the same MAC, or archived (the anchor at or past
+    /// it, with its MAC where it is that event); refused (fail-closed)
+    /// otherwise.
+    pub(super) fn confirm(&self, seq: i64, read: KnownRow) -> Result<()> {
+        let Some((known, known_mac)) = self.head().filter(|(known, _)| *known == seq) else {
+            return Ok(());
+        };
+        let still_there = match read {
+            (Some(mac), _, _) => mac == known_mac,
+            (None, Some(anchor), Some(mac)) if anchor == known => mac == known_mac,
+            (None, Some(anchor), _) => anchor > known,
+            (None, None, _) => false,
+        };
+        if still_there {
+            return Ok(());
+        }
+        Err(Error::Integrity(format!(
+            "audit event {known}, which this server wrote, is no longer in the database as it \
+             was, though events after it are: the log was cut there and written again (or the \
+             database was restored to another point); nothing is appended, and no request \
+             answered, until the log is restored, or this server is restarted, which accepts the \
+             log as it stands (then check it: rekey audit verify --checkpoint {known}:MAC, the \
+             MAC as the log's audit checkpoint lines give it)"
+        )))
     }
 
     /// The MACs of `events` appended after event `last` (its sequence

@@ -336,7 +336,7 @@ async fn verifying_while_archiving_suite(url: &str, root: &RootKey) {
 
 /// Runs `sql` on the database at `url`, as someone with access to it but
 /// not to the root key.
-async fn tamper(url: &str, sql: &str) {
+pub(super) async fn tamper(url: &str, sql: &str) {
     use sqlx::Connection;
     if url.starts_with("sqlite:") {
         let mut connection = sqlx::SqliteConnection::connect(url).await.unwrap();

@@ -167,3 +167,43 @@ async fn postgres_a_held_writers_lock_is_unavailable_not_a_hang() {
     holder.close().await.unwrap();
     store.close().await;
 }
+
+/// Two processes on one database (two replicas): events cut off the tail
+/// and written again by one of them are not built over by the other,
+/// though the head it reads is past the newest event it wrote. Its own
+/// event is read back and found changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_a_tail_written_again_by_another_is_not_built_over() {
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    let (url, root) = (&database.url, &RootKey::new(Key::generate()));
+    let a = Store::open(url, AuditKey::derive(root)).await.unwrap();
+    let b = Store::open(url, AuditKey::derive(root)).await.unwrap();
+    b.record(&event("Read")).await.unwrap();
+    for _ in 0..10 {
+        a.record(&event("Read")).await.unwrap();
+    }
+    let head = super::all_events(&a).await.last().unwrap().seq;
+    super::audit::tamper(
+        url,
+        &format!("DELETE FROM audit_events WHERE seq > {}", head - 5),
+    )
+    .await;
+    // b's own event is intact: it appends over the cut (it cannot tell).
+    for _ in 0..10 {
+        b.record(&event("Read")).await.unwrap();
+    }
+    let refused = a.record(&event("Read")).await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::Integrity(message) if message.contains(&format!("audit event {head}, which this server wrote"))),
+        "{refused:?}"
+    );
+    // Appends that build on what a wrote, untouched, go on.
+    let c = Store::open(url, AuditKey::derive(root)).await.unwrap();
+    c.record(&event("Read")).await.unwrap();
+    b.record(&event("Read")).await.unwrap();
+    a.close().await;
+    b.close().await;
+    c.close().await;
+}

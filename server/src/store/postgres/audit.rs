@@ -2,7 +2,7 @@
 //! (so a change and its event commit together), recording a read's event
 //! on its own, and reading events back for queries and verification.
 
-use super::super::chain::{AuditChain, HEAD_SQL, INSERT_EVENTS};
+use super::super::chain::{AuditChain, HEAD_SQL, INSERT_EVENTS, KNOWN_SQL, KnownRow};
 use super::super::rows::event_row;
 use super::{Store, Tx};
 use crate::audit::{AuditEvent, StoredEvent};
@@ -21,9 +21,20 @@ pub(super) async fn append(
     chain: &AuditChain,
     events: &[AuditEvent],
 ) -> Result<Vec<(i64, Vec<u8>)>> {
+    // The batch's own last event was confirmed when its first was linked.
     let last: Option<(i64, Vec<u8>)> = match tx.last_event() {
         Some(last) => Some(last),
-        None => sqlx::query_as(HEAD_SQL).fetch_optional(&mut **tx).await?,
+        None => {
+            let last = sqlx::query_as(HEAD_SQL).fetch_optional(&mut **tx).await?;
+            if let Some(known) = chain.to_confirm(&last) {
+                let read: KnownRow = sqlx::query_as(&KNOWN_SQL.replace("?1", "$1"))
+                    .bind(known)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                chain.confirm(known, read)?;
+            }
+            last
+        }
     };
     let events: Vec<_> = events.iter().map(AuditEvent::storable).collect();
     let links = chain.link(last, events.iter().map(AsRef::as_ref))?;

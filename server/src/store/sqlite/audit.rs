@@ -2,7 +2,7 @@
 //! (so a change and its event commit together), recording a read's event
 //! on its own, and reading events back for queries and verification.
 
-use super::super::chain::{AuditChain, HEAD_SQL, INSERT_EVENTS};
+use super::super::chain::{AuditChain, HEAD_SQL, INSERT_EVENTS, KNOWN_SQL, KnownRow};
 use super::super::rows::event_row;
 use super::script::Script;
 use super::{Store, Tx};
@@ -27,11 +27,22 @@ pub struct AuditQuery {
 const EVENTS_PER_INSERT: usize = 500;
 
 /// The newest event of the chain, as this transaction sees it.
-async fn chain_head(tx: &mut Tx<'_>) -> Result<Option<(i64, Vec<u8>)>> {
-    match tx.last_event() {
-        Some(last) => Ok(Some(last)),
-        None => Ok(sqlx::query_as(HEAD_SQL).fetch_optional(&mut **tx).await?),
+/// The newest event of the chain, as this transaction sees it, once the
+/// event `chain` knows of is confirmed to be there still.
+async fn chain_head(tx: &mut Tx<'_>, chain: &AuditChain) -> Result<Option<(i64, Vec<u8>)>> {
+    // The batch's own last event was confirmed when its first was linked.
+    if let Some(last) = tx.last_event() {
+        return Ok(Some(last));
     }
+    let last = sqlx::query_as(HEAD_SQL).fetch_optional(&mut **tx).await?;
+    if let Some(known) = chain.to_confirm(&last) {
+        let read: KnownRow = sqlx::query_as(KNOWN_SQL)
+            .bind(known)
+            .fetch_one(&mut **tx)
+            .await?;
+        chain.confirm(known, read)?;
+    }
+    Ok(last)
 }
 
 /// Commits `tx` with `events` appended: the change and its events are
@@ -56,7 +67,7 @@ pub(super) async fn commit_script<'q>(
     mut script: Script<'q>,
     events: &'q [AuditEvent],
 ) -> Result<Vec<SqliteRow>> {
-    let links = chain.link(chain_head(&mut tx).await?, events)?;
+    let links = chain.link(chain_head(&mut tx, chain).await?, events)?;
     let rows: Vec<_> = events.iter().zip(&links).collect();
     for chunk in rows.chunks(EVENTS_PER_INSERT) {
         let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");

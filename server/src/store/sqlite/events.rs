@@ -10,7 +10,7 @@
 //! open and its writers wait (`Writer::join_or_lock`), so that the two do
 //! not wait on each other's lock.
 
-use super::super::chain::{AuditChain, HEAD_SQL, INSERT_EVENTS};
+use super::super::chain::{AuditChain, HEAD_SQL, INSERT_EVENTS, KNOWN_SQL, KnownRow};
 use super::threads::{Jobs, Threads};
 use super::{BUSY_TIMEOUT, WRITER_PRAGMAS};
 use crate::audit::AuditEvent;
@@ -65,6 +65,12 @@ fn append(connection: &mut Connection, chain: &AuditChain, events: &[AuditEvent]
         .prepare_cached(HEAD_SQL)?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
+    if let Some(known) = chain.to_confirm(&head) {
+        let read: KnownRow = transaction
+            .prepare_cached(KNOWN_SQL)?
+            .query_row([known], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+        chain.confirm(known, read)?;
+    }
     let links = chain.link(head, events)?;
     {
         static INSERT: LazyLock<String> = LazyLock::new(|| {
