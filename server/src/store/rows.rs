@@ -53,10 +53,19 @@ macro_rules! columns_of {
     ($row:ty) => {
         impl Columns for $row {
             fn text(&self, column: &str) -> String {
-                self.get(column)
+                self.maybe_text(column).unwrap_or_default()
             }
             fn maybe_text(&self, column: &str) -> Option<String> {
-                self.get(column)
+                // Text that is not UTF-8 (SQLite keeps what an edit of the
+                // file wrote) is read lossily: what reads it (the audit
+                // chain's MACs) finds it changed, rather than the process
+                // panic.
+                match self.try_get::<Option<String>, _>(column) {
+                    Ok(text) => text,
+                    Err(_) => self
+                        .get::<Option<Vec<u8>>, _>(column)
+                        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()),
+                }
             }
             fn integer(&self, column: &str) -> i64 {
                 self.get(column)

@@ -456,3 +456,28 @@ on_both_backends!(
     an_event_numbered_below_one_is_found_suite => sqlite_an_event_numbered_below_one_is_found,
     postgres_an_event_numbered_below_one_is_found
 );
+
+/// Text that is not UTF-8, which SQLite keeps when the file is edited, is
+/// an altered event to verification, not a panic of whoever reads it.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_an_event_edited_to_bytes_that_are_not_text_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("rekey.db").display());
+    let store = Store::open(&url, AuditKey::derive(&RootKey::new(Key::generate())))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        store.record(&event("Read")).await.unwrap();
+    }
+    let seq = all_events(&store).await[1].seq;
+    tamper(
+        &url,
+        &format!("UPDATE audit_events SET principal = CAST(X'FF' AS TEXT) WHERE seq = {seq}"),
+    )
+    .await;
+    assert_eq!(
+        rekeyd_verdict(&store).await,
+        Some(rekey_server::audit::Finding::Altered { seq })
+    );
+    store.close().await;
+}
