@@ -204,7 +204,9 @@ async fn walk_all(
     }
     walk.source("the database", anchor_seq + 1);
     walk.keep = false;
-    let mut after_seq = 0;
+    // From the lowest number on: an event numbered 0 or below (which no
+    // append makes) is found too.
+    let mut after_seq = i64::MIN;
     loop {
         let page = store
             .audit_events(&AuditQuery {

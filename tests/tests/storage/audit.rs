@@ -442,6 +442,12 @@ async fn an_event_numbered_below_one_is_found_suite(url: &str, root: &RootKey) {
     .await;
     let verdict = rekeyd_verdict(&store).await;
     assert!(verdict.is_some(), "an event numbered -1 went unseen");
+    let archive = tempfile::tempdir().unwrap();
+    let walked = rekey_server::retention::verify_archive(&store, archive.path()).await;
+    assert!(
+        walked.is_err(),
+        "rekeyd audit verify-archive missed an event numbered -1"
+    );
     store.close().await;
 }
 
