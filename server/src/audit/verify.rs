@@ -236,13 +236,27 @@ const WALKS: usize = 100;
 /// reports as `Removed`. When the anchor has meanwhile moved over that
 /// whole gap, the round explains it, and the log is walked again from the
 /// moved anchor. Any other finding stands as it is found. A log archived
-/// throughout every walk is `FAILED_PRECONDITION`, not a finding.
+/// throughout every walk is `FAILED_PRECONDITION`, not a finding; so is a
+/// checkpoint of an event archived before a walk (it can no longer be
+/// checked, and a walk from the anchor would pass it by).
 pub async fn verify_store(
     store: &Store,
     checkpoint: Option<(i64, Vec<u8>)>,
 ) -> crate::error::Result<Verdict> {
     let mut anchor = store.audit_anchor().await?;
     for _ in 0..WALKS {
+        // (An anchor that does not verify is a finding of the walk, not a
+        // reason to refuse the checkpoint.)
+        if let (Some((seq, _)), Some(anchor)) = (&checkpoint, &anchor)
+            && *seq < anchor.seq
+            && store.audit_key().anchor_verifies(anchor)
+        {
+            return Err(crate::error::Error::FailedPrecondition(format!(
+                "checkpoint {seq} is of an archived event (the database's log starts after event \
+                 {}); it can no longer be checked here",
+                anchor.seq
+            )));
+        }
         let verdict = walk(store, checkpoint.clone(), anchor.clone()).await?;
         let Some(Finding::Removed { last, .. }) = verdict.finding else {
             return Ok(verdict);

@@ -152,19 +152,7 @@ impl AdminService {
         let own = store.audit_head();
         let theirs = (request.checkpoint_seq > 0)
             .then(|| (request.checkpoint_seq, request.checkpoint_mac.clone()));
-        // (An anchor that does not verify is a finding of the walk, not a
-        // reason to refuse the checkpoint.)
-        if let Some((seq, _)) = &theirs
-            && let Some(anchor) = store.audit_anchor().await?
-            && store.audit_key().anchor_verifies(&anchor)
-            && *seq < anchor.seq
-        {
-            return Err(crate::error::Error::FailedPrecondition(format!(
-                "checkpoint {seq} is of an archived event (the database's log starts after event \
-                 {}); it can no longer be checked here",
-                anchor.seq
-            )));
-        }
+        // A checkpoint of an archived event is refused by the walk.
         let mut verdict = audit::verify_store(store, theirs.clone().or(own.clone())).await?;
         if verdict.finding.is_none() && theirs.is_some() && own.is_some() && own != theirs {
             verdict = audit::verify_store(store, own).await?;

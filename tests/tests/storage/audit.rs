@@ -381,6 +381,50 @@ async fn a_finding_stands_while_archiving_suite(url: &str, root: &RootKey) {
     store.close().await;
 }
 
+/// A caller's checkpoint is checked by every verification or refused, also
+/// while archive rounds move the anchor past it: a walk from the moved
+/// anchor passed it by, and a wrong one went unreported.
+async fn a_checkpoint_is_not_passed_by_while_archiving_suite(url: &str, root: &RootKey) {
+    const OLD: i64 = 60;
+    let (store, archive, cutoff) = old_log(url, root, OLD).await;
+    let wrong = Some((OLD / 2, vec![0; 32]));
+    let archiving = archive_all(&store, archive.path(), cutoff);
+    let (mut checked, mut refused) = (0, 0);
+    while !archiving.is_finished() {
+        match rekey_server::audit::verify_store(&store, wrong.clone()).await {
+            Ok(verdict) => {
+                assert_eq!(
+                    verdict.finding,
+                    Some(rekey_server::audit::Finding::CheckpointMismatch { seq: OLD / 2 }),
+                    "verification {checked}"
+                );
+                checked += 1;
+            }
+            Err(Error::FailedPrecondition(message)) => {
+                assert!(message.contains("is of an archived event"), "{message}");
+                refused += 1;
+            }
+            Err(error) => panic!("{error:?}"),
+        }
+    }
+    archiving.await.unwrap();
+    assert!(matches!(
+        rekey_server::audit::verify_store(&store, wrong).await,
+        Err(Error::FailedPrecondition(_))
+    ));
+    assert!(
+        checked + refused > 2,
+        "only {checked} + {refused} verifications ran"
+    );
+    store.close().await;
+}
+
+on_both_backends!(
+    a_checkpoint_is_not_passed_by_while_archiving_suite =>
+        sqlite_a_checkpoint_is_not_passed_by_while_archiving,
+    postgres_a_checkpoint_is_not_passed_by_while_archiving
+);
+
 on_both_backends!(
     verifying_while_archiving_suite => sqlite_verifying_while_archiving,
     postgres_verifying_while_archiving
