@@ -12,6 +12,7 @@ use crate::store::{Rewrapped, Store, WrappedMasterKey};
 use rekey_shared::KeyName;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 #[derive(Debug)]
@@ -19,6 +20,10 @@ pub struct Keyring {
     root: RootKey,
     /// Every unwrapped version, by name.
     keys: RwLock<HashMap<String, Vec<Arc<MasterKey>>>>,
+    /// Counts what was forgotten: a load that read the database before a
+    /// forget does not put back what it read (versions older than the
+    /// change that made it forget).
+    forgotten: AtomicU64,
 }
 
 impl Keyring {
@@ -31,38 +36,62 @@ impl Keyring {
         Self {
             root,
             keys: RwLock::new(HashMap::new()),
+            forgotten: AtomicU64::new(0),
         }
     }
 
-    /// Adds a new version of `name` (version 1 for a new key) and returns it.
+    /// Adds a new version of `name` (version 1 for a new key) and returns
+    /// it; `event`'s detail is followed by the version's number. A version
+    /// another rotation added meanwhile (here or on another replica) is
+    /// not a failure: the next number is taken, ten times at most.
     pub async fn create_version(
         &self,
         store: &Store,
         name: &KeyName,
         event: &AuditEvent,
     ) -> Result<u32> {
-        let versions = store.master_key_versions(name.as_str()).await?;
-        let version = versions.last().map_or(1, |newest| newest.version + 1);
-        let master = MasterKey::new(
-            KeyRef {
-                name: name.clone(),
-                version,
-            },
-            Key::generate(),
-        );
-        store
-            .insert_master_key(
-                &WrappedMasterKey {
-                    name: name.as_str().to_owned(),
+        const TRIES: usize = 10;
+        for tried in 1.. {
+            if tried > 1 {
+                // The writes that took the number are durable before the
+                // versions are read again.
+                store.barrier().await?;
+            }
+            let versions = store.master_key_versions(name.as_str()).await?;
+            let version = versions.last().map_or(1, |newest| newest.version + 1);
+            let master = MasterKey::new(
+                KeyRef {
+                    name: name.clone(),
                     version,
-                    wrapped_material: self.root.wrap_master_key(&master),
-                    created_at: rekey_shared::time::now_millis(),
                 },
-                event,
-            )
-            .await?;
-        self.forget(name);
-        Ok(version)
+                Key::generate(),
+            );
+            let event = AuditEvent {
+                detail: match event.detail.as_str() {
+                    "" => format!("version {version}"),
+                    detail => format!("{detail}: version {version}"),
+                },
+                ..event.clone()
+            };
+            let inserted = store
+                .insert_master_key(
+                    &WrappedMasterKey {
+                        name: name.as_str().to_owned(),
+                        version,
+                        wrapped_material: self.root.wrap_master_key(&master),
+                        created_at: rekey_shared::time::now_millis(),
+                    },
+                    &event,
+                )
+                .await;
+            match inserted {
+                Err(Error::AlreadyExists(_)) if version > 1 && tried < TRIES => continue,
+                inserted => inserted?,
+            }
+            self.forget(name);
+            return Ok(version);
+        }
+        unreachable!("the loop returns")
     }
 
     /// The root key, for the other keys derived from it.
@@ -72,6 +101,7 @@ impl Keyring {
 
     fn forget(&self, name: &KeyName) {
         if let Ok(mut keys) = self.keys.write() {
+            self.forgotten.fetch_add(1, Ordering::AcqRel);
             keys.remove(name.as_str());
         }
     }
@@ -89,7 +119,11 @@ impl Keyring {
             let cached: Vec<u32> = versions.iter().map(|key| key.reference.version).collect();
             stored.get(name) == Some(&cached)
         });
-        keys.len() != known
+        let forgot = keys.len() != known;
+        if forgot {
+            self.forgotten.fetch_add(1, Ordering::AcqRel);
+        }
+        forgot
     }
 
     fn cached(&self, name: &KeyName) -> Option<Vec<Arc<MasterKey>>> {
@@ -97,6 +131,7 @@ impl Keyring {
     }
 
     async fn load(&self, store: &Store, name: &KeyName) -> Result<Vec<Arc<MasterKey>>> {
+        let forgotten = self.forgotten.load(Ordering::Acquire);
         let mut versions = Vec::new();
         for wrapped in store.master_key_versions(name.as_str()).await? {
             let reference = KeyRef {
@@ -116,6 +151,9 @@ impl Keyring {
         }
         if !versions.is_empty()
             && let Ok(mut keys) = self.keys.write()
+            // Read before a forget: what it read may be older than what
+            // made it forget.
+            && self.forgotten.load(Ordering::Acquire) == forgotten
         {
             let numbers = |versions: &[Arc<MasterKey>]| -> Vec<u32> {
                 versions.iter().map(|key| key.reference.version).collect()
@@ -139,6 +177,17 @@ impl Keyring {
             Some(versions) => Ok(versions),
             None => self.load(store, name).await,
         }
+    }
+
+    /// The newest version of `name` as the database holds it now, read
+    /// past what this process keeps (another process or replica may have
+    /// added one within the last second).
+    pub async fn newest_stored(&self, store: &Store, name: &KeyName) -> Result<Arc<MasterKey>> {
+        self.load(store, name)
+            .await?
+            .last()
+            .cloned()
+            .ok_or_else(|| missing_key(name))
     }
 
     /// The version that wraps new data keys under `name`.
@@ -257,9 +306,11 @@ impl Keyring {
                 },
             ));
         }
+        // Written with the rows, so before it is known how many of them
+        // another write changed meanwhile (those are read again).
         let event = AuditEvent {
             detail: format!(
-                "re-wrapped {} data keys to version {newest}",
+                "re-wrapping {} data keys found under older versions to version {newest}",
                 rewrapped.len()
             ),
             ..event.clone()

@@ -230,6 +230,7 @@ impl AdminService {
             (false, true) => return Err(crate::keyring::missing_key(&name)),
             _ => {}
         }
+        context.set_detail(if must_exist { "rotated" } else { "created" });
         self.state
             .keyring
             .create_version(store, &name, &context.change_event())
@@ -271,7 +272,10 @@ impl AdminService {
         let name = KeyName::parse(&request.name)?;
         self.authorize(context, Action::KeysManage, &format!("key:{name}"))?;
         let (store, keyring) = (&self.state.store, &self.state.keyring);
-        let to = keyring.for_encryption(store, &name).await?;
+        // The newest version the database holds, not the one this server
+        // keeps: a rotation on another replica within the last second
+        // would make the rewrap a no-op that answered done.
+        let to = keyring.newest_stored(store, &name).await?;
         // Each batch commits with an event of its own; a request that
         // re-wrapped nothing is recorded as any other.
         let rewrapped = keyring
@@ -293,6 +297,7 @@ impl AdminService {
         context.set_resource(&format!("key:{}", request.name));
         let name = KeyName::parse(&request.name)?;
         self.authorize(context, Action::KeysManage, &format!("key:{name}"))?;
+        context.set_detail(&format!("retired version {}", request.version));
         self.state
             .store
             .retire_master_key(name.as_str(), request.version, &context.change_event())

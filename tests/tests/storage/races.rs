@@ -450,3 +450,39 @@ async fn lease_suite(url: &str, root: &RootKey) {
 }
 
 on_both_backends!(lease_suite => sqlite_a_late_release_frees_no_other_lease, postgres_a_late_release_frees_no_other_lease);
+
+/// Rotations of one master key that race (on one server, or on replicas)
+/// each add a version: the one that finds its number taken takes the next,
+/// rather than answer ALREADY_EXISTS for a rotation that could be made.
+async fn concurrent_rotations_each_add_a_version_suite(url: &str, root: &RootKey) {
+    use rekey_server::keyring::Keyring;
+    let store = std::sync::Arc::new(Store::open(url, AuditKey::derive(root)).await.unwrap());
+    let keyring = std::sync::Arc::new(Keyring::new(RootKey::new(Key::generate())));
+    let name = KeyName::default_key();
+    keyring
+        .create_version(&store, &name, &event("CreateKey"))
+        .await
+        .unwrap();
+    let rotations: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, keyring, name) = (store.clone(), keyring.clone(), name.clone());
+            tokio::spawn(async move {
+                keyring
+                    .create_version(&store, &name, &event("RotateKey"))
+                    .await
+            })
+        })
+        .collect();
+    let mut added = Vec::new();
+    for rotation in rotations {
+        added.push(rotation.await.unwrap().unwrap());
+    }
+    added.sort_unstable();
+    assert_eq!(added, [2, 3, 4, 5]);
+    store.close().await;
+}
+
+on_both_backends!(
+    concurrent_rotations_each_add_a_version_suite => sqlite_concurrent_rotations_each_add_a_version,
+    postgres_concurrent_rotations_each_add_a_version
+);
