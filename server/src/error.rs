@@ -135,8 +135,18 @@ impl Error {
 
 impl From<sqlx::Error> for Error {
     fn from(error: sqlx::Error) -> Self {
-        match database_error(&error) {
-            Some(kind) => kind(format!("database: {error}")),
+        match database_error(&error).map(|kind| kind(format!("database: {error}"))) {
+            // Told to the client as it is: the database's text stays in
+            // the log.
+            Some(Error::Aborted(detail)) => {
+                tracing::warn!(%detail, "a transaction lost to a concurrent one");
+                Self::Aborted(
+                    "a concurrent change conflicted with this one, which changed nothing; \
+                     try again"
+                        .to_owned(),
+                )
+            }
+            Some(kind) => kind,
             None => Self::internal("database", error),
         }
     }
@@ -246,5 +256,51 @@ mod tests {
         // The client hears no database text.
         let status = Status::from(Error::from(sqlx::Error::PoolTimedOut));
         assert!(!status.message().contains("pool"), "{}", status.message());
+    }
+
+    /// A PostgreSQL error with `code`.
+    #[derive(Debug)]
+    struct Coded(&'static str);
+
+    impl std::fmt::Display for Coded {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("could not serialize access due to concurrent update")
+        }
+    }
+
+    impl std::error::Error for Coded {}
+
+    impl sqlx::error::DatabaseError for Coded {
+        fn message(&self) -> &str {
+            "could not serialize access due to concurrent update"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    #[test]
+    fn a_transaction_to_try_again_is_aborted_without_the_databases_text() {
+        for code in ["40001", "40P01"] {
+            let status = Status::from(Error::from(sqlx::Error::Database(Box::new(Coded(code)))));
+            assert_eq!(status.code(), Code::Aborted, "{code}");
+            assert!(
+                !status.message().contains("database") && !status.message().contains("serialize"),
+                "{}",
+                status.message()
+            );
+        }
     }
 }
