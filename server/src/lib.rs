@@ -197,6 +197,15 @@ pub async fn serve_prepared(
     health
         .set_serving::<SecretsServer<service::secrets::SecretsService>>()
         .await;
+    health
+        .set_serving::<AdminServer<service::admin::AdminService>>()
+        .await;
+    health
+        .set_serving::<RotationServer<service::rotation::RotationService>>()
+        .await;
+    health
+        .set_serving::<WatchServer<service::watch::WatchService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(rekey_shared::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -238,6 +247,18 @@ pub async fn serve_prepared(
     let stopping_engine = engine.clone();
     let signal = async move {
         shutdown.await;
+        // A balancer that checks health stops sending here while it drains.
+        for service in [
+            "",
+            "rekey.v1.Secrets",
+            "rekey.v1.Admin",
+            "rekey.v1.Rotation",
+            "rekey.v1.Watch",
+        ] {
+            health
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
         // No rotation step starts from here on; those under way end with
         // their outcome persisted, as changes.
         stopping_engine.stop();

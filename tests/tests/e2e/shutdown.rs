@@ -161,3 +161,37 @@ async fn sigterm_waits_for_a_change_whose_client_went_away() {
         "two\n"
     );
 }
+
+/// On SIGTERM the health service says NOT_SERVING (to a balancer watching
+/// it) while the server drains, for the server and each of its services.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_turns_health_to_not_serving() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let installation = Installation::new();
+    let server = installation.serve();
+    let identity = rekey_shared::identity::Identity::load(&installation.admin()).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    let mut watches = Vec::new();
+    for service in ["", "rekey.v1.Rotation"] {
+        let mut watch = HealthClient::new(channel.clone())
+            .watch(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.message().await.unwrap().unwrap();
+        assert_eq!(first.status, ServingStatus::Serving as i32, "{service:?}");
+        watches.push((service, watch));
+    }
+    let pid = rustix::process::Pid::from_raw(server.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    for (service, mut watch) in watches {
+        let next = watch.message().await.unwrap().unwrap();
+        assert_eq!(next.status, ServingStatus::NotServing as i32, "{service:?}");
+    }
+    assert!(tokio::task::block_in_place(|| server.stop()).success());
+}
