@@ -358,6 +358,10 @@ impl Default for LogConfig {
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
+    /// The configuration as its file says, before the environment's
+    /// `REKEY_*` overrides: what a backup keeps (an override left in an
+    /// operator's shell is not the installation's).
+    pub file_config: Config,
     pub dir: PathBuf,
     /// Where the passphrase comes from, when the root key is derived from
     /// one (asked once per process).
@@ -415,6 +419,7 @@ pub fn load(dir: &Path, config_file: Option<&Path>) -> anyhow::Result<Loaded> {
             return Err(error).with_context(|| format!("reading configuration {}", path.display()));
         }
     };
+    let file_config = config.clone();
     apply_environment(&mut config, |name| std::env::var(name).ok())?;
     let dir = match config_file {
         Some(path) => path.parent().map(Path::to_owned).unwrap_or_default(),
@@ -422,6 +427,7 @@ pub fn load(dir: &Path, config_file: Option<&Path>) -> anyhow::Result<Loaded> {
     };
     Ok(Loaded {
         config,
+        file_config,
         dir,
         passphrase: Default::default(),
     })
@@ -636,6 +642,7 @@ mod tests {
     fn relative_sqlite_paths_follow_the_directory() {
         let loaded = Loaded {
             config: Config::default(),
+            file_config: Config::default(),
             dir: PathBuf::from("/srv/rekey"),
             passphrase: Default::default(),
         };
@@ -646,6 +653,7 @@ mod tests {
                     database_url: url.to_owned(),
                     ..Config::default()
                 },
+                file_config: Config::default(),
                 dir: PathBuf::from("/srv/rekey"),
                 passphrase: Default::default(),
             }

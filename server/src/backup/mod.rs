@@ -173,7 +173,8 @@ pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
     }
     files.push((
         CONFIG.to_owned(),
-        Zeroizing::new(config::toml_of(&loaded.config).into_bytes()),
+        // As the file says: the environment's overrides are this shell's.
+        Zeroizing::new(config::toml_of(&loaded.file_config).into_bytes()),
     ));
 
     let Opened { store, keyring } = installation::open(loaded).await?;

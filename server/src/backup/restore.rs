@@ -127,6 +127,7 @@ pub async fn restore(
         let config = write_files(&mut written, &files, root_text.as_ref())?;
         drop_backup_tables(&database).await?;
         let loaded = Loaded {
+            file_config: config.clone(),
             config,
             dir: dir.to_owned(),
             passphrase: passphrase.clone(),

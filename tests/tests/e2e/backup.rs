@@ -212,7 +212,9 @@ async fn a_restore_that_fails_its_proof_leaves_nothing() {
 }
 
 /// A restored installation archives audit events into its own directory,
-/// not into the original's (an absolute `archive_dir` in the backup).
+/// not into the original's (an absolute `archive_dir` in the backup); and
+/// its configuration is the original's file, not the environment of the
+/// shell that took the backup.
 #[test]
 fn a_restore_archives_into_its_own_directory() {
     let installation = Installation::new();
@@ -229,7 +231,14 @@ fn a_restore_archives_into_its_own_directory() {
     });
     let backups = tempfile::tempdir().unwrap();
     let file = backups.path().join("archive-backup.db");
-    let output = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
+    let output = std::process::Command::new(rekey_tests::binary("rekeyd"))
+        .arg("--dir")
+        .arg(installation.dir())
+        .args(["backup", file.to_str().unwrap()])
+        .env("REKEY_METRICS_LISTEN", "0.0.0.0:9464")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{}", text(&output.stderr));
     let scratch = tempfile::tempdir().unwrap();
     let target = scratch.path().join("restored");
@@ -242,6 +251,11 @@ fn a_restore_archives_into_its_own_directory() {
     assert_eq!(
         config["audit"]["archive_dir"].as_str(),
         Some("audit-archive")
+    );
+    assert_eq!(
+        config["metrics"]["listen"].as_str(),
+        Some("127.0.0.1:9464"),
+        "{config}"
     );
 }
 
@@ -447,7 +461,14 @@ async fn an_interrupted_restore_leaves_nothing() {
     }
     let backups = tempfile::tempdir().unwrap();
     let file = backups.path().join("many.db");
-    let output = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
+    let output = std::process::Command::new(rekey_tests::binary("rekeyd"))
+        .arg("--dir")
+        .arg(installation.dir())
+        .args(["backup", file.to_str().unwrap()])
+        .env("REKEY_METRICS_LISTEN", "0.0.0.0:9464")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
     assert!(output.status.success(), "{}", text(&output.stderr));
     let scratch = tempfile::tempdir().unwrap();
     let target = scratch.path().join("restored");
