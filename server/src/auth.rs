@@ -133,7 +133,6 @@ impl fmt::Display for Action {
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     state: Arc<AppState>,
-    refusals: Arc<RefusalLog>,
 }
 
 /// The URI of the RPC a request calls (path `/rekey.v1.Secrets/ListSecrets`),
@@ -152,10 +151,7 @@ pub(crate) const MAX_PATH_CHARS: usize = 200;
 
 impl Authenticator {
     pub fn new(state: Arc<AppState>) -> Self {
-        Self {
-            state,
-            refusals: Arc::default(),
-        }
+        Self { state }
     }
 
     /// Refuses the request with UNAUTHENTICATED `message`, and audits the
@@ -166,15 +162,6 @@ impl Authenticator {
     /// from the principal's rate limit, which its other certificates share.
     fn refuse(&self, request: &Request<()>, key: &str, principal: &str, message: String) -> Status {
         crate::service::unhandled::Seen::mark(request.extensions());
-        let Some(left_out) = self.refusals.admit(key, Instant::now()) else {
-            return Status::unauthenticated(message);
-        };
-        let mut detail = message.clone();
-        if left_out > 0 {
-            detail.push_str(&format!(
-                "; {left_out} more refused since the last recorded refusal"
-            ));
-        }
         let extensions = request.extensions();
         let event = AuditEvent {
             time: rekey_shared::time::now_millis(),
@@ -191,38 +178,102 @@ impl Authenticator {
             decision: "deny".to_owned(),
             outcome: "UNAUTHENTICATED".to_owned(),
             request_id: rekey_shared::VersionId::random().into_string(),
-            detail,
+            detail: message.clone(),
         };
-        self.state.record_in_background(event);
+        if let Some(event) = self.state.refusals.admit(key, event, Instant::now()) {
+            self.state.record_in_background(event);
+        }
         Status::unauthenticated(message)
     }
 }
 
-/// Which of the interceptor's refusals are recorded: one a second for
-/// each key (a certificate's serial, or an address), counting the rest
+/// Which refusals made before any handler are recorded (the
+/// interceptor's, and requests answered before their handler: see
+/// `service::unhandled`): one a second for each key (a certificate's
+/// serial, a principal, an address), counting the rest
 /// ([`OncePerSecond`]). A flood of refused requests on an open connection
 /// costs one audit write a second, whatever the rate limits say (they may
-/// be off).
+/// be off). Counts that no later recorded refusal carried are written by
+/// the sweep that writes the rate limit's ([`Self::take_unrecorded`]),
+/// every second and at shutdown.
 #[derive(Debug, Default)]
-pub(crate) struct RefusalLog {
-    recent: Mutex<HashMap<String, OncePerSecond>>,
+pub struct RefusalLog {
+    recent: Mutex<HashMap<String, Refused>>,
 }
 
-/// Beyond this many keys, those recorded over a second ago are forgotten
-/// (with any count left out since: the bound wins over the count).
+/// One key's refusals, and the event of the last one, which an event
+/// counting those left out after it repeats.
+#[derive(Debug)]
+struct Refused {
+    refusals: OncePerSecond,
+    last: AuditEvent,
+}
+
+/// Beyond this many keys, those recorded over a second ago with nothing
+/// left to count are forgotten.
 const MAX_REMEMBERED: usize = 10_000;
 
 impl RefusalLog {
-    /// As [`OncePerSecond::admit`], for `key`.
-    pub(crate) fn admit(&self, key: &str, now: Instant) -> Option<u64> {
+    /// `event` if it is to be recorded (its detail noting how many were
+    /// left out before it), or `None`, counted for the next one.
+    pub(crate) fn admit(&self, key: &str, event: AuditEvent, now: Instant) -> Option<AuditEvent> {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         if recent.len() > MAX_REMEMBERED {
-            recent.retain(|_, refusals| refusals.recorded_within_a_second(now));
+            recent.retain(|_, refused| {
+                refused.refusals.recorded_within_a_second(now) || refused.refusals.left_out() > 0
+            });
         }
-        if !recent.contains_key(key) {
-            recent.insert(key.to_owned(), OncePerSecond::default());
+        let refused = match recent.get_mut(key) {
+            Some(refused) => refused,
+            None => recent.entry(key.to_owned()).or_insert(Refused {
+                refusals: OncePerSecond::default(),
+                last: event.clone(),
+            }),
+        };
+        let admitted = refused.refusals.admit(now);
+        refused.last = event;
+        let left_out = admitted?;
+        let mut event = refused.last.clone();
+        if left_out > 0 {
+            event.detail.push_str(&format!(
+                "; {left_out} more refused since the last recorded refusal"
+            ));
         }
-        recent.get_mut(key).and_then(|refusals| refusals.admit(now))
+        Some(event)
+    }
+
+    /// For each key with refusals left out that no recorded one counted:
+    /// the key, its count, and an event that records them (the last
+    /// refusal's, saying so). They count as recorded from now on.
+    pub(crate) fn take_unrecorded(&self) -> Vec<(String, u64, AuditEvent)> {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent
+            .iter_mut()
+            .filter(|(_, refused)| refused.refusals.left_out() > 0)
+            .map(|(key, refused)| {
+                let left_out = refused.refusals.take_left_out();
+                let event = AuditEvent {
+                    request_id: rekey_shared::VersionId::random().into_string(),
+                    time: rekey_shared::time::now_millis(),
+                    detail: format!(
+                        "{left_out} more refused after the last recorded refusal, not recorded \
+                         one by one (the last: {})",
+                        refused.last.detail
+                    ),
+                    ..refused.last.clone()
+                };
+                (key.clone(), left_out, event)
+            })
+            .collect()
+    }
+
+    /// Counts `left_out` of `key`'s refusals as left out again: the event
+    /// that was to count them was not written.
+    pub(crate) fn count_again(&self, key: &str, left_out: u64) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(refused) = recent.get_mut(key) {
+            refused.refusals.count_left_out(left_out);
+        }
     }
 }
 
@@ -364,17 +415,51 @@ mod tests {
     }
 
     /// One refusal a second per key is recorded, carrying the count of
-    /// those left out since; other keys are apart.
+    /// those left out since; other keys are apart; counts that no recorded
+    /// refusal carried are taken by the sweep, once.
     #[test]
     fn one_refusal_a_second_per_key_counts_the_rest() {
         let log = RefusalLog::default();
         let start = Instant::now();
-        assert_eq!(log.admit("a1", start), Some(0));
+        let refusal = |detail: &str| AuditEvent::system("authenticate", "/x", detail);
+        let detail = |admitted: Option<AuditEvent>| admitted.map(|event| event.detail);
+        assert_eq!(
+            detail(log.admit("a1", refusal("r"), start)),
+            Some("r".into())
+        );
         for _ in 0..3 {
-            assert_eq!(log.admit("a1", start + Duration::from_millis(10)), None);
+            let later = start + Duration::from_millis(10);
+            assert_eq!(detail(log.admit("a1", refusal("r"), later)), None);
         }
-        assert_eq!(log.admit("b2", start + Duration::from_millis(10)), Some(0));
-        assert_eq!(log.admit("a1", start + Duration::from_secs(1)), Some(3));
-        assert_eq!(log.admit("a1", start + Duration::from_millis(1500)), None);
+        let other = start + Duration::from_millis(10);
+        assert_eq!(
+            detail(log.admit("b2", refusal("s"), other)),
+            Some("s".into())
+        );
+        assert_eq!(
+            detail(log.admit("a1", refusal("r"), start + Duration::from_secs(1))),
+            Some("r; 3 more refused since the last recorded refusal".into())
+        );
+        assert_eq!(
+            detail(log.admit("a1", refusal("last"), start + Duration::from_millis(1500))),
+            None
+        );
+        let swept = log.take_unrecorded();
+        assert_eq!(swept.len(), 1);
+        let (key, left_out, event) = &swept[0];
+        assert_eq!((key.as_str(), *left_out), ("a1", 1));
+        assert!(
+            event.detail.starts_with("1 more refused"),
+            "{}",
+            event.detail
+        );
+        assert!(
+            event.detail.ends_with("(the last: last)"),
+            "{}",
+            event.detail
+        );
+        assert!(log.take_unrecorded().is_empty());
+        log.count_again("a1", 1);
+        assert_eq!(log.take_unrecorded().len(), 1);
     }
 }

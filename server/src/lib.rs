@@ -135,6 +135,7 @@ pub async fn prepare(
         events: events::Events::default(),
         rotation: rotation_settings(loaded)?,
         limits: limits::RateLimiter::new(config.rate_limit.clone()),
+        refusals: auth::RefusalLog::default(),
         notifications: notifier.notifications(),
         page_tokens,
         changes: service::Changes::default(),

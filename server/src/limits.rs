@@ -67,6 +67,22 @@ impl OncePerSecond {
         }
     }
 
+    /// How many were left out since the last one recorded; they count as
+    /// recorded from now on.
+    pub fn take_left_out(&mut self) -> u64 {
+        std::mem::take(&mut self.left_out)
+    }
+
+    /// Counts `left_out` more as left out (their event was not written).
+    pub fn count_left_out(&mut self, left_out: u64) {
+        self.left_out += left_out;
+    }
+
+    /// How many were left out since the last one recorded.
+    pub fn left_out(&self) -> u64 {
+        self.left_out
+    }
+
     /// Whether one was recorded less than a second before `now`.
     pub fn recorded_within_a_second(&self, now: Instant) -> bool {
         self.last_recorded

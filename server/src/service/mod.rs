@@ -134,6 +134,9 @@ pub struct AppState {
     pub events: crate::events::Events,
     pub rotation: crate::config::RotationSettings,
     pub limits: crate::limits::RateLimiter,
+    /// Refusals before any handler (the interceptor's, and requests tonic
+    /// answered first), recorded one a second per key.
+    pub refusals: crate::auth::RefusalLog,
     /// Webhook notifications (approval requested, run failed).
     pub notifications: crate::notify::Notifications,
     /// Seals the page tokens of listings.
@@ -220,8 +223,10 @@ impl AppState {
     }
 
     /// Writes one event per principal for its rate-limit refusals that no
-    /// recorded refusal has counted (see `limits`); a count whose event
-    /// cannot be written is counted again for the next round.
+    /// recorded refusal has counted (see `limits`), and one per key for the
+    /// refusals before any handler likewise left out ([`Self::refusals`]);
+    /// a count whose event cannot be written is counted again for the next
+    /// round.
     pub async fn record_unrecorded_refusals(&self) {
         for (principal, refused) in self.limits.take_unrecorded() {
             let event = crate::audit::AuditEvent {
@@ -241,6 +246,12 @@ impl AppState {
             if let Err(error) = self.store.record(&event).await {
                 tracing::error!(%error, "cannot record rate-limit refusals; counted again");
                 self.limits.count_unrecorded(&event.principal, refused);
+            }
+        }
+        for (key, left_out, event) in self.refusals.take_unrecorded() {
+            if let Err(error) = self.store.record(&event).await {
+                tracing::error!(%error, "cannot record refusals; counted again");
+                self.refusals.count_again(&key, left_out);
             }
         }
     }

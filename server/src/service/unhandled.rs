@@ -15,7 +15,6 @@
 //! Health and reflection are not audited (DESIGN).
 
 use crate::audit::AuditEvent;
-use crate::auth::RefusalLog;
 use crate::service::AppState;
 use crate::tls::ConnectionInfo;
 use std::future::Future;
@@ -50,15 +49,11 @@ const UNAUDITED: [&str; 2] = ["/grpc.health.v1.", "/grpc.reflection."];
 #[derive(Debug, Clone)]
 pub struct UnhandledLayer {
     state: Arc<AppState>,
-    log: Arc<RefusalLog>,
 }
 
 impl UnhandledLayer {
     pub fn new(state: Arc<AppState>) -> Self {
-        Self {
-            state,
-            log: Arc::default(),
-        }
+        Self { state }
     }
 }
 
@@ -157,19 +152,11 @@ impl Unseen {
                 String::new(),
             ),
         };
-        let Some(left_out) = self.layer.log.admit(&key, Instant::now()) else {
-            return;
-        };
-        let mut detail: String = status
+        let detail: String = status
             .message()
             .chars()
             .take(crate::auth::MAX_PATH_CHARS)
             .collect();
-        if left_out > 0 {
-            detail.push_str(&format!(
-                "; {left_out} more answered before any handler since the last recorded"
-            ));
-        }
         let event = AuditEvent {
             time: rekey_shared::time::now_millis(),
             principal,
@@ -181,6 +168,14 @@ impl Unseen {
             request_id: rekey_shared::VersionId::random().into_string(),
             detail,
         };
-        self.layer.state.record_in_background(event);
+        // Keyed apart from the interceptor's refusals of the same
+        // certificate.
+        let state = &self.layer.state;
+        if let Some(event) = state
+            .refusals
+            .admit(&format!("request {key}"), event, Instant::now())
+        {
+            state.record_in_background(event);
+        }
     }
 }
