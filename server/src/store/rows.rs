@@ -347,6 +347,16 @@ pub(super) struct RevocationPlan {
     pub record: bool,
 }
 
+impl RevocationPlan {
+    /// `event`, saying which serials the revocation revokes.
+    pub(super) fn event(&self, event: &AuditEvent) -> AuditEvent {
+        AuditEvent {
+            detail: format!("revoked {}", self.revoke.join(", ")),
+            ..event.clone()
+        }
+    }
+}
+
 /// Plans a revocation of `target` (whose text as a serial is `serial`)
 /// from the registry rows it may concern: (serial, principal, revoked).
 /// A name that is a principal and another certificate's serial is refused

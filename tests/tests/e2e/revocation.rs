@@ -294,6 +294,36 @@ fn renewal_issues_a_working_certificate_and_revocation_names_what_it_did() {
     );
     let reserved = rekeyd(installation.dir(), &["cert", "issue", "system"]);
     assert!(text(&reserved.stderr).contains("reserved"));
+
+    // The audit events say what each revocation revoked.
+    let carol_serials: Vec<&str> = listed
+        .lines()
+        .filter(|line| line.contains(" carol "))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    let by_name = rekeyd(installation.dir(), &["cert", "revoke", "carol"]);
+    assert!(by_name.status.success(), "{}", text(&by_name.stderr));
+    let events: Vec<serde_json::Value> = server
+        .rekey(&installation.admin())
+        .run(&["audit", "--principal", "rekeyd", "--output", "json"])
+        .ok()
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|event: &serde_json::Value| event["action"] == "certificates:Revoke")
+        .collect();
+    let detail_of = |resource: &str| {
+        events
+            .iter()
+            .find(|event| event["resource"] == resource)
+            .map(|event| event["detail"].as_str().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("no revocation of {resource}: {events:?}"))
+    };
+    assert_eq!(detail_of("serial:0a1b2c"), "revoked 0a1b2c");
+    let carol = detail_of("carol");
+    for serial in carol_serials {
+        assert!(carol.contains(serial), "{serial}: {carol}");
+    }
 }
 
 /// A policy version this server cannot read (a newer `rekeyd` beside it may

@@ -90,7 +90,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        self.commit_audited(tx, event).await?;
+        self.commit_audited(tx, &plan.event(event)).await?;
         Ok(plan.revoke)
     }
 
