@@ -274,7 +274,11 @@ fn a_closed_pipe_ends_the_cli_quietly() {
     let server = installation.serve();
     let rekey = server.rekey(&installation.admin());
     rekey.run(&["create", "pipe/a", "--value", "v"]).ok();
-    for args in [&["list"][..], &["get", "pipe/a", "--output", "json"]] {
+    for args in [
+        &["list"][..],
+        &["get", "pipe/a", "--output", "json"],
+        &["get", "pipe/a"],
+    ] {
         let mut listing = rekey
             .command(args)
             .stdout(std::process::Stdio::piped())
@@ -291,6 +295,24 @@ fn a_closed_pipe_ends_the_cli_quietly() {
             String::from_utf8_lossy(&output.stderr)
         );
         assert_eq!(String::from_utf8_lossy(&output.stderr), "", "{args:?}");
+    }
+    // Output that cannot be written (a full disk) is one line and exit 1,
+    // not a panic's report.
+    for args in [&["list"][..], &["get", "pipe/a", "--output", "json"]] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let output = rekey
+            .command(args)
+            .stdout(full)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("rekey: "), "{args:?}: {stderr}");
     }
 }
 

@@ -379,8 +379,13 @@ fn quiet_on_closed_pipe() {
             .map(String::as_str)
             .or_else(|| payload.downcast_ref::<&str>().copied())
             .unwrap_or_default();
-        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
-            std::process::exit(0);
+        if let Some(error) = message.strip_prefix("failed printing to stdout: ") {
+            if error.contains("Broken pipe") {
+                std::process::exit(0);
+            }
+            // A full disk, say: one line and exit 1, not a panic's report.
+            eprintln!("rekey: cannot write the output: {error}");
+            std::process::exit(1);
         }
         default(info);
     }));
@@ -471,11 +476,20 @@ pub fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`rekey get big | head -c 10`): a quiet end,
+        // as the panic hook makes it for printing.
+        Err(error) if is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("rekey: {}", describe(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_closed_pipe(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|error| error.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// One line for an error: a server status with its code, or the chain of
