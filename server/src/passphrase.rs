@@ -19,7 +19,7 @@ use crate::crypto::{Key, RootKey};
 use crate::keyring::decode_hex;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 use zeroize::Zeroizing;
 
@@ -232,13 +232,33 @@ fn prompt(question: &str) -> anyhow::Result<Passphrase> {
     let asked = writer
         .write_all(question.as_bytes())
         .and_then(|()| writer.flush());
-    let mut line = Zeroizing::new(String::new());
-    let read = asked.and_then(|()| std::io::BufReader::new(&tty).read_line(&mut line));
+    let read = asked
+        .map_err(anyhow::Error::from)
+        .and_then(|()| read_line_bounded(&tty));
     let restored = tcsetattr(&tty, OptionalActions::Flush, &saved);
-    read.context("reading the passphrase")?;
+    let mut line = read.context("reading the passphrase")?;
     restored.context("restoring the terminal's settings")?;
     trim_line_end(&mut line);
     Ok(Passphrase(line))
+}
+
+/// One line of `reader`, a byte at a time into room for the longest
+/// passphrase (a buffered reader, or a growing string, would leave copies
+/// unwiped), its line end kept.
+fn read_line_bounded(mut reader: impl std::io::Read) -> anyhow::Result<Zeroizing<String>> {
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_PASSPHRASE_BYTES));
+    let mut byte = Zeroizing::new([0u8; 1]);
+    while reader.read(&mut byte[..])? == 1 {
+        anyhow::ensure!(
+            bytes.len() < MAX_PASSPHRASE_BYTES,
+            "the passphrase is longer than {MAX_PASSPHRASE_BYTES} bytes"
+        );
+        bytes.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    read_bounded(&bytes[..])
 }
 
 /// The most bytes a passphrase read from a descriptor may have.
@@ -275,6 +295,18 @@ fn read_bounded(mut reader: impl std::io::Read) -> anyhow::Result<Zeroizing<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prompted_line_ends_at_its_line_end_and_is_bounded() {
+        let line = read_line_bounded(&b"open sesame\nnext line"[..]).unwrap();
+        assert_eq!(line.as_str(), "open sesame\n");
+        assert_eq!(
+            read_line_bounded(&b"no end"[..]).unwrap().as_str(),
+            "no end"
+        );
+        let long = vec![b'x'; MAX_PASSPHRASE_BYTES + 1];
+        assert!(read_line_bounded(&long[..]).is_err());
+    }
 
     #[test]
     fn a_passphrase_is_read_whole_bounded_and_as_text() {

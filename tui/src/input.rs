@@ -40,7 +40,8 @@ fn read_source(path: &PathBuf) -> anyhow::Result<Zeroizing<Vec<u8>>> {
 }
 
 fn read_limited(path: &PathBuf) -> anyhow::Result<Zeroizing<Vec<u8>>> {
-    let mut bytes = Zeroizing::new(Vec::new());
+    // Room for all it may read: growing would free copies unwiped.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_VALUE_BYTES + 1));
     if path.as_os_str() == "-" {
         std::io::stdin()
             .take(MAX_VALUE_BYTES as u64 + 1)
