@@ -244,6 +244,27 @@ fn an_operator_and_an_approver_rotate_a_secret_in_the_terminal_ui() {
 
 #[test]
 fn rekey_demo_shows_the_demo_and_cleans_up_when_it_quits() {
+    demo_ends_clean(|tmux| tmux.keys("demo", &["q"]));
+}
+
+/// SIGTERM (or SIGHUP, the SSH session gone) ends the UI as `q` does: the
+/// terminal restored and the demo's directory removed; it killed rekey.
+#[test]
+fn rekey_demo_ends_clean_on_sigterm() {
+    demo_ends_clean(|tmux| {
+        let pid: i32 = tmux
+            .tmux(&["list-panes", "-t", "rk:demo", "-F", "#{pane_pid}"])
+            .trim()
+            .parse()
+            .unwrap();
+        let pid = rustix::process::Pid::from_raw(pid).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    });
+}
+
+/// Starts `rekey demo`, waits for its screen, ends it with `quit`, and
+/// checks that it quit and removed its directory.
+fn demo_ends_clean(quit: impl Fn(&Tmux)) {
     let tmux = Tmux::new();
     let command = format!("env NO_COLOR=1 {} demo", binary("rekey").display());
     tmux.tmux(&[
@@ -271,7 +292,7 @@ fn rekey_demo_shows_the_demo_and_cleans_up_when_it_quits() {
         .to_owned();
     let dir = Path::new(&identity).parent().unwrap().to_owned();
     assert!(dir.exists());
-    tmux.keys("demo", &["q"]);
+    quit(&tmux);
     eventually("rekey demo to quit", || {
         let sessions = Command::new("tmux")
             .arg("-L")

@@ -13,6 +13,7 @@ pub mod update;
 use app::App;
 use crossterm::event::{Event, EventStream, KeyEventKind};
 use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use update::{Action, update};
@@ -23,6 +24,8 @@ struct TerminalGuard;
 impl TerminalGuard {
     fn enter() -> anyhow::Result<Self> {
         crossterm::terminal::enable_raw_mode()?;
+        // From here on, a failure restores what was changed.
+        let guard = Self;
         crossterm::execute!(
             std::io::stdout(),
             crossterm::terminal::EnterAlternateScreen,
@@ -33,7 +36,7 @@ impl TerminalGuard {
             restore();
             previous(info);
         }));
-        Ok(Self)
+        Ok(guard)
     }
 }
 
@@ -70,6 +73,10 @@ pub async fn run(
     let watcher = tokio::spawn(backend.clone().watch());
     backend.perform(update::Effect::LoadSecrets { append: false }, &app);
 
+    // SIGTERM or SIGHUP (the SSH session gone) ends the UI as `q` does,
+    // the terminal restored, rather than kill it in raw mode.
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     let _guard = TerminalGuard::enter()?;
     let mut terminal =
         ratatui::Terminal::new(ratatui::backend::CrosstermBackend::new(std::io::stdout()))?;
@@ -86,6 +93,8 @@ pub async fn run(
             },
             action = actions.recv() => action,
             _ = ticks.tick() => Some(Action::Tick(std::time::Instant::now())),
+            _ = terminate.recv() => Some(Action::Quit),
+            _ = hangup.recv() => Some(Action::Quit),
         };
         if let Some(action) = action {
             // A message stays until the next key.

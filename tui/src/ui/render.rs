@@ -375,7 +375,7 @@ fn render_detail(app: &App, frame: &mut Frame, area: Rect) {
     for run in detail.runs.iter().take(5) {
         lines.push(Line::from(format!(
             "  run {}  {:<20} {}",
-            &run.run_id[..8.min(run.run_id.len())],
+            run.run_id.chars().take(8).collect::<String>(),
             run.state,
             time(&run.started_at)
         )));
