@@ -148,3 +148,67 @@ async fn postgres_a_nul_is_refused_and_fails_nobody_else() {
     };
     nul_is_refused_and_fails_nobody_else(&Installation::on_postgres(&database), "x\\0y").await;
 }
+
+/// A value is printed as it is to a pipe, but cannot steer the terminal it
+/// is printed to (set its clipboard through OSC 52, say): there its control
+/// characters are escaped, line ends kept, and a binary value is not
+/// written. In batch-get's text output, a value's line ends cannot make a
+/// line that seems another secret's.
+#[test]
+fn a_value_cannot_steer_the_terminal_it_is_printed_to() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let rekey = server.rekey(&installation.admin());
+    let value = "start\u{1b}]52;c;ZXZpbA==\u{7}end\nline2";
+    rekey.run(&["create", "esc/a", "--value", value]).ok();
+    assert_eq!(
+        rekey.run(&["get", "esc/a"]).ok().stdout,
+        format!("{value}\n")
+    );
+    // `script` runs it with a terminal as its standard output.
+    let in_terminal = |args: &str| {
+        let command = format!(
+            "env REKEY_SERVER={} REKEY_IDENTITY={} {} {args}",
+            rekey.server,
+            rekey.identity.display(),
+            rekey_tests::binary("rekey").display()
+        );
+        let output = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (output.status.code(), rekey_tests::text(&output.stdout))
+    };
+    let (code, shown) = in_terminal("get esc/a");
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(!shown.contains('\u{1b}'), "{shown:?}");
+    assert!(
+        shown.contains("start\\u{1b}]52;c;ZXZpbA==\\u{7}end") && shown.contains("line2"),
+        "{shown:?}"
+    );
+    let binary = installation.dir().join("binary");
+    std::fs::write(&binary, b"\x1b[2J\x00\xff").unwrap();
+    rekey
+        .run(&[
+            "create",
+            "esc/bin",
+            "--binary-file",
+            binary.to_str().unwrap(),
+        ])
+        .ok();
+    let (code, shown) = in_terminal("get esc/bin");
+    assert_eq!(code, Some(1), "{shown:?}");
+    assert!(!shown.contains("\u{1b}[2J"), "{shown:?}");
+    assert!(shown.contains("not written to a terminal"), "{shown:?}");
+
+    rekey
+        .run(&["create", "esc/b", "--value", "x\nesc/a: forged"])
+        .ok();
+    let batch = rekey.run(&["batch-get", "esc/a", "esc/b"]).ok().stdout;
+    assert_eq!(batch.lines().count(), 2, "{batch}");
+    assert!(
+        !batch.lines().any(|line| line == "esc/a: forged"),
+        "{batch}"
+    );
+}

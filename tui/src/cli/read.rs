@@ -4,10 +4,23 @@ use crate::output::{self, Format, shown};
 use rekey_shared::proto::secrets_client::SecretsClient;
 use rekey_shared::proto::{self};
 use serde_json::json;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use tonic::transport::Channel;
+use zeroize::Zeroizing;
 
 type Client = SecretsClient<Channel>;
+
+/// A value as printed: as it is, unless standard output is a terminal,
+/// where its control characters (but line ends and tabs) are escaped, so
+/// that a value cannot steer the terminal (set its clipboard through OSC
+/// 52, retitle it, hide what follows). A copy that is wiped.
+fn for_terminal(text: &str) -> Zeroizing<String> {
+    if std::io::stdout().is_terminal() {
+        Zeroizing::new(output::shown_document(text).into_owned())
+    } else {
+        Zeroizing::new(text.to_owned())
+    }
+}
 
 pub async fn get(
     client: &mut Client,
@@ -46,7 +59,7 @@ fn print_value(
             .map_err(|_| anyhow::anyhow!("the value of {} is not JSON", response.name))?;
         let found = match document.get(field) {
             Some(serde_json::Value::String(text)) if format == Format::Text => {
-                println!("{text}");
+                println!("{}", for_terminal(text).as_str());
                 true
             }
             Some(other) => {
@@ -72,8 +85,15 @@ fn print_value(
         Format::Text => {
             let mut stdout = std::io::stdout().lock();
             if let Some(text) = &response.secret_string {
-                writeln!(stdout, "{text}")?;
+                writeln!(stdout, "{}", for_terminal(text).as_str())?;
             } else if let Some(binary) = &response.secret_binary {
+                anyhow::ensure!(
+                    !stdout.is_terminal(),
+                    "{} holds a binary value, which is not written to a terminal: redirect it \
+                     (rekey get {} > FILE)",
+                    response.name,
+                    response.name
+                );
                 stdout.write_all(binary)?;
             }
             stdout.flush()?;
@@ -124,7 +144,12 @@ pub async fn batch_get(
         Format::Text => {
             for value in &values.0 {
                 match (&value.secret_string, &value.secret_binary) {
-                    (Some(text), _) => println!("{}: {text}", value.name),
+                    // One line each: a value's own line ends, escaped, do
+                    // not make lines that seem another secret's.
+                    (Some(text), _) => {
+                        let text = Zeroizing::new(shown(text).into_owned());
+                        println!("{}: {}", value.name, text.as_str());
+                    }
                     (None, Some(binary)) => {
                         println!("{}: ({} bytes, binary)", value.name, binary.len())
                     }
