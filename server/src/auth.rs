@@ -218,17 +218,24 @@ impl RefusalLog {
     /// left out before it), or `None`, counted for the next one.
     pub(crate) fn admit(&self, key: &str, event: AuditEvent, now: Instant) -> Option<AuditEvent> {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        if recent.len() > MAX_REMEMBERED {
-            recent.retain(|_, refused| {
-                refused.refusals.recorded_within_a_second(now) || refused.refusals.left_out() > 0
-            });
+        if !recent.contains_key(key) {
+            // Pruned as a key is added, not on every refusal.
+            if recent.len() > MAX_REMEMBERED {
+                recent.retain(|_, refused| {
+                    refused.refusals.recorded_within_a_second(now)
+                        || refused.refusals.left_out() > 0
+                });
+            }
+            recent.insert(
+                key.to_owned(),
+                Refused {
+                    refusals: OncePerSecond::default(),
+                    last: event.clone(),
+                },
+            );
         }
-        let refused = match recent.get_mut(key) {
-            Some(refused) => refused,
-            None => recent.entry(key.to_owned()).or_insert(Refused {
-                refusals: OncePerSecond::default(),
-                last: event.clone(),
-            }),
+        let Some(refused) = recent.get_mut(key) else {
+            return Some(event);
         };
         let admitted = refused.refusals.admit(now);
         refused.last = event;

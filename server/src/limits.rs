@@ -122,17 +122,20 @@ impl RateLimiter {
             Ok(buckets) => buckets,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if buckets.len() > PRUNE_ABOVE {
-            // Full buckets with nothing left to record are as good as new.
-            buckets.retain(|_, bucket| {
-                bucket.refusals.left_out > 0
-                    || bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate
-                        < burst
-            });
-        }
         // Looked up by reference: no allocation for a principal seen before
         // (every request but a principal's first).
         if !buckets.contains_key(principal) {
+            // Pruned as a principal is added, not on every request: a scan
+            // of many buckets under the lock each time would cost every
+            // principal's requests.
+            if buckets.len() > PRUNE_ABOVE {
+                // Full buckets with nothing left to record are as good as new.
+                buckets.retain(|_, bucket| {
+                    bucket.refusals.left_out > 0
+                        || bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate
+                            < burst
+                });
+            }
             buckets.insert(principal.to_owned(), Bucket::full(burst, now));
         }
         #[allow(clippy::expect_used)] // inserted just above, under the same lock

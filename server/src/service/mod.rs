@@ -113,13 +113,25 @@ impl Drop for Abandoned<'_> {
         if !self.armed || !self.context.needs_event(true) {
             return;
         }
-        let event = self.context.event(
-            "CANCELLED",
-            Some(
-                "the client went away, or its deadline passed, before the answer; a change it \
-                 made may have committed with its own event",
-            ),
-        );
+        // Unwinding from a panic of the handler, whose client hears
+        // INTERNAL (a change's task), not a client gone.
+        let event = if std::thread::panicking() {
+            self.context.event(
+                "INTERNAL",
+                Some(
+                    "the request's handler failed; a change it made may have committed with its \
+                     own event",
+                ),
+            )
+        } else {
+            self.context.event(
+                "CANCELLED",
+                Some(
+                    "the client went away, or its deadline passed, before the answer; a change \
+                     it made may have committed with its own event",
+                ),
+            )
+        };
         self.state.record_in_background(event);
     }
 }
