@@ -91,11 +91,13 @@ enum Command {
     },
     /// A throwaway installation with demo secrets, served on loopback.
     Dev {
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-        listen: String,
+        /// Default: REKEY_LISTEN, else a free loopback port.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
         /// Address of the Prometheus metrics listener, "" for none.
-        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-        metrics_listen: String,
+        /// Default: REKEY_METRICS_LISTEN, else a free loopback port.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<String>,
     },
     /// Client certificates.
     #[command(subcommand)]
@@ -282,7 +284,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev {
             listen,
             metrics_listen,
-        } => dev(&listen, &metrics_listen).await,
+        } => {
+            // A flag, else the environment as for serve, else a free port.
+            let or_environment = |flag: Option<String>, variable: &str| {
+                flag.or_else(|| std::env::var(variable).ok())
+                    .unwrap_or_else(|| "127.0.0.1:0".to_owned())
+            };
+            dev(
+                &or_environment(listen, "REKEY_LISTEN"),
+                &or_environment(metrics_listen, "REKEY_METRICS_LISTEN"),
+            )
+            .await
+        }
         Command::Cert(command) => {
             let loaded = location.load()?;
             crate::cli_admin::cert(&loaded, command).await

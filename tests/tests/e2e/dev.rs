@@ -5,10 +5,12 @@ use rekey_tests::{Rekey, binary, wait_for_line};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// `rekeyd dev`, started, and the client its export line describes.
-fn start_dev() -> (std::process::Child, Rekey) {
+/// `rekeyd dev`, started with `environment`, and the client its export
+/// line describes.
+fn start_dev(environment: &[(&str, &str)]) -> (std::process::Child, Rekey) {
     let mut child = Command::new(binary("rekeyd"))
         .arg("dev")
+        .envs(environment.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -36,9 +38,17 @@ fn start_dev() -> (std::process::Child, Rekey) {
     (child, rekey)
 }
 
+/// Also: the address comes from REKEY_LISTEN, as serve's does.
 #[test]
 fn rekeyd_dev_prints_a_line_that_connects_rekey() {
-    let (mut child, rekey) = start_dev();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let (mut child, rekey) = start_dev(&[("REKEY_LISTEN", &address)]);
+    assert_eq!(rekey.server, format!("https://{address}"));
     let listed = rekey.run(&["list"]);
     let read = rekey.run(&["get", "demo/api/payments"]);
     let field = rekey.run(&["get", "demo/db/orders", "--field", "username"]);
@@ -62,7 +72,7 @@ fn rekeyd_dev_prints_a_line_that_connects_rekey() {
 /// Closing the terminal (SIGHUP) removes the throwaway installation too.
 #[test]
 fn rekeyd_dev_cleans_up_when_its_terminal_closes() {
-    let (mut child, rekey) = start_dev();
+    let (mut child, rekey) = start_dev(&[]);
     let dir = rekey.identity.parent().unwrap().to_owned();
     assert!(dir.exists());
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
