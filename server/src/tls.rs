@@ -261,16 +261,76 @@ impl AsyncWrite for TlsConnection {
     }
 }
 
+/// The most TLS handshakes under way from one address: a client that opens
+/// connections and sends nothing holds each for [`HANDSHAKE_TIMEOUT`], and
+/// without a bound its connections (file descriptors, tasks) are as many as
+/// it likes. Beyond it, a new connection from that address is closed at
+/// once. (A handshake takes milliseconds: many clients behind one address
+/// reconnecting at once stay well below it.)
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 32;
+
+/// The handshakes under way, by address.
+#[derive(Debug, Default)]
+struct Handshakes {
+    by_address: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One handshake under way; dropped when it ends.
+struct Handshake {
+    handshakes: Arc<Handshakes>,
+    address: std::net::IpAddr,
+}
+
+impl Handshakes {
+    /// A place for a handshake from `address`, if it has fewer under way
+    /// than the bound.
+    fn start(self: &Arc<Self>, address: std::net::IpAddr) -> Option<Handshake> {
+        let mut by_address = self
+            .by_address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let under_way = by_address.entry(address).or_default();
+        if *under_way >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *under_way += 1;
+        Some(Handshake {
+            handshakes: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        let mut by_address = self
+            .handshakes
+            .by_address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(under_way) = by_address.get_mut(&self.address) {
+            *under_way -= 1;
+            if *under_way == 0 {
+                by_address.remove(&self.address);
+            }
+        }
+    }
+}
+
 /// Accepts connections on `listener` and yields those whose handshake
-/// succeeded. Failed handshakes are logged and dropped. The accept loop ends
-/// when the receiver is dropped.
+/// succeeded. Failed handshakes are logged and dropped; a connection from
+/// an address with [`MAX_HANDSHAKES_PER_ADDRESS`] under way is closed at
+/// once. The accept loop ends when the receiver is dropped.
 pub fn accept(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
 ) -> mpsc::Receiver<Result<TlsConnection, io::Error>> {
     let (sender, receiver) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(config);
+    let handshakes = Arc::new(Handshakes::default());
     tokio::spawn(async move {
+        // When a refusal was last logged (one a second at most).
+        let mut logged: Option<tokio::time::Instant> = None;
         loop {
             let accepted = tokio::select! {
                 accepted = listener.accept() => accepted,
@@ -286,10 +346,21 @@ pub fn accept(
                     continue;
                 }
             };
+            let Some(handshake) = handshakes.start(remote_addr.ip()) else {
+                if logged.is_none_or(|last| last.elapsed() >= Duration::from_secs(1)) {
+                    logged = Some(tokio::time::Instant::now());
+                    tracing::warn!(
+                        %remote_addr,
+                        "a connection closed at once: {MAX_HANDSHAKES_PER_ADDRESS} TLS handshakes from its address are under way"
+                    );
+                }
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let sender = sender.clone();
             tokio::spawn(async move {
+                let _handshake = handshake;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let peer = peer_of(&stream);

@@ -381,3 +381,35 @@ async fn a_revoked_intermediate_refuses_the_clients_under_it() {
         "{refused:?}"
     );
 }
+
+/// Connections that open and send nothing hold a TLS handshake each until
+/// its time limit (10 s); from one address at most 32 are held: the next
+/// is closed at once, not held as well. Once they go, clients connect.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_connections_from_one_address_are_bounded() {
+    use tokio::io::AsyncReadExt;
+    let installation = Installation::new();
+    let server = installation.serve();
+    let address = server.url.trim_start_matches("https://").to_owned();
+    let mut silent = Vec::new();
+    for _ in 0..32 {
+        silent.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let mut extra = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let mut byte = [0u8; 1];
+    // Well inside the handshake's time limit, which would close it too.
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut byte))
+        .await
+        .expect("the 33rd silent connection was held, not closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    drop(silent);
+    let admin = Identity::load(&installation.admin()).unwrap();
+    let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
+    while let Err(error) = read_as(&server, &admin).await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no client connects after the silent ones went: {error}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
