@@ -348,20 +348,8 @@ impl RotationService {
         let secret = self.secret(&name).await?;
         let principal = context.principal.to_string();
         self.engine
-            .act(&secret, &context.change_event(), |run, plan| match plan {
-                Plan::Wait(Wait::StepFailed(_)) | Plan::Wait(Wait::RetryAt(_)) => {
-                    let step = step_of(plan, run);
-                    let mut next = run.clone();
-                    next.phase = Phase::Running;
-                    next.next_attempt_at = None;
-                    next.operator_go = true;
-                    next.updated_at = now_millis();
-                    let entry = history(step, "retried", run.attempt, &principal, "");
-                    Ok((next, vec![entry], "step_changed"))
-                }
-                _ => Err(Error::FailedPrecondition(format!(
-                    "no step of the run of {name} failed; there is nothing to retry"
-                ))),
+            .act(&secret, &context.change_event(), |run, plan| {
+                retried(run, plan, &name, &principal)
             })
             .await?;
         context.recorded();
@@ -517,6 +505,38 @@ impl RotationService {
     }
 }
 
+/// A retry of `run` (planned `plan`): the failed step runs again at once.
+/// A run that is ending (cancelled, rejected, out of attempts) has no step
+/// to retry, though its revert may wait for its backoff as a step does:
+/// retried, it ran on forward, and could move CURRENT.
+fn retried(
+    run: &RunRecord,
+    plan: &Plan,
+    name: &SecretName,
+    principal: &str,
+) -> Result<(RunRecord, Vec<crate::rotation::HistoryRecord>, &'static str)> {
+    match plan {
+        Plan::Wait(Wait::StepFailed(_)) | Plan::Wait(Wait::RetryAt(_))
+            if run.phase != Phase::Ending =>
+        {
+            let step = step_of(plan, run);
+            let mut next = run.clone();
+            next.phase = Phase::Running;
+            next.next_attempt_at = None;
+            next.operator_go = true;
+            next.updated_at = now_millis();
+            let entry = history(step, "retried", run.attempt, principal, "");
+            Ok((next, vec![entry], "step_changed"))
+        }
+        _ if run.phase == Phase::Ending => Err(Error::FailedPrecondition(format!(
+            "the run of {name} is ending (its change is being undone); there is no step to retry"
+        ))),
+        _ => Err(Error::FailedPrecondition(format!(
+            "no step of the run of {name} failed; there is nothing to retry"
+        ))),
+    }
+}
+
 fn step_of(plan: &Plan, run: &RunRecord) -> Step {
     match plan {
         Plan::Wait(Wait::StepFailed(step)) => *step,
@@ -535,5 +555,59 @@ audited_service! {
     describe_rotation(proto::DescribeRotationRequest) -> proto::DescribeRotationResponse => describe, DescribeRotation;
     list_rotation_runs(proto::ListRotationRunsRequest) -> proto::ListRotationRunsResponse => list_runs, DescribeRotation;
     list_approvals(proto::ListApprovalsRequest) -> proto::ListApprovalsResponse => list_approvals, DescribeRotation;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rotation::Revert;
+
+    fn run(phase: Phase) -> RunRecord {
+        RunRecord {
+            revision: 0,
+            id: "token".into(),
+            secret_id: "s".into(),
+            manual: false,
+            scheduled: false,
+            initiator: "alice".into(),
+            phase,
+            step: Step::Test,
+            set_applied: true,
+            operator_go: false,
+            attempt: 1,
+            next_attempt_at: Some(5_000),
+            approval_requested_at: None,
+            current_at_start: "v1".into(),
+            outcome: None,
+            revert: Revert::NotNeeded,
+            end_reason: String::new(),
+            last_error: String::new(),
+            created_at: 0,
+            updated_at: 0,
+            ended_at: None,
+        }
+    }
+
+    /// A cancelled run whose revert the server's own failure interrupted
+    /// waits for its backoff as a failed step does; a retry then is
+    /// refused, not taken to run the rest of the steps.
+    #[test]
+    fn an_ending_run_has_no_step_to_retry() {
+        let name = SecretName::parse("app/db").unwrap();
+        let ending = RunRecord {
+            outcome: Some(Outcome::Cancelled),
+            revert: Revert::Needed,
+            ..run(Phase::Ending)
+        };
+        let refused = retried(&ending, &Plan::Wait(Wait::RetryAt(5_000)), &name, "bob");
+        assert!(
+            matches!(&refused, Err(Error::FailedPrecondition(message)) if message.contains("is ending")),
+            "{refused:?}"
+        );
+        let waiting = run(Phase::Running);
+        let (next, _, _) =
+            retried(&waiting, &Plan::Wait(Wait::RetryAt(5_000)), &name, "bob").unwrap();
+        assert_eq!((next.phase, next.next_attempt_at), (Phase::Running, None));
     }
 }
