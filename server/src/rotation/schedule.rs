@@ -26,6 +26,10 @@ pub struct Cron {
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
 
+/// The longest rate and the longest duration (AWS's bound on a rate): far
+/// from what the arithmetic on times can hold.
+const MAX_SPAN: i64 = 1000 * DAY;
+
 /// Parses a schedule, with a message that says what is wrong.
 pub fn parse(text: &str) -> Result<Schedule, String> {
     let text = text.trim();
@@ -44,7 +48,11 @@ pub fn parse(text: &str) -> Result<Schedule, String> {
             "day" | "days" => DAY,
             other => return Err(format!("{text:?}: unit {other:?} must be hours or days")),
         };
-        return Ok(Schedule::Rate(count * unit));
+        return count
+            .checked_mul(unit)
+            .filter(|every| *every <= MAX_SPAN)
+            .map(Schedule::Rate)
+            .ok_or_else(|| format!("{text:?}: a rate is at most 1000 days"));
     }
     if let Some(inner) = text.strip_prefix("cron(").and_then(|t| t.strip_suffix(')')) {
         return parse_cron(inner).map(|cron| Schedule::Cron(Box::new(cron)));
@@ -219,28 +227,54 @@ impl Schedule {
     }
 }
 
-/// `90m`, `2h`, `1d`, `30s` as milliseconds.
+/// `90m`, `2h`, `1d`, `30s` as milliseconds; at most 1000 days.
 pub fn parse_duration(text: &str) -> Result<i64, String> {
     let text = text.trim();
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let unlike = || format!("{text:?} is not a duration like 30m, 2h or 1d, of at most 1000d");
+    // The unit is one ASCII letter: anything else (a letter of another
+    // alphabet too) is not a duration.
+    let Some(unit) = text.chars().last().filter(char::is_ascii) else {
+        return Err(unlike());
+    };
+    let number = &text[..text.len() - 1];
     let unit = match unit {
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => HOUR,
-        "d" => DAY,
-        _ => return Err(format!("{text:?} is not a duration like 30m, 2h or 1d")),
+        's' => 1000,
+        'm' => 60_000,
+        'h' => HOUR,
+        'd' => DAY,
+        _ => return Err(unlike()),
     };
     number
         .parse::<i64>()
         .ok()
         .filter(|n| *n >= 1)
-        .map(|n| n * unit)
-        .ok_or_else(|| format!("{text:?} is not a duration like 30m, 2h or 1d"))
+        .and_then(|n| n.checked_mul(unit))
+        .filter(|span| *span <= MAX_SPAN)
+        .ok_or_else(unlike)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_are_bounded_and_odd_text_is_refused_not_a_panic() {
+        for text in ["1é", "2hé", "é", "", "106751991168d", "1001d", "0h", "-1d"] {
+            assert!(parse_duration(text).is_err(), "{text:?}");
+        }
+        assert_eq!(parse_duration("1000d"), Ok(1000 * DAY));
+        for text in [
+            "rate(106751991167 days)",
+            "rate(1001 days)",
+            "rate(24001 hours)",
+        ] {
+            assert!(parse(text).is_err(), "{text:?}");
+        }
+        assert_eq!(
+            parse("rate(1000 days)").unwrap().next(Some(0), 0),
+            Some(1000 * DAY)
+        );
+    }
     use time::macros::datetime;
 
     fn at(time: OffsetDateTime) -> i64 {
