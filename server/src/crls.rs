@@ -7,10 +7,12 @@
 //!
 //! A file cannot be used when it does not parse, holds no CRL, holds one
 //! the verifier would not take (a version-1 or delta CRL, say), one past
-//! its next update, one that is not signed by a CA of `tls.client_ca` of
-//! its issuer's name (a forged CRL would decide which CRL is newest and
-//! what open connections lose; the handshake checks signatures too late
-//! for that), or one older than the CRL of the same issuer in force (a
+//! its next update, one that a CA of `tls.client_ca` of its issuer's name
+//! did not sign (a forged CRL would decide which CRL is newest and what
+//! open connections lose; the handshake checks signatures too late for
+//! that; the CRL of a CA not in `tls.client_ca`, an intermediate's, is
+//! checked at the handshake only), or one older than the CRL of the same
+//! issuer in force (a
 //! stale copy, which would un-revoke serials: older by its CRL number, or
 //! by its `thisUpdate` where either has none). A changed file that
 //! cannot be used is logged, and its CRLs in force stay; the other files'
@@ -390,21 +392,28 @@ fn examine(
         .filter_map(|ca| X509Certificate::from_der(ca).ok().map(|(_, ca)| ca))
         .filter(|ca| ca.subject().as_raw() == parsed.issuer().as_raw())
         .collect();
-    anyhow::ensure!(
-        !issuers.is_empty(),
-        "CRL file {} holds a CRL of {}, which is not a CA in tls.client_ca: its signature \
-         cannot be checked (CRLs of intermediate CAs are not supported)",
-        file.display(),
-        parsed.issuer()
-    );
-    anyhow::ensure!(
-        issuers
-            .iter()
-            .any(|ca| parsed.verify_signature(ca.public_key()).is_ok()),
-        "CRL file {} holds a CRL of {} that its key did not sign: a forged or damaged CRL",
-        file.display(),
-        parsed.issuer()
-    );
+    if issuers.is_empty() {
+        // An intermediate CA's, say, whose certificate only its clients
+        // send: the handshake checks its signature, nothing can here.
+        tracing::warn!(
+            file = %file.display(),
+            issuer = %parsed.issuer(),
+            "a CRL of a CA that is not in tls.client_ca (an intermediate's): its signature is \
+             checked at each handshake, not as it is read"
+        );
+    } else if let Err(error) = issuers
+        .iter()
+        .map(|ca| parsed.verify_signature(ca.public_key()))
+        .reduce(Result::or)
+        .unwrap_or(Ok(()))
+    {
+        anyhow::bail!(
+            "CRL file {} holds a CRL of {} that its key did not sign ({error}): a forged or \
+             damaged CRL, or one signed with an algorithm rekeyd cannot check",
+            file.display(),
+            parsed.issuer()
+        );
+    }
     if let Some(next) = parsed.next_update()
         && next.timestamp() < rekey_shared::time::now_millis() / 1000
     {
