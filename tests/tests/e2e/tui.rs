@@ -247,11 +247,14 @@ fn rekey_demo_shows_the_demo_and_cleans_up_when_it_quits() {
     demo_ends_clean(|tmux| tmux.keys("demo", &["q"]));
 }
 
-/// SIGTERM (or SIGHUP, the SSH session gone) ends the UI as `q` does: the
-/// terminal restored and the demo's directory removed; it killed rekey.
+/// SIGTERM (or SIGHUP, the SSH session gone) ends the UI as `q` does, a
+/// dialog open or not: the terminal restored and the demo's directory
+/// removed; it killed rekey.
 #[test]
 fn rekey_demo_ends_clean_on_sigterm() {
     demo_ends_clean(|tmux| {
+        tmux.keys("demo", &["?"]);
+        tmux.wait_for("demo", &["any key closes this help"]);
         let pid: i32 = tmux
             .tmux(&["list-panes", "-t", "rk:demo", "-F", "#{pane_pid}"])
             .trim()

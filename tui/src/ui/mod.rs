@@ -73,8 +73,8 @@ pub async fn run(
     let watcher = tokio::spawn(backend.clone().watch());
     backend.perform(update::Effect::LoadSecrets { append: false }, &app);
 
-    // SIGTERM or SIGHUP (the SSH session gone) ends the UI as `q` does,
-    // the terminal restored, rather than kill it in raw mode.
+    // SIGTERM or SIGHUP (the SSH session gone) ends the UI, the terminal
+    // restored, rather than kill it in raw mode.
     let mut terminate = signal(SignalKind::terminate())?;
     let mut hangup = signal(SignalKind::hangup())?;
     let _guard = TerminalGuard::enter()?;
@@ -93,8 +93,15 @@ pub async fn run(
             },
             action = actions.recv() => action,
             _ = ticks.tick() => Some(Action::Tick(std::time::Instant::now())),
-            _ = terminate.recv() => Some(Action::Quit),
-            _ = hangup.recv() => Some(Action::Quit),
+            // Whatever dialog is open (Quit would only close it).
+            _ = terminate.recv() => {
+                app.quit = true;
+                None
+            }
+            _ = hangup.recv() => {
+                app.quit = true;
+                None
+            }
         };
         if let Some(action) = action {
             // A message stays until the next key.
