@@ -294,6 +294,21 @@ async fn stop(child: &mut tokio::process::Child) -> anyhow::Result<std::process:
     Ok(child.wait().await?)
 }
 
+/// Whether `signal` came from the terminal's keyboard (Ctrl-C, Ctrl-\\),
+/// which sends it to every process of the foreground group: the command,
+/// in `rekey run`'s group, has it already, and a second would be another
+/// Ctrl-C to it (terraform ends at once on two, say).
+fn from_the_terminal(signal: rustix::process::Signal) -> bool {
+    use rustix::process::Signal;
+    if !matches!(signal, Signal::INT | Signal::QUIT) {
+        return false;
+    }
+    std::fs::File::open("/dev/tty")
+        .ok()
+        .and_then(|tty| rustix::termios::tcgetpgrp(&tty).ok())
+        .is_some_and(|foreground| foreground == rustix::process::getpgrp())
+}
+
 /// The signals `rekey run` passes on to its command, which decides what
 /// they mean (SIGINT may cancel a query rather than end the program).
 struct Signals {
@@ -408,7 +423,9 @@ async fn supervise(
             status = child.wait() => return Ok(exit_code(status?)),
             // Its exit code is `rekey run`'s, whenever it comes.
             signal = signals.next() => {
-                forward(child, signal);
+                if !from_the_terminal(signal) {
+                    forward(child, signal);
+                }
                 continue;
             }
             event = change => {
