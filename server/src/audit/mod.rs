@@ -18,7 +18,9 @@ mod verify;
 
 #[cfg(test)]
 pub(crate) use verify::tests::chain as test_chain;
-pub use verify::{Finding, Verdict, Verification, verify, verify_from, verify_store};
+pub use verify::{
+    Finding, Verdict, Verification, verify, verify_from, verify_store, verify_store_against_own,
+};
 
 use crate::crypto::RootKey;
 use hmac::{Hmac, Mac};

@@ -152,10 +152,15 @@ impl AdminService {
         let own = store.audit_head();
         let theirs = (request.checkpoint_seq > 0)
             .then(|| (request.checkpoint_seq, request.checkpoint_mac.clone()));
-        // A checkpoint of an archived event is refused by the walk.
-        let mut verdict = audit::verify_store(store, theirs.clone().or(own.clone())).await?;
+        // The caller's checkpoint of an archived event is refused by the
+        // walk; the server's own, archived by another replica, is passed
+        // over.
+        let mut verdict = match &theirs {
+            Some(_) => audit::verify_store(store, theirs.clone()).await?,
+            None => audit::verify_store_against_own(store, own.clone()).await?,
+        };
         if verdict.finding.is_none() && theirs.is_some() && own.is_some() && own != theirs {
-            verdict = audit::verify_store(store, own).await?;
+            verdict = audit::verify_store_against_own(store, own).await?;
         }
         let audit::Verdict {
             first_seq,
