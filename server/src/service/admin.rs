@@ -4,7 +4,7 @@
 
 use super::AppState;
 use super::context::RequestContext;
-use crate::audit::{self, StoredEvent, hex};
+use crate::audit::{self, AuditEvent, StoredEvent, hex};
 use crate::auth::Action;
 use crate::error::{Error, Result};
 use crate::governance;
@@ -235,10 +235,14 @@ impl AdminService {
             (false, true) => return Err(crate::keyring::missing_key(&name)),
             _ => {}
         }
-        context.set_detail(if must_exist { "rotated" } else { "created" });
+        // Said by the change's own event: a failure's is its error.
+        let event = AuditEvent {
+            detail: if must_exist { "rotated" } else { "created" }.to_owned(),
+            ..context.change_event()
+        };
         self.state
             .keyring
-            .create_version(store, &name, &context.change_event())
+            .create_version(store, &name, &event)
             .await?;
         context.recorded();
         let versions = store.master_key_versions(name.as_str()).await?;
@@ -302,10 +306,13 @@ impl AdminService {
         context.set_resource(&format!("key:{}", request.name));
         let name = KeyName::parse(&request.name)?;
         self.authorize(context, Action::KeysManage, &format!("key:{name}"))?;
-        context.set_detail(&format!("retired version {}", request.version));
+        let event = AuditEvent {
+            detail: format!("retired version {}", request.version),
+            ..context.change_event()
+        };
         self.state
             .store
-            .retire_master_key(name.as_str(), request.version, &context.change_event())
+            .retire_master_key(name.as_str(), request.version, &event)
             .await?;
         context.recorded();
         Ok(proto::RetireKeyResponse {})

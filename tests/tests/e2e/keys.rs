@@ -249,10 +249,24 @@ async fn the_admin_api_rotates_rewraps_and_retires_a_key() {
             format!("{name}-v\n")
         );
     }
+    // A refused retire (the newest version) is not recorded as done.
+    let refused = client
+        .retire_key(proto::RetireKeyRequest {
+            name: "api".into(),
+            version: 3,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
     let events = admin
         .run(&["audit", "--resource", "key:api", "--output", "json"])
         .ok()
         .stdout;
+    assert!(!events.contains("retired version 3"), "{events}");
     for detail in [
         "created: version 1",
         "rotated: version 2",
