@@ -13,15 +13,26 @@ const CHECKPOINT_EVERY: i64 = 100;
 /// (the same SQL in both dialects).
 pub(super) const HEAD_SQL: &str = "SELECT seq, mac FROM audit_events ORDER BY seq DESC LIMIT 1";
 
-/// Event `?1` as the transaction reads it, when another process appended
-/// past the newest event this one knows (see [`AuditChain::to_confirm`]):
-/// its MAC, and the archive anchor's sequence number and MAC. `$1` is
-/// spelled `?1` for SQLite; the PostgreSQL statement numbers it `$1`.
-pub(super) const KNOWN_SQL: &str = "SELECT (SELECT mac FROM audit_events WHERE seq = ?1), \
-     (SELECT seq FROM audit_anchor), (SELECT mac FROM audit_anchor)";
+/// [`HEAD_SQL`] with, in the same statement (no round trip more under the
+/// writers' lock), what [`AuditChain::confirm`] needs should the head be
+/// past the newest event this process knows (bound as `?1`; -1 for none):
+/// that event's MAC, and the archive anchor's sequence number and MAC.
+pub(super) const HEAD_AND_KNOWN_SQL: &str = "SELECT e.seq, e.mac, \
+     (SELECT k.mac FROM audit_events k WHERE k.seq = ?1), \
+     (SELECT a.seq FROM audit_anchor a), (SELECT a.mac FROM audit_anchor a) \
+     FROM audit_events e ORDER BY e.seq DESC LIMIT 1";
 
-/// What [`KNOWN_SQL`] reads.
+/// [`HEAD_AND_KNOWN_SQL`] as PostgreSQL numbers its parameter.
+pub(super) const HEAD_AND_KNOWN_SQL_PG: &str = "SELECT e.seq, e.mac, \
+     (SELECT k.mac FROM audit_events k WHERE k.seq = $1), \
+     (SELECT a.seq FROM audit_anchor a), (SELECT a.mac FROM audit_anchor a) \
+     FROM audit_events e ORDER BY e.seq DESC LIMIT 1";
+
+/// What [`HEAD_AND_KNOWN_SQL`] reads beside the head.
 pub(super) type KnownRow = (Option<Vec<u8>>, Option<i64>, Option<Vec<u8>>);
+
+/// A row of [`HEAD_AND_KNOWN_SQL`].
+pub(super) type HeadAndKnown = (i64, Vec<u8>, Option<Vec<u8>>, Option<i64>, Option<Vec<u8>>);
 
 /// The start of an INSERT of events: the columns each event binds, in
 /// order (then `VALUES` in the dialect's placeholders).
@@ -57,24 +68,36 @@ impl AuditChain {
         }
     }
 
-    /// The event this process knows of that must still be there, as
-    /// [`KNOWN_SQL`] is to read it, when `last` (the newest event as the
-    /// transaction reads it) is past it: others appended since, and had
-    /// the events after it been cut off and written again by another
-    /// replica, the head alone would not show it.
-    pub(super) fn to_confirm(&self, last: &Option<(i64, Vec<u8>)>) -> Option<i64> {
-        let (known, _) = self.head()?;
-        match last {
-            Some((seq, _)) if *seq > known => Some(known),
-            _ => None,
-        }
+    /// The sequence number to bind to [`HEAD_AND_KNOWN_SQL`]: the newest
+    /// event this process knows of, -1 for none.
+    pub(super) fn known_seq(&self) -> i64 {
+        self.head().map_or(-1, |(seq, _)| seq)
     }
 
-    /// Checks the event [`Self::to_confirm`] named against what
-    /// [`KNOWN_SQL`] read: the same MAC, or archived (the anchor at or past
-    /// it, with its MAC where it is that event); refused (fail-closed)
+    /// The head [`HEAD_AND_KNOWN_SQL`] read (bound with `known`), once the
+    /// event this process knows of is confirmed when the head is past it:
+    /// others appended since, and had the events after it been cut off
+    /// and written again by another replica, the head alone would not
+    /// show it.
+    pub(super) fn head_read(
+        &self,
+        known: i64,
+        row: Option<HeadAndKnown>,
+    ) -> Result<Option<(i64, Vec<u8>)>> {
+        let Some((seq, mac, known_mac, anchor_seq, anchor_mac)) = row else {
+            return Ok(None);
+        };
+        if known >= 0 && seq > known {
+            self.confirm(known, (known_mac, anchor_seq, anchor_mac))?;
+        }
+        Ok(Some((seq, mac)))
+    }
+
+    /// Checks event `seq`, which this process knows, against what was
+    /// read of it: the same MAC, or archived (the anchor at or past it,
+    /// with its MAC where it is that event); refused (fail-closed)
     /// otherwise.
-    pub(super) fn confirm(&self, seq: i64, read: KnownRow) -> Result<()> {
+    fn confirm(&self, seq: i64, read: KnownRow) -> Result<()> {
         let Some((known, known_mac)) = self.head().filter(|(known, _)| *known == seq) else {
             return Ok(());
         };

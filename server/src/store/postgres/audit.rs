@@ -2,7 +2,7 @@
 //! (so a change and its event commit together), recording a read's event
 //! on its own, and reading events back for queries and verification.
 
-use super::super::chain::{AuditChain, HEAD_SQL, INSERT_EVENTS, KNOWN_SQL, KnownRow};
+use super::super::chain::{AuditChain, HEAD_AND_KNOWN_SQL_PG, INSERT_EVENTS};
 use super::super::rows::event_row;
 use super::{Store, Tx};
 use crate::audit::{AuditEvent, StoredEvent};
@@ -25,15 +25,12 @@ pub(super) async fn append(
     let last: Option<(i64, Vec<u8>)> = match tx.last_event() {
         Some(last) => Some(last),
         None => {
-            let last = sqlx::query_as(HEAD_SQL).fetch_optional(&mut **tx).await?;
-            if let Some(known) = chain.to_confirm(&last) {
-                let read: KnownRow = sqlx::query_as(&KNOWN_SQL.replace("?1", "$1"))
-                    .bind(known)
-                    .fetch_one(&mut **tx)
-                    .await?;
-                chain.confirm(known, read)?;
-            }
-            last
+            let known = chain.known_seq();
+            let row = sqlx::query_as(HEAD_AND_KNOWN_SQL_PG)
+                .bind(known)
+                .fetch_optional(&mut **tx)
+                .await?;
+            chain.head_read(known, row)?
         }
     };
     let events: Vec<_> = events.iter().map(AuditEvent::storable).collect();

@@ -2,7 +2,7 @@
 //! (so a change and its event commit together), recording a read's event
 //! on its own, and reading events back for queries and verification.
 
-use super::super::chain::{AuditChain, HEAD_SQL, INSERT_EVENTS, KNOWN_SQL, KnownRow};
+use super::super::chain::{AuditChain, HEAD_AND_KNOWN_SQL, INSERT_EVENTS};
 use super::super::rows::event_row;
 use super::script::Script;
 use super::{Store, Tx};
@@ -26,7 +26,6 @@ pub struct AuditQuery {
 /// hundred reads' events costs one round trip, not one each.
 const EVENTS_PER_INSERT: usize = 500;
 
-/// The newest event of the chain, as this transaction sees it.
 /// The newest event of the chain, as this transaction sees it, once the
 /// event `chain` knows of is confirmed to be there still.
 async fn chain_head(tx: &mut Tx<'_>, chain: &AuditChain) -> Result<Option<(i64, Vec<u8>)>> {
@@ -34,15 +33,12 @@ async fn chain_head(tx: &mut Tx<'_>, chain: &AuditChain) -> Result<Option<(i64, 
     if let Some(last) = tx.last_event() {
         return Ok(Some(last));
     }
-    let last = sqlx::query_as(HEAD_SQL).fetch_optional(&mut **tx).await?;
-    if let Some(known) = chain.to_confirm(&last) {
-        let read: KnownRow = sqlx::query_as(KNOWN_SQL)
-            .bind(known)
-            .fetch_one(&mut **tx)
-            .await?;
-        chain.confirm(known, read)?;
-    }
-    Ok(last)
+    let known = chain.known_seq();
+    let row = sqlx::query_as(HEAD_AND_KNOWN_SQL)
+        .bind(known)
+        .fetch_optional(&mut **tx)
+        .await?;
+    chain.head_read(known, row)
 }
 
 /// Commits `tx` with `events` appended: the change and its events are

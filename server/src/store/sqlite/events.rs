@@ -10,7 +10,7 @@
 //! open and its writers wait (`Writer::join_or_lock`), so that the two do
 //! not wait on each other's lock.
 
-use super::super::chain::{AuditChain, HEAD_SQL, INSERT_EVENTS, KNOWN_SQL, KnownRow};
+use super::super::chain::{AuditChain, HEAD_AND_KNOWN_SQL, INSERT_EVENTS};
 use super::threads::{Jobs, Threads};
 use super::{BUSY_TIMEOUT, WRITER_PRAGMAS};
 use crate::audit::AuditEvent;
@@ -61,16 +61,20 @@ impl EventWriter {
 
 fn append(connection: &mut Connection, chain: &AuditChain, events: &[AuditEvent]) -> Result<()> {
     let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let head = transaction
-        .prepare_cached(HEAD_SQL)?
-        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+    let known = chain.known_seq();
+    let row = transaction
+        .prepare_cached(HEAD_AND_KNOWN_SQL)?
+        .query_row([known], |row| {
+            Ok((
+                row.get(0)?,
+                row.get(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })
         .optional()?;
-    if let Some(known) = chain.to_confirm(&head) {
-        let read: KnownRow = transaction
-            .prepare_cached(KNOWN_SQL)?
-            .query_row([known], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
-        chain.confirm(known, read)?;
-    }
+    let head = chain.head_read(known, row)?;
     let links = chain.link(head, events)?;
     {
         static INSERT: LazyLock<String> = LazyLock::new(|| {
