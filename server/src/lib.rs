@@ -248,18 +248,23 @@ pub async fn serve_prepared(
     let stopping_engine = engine.clone();
     let signal = async move {
         shutdown.await;
-        // A balancer that checks health stops sending here while it drains.
-        for service in [
-            "",
-            "rekey.v1.Secrets",
-            "rekey.v1.Admin",
-            "rekey.v1.Rotation",
-            "rekey.v1.Watch",
-        ] {
-            health
-                .set_service_status(service, tonic_health::ServingStatus::NotServing)
-                .await;
-        }
+        // A balancer that watches health hears it on the streams it has
+        // open (new connections are refused from here on).
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        health
+            .set_not_serving::<SecretsServer<service::secrets::SecretsService>>()
+            .await;
+        health
+            .set_not_serving::<AdminServer<service::admin::AdminService>>()
+            .await;
+        health
+            .set_not_serving::<RotationServer<service::rotation::RotationService>>()
+            .await;
+        health
+            .set_not_serving::<WatchServer<service::watch::WatchService>>()
+            .await;
         // No rotation step starts from here on; those under way end with
         // their outcome persisted, as changes.
         stopping_engine.stop();
