@@ -251,12 +251,18 @@ impl RefusalLog {
 
     /// For each key with refusals left out that no recorded one counted:
     /// the key, its count, and an event that records them (the last
-    /// refusal's, saying so). They count as recorded from now on.
-    pub(crate) fn take_unrecorded(&self) -> Vec<(String, u64, AuditEvent)> {
+    /// refusal's, saying so). They count as recorded from now on. With
+    /// `now`, only keys none was recorded of in the second before (a flood
+    /// under way costs one write a second, its recorded refusals'); without,
+    /// every key (at shutdown).
+    pub(crate) fn take_unrecorded(&self, now: Option<Instant>) -> Vec<(String, u64, AuditEvent)> {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         recent
             .iter_mut()
-            .filter(|(_, refused)| refused.refusals.left_out() > 0)
+            .filter(|(_, refused)| {
+                refused.refusals.left_out() > 0
+                    && now.is_none_or(|now| !refused.refusals.recorded_within_a_second(now))
+            })
             .map(|(key, refused)| {
                 let left_out = refused.refusals.take_left_out();
                 let event = AuditEvent {
@@ -451,7 +457,11 @@ mod tests {
             detail(log.admit("a1", refusal("last"), start + Duration::from_millis(1500))),
             None
         );
-        let swept = log.take_unrecorded();
+        // Not within the second after a recorded one (the flood's own
+        // writes), but after it, or at shutdown.
+        let within = start + Duration::from_millis(1500);
+        assert!(log.take_unrecorded(Some(within)).is_empty());
+        let swept = log.take_unrecorded(Some(start + Duration::from_secs(2)));
         assert_eq!(swept.len(), 1);
         let (key, left_out, event) = &swept[0];
         assert_eq!((key.as_str(), *left_out), ("a1", 1));
@@ -465,8 +475,8 @@ mod tests {
             "{}",
             event.detail
         );
-        assert!(log.take_unrecorded().is_empty());
+        assert!(log.take_unrecorded(None).is_empty());
         log.count_again("a1", 1);
-        assert_eq!(log.take_unrecorded().len(), 1);
+        assert_eq!(log.take_unrecorded(None).len(), 1);
     }
 }

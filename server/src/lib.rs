@@ -335,7 +335,7 @@ pub async fn serve_prepared(
     // lost), then one more takes what came after.
     let _ = stop_sweeping.send(());
     let _ = sweeping.await;
-    state.record_unrecorded_refusals().await;
+    state.record_unrecorded_refusals(true).await;
     if let Some(archiving) = archiving {
         archiving.abort();
     }
@@ -352,8 +352,9 @@ pub async fn serve_prepared(
     Ok(())
 }
 
-/// Records the rate-limit refusals left out of the log, every second,
-/// until `stop` (between rounds, never within one).
+/// Records the refusals left out of the log (the rate limit's, and those
+/// before any handler), every second, until `stop` (between rounds, never
+/// within one).
 async fn refusal_sweep(
     state: Arc<service::AppState>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
@@ -362,7 +363,7 @@ async fn refusal_sweep(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ticks.tick() => state.record_unrecorded_refusals().await,
+            _ = ticks.tick() => state.record_unrecorded_refusals(false).await,
             _ = &mut stop => return,
         }
     }

@@ -239,7 +239,7 @@ impl AppState {
     /// refusals before any handler likewise left out ([`Self::refusals`]);
     /// a count whose event cannot be written is counted again for the next
     /// round.
-    pub async fn record_unrecorded_refusals(&self) {
+    pub async fn record_unrecorded_refusals(&self, at_shutdown: bool) {
         for (principal, refused) in self.limits.take_unrecorded() {
             let event = crate::audit::AuditEvent {
                 principal,
@@ -260,7 +260,8 @@ impl AppState {
                 self.limits.count_unrecorded(&event.principal, refused);
             }
         }
-        for (key, left_out, event) in self.refusals.take_unrecorded() {
+        let now = (!at_shutdown).then(std::time::Instant::now);
+        for (key, left_out, event) in self.refusals.take_unrecorded(now) {
             if let Err(error) = self.store.record(&event).await {
                 tracing::error!(%error, "cannot record refusals; counted again");
                 self.refusals.count_again(&key, left_out);
