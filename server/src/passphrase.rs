@@ -236,21 +236,28 @@ fn prompt(question: &str) -> anyhow::Result<Passphrase> {
         .map_err(anyhow::Error::from)
         .and_then(|()| read_line_bounded(&tty));
     let restored = tcsetattr(&tty, OptionalActions::Flush, &saved);
-    let mut line = read.context("reading the passphrase")?;
+    let line = read.context("reading the passphrase")?;
     restored.context("restoring the terminal's settings")?;
-    trim_line_end(&mut line);
     Ok(Passphrase(line))
 }
 
-/// One line of `reader`, a byte at a time into room for the longest
-/// passphrase (a buffered reader, or a growing string, would leave copies
-/// unwiped), its line end kept.
+/// One line of `reader` without its line end, a byte at a time into room
+/// for the longest passphrase (a buffered reader, or a growing string,
+/// would leave copies unwiped).
 fn read_line_bounded(mut reader: impl std::io::Read) -> anyhow::Result<Zeroizing<String>> {
-    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_PASSPHRASE_BYTES));
+    // The longest passphrase, and its line end.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_PASSPHRASE_BYTES + 2));
     let mut byte = Zeroizing::new([0u8; 1]);
-    while reader.read(&mut byte[..])? == 1 {
+    loop {
+        match reader.read(&mut byte[..]) {
+            Ok(0) => break,
+            Ok(_) => {}
+            // A signal the process handles (SIGWINCH, say) is not the end.
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error.into()),
+        }
         anyhow::ensure!(
-            bytes.len() < MAX_PASSPHRASE_BYTES,
+            bytes.len() < MAX_PASSPHRASE_BYTES + 2,
             "the passphrase is longer than {MAX_PASSPHRASE_BYTES} bytes"
         );
         bytes.push(byte[0]);
@@ -258,7 +265,16 @@ fn read_line_bounded(mut reader: impl std::io::Read) -> anyhow::Result<Zeroizing
             break;
         }
     }
-    read_bounded(&bytes[..])
+    let mut line = match std::str::from_utf8(&bytes) {
+        Ok(text) => Zeroizing::new(text.to_owned()),
+        Err(_) => anyhow::bail!("the passphrase is not UTF-8"),
+    };
+    trim_line_end(&mut line);
+    anyhow::ensure!(
+        line.len() <= MAX_PASSPHRASE_BYTES,
+        "the passphrase is longer than {MAX_PASSPHRASE_BYTES} bytes"
+    );
+    Ok(line)
 }
 
 /// The most bytes a passphrase read from a descriptor may have.
@@ -298,8 +314,12 @@ mod tests {
 
     #[test]
     fn a_prompted_line_ends_at_its_line_end_and_is_bounded() {
-        let line = read_line_bounded(&b"open sesame\nnext line"[..]).unwrap();
-        assert_eq!(line.as_str(), "open sesame\n");
+        let line = read_line_bounded(&b"open sesame\r\nnext line"[..]).unwrap();
+        assert_eq!(line.as_str(), "open sesame");
+        let mut longest = vec![b'x'; MAX_PASSPHRASE_BYTES];
+        longest.extend_from_slice(b"\r\n");
+        let line = read_line_bounded(&longest[..]).unwrap();
+        assert_eq!(line.len(), MAX_PASSPHRASE_BYTES);
         assert_eq!(
             read_line_bounded(&b"no end"[..]).unwrap().as_str(),
             "no end"
