@@ -163,27 +163,42 @@ impl Authenticator {
     fn refuse(&self, request: &Request<()>, key: &str, principal: &str, message: String) -> Status {
         crate::service::unhandled::Seen::mark(request.extensions());
         let extensions = request.extensions();
-        let event = AuditEvent {
-            time: rekey_shared::time::now_millis(),
-            principal: principal.to_owned(),
-            peer: extensions
-                .get::<ConnectionInfo>()
-                .map(|info| info.remote_addr.to_string())
-                .unwrap_or_default(),
-            action: "authenticate".to_owned(),
-            resource: extensions
-                .get::<CalledPath>()
-                .map(|called| called.0.path().chars().take(MAX_PATH_CHARS).collect())
-                .unwrap_or_default(),
-            decision: "deny".to_owned(),
-            outcome: "UNAUTHENTICATED".to_owned(),
-            request_id: rekey_shared::VersionId::random().into_string(),
-            detail: message.clone(),
-        };
-        if let Some(event) = self.state.refusals.admit(key, event, Instant::now()) {
-            self.state.record_in_background(event);
-        }
+        let path = extensions
+            .get::<CalledPath>()
+            .map_or("", |called| called.0.path());
+        let event = before_handler(
+            extensions.get::<ConnectionInfo>(),
+            principal,
+            ("authenticate", "deny", "UNAUTHENTICATED"),
+            path,
+            &message,
+        );
+        self.state.record_refusal(key, event);
         Status::unauthenticated(message)
+    }
+}
+
+/// The event of a request answered before any handler (refused by the
+/// interceptor, or by tonic: `service::unhandled`): its action, decision
+/// and outcome, the RPC's `path` and the `detail` cut to
+/// [`MAX_PATH_CHARS`] (the client chose them), the connection's peer.
+pub(crate) fn before_handler(
+    connection: Option<&ConnectionInfo>,
+    principal: &str,
+    (action, decision, outcome): (&str, &str, &str),
+    path: &str,
+    detail: &str,
+) -> AuditEvent {
+    AuditEvent {
+        time: rekey_shared::time::now_millis(),
+        principal: principal.to_owned(),
+        peer: connection.map_or_else(String::new, |info| info.remote_addr.to_string()),
+        action: action.to_owned(),
+        resource: path.chars().take(MAX_PATH_CHARS).collect(),
+        decision: decision.to_owned(),
+        outcome: outcome.to_owned(),
+        request_id: rekey_shared::VersionId::random().into_string(),
+        detail: detail.chars().take(MAX_PATH_CHARS).collect(),
     }
 }
 

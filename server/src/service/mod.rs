@@ -234,6 +234,15 @@ impl AppState {
         });
     }
 
+    /// Records `event` of a request refused (or answered) before any
+    /// handler, one a second for `key`, the rest counted
+    /// ([`Self::refusals`]); in the background, as nothing waits for it.
+    pub fn record_refusal(self: &Arc<Self>, key: &str, event: crate::audit::AuditEvent) {
+        if let Some(event) = self.refusals.admit(key, event, std::time::Instant::now()) {
+            self.record_in_background(event);
+        }
+    }
+
     /// Writes one event per principal for its rate-limit refusals that no
     /// recorded refusal has counted (see `limits`), and one per key for the
     /// refusals before any handler likewise left out ([`Self::refusals`]);

@@ -14,7 +14,7 @@
 //! each counting those left out, and take nothing from the rate limit.
 //! Health and reflection are not audited (DESIGN).
 
-use crate::audit::AuditEvent;
+use crate::auth::{NO_PRINCIPAL, before_handler};
 use crate::service::AppState;
 use crate::tls::ConnectionInfo;
 use std::future::Future;
@@ -22,7 +22,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
-use std::time::Instant;
 use tonic::body::Body;
 
 /// Set once a handler's context, or the interceptor's refusal, has taken
@@ -95,7 +94,9 @@ where
         }
         let seen = Seen::default();
         let unseen = Unseen {
-            path: path.chars().take(crate::auth::MAX_PATH_CHARS).collect(),
+            // A clone of the request's own (shared bytes): no copy of the
+            // path on every request for the rare unhandled one.
+            uri: request.uri().clone(),
             info: request.extensions().get::<ConnectionInfo>().cloned(),
             layer: self.layer.clone(),
             seen: seen.clone(),
@@ -112,7 +113,7 @@ where
 
 /// What an event needs of a request, should no handler see it.
 struct Unseen {
-    path: String,
+    uri: http::Uri,
     info: Option<ConnectionInfo>,
     layer: UnhandledLayer,
     seen: Seen,
@@ -131,51 +132,27 @@ impl Unseen {
         if status.code() == tonic::Code::Ok {
             return;
         }
-        let (principal, key, peer) = match &self.info {
-            Some(info) => {
-                let peer = info.remote_addr.to_string();
-                match info.peer.as_ref() {
-                    Ok(certificate) => {
-                        let principal = certificate.principal.as_str().to_owned();
-                        (principal.clone(), principal, peer)
-                    }
-                    Err(_) => (
-                        crate::auth::NO_PRINCIPAL.to_owned(),
-                        format!("{}@{}", crate::auth::NO_PRINCIPAL, info.remote_addr.ip()),
-                        peer,
-                    ),
-                }
-            }
-            None => (
-                crate::auth::NO_PRINCIPAL.to_owned(),
-                crate::auth::NO_PRINCIPAL.to_owned(),
-                String::new(),
-            ),
-        };
-        let detail: String = status
-            .message()
-            .chars()
-            .take(crate::auth::MAX_PATH_CHARS)
-            .collect();
-        let event = AuditEvent {
-            time: rekey_shared::time::now_millis(),
-            principal,
-            peer,
-            action: "request".to_owned(),
-            resource: self.path,
-            decision: "none".to_owned(),
-            outcome: crate::service::secrets::code_name(status.code()).to_owned(),
-            request_id: rekey_shared::VersionId::random().into_string(),
-            detail,
-        };
         // Keyed apart from the interceptor's refusals of the same
         // certificate.
-        let state = &self.layer.state;
-        if let Some(event) = state
-            .refusals
-            .admit(&format!("request {key}"), event, Instant::now())
-        {
-            state.record_in_background(event);
-        }
+        let (principal, key) = match self.info.as_ref().map(|info| (info, info.peer.as_ref())) {
+            Some((_, Ok(certificate))) => {
+                let principal = certificate.principal.as_str();
+                (principal, format!("request {principal}"))
+            }
+            Some((info, Err(_))) => (
+                NO_PRINCIPAL,
+                format!("request {NO_PRINCIPAL}@{}", info.remote_addr.ip()),
+            ),
+            None => (NO_PRINCIPAL, format!("request {NO_PRINCIPAL}")),
+        };
+        let code = crate::service::secrets::code_name(status.code());
+        let event = before_handler(
+            self.info.as_ref(),
+            principal,
+            ("request", "none", code),
+            self.uri.path(),
+            status.message(),
+        );
+        self.layer.state.record_refusal(&key, event);
     }
 }
