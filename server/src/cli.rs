@@ -89,7 +89,8 @@ enum Command {
         #[arg(long, value_name = "ADDR")]
         metrics_listen: Option<String>,
     },
-    /// A throwaway installation with demo secrets, served on loopback.
+    /// A throwaway installation with demo secrets, served on a loopback
+    /// port unless --listen or REKEY_LISTEN says otherwise.
     Dev {
         /// Default: REKEY_LISTEN, else a free loopback port.
         #[arg(long, value_name = "ADDR")]
