@@ -539,3 +539,26 @@ pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
         .windows(needle.len())
         .any(|window| window == needle)
 }
+
+/// How many refusals the audit events `events` account for: one for each
+/// recorded refusal, plus the count of those left out that it carries
+/// ("…; N more refused since…"), plus the count of a sweep's event ("N more
+/// refused after the last recorded refusal…", which stands for no request
+/// of its own).
+pub fn refusals_accounted(events: &[serde_json::Value]) -> u64 {
+    events
+        .iter()
+        .map(|event| {
+            let detail = event["detail"].as_str().unwrap_or_default();
+            let counted = detail.find(" more refused").map_or(0, |end| {
+                detail[..end]
+                    .rsplit(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|digits| digits.parse::<u64>().ok())
+                    .unwrap_or(0)
+            });
+            let swept = detail.starts_with(|c: char| c.is_ascii_digit());
+            counted + u64::from(!swept)
+        })
+        .sum()
+}

@@ -641,26 +641,15 @@ async fn a_request_answered_before_its_handler_is_audited() {
     });
     assert_eq!(unknown["outcome"], "UNIMPLEMENTED", "{unknown}");
     let accounted = || -> u64 {
-        admin
+        let events: Vec<serde_json::Value> = admin
             .run(&["audit", "--principal", "bob", "--output", "json"])
             .ok()
             .stdout
             .lines()
             .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
             .filter(|event| event["action"] == "request")
-            .map(|event| {
-                let detail = event["detail"].as_str().unwrap().to_owned();
-                let counted = detail.find(" more refused").map_or(0, |end| {
-                    detail[..end]
-                        .rsplit(|c: char| !c.is_ascii_digit())
-                        .next()
-                        .unwrap()
-                        .parse::<u64>()
-                        .unwrap()
-                });
-                counted + u64::from(!detail.starts_with(|c: char| c.is_ascii_digit()))
-            })
-            .sum()
+            .collect();
+        rekey_tests::refusals_accounted(&events)
     };
     tokio::task::block_in_place(|| {
         eventually(

@@ -79,6 +79,17 @@ fn use_crl(
     });
 }
 
+/// A self-signed CA named `name` (a bring-your-own CA's): its issuer and
+/// its certificate in PEM.
+fn own_ca(name: &str) -> (Issuer<'static, KeyPair>, String) {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    (Issuer::new(params, key), pem)
+}
+
 /// Client CAs: the installation's (`ca_pem`) and `other_pem`.
 fn trust_as_well(installation: &Installation, ca_pem: &str, other_pem: &str) {
     std::fs::write(
@@ -347,14 +358,7 @@ async fn a_broken_crl_file_holds_up_no_other() {
     let installation = Installation::new();
     let (ca_pem, issuer) = installation_ca(&installation);
     let revoked = alice_with_serial(&issuer, &ca_pem, &[0x0e, 0x03]);
-    let mut other_ca = CertificateParams::default();
-    other_ca
-        .distinguished_name
-        .push(DnType::CommonName, "another CA");
-    other_ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let other_key = KeyPair::generate().unwrap();
-    let other_pem = other_ca.self_signed(&other_key).unwrap().pem();
-    let other = Issuer::new(other_ca, other_key);
+    let (other, other_pem) = own_ca("another CA");
     trust_as_well(&installation, &ca_pem, &other_pem);
     let now = OffsetDateTime::now_utc();
     let (ours, theirs) = (
@@ -437,12 +441,7 @@ async fn a_crl_its_issuer_did_not_sign_is_refused() {
     );
     // A CRL of a CA not among the client CAs (an intermediate's) cannot be
     // checked here: it is taken, saying so, and checked at the handshake.
-    let mut stranger = CertificateParams::default();
-    stranger
-        .distinguished_name
-        .push(DnType::CommonName, "stranger CA");
-    stranger.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let stranger = Issuer::new(stranger, KeyPair::generate().unwrap());
+    let (stranger, _) = own_ca("stranger CA");
     use_crl(&installation, &stranger, 1, next, Vec::new());
     let server = installation.serve();
     wait_for_log(&server, "a CRL of a CA that is not in tls.client_ca").await;
@@ -482,14 +481,7 @@ async fn a_crl_its_issuer_did_not_sign_is_refused() {
 async fn a_crl_of_one_client_ca_leaves_the_others_clients_alone() {
     let installation = Installation::new();
     let (ca_pem, _) = installation_ca(&installation);
-    let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "Corp Client CA");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let key = KeyPair::generate().unwrap();
-    let corp_pem = params.self_signed(&key).unwrap().pem();
-    let corp = Issuer::new(params, key);
+    let (corp, corp_pem) = own_ca("Corp Client CA");
     let revoked = alice_with_serial(&corp, &ca_pem, &[0x0e, 0x03]);
     let kept = alice_with_serial(&corp, &ca_pem, &[0x0e, 0x04]);
     trust_as_well(&installation, &ca_pem, &corp_pem);

@@ -84,28 +84,10 @@ async fn a_revoked_certificate_is_refused_on_an_open_connection() {
     });
     // Each of the 11 is accounted for: a recorded one, or in the count of
     // one recorded after it, or in the sweep's event of what was left.
-    let accounted = |events: &[serde_json::Value]| -> u64 {
-        events
-            .iter()
-            .map(|event| {
-                let detail = event["detail"].as_str().unwrap();
-                let counted = detail.find(" more refused").map_or(0, |end| {
-                    detail[..end]
-                        .rsplit(|c: char| !c.is_ascii_digit())
-                        .next()
-                        .unwrap()
-                        .parse::<u64>()
-                        .unwrap()
-                });
-                let swept = detail.starts_with(|c: char| c.is_ascii_digit());
-                counted + u64::from(!swept)
-            })
-            .sum()
-    };
     let events = tokio::task::block_in_place(|| {
         eventually("every refusal to be accounted for", || {
             let events = refusals();
-            (accounted(&events) == 11).then_some(events)
+            (rekey_tests::refusals_accounted(&events) == 11).then_some(events)
         })
     });
     let recorded = events

@@ -173,4 +173,4 @@ pub fn revert_for(run: &RunRecord) -> Revert {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -7,7 +7,8 @@ use super::*;
 use crate::rotation::{Gates, Outcome, Phase, Revert, RunRecord, Step};
 use proptest::prelude::*;
 
-fn run() -> RunRecord {
+/// A run at its first step, for tests here and elsewhere.
+pub(crate) fn run() -> RunRecord {
     RunRecord {
         revision: 0,
         id: "token".into(),

@@ -565,27 +565,12 @@ mod tests {
 
     fn run(phase: Phase) -> RunRecord {
         RunRecord {
-            revision: 0,
-            id: "token".into(),
-            secret_id: "s".into(),
-            manual: false,
-            scheduled: false,
-            initiator: "alice".into(),
             phase,
             step: Step::Test,
             set_applied: true,
-            operator_go: false,
             attempt: 1,
             next_attempt_at: Some(5_000),
-            approval_requested_at: None,
-            current_at_start: "v1".into(),
-            outcome: None,
-            revert: Revert::NotNeeded,
-            end_reason: String::new(),
-            last_error: String::new(),
-            created_at: 0,
-            updated_at: 0,
-            ended_at: None,
+            ..crate::rotation::planner::tests::run()
         }
     }
 
