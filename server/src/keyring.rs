@@ -106,6 +106,17 @@ impl Keyring {
         }
     }
 
+    /// Whether any cached key's stored versions differ from what is in
+    /// memory (see [`Self::forget_changed`]).
+    pub fn differs(&self, stored: &HashMap<String, Vec<u32>>) -> bool {
+        self.keys.read().is_ok_and(|keys| {
+            keys.iter().any(|(name, versions)| {
+                let cached: Vec<u32> = versions.iter().map(|key| key.reference.version).collect();
+                stored.get(name) != Some(&cached)
+            })
+        })
+    }
+
     /// Drops every cached key whose stored versions differ from what is in
     /// memory (another process rotated or retired one); the next use
     /// reloads it. `stored`: each key's name and its version numbers.

@@ -75,15 +75,15 @@ async fn refresh_revocations(state: &AppState) -> Result<()> {
 
 async fn refresh_keys(state: &AppState) -> Result<()> {
     let store = &state.store;
-    if state
-        .keyring
-        .forget_changed(&store.master_key_index().await?)
-    {
+    let stored = store.master_key_index().await?;
+    if state.keyring.differs(&stored) {
         // Another process rotated or retired a key: a read kept in memory
         // may hold a data key wrapped under a version that is gone, which
-        // that process has wrapped again since. (One answered meanwhile
-        // fails to open and is read again from the database.)
+        // that process has wrapped again since. The reads first, then the
+        // keys, as the read cache's docs say. (One answered meanwhile fails
+        // to open and is read again from the database.)
         store.forget_cached_reads();
+        state.keyring.forget_changed(&stored);
     }
     Ok(())
 }
