@@ -59,6 +59,17 @@ impl Location {
         loaded.passphrase = self.passphrase();
         Ok(loaded)
     }
+
+    /// [`Self::load`], for a command that opens the installation here:
+    /// its log lines (a migration applied, a warning at close) go where
+    /// serve's do, and the process is hardened as the server is, since it
+    /// holds the root key (no core dump of it).
+    fn load_to_administer(&self) -> anyhow::Result<Loaded> {
+        let loaded = self.load()?;
+        init_logging(&loaded.config.log)?;
+        harden_process();
+        Ok(loaded)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -298,19 +309,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Cert(command) => {
-            let loaded = location.load()?;
+            let loaded = location.load_to_administer()?;
             crate::cli_admin::cert(&loaded, command).await
         }
         Command::Keys(command) => {
-            let loaded = location.load()?;
+            let loaded = location.load_to_administer()?;
             crate::cli_admin::keys(&loaded, command).await
         }
         Command::Policy(PolicyCommand::Recover { principal }) => {
-            let loaded = location.load()?;
+            let loaded = location.load_to_administer()?;
             crate::cli_admin::recover(&loaded, &principal).await
         }
         Command::Backup { file } => {
-            let loaded = location.load()?;
+            let loaded = location.load_to_administer()?;
             let summary = crate::backup::backup(&loaded, &file).await?;
             println!("backup written to {}: {summary}", file.display());
             Ok(())
@@ -320,6 +331,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             root_key_file,
             accept_unproven_tables,
         } => {
+            // It opens every value to prove them: no core dump of that.
+            harden_process();
             let restored = crate::backup::restore(
                 &file,
                 &location.dir,
@@ -346,7 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit(AuditCommand::VerifyArchive { archive_dir }) => {
-            let loaded = location.load()?;
+            let loaded = location.load_to_administer()?;
             let dir = archive_dir.unwrap_or_else(|| loaded.path(&loaded.config.audit.archive_dir));
             let opened = installation::open(&loaded).await?;
             let verified = crate::retention::verify_archive(&opened.store, &dir).await;
