@@ -378,7 +378,10 @@ fn help_and_confirmation_and_a_lost_connection() {
     let mut app = with_detail(base(), View::Run, awaiting_run());
     app.mode = Mode::Help;
     check("help", &app);
-    app.mode = Mode::Confirm(Confirmable::Cancel("prod/db/orders".into()));
+    app.mode = Mode::Confirm(Confirmable::Cancel {
+        name: "prod/db/orders".into(),
+        run_id: "3f2a9c1e7b6d4e5f".into(),
+    });
     app.connection = Connection::Lost("cannot connect to rekey.internal:8443".into());
     check("confirm-cancel", &app);
 }

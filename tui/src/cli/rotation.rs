@@ -17,11 +17,26 @@ pub enum RotationCommand {
     /// Set how a secret rotates.
     Configure(Box<ConfigureArgs>),
     /// Run the step a manual run waits at.
-    Step { name: String },
+    Step {
+        name: String,
+        /// Only if this run (the id `rotation show` gives) is still the active one.
+        #[arg(long = "run", value_name = "RUN_ID", default_value = "")]
+        run_id: String,
+    },
     /// Run a failed step again now.
-    Retry { name: String },
+    Retry {
+        name: String,
+        /// Only if this run (the id `rotation show` gives) is still the active one.
+        #[arg(long = "run", value_name = "RUN_ID", default_value = "")]
+        run_id: String,
+    },
     /// Cancel the active run (the target system is reverted if needed).
-    Cancel { name: String },
+    Cancel {
+        name: String,
+        /// Only if this run (the id `rotation show` gives) is still the active one.
+        #[arg(long = "run", value_name = "RUN_ID", default_value = "")]
+        run_id: String,
+    },
     /// The configuration and the newest run, step by step.
     Show { name: String },
     /// The runs of a secret, newest first, with their history.
@@ -321,23 +336,23 @@ pub async fn command(
             }
             Ok(())
         }
-        RotationCommand::Step { name } => {
+        RotationCommand::Step { name, run_id } => {
             let run = client
-                .step_rotation(proto::StepRotationRequest { name })
+                .step_rotation(proto::StepRotationRequest { name, run_id })
                 .await?
                 .into_inner();
             finish_with(format, &run)
         }
-        RotationCommand::Retry { name } => {
+        RotationCommand::Retry { name, run_id } => {
             let run = client
-                .retry_rotation(proto::RetryRotationRequest { name })
+                .retry_rotation(proto::RetryRotationRequest { name, run_id })
                 .await?
                 .into_inner();
             finish_with(format, &run)
         }
-        RotationCommand::Cancel { name } => {
+        RotationCommand::Cancel { name, run_id } => {
             let run = client
-                .cancel_rotation(proto::CancelRotationRequest { name })
+                .cancel_rotation(proto::CancelRotationRequest { name, run_id })
                 .await?
                 .into_inner();
             match format {

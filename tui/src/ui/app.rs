@@ -37,7 +37,11 @@ pub enum Confirmable {
     Reveal(String),
     Copy(String),
     ForceDelete(String),
-    Cancel(String),
+    Cancel {
+        name: String,
+        /// The run on screen when it was asked; empty when none was.
+        run_id: String,
+    },
     Reject {
         name: String,
         seen: RunSeen,

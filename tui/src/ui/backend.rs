@@ -283,8 +283,11 @@ impl Backend {
                         }
                     )
                 }),
-            Effect::Step(name) => rotation
-                .step_rotation(proto::StepRotationRequest { name: name.clone() })
+            Effect::Step { name, run_id } => rotation
+                .step_rotation(proto::StepRotationRequest {
+                    name: name.clone(),
+                    run_id: run_id.clone(),
+                })
                 .await
                 .map(|run| format!("{name}: {}", run.into_inner().state.replace('_', " "))),
             Effect::Approve {
@@ -315,12 +318,18 @@ impl Backend {
                 })
                 .await
                 .map(|_| format!("rejected the run of {name}")),
-            Effect::Retry(name) => rotation
-                .retry_rotation(proto::RetryRotationRequest { name: name.clone() })
+            Effect::Retry { name, run_id } => rotation
+                .retry_rotation(proto::RetryRotationRequest {
+                    name: name.clone(),
+                    run_id: run_id.clone(),
+                })
                 .await
                 .map(|_| format!("retried the failed step of {name}")),
-            Effect::Cancel(name) => rotation
-                .cancel_rotation(proto::CancelRotationRequest { name: name.clone() })
+            Effect::Cancel { name, run_id } => rotation
+                .cancel_rotation(proto::CancelRotationRequest {
+                    name: name.clone(),
+                    run_id: run_id.clone(),
+                })
                 .await
                 .map(|_| format!("cancelled the run of {name}")),
             Effect::ForceDelete(name) => SecretsClient::new(self.channel.clone())

@@ -656,7 +656,13 @@ fn render_confirm(app: &App, frame: &mut Frame, what: &Confirmable) {
         Confirmable::ForceDelete(name) => {
             format!("Delete {name} and every version now? This cannot be undone.")
         }
-        Confirmable::Cancel(name) => format!("Cancel the rotation run of {name}?"),
+        Confirmable::Cancel { name, run_id } if run_id.is_empty() => {
+            format!("Cancel the rotation run of {name}?")
+        }
+        Confirmable::Cancel { name, run_id } => format!(
+            "Cancel rotation run {} of {name}?",
+            run_id.chars().take(8).collect::<String>()
+        ),
         Confirmable::Reject { name, .. } => {
             format!("Reject the waiting step of {name}? The run is cancelled.")
         }

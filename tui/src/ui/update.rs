@@ -83,7 +83,11 @@ pub enum Effect {
         name: String,
         manual: bool,
     },
-    Step(String),
+    /// The step the run (`run_id`, when one was on screen) waits at.
+    Step {
+        name: String,
+        run_id: String,
+    },
     Approve {
         name: String,
         seen: RunSeen,
@@ -94,8 +98,14 @@ pub enum Effect {
         seen: RunSeen,
         comment: String,
     },
-    Retry(String),
-    Cancel(String),
+    Retry {
+        name: String,
+        run_id: String,
+    },
+    Cancel {
+        name: String,
+        run_id: String,
+    },
     ForceDelete(String),
 }
 
@@ -274,10 +284,21 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
         Action::Reveal => confirm_for(app, Confirmable::Reveal),
         Action::Copy => confirm_for(app, Confirmable::Copy),
         Action::ForceDelete => confirm_for(app, Confirmable::ForceDelete),
-        Action::Cancel => confirm_for(app, Confirmable::Cancel),
+        // The run on screen goes with the request: one that ended and
+        // another that began meanwhile is not the one meant.
+        Action::Cancel => {
+            let run_id = app.focused_run().run_id;
+            confirm_for(app, |name| Confirmable::Cancel { name, run_id })
+        }
         Action::Rotate { manual } => with_name(app, |name| Effect::Rotate { name, manual }),
-        Action::Step => with_name(app, Effect::Step),
-        Action::Retry => with_name(app, Effect::Retry),
+        Action::Step => {
+            let run_id = app.focused_run().run_id;
+            with_name(app, |name| Effect::Step { name, run_id })
+        }
+        Action::Retry => {
+            let run_id = app.focused_run().run_id;
+            with_name(app, |name| Effect::Retry { name, run_id })
+        }
         Action::Approve | Action::Reject => {
             let seen = app.focused_run();
             match app.focused_name() {
@@ -313,7 +334,7 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
                 Confirmable::Reveal(name) => Effect::Reveal(name),
                 Confirmable::Copy(name) => Effect::Copy(name),
                 Confirmable::ForceDelete(name) => Effect::ForceDelete(name),
-                Confirmable::Cancel(name) => Effect::Cancel(name),
+                Confirmable::Cancel { name, run_id } => Effect::Cancel { name, run_id },
                 Confirmable::Reject {
                     name,
                     seen,

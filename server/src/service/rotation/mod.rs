@@ -202,26 +202,9 @@ impl RotationService {
         let secret = self.secret(&name).await?;
         let principal = context.principal.to_string();
         self.engine
-            .act(&secret, &context.change_event(), |run, plan| match plan {
-                Plan::Wait(Wait::Operator(step)) => {
-                    let mut next = run.clone();
-                    next.operator_go = true;
-                    next.updated_at = now_millis();
-                    let entry = history(*step, "operator_step", run.attempt, &principal, "");
-                    Ok((next, vec![entry], "step_changed"))
-                }
-                Plan::Wait(Wait::Approval { step, have, need }) => Err(Error::FailedPrecondition(format!(
-                    "{step} awaits approval ({have} of {need}); an approver runs `rekey approve {name}`"
-                ))),
-                Plan::Wait(Wait::StepFailed(step)) => Err(Error::FailedPrecondition(format!(
-                    "{step} failed; retry it with `rekey rotation retry {name}` or cancel the run"
-                ))),
-                _ if !run.manual => Err(Error::FailedPrecondition(format!(
-                    "the run of {name} is automatic: its steps run by themselves"
-                ))),
-                _ => Err(Error::FailedPrecondition(format!(
-                    "the run of {name} does not wait for an operator now"
-                ))),
+            .act(&secret, &context.change_event(), |run, plan| {
+                still_active(&request.run_id, run, &name)?;
+                operator_step(run, plan, &name, &principal)
             })
             .await?;
         context.recorded();
@@ -349,6 +332,7 @@ impl RotationService {
         let principal = context.principal.to_string();
         self.engine
             .act(&secret, &context.change_event(), |run, plan| {
+                still_active(&request.run_id, run, &name)?;
                 retried(run, plan, &name, &principal)
             })
             .await?;
@@ -368,6 +352,7 @@ impl RotationService {
         let principal = context.principal.to_string();
         self.engine
             .act(&secret, &context.change_event(), |run, _| {
+                still_active(&request.run_id, run, &name)?;
                 if run.phase == Phase::Ending {
                     return Err(Error::FailedPrecondition(format!(
                         "the run of {name} is already ending"
@@ -503,6 +488,49 @@ impl RotationService {
             runs: waiting.into_iter().map(|(_, run)| run).collect(),
         })
     }
+}
+
+/// The operator's go for the step a manual run waits at.
+fn operator_step(
+    run: &RunRecord,
+    plan: &Plan,
+    name: &SecretName,
+    principal: &str,
+) -> Result<(RunRecord, Vec<crate::rotation::HistoryRecord>, &'static str)> {
+    match plan {
+        Plan::Wait(Wait::Operator(step)) => {
+            let mut next = run.clone();
+            next.operator_go = true;
+            next.updated_at = now_millis();
+            let entry = history(*step, "operator_step", run.attempt, principal, "");
+            Ok((next, vec![entry], "step_changed"))
+        }
+        Plan::Wait(Wait::Approval { step, have, need }) => Err(Error::FailedPrecondition(format!(
+            "{step} awaits approval ({have} of {need}); an approver runs `rekey approve {name}`"
+        ))),
+        Plan::Wait(Wait::StepFailed(step)) => Err(Error::FailedPrecondition(format!(
+            "{step} failed; retry it with `rekey rotation retry {name}` or cancel the run"
+        ))),
+        _ if !run.manual => Err(Error::FailedPrecondition(format!(
+            "the run of {name} is automatic: its steps run by themselves"
+        ))),
+        _ => Err(Error::FailedPrecondition(format!(
+            "the run of {name} does not wait for an operator now"
+        ))),
+    }
+}
+
+/// Refuses a request for run `seen` (when the caller named one) once it
+/// is no longer the active run.
+fn still_active(seen: &str, run: &RunRecord, name: &SecretName) -> Result<()> {
+    if seen.is_empty() || seen == run.id {
+        return Ok(());
+    }
+    Err(Error::FailedPrecondition(format!(
+        "run {seen} of {name} is no longer the active one (run {} is); look at it again \
+         (rekey rotation show {name})",
+        run.id
+    )))
 }
 
 /// A retry of `run` (planned `plan`): the failed step runs again at once.

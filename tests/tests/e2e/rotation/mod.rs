@@ -168,9 +168,34 @@ fn manual_mode_runs_each_step_only_when_asked() {
         !state.join("calls").exists(),
         "nothing ran before it was asked"
     );
+    // Asked for another run than the active one (one seen before, that has
+    // ended since), step, retry and cancel change nothing.
+    let run_id = started["run_id"].as_str().unwrap().to_owned();
+    for verb in ["step", "retry", "cancel"] {
+        let stale = admin.run(&["rotation", verb, "man/db", "--run", "an-earlier-run"]);
+        assert_eq!(stale.code, 1, "{verb}: {}", stale.stderr);
+        assert!(
+            stale
+                .stderr
+                .contains("run an-earlier-run of man/db is no longer the active one")
+                && stale.stderr.contains("(FAILED_PRECONDITION)"),
+            "{verb}: {}",
+            stale.stderr
+        );
+    }
+    assert_eq!(
+        show(&admin, "man/db")["run"]["state"],
+        "waiting_for_operator"
+    );
+    admin
+        .run(&["rotation", "step", "man/db", "--run", &run_id])
+        .ok();
+    assert_eq!(
+        step_states(&admin, "man/db"),
+        ["done", "waiting_for_operator", "pending", "pending"]
+    );
 
     let expected = [
-        ["done", "waiting_for_operator", "pending", "pending"],
         ["done", "done", "waiting_for_operator", "pending"],
         ["done", "done", "done", "waiting_for_operator"],
     ];

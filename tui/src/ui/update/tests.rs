@@ -299,3 +299,39 @@ fn a_revealed_value_hides_after_its_time() {
     );
     assert!(app.detail.as_ref().unwrap().revealed.is_none());
 }
+
+/// Step, retry and cancel name the run on screen: one that ended and
+/// another that began before the key (or the confirmation) is not the one
+/// meant, and the server refuses it.
+#[test]
+fn step_retry_and_cancel_name_the_run_on_screen() {
+    let mut app = app_with_rows(1);
+    app.secrets.rows[0].run = Some(proto::RotationRun {
+        name: "s/000".into(),
+        run_id: "run-listed".into(),
+        ..Default::default()
+    });
+    let named = |name: &str| (name.to_owned(), "run-listed".to_owned());
+    let (name, run_id) = named("s/000");
+    assert_eq!(
+        update(&mut app, Action::Step),
+        [Effect::Step {
+            name: name.clone(),
+            run_id: run_id.clone()
+        }]
+    );
+    assert_eq!(
+        update(&mut app, Action::Retry),
+        [Effect::Retry {
+            name: name.clone(),
+            run_id: run_id.clone()
+        }]
+    );
+    update(&mut app, Action::Cancel);
+    // The run changes under the prompt: the answer still names the one asked about.
+    app.secrets.rows[0].run.as_mut().unwrap().run_id = "run-after".into();
+    assert_eq!(
+        update(&mut app, Action::Confirm(true)),
+        [Effect::Cancel { name, run_id }]
+    );
+}
