@@ -80,7 +80,11 @@ pub async fn password(
         .into_inner();
     let password = zeroize::Zeroizing::new(response.random_password);
     match format {
-        Format::Json => output::print_json(&json!({ "random_password": password.as_str() })),
+        Format::Json => {
+            let mut document = json!({ "random_password": password.as_str() });
+            output::print_json(&document);
+            output::wipe_json(&mut document);
+        }
         Format::Text => println!("{}", password.as_str()),
     }
     Ok(())
