@@ -156,6 +156,10 @@ enum AuditCommand {
         /// The archive directory (default: the configured archive_dir).
         #[arg(long, value_name = "DIR")]
         archive_dir: Option<PathBuf>,
+        /// An event the chain must hold, as the server's log printed it
+        /// ("audit checkpoint" seq and mac): a tail cut off is found too.
+        #[arg(long, value_name = "SEQ:MAC", value_parser = rekey_shared::checkpoint::parse)]
+        checkpoint: Option<(i64, Vec<u8>)>,
     },
 }
 
@@ -358,11 +362,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Audit(AuditCommand::VerifyArchive { archive_dir }) => {
+        Command::Audit(AuditCommand::VerifyArchive {
+            archive_dir,
+            checkpoint,
+        }) => {
             let loaded = location.load_to_administer()?;
             let dir = archive_dir.unwrap_or_else(|| loaded.path(&loaded.config.audit.archive_dir));
             let opened = installation::open(&loaded).await?;
-            let verified = crate::retention::verify_archive(&opened.store, &dir).await;
+            let verified = crate::retention::verify_archive(&opened.store, &dir, checkpoint).await;
             opened.store.close().await;
             println!("{}", verified.context("the audit log does not verify")?);
             Ok(())

@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod channel;
+pub mod checkpoint;
 pub mod identity;
 pub mod names;
 pub mod probe;

@@ -133,8 +133,14 @@ const TRIES: usize = 10;
 /// failed while the anchor moved (the server archived meanwhile) is done
 /// again, so a round that commits mid-walk is not reported as removed
 /// events, and a log archived throughout every walk is an error that says
-/// so, not a finding.
-pub async fn verify_archive(store: &Store, dir: &Path) -> anyhow::Result<ArchiveReport> {
+/// so, not a finding. With `checkpoint` (an event's sequence number and
+/// MAC, as the server's log printed it), the chain must hold that event
+/// with that MAC: a tail cut off the database is found too.
+pub async fn verify_archive(
+    store: &Store,
+    dir: &Path,
+    checkpoint: Option<(i64, Vec<u8>)>,
+) -> anyhow::Result<ArchiveReport> {
     let anchor = || async {
         store
             .audit_anchor()
@@ -143,7 +149,7 @@ pub async fn verify_archive(store: &Store, dir: &Path) -> anyhow::Result<Archive
     };
     let mut before = anchor().await?;
     for _ in 0..TRIES {
-        let walked = walk_all(store, dir, before.clone()).await;
+        let walked = walk_all(store, dir, before.clone(), checkpoint.clone()).await;
         let now = anchor().await?;
         if walked.is_ok() || now == before {
             return walked;
@@ -162,6 +168,7 @@ async fn walk_all(
     store: &Store,
     dir: &Path,
     anchor: Option<AuditAnchor>,
+    checkpoint: Option<(i64, Vec<u8>)>,
 ) -> anyhow::Result<ArchiveReport> {
     if let Some(anchor) = &anchor
         && !store.audit_key().anchor_verifies(anchor)
@@ -182,7 +189,7 @@ async fn walk_all(
         ),
     };
     let mut walk = Walk {
-        verification: verify(store.audit_key(), None),
+        verification: verify(store.audit_key(), checkpoint),
         anchor: anchor.clone(),
         recent: BTreeMap::new(),
         keep: true,

@@ -236,11 +236,21 @@ async fn retention_suite(url: &str, root: &RootKey) {
         .unwrap();
     assert_eq!(verdict.finding, None);
     assert_eq!((verdict.first_seq, verdict.head_seq), (6, 11));
-    let report = verify_archive(&store, archive.path()).await.unwrap();
+    let report = verify_archive(&store, archive.path(), None).await.unwrap();
     assert_eq!(
         report.to_string(),
         "the audit log verifies from event 1 to 11: 5 in 3 archive files, 6 in the database"
     );
+    // Held against a checkpoint: the head as the store wrote it passes, a
+    // wrong MAC or an event past the end (a tail cut off) does not.
+    let head = store.audit_head().unwrap();
+    verify_archive(&store, archive.path(), Some(head.clone()))
+        .await
+        .unwrap();
+    for wrong in [(head.0, vec![0; 32]), (head.0 + 5, head.1.clone())] {
+        let refused = verify_archive(&store, archive.path(), Some(wrong.clone())).await;
+        assert!(refused.is_err(), "{wrong:?}");
+    }
     // Under another root key neither the anchor nor the chain verifies.
     store.close().await;
     let other = Store::open(url, AuditKey::derive(&RootKey::new(Key::generate())))
@@ -315,7 +325,7 @@ async fn verifying_while_archiving_suite(url: &str, root: &RootKey) {
         // walk of the files takes long enough that back-to-back rounds
         // keep moving the anchor under it, which it says, rather than
         // report the events that moved into a file as removed.
-        if let Err(error) = verify_archive(&store, archive.path()).await {
+        if let Err(error) = verify_archive(&store, archive.path(), None).await {
             assert!(
                 error.to_string().contains("the server archived throughout"),
                 "verification {verified} of the archive: {error}"
@@ -493,7 +503,7 @@ async fn an_event_numbered_below_one_is_found_suite(url: &str, root: &RootKey) {
     let verdict = rekeyd_verdict(&store).await;
     assert!(verdict.is_some(), "an event numbered -1 went unseen");
     let archive = tempfile::tempdir().unwrap();
-    let walked = rekey_server::retention::verify_archive(&store, archive.path()).await;
+    let walked = rekey_server::retention::verify_archive(&store, archive.path(), None).await;
     assert!(
         walked.is_err(),
         "rekeyd audit verify-archive missed an event numbered -1"

@@ -292,19 +292,7 @@ async fn verify(
 }
 
 fn parse_checkpoint(text: &str) -> anyhow::Result<(i64, Vec<u8>)> {
-    let malformed =
-        || anyhow::anyhow!("--checkpoint {text:?} is not SEQ:MAC (as the server log prints it)");
-    let (seq, mac) = text.split_once(':').ok_or_else(malformed)?;
-    let seq: i64 = seq.parse().map_err(|_| malformed())?;
-    if mac.len() % 2 != 0 || !mac.is_ascii() {
-        return Err(malformed());
-    }
-    let mac = (0..mac.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&mac[i..i + 2], 16))
-        .collect::<Result<Vec<u8>, _>>()
-        .map_err(|_| malformed())?;
-    Ok((seq, mac))
+    rekey_shared::checkpoint::parse(text).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]
