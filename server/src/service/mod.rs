@@ -158,9 +158,11 @@ pub struct AppState {
 }
 
 /// Counts the changes running in tasks of their own (see
-/// `audited_service`): one whose client went away is no longer a request
-/// the server's drain waits for, so shutdown waits for these before it
-/// stops telling the other replicas of changes and closes the store.
+/// `audited_service`), and the audit events written in the background
+/// (`AppState::record_in_background`): one whose client went away is no
+/// longer a request the server's drain waits for, so shutdown waits for
+/// these before it stops telling the other replicas of changes, logs the
+/// final audit checkpoint and closes the store.
 #[derive(Debug, Default)]
 pub struct Changes {
     running: std::sync::atomic::AtomicUsize,
@@ -226,8 +228,12 @@ impl AppState {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // Counted as a change: shutdown waits for it before it logs the
+        // final audit checkpoint and closes the store.
+        let running = self.changes.started(self);
         let state = self.clone();
         runtime.spawn(async move {
+            let _running = running;
             if let Err(error) = state.store.record(&event).await {
                 tracing::error!(%error, action = %event.action, "an audit event was not written");
             }
