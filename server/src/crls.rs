@@ -11,8 +11,9 @@
 //! did not sign (a forged CRL would decide which CRL is newest and what
 //! open connections lose; the handshake checks signatures too late for
 //! that; the CRL of a CA not in `tls.client_ca`, an intermediate's, is
-//! checked at the handshake only), or one older than the CRL of the same
-//! issuer in force (a
+//! checked against that CA's certificate when the file holds it too, a
+//! certificate a client CA signed, and at the handshake only otherwise),
+//! or one older than the CRL of the same issuer in force (a
 //! stale copy, which would un-revoke serials: older by its CRL number, or
 //! by its `thisUpdate` where either has none). A changed file that
 //! cannot be used is logged, and its CRLs in force stay; the other files'
@@ -321,12 +322,13 @@ fn read(
     anchors: &Anchors,
     provider: &Arc<CryptoProvider>,
 ) -> anyhow::Result<Vec<Crl>> {
+    let issuers = issuers_in(file, &anchors.certificates)?;
     let mut crls = Vec::new();
     for der in CertificateRevocationListDer::pem_file_iter(file)
         .with_context(|| format!("reading CRL file {}", file.display()))?
     {
         let der = der.with_context(|| format!("parsing CRL file {}", file.display()))?;
-        crls.push(examine(der, file, &anchors.certificates)?);
+        crls.push(examine(der, file, &issuers)?);
     }
     // An empty or cut-short file would drop every revocation it held.
     anyhow::ensure!(
@@ -343,6 +345,66 @@ fn read(
     )
     .with_context(|| format!("CRL file {}", file.display()))?;
     Ok(crls)
+}
+
+/// The CAs whose CRLs `file` may hold, checked as it is read: the client
+/// CAs, and the CA certificates the file holds beside its CRLs (an
+/// intermediate's, whose CRL could not be checked otherwise), each of them
+/// signed by a client CA or by another of them; one that is not refuses the
+/// file.
+fn issuers_in(
+    file: &Path,
+    cas: &[CertificateDer<'static>],
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let mut unchecked = CertificateDer::pem_file_iter(file)
+        .with_context(|| format!("reading CRL file {}", file.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing CRL file {}", file.display()))?;
+    let mut issuers = cas.to_vec();
+    // Each round takes those an issuer already taken signed.
+    while !unchecked.is_empty() {
+        let before = unchecked.len();
+        let mut left = Vec::new();
+        for der in unchecked {
+            let (_, certificate) = X509Certificate::from_der(&der).map_err(|error| {
+                anyhow::anyhow!(
+                    "parsing a certificate in CRL file {}: {error}",
+                    file.display()
+                )
+            })?;
+            anyhow::ensure!(
+                certificate.is_ca(),
+                "CRL file {} holds a certificate of {} that is not a CA's",
+                file.display(),
+                certificate.subject()
+            );
+            let signed = issuers.iter().any(|issuer| {
+                X509Certificate::from_der(issuer).is_ok_and(|(_, issuer)| {
+                    issuer.subject().as_raw() == certificate.issuer().as_raw()
+                        && certificate
+                            .verify_signature(Some(issuer.public_key()))
+                            .is_ok()
+                })
+            });
+            if signed {
+                issuers.push(der.clone());
+            } else {
+                left.push(der.clone());
+            }
+        }
+        if left.len() == before {
+            let (_, certificate) =
+                X509Certificate::from_der(&left[0]).map_err(|error| anyhow::anyhow!("{error}"))?;
+            anyhow::bail!(
+                "CRL file {} holds a certificate of {} that no client CA (tls.client_ca) signed, \
+                 nor any CA certificate beside it",
+                file.display(),
+                certificate.subject()
+            );
+        }
+        unchecked = left;
+    }
+    Ok(issuers)
 }
 
 /// The verifier of each issuer's newest CRL in `files` (the verifier would
@@ -399,7 +461,8 @@ fn examine(
             file = %file.display(),
             issuer = %parsed.issuer(),
             "a CRL of a CA that is not in tls.client_ca (an intermediate's): its signature is \
-             checked at each handshake, not as it is read"
+             checked at each handshake, not as it is read; put the CA's certificate in the file \
+             beside it to have it checked"
         );
     } else if let Err(error) = issuers
         .iter()

@@ -66,7 +66,12 @@ fn use_crl(
         next_update,
         revoked_certs,
     );
-    std::fs::write(installation.dir().join("crl.pem"), crl).unwrap();
+    use_crl_file(installation, &crl);
+}
+
+/// `text` written as `crl.pem` and named in `tls.crl_files`.
+fn use_crl_file(installation: &Installation, text: &str) {
+    std::fs::write(installation.dir().join("crl.pem"), text).unwrap();
     installation.edit_config(|table| {
         let tls = table
             .get_mut("tls")
@@ -498,4 +503,70 @@ async fn a_crl_of_one_client_ca_leaves_the_others_clients_alone() {
     read_as(&server, &revoked).await.unwrap_err();
     let admin = Identity::load(&installation.admin()).unwrap();
     read_as(&server, &admin).await.unwrap();
+}
+
+/// The CRL of an intermediate CA is checked as it is read when its file
+/// holds the intermediate's certificate too (one a client CA signed):
+/// genuine, it is taken without a warning and its revocations refuse the
+/// intermediate's clients; forged, or beside a certificate no client CA
+/// signed, the file is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_intermediates_crl_is_checked_against_its_certificate_in_the_file() {
+    let installation = Installation::new();
+    let (ca_pem, root) = installation_ca(&installation);
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "team intermediate");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let intermediate_pem = params.signed_by(&key, &root).unwrap().pem();
+    let intermediate = Issuer::new(params, key);
+    let leaf = |serial: &[u8]| {
+        let mut identity = alice_with_serial(&intermediate, &ca_pem, serial);
+        identity.certificate_pem.push_str(&intermediate_pem);
+        identity
+    };
+    let (revoked, kept) = (leaf(&[0x0e, 0x11]), leaf(&[0x0e, 0x12]));
+    let now = OffsetDateTime::now_utc();
+    let crl_of = |issuer: &Issuer<'_, KeyPair>| {
+        crl_pem(
+            issuer,
+            1,
+            now - Duration::days(1),
+            now + Duration::days(7),
+            revoked_serial(&[0x0e, 0x11], now),
+        )
+    };
+
+    let forger = Issuer::from_ca_cert_pem(&intermediate_pem, KeyPair::generate().unwrap()).unwrap();
+    use_crl_file(
+        &installation,
+        &format!("{intermediate_pem}{}", crl_of(&forger)),
+    );
+    let stderr = installation.refused_at_start();
+    assert!(stderr.contains("that its key did not sign"), "{stderr}");
+    let (stranger, stranger_pem) = own_ca("stranger CA");
+    use_crl_file(
+        &installation,
+        &format!("{stranger_pem}{}", crl_of(&stranger)),
+    );
+    let stderr = installation.refused_at_start();
+    assert!(
+        stderr.contains("CN=stranger CA that no client CA (tls.client_ca) signed"),
+        "{stderr}"
+    );
+
+    use_crl_file(
+        &installation,
+        &format!("{intermediate_pem}{}", crl_of(&intermediate)),
+    );
+    let server = installation.serve();
+    read_as(&server, &kept).await.unwrap();
+    read_as(&server, &revoked).await.unwrap_err();
+    assert!(
+        !server.log_text().contains("is not in tls.client_ca"),
+        "{}",
+        server.log_text()
+    );
 }
