@@ -340,7 +340,7 @@ pub fn no_longer_valid(revocations: &Revocations, peer: &PeerCertificate) -> Opt
     } else if let Some(serial) = peer
         .chain
         .iter()
-        .find(|serial| revocations.is_revoked(serial))
+        .find(|serial| revocations.is_revoked_ca(serial))
     {
         Some(format!(
             "client certificate refused: serial {serial} of a CA certificate it sent was revoked"

@@ -49,7 +49,9 @@ pub async fn revoke(loaded: &Loaded, target: RevokeTarget<'_>) -> anyhow::Result
     let opened = installation::open(loaded).await?;
     let resource = match target {
         RevokeTarget::Named(name) => name.to_owned(),
-        RevokeTarget::Serial(serial) => format!("serial:{}", crate::principal::serial_hex(serial)),
+        RevokeTarget::Serial(serial) | RevokeTarget::CaSerial(serial) => {
+            format!("serial:{}", crate::principal::serial_hex(serial))
+        }
     };
     let revoked = opened
         .store

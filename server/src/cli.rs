@@ -201,6 +201,10 @@ pub(crate) enum CertCommand {
         /// A serial number (hex), also of a certificate another CA issued.
         #[arg(long, value_name = "SERIAL")]
         serial: Option<String>,
+        /// The serial is a CA certificate's (an intermediate's another CA
+        /// issued): every client that sends that certificate is refused.
+        #[arg(long, requires = "serial")]
+        ca: bool,
     },
     /// List issued certificates: valid, expired or revoked.
     List,

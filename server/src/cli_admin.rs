@@ -82,8 +82,9 @@ pub async fn cert(loaded: &Loaded, command: CertCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        CertCommand::Revoke { target, serial } => {
+        CertCommand::Revoke { target, serial, ca } => {
             let target = match (&target, &serial) {
+                (_, Some(serial)) if ca => RevokeTarget::CaSerial(serial),
                 (_, Some(serial)) => RevokeTarget::Serial(serial),
                 (Some(name), None) => RevokeTarget::Named(name),
                 (None, None) => anyhow::bail!("give a NAME or --serial SERIAL"),

@@ -58,17 +58,22 @@ async fn refresh_policy(state: &AppState) -> Result<()> {
 
 async fn refresh_revocations(state: &AppState) -> Result<()> {
     let store = &state.store;
-    let revoked: HashSet<String> = store
-        .revoked_serials()
-        .await?
-        .iter()
-        .map(|serial| crate::principal::serial_hex(serial))
-        .collect();
-    if revoked.len() != state.revocations.len()
-        || revoked.iter().any(|s| !state.revocations.is_revoked(s))
-    {
-        tracing::info!(revoked = revoked.len(), "revoked certificates loaded");
-        state.revocations.replace(revoked);
+    let (mut revoked, mut cas) = (HashSet::new(), HashSet::new());
+    for (serial, principal) in store.revoked_serials().await? {
+        let serial = crate::principal::serial_hex(&serial);
+        if principal == crate::store::CA_CERTIFICATE {
+            cas.insert(serial);
+        } else {
+            revoked.insert(serial);
+        }
+    }
+    if !state.revocations.holds(&revoked, &cas) {
+        tracing::info!(
+            revoked = revoked.len(),
+            ca_certificates = cas.len(),
+            "revoked certificates loaded"
+        );
+        state.revocations.replace(revoked, cas);
     }
     Ok(())
 }

@@ -37,22 +37,44 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// request asks here.
 #[derive(Debug, Default)]
 pub struct Revocations {
-    serials: RwLock<HashSet<String>>,
+    /// The database's: (client certificates' serials, CA certificates').
+    serials: RwLock<(HashSet<String>, HashSet<String>)>,
     by_crl: RwLock<HashSet<(Vec<u8>, String)>>,
 }
 
 impl Revocations {
+    /// Whether the database revokes the client certificate `serial`.
     pub fn is_revoked(&self, serial: &str) -> bool {
         match self.serials.read() {
-            Ok(serials) => serials.contains(serial),
+            Ok(serials) => serials.0.contains(serial),
             // A poisoned lock must not let a revoked certificate in.
             Err(_) => true,
         }
     }
 
-    pub fn replace(&self, serials: HashSet<String>) {
+    /// Whether the database revokes the CA certificate `serial` (one a
+    /// client sends beside its own). Apart from the client certificates'
+    /// serials: serials are unique per issuer only, and a CA's are often
+    /// small numbers that another CA's leaves have too.
+    pub fn is_revoked_ca(&self, serial: &str) -> bool {
+        match self.serials.read() {
+            Ok(serials) => serials.1.contains(serial),
+            Err(_) => true,
+        }
+    }
+
+    /// Whether these are the revocations in force already.
+    pub fn holds(&self, serials: &HashSet<String>, cas: &HashSet<String>) -> bool {
+        self.serials
+            .read()
+            .is_ok_and(|current| current.0 == *serials && current.1 == *cas)
+    }
+
+    /// The database's revocations: client certificates' serials and CA
+    /// certificates'.
+    pub fn replace(&self, serials: HashSet<String>, cas: HashSet<String>) {
         if let Ok(mut current) = self.serials.write() {
-            *current = serials;
+            *current = (serials, cas);
         }
     }
 
@@ -76,14 +98,6 @@ impl Revocations {
         if let Ok(mut current) = self.by_crl.write() {
             *current = entries;
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.serials.read().map_or(0, |serials| serials.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -112,11 +126,13 @@ impl ClientCertVerifier for RevocationCheckingVerifier {
             .verify_client_cert(end_entity, intermediates, now)?;
         // Its CAs' too: a database revocation names a serial of any
         // certificate, an intermediate's as well.
-        if std::iter::once(end_entity)
-            .chain(intermediates)
+        let leaf_revoked = crate::principal::serial_of(end_entity)
+            .is_some_and(|serial| self.revocations.is_revoked(&serial));
+        let ca_revoked = intermediates
+            .iter()
             .filter_map(|certificate| crate::principal::serial_of(certificate))
-            .any(|serial| self.revocations.is_revoked(&serial))
-        {
+            .any(|serial| self.revocations.is_revoked_ca(&serial));
+        if leaf_revoked || ca_revoked {
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::Revoked,
             ));

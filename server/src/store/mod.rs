@@ -26,7 +26,7 @@ mod sqlite;
 
 pub use backend::Store;
 pub use list::PageDetails;
-pub use rows::RevokeTarget;
+pub use rows::{CA_CERTIFICATE, RevokeTarget};
 pub use sqlite::{AuditQuery, CertificateRecord, MAX_TAGS, PolicyVersion, database_file};
 
 use crate::crypto::SealedValue;

@@ -329,15 +329,24 @@ pub(super) fn config_save_refusal(
 pub enum RevokeTarget<'a> {
     Named(&'a str),
     Serial(&'a str),
+    /// The serial of a CA certificate (an intermediate's) another CA
+    /// issued: it refuses every client that sends that certificate.
+    CaSerial(&'a str),
 }
 
 impl RevokeTarget<'_> {
     pub fn text(&self) -> &str {
         match self {
-            Self::Named(text) | Self::Serial(text) => text,
+            Self::Named(text) | Self::Serial(text) | Self::CaSerial(text) => text,
         }
     }
 }
+
+/// The principal a revoked CA certificate's serial is recorded under (no
+/// principal can be spelled with parentheses): serials are unique per
+/// issuer only, so those of the CA certificates a client sends are checked
+/// against these alone, not against every leaf's.
+pub const CA_CERTIFICATE: &str = "(CA certificate)";
 
 /// What a revocation does: the serials it revokes, and whether the one
 /// serial must first be recorded (a certificate not issued here).
@@ -345,6 +354,8 @@ impl RevokeTarget<'_> {
 pub(super) struct RevocationPlan {
     pub revoke: Vec<String>,
     pub record: bool,
+    /// The principal it is recorded under: none, or [`CA_CERTIFICATE`].
+    pub record_as: &'static str,
 }
 
 impl RevocationPlan {
@@ -398,19 +409,27 @@ pub(super) fn plan_revocation(
                 }
             }
         }
-        RevokeTarget::Serial(text) => {
+        RevokeTarget::Serial(text) | RevokeTarget::CaSerial(text) => {
             if serial.is_empty() || !serial.chars().all(|c| c.is_ascii_hexdigit()) {
                 return Err(Error::InvalidArgument(format!(
                     "{text:?} is not a serial number (hexadecimal, as rekeyd cert list or openssl \
                      x509 -serial prints it)"
                 )));
             }
+            let ca = matches!(target, RevokeTarget::CaSerial(_));
             let known: Vec<_> = rows.iter().filter(|row| row.0 == serial).collect();
             if known.is_empty() {
                 return Ok(RevocationPlan {
                     revoke: vec![serial.to_owned()],
                     record: true,
+                    record_as: if ca { CA_CERTIFICATE } else { "" },
                 });
+            }
+            if ca {
+                return Err(Error::FailedPrecondition(format!(
+                    "serial {serial} is recorded already, as a client certificate's; a CA \
+                     certificate's serial is revoked with --ca before anything else records it"
+                )));
             }
             known
         }
@@ -429,6 +448,7 @@ pub(super) fn plan_revocation(
     Ok(RevocationPlan {
         revoke,
         record: false,
+        record_as: "",
     })
 }
 
@@ -448,7 +468,8 @@ mod revocation_tests {
             plan(RevokeTarget::Named("alice"), "alice", &alice).unwrap(),
             RevocationPlan {
                 revoke: vec!["0a".into()],
-                record: false
+                record: false,
+                record_as: ""
             }
         );
         // A serial issued here, by name.
@@ -467,9 +488,24 @@ mod revocation_tests {
             plan(RevokeTarget::Serial("beef"), "beef", &[]).unwrap(),
             RevocationPlan {
                 revoke: vec!["beef".into()],
-                record: true
+                record: true,
+                record_as: ""
             }
         );
+        // A CA certificate's serial is recorded as one, and only if nothing
+        // recorded it as a client certificate's.
+        assert_eq!(
+            plan(RevokeTarget::CaSerial("beef"), "beef", &[]).unwrap(),
+            RevocationPlan {
+                revoke: vec!["beef".into()],
+                record: true,
+                record_as: CA_CERTIFICATE
+            }
+        );
+        assert!(matches!(
+            plan(RevokeTarget::CaSerial("0a"), "0a", &alice),
+            Err(Error::FailedPrecondition(_))
+        ));
         // A principal named as another certificate's serial.
         let both = [row("0c", "0a", false), row("0a", "alice", false)];
         assert!(matches!(

@@ -333,42 +333,61 @@ async fn a_certificate_that_expires_on_an_open_connection_is_refused() {
     assert!(refused.message().contains("expired"), "{refused:?}");
 }
 
-/// `rekeyd cert revoke --serial` of an intermediate CA's certificate
-/// refuses the clients it issued, at the handshake and on a connection
-/// opened before; the serial may be typed without its leading zero.
+/// `rekeyd cert revoke --serial S --ca` of an intermediate CA's
+/// certificate refuses the clients it issued, at the handshake and on a
+/// connection opened before; the serial may be typed without its leading
+/// zero. A client certificate's serial revoked without `--ca` refuses no
+/// chain that holds a CA certificate of that serial (serials are unique per
+/// issuer only).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_revoked_intermediate_refuses_the_clients_under_it() {
     let installation = Installation::new();
     let (ca_pem, root) = installation_ca(&installation);
-    let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "team intermediate");
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x0a, 0xbc]));
-    let key = KeyPair::generate().unwrap();
-    let intermediate_pem = params.signed_by(&key, &root).unwrap().pem();
-    let intermediate = Issuer::new(params, key);
-    let mut erin = identity(client_params("erin"), &intermediate, &ca_pem);
-    erin.certificate_pem.push_str(&intermediate_pem);
+    let under_intermediate = |name: &str, serial: &[u8]| {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} intermediate"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(serial));
+        let key = KeyPair::generate().unwrap();
+        let intermediate_pem = params.signed_by(&key, &root).unwrap().pem();
+        let intermediate = Issuer::new(params, key);
+        let mut client = identity(client_params(name), &intermediate, &ca_pem);
+        client.certificate_pem.push_str(&intermediate_pem);
+        client
+    };
+    let erin = under_intermediate("erin", &[0x0a, 0xbc]);
+    let frank = under_intermediate("frank", &[0x0a, 0xbd]);
+    let dave = installation.issue("dave", &[]);
+    let dave = Identity::load(&dave).unwrap();
     let server = installation.serve();
     read_as(&server, &erin).await.unwrap();
+    let revoke = |args: &[&str]| {
+        let revoked = rekey_tests::rekeyd(installation.dir(), args);
+        assert!(
+            revoked.status.success(),
+            "{args:?}: {}",
+            rekey_tests::text(&revoked.stderr)
+        );
+    };
+    // A leaf's serial, the same as erin's intermediate's: erin stays in
+    // (dave's revocation, loaded with it, marks when it is in force).
+    revoke(&["cert", "revoke", "--serial", "0abc"]);
+    revoke(&["cert", "revoke", "dave"]);
+    until_refused(&server, &dave, "dave's revocation was not loaded").await;
+    read_as(&server, &erin).await.unwrap();
+
     let endpoint =
-        rekey_shared::channel::endpoint(&server.url, rekey_shared::channel::tls_config(&erin))
+        rekey_shared::channel::endpoint(&server.url, rekey_shared::channel::tls_config(&frank))
             .unwrap();
     let mut open = SecretsClient::new(endpoint.connect().await.unwrap());
     let list = || proto::ListSecretsRequest::default();
     open.list_secrets(list()).await.unwrap();
-
-    let revoked = rekey_tests::rekeyd(installation.dir(), &["cert", "revoke", "--serial", "abc"]);
-    assert!(
-        revoked.status.success(),
-        "{}",
-        rekey_tests::text(&revoked.stderr)
-    );
+    revoke(&["cert", "revoke", "--serial", "abd", "--ca"]);
     until_refused(
         &server,
-        &erin,
+        &frank,
         "a client of the revoked intermediate is let in",
     )
     .await;
@@ -377,9 +396,10 @@ async fn a_revoked_intermediate_refuses_the_clients_under_it() {
     assert!(
         refused
             .message()
-            .contains("serial 0abc of a CA certificate it sent was revoked"),
+            .contains("serial 0abd of a CA certificate it sent was revoked"),
         "{refused:?}"
     );
+    read_as(&server, &erin).await.unwrap();
 }
 
 /// Connections that open and send nothing hold a TLS handshake each until

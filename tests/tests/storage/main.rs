@@ -435,7 +435,10 @@ async fn suite(url: &str, root: &RootKey) {
             .unwrap(),
         ["0a0b"]
     );
-    assert_eq!(store.revoked_serials().await.unwrap(), ["0a0b"]);
+    assert_eq!(
+        store.revoked_serials().await.unwrap(),
+        [("0a0b".to_owned(), "alice".to_owned())]
+    );
 
     // Concurrent puts: every acknowledged put is a version, one CURRENT.
     let store = Arc::new(store);

@@ -77,8 +77,9 @@ impl Store {
         .await?;
         let plan = plan_revocation(target, &serial, &rows)?;
         if plan.record {
-            sqlx::query("INSERT INTO certificates (serial, principal) VALUES (?, '')")
+            sqlx::query("INSERT INTO certificates (serial, principal) VALUES (?, ?)")
                 .bind(&serial)
+                .bind(plan.record_as)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -94,11 +95,13 @@ impl Store {
         Ok(plan.revoke)
     }
 
-    pub async fn revoked_serials(&self) -> Result<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT serial FROM certificates WHERE revoked_at IS NOT NULL")
-                .fetch_all(&self.pool)
-                .await?,
+    /// The revoked serials, each with the principal it was issued to (or
+    /// recorded under: `rows::CA_CERTIFICATE` for a CA certificate's).
+    pub async fn revoked_serials(&self) -> Result<Vec<(String, String)>> {
+        Ok(sqlx::query_as(
+            "SELECT serial, principal FROM certificates WHERE revoked_at IS NOT NULL",
         )
+        .fetch_all(&self.pool)
+        .await?)
     }
 }
