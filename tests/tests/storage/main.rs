@@ -579,9 +579,15 @@ async fn concurrent_writes_suite(url: &str, root: &RootKey) {
             })
         })
         .collect();
-    let mut kept = 0;
+    let mut outcomes = Vec::new();
     for task in tasks {
-        let (version_id, finished) = task.await.unwrap();
+        outcomes.push(task.await.unwrap());
+    }
+    // A put whose request went away may still be in a batch that has not
+    // committed yet: its fate is settled once the writes begun are.
+    store.barrier().await.unwrap();
+    let mut kept = 0;
+    for (version_id, finished) in outcomes {
         let stored = store.version(&hurried, &version_id).await.unwrap();
         if finished {
             assert!(stored.is_some(), "a put that finished is there");
