@@ -15,7 +15,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
-const PAGE: u32 = 100;
+/// Secrets per page of the list.
+pub(super) const PAGE: u32 = 100;
 
 #[derive(Debug, Clone)]
 pub struct Backend {

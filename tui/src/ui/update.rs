@@ -455,7 +455,18 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
                 View::Secrets | View::Approvals | View::Audit => true,
                 View::Detail | View::Run => shown.as_deref() == Some(event.name.as_str()),
             };
-            if relevant {
+            // A list paged past its first page is not reloaded under the
+            // cursor (a reload brings the first page back, and the
+            // selection with it): `r` does it when the operator wants.
+            let paged =
+                app.view == View::Secrets && app.secrets.rows.len() > super::backend::PAGE as usize;
+            if relevant && paged {
+                app.info(format!(
+                    "{} changed; r reloads the list from its start",
+                    event.name
+                ));
+                Vec::new()
+            } else if relevant {
                 load_for(app, app.view)
             } else {
                 Vec::new()

@@ -335,3 +335,32 @@ fn step_retry_and_cancel_name_the_run_on_screen() {
         [Effect::Cancel { name, run_id }]
     );
 }
+
+/// A change arriving while the list is paged past its first page does not
+/// reload it (which would bring back the first page and move the cursor):
+/// it says so, and `r` reloads; a list of one page reloads by itself.
+#[test]
+fn a_paged_list_is_not_reloaded_under_the_cursor() {
+    let event = || {
+        Action::Event(Box::new(proto::WatchEvent {
+            name: "s/007".into(),
+            ..Default::default()
+        }))
+    };
+    let mut app = app_with_rows(150);
+    app.secrets.selected = 140;
+    assert!(update(&mut app, event()).is_empty());
+    assert_eq!(app.secrets.selected, 140);
+    assert!(
+        app.message
+            .as_ref()
+            .is_some_and(|m| m.text.contains("r reloads")),
+        "{:?}",
+        app.message
+    );
+    let mut short = app_with_rows(50);
+    assert_eq!(
+        update(&mut short, event()),
+        [Effect::LoadSecrets { append: false }]
+    );
+}
