@@ -260,7 +260,9 @@ impl AppState {
                 principal,
                 action: "rate_limit".to_owned(),
                 resource: "*".to_owned(),
-                decision: "deny".to_owned(),
+                // A limit, not the policy's decision: as a refusal recorded
+                // one by one says.
+                decision: "none".to_owned(),
                 outcome: "RESOURCE_EXHAUSTED".to_owned(),
                 ..crate::audit::AuditEvent::system(
                     "rate_limit",

@@ -164,6 +164,15 @@ async fn a_principal_over_its_limit_is_told_when_to_retry_and_others_go_on() {
         refusals.len()
     );
     assert_eq!(accounted(&events), refusals.len() + more_refusals);
+    // A limit, not the policy's decision: recorded one by one or swept,
+    // a refusal says decision none.
+    assert!(
+        events
+            .iter()
+            .filter(|event| event["outcome"] == "RESOURCE_EXHAUSTED")
+            .all(|event| event["decision"] == "none"),
+        "{events:?}"
+    );
 }
 
 /// Refusals the sweep could not write (the audit log refused them) are
