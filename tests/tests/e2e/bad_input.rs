@@ -368,6 +368,7 @@ async fn lifecycle_tag_batch_and_password_requests_are_checked() {
         name: "app/one".into(),
         recovery_window_days: days,
         force_delete_without_recovery: force,
+        secret_id: String::new(),
     };
     for days in [0, 6, 31] {
         assert_status(
@@ -380,6 +381,18 @@ async fn lifecycle_tag_batch_and_password_requests_are_checked() {
         client.delete_secret(delete(Some(7), true)).await,
         Code::InvalidArgument,
         "a recovery window or force deletion, not both",
+    );
+    // Asked about another secret of that name (one deleted and created
+    // again since): nothing is deleted.
+    assert_status(
+        client
+            .delete_secret(proto::DeleteSecretRequest {
+                secret_id: "an-earlier-secret".into(),
+                ..delete(None, true)
+            })
+            .await,
+        Code::FailedPrecondition,
+        "app/one is no longer the secret an-earlier-secret that was asked about",
     );
     assert_status(
         client

@@ -22,6 +22,7 @@ pub async fn delete(
             name,
             recovery_window_days: recovery_days,
             force_delete_without_recovery: force,
+            secret_id: String::new(),
         })
         .await?
         .into_inner();

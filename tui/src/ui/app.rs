@@ -36,7 +36,11 @@ impl View {
 pub enum Confirmable {
     Reveal(String),
     Copy(String),
-    ForceDelete(String),
+    ForceDelete {
+        name: String,
+        /// The secret on screen when it was asked (its secret_id).
+        secret_id: String,
+    },
     Cancel {
         name: String,
         /// The run on screen when it was asked; empty when none was.
@@ -210,6 +214,24 @@ impl App {
             plain,
             ..Self::default()
         }
+    }
+
+    /// The id of the secret the current view is about, as it was loaded
+    /// (empty where none is known).
+    pub fn focused_secret_id(&self) -> String {
+        match self.view {
+            View::Secrets => self
+                .secrets
+                .rows
+                .get(self.secrets.selected)
+                .map(|row| row.metadata.secret_id.clone()),
+            View::Detail | View::Run => self
+                .detail
+                .as_ref()
+                .map(|detail| detail.metadata.secret_id.clone()),
+            View::Approvals | View::Audit => None,
+        }
+        .unwrap_or_default()
     }
 
     /// The secret the current view is about.

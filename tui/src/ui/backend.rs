@@ -333,11 +333,12 @@ impl Backend {
                 })
                 .await
                 .map(|_| format!("cancelled the run of {name}")),
-            Effect::ForceDelete(name) => SecretsClient::new(self.channel.clone())
+            Effect::ForceDelete { name, secret_id } => SecretsClient::new(self.channel.clone())
                 .delete_secret(proto::DeleteSecretRequest {
                     name: name.clone(),
                     recovery_window_days: None,
                     force_delete_without_recovery: true,
+                    secret_id: secret_id.clone(),
                 })
                 .await
                 .map(|_| format!("deleted {name}")),

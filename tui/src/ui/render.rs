@@ -653,7 +653,7 @@ fn render_confirm(app: &App, frame: &mut Frame, what: &Confirmable) {
     let question = match what {
         Confirmable::Reveal(name) => format!("Show the value of {name} on screen?"),
         Confirmable::Copy(name) => format!("Copy the value of {name} to the clipboard?"),
-        Confirmable::ForceDelete(name) => {
+        Confirmable::ForceDelete { name, .. } => {
             format!("Delete {name} and every version now? This cannot be undone.")
         }
         Confirmable::Cancel { name, run_id } if run_id.is_empty() => {

@@ -106,7 +106,10 @@ pub enum Effect {
         name: String,
         run_id: String,
     },
-    ForceDelete(String),
+    ForceDelete {
+        name: String,
+        secret_id: String,
+    },
 }
 
 const PAGE: usize = 10;
@@ -283,7 +286,12 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
         }
         Action::Reveal => confirm_for(app, Confirmable::Reveal),
         Action::Copy => confirm_for(app, Confirmable::Copy),
-        Action::ForceDelete => confirm_for(app, Confirmable::ForceDelete),
+        // The secret on screen goes with it: one deleted and created again
+        // under the name before `y` is another.
+        Action::ForceDelete => {
+            let secret_id = app.focused_secret_id();
+            confirm_for(app, |name| Confirmable::ForceDelete { name, secret_id })
+        }
         // The run on screen goes with the request: one that ended and
         // another that began meanwhile is not the one meant.
         Action::Cancel => {
@@ -333,7 +341,9 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             vec![match what {
                 Confirmable::Reveal(name) => Effect::Reveal(name),
                 Confirmable::Copy(name) => Effect::Copy(name),
-                Confirmable::ForceDelete(name) => Effect::ForceDelete(name),
+                Confirmable::ForceDelete { name, secret_id } => {
+                    Effect::ForceDelete { name, secret_id }
+                }
                 Confirmable::Cancel { name, run_id } => Effect::Cancel { name, run_id },
                 Confirmable::Reject {
                     name,

@@ -45,6 +45,13 @@ impl SecretsService {
         };
         self.authorize(context, Action::DeleteSecret, name.as_str())?;
         let secret = self.secret(&name).await?;
+        if !request.secret_id.is_empty() && request.secret_id != secret.id {
+            return Err(Error::FailedPrecondition(format!(
+                "{name} is no longer the secret {} that was asked about (it was deleted and \
+                 created again); nothing was deleted: look at it again",
+                request.secret_id
+            )));
+        }
         self.state
             .store
             .delete_secret(&secret, deletion, &context.change_event())

@@ -38,17 +38,25 @@ fn irreversible_actions_ask_first() {
         run_id: "run-listed".into(),
         ..Default::default()
     });
+    app.secrets.rows[0].metadata.secret_id = "id-listed".into();
+    let asked = || Confirmable::ForceDelete {
+        name: "s/000".into(),
+        secret_id: "id-listed".into(),
+    };
     assert!(update(&mut app, Action::ForceDelete).is_empty());
-    assert_eq!(
-        app.mode,
-        Mode::Confirm(Confirmable::ForceDelete("s/000".into()))
-    );
+    assert_eq!(app.mode, Mode::Confirm(asked()));
     assert!(update(&mut app, Action::Confirm(false)).is_empty());
     assert_eq!(app.mode, Mode::Normal);
     update(&mut app, Action::ForceDelete);
+    // Deleted and created again under the name before the answer: the
+    // request still names the secret asked about (the server refuses it).
+    app.secrets.rows[0].metadata.secret_id = "id-after".into();
     assert_eq!(
         update(&mut app, Action::Confirm(true)),
-        [Effect::ForceDelete("s/000".into())]
+        [Effect::ForceDelete {
+            name: "s/000".into(),
+            secret_id: "id-listed".into()
+        }]
     );
     // A rejection needs a comment, then a confirmation.
     update(&mut app, Action::Reject);
