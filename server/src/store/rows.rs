@@ -425,13 +425,25 @@ pub(super) fn plan_revocation(
                     record_as: if ca { CA_CERTIFICATE } else { "" },
                 });
             }
-            if ca {
-                return Err(Error::FailedPrecondition(format!(
-                    "serial {serial} is recorded already, as a client certificate's; a CA \
-                     certificate's serial is revoked with --ca before anything else records it"
-                )));
+            // One row per serial: a serial is a client certificate's or a
+            // CA certificate's here, not both (two CAs' certificates of one
+            // serial cannot be revoked apart yet).
+            let recorded_as_ca = known.iter().any(|row| row.1 == CA_CERTIFICATE);
+            match (ca, recorded_as_ca) {
+                (true, false) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "serial {serial} is recorded already, as a client certificate's; a CA \
+                         certificate of the same serial cannot be revoked beside it"
+                    )));
+                }
+                (false, true) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "serial {serial} is recorded already, as a CA certificate's (--ca); a \
+                         client certificate of the same serial cannot be revoked beside it"
+                    )));
+                }
+                _ => known,
             }
-            known
         }
     };
     let revoke: Vec<String> = chosen
@@ -506,6 +518,13 @@ mod revocation_tests {
             plan(RevokeTarget::CaSerial("0a"), "0a", &alice),
             Err(Error::FailedPrecondition(_))
         ));
+        // Recorded as a CA certificate's: again with --ca, already revoked;
+        // as a client certificate's, refused, not said to be revoked.
+        let ca = [row("0d", CA_CERTIFICATE, true)];
+        let again = plan(RevokeTarget::CaSerial("0d"), "0d", &ca).unwrap_err();
+        assert!(again.to_string().contains("already revoked"), "{again}");
+        let leaf = plan(RevokeTarget::Serial("0d"), "0d", &ca).unwrap_err();
+        assert!(leaf.to_string().contains("as a CA certificate's"), "{leaf}");
         // A principal named as another certificate's serial.
         let both = [row("0c", "0a", false), row("0a", "alice", false)];
         assert!(matches!(
