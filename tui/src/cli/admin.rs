@@ -310,12 +310,4 @@ mod tests {
             assert!(parse_since(odd).is_err(), "{odd:?}");
         }
     }
-
-    #[test]
-    fn checkpoints_parse() {
-        assert_eq!(parse_checkpoint("12:0aff").unwrap(), (12, vec![0x0a, 0xff]));
-        assert!(parse_checkpoint("12").is_err());
-        assert!(parse_checkpoint("x:00").is_err());
-        assert!(parse_checkpoint("1:€0").is_err());
-    }
 }
