@@ -350,59 +350,56 @@ fn read(
 /// The CAs whose CRLs `file` may hold, checked as it is read: the client
 /// CAs, and the CA certificates the file holds beside its CRLs (an
 /// intermediate's, whose CRL could not be checked otherwise), each of them
-/// signed by a client CA or by another of them; one that is not refuses the
-/// file.
+/// signed by a client CA or by another of them. A certificate that is a
+/// client CA's is one already; one that is not a CA's, or that nothing
+/// trusted signed, is not used (and the log says so): the file's CRLs are
+/// read as they would be without it.
 fn issuers_in(
     file: &Path,
     cas: &[CertificateDer<'static>],
 ) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let mut unchecked = CertificateDer::pem_file_iter(file)
+    let mut unchecked: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
         .with_context(|| format!("reading CRL file {}", file.display()))?
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing CRL file {}", file.display()))?;
+        .with_context(|| format!("parsing CRL file {}", file.display()))?
+        .into_iter()
+        .filter(|der| !cas.contains(der))
+        .collect();
     let mut issuers = cas.to_vec();
     // Each round takes those an issuer already taken signed.
-    while !unchecked.is_empty() {
+    loop {
         let before = unchecked.len();
-        let mut left = Vec::new();
-        for der in unchecked {
-            let (_, certificate) = X509Certificate::from_der(&der).map_err(|error| {
-                anyhow::anyhow!(
-                    "parsing a certificate in CRL file {}: {error}",
-                    file.display()
-                )
-            })?;
-            anyhow::ensure!(
-                certificate.is_ca(),
-                "CRL file {} holds a certificate of {} that is not a CA's",
-                file.display(),
-                certificate.subject()
-            );
-            let signed = issuers.iter().any(|issuer| {
-                X509Certificate::from_der(issuer).is_ok_and(|(_, issuer)| {
-                    issuer.subject().as_raw() == certificate.issuer().as_raw()
-                        && certificate
-                            .verify_signature(Some(issuer.public_key()))
-                            .is_ok()
-                })
+        unchecked.retain(|der| {
+            let signed = X509Certificate::from_der(der).is_ok_and(|(_, certificate)| {
+                certificate.is_ca()
+                    && issuers.iter().any(|issuer| {
+                        X509Certificate::from_der(issuer).is_ok_and(|(_, issuer)| {
+                            issuer.subject().as_raw() == certificate.issuer().as_raw()
+                                && certificate
+                                    .verify_signature(Some(issuer.public_key()))
+                                    .is_ok()
+                        })
+                    })
             });
             if signed {
                 issuers.push(der.clone());
-            } else {
-                left.push(der.clone());
             }
+            !signed
+        });
+        if unchecked.is_empty() || unchecked.len() == before {
+            break;
         }
-        if left.len() == before {
-            let (_, certificate) =
-                X509Certificate::from_der(&left[0]).map_err(|error| anyhow::anyhow!("{error}"))?;
-            anyhow::bail!(
-                "CRL file {} holds a certificate of {} that no client CA (tls.client_ca) signed, \
-                 nor any CA certificate beside it",
-                file.display(),
-                certificate.subject()
-            );
-        }
-        unchecked = left;
+    }
+    for der in &unchecked {
+        let subject = X509Certificate::from_der(der)
+            .map(|(_, certificate)| certificate.subject().to_string())
+            .unwrap_or_else(|_| "(a certificate that does not parse)".to_owned());
+        tracing::warn!(
+            file = %file.display(),
+            %subject,
+            "a certificate in a CRL file that is not a CA's, or that no client CA \
+             (tls.client_ca) signed, nor a CA certificate beside it: not used to check CRLs"
+        );
     }
     Ok(issuers)
 }
@@ -472,7 +469,8 @@ fn examine(
     {
         anyhow::bail!(
             "CRL file {} holds a CRL of {} that its key did not sign ({error}): a forged or \
-             damaged CRL, or one signed with an algorithm rekeyd cannot check",
+             damaged CRL, one signed with an algorithm rekeyd cannot check, or a CA certificate \
+             beside it older than the key that signed it",
             file.display(),
             parsed.issuer()
         );
