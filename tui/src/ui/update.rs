@@ -451,7 +451,13 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
         }
         Action::Done(text) => {
             app.info(text);
-            load_for(app, app.view)
+            // As for a change seen live: a paged list is not reloaded
+            // under the cursor.
+            if secrets_paged(app) {
+                Vec::new()
+            } else {
+                load_for(app, app.view)
+            }
         }
         Action::Failed(text) => {
             app.error(text);
@@ -468,9 +474,7 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             // A list paged past its first page is not reloaded under the
             // cursor (a reload brings the first page back, and the
             // selection with it): `r` does it when the operator wants.
-            let paged =
-                app.view == View::Secrets && app.secrets.rows.len() > super::backend::PAGE as usize;
-            if relevant && paged {
+            if relevant && secrets_paged(app) {
                 app.info(format!(
                     "{} changed; r reloads the list from its start",
                     event.name
@@ -493,6 +497,12 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             }
         }
     }
+}
+
+/// Whether the list on screen is paged past its first page (a reload
+/// would bring back only that).
+fn secrets_paged(app: &App) -> bool {
+    app.view == View::Secrets && app.secrets.rows.len() > super::backend::PAGE as usize
 }
 
 fn is_key(action: &Action) -> bool {

@@ -366,6 +366,9 @@ fn a_paged_list_is_not_reloaded_under_the_cursor() {
         "{:?}",
         app.message
     );
+    // Nor after an action of the operator's ends.
+    assert!(update(&mut app, Action::Done("rotation of s/140 started".into())).is_empty());
+    assert_eq!(app.secrets.selected, 140);
     let mut short = app_with_rows(50);
     assert_eq!(
         update(&mut short, event()),
