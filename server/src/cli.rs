@@ -61,9 +61,9 @@ impl Location {
     }
 
     /// [`Self::load`], for a command that opens the installation here:
-    /// its log lines (a migration applied, a warning at close) go where
-    /// serve's do, and the process is hardened as the server is, since it
-    /// holds the root key (no core dump of it).
+    /// its log lines (a warning at close, an audit checkpoint) go to
+    /// standard error as serve's do, and the process is hardened as the
+    /// server is, since it holds the root key (no core dump of it).
     fn load_to_administer(&self) -> anyhow::Result<Loaded> {
         let loaded = self.load()?;
         init_logging(&loaded.config.log)?;
@@ -339,7 +339,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             root_key_file,
             accept_unproven_tables,
         } => {
-            // It opens every value to prove them: no core dump of that.
+            // It opens every value to prove them: no core dump of that. Its
+            // log lines (a migration applied) go where serve's do.
+            init_logging(&config::LogConfig::default())?;
             harden_process();
             let restored = crate::backup::restore(
                 &file,

@@ -124,8 +124,8 @@ impl ClientCertVerifier for RevocationCheckingVerifier {
             .inner
             .current()
             .verify_client_cert(end_entity, intermediates, now)?;
-        // Its CAs' too: a database revocation names a serial of any
-        // certificate, an intermediate's as well.
+        // The CA certificates it sends too, against the serials revoked
+        // as CA certificates' (`rekeyd cert revoke --serial S --ca`).
         let leaf_revoked = crate::principal::serial_of(end_entity)
             .is_some_and(|serial| self.revocations.is_revoked(&serial));
         let ca_revoked = intermediates
