@@ -26,9 +26,35 @@ pub struct Cron {
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
 
-/// The longest rate and the longest duration (AWS's bound on a rate): far
-/// from what the arithmetic on times can hold.
+/// The longest rate and the longest duration a configuration may be given
+/// (AWS's bound on a rate): far from what the arithmetic on times can hold.
+/// One stored before the bound is read as it is (`parse`, checked
+/// arithmetic only).
 const MAX_SPAN: i64 = 1000 * DAY;
+
+/// A schedule as a configuration is given it: [`parse`], at most 1000 days.
+pub fn parse_configured(text: &str) -> Result<Schedule, String> {
+    match parse(text)? {
+        Schedule::Rate(every) if every > MAX_SPAN => {
+            Err(format!("{:?}: a rate is at most 1000 days", text.trim()))
+        }
+        schedule => Ok(schedule),
+    }
+}
+
+/// A duration as a configuration is given it: [`parse_duration`], at most
+/// 1000 days.
+pub fn parse_configured_duration(text: &str) -> Result<i64, String> {
+    parse_duration(text)
+        .ok()
+        .filter(|span| *span <= MAX_SPAN)
+        .ok_or_else(|| {
+            format!(
+                "{:?} is not a duration like 30m, 2h or 1d, of at most 1000d",
+                text.trim()
+            )
+        })
+}
 
 /// Parses a schedule, with a message that says what is wrong.
 pub fn parse(text: &str) -> Result<Schedule, String> {
@@ -50,7 +76,7 @@ pub fn parse(text: &str) -> Result<Schedule, String> {
         };
         return count
             .checked_mul(unit)
-            .filter(|every| *every <= MAX_SPAN)
+            .filter(|every| *every <= i64::MAX / 4)
             .map(Schedule::Rate)
             .ok_or_else(|| format!("{text:?}: a rate is at most 1000 days"));
     }
@@ -221,13 +247,14 @@ impl Schedule {
     /// next matching time after `since`.
     pub fn next(&self, last_rotated: Option<i64>, since: i64) -> Option<i64> {
         match self {
-            Schedule::Rate(every) => Some(last_rotated.unwrap_or(since) + every),
+            Schedule::Rate(every) => last_rotated.unwrap_or(since).checked_add(*every),
             Schedule::Cron(cron) => cron.next_after(since),
         }
     }
 }
 
-/// `90m`, `2h`, `1d`, `30s` as milliseconds; at most 1000 days.
+/// `90m`, `2h`, `1d`, `30s` as milliseconds (what the arithmetic on
+/// times holds; a configuration is bounded by [`parse_configured_duration`]).
 pub fn parse_duration(text: &str) -> Result<i64, String> {
     let text = text.trim();
     let unlike = || format!("{text:?} is not a duration like 30m, 2h or 1d, of at most 1000d");
@@ -249,7 +276,7 @@ pub fn parse_duration(text: &str) -> Result<i64, String> {
         .ok()
         .filter(|n| *n >= 1)
         .and_then(|n| n.checked_mul(unit))
-        .filter(|span| *span <= MAX_SPAN)
+        .filter(|span| *span <= i64::MAX / 4)
         .ok_or_else(unlike)
 }
 
@@ -259,19 +286,23 @@ mod tests {
 
     #[test]
     fn spans_are_bounded_and_odd_text_is_refused_not_a_panic() {
-        for text in ["1é", "2hé", "é", "", "106751991168d", "1001d", "0h", "-1d"] {
+        for text in ["1é", "2hé", "é", "", "106751991168d", "0h", "-1d"] {
             assert!(parse_duration(text).is_err(), "{text:?}");
         }
-        assert_eq!(parse_duration("1000d"), Ok(1000 * DAY));
-        for text in [
-            "rate(106751991167 days)",
-            "rate(1001 days)",
-            "rate(24001 hours)",
-        ] {
-            assert!(parse(text).is_err(), "{text:?}");
+        // A configuration is given at most 1000 days; one stored before
+        // the bound is read as it is.
+        assert_eq!(parse_configured_duration("1000d"), Ok(1000 * DAY));
+        assert!(parse_configured_duration("1001d").is_err());
+        assert_eq!(parse_duration("1001d"), Ok(1001 * DAY));
+        for text in ["rate(1001 days)", "rate(24001 hours)"] {
+            assert!(parse_configured(text).is_err(), "{text:?}");
+            assert!(parse(text).is_ok(), "{text:?}");
         }
+        assert!(parse("rate(106751991167 days)").is_err());
         assert_eq!(
-            parse("rate(1000 days)").unwrap().next(Some(0), 0),
+            parse_configured("rate(1000 days)")
+                .unwrap()
+                .next(Some(0), 0),
             Some(1000 * DAY)
         );
     }

@@ -225,7 +225,7 @@ impl Engine {
                 .as_ref()
                 .and_then(|schedule| schedule.next(Some(now), now));
             let detail = if let Some(window) = window
-                && now > due_at + window
+                && now > due_at.saturating_add(window)
             {
                 // The window passed (the server was down): wait for the
                 // next. Exactly one process moves the schedule on.

@@ -111,7 +111,9 @@ pub fn plan(run: &RunRecord, inputs: &Inputs<'_>) -> Plan {
         if have < need {
             return match run.approval_requested_at {
                 None => Plan::RequestApproval(step),
-                Some(requested) if inputs.now > requested + inputs.gates.expiry_millis => {
+                Some(requested)
+                    if inputs.now > requested.saturating_add(inputs.gates.expiry_millis) =>
+                {
                     Plan::BeginEnding {
                         outcome: Outcome::Failed,
                         reason: format!(

@@ -105,7 +105,7 @@ impl RotationService {
         let parsed = if request.schedule.is_empty() {
             None
         } else {
-            Some(schedule::parse(&request.schedule).map_err(Error::InvalidArgument)?)
+            Some(schedule::parse_configured(&request.schedule).map_err(Error::InvalidArgument)?)
         };
         // A schedule that never comes due would look configured and never
         // rotate (a date that does not exist, a year long past).
@@ -123,7 +123,7 @@ impl RotationService {
                     "a window needs a schedule".to_owned(),
                 ));
             }
-            schedule::parse_duration(&request.window).map_err(Error::InvalidArgument)?;
+            schedule::parse_configured_duration(&request.window).map_err(Error::InvalidArgument)?;
         }
         let steps: Vec<Step> = request
             .approval_steps
@@ -161,7 +161,8 @@ impl RotationService {
         let expiry = if request.approval_expiry.is_empty() {
             DEFAULT_APPROVAL_EXPIRY.to_owned()
         } else {
-            schedule::parse_duration(&request.approval_expiry).map_err(Error::InvalidArgument)?;
+            schedule::parse_configured_duration(&request.approval_expiry)
+                .map_err(Error::InvalidArgument)?;
             request.approval_expiry.clone()
         };
         if !settings.admin_secret.is_empty() {
