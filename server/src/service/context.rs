@@ -34,6 +34,10 @@ struct AuditState {
     /// It gets no event (a rate-limit refusal counted in the next one).
     unaudited: bool,
     authorized_once: bool,
+    /// A rate-limit refusal recorded by itself: how many its event counts
+    /// (itself and those left out before it), counted again should the
+    /// event not be written.
+    over_limit: Option<u64>,
 }
 
 impl RequestContext {
@@ -60,6 +64,7 @@ impl RequestContext {
                 recorded: false,
                 unaudited: false,
                 authorized_once: false,
+                over_limit: None,
             }),
         })
     }
@@ -152,6 +157,18 @@ impl RequestContext {
     /// The event's detail, with the decision left as it is.
     pub fn set_detail(&self, detail: &str) {
         self.state().detail = detail.to_owned();
+    }
+
+    /// This request is a rate-limit refusal recorded by itself, counting
+    /// `left_out` refused before it.
+    pub fn refused_over_limit(&self, left_out: u64) {
+        self.state().over_limit = Some(left_out + 1);
+    }
+
+    /// The refusals this request's event counts, if it is a rate-limit
+    /// refusal recorded by itself.
+    pub fn counted_refusals(&self) -> Option<u64> {
+        self.state().over_limit
     }
 
     /// This request gets no event of its own (a rate-limit refusal counted

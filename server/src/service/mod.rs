@@ -298,6 +298,7 @@ impl AppState {
         match refusal.record {
             Some(left_out) => {
                 tracing::warn!(%principal, left_out, "rate limit: requests refused");
+                context.refused_over_limit(left_out);
                 if left_out > 0 {
                     context.set_detail(&format!(
                         "over the rate limit; {left_out} more refused since the last recorded refusal"
@@ -353,6 +354,11 @@ impl AppState {
         );
         if let Err(error) = self.store.record(&event).await {
             tracing::error!(request_id = %context.request_id, "audit event not written");
+            // A rate-limit refusal's count goes to the sweep: none is lost.
+            if let Some(refused) = context.counted_refusals() {
+                self.limits
+                    .count_unrecorded(context.principal.as_str(), refused);
+            }
             return match result {
                 Ok(_) => Err(Status::from(Error::audit_unwritable(&error))),
                 Err(original) => Err(original),
