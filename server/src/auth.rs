@@ -245,7 +245,7 @@ impl RefusalLog {
                 key.to_owned(),
                 Refused {
                     refusals: OncePerSecond::default(),
-                    last: event.clone(),
+                    last: AuditEvent::default(),
                 },
             );
         }

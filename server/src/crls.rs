@@ -322,11 +322,12 @@ fn read(
     anchors: &Anchors,
     provider: &Arc<CryptoProvider>,
 ) -> anyhow::Result<Vec<Crl>> {
-    let issuers = issuers_in(file, &anchors.certificates)?;
+    // Read once: the CA certificates and the CRLs come from the same bytes.
+    let contents =
+        std::fs::read(file).with_context(|| format!("reading CRL file {}", file.display()))?;
+    let issuers = issuers_in(file, &contents, &anchors.certificates)?;
     let mut crls = Vec::new();
-    for der in CertificateRevocationListDer::pem_file_iter(file)
-        .with_context(|| format!("reading CRL file {}", file.display()))?
-    {
+    for der in CertificateRevocationListDer::pem_slice_iter(&contents) {
         let der = der.with_context(|| format!("parsing CRL file {}", file.display()))?;
         crls.push(examine(der, file, &issuers)?);
     }
@@ -356,10 +357,10 @@ fn read(
 /// read as they would be without it.
 fn issuers_in(
     file: &Path,
+    contents: &[u8],
     cas: &[CertificateDer<'static>],
 ) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let mut unchecked: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(file)
-        .with_context(|| format!("reading CRL file {}", file.display()))?
+    let mut unchecked: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(contents)
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("parsing CRL file {}", file.display()))?
         .into_iter()

@@ -26,6 +26,11 @@ pub struct Keyring {
     forgotten: AtomicU64,
 }
 
+/// The version numbers of a key's versions, in order.
+fn numbers(versions: &[Arc<MasterKey>]) -> Vec<u32> {
+    versions.iter().map(|key| key.reference.version).collect()
+}
+
 impl Keyring {
     /// A key for another purpose, derived from the root key.
     pub fn derive_key(&self, purpose: &[u8]) -> crate::crypto::Key {
@@ -51,7 +56,9 @@ impl Keyring {
         event: &AuditEvent,
     ) -> Result<u32> {
         const TRIES: usize = 10;
-        for tried in 1.. {
+        let mut tried = 0;
+        loop {
+            tried += 1;
             if tried > 1 {
                 // The writes that took the number are durable before the
                 // versions are read again.
@@ -91,7 +98,6 @@ impl Keyring {
             self.forget(name);
             return Ok(version);
         }
-        unreachable!("the loop returns")
     }
 
     /// The root key, for the other keys derived from it.
@@ -110,31 +116,23 @@ impl Keyring {
     /// memory (see [`Self::forget_changed`]).
     pub fn differs(&self, stored: &HashMap<String, Vec<u32>>) -> bool {
         self.keys.read().is_ok_and(|keys| {
-            keys.iter().any(|(name, versions)| {
-                let cached: Vec<u32> = versions.iter().map(|key| key.reference.version).collect();
-                stored.get(name) != Some(&cached)
-            })
+            keys.iter()
+                .any(|(name, versions)| stored.get(name) != Some(&numbers(versions)))
         })
     }
 
     /// Drops every cached key whose stored versions differ from what is in
     /// memory (another process rotated or retired one); the next use
     /// reloads it. `stored`: each key's name and its version numbers.
-    /// Whether it dropped any.
-    pub fn forget_changed(&self, stored: &HashMap<String, Vec<u32>>) -> bool {
+    pub fn forget_changed(&self, stored: &HashMap<String, Vec<u32>>) {
         let Ok(mut keys) = self.keys.write() else {
-            return false;
+            return;
         };
         let known = keys.len();
-        keys.retain(|name, versions| {
-            let cached: Vec<u32> = versions.iter().map(|key| key.reference.version).collect();
-            stored.get(name) == Some(&cached)
-        });
-        let forgot = keys.len() != known;
-        if forgot {
+        keys.retain(|name, versions| stored.get(name) == Some(&numbers(versions)));
+        if keys.len() != known {
             self.forgotten.fetch_add(1, Ordering::AcqRel);
         }
-        forgot
     }
 
     fn cached(&self, name: &KeyName) -> Option<Vec<Arc<MasterKey>>> {
@@ -166,9 +164,6 @@ impl Keyring {
             // made it forget.
             && self.forgotten.load(Ordering::Acquire) == forgotten
         {
-            let numbers = |versions: &[Arc<MasterKey>]| -> Vec<u32> {
-                versions.iter().map(|key| key.reference.version).collect()
-            };
             if keys
                 .get(name.as_str())
                 .is_some_and(|known| numbers(known) != numbers(&versions))
