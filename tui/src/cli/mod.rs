@@ -6,13 +6,15 @@
 //! This file holds the flags; `read`, `write` and `lifecycle` run them.
 
 mod admin;
+mod configure;
 mod inject;
 mod lifecycle;
 mod read;
 mod rotation;
 mod write;
 
-pub use rotation::{ConfigureArgs, RotationCommand};
+pub use configure::ConfigureArgs;
+pub use rotation::RotationCommand;
 
 use crate::client::Connection;
 use crate::input::ValueSource;
@@ -393,7 +395,7 @@ fn quiet_on_closed_pipe() {
 
 /// `--step`: a step's name (`setSecret` or `set`).
 fn parse_step(text: &str) -> Result<i32, String> {
-    rotation::parse_step(text)
+    configure::parse_step(text)
         .map_err(|_| format!("--step {text:?}: steps are create, set, test, finish"))
 }
 

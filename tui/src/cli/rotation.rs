@@ -1,10 +1,10 @@
 //! Rotation commands: configure, rotate, step, approve, reject, retry,
 //! cancel, show, history, runs, approvals; and watch.
 
-use super::PasswordArgs;
+use super::configure::{self, ConfigureArgs};
 use crate::client::Connection;
 use crate::output::{self, Format, shown};
-use clap::{Args, Subcommand};
+use clap::Subcommand;
 use rekey_shared::proto::rotation_client::RotationClient;
 use rekey_shared::proto::{self, RotationStep};
 use rekey_shared::time::format_timestamp;
@@ -52,48 +52,6 @@ pub enum RotationCommand {
     },
 }
 
-#[derive(Debug, Args)]
-pub struct ConfigureArgs {
-    pub name: String,
-    /// password, postgres, mysql or exec:NAME.
-    #[arg(long, default_value = "")]
-    pub rotator: String,
-    /// rate(N hours|days) or cron(min hour dom month dow year).
-    #[arg(long, default_value = "")]
-    pub schedule: String,
-    /// How long after the scheduled time a run may still start (e.g. 2h).
-    #[arg(long, default_value = "")]
-    pub window: String,
-    /// Steps that need approval: create, set, test, finish (comma-separated).
-    #[arg(
-        long = "approve",
-        value_name = "STEP[,STEP]",
-        value_delimiter = ',',
-        value_parser = approval_step
-    )]
-    pub approve: Vec<i32>,
-    #[arg(long, default_value_t = 0)]
-    pub approvals: u32,
-    #[arg(long, default_value = "")]
-    pub approver_role: String,
-    /// How long an approval request stays open (default 24h).
-    #[arg(long, default_value = "")]
-    pub approval_expiry: String,
-    /// For a JSON value: the field that gets the new password.
-    #[arg(long, default_value = "")]
-    pub field: String,
-    #[arg(long, default_value = "")]
-    pub admin_secret: String,
-    /// single or alternating (database rotators).
-    #[arg(long, default_value = "")]
-    pub strategy: String,
-    /// Turn rotation off (the configuration is kept).
-    #[arg(long)]
-    pub disable: bool,
-    #[command(flatten)]
-    pub password: PasswordArgs,
-}
-
 fn step_name(step: i32) -> &'static str {
     match RotationStep::try_from(step) {
         Ok(RotationStep::CreateSecret) => "createSecret",
@@ -102,21 +60,6 @@ fn step_name(step: i32) -> &'static str {
         Ok(RotationStep::FinishSecret) => "finishSecret",
         _ => "-",
     }
-}
-
-fn approval_step(text: &str) -> Result<i32, String> {
-    parse_step(text).map_err(|error| error.to_string())
-}
-
-pub(super) fn parse_step(text: &str) -> anyhow::Result<i32> {
-    let step = match text.trim().to_ascii_lowercase().trim_end_matches("secret") {
-        "create" => RotationStep::CreateSecret,
-        "set" => RotationStep::SetSecret,
-        "test" => RotationStep::TestSecret,
-        "finish" => RotationStep::FinishSecret,
-        _ => anyhow::bail!("--approve {text:?}: steps are create, set, test, finish"),
-    };
-    Ok(step as i32)
 }
 
 fn time(timestamp: &Option<prost_types::Timestamp>) -> String {
@@ -175,6 +118,16 @@ fn config_json(config: &proto::RotationConfig) -> Value {
         "approvals_required": config.approvals_required,
         "approver_role": config.approver_role,
         "approval_expiry": config.approval_expiry,
+        "password_policy": config.password_policy.as_ref().map(|policy| json!({
+            "length": policy.length,
+            "exclude_characters": policy.exclude_characters,
+            "exclude_numbers": policy.exclude_numbers,
+            "exclude_punctuation": policy.exclude_punctuation,
+            "exclude_uppercase": policy.exclude_uppercase,
+            "exclude_lowercase": policy.exclude_lowercase,
+            "include_space": policy.include_space,
+            "require_each_included_type": policy.require_each_included_type,
+        })),
         "json_field": config.json_field,
         "admin_secret": config.admin_secret,
         "strategy": config.strategy,
@@ -293,30 +246,7 @@ pub async fn command(
     match command {
         RotationCommand::Configure(args) => {
             let config = client
-                .configure_rotation(proto::ConfigureRotationRequest {
-                    name: args.name,
-                    rotator: args.rotator,
-                    schedule: args.schedule,
-                    window: args.window,
-                    approval_steps: args.approve,
-                    approvals_required: args.approvals,
-                    approver_role: args.approver_role,
-                    approval_expiry: args.approval_expiry,
-                    password_policy: Some(proto::PasswordPolicy {
-                        length: Some(args.password.length),
-                        exclude_characters: args.password.exclude_characters,
-                        exclude_numbers: args.password.exclude_numbers,
-                        exclude_punctuation: args.password.exclude_punctuation,
-                        exclude_uppercase: args.password.exclude_uppercase,
-                        exclude_lowercase: args.password.exclude_lowercase,
-                        include_space: args.password.include_space,
-                        require_each_included_type: Some(!args.password.no_require_each_type),
-                    }),
-                    json_field: args.field,
-                    admin_secret: args.admin_secret,
-                    strategy: args.strategy,
-                    disable: args.disable,
-                })
+                .configure_rotation(configure::request(*args))
                 .await?
                 .into_inner();
             match format {

@@ -1,10 +1,12 @@
 //! ConfigureRotation: which rotator, with which settings, on which
-//! schedule, behind which approval gates; checked before it is kept (the
+//! schedule, behind which approval gates, whole or only the fields its
+//! update mask names (see `mask`); checked before it is kept (the
 //! rotator available here, the admin secret readable by whoever configures
 //! it, the database user pinned, the schedule able to come due), and
 //! refused while a run under way would read what changes.
 
 use super::RotationService;
+use super::mask;
 use super::messages::{config_message, policy_from};
 use crate::auth::Action;
 use crate::error::{Error, Result};
@@ -19,7 +21,7 @@ impl RotationService {
     pub(super) async fn configure(
         &self,
         context: &RequestContext,
-        request: proto::ConfigureRotationRequest,
+        mut request: proto::ConfigureRotationRequest,
     ) -> Result<proto::RotationConfig> {
         context.set_resource(&request.name);
         let name = SecretName::parse(&request.name)?;
@@ -44,12 +46,21 @@ impl RotationService {
             context.recorded();
             return Ok(config_message(name.as_str(), &config));
         }
+        if let Some(mask) = request.update_mask.take() {
+            let configured = existing
+                .as_ref()
+                .map(|config| config_message(name.as_str(), config));
+            request = mask::merged(configured, request, &mask.paths)?;
+        }
         let rotator = if request.rotator.is_empty() {
             existing
                 .as_ref()
                 .map(|config| config.rotator.clone())
                 .ok_or_else(|| {
-                    Error::InvalidArgument("give a rotator: password or exec:NAME".to_owned())
+                    Error::InvalidArgument(format!(
+                        "{name} has no rotation configuration yet; give a rotator: password, \
+                         postgres, mysql or exec:NAME"
+                    ))
                 })?
         } else {
             request.rotator.clone()

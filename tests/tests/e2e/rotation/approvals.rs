@@ -371,7 +371,7 @@ fn a_waiting_run_keeps_its_gates() {
     admin.run(&["rotate", "kept/db", "--no-wait"]).ok();
     wait_for_state(&admin, "kept/db", "awaiting_approval");
 
-    let ungated = alice.run(&["rotation", "configure", "kept/db", "--rotator", "password"]);
+    let ungated = alice.run(&["rotation", "configure", "kept/db", "--approve", "none"]);
     assert!(
         ungated
             .stderr
@@ -384,11 +384,110 @@ fn a_waiting_run_keeps_its_gates() {
     assert_eq!(shown["run"]["state"], "awaiting_approval", "{shown}");
     assert_eq!(shown["config"]["approvals_required"], 1, "{shown}");
 
-    let mut rescheduled = gated.to_vec();
-    rescheduled.extend(["--schedule", "rate(7 days)"]);
-    alice.run(&rescheduled).ok();
+    alice
+        .run(&[
+            "rotation",
+            "configure",
+            "kept/db",
+            "--schedule",
+            "rate(7 days)",
+        ])
+        .ok();
+    let config = &show(&admin, "kept/db")["config"];
+    assert_eq!(config["schedule"], "rate(7 days)", "{config}");
+    assert_eq!(config["approvals_required"], 1, "{config}");
+}
+
+/// `rotation configure` changes what its flags name and nothing else: a
+/// new schedule keeps the gates, the JSON field and the password policy
+/// (it dropped them all, so a schedule change opened the gates and had
+/// the next rotation write a bare password over a JSON value); the gates
+/// go only when asked to (`--approve none`); with no flags a disabled
+/// configuration comes back as it was.
+#[test]
+fn configuring_changes_only_what_it_names() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin
+        .run(&[
+            "create",
+            "part/db",
+            "--value",
+            r#"{"user":"app","password":"p0"}"#,
+        ])
+        .ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "part/db",
+            "--rotator",
+            "password",
+            "--approve",
+            "set,finish",
+            "--approvals",
+            "2",
+            "--field",
+            "password",
+            "--length",
+            "40",
+            "--exclude-punctuation",
+        ])
+        .ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "part/db",
+            "--schedule",
+            "rate(7 days)",
+            "--window",
+            "2h",
+            "--length",
+            "48",
+        ])
+        .ok();
+    let config = &show(&admin, "part/db")["config"];
+    assert_eq!(config["schedule"], "rate(7 days)", "{config}");
+    assert_eq!(config["window"], "2h", "{config}");
+    assert_eq!(config["rotator"], "password", "{config}");
     assert_eq!(
-        show(&admin, "kept/db")["config"]["schedule"],
-        "rate(7 days)"
+        config["approval_steps"].as_array().unwrap().len(),
+        2,
+        "{config}"
     );
+    assert_eq!(config["approvals_required"], 2, "{config}");
+    assert_eq!(config["json_field"], "password", "{config}");
+    assert_eq!(config["password_policy"]["length"], 48, "{config}");
+    assert_eq!(
+        config["password_policy"]["exclude_punctuation"], true,
+        "{config}"
+    );
+
+    admin
+        .run(&["rotation", "configure", "part/db", "--approve", "none"])
+        .ok();
+    admin
+        .run(&["rotation", "configure", "part/db", "--disable"])
+        .ok();
+    assert_eq!(show(&admin, "part/db")["config"]["enabled"], false);
+    admin.run(&["rotation", "configure", "part/db"]).ok();
+    let config = &show(&admin, "part/db")["config"];
+    assert_eq!(config["enabled"], true, "{config}");
+    assert_eq!(
+        config["approval_steps"].as_array().unwrap().len(),
+        0,
+        "{config}"
+    );
+    assert_eq!(config["approvals_required"], 0, "{config}");
+    assert_eq!(config["schedule"], "rate(7 days)", "{config}");
+    assert_eq!(config["json_field"], "password", "{config}");
+
+    // The gates open and the JSON field is kept: the rotation runs through.
+    admin.run(&["rotate", "part/db"]).ok();
+    let value: serde_json::Value =
+        serde_json::from_str(admin.run(&["get", "part/db"]).ok().stdout.trim()).unwrap();
+    assert_eq!(value["user"], "app");
+    assert_eq!(value["password"].as_str().unwrap().len(), 48);
 }

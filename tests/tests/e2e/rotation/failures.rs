@@ -44,13 +44,7 @@ fn a_run_ending_after_set_secret_reverts_the_target() {
 
     // A failing step after setSecret: retries, gives up, reverts.
     admin
-        .run(&[
-            "rotation",
-            "configure",
-            "rev/db",
-            "--rotator",
-            "exec:fixture",
-        ])
+        .run(&["rotation", "configure", "rev/db", "--approve", "none"])
         .ok();
     flag(&state, "fail-testSecret");
     admin.run(&["rotate", "rev/db", "--no-wait"]).ok();
@@ -335,6 +329,10 @@ fn configuration_is_checked() {
             "no exec rotator \"nothing\"",
         ),
         (&["--rotator", "/bin/sh"], "is not available"),
+        (
+            &["--schedule", "rate(7 days)"],
+            "has no rotation configuration yet; give a rotator",
+        ),
         (
             &["--rotator", "password", "--schedule", "every day"],
             "is not a schedule",
