@@ -13,7 +13,7 @@ use crate::service::convert::{page_size, secret_metadata, secret_version, today}
 use crate::store::{Gate, SecretQuery, SecretRecord, ValueRead, VersionRecord};
 use rekey_shared::proto;
 use rekey_shared::time::timestamp_from_millis;
-use rekey_shared::{SecretName, Stage, VersionId};
+use rekey_shared::{KeyName, SecretName, Stage, VersionId};
 use tonic::Status;
 
 const MAX_PAGE: u32 = 100;
@@ -87,15 +87,7 @@ impl SecretsService {
             ValueRead::Stopped(secret) => (live(secret)?, None),
             ValueRead::Read(secret, found) => (live(secret)?, Some(found)),
         };
-        let key = key_resource(&secret.key_name);
-        match check {
-            KeyCheck::Record => self.authorize(context, Action::KeysUse, &key)?,
-            KeyCheck::Entry => {
-                if !context.allows(&self.state.authorizer, Action::KeysUse, &key) {
-                    return Err(denied(context, Action::KeysUse, &key));
-                }
-            }
-        }
+        self.use_key(context, check, &secret.key_name)?;
         let found = match found {
             Some(found) => found,
             None => {
@@ -104,6 +96,7 @@ impl SecretsService {
                     .await?
             }
         };
+        self.may_open(context, check, &secret, &found)?;
         match self.answer(&secret, found, version_id, stage).await {
             // What SQLite kept in memory may be wrapped under a master-key
             // version another process retired meanwhile: a value that does
@@ -113,9 +106,43 @@ impl SecretsService {
                 let found = store
                     .version_with_stages(&secret.id, version_id, &selected)
                     .await?;
+                self.may_open(context, check, &secret, &found)?;
                 self.answer(&secret, found, version_id, stage).await
             }
             answered => answered,
+        }
+    }
+
+    /// `keys:Use` on `key`, as `check` says to decide it.
+    fn use_key(&self, context: &RequestContext, check: KeyCheck, key: &KeyName) -> Result<()> {
+        let key = key_resource(key);
+        match check {
+            KeyCheck::Record => self.authorize(context, Action::KeysUse, &key),
+            KeyCheck::Entry if context.allows(&self.state.authorizer, Action::KeysUse, &key) => {
+                Ok(())
+            }
+            KeyCheck::Entry => Err(denied(context, Action::KeysUse, &key)),
+        }
+    }
+
+    /// `keys:Use` on the key that opens `found`, when it is not the one
+    /// the secret's record named. The version may be read apart from the
+    /// secret (PostgreSQL reads the two in two statements; a retry reads
+    /// the version again), and a secret moved to another master key with a
+    /// new value between the two must not open under a decision taken on
+    /// the key it left.
+    fn may_open(
+        &self,
+        context: &RequestContext,
+        check: KeyCheck,
+        secret: &SecretRecord,
+        found: &Option<(VersionRecord, Vec<Stage>)>,
+    ) -> Result<()> {
+        match found {
+            Some((version, _)) if version.sealed.key.name != secret.key_name => {
+                self.use_key(context, check, &version.sealed.key.name)
+            }
+            _ => Ok(()),
         }
     }
 
@@ -421,7 +448,7 @@ enum KeyCheck {
     Entry,
 }
 
-fn key_resource(key: &rekey_shared::KeyName) -> String {
+fn key_resource(key: &KeyName) -> String {
     format!("key:{key}")
 }
 
