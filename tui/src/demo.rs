@@ -18,7 +18,9 @@ pub async fn run() -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("rekey-demo-").tempdir()?;
     installation::init(dir.path(), &[], None, None).await?;
     installation::add_demo_secrets(dir.path()).await?;
-    let mut loaded = config::load(dir.path(), None)?;
+    // Its own database and root key, whatever the shell says (REKEY_DATABASE_URL
+    // may name a real installation's).
+    let mut loaded = config::load_new_installation(dir.path())?;
     let ca = pki::CertificateAuthority::load(dir.path())?;
     let approver = dir.path().join("approver.pem");
     certificates::issue(&loaded, &ca, "approver", 30, &approver).await?;

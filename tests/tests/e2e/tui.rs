@@ -242,9 +242,22 @@ fn an_operator_and_an_approver_rotate_a_secret_in_the_terminal_ui() {
     });
 }
 
+/// The demo is its own installation whatever the shell says: a
+/// REKEY_DATABASE_URL and REKEY_ROOT_KEY_FILE left there for a real one
+/// are not used (the demo wrote its approver, policy and audit event into
+/// that database, and served it).
 #[test]
 fn rekey_demo_shows_the_demo_and_cleans_up_when_it_quits() {
-    demo_ends_clean(|tmux| tmux.keys("demo", &["q"]));
+    let elsewhere = tempfile::tempdir().unwrap();
+    let database = elsewhere.path().join("real.db");
+    let environment = format!(
+        "REKEY_DATABASE_URL=sqlite://{}?mode=rwc REKEY_ROOT_KEY_FILE={}",
+        database.display(),
+        elsewhere.path().join("root.key").display()
+    );
+    demo_ends_clean(&environment, |tmux| tmux.keys("demo", &["q"]));
+    let left: Vec<_> = std::fs::read_dir(elsewhere.path()).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// SIGTERM (or SIGHUP, the SSH session gone) ends the UI as `q` does, a
@@ -252,7 +265,7 @@ fn rekey_demo_shows_the_demo_and_cleans_up_when_it_quits() {
 /// removed; it killed rekey.
 #[test]
 fn rekey_demo_ends_clean_on_sigterm() {
-    demo_ends_clean(|tmux| {
+    demo_ends_clean("", |tmux| {
         tmux.keys("demo", &["?"]);
         tmux.wait_for("demo", &["any key closes this help"]);
         let pid: i32 = tmux
@@ -265,11 +278,14 @@ fn rekey_demo_ends_clean_on_sigterm() {
     });
 }
 
-/// Starts `rekey demo`, waits for its screen, ends it with `quit`, and
+/// Starts `rekey demo` (with `environment`, as `env` takes it), waits for its screen, ends it with `quit`, and
 /// checks that it quit and removed its directory.
-fn demo_ends_clean(quit: impl Fn(&Tmux)) {
+fn demo_ends_clean(environment: &str, quit: impl Fn(&Tmux)) {
     let tmux = Tmux::new();
-    let command = format!("env NO_COLOR=1 {} demo", binary("rekey").display());
+    let command = format!(
+        "env NO_COLOR=1 {environment} {} demo",
+        binary("rekey").display()
+    );
     tmux.tmux(&[
         "new-session",
         "-d",
