@@ -62,6 +62,13 @@ pub fn for_new_version(map: &mut StageMap, version: &VersionId, requested: &[Sta
     }
     stages.sort();
     stages.dedup();
+    if stages.contains(&Stage::current()) && stages.contains(&Stage::previous()) {
+        return Err(Error::InvalidArgument(
+            "a new version cannot take both CURRENT and PREVIOUS: PREVIOUS follows CURRENT to \
+             the version it leaves (a first value is CURRENT)"
+                .to_owned(),
+        ));
+    }
     for stage in &stages {
         attach(map, stage, version);
     }
@@ -201,6 +208,29 @@ mod tests {
             for_new_version(&mut stages, &v(9), &requested).unwrap();
             assert_eq!(stages, map(after), "{before:?} + {requested:?}");
         }
+    }
+
+    /// PREVIOUS with CURRENT on one new version left the version CURRENT
+    /// left without a label (and so purgeable), against "PREVIOUS follows".
+    #[test]
+    fn a_new_version_takes_current_or_previous_not_both() {
+        for (before, requested) in [
+            (&[("CURRENT", 1)][..], &["CURRENT", "PREVIOUS"][..]),
+            (&[][..], &["PREVIOUS"][..]),
+        ] {
+            let mut stages = map(before);
+            let requested: Vec<Stage> = requested.iter().map(|r| s(r)).collect();
+            let refused = for_new_version(&mut stages, &v(9), &requested).unwrap_err();
+            assert!(
+                matches!(&refused, Error::InvalidArgument(message) if message.contains("PREVIOUS follows CURRENT")),
+                "{refused:?}"
+            );
+            assert_eq!(stages, map(before));
+        }
+        // PREVIOUS alone, beside a CURRENT that stays, is a label as any.
+        let mut stages = map(&[("CURRENT", 2), ("PREVIOUS", 1)]);
+        for_new_version(&mut stages, &v(9), &[s("PREVIOUS")]).unwrap();
+        assert_eq!(stages, map(&[("CURRENT", 2), ("PREVIOUS", 9)]));
     }
 
     #[test]
