@@ -12,9 +12,12 @@ use crate::installation::{self, Opened};
 use crate::pki::CertificateAuthority;
 use crate::store::RevokeTarget;
 use rekey_shared::KeyName;
+use rekey_shared::identity::Identity;
 use rekey_shared::time::format_millis;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn domain(error: crate::error::Error) -> anyhow::Error {
     anyhow::anyhow!("{error}")
@@ -67,6 +70,7 @@ pub async fn cert(loaded: &Loaded, command: CertCommand) -> anyhow::Result<()> {
         CertCommand::Renew { name, out, days } => {
             certificates::check_principal(&name)?;
             let out = default_out(&name, out)?;
+            replaceable(&out, &name)?;
             let ca = CertificateAuthority::load(&loaded.dir)?;
             // Write beside, then replace: the old file stays usable until then.
             let fresh = out.with_extension("pem.new");
@@ -124,6 +128,39 @@ pub async fn cert(loaded: &Loaded, command: CertCommand) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Whether `cert renew` may write over `out`: nothing there yet, or an
+/// identity file of `name`. A mistyped `--out` (the root key's file, say)
+/// was replaced whatever it held.
+fn replaceable(out: &Path, name: &str) -> anyhow::Result<()> {
+    if std::fs::symlink_metadata(out).is_err() {
+        return Ok(());
+    }
+    let holder = Identity::load(out)
+        .map_err(|error| error.to_string())
+        .and_then(|identity| {
+            CertificateDer::from_pem_slice(identity.certificate_pem.as_bytes())
+                .map_err(|error| format!("its certificate does not parse: {error}"))
+        })
+        .and_then(|der| {
+            crate::principal::peer_certificate(&der)
+                .map(|peer| peer.principal.to_string())
+                .map_err(|refusal| refusal.to_string())
+        });
+    match holder {
+        Ok(holder) if holder == name => Ok(()),
+        Ok(holder) => anyhow::bail!(
+            "{} is the identity of {holder}, not of {name}; renew writes only over the identity \
+             it renews (or give --out a new file)",
+            out.display()
+        ),
+        Err(reason) => anyhow::bail!(
+            "{} is not an identity file of {name} ({reason}); renew writes only over the \
+             identity it renews (or give --out a new file)",
+            out.display()
+        ),
     }
 }
 

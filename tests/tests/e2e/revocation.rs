@@ -201,6 +201,27 @@ fn renewal_issues_a_working_certificate_and_revocation_names_what_it_did() {
         );
     }
     assert_eq!(std::fs::read(&carol).unwrap(), before);
+    // Renewing writes only over the identity it renews: not over the root
+    // key (a mistyped --out), nor over another principal's identity.
+    let root_key = installation.dir().join("root.key");
+    let admin_pem = installation.admin();
+    for (out, reason) in [
+        (&root_key, "is not an identity file of carol"),
+        (&admin_pem, "is the identity of admin, not of carol"),
+    ] {
+        let kept = std::fs::read(out).unwrap();
+        let refused = rekeyd(
+            installation.dir(),
+            &["cert", "renew", "carol", "--out", out.to_str().unwrap()],
+        );
+        assert_eq!(refused.status.code(), Some(1), "{}", text(&refused.stderr));
+        assert!(
+            text(&refused.stderr).contains(reason),
+            "{}",
+            text(&refused.stderr)
+        );
+        assert_eq!(std::fs::read(out).unwrap(), kept);
+    }
     let renewed = rekeyd(
         installation.dir(),
         &["cert", "renew", "carol", "--out", carol.to_str().unwrap()],
