@@ -1,5 +1,6 @@
 //! Client certificates of an installation: issue (with the registry entry
-//! that `cert list` and revocation need), renew, revoke, list. These run in
+//! that `cert list` and revocation need), renew, revoke, list; and the
+//! server's own, renewed. These run in
 //! `rekeyd` subcommands with local access to the installation, and are
 //! audited as principal `rekeyd`.
 
@@ -8,6 +9,7 @@ use crate::config::Loaded;
 use crate::installation;
 use crate::pki::{CertificateAuthority, IssuedCertificate, write_private};
 use crate::store::{CertificateRecord, RevokeTarget};
+use anyhow::Context;
 use std::path::Path;
 
 /// Issues a certificate for `principal`, records it, and writes its
@@ -42,6 +44,107 @@ pub async fn issue(
     recorded.map_err(|error| anyhow::anyhow!("{error}"))?;
     write_private(out, &ca.identity(&issued).to_file_text(principal))?;
     Ok(issued)
+}
+
+/// Issues the server a new certificate and key from `ca`, for the names
+/// its certificate has now and `hosts`, and puts them in place of the
+/// files the configuration names: each written beside and renamed over it,
+/// the key first (a server reading the two between the renames finds them
+/// apart, keeps the pair it has, and takes the new one at its next look).
+/// Audited before the files are replaced. The certificate and its names.
+pub async fn renew_server(
+    loaded: &Loaded,
+    ca: &CertificateAuthority,
+    hosts: &[String],
+    days: i64,
+) -> anyhow::Result<(IssuedCertificate, Vec<String>)> {
+    let certificate = loaded.path(&loaded.config.tls.certificate);
+    let private_key = loaded.path(&loaded.config.tls.private_key);
+    let mut names = match std::fs::read_to_string(&certificate) {
+        Ok(pem) => names_of(&pem)
+            .with_context(|| format!("reading the names of {}", certificate.display()))?,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading {}", certificate.display()));
+        }
+    };
+    for host in hosts {
+        if !names.contains(host) {
+            names.push(host.clone());
+        }
+    }
+    if names.is_empty() {
+        anyhow::bail!("the server certificate would name no host: give --host NAME");
+    }
+    let issued = ca.issue_server(&names, days)?;
+    let opened = installation::open(loaded).await?;
+    let recorded = opened
+        .store
+        .record(&AuditEvent::local(
+            "certificates:IssueServer",
+            "server",
+            &format!(
+                "serial {} for {}, valid until {}",
+                issued.serial,
+                names.join(", "),
+                issued.not_after.date()
+            ),
+        ))
+        .await;
+    opened.store.close().await;
+    recorded.map_err(|error| anyhow::anyhow!("{error}"))?;
+    replace(&private_key, |path| write_private(path, &issued.key_pem))?;
+    replace(&certificate, |path| {
+        std::fs::write(path, &issued.certificate_pem)
+            .with_context(|| format!("writing {}", path.display()))
+    })?;
+    Ok((issued, names))
+}
+
+/// Writes `path` anew through `write` (to a file beside it, renamed over
+/// it), so that a reader finds the old file or the new one, whole.
+fn replace(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let mut fresh = path.as_os_str().to_owned();
+    fresh.push(".new");
+    let fresh = std::path::PathBuf::from(fresh);
+    let _ = std::fs::remove_file(&fresh);
+    write(&fresh)?;
+    std::fs::rename(&fresh, path)
+        .with_context(|| format!("replacing {} with {}", path.display(), fresh.display()))
+}
+
+/// The DNS names and IP addresses a PEM certificate names.
+fn names_of(pem: &str) -> anyhow::Result<Vec<String>> {
+    use x509_parser::extensions::GeneralName;
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|error| anyhow::anyhow!("not PEM: {error}"))?;
+    let certificate = block
+        .parse_x509()
+        .map_err(|error| anyhow::anyhow!("not a certificate: {error}"))?;
+    let Some(names) = certificate
+        .subject_alternative_name()
+        .map_err(|error| anyhow::anyhow!("its alternative names do not parse: {error}"))?
+    else {
+        return Ok(Vec::new());
+    };
+    Ok(names
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(host) => Some((*host).to_owned()),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|octets| std::net::IpAddr::from(octets).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|octets| std::net::IpAddr::from(octets).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect())
 }
 
 /// Revokes every certificate of a principal, or one serial.

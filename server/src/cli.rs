@@ -208,6 +208,18 @@ pub(crate) enum CertCommand {
     },
     /// List issued certificates: valid, expired or revoked.
     List,
+    /// Issue the server a fresh certificate and key from the installation's
+    /// CA, for the host names and addresses its certificate names now and
+    /// those given; they replace the configured files, and a running server
+    /// serves them within seconds.
+    RenewServer {
+        /// Another host name or IP address to name (repeatable).
+        #[arg(long = "host", value_name = "HOST")]
+        hosts: Vec<String>,
+        /// Days of validity (1 to 3650; no later than the CA's own expiry).
+        #[arg(long, default_value_t = 825, value_parser = clap::value_parser!(i64).range(1..=3650))]
+        days: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -101,6 +101,18 @@ pub async fn cert(loaded: &Loaded, command: CertCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        CertCommand::RenewServer { hosts, days } => {
+            let ca = CertificateAuthority::load(&loaded.dir)?;
+            let (issued, names) = certificates::renew_server(loaded, &ca, &hosts, days).await?;
+            println!(
+                "renewed the server certificate: serial {}, valid until {}, for {}; a running \
+                 server serves it within seconds",
+                issued.serial,
+                issued.not_after.date(),
+                names.join(", ")
+            );
+            Ok(())
+        }
         CertCommand::List => {
             let now = rekey_shared::time::now_millis();
             println!(

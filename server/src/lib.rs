@@ -28,6 +28,7 @@ pub mod policy;
 pub mod principal;
 pub mod retention;
 pub mod rotation;
+pub mod server_certificate;
 pub mod service;
 pub mod signals;
 pub mod stages;
@@ -64,8 +65,7 @@ pub async fn serve(
 pub struct Prepared {
     loaded: config::Loaded,
     state: Arc<service::AppState>,
-    tls: rustls::ServerConfig,
-    crls: Arc<crls::ClientVerifier>,
+    tls: tls::ServerTls,
     notifier: notify::Notifier,
     /// The audit archiver, already running (see `retention`).
     archiving: Option<tokio::task::JoinHandle<()>>,
@@ -114,7 +114,7 @@ pub async fn prepare(
         .await
         .map_err(|error| anyhow::anyhow!("{error}"))?;
     let revocations = Arc::new(tls::Revocations::default());
-    let (tls, crls) = tls::server_config(
+    let tls = tls::server_config(
         &loaded.path(&config.tls.certificate),
         &loaded.path(&config.tls.private_key),
         &loaded.path(&config.tls.client_ca),
@@ -149,7 +149,6 @@ pub async fn prepare(
         loaded: loaded.clone(),
         state,
         tls,
-        crls,
         notifier,
         archiving,
     })
@@ -168,7 +167,6 @@ pub async fn serve_prepared(
         loaded,
         state,
         tls,
-        crls,
         notifier,
         archiving,
     } = prepared;
@@ -176,7 +174,8 @@ pub async fn serve_prepared(
     // First: every event from here on is relayed to the other replicas.
     let fanning_out = fanout::start(state.clone());
     let syncing = tokio::spawn(sync::run(state.clone()));
-    let watching_crls = tokio::spawn(crls.watch());
+    let watching_crls = tokio::spawn(tls.client_verifier.clone().watch());
+    let watching_certificate = tokio::spawn(tls.own.clone().watch());
     let engine = rotation::engine::Engine::new(state.clone());
     let rotating = tokio::spawn(engine.clone().run());
     let requests = Arc::new(metrics::RequestMetrics::for_services(&[
@@ -189,7 +188,7 @@ pub async fn serve_prepared(
             requests.clone(),
             state.clone(),
             engine.clone(),
-            metrics::certificate_expiry(&loaded.path(&config.tls.certificate)),
+            tls.own.clone(),
         );
         tokio::spawn(metrics::http::serve(listener, Arc::new(metrics)))
     });
@@ -242,7 +241,7 @@ pub async fn serve_prepared(
         state.clone(),
         std::time::Duration::from_secs(config.purge_interval_seconds.max(1)),
     ));
-    let incoming = ReceiverStream::new(tls::accept(listener, Arc::new(tls)));
+    let incoming = ReceiverStream::new(tls::accept(listener, Arc::new(tls.config)));
     let (stopping, stopped) = tokio::sync::oneshot::channel();
     let watchers = state.clone();
     let stopping_engine = engine.clone();
@@ -341,6 +340,7 @@ pub async fn serve_prepared(
     }
     syncing.abort();
     watching_crls.abort();
+    watching_certificate.abort();
     fanning_out.abort();
     if let Some(scraping) = scraping {
         scraping.abort();

@@ -20,6 +20,8 @@ pub const CA_KEY: &str = "ca.key";
 pub struct CertificateAuthority {
     pub certificate_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    /// What it issues expires no later than it does.
+    not_after: OffsetDateTime,
 }
 
 impl std::fmt::Debug for CertificateAuthority {
@@ -79,10 +81,13 @@ impl CertificateAuthority {
             .self_signed(&key)
             .context("signing the CA certificate")?;
         let key_pem = Zeroizing::new(key.serialize_pem());
+        // As the certificate says it (whole seconds).
+        let not_after = not_after_of(&certificate.pem())?;
         Ok((
             Self {
                 certificate_pem: certificate.pem(),
                 issuer: Issuer::new(params, key),
+                not_after,
             },
             key_pem,
         ))
@@ -105,9 +110,11 @@ impl CertificateAuthority {
         let key = KeyPair::from_pem(key_pem).context("parsing the CA key")?;
         let issuer = Issuer::from_ca_cert_pem(&certificate_pem, key)
             .context("parsing the CA certificate")?;
+        let not_after = not_after_of(&certificate_pem).context("reading the CA certificate")?;
         Ok(Self {
             certificate_pem,
             issuer,
+            not_after,
         })
     }
 
@@ -115,7 +122,18 @@ impl CertificateAuthority {
         let key = KeyPair::generate().context("generating a key")?;
         let (serial, serial_hex) = random_serial();
         params.serial_number = Some(serial);
-        let not_after = validity(&mut params, days);
+        let mut not_after = validity(&mut params, days);
+        if self.not_after <= OffsetDateTime::now_utc() {
+            anyhow::bail!(
+                "the CA certificate expired on {}; it can issue nothing",
+                self.not_after.date()
+            );
+        }
+        // Not past the CA's own end: clients would stop trusting it then.
+        if not_after > self.not_after {
+            not_after = self.not_after;
+            params.not_after = not_after;
+        }
         params.use_authority_key_identifier_extension = true;
         let certificate = params
             .signed_by(&key, &self.issuer)
@@ -193,6 +211,17 @@ pub fn read_private(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>
     })?))
 }
 
+/// When the first certificate of a PEM text expires.
+pub fn not_after_of(pem: &str) -> anyhow::Result<OffsetDateTime> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|error| anyhow::anyhow!("not PEM: {error}"))?;
+    let certificate = block
+        .parse_x509()
+        .map_err(|error| anyhow::anyhow!("not a certificate: {error}"))?;
+    OffsetDateTime::from_unix_timestamp(certificate.validity().not_after.timestamp())
+        .context("its expiry is out of range")
+}
+
 /// Writes `contents` to a new file readable by its owner only. Refuses to
 /// replace an existing file.
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -210,4 +239,22 @@ pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     file.write_all(contents.as_bytes())
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the CA issues ends no later than the CA does: a client's
+    /// certificate issued late in the CA's life for 3650 days outlived it.
+    #[test]
+    fn nothing_issued_outlives_its_ca() {
+        let (ca, _) = CertificateAuthority::generate("test CA").unwrap();
+        let ca_ends = not_after_of(&ca.certificate_pem).unwrap();
+        let client = ca.issue_client("alice", 3650).unwrap();
+        assert!(client.not_after <= ca_ends);
+        assert_eq!(not_after_of(&client.certificate_pem).unwrap(), ca_ends);
+        let short = ca.issue_server(&["localhost".to_owned()], 30).unwrap();
+        assert!(short.not_after < ca_ends);
+    }
 }

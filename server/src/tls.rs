@@ -8,10 +8,11 @@
 
 use crate::crls::ClientVerifier;
 use crate::principal::{CertificateRefusal, PeerCertificate, peer_certificate};
+use crate::server_certificate::ServerCertificate;
 use anyhow::Context;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::HashSet;
 use std::io;
 use std::net::SocketAddr;
@@ -172,23 +173,21 @@ impl ClientCertVerifier for RevocationCheckingVerifier {
 /// chosen here explicitly rather than from a process-wide default.
 ///
 /// Sessions are never resumed: every connection presents its certificate
-/// and passes the revocation check again. The CRL files are read again
-/// when they change (`ClientVerifier::watch`, which the caller runs).
+/// and passes the revocation check again. The CRL files and the server's
+/// certificate and key are read again when they change (see [`ServerTls`]).
 pub fn server_config(
     certificate: &Path,
     private_key: &Path,
     client_ca: &Path,
     crl_files: &[std::path::PathBuf],
     revocations: Arc<Revocations>,
-) -> anyhow::Result<(rustls::ServerConfig, Arc<ClientVerifier>)> {
+) -> anyhow::Result<ServerTls> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let chain = CertificateDer::pem_file_iter(certificate)
-        .with_context(|| format!("reading server certificate {}", certificate.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing server certificate {}", certificate.display()))?;
-    let raw = crate::pki::read_private(private_key, "the server key")?;
-    let key = PrivateKeyDer::from_pem_slice(&raw)
-        .with_context(|| format!("reading server key {}", private_key.display()))?;
+    let own = Arc::new(ServerCertificate::load(
+        certificate,
+        private_key,
+        provider.clone(),
+    )?);
     let cas = CertificateDer::pem_file_iter(client_ca)
         .with_context(|| format!("reading client CA {}", client_ca.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -207,12 +206,25 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("selecting TLS 1.3")?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .context("the server certificate does not match its key")?;
+        .with_cert_resolver(own.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
-    Ok((config, client_verifier))
+    Ok(ServerTls {
+        config,
+        client_verifier,
+        own,
+    })
+}
+
+/// The server's TLS settings, with what keeps them current: the client
+/// verifier (its CRL files) and the server's own certificate (its files),
+/// each read again when they change (their `watch`, which the caller runs).
+#[derive(Debug)]
+pub struct ServerTls {
+    pub config: rustls::ServerConfig,
+    pub client_verifier: Arc<ClientVerifier>,
+    pub own: Arc<ServerCertificate>,
 }
 
 /// What every request on a connection learns about it.

@@ -23,9 +23,9 @@ pub use layer::RequestMetricsLayer;
 pub use requests::RequestMetrics;
 
 use crate::rotation::engine::Engine;
+use crate::server_certificate::ServerCertificate;
 use crate::service::AppState;
 use exposition::Exposition;
-use std::path::Path;
 use std::sync::Arc;
 
 /// Batch-size buckets: one writer or event up to the largest batches.
@@ -42,8 +42,8 @@ pub struct Metrics {
     requests: Arc<RequestMetrics>,
     state: Arc<AppState>,
     engine: Arc<Engine>,
-    /// The server certificate's notAfter, as Unix seconds.
-    certificate_expiry: Option<i64>,
+    /// The server certificate served (its notAfter).
+    certificate: Arc<ServerCertificate>,
     /// One scrape at a time: the rotation gauges query the database, and
     /// anyone on the host can connect, so parallel scrapes must not take
     /// the pool from the gRPC handlers.
@@ -55,13 +55,13 @@ impl Metrics {
         requests: Arc<RequestMetrics>,
         state: Arc<AppState>,
         engine: Arc<Engine>,
-        certificate_expiry: Option<i64>,
+        certificate: Arc<ServerCertificate>,
     ) -> Self {
         Self {
             requests,
             state,
             engine,
-            certificate_expiry,
+            certificate,
             scraping: tokio::sync::Mutex::new(()),
         }
     }
@@ -112,7 +112,7 @@ impl Metrics {
                 counter.load(std::sync::atomic::Ordering::Relaxed),
             );
         }
-        if let Some(expiry) = self.certificate_expiry {
+        if let Some(expiry) = self.certificate.not_after() {
             page.family(
                 "rekey_server_certificate_expiry_timestamp_seconds",
                 "gauge",
@@ -126,26 +126,4 @@ impl Metrics {
         }
         page.finish()
     }
-}
-
-/// The notAfter of the first certificate in `path` (the leaf), read once
-/// at start like the certificate itself; `None`, with a warning, when it
-/// cannot be read.
-pub fn certificate_expiry(path: &Path) -> Option<i64> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let leaf = CertificateDer::pem_file_iter(path)
-        .ok()
-        .and_then(|mut chain| chain.next())
-        .and_then(Result::ok);
-    let expiry = leaf.as_ref().and_then(|der| {
-        X509Certificate::from_der(der.as_ref())
-            .ok()
-            .map(|(_, certificate)| certificate.validity().not_after.timestamp())
-    });
-    if expiry.is_none() {
-        tracing::warn!(path = %path.display(), "cannot read the server certificate's expiry for metrics");
-    }
-    expiry
 }

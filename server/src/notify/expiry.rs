@@ -1,7 +1,8 @@
 //! How long the certificates this server uses stay valid: its own TLS
-//! certificate and the CA that client certificates chain to, read at start
-//! (what the server serves with until it restarts), checked then and every
-//! 12 hours. Each one that expires within `certificate_warning_days` is
+//! certificate (which it reads again when its file changes, see
+//! `server_certificate`) and the CA that client certificates chain to (read
+//! at start only, by the handshake's verifier), read from their files and
+//! checked at start and every 12 hours. Each one that expires within `certificate_warning_days` is
 //! logged as a warning and raised as `certificate_expiring`.
 
 use super::{Notice, Notifications};
@@ -89,12 +90,14 @@ pub fn due(watched: &[Watched], now: i64, warning_days: u32) -> Vec<Notice> {
         .collect()
 }
 
-/// Checks now, then every [`CHECK_INTERVAL`].
-pub async fn run(watched: Vec<Watched>, warning_days: u32, notifications: Notifications) {
+/// Checks now, then every [`CHECK_INTERVAL`], reading the files each time
+/// (a certificate renewed meanwhile is the one checked).
+pub async fn run(loaded: Loaded, warning_days: u32, notifications: Notifications) {
     let mut ticks = tokio::time::interval(CHECK_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
+        let watched = read(&loaded);
         let now = rekey_shared::time::now_millis().div_euclid(1000);
         for notice in due(&watched, now, warning_days) {
             if let Notice::CertificateExpiring {

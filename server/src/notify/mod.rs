@@ -106,7 +106,7 @@ impl Notifier {
             webhooks: Arc::new(webhooks),
         };
         let expiry = tokio::spawn(expiry::run(
-            expiry::read(loaded),
+            loaded.clone(),
             settings.certificate_warning_days,
             notifications.clone(),
         ));

@@ -433,3 +433,70 @@ async fn silent_connections_from_one_address_are_bounded() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// `rekeyd cert renew-server` issues the server a new certificate for the
+/// names it had and those given, and the running server serves it from
+/// its next handshake: a client that checks a new name gets in without a
+/// restart, and one that checks an old name still does; the expiry metric
+/// follows. The audit log says so. (There was no way to renew it: on day 826 every handshake failed.)
+#[tokio::test]
+async fn a_renewed_server_certificate_is_served_without_a_restart() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = Identity::load(&installation.admin()).unwrap();
+    let named = |host: &str| rekey_shared::channel::tls_config(&admin).domain_name(host.to_owned());
+    let refused = try_read(&server, named("secrets.corp.example")).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let key_before = std::fs::read(installation.dir().join("server.key")).unwrap();
+
+    let renewed = rekey_tests::rekeyd(
+        installation.dir(),
+        &[
+            "cert",
+            "renew-server",
+            "--host",
+            "secrets.corp.example",
+            "--days",
+            "30",
+        ],
+    );
+    let said = rekey_tests::text(&renewed.stdout);
+    assert!(
+        renewed.status.success(),
+        "{}",
+        rekey_tests::text(&renewed.stderr)
+    );
+    assert!(
+        said.contains("localhost, 127.0.0.1, ::1, secrets.corp.example"),
+        "{said}"
+    );
+    assert_ne!(
+        std::fs::read(installation.dir().join("server.key")).unwrap(),
+        key_before
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(installation.dir().join("server.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+
+    wait_for_log(&server, "the server certificate was read again").await;
+    try_read(&server, named("secrets.corp.example"))
+        .await
+        .unwrap();
+    try_read(&server, named("localhost")).await.unwrap();
+    // The expiry metric is the served certificate's (it was read at start).
+    let expiry = rekey_tests::metric(&server, "rekey_server_certificate_expiry_timestamp_seconds");
+    let in_30_days = (OffsetDateTime::now_utc() + Duration::days(30)).unix_timestamp() as f64;
+    assert!((expiry - in_30_days).abs() < 600.0, "{expiry} {in_30_days}");
+    let events = server
+        .rekey(&installation.admin())
+        .run(&["audit", "--resource", "server", "--output", "json"])
+        .ok()
+        .stdout;
+    assert!(
+        events.contains("certificates:IssueServer") && events.contains("secrets.corp.example"),
+        "{events}"
+    );
+}
