@@ -201,6 +201,12 @@ pub async fn recover(loaded: &Loaded, principal: &str) -> anyhow::Result<()> {
             recovered.unbound.join(", ")
         );
     }
+    if let Some(unreadable) = &recovered.unreadable {
+        println!(
+            "the {unreadable}: nobody else may do anything until a policy is applied (rekey \
+             policy history shows the versions before)"
+        );
+    }
     Ok(())
 }
 

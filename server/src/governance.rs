@@ -94,6 +94,9 @@ pub struct Recovered {
     pub role: String,
     /// Roles with deny statements taken off the principal's own binding.
     pub unbound: Vec<String>,
+    /// Why the policy stored before was replaced whole (this rekeyd could
+    /// not read it), if it was.
+    pub unreadable: Option<String>,
 }
 
 /// The role `recover` binds: allows everything. A role of its own, so that
@@ -108,9 +111,28 @@ pub const BREAK_GLASS_ROLE: &str = "break-glass";
 /// if one of them denies it policy, nothing is changed and the error says
 /// so.
 pub async fn recover(store: &Store, principal: &str) -> Result<Recovered> {
-    let (mut policy, based_on) = current_policy(store).await?;
+    // A stored policy this rekeyd cannot read (a newer one wrote it, then
+    // was rolled back) is replaced by one that binds the principal alone:
+    // recovery is the way back in, and it must not fail on what it mends.
+    let (mut policy, based_on, unreadable) = match store.current_policy().await? {
+        None => (Policy::default(), 0, None),
+        Some(stored) => match Policy::parse(&stored.document) {
+            Ok(policy) => (policy, stored.version, None),
+            Err(error) => (
+                Policy::default(),
+                stored.version,
+                Some(format!(
+                    "policy version {} could not be read ({error}) and was replaced",
+                    stored.version
+                )),
+            ),
+        },
+    };
     let (role, unbound) = break_glass(&mut policy, principal)?;
     let mut detail = format!("break-glass: {principal} bound to {role}");
+    if let Some(unreadable) = &unreadable {
+        detail.push_str(&format!("; {unreadable}"));
+    }
     if !unbound.is_empty() {
         detail.push_str(&format!(
             "; roles with deny statements taken off its binding: {}",
@@ -123,6 +145,7 @@ pub async fn recover(store: &Store, principal: &str) -> Result<Recovered> {
         version,
         role,
         unbound,
+        unreadable,
     })
 }
 

@@ -291,6 +291,37 @@ fn bad_policies_are_refused_and_recover_gets_back_in() {
         .ok()
         .stdout;
     assert!(audit.contains("policy:Recover"), "{audit}");
+
+    // A policy this rekeyd cannot read (a newer one stored it, then was
+    // rolled back): recovery replaces it, rather than failing on it as
+    // the server does.
+    server.stop();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(installation.execute_sql(&format!(
+            "INSERT INTO policies (version, document, created_at, created_by)
+             SELECT MAX(version) + 1, '{}', 0, 'newer' FROM policies",
+            POLICY.replace("secrets:ListSecrets", "secrets:FromTheFuture")
+        )));
+    let recovered = rekey_tests::rekeyd(
+        installation.dir(),
+        &["policy", "recover", "--principal", "admin"],
+    );
+    let said = rekey_tests::text(&recovered.stdout);
+    assert!(
+        recovered.status.success(),
+        "{}",
+        rekey_tests::text(&recovered.stderr)
+    );
+    assert!(said.contains("could not be read"), "{said}");
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["list"]).ok();
+    let audit = admin
+        .run(&["audit", "--principal", "rekeyd", "--output", "json"])
+        .ok()
+        .stdout;
+    assert!(audit.contains("could not be read"), "{audit}");
 }
 
 /// Granting roles from the installation binds nothing it cannot back: an
