@@ -294,6 +294,13 @@ impl ReadCache {
     /// dropped (once the commit is done), what it changes is neither
     /// served nor kept; then it is made stale.
     pub(super) fn committing(&self, stale: Stale) -> Committing<'_> {
+        // Keeping nothing, it need not remember which secrets changed
+        // (those it remembers would grow with every commit).
+        let stale = if self.keeps_nothing() {
+            Stale::Everything
+        } else {
+            stale
+        };
         let mut entries = self.lock();
         let tick = self.tick();
         entries.make_stale(&stale, tick);
@@ -348,11 +355,11 @@ impl ReadCache {
     /// found has been made stale since (it may not be what the database
     /// holds now).
     pub(super) fn insert(&self, ticket: Ticket, name: &str, selector: Selector<'_>, found: Found) {
-        let size = ENTRY_OVERHEAD + found_size(&found);
+        let key = key(name, selector);
+        let size = entry_size(&key, &found);
         if size > self.capacity {
             return;
         }
-        let key = key(name, selector);
         let mut entries = self.lock();
         if !entries.holds(ticket.0, &found.secret.id) {
             return;
@@ -381,6 +388,12 @@ fn key(name: &str, selector: Selector<'_>) -> String {
         Selector::Version(version_id) => format!("{name}\nv{version_id}"),
         Selector::Stage(stage) => format!("{name}\ns{stage}"),
     }
+}
+
+/// What an entry under `key` holding `found` is taken to cost: the key
+/// is kept three times (the map's, the queue's, its secret's list).
+fn entry_size(key: &str, found: &Found) -> usize {
+    ENTRY_OVERHEAD + found_size(found) + 3 * key.len()
 }
 
 fn found_size(found: &Found) -> usize {
@@ -447,6 +460,31 @@ mod tests {
     }
 
     const CURRENT: Selector<'static> = Selector::Stage("CURRENT");
+
+    /// A cache that keeps nothing remembers nothing of the commits either:
+    /// the secrets each commit changed piled up, up to 65,536 ids.
+    #[test]
+    fn a_cache_that_keeps_nothing_remembers_nothing() {
+        let cache = ReadCache::new(0);
+        for n in 0..1000 {
+            drop(cache.committing(Stale::Secrets(vec![format!("secret-{n}")])));
+        }
+        assert!(cache.lock().secrets_stale.is_empty());
+        assert!(cache.lock().committing.is_empty());
+        cache.insert(cache.ticket(), "app/db", CURRENT, found("app/db", 16));
+        assert!(cache.lock().map.is_empty());
+    }
+
+    /// An entry's size counts its key, kept three times.
+    #[test]
+    fn an_entrys_size_counts_its_key() {
+        let cache = ReadCache::new(CAPACITY);
+        let name = format!("app/{}", "n".repeat(400));
+        let found = found(&name, 16);
+        let bare = ENTRY_OVERHEAD + found_size(&found);
+        cache.insert(cache.ticket(), &name, CURRENT, found);
+        assert!(cache.lock().bytes > bare + 3 * name.len());
+    }
 
     #[test]
     fn an_entry_is_served_until_what_it_holds_changes() {
@@ -516,7 +554,7 @@ mod tests {
     fn stale_entries_are_let_go() {
         let (cache, metrics) = (ReadCache::new(CAPACITY), StoreMetrics::default());
         let (db, web) = (found("app/db", 1000), found("app/web", 1000));
-        let web_bytes = ENTRY_OVERHEAD + found_size(&web);
+        let web_bytes = entry_size(&key("app/web", CURRENT), &web);
         cache.insert(cache.ticket(), "app/web", CURRENT, web.clone());
         for _ in 0..1000 {
             cache.insert(cache.ticket(), "app/db", CURRENT, db.clone());
@@ -573,7 +611,7 @@ mod tests {
     #[test]
     fn the_entries_made_first_go_first_past_the_bound() {
         let metrics = StoreMetrics::default();
-        let one = ENTRY_OVERHEAD + found_size(&found("app/n0", 1000));
+        let one = entry_size(&key("app/n0", CURRENT), &found("app/n0", 1000));
         let cache = ReadCache::new(3 * one);
         for index in 0..5 {
             let name = format!("app/n{index}");
