@@ -126,6 +126,12 @@ impl Error {
 
     /// Writing a request's audit events failed with `error`.
     pub fn audit_unwritable(error: &Error) -> Self {
+        if let Error::AuditUnwritable { detail, for_now } = error {
+            return Self::AuditUnwritable {
+                detail: detail.clone(),
+                for_now: *for_now,
+            };
+        }
         Self::AuditUnwritable {
             detail: error.to_string(),
             for_now: matches!(error, Error::Unavailable(_) | Error::Aborted(_)),

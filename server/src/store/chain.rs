@@ -110,14 +110,17 @@ impl AuditChain {
         if still_there {
             return Ok(());
         }
-        Err(Error::Integrity(format!(
-            "audit event {known}, which this server wrote, is no longer in the database as it \
-             was, though events after it are: the log was cut there and written again (or the \
-             database was restored to another point); nothing is appended, and no request \
-             answered, until the log is restored, or this server is restarted, which accepts the \
-             log as it stands (then check it: rekey audit verify --checkpoint {known}:MAC, the \
-             MAC as the log's audit checkpoint lines give it)"
-        )))
+        Err(Error::AuditUnwritable {
+            detail: format!(
+                "audit event {known}, which this server wrote, is no longer in the database as it \
+                 was, though events after it are: the log was cut there and written again (or the \
+                 database was restored to another point); nothing is appended, and no request \
+                 answered, until the log is restored, or this server is restarted, which accepts the \
+                 log as it stands (then check it: rekey audit verify --checkpoint {known}:MAC, the \
+                 MAC as the log's audit checkpoint lines give it)"
+            ),
+            for_now: false,
+        })
     }
 
     /// The MACs of `events` appended after event `last` (its sequence
@@ -139,19 +142,22 @@ impl AuditChain {
                 None => false,
             };
             if !builds_on_it {
-                return Err(Error::Integrity(format!(
-                    "the audit log in the database ends {}, behind event {known}, which this \
-                     server knows was written: events were removed or changed (or the database \
-                     was restored to an earlier point, a failover to a standby that lagged); \
-                     nothing is appended, and no request answered, until the log is restored, \
-                     or this server is restarted, which accepts the log as it stands (then \
-                     check it: rekey audit verify --checkpoint {known}:MAC, the MAC as the \
-                     log's audit checkpoint lines give it)",
-                    match &last {
-                        Some((seq, _)) => format!("at event {seq}"),
-                        None => "with no event".to_owned(),
-                    }
-                )));
+                return Err(Error::AuditUnwritable {
+                    detail: format!(
+                        "the audit log in the database ends {}, behind event {known}, which this \
+                         server knows was written: events were removed or changed (or the database \
+                         was restored to an earlier point, a failover to a standby that lagged); \
+                         nothing is appended, and no request answered, until the log is restored, \
+                         or this server is restarted, which accepts the log as it stands (then \
+                         check it: rekey audit verify --checkpoint {known}:MAC, the MAC as the \
+                         log's audit checkpoint lines give it)",
+                        match &last {
+                            Some((seq, _)) => format!("at event {seq}"),
+                            None => "with no event".to_owned(),
+                        }
+                    ),
+                    for_now: false,
+                });
             }
         }
         let (mut seq, mut previous) = last.unwrap_or((0, crate::audit::GENESIS.to_vec()));

@@ -146,6 +146,14 @@ async fn a_cut_off_tail_is_detected() {
         "{}",
         cut.stderr
     );
+    // A change is refused alike (it was DATA_LOSS, with the log's text).
+    let change = admin.run(&["create", "cut/x", "--value", "v"]);
+    assert!(
+        change.stderr.contains("the audit log cannot be written")
+            && change.stderr.contains("(INTERNAL)"),
+        "{}",
+        change.stderr
+    );
     assert!(
         server.log_text().contains(&format!(
             "the audit log in the database ends at event {}, behind event",

@@ -463,7 +463,7 @@ async fn a_cut_tail_is_not_built_over_suite(url: &str, root: &RootKey) {
     tamper(url, "DELETE FROM audit_events WHERE seq > 8").await;
     let refused = store.record(&event("Read")).await.unwrap_err();
     assert!(
-        matches!(&refused, Error::Integrity(message) if message.contains("behind event 10")),
+        matches!(&refused, Error::AuditUnwritable { detail, for_now: false } if detail.contains("behind event 10")),
         "{refused:?}"
     );
     assert_eq!(all_events(&store).await.len(), 8);
@@ -476,7 +476,7 @@ async fn a_cut_tail_is_not_built_over_suite(url: &str, root: &RootKey) {
     tamper(url, "DELETE FROM audit_events").await;
     assert!(matches!(
         reopened.record(&event("Read")).await,
-        Err(Error::Integrity(_))
+        Err(Error::AuditUnwritable { for_now: false, .. })
     ));
     reopened.close().await;
 }
