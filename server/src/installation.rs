@@ -216,6 +216,27 @@ async fn init_files(
     // it: a newer binary's init would otherwise migrate another release's.
     let store = Store::create(&loaded.database_url(), AuditKey::derive(&root)).await;
     let Opened { store, keyring } = opened(store, root)?;
+    let made = write_installation(&loaded, &store, &keyring, &ca, dir).await;
+    match made {
+        // The files go (see `init`); the schema made in a database of
+        // another server does not, and a second init would refuse it.
+        Err(error) if !loaded.database_url().starts_with("sqlite:") => Err(error.context(
+            "init made rekey's schema in that database before it failed, and left it there: \
+             drop that database and create it empty again before another init",
+        )),
+        made => made,
+    }
+}
+
+/// What `init` puts in the database it made the schema of (the master
+/// key, the first policy), and the admin's identity file.
+async fn write_installation(
+    loaded: &config::Loaded,
+    store: &Store,
+    keyring: &Keyring,
+    ca: &CertificateAuthority,
+    dir: &Path,
+) -> anyhow::Result<Initialized> {
     let initialized = async {
         if !store.list_master_keys().await?.is_empty() {
             return Err(crate::error::Error::FailedPrecondition(
@@ -251,7 +272,7 @@ async fn init_files(
     initialized.map_err(|error| anyhow::anyhow!("{error}"))?;
 
     let admin_identity = dir.join(ADMIN_IDENTITY);
-    crate::certificates::issue(&loaded, &ca, ADMIN_PRINCIPAL, 365, &admin_identity).await?;
+    crate::certificates::issue(loaded, ca, ADMIN_PRINCIPAL, 365, &admin_identity).await?;
     Ok(Initialized {
         dir: dir.to_owned(),
         admin_identity,

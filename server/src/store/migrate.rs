@@ -61,10 +61,12 @@ pub async fn create_sqlite(pool: &SqlitePool) -> Result<()> {
     migrate(pool).await
 }
 
-/// Makes the schema of a database that has none; refuses one that has.
+/// Makes the schema of a database that has none; refuses one that has,
+/// checked under the migrations' lock (two `init`s at once: one makes it,
+/// the other is refused, rather than both going on to add a master key).
 pub async fn create_postgres(pool: &PgPool) -> Result<()> {
     require_none(applied_postgres(pool).await?)?;
-    migrate_postgres(pool).await
+    migrate_postgres_from(pool, true).await
 }
 
 fn require_none(applied: i64) -> Result<()> {
@@ -221,6 +223,12 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
 const MIGRATION_LOCK: i64 = 7000;
 
 pub async fn migrate_postgres(pool: &PgPool) -> Result<()> {
+    migrate_postgres_from(pool, false).await
+}
+
+/// Brings the schema up to date under the migrations' lock; with
+/// `only_new`, refuses (changing nothing) a database that has one.
+async fn migrate_postgres_from(pool: &PgPool, only_new: bool) -> Result<()> {
     let mut transaction = pool.begin().await?;
     // Read committed whatever the database's default, as the writers'
     // transactions: under repeatable read the snapshot would predate the
@@ -244,6 +252,9 @@ pub async fn migrate_postgres(pool: &PgPool) -> Result<()> {
         .fetch_one(&mut *transaction)
         .await?;
     let applied = applied.unwrap_or(0);
+    if only_new {
+        require_none(applied)?;
+    }
     refuse_newer(applied, newest(POSTGRES_MIGRATIONS))?;
     for (version, sql) in POSTGRES_MIGRATIONS.iter().filter(|(v, _)| *v > applied) {
         sqlx::raw_sql(sql).execute(&mut *transaction).await?;

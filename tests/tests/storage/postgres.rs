@@ -121,6 +121,44 @@ async fn postgres_a_schema_other_than_the_binarys() {
     }
 }
 
+/// Two `init`s on one empty database at once: one makes the schema, the
+/// other is refused and changes nothing. Both passed the check for a schema
+/// before either made one, and the second went on to add a master key of
+/// its own root key (one the first installation cannot unwrap).
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_two_inits_at_once_make_one_installation() {
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    let create = |root: RootKey| {
+        let url = database.url.clone();
+        async move {
+            match Store::create(&url, AuditKey::derive(&root)).await {
+                Ok(store) => {
+                    store.close().await;
+                    Ok(())
+                }
+                Err(error) => Err(error),
+            }
+        }
+    };
+    let (a, b) = tokio::join!(
+        create(RootKey::new(Key::generate())),
+        create(RootKey::new(Key::generate()))
+    );
+    let outcomes = [a, b];
+    assert_eq!(
+        outcomes.iter().filter(|made| made.is_ok()).count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().any(|made| matches!(made,
+            Err(Error::FailedPrecondition(message)) if message.contains("already holds a rekey schema"))),
+        "{outcomes:?}"
+    );
+}
+
 /// A writer that holds the writers' lock (a replica cut off mid-batch,
 /// whose session PostgreSQL has not yet found dead) makes the other
 /// writers UNAVAILABLE after ten seconds, as SQLite's busy timeout does,
