@@ -190,7 +190,7 @@ async fn take_in(state: &AppState, origin: &str) {
 }
 
 /// Hands the other replicas' events to this one's subscribers until the
-/// connection fails.
+/// connection fails or is lost.
 async fn listen(state: &AppState, origin: &str, lost: &mut bool) -> Result<()> {
     let Some(mut listener) = state.store.listen().await? else {
         return std::future::pending().await;
@@ -207,7 +207,10 @@ async fn listen(state: &AppState, origin: &str, lost: &mut bool) -> Result<()> {
             );
             state.events.lost();
             *lost = true;
-            continue;
+            // A new listener, not this one: this one would listen again
+            // only inside its next `try_recv`, which waits for an event, so
+            // streams opened meanwhile would be ended only when one came.
+            return Ok(());
         };
         if std::mem::take(lost) {
             state.events.lost();
