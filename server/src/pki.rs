@@ -223,27 +223,60 @@ pub fn not_after_of(pem: &str) -> anyhow::Result<OffsetDateTime> {
 }
 
 /// Writes `contents` to a new file readable by its owner only. Refuses to
-/// replace an existing file.
+/// replace an existing file. Written whole or not at all: to a file beside
+/// it (mode 0600), synced, then put in place under its name (refused if
+/// the name was taken meanwhile), so that a crash or a full disk leaves no
+/// truncated key under the name.
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if path.exists() {
+        anyhow::bail!("creating {}: the file exists", path.display());
     }
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut file = tempfile::Builder::new()
+        .prefix(".rekey-new-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
     file.write_all(contents.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
+        .and_then(|()| file.as_file().sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.persist_noclobber(path)
+        .map_err(|error| error.error)
+        .with_context(|| format!("creating {}", path.display()))?;
+    // The new name itself is durable once the directory is.
+    if let Ok(dir) = std::fs::File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A private file is written whole under its name, mode 0600, never
+    /// over another, and nothing is left beside it.
+    #[test]
+    fn a_private_file_is_written_whole_and_never_over_another() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.key");
+        write_private(&path, "secret material").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "secret material");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let refused = write_private(&path, "other").unwrap_err();
+        assert!(format!("{refused:#}").contains("exists"), "{refused:#}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "secret material");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["root.key"]);
+    }
 
     /// What the CA issues ends no later than the CA does: a client's
     /// certificate issued late in the CA's life for 3650 days outlived it.
