@@ -234,7 +234,7 @@ async fn postgres_a_tail_written_again_by_another_is_not_built_over() {
     }
     let refused = a.record(&event("Read")).await.unwrap_err();
     assert!(
-        matches!(&refused, Error::Integrity(message) if message.contains(&format!("audit event {head}, which this server wrote"))),
+        matches!(&refused, Error::AuditUnwritable { detail, for_now: false } if detail.contains(&format!("audit event {head}, which this server wrote"))),
         "{refused:?}"
     );
     // Appends that build on what a wrote, untouched, go on.
