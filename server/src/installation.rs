@@ -247,14 +247,14 @@ async fn write_installation(
         }
         keyring
             .create_version(
-                &store,
+                store,
                 &KeyName::default_key(),
                 &AuditEvent::local("keys:Manage", "key:default", "created by rekeyd init"),
             )
             .await?;
         let policy = Policy::default_for(ADMIN_PRINCIPAL);
         governance::apply_policy(
-            &store,
+            store,
             &policy,
             "rekeyd",
             0,
