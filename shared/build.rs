@@ -6,7 +6,7 @@ use prost::Message;
 use std::path::PathBuf;
 
 /// Messages that carry secret values get a hand-written, redacting `Debug`
-/// (see `src/redact.rs`) instead of the derived one.
+/// (see `src/proto.rs`) instead of the derived one.
 const VALUE_CARRYING: &[&str] = &[
     "rekey.v1.CreateSecretRequest",
     "rekey.v1.GetSecretValueResponse",

@@ -86,7 +86,8 @@ enum Command {
         database_url: Option<String>,
         /// Derive the root key from a passphrase (Argon2id) instead of
         /// writing root.key: asked on the terminal (twice), or read from
-        /// --passphrase-fd or REKEY_ROOT_PASSPHRASE.
+        /// --passphrase-fd, --passphrase-file or REKEY_ROOT_PASSPHRASE(_FD,
+        /// _FILE).
         #[arg(long)]
         passphrase: bool,
     },

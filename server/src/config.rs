@@ -173,7 +173,7 @@ pub struct NotificationSettings {
     /// days (checked at start, then every 12 hours).
     pub certificate_warning_days: u32,
     /// Attempts of one delivery before it is given up (timeouts,
-    /// connection errors, 429 and 5xx answers are retried).
+    /// connection errors, 408, 429 and 5xx answers are retried).
     pub max_attempts: u32,
     /// The first retry waits this long; each further one twice as long, at
     /// most five minutes.
@@ -294,7 +294,8 @@ pub struct TlsFiles {
     pub private_key: PathBuf,
     /// The CA that client certificates must chain to (PEM).
     pub client_ca: PathBuf,
-    /// CRL files (PEM) of a bring-your-own CA, read at start.
+    /// CRL files (PEM or DER) of the client CAs, read at start and again
+    /// when they change.
     pub crl_files: Vec<PathBuf>,
 }
 

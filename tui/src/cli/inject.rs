@@ -6,7 +6,8 @@
 //! (SIGTERM) and starts it again with the new values; a watch the server
 //! dropped is opened again while the command runs on. A value that can no
 //! longer be read (deleted, access revoked) stops the command and `rekey
-//! run` with it. SIGTERM and SIGINT to `rekey run` go on to the command.
+//! run` with it. SIGTERM, SIGINT, SIGHUP and SIGQUIT to `rekey run` go on
+//! to the command.
 
 use crate::client::Connection;
 use rekey_shared::identity::Identity;

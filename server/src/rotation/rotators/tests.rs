@@ -1,3 +1,6 @@
+//! The rotators' own tests: what each step does with its input, and the
+//! exec rotator's program contract.
+
 use super::*;
 
 fn input<'a>(step: Step, current: Option<&'a SecretValue>) -> StepInput<'a> {
