@@ -178,6 +178,35 @@ pub struct Message {
     pub error: bool,
 }
 
+/// The newest answer shown of each kind of load. Loads run side by side
+/// and may answer out of order (the first list load, and the reload when
+/// the Watch stream opens or an event comes): an answer to a load issued
+/// before the one shown is older than what is on screen, and is dropped.
+#[derive(Debug, Default)]
+pub struct Loads {
+    pub secrets: Shown,
+    pub detail: Shown,
+    pub approvals: Shown,
+    pub audit: Shown,
+}
+
+/// The number of the newest load of one kind shown (loads are numbered as
+/// they are issued, from 1).
+#[derive(Debug, Default)]
+pub struct Shown(u64);
+
+impl Shown {
+    /// Whether the answer to load `issued` is newer than what is shown;
+    /// if so it is what is shown from now on.
+    pub fn fresh(&mut self, issued: u64) -> bool {
+        if issued <= self.0 {
+            return false;
+        }
+        self.0 = issued;
+        true
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct App {
     pub view: View,
@@ -195,6 +224,8 @@ pub struct App {
     pub detail_wanted: Option<String>,
     pub approvals: Vec<proto::RotationRun>,
     pub approvals_selected: usize,
+    /// The newest load of each kind shown (see [`Loads`]).
+    pub loads: Loads,
     pub audit: Vec<proto::AuditEvent>,
     pub audit_filter: String,
     pub audit_selected: usize,

@@ -10,6 +10,8 @@ use rekey_shared::proto::secrets_client::SecretsClient;
 use rekey_shared::proto::watch_client::WatchClient;
 use rekey_shared::proto::{self, Filter, FilterKey};
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 use tonic::transport::Channel;
@@ -22,6 +24,8 @@ pub(super) const PAGE: u32 = 100;
 pub struct Backend {
     channel: Channel,
     actions: UnboundedSender<Action>,
+    /// Loads issued so far: each answer carries its number.
+    issued: Arc<AtomicU64>,
 }
 
 fn message(status: &tonic::Status) -> String {
@@ -32,7 +36,16 @@ fn message(status: &tonic::Status) -> String {
 
 impl Backend {
     pub fn new(channel: Channel, actions: UnboundedSender<Action>) -> Self {
-        Self { channel, actions }
+        Self {
+            channel,
+            actions,
+            issued: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The number of a load issued now.
+    fn issue(&self) -> u64 {
+        self.issued.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     fn send(&self, action: Action) {
@@ -74,25 +87,31 @@ impl Backend {
                     include_planned_deletion: false,
                 };
                 let asked = (list.filter.clone(), list.sort);
-                tokio::spawn(async move { backend.load_secrets(request, append, asked).await });
+                let issued = self.issue();
+                tokio::spawn(
+                    async move { backend.load_secrets(issued, request, append, asked).await },
+                );
             }
             Effect::LoadDetail(name) => {
-                tokio::spawn(async move { backend.load_detail(name).await });
+                let issued = self.issue();
+                tokio::spawn(async move { backend.load_detail(issued, name).await });
             }
             Effect::LoadApprovals => {
+                let issued = self.issue();
                 tokio::spawn(async move {
                     let result = RotationClient::new(backend.channel.clone())
                         .list_approvals(proto::ListApprovalsRequest {})
                         .await;
                     backend.send(match result {
-                        Ok(response) => Action::ApprovalsLoaded(response.into_inner().runs),
+                        Ok(response) => Action::ApprovalsLoaded(issued, response.into_inner().runs),
                         Err(status) => Action::Failed(message(&status)),
                     });
                 });
             }
             Effect::LoadAudit => {
                 let filter = app.audit_filter.clone();
-                tokio::spawn(async move { backend.load_audit(filter).await });
+                let issued = self.issue();
+                tokio::spawn(async move { backend.load_audit(issued, filter).await });
             }
             Effect::Reveal(name) | Effect::Copy(name) => {
                 tokio::spawn(async move {
@@ -136,6 +155,7 @@ impl Backend {
 
     async fn load_secrets(
         &self,
+        issued: u64,
         request: proto::ListSecretsRequest,
         append: bool,
         asked: (String, Sort),
@@ -173,6 +193,7 @@ impl Backend {
             })
             .collect();
         self.send(Action::SecretsLoaded {
+            issued,
             rows,
             next_page_token: page.next_page_token,
             append,
@@ -181,7 +202,7 @@ impl Backend {
         });
     }
 
-    async fn load_detail(&self, name: String) {
+    async fn load_detail(&self, issued: u64, name: String) {
         let mut secrets = SecretsClient::new(self.channel.clone());
         let mut rotation = RotationClient::new(self.channel.clone());
         let metadata = match secrets
@@ -215,16 +236,19 @@ impl Backend {
             .await
             .map(|response| response.into_inner().runs)
             .unwrap_or_default();
-        self.send(Action::DetailLoaded(Box::new(Detail {
-            metadata,
-            versions,
-            rotation: described,
-            runs,
-            ..Detail::default()
-        })));
+        self.send(Action::DetailLoaded(
+            issued,
+            Box::new(Detail {
+                metadata,
+                versions,
+                rotation: described,
+                runs,
+                ..Detail::default()
+            }),
+        ));
     }
 
-    async fn load_audit(&self, filter: String) {
+    async fn load_audit(&self, issued: u64, filter: String) {
         let (principal, resource) = match filter.strip_prefix("p:") {
             Some(principal) => (principal.to_owned(), String::new()),
             None => (String::new(), filter),
@@ -262,7 +286,7 @@ impl Backend {
         }
         events.reverse();
         events.truncate(500);
-        self.send(Action::AuditLoaded(events));
+        self.send(Action::AuditLoaded(issued, events));
     }
 
     async fn change(&self, effect: Effect) {

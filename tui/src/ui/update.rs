@@ -49,6 +49,8 @@ pub enum Action {
     Tick(Instant),
     // ---- answers --------------------------------------------------------
     SecretsLoaded {
+        /// Which load this answers (see [`Loads`]).
+        issued: u64,
         rows: Vec<SecretRow>,
         next_page_token: String,
         append: bool,
@@ -57,9 +59,9 @@ pub enum Action {
         filter: String,
         sort: super::app::Sort,
     },
-    DetailLoaded(Box<Detail>),
-    ApprovalsLoaded(Vec<proto::RotationRun>),
-    AuditLoaded(Vec<proto::AuditEvent>),
+    DetailLoaded(u64, Box<Detail>),
+    ApprovalsLoaded(u64, Vec<proto::RotationRun>),
+    AuditLoaded(u64, Vec<proto::AuditEvent>),
     /// A value to show on the detail of the secret it is of.
     Revealed(Fetched),
     Done(String),
@@ -370,6 +372,7 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
         }
         Action::Type(_) | Action::Erase => Vec::new(),
         Action::SecretsLoaded {
+            issued,
             rows,
             next_page_token,
             append,
@@ -377,7 +380,7 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             sort,
         } => {
             let list = &mut app.secrets;
-            if filter != list.filter || sort != list.sort {
+            if filter != list.filter || sort != list.sort || !app.loads.secrets.fresh(issued) {
                 return Vec::new();
             }
             // The selection stays on its secret while others come and go
@@ -399,11 +402,12 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
                 .min(list.rows.len().saturating_sub(1));
             Vec::new()
         }
-        Action::DetailLoaded(mut detail) => {
+        Action::DetailLoaded(issued, mut detail) => {
             if app
                 .detail_wanted
                 .as_deref()
                 .is_some_and(|wanted| wanted != detail.metadata.name)
+                || !app.loads.detail.fresh(issued)
             {
                 return Vec::new();
             }
@@ -417,7 +421,10 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             app.detail = Some(*detail);
             Vec::new()
         }
-        Action::ApprovalsLoaded(runs) => {
+        Action::ApprovalsLoaded(issued, runs) => {
+            if !app.loads.approvals.fresh(issued) {
+                return Vec::new();
+            }
             // The selection stays on its run while others come and go.
             let selected = app
                 .approvals
@@ -430,7 +437,10 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
                 .min(app.approvals.len().saturating_sub(1));
             Vec::new()
         }
-        Action::AuditLoaded(events) => {
+        Action::AuditLoaded(issued, events) => {
+            if !app.loads.audit.fresh(issued) {
+                return Vec::new();
+            }
             app.audit = events;
             app.audit_selected = app.audit_selected.min(app.audit.len().saturating_sub(1));
             Vec::new()
@@ -509,9 +519,9 @@ fn is_key(action: &Action) -> bool {
     !matches!(
         action,
         Action::SecretsLoaded { .. }
-            | Action::DetailLoaded(_)
-            | Action::ApprovalsLoaded(_)
-            | Action::AuditLoaded(_)
+            | Action::DetailLoaded(..)
+            | Action::ApprovalsLoaded(..)
+            | Action::AuditLoaded(..)
             | Action::Revealed(_)
             | Action::Done(_)
             | Action::Failed(_)

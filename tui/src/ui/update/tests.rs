@@ -99,7 +99,12 @@ fn no_approval_goes_out_without_the_run_it_is_for() {
 #[test]
 fn the_selection_stays_on_its_secret_when_the_list_changes() {
     let mut app = app_with_rows(0);
+    let issued = std::cell::Cell::new(0);
     let loaded = |names: &[&str]| Action::SecretsLoaded {
+        issued: {
+            issued.set(issued.get() + 1);
+            issued.get()
+        },
         rows: names
             .iter()
             .map(|name| SecretRow {
@@ -199,9 +204,9 @@ fn a_late_detail_of_another_secret_is_not_shown() {
             ..Default::default()
         })
     };
-    update(&mut app, Action::DetailLoaded(detail("s/000")));
+    update(&mut app, Action::DetailLoaded(1, detail("s/000")));
     assert!(app.detail.is_none());
-    update(&mut app, Action::DetailLoaded(detail("s/001")));
+    update(&mut app, Action::DetailLoaded(2, detail("s/001")));
     assert_eq!(app.detail.unwrap().metadata.name, "s/001");
 }
 
@@ -216,11 +221,14 @@ fn the_approvals_selection_stays_on_its_run() {
     app.view = View::Approvals;
     update(
         &mut app,
-        Action::ApprovalsLoaded(vec![run("a"), run("b"), run("c")]),
+        Action::ApprovalsLoaded(1, vec![run("a"), run("b"), run("c")]),
     );
     update(&mut app, Action::Down);
     assert_eq!(app.focused_run().run_id, "b");
-    update(&mut app, Action::ApprovalsLoaded(vec![run("b"), run("c")]));
+    update(
+        &mut app,
+        Action::ApprovalsLoaded(2, vec![run("b"), run("c")]),
+    );
     assert_eq!(app.focused_run().run_id, "b");
 }
 
@@ -251,7 +259,12 @@ fn filtering_as_you_type_and_views_by_name() {
 fn answers_to_an_older_filter_are_dropped() {
     let mut app = app_with_rows(0);
     app.secrets.filter = "prod/d".into();
+    let issued = std::cell::Cell::new(0);
     let stale = |filter: &str| Action::SecretsLoaded {
+        issued: {
+            issued.set(issued.get() + 1);
+            issued.get()
+        },
         rows: app_with_rows(2).secrets.rows,
         next_page_token: String::new(),
         append: false,
@@ -262,6 +275,56 @@ fn answers_to_an_older_filter_are_dropped() {
     assert!(app.secrets.rows.is_empty());
     update(&mut app, stale("prod/d"));
     assert_eq!(app.secrets.rows.len(), 2);
+}
+
+/// Loads run side by side: the first list load may answer after the
+/// reload the Watch stream's opening (or an event) asked for. The older
+/// answer is dropped rather than shown over the newer one (the demo's
+/// failed run stayed "ending" on screen).
+#[test]
+fn an_answer_older_than_the_one_shown_is_dropped() {
+    let mut app = app_with_rows(0);
+    let state = |issued: u64, state: &str| Action::SecretsLoaded {
+        issued,
+        rows: vec![SecretRow {
+            metadata: proto::SecretMetadata {
+                name: "demo/app".into(),
+                ..Default::default()
+            },
+            run: Some(proto::RotationRun {
+                state: state.into(),
+                ..Default::default()
+            }),
+        }],
+        next_page_token: String::new(),
+        append: false,
+        filter: String::new(),
+        sort: Default::default(),
+    };
+    update(&mut app, state(2, "failed"));
+    update(&mut app, state(1, "ending"));
+    let shown = |app: &App| app.secrets.rows[0].run.as_ref().unwrap().state.clone();
+    assert_eq!(shown(&app), "failed");
+    update(&mut app, state(3, "running"));
+    assert_eq!(shown(&app), "running");
+    let runs = |issued, id: &str| {
+        Action::ApprovalsLoaded(
+            issued,
+            vec![proto::RotationRun {
+                run_id: id.into(),
+                ..Default::default()
+            }],
+        )
+    };
+    update(&mut app, runs(5, "new"));
+    update(&mut app, runs(4, "old"));
+    assert_eq!(app.approvals[0].run_id, "new");
+    update(
+        &mut app,
+        Action::AuditLoaded(2, vec![proto::AuditEvent::default()]),
+    );
+    update(&mut app, Action::AuditLoaded(1, Vec::new()));
+    assert_eq!(app.audit.len(), 1);
 }
 
 fn fetched(name: &str) -> Action {
