@@ -105,6 +105,49 @@ fn run_watch_restarts_the_command_when_its_value_changes() {
     assert_eq!(status.code(), Some(128 + 15), "sleep ended by SIGTERM");
 }
 
+/// A change whose values cannot be read at once (here: the reader over
+/// its rate limit) is read again until they can, and the command is
+/// started again with them. The read was tried once, and no other event
+/// came for that change: the command kept the old value for good.
+#[test]
+fn run_watch_reads_a_change_again_until_it_can() {
+    let installation = Installation::new();
+    installation.edit_config(|table| {
+        let limits: toml::Table = "requests_per_second = 1\nburst = 3\n".parse().unwrap();
+        table.insert("rate_limit".into(), toml::Value::Table(limits));
+    });
+    let app = installation.issue("app", &["reader"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin
+        .run(&["create", "watched/token", "--value", "tok-1"])
+        .ok();
+    let app = server.rekey(&app);
+    let seen = installation.dir().join("seen");
+    let said = installation.dir().join("said");
+    let script = format!(r#"echo "$T" >> '{}'; exec sleep 60"#, seen.display());
+    let mut running = run_watched(&app, &script, std::fs::File::create(&said).unwrap().into());
+    let lines = || std::fs::read_to_string(&seen).unwrap_or_default();
+    eventually("the first start", || (lines() == "tok-1\n").then_some(()));
+
+    // The reader's bucket emptied, then the value changes.
+    eventually("the reader to be over its limit", || {
+        let read = app.run(&["get", "watched/token"]);
+        read.stderr.contains("RESOURCE_EXHAUSTED").then_some(())
+    });
+    admin
+        .run(&["put", "watched/token", "--value", "tok-2"])
+        .ok();
+    eventually("a restart with the new value", || {
+        (lines() == "tok-1\ntok-2\n").then_some(())
+    });
+    let said = std::fs::read_to_string(&said).unwrap();
+    assert!(said.contains("read again in 1s"), "{said}");
+    let pid = rustix::process::Pid::from_raw(running.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    eventually("rekey run to stop", || running.try_wait().unwrap());
+}
+
 /// SIGINT and SIGHUP to `rekey run` go on to the command, which decides
 /// what they mean (SIGINT cancels a query in psql, say): `rekey run` ends
 /// when the command does, with its exit code. SIGINT was turned into a

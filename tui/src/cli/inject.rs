@@ -413,10 +413,20 @@ async fn supervise(
     mut values: Vec<(String, Zeroizing<String>)>,
     mut changed: Option<mpsc::UnboundedReceiver<Change>>,
 ) -> anyhow::Result<ExitCode> {
+    // A change whose values could not be read yet (the server away, the
+    // rate limit) is read again then, with a growing pause: no other
+    // event may come for it.
+    let mut again: Option<(tokio::time::Instant, Duration)> = None;
     loop {
         let change = async {
             match changed.as_mut() {
                 Some(receiver) => receiver.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let retry = async {
+            match again {
+                Some((at, _)) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
@@ -435,27 +445,40 @@ async fn supervise(
                     Some(Change::Refused(why)) => anyhow::bail!("{why}; the command was stopped"),
                     Some(Change::Changed) => {}
                 }
-                let now = match read_values(client, specs).await {
-                    Ok(now) => now,
-                    Err(error) if unreachable(&error) => {
-                        eprintln!(
-                            "rekey: cannot read the values again ({error}); the command keeps \
-                             its values until the server answers"
-                        );
-                        continue;
-                    }
-                    Err(error) => return Err(error),
-                };
-                let same = now.iter().zip(&values).all(|(a, b)| a.1.as_str() == b.1.as_str());
-                if !same {
-                    stop(child).await?;
-                    values = now;
-                    *child = spawn(command, &values)?;
-                }
             }
+            () = retry => {}
+        }
+        let now = match read_values(client, specs).await {
+            Ok(now) => now,
+            Err(error) if unreachable(&error) => {
+                let pause = again.map_or(RETRY_FIRST, |(_, pause)| (pause * 2).min(RETRY_MOST));
+                eprintln!(
+                    "rekey: cannot read the values again ({error}); the command keeps its \
+                     values, and they are read again in {}s",
+                    pause.as_secs()
+                );
+                again = Some((tokio::time::Instant::now() + pause, pause));
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        again = None;
+        let same = now
+            .iter()
+            .zip(&values)
+            .all(|(a, b)| a.1.as_str() == b.1.as_str());
+        if !same {
+            stop(child).await?;
+            values = now;
+            *child = spawn(command, &values)?;
         }
     }
 }
+
+/// The pauses before a change's values are read again after a failure:
+/// the first, doubled each time up to the most.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MOST: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {
