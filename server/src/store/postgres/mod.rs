@@ -197,8 +197,12 @@ const DIALECT: Dialect<Postgres> = Dialect {
 /// `synchronous_commit` (reads are answered only once their audit events
 /// are durable); set per transaction, which a pooler in front of the
 /// database passes on. The lock is waited for 10 s at most (then
-/// UNAVAILABLE), as SQLite's busy timeout: a replica cut off mid-batch holds
-/// it until PostgreSQL finds its session dead. One round trip for all four.
+/// UNAVAILABLE), as SQLite's busy timeout. A replica cut off mid-batch (its
+/// host frozen, its network gone) held it until PostgreSQL found its
+/// session dead, two hours with the default keepalives, and every replica's
+/// writes and audited reads waited: PostgreSQL now ends a session that
+/// holds it idle for 30 s (a batch is idle between its
+/// statements for microseconds). One round trip for all five.
 fn begin_locked(pool: &PgPool) -> Boxed<'_, sqlx::Result<Transaction<'static, Postgres>>> {
     Box::pin(async move {
         let mut transaction = pool.begin().await?;
@@ -207,6 +211,7 @@ fn begin_locked(pool: &PgPool) -> Boxed<'_, sqlx::Result<Transaction<'static, Po
                 "SET TRANSACTION ISOLATION LEVEL READ COMMITTED; \
                  SET LOCAL synchronous_commit = on; \
                  SET LOCAL lock_timeout = '10s'; \
+                 SET LOCAL idle_in_transaction_session_timeout = '30s'; \
                  SELECT pg_advisory_xact_lock(7001)",
             )
             .await?;
@@ -290,4 +295,31 @@ async fn touch(tx: &mut Tx<'_>, secret_id: &str, now: i64) -> Result<()> {
         return Err(super::deleted_meanwhile());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The writers' lock is held under the idle timeout: a holder cut off
+    /// mid-batch lets it go within it. Against the server
+    /// `REKEY_TEST_POSTGRES_URL` names (which `.ci/run` sets).
+    #[tokio::test]
+    async fn the_writers_lock_is_let_go_by_a_holder_gone_idle() {
+        let Ok(url) = std::env::var("REKEY_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: REKEY_TEST_POSTGRES_URL is not set (.ci/run sets it)");
+            return;
+        };
+        let pool = PgPool::connect(&url)
+            .await
+            .unwrap_or_else(|error| panic!("REKEY_TEST_POSTGRES_URL is set but unusable: {error}"));
+        let mut transaction = begin_locked(&pool).await.unwrap();
+        let timeout: String = sqlx::query_scalar("SHOW idle_in_transaction_session_timeout")
+            .fetch_one(&mut *transaction)
+            .await
+            .unwrap();
+        assert_eq!(timeout, "30s");
+        transaction.rollback().await.unwrap();
+        pool.close().await;
+    }
 }
