@@ -12,8 +12,16 @@ pub fn timestamp_from_millis(millis: i64) -> Timestamp {
     }
 }
 
+/// Unix milliseconds of `timestamp`, saturating: a client's `since` of
+/// the far future or past is as far as milliseconds go (it overflowed,
+/// panicking a debug build and wrapping to "since ever" in release).
+/// Nanoseconds outside a second are taken as the second's bounds.
 pub fn millis_from_timestamp(timestamp: &Timestamp) -> i64 {
-    timestamp.seconds * 1000 + i64::from(timestamp.nanos) / 1_000_000
+    let millis = i64::from(timestamp.nanos.clamp(0, 999_999_999)) / 1_000_000;
+    timestamp
+        .seconds
+        .saturating_mul(1000)
+        .saturating_add(millis)
 }
 
 /// RFC 3339 in UTC, to the second: `2026-11-28T13:27:47Z`.
@@ -36,6 +44,16 @@ pub fn now_millis() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_timestamp_a_client_sends_is_in_range() {
+        let at = |seconds, nanos| millis_from_timestamp(&Timestamp { seconds, nanos });
+        assert_eq!(at(i64::MAX, 999_999_999), i64::MAX);
+        assert_eq!(at(i64::MIN, -1), i64::MIN);
+        assert_eq!(at(1, -5), 1000);
+        assert_eq!(at(1, 2_000_000_000), 1999);
+        assert_eq!(at(1_700_000_000, 250_000_000), 1_700_000_000_250);
+    }
 
     #[test]
     fn round_trips_and_formats() {
