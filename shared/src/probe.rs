@@ -21,6 +21,8 @@ const PATIENCE: Duration = Duration::from_secs(5);
 
 /// The alert with which `server` (`https://host:port`) refuses `identity`'s
 /// certificate, if it does; `None` when it accepts it, or cannot be asked.
+/// Only an alert the server sends once the handshake is done counts: one
+/// before it is not authenticated.
 pub async fn certificate_refused(server: &str, identity: &Identity) -> Option<Alert> {
     let uri: tonic::codegen::http::Uri = server.parse().ok()?;
     let host = uri.host()?.trim_start_matches('[').trim_end_matches(']');
@@ -36,7 +38,10 @@ pub async fn certificate_refused(server: &str, identity: &Identity) -> Option<Al
         .ok()?
     {
         Ok(tls) => tls,
-        Err(error) => return refusal(&error),
+        // Not yet a server this client has authenticated (its Finished
+        // not checked): whoever is on the path could send that alert, and
+        // have a production command stopped. A real refusal comes after.
+        Err(_) => return None,
     };
     let mut first = [0u8; 1];
     match tokio::time::timeout(PATIENCE, tls.read(&mut first))
@@ -83,5 +88,52 @@ fn refusal(error: &std::io::Error) -> Option<Alert> {
             | Alert::CertificateRequired),
         ) => Some(*alert),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An alert before the handshake is done proves nothing: anyone on the
+    /// path can send one (here a listener that answers the ClientHello
+    /// with a plaintext certificate_revoked alert), and it stopped a
+    /// production command as if the server had refused it.
+    #[tokio::test]
+    async fn an_alert_before_the_handshake_is_done_is_not_a_refusal() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let forger = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut hello = [0u8; 512];
+            let _ = stream.read(&mut hello).await;
+            // alert record, TLS 1.2 framing, fatal certificate_revoked
+            stream
+                .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x2c])
+                .await
+                .unwrap();
+            let _ = stream.shutdown().await;
+        });
+        let identity = test_identity();
+        let refused = certificate_refused(&format!("https://{address}"), &identity).await;
+        assert_eq!(refused, None);
+        forger.await.unwrap();
+    }
+
+    /// A well-formed identity (its CA and certificate self-made).
+    fn test_identity() -> Identity {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let certificate = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        Identity::parse(&format!(
+            "{}{}{}",
+            key.serialize_pem(),
+            certificate.pem(),
+            certificate.pem()
+        ))
+        .unwrap()
     }
 }
