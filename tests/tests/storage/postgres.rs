@@ -121,6 +121,39 @@ async fn postgres_a_schema_other_than_the_binarys() {
     }
 }
 
+/// A lease is held on the database's clock: a replica whose clock runs
+/// ahead does not take a lease another replica holds (it did, and drove a
+/// step against the target beside its holder: with renewals every three
+/// seconds, a clock seven seconds ahead sufficed; here a lease just
+/// claimed for ten seconds, by a clock eleven ahead).
+#[tokio::test]
+async fn postgres_a_replica_whose_clock_runs_ahead_takes_no_live_lease() {
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    let root = RootKey::new(Key::generate());
+    let (a, b) = (
+        Store::open(&database.url, AuditKey::derive(&root))
+            .await
+            .unwrap(),
+        Store::open(&database.url, AuditKey::derive(&root))
+            .await
+            .unwrap(),
+    );
+    add_default_key(&a).await;
+    let id = create(&a, "leased/db", &[]).await;
+    let now = rekey_shared::time::now_millis();
+    assert!(a.claim_lease(&id, "A/1", now, now + 10_000).await.unwrap());
+    let ahead = now + 11_000;
+    assert!(
+        !b.claim_lease(&id, "B/1", ahead, ahead + 10_000)
+            .await
+            .unwrap()
+    );
+    a.close().await;
+    b.close().await;
+}
+
 /// Two `init`s on one empty database at once: one makes the schema, the
 /// other is refused and changes nothing. Both passed the check for a schema
 /// before either made one, and the second went on to add a master key of

@@ -9,13 +9,15 @@ use super::Store;
 use crate::error::Result;
 
 impl Store {
-    /// Takes or renews the lease on `secret_id`'s rotation work until
-    /// `until`; false when another owner holds an unexpired one.
     /// Claims (or renews) the lease on `secret_id` for `owner`, a claim's
-    /// own token `PROCESS/CLAIM`: taken when it lapsed, or when a claim of
-    /// the same process holds it (that process's drives of one secret take
-    /// turns under its lock). A claim's release removes only its own token,
-    /// so a release that comes late cannot free the next claim's lease.
+    /// own token `PROCESS/CLAIM`, for `until - now` milliseconds: taken
+    /// when it lapsed, or when a claim of the same process holds it (that
+    /// process's drives of one secret take turns under its lock); false
+    /// when another owner holds an unexpired one. A claim's release removes
+    /// only its own token, so a release that comes late cannot free the
+    /// next claim's lease. Times are the database's clock, not the
+    /// replica's: a replica whose clock ran seconds ahead took live leases
+    /// (and drove a step against the target beside their holder).
     pub async fn claim_lease(
         &self,
         secret_id: &str,
@@ -28,14 +30,15 @@ impl Store {
             None => owner.to_owned(),
         };
         let claimed = sqlx::query(
-            "INSERT INTO rotation_leases (secret_id, owner, expires_at) VALUES ($1, $2, $3)
+            "INSERT INTO rotation_leases (secret_id, owner, expires_at)
+             VALUES ($1, $2, (extract(epoch FROM clock_timestamp()) * 1000)::bigint + $3)
              ON CONFLICT (secret_id) DO UPDATE SET owner = EXCLUDED.owner, expires_at = EXCLUDED.expires_at
-             WHERE left(rotation_leases.owner, length($5)) = $5 OR rotation_leases.expires_at < $4",
+             WHERE left(rotation_leases.owner, length($4)) = $4
+                OR rotation_leases.expires_at < EXCLUDED.expires_at - $3",
         )
         .bind(secret_id)
         .bind(owner)
-        .bind(until)
-        .bind(now)
+        .bind(until.saturating_sub(now))
         .bind(&process)
         .execute(&self.pool)
         .await?;
