@@ -217,6 +217,7 @@ async fn follow(channel: Channel, shared: Arc<Shared>) {
         let opened = WatchClient::new(channel.clone())
             .watch(WatchRequest {
                 prefix: String::new(),
+                names: Vec::new(),
             })
             .await;
         // Refused (the policy lets this caller watch nothing, or its

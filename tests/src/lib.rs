@@ -332,6 +332,7 @@ impl Server {
         rekey_shared::proto::watch_client::WatchClient::new(channel)
             .watch(rekey_shared::proto::WatchRequest {
                 prefix: prefix.to_owned(),
+                names: Vec::new(),
             })
             .await
             .map(tonic::Response::into_inner)

@@ -7,7 +7,8 @@
 use super::AppState;
 use super::context::RequestContext;
 use crate::auth::Action;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use rekey_shared::SecretName;
 use rekey_shared::proto::watch_server::Watch;
 use rekey_shared::proto::{self, WatchEvent};
 use std::pin::Pin;
@@ -40,27 +41,43 @@ impl WatchService {
         peer: Option<crate::principal::PeerCertificate>,
         request: proto::WatchRequest,
     ) -> Result<EventStream> {
-        let resource = if request.prefix.is_empty() {
-            "*"
-        } else {
-            request.prefix.as_str()
+        let names = watched_names(&request.names)?;
+        let resource = match (names.first(), request.prefix.is_empty()) {
+            (Some(first), _) => first.as_str(),
+            (None, true) => "*",
+            (None, false) => request.prefix.as_str(),
         };
         context.set_resource(resource);
-        // Events are filtered one by one; a caller the policy lets watch
-        // nothing at all is refused, not given a stream that stays silent
-        // (a caching client would take the silence for no change).
-        if !self
-            .state
-            .authorizer
-            .policy()
-            .allows_somewhere(context.principal.as_str(), Action::Watch.as_str())
-        {
-            context.authorize(&self.state.authorizer, Action::Watch, resource)?;
+        if names.is_empty() {
+            // Events are filtered one by one; a caller the policy lets
+            // watch nothing at all is refused, not given a stream that
+            // stays silent (a caching client would take the silence for no
+            // change).
+            if !self
+                .state
+                .authorizer
+                .policy()
+                .allows_somewhere(context.principal.as_str(), Action::Watch.as_str())
+            {
+                context.authorize(&self.state.authorizer, Action::Watch, resource)?;
+            }
+        } else {
+            // Each secret named must be one it may watch: its events would
+            // all be filtered out.
+            for name in &names {
+                context.set_resource(name.as_str());
+                context.authorize(&self.state.authorizer, Action::Watch, name.as_str())?;
+            }
+            context.set_resource(resource);
         }
         context.summarize("watching");
         let state = self.state.clone();
         let principal = context.principal.clone();
-        let prefix = request.prefix;
+        let prefix = if names.is_empty() {
+            request.prefix
+        } else {
+            String::new()
+        };
         let events = BroadcastStream::new(self.state.events.subscribe())
             .map(Watched::Event)
             .chain(tokio_stream::once(Watched::Closed));
@@ -98,6 +115,7 @@ impl WatchService {
                     }
                     Watched::Event(Ok(event)) => {
                         let visible = event.name.starts_with(&prefix)
+                            && (names.is_empty() || names.iter().any(|n| n.as_str() == event.name))
                             && state
                                 .authorizer
                                 .decide(&principal, Action::Watch, &event.name)
@@ -121,6 +139,23 @@ impl WatchService {
         });
         Ok(Box::pin(stream))
     }
+}
+
+/// The most secrets one stream may name.
+const MAX_NAMES: usize = 100;
+
+/// The secrets a request names, checked.
+fn watched_names(names: &[String]) -> Result<Vec<SecretName>> {
+    if names.len() > MAX_NAMES {
+        return Err(Error::InvalidArgument(format!(
+            "a watch names at most {MAX_NAMES} secrets; {} were given",
+            names.len()
+        )));
+    }
+    names
+        .iter()
+        .map(|name| SecretName::parse(name).map_err(Error::from))
+        .collect()
 }
 
 /// How often an open stream looks whether its certificate was revoked.

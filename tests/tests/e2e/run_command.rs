@@ -105,6 +105,67 @@ fn run_watch_restarts_the_command_when_its_value_changes() {
     assert_eq!(status.code(), Some(128 + 15), "sleep ended by SIGTERM");
 }
 
+/// `rekey run --watch` does not start a command it could not restart: a
+/// secret the caller may read but not watch is refused at the start
+/// (PERMISSION_DENIED naming it). It got a stream that stayed silent for
+/// that secret, and the command kept its value after every change.
+#[test]
+fn run_watch_refuses_a_secret_it_may_read_but_not_watch() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "app/token", "--value", "tok-1"]).ok();
+    admin
+        .apply_policy(
+            r#"
+[roles.admin]
+statements = [{ effect = "allow", actions = ["*"], resources = ["*"] }]
+
+[roles.reads-app-watches-other]
+statements = [
+  { effect = "allow", actions = ["secrets:GetSecretValue"], resources = ["app/*"] },
+  { effect = "allow", actions = ["secrets:Watch"], resources = ["other/*"] },
+  { effect = "allow", actions = ["keys:Use"], resources = ["key:default"] },
+]
+
+[[bindings]]
+principal = "admin"
+roles = ["admin"]
+
+[[bindings]]
+principal = "app"
+roles = ["reads-app-watches-other"]
+"#,
+        )
+        .ok();
+    let app = server.rekey(&installation.issue("app", &[]));
+    let seen = installation.dir().join("seen");
+    let script = format!(r#"echo "$T" >> '{}'"#, seen.display());
+    // Without --watch it runs; with it, it is refused before the command.
+    app.run(&["run", "--env", "T=app/token", "--", "sh", "-c", &script])
+        .ok();
+    let refused = app.run(&[
+        "run",
+        "--watch",
+        "--env",
+        "T=app/token",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("app may not secrets:Watch on app/token")
+            && refused.stderr.contains("(PERMISSION_DENIED)"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), "tok-1\n");
+}
+
 /// A change whose values cannot be read at once (here: the reader over
 /// its rate limit) is read again until they can, and the command is
 /// started again with them. The read was tried once, and no other event

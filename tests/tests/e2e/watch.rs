@@ -18,6 +18,7 @@ pub(crate) async fn watcher(
     let mut stream = WatchClient::new(channel)
         .watch(proto::WatchRequest {
             prefix: prefix.into(),
+            names: Vec::new(),
         })
         .await
         .unwrap()

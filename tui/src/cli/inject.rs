@@ -155,7 +155,9 @@ async fn watch(
 ) -> Result<tonic::Streaming<proto::WatchEvent>, tonic::Status> {
     Ok(WatchClient::new(channel.clone())
         .watch(proto::WatchRequest {
+            // The prefix for a server that does not know `names` yet.
             prefix: name.to_owned(),
+            names: vec![name.to_owned()],
         })
         .await?
         .into_inner())

@@ -537,7 +537,10 @@ pub async fn watch(connection: &Connection, format: Format, prefix: String) -> a
     use rekey_shared::proto::watch_client::WatchClient;
     let mut client = WatchClient::new(connection.channel().await?);
     let mut stream = client
-        .watch(proto::WatchRequest { prefix })
+        .watch(proto::WatchRequest {
+            prefix,
+            names: Vec::new(),
+        })
         .await?
         .into_inner();
     while let Some(event) = stream.message().await? {

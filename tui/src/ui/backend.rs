@@ -380,6 +380,7 @@ impl Backend {
             match WatchClient::new(self.channel.clone())
                 .watch(proto::WatchRequest {
                     prefix: String::new(),
+                    names: Vec::new(),
                 })
                 .await
             {

@@ -198,6 +198,7 @@ async fn finished_runs(
     let mut stream = WatchClient::new(channel)
         .watch(proto::WatchRequest {
             prefix: name.clone(),
+            names: Vec::new(),
         })
         .await
         .unwrap()
