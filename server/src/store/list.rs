@@ -221,6 +221,9 @@ pub(super) fn attach_tags(secrets: &mut [SecretRecord], rows: &[impl Columns]) {
     }
     for secret in secrets {
         secret.tags = tags.remove(&secret.id).unwrap_or_default();
+        // By the keys' bytes on both backends (PostgreSQL's ORDER BY
+        // follows the database's collation).
+        secret.tags.sort();
     }
 }
 

@@ -154,6 +154,40 @@ async fn postgres_a_replica_whose_clock_runs_ahead_takes_no_live_lease() {
     b.close().await;
 }
 
+/// Tags come back in the order of their keys' bytes, as on SQLite,
+/// whatever the database's collation (here an ICU one on the column, as a
+/// database created with it would have): `B`, `_z`, `a`, not `_z`, `a`,
+/// `B`; on a secret's own read and on a listed page.
+#[tokio::test]
+async fn postgres_tags_come_in_the_order_of_their_bytes() {
+    let Some(database) = StorageDatabase::create() else {
+        return;
+    };
+    let root = RootKey::new(Key::generate());
+    let store = Store::open(&database.url, AuditKey::derive(&root))
+        .await
+        .unwrap();
+    add_default_key(&store).await;
+    database.sql(r#"ALTER TABLE secret_tags ALTER COLUMN key TYPE TEXT COLLATE "und-x-icu""#);
+    create(&store, "sorted/db", &[("a", "1"), ("B", "2"), ("_z", "3")]).await;
+    let keys = |tags: &[(String, String)]| tags.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+    let read = store
+        .secret(&SecretName::parse("sorted/db").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(keys(&read.tags), ["B", "_z", "a"]);
+    let listed = store
+        .list_secrets(&rekey_server::store::SecretQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(keys(&listed[0].tags), ["B", "_z", "a"]);
+    store.close().await;
+}
+
 /// Two `init`s on one empty database at once: one makes the schema, the
 /// other is refused and changes nothing. Both passed the check for a schema
 /// before either made one, and the second went on to add a master key of

@@ -29,7 +29,7 @@ impl Store {
     pub async fn certificates(&self) -> Result<Vec<CertificateRecord>> {
         let rows = sqlx::query(
             "SELECT serial, principal, issued_at, not_after, revoked_at FROM certificates
-             ORDER BY principal, issued_at",
+             ORDER BY principal COLLATE \"C\", issued_at",
         )
         .fetch_all(&self.pool)
         .await?;

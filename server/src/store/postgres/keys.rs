@@ -48,7 +48,7 @@ impl Store {
 
     pub async fn list_master_keys(&self) -> Result<Vec<WrappedMasterKey>> {
         let rows = sqlx::query(
-            "SELECT name, version, wrapped_material, created_at FROM master_keys ORDER BY name, version",
+            "SELECT name, version, wrapped_material, created_at FROM master_keys ORDER BY name COLLATE \"C\", version",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -59,10 +59,11 @@ impl Store {
 impl Store {
     /// Each key's version numbers, oldest first: cheap enough to poll.
     pub async fn master_key_index(&self) -> Result<std::collections::HashMap<String, Vec<u32>>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT name, version FROM master_keys ORDER BY name, version")
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT name, version FROM master_keys ORDER BY name COLLATE \"C\", version",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         let mut index: std::collections::HashMap<String, Vec<u32>> = Default::default();
         for (name, version) in rows {
             index.entry(name).or_default().push(stored_count(version));

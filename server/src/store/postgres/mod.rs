@@ -157,11 +157,12 @@ impl Store {
     }
 
     async fn tags(&self, secret_id: &str) -> Result<Vec<(String, String)>> {
-        let rows =
-            sqlx::query("SELECT key, value FROM secret_tags WHERE secret_id = $1 ORDER BY key")
-                .bind(secret_id)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT key, value FROM secret_tags WHERE secret_id = $1 ORDER BY key COLLATE \"C\"",
+        )
+        .bind(secret_id)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows
             .iter()
             .map(|row| (row.get("key"), row.get("value")))
