@@ -247,8 +247,34 @@ impl ThrowawayPostgres {
             .success()
     }
 
+    /// Whether `user` logs in with `password`: false only when the server
+    /// refuses the password (or the user), so that a server down or out of
+    /// connections cannot pass for a refusal; anything else panics.
     pub fn logs_in(&self, user: &str, password: &str) -> bool {
-        self.can(user, password, "SELECT 1")
+        let output = Command::new(self.bindir.join("psql"))
+            .env("PGPASSWORD", password)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                user,
+                "-d",
+                "postgres",
+                "-w",
+                "-q",
+                "-c",
+                "SELECT 1",
+            ])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match output.status.success() {
+            true => true,
+            false if stderr.contains("password authentication failed") => false,
+            false => panic!("{user} neither logged in nor was refused its password: {stderr}"),
+        }
     }
 
     pub fn log(&self) -> String {
@@ -366,8 +392,31 @@ impl TestMysql {
         })
     }
 
+    /// Whether `user` logs in with `password`: false only when the server
+    /// refuses it access (error 1045), so that a server down or out of
+    /// connections cannot pass for a refusal; anything else panics.
     pub fn logs_in(&self, user: &str, password: &str) -> bool {
-        self.can(user, password, "SELECT 1")
+        let options = sqlx::mysql::MySqlConnectOptions::new()
+            .host(&self.host)
+            .port(self.port)
+            .username(user)
+            .password(password)
+            .database("test");
+        on_own_runtime(async {
+            use sqlx::{ConnectOptions, Connection};
+            match options.connect().await {
+                Ok(connection) => {
+                    let _ = connection.close().await;
+                    true
+                }
+                Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("28000") => {
+                    false
+                }
+                Err(error) => {
+                    panic!("{user} neither logged in nor was refused access: {error}")
+                }
+            }
+        })
     }
 }
 
