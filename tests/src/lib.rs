@@ -270,6 +270,11 @@ impl Server {
     /// async test that calls it needs the multi-threaded runtime, so that
     /// its open connections can still answer the server's goodbye.
     pub fn stop(mut self) -> std::process::ExitStatus {
+        self.terminate()
+    }
+
+    /// SIGTERM, then the exit status once it exited.
+    fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
         let deadline = Instant::now() + DEADLINE;
@@ -294,6 +299,15 @@ impl Server {
     pub fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+    }
+
+    /// Stops the server (as [`Server::stop`], asserting a clean exit) and
+    /// gives its whole log, the lines it wrote at shutdown too: what a
+    /// check that nothing leaked must read.
+    pub fn stop_for_log(mut self) -> String {
+        let status = self.terminate();
+        assert!(status.success(), "rekeyd exited {status}");
+        self.log_text()
     }
 
     pub fn log_text(&self) -> String {

@@ -72,7 +72,7 @@ fn a_planted_value_appears_nowhere_but_in_the_answer_to_a_read() {
     let field = record(rekey.run(&["get", "leak/one", "--field", "password"]));
     assert_eq!(field.code, 1);
 
-    let log = server.log_text();
+    let log = server.stop_for_log();
     assert!(
         log.contains("leak/one"),
         "the log must cover the requests:\n{log}"

@@ -72,8 +72,7 @@ async fn an_installation_opened_by_a_passphrase_from_env_or_fd() {
     let server = Server::start(&dir, &env);
     let admin = server.rekey(&dir.join("admin.pem"));
     admin.run(&["create", "pp/db", "--value", VALUE]).ok();
-    let log = server.log_text();
-    assert_eq!(server.stop().code(), Some(0));
+    let log = server.stop_for_log();
     assert!(!log.contains(PASSPHRASE));
 
     // From a file descriptor (standard input here).
@@ -89,8 +88,7 @@ async fn an_installation_opened_by_a_passphrase_from_env_or_fd() {
         .run(&["get", "pp/db"])
         .ok();
     assert_eq!(got.stdout.trim_end(), VALUE);
-    let log = server.log_text();
-    drop(server);
+    let log = server.stop_for_log();
     assert!(!log.contains(PASSPHRASE));
 
     // From a file (a systemd credential, say), which others may not read.

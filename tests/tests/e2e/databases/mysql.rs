@@ -41,7 +41,7 @@ fn mysql_single_user_rotation() {
         !mysql.logs_in(&user, &password),
         "the old password must stop working"
     );
-    let log = server.log_text();
+    let log = server.stop_for_log();
     assert!(
         !log.contains(&new_password) && !log.contains("SET PASSWORD"),
         "the statement reached rekey's log"
