@@ -120,13 +120,8 @@ impl ThrowawayPostgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&initdb.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c log_statement=all -c password_encryption=scram-sha-256",
+            "-k {} -c listen_addresses=127.0.0.1 -c log_statement=all -c password_encryption=scram-sha-256",
             dir.path().display()
         );
         let ca_file = tls.then(|| {
@@ -151,19 +146,43 @@ impl ThrowawayPostgres {
             ));
             ca_file
         });
-        let started = as_postgres(&bindir.join("pg_ctl"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.path().join("server.log"))
-            .args(["-o", &options, "-w", "-t", "60", "start"])
-            .output()
-            .unwrap();
-        assert!(
-            started.status.success(),
-            "pg_ctl start failed: {}",
-            String::from_utf8_lossy(&started.stderr)
-        );
+        // A free port, as far as one can tell before PostgreSQL binds it:
+        // another test's server may take it in between, and then another
+        // port is tried.
+        let log = dir.path().join("server.log");
+        let mut attempts = 0;
+        let port = loop {
+            attempts += 1;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let started = as_postgres(&bindir.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .arg("-l")
+                .arg(&log)
+                .args([
+                    "-o",
+                    &format!("-p {port} {options}"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ])
+                .output()
+                .unwrap();
+            if started.status.success() {
+                break port;
+            }
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            assert!(
+                attempts < 5 && said.contains("could not bind"),
+                "pg_ctl start failed: {}\n{said}",
+                String::from_utf8_lossy(&started.stderr)
+            );
+        };
         Some(Self {
             dir,
             bindir,
