@@ -12,6 +12,12 @@
 //! and a sender that could not send an event (its queue full, `NOTIFY`
 //! failed) first sends the others an `EVENTS_LOST` of its own, which ends
 //! theirs. A client that reconnects reads what it keeps again.
+//!
+//! A connection can also die without a word (a firewall or NAT forgets it,
+//! a network partition: no reset reaches the listener, and `LISTEN` waits
+//! for good). Each replica sends a heartbeat on the channel every
+//! [`HEARTBEAT`], which comes back to its own listener too: a listener that
+//! hears nothing for [`SILENCE`] takes its connection for lost, as above.
 
 use crate::error::{Error, Result};
 use crate::service::AppState;
@@ -66,6 +72,16 @@ impl Wire {
     }
 }
 
+/// How often each replica sends a heartbeat on the channel.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a listener may hear nothing (its own heartbeats included)
+/// before it takes its connection for lost.
+const SILENCE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What a heartbeat's payload starts with (then the sender's origin).
+const HEARTBEAT_PREFIX: &str = "heartbeat:";
+
 /// How many events may wait to be sent to the other replicas; beyond, an
 /// event is dropped (and logged) rather than held without bound.
 const OUTGOING: usize = 1024;
@@ -88,7 +104,8 @@ pub fn start(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         tokio::join!(
             send_out(&state, &origin, outgoing),
-            take_in(&state, &origin)
+            take_in(&state, &origin),
+            beat(&state, &origin)
         );
     })
 }
@@ -120,6 +137,20 @@ async fn send_out(state: &AppState, origin: &str, mut outgoing: mpsc::Receiver<A
         {
             tracing::warn!(%error, kind = %event.kind, "sending a watch event to the other replicas failed");
             lost = true;
+        }
+    }
+}
+
+/// Sends a heartbeat every [`HEARTBEAT`] (see the module's paragraph); a
+/// failure is the listener's to find, by the silence.
+async fn beat(state: &AppState, origin: &str) {
+    let mut ticks = tokio::time::interval(HEARTBEAT);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let payload = format!("{HEARTBEAT_PREFIX}{origin}");
+    loop {
+        ticks.tick().await;
+        if let Err(error) = state.store.notify(&payload).await {
+            tracing::debug!(%error, "a heartbeat to the other replicas was not sent");
         }
     }
 }
@@ -201,7 +232,17 @@ async fn listen(state: &AppState, origin: &str, lost: &mut bool) -> Result<()> {
     loop {
         // `try_recv`, not `recv`: `recv` reconnects a lost connection
         // without saying so, and what was sent meanwhile is gone.
-        let Some(notification) = listener.try_recv().await? else {
+        let Ok(received) = tokio::time::timeout(SILENCE, listener.try_recv()).await else {
+            tracing::warn!(
+                "nothing heard on the connection for other replicas' watch events for {}s, not \
+                 even this replica's own heartbeats; reconnecting",
+                SILENCE.as_secs()
+            );
+            state.events.lost();
+            *lost = true;
+            return Ok(());
+        };
+        let Some(notification) = received? else {
             tracing::warn!(
                 "the connection for other replicas' watch events was lost; reconnecting"
             );
@@ -214,6 +255,9 @@ async fn listen(state: &AppState, origin: &str, lost: &mut bool) -> Result<()> {
         };
         if std::mem::take(lost) {
             state.events.lost();
+        }
+        if notification.payload().starts_with(HEARTBEAT_PREFIX) {
+            continue;
         }
         match serde_json::from_str::<Wire>(notification.payload()) {
             Ok(wire) if wire.origin == origin => {}

@@ -469,6 +469,85 @@ async fn a_lost_listener_ends_the_watch_streams_of_its_replica() {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 }
 
+/// A connection to the database that dies without a word (a firewall
+/// forgets it: nothing more passes, and no reset comes) is found by its
+/// silence: the replica hears not even its own heartbeats, takes it for
+/// lost and ends its Watch streams. LISTEN waited on it for good, and the
+/// streams stayed open and missed every other replica's events.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_connection_for_events_ends_the_watch_streams() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some((database, installation, _state)) = replicated() else {
+        return;
+    };
+    // A proxy to the database that can stop passing anything on.
+    let silent = Arc::new(AtomicBool::new(false));
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let through = proxy.local_addr().unwrap();
+    let target = target_of(&database.url);
+    let passing = silent.clone();
+    tokio::spawn(async move {
+        loop {
+            let (client, _) = proxy.accept().await.unwrap();
+            let server = tokio::net::TcpStream::connect(&target).await.unwrap();
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            for (mut from, mut to) in [(client_read, server_write), (server_read, client_write)] {
+                let silent = passing.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 16 * 1024];
+                    loop {
+                        let Ok(read) = from.read(&mut buffer).await else {
+                            return;
+                        };
+                        if read == 0 || silent.load(Ordering::SeqCst) {
+                            // Keep both ends open, pass nothing on.
+                            return std::future::pending().await;
+                        }
+                        if to.write_all(&buffer[..read]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    let url = database
+        .url
+        .replacen(&target_of(&database.url), &through.to_string(), 1);
+    installation.edit_config(|table| {
+        table.insert("database_url".into(), toml::Value::String(url));
+    });
+    let a = installation.serve();
+    let mut stream = a.watch(&installation.admin(), "").await.unwrap();
+    let listening = "SELECT pid FROM pg_stat_activity
+                     WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    eventually("the replica to listen", || {
+        (sqlx_count(&database.url, listening).pop() == Some(1)).then_some(())
+    });
+    silent.store(true, Ordering::SeqCst);
+    let ended = tokio::time::timeout(rekey_tests::DEADLINE, stream.message())
+        .await
+        .expect("the stream stayed open on a silent connection");
+    let status = ended.expect_err("an event instead of the end");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("reconnect"), "{status:?}");
+    drop(a);
+}
+
+/// `host:port` of a database URL.
+fn target_of(url: &str) -> String {
+    url.split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 /// Runs `sql` (a SELECT of one column) on `url` and returns how many rows
 /// it gave, in a runtime of its own (the test's is busy awaiting).
 fn sqlx_count(url: &str, sql: &str) -> Vec<usize> {
