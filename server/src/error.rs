@@ -70,11 +70,13 @@ fn database_error(error: &sqlx::Error) -> Option<fn(String) -> Error> {
                 .is_some();
             if sqlite {
                 // SQLITE_BUSY, SQLITE_LOCKED and their extended codes (a
-                // PostgreSQL SQLSTATE such as 42501 would match the mask).
-                return code
-                    .parse::<i32>()
-                    .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
-                    .then_some(Error::Unavailable as fn(String) -> Error);
+                // PostgreSQL SQLSTATE such as 42501 would match the mask);
+                // SQLITE_CONSTRAINT_FOREIGNKEY.
+                return match code.parse::<i32>() {
+                    Ok(code) if matches!(code & 0xff, 5 | 6) => Some(Error::Unavailable),
+                    Ok(787) => Some(Error::FailedPrecondition),
+                    _ => None,
+                };
             }
             // PostgreSQL: a connection exception, the server shutting down,
             // too many connections, or the writers' lock not had in time.
@@ -86,6 +88,8 @@ fn database_error(error: &sqlx::Error) -> Option<fn(String) -> Error> {
                 Some(Error::Unavailable)
             } else if code == "40001" || code == "40P01" {
                 Some(Error::Aborted)
+            } else if code == "23503" {
+                Some(Error::FailedPrecondition)
             } else {
                 None
             }
@@ -149,6 +153,16 @@ impl From<sqlx::Error> for Error {
                 Self::Aborted(
                     "a concurrent change conflicted with this one, which changed nothing; \
                      try again"
+                        .to_owned(),
+                )
+            }
+            // A row this one refers to (its secret, its run) was erased
+            // by a change that committed first (another replica's, say).
+            Some(Error::FailedPrecondition(detail)) => {
+                tracing::warn!(%detail, "a change referred to a row erased meanwhile");
+                Self::FailedPrecondition(
+                    "what this request changes was erased meanwhile (its secret, or its \
+                     rotation run), and nothing was changed; read it again"
                         .to_owned(),
                 )
             }
