@@ -129,10 +129,20 @@ async fn a_revoked_certificate_is_refused_on_an_open_connection() {
             "refused after, not at, the handshake"
         );
     }
-    // ... and the server said why, in its TLS alert.
+    // ... and the server said why, in its TLS alert, which the CLI tells
+    // (it said the server was unavailable).
     assert_eq!(
         rekey_shared::probe::certificate_refused(&server.url, &identity).await,
         Some(rustls::AlertDescription::CertificateRevoked)
+    );
+    let told = tokio::task::block_in_place(|| server.rekey(&bob).run(&["list"]));
+    assert_eq!(told.code, 1);
+    assert!(
+        told.stderr.contains(
+            "refuses this client's certificate at the TLS handshake (CertificateRevoked)"
+        ) && told.stderr.contains("(UNAUTHENTICATED)"),
+        "{}",
+        told.stderr
     );
     // An identity it accepts is told apart.
     let admin = rekey_shared::identity::Identity::load(&installation.admin()).unwrap();
@@ -392,6 +402,12 @@ async fn a_policy_this_server_cannot_read_holds_up_no_revocation() {
         "{}",
         refused.stderr
     );
+    rekey_tests::eventually("the refusal of the policy to be logged", || {
+        server
+            .log_text()
+            .contains("refuses every request until a policy it can read is applied")
+            .then_some(())
+    });
     assert!(
         server
             .log_text()

@@ -482,10 +482,30 @@ pub fn main() -> ExitCode {
         // as the panic hook makes it for printing.
         Err(error) if is_closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("rekey: {}", describe(&error));
+            let refused = runtime.block_on(certificate_refused(&connection, &error));
+            eprintln!("rekey: {}", refused.unwrap_or_else(|| describe(&error)));
             ExitCode::FAILURE
         }
     }
+}
+
+/// When a call failed as a connection that closed (UNAVAILABLE), whether
+/// the server in fact refused this client's certificate at the handshake
+/// (revoked, expired, of another CA), which tonic cannot tell apart: the
+/// line that says so, as an operator can act on it.
+async fn certificate_refused(connection: &Connection, error: &anyhow::Error) -> Option<String> {
+    let status = error.downcast_ref::<tonic::Status>()?;
+    let status = rekey_shared::channel::dropped_call_is_unavailable(status.clone());
+    if status.code() != tonic::Code::Unavailable {
+        return None;
+    }
+    let identity = connection.identity().ok()?;
+    let alert = rekey_shared::probe::certificate_refused(&connection.server, &identity).await?;
+    Some(format!(
+        "the server refuses this client's certificate at the TLS handshake ({alert:?}): \
+         revoked, expired or not of its CA; get a new identity (rekeyd cert renew) \
+         (UNAUTHENTICATED)"
+    ))
 }
 
 fn is_closed_pipe(error: &anyhow::Error) -> bool {
