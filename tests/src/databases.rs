@@ -343,15 +343,18 @@ impl TestMysql {
 
     /// Runs SQL as the test's admin; panics when it fails.
     pub fn sql(&self, sql: &str) {
+        if let Err(error) = self.try_sql(sql) {
+            panic!("REKEY_TEST_MYSQL_URL is set, and {sql:?} failed on it: {error}")
+        }
+    }
+
+    fn try_sql(&self, sql: &str) -> Result<(), sqlx::Error> {
         on_own_runtime(async {
             use sqlx::{Connection, Executor};
-            let mut connection = sqlx::MySqlConnection::connect(&self.url)
-                .await
-                .unwrap_or_else(|error| {
-                    panic!("REKEY_TEST_MYSQL_URL is set but unusable: {error}")
-                });
-            connection.execute(sql).await.unwrap();
+            let mut connection = sqlx::MySqlConnection::connect(&self.url).await?;
+            let done = connection.execute(sql).await.map(drop);
             let _ = connection.close().await;
+            done
         })
     }
 
@@ -439,13 +442,22 @@ impl TestMysql {
     }
 }
 
+/// The test's users go, with the tables named after them (`test.USER_t`)
+/// that a test failing half-way left; a failure here is reported, not a
+/// panic (one while the test's own panic unwinds would abort the process
+/// and lose that panic's report).
 impl Drop for TestMysql {
     fn drop(&mut self) {
-        let users = std::mem::take(&mut *self.users.lock().unwrap());
+        let users = std::mem::take(&mut *self.users.lock().unwrap_or_else(|e| e.into_inner()));
         for user in users {
-            self.sql(&format!(
-                "DROP USER IF EXISTS '{user}'@'%', '{user}'@'localhost'"
-            ));
+            for sql in [
+                format!("DROP TABLE IF EXISTS test.{user}_t"),
+                format!("DROP USER IF EXISTS '{user}'@'%', '{user}'@'localhost'"),
+            ] {
+                if let Err(error) = self.try_sql(&sql) {
+                    eprintln!("cleaning up MariaDB: {sql}: {error}");
+                }
+            }
         }
     }
 }
