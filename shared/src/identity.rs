@@ -112,11 +112,30 @@ impl Identity {
             ));
         }
         let (chain, ca) = certificates.split_at(certificates.len() - 1);
-        Ok(Self {
+        let identity = Self {
             certificate_pem: chain.concat(),
             key_pem: key.1.clone(),
             ca_pem: ca.concat(),
-        })
+        };
+        identity.check_key()?;
+        Ok(identity)
+    }
+
+    /// Whether the key is one this client can sign with, and the client
+    /// certificate's: a key of another certificate (a renewal half
+    /// copied), or one encrypted, surfaced as "transport error" at connect.
+    fn check_key(&self) -> Result<(), String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(self.certificate_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| format!("the client certificate does not parse: {error}"))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|error| {
+            format!("the private key is not usable (PKCS#8, SEC1 or RSA, unencrypted): {error}")
+        })?;
+        rustls::sign::CertifiedKey::from_der(chain, key, &rustls::crypto::ring::default_provider())
+            .map(drop)
+            .map_err(|error| format!("the private key is not the client certificate's: {error}"))
     }
 }
 
@@ -150,20 +169,33 @@ pub fn pem_blocks(text: &str) -> Vec<(String, Zeroizing<String>)> {
 mod tests {
     use super::*;
 
-    const FILE: &str = "# comment\n-----BEGIN PRIVATE KEY-----\nAAA\n-----END PRIVATE KEY-----\n\
-        -----BEGIN CERTIFICATE-----\nLEAF\n-----END CERTIFICATE-----\n\
-        -----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n";
+    /// A key, a certificate of it, and another certificate as the CA.
+    fn material() -> (String, String, String) {
+        let certificate = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let certificate = rcgen::CertificateParams::new(vec![name.to_owned()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            (key.serialize_pem(), certificate.pem())
+        };
+        let (key, leaf) = certificate("client");
+        let (_, ca) = certificate("ca");
+        (key, leaf, ca)
+    }
 
     #[test]
     fn splits_key_leaf_and_ca() {
-        let identity = Identity::parse(FILE).unwrap();
-        assert!(identity.key_pem.contains("AAA"));
-        assert!(identity.certificate_pem.contains("LEAF"));
-        assert!(!identity.certificate_pem.contains("CA\n"));
-        assert!(identity.ca_pem.contains("CA"));
+        let (key, leaf, ca) = material();
+        let file = format!("# comment\n{key}{leaf}{ca}");
+        let identity = Identity::parse(&file).unwrap();
+        assert_eq!(identity.key_pem.as_str(), key);
+        assert_eq!(identity.certificate_pem, leaf);
+        assert_eq!(identity.ca_pem, ca);
         let again = Identity::parse(&identity.to_file_text("x")).unwrap();
         assert_eq!(again.certificate_pem, identity.certificate_pem);
-        assert!(!format!("{identity:?}").contains("AAA"));
+        let body = key.lines().nth(1).unwrap();
+        assert!(!format!("{identity:?}").contains(body));
     }
 
     #[test]
@@ -174,14 +206,28 @@ mod tests {
         assert!(error.contains("PRIVATE KEY"), "{error}");
     }
 
+    /// A key that is not the client certificate's (half of a renewal
+    /// copied) is named as such when the file is read: it surfaced as a
+    /// bare "transport error" when connecting.
+    #[test]
+    fn refuses_a_key_of_another_certificate() {
+        let (_, leaf, ca) = material();
+        let (other_key, _, _) = material();
+        let error = Identity::parse(&format!("{other_key}{leaf}{ca}"))
+            .err()
+            .unwrap();
+        assert!(error.contains("not the client certificate's"), "{error}");
+    }
+
     #[cfg(unix)]
     #[test]
     fn refuses_files_others_can_read() {
         use std::os::unix::fs::PermissionsExt;
+        let (key, leaf, ca) = material();
         let dir = std::env::temp_dir().join(format!("rekey-identity-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("id.pem");
-        std::fs::write(&path, FILE).unwrap();
+        std::fs::write(&path, format!("{key}{leaf}{ca}")).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let error = Identity::load(&path).unwrap_err().to_string();
         assert!(error.contains("chmod 600"), "{error}");
