@@ -57,6 +57,16 @@ pub fn parse_configured_duration(text: &str) -> Result<i64, String> {
 }
 
 /// Parses a schedule, with a message that says what is wrong.
+/// When a secret rotated at `now` under `schedule` (as stored) rotates
+/// next: none when rotation is off, on demand only, or the schedule no
+/// longer parses.
+pub fn next_after_rotation(schedule: &str, enabled: bool, now: i64) -> Option<i64> {
+    if !enabled || schedule.is_empty() {
+        return None;
+    }
+    parse(schedule).ok()?.next(Some(now), now)
+}
+
 pub fn parse(text: &str) -> Result<Schedule, String> {
     let text = text.trim();
     if let Some(inner) = text.strip_prefix("rate(").and_then(|t| t.strip_suffix(')')) {

@@ -266,7 +266,7 @@ forward! {
     pub async fn due_rotations(&self, now: i64) -> Result<Vec<ConfigRecord>>;
     pub async fn insert_run(&self, run: &RunRecord, history: &[HistoryRecord], claim: Option<ScheduleClaim>, event: &AuditEvent) -> Result<bool>;
     pub async fn update_run(&self, run: &mut RunRecord, history: &[HistoryRecord], event: Option<&AuditEvent>) -> Result<()>;
-    pub async fn finish_run(&self, run: &mut RunRecord, history: &[HistoryRecord], next_rotation: Option<i64>, event: &AuditEvent) -> Result<bool>;
+    pub async fn finish_run(&self, run: &mut RunRecord, history: &[HistoryRecord], event: &AuditEvent) -> Result<bool>;
     pub async fn end_run(&self, run: &mut RunRecord, history: &[HistoryRecord], event: &AuditEvent) -> Result<()>;
     pub async fn run(&self, run_id: &str) -> Result<Option<RunRecord>>;
     pub async fn active_run(&self, secret_id: &str) -> Result<Option<RunRecord>>;

@@ -413,6 +413,52 @@ async fn config_save_suite(url: &str, root: &RootKey) {
         ..read.clone()
     };
     configure(&rescheduled, Some(&read), false).await.unwrap();
+
+    // The run ends: the next rotation follows the schedule configured
+    // while it went on (it was the one the run read at its start).
+    let current = store
+        .stage_map(&id)
+        .await
+        .unwrap()
+        .get(&rekey_shared::Stage::current())
+        .unwrap()
+        .clone();
+    let made = super::NewVersion {
+        version_id: rekey_shared::VersionId::parse(&run.id).unwrap(),
+        ..new_version(7)
+    };
+    store
+        .put_version(
+            &id,
+            &made,
+            &[rekey_shared::Stage::parse("PENDING").unwrap()],
+            &event("Put"),
+        )
+        .await
+        .unwrap();
+    let started = store.run(&run.id).await.unwrap().unwrap();
+    let now = rekey_shared::time::now_millis();
+    let mut ended = RunRecord {
+        current_at_start: current.to_string(),
+        phase: Phase::Ended,
+        ended_at: Some(now),
+        updated_at: now,
+        ..started
+    };
+    assert!(
+        store
+            .finish_run(&mut ended, &[], &event("Finish"))
+            .await
+            .unwrap()
+    );
+    let next = store
+        .rotation_config(&id)
+        .await
+        .unwrap()
+        .unwrap()
+        .next_rotation_at
+        .unwrap();
+    assert_eq!(next, now + 7 * 86_400_000);
     store.close().await;
 }
 

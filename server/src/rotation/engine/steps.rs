@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::events::Details;
 use crate::rotation::planner::{self, AfterFailure};
 use crate::rotation::rotators::{Rotator, RotatorSettings, StepInput};
-use crate::rotation::{Outcome, Phase, Revert, RunRecord, Step, schedule};
+use crate::rotation::{Outcome, Phase, Revert, RunRecord, Step};
 use crate::store::{NewVersion, PutOutcome, SecretRecord};
 use rekey_shared::time::now_millis;
 use rekey_shared::{Stage, VersionId};
@@ -260,10 +260,6 @@ impl Engine {
                 ended.ended_at = Some(now);
                 ended.updated_at = now;
                 ended.operator_go = false;
-                let next_rotation = schedule::parse(&config.schedule)
-                    .ok()
-                    .filter(|_| config.enabled)
-                    .and_then(|schedule| schedule.next(Some(now), now));
                 let event = AuditEvent::system(
                     "rotation:StepRotation",
                     secret.name.as_str(),
@@ -276,7 +272,6 @@ impl Engine {
                             history(step, "step_done", run.attempt + 1, "system", ""),
                             history(step, "finished", run.attempt + 1, "system", "CURRENT moved"),
                         ],
-                        next_rotation,
                         &event,
                     )
                     .await?;

@@ -291,7 +291,6 @@ impl Store {
         &self,
         run: &mut RunRecord,
         history: &[HistoryRecord],
-        next_rotation: Option<i64>,
         event: &AuditEvent,
     ) -> Result<bool> {
         let mut tx = self.write().await?;
@@ -311,6 +310,17 @@ impl Store {
         touch(&mut tx, &run.secret_id, run.updated_at).await?;
         write_run(&mut tx, run).await?;
         write_history(&mut tx, &run.id, history).await?;
+        // The next rotation from the schedule as it is now, in this
+        // transaction (under the writers' lock): one configured while the
+        // run went on is not undone by what the run read at its start.
+        let configured: Option<(String, bool)> =
+            sqlx::query_as("SELECT schedule, enabled FROM rotation_configs WHERE secret_id = $1")
+                .bind(&run.secret_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let next_rotation = configured.and_then(|(schedule, enabled)| {
+            crate::rotation::schedule::next_after_rotation(&schedule, enabled, run.updated_at)
+        });
         sqlx::query(
             "UPDATE rotation_configs SET last_rotated_at = $1, next_rotation_at = $2 WHERE secret_id = $3",
         )
