@@ -332,15 +332,16 @@ impl tonic::service::Interceptor for Authenticator {
 /// be served (revoked or expired since), if so: asked at every request,
 /// and by an open Watch stream.
 pub fn no_longer_valid(revocations: &Revocations, peer: &PeerCertificate) -> Option<String> {
-    if revocations.is_revoked(&peer.serial) {
+    let issuer = crate::audit::hex(&peer.issuer);
+    if revocations.is_revoked(&issuer, &peer.serial) {
         Some(format!(
             "client certificate refused: serial {} was revoked",
             peer.serial
         ))
-    } else if let Some(serial) = peer
+    } else if let Some((_, serial)) = peer
         .chain
         .iter()
-        .find(|serial| revocations.is_revoked_ca(serial))
+        .find(|(issuer, serial)| revocations.is_revoked_ca(issuer, serial))
     {
         Some(format!(
             "client certificate refused: serial {serial} of a CA certificate it sent was revoked"

@@ -22,12 +22,14 @@ pub async fn issue(
     out: &Path,
 ) -> anyhow::Result<IssuedCertificate> {
     let issued = ca.issue_client(principal, days)?;
+    let issuer = crate::pki::subject_of(&ca.certificate_pem)?;
     let opened = installation::open(loaded).await?;
     let recorded = opened
         .store
         .record_certificate(
             &CertificateRecord {
                 serial: issued.serial.clone(),
+                issuer,
                 principal: principal.to_owned(),
                 issued_at: Some(rekey_shared::time::now_millis()),
                 not_after: Some(issued.not_after.unix_timestamp() * 1000),
@@ -147,8 +149,13 @@ fn names_of(pem: &str) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-/// Revokes every certificate of a principal, or one serial.
-pub async fn revoke(loaded: &Loaded, target: RevokeTarget<'_>) -> anyhow::Result<Vec<String>> {
+/// Revokes every certificate of a principal, or one serial: of `issuer`
+/// (hex of its DER name), or of any issuer when it is empty.
+pub async fn revoke(
+    loaded: &Loaded,
+    target: RevokeTarget<'_>,
+    issuer: &str,
+) -> anyhow::Result<Vec<String>> {
     let opened = installation::open(loaded).await?;
     let resource = match target {
         RevokeTarget::Named(name) => name.to_owned(),
@@ -160,6 +167,7 @@ pub async fn revoke(loaded: &Loaded, target: RevokeTarget<'_>) -> anyhow::Result
         .store
         .revoke(
             target,
+            issuer,
             rekey_shared::time::now_millis(),
             &AuditEvent::local("certificates:Revoke", &resource, ""),
         )

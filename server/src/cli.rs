@@ -206,6 +206,12 @@ pub(crate) enum CertCommand {
         /// issued): every client that sends that certificate is refused.
         #[arg(long, requires = "serial")]
         ca: bool,
+        /// The certificate (PEM) of the CA that issued the serial: only
+        /// that CA's certificate of that serial is revoked (serials are
+        /// unique per issuer only). Without it, every certificate of that
+        /// serial, whoever issued it.
+        #[arg(long, value_name = "CA_FILE", requires = "serial")]
+        issuer: Option<PathBuf>,
     },
     /// List issued certificates: valid, expired or revoked.
     List,

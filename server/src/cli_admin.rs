@@ -11,6 +11,7 @@ use crate::governance;
 use crate::installation::{self, Opened};
 use crate::pki::CertificateAuthority;
 use crate::store::RevokeTarget;
+use anyhow::Context;
 use rekey_shared::KeyName;
 use rekey_shared::identity::Identity;
 use rekey_shared::time::format_millis;
@@ -86,14 +87,28 @@ pub async fn cert(loaded: &Loaded, command: CertCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        CertCommand::Revoke { target, serial, ca } => {
+        CertCommand::Revoke {
+            target,
+            serial,
+            ca,
+            issuer,
+        } => {
             let target = match (&target, &serial) {
                 (_, Some(serial)) if ca => RevokeTarget::CaSerial(serial),
                 (_, Some(serial)) => RevokeTarget::Serial(serial),
                 (Some(name), None) => RevokeTarget::Named(name),
                 (None, None) => anyhow::bail!("give a NAME or --serial SERIAL"),
             };
-            let revoked = certificates::revoke(loaded, target).await?;
+            let issuer = match &issuer {
+                Some(file) => {
+                    let pem = std::fs::read_to_string(file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    crate::pki::subject_of(&pem)
+                        .with_context(|| format!("the issuer's certificate {}", file.display()))?
+                }
+                None => String::new(),
+            };
+            let revoked = certificates::revoke(loaded, target, &issuer).await?;
             println!(
                 "revoked {} certificate(s): {}; running servers refuse them within seconds",
                 revoked.len(),

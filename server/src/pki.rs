@@ -211,6 +211,17 @@ pub fn read_private(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>
     })?))
 }
 
+/// The subject of the first certificate of a PEM text (a CA's: the issuer
+/// of what it signs), as hex of its DER name, as revocations keep issuers.
+pub fn subject_of(pem: &str) -> anyhow::Result<String> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|error| anyhow::anyhow!("not PEM: {error}"))?;
+    let certificate = block
+        .parse_x509()
+        .map_err(|error| anyhow::anyhow!("not a certificate: {error}"))?;
+    Ok(crate::audit::hex(certificate.subject().as_raw()))
+}
+
 /// When the first certificate of a PEM text expires.
 pub fn not_after_of(pem: &str) -> anyhow::Result<OffsetDateTime> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())

@@ -64,9 +64,19 @@ pub fn serial_hex(text: &str) -> String {
 
 /// The serial of a DER certificate, as [`serial_hex`] writes it.
 pub fn serial_of(der: &[u8]) -> Option<String> {
-    X509Certificate::from_der(der)
-        .ok()
-        .map(|(_, certificate)| serial_hex(&certificate.raw_serial_as_string()))
+    issued_of(der).map(|(_, serial)| serial)
+}
+
+/// A DER certificate's issuer (hex of its DER name, as revocations keep
+/// it) and serial (as [`serial_hex`] writes it): what names it among all
+/// certificates, where a serial alone names it among its issuer's only.
+pub fn issued_of(der: &[u8]) -> Option<(String, String)> {
+    X509Certificate::from_der(der).ok().map(|(_, certificate)| {
+        (
+            crate::audit::hex(certificate.issuer().as_raw()),
+            serial_hex(&certificate.raw_serial_as_string()),
+        )
+    })
 }
 
 /// What the server keeps of a client certificate once the handshake is done.
@@ -80,9 +90,10 @@ pub struct PeerCertificate {
     pub not_after: i64,
     /// The issuer's DER name: with the serial, what a CRL revokes.
     pub issuer: Vec<u8>,
-    /// The serials of the other certificates the client sent (its CAs'):
-    /// `rekeyd cert revoke --serial` of one refuses the client too.
-    pub chain: Vec<String>,
+    /// The issuers and serials of the other certificates the client sent
+    /// (its CAs'; see [`issued_of`]): `rekeyd cert revoke --serial --ca` of
+    /// one refuses the client too.
+    pub chain: Vec<(String, String)>,
 }
 
 impl PeerCertificate {

@@ -59,12 +59,12 @@ async fn refresh_policy(state: &AppState) -> Result<()> {
 async fn refresh_revocations(state: &AppState) -> Result<()> {
     let store = &state.store;
     let (mut revoked, mut cas) = (HashSet::new(), HashSet::new());
-    for (serial, principal) in store.revoked_serials().await? {
-        let serial = crate::principal::serial_hex(&serial);
+    for (serial, issuer, principal) in store.revoked_serials().await? {
+        let issued = (issuer, crate::principal::serial_hex(&serial));
         if principal == crate::store::CA_CERTIFICATE {
-            cas.insert(serial);
+            cas.insert(issued);
         } else {
-            revoked.insert(serial);
+            revoked.insert(issued);
         }
     }
     if !state.revocations.holds(&revoked, &cas) {

@@ -31,6 +31,9 @@ use tonic::transport::server::Connected;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// An issuer (hex of its DER name; `""` for any) and a serial.
+pub type Issued = (String, String);
+
 /// The serials of revoked client certificates, refreshed from the database
 /// (see `sync`), consulted at every handshake and on every request; and
 /// the certificates the CRL files in force revoke (see `crls`), by issuer
@@ -38,34 +41,36 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// request asks here.
 #[derive(Debug, Default)]
 pub struct Revocations {
-    /// The database's: (client certificates' serials, CA certificates').
-    serials: RwLock<(HashSet<String>, HashSet<String>)>,
+    /// The database's: (client certificates', CA certificates'), each an
+    /// issuer and a serial, the issuer `""` where any issuer's is revoked.
+    serials: RwLock<(HashSet<Issued>, HashSet<Issued>)>,
     by_crl: RwLock<HashSet<(Vec<u8>, String)>>,
 }
 
 impl Revocations {
-    /// Whether the database revokes the client certificate `serial`.
-    pub fn is_revoked(&self, serial: &str) -> bool {
+    /// Whether the database revokes the client certificate `serial` of
+    /// `issuer` (hex of its DER name): revoked of that issuer, or of any.
+    pub fn is_revoked(&self, issuer: &str, serial: &str) -> bool {
         match self.serials.read() {
-            Ok(serials) => serials.0.contains(serial),
+            Ok(serials) => among(&serials.0, issuer, serial),
             // A poisoned lock must not let a revoked certificate in.
             Err(_) => true,
         }
     }
 
-    /// Whether the database revokes the CA certificate `serial` (one a
-    /// client sends beside its own). Apart from the client certificates'
-    /// serials: serials are unique per issuer only, and a CA's are often
-    /// small numbers that another CA's leaves have too.
-    pub fn is_revoked_ca(&self, serial: &str) -> bool {
+    /// Whether the database revokes the CA certificate `serial` of
+    /// `issuer` (one a client sends beside its own). Apart from the client
+    /// certificates' serials: serials are unique per issuer only, and a
+    /// CA's are often small numbers that another CA's leaves have too.
+    pub fn is_revoked_ca(&self, issuer: &str, serial: &str) -> bool {
         match self.serials.read() {
-            Ok(serials) => serials.1.contains(serial),
+            Ok(serials) => among(&serials.1, issuer, serial),
             Err(_) => true,
         }
     }
 
     /// Whether these are the revocations in force already.
-    pub fn holds(&self, serials: &HashSet<String>, cas: &HashSet<String>) -> bool {
+    pub fn holds(&self, serials: &HashSet<Issued>, cas: &HashSet<Issued>) -> bool {
         self.serials
             .read()
             .is_ok_and(|current| current.0 == *serials && current.1 == *cas)
@@ -73,7 +78,7 @@ impl Revocations {
 
     /// The database's revocations: client certificates' serials and CA
     /// certificates'.
-    pub fn replace(&self, serials: HashSet<String>, cas: HashSet<String>) {
+    pub fn replace(&self, serials: HashSet<Issued>, cas: HashSet<Issued>) {
         if let Ok(mut current) = self.serials.write() {
             *current = (serials, cas);
         }
@@ -102,6 +107,12 @@ impl Revocations {
     }
 }
 
+/// Whether `revoked` holds `serial` of `issuer`, or of any issuer.
+fn among(revoked: &HashSet<Issued>, issuer: &str, serial: &str) -> bool {
+    let of = |issuer: &str| revoked.contains(&(issuer.to_owned(), serial.to_owned()));
+    of("") || of(issuer)
+}
+
 /// The WebPKI client verifier (chain to our CA, validity, client-auth
 /// usage, CRLs), then the revocation list of the database.
 #[derive(Debug)]
@@ -127,12 +138,12 @@ impl ClientCertVerifier for RevocationCheckingVerifier {
             .verify_client_cert(end_entity, intermediates, now)?;
         // The CA certificates it sends too, against the serials revoked
         // as CA certificates' (`rekeyd cert revoke --serial S --ca`).
-        let leaf_revoked = crate::principal::serial_of(end_entity)
-            .is_some_and(|serial| self.revocations.is_revoked(&serial));
+        let leaf_revoked = crate::principal::issued_of(end_entity)
+            .is_some_and(|(issuer, serial)| self.revocations.is_revoked(&issuer, &serial));
         let ca_revoked = intermediates
             .iter()
-            .filter_map(|certificate| crate::principal::serial_of(certificate))
-            .any(|serial| self.revocations.is_revoked_ca(&serial));
+            .filter_map(|certificate| crate::principal::issued_of(certificate))
+            .any(|(issuer, serial)| self.revocations.is_revoked_ca(&issuer, &serial));
         if leaf_revoked || ca_revoked {
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::Revoked,
@@ -419,7 +430,7 @@ fn peer_of(stream: &TlsStream<TcpStream>) -> Result<PeerCertificate, Certificate
             let mut peer = peer_certificate(leaf)?;
             peer.chain = rest
                 .iter()
-                .filter_map(|certificate| crate::principal::serial_of(certificate))
+                .filter_map(|certificate| crate::principal::issued_of(certificate))
                 .collect();
             Ok(peer)
         }

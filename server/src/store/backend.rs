@@ -244,8 +244,8 @@ forward! {
     pub async fn archive_audit_events(&self, from: Option<&AuditAnchor>, to: &AuditAnchor, event: &AuditEvent) -> Result<bool>;
     pub async fn record_certificate(&self, record: &CertificateRecord, event: &AuditEvent) -> Result<()>;
     pub async fn certificates(&self) -> Result<Vec<CertificateRecord>>;
-    pub async fn revoke(&self, target: super::RevokeTarget<'_>, now: i64, event: &AuditEvent) -> Result<Vec<String>>;
-    pub async fn revoked_serials(&self) -> Result<Vec<(String, String)>>;
+    pub async fn revoke(&self, target: super::RevokeTarget<'_>, issuer: &str, now: i64, event: &AuditEvent) -> Result<Vec<String>>;
+    pub async fn revoked_serials(&self) -> Result<Vec<(String, String, String)>>;
     pub async fn insert_master_key(&self, key: &WrappedMasterKey, event: &AuditEvent) -> Result<()>;
     pub async fn master_key_versions(&self, name: &str) -> Result<Vec<WrappedMasterKey>>;
     pub async fn list_master_keys(&self) -> Result<Vec<WrappedMasterKey>>;

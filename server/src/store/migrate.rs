@@ -37,6 +37,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         8,
         include_str!("../../migrations/sqlite/0008_rotation_run_revision.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/sqlite/0009_certificate_issuers.sql"),
+    ),
 ];
 
 /// What opening a store does with a schema older than this binary's.
@@ -216,6 +220,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         8,
         include_str!("../../migrations/postgres/0008_rotation_run_revision.sql"),
     ),
+    (
+        9,
+        include_str!("../../migrations/postgres/0009_certificate_issuers.sql"),
+    ),
 ];
 
 /// The lock every replica takes while it migrates, so that two replicas
@@ -383,7 +391,7 @@ mod tests {
         let refusal = || async { require_current_sqlite(&pool).await.unwrap_err().to_string() };
         let error = refusal().await;
         assert!(
-            error.contains("at version 0, older than this rekeyd's (version 8)"),
+            error.contains("at version 0, older than this rekeyd's (version 9)"),
             "{error}"
         );
 
@@ -392,7 +400,7 @@ mod tests {
             .unwrap();
         let error = refusal().await;
         assert!(
-            error.contains("at version 6, older than this rekeyd's (version 8)")
+            error.contains("at version 6, older than this rekeyd's (version 9)")
                 && error.contains("only the server migrates it"),
             "{error}"
         );
@@ -405,13 +413,13 @@ mod tests {
         migrate(&pool).await.unwrap();
         require_current_sqlite(&pool).await.unwrap();
 
-        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (9, 0)")
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (10, 0)")
             .execute(&pool)
             .await
             .unwrap();
         let error = refusal().await;
         assert!(
-            error.contains("at version 9, newer than this rekeyd knows (version 8)"),
+            error.contains("at version 10, newer than this rekeyd knows (version 9)"),
             "{error}"
         );
     }

@@ -404,6 +404,66 @@ async fn a_revoked_intermediate_refuses_the_clients_under_it() {
     read_as(&server, &erin).await.unwrap();
 }
 
+/// Serials are unique per issuer only: revoking serial 0x1002 of one CA
+/// (`--issuer CA_FILE`) refuses that CA's certificate and lets in another
+/// CA's certificate of the same serial; without `--issuer` the serial is
+/// revoked whoever issued it. The revocation was issuer-blind: revoking one
+/// CA's certificate refused every other CA's of that serial.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_serial_revoked_of_one_issuer_leaves_another_issuers_alone() {
+    let installation = Installation::new();
+    let (ca_pem, root) = installation_ca(&installation);
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "team intermediate");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let key = KeyPair::generate().unwrap();
+    let intermediate_pem = params.signed_by(&key, &root).unwrap().pem();
+    let intermediate = Issuer::new(params, key);
+    let serial = |name: &str| {
+        let mut params = client_params(name);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x10, 0x02]));
+        params
+    };
+    let grace = identity(serial("grace"), &root, &ca_pem);
+    let mut heidi = identity(serial("heidi"), &intermediate, &ca_pem);
+    heidi.certificate_pem.push_str(&intermediate_pem);
+    let intermediate_file = installation.dir().join("intermediate.pem");
+    std::fs::write(&intermediate_file, &intermediate_pem).unwrap();
+    let server = installation.serve();
+    read_as(&server, &grace).await.unwrap();
+    read_as(&server, &heidi).await.unwrap();
+
+    let revoked = rekey_tests::rekeyd(
+        installation.dir(),
+        &[
+            "cert",
+            "revoke",
+            "--serial",
+            "1002",
+            "--issuer",
+            intermediate_file.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        revoked.status.success(),
+        "{}",
+        rekey_tests::text(&revoked.stderr)
+    );
+    until_refused(&server, &heidi, "the intermediate's 1002 is still let in").await;
+    read_as(&server, &grace).await.unwrap();
+
+    // Without an issuer: whoever issued it.
+    let revoked = rekey_tests::rekeyd(installation.dir(), &["cert", "revoke", "--serial", "1002"]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        rekey_tests::text(&revoked.stderr)
+    );
+    until_refused(&server, &grace, "the root's 1002 is still let in").await;
+}
+
 /// Connections that open and send nothing hold a TLS handshake each until
 /// its time limit (10 s); from one address at most 32 are held: the next
 /// is closed at once, not held as well. Once they go, clients connect.

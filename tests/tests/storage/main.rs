@@ -419,6 +419,7 @@ async fn suite(url: &str, root: &RootKey) {
         .record_certificate(
             &CertificateRecord {
                 serial: "0a0b".into(),
+                issuer: "30".into(),
                 principal: "alice".into(),
                 issued_at: Some(1),
                 not_after: Some(2),
@@ -430,14 +431,41 @@ async fn suite(url: &str, root: &RootKey) {
         .unwrap();
     assert_eq!(
         store
-            .revoke(RevokeTarget::Named("alice"), 5, &event("Revoke"))
+            .revoke(RevokeTarget::Named("alice"), "", 5, &event("Revoke"))
             .await
             .unwrap(),
         ["0a0b"]
     );
     assert_eq!(
         store.revoked_serials().await.unwrap(),
-        [("0a0b".to_owned(), "alice".to_owned())]
+        [("0a0b".to_owned(), "30".to_owned(), "alice".to_owned())]
+    );
+    // Serials are unique per issuer only: one CA's serial revoked by its
+    // issuer leaves another CA's of that serial alone, and both can be
+    // revoked; a serial revoked without an issuer is any issuer's.
+    for issuer in ["41", "42"] {
+        store
+            .revoke(RevokeTarget::Serial("0c"), issuer, 6, &event("Revoke"))
+            .await
+            .unwrap();
+    }
+    store
+        .revoke(RevokeTarget::Serial("0d"), "", 7, &event("Revoke"))
+        .await
+        .unwrap();
+    let mut revoked = store.revoked_serials().await.unwrap();
+    revoked.sort();
+    let row = |serial: &str, issuer: &str, principal: &str| {
+        (serial.to_owned(), issuer.to_owned(), principal.to_owned())
+    };
+    assert_eq!(
+        revoked,
+        [
+            row("0a0b", "30", "alice"),
+            row("0c", "41", ""),
+            row("0c", "42", ""),
+            row("0d", "", ""),
+        ]
     );
 
     // Concurrent puts: every acknowledged put is a version, one CURRENT.
@@ -478,7 +506,7 @@ async fn suite(url: &str, root: &RootKey) {
     assert_eq!(previous.len(), 1, "{map:?}");
 
     let events = assert_chain_verifies(&store, &AuditKey::derive(root)).await;
-    assert_eq!(events, 29, "one event per write, in one chain");
+    assert_eq!(events, 32, "one event per write, in one chain");
     store.close().await;
 }
 

@@ -15,9 +15,10 @@ impl Store {
     ) -> Result<()> {
         let mut tx = self.write().await?;
         sqlx::query(
-            "INSERT INTO certificates (serial, principal, issued_at, not_after) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO certificates (serial, issuer, principal, issued_at, not_after) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(&record.serial)
+        .bind(&record.issuer)
         .bind(&record.principal)
         .bind(record.issued_at)
         .bind(record.not_after)
@@ -28,7 +29,7 @@ impl Store {
 
     pub async fn certificates(&self) -> Result<Vec<CertificateRecord>> {
         let rows = sqlx::query(
-            "SELECT serial, principal, issued_at, not_after, revoked_at FROM certificates
+            "SELECT serial, issuer, principal, issued_at, not_after, revoked_at FROM certificates
              ORDER BY principal COLLATE \"C\", issued_at",
         )
         .fetch_all(&self.pool)
@@ -37,6 +38,7 @@ impl Store {
             .iter()
             .map(|row| CertificateRecord {
                 serial: row.get("serial"),
+                issuer: row.get("issuer"),
                 principal: row.get("principal"),
                 issued_at: row.get("issued_at"),
                 not_after: row.get("not_after"),
@@ -53,33 +55,45 @@ impl Store {
     pub async fn revoke(
         &self,
         target: RevokeTarget<'_>,
+        issuer: &str,
         now: i64,
         event: &AuditEvent,
     ) -> Result<Vec<String>> {
         let mut tx = self.write().await?;
         let serial = crate::principal::serial_hex(target.text());
+        // A name: its certificates, whoever issued them. A serial: the
+        // row of that issuer (`""`: the row for any issuer), recorded if
+        // there is none; revoked with every row of that serial when no
+        // issuer is named.
+        let named = matches!(target, RevokeTarget::Named(_));
         let rows: Vec<(String, String, bool)> = sqlx::query_as(
-            "SELECT serial, principal, revoked_at IS NOT NULL FROM certificates WHERE principal = $1 OR serial = $2",
+            "SELECT serial, principal, revoked_at IS NOT NULL FROM certificates
+             WHERE ($1 AND (principal = $2 OR serial = $3)) OR (NOT $1 AND serial = $3 AND issuer = $4)",
         )
+        .bind(named)
         .bind(target.text())
         .bind(&serial)
+        .bind(issuer)
         .fetch_all(&mut *tx)
         .await?;
         let plan = plan_revocation(target, &serial, &rows)?;
         if plan.record {
-            sqlx::query("INSERT INTO certificates (serial, principal) VALUES ($1, $2)")
+            sqlx::query("INSERT INTO certificates (serial, issuer, principal) VALUES ($1, $2, $3)")
                 .bind(&serial)
+                .bind(issuer)
                 .bind(plan.record_as)
                 .execute(&mut *tx)
                 .await?;
         }
         for serial in &plan.revoke {
             sqlx::query(
-                "UPDATE certificates SET revoked_at = $1, revoked_by = $2 WHERE serial = $3",
+                "UPDATE certificates SET revoked_at = $1, revoked_by = $2
+                 WHERE serial = $3 AND ($4 = '' OR issuer = $4)",
             )
             .bind(now)
             .bind(&event.principal)
             .bind(serial)
+            .bind(issuer)
             .execute(&mut *tx)
             .await?;
         }
@@ -87,11 +101,12 @@ impl Store {
         Ok(plan.revoke)
     }
 
-    /// The revoked serials, each with the principal it was issued to (or
-    /// recorded under: `rows::CA_CERTIFICATE` for a CA certificate's).
-    pub async fn revoked_serials(&self) -> Result<Vec<(String, String)>> {
+    /// The revoked serials, each with its issuer (hex of its DER name; ``
+    /// for any issuer) and the principal it was issued to (or recorded
+    /// under: `rows::CA_CERTIFICATE` for a CA certificate's).
+    pub async fn revoked_serials(&self) -> Result<Vec<(String, String, String)>> {
         Ok(sqlx::query_as(
-            "SELECT serial, principal FROM certificates WHERE revoked_at IS NOT NULL",
+            "SELECT serial, issuer, principal FROM certificates WHERE revoked_at IS NOT NULL",
         )
         .fetch_all(&self.pool)
         .await?)
