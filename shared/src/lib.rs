@@ -9,6 +9,7 @@ pub mod cache;
 pub mod channel;
 pub mod checkpoint;
 pub mod identity;
+pub mod mask;
 pub mod names;
 pub mod probe;
 pub mod proto;

@@ -6,7 +6,9 @@
 //! configuration is enabled again as it was.
 
 use clap::Args;
+use rekey_shared::proto::rotation_client::RotationClient;
 use rekey_shared::proto::{self, RotationStep};
+use tonic::transport::Channel;
 
 #[derive(Debug, Args)]
 pub struct ConfigureArgs {
@@ -22,9 +24,14 @@ pub struct ConfigureArgs {
     #[arg(long)]
     pub window: Option<String>,
     /// Steps that need approval: create, set, test, finish
-    /// (comma-separated), or none.
-    #[arg(long = "approve", value_name = "STEP[,STEP]|none", value_parser = approval_steps)]
-    pub approve: Option<Steps>,
+    /// (comma-separated or repeated), or none.
+    #[arg(
+        long = "approve",
+        value_name = "STEP[,STEP]|none",
+        value_parser = approval_steps,
+        action = clap::ArgAction::Append
+    )]
+    pub approve: Option<Vec<Steps>>,
     #[arg(long)]
     pub approvals: Option<u32>,
     #[arg(long)]
@@ -99,6 +106,43 @@ pub(super) fn parse_step(text: &str) -> anyhow::Result<i32> {
     Ok(step as i32)
 }
 
+/// `request` laid over the secret's configuration as the server describes
+/// it, still with its mask: a server that knows the mask applies it to what
+/// it keeps (which a change made meanwhile may have moved on); one from
+/// before the mask, which takes every request as the whole configuration,
+/// gets the whole of it rather than drop the gates, the JSON field and the
+/// password policy the flags left out. Sent as it is when the caller may
+/// not describe the rotation, or it has nothing to lay over.
+pub async fn whole(
+    client: &mut RotationClient<Channel>,
+    request: proto::ConfigureRotationRequest,
+) -> anyhow::Result<proto::ConfigureRotationRequest> {
+    let Some(mask) = request.update_mask.clone().filter(|_| !request.disable) else {
+        return Ok(request);
+    };
+    let described = match client
+        .describe_rotation(proto::DescribeRotationRequest {
+            name: request.name.clone(),
+        })
+        .await
+    {
+        Ok(described) => described.into_inner(),
+        Err(status)
+            if matches!(
+                status.code(),
+                tonic::Code::PermissionDenied | tonic::Code::NotFound
+            ) =>
+        {
+            return Ok(request);
+        }
+        Err(status) => return Err(status.into()),
+    };
+    let mut whole = rekey_shared::mask::merged(described.config, request, &mask.paths)
+        .map_err(|error| anyhow::anyhow!(error))?;
+    whole.update_mask = Some(mask);
+    Ok(whole)
+}
+
 /// The request: what the flags give, and a mask naming exactly those.
 pub fn request(mut args: ConfigureArgs) -> proto::ConfigureRotationRequest {
     let mut paths = Vec::new();
@@ -152,7 +196,10 @@ pub fn request(mut args: ConfigureArgs) -> proto::ConfigureRotationRequest {
         rotator,
         schedule,
         window,
-        approval_steps: args.approve.map(|steps| steps.0).unwrap_or_default(),
+        approval_steps: args
+            .approve
+            .map(|given| given.into_iter().flat_map(|steps| steps.0).collect())
+            .unwrap_or_default(),
         approvals_required: args.approvals.unwrap_or_default(),
         approver_role,
         approval_expiry,
@@ -233,5 +280,8 @@ mod tests {
         let gated = request_of(&["--approve", "set,finish", "--approvals", "2"]);
         assert_eq!(paths(&gated), ["approval_steps", "approvals_required"]);
         assert_eq!(gated.approval_steps, [2, 4]);
+        // Repeated, as it was taken before the mask.
+        let repeated = request_of(&["--approve", "set", "--approve", "finish"]);
+        assert_eq!(repeated.approval_steps, [2, 4]);
     }
 }

@@ -245,10 +245,8 @@ pub async fn command(
     let mut client = connection.rotation().await?;
     match command {
         RotationCommand::Configure(args) => {
-            let config = client
-                .configure_rotation(configure::request(*args))
-                .await?
-                .into_inner();
+            let request = configure::whole(&mut client, configure::request(*args)).await?;
+            let config = client.configure_rotation(request).await?.into_inner();
             match format {
                 Format::Json => output::print_json(&config_json(&config)),
                 Format::Text if !config.enabled => {

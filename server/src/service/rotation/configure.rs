@@ -6,7 +6,6 @@
 //! refused while a run under way would read what changes.
 
 use super::RotationService;
-use super::mask;
 use super::messages::{config_message, policy_from};
 use crate::auth::Action;
 use crate::error::{Error, Result};
@@ -14,6 +13,7 @@ use crate::rotation::rotators::{Rotator, RotatorSettings};
 use crate::rotation::{ConfigRecord, DEFAULT_APPROVAL_EXPIRY, Step, schedule};
 use crate::service::context::RequestContext;
 use rekey_shared::SecretName;
+use rekey_shared::mask;
 use rekey_shared::proto;
 use rekey_shared::time::now_millis;
 
@@ -50,7 +50,8 @@ impl RotationService {
             let configured = existing
                 .as_ref()
                 .map(|config| config_message(name.as_str(), config));
-            request = mask::merged(configured, request, &mask.paths)?;
+            request =
+                mask::merged(configured, request, &mask.paths).map_err(Error::InvalidArgument)?;
         }
         let rotator = if request.rotator.is_empty() {
             existing

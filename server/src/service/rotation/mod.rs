@@ -17,7 +17,6 @@ use rekey_shared::time::{now_millis, timestamp_from_millis};
 use std::sync::Arc;
 
 mod configure;
-mod mask;
 mod messages;
 
 use messages::config_message;

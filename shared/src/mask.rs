@@ -2,12 +2,12 @@
 //! `update_mask`): the request is laid over the configuration the secret
 //! has, so that a new schedule does not drop the approval gates, the JSON
 //! field or the password policy the caller did not mention. What comes out
-//! is a whole request, checked as any other (see `configure`).
+//! is a whole request. The server lays it over what it keeps (and checks
+//! the result as any configuration); `rekey rotation configure` lays it
+//! over what it described first, so that a server from before the mask,
+//! which takes any request as whole, gets the whole configuration too.
 
-use super::messages::policy_to;
-use crate::error::{Error, Result};
-use crate::password::PasswordPolicy;
-use rekey_shared::proto;
+use crate::proto;
 
 /// The fields a mask may name, besides `password_policy.FIELD`.
 const PATHS: &[&str] = &[
@@ -37,23 +37,24 @@ const POLICY_PATHS: &[&str] = &[
 ];
 
 /// `request`'s masked fields over `existing` (the secret's configuration,
-/// or `None` for defaults). An unknown path is refused, naming it.
+/// or `None` for defaults), without a mask. An unknown path is refused,
+/// naming it (the server answers INVALID_ARGUMENT).
 pub fn merged(
     existing: Option<proto::RotationConfig>,
     request: proto::ConfigureRotationRequest,
     paths: &[String],
-) -> Result<proto::ConfigureRotationRequest> {
+) -> Result<proto::ConfigureRotationRequest, String> {
     for path in paths {
         let known = match path.strip_prefix("password_policy.") {
             Some(field) => POLICY_PATHS.contains(&field),
             None => PATHS.contains(&path.as_str()),
         };
         if !known {
-            return Err(Error::InvalidArgument(format!(
+            return Err(format!(
                 "update_mask names {path:?}, which is not a field of a rotation configuration \
                  (fields: {}, password_policy.FIELD)",
                 PATHS.join(", ")
-            )));
+            ));
         }
     }
     let named = |field: &str| paths.iter().any(|path| path == field);
@@ -64,6 +65,11 @@ pub fn merged(
     }
     if named("schedule") {
         base.schedule = request.schedule;
+        // On demand only: no window to run in, unless the mask sets one
+        // too (and is then refused).
+        if base.schedule.is_empty() && !named("window") {
+            base.window.clear();
+        }
     }
     if named("window") {
         base.window = request.window;
@@ -71,7 +77,8 @@ pub fn merged(
     if named("approval_steps") {
         base.approval_steps = request.approval_steps;
         // No gate left: nothing for approvals or an approver role to
-        // apply to, unless the mask sets them too (and is then refused).
+        // apply to, unless the mask sets them too (approvals are then
+        // refused; a role without a gate is dropped).
         if base.approval_steps.is_empty() {
             base.approvals_required = 0;
             base.approver_role.clear();
@@ -95,9 +102,10 @@ pub fn merged(
     if named("strategy") {
         base.strategy = request.strategy;
     }
+    // A field left unset (a length, whether each type is required) is the
+    // server's default.
     base.password_policy = Some(merged_policy(
-        base.password_policy
-            .unwrap_or_else(|| policy_to(&PasswordPolicy::default())),
+        base.password_policy.unwrap_or_default(),
         request.password_policy.unwrap_or_default(),
         named("password_policy"),
         |field| named(&format!("password_policy.{field}")),
@@ -233,6 +241,18 @@ mod tests {
         assert_eq!(merged.schedule, "rate(30 days)");
     }
 
+    /// On demand only: the window goes with the schedule (it was kept,
+    /// and the configuration refused for a window without a schedule).
+    #[test]
+    fn clearing_the_schedule_clears_its_window() {
+        let windowed = proto::RotationConfig {
+            window: "2h".to_owned(),
+            ..gated()
+        };
+        let merged = merged(Some(windowed), request(), &paths(&["schedule"])).unwrap();
+        assert_eq!((merged.schedule.as_str(), merged.window.as_str()), ("", ""));
+    }
+
     #[test]
     fn without_a_configuration_the_defaults_are_the_base() {
         let merged = merged(
@@ -246,20 +266,15 @@ mod tests {
         .unwrap();
         assert_eq!(merged.rotator, "password");
         assert_eq!(merged.schedule, "");
-        assert_eq!(
-            merged.password_policy.unwrap().length,
-            Some(PasswordPolicy::default().length)
-        );
+        // Unset: the server's default.
+        assert_eq!(merged.password_policy.unwrap().length, None);
     }
 
     #[test]
     fn an_unknown_path_is_refused_by_name() {
         for path in ["enabled", "password_policy.colour", "password_policy.", ""] {
             let error = merged(Some(gated()), request(), &paths(&[path])).unwrap_err();
-            assert!(
-                matches!(&error, Error::InvalidArgument(message) if message.contains(&format!("{path:?}"))),
-                "{path:?}: {error:?}"
-            );
+            assert!(error.contains(&format!("{path:?}")), "{path:?}: {error}");
         }
     }
 }
