@@ -95,24 +95,49 @@ pub async fn renew_server(
         .await;
     opened.store.close().await;
     recorded.map_err(|error| anyhow::anyhow!("{error}"))?;
-    replace(&private_key, |path| write_private(path, &issued.key_pem))?;
-    replace(&certificate, |path| {
-        std::fs::write(path, &issued.certificate_pem)
-            .with_context(|| format!("writing {}", path.display()))
-    })?;
+    // Both written whole and synced beside their names first, then renamed
+    // over them one right after the other, the directories synced: a crash
+    // leaves the old pair, or the new one (or, between the two renames,
+    // the new key beside the old certificate, which the server refuses to
+    // start on and a running one does not take up; renew again).
+    let key_file = beside(&private_key);
+    let certificate_file = beside(&certificate);
+    for written in [&key_file, &certificate_file] {
+        let _ = std::fs::remove_file(written);
+    }
+    write_private(&key_file, &issued.key_pem)?;
+    write_synced(&certificate_file, &issued.certificate_pem)?;
+    for (fresh, path) in [(&key_file, &private_key), (&certificate_file, &certificate)] {
+        std::fs::rename(fresh, path)
+            .with_context(|| format!("replacing {} with {}", path.display(), fresh.display()))?;
+    }
+    for path in [&private_key, &certificate] {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        if let Ok(dir) = std::fs::File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
     Ok((issued, names))
 }
 
-/// Writes `path` anew through `write` (to a file beside it, renamed over
-/// it), so that a reader finds the old file or the new one, whole.
-fn replace(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+/// The file a new `path` is written to before it is renamed over it.
+fn beside(path: &Path) -> std::path::PathBuf {
     let mut fresh = path.as_os_str().to_owned();
     fresh.push(".new");
-    let fresh = std::path::PathBuf::from(fresh);
-    let _ = std::fs::remove_file(&fresh);
-    write(&fresh)?;
-    std::fs::rename(&fresh, path)
-        .with_context(|| format!("replacing {} with {}", path.display(), fresh.display()))
+    std::path::PathBuf::from(fresh)
+}
+
+/// Writes `contents` to `path` and syncs it.
+fn write_synced(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The DNS names and IP addresses a PEM certificate names.

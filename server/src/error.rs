@@ -79,11 +79,15 @@ fn database_error(error: &sqlx::Error) -> Option<fn(String) -> Error> {
                 };
             }
             // PostgreSQL: a connection exception, the server shutting down,
-            // too many connections, or the writers' lock not had in time.
+            // too many connections, the writers' lock not had in time, or
+            // a session ended for sitting idle in its transaction (a
+            // replica that froze while it held the lock, come back).
             if code.starts_with("08")
                 || code.starts_with("57P")
                 || code == "53300"
                 || code == "55P03"
+                || code == "25P03"
+                || code == "25P04"
             {
                 Some(Error::Unavailable)
             } else if code == "40001" || code == "40P01" {

@@ -19,9 +19,10 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// What tells a file changed: modification time, length and inode (a
-/// file renamed over it).
-type Stamp = Option<(SystemTime, u64, u64)>;
+/// What tells a file changed: modification time, length, inode (a file
+/// renamed over it) and change time (its mode or owner mended after a read
+/// that refused them, say).
+type Stamp = Option<(SystemTime, u64, u64, i64, i64)>;
 
 pub struct ServerCertificate {
     certificate: PathBuf,
@@ -164,8 +165,17 @@ fn read(
 fn stamp(file: &Path) -> Stamp {
     let metadata = std::fs::metadata(file).ok()?;
     #[cfg(unix)]
-    let inode = std::os::unix::fs::MetadataExt::ino(&metadata);
+    let (inode, changed, changed_nanos) = {
+        use std::os::unix::fs::MetadataExt;
+        (metadata.ino(), metadata.ctime(), metadata.ctime_nsec())
+    };
     #[cfg(not(unix))]
-    let inode = 0;
-    Some((metadata.modified().ok()?, metadata.len(), inode))
+    let (inode, changed, changed_nanos) = (0, 0, 0);
+    Some((
+        metadata.modified().ok()?,
+        metadata.len(),
+        inode,
+        changed,
+        changed_nanos,
+    ))
 }

@@ -562,3 +562,55 @@ async fn a_renewed_server_certificate_is_served_without_a_restart() {
         "{events}"
     );
 }
+
+/// A key the server cannot use (readable by others: a copy that lost its
+/// mode) is taken up once mended: a `chmod` is a change too. The server
+/// looked at modification times, lengths and inodes only, which a chmod
+/// leaves as they were: it never noticed either change.
+#[tokio::test]
+async fn a_key_mended_after_it_was_refused_is_taken_up() {
+    use std::os::unix::fs::PermissionsExt;
+    let installation = Installation::new();
+    let server = installation.serve();
+    let renewed = rekey_tests::rekeyd(
+        installation.dir(),
+        &["cert", "renew-server", "--host", "mended.corp.example"],
+    );
+    assert!(
+        renewed.status.success(),
+        "{}",
+        rekey_tests::text(&renewed.stderr)
+    );
+    let read_again = |times: usize| {
+        let server = &server;
+        async move {
+            let deadline = std::time::Instant::now() + rekey_tests::DEADLINE;
+            while server
+                .log_text()
+                .matches("the server certificate was read again")
+                .count()
+                < times
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{}",
+                    server.log_text()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    read_again(1).await;
+    let key = installation.dir().join("server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    wait_for_log(&server, "cannot be used").await;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    read_again(2).await;
+    let admin = Identity::load(&installation.admin()).unwrap();
+    try_read(
+        &server,
+        rekey_shared::channel::tls_config(&admin).domain_name("mended.corp.example".to_owned()),
+    )
+    .await
+    .unwrap();
+}
