@@ -251,6 +251,11 @@ enum PolicyCommand {
     Recover {
         #[arg(long, default_value = "admin")]
         principal: String,
+        /// When the stored policy is one this rekeyd cannot read (a newer
+        /// one applied it), replace it by one that binds the principal
+        /// alone: every other binding goes. Refused without it.
+        #[arg(long)]
+        replace_unreadable: bool,
     },
 }
 
@@ -343,9 +348,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = location.load_to_administer()?;
             crate::cli_admin::keys(&loaded, command).await
         }
-        Command::Policy(PolicyCommand::Recover { principal }) => {
+        Command::Policy(PolicyCommand::Recover {
+            principal,
+            replace_unreadable,
+        }) => {
             let loaded = location.load_to_administer()?;
-            crate::cli_admin::recover(&loaded, &principal).await
+            crate::cli_admin::recover(&loaded, &principal, replace_unreadable).await
         }
         Command::Backup { file } => {
             let loaded = location.load_to_administer()?;

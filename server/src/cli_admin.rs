@@ -201,9 +201,13 @@ fn default_out(name: &str, out: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     }
 }
 
-pub async fn recover(loaded: &Loaded, principal: &str) -> anyhow::Result<()> {
+pub async fn recover(
+    loaded: &Loaded,
+    principal: &str,
+    replace_unreadable: bool,
+) -> anyhow::Result<()> {
     let opened = installation::open(loaded).await?;
-    let recovered = governance::recover(&opened.store, principal).await;
+    let recovered = governance::recover(&opened.store, principal, replace_unreadable).await;
     opened.store.close().await;
     let recovered = recovered.map_err(domain)?;
     println!(

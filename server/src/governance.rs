@@ -110,7 +110,11 @@ pub const BREAK_GLASS_ROLE: &str = "break-glass";
 /// bound through a glob that matches it stay, since they bind others too:
 /// if one of them denies it policy, nothing is changed and the error says
 /// so.
-pub async fn recover(store: &Store, principal: &str) -> Result<Recovered> {
+pub async fn recover(
+    store: &Store,
+    principal: &str,
+    replace_unreadable: bool,
+) -> Result<Recovered> {
     // A stored policy this rekeyd cannot read (a newer one wrote it, then
     // was rolled back) is replaced by one that binds the principal alone:
     // recovery is the way back in, and it must not fail on what it mends.
@@ -118,6 +122,14 @@ pub async fn recover(store: &Store, principal: &str) -> Result<Recovered> {
         None => (Policy::default(), 0, None),
         Some(stored) => match Policy::parse(&stored.document) {
             Ok(policy) => (policy, stored.version, None),
+            Err(error) if !replace_unreadable => {
+                return Err(Error::FailedPrecondition(format!(
+                    "policy version {} cannot be read by this rekeyd ({error}); recovering \
+                     replaces it by a policy that binds {principal} alone, every other binding \
+                     gone: run a rekeyd that reads it, or give --replace-unreadable",
+                    stored.version
+                )));
+            }
             Err(error) => (
                 Policy::default(),
                 stored.version,

@@ -303,9 +303,26 @@ fn bad_policies_are_refused_and_recover_gets_back_in() {
              SELECT MAX(version) + 1, '{}', 0, 'newer' FROM policies",
             POLICY.replace("secrets:ListSecrets", "secrets:FromTheFuture")
         )));
-    let recovered = rekey_tests::rekeyd(
+    // Not without saying so: every other binding goes.
+    let refused = rekey_tests::rekeyd(
         installation.dir(),
         &["policy", "recover", "--principal", "admin"],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        rekey_tests::text(&refused.stderr).contains("--replace-unreadable"),
+        "{}",
+        rekey_tests::text(&refused.stderr)
+    );
+    let recovered = rekey_tests::rekeyd(
+        installation.dir(),
+        &[
+            "policy",
+            "recover",
+            "--principal",
+            "admin",
+            "--replace-unreadable",
+        ],
     );
     let said = rekey_tests::text(&recovered.stdout);
     assert!(
