@@ -79,9 +79,6 @@ const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(5);
 /// before it takes its connection for lost.
 const SILENCE: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// What a heartbeat's payload starts with (then the sender's origin).
-const HEARTBEAT_PREFIX: &str = "heartbeat:";
-
 /// How many events may wait to be sent to the other replicas; beyond, an
 /// event is dropped (and logged) rather than held without bound.
 const OUTGOING: usize = 1024;
@@ -146,10 +143,9 @@ async fn send_out(state: &AppState, origin: &str, mut outgoing: mpsc::Receiver<A
 async fn beat(state: &AppState, origin: &str) {
     let mut ticks = tokio::time::interval(HEARTBEAT);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let payload = format!("{HEARTBEAT_PREFIX}{origin}");
     loop {
         ticks.tick().await;
-        if let Err(error) = state.store.notify(&payload).await {
+        if let Err(error) = state.store.heartbeat(origin).await {
             tracing::debug!(%error, "a heartbeat to the other replicas was not sent");
         }
     }
@@ -256,7 +252,7 @@ async fn listen(state: &AppState, origin: &str, lost: &mut bool) -> Result<()> {
         if std::mem::take(lost) {
             state.events.lost();
         }
-        if notification.payload().starts_with(HEARTBEAT_PREFIX) {
+        if crate::store::is_heartbeat(&notification) {
             continue;
         }
         match serde_json::from_str::<Wire>(notification.payload()) {

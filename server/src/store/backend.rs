@@ -139,6 +139,15 @@ impl Store {
         }
     }
 
+    /// Sends a heartbeat to every replica's listener, this one's too
+    /// (nothing to do when the database is not shared).
+    pub async fn heartbeat(&self, payload: &str) -> Result<()> {
+        match self {
+            Store::Sqlite(_) => Ok(()),
+            Store::Postgres(store) => store.heartbeat(payload).await,
+        }
+    }
+
     /// What the other replicas send; `None` when the database is not shared.
     pub async fn listen(&self) -> Result<Option<sqlx::postgres::PgListener>> {
         match self {

@@ -26,6 +26,7 @@ mod sqlite;
 
 pub use backend::Store;
 pub use list::PageDetails;
+pub use postgres::is_heartbeat;
 pub use rows::{CA_CERTIFICATE, RevokeTarget};
 pub use sqlite::{AuditQuery, CertificateRecord, MAX_TAGS, PolicyVersion, database_file};
 

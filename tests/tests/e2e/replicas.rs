@@ -568,10 +568,17 @@ fn sqlx_count(url: &str, sql: &str) -> Vec<usize> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watcher_on_one_replica_sees_changes_made_through_the_other() {
-    let Some((_database, installation, _state)) = replicated() else {
+    let Some((database, installation, _state)) = replicated() else {
         return;
     };
     let (a, b) = (installation.serve(), installation.serve());
+    // Both listen before the watch opens: a replica ends the streams
+    // opened before its first LISTEN (they missed what came before).
+    let listening = "SELECT pid FROM pg_stat_activity
+                     WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    eventually("both replicas to listen", || {
+        (sqlx_count(&database.url, listening).pop() == Some(2)).then_some(())
+    });
     let admin = installation.admin();
     let mut events = crate::watch::watcher(&b.url, &admin, "seen/").await;
     let rekey = a.rekey(&admin);

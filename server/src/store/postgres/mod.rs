@@ -13,6 +13,7 @@ mod keys;
 mod leases;
 mod list;
 mod notify;
+pub use notify::is_heartbeat;
 mod policies;
 mod rotation;
 mod secrets;
