@@ -13,7 +13,6 @@ use crate::pki::CertificateAuthority;
 use crate::store::RevokeTarget;
 use anyhow::Context;
 use rekey_shared::KeyName;
-use rekey_shared::identity::Identity;
 use rekey_shared::time::format_millis;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -165,10 +164,15 @@ fn replaceable(out: &Path, name: &str) -> anyhow::Result<()> {
     if std::fs::symlink_metadata(out).is_err() {
         return Ok(());
     }
-    let holder = Identity::load(out)
-        .map_err(|error| error.to_string())
-        .and_then(|identity| {
-            CertificateDer::from_pem_slice(identity.certificate_pem.as_bytes())
+    // Whose it is, by its first certificate only: an identity that cannot
+    // be used (its key not its certificate's, its mode too open) is one
+    // renewing mends.
+    let holder = std::fs::read(out)
+        .map_err(|error| format!("it cannot be read: {error}"))
+        .and_then(|bytes| {
+            CertificateDer::pem_slice_iter(&bytes)
+                .next()
+                .ok_or_else(|| "it holds no certificate".to_owned())?
                 .map_err(|error| format!("its certificate does not parse: {error}"))
         })
         .and_then(|der| {

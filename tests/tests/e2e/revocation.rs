@@ -232,6 +232,10 @@ fn renewal_issues_a_working_certificate_and_revocation_names_what_it_did() {
         );
         assert_eq!(std::fs::read(out).unwrap(), kept);
     }
+    // An identity of carol's that cannot be used as it is (readable by
+    // others here) is one renewing mends: it is written over.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&carol, std::fs::Permissions::from_mode(0o644)).unwrap();
     let renewed = rekeyd(
         installation.dir(),
         &["cert", "renew", "carol", "--out", carol.to_str().unwrap()],
