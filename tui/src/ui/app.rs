@@ -196,6 +196,11 @@ pub struct Loads {
 pub struct Shown(u64);
 
 impl Shown {
+    /// The number of the newest load shown.
+    pub fn newest(&self) -> u64 {
+        self.0
+    }
+
     /// Whether the answer to load `issued` is newer than what is shown;
     /// if so it is what is shown from now on.
     pub fn fresh(&mut self, issued: u64) -> bool {

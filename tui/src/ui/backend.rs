@@ -26,6 +26,8 @@ pub struct Backend {
     actions: UnboundedSender<Action>,
     /// Loads issued so far: each answer carries its number.
     issued: Arc<AtomicU64>,
+    /// The number of the newest reload of the list (not a page added).
+    last_reload: Arc<AtomicU64>,
 }
 
 fn message(status: &tonic::Status) -> String {
@@ -40,6 +42,7 @@ impl Backend {
             channel,
             actions,
             issued: Arc::new(AtomicU64::new(0)),
+            last_reload: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -88,6 +91,9 @@ impl Backend {
                 };
                 let asked = (list.filter.clone(), list.sort);
                 let issued = self.issue();
+                if !append {
+                    self.last_reload.fetch_max(issued, Ordering::Relaxed);
+                }
                 tokio::spawn(
                     async move { backend.load_secrets(issued, request, append, asked).await },
                 );
@@ -194,6 +200,9 @@ impl Backend {
             .collect();
         self.send(Action::SecretsLoaded {
             issued,
+            // A page added after the list it was asked for was reloaded
+            // meanwhile: its token is of the list before.
+            superseded: append && self.last_reload.load(Ordering::Relaxed) > issued,
             rows,
             next_page_token: page.next_page_token,
             append,

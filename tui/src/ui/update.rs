@@ -49,8 +49,10 @@ pub enum Action {
     Tick(Instant),
     // ---- answers --------------------------------------------------------
     SecretsLoaded {
-        /// Which load this answers (see [`Loads`]).
+        /// Which load this answers (see `app::Loads`).
         issued: u64,
+        /// A page to add, asked for before a reload asked for since.
+        superseded: bool,
         rows: Vec<SecretRow>,
         next_page_token: String,
         append: bool,
@@ -373,6 +375,7 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
         Action::Type(_) | Action::Erase => Vec::new(),
         Action::SecretsLoaded {
             issued,
+            superseded,
             rows,
             next_page_token,
             append,
@@ -380,7 +383,14 @@ pub fn update(app: &mut App, action: Action) -> Vec<Effect> {
             sort,
         } => {
             let list = &mut app.secrets;
-            if filter != list.filter || sort != list.sort || !app.loads.secrets.fresh(issued) {
+            // A reload is shown unless a newer reload is; a page added,
+            // unless a reload was asked for after it (or shown since).
+            let shown = if append {
+                !superseded && issued > app.loads.secrets.newest()
+            } else {
+                app.loads.secrets.fresh(issued)
+            };
+            if filter != list.filter || sort != list.sort || !shown {
                 return Vec::new();
             }
             // The selection stays on its secret while others come and go

@@ -105,6 +105,7 @@ fn the_selection_stays_on_its_secret_when_the_list_changes() {
             issued.set(issued.get() + 1);
             issued.get()
         },
+        superseded: false,
         rows: names
             .iter()
             .map(|name| SecretRow {
@@ -265,6 +266,7 @@ fn answers_to_an_older_filter_are_dropped() {
             issued.set(issued.get() + 1);
             issued.get()
         },
+        superseded: false,
         rows: app_with_rows(2).secrets.rows,
         next_page_token: String::new(),
         append: false,
@@ -286,6 +288,7 @@ fn an_answer_older_than_the_one_shown_is_dropped() {
     let mut app = app_with_rows(0);
     let state = |issued: u64, state: &str| Action::SecretsLoaded {
         issued,
+        superseded: false,
         rows: vec![SecretRow {
             metadata: proto::SecretMetadata {
                 name: "demo/app".into(),
@@ -307,6 +310,33 @@ fn an_answer_older_than_the_one_shown_is_dropped() {
     assert_eq!(shown(&app), "failed");
     update(&mut app, state(3, "running"));
     assert_eq!(shown(&app), "running");
+    // A page added that answers before the reload asked for ahead of it:
+    // shown, and the reload after it too.
+    let page = |issued: u64, superseded: bool, name: &str| Action::SecretsLoaded {
+        issued,
+        superseded,
+        rows: vec![SecretRow {
+            metadata: proto::SecretMetadata {
+                name: name.into(),
+                ..Default::default()
+            },
+            run: None,
+        }],
+        next_page_token: String::new(),
+        append: true,
+        filter: String::new(),
+        sort: Default::default(),
+    };
+    update(&mut app, page(5, false, "demo/more"));
+    assert_eq!(app.secrets.rows.len(), 2);
+    update(&mut app, state(4, "succeeded"));
+    assert_eq!(app.secrets.rows.len(), 1);
+    assert_eq!(shown(&app), "succeeded");
+    // A page asked for before a reload asked for since, or older than the
+    // reload shown: dropped.
+    update(&mut app, page(6, true, "demo/stale"));
+    update(&mut app, page(3, false, "demo/older"));
+    assert_eq!(app.secrets.rows.len(), 1);
     let runs = |issued, id: &str| {
         Action::ApprovalsLoaded(
             issued,
