@@ -3,7 +3,8 @@
 //! alert that says why; but in TLS 1.3 that alert comes after the client's
 //! side of the handshake is done, and tonic then reports only that the
 //! connection closed, as for a server that went away. A client that would
-//! wait for the server to come back (`rekey run --watch`) asks
+//! wait for the server to come back (`rekey run --watch`), or tell an
+//! operator it is away (the CLI on an UNAVAILABLE), asks
 //! [`certificate_refused`] first: a TLS connection of its own, no HTTP/2,
 //! that reads what the server sends first (its HTTP/2 settings when it
 //! accepts the certificate, the alert when it does not).

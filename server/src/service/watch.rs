@@ -1,6 +1,7 @@
-//! The Watch service: a stream of change events for a name prefix, with
-//! each event checked against the policy in force (`secrets:Watch` on its
-//! secret) before it is sent. A watcher that falls too far behind is told
+//! The Watch service: a stream of change events for a name prefix, or for
+//! the secrets a request names (each one the caller must be allowed to
+//! watch, or the stream is refused), with each event checked against the
+//! policy in force (`secrets:Watch` on its secret) before it is sent. A watcher that falls too far behind is told
 //! so and the stream ends; it reconnects. A stream whose certificate is
 //! revoked ends within a second.
 

@@ -307,7 +307,7 @@ mod tests {
     /// mid-batch lets it go within it. Against the server
     /// `REKEY_TEST_POSTGRES_URL` names (which `.ci/run` sets).
     #[tokio::test]
-    async fn the_writers_lock_is_let_go_by_a_holder_gone_idle() {
+    async fn the_writers_lock_is_held_under_an_idle_timeout() {
         let Ok(url) = std::env::var("REKEY_TEST_POSTGRES_URL") else {
             eprintln!("skipped: REKEY_TEST_POSTGRES_URL is not set (.ci/run sets it)");
             return;
