@@ -243,6 +243,12 @@ impl ThrowawayPostgres {
 
     /// Whether `user` logs in with `password` and may run `query`.
     pub fn can(&self, user: &str, password: &str, query: &str) -> bool {
+        self.psql_as(user, password, query).status.success()
+    }
+
+    /// `psql` as `user` with `password`, running `query` (stopping at its
+    /// first error, never asking for a password).
+    fn psql_as(&self, user: &str, password: &str, query: &str) -> std::process::Output {
         Command::new(self.bindir.join("psql"))
             .env("PGPASSWORD", password)
             .args([
@@ -254,6 +260,7 @@ impl ThrowawayPostgres {
                 user,
                 "-d",
                 "postgres",
+                "-w",
                 "-v",
                 "ON_ERROR_STOP=1",
                 "-q",
@@ -262,32 +269,13 @@ impl ThrowawayPostgres {
             ])
             .output()
             .unwrap()
-            .status
-            .success()
     }
 
     /// Whether `user` logs in with `password`: false only when the server
     /// refuses the password (or the user), so that a server down or out of
     /// connections cannot pass for a refusal; anything else panics.
     pub fn logs_in(&self, user: &str, password: &str) -> bool {
-        let output = Command::new(self.bindir.join("psql"))
-            .env("PGPASSWORD", password)
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                user,
-                "-d",
-                "postgres",
-                "-w",
-                "-q",
-                "-c",
-                "SELECT 1",
-            ])
-            .output()
-            .unwrap();
+        let output = self.psql_as(user, password, "SELECT 1");
         let stderr = String::from_utf8_lossy(&output.stderr);
         match output.status.success() {
             true => true,
