@@ -8,6 +8,12 @@ use std::process::{Command, Stdio};
 /// `rekeyd dev`, started with `environment`, and the client its export
 /// line describes.
 fn start_dev(environment: &[(&str, &str)]) -> (std::process::Child, Rekey) {
+    try_start_dev(environment).expect("rekeyd dev printed no export line")
+}
+
+/// As [`start_dev`]; `None` when it printed no export line (it could not
+/// listen where it was told, say).
+fn try_start_dev(environment: &[(&str, &str)]) -> Option<(std::process::Child, Rekey)> {
     let mut child = Command::new(binary("rekeyd"))
         .arg("dev")
         .envs(environment.iter().copied())
@@ -19,7 +25,8 @@ fn start_dev(environment: &[(&str, &str)]) -> (std::process::Child, Rekey) {
     let line = wait_for_line(child.stdout.take().unwrap(), "export ");
     let Some(line) = line else {
         let _ = child.kill();
-        panic!("rekeyd dev printed no export line");
+        let _ = child.wait();
+        return None;
     };
     let mut server = None;
     let mut identity = None;
@@ -35,19 +42,25 @@ fn start_dev(environment: &[(&str, &str)]) -> (std::process::Child, Rekey) {
         server: server.expect("REKEY_SERVER in the line"),
         identity: identity.expect("REKEY_IDENTITY in the line"),
     };
-    (child, rekey)
+    Some((child, rekey))
 }
 
 /// Also: the address comes from REKEY_LISTEN, as serve's does.
 #[test]
 fn rekeyd_dev_prints_a_line_that_connects_rekey() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let address = format!("127.0.0.1:{port}");
-    let (mut child, rekey) = start_dev(&[("REKEY_LISTEN", &address)]);
+    // A free port, as far as one can tell before rekeyd binds it: another
+    // test's server may take it in between, and then another is tried.
+    let (address, (mut child, rekey)) = (0..5)
+        .find_map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let address = format!("127.0.0.1:{port}");
+            try_start_dev(&[("REKEY_LISTEN", &address)]).map(|started| (address, started))
+        })
+        .expect("rekeyd dev printed no export line on five free ports");
     assert_eq!(rekey.server, format!("https://{address}"));
     let listed = rekey.run(&["list"]);
     let read = rekey.run(&["get", "demo/api/payments"]);
