@@ -428,13 +428,13 @@ async fn an_abandoned_read_is_recorded_and_an_abandoned_change_runs_to_its_end()
         name: "g/abandoned".into(),
         ..Default::default()
     });
-    get.set_timeout(std::time::Duration::from_millis(300));
+    get.set_timeout(std::time::Duration::from_secs(1));
     let mut put = tonic::Request::new(rekey_shared::proto::PutSecretValueRequest {
         name: "g/abandoned".into(),
         secret_string: Some("two".into()),
         ..Default::default()
     });
-    put.set_timeout(std::time::Duration::from_millis(300));
+    put.set_timeout(std::time::Duration::from_secs(1));
     let gone = |status: tonic::Status| {
         assert!(
             matches!(

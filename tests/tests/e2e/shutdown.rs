@@ -134,7 +134,7 @@ async fn sigterm_waits_for_a_change_whose_client_went_away() {
             secret_string: Some("two".into()),
             ..Default::default()
         });
-        put.set_timeout(std::time::Duration::from_millis(300));
+        put.set_timeout(std::time::Duration::from_secs(1));
         client.put_secret_value(put).await.unwrap_err();
     }
     let pid = rustix::process::Pid::from_raw(server.pid() as i32).unwrap();
