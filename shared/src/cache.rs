@@ -55,6 +55,7 @@ const SWEEP_AT: usize = 1024;
 /// A Secrets client whose reads of CURRENT are cached; see the module doc.
 #[derive(Debug)]
 pub struct CachingClient {
+    channel: Channel,
     secrets: SecretsClient<Channel>,
     ttl: Duration,
     shared: Arc<Shared>,
@@ -73,6 +74,10 @@ struct Shared {
     opened: tokio::sync::Notify,
     /// The number of entries at which an insert sweeps next (0: SWEEP_AT).
     sweep_at: std::sync::atomic::AtomicUsize,
+    /// Whether the caller may watch each name read (its events reach the
+    /// stream), as the server answered a Watch naming it; forgotten with
+    /// the entries when the stream is lost (another policy, say).
+    watchable: Mutex<HashMap<String, bool>>,
 }
 
 #[derive(Debug)]
@@ -99,7 +104,17 @@ impl Shared {
             Some(name) => {
                 entries.remove(name);
             }
-            None => entries.clear(),
+            None => {
+                entries.clear();
+                self.watchable().clear();
+            }
+        }
+    }
+
+    fn watchable(&self) -> MutexGuard<'_, HashMap<String, bool>> {
+        match self.watchable.lock() {
+            Ok(watchable) => watchable,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 }
@@ -112,6 +127,7 @@ impl CachingClient {
         let shared = Arc::new(Shared::default());
         let follower = tokio::spawn(follow(channel.clone(), shared.clone()));
         Self {
+            channel: channel.clone(),
             secrets: SecretsClient::new(channel),
             ttl,
             shared,
@@ -173,7 +189,9 @@ impl CachingClient {
             .ok_or_else(|| {
                 tonic::Status::internal(format!("the server sent no value of {name}"))
             })?;
-        if following {
+        // A name the caller may read but not watch would never be told
+        // changed: it is not kept.
+        if following && self.watchable(name).await {
             // Kept only if nothing changed since the read began, looked at
             // under the lock `changed` takes (see there).
             let mut entries = shared.entries();
@@ -200,6 +218,37 @@ impl CachingClient {
             }
         }
         Ok(value)
+    }
+}
+
+impl CachingClient {
+    /// Whether the caller may watch `name`, as a Watch naming it answers
+    /// (asked once per name while the stream is open; a server from before
+    /// Watch named secrets answers yes). An answer that is neither (the
+    /// server away) keeps nothing and is asked again at the next read.
+    async fn watchable(&self, name: &str) -> bool {
+        let shared = &self.shared;
+        if let Some(known) = shared.watchable().get(name) {
+            return *known;
+        }
+        let before = shared.changes.load(Ordering::SeqCst);
+        let asked = WatchClient::new(self.channel.clone())
+            .watch(WatchRequest {
+                prefix: name.to_owned(),
+                names: vec![name.to_owned()],
+            })
+            .await;
+        let may = match asked {
+            // The stream itself is not needed: dropped, it ends.
+            Ok(_) => true,
+            Err(status) if status.code() == tonic::Code::PermissionDenied => false,
+            Err(_) => return false,
+        };
+        let mut known = shared.watchable();
+        if shared.changes.load(Ordering::SeqCst) == before {
+            known.insert(name.to_owned(), may);
+        }
+        may
     }
 }
 

@@ -327,3 +327,48 @@ async fn a_policy_that_takes_reading_away_empties_the_cache() {
     };
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 }
+
+/// A secret the caller may read but not watch is not kept: no change of
+/// it would ever reach the stream, and a changed value was served from
+/// memory until its time to live ran out. One it may watch still is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_the_caller_may_not_watch_is_not_kept() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "app/x", "--value", "v1"]).ok();
+    admin.run(&["create", "other/y", "--value", "w1"]).ok();
+    admin
+        .apply_policy(
+            r#"
+[roles.admin]
+statements = [{ effect = "allow", actions = ["*"], resources = ["*"] }]
+
+[roles.reads-all-watches-other]
+statements = [
+  { effect = "allow", actions = ["secrets:GetSecretValue"], resources = ["app/*", "other/*"] },
+  { effect = "allow", actions = ["secrets:Watch"], resources = ["other/*"] },
+  { effect = "allow", actions = ["keys:Use"], resources = ["key:default"] },
+]
+
+[[bindings]]
+principal = "admin"
+roles = ["admin"]
+
+[[bindings]]
+principal = "app"
+roles = ["reads-all-watches-other"]
+"#,
+        )
+        .ok();
+    let app = Identity::load(&installation.issue("app", &[])).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &app)
+        .await
+        .unwrap();
+    let cache = CachingClient::new(channel, Duration::from_secs(3600));
+    assert!(cache.ready(DEADLINE).await);
+    assert_eq!(cache.get("app/x").await.unwrap().as_bytes(), b"v1");
+    admin.run(&["put", "app/x", "--value", "v2"]).ok();
+    assert_eq!(cache.get("app/x").await.unwrap().as_bytes(), b"v2");
+    until_read_from_memory(&cache, &admin, "other/y", b"w1").await;
+}
