@@ -279,8 +279,12 @@ async fn settle<DB: Database>(shared: &Shared<DB>, batch: &mut Batch<DB>) {
     if let Err(error) = returned {
         tracing::error!(%error, "a write transaction could not be returned to a savepoint; its batch is rolled back");
         batch.transaction = None;
+        // As the database's failure is to any writer: a connection lost (a
+        // failover, say) is UNAVAILABLE to every waiter, as to the writer
+        // that met it, so that they retry; INTERNAL otherwise.
+        let failed = Error::from(error);
         for waiter in batch.waiting.drain(..) {
-            let _ = waiter.send(Err(Error::internal("committing a write batch", &error)));
+            let _ = waiter.send(Err(failed.clone()));
         }
     }
 }
