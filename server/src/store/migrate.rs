@@ -41,6 +41,10 @@ const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("../../migrations/sqlite/0009_certificate_issuers.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/sqlite/0010_versions_by_key.sql"),
+    ),
 ];
 
 /// What opening a store does with a schema older than this binary's.
@@ -224,6 +228,10 @@ const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
         9,
         include_str!("../../migrations/postgres/0009_certificate_issuers.sql"),
     ),
+    (
+        10,
+        include_str!("../../migrations/postgres/0010_versions_by_key.sql"),
+    ),
 ];
 
 /// The lock every replica takes while it migrates, so that two replicas
@@ -391,7 +399,7 @@ mod tests {
         let refusal = || async { require_current_sqlite(&pool).await.unwrap_err().to_string() };
         let error = refusal().await;
         assert!(
-            error.contains("at version 0, older than this rekeyd's (version 9)"),
+            error.contains("at version 0, older than this rekeyd's (version 10)"),
             "{error}"
         );
 
@@ -400,7 +408,7 @@ mod tests {
             .unwrap();
         let error = refusal().await;
         assert!(
-            error.contains("at version 6, older than this rekeyd's (version 9)")
+            error.contains("at version 6, older than this rekeyd's (version 10)")
                 && error.contains("only the server migrates it"),
             "{error}"
         );
@@ -413,13 +421,13 @@ mod tests {
         migrate(&pool).await.unwrap();
         require_current_sqlite(&pool).await.unwrap();
 
-        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (10, 0)")
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (11, 0)")
             .execute(&pool)
             .await
             .unwrap();
         let error = refusal().await;
         assert!(
-            error.contains("at version 10, newer than this rekeyd knows (version 9)"),
+            error.contains("at version 11, newer than this rekeyd knows (version 10)"),
             "{error}"
         );
     }
