@@ -95,83 +95,45 @@ pub async fn renew_server(
         .await;
     opened.store.close().await;
     recorded.map_err(|error| anyhow::anyhow!("{error}"))?;
-    // Both written whole and synced beside their names first, then renamed
-    // over them one right after the other, the directories synced: a crash
-    // leaves the old pair, or the new one (or, between the two renames,
-    // the new key beside the old certificate, which the server refuses to
-    // start on and a running one does not take up; renew again).
-    let key_file = beside(&private_key);
-    let certificate_file = beside(&certificate);
-    for written in [&key_file, &certificate_file] {
-        let _ = std::fs::remove_file(written);
-    }
-    write_private(&key_file, &issued.key_pem)?;
-    write_synced(&certificate_file, &issued.certificate_pem)?;
-    for (fresh, path) in [(&key_file, &private_key), (&certificate_file, &certificate)] {
-        std::fs::rename(fresh, path)
-            .with_context(|| format!("replacing {} with {}", path.display(), fresh.display()))?;
-    }
-    for path in [&private_key, &certificate] {
-        let dir = match path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        if let Ok(dir) = std::fs::File::open(dir) {
-            let _ = dir.sync_all();
-        }
-    }
+    // A crash between the two renames leaves the new key beside the old
+    // certificate, which the server refuses to start on and a running one
+    // does not take up: renew again.
+    crate::pki::replace_private(&[
+        (private_key.as_path(), issued.key_pem.as_str()),
+        (certificate.as_path(), issued.certificate_pem.as_str()),
+    ])?;
     Ok((issued, names))
-}
-
-/// The file a new `path` is written to before it is renamed over it.
-fn beside(path: &Path) -> std::path::PathBuf {
-    let mut fresh = path.as_os_str().to_owned();
-    fresh.push(".new");
-    std::path::PathBuf::from(fresh)
-}
-
-/// Writes `contents` to `path` and syncs it.
-fn write_synced(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut file =
-        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents.as_bytes())
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The DNS names and IP addresses a PEM certificate names.
 fn names_of(pem: &str) -> anyhow::Result<Vec<String>> {
     use x509_parser::extensions::GeneralName;
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-        .map_err(|error| anyhow::anyhow!("not PEM: {error}"))?;
-    let certificate = block
-        .parse_x509()
-        .map_err(|error| anyhow::anyhow!("not a certificate: {error}"))?;
-    let Some(names) = certificate
-        .subject_alternative_name()
-        .map_err(|error| anyhow::anyhow!("its alternative names do not parse: {error}"))?
-    else {
-        return Ok(Vec::new());
-    };
-    Ok(names
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::DNSName(host) => Some((*host).to_owned()),
-            GeneralName::IPAddress(bytes) => match bytes.len() {
-                4 => <[u8; 4]>::try_from(*bytes)
-                    .ok()
-                    .map(|octets| std::net::IpAddr::from(octets).to_string()),
-                16 => <[u8; 16]>::try_from(*bytes)
-                    .ok()
-                    .map(|octets| std::net::IpAddr::from(octets).to_string()),
+    crate::pki::with_first_certificate(pem, |certificate| {
+        let Some(names) = certificate
+            .subject_alternative_name()
+            .map_err(|error| anyhow::anyhow!("its alternative names do not parse: {error}"))?
+        else {
+            return Ok(Vec::new());
+        };
+        Ok(names
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::DNSName(host) => Some((*host).to_owned()),
+                GeneralName::IPAddress(bytes) => match bytes.len() {
+                    4 => <[u8; 4]>::try_from(*bytes)
+                        .ok()
+                        .map(|octets| std::net::IpAddr::from(octets).to_string()),
+                    16 => <[u8; 16]>::try_from(*bytes)
+                        .ok()
+                        .map(|octets| std::net::IpAddr::from(octets).to_string()),
+                    _ => None,
+                },
                 _ => None,
-            },
-            _ => None,
-        })
-        .collect())
+            })
+            .collect())
+    })
 }
 
 /// Revokes every certificate of a principal, or one serial: of `issuer`

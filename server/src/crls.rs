@@ -44,7 +44,7 @@ use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::num_bigint::BigUint;
 use x509_parser::prelude::FromDer;
@@ -53,7 +53,7 @@ use x509_parser::prelude::FromDer;
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// What a file looked like when it was read: changed means reread.
-type Stamp = Option<(SystemTime, u64)>;
+type Stamp = crate::tls::FileStamp;
 
 /// How new a CRL is: its CRL number, if it has one, and its `thisUpdate`
 /// (Unix seconds).
@@ -179,7 +179,7 @@ impl ClientVerifier {
         let files = files
             .into_iter()
             .map(|path| {
-                let stamp = stamp(&path);
+                let stamp = crate::tls::file_stamp(&path);
                 let crls = read(&path, &anchors, &provider)?;
                 Ok(File { path, stamp, crls })
             })
@@ -220,7 +220,7 @@ impl ClientVerifier {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (mut read_again, mut refused) = (Vec::new(), Vec::new());
         for file in files.iter_mut() {
-            let now = stamp(&file.path);
+            let now = crate::tls::file_stamp(&file.path);
             if now == file.stamp {
                 continue;
             }
@@ -286,11 +286,6 @@ impl ClientVerifier {
             }
         }
     }
-}
-
-fn stamp(file: &Path) -> Stamp {
-    let metadata = std::fs::metadata(file).ok()?;
-    Some((metadata.modified().ok()?, metadata.len()))
 }
 
 /// Refuses `found` if a CRL of it is older than the one of the same

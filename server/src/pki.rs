@@ -214,23 +214,30 @@ pub fn read_private(path: &Path, what: &str) -> anyhow::Result<Zeroizing<Vec<u8>
 /// The subject of the first certificate of a PEM text (a CA's: the issuer
 /// of what it signs), as hex of its DER name, as revocations keep issuers.
 pub fn subject_of(pem: &str) -> anyhow::Result<String> {
-    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
-        .map_err(|error| anyhow::anyhow!("not PEM: {error}"))?;
-    let certificate = block
-        .parse_x509()
-        .map_err(|error| anyhow::anyhow!("not a certificate: {error}"))?;
-    Ok(crate::audit::hex(certificate.subject().as_raw()))
+    with_first_certificate(pem, |certificate| {
+        Ok(crate::audit::hex(certificate.subject().as_raw()))
+    })
 }
 
 /// When the first certificate of a PEM text expires.
 pub fn not_after_of(pem: &str) -> anyhow::Result<OffsetDateTime> {
+    with_first_certificate(pem, |certificate| {
+        OffsetDateTime::from_unix_timestamp(certificate.validity().not_after.timestamp())
+            .context("its expiry is out of range")
+    })
+}
+
+/// What `read` makes of the first certificate of a PEM text.
+pub fn with_first_certificate<T>(
+    pem: &str,
+    read: impl FnOnce(&x509_parser::certificate::X509Certificate<'_>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
         .map_err(|error| anyhow::anyhow!("not PEM: {error}"))?;
     let certificate = block
         .parse_x509()
         .map_err(|error| anyhow::anyhow!("not a certificate: {error}"))?;
-    OffsetDateTime::from_unix_timestamp(certificate.validity().not_after.timestamp())
-        .context("its expiry is out of range")
+    read(&certificate)
 }
 
 /// Writes `contents` to a new file readable by its owner only. Refuses to
@@ -239,29 +246,60 @@ pub fn not_after_of(pem: &str) -> anyhow::Result<OffsetDateTime> {
 /// the name was taken meanwhile), so that a crash or a full disk leaves no
 /// truncated key under the name.
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     if path.exists() {
         anyhow::bail!("creating {}: the file exists", path.display());
     }
+    whole_beside(path, contents)?
+        .persist_noclobber(path)
+        .map_err(|error| error.error)
+        .with_context(|| format!("creating {}", path.display()))?;
+    sync_directory_of(path);
+    Ok(())
+}
+
+/// Replaces each file with its contents, readable by its owner only: all
+/// written whole and synced beside their names first, then renamed over
+/// them one right after the other, the directories synced. A crash leaves
+/// the old files or the new ones, whole (or, between two renames, some
+/// of each).
+pub fn replace_private(files: &[(&Path, &str)]) -> anyhow::Result<()> {
+    let written = files
+        .iter()
+        .map(|(path, contents)| whole_beside(path, contents))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (file, (path, _)) in written.into_iter().zip(files) {
+        file.persist(path)
+            .map_err(|error| error.error)
+            .with_context(|| format!("replacing {}", path.display()))?;
+        sync_directory_of(path);
+    }
+    Ok(())
+}
+
+/// `contents` in a new 0600 file in `path`'s directory, synced.
+fn whole_beside(path: &Path, contents: &str) -> anyhow::Result<tempfile::NamedTempFile> {
+    use std::io::Write;
     let mut file = tempfile::Builder::new()
         .prefix(".rekey-new-")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a file in {}", dir.display()))?;
+        .tempfile_in(directory_of(path))
+        .with_context(|| format!("creating a file beside {}", path.display()))?;
     file.write_all(contents.as_bytes())
         .and_then(|()| file.as_file().sync_all())
         .with_context(|| format!("writing {}", path.display()))?;
-    file.persist_noclobber(path)
-        .map_err(|error| error.error)
-        .with_context(|| format!("creating {}", path.display()))?;
-    // The new name itself is durable once the directory is.
-    if let Ok(dir) = std::fs::File::open(dir) {
+    Ok(file)
+}
+
+fn directory_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Makes a new name in `path`'s directory durable.
+fn sync_directory_of(path: &Path) {
+    if let Ok(dir) = std::fs::File::open(directory_of(path)) {
         let _ = dir.sync_all();
     }
-    Ok(())
 }
 
 #[cfg(test)]

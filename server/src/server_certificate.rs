@@ -6,6 +6,7 @@
 //! certificate's, as while one file is replaced and not yet the other) is
 //! logged once and the pair in force stays.
 
+use crate::tls::{FileStamp, file_stamp};
 use anyhow::Context;
 use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -14,15 +15,10 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 const CHECK_EVERY: Duration = Duration::from_secs(2);
-
-/// What tells a file changed: modification time, length, inode (a file
-/// renamed over it) and change time (its mode or owner mended after a read
-/// that refused them, say).
-type Stamp = Option<(SystemTime, u64, u64, i64, i64)>;
 
 pub struct ServerCertificate {
     certificate: PathBuf,
@@ -30,7 +26,7 @@ pub struct ServerCertificate {
     provider: Arc<CryptoProvider>,
     current: RwLock<Served>,
     /// The files' stamps when last read, whether the pair was taken or not.
-    seen: Mutex<(Stamp, Stamp)>,
+    seen: Mutex<(FileStamp, FileStamp)>,
 }
 
 /// The pair in force, and when its certificate expires (Unix seconds;
@@ -56,7 +52,7 @@ impl ServerCertificate {
         private_key: &Path,
         provider: Arc<CryptoProvider>,
     ) -> anyhow::Result<Self> {
-        let seen = (stamp(certificate), stamp(private_key));
+        let seen = (file_stamp(certificate), file_stamp(private_key));
         let pair = read(certificate, private_key, &provider)?;
         Ok(Self {
             certificate: certificate.to_owned(),
@@ -70,7 +66,7 @@ impl ServerCertificate {
     /// Reads the pair again if either file changed since it was last read:
     /// `None` if neither did, else whether the new pair is now served.
     pub fn reload_if_changed(&self) -> Option<anyhow::Result<()>> {
-        let now = (stamp(&self.certificate), stamp(&self.private_key));
+        let now = (file_stamp(&self.certificate), file_stamp(&self.private_key));
         {
             let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
             if *seen == now {
@@ -160,22 +156,4 @@ fn read(
         pair: Arc::new(pair),
         not_after,
     })
-}
-
-fn stamp(file: &Path) -> Stamp {
-    let metadata = std::fs::metadata(file).ok()?;
-    #[cfg(unix)]
-    let (inode, changed, changed_nanos) = {
-        use std::os::unix::fs::MetadataExt;
-        (metadata.ino(), metadata.ctime(), metadata.ctime_nsec())
-    };
-    #[cfg(not(unix))]
-    let (inode, changed, changed_nanos) = (0, 0, 0);
-    Some((
-        metadata.modified().ok()?,
-        metadata.len(),
-        inode,
-        changed,
-        changed_nanos,
-    ))
 }

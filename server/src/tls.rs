@@ -31,6 +31,31 @@ use tonic::transport::server::Connected;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What tells a file read again when it changes (the CRL files, the
+/// server's certificate and key) that it changed: modification time,
+/// length, inode (a file renamed over it) and change time (its mode or
+/// owner mended after a read that refused them, say); `None` when it
+/// cannot be looked at.
+pub(crate) type FileStamp = Option<(std::time::SystemTime, u64, u64, i64, i64)>;
+
+pub(crate) fn file_stamp(file: &Path) -> FileStamp {
+    let metadata = std::fs::metadata(file).ok()?;
+    #[cfg(unix)]
+    let (inode, changed, changed_nanos) = {
+        use std::os::unix::fs::MetadataExt;
+        (metadata.ino(), metadata.ctime(), metadata.ctime_nsec())
+    };
+    #[cfg(not(unix))]
+    let (inode, changed, changed_nanos) = (0, 0, 0);
+    Some((
+        metadata.modified().ok()?,
+        metadata.len(),
+        inode,
+        changed,
+        changed_nanos,
+    ))
+}
+
 /// An issuer (hex of its DER name; `""` for any) and a serial.
 pub type Issued = (String, String);
 

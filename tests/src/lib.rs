@@ -458,6 +458,28 @@ impl Rekey {
         self.run(&["policy", "apply", file.path().to_str().unwrap()])
     }
 
+    /// Applies a policy in which `admin` may do everything and `principal`
+    /// what `statements` (a TOML array's items) allow.
+    pub fn apply_policy_for(&self, principal: &str, statements: &str) -> Run {
+        self.apply_policy(&format!(
+            r#"
+[roles.admin]
+statements = [{{ effect = "allow", actions = ["*"], resources = ["*"] }}]
+
+[roles.under-test]
+statements = [{statements}]
+
+[[bindings]]
+principal = "admin"
+roles = ["admin"]
+
+[[bindings]]
+principal = "{principal}"
+roles = ["under-test"]
+"#
+        ))
+    }
+
     /// Runs with `input` on standard input.
     pub fn run_with_input(&self, args: &[&str], input: &[u8]) -> Run {
         use std::io::Write;

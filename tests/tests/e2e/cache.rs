@@ -339,25 +339,12 @@ async fn a_secret_the_caller_may_not_watch_is_not_kept() {
     admin.run(&["create", "app/x", "--value", "v1"]).ok();
     admin.run(&["create", "other/y", "--value", "w1"]).ok();
     admin
-        .apply_policy(
+        .apply_policy_for(
+            "app",
             r#"
-[roles.admin]
-statements = [{ effect = "allow", actions = ["*"], resources = ["*"] }]
-
-[roles.reads-all-watches-other]
-statements = [
   { effect = "allow", actions = ["secrets:GetSecretValue"], resources = ["app/*", "other/*"] },
   { effect = "allow", actions = ["secrets:Watch"], resources = ["other/*"] },
   { effect = "allow", actions = ["keys:Use"], resources = ["key:default"] },
-]
-
-[[bindings]]
-principal = "admin"
-roles = ["admin"]
-
-[[bindings]]
-principal = "app"
-roles = ["reads-all-watches-other"]
 "#,
         )
         .ok();

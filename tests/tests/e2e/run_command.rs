@@ -116,25 +116,12 @@ fn run_watch_refuses_a_secret_it_may_read_but_not_watch() {
     let admin = server.rekey(&installation.admin());
     admin.run(&["create", "app/token", "--value", "tok-1"]).ok();
     admin
-        .apply_policy(
+        .apply_policy_for(
+            "app",
             r#"
-[roles.admin]
-statements = [{ effect = "allow", actions = ["*"], resources = ["*"] }]
-
-[roles.reads-app-watches-other]
-statements = [
   { effect = "allow", actions = ["secrets:GetSecretValue"], resources = ["app/*"] },
   { effect = "allow", actions = ["secrets:Watch"], resources = ["other/*"] },
   { effect = "allow", actions = ["keys:Use"], resources = ["key:default"] },
-]
-
-[[bindings]]
-principal = "admin"
-roles = ["admin"]
-
-[[bindings]]
-principal = "app"
-roles = ["reads-app-watches-other"]
 "#,
         )
         .ok();

@@ -644,43 +644,6 @@ async fn concurrent_writes_suite(url: &str, root: &RootKey) {
 
 on_both_backends!(concurrent_writes_suite => sqlite_concurrent_writes, postgres_concurrent_writes);
 
-/// A change to a secret erased after its handler found it (by another
-/// replica, say) is FAILED_PRECONDITION, saying so, and changes nothing:
-/// the tags' insert met the foreign key first and answered INTERNAL.
-async fn a_change_to_a_secret_erased_meanwhile_suite(url: &str, root: &RootKey) {
-    let store = Store::open(url, AuditKey::derive(root)).await.unwrap();
-    add_default_key(&store).await;
-    create(&store, "gone/db", &[]).await;
-    let found = store
-        .secret(&SecretName::parse("gone/db").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    store
-        .delete_secret(&found, Deletion::Now, &event("Delete"))
-        .await
-        .unwrap();
-    let refused = store
-        .tag_secret(
-            &found.id,
-            &[("late".to_owned(), "tag".to_owned())],
-            7,
-            &event("TagResource"),
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&refused, Error::FailedPrecondition(message) if message.contains("erased meanwhile")),
-        "{refused:?}"
-    );
-    store.close().await;
-}
-
-on_both_backends!(
-    a_change_to_a_secret_erased_meanwhile_suite => sqlite_a_change_to_a_secret_erased_meanwhile,
-    postgres_a_change_to_a_secret_erased_meanwhile
-);
-
 #[tokio::test]
 async fn sqlite_backend() {
     let dir = tempfile::tempdir().unwrap();
