@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the test's failure report
 
 pub mod databases;
+pub mod password_catcher;
 
 use rekey_shared::identity::Identity;
 use rekey_shared::proto::secrets_client::SecretsClient;

@@ -36,6 +36,12 @@ pub struct RotatorSettings {
     /// CURRENT value then), so that whoever may later write the secret's
     /// value cannot point the admin at another user.
     pub user: String,
+    /// Alternating users: where the user's new passwords go (host, port,
+    /// TLS verified or not), pinned with `user`, so that whoever may later
+    /// write the value cannot have testSecret log in elsewhere with a
+    /// password that works. Empty in a configuration from before it was
+    /// pinned: the admin's place.
+    pub place: String,
 }
 
 /// What a step is given.
@@ -102,6 +108,7 @@ impl Rotator {
                 strategy,
                 policy: settings.password_policy.clone(),
                 user: settings.user.clone(),
+                place: settings.place.clone(),
                 admin: None,
                 session: Session {
                     limit: Duration::from_secs(server.database_timeout_seconds.max(1)),

@@ -129,9 +129,10 @@ impl Credentials {
             || credentials.username.is_empty()
             || credentials.username.len() > 63
         {
+            // Not quoted: the value is the secret's, and this message
+            // reaches whoever configures or describes its rotation.
             return Err(RotatorError(format!(
-                "{what}: username {:?} must be 1-63 letters, digits or _",
-                credentials.username
+                "{what}: the username must be 1-63 letters, digits or _"
             )));
         }
         Ok(credentials)
@@ -153,6 +154,19 @@ impl Credentials {
         zeroize::Zeroize::zeroize(&mut credentials.password);
         credentials.password = password.to_owned();
         credentials
+    }
+
+    /// Where this value's password goes: the address, as DNS compares
+    /// names, and whether TLS there is verified. A password is sent only
+    /// to the place of a value that holds it: whoever may write a value may
+    /// point it anywhere, but not the passwords of the values before it.
+    pub fn place(&self, dialect: Dialect) -> String {
+        let tls = if self.verified_tls() {
+            "verified TLS"
+        } else {
+            "TLS not verified"
+        };
+        format!("{} ({tls})", self.address(dialect).to_ascii_lowercase())
     }
 
     pub fn address(&self, dialect: Dialect) -> String {
@@ -217,6 +231,11 @@ pub struct DatabaseRotator {
     /// Alternating users: the user (and its clone) the admin may act on,
     /// as pinned when rotation was configured (`RotatorSettings::user`).
     pub user: String,
+    /// Alternating users: the place (`Credentials::place`) the user's new
+    /// passwords go to, as pinned when rotation was configured
+    /// (`RotatorSettings::place`); empty (configured before places were
+    /// pinned): the admin's place.
+    pub place: String,
     /// The admin secret's CURRENT value (alternating users), loaded by the
     /// engine before each step.
     pub admin: Option<SecretValue>,
@@ -257,6 +276,7 @@ impl DatabaseRotator {
             (Step::Set, _) => self.set(input).await.map(|()| StepOutput::default()),
             (Step::Test, _) => {
                 let target = Credentials::parse(input.pending, "the pending value")?;
+                self.check_place(&target)?;
                 self.login(&target)
                     .await
                     .map(|()| StepOutput::default())
@@ -291,9 +311,35 @@ impl DatabaseRotator {
         )))
     }
 
+    /// Alternating users: refuses a value that would send the user's new
+    /// password anywhere but the place pinned at configuration (or, for a
+    /// configuration from before places were pinned, the admin's). The
+    /// admin installs the password where it logs in; a value naming
+    /// another place would have testSecret log in there with it, and hand
+    /// a password that works to whoever listens.
+    fn check_place(&self, target: &Credentials) -> Result<(), RotatorError> {
+        if self.strategy != Strategy::Alternating {
+            return Ok(());
+        }
+        let pinned = if self.place.is_empty() {
+            Credentials::parse(self.admin.as_ref(), "the admin secret")?.place(self.dialect)
+        } else {
+            self.place.clone()
+        };
+        let place = target.place(self.dialect);
+        if place == pinned {
+            return Ok(());
+        }
+        Err(RotatorError(format!(
+            "the value sends user {}'s password to {place}, but this rotation sends it only to              {pinned}, as pinned when it was configured (to move the database, configure the              single strategy, then alternating users again)",
+            target.username
+        )))
+    }
+
     fn create(&self, input: &StepInput<'_>) -> Result<StepOutput, RotatorError> {
         let current = Credentials::parse(input.current, "the CURRENT value")?;
         self.check_user(&current.username)?;
+        self.check_place(&current)?;
         let password = password::generate(&self.policy)
             .map_err(|error| RotatorError(format!("the password policy: {error}")))?;
         let username = match self.strategy {
@@ -341,21 +387,22 @@ impl DatabaseRotator {
         let target = Credentials::parse(input.pending, "the value to install")?;
         match self.strategy {
             Strategy::Single => {
-                match self.login(&target).await {
+                let candidates = match self.login(&target).await {
                     Ok(()) => return Ok(()),
                     Err(LoginError::Unreachable(message)) => return Err(RotatorError(message)),
-                    Err(LoginError::Refused(_)) => {}
-                }
-                // Log in as the user with any password it may still have:
-                // at the target's place, as the target says (an older
-                // value's host may be another server now, its TLS weaker).
-                let candidates: Vec<Credentials> = [input.current, input.previous, input.replacing]
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|candidate| Credentials::parse(Some(candidate), "a value").ok())
-                    .filter(|credentials| credentials.username == target.username)
-                    .map(|credentials| target.with_password(&credentials.password))
-                    .collect();
+                    Err(LoginError::Refused(message)) => {
+                        let candidates = self.older_logins(input, &target);
+                        if candidates.is_empty() {
+                            return Err(RotatorError(format!(
+                                "{message}, and no CURRENT or PREVIOUS value of user {} sends \
+                                 its password to {} to log in with and change it",
+                                target.username,
+                                target.place(self.dialect)
+                            )));
+                        }
+                        candidates
+                    }
+                };
                 let mut last = String::new();
                 for credentials in candidates {
                     let result = match self.dialect {
@@ -389,6 +436,7 @@ impl DatabaseRotator {
             }
             Strategy::Alternating => {
                 self.check_user(&target.username)?;
+                self.check_place(&target)?;
                 let admin = Credentials::parse(self.admin.as_ref(), "the admin secret")?;
                 let base = target
                     .username
@@ -409,16 +457,41 @@ impl DatabaseRotator {
     }
 }
 
-/// The database user that alternating users switch with its clone, as the
-/// secret's CURRENT value (`value`) names it: its user name, without the
-/// clone's suffix.
-pub fn pinned_user(value: Option<&SecretValue>) -> Result<String, RotatorError> {
+impl DatabaseRotator {
+    /// A single user's logins to change its password with: the user with
+    /// each password it may still have (CURRENT's, PREVIOUS's, a reverted
+    /// run's), each only where its own value sends it: the target's place,
+    /// its TLS as verified. A password is not sent where another value
+    /// says, since whoever may write a value may name any place (a
+    /// listener of theirs, TLS off) and start a rotation: the database's
+    /// real password, now PREVIOUS, would go there.
+    fn older_logins(&self, input: &StepInput<'_>, target: &Credentials) -> Vec<Credentials> {
+        let place = target.place(self.dialect);
+        [input.current, input.previous, input.replacing]
+            .into_iter()
+            .flatten()
+            .filter_map(|candidate| Credentials::parse(Some(candidate), "a value").ok())
+            .filter(|older| older.username == target.username && older.place(self.dialect) == place)
+            .map(|older| target.with_password(&older.password))
+            .collect()
+    }
+}
+
+/// What alternating users pin when rotation is configured, as the secret's
+/// CURRENT value (`value`) names them: the database user they switch with
+/// its clone (its user name, without the clone's suffix), and the place
+/// its passwords go (`Credentials::place`).
+pub fn pinned(
+    value: Option<&SecretValue>,
+    dialect: Dialect,
+) -> Result<(String, String), RotatorError> {
     let current = Credentials::parse(value, "the secret's CURRENT value")?;
-    Ok(current
+    let user = current
         .username
         .strip_suffix(CLONE_SUFFIX)
         .unwrap_or(&current.username)
-        .to_owned())
+        .to_owned();
+    Ok((user, current.place(dialect)))
 }
 
 fn tls_failed(address: &str, error: &dyn std::fmt::Display) -> LoginError {
@@ -514,35 +587,140 @@ mod tests {
         }
     }
 
-    /// Alternating users, as configured for `pinned`: createSecret from a
-    /// CURRENT value naming `user`.
-    async fn create_alternating(pinned: &str, user: &str) -> Result<StepOutput, RotatorError> {
-        let rotator = DatabaseRotator {
+    /// A rotator of `strategy`, alternating users pinned to `user` at
+    /// `place`, with an admin at `h:5432` over verified TLS.
+    fn rotator(strategy: Strategy, user: &str, place: &str) -> DatabaseRotator {
+        DatabaseRotator {
             dialect: Dialect::Postgres,
-            strategy: Strategy::Alternating,
+            strategy,
             policy: PasswordPolicy::default(),
-            user: pinned.to_owned(),
-            admin: None,
+            user: user.to_owned(),
+            place: place.to_owned(),
+            admin: Some(SecretValue::text(
+                r#"{"host":"h","username":"admin","password":"a"}"#,
+            )),
             session: Session {
                 limit: Duration::from_secs(1),
                 ca_file: None,
             },
-        };
-        let value = SecretValue::text(format!(
-            r#"{{"host":"h","username":"{user}","password":"p"}}"#
-        ));
-        let input = StepInput {
-            step: Step::Create,
+        }
+    }
+
+    fn input<'a>(
+        step: Step,
+        current: &'a SecretValue,
+        previous: Option<&'a SecretValue>,
+    ) -> StepInput<'a> {
+        StepInput {
+            step,
             revert: false,
             secret_name: "db/app",
             secret_id: "db/app-1",
             token: "t",
-            current: Some(&value),
+            current: Some(current),
             pending: None,
-            previous: None,
+            previous,
             replacing: None,
+        }
+    }
+
+    /// Alternating users, as configured for `pinned`: createSecret from a
+    /// CURRENT value naming `user`.
+    async fn create_alternating(pinned: &str, user: &str) -> Result<StepOutput, RotatorError> {
+        let value = SecretValue::text(format!(
+            r#"{{"host":"h","username":"{user}","password":"p"}}"#
+        ));
+        rotator(Strategy::Alternating, pinned, "h:5432 (verified TLS)")
+            .run(&input(Step::Create, &value, None))
+            .await
+    }
+
+    /// Whoever may write a value may point it at any place, and start a
+    /// rotation: a single user's older passwords are tried only where
+    /// their own values sent them, never at the place a newer value names
+    /// (the database's real password, PREVIOUS once the new value is put,
+    /// would go to a listener of the writer's, TLS off).
+    #[test]
+    fn older_passwords_go_only_where_their_values_sent_them() {
+        let value = |host: &str, password: &str, ssl: &str| {
+            SecretValue::text(format!(
+                r#"{{"host":"{host}","username":"app","password":"{password}"{ssl}}}"#
+            ))
         };
-        rotator.run(&input).await
+        let real = value("db", "real-password", "");
+        let single = rotator(Strategy::Single, "", "");
+        let target = |value: &SecretValue| {
+            let mut target = Credentials::parse(Some(value), "v").unwrap();
+            target.password = "new".to_owned();
+            target
+        };
+        for elsewhere in [
+            value("evil", "x", ""),
+            value("db", "x", r#","ssl":false"#),
+            value("db", "x", r#","port":5433"#),
+        ] {
+            let logins = single.older_logins(
+                &input(Step::Set, &elsewhere, Some(&real)),
+                &target(&elsewhere),
+            );
+            let passwords: Vec<&str> = logins.iter().map(|login| login.password.as_str()).collect();
+            assert_eq!(passwords, ["x"], "{:?}", logins.first());
+        }
+        // Where the value before sent it, it is tried, whatever the case of
+        // the host's name.
+        let moved_password = value("DB", "x", "");
+        let logins = single.older_logins(
+            &input(Step::Set, &moved_password, Some(&real)),
+            &target(&moved_password),
+        );
+        let passwords: Vec<&str> = logins.iter().map(|login| login.password.as_str()).collect();
+        assert_eq!(passwords, ["x", "real-password"]);
+    }
+
+    /// Alternating users send the user's new password only to the place
+    /// pinned at configuration (or, pinned before places were, the
+    /// admin's): the admin installs it on the real database, and a value
+    /// naming another place would have testSecret log in there with it.
+    #[tokio::test]
+    async fn alternating_users_send_passwords_only_to_the_pinned_place() {
+        let at = |host: &str, ssl: &str| {
+            SecretValue::text(format!(
+                r#"{{"host":"{host}","username":"app","password":"p"{ssl}}}"#
+            ))
+        };
+        for pin in ["db:5432 (verified TLS)", ""] {
+            let host = if pin.is_empty() { "h" } else { "db" };
+            let rotator = rotator(Strategy::Alternating, "app", pin);
+            rotator
+                .run(&input(Step::Create, &at(host, ""), None))
+                .await
+                .unwrap();
+            for elsewhere in [
+                at("evil", ""),
+                at(host, r#","ssl":false"#),
+                at(host, r#","port":1"#),
+            ] {
+                let Err(RotatorError(message)) =
+                    rotator.run(&input(Step::Create, &elsewhere, None)).await
+                else {
+                    panic!("a value naming another place was acted on");
+                };
+                assert!(
+                    message.contains("but this rotation sends it only to"),
+                    "{message}"
+                );
+                // testSecret refuses it too, before it logs in anywhere.
+                let mut test = input(Step::Test, &elsewhere, None);
+                test.pending = Some(&elsewhere);
+                let Err(RotatorError(message)) = rotator.run(&test).await else {
+                    panic!("testSecret logged in at another place");
+                };
+                assert!(
+                    message.contains("but this rotation sends it only to"),
+                    "{message}"
+                );
+            }
+        }
     }
 
     /// A PostgreSQL user whose clone's name would pass 63 characters is
@@ -589,11 +767,14 @@ mod tests {
         };
         assert!(message.contains("configure it again"), "{message}");
         assert_eq!(
-            pinned_user(Some(&SecretValue::text(
-                r#"{"host":"h","username":"app_clone","password":"p"}"#
-            )))
+            pinned(
+                Some(&SecretValue::text(
+                    r#"{"host":"H","username":"app_clone","password":"p"}"#
+                )),
+                Dialect::Postgres
+            )
             .unwrap(),
-            "app"
+            ("app".to_owned(), "h:5432 (verified TLS)".to_owned())
         );
     }
 }

@@ -72,20 +72,39 @@ impl RotationService {
             admin_secret: request.admin_secret,
             strategy: request.strategy,
             user: String::new(),
+            place: String::new(),
         };
         let checked = Rotator::from_config(&rotator, &settings, &self.state.rotation)
             .map_err(|error| Error::InvalidArgument(error.0))?;
-        if checked.admin_secret(&settings).is_some() {
-            // The user the admin may act on, from the value as it is now:
-            // not from what a later writer of the value names.
+        // Before anything here reads a value.
+        if !settings.admin_secret.is_empty() {
+            let admin = SecretName::parse(&settings.admin_secret)?;
+            // Whoever configures an admin secret must be allowed to read it:
+            // its value, and its master key.
+            self.authorize(context, Action::GetSecretValue, &admin)?;
+            let admin_secret = self.secret(&admin).await?;
+            context.authorize(
+                &self.state.authorizer,
+                Action::KeysUse,
+                &format!("key:{}", admin_secret.key_name),
+            )?;
+        }
+        if let Rotator::Database(database) = &checked
+            && checked.admin_secret(&settings).is_some()
+        {
+            // The user the admin may act on and where its passwords go,
+            // from the value as it is now: not from what a later writer of
+            // the value names.
             let current = self.engine.current_value(&secret).await?;
-            let named =
-                crate::rotation::database::pinned_user(current.as_ref()).map_err(|error| {
-                    Error::FailedPrecondition(format!(
-                        "alternating users pin the database user the secret's CURRENT value \
-                         names when rotation is configured: {error}"
-                    ))
-                })?;
+            let (named, place) =
+                crate::rotation::database::pinned(current.as_ref(), database.dialect).map_err(
+                    |error| {
+                        Error::FailedPrecondition(format!(
+                            "alternating users pin the database user the secret's CURRENT value \
+                         names, and where it is, when rotation is configured: {error}"
+                        ))
+                    },
+                )?;
             // Configured again the same way (a new schedule, say), the pin
             // stays: configuring is no way to take up whatever user a
             // writer of the value has named since.
@@ -99,18 +118,32 @@ impl RotationService {
                     before.strategy == settings.strategy
                         && before.admin_secret == settings.admin_secret
                         && !before.user.is_empty()
-                })
-                .map(|before| before.user);
+                });
             if let Some(pinned) = &pinned
-                && *pinned != named
+                && pinned.user != named
             {
                 return Err(Error::FailedPrecondition(format!(
-                    "rotation of {name} switches database user {pinned}, but its CURRENT value \
+                    "rotation of {name} switches database user {}, but its CURRENT value \
                      names {named}: configuring again keeps the user; to switch to {named}, \
-                     configure the single strategy first, then alternating users again"
+                     configure the single strategy first, then alternating users again",
+                    pinned.user
+                )));
+            }
+            // A configuration from before places were pinned takes its
+            // place now.
+            if let Some(pinned) = &pinned
+                && !pinned.place.is_empty()
+                && pinned.place != place
+            {
+                return Err(Error::FailedPrecondition(format!(
+                    "rotation of {name} sends passwords to {}, but its CURRENT value names \
+                     {place}: configuring again keeps the place; to move to {place}, configure \
+                     the single strategy first, then alternating users again",
+                    pinned.place
                 )));
             }
             settings.user = named;
+            settings.place = place;
         }
         crate::password::generate(&settings.password_policy)
             .map_err(|error| Error::InvalidArgument(format!("password policy: {error}")))?;
@@ -177,18 +210,6 @@ impl RotationService {
                 .map_err(Error::InvalidArgument)?;
             request.approval_expiry.clone()
         };
-        if !settings.admin_secret.is_empty() {
-            let admin = SecretName::parse(&settings.admin_secret)?;
-            // Whoever configures an admin secret must be allowed to read it:
-            // its value, and its master key.
-            self.authorize(context, Action::GetSecretValue, &admin)?;
-            let admin_secret = self.secret(&admin).await?;
-            context.authorize(
-                &self.state.authorizer,
-                Action::KeysUse,
-                &format!("key:{}", admin_secret.key_name),
-            )?;
-        }
         let last_rotated_at = existing.as_ref().and_then(|config| config.last_rotated_at);
         let config = ConfigRecord {
             secret_id: secret.id.clone(),
