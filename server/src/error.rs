@@ -199,22 +199,46 @@ impl From<rekey_shared::value::ValueError> for Error {
     }
 }
 
+/// The longest message a status carries, in characters. It travels as an
+/// HTTP/2 header, percent-encoded (a character may take 12 bytes), and
+/// clients refuse a header list over 16 KiB: a longer message would reach
+/// its caller as a protocol error, not as its status. It is the audit
+/// event's detail too.
+const MAX_STATUS_CHARS: usize = 1_000;
+
+/// `message`, cut to [`MAX_STATUS_CHARS`] saying so.
+fn bounded(message: String) -> String {
+    if message.chars().nth(MAX_STATUS_CHARS).is_none() {
+        return message;
+    }
+    let total = message.chars().count();
+    let mut cut: String = message.chars().take(MAX_STATUS_CHARS).collect();
+    cut.push_str(&format!(
+        "… (cut at {MAX_STATUS_CHARS} of {total} characters)"
+    ));
+    cut
+}
+
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
         match error {
-            Error::InvalidArgument(message) => Status::new(Code::InvalidArgument, message),
-            Error::NotFound(message) => Status::new(Code::NotFound, message),
-            Error::AlreadyExists(message) => Status::new(Code::AlreadyExists, message),
-            Error::FailedPrecondition(message) => Status::new(Code::FailedPrecondition, message),
-            Error::Aborted(message) => Status::new(Code::Aborted, message),
-            Error::PermissionDenied(message) => Status::new(Code::PermissionDenied, message),
-            Error::Unauthenticated(message) => Status::new(Code::Unauthenticated, message),
-            Error::Unimplemented(message) => Status::new(Code::Unimplemented, message),
+            Error::InvalidArgument(message) => Status::new(Code::InvalidArgument, bounded(message)),
+            Error::NotFound(message) => Status::new(Code::NotFound, bounded(message)),
+            Error::AlreadyExists(message) => Status::new(Code::AlreadyExists, bounded(message)),
+            Error::FailedPrecondition(message) => {
+                Status::new(Code::FailedPrecondition, bounded(message))
+            }
+            Error::Aborted(message) => Status::new(Code::Aborted, bounded(message)),
+            Error::PermissionDenied(message) => {
+                Status::new(Code::PermissionDenied, bounded(message))
+            }
+            Error::Unauthenticated(message) => Status::new(Code::Unauthenticated, bounded(message)),
+            Error::Unimplemented(message) => Status::new(Code::Unimplemented, bounded(message)),
             Error::ResourceExhausted {
                 message,
                 retry_after_ms,
             } => {
-                let mut status = Status::new(Code::ResourceExhausted, message);
+                let mut status = Status::new(Code::ResourceExhausted, bounded(message));
                 status.metadata_mut().insert(
                     "grpc-retry-pushback-ms",
                     tonic::metadata::MetadataValue::from(retry_after_ms),
@@ -223,7 +247,7 @@ impl From<Error> for Status {
             }
             Error::Integrity(message) => {
                 tracing::error!(%message, "integrity check failed");
-                Status::new(Code::DataLoss, message)
+                Status::new(Code::DataLoss, bounded(message))
             }
             Error::AuditUnwritable { detail, for_now } => {
                 tracing::error!(%detail, "audit events not written; request refused");
@@ -261,6 +285,17 @@ impl From<Error> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_message_is_cut_saying_so() {
+        let status = Status::from(Error::InvalidArgument("ü".repeat(1_500)));
+        assert_eq!(
+            status.message(),
+            format!("{}… (cut at 1000 of 1500 characters)", "ü".repeat(1_000))
+        );
+        let status = Status::from(Error::NotFound("n".repeat(1_000)));
+        assert_eq!(status.message(), "n".repeat(1_000));
+    }
 
     #[test]
     fn a_database_that_is_away_or_busy_is_unavailable_not_internal() {

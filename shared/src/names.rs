@@ -31,6 +31,19 @@ pub struct VersionId(String);
 pub struct KeyName(String);
 
 pub const MAX_SECRET_NAME_CHARS: usize = 512;
+
+/// The start of `text` as a message quotes it: at most 40 characters,
+/// `…` and the whole length after them when there are more. An error
+/// repeats what it refuses, and an unbounded text would make an unbounded
+/// message (and audit event).
+pub fn quoted_start(text: &str) -> String {
+    const SHOWN: usize = 40;
+    let start: String = text.chars().take(SHOWN).collect();
+    if start.len() == text.len() {
+        return format!("{text:?}");
+    }
+    format!("{start:?}… ({} characters)", text.chars().count())
+}
 pub const MAX_STAGE_CHARS: usize = 256;
 pub const MAX_STAGES_PER_VERSION: usize = 20;
 /// Labels across all versions of one secret: bounded, so that a secret's

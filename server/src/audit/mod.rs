@@ -47,6 +47,11 @@ pub struct AuditEvent {
     pub detail: String,
 }
 
+/// The longest detail an event keeps, in characters.
+pub const MAX_DETAIL_CHARS: usize = 2_000;
+/// The longest of an event's other texts, in characters.
+pub const MAX_TEXT_CHARS: usize = 600;
+
 /// An event as stored, with its place in the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredEvent {
@@ -81,10 +86,15 @@ impl AuditEvent {
         }
     }
 
-    /// The event as PostgreSQL's text can hold it: a NUL, which a client
-    /// can send in a name and a rotator can print, is written `\0`. One
-    /// such event would otherwise fail the commit of every event batched
-    /// with it, and go unrecorded itself. Borrowed when there is none.
+    /// The event as it is stored (and its MAC made): each text cut to its
+    /// bound ([`MAX_DETAIL_CHARS`] for the detail, [`MAX_TEXT_CHARS`] for
+    /// the others), so that no request, however long what it sends, makes
+    /// an event too large for a page of QueryAudit (or fills the disk
+    /// faster than its own size); and a NUL, which a client can send in a
+    /// name and a rotator can print, written `\0`, as PostgreSQL's text can
+    /// hold it (one such event would otherwise fail the commit of every
+    /// event batched with it, and go unrecorded itself). Borrowed when
+    /// nothing needs either.
     pub fn storable(&self) -> std::borrow::Cow<'_, AuditEvent> {
         let texts = [
             &self.principal,
@@ -94,22 +104,38 @@ impl AuditEvent {
             &self.decision,
             &self.outcome,
             &self.request_id,
-            &self.detail,
         ];
-        if !texts.iter().any(|text| text.contains('\0')) {
+        let fits = |text: &str, bound: usize| text.len() <= bound && !text.contains('\0');
+        if texts.iter().all(|text| fits(text, MAX_TEXT_CHARS))
+            && fits(&self.detail, MAX_DETAIL_CHARS)
+        {
             return std::borrow::Cow::Borrowed(self);
         }
-        let clean = |text: &str| text.replace('\0', "\\0");
+        let clean = |text: &str, bound: usize| {
+            let mut clean: String = text
+                .chars()
+                .take(bound)
+                .collect::<String>()
+                .replace('\0', "\\0");
+            if text.chars().nth(bound).is_some() {
+                clean.push_str(&format!(
+                    "… (cut at {bound} of {} characters)",
+                    text.chars().count()
+                ));
+            }
+            clean
+        };
+        let text = |text: &str| clean(text, MAX_TEXT_CHARS);
         std::borrow::Cow::Owned(AuditEvent {
             time: self.time,
-            principal: clean(&self.principal),
-            peer: clean(&self.peer),
-            action: clean(&self.action),
-            resource: clean(&self.resource),
-            decision: clean(&self.decision),
-            outcome: clean(&self.outcome),
-            request_id: clean(&self.request_id),
-            detail: clean(&self.detail),
+            principal: text(&self.principal),
+            peer: text(&self.peer),
+            action: text(&self.action),
+            resource: text(&self.resource),
+            decision: text(&self.decision),
+            outcome: text(&self.outcome),
+            request_id: text(&self.request_id),
+            detail: clean(&self.detail, MAX_DETAIL_CHARS),
         })
     }
 }
@@ -203,4 +229,34 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stored as given while it fits; otherwise each text cut to its bound,
+    /// saying so, and NUL written `\0`.
+    #[test]
+    fn events_are_stored_within_their_bounds() {
+        let event = AuditEvent::system("secrets:TagResource", "a/b", "short");
+        assert!(matches!(event.storable(), std::borrow::Cow::Borrowed(_)));
+        let mut long = event.clone();
+        long.detail = "é".repeat(5_000);
+        long.request_id = "r".repeat(700);
+        long.resource = "a\0b".to_owned();
+        let stored = long.storable();
+        assert!(stored.detail.starts_with(&"é".repeat(MAX_DETAIL_CHARS)));
+        assert!(
+            stored
+                .detail
+                .ends_with("… (cut at 2000 of 5000 characters)")
+        );
+        assert_eq!(
+            stored.request_id,
+            format!("{}… (cut at 600 of 700 characters)", "r".repeat(600))
+        );
+        assert_eq!(stored.resource, "a\\0b");
+        assert_eq!(stored.principal, event.principal);
+    }
 }

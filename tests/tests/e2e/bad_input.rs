@@ -599,3 +599,88 @@ fn a_missing_database_is_refused_not_made_anew() {
     );
     assert!(!database.exists());
 }
+
+/// An error repeats what it refuses, and the audit event keeps the error:
+/// a long input (here a tag key of 600,000 control characters, each quoted
+/// as six, from a caller allowed nothing, refused before its decision; and
+/// a schedule of a million characters) gets its status with a message of
+/// bounded length, not a protocol error for a header too large, and its
+/// event is bounded too, so that a page of the audit log still reaches a
+/// client (tonic's 4 MiB).
+#[tokio::test]
+async fn a_long_input_gets_a_short_error_and_a_bounded_event() {
+    use rekey_shared::proto::admin_client::AdminClient;
+    use rekey_shared::proto::rotation_client::RotationClient;
+    let installation = Installation::new();
+    let nobody = installation.issue("nobody", &[]);
+    let server = installation.serve();
+    let mut client = server.client(&installation.admin()).await;
+    client
+        .create_secret(proto::CreateSecretRequest {
+            name: "long/input".into(),
+            secret_string: Some("v".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut stranger = server.client(&nobody).await;
+    let status = stranger
+        .tag_resource(proto::TagResourceRequest {
+            name: "long/input".into(),
+            tags: vec![proto::Tag {
+                key: "\u{1}".repeat(600_000),
+                value: "v".into(),
+            }],
+        })
+        .await
+        .expect_err("a 600,000-character tag key was taken");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("(600000 characters) is 600000 characters long")
+            && status.message().len() < 400,
+        "{}",
+        status.message()
+    );
+    let identity = rekey_shared::identity::Identity::load(&installation.admin()).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    let status = RotationClient::new(channel.clone())
+        .configure_rotation(proto::ConfigureRotationRequest {
+            name: "long/input".into(),
+            rotator: "password".into(),
+            schedule: "x".repeat(1_000_000),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a schedule of a million characters was taken");
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    assert!(
+        status.message().contains("… (cut at 1000 of "),
+        "{}",
+        status.message()
+    );
+    let events = AdminClient::new(channel)
+        .query_audit(proto::QueryAuditRequest {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("a page of the audit log")
+        .into_inner()
+        .events;
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|event| event.outcome == "INVALID_ARGUMENT")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    for event in refused {
+        assert!(
+            event.detail.chars().count() <= 2_100,
+            "{}",
+            event.detail.len()
+        );
+    }
+}

@@ -80,7 +80,8 @@ fn check_tag_key_allowing(key: &str, allowed: &[char]) -> Result<()> {
     let length = key.chars().count();
     if !(1..=128).contains(&length) {
         return Err(Error::InvalidArgument(format!(
-            "tag key {key:?} is {length} characters long; it must be 1-128"
+            "tag key {} is {length} characters long; it must be 1-128",
+            rekey_shared::names::quoted_start(key)
         )));
     }
     check_characters("a tag key", key, allowed)

@@ -9,6 +9,7 @@ use super::{Store, Tx};
 use crate::audit::{AuditEvent, StoredEvent};
 use crate::error::Result;
 use sqlx::sqlite::SqliteRow;
+use std::borrow::Cow;
 
 /// What an audit query selects.
 #[derive(Debug, Clone, Default)]
@@ -63,7 +64,11 @@ pub(super) async fn commit_script<'q>(
     mut script: Script<'q>,
     events: &'q [AuditEvent],
 ) -> Result<Vec<SqliteRow>> {
-    let links = chain.link(chain_head(&mut tx, chain).await?, events)?;
+    let events: Vec<Cow<'q, AuditEvent>> = events.iter().map(AuditEvent::storable).collect();
+    let links = chain.link(
+        chain_head(&mut tx, chain).await?,
+        events.iter().map(AsRef::as_ref),
+    )?;
     let rows: Vec<_> = events.iter().zip(&links).collect();
     for chunk in rows.chunks(EVENTS_PER_INSERT) {
         let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
@@ -72,14 +77,14 @@ pub(super) async fn commit_script<'q>(
             script
                 .bind(*seq)
                 .bind(event.time)
-                .bind(&event.principal)
-                .bind(&event.peer)
-                .bind(&event.action)
-                .bind(&event.resource)
-                .bind(&event.decision)
-                .bind(&event.outcome)
-                .bind(&event.request_id)
-                .bind(&event.detail)
+                .bind(text(event, |event| &event.principal))
+                .bind(text(event, |event| &event.peer))
+                .bind(text(event, |event| &event.action))
+                .bind(text(event, |event| &event.resource))
+                .bind(text(event, |event| &event.decision))
+                .bind(text(event, |event| &event.outcome))
+                .bind(text(event, |event| &event.request_id))
+                .bind(text(event, |event| &event.detail))
                 .bind(mac.clone());
         }
     }
@@ -90,6 +95,15 @@ pub(super) async fn commit_script<'q>(
     tx.commit().await?;
     chain.committed(&links);
     Ok(returned)
+}
+
+/// One text of a stored event, borrowed for as long as the events given
+/// to [`commit_script`] when it was not changed to be stored.
+fn text<'q>(event: &Cow<'q, AuditEvent>, field: fn(&AuditEvent) -> &String) -> Cow<'q, str> {
+    match event {
+        Cow::Borrowed(event) => Cow::Borrowed(field(event)),
+        Cow::Owned(event) => Cow::Owned(field(event).clone()),
+    }
 }
 
 impl Store {

@@ -75,7 +75,8 @@ fn append(connection: &mut Connection, chain: &AuditChain, events: &[AuditEvent]
         })
         .optional()?;
     let head = chain.head_read(known, row)?;
-    let links = chain.link(head, events)?;
+    let events: Vec<_> = events.iter().map(AuditEvent::storable).collect();
+    let links = chain.link(head, events.iter().map(AsRef::as_ref))?;
     {
         static INSERT: LazyLock<String> = LazyLock::new(|| {
             format!("{INSERT_EVENTS} VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)")
