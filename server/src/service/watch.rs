@@ -121,7 +121,20 @@ impl WatchService {
                                 .authorizer
                                 .decide(&principal, Action::Watch, &event.name)
                                 .is_allowed();
-                        visible.then(|| Ok((*event).clone()))
+                        // A rotation's errors and approvers' comments are
+                        // its history's, for whoever may describe it.
+                        let described = event.run_id.is_empty()
+                            || state
+                                .authorizer
+                                .decide(&principal, Action::DescribeRotation, &event.name)
+                                .is_allowed();
+                        visible.then(|| {
+                            let mut event = (*event).clone();
+                            if !described {
+                                event.detail.clear();
+                            }
+                            Ok(event)
+                        })
                     }
                     Watched::Event(Err(BroadcastStreamRecvError::Lagged(missed))) => {
                         Some(Err(Status::resource_exhausted(format!(

@@ -127,6 +127,20 @@ async fn a_watcher_sees_a_rotation_in_order_and_nothing_it_may_not_see() {
         "{limited_seen:?}"
     );
     assert!(limited_seen.iter().any(|e| e.kind == "run_started"));
+    // A rotation's details (its errors, approvers' comments) go only to a
+    // watcher that may describe the rotation.
+    let detailed =
+        |e: &&rekey_shared::proto::WatchEvent| !e.run_id.is_empty() && !e.detail.is_empty();
+    assert!(
+        seen.iter()
+            .filter(|e| e.name == "w/a/db")
+            .any(|e| detailed(&e)),
+        "{seen:?}"
+    );
+    assert!(
+        !limited_seen.iter().any(|e| detailed(&e)),
+        "{limited_seen:?}"
+    );
     // No event carries a value.
     let current = admin.run(&["get", "w/a/db"]).ok().stdout;
     for event in seen.iter().chain(&limited_seen) {

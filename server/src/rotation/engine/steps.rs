@@ -137,12 +137,20 @@ impl Engine {
                         entries.push(history(step, "failed", attempt, "system", &reason));
                     }
                 }
+                // Not the error: a custom rotator's is what its program
+                // printed, redacted only of the values as given, and the
+                // audit log is kept (and shipped) for good. The run's
+                // history has it, for whoever may describe the rotation.
                 let event = AuditEvent {
                     outcome: "FAILED".to_owned(),
                     ..AuditEvent::system(
                         "rotation:StepRotation",
                         secret.name.as_str(),
-                        &format!("run {}: {step} attempt {attempt} failed: {message}", run.id),
+                        &format!(
+                            "run {}: {step} attempt {attempt} failed (the run's history has the \
+                             error)",
+                            run.id
+                        ),
                     )
                 };
                 store.update_run(&mut next, &entries, Some(&event)).await?;
@@ -376,10 +384,11 @@ impl Engine {
                 ("revert_failed", "needs_attention", message)
             }
         };
+        // As a failed step's event: not what the rotator said.
         let event = AuditEvent::system(
             "rotation:Revert",
             secret.name.as_str(),
-            &format!("run {}: {entry}: {detail}", run.id),
+            &format!("run {}: {entry}", run.id),
         );
         store
             .update_run(

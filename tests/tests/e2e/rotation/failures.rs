@@ -205,6 +205,23 @@ fn failing_rotators_leave_current_untouched_and_say_why() {
         "{}",
         nothing.stderr
     );
+    // The audit log says which step failed, not what the rotator said:
+    // that is the run's history's, for whoever may describe it.
+    let events = admin.run(&["audit", "--output", "json"]).ok().stdout;
+    let failures: Vec<serde_json::Value> = events
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|event| event["action"] == "rotation:StepRotation" && event["outcome"] == "FAILED")
+        .collect();
+    assert_eq!(failures.len(), 6, "{failures:?}");
+    for event in failures {
+        let detail = event["detail"].as_str().unwrap();
+        assert!(
+            detail.ends_with("failed (the run's history has the error)")
+                && cases.iter().all(|(_, _, cause)| !detail.contains(cause)),
+            "{detail}"
+        );
+    }
 }
 
 #[test]
