@@ -11,8 +11,8 @@
 //! e.g. a systemd credential), the `REKEY_ROOT_PASSPHRASE` variable, or a
 //! prompt on the terminal without echo. It lives in zeroizing memory and is
 //! never logged. A descriptor stays open (closing one by number takes
-//! `unsafe`), so child processes inherit it: prefer a pipe, which is empty
-//! once read, or the file.
+//! `unsafe`), so child processes inherit it: one other than standard input
+//! must be a pipe, which is empty once read, not a file.
 
 use crate::audit::hex;
 use crate::crypto::{Key, RootKey};
@@ -165,6 +165,19 @@ impl PassphraseSource {
 
     fn read(&self, purpose: &str, confirm: bool) -> anyhow::Result<Passphrase> {
         if let Some(fd) = self.fd {
+            // A descriptor stays open here (closing one by number takes
+            // `unsafe`) and every `exec:` rotator's program inherits it: a
+            // pipe is empty once read, but a file it could read again from
+            // the start. Standard input is the rotators' own pipe.
+            let path = format!("/dev/fd/{fd}");
+            if fd != 0 && std::fs::metadata(&path).is_ok_and(|meta| meta.is_file()) {
+                anyhow::bail!(
+                    "file descriptor {fd} is a file, which would stay open in rekeyd and be \
+                     inherited by every exec: rotator's program: give the passphrase on a pipe \
+                     (--passphrase-fd {fd} {fd}< <(cat FILE)) or standard input, or name the file \
+                     with --passphrase-file FILE"
+                );
+            }
             // /dev/fd opens the descriptor without taking it over unsafely.
             let file = std::fs::File::open(format!("/dev/fd/{fd}"))
                 .with_context(|| format!("reading the passphrase from file descriptor {fd}"))?;

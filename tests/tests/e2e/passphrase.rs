@@ -151,6 +151,33 @@ async fn an_installation_opened_by_a_passphrase_from_env_or_fd() {
     assert!(said.contains("REKEY_ROOT_PASSPHRASE"), "{said}");
     assert!(!text(&none.stdout).contains("listening"));
 
+    // A descriptor other than standard input stays open, and exec:
+    // rotators' programs inherit it: a file there is refused, a pipe taken.
+    let on_fd_3 = |redirect: &str| {
+        Command::new("setsid")
+            .args(["-w", "sh", "-c"])
+            .arg(format!(
+                "cat \"$3\" | exec \"$0\" --dir \"$1\" --passphrase-fd 3 audit verify-archive 3<{redirect}"
+            ))
+            .arg(binary("rekeyd"))
+            .arg(&dir)
+            .arg(scratch.path().join("passphrase-input"))
+            .arg(scratch.path().join("passphrase-input"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    drop(passphrase_file(scratch.path(), PASSPHRASE));
+    let file = on_fd_3("\"$2\"");
+    assert_eq!(file.status.code(), Some(1), "{}", text(&file.stderr));
+    assert!(
+        text(&file.stderr).contains("file descriptor 3 is a file, which would stay open"),
+        "{}",
+        text(&file.stderr)
+    );
+    let pipe = on_fd_3("&0");
+    assert!(pipe.status.success(), "{}", text(&pipe.stderr));
+
     // Backup and restore with the passphrase alone.
     let file = scratch.path().join("pp-backup.db");
     let backed_up = rekeyd_with(
