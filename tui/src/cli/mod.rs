@@ -409,9 +409,22 @@ fn parse_tag(text: &str) -> Result<proto::Tag, String> {
     })
 }
 
+/// Keeps the values `rekey` holds (`get`, the UI's revealed values,
+/// `rekey run`'s for its command's whole life) out of core files and
+/// away from debuggers: a process that is not dumpable writes no core
+/// file, and other processes of its user cannot attach to it or read its
+/// memory. Unlike a core-size limit it does not pass to the command
+/// `rekey run` starts: exec makes a process dumpable again. Best effort:
+/// a failure changes nothing else.
+fn not_dumpable() {
+    #[cfg(target_os = "linux")]
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+}
+
 /// Runs `rekey` and returns its exit code.
 pub fn main() -> ExitCode {
     quiet_on_closed_pipe();
+    not_dumpable();
     let cli = Cli::parse();
     // Generated from the flags above, so they never drift from them.
     let generated = match cli.command {
