@@ -83,8 +83,11 @@ impl RequestContext {
     }
 
     /// Authorizes `action` on `resource`, or fails with PERMISSION_DENIED.
-    /// The first decision names the event's action and resource; a denial
-    /// replaces them with what was denied.
+    /// The first decision names the event's action and resource. A denial
+    /// of a later check (`keys:Use` on the secret's key, the admin secret
+    /// of a configuration) leaves them, so that the event still says what
+    /// was asked of what (a search for the secret finds it), and says in
+    /// its detail what was denied.
     pub fn authorize(&self, authorizer: &Authorizer, action: Action, resource: &str) -> Result<()> {
         let decision = authorizer.decide(&self.principal, action, resource);
         let mut state = self.state();
@@ -97,13 +100,18 @@ impl RequestContext {
             }
             return Ok(());
         }
-        state.action = action.as_str();
-        state.resource = resource.to_owned();
-        state.decision = "deny";
-        state.detail = match &decision {
+        let why = match &decision {
             Decision::DeniedBy(role) => format!("denied by role {role}"),
             _ => "no statement allows it".to_owned(),
         };
+        state.decision = "deny";
+        if state.authorized_once {
+            state.detail = format!("{action} on {resource}: {why}");
+        } else {
+            state.action = action.as_str();
+            state.resource = resource.to_owned();
+            state.detail = why;
+        }
         Err(Error::PermissionDenied(format!(
             "{} may not {action} on {resource}",
             self.principal
@@ -152,6 +160,15 @@ impl RequestContext {
             state.decision = "filter";
         }
         state.detail = detail.to_owned();
+    }
+
+    /// A refusal past the policy's decision (an approval of one's own run,
+    /// or without the configured approver role): the event's decision is
+    /// `deny`, as a search for refusals expects, `why` its detail.
+    pub fn refuse(&self, why: &str) {
+        let mut state = self.state();
+        state.decision = "deny";
+        state.detail = why.to_owned();
     }
 
     /// The event's detail, with the decision left as it is.

@@ -2,6 +2,7 @@
 
 use rekey_shared::proto::{self, Filter, FilterKey};
 use rekey_tests::Installation;
+use serde_json::json;
 
 const POLICY: &str = r#"
 [roles.admin]
@@ -90,6 +91,27 @@ async fn roles_decide_who_reads_what() {
         no_key.stderr
     );
     keyless.run(&["describe", "app/db"]).ok();
+    // Its event is of the read of app/db, saying what was denied.
+    let events = admin
+        .run(&["audit", "--principal", "keyless", "--output", "json"])
+        .ok()
+        .stdout;
+    let refusal: serde_json::Value = events
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .find(|event| event["decision"] == "deny")
+        .expect("the refusal's event");
+    assert_eq!(
+        (&refusal["action"], &refusal["resource"], &refusal["detail"]),
+        (
+            &json!("secrets:GetSecretValue"),
+            &json!("app/db"),
+            &json!(
+                "keys:Use on key:default: no statement allows it; keyless may not keys:Use on key:default"
+            )
+        ),
+        "{refusal}"
+    );
 
     // No binding at all: nothing.
     assert!(denied(&stranger.run(&["get", "app/db"])));

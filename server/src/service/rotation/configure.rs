@@ -46,6 +46,13 @@ impl RotationService {
             context.recorded();
             return Ok(config_message(name.as_str(), &config));
         }
+        // Gates given without a count need one approval each; a count of
+        // 0 named (`--approvals 0`) is refused below.
+        let count_named = request.approvals_required > 0
+            || request
+                .update_mask
+                .as_ref()
+                .is_some_and(|mask| mask.paths.iter().any(|path| path == "approvals_required"));
         if let Some(mask) = request.update_mask.take() {
             let configured = existing
                 .as_ref()
@@ -186,6 +193,9 @@ impl RotationService {
             }
             (0, String::new())
         } else {
+            if request.approvals_required == 0 && !count_named {
+                request.approvals_required = 1;
+            }
             if request.approvals_required == 0 {
                 return Err(Error::InvalidArgument(
                     "a gated step needs at least 1 approval; 0 is not allowed".to_owned(),

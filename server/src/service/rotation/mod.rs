@@ -233,6 +233,7 @@ impl RotationService {
         }
         let principal = context.principal.to_string();
         if principal == run.initiator {
+            context.refuse("an approval of one's own run");
             return Err(Error::PermissionDenied(if run.scheduled {
                 format!(
                     "{principal} configured the scheduled rotation of {name} and cannot approve its runs"
@@ -252,6 +253,7 @@ impl RotationService {
                 .policy()
                 .has_role(&principal, &config.approver_role)
         {
+            context.refuse("without the approver role");
             return Err(Error::PermissionDenied(format!(
                 "approving rotations of {name} needs role {}; {principal} does not have it",
                 config.approver_role
@@ -448,12 +450,14 @@ impl RotationService {
             let Some(secret) = store.secret_by_id(&run.secret_id).await? else {
                 continue;
             };
+            // The inbox shows whole runs (history, errors, comments): a
+            // caller must be allowed to describe them, as DESIGN has the
+            // inbox under rotation:DescribeRotation, besides approving.
+            let allowed =
+                |action| context.allows(&self.state.authorizer, action, secret.name.as_str());
             if run.initiator == principal
-                || !context.allows(
-                    &self.state.authorizer,
-                    Action::ApproveRotation,
-                    secret.name.as_str(),
-                )
+                || !allowed(Action::ApproveRotation)
+                || !allowed(Action::DescribeRotation)
             {
                 continue;
             }

@@ -44,6 +44,25 @@ fn approvals_gate_steps() {
         "{}",
         own.stderr
     );
+    // Audited as a refusal, as the policy's are.
+    let events = admin
+        .run(&["audit", "--principal", "admin", "--output", "json"])
+        .ok()
+        .stdout;
+    let approval = events
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|event| event["action"] == "rotation:ApproveRotation")
+        .next_back()
+        .expect("the approval's event");
+    assert_eq!(
+        (&approval["decision"], &approval["outcome"]),
+        (
+            &serde_json::json!("deny"),
+            &serde_json::json!("PERMISSION_DENIED")
+        ),
+        "{approval}"
+    );
     let not_approver = dave.run(&["approve", "gate/db"]);
     assert!(
         not_approver.stderr.contains("(PERMISSION_DENIED)"),
@@ -490,4 +509,44 @@ fn configuring_changes_only_what_it_names() {
         serde_json::from_str(admin.run(&["get", "part/db"]).ok().stdout.trim()).unwrap();
     assert_eq!(value["user"], "app");
     assert_eq!(value["password"].as_str().unwrap().len(), 48);
+}
+
+/// The approvals inbox shows whole runs (history, errors, comments): only
+/// those a caller may describe as well as approve.
+#[test]
+fn the_inbox_shows_only_runs_the_caller_may_describe() {
+    let installation = Installation::new();
+    fixture(&installation);
+    let erin = installation.issue("erin", &[]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let erin = server.rekey(&erin);
+    let approve =
+        r#"{ effect = "allow", actions = ["rotation:ApproveRotation"], resources = ["*"] }"#;
+    let describe =
+        r#"{ effect = "allow", actions = ["rotation:DescribeRotation"], resources = ["*"] }"#;
+    admin.apply_policy_for("erin", approve).ok();
+    admin.run(&["create", "inbox/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "inbox/db",
+            "--rotator",
+            "exec:fixture",
+            "--approve",
+            "set",
+            "--approver-role",
+            "under-test",
+        ])
+        .ok();
+    admin.run(&["rotate", "inbox/db", "--no-wait"]).ok();
+    wait_for_state(&admin, "inbox/db", "awaiting_approval");
+    let inbox = erin.run(&["approvals", "--output", "json"]).ok().json();
+    assert_eq!(inbox, serde_json::json!([]));
+    admin
+        .apply_policy_for("erin", &format!("{approve}, {describe}"))
+        .ok();
+    let inbox = erin.run(&["approvals", "--output", "json"]).ok().json();
+    assert_eq!(inbox[0]["name"], "inbox/db", "{inbox}");
 }
