@@ -134,9 +134,11 @@ impl AdminService {
                 limit,
             })
             .await?;
-        Ok(proto::QueryAuditResponse {
-            events: events.into_iter().map(event_message).collect(),
-        })
+        let mut events: Vec<_> = events.into_iter().map(event_message).collect();
+        let fits = crate::service::convert::fitting(&events);
+        let more = fits < events.len();
+        events.truncate(fits);
+        Ok(proto::QueryAuditResponse { events, more })
     }
 
     async fn verify_audit_impl(

@@ -164,6 +164,26 @@ fn sort_tag(sort: SortKey, descending: bool) -> String {
     format!("{key}-{}", if descending { "desc" } else { "asc" })
 }
 
+/// The most a page's items take, encoded. A client refuses a message over
+/// 4 MiB (tonic's default), and items each within their own bounds (a
+/// secret's 50 tags and 100 labels, an event's texts, a run's history) can
+/// add up to more than that in a page of the most a request may ask for.
+pub const PAGE_BYTES: usize = 3 * 1024 * 1024;
+
+/// How many of `items`, from the first, fit in [`PAGE_BYTES`]: at least
+/// one (each is far smaller), all when they fit.
+pub fn fitting<T: prost::Message>(items: &[T]) -> usize {
+    let mut total = 0;
+    for (index, item) in items.iter().enumerate() {
+        // The item, its field's tag and its length.
+        total += item.encoded_len() + 6;
+        if total > PAGE_BYTES && index > 0 {
+            return index;
+        }
+    }
+    items.len()
+}
+
 /// A page size: 0 means the maximum; more than the maximum is refused.
 pub fn page_size(requested: u32, maximum: u32) -> Result<u32> {
     match requested {
@@ -178,6 +198,22 @@ pub fn page_size(requested: u32, maximum: u32) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A page ends before the item that would take it past its bound.
+    #[test]
+    fn pages_end_at_their_size() {
+        let event = |detail: usize| proto::AuditEvent {
+            detail: "d".repeat(detail),
+            ..Default::default()
+        };
+        let large: Vec<_> = (0..8).map(|_| event(1024 * 1024)).collect();
+        assert_eq!(fitting(&large), 2);
+        assert_eq!(fitting(&large[..1]), 1);
+        let small: Vec<_> = (0..1000).map(|_| event(1000)).collect();
+        assert_eq!(fitting(&small), 1000);
+        let huge = [event(5 * 1024 * 1024), event(1)];
+        assert_eq!(fitting(&huge), 1, "the first always");
+    }
 
     #[test]
     fn page_tokens_round_trip_and_refuse_garbage() {

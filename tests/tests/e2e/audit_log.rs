@@ -686,3 +686,59 @@ async fn a_request_answered_before_its_handler_is_audited() {
     assert!(all.contains("marker/after-health"), "{all}");
     assert!(!all.contains("grpc.health"), "{all}");
 }
+
+/// Events each within their bounds can add up to more than a client takes
+/// in one message (4 MiB) in a page of 1000 (here refusals of a schedule
+/// of 1000 four-byte characters, which the error quotes, on a secret of
+/// the longest name): the server ends the page early, saying there is more, and
+/// `rekey audit` reads on.
+#[tokio::test]
+async fn a_page_of_events_too_large_for_a_client_ends_early() {
+    use rekey_shared::proto::{self, rotation_client::RotationClient};
+    let installation = Installation::new();
+    let server = installation.serve();
+    let mut client = server.client(&installation.admin()).await;
+    let name = "n".repeat(512);
+    client
+        .create_secret(proto::CreateSecretRequest {
+            name: name.clone(),
+            secret_string: Some("v".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let identity = rekey_shared::identity::Identity::load(&installation.admin()).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    let refusals = 1100;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..refusals {
+        let mut rotation = RotationClient::new(channel.clone());
+        let name = name.clone();
+        calls.spawn(async move {
+            rotation
+                .configure_rotation(proto::ConfigureRotationRequest {
+                    name,
+                    rotator: "password".into(),
+                    schedule: "𝄞".repeat(1000),
+                    ..Default::default()
+                })
+                .await
+                .expect_err("not a schedule")
+        });
+    }
+    while let Some(status) = calls.join_next().await {
+        assert_eq!(status.unwrap().code(), tonic::Code::InvalidArgument);
+    }
+    let admin = server.rekey(&installation.admin());
+    let printed = admin
+        .run(&["audit", "--limit", "5000", "--output", "json"])
+        .ok()
+        .stdout;
+    let refused = printed
+        .lines()
+        .filter(|line| line.contains("\"INVALID_ARGUMENT\""))
+        .count();
+    assert_eq!(refused, refusals);
+}

@@ -297,3 +297,61 @@ async fn pages_stay_correct_while_secrets_come_and_go() {
         assert!(!removed.is_empty());
     }
 }
+
+/// Tags and labels within their bounds can add up to more than a client
+/// takes in one message (4 MiB) in a page of 100: the page ends early for
+/// its size, with a token, and the pages after it hold the rest, each
+/// secret once. `rekey list` reads them all.
+#[tokio::test]
+async fn a_page_too_large_for_a_client_ends_early() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let mut client = server.client(&installation.admin()).await;
+    // 50 tags of 128 + 256 four-byte characters: about 77 KB a secret, and
+    // 4.6 MB for the 60.
+    let tags: Vec<proto::Tag> = (0..50)
+        .map(|i| proto::Tag {
+            key: format!("{i:02}{}", "𝄞".repeat(126)),
+            value: "𝄞".repeat(256),
+        })
+        .collect();
+    let count = 60;
+    for i in 0..count {
+        client
+            .create_secret(proto::CreateSecretRequest {
+                name: format!("big/{i:03}"),
+                tags: tags.clone(),
+                secret_string: Some("v".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let (mut names, mut pages, mut token) = (Vec::new(), 0, String::new());
+    loop {
+        let page = client
+            .list_secrets(proto::ListSecretsRequest {
+                page_size: 100,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("a page a client can take")
+            .into_inner();
+        pages += 1;
+        names.extend(page.secrets.into_iter().map(|secret| secret.name));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert!(pages > 1, "one page of {} secrets", names.len());
+    let expected: Vec<String> = (0..count).map(|i| format!("big/{i:03}")).collect();
+    assert_eq!(names, expected);
+    let listed = server
+        .rekey(&installation.admin())
+        .run(&["list", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(listed.as_array().unwrap().len(), count);
+}

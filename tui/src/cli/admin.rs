@@ -154,14 +154,15 @@ pub async fn audit(client: &mut Client, format: Format, args: AuditArgs) -> anyh
     let mut events = Vec::new();
     while events.len() < args.limit as usize {
         let want = (args.limit as usize - events.len()).min(1000) as u32;
-        let page = client
+        let answer = client
             .query_audit(query(after_seq, want))
             .await?
-            .into_inner()
-            .events;
+            .into_inner();
+        let page = answer.events;
         let Some(last) = page.last() else { break };
         after_seq = last.seq;
-        let full = page.len() as u32 == want;
+        // A page the server ended early for its size says so.
+        let full = page.len() as u32 == want || answer.more;
         events.extend(page);
         if !full {
             break;

@@ -278,10 +278,11 @@ impl Backend {
                 .await
             {
                 Ok(response) => {
-                    let page = response.into_inner().events;
+                    let answer = response.into_inner();
+                    let page = answer.events;
                     let Some(last) = page.last() else { break };
                     after_seq = last.seq;
-                    let full = page.len() == 1000;
+                    let full = page.len() == 1000 || answer.more;
                     events.extend(page);
                     if events.len() > 2000 {
                         events.drain(..events.len() - 500);

@@ -433,7 +433,10 @@ impl RotationService {
         }
         // What needs attention first, then what is active, newest first.
         runs.sort_by_key(|run| (run.state != "needs_attention", !run.active));
-        Ok(proto::ListRotationRunsResponse { runs })
+        let fits = crate::service::convert::fitting(&runs);
+        let more = fits < runs.len();
+        runs.truncate(fits);
+        Ok(proto::ListRotationRunsResponse { runs, more })
     }
 
     async fn list_approvals(

@@ -52,8 +52,7 @@ fn approvals_gate_steps() {
     let approval = events
         .lines()
         .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
-        .filter(|event| event["action"] == "rotation:ApproveRotation")
-        .next_back()
+        .rfind(|event| event["action"] == "rotation:ApproveRotation")
         .expect("the approval's event");
     assert_eq!(
         (&approval["decision"], &approval["outcome"]),
