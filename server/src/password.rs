@@ -50,6 +50,11 @@ pub enum PasswordError {
     #[error("every character is excluded; allow at least one type of character")]
     NothingLeft,
     #[error(
+        "only one character is left to make passwords of, so every password would be the same; \
+         allow more characters"
+    )]
+    OneCharacter,
+    #[error(
         "a password of {length} characters cannot include one of each of the {types} included types; \
          make it longer or set require_each_included_type to false"
     )]
@@ -86,6 +91,9 @@ impl PasswordPolicy {
         let types = self.included_types();
         if types.is_empty() {
             return Err(PasswordError::NothingLeft);
+        }
+        if types.iter().map(Vec::len).sum::<usize>() < 2 {
+            return Err(PasswordError::OneCharacter);
         }
         if self.require_each_included_type && (self.length as usize) < types.len() {
             return Err(PasswordError::TooShortForEachType {
@@ -215,6 +223,10 @@ mod tests {
                     prop_assert!(policy.require_each_included_type);
                     prop_assert!((policy.length as usize) < types);
                 }
+                Err(PasswordError::OneCharacter) => {
+                    let left: usize = policy.included_types().iter().map(Vec::len).sum();
+                    prop_assert_eq!(left, 1);
+                }
                 Err(PasswordError::Length(_)) => prop_assert!(false, "length is in range"),
             }
         }
@@ -226,6 +238,26 @@ mod tests {
             length,
             ..PasswordPolicy::default()
         };
+        // Every password the same: spaces only, or the one digit left.
+        let spaces = PasswordPolicy {
+            exclude_numbers: true,
+            exclude_punctuation: true,
+            exclude_uppercase: true,
+            exclude_lowercase: true,
+            include_space: true,
+            ..PasswordPolicy::default()
+        };
+        assert_eq!(generate(&spaces).unwrap_err(), PasswordError::OneCharacter);
+        let nine = PasswordPolicy {
+            include_space: false,
+            exclude_characters: "012345678".to_owned(),
+            ..spaces.clone()
+        };
+        let nine = PasswordPolicy {
+            exclude_numbers: false,
+            ..nine
+        };
+        assert_eq!(generate(&nine).unwrap_err(), PasswordError::OneCharacter);
         assert_eq!(generate(&policy(0)).unwrap_err(), PasswordError::Length(0));
         assert_eq!(
             generate(&policy(5000)).unwrap_err(),

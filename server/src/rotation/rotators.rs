@@ -204,10 +204,20 @@ fn password_step(
             settings.json_field
         ))
     })?;
-    object.insert(
-        settings.json_field.clone(),
-        serde_json::Value::String(generated.as_str().to_owned()),
-    );
+    // A field the value does not have is most likely mistyped (or a
+    // path, which is not supported): adding it would leave the password
+    // the value holds as it is, under a run that says it rotated.
+    let Some(field) = object.get_mut(&settings.json_field) else {
+        return Err(RotatorError(format!(
+            "CURRENT has no field {:?} to put the new password in (--field names a top-level \
+             field of the JSON object, as it is spelled there)",
+            settings.json_field
+        )));
+    };
+    if let serde_json::Value::String(old) = field {
+        zeroize::Zeroize::zeroize(old);
+    }
+    *field = serde_json::Value::String(generated.as_str().to_owned());
     let text = Zeroizing::new(serde_json::to_string(&document).unwrap_or_default());
     if let Some(serde_json::Value::String(field)) = document.get_mut(&settings.json_field) {
         zeroize::Zeroize::zeroize(field);

@@ -12,6 +12,7 @@ use crate::rotation::rotators::{Rotator, RotatorSettings, StepInput};
 use crate::rotation::{Outcome, Phase, Revert, RunRecord, Step};
 use crate::store::{NewVersion, PutOutcome, SecretRecord};
 use rekey_shared::time::now_millis;
+use rekey_shared::value::MAX_VALUE_BYTES;
 use rekey_shared::{Stage, VersionId};
 
 impl Engine {
@@ -201,6 +202,14 @@ impl Engine {
                 let value = output.new_value.ok_or_else(|| {
                     Error::FailedPrecondition("the rotator made no new value".to_owned())
                 })?;
+                // As a put is: a JSON value with a longer password may
+                // pass the bound its CURRENT kept.
+                if value.len() > MAX_VALUE_BYTES {
+                    return Err(Error::FailedPrecondition(format!(
+                        "the new value would be {} bytes; a value is at most {MAX_VALUE_BYTES}",
+                        value.len()
+                    )));
+                }
                 let version_id = VersionId::parse(&run.id).map_err(Error::from)?;
                 let master = self
                     .state

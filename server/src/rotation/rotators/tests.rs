@@ -62,6 +62,24 @@ async fn password_rotates_a_whole_value_or_one_json_field() {
         error.0.contains("not JSON") && !error.0.contains("plain"),
         "{error}"
     );
+    // A field the value lacks (mistyped, or a path) is not added beside the
+    // password it should replace.
+    for missing in ["pasword", "db.password"] {
+        let misnamed = Rotator::Password(RotatorSettings {
+            json_field: missing.into(),
+            ..RotatorSettings::default()
+        });
+        let error = misnamed
+            .run(&input(Step::Create, Some(&current)))
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .0
+                .starts_with(&format!("CURRENT has no field {missing:?}")),
+            "{error}"
+        );
+    }
 }
 
 #[test]

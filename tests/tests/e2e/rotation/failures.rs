@@ -588,3 +588,49 @@ fn pending_stays_on_the_runs_version_until_the_run_ends() {
         .run(&["put", "pen/db", "--stage", "PENDING", "--value", "v2"])
         .ok();
 }
+
+/// A new value past the value limit is refused as a put of it is: here a
+/// JSON value near 64 KiB whose password field gets 4,096 characters. The
+/// run fails saying so and CURRENT stays.
+#[test]
+fn a_new_value_past_the_limit_fails_its_run() {
+    let installation = Installation::new();
+    installation.no_retries();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let value = serde_json::json!({"password": "x", "pad": "p".repeat(64_000)}).to_string();
+    admin
+        .run_with_input(
+            &["create", "big/json", "--value-file", "-"],
+            value.as_bytes(),
+        )
+        .ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "big/json",
+            "--rotator",
+            "password",
+            "--field",
+            "password",
+            "--length",
+            "4096",
+        ])
+        .ok();
+    let run = admin
+        .run(&["rotate", "big/json", "--output", "json"])
+        .json();
+    assert_eq!(run["state"], "failed", "{run}");
+    assert!(
+        run["end_reason"]
+            .as_str()
+            .unwrap()
+            .contains("a value is at most 65536"),
+        "{run}"
+    );
+    assert_eq!(
+        admin.run(&["get", "big/json"]).ok().stdout.trim_end(),
+        value
+    );
+}
