@@ -415,8 +415,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn init_logging(log: &config::LogConfig) -> anyhow::Result<()> {
+    // sqlx logs a database URL's parameters it does not know with their
+    // values (libpq's sslpassword, say), whatever the level asked for.
     let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
-        .with_context(|| format!("log level {:?}", log.level))?;
+        .with_context(|| format!("log level {:?}", log.level))?
+        .add_directive("sqlx_postgres::options=error".parse()?);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -122,6 +122,18 @@ impl AdminService {
                 )));
             }
         };
+        // No stored text holds a NUL (events write it `\0`), and
+        // PostgreSQL refuses one in a parameter.
+        for (what, text) in [
+            ("principal", &request.principal),
+            ("resource", &request.resource),
+        ] {
+            if text.contains('\0') {
+                return Err(Error::InvalidArgument(format!(
+                    "the {what} filter contains a NUL character; write it \\0, as events store it"
+                )));
+            }
+        }
         let non_empty = |text: String| (!text.is_empty()).then_some(text);
         let events = self
             .state

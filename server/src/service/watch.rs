@@ -43,6 +43,17 @@ impl WatchService {
         request: proto::WatchRequest,
     ) -> Result<EventStream> {
         let names = watched_names(&request.names)?;
+        // A prefix no name can start with (a glob, a space) would give a
+        // stream that stays silent for good.
+        if !request.prefix.is_empty() {
+            context.set_resource(&request.prefix);
+            SecretName::parse(&request.prefix).map_err(|error| {
+                Error::InvalidArgument(format!(
+                    "the prefix is matched as the start of a name, character for character (no \
+                     globs): {error}"
+                ))
+            })?;
+        }
         let resource = match (names.first(), request.prefix.is_empty()) {
             (Some(first), _) => first.as_str(),
             (None, true) => "*",

@@ -684,3 +684,47 @@ async fn a_long_input_gets_a_short_error_and_a_bounded_event() {
         );
     }
 }
+
+/// A Watch prefix no name can start with (a glob, a space) is refused
+/// rather than given a stream that stays silent for good; an audit query
+/// filter with a NUL is refused by name (PostgreSQL cannot take one: it
+/// was an internal error there).
+#[tokio::test]
+async fn watch_prefixes_and_audit_filters_are_checked() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = installation.admin();
+    for prefix in ["prod/*", "prod db", &"p".repeat(513)] {
+        let status = server
+            .watch(&admin, prefix)
+            .await
+            .expect_err("a prefix no name starts with");
+        assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+        assert!(
+            status
+                .message()
+                .starts_with("the prefix is matched as the start of a name"),
+            "{}",
+            status.message()
+        );
+    }
+    server.watch(&admin, "prod/").await.unwrap();
+    let identity = rekey_shared::identity::Identity::load(&admin).unwrap();
+    let channel = rekey_shared::channel::connect(&server.url, &identity)
+        .await
+        .unwrap();
+    let mut audit = rekey_shared::proto::admin_client::AdminClient::new(channel);
+    for (principal, resource) in [("a\0b", ""), ("", "a\0b")] {
+        assert_status(
+            audit
+                .query_audit(proto::QueryAuditRequest {
+                    principal: principal.into(),
+                    resource: resource.into(),
+                    ..Default::default()
+                })
+                .await,
+            Code::InvalidArgument,
+            "filter contains a NUL character",
+        );
+    }
+}

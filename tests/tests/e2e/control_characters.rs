@@ -18,8 +18,8 @@ fn refused<T>(result: Result<tonic::Response<T>, tonic::Status>, fragment: &str)
     assert!(status.message().contains(fragment), "{}", status.message());
 }
 
-/// `recorded`: the refused name as the backend's audit log holds it (SQLite's
-/// text holds a NUL; PostgreSQL's holds it escaped).
+/// `recorded`: the refused name as the backend's audit log holds it
+/// (escaped, `\0`, as PostgreSQL's text cannot hold a NUL, on both).
 async fn nul_is_refused_and_fails_nobody_else(installation: &Installation, recorded: &str) {
     let server = installation.serve();
     let admin = server.rekey(&installation.admin());
@@ -138,7 +138,7 @@ async fn nul_is_refused_and_fails_nobody_else(installation: &Installation, recor
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sqlite_a_nul_is_refused_and_fails_nobody_else() {
-    nul_is_refused_and_fails_nobody_else(&Installation::new(), "x\0y").await;
+    nul_is_refused_and_fails_nobody_else(&Installation::new(), "x\\0y").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

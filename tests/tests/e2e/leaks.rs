@@ -120,3 +120,30 @@ fn a_planted_value_appears_nowhere_but_in_the_answer_to_a_read() {
     }
     assert!(!contains_bytes(&database, PLANTED.as_bytes()));
 }
+
+/// The database URL may carry a credential as a parameter (libpq's
+/// `sslpassword`) that the PostgreSQL driver does not know: it logged each
+/// such parameter with its value, at warning level, on every connection.
+#[test]
+fn a_parameter_of_the_database_url_is_not_logged() {
+    let Some(database) = rekey_tests::databases::StorageDatabase::create() else {
+        return;
+    };
+    let installation = Installation::on_postgres(&database);
+    let separator = if database.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{separator}sslpassword=planted-url-4e1f", database.url);
+    installation.edit_config(|table| {
+        table.insert("database_url".into(), toml::Value::String(url));
+    });
+    let server = Server::start(installation.dir(), &[("REKEY_LOG", "debug")]);
+    server
+        .rekey(&installation.admin())
+        .run(&["create", "leak/url", "--value", "v"])
+        .ok();
+    let log = server.stop_for_log();
+    assert!(log.contains("rekeyd serving"), "{log}");
+    assert!(
+        !log.contains("planted-url-4e1f"),
+        "the URL's parameter is in the log"
+    );
+}
