@@ -371,13 +371,21 @@ pub async fn run(
     let values = read_values(&mut client, &specs).await?;
     let mut signals = Signals::listen()?;
     let mut child = spawn(&command, &values)?;
+    // Without a watch nothing compares them again: wiped now, not kept
+    // for the command's whole life.
+    let kept = if changed.is_some() {
+        values
+    } else {
+        drop(values);
+        Vec::new()
+    };
     let outcome = supervise(
         &mut child,
         &mut signals,
         &mut client,
         &specs,
         &command,
-        values,
+        kept,
         changed,
     )
     .await;
