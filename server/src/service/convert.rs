@@ -5,7 +5,7 @@ use crate::crypto::Key;
 use crate::error::{Error, Result};
 use crate::rotation::ConfigRecord;
 use crate::stages::StageMap;
-use crate::store::{Cursor, SecretRecord, SortKey, VersionSummary};
+use crate::store::{Cursor, SecretQuery, SecretRecord, SortKey, VersionSummary};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rekey_shared::proto;
@@ -103,8 +103,9 @@ impl PageTokens {
         }
         let malformed = || {
             Error::InvalidArgument(
-                "page token is malformed; pass the next_page_token of the previous response \
-                 unchanged"
+                "page token is malformed, or of another listing (other filters or flags, \
+                 another secret); pass the next_page_token of the previous response unchanged, \
+                 with the request that it answered"
                     .to_owned(),
             )
         };
@@ -117,24 +118,23 @@ impl PageTokens {
         Ok(Some(position.to_owned()))
     }
 
-    /// The token of the page after `last` in a listing sorted this way.
-    pub fn list_token(&self, sort: SortKey, descending: bool, last: &SecretRecord) -> String {
+    /// The token of the page after `last` in `query`'s listing.
+    pub fn list_token(&self, query: &SecretQuery, last: &SecretRecord) -> String {
+        let (sort, descending) = (query.sort, query.descending);
         let Cursor { value, name } = Cursor::after(last, sort);
         self.encode(
-            "secrets",
+            &listing(query),
             &format!("{}:{value}:{name}", sort_tag(sort, descending)),
         )
     }
 
-    /// Where a listing continues; a token from a listing sorted another
-    /// way is refused rather than silently misread.
-    pub fn list_cursor(
-        &self,
-        token: &str,
-        sort: SortKey,
-        descending: bool,
-    ) -> Result<Option<Cursor>> {
-        let Some(position) = self.decode("secrets", token)? else {
+    /// Where `query`'s listing continues. A token of another listing is
+    /// refused rather than misread: one sorted another way, saying so;
+    /// one of other filters or flags (whose position would skip what this
+    /// listing holds before it), as a token that does not open.
+    pub fn list_cursor(&self, token: &str, query: &SecretQuery) -> Result<Option<Cursor>> {
+        let (sort, descending) = (query.sort, query.descending);
+        let Some(position) = self.decode(&listing(query), token)? else {
             return Ok(None);
         };
         let malformed = || Error::InvalidArgument("page token is malformed".to_owned());
@@ -153,6 +153,15 @@ impl PageTokens {
             name: name.to_owned(),
         }))
     }
+}
+
+/// What a listing's tokens are bound to (sealed with them): its filters
+/// and flags.
+fn listing(query: &SecretQuery) -> String {
+    format!(
+        "secrets {:?} {}",
+        query.filters, query.include_planned_deletion
+    )
 }
 
 fn sort_tag(sort: SortKey, descending: bool) -> String {
@@ -241,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn list_tokens_carry_the_sort() {
+    fn list_tokens_carry_the_sort_and_the_listing() {
         let tokens = PageTokens::new(Key::generate());
         let last = SecretRecord {
             id: "a/b-x".into(),
@@ -254,11 +263,23 @@ mod tests {
             accessed_day: None,
             deletion_date: None,
         };
-        let token = tokens.list_token(SortKey::Created, true, &last);
-        let cursor = tokens
-            .list_cursor(&token, SortKey::Created, true)
-            .unwrap()
-            .unwrap();
+        let query = |sort, descending, filters: &[&str], deleted| SecretQuery {
+            filters: filters
+                .iter()
+                .map(|prefix| crate::store::SecretFilter {
+                    field: crate::store::FilterField::Name,
+                    include: vec![(*prefix).to_owned()],
+                    exclude: Vec::new(),
+                })
+                .collect(),
+            sort,
+            descending,
+            include_planned_deletion: deleted,
+            ..SecretQuery::default()
+        };
+        let made = query(SortKey::Created, true, &["a/"], false);
+        let token = tokens.list_token(&made, &last);
+        let cursor = tokens.list_cursor(&token, &made).unwrap().unwrap();
         assert_eq!(
             cursor,
             Cursor {
@@ -266,8 +287,18 @@ mod tests {
                 name: "a/b".into()
             }
         );
+        // A listing of other filters or flags would skip what it holds
+        // before the position: refused.
+        for other in [
+            query(SortKey::Created, true, &["b/"], false),
+            query(SortKey::Created, true, &[], false),
+            query(SortKey::Created, true, &["a/"], true),
+        ] {
+            let error = tokens.list_cursor(&token, &other).unwrap_err().to_string();
+            assert!(error.contains("of another listing"), "{error}");
+        }
         let error = tokens
-            .list_cursor(&token, SortKey::Name, false)
+            .list_cursor(&token, &query(SortKey::Name, false, &["a/"], false))
             .unwrap_err()
             .to_string();
         assert!(error.contains("sorted created-desc"), "{error}");

@@ -728,3 +728,76 @@ async fn watch_prefixes_and_audit_filters_are_checked() {
         );
     }
 }
+
+/// A page token goes with the listing that made it: one of another
+/// secret's versions, or of a listing with other filters, would skip what
+/// this one holds before its position, and is refused.
+#[tokio::test]
+async fn a_page_token_of_another_listing_is_refused() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let mut client = server.client(&installation.admin()).await;
+    for name in ["tok/a", "tok/b"] {
+        client
+            .create_secret(proto::CreateSecretRequest {
+                name: name.into(),
+                secret_string: Some("1".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        for value in ["2", "3"] {
+            client
+                .put_secret_value(proto::PutSecretValueRequest {
+                    name: name.into(),
+                    secret_string: Some(value.into()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let versions = |name: &str, token: String| proto::ListSecretVersionIdsRequest {
+        name: name.into(),
+        page_size: 1,
+        page_token: token,
+        include_deprecated: true,
+    };
+    let token = client
+        .list_secret_version_ids(versions("tok/a", String::new()))
+        .await
+        .unwrap()
+        .into_inner()
+        .next_page_token;
+    client
+        .list_secret_version_ids(versions("tok/a", token.clone()))
+        .await
+        .unwrap();
+    assert_status(
+        client
+            .list_secret_version_ids(versions("tok/b", token))
+            .await,
+        Code::InvalidArgument,
+        "of another listing",
+    );
+    let listing = |prefix: &str, token: String| proto::ListSecretsRequest {
+        filters: vec![proto::Filter {
+            key: proto::FilterKey::Name as i32,
+            values: vec![prefix.into()],
+        }],
+        page_size: 1,
+        page_token: token,
+        ..Default::default()
+    };
+    let token = client
+        .list_secrets(listing("tok/", String::new()))
+        .await
+        .unwrap()
+        .into_inner()
+        .next_page_token;
+    assert_status(
+        client.list_secrets(listing("tok/b", token)).await,
+        Code::InvalidArgument,
+        "of another listing",
+    );
+}

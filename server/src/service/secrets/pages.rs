@@ -55,7 +55,7 @@ async fn visible_page_within(
         let Some(last) = chunk.last() else {
             return Ok(page);
         };
-        let last_scanned = tokens.list_token(query.sort, query.descending, last);
+        let last_scanned = tokens.list_token(query, last);
         scan.after = Some(Cursor::after(last, query.sort));
         for secret in chunk {
             if page.secrets.len() == wanted {
@@ -70,7 +70,7 @@ async fn visible_page_within(
         if let Some(last) = page.secrets.last()
             && page.secrets.len() == wanted
         {
-            page.next_page_token = tokens.list_token(query.sort, query.descending, last);
+            page.next_page_token = tokens.list_token(query, last);
             return Ok(page);
         }
         if ended {
@@ -139,9 +139,7 @@ mod tests {
             if page.next_page_token.is_empty() {
                 break;
             }
-            query.after = tokens
-                .list_cursor(&page.next_page_token, query.sort, query.descending)
-                .unwrap();
+            query.after = tokens.list_cursor(&page.next_page_token, &query).unwrap();
         }
         // 12 hidden secrets, 5 or so at a time (a first query of a page,
         // then chunks), then the one the caller may see.

@@ -261,16 +261,15 @@ impl SecretsService {
                 }
             }
             (true, false) => {
-                let query = SecretQuery {
+                let mut query = SecretQuery {
                     filters: validate::filters(&request.filters)?,
-                    after: self.state.page_tokens.list_cursor(
-                        &request.page_token,
-                        Default::default(),
-                        false,
-                    )?,
                     limit: page_size(request.page_size, MAX_BATCH as u32)?,
                     ..SecretQuery::default()
                 };
+                query.after = self
+                    .state
+                    .page_tokens
+                    .list_cursor(&request.page_token, &query)?;
                 // What the caller may not read is left out, as in a listing.
                 let page = visible_page(
                     &self.state.store,
@@ -353,17 +352,18 @@ impl SecretsService {
     ) -> Result<proto::ListSecretsResponse> {
         context.set_resource("*");
         let (sort, descending) = validate::sort(request.sort_by, request.sort_order)?;
-        let query = SecretQuery {
+        let mut query = SecretQuery {
             filters: validate::filters(&request.filters)?,
             sort,
             descending,
-            after: self
-                .state
-                .page_tokens
-                .list_cursor(&request.page_token, sort, descending)?,
+            after: None,
             include_planned_deletion: request.include_planned_deletion,
             limit: page_size(request.page_size, MAX_PAGE)?,
         };
+        query.after = self
+            .state
+            .page_tokens
+            .list_cursor(&request.page_token, &query)?;
         let store = &self.state.store;
         let page = visible_page(store, &self.state.page_tokens, &query, |secret| {
             context.allows(
@@ -397,10 +397,10 @@ impl SecretsService {
         let fits = fitting(&secrets);
         if fits < secrets.len() {
             secrets.truncate(fits);
-            next_page_token =
-                self.state
-                    .page_tokens
-                    .list_token(sort, descending, &page.secrets[fits - 1]);
+            next_page_token = self
+                .state
+                .page_tokens
+                .list_token(&query, &page.secrets[fits - 1]);
         }
         context.summarize(&format!(
             "{} listed, {} hidden by policy",
@@ -421,15 +421,18 @@ impl SecretsService {
         context.set_resource(&request.name);
         let name = SecretName::parse(&request.name)?;
         let limit = page_size(request.page_size, MAX_PAGE)?;
+        self.authorize(context, Action::ListSecretVersionIds, name.as_str())?;
+        let secret = self.secret(&name).await?;
+        // Bound to the secret and the flag: another's position would skip
+        // this one's newer versions.
+        let listing = format!("versions {} {}", secret.id, request.include_deprecated);
         let before_seq = self
             .state
             .page_tokens
-            .decode("versions", &request.page_token)?
+            .decode(&listing, &request.page_token)?
             .map(|seq| seq.parse::<i64>())
             .transpose()
             .map_err(|_| Error::InvalidArgument("page token is malformed".to_owned()))?;
-        self.authorize(context, Action::ListSecretVersionIds, name.as_str())?;
-        let secret = self.secret(&name).await?;
         let versions = self
             .state
             .store
@@ -439,7 +442,7 @@ impl SecretsService {
             Some(last) if versions.len() == limit as usize => self
                 .state
                 .page_tokens
-                .encode("versions", &last.seq.to_string()),
+                .encode(&listing, &last.seq.to_string()),
             _ => String::new(),
         };
         Ok(proto::ListSecretVersionIdsResponse {
