@@ -177,7 +177,7 @@ impl RotationService {
             }
             schedule::parse_configured_duration(&request.window).map_err(Error::InvalidArgument)?;
         }
-        let steps: Vec<Step> = request
+        let mut steps: Vec<Step> = request
             .approval_steps
             .iter()
             .map(|step| {
@@ -185,6 +185,15 @@ impl RotationService {
                     .ok_or_else(|| Error::InvalidArgument(format!("unknown step {step}")))
             })
             .collect::<Result<_>>()?;
+        // Each step once, in the order runs take them.
+        steps.sort();
+        steps.dedup();
+        if request.approvals_required > MAX_APPROVALS {
+            return Err(Error::InvalidArgument(format!(
+                "{} approvals per step is more than the {MAX_APPROVALS} a gate may need",
+                request.approvals_required
+            )));
+        }
         let (required, role) = if steps.is_empty() {
             if request.approvals_required > 0 {
                 return Err(Error::InvalidArgument(
@@ -256,6 +265,10 @@ impl RotationService {
         Ok(config_message(name.as_str(), &config))
     }
 }
+
+/// The most approvals one gated step may need: more could never be met by
+/// any team that would configure them.
+const MAX_APPROVALS: u32 = 100;
 
 /// Whether `new` changes what a run under way reads of its configuration:
 /// the rotator with its settings, and the approval gates.

@@ -389,6 +389,17 @@ fn configuration_is_checked() {
                 "--approve",
                 "set",
                 "--approvals",
+                "101",
+            ],
+            "more than the 100 a gate may need",
+        ),
+        (
+            &[
+                "--rotator",
+                "password",
+                "--approve",
+                "set",
+                "--approvals",
                 "1",
                 "--approver-role",
                 "ghost",
