@@ -331,7 +331,9 @@ impl DatabaseRotator {
             return Ok(());
         }
         Err(RotatorError(format!(
-            "the value sends user {}'s password to {place}, but this rotation sends it only to              {pinned}, as pinned when it was configured (to move the database, configure the              single strategy, then alternating users again)",
+            "the value sends user {}'s password to {place}, but this rotation sends it only to \
+             {pinned}, as pinned when it was configured (to move the database, configure the \
+             single strategy, then alternating users again)",
             target.username
         )))
     }

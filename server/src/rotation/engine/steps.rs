@@ -13,7 +13,7 @@ use crate::rotation::{Outcome, Phase, Revert, RunRecord, Step};
 use crate::store::{NewVersion, PutOutcome, SecretRecord};
 use rekey_shared::time::now_millis;
 use rekey_shared::value::MAX_VALUE_BYTES;
-use rekey_shared::{Stage, VersionId};
+use rekey_shared::{SecretValue, Stage, VersionId};
 
 impl Engine {
     async fn rotator(&self, rotator: &str, settings: &str) -> Result<Rotator> {
@@ -317,7 +317,13 @@ impl Engine {
         }
     }
 
-    /// Puts CURRENT back into the target system and tests it.
+    /// Puts CURRENT back into the target system and tests it. A CURRENT
+    /// written during the run (the put that abandoned it) is not
+    /// installed: whoever may write a value need not be allowed to read
+    /// it, and installing theirs would let them choose the target's
+    /// password (logging in with the run's new one to set it). The target
+    /// keeps it only if it takes it already; otherwise it gets back the
+    /// value it held before the run, and the run needs attention.
     pub(super) async fn revert(
         &self,
         secret: &SecretRecord,
@@ -327,11 +333,25 @@ impl Engine {
     ) -> Result<()> {
         let store = &self.state.store;
         let prepared = async {
-            let current = self.value_at(secret, &Stage::current()).await?;
+            let now = store
+                .version_at_stage(&secret.id, &Stage::current())
+                .await?;
+            let moved = now
+                .as_ref()
+                .is_some_and(|version| version.version_id.as_str() != run.current_at_start);
+            let current = match &now {
+                Some(version) => self.open(secret, version.version_id.as_str()).await?,
+                None => None,
+            };
+            let at_start = if moved {
+                self.open(secret, &run.current_at_start).await?
+            } else {
+                None
+            };
             let previous = self.value_at(secret, &Stage::previous()).await?;
             let replacing = self.open(secret, &run.id).await?;
             let rotator = self.rotator(rotator, settings).await?;
-            Ok::<_, Error>((current, previous, replacing, rotator))
+            Ok::<_, Error>((moved, current, at_start, previous, replacing, rotator))
         }
         .await;
         let result = match prepared {
@@ -354,26 +374,49 @@ impl Engine {
                     .await;
             }
             Err(error) => Err(failure_text(&error)),
-            Ok((current, previous, replacing, rotator)) => {
-                let mut outcome = Ok(());
-                for step in [Step::Set, Step::Test] {
-                    let input = StepInput {
+            Ok((moved, current, at_start, previous, replacing, rotator)) => {
+                let input = |step, value| {
+                    reverting(
+                        secret,
+                        run,
                         step,
-                        revert: true,
-                        secret_name: secret.name.as_str(),
-                        secret_id: &secret.id,
-                        token: &run.id,
-                        current: current.as_ref(),
-                        pending: current.as_ref(),
-                        previous: previous.as_ref(),
-                        replacing: replacing.as_ref(),
-                    };
-                    if let Err(error) = rotator.run(&input).await {
-                        outcome = Err(error.0);
-                        break;
+                        value,
+                        previous.as_ref(),
+                        replacing.as_ref(),
+                    )
+                };
+                let install = |value| {
+                    let inputs = [input(Step::Set, value), input(Step::Test, value)];
+                    install(&rotator, inputs)
+                };
+                if !moved {
+                    install(current.as_ref()).await
+                } else if rotator
+                    .run(&input(Step::Test, current.as_ref()))
+                    .await
+                    .is_ok()
+                {
+                    Ok(())
+                } else if at_start.is_none() {
+                    Err(
+                        "CURRENT was changed during the run, and the target does not take it; \
+                         the value it held before the run is gone, so nothing was put back: \
+                         put the value the target holds, or rotate again"
+                            .to_owned(),
+                    )
+                } else {
+                    match install(at_start.as_ref()).await {
+                        Ok(()) => Err(format!(
+                            "CURRENT was changed during the run, and the target does not take \
+                             it: the target was put back to the value it held before the run \
+                             (version {}), not to one written since (whose writer may not be \
+                             allowed to read it); check CURRENT, then put the value the target \
+                             holds or rotate again",
+                            run.current_at_start
+                        )),
+                        Err(error) => Err(error),
                     }
                 }
-                outcome
             }
         };
         let mut next = run.clone();
@@ -384,7 +427,7 @@ impl Engine {
                 (
                     "reverted",
                     "reverted",
-                    "the target holds CURRENT again".to_owned(),
+                    "the target holds CURRENT".to_owned(),
                 )
             }
             Err(message) => {
@@ -409,6 +452,36 @@ impl Engine {
         self.publish(kind, secret, &next, Some(Step::Set), &detail, "system");
         Ok(())
     }
+}
+
+/// A revert's step `step`, putting `value` into the target.
+fn reverting<'a>(
+    secret: &'a SecretRecord,
+    run: &'a RunRecord,
+    step: Step,
+    value: Option<&'a SecretValue>,
+    previous: Option<&'a SecretValue>,
+    replacing: Option<&'a SecretValue>,
+) -> StepInput<'a> {
+    StepInput {
+        step,
+        revert: true,
+        secret_name: secret.name.as_str(),
+        secret_id: &secret.id,
+        token: &run.id,
+        current: value,
+        pending: value,
+        previous,
+        replacing,
+    }
+}
+
+/// setSecret then testSecret of a revert, stopping at the first failure.
+async fn install(rotator: &Rotator, inputs: [StepInput<'_>; 2]) -> Result<(), String> {
+    for input in &inputs {
+        rotator.run(input).await.map_err(|error| error.0)?;
+    }
+    Ok(())
 }
 
 /// How many times in a row the server's own failures may interrupt one

@@ -123,6 +123,77 @@ fn postgres_older_passwords_go_only_where_their_values_sent_them() {
     assert!(pg.logs_in("app_moved", "real-password"));
 }
 
+/// A put during a run abandons it, and the revert puts CURRENT back into
+/// the database. A CURRENT written since by an operator (who may write
+/// values but not read them) is not installed: the revert would log in
+/// with the run's new password and set the writer's, which they know. The
+/// database gets back the password it had before the run, and the run
+/// needs attention.
+#[test]
+fn postgres_a_revert_installs_no_password_a_writer_chose() {
+    let Some(pg) = ThrowawayPostgres::start() else {
+        return;
+    };
+    pg.sql("CREATE ROLE app_abandon LOGIN PASSWORD 'before-run';");
+    let installation = Installation::new();
+    installation.no_retries();
+    let olga = installation.issue("olga", &["operator"]);
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let operator = server.rekey(&olga);
+    let app = |password: &str| {
+        json!({
+            "engine": "postgres", "host": "127.0.0.1", "port": pg.port,
+            "username": "app_abandon", "password": password, "dbname": "postgres", "ssl": false,
+        })
+    };
+    put_json(&admin, "create", "db/abandon", &app("before-run"));
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "db/abandon",
+            "--rotator",
+            "postgres",
+            "--approve",
+            "test",
+        ])
+        .ok();
+    admin.run(&["rotate", "db/abandon", "--no-wait"]).ok();
+    eventually("the test gate", || {
+        (show(&admin, "db/abandon")["run"]["state"] == "awaiting_approval").then_some(())
+    });
+    let (_, pending) = login(&value(&admin, "db/abandon", "PENDING"));
+    assert!(pg.logs_in("app_abandon", &pending), "setSecret ran");
+    put_json(&operator, "put", "db/abandon", &app("writer-chose"));
+    let ended = eventually("the run to end", || {
+        let shown = show(&admin, "db/abandon");
+        (shown["run"]["active"] == false).then_some(shown)
+    });
+    assert_eq!(ended["run"]["state"], "needs_attention", "{ended}");
+    assert!(
+        !pg.logs_in("app_abandon", "writer-chose"),
+        "the writer's password was installed"
+    );
+    assert!(pg.logs_in("app_abandon", "before-run"), "{ended}");
+    assert!(!pg.logs_in("app_abandon", &pending));
+    // A writer's value the database already takes is kept as it is.
+    pg.sql("ALTER ROLE app_abandon PASSWORD 'known-to-both';");
+    put_json(&admin, "put", "db/abandon", &app("known-to-both"));
+    admin.run(&["rotate", "db/abandon", "--no-wait"]).ok();
+    eventually("the test gate", || {
+        (show(&admin, "db/abandon")["run"]["state"] == "awaiting_approval").then_some(())
+    });
+    pg.sql("ALTER ROLE app_abandon PASSWORD 'changed-by-hand';");
+    put_json(&operator, "put", "db/abandon", &app("changed-by-hand"));
+    let ended = eventually("the run to end", || {
+        let shown = show(&admin, "db/abandon");
+        (shown["run"]["active"] == false).then_some(shown)
+    });
+    assert_ne!(ended["run"]["state"], "needs_attention", "{ended}");
+    assert!(pg.logs_in("app_abandon", "changed-by-hand"));
+}
+
 #[test]
 fn postgres_alternating_users() {
     let Some(pg) = ThrowawayPostgres::start() else {
