@@ -84,6 +84,17 @@ impl PasswordPolicy {
             .collect()
     }
 
+    /// How hard a password of this policy is to guess, in bits: its
+    /// length times the bits of one character drawn from all it may hold
+    /// (an upper bound: one of each type, when required, takes a little).
+    pub fn bits(&self) -> f64 {
+        let alphabet: usize = self.included_types().iter().map(Vec::len).sum();
+        if alphabet == 0 {
+            return 0.0;
+        }
+        f64::from(self.length) * (alphabet as f64).log2()
+    }
+
     pub fn check(&self) -> Result<Vec<Vec<char>>, PasswordError> {
         if !(1..=MAX_LENGTH).contains(&self.length) {
             return Err(PasswordError::Length(self.length));

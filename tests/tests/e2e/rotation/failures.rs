@@ -393,6 +393,20 @@ fn configuration_is_checked() {
             ],
             "more than the 100 a gate may need",
         ),
+        // 12 lowercase letters: 56 bits, which a database password must
+        // not be.
+        (
+            &[
+                "--rotator",
+                "postgres",
+                "--length",
+                "12",
+                "--exclude-uppercase",
+                "--exclude-numbers",
+                "--exclude-punctuation",
+            ],
+            "must give at least 80 bits (its length times log2 of the characters it draws from); this one gives 56",
+        ),
         (
             &[
                 "--rotator",
