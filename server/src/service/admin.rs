@@ -334,7 +334,13 @@ impl AdminService {
 }
 
 fn event_message(stored: StoredEvent) -> proto::AuditEvent {
-    let event = stored.event;
+    // Cut as events are stored now: one stored before they were could be
+    // too large for any client to take in a page (verification reads the
+    // rows as stored).
+    let event = match stored.event.storable() {
+        std::borrow::Cow::Borrowed(_) => stored.event,
+        std::borrow::Cow::Owned(cut) => cut,
+    };
     proto::AuditEvent {
         seq: stored.seq,
         time: Some(timestamp_from_millis(event.time)),

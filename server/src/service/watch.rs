@@ -132,9 +132,11 @@ impl WatchService {
                                 .authorizer
                                 .decide(&principal, Action::Watch, &event.name)
                                 .is_allowed();
-                        // A rotation's errors and approvers' comments are
-                        // its history's, for whoever may describe it.
+                        // A rotation's errors, approvers' comments and
+                        // reasons are its history's, for whoever may
+                        // describe it; state words and stages are not.
                         let described = event.run_id.is_empty()
+                            || STATE_DETAILS.contains(&event.kind.as_str())
                             || state
                                 .authorizer
                                 .decide(&principal, Action::DescribeRotation, &event.name)
@@ -165,6 +167,17 @@ impl WatchService {
         Ok(Box::pin(stream))
     }
 }
+
+/// The rotation events whose detail is a state word or a stage, never
+/// free text: shown to every watcher.
+const STATE_DETAILS: &[&str] = &[
+    "run_started",
+    "step_changed",
+    "version_added",
+    "stages_moved",
+    "awaiting_approval",
+    "finished",
+];
 
 /// The most secrets one stream may name.
 const MAX_NAMES: usize = 100;

@@ -35,6 +35,14 @@ pub(crate) async fn watcher(
 }
 
 /// Events until one of `kind` arrives (within the deadline).
+fn of_a_events(events: &[WatchEvent]) -> Vec<WatchEvent> {
+    events
+        .iter()
+        .filter(|e| e.name == "w/a/db")
+        .cloned()
+        .collect()
+}
+
 pub(crate) async fn until(
     receiver: &mut mpsc::UnboundedReceiver<WatchEvent>,
     kind: &str,
@@ -127,20 +135,37 @@ async fn a_watcher_sees_a_rotation_in_order_and_nothing_it_may_not_see() {
         "{limited_seen:?}"
     );
     assert!(limited_seen.iter().any(|e| e.kind == "run_started"));
-    // A rotation's details (its errors, approvers' comments) go only to a
-    // watcher that may describe the rotation.
-    let detailed =
-        |e: &&rekey_shared::proto::WatchEvent| !e.run_id.is_empty() && !e.detail.is_empty();
-    assert!(
-        seen.iter()
-            .filter(|e| e.name == "w/a/db")
-            .any(|e| detailed(&e)),
-        "{seen:?}"
-    );
-    assert!(
-        !limited_seen.iter().any(|e| detailed(&e)),
-        "{limited_seen:?}"
-    );
+    // A rotation's state words go to every watcher; its free text (a
+    // step's error, approvers' comments, reasons) only to one that may
+    // describe the rotation.
+    let state_words = |events: &[WatchEvent]| {
+        events
+            .iter()
+            .filter(|e| e.kind == "step_changed")
+            .map(|e| e.detail.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(state_words(&limited_seen).contains(&"running".to_owned()));
+    assert_eq!(state_words(&limited_seen), state_words(&of_a_events(&seen)));
+    admin
+        .run(&["create", "w/a/json", "--value", "not json"])
+        .ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "w/a/json",
+            "--rotator",
+            "password",
+            "--field",
+            "password",
+        ])
+        .ok();
+    admin.run(&["rotate", "w/a/json", "--no-wait"]).ok();
+    let failed = |events: Vec<WatchEvent>| events.into_iter().last().unwrap().detail;
+    let told = failed(until(&mut everything, "failed").await);
+    assert!(told.contains("needs a JSON object"), "{told}");
+    assert_eq!(failed(until(&mut only_a, "failed").await), "");
     // No event carries a value.
     let current = admin.run(&["get", "w/a/db"]).ok().stdout;
     for event in seen.iter().chain(&limited_seen) {

@@ -372,7 +372,8 @@ pub async fn run(
     let mut signals = Signals::listen()?;
     let mut child = spawn(&command, &values)?;
     // Without a watch nothing compares them again: wiped now, not kept
-    // for the command's whole life.
+    // for the command's whole life (std's own copies, made to start it,
+    // are freed unwiped: nothing here reaches them).
     let kept = if changed.is_some() {
         values
     } else {

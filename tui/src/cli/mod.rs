@@ -410,7 +410,7 @@ fn parse_tag(text: &str) -> Result<proto::Tag, String> {
 }
 
 /// Keeps the values `rekey` holds (`get`, the UI's revealed values,
-/// `rekey run`'s for its command's whole life) out of core files and
+/// `rekey run --watch`'s for its command's whole life) out of core files and
 /// away from debuggers: a process that is not dumpable writes no core
 /// file, and other processes of its user cannot attach to it or read its
 /// memory. Unlike a core-size limit it does not pass to the command

@@ -334,8 +334,9 @@ pub async fn command(
                     limit,
                 })
                 .await?
-                .into_inner()
-                .runs;
+                .into_inner();
+            say_left_out(&runs);
+            let runs = runs.runs;
             match format {
                 Format::Json => {
                     output::print_json(&Value::Array(runs.iter().map(run_json).collect()))
@@ -357,8 +358,9 @@ pub async fn command(
                     limit: 0,
                 })
                 .await?
-                .into_inner()
-                .runs;
+                .into_inner();
+            say_left_out(&runs);
+            let runs = runs.runs;
             match format {
                 Format::Json => {
                     output::print_json(&Value::Array(runs.iter().map(run_json).collect()))
@@ -578,4 +580,15 @@ pub async fn watch(connection: &Connection, format: Format, prefix: String) -> a
         let _ = std::io::stdout().flush();
     }
     Ok(())
+}
+
+/// Tells standard error when the server left runs out of a list for its
+/// size: what is printed is not all there is.
+fn say_left_out(answer: &proto::ListRotationRunsResponse) {
+    if answer.more {
+        eprintln!(
+            "rekey: the server left older runs out for the answer's size; ask for one \
+             secret's, fewer at a time (rekey rotation history NAME --limit N)"
+        );
+    }
 }

@@ -642,10 +642,16 @@ impl Engine {
                     } else {
                         next.end_reason.clone()
                     };
+                    // Not the reason: it may quote a rotator's error or an
+                    // approver's comment, which are the history's.
                     let event = AuditEvent::system(
                         "rotation:EndRotation",
                         secret.name.as_str(),
-                        &format!("run {} ended {}: {detail}", run.id, outcome.as_str()),
+                        &format!(
+                            "run {} ended {} (the run's history has why)",
+                            run.id,
+                            outcome.as_str()
+                        ),
                     );
                     store
                         .end_run(

@@ -84,6 +84,7 @@ impl RotationService {
         let checked = Rotator::from_config(&rotator, &settings, &self.state.rotation)
             .map_err(|error| Error::InvalidArgument(error.0))?;
         // Before anything here reads a value.
+        let mut admin_record = None;
         if !settings.admin_secret.is_empty() {
             let admin = SecretName::parse(&settings.admin_secret)?;
             // Whoever configures an admin secret must be allowed to read it:
@@ -95,6 +96,7 @@ impl RotationService {
                 Action::KeysUse,
                 &format!("key:{}", admin_secret.key_name),
             )?;
+            admin_record = Some(admin_secret);
         }
         if let Rotator::Database(database) = &checked
             && checked.admin_secret(&settings).is_some()
@@ -136,17 +138,35 @@ impl RotationService {
                     pinned.user
                 )));
             }
-            // A configuration from before places were pinned takes its
-            // place now.
-            if let Some(pinned) = &pinned
-                && !pinned.place.is_empty()
-                && pinned.place != place
+            // A configuration from before places were pinned sent them
+            // where the admin logs in: that is its place, not whatever a
+            // writer of the value may have named meanwhile.
+            let pinned_place = match &pinned {
+                Some(pinned) if pinned.place.is_empty() => {
+                    let admin = match &admin_record {
+                        Some(record) => self.engine.current_value(record).await?,
+                        None => None,
+                    };
+                    let (_, admin_place) =
+                        crate::rotation::database::pinned(admin.as_ref(), database.dialect)
+                            .map_err(|error| {
+                                Error::FailedPrecondition(format!(
+                                    "the admin secret's place pins where this configuration, \
+                                     from before places were pinned, sends passwords: {error}"
+                                ))
+                            })?;
+                    Some(admin_place)
+                }
+                Some(pinned) => Some(pinned.place.clone()),
+                None => None,
+            };
+            if let Some(pinned_place) = pinned_place
+                && pinned_place != place
             {
                 return Err(Error::FailedPrecondition(format!(
-                    "rotation of {name} sends passwords to {}, but its CURRENT value names \
-                     {place}: configuring again keeps the place; to move to {place}, configure \
-                     the single strategy first, then alternating users again",
-                    pinned.place
+                    "rotation of {name} sends passwords to {pinned_place}, but its CURRENT value \
+                     names {place}: configuring again keeps the place; to move to {place}, \
+                     configure the single strategy first, then alternating users again"
                 )));
             }
             settings.user = named;
@@ -273,8 +293,15 @@ const MAX_APPROVALS: u32 = 100;
 /// Whether `new` changes what a run under way reads of its configuration:
 /// the rotator with its settings, and the approval gates.
 fn changes_how_runs_go(old: &ConfigRecord, new: &ConfigRecord) -> bool {
+    // As settings, not as text: one saved before a field was added lacks
+    // it, and is the same configuration.
+    let settings = |text: &str| serde_json::from_str::<RotatorSettings>(text).ok();
+    let settings_changed = match (settings(&old.settings), settings(&new.settings)) {
+        (Some(old), Some(new)) => old != new,
+        _ => old.settings != new.settings,
+    };
     old.rotator != new.rotator
-        || old.settings != new.settings
+        || settings_changed
         || old.approval_steps != new.approval_steps
         || old.approvals_required != new.approvals_required
         || old.approver_role != new.approver_role

@@ -140,7 +140,39 @@ impl RotationService {
         })
     }
 
-    async fn latest_run(&self, secret: &SecretRecord) -> Result<proto::RotationRun> {
+    /// `run` as the answer to an action shows it: whole to a caller
+    /// allowed to describe the rotation; to one allowed only to act,
+    /// without its history, errors, comments and reasons, which
+    /// `rotation:DescribeRotation` guards.
+    fn shown(
+        &self,
+        context: &RequestContext,
+        secret: &SecretRecord,
+        mut run: proto::RotationRun,
+    ) -> proto::RotationRun {
+        if context.allows(
+            &self.state.authorizer,
+            Action::DescribeRotation,
+            secret.name.as_str(),
+        ) {
+            return run;
+        }
+        run.history.clear();
+        run.end_reason.clear();
+        for step in &mut run.steps {
+            step.error.clear();
+        }
+        for approval in &mut run.approvals {
+            approval.comment.clear();
+        }
+        run
+    }
+
+    async fn latest_run(
+        &self,
+        context: &RequestContext,
+        secret: &SecretRecord,
+    ) -> Result<proto::RotationRun> {
         let run = self
             .state
             .store
@@ -149,7 +181,8 @@ impl RotationService {
             .into_iter()
             .next()
             .ok_or_else(|| Error::internal("rotation", "the run vanished"))?;
-        self.run_message(secret, &run).await
+        let message = self.run_message(secret, &run).await?;
+        Ok(self.shown(context, secret, message))
     }
 
     async fn start(
@@ -188,7 +221,8 @@ impl RotationService {
         } else {
             self.engine.spawn_drive(&secret.id);
         }
-        self.run_message(&secret, &run).await
+        let message = self.run_message(&secret, &run).await?;
+        Ok(self.shown(context, &secret, message))
     }
 
     async fn step(
@@ -208,7 +242,7 @@ impl RotationService {
             })
             .await?;
         context.recorded();
-        self.latest_run(&secret).await
+        self.latest_run(context, &secret).await
     }
 
     async fn approve(
@@ -319,7 +353,7 @@ impl RotationService {
             }
         }
         context.recorded();
-        self.latest_run(&secret).await
+        self.latest_run(context, &secret).await
     }
 
     async fn retry(
@@ -339,7 +373,7 @@ impl RotationService {
             })
             .await?;
         context.recorded();
-        self.latest_run(&secret).await
+        self.latest_run(context, &secret).await
     }
 
     async fn cancel(
@@ -370,7 +404,7 @@ impl RotationService {
             })
             .await?;
         context.recorded();
-        self.latest_run(&secret).await
+        self.latest_run(context, &secret).await
     }
 
     async fn describe(

@@ -543,6 +543,28 @@ fn the_inbox_shows_only_runs_the_caller_may_describe() {
     wait_for_state(&admin, "inbox/db", "awaiting_approval");
     let inbox = erin.run(&["approvals", "--output", "json"]).ok().json();
     assert_eq!(inbox, serde_json::json!([]));
+    // Her approval is taken; its answer shows the run without its history
+    // and comments, which she may not describe.
+    let approved = erin
+        .run(&[
+            "approve",
+            "inbox/db",
+            "--comment",
+            "fine by me",
+            "--output",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(approved["history"], serde_json::json!([]), "{approved}");
+    assert!(!approved.to_string().contains("fine by me"), "{approved}");
+    let described = admin
+        .run(&["rotation", "show", "inbox/db", "--output", "json"])
+        .ok()
+        .json();
+    assert!(described.to_string().contains("fine by me"), "{described}");
+    admin.run(&["rotate", "inbox/db", "--no-wait"]).ok();
+    wait_for_state(&admin, "inbox/db", "awaiting_approval");
     admin
         .apply_policy_for("erin", &format!("{approve}, {describe}"))
         .ok();

@@ -658,4 +658,18 @@ fn a_new_value_past_the_limit_fails_its_run() {
         admin.run(&["get", "big/json"]).ok().stdout.trim_end(),
         value
     );
+    // The audit log says how the run ended, not why (a rotator's error, an
+    // approver's comment): that is the history's.
+    let events = admin.run(&["audit", "--output", "json"]).ok().stdout;
+    let ended: Vec<&str> = events
+        .lines()
+        .filter(|line| line.contains("rotation:EndRotation"))
+        .collect();
+    assert_eq!(ended.len(), 1, "{events}");
+    assert!(
+        ended[0].contains("ended failed (the run's history has why)")
+            && !ended[0].contains("at most 65536"),
+        "{}",
+        ended[0]
+    );
 }
