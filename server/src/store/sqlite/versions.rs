@@ -398,13 +398,26 @@ fn purge_deprecated<'q>(script: &mut Script<'q>, secret_id: &'q str, now: i64) {
 /// Refuses a client's change that takes PENDING off the version an active
 /// rotation run of the secret is making (its id is the run's): the run
 /// moves it when it ends, and in `needs attention` it marks the value the
-/// target may hold. Looked up only when PENDING moves.
+/// target may hold. Also one that makes that version CURRENT: it becomes
+/// CURRENT when the run finishes, past its approvals, and a stage move
+/// would have waved it through (the run abandoned, its value kept, the
+/// target holding it). Looked up only when PENDING or CURRENT moves.
 async fn keep_pending_of_run(
     tx: &mut Tx<'_>,
     secret_id: &str,
     before: &StageMap,
     after: &StageMap,
 ) -> Result<()> {
+    let current = Stage::current();
+    if let Some(to) = after.get(&current)
+        && before.get(&current) != Some(to)
+        && run_is_active(tx, secret_id, to.as_str()).await?
+    {
+        return Err(Error::FailedPrecondition(format!(
+            "version {to} is the one a rotation run is making: it becomes CURRENT when the run \
+             finishes, past its approvals (approve them, or cancel the run)"
+        )));
+    }
     let pending = Stage::parse(Stage::PENDING).map_err(Error::from)?;
     let Some(on) = before.get(&pending) else {
         return Ok(());
@@ -412,18 +425,23 @@ async fn keep_pending_of_run(
     if after.get(&pending) == Some(on) {
         return Ok(());
     }
+    if run_is_active(tx, secret_id, on.as_str()).await? {
+        return Err(Error::FailedPrecondition(format!(
+            "stage PENDING is on version {on}, which a rotation run is making: the run moves it \
+             when it ends (cancel the run to take it away)"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `run_id` is an active run of the secret.
+async fn run_is_active(tx: &mut Tx<'_>, secret_id: &str, run_id: &str) -> Result<bool> {
     let running: Option<i32> = sqlx::query_scalar(
         "SELECT 1 FROM rotation_runs WHERE secret_id = ? AND run_id = ? AND ended_at IS NULL",
     )
     .bind(secret_id)
-    .bind(on.as_str())
+    .bind(run_id)
     .fetch_optional(&mut **tx)
     .await?;
-    match running {
-        Some(_) => Err(Error::FailedPrecondition(format!(
-            "stage PENDING is on version {on}, which a rotation run is making: the run moves it \
-             when it ends (cancel the run to take it away)"
-        ))),
-        None => Ok(()),
-    }
+    Ok(running.is_some())
 }

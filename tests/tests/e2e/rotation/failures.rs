@@ -606,6 +606,17 @@ fn pending_stays_on_the_runs_version_until_the_run_ends() {
         );
     }
     assert_eq!(stages(&admin, "pen/db")["PENDING"], run_version.as_str());
+    // Nor is the run's version made CURRENT past its approval gate.
+    let waved = admin.run(&["stage", "pen/db", "CURRENT", "--to", &run_version]);
+    assert!(
+        waved.code == 1
+            && waved.stderr.contains(
+                "is the one a rotation run is making: it becomes CURRENT when the run finishes"
+            ),
+        "{}",
+        waved.stderr
+    );
+    assert_eq!(stages(&admin, "pen/db")["CURRENT"], v1.as_str());
     admin.run(&["rotation", "cancel", "pen/db"]).ok();
     wait_for_state(&admin, "pen/db", "cancelled");
     // The run ended: PENDING is the client's again.
