@@ -113,6 +113,12 @@ impl RateLimiter {
 
     /// Takes a token for `principal` at `now`, or says how long to wait.
     pub fn check(&self, principal: &str, now: Instant) -> Result<(), Refusal> {
+        self.take(principal, 1.0, now)
+    }
+
+    /// Takes `tokens` for `principal` at `now` (at most a burst's worth:
+    /// more could never be had), or says how long to wait for them.
+    pub fn take(&self, principal: &str, tokens: f64, now: Instant) -> Result<(), Refusal> {
         let rate = f64::from(self.settings.requests_per_second);
         if rate <= 0.0 {
             return Ok(());
@@ -143,11 +149,12 @@ impl RateLimiter {
         let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
         bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
+        let tokens = tokens.min(burst);
+        if bucket.tokens >= tokens {
+            bucket.tokens -= tokens;
             return Ok(());
         }
-        let retry_after = Duration::from_secs_f64((1.0 - bucket.tokens) / rate);
+        let retry_after = Duration::from_secs_f64((tokens - bucket.tokens) / rate);
         Err(Refusal {
             retry_after,
             record: bucket.refusals.admit(now),

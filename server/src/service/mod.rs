@@ -290,8 +290,23 @@ impl AppState {
     /// with `RESOURCE_EXHAUSTED`; most refusals in a burst are left out of
     /// the audit log, counted in the next one recorded (see `limits`).
     pub fn admit(&self, context: &RequestContext) -> Result<()> {
+        self.admit_as(context, 1)
+    }
+
+    /// As [`Self::admit`], for a request that counts as `requests`: a batch
+    /// of reads costs what its reads would one by one (each is an audit
+    /// event of its own), having paid for one as it came in.
+    pub fn admit_more(&self, context: &RequestContext, requests: u32) -> Result<()> {
+        match requests {
+            0 => Ok(()),
+            more => self.admit_as(context, more),
+        }
+    }
+
+    fn admit_as(&self, context: &RequestContext, requests: u32) -> Result<()> {
         let principal = context.principal.as_str();
-        let refusal = match self.limits.check(principal, std::time::Instant::now()) {
+        let now = std::time::Instant::now();
+        let refusal = match self.limits.take(principal, f64::from(requests), now) {
             Ok(()) => return Ok(()),
             Err(refusal) => refusal,
         };

@@ -247,3 +247,31 @@ async fn refusals_the_sweep_could_not_write_are_written_later() {
     });
     assert_eq!(counted, left_to_the_sweep);
 }
+
+/// A batch of reads costs what its reads would one by one (each is an
+/// audit event of its own): with a burst of 30, one batch of 20 goes
+/// through and the next is refused, where each had cost one request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_costs_what_its_reads_would() {
+    let installation = limited(1, 30);
+    let app = installation.issue("app", &[]);
+    let server = serve_limited(&installation);
+    let mut client = server.client(&app).await;
+    let batch = || rekey_shared::proto::BatchGetSecretValueRequest {
+        names: (0..20).map(|i| format!("limited/n{i}")).collect(),
+        ..Default::default()
+    };
+    // Refused by the policy, each entry: an audit event apiece all the same.
+    let first = client.batch_get_secret_value(batch()).await.unwrap();
+    assert_eq!(first.into_inner().errors.len(), 20);
+    let second = client
+        .batch_get_secret_value(batch())
+        .await
+        .expect_err("a second batch within the burst of 30");
+    assert_eq!(
+        second.code(),
+        Code::ResourceExhausted,
+        "{}",
+        second.message()
+    );
+}

@@ -249,6 +249,8 @@ impl SecretsService {
                         "a batch of names has one page; drop the page token".to_owned(),
                     ));
                 }
+                self.state
+                    .admit_more(context, request.names.len().saturating_sub(1) as u32)?;
                 for raw in &request.names {
                     let read = match SecretName::parse(raw) {
                         Ok(name) => self.read_in_batch(context, &name).await,
@@ -270,6 +272,8 @@ impl SecretsService {
                     .state
                     .page_tokens
                     .list_cursor(&request.page_token, &query)?;
+                self.state
+                    .admit_more(context, query.limit.saturating_sub(1))?;
                 // What the caller may not read is left out, as in a listing.
                 let page = visible_page(
                     &self.state.store,
