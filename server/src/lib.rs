@@ -135,6 +135,7 @@ pub async fn prepare(
         events: events::Events::default(),
         rotation: rotation_settings(loaded)?,
         limits: limits::RateLimiter::new(config.rate_limit.clone()),
+        streams: limits::OpenStreams::default(),
         refusals: auth::RefusalLog::default(),
         notifications: notifier.notifications(),
         page_tokens,
@@ -277,6 +278,9 @@ pub async fn serve_prepared(
         // A client that stops answering pings is let go, with its streams.
         .http2_keepalive_interval(Some(rekey_shared::channel::KEEP_ALIVE))
         .http2_keepalive_timeout(Some(rekey_shared::channel::KEEP_ALIVE))
+        // hyper's own default, which tonic leaves unset (no bound): calls
+        // at once on one connection.
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .layer(metrics::RequestMetricsLayer::new(requests))
         // Requests tonic answers before their handler (one that does not
         // decode, say) are audited there.
@@ -417,3 +421,7 @@ fn start_retention(
 
 /// How long a shutdown waits for open connections to finish.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The most calls at once on one connection (HTTP/2 streams), Watch
+/// streams among them.
+const MAX_STREAMS_PER_CONNECTION: u32 = 200;

@@ -198,9 +198,88 @@ impl RateLimiter {
     }
 }
 
+/// The Watch streams each principal has open, bounded: each holds a
+/// subscription to every event and a timer, and costs a policy decision
+/// per event, and a principal within its rate limit could otherwise open
+/// tens of thousands in a minute.
+#[derive(Debug, Default)]
+pub struct OpenStreams {
+    open: std::sync::Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One open stream, counted until it is dropped.
+#[derive(Debug)]
+pub struct StreamSlot {
+    open: std::sync::Arc<Mutex<HashMap<String, usize>>>,
+    principal: String,
+}
+
+impl OpenStreams {
+    /// A slot for another stream of `principal`, unless it has `most` open.
+    pub fn take(&self, principal: &str, most: usize) -> Option<StreamSlot> {
+        let mut open = match self.open.lock() {
+            Ok(open) => open,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let count = open.entry(principal.to_owned()).or_default();
+        if *count >= most {
+            return None;
+        }
+        *count += 1;
+        Some(StreamSlot {
+            open: self.open.clone(),
+            principal: principal.to_owned(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = match self.open.lock() {
+            Ok(open) => open,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(count) = open.get_mut(&self.principal) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.principal);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A principal has at most so many streams open; one that ends frees
+    /// its slot, and others' count apart.
+    #[test]
+    fn open_streams_are_bounded_per_principal() {
+        let streams = OpenStreams::default();
+        let held: Vec<StreamSlot> = (0..3).map(|_| streams.take("app", 3).unwrap()).collect();
+        assert!(streams.take("app", 3).is_none());
+        let other = streams.take("other", 3).unwrap();
+        drop(held);
+        let again: Vec<StreamSlot> = (0..3).map(|_| streams.take("app", 3).unwrap()).collect();
+        assert_eq!(again.len(), 3);
+        drop((again, other));
+        assert!(
+            streams.open.lock().unwrap().is_empty(),
+            "counts of none are dropped"
+        );
+    }
+
+    /// A batch takes several tokens at once, or waits for them all.
+    #[test]
+    fn several_tokens_are_taken_at_once() {
+        let limits = limiter(1, 30);
+        let now = Instant::now();
+        limits.take("app", 20.0, now).unwrap();
+        let refused = limits.take("app", 20.0, now).unwrap_err();
+        assert_eq!(refused.retry_after, Duration::from_secs(10));
+        limits.take("app", 10.0, now).unwrap();
+    }
 
     fn limiter(requests_per_second: u32, burst: u32) -> RateLimiter {
         RateLimiter::new(RateLimitSettings {

@@ -146,6 +146,8 @@ pub struct AppState {
     pub events: crate::events::Events,
     pub rotation: crate::config::RotationSettings,
     pub limits: crate::limits::RateLimiter,
+    /// Watch streams open, per principal.
+    pub streams: crate::limits::OpenStreams,
     /// Refusals before any handler (the interceptor's, and requests tonic
     /// answered first), recorded one a second per key.
     pub refusals: crate::auth::RefusalLog,

@@ -82,6 +82,18 @@ impl WatchService {
             }
             context.set_resource(resource);
         }
+        let slot = self
+            .state
+            .streams
+            .take(context.principal.as_str(), MAX_WATCHES_PER_PRINCIPAL)
+            .ok_or_else(|| Error::ResourceExhausted {
+                message: format!(
+                    "{} has {MAX_WATCHES_PER_PRINCIPAL} Watch streams open, the most one principal \
+                     may; close one (one stream can watch a prefix, or up to {MAX_NAMES} names)",
+                    context.principal
+                ),
+                retry_after_ms: 1_000,
+            })?;
         context.summarize("watching");
         let state = self.state.clone();
         let principal = context.principal.clone();
@@ -157,9 +169,10 @@ impl WatchService {
                     Watched::Check | Watched::Closed => None,
                 }
             });
-        // End the stream after the first error.
+        // End the stream after the first error; its slot goes with it.
         let mut failed = false;
         let stream = stream.take_while(move |item| {
+            let _counted = &slot;
             let keep = !failed;
             failed = item.is_err();
             keep
@@ -178,6 +191,11 @@ const STATE_DETAILS: &[&str] = &[
     "awaiting_approval",
     "finished",
 ];
+
+/// The most Watch streams one principal may have open, on all its
+/// connections: a fleet of programs sharing one identity, each with a
+/// caching client, stays well within it.
+const MAX_WATCHES_PER_PRINCIPAL: usize = 1_000;
 
 /// The most secrets one stream may name.
 const MAX_NAMES: usize = 100;
