@@ -19,9 +19,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use zeroize::Zeroizing;
 
-/// The least a database rotator's password policy may give, in bits.
-const MIN_DATABASE_BITS: f64 = 80.0;
-
 /// The longest standard-error text kept in a run's history.
 const MAX_LOG_CHARS: usize = 2000;
 
@@ -101,16 +98,6 @@ impl Rotator {
                     "the alternating strategy needs an admin secret (--admin-secret NAME)"
                         .to_owned(),
                 ));
-            }
-            // Whoever may configure rotation (the operator role) could
-            // otherwise have a database take a password they can guess.
-            let bits = settings.password_policy.bits();
-            if bits < MIN_DATABASE_BITS {
-                return Err(RotatorError(format!(
-                    "a database password's policy must give at least {MIN_DATABASE_BITS} bits \
-                     (its length times log2 of the characters it draws from); this one gives \
-                     {bits:.0}: make it longer or allow more characters"
-                )));
             }
             return Ok(Rotator::Database(DatabaseRotator {
                 dialect: if rotator == "postgres" {

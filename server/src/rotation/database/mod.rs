@@ -22,6 +22,25 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The least a database password's policy may give, in bits.
+const MIN_BITS: f64 = 80.0;
+
+/// Refuses a policy too weak for a database password: whoever may
+/// configure rotation (the operator role, which may not read values) could
+/// otherwise have a database take a password they can guess. Checked when
+/// rotation is configured and when a password is made, not when a run of
+/// a configuration from before is cancelled or reverted.
+pub fn strong_enough(policy: &PasswordPolicy) -> Result<(), RotatorError> {
+    let bits = policy.bits();
+    if bits < MIN_BITS {
+        return Err(RotatorError(format!(
+            "a database password's policy must give at least {MIN_BITS} bits (its length times \
+             log2 of the characters it draws from); this one gives {bits:.0}: make it longer or \
+             allow more characters"
+        )));
+    }
+    Ok(())
+}
 const CLONE_SUFFIX: &str = "_clone";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,6 +361,7 @@ impl DatabaseRotator {
         let current = Credentials::parse(input.current, "the CURRENT value")?;
         self.check_user(&current.username)?;
         self.check_place(&current)?;
+        strong_enough(&self.policy)?;
         let password = password::generate(&self.policy)
             .map_err(|error| RotatorError(format!("the password policy: {error}")))?;
         let username = match self.strategy {

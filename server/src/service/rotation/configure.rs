@@ -83,6 +83,10 @@ impl RotationService {
         };
         let checked = Rotator::from_config(&rotator, &settings, &self.state.rotation)
             .map_err(|error| Error::InvalidArgument(error.0))?;
+        if let Rotator::Database(database) = &checked {
+            crate::rotation::database::strong_enough(&database.policy)
+                .map_err(|error| Error::InvalidArgument(error.0))?;
+        }
         // Before anything here reads a value.
         let mut admin_record = None;
         if !settings.admin_secret.is_empty() {
