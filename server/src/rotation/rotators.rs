@@ -68,6 +68,19 @@ pub struct StepInput<'a> {
 pub struct StepOutput {
     pub new_value: Option<SecretValue>,
     pub log: String,
+    /// setSecret of a single database user: which of the step's values
+    /// the target took when it logged in to change the password, the one
+    /// a revert puts back (not a CURRENT a writer may have chosen).
+    pub held: Option<Held>,
+}
+
+/// One of a step's values (see [`StepOutput::held`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    Current,
+    Previous,
+    /// The pending value: the target took it already, nothing changed.
+    Pending,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -181,6 +194,7 @@ fn password_step(
         return Ok(StepOutput {
             new_value: Some(SecretValue::text(generated.as_str())),
             log: String::new(),
+            held: None,
         });
     }
     let current = match input.current {
@@ -225,6 +239,7 @@ fn password_step(
     Ok(StepOutput {
         new_value: Some(SecretValue::text(text.as_str())),
         log: String::new(),
+        held: None,
     })
 }
 
@@ -516,6 +531,7 @@ async fn exec_step(
         return Ok(StepOutput {
             new_value: None,
             log,
+            held: None,
         });
     }
     let mut value = stdout.to_vec();
@@ -550,6 +566,7 @@ async fn exec_step(
     Ok(StepOutput {
         new_value: Some(new_value),
         log,
+        held: None,
     })
 }
 

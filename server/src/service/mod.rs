@@ -299,7 +299,10 @@ impl AppState {
     /// of reads costs what its reads would one by one (each is an audit
     /// event of its own), having paid for one as it came in.
     pub fn admit_more(&self, context: &RequestContext, requests: u32) -> Result<()> {
-        match requests {
+        // At most what a full bucket holds beside the one already taken:
+        // a batch larger than the burst could never be had.
+        let most = self.limits.settings().burst.max(1) - 1;
+        match requests.min(most) {
             0 => Ok(()),
             more => self.admit_as(context, more),
         }

@@ -34,7 +34,7 @@ pub(crate) async fn watcher(
     receiver
 }
 
-/// Events until one of `kind` arrives (within the deadline).
+/// The events of w/a/db among `events`.
 fn of_a_events(events: &[WatchEvent]) -> Vec<WatchEvent> {
     events
         .iter()
@@ -43,6 +43,7 @@ fn of_a_events(events: &[WatchEvent]) -> Vec<WatchEvent> {
         .collect()
 }
 
+/// Events until one of `kind` arrives (within the deadline).
 pub(crate) async fn until(
     receiver: &mut mpsc::UnboundedReceiver<WatchEvent>,
     kind: &str,

@@ -14,7 +14,7 @@ mod mysql;
 mod postgres;
 
 use super::Step;
-use super::rotators::{RotatorError, StepInput, StepOutput};
+use super::rotators::{Held, RotatorError, StepInput, StepOutput};
 use crate::password::{self, PasswordPolicy};
 use rekey_shared::SecretValue;
 use serde::Deserialize;
@@ -292,7 +292,10 @@ impl DatabaseRotator {
     async fn step(&self, input: &StepInput<'_>) -> Result<StepOutput, RotatorError> {
         match (input.step, input.revert) {
             (Step::Create, _) => self.create(input),
-            (Step::Set, _) => self.set(input).await.map(|()| StepOutput::default()),
+            (Step::Set, _) => self.set(input).await.map(|held| StepOutput {
+                held,
+                ..StepOutput::default()
+            }),
             (Step::Test, _) => {
                 let target = Credentials::parse(input.pending, "the pending value")?;
                 self.check_place(&target)?;
@@ -390,6 +393,7 @@ impl DatabaseRotator {
         Ok(StepOutput {
             new_value: Some(SecretValue::text(value.as_str())),
             log: format!("new password for {username}"),
+            held: None,
         })
     }
 
@@ -405,12 +409,12 @@ impl DatabaseRotator {
     /// alternating users' always goes through the admin, which also makes
     /// a clone's grants whole (a step that failed after creating the clone
     /// left it logging in with fewer).
-    async fn set(&self, input: &StepInput<'_>) -> Result<(), RotatorError> {
+    async fn set(&self, input: &StepInput<'_>) -> Result<Option<Held>, RotatorError> {
         let target = Credentials::parse(input.pending, "the value to install")?;
         match self.strategy {
             Strategy::Single => {
                 let candidates = match self.login(&target).await {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => return Ok(Some(Held::Pending)),
                     Err(LoginError::Unreachable(message)) => return Err(RotatorError(message)),
                     Err(LoginError::Refused(message)) => {
                         let candidates = self.older_logins(input, &target);
@@ -426,7 +430,7 @@ impl DatabaseRotator {
                     }
                 };
                 let mut last = String::new();
-                for credentials in candidates {
+                for (held, credentials) in candidates {
                     let result = match self.dialect {
                         Dialect::Postgres => {
                             postgres::change_own_password(
@@ -446,7 +450,7 @@ impl DatabaseRotator {
                         }
                     };
                     match result {
-                        Ok(()) => return Ok(()),
+                        Ok(()) => return Ok(held),
                         Err(LoginError::Refused(message)) => last = message,
                         Err(LoginError::Unreachable(message)) => return Err(RotatorError(message)),
                     }
@@ -455,6 +459,16 @@ impl DatabaseRotator {
                     "cannot log in as {} with the CURRENT or PREVIOUS password ({last})",
                     target.username
                 )))
+            }
+            // setSecret changed the other user's password, never this
+            // one's: a revert changes no password (it would set the one a
+            // writer of CURRENT chose), it only tests that CURRENT logs in.
+            Strategy::Alternating if input.revert => {
+                self.check_place(&target)?;
+                self.login(&target)
+                    .await
+                    .map(|()| None)
+                    .map_err(|error| RotatorError(error.message()))
             }
             Strategy::Alternating => {
                 self.check_user(&target.username)?;
@@ -473,7 +487,9 @@ impl DatabaseRotator {
                         mysql::set_password_as_admin(&admin, &base, &target, &self.session).await
                     }
                 };
-                result.map_err(|error| RotatorError(error.message()))
+                result
+                    .map(|()| None)
+                    .map_err(|error| RotatorError(error.message()))
             }
         }
     }
@@ -487,15 +503,24 @@ impl DatabaseRotator {
     /// says, since whoever may write a value may name any place (a
     /// listener of theirs, TLS off) and start a rotation: the database's
     /// real password, now PREVIOUS, would go there.
-    fn older_logins(&self, input: &StepInput<'_>, target: &Credentials) -> Vec<Credentials> {
+    fn older_logins(
+        &self,
+        input: &StepInput<'_>,
+        target: &Credentials,
+    ) -> Vec<(Option<Held>, Credentials)> {
         let place = target.place(self.dialect);
-        [input.current, input.previous, input.replacing]
-            .into_iter()
-            .flatten()
-            .filter_map(|candidate| Credentials::parse(Some(candidate), "a value").ok())
-            .filter(|older| older.username == target.username && older.place(self.dialect) == place)
-            .map(|older| target.with_password(&older.password))
-            .collect()
+        [
+            (Some(Held::Current), input.current),
+            (Some(Held::Previous), input.previous),
+            (None, input.replacing),
+        ]
+        .into_iter()
+        .filter_map(|(held, candidate)| {
+            let older = Credentials::parse(candidate, "a value").ok()?;
+            (older.username == target.username && older.place(self.dialect) == place)
+                .then(|| (held, target.with_password(&older.password)))
+        })
+        .collect()
     }
 }
 
@@ -685,7 +710,10 @@ mod tests {
                 &input(Step::Set, &elsewhere, Some(&real)),
                 &target(&elsewhere),
             );
-            let passwords: Vec<&str> = logins.iter().map(|login| login.password.as_str()).collect();
+            let passwords: Vec<&str> = logins
+                .iter()
+                .map(|(_, login)| login.password.as_str())
+                .collect();
             assert_eq!(passwords, ["x"], "{:?}", logins.first());
         }
         // Where the value before sent it, it is tried, whatever the case of
@@ -695,7 +723,10 @@ mod tests {
             &input(Step::Set, &moved_password, Some(&real)),
             &target(&moved_password),
         );
-        let passwords: Vec<&str> = logins.iter().map(|login| login.password.as_str()).collect();
+        let passwords: Vec<&str> = logins
+            .iter()
+            .map(|(_, login)| login.password.as_str())
+            .collect();
         assert_eq!(passwords, ["x", "real-password"]);
     }
 

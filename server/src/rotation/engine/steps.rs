@@ -8,7 +8,7 @@ use crate::crypto;
 use crate::error::{Error, Result};
 use crate::events::Details;
 use crate::rotation::planner::{self, AfterFailure};
-use crate::rotation::rotators::{Rotator, RotatorSettings, StepInput};
+use crate::rotation::rotators::{Held, Rotator, RotatorSettings, StepInput};
 use crate::rotation::{Outcome, Phase, Revert, RunRecord, Step};
 use crate::store::{NewVersion, PutOutcome, SecretRecord};
 use rekey_shared::time::now_millis;
@@ -76,7 +76,7 @@ impl Engine {
         let now = now_millis();
         match result {
             Ok(StepDone::Finished) => Ok(()),
-            Ok(StepDone::Advanced(log)) => {
+            Ok(StepDone::Advanced(log, held)) => {
                 let mut next = started.clone();
                 next.step = step.next().unwrap_or(Step::Finish);
                 next.attempt = 0;
@@ -90,13 +90,12 @@ impl Engine {
                     secret.name.as_str(),
                     &format!("run {}: {step} done", run.id),
                 );
-                store
-                    .update_run(
-                        &mut next,
-                        &[history(step, "step_done", attempt, "system", &log)],
-                        Some(&event),
-                    )
-                    .await?;
+                let mut entries = vec![history(step, "step_done", attempt, "system", &log)];
+                // What a revert puts back (see `revert`).
+                if let Some(held) = held {
+                    entries.push(history(step, TARGET_HELD, attempt, "system", &held));
+                }
+                store.update_run(&mut next, &entries, Some(&event)).await?;
                 self.publish("step_changed", secret, &next, Some(step), "done", "system");
                 Ok(())
             }
@@ -182,7 +181,10 @@ impl Engine {
                     .is_some()
                 {
                     // Made before a crash or a retry: find it, make no other.
-                    return Ok(StepDone::Advanced("the pending version exists".to_owned()));
+                    return Ok(StepDone::Advanced(
+                        "the pending version exists".to_owned(),
+                        None,
+                    ));
                 }
                 let rotator = self.rotator(&config.rotator, &config.settings).await?;
                 let output = rotator
@@ -245,14 +247,20 @@ impl Engine {
                         principal: "system".to_owned(),
                     },
                 );
-                Ok(StepDone::Advanced(output.log))
+                Ok(StepDone::Advanced(output.log, None))
             }
             Step::Set | Step::Test => {
                 let pending = self.open(secret, &run.id).await?.ok_or_else(|| {
                     Error::FailedPrecondition("the pending version is missing".to_owned())
                 })?;
                 let rotator = self.rotator(&config.rotator, &config.settings).await?;
-                let previous = self.value_at(secret, &Stage::previous()).await?;
+                let previous_version = store
+                    .version_at_stage(&secret.id, &Stage::previous())
+                    .await?;
+                let previous = match &previous_version {
+                    Some(version) => self.open(secret, version.version_id.as_str()).await?,
+                    None => None,
+                };
                 let output = rotator
                     .run(&StepInput {
                         step,
@@ -267,7 +275,14 @@ impl Engine {
                     })
                     .await
                     .map_err(|error| Error::FailedPrecondition(error.0))?;
-                Ok(StepDone::Advanced(output.log))
+                let held = output.held.and_then(|held| match held {
+                    Held::Current => Some(run.current_at_start.clone()),
+                    Held::Previous => previous_version
+                        .as_ref()
+                        .map(|version| version.version_id.to_string()),
+                    Held::Pending => Some(run.id.clone()),
+                });
+                Ok(StepDone::Advanced(output.log, held))
             }
             Step::Finish => {
                 let now = now_millis();
@@ -351,7 +366,26 @@ impl Engine {
             let previous = self.value_at(secret, &Stage::previous()).await?;
             let replacing = self.open(secret, &run.id).await?;
             let rotator = self.rotator(rotator, settings).await?;
-            Ok::<_, Error>((moved, current, at_start, previous, replacing, rotator))
+            // What setSecret found the target taking, when it said (a
+            // single database user): the value to put back.
+            let held = store
+                .history(&run.id)
+                .await?
+                .into_iter()
+                .rev()
+                .find(|entry| entry.event == TARGET_HELD)
+                .map(|entry| entry.detail)
+                .filter(|held| *held != run.id);
+            let held = match held {
+                Some(held) => Some((
+                    now.as_ref().map(|version| version.version_id.to_string())
+                        == Some(held.clone()),
+                    held.clone(),
+                    self.open(secret, &held).await?,
+                )),
+                None => None,
+            };
+            Ok::<_, Error>((moved, current, at_start, held, previous, replacing, rotator))
         }
         .await;
         let result = match prepared {
@@ -374,7 +408,7 @@ impl Engine {
                     .await;
             }
             Err(error) => Err(failure_text(&error)),
-            Ok((moved, current, at_start, previous, replacing, rotator)) => {
+            Ok((moved, current, at_start, held, previous, replacing, rotator)) => {
                 let input = |step, value| {
                     reverting(
                         secret,
@@ -389,13 +423,37 @@ impl Engine {
                     let inputs = [input(Step::Set, value), input(Step::Test, value)];
                     install(&rotator, inputs)
                 };
-                if !moved {
+                let takes_current = async || {
+                    rotator
+                        .run(&input(Step::Test, current.as_ref()))
+                        .await
+                        .is_ok()
+                };
+                // A target that takes CURRENT already needs nothing put back.
+                if held.is_some() && takes_current().await {
+                    Ok(())
+                } else if let Some((is_current, version, value)) = held {
+                    // Only a value the target took: never one a writer
+                    // chose (CURRENT when the run started, or since).
+                    match value {
+                        None => Err(format!(
+                            "the value the target took before setSecret (version {version}) \
+                             is gone, so nothing was put back"
+                        )),
+                        Some(value) => match install(Some(&value)).await {
+                            Err(error) => Err(error),
+                            Ok(()) if is_current => Ok(()),
+                            Ok(()) => Err(format!(
+                                "the target was put back to the value it took before setSecret \
+                                 (version {version}), which is not CURRENT (a value written \
+                                 since, or one the target did not take): check CURRENT, then put \
+                                 the value the target holds, or rotate again"
+                            )),
+                        },
+                    }
+                } else if !moved {
                     install(current.as_ref()).await
-                } else if rotator
-                    .run(&input(Step::Test, current.as_ref()))
-                    .await
-                    .is_ok()
-                {
+                } else if takes_current().await {
                     Ok(())
                 } else if at_start.is_none() {
                     Err(
@@ -453,6 +511,10 @@ impl Engine {
         Ok(())
     }
 }
+
+/// The history entry in which setSecret says which version's value the
+/// target took when it was changed (its detail).
+const TARGET_HELD: &str = "target_held";
 
 /// A revert's step `step`, putting `value` into the target.
 fn reverting<'a>(
@@ -565,8 +627,9 @@ impl Engine {
 
 /// How a step's effect went, when it did not fail.
 enum StepDone {
-    /// The step is done; the run moves to the next one.
-    Advanced(String),
+    /// The step is done (its log; for setSecret, the version whose value
+    /// the target took when it was changed); the run moves to the next.
+    Advanced(String, Option<String>),
     /// finishSecret committed the end of the run.
     Finished,
     /// finishSecret found CURRENT moved.

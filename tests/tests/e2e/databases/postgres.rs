@@ -128,7 +128,8 @@ fn postgres_older_passwords_go_only_where_their_values_sent_them() {
 /// values but not read them) is not installed: the revert would log in
 /// with the run's new password and set the writer's, which they know. The
 /// database gets back the password it had before the run, and the run
-/// needs attention.
+/// needs attention. So does a put before the run: the revert puts back
+/// the value setSecret found the target taking, not CURRENT.
 #[test]
 fn postgres_a_revert_installs_no_password_a_writer_chose() {
     let Some(pg) = ThrowawayPostgres::start() else {
@@ -192,6 +193,27 @@ fn postgres_a_revert_installs_no_password_a_writer_chose() {
     });
     assert_ne!(ended["run"]["state"], "needs_attention", "{ended}");
     assert!(pg.logs_in("app_abandon", "changed-by-hand"));
+
+    // Put before the run: setSecret logs in with PREVIOUS (the database's
+    // real password) and changes it; a cancel then puts back what the
+    // target took, PREVIOUS's, not the writer's CURRENT.
+    put_json(&operator, "put", "db/abandon", &app("writer-before"));
+    operator.run(&["rotate", "db/abandon", "--manual"]).ok();
+    operator.run(&["rotation", "step", "db/abandon"]).ok();
+    operator.run(&["rotation", "step", "db/abandon"]).ok();
+    let (_, pending) = login(&value(&admin, "db/abandon", "PENDING"));
+    assert!(pg.logs_in("app_abandon", &pending), "setSecret ran");
+    operator.run(&["rotation", "cancel", "db/abandon"]).ok();
+    let ended = eventually("the run to end", || {
+        let shown = show(&admin, "db/abandon");
+        (shown["run"]["active"] == false).then_some(shown)
+    });
+    assert_eq!(ended["run"]["state"], "needs_attention", "{ended}");
+    assert!(
+        !pg.logs_in("app_abandon", "writer-before"),
+        "the writer's password was installed"
+    );
+    assert!(pg.logs_in("app_abandon", "changed-by-hand"), "{ended}");
 }
 
 #[test]
