@@ -384,3 +384,49 @@ fn run_watched(rekey: &Rekey, script: &str, stderr: std::process::Stdio) -> std:
         .spawn()
         .unwrap()
 }
+
+/// `rekey run --watch` of many secrets watches them a hundred to a stream:
+/// a stream apiece passed the connection's 200 calls at once, and the
+/// command never started.
+#[test]
+fn run_watch_of_many_secrets_starts() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let rekey = server.rekey(&installation.admin());
+    let count = 210;
+    for i in 0..count {
+        rekey
+            .run(&[
+                "create",
+                &format!("many/s{i:03}"),
+                "--value",
+                &format!("v{i}"),
+            ])
+            .ok();
+    }
+    let seen = installation.dir().join("seen");
+    let script = format!(r#"echo "$V209" >> '{}'; exec sleep 60"#, seen.display());
+    let mut args: Vec<String> = vec!["run".into(), "--watch".into()];
+    for i in 0..count {
+        args.extend(["--env".into(), format!("V{i}=many/s{i:03}")]);
+    }
+    args.extend(["--".into(), "sh".into(), "-c".into(), script]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut running = rekey
+        .command(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = || std::fs::read_to_string(&seen).unwrap_or_default();
+    eventually("the command to start", || {
+        (lines() == "v209\n").then_some(())
+    });
+    rekey.run(&["put", "many/s209", "--value", "changed"]).ok();
+    eventually("a restart with the new value", || {
+        (lines() == "v209\nchanged\n").then_some(())
+    });
+    let pid = rustix::process::Pid::from_raw(running.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    eventually("rekey run to stop", || running.try_wait().unwrap());
+}

@@ -136,12 +136,16 @@ async fn changes(
         server: connection.server.clone(),
         identity: Arc::new(connection.identity()?),
     };
-    for name in names {
-        let stream = watch(&channel, name).await?;
+    // One stream for up to as many secrets as a Watch may name: a stream
+    // per secret would pass a connection's bound on calls at once (200),
+    // and each counts toward the principal's open streams.
+    for chunk in names.chunks(NAMES_PER_WATCH) {
+        let chunk: Vec<String> = chunk.iter().map(|name| (*name).to_owned()).collect();
+        let stream = watch(&channel, &chunk).await?;
         tokio::spawn(follow(
             channel.clone(),
             prober.clone(),
-            name.to_owned(),
+            chunk,
             stream,
             sender.clone(),
         ));
@@ -149,18 +153,48 @@ async fn changes(
     Ok(receiver)
 }
 
+/// The most secrets one Watch may name.
+const NAMES_PER_WATCH: usize = 100;
+
 async fn watch(
     channel: &Channel,
-    name: &str,
+    names: &[String],
 ) -> Result<tonic::Streaming<proto::WatchEvent>, tonic::Status> {
     Ok(WatchClient::new(channel.clone())
         .watch(proto::WatchRequest {
-            // The prefix for a server that does not know `names` yet.
-            prefix: name.to_owned(),
-            names: vec![name.to_owned()],
+            // For a server that does not know `names` yet: the start they
+            // share (events of others are left out below).
+            prefix: shared_start(names),
+            names: names.to_vec(),
         })
         .await?
         .into_inner())
+}
+
+/// The longest start all of `names` share.
+fn shared_start(names: &[String]) -> String {
+    let Some(first) = names.first() else {
+        return String::new();
+    };
+    let mut start = first.as_str();
+    for name in &names[1..] {
+        let shared = start
+            .char_indices()
+            .zip(name.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or(start.len().min(name.len()), |((at, _), _)| at);
+        start = &start[..shared];
+    }
+    start.to_owned()
+}
+
+/// How a stream's secrets are named in what `rekey run` says of it.
+fn label(names: &[String]) -> String {
+    match names {
+        [one] => one.clone(),
+        [first, rest @ ..] => format!("{first} and {} more", rest.len()),
+        [] => String::new(),
+    }
 }
 
 /// Whether the server refused the caller (its certificate revoked or
@@ -191,24 +225,25 @@ impl Prober {
     }
 }
 
-/// Passes on the change events of `name` until the receiver is gone; a
+/// Passes on the change events of `names` until the receiver is gone; a
 /// watch the server ended as UNAUTHENTICATED or PERMISSION_DENIED is the
 /// end (the certificate is revoked or expired), any other end is followed
 /// by a new watch.
 async fn follow(
     channel: Channel,
     prober: Prober,
-    name: String,
+    names: Vec<String>,
     mut stream: tonic::Streaming<proto::WatchEvent>,
     sender: mpsc::UnboundedSender<Change>,
 ) {
+    let name = label(&names);
     const FIRST_PAUSE: Duration = Duration::from_millis(100);
     let mut pause = FIRST_PAUSE;
     loop {
         let ended = loop {
             match stream.message().await {
                 Ok(Some(event)) => {
-                    if event.name == name && sender.send(Change::Changed).is_err() {
+                    if names.contains(&event.name) && sender.send(Change::Changed).is_err() {
                         return;
                     }
                 }
@@ -232,7 +267,7 @@ async fn follow(
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
-            match watch(&channel, &name).await {
+            match watch(&channel, &names).await {
                 Ok(stream) => break stream,
                 // Refused (not unreachable): the certificate was revoked or
                 // expired meanwhile.
@@ -494,6 +529,23 @@ const RETRY_MOST: Duration = Duration::from_secs(30);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watch_of_several_secrets_asks_an_older_server_for_their_shared_start() {
+        let names = |list: &[&str]| {
+            list.iter()
+                .map(|name| (*name).to_owned())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shared_start(&names(&["app/db"])), "app/db");
+        assert_eq!(
+            shared_start(&names(&["app/db", "app/dc", "app/d"])),
+            "app/d"
+        );
+        assert_eq!(shared_start(&names(&["app/db", "other"])), "");
+        assert_eq!(label(&names(&["a", "b", "c"])), "a and 2 more");
+        assert_eq!(label(&names(&["a"])), "a");
+    }
 
     #[test]
     fn only_an_answer_about_the_secret_stops_the_command() {
