@@ -374,8 +374,7 @@ impl Engine {
                 .into_iter()
                 .rev()
                 .find(|entry| entry.event == TARGET_HELD)
-                .map(|entry| entry.detail)
-                .filter(|held| *held != run.id);
+                .map(|entry| entry.detail);
             let held = match held {
                 Some(held) => Some((
                     now.as_ref().map(|version| version.version_id.to_string())
@@ -436,6 +435,16 @@ impl Engine {
                     // Only a value the target took: never one a writer
                     // chose (CURRENT when the run started, or since).
                     match value {
+                        // setSecret found the new value taken already (an
+                        // attempt before changed it and failed after):
+                        // what the target held before is not known.
+                        _ if version == run.id => Err(
+                            "setSecret found the target taking the new value already (an attempt \
+                             before changed it), so what it held before is not known and nothing \
+                             was put back: the target holds PENDING's value; make it CURRENT, or \
+                             put the value the target should hold"
+                                .to_owned(),
+                        ),
                         None => Err(format!(
                             "the value the target took before setSecret (version {version}) \
                              is gone, so nothing was put back"
