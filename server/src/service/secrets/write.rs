@@ -294,6 +294,19 @@ impl SecretsService {
         }
         self.authorize(context, Action::UpdateSecretVersionStage, name.as_str())?;
         let secret = self.live_secret(&name).await?;
+        // The value of a run that ended without finishing (a gate not
+        // passed, a revert that left it in the target) becomes CURRENT only
+        // by whoever may approve rotations of the secret: a stage move
+        // would otherwise wave through what its approvers did not.
+        if stage.is_current()
+            && let Some(to) = &to
+            && let Some(run) = self.state.store.run(to.as_str()).await?
+            && run.secret_id == secret.id
+            && run.phase == crate::rotation::Phase::Ended
+            && run.outcome != Some(crate::rotation::Outcome::Succeeded)
+        {
+            self.authorize(context, Action::ApproveRotation, name.as_str())?;
+        }
         self.state
             .store
             .move_stage(

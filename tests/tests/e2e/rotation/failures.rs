@@ -567,8 +567,10 @@ fn a_secret_is_not_deleted_while_its_rotation_is_under_way() {
 fn pending_stays_on_the_runs_version_until_the_run_ends() {
     let installation = Installation::new();
     fixture(&installation);
+    let olga = installation.issue("olga", &["operator"]);
     let server = installation.serve();
     let admin = server.rekey(&installation.admin());
+    let operator = server.rekey(&olga);
     admin.run(&["create", "pen/db", "--value", "v1"]).ok();
     let v1 = stages(&admin, "pen/db")["CURRENT"]
         .as_str()
@@ -619,6 +621,18 @@ fn pending_stays_on_the_runs_version_until_the_run_ends() {
     assert_eq!(stages(&admin, "pen/db")["CURRENT"], v1.as_str());
     admin.run(&["rotation", "cancel", "pen/db"]).ok();
     wait_for_state(&admin, "pen/db", "cancelled");
+    // The ended run's value becomes CURRENT only by whoever may approve
+    // rotations of the secret: not by an operator's stage move.
+    let waved = operator.run(&["stage", "pen/db", "CURRENT", "--to", &run_version]);
+    assert!(
+        waved.code == 1
+            && waved
+                .stderr
+                .contains("olga may not rotation:ApproveRotation on pen/db"),
+        "{}",
+        waved.stderr
+    );
+    assert_eq!(stages(&admin, "pen/db")["CURRENT"], v1.as_str());
     // The run ended: PENDING is the client's again.
     admin
         .run(&["put", "pen/db", "--stage", "PENDING", "--value", "v2"])
