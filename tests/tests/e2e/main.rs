@@ -11,6 +11,7 @@ mod backup_edits;
 mod bad_input;
 mod batch;
 mod bench_smoke;
+mod bounds;
 mod cache;
 mod control_characters;
 mod crash;
