@@ -51,7 +51,7 @@ pub fn root_key(loaded: &config::Loaded) -> anyhow::Result<RootKey> {
 pub async fn open(loaded: &config::Loaded) -> anyhow::Result<Opened> {
     let root = root_key(loaded)?;
     let store = Store::open_current(&loaded.database_url(), AuditKey::derive(&root)).await;
-    opened(store, root)
+    opened(loaded, store, root).await
 }
 
 /// Opens the installation for the server, which brings its database's
@@ -85,14 +85,65 @@ pub async fn open_with(loaded: &config::Loaded, root: RootKey) -> anyhow::Result
         read_cache_bytes,
     )
     .await;
-    opened(store, root)
+    opened(loaded, store, root).await
 }
 
-fn opened(store: crate::error::Result<Store>, root: RootKey) -> anyhow::Result<Opened> {
+async fn opened(
+    loaded: &config::Loaded,
+    store: crate::error::Result<Store>,
+    root: RootKey,
+) -> anyhow::Result<Opened> {
+    let store = store.map_err(|error| anyhow::anyhow!("{error}"))?;
+    proven(loaded, &store, &root).await?;
     Ok(Opened {
-        store: store.map_err(|error| anyhow::anyhow!("{error}"))?,
+        store,
         keyring: Keyring::new(root),
     })
+}
+
+/// Proves that `root` is the installation's own: it must open a stored
+/// master key (`init` makes `default`, and the last version of a key is
+/// never retired). Another installation's `root.key` (a
+/// `REKEY_ROOT_KEY_FILE` left in a shell, a file copied from the wrong
+/// host) would otherwise be found out only when a value is read, and
+/// meanwhile every audit event would be chained under a key that does not
+/// verify, and a backup sealed under it would never restore. A passphrase
+/// is proven before this by its check value.
+async fn proven(loaded: &config::Loaded, store: &Store, root: &RootKey) -> anyhow::Result<()> {
+    let keys = store
+        .list_master_keys()
+        .await
+        .map_err(|error| anyhow::anyhow!("{error}"))?;
+    let Some(key) = keys.first() else {
+        return Ok(());
+    };
+    let Ok(name) = KeyName::parse(&key.name) else {
+        anyhow::bail!("the database holds a master key named {:?}", key.name);
+    };
+    let reference = crate::crypto::KeyRef {
+        name,
+        version: key.version,
+    };
+    if root
+        .unwrap_master_key(reference, &key.wrapped_material)
+        .is_err()
+    {
+        let source = match &loaded.config.root_passphrase {
+            Some(_) => "the passphrase's root key".to_owned(),
+            None => format!(
+                "the root key {}",
+                loaded.path(&loaded.config.root_key_file).display()
+            ),
+        };
+        anyhow::bail!(
+            "{source} does not open this installation's master keys (master key {} \
+             version {} does not open with it): it is another installation's; \
+             check root_key_file in {CONFIG_FILE} and REKEY_ROOT_KEY_FILE",
+            key.name,
+            key.version
+        );
+    }
+    Ok(())
 }
 
 /// What `init` made.
@@ -215,7 +266,9 @@ async fn init_files(
     // A database with any schema is refused before anything is changed in
     // it: a newer binary's init would otherwise migrate another release's.
     let store = Store::create(&loaded.database_url(), AuditKey::derive(&root)).await;
-    let Opened { store, keyring } = opened(store, root)?;
+    // New: no master key to prove the root key against yet.
+    let store = store.map_err(|error| anyhow::anyhow!("{error}"))?;
+    let keyring = Keyring::new(root);
     let made = write_installation(&loaded, &store, &keyring, &ca, dir).await;
     match made {
         // The files go (see `init`); the schema made in a database of

@@ -153,7 +153,6 @@ impl Installation {
         });
     }
 
-    /// Starts `rekeyd serve` on a free loopback port.
     /// Runs `rekeyd serve`, which must refuse to start (exit 1); what it
     /// printed to standard error.
     pub fn refused_at_start(&self) -> String {
@@ -173,12 +172,12 @@ impl Installation {
         stderr
     }
 
+    /// Starts `rekeyd serve` on a free loopback port.
     pub fn serve(&self) -> Server {
         Server::start(self.dir(), &[])
     }
 }
 
-/// Runs `rekeyd --dir DIR ARGS` to completion.
 /// `rekeyd --dir TARGET restore FILE --root-key-file KEY`.
 pub fn restore(target: &Path, file: &Path, root_key: &Path) -> Output {
     rekeyd(
@@ -192,6 +191,7 @@ pub fn restore(target: &Path, file: &Path, root_key: &Path) -> Output {
     )
 }
 
+/// Runs `rekeyd --dir DIR ARGS` to completion.
 pub fn rekeyd(dir: &Path, args: &[&str]) -> Output {
     Command::new(binary("rekeyd"))
         .arg("--dir")

@@ -302,3 +302,41 @@ async fn the_admin_api_rotates_rewraps_and_retires_a_key() {
     let refused = reader.rewrap_key(rewrap()).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
 }
+
+/// Another installation's `root.key` is refused before anything is
+/// written: `serve` does not start, `backup` writes no file, and the audit
+/// chain, checked once the right key is back, has nothing chained under
+/// the wrong one.
+#[test]
+fn another_installations_root_key_is_refused_before_anything_is_written() {
+    let installation = Installation::new();
+    let other = Installation::new();
+    let root_key = installation.dir().join("root.key");
+    let own = std::fs::read(&root_key).unwrap();
+    std::fs::copy(other.dir().join("root.key"), &root_key).unwrap();
+    let wrong = format!("the root key {} does not open", root_key.display());
+
+    let refused = installation.refused_at_start();
+    assert!(refused.contains(&wrong), "{refused}");
+    let file = installation.dir().join("refused-backup.db");
+    let output = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stderr).contains(&wrong),
+        "{}",
+        text(&output.stderr)
+    );
+    assert!(!file.exists());
+    let output = rekeyd(installation.dir(), &["keys", "create", "stuck"]);
+    assert!(
+        text(&output.stderr).contains(&wrong),
+        "{}",
+        text(&output.stderr)
+    );
+
+    std::fs::write(&root_key, own).unwrap();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["audit", "verify"]).ok();
+    admin.run(&["create", "k/after", "--value", "v"]).ok();
+}
