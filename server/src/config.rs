@@ -374,7 +374,10 @@ impl Loaded {
         self.dir.join(relative)
     }
 
-    /// The database URL with a relative SQLite path made absolute.
+    /// The database URL with a relative SQLite path made absolute. The
+    /// installation's directory goes in escaped: sqlx decodes `%XX` in the
+    /// path and takes what follows a `?` as options, so a directory named
+    /// `rekey%20dr` or `dr?1` would otherwise open another file.
     pub fn database_url(&self) -> String {
         let url = &self.config.database_url;
         // `sqlite:FILE` as well as `sqlite://FILE`: a relative file is the
@@ -384,7 +387,9 @@ impl Loaded {
             .or_else(|| url.strip_prefix("sqlite:"));
         match file {
             Some(file) if !file.starts_with('/') && !file.starts_with(':') => {
-                format!("sqlite://{}", self.dir.join(file).display())
+                let dir = self.dir.display().to_string();
+                let dir = dir.replace('%', "%25").replace('?', "%3F");
+                format!("sqlite://{}/{file}", dir.trim_end_matches('/'))
             }
             _ => url.clone(),
         }
@@ -532,6 +537,33 @@ pub fn toml_of(config: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The file a directory's database URL opens is the one in that
+    /// directory, whatever its name holds.
+    #[test]
+    fn a_directory_named_like_url_syntax_keeps_its_database() {
+        for dir in [
+            "/srv/rekey%20dr",
+            "/srv/dr?mode=ro",
+            "/srv/a b/",
+            "/",
+            "relative/dir",
+        ] {
+            let loaded = Loaded {
+                config: Config::default(),
+                file_config: Config::default(),
+                dir: PathBuf::from(dir),
+                passphrase: Default::default(),
+            };
+            let url = loaded.database_url();
+            let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+            assert_eq!(
+                options.get_filename(),
+                Path::new(dir).join("rekey.db"),
+                "{url}"
+            );
+        }
+    }
 
     #[test]
     fn debug_shows_no_password_or_token() {
