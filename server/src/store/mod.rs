@@ -268,3 +268,16 @@ pub(super) fn deleted_meanwhile() -> crate::error::Error {
             .to_owned(),
     )
 }
+
+/// The refusal of a run whose CURRENT at its start (read before the
+/// writers' lock) is no longer CURRENT when it is written: a put or a
+/// stage move came first, and the run, started on the old value, would
+/// be abandoned at once ("CURRENT moved during the run"), taking a
+/// scheduled rotation's due time with it. ABORTED: started again, it
+/// rotates from the new value (the scheduler tries again in a minute).
+pub(super) fn current_moved() -> crate::error::Error {
+    crate::error::Error::Aborted(
+        "the secret's CURRENT version changed while the rotation was being started; start it again"
+            .to_owned(),
+    )
+}

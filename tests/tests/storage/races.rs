@@ -334,6 +334,13 @@ async fn config_save_suite(url: &str, root: &RootKey) {
     };
     configure(&edited, Some(&stored), false).await.unwrap();
 
+    let current = store
+        .stage_map(&id)
+        .await
+        .unwrap()
+        .get(&rekey_shared::Stage::current())
+        .unwrap()
+        .clone();
     // The run this test starts below. First, as a scheduled run whose due
     // time another process claimed: nothing is written, neither the run
     // nor the schedule's move.
@@ -350,7 +357,7 @@ async fn config_save_suite(url: &str, root: &RootKey) {
         attempt: 0,
         next_attempt_at: None,
         approval_requested_at: None,
-        current_at_start: String::new(),
+        current_at_start: current.to_string(),
         outcome: None,
         revert: Revert::NotNeeded,
         end_reason: String::new(),
@@ -377,6 +384,30 @@ async fn config_save_suite(url: &str, root: &RootKey) {
             .unwrap()
     );
     assert!(store.run(&late.id).await.unwrap().is_none());
+    assert_eq!(store.rotation_config(&id).await.unwrap().unwrap(), before);
+    // A run that read CURRENT before a put made another version CURRENT
+    // (its read is outside the writers' lock): refused, and nothing is
+    // written, neither the run nor the schedule's move, so the scheduler
+    // starts it again from the new value.
+    let stale = RunRecord {
+        id: rekey_shared::VersionId::random().into_string(),
+        scheduled: true,
+        current_at_start: rekey_shared::VersionId::random().into_string(),
+        ..run.clone()
+    };
+    let claim = ScheduleClaim {
+        due_at: before.next_rotation_at.unwrap(),
+        next: Some(9_000),
+    };
+    let refused = store
+        .insert_run(&stale, &[], Some(claim), &event("StartRotation"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, Error::Aborted(message) if message.contains("CURRENT version changed")),
+        "{refused:?}"
+    );
+    assert!(store.run(&stale.id).await.unwrap().is_none());
     assert_eq!(store.rotation_config(&id).await.unwrap().unwrap(), before);
 
     // A run starts: a change of how runs go is refused, the rest saves.
@@ -416,13 +447,6 @@ async fn config_save_suite(url: &str, root: &RootKey) {
 
     // The run ends: the next rotation follows the schedule configured
     // while it went on (it was the one the run read at its start).
-    let current = store
-        .stage_map(&id)
-        .await
-        .unwrap()
-        .get(&rekey_shared::Stage::current())
-        .unwrap()
-        .clone();
     let made = super::NewVersion {
         version_id: rekey_shared::VersionId::parse(&run.id).unwrap(),
         ..new_version(7)

@@ -2,6 +2,7 @@
 //! transitions that change secret data (finishing a run, ending one) move
 //! stages and the run in one transaction.
 
+use super::super::current_moved;
 use super::super::rows::{
     CONFIG_COLUMNS, ConfigTimes, RUN_COLUMNS, RUN_REVISION, approval_row, config_row,
     config_save_refusal, history_row, run_row,
@@ -186,16 +187,22 @@ impl Store {
         event: &AuditEvent,
     ) -> Result<bool> {
         let mut tx = self.write().await?;
-        let deleting: Option<Option<i64>> =
-            sqlx::query_scalar("SELECT deletion_date FROM secrets WHERE id = ?")
-                .bind(&run.secret_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if !matches!(deleting, Some(None)) {
+        let secret: Option<(Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT s.deletion_date, (SELECT v.version_id FROM version_stages v
+                                      WHERE v.secret_id = s.id AND v.stage = 'CURRENT')
+             FROM secrets s WHERE s.id = ?",
+        )
+        .bind(&run.secret_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((None, current)) = secret else {
             return Err(Error::FailedPrecondition(
                 "the secret is deleted, or scheduled for deletion (restore it to rotate it)"
                     .to_owned(),
             ));
+        };
+        if current.as_deref() != Some(run.current_at_start.as_str()) {
+            return Err(current_moved());
         }
         if let Some(claim) = claim {
             let claimed = sqlx::query(
