@@ -387,6 +387,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             println!(
                 "restored {} into {}: {}; {proven}\n\
+                 rotation is paused there (rotation.paused in its rekeyd.toml): runs made after \
+                 the backup are not in it, so a target may hold a password the backup does not; \
+                 check the targets, then set paused = false\n\
                  start it with: rekeyd --dir {} serve",
                 file.display(),
                 location.dir.display(),

@@ -122,6 +122,13 @@ pub struct RotationSettings {
     /// relative to the installation directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub database_ca_file: Option<PathBuf>,
+    /// No schedule starts a run, no run moves on, and StartRotation is
+    /// refused: what `restore` writes, so that a restored installation
+    /// (a drill on another host, or the real one after a loss) does not
+    /// rotate passwords on the target systems before an operator has
+    /// checked that they hold the restored CURRENT values.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -159,6 +166,7 @@ impl Default for RotationSettings {
             exec: Default::default(),
             database_timeout_seconds: 60,
             database_ca_file: None,
+            paused: false,
         }
     }
 }

@@ -343,6 +343,10 @@ fn write_files(
     // The archive too: an absolute one would be the original's directory,
     // which a restore on the same host (a drill) would archive into.
     config.audit.archive_dir = defaults.audit.archive_dir.clone();
+    // No rotation until an operator says so: the backup's CURRENT values
+    // may not be what the targets hold (rotations after the backup), and a
+    // drill must not rotate production's passwords.
+    config.rotation.paused = true;
     config.tls.crl_files = (0..config.tls.crl_files.len())
         .map(|index| PathBuf::from(crl_name(index)))
         .collect();

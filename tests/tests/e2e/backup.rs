@@ -505,3 +505,96 @@ async fn an_interrupted_restore_leaves_nothing() {
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A restored installation rotates nothing until an operator says so: a
+/// schedule that came due since the backup does not start, nor does a run
+/// asked for, until `rotation.paused` is set to false and the server
+/// restarted. (A drill on another host must not rotate production's
+/// passwords, and after a loss the targets may hold passwords the backup
+/// does not.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restored_installation_rotates_nothing_until_resumed() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "r/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "r/db",
+            "--rotator",
+            "password",
+            "--schedule",
+            "rate(1 days)",
+        ])
+        .ok();
+    drop(server);
+    // The schedule came due while no server ran.
+    let url = format!("sqlite://{}", installation.database().display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE rotation_configs SET next_rotation_at = 1000")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    let backups = tempfile::tempdir().unwrap();
+    let file = backups.path().join("due.db");
+    let backed_up = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);
+    assert!(backed_up.status.success(), "{}", text(&backed_up.stderr));
+
+    let scratch = tempfile::tempdir().unwrap();
+    let target = scratch.path().join("restored");
+    let output = restore(&target, &file, &installation.dir().join("root.key"));
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("rotation is paused there"),
+        "{}",
+        text(&output.stdout)
+    );
+    let config_file = target.join("rekeyd.toml");
+    let mut config: toml::Table = std::fs::read_to_string(&config_file)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(config["rotation"]["paused"].as_bool(), Some(true));
+
+    let restored = Server::start(&target, &[]);
+    // The engine says it is paused once it has started, and then does
+    // nothing at all.
+    rekey_tests::eventually("the engine to say it is paused", || {
+        restored
+            .log_text()
+            .contains("rotation is paused")
+            .then_some(())
+    });
+    let admin = restored.rekey(&installation.admin());
+    let asked = admin.run(&["rotate", "r/db"]);
+    assert!(
+        asked.stderr.contains("rotation is paused on this server"),
+        "{}",
+        asked.stderr
+    );
+    let shown = admin
+        .run(&["rotation", "show", "r/db", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(shown["run"], serde_json::Value::Null, "{shown}");
+    drop(restored);
+
+    config["rotation"]
+        .as_table_mut()
+        .unwrap()
+        .insert("paused".into(), false.into());
+    std::fs::write(&config_file, config.to_string()).unwrap();
+    let resumed = Server::start(&target, &[]);
+    let admin = resumed.rekey(&installation.admin());
+    let shown = rekey_tests::eventually("the due rotation to run", || {
+        let shown = admin
+            .run(&["rotation", "show", "r/db", "--output", "json"])
+            .ok()
+            .json();
+        (shown["run"]["state"] == "succeeded").then_some(shown)
+    });
+    assert_eq!(shown["run"]["scheduled"], true, "{shown}");
+}

@@ -143,6 +143,13 @@ impl Engine {
     /// The loop: resume every active run now, then every second drive
     /// active runs (retry times, approval expiry) and start due schedules.
     pub async fn run(self: Arc<Self>) {
+        if self.state.rotation.paused {
+            tracing::warn!(
+                "rotation is paused (rotation.paused in the configuration): no schedule starts a \
+                 run and no run moves on until it is set to false and the server restarted"
+            );
+            return;
+        }
         if let Err(error) = self.state.store.clear_leases().await {
             tracing::error!(%error, "clearing the leases of a previous process failed");
         }
@@ -288,6 +295,14 @@ impl Engine {
         manual: bool,
         event: Option<AuditEvent>,
     ) -> Result<RunRecord> {
+        if self.state.rotation.paused {
+            return Err(Error::FailedPrecondition(
+                "rotation is paused on this server (rotation.paused in rekeyd.toml, as a restore \
+                 leaves it): check that the target systems hold the CURRENT values, then set it \
+                 to false and restart the server"
+                    .to_owned(),
+            ));
+        }
         self.create_run(secret, initiator, manual, None, event)
             .await?
             .ok_or_else(|| Error::internal("rotation", "a run without a claim was not stored"))
@@ -502,6 +517,11 @@ impl Engine {
     }
 
     async fn drive_run(&self, secret_id: &str) -> Result<()> {
+        // Paused, a run stays as it is stored (approvals, cancels and
+        // steps asked for meanwhile are recorded) until rotation resumes.
+        if self.state.rotation.paused {
+            return Ok(());
+        }
         // Most calls find no run (every put that moves CURRENT asks, in case
         // a run was abandoned by it); those need no lock and no lease. A run
         // started after this look is driven by whoever started it.
