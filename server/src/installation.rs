@@ -16,6 +16,23 @@ use rekey_shared::{KeyName, SecretName, SecretValue, VersionId};
 use std::path::{Path, PathBuf};
 
 pub const ADMIN_IDENTITY: &str = "admin.pem";
+
+/// The file a restore writes first and removes last: an installation that
+/// holds it was restored only in part (the restore was killed, its
+/// terminal hung up, the power cut), its values never proven, and no
+/// command opens it.
+pub const UNFINISHED_RESTORE: &str = "RESTORE-UNFINISHED";
+
+/// Refuses `dir` if a restore into it did not finish.
+pub fn refuse_unfinished_restore(dir: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !dir.join(UNFINISHED_RESTORE).exists(),
+        "a restore into {} did not finish (it holds {UNFINISHED_RESTORE}): what is there was \
+         never proven; remove the directory and restore again",
+        dir.display()
+    );
+    Ok(())
+}
 pub const ADMIN_PRINCIPAL: &str = "admin";
 
 /// An opened installation: its store (with the audit chain keyed from the
@@ -49,6 +66,7 @@ pub fn root_key(loaded: &config::Loaded) -> anyhow::Result<RootKey> {
 /// binary's schema version (`Store::open_current`), so that a newer
 /// binary's command never migrates it under an older server.
 pub async fn open(loaded: &config::Loaded) -> anyhow::Result<Opened> {
+    refuse_unfinished_restore(&loaded.dir)?;
     let root = root_key(loaded)?;
     let store = Store::open_current(&loaded.database_url(), AuditKey::derive(&root)).await;
     opened(loaded, store, root).await
@@ -60,6 +78,7 @@ pub async fn open(loaded: &config::Loaded) -> anyhow::Result<Opened> {
 /// moved aside (for a restore, say) would otherwise be served empty, with
 /// no policy and no revocations.
 pub async fn open_to_serve(loaded: &config::Loaded) -> anyhow::Result<Opened> {
+    refuse_unfinished_restore(&loaded.dir)?;
     let url = loaded.database_url();
     if url.starts_with("sqlite:")
         && let Some(file) = crate::store::database_file(&url)

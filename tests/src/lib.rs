@@ -156,26 +156,32 @@ impl Installation {
     /// Runs `rekeyd serve`, which must refuse to start (exit 1); what it
     /// printed to standard error.
     pub fn refused_at_start(&self) -> String {
-        let mut serving = Command::new(binary("rekeyd"))
-            .arg("--dir")
-            .arg(self.dir())
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("REKEY_METRICS_LISTEN", "")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let status = eventually("rekeyd to refuse to start", || serving.try_wait().unwrap());
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut serving.stderr.take().unwrap(), &mut stderr).unwrap();
-        assert_eq!(status.code(), Some(1), "{stderr}");
-        stderr
+        refused_at_start(self.dir())
     }
 
     /// Starts `rekeyd serve` on a free loopback port.
     pub fn serve(&self) -> Server {
         Server::start(self.dir(), &[])
     }
+}
+
+/// Runs `rekeyd --dir DIR serve`, which must refuse to start (exit 1);
+/// what it printed to standard error.
+pub fn refused_at_start(dir: &Path) -> String {
+    let mut serving = Command::new(binary("rekeyd"))
+        .arg("--dir")
+        .arg(dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("REKEY_METRICS_LISTEN", "")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = eventually("rekeyd to refuse to start", || serving.try_wait().unwrap());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut serving.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    stderr
 }
 
 /// `rekeyd --dir TARGET restore FILE --root-key-file KEY`.

@@ -116,6 +116,9 @@ pub async fn restore(
     // Not SIGHUP: a restore under `nohup` goes on.
     let interrupted = crate::signals::stop(false)?;
     let mut written = Written::new(dir)?;
+    // What no signal handler can take back (SIGKILL, SIGHUP, a power cut)
+    // leaves this mark, and no command opens a marked installation.
+    written.mark_unfinished()?;
     let restoring = async {
         // The tables are proven on the copy, as it is restored: not on the
         // file, which could change under the restore, or come with a
@@ -140,7 +143,7 @@ pub async fn restore(
     };
     match restored {
         Ok(summary) => {
-            written.keep();
+            written.finish()?;
             Ok(Restored {
                 summary,
                 tables_proven,
@@ -155,6 +158,7 @@ pub async fn restore(
 }
 
 fn refuse_installation(dir: &Path) -> anyhow::Result<()> {
+    crate::installation::refuse_unfinished_restore(dir)?;
     match std::fs::read_dir(dir) {
         Ok(mut entries) => anyhow::ensure!(
             entries.next().is_none(),
@@ -588,9 +592,38 @@ impl Written {
         Ok(file)
     }
 
-    fn keep(mut self) {
-        self.keep = true;
+    /// Writes the mark of a restore under way (see
+    /// [`crate::installation::UNFINISHED_RESTORE`]), durable before any
+    /// other file is written.
+    fn mark_unfinished(&mut self) -> anyhow::Result<()> {
+        self.private(
+            Path::new(crate::installation::UNFINISHED_RESTORE),
+            b"a rekeyd restore into this directory has not finished\n",
+        )?;
+        sync_dir(&self.dir)
     }
+
+    /// Keeps what was written and takes the mark away, once everything
+    /// else is durable.
+    fn finish(mut self) -> anyhow::Result<()> {
+        sync_dir(&self.dir)?;
+        self.keep = true;
+        let mark = self.dir.join(crate::installation::UNFINISHED_RESTORE);
+        std::fs::remove_file(&mark)
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all())
+            .with_context(|| {
+                format!(
+                    "the restore is done, but its mark {} could not be removed; remove it",
+                    mark.display()
+                )
+            })
+    }
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 impl Drop for Written {

@@ -426,14 +426,13 @@ async fn a_backup_is_never_written_into_a_planted_file() {
     assert_eq!(std::fs::metadata(&planted).unwrap().len(), 0);
 }
 
-/// A restore interrupted (SIGINT) once it has begun writing ends as a
-/// failure does, taking back what it wrote. It died with the installation
-/// half written and its values never proven, which `rekeyd serve` would
-/// have started on, and a second restore refused the directory as not
-/// empty. (Should the signal come only once the restore is done, it is
-/// done: whole.)
-#[tokio::test(flavor = "multi_thread")]
-async fn an_interrupted_restore_leaves_nothing() {
+/// A restore of a backup of 400 secrets into `target`, sent `signal` once
+/// it has begun writing (proving the values takes a while after the files
+/// are written); what it printed, or `None` if it was done by then.
+async fn restore_interrupted_by(
+    signal: rustix::process::Signal,
+    target: &Path,
+) -> Option<std::process::Output> {
     let installation = Installation::new();
     {
         let server = installation.serve();
@@ -470,11 +469,9 @@ async fn an_interrupted_restore_leaves_nothing() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", text(&output.stderr));
-    let scratch = tempfile::tempdir().unwrap();
-    let target = scratch.path().join("restored");
     let restoring = std::process::Command::new(rekey_tests::binary("rekeyd"))
         .arg("--dir")
-        .arg(&target)
+        .arg(target)
         .args(["restore", file.to_str().unwrap(), "--root-key-file"])
         .arg(installation.dir().join("root.key"))
         .stdin(std::process::Stdio::null())
@@ -488,12 +485,28 @@ async fn an_interrupted_restore_leaves_nothing() {
         std::thread::yield_now();
     }
     let pid = rustix::process::Pid::from_raw(restoring.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
     let output = tokio::task::block_in_place(|| restoring.wait_with_output()).unwrap();
     if output.status.success() {
         assert!(text(&output.stdout).contains("every value opens"));
-        return;
+        return None;
     }
+    Some(output)
+}
+
+/// A restore interrupted (SIGINT) once it has begun writing ends as a
+/// failure does, taking back what it wrote. It died with the installation
+/// half written and its values never proven, which `rekeyd serve` would
+/// have started on, and a second restore refused the directory as not
+/// empty. (Should the signal come only once the restore is done, it is
+/// done: whole.)
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_restore_leaves_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let target = scratch.path().join("restored");
+    let Some(output) = restore_interrupted_by(rustix::process::Signal::INT, &target).await else {
+        return;
+    };
     assert_eq!(output.status.code(), Some(1), "{}", text(&output.stderr));
     let stderr = text(&output.stderr);
     assert!(
@@ -504,6 +517,40 @@ async fn an_interrupted_restore_leaves_nothing() {
         .map(|entries| entries.map(|entry| entry.unwrap().file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A restore killed where nothing can take back what it wrote (SIGKILL;
+/// likewise a hang-up, a power cut) leaves its mark: no command opens the
+/// half-written installation, and a second restore says what happened.
+/// (Before, `serve` started on it, its values never proven.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_restore_leaves_an_installation_no_command_opens() {
+    let scratch = tempfile::tempdir().unwrap();
+    let target = scratch.path().join("restored");
+    let Some(_) = restore_interrupted_by(rustix::process::Signal::KILL, &target).await else {
+        return;
+    };
+    assert!(target.join("RESTORE-UNFINISHED").exists());
+    let refused = rekey_tests::refused_at_start(&target);
+    assert!(refused.contains("did not finish"), "{refused}");
+    let backup = rekeyd(
+        &target,
+        &["backup", scratch.path().join("b.db").to_str().unwrap()],
+    );
+    assert!(
+        text(&backup.stderr).contains("did not finish"),
+        "{}",
+        text(&backup.stderr)
+    );
+    let again = rekeyd(
+        &target,
+        &["restore", "any.db", "--root-key-file", "root.key"],
+    );
+    assert!(
+        text(&again.stderr).contains("remove the directory and restore again"),
+        "{}",
+        text(&again.stderr)
+    );
 }
 
 /// A restored installation rotates nothing until an operator says so: a
