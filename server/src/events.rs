@@ -5,7 +5,16 @@
 use rekey_shared::proto::WatchEvent;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// What goes to the other replicas (see `crate::fanout`): an event, or, at
+/// shutdown, word that this replica leaves, once every event queued before
+/// it was sent (answered on the sender).
+#[derive(Debug)]
+pub enum Relayed {
+    Event(Arc<WatchEvent>),
+    Leave(oneshot::Sender<()>),
+}
 
 /// The kind of the event that ends every Watch stream when the server
 /// shuts down; never sent to clients.
@@ -39,7 +48,7 @@ pub struct Events {
     sender: broadcast::Sender<Arc<WatchEvent>>,
     /// Where events published here also go for the other replicas
     /// (see `crate::fanout`); unset with an embedded database.
-    relay: OnceLock<mpsc::Sender<Arc<WatchEvent>>>,
+    relay: OnceLock<mpsc::Sender<Relayed>>,
     /// An event could not be queued for the other replicas: they are told
     /// so before the next one that is sent (see `crate::fanout`).
     relay_dropped: AtomicBool,
@@ -82,7 +91,7 @@ impl Events {
         let event = Arc::new(event);
         if kind != SERVER_STOPPING
             && let Some(relay) = self.relay.get()
-            && relay.try_send(event.clone()).is_err()
+            && relay.try_send(Relayed::Event(event.clone())).is_err()
         {
             tracing::warn!(
                 kind,
@@ -101,8 +110,30 @@ impl Events {
     }
 
     /// From now on, every event published here is also sent to `relay`.
-    pub fn relay_to(&self, relay: mpsc::Sender<Arc<WatchEvent>>) {
+    pub fn relay_to(&self, relay: mpsc::Sender<Relayed>) {
         let _ = self.relay.set(relay);
+    }
+
+    /// At shutdown: sends the other replicas every event still queued for
+    /// them, then word that this replica leaves (so that they do not take
+    /// its silence for a crash, see `crate::fanout`); returns when that is
+    /// done, or after `within`.
+    pub async fn leave_replicas(&self, within: std::time::Duration) {
+        let Some(relay) = self.relay.get() else {
+            return;
+        };
+        let (done, sent) = oneshot::channel();
+        let left = async {
+            if relay.send(Relayed::Leave(done)).await.is_ok() {
+                let _ = sent.await;
+            }
+        };
+        if tokio::time::timeout(within, left).await.is_err() {
+            tracing::warn!(
+                seconds = within.as_secs(),
+                "events for the other replicas still unsent at shutdown"
+            );
+        }
     }
 
     /// Whether an event was dropped on its way to the other replicas since

@@ -18,13 +18,27 @@
 //! for good). Each replica sends a heartbeat on the channel every
 //! [`HEARTBEAT`], which comes back to its own listener too: a listener that
 //! hears nothing for [`SILENCE`] takes its connection for lost, as above.
+//!
+//! A replica sends its events after their changes commit, so one that dies
+//! in between (killed, out of memory, its machine gone) never sends them.
+//! The others hear its heartbeats stop: a replica heard from that falls
+//! silent for [`SILENCE`] without having said it leaves ends the Watch
+//! streams of every replica that heard it, as a lost connection does. At
+//! shutdown a replica sends what it has queued and then that it leaves.
 
 use crate::error::{Error, Result};
+use crate::events::Relayed;
 use crate::service::AppState;
 use rekey_shared::proto::WatchEvent;
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::mpsc;
+
+/// The start of the heartbeat a replica sends as it shuts down, before its
+/// origin.
+const LEAVING: &str = "leaving:";
 
 /// An event on the wire, tagged with the process that published it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -111,14 +125,23 @@ pub fn start(state: Arc<AppState>) -> tokio::task::JoinHandle<()> {
 /// others' `EVENTS_LOST` goes out before the next event, and is tried
 /// again every second meanwhile, so that a gap followed by quiet is not
 /// learned of only at the next change.
-async fn send_out(state: &AppState, origin: &str, mut outgoing: mpsc::Receiver<Arc<WatchEvent>>) {
+async fn send_out(state: &AppState, origin: &str, mut outgoing: mpsc::Receiver<Relayed>) {
     let mut lost = false;
     let mut retry = tokio::time::interval(std::time::Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             event = outgoing.recv() => match event {
-                Some(event) => Some(event),
+                Some(Relayed::Event(event)) => Some(event),
+                Some(Relayed::Leave(done)) => {
+                    // Everything queued before was sent (or tried).
+                    let leaving = format!("{LEAVING}{origin}");
+                    if let Err(error) = state.store.heartbeat(&leaving).await {
+                        tracing::debug!(%error, "the other replicas were not told this one leaves");
+                    }
+                    let _ = done.send(());
+                    continue;
+                }
                 None => return,
             },
             _ = retry.tick(), if lost => None,
@@ -225,6 +248,11 @@ async fn listen(state: &AppState, origin: &str, lost: &mut bool) -> Result<()> {
     if std::mem::take(lost) {
         state.events.lost();
     }
+    // The other replicas heard on this connection, and when last; and
+    // those that said they leave (a heartbeat sent as one leaves may come
+    // after its word).
+    let mut replicas: HashMap<String, Instant> = HashMap::new();
+    let mut left: HashSet<String> = HashSet::new();
     loop {
         // `try_recv`, not `recv`: `recv` reconnects a lost connection
         // without saying so, and what was sent meanwhile is gone.
@@ -253,13 +281,47 @@ async fn listen(state: &AppState, origin: &str, lost: &mut bool) -> Result<()> {
             state.events.lost();
         }
         if crate::store::is_heartbeat(&notification) {
+            match notification.payload().strip_prefix(LEAVING) {
+                Some(leaving) => {
+                    replicas.remove(leaving);
+                    left.insert(leaving.to_owned());
+                }
+                None if notification.payload() != origin
+                    && !left.contains(notification.payload()) =>
+                {
+                    replicas.insert(notification.payload().to_owned(), Instant::now());
+                }
+                None => {}
+            }
+            fell_silent(state, &mut replicas);
             continue;
         }
         match serde_json::from_str::<Wire>(notification.payload()) {
             Ok(wire) if wire.origin == origin => {}
-            Ok(wire) => state.events.deliver(Arc::new(wire.into_event())),
+            Ok(wire) => {
+                if !left.contains(&wire.origin) {
+                    replicas.insert(wire.origin.clone(), Instant::now());
+                }
+                state.events.deliver(Arc::new(wire.into_event()));
+            }
             Err(error) => tracing::warn!(%error, "a malformed watch event from another replica"),
         }
+    }
+}
+
+/// Forgets the replicas not heard from for [`SILENCE`], ending this
+/// replica's Watch streams if any did not say it left: the events of its
+/// last changes may never have been sent.
+fn fell_silent(state: &AppState, replicas: &mut HashMap<String, Instant>) {
+    let count = replicas.len();
+    replicas.retain(|_, heard| heard.elapsed() < SILENCE);
+    if replicas.len() < count {
+        tracing::warn!(
+            replicas = count - replicas.len(),
+            "a replica fell silent without saying it leaves; the events of its last changes \
+             may not have reached this one"
+        );
+        state.events.lost();
     }
 }
 

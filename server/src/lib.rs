@@ -345,6 +345,12 @@ pub async fn serve_prepared(
     syncing.abort();
     watching_crls.abort();
     watching_certificate.abort();
+    // What is queued for the other replicas goes out, then word that this
+    // one leaves (they would otherwise take its silence for a crash).
+    state
+        .events
+        .leave_replicas(std::time::Duration::from_secs(5))
+        .await;
     fanning_out.abort();
     if let Some(scraping) = scraping {
         scraping.abort();

@@ -684,3 +684,52 @@ fn master_key_changes_reach_every_replica_and_every_value_reads() {
     assert_eq!(through_a.run(&["get", "mk/0"]).ok().stdout, "newest\n");
     through_a.run(&["audit", "verify"]).ok();
 }
+
+/// A replica killed (no shutdown: its queued events never go out) is
+/// heard to fall silent by the others, which end their Watch streams, as a
+/// lost connection does: the events of its last changes may never have
+/// reached them. Before, their streams stayed open, silently missing them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_ends_the_watch_streams_of_the_others() {
+    let Some((database, installation, _state)) = replicated() else {
+        return;
+    };
+    let (a, b) = (installation.serve(), installation.serve());
+    let listening = "SELECT pid FROM pg_stat_activity
+                     WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    eventually("both replicas to listen", || {
+        (sqlx_count(&database.url, listening).pop() == Some(2)).then_some(())
+    });
+    let admin = installation.admin();
+    let mut stream = a.watch(&admin, "").await.unwrap();
+    // A hears of B: B's change reaches A's stream.
+    b.rekey(&admin)
+        .run(&["create", "killed/x", "--value", "v"])
+        .ok();
+    let deadline = tokio::time::Instant::now() + rekey_tests::DEADLINE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("B's event never reached A")
+            .unwrap()
+            .expect("A's stream ended before B was killed");
+        if event.name == "killed/x" {
+            break;
+        }
+    }
+    b.kill();
+    let ended = tokio::time::timeout(rekey_tests::DEADLINE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("A's stream stayed open after B was killed");
+    let status = ended.expect_err("the stream ended without an error");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("reconnect"), "{status:?}");
+    drop(a);
+}
