@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::service::AppState;
 use rekey_shared::time::now_millis;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a lease lasts without renewal: the longest a run waits for
 /// another replica after its driver died.
@@ -44,6 +44,9 @@ impl Lease {
         process: &str,
     ) -> Result<Option<Self>> {
         let owner = &format!("{process}/{}", rekey_shared::VersionId::random());
+        // The lease runs from before it was asked for: the holder's own
+        // reckoning of it ends no later than the database's.
+        let asked = Instant::now();
         let now = now_millis();
         if !state
             .store
@@ -62,21 +65,31 @@ impl Lease {
                 // database; an embedded one's single server keeps its steps
                 // through a failing disk.
                 let shared = state.store.is_shared();
-                let heartbeat_millis = i64::try_from(HEARTBEAT.as_millis()).unwrap_or(i64::MAX);
-                let mut held_until = until(now);
+                // On the monotonic clock: a wall clock set back would
+                // stretch the holder's reckoning past the lease.
+                let mut held_until = asked + LEASE;
                 loop {
                     beats.tick().await;
+                    let asked = Instant::now();
                     let now = now_millis();
-                    // A renewal waits no longer than the lease lasts: one
-                    // that hangs (a connection cut mid-call) is a failure.
-                    let left = Duration::from_millis(u64::try_from(held_until - now).unwrap_or(0));
+                    // A renewal may wait until a heartbeat before the lease
+                    // lapses: one that hangs (a connection cut mid-call, no
+                    // pool connection free) is a failure with time left to
+                    // stop the step before another replica may take the run.
+                    let left = if shared {
+                        held_until
+                            .saturating_duration_since(asked)
+                            .saturating_sub(HEARTBEAT)
+                    } else {
+                        LEASE
+                    };
                     let renewed = tokio::time::timeout(
                         left,
                         state.store.claim_lease(&secret_id, &owner, now, until(now)),
                     )
                     .await;
                     match renewed {
-                        Ok(Ok(true)) => held_until = until(now),
+                        Ok(Ok(true)) => held_until = asked + LEASE,
                         Ok(Ok(false)) => {
                             tracing::error!(
                                 secret_id,
@@ -88,7 +101,7 @@ impl Lease {
                         // The lease lapses before the next heartbeat could
                         // renew it: stop now, not a heartbeat after another
                         // replica may have taken the run.
-                        _ if shared && now_millis() + heartbeat_millis >= held_until => {
+                        _ if shared && Instant::now() + HEARTBEAT >= held_until => {
                             tracing::error!(
                                 secret_id,
                                 "the rotation lease lapsed while renewals failed; the step under way is stopped"
