@@ -310,6 +310,6 @@ forward! {
     pub async fn claim_lease(&self, secret_id: &str, owner: &str, now: i64, until: i64) -> Result<bool>;
     pub async fn release_lease(&self, secret_id: &str, owner: &str) -> Result<()>;
     pub async fn clear_leases(&self) -> Result<()>;
-    pub async fn claim_due(&self, secret_id: &str, due_at: i64, next: Option<i64>) -> Result<bool>;
+    pub async fn claim_due(&self, secret_id: &str, due_at: i64, next: Option<i64>, event: &AuditEvent) -> Result<bool>;
     pub async fn record_access(&self, secret_id: &str, version_id: &VersionId, day: i64) -> Result<()>;
 }

@@ -310,7 +310,12 @@ async fn config_save_suite(url: &str, root: &RootKey) {
     configure(&first, None, false).await.unwrap();
     let read = store.rotation_config(&id).await.unwrap().unwrap();
     // The scheduler claims the due rotation meanwhile.
-    assert!(store.claim_due(&id, 1_000, Some(2_000)).await.unwrap());
+    assert!(
+        store
+            .claim_due(&id, 1_000, Some(2_000), &event("Schedule"))
+            .await
+            .unwrap()
+    );
     let edited = ConfigRecord {
         configured_at: 2,
         ..read.clone()

@@ -231,15 +231,18 @@ impl Engine {
             let next = parsed
                 .as_ref()
                 .and_then(|schedule| schedule.next(Some(now), now));
+            // A schedule moved on without a run commits with its event.
+            let event = |detail: &str| {
+                AuditEvent::system("rotation:Schedule", secret.name.as_str(), detail)
+            };
             let detail = if let Some(window) = window
                 && now > due_at.saturating_add(window)
             {
                 // The window passed (the server was down): wait for the
                 // next. Exactly one process moves the schedule on.
-                if !store.claim_due(&secret.id, due_at, next).await? {
-                    continue;
-                }
-                "the rotation window passed; skipped to the next time".to_owned()
+                let skipped = event("the rotation window passed; skipped to the next time");
+                store.claim_due(&secret.id, due_at, next, &skipped).await?;
+                continue;
             } else {
                 // The run and the schedule's move from this due time commit
                 // together: one process starts it, and a process that dies
@@ -268,20 +271,15 @@ impl Engine {
                         } else {
                             (next, "")
                         };
-                        if !store.claim_due(&secret.id, due_at, then).await? {
-                            continue;
-                        }
-                        format!("not started: {}{said}", error.told())
+                        let not_started = event(&format!("not started: {}{said}", error.told()));
+                        store
+                            .claim_due(&secret.id, due_at, then, &not_started)
+                            .await?;
+                        continue;
                     }
                 }
             };
-            store
-                .record(&AuditEvent::system(
-                    "rotation:Schedule",
-                    secret.name.as_str(),
-                    &detail,
-                ))
-                .await?;
+            store.record(&event(&detail)).await?;
         }
         Ok(())
     }

@@ -2,10 +2,11 @@
 //! is driven by the holder of its secret's lease, and a due schedule is
 //! started by the one replica whose claim moved it on (the row locked with
 //! `FOR UPDATE SKIP LOCKED`, so a replica claiming at the same moment skips
-//! it rather than waits). Coordination only: nothing here changes secret
-//! data, so nothing here is audited.
+//! it rather than waits). Leases are coordination only, not audited; a
+//! schedule moved on without a run commits with its event.
 
 use super::Store;
+use crate::audit::AuditEvent;
 use crate::error::Result;
 
 impl Store {
@@ -63,7 +64,14 @@ impl Store {
 
     /// Moves a due schedule on from `due_at` to `next`; true for the one
     /// replica whose claim did, which then starts the run.
-    pub async fn claim_due(&self, secret_id: &str, due_at: i64, next: Option<i64>) -> Result<bool> {
+    pub async fn claim_due(
+        &self,
+        secret_id: &str,
+        due_at: i64,
+        next: Option<i64>,
+        event: &AuditEvent,
+    ) -> Result<bool> {
+        let mut tx = self.write().await?;
         let claimed = sqlx::query(
             "UPDATE rotation_configs SET next_rotation_at = $1
              WHERE secret_id = (SELECT secret_id FROM rotation_configs
@@ -73,8 +81,12 @@ impl Store {
         .bind(next)
         .bind(secret_id)
         .bind(due_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(claimed.rows_affected() == 1)
+        if claimed.rows_affected() != 1 {
+            return Ok(false);
+        }
+        self.commit_audited(tx, event).await?;
+        Ok(true)
     }
 }

@@ -1,11 +1,13 @@
 //! Leases and claims that let several processes share rotation work: a run
 //! is driven by the holder of its secret's lease, and a due schedule is
-//! started by the one process whose claim moved it on. Coordination only:
-//! nothing here changes secret data, so nothing here is audited. Each is a
-//! writer of the write batch like any other, rather than a statement of its
-//! own that would wait for SQLite's write lock.
+//! started by the one process whose claim moved it on. Leases are
+//! coordination only, not audited; a schedule moved on without a run
+//! commits with its event. Each is a writer of the write batch like any
+//! other, rather than a statement of its own that would wait for SQLite's
+//! write lock.
 
 use super::Store;
+use crate::audit::AuditEvent;
 use crate::error::Result;
 
 impl Store {
@@ -71,7 +73,13 @@ impl Store {
 
     /// Moves a due schedule on from `due_at` to `next`; true for the one
     /// caller whose claim did, who then starts the run.
-    pub async fn claim_due(&self, secret_id: &str, due_at: i64, next: Option<i64>) -> Result<bool> {
+    pub async fn claim_due(
+        &self,
+        secret_id: &str,
+        due_at: i64,
+        next: Option<i64>,
+        event: &AuditEvent,
+    ) -> Result<bool> {
         let mut tx = self.write().await?;
         tx.changes_no_value();
         let claimed = sqlx::query(
@@ -83,7 +91,10 @@ impl Store {
         .bind(due_at)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(claimed.rows_affected() == 1)
+        if claimed.rows_affected() != 1 {
+            return Ok(false);
+        }
+        self.commit_audited(tx, event).await?;
+        Ok(true)
     }
 }

@@ -362,3 +362,61 @@ fn a_rotator_may_talk_before_it_reads_a_large_input() {
     let rotated = admin.run(&["get", "big/db"]).ok().stdout;
     assert!(rotated.starts_with("rotated-"), "{rotated}");
 }
+
+/// A schedule whose window passed while no server ran moves on to its
+/// next time without a run, and that move commits with its event
+/// (`rotation:Schedule`, the window passed): it was a statement of its own
+/// and an event after, so a failure between them moved the schedule with
+/// nothing in the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_schedule_whose_window_passed_moves_on_with_its_event() {
+    let installation = Installation::new();
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    admin.run(&["create", "window/db", "--value", "v1"]).ok();
+    admin
+        .run(&[
+            "rotation",
+            "configure",
+            "window/db",
+            "--rotator",
+            "password",
+            "--schedule",
+            "rate(1 days)",
+            "--window",
+            "1h",
+        ])
+        .ok();
+    drop(server);
+    let url = format!("sqlite://{}", installation.database().display());
+    {
+        use sqlx::Connection;
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("UPDATE rotation_configs SET next_rotation_at = 1000")
+            .execute(&mut db)
+            .await
+            .unwrap();
+        db.close().await.unwrap();
+    }
+    let server = installation.serve();
+    let admin = server.rekey(&installation.admin());
+    let events = eventually("the schedule to move on", || {
+        let log = admin
+            .run(&["audit", "--resource", "window/db", "--output", "json"])
+            .ok()
+            .stdout;
+        log.contains("rotation window passed").then_some(log)
+    });
+    let skipped: Vec<Value> = events
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|event: &Value| event["action"] == "rotation:Schedule")
+        .collect();
+    assert_eq!(skipped.len(), 1, "{events}");
+    let described = admin
+        .run(&["describe", "window/db", "--output", "json"])
+        .ok()
+        .json();
+    assert!(described["next_rotation_at"].is_string(), "{described}");
+    assert_eq!(show(&admin, "window/db")["run"], Value::Null);
+}
