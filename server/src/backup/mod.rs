@@ -183,7 +183,12 @@ pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
     drop(keyring);
     let partial = partial_path(out)?;
     let mut created = false;
-    let finished = async {
+    // Ctrl-C or SIGTERM while the copy is written ends the backup as a
+    // failure does, taking the partial copy away (its ciphertexts would
+    // outlive the erasure of secrets purged later). Once it is published,
+    // the backup goes on to its event.
+    let interrupted = crate::signals::stop(false)?;
+    let written = async {
         create_partial(&partial)?;
         created = true;
         store
@@ -226,7 +231,14 @@ pub async fn backup(loaded: &Loaded, out: &Path) -> anyhow::Result<Summary> {
             INFO_FILE.to_owned(),
             Zeroizing::new(info_text(&info).into_bytes()),
         ));
-        let summary = finish_file(&partial, out, &sealer, &files, &info).await?;
+        finish_file(&partial, out, &sealer, &files, &info).await
+    };
+    let written = tokio::select! {
+        written = written => written,
+        () = interrupted => Err(anyhow::anyhow!("interrupted by a signal")),
+    };
+    let finished = async {
+        let summary = written?;
         // The event follows the file: the log says a backup was written
         // only once it was (and the event is not in the backup). A backup
         // the log cannot say was written is not left behind.
@@ -347,9 +359,27 @@ fn publish(partial: &Path, out: &Path) -> anyhow::Result<()> {
                 .create_new(true)
                 .open(out)
                 .with_context(|| format!("writing {}", out.display()))?;
-            std::fs::rename(partial, out).with_context(|| format!("writing {}", out.display()))
+            if let Err(error) = std::fs::rename(partial, out) {
+                // The empty file made to claim the name goes: it would
+                // refuse every later backup of that name.
+                let _ = std::fs::remove_file(out);
+                return Err(error).with_context(|| format!("writing {}", out.display()));
+            }
+            Ok(())
         }
-    }
+    }?;
+    // The name is durable before the log says the backup was written; a
+    // backup it cannot make durable is not left behind.
+    let parent = match out.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(out);
+        })
+        .with_context(|| format!("syncing {}", parent.display()))
 }
 
 /// Counts what a database (an installation's or a backup's) holds.
