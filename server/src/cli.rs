@@ -385,6 +385,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                  prove its other tables: check its policy (rekey policy get) and certificates \
                  (rekeyd cert list) before you serve it"
             };
+            for program in &restored.programs {
+                println!(
+                    "a backup holds no rotator programs: copy {} into {} before a run needs it",
+                    program.display(),
+                    location.dir.display()
+                );
+            }
             println!(
                 "restored {} into {}: {}; {proven}\n\
                  rotation is paused there (rotation.paused in its rekeyd.toml): runs made after \

@@ -82,6 +82,13 @@ fn rotation_settings(loaded: &config::Loaded) -> anyhow::Result<config::Rotation
         if rotator.command.is_relative() && rotator.command.components().count() > 1 {
             rotator.command = loaded.path(&rotator.command);
         }
+        // Not a refusal: the program may be put there after the start.
+        if rotator.command.components().count() > 1 && !rotator.command.is_file() {
+            tracing::warn!(
+                command = %rotator.command.display(),
+                "an exec rotator's program is not there; runs that use it fail until it is"
+            );
+        }
     }
     if let Some(file) = &settings.database_ca_file {
         let path = loaded.path(file);

@@ -36,6 +36,10 @@ pub struct Restored {
     /// The backup proved every table and its schema (format 2 on); one of
     /// format 1 proves only its values and audit chain.
     pub tables_proven: bool,
+    /// The programs of `exec` rotators kept inside the installation
+    /// (`rotators/ldap.sh`): a backup does not hold them, and a run that
+    /// needs one fails until it is copied there.
+    pub programs: Vec<PathBuf>,
 }
 
 /// Restores the backup `file` into `dir`, which must be empty or absent,
@@ -128,6 +132,15 @@ pub async fn restore(
             prove_tables(file, &database, &info, key).await?;
         }
         let config = write_files(&mut written, &files, root_text.as_ref())?;
+        let programs: Vec<PathBuf> = config
+            .rotation
+            .exec
+            .values()
+            .filter(|program| {
+                program.command.is_relative() && program.command.components().count() > 1
+            })
+            .map(|program| program.command.clone())
+            .collect();
         drop_backup_tables(&database).await?;
         let loaded = Loaded {
             file_config: config.clone(),
@@ -135,18 +148,21 @@ pub async fn restore(
             dir: dir.to_owned(),
             passphrase: passphrase.clone(),
         };
-        prove(&loaded, root, &info).await
+        prove(&loaded, root, &info)
+            .await
+            .map(|summary| (summary, programs))
     };
     let restored = tokio::select! {
         restored = restoring => restored,
         () = interrupted => Err(anyhow::anyhow!("interrupted by a signal")),
     };
     match restored {
-        Ok(summary) => {
+        Ok((summary, programs)) => {
             written.finish()?;
             Ok(Restored {
                 summary,
                 tables_proven,
+                programs,
             })
         }
         Err(error) => Err(error.context(format!(

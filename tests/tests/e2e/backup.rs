@@ -562,6 +562,13 @@ async fn a_killed_restore_leaves_an_installation_no_command_opens() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restored_installation_rotates_nothing_until_resumed() {
     let installation = Installation::new();
+    // A custom rotator kept inside the installation: no backup holds it.
+    installation.edit_config(|table| {
+        let rotation: toml::Table = "[exec.ldap]\ncommand = \"rotators/ldap.sh\"\n"
+            .parse()
+            .unwrap();
+        table.insert("rotation".into(), toml::Value::Table(rotation));
+    });
     let server = installation.serve();
     let admin = server.rekey(&installation.admin());
     admin.run(&["create", "r/db", "--value", "v1"]).ok();
@@ -594,10 +601,11 @@ async fn a_restored_installation_rotates_nothing_until_resumed() {
     let target = scratch.path().join("restored");
     let output = restore(&target, &file, &installation.dir().join("root.key"));
     assert!(output.status.success(), "{}", text(&output.stderr));
+    let said = text(&output.stdout);
+    assert!(said.contains("rotation is paused there"), "{said}");
     assert!(
-        text(&output.stdout).contains("rotation is paused there"),
-        "{}",
-        text(&output.stdout)
+        said.contains("a backup holds no rotator programs: copy rotators/ldap.sh"),
+        "{said}"
     );
     let config_file = target.join("rekeyd.toml");
     let mut config: toml::Table = std::fs::read_to_string(&config_file)
@@ -615,6 +623,13 @@ async fn a_restored_installation_rotates_nothing_until_resumed() {
             .contains("rotation is paused")
             .then_some(())
     });
+    assert!(
+        restored
+            .log_text()
+            .contains("an exec rotator's program is not there"),
+        "{}",
+        restored.log_text()
+    );
     let admin = restored.rekey(&installation.admin());
     let asked = admin.run(&["rotate", "r/db"]);
     assert!(
