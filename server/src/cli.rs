@@ -387,9 +387,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             for program in &restored.programs {
                 println!(
-                    "a backup holds no rotator programs: copy {} into {} before a run needs it",
+                    "a backup holds no rotator programs: copy {} to {} before a run needs it",
                     program.display(),
-                    location.dir.display()
+                    location.dir.join(program).display()
                 );
             }
             println!(

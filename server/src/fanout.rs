@@ -134,9 +134,20 @@ async fn send_out(state: &AppState, origin: &str, mut outgoing: mpsc::Receiver<R
             event = outgoing.recv() => match event {
                 Some(Relayed::Event(event)) => Some(event),
                 Some(Relayed::Leave(done)) => {
-                    // Everything queued before was sent (or tried).
+                    // Everything queued before was sent (or tried). An
+                    // `EVENTS_LOST` still owed goes first; unsent, this
+                    // replica does not say it leaves, so that the others
+                    // take its silence for the gap it is.
+                    lost |= state.events.take_relay_dropped();
+                    if lost {
+                        lost = send(state, origin, &crate::events::events_lost())
+                            .await
+                            .is_err();
+                    }
                     let leaving = format!("{LEAVING}{origin}");
-                    if let Err(error) = state.store.heartbeat(&leaving).await {
+                    if lost {
+                        tracing::warn!("the other replicas could not be told of events lost; not saying this one leaves");
+                    } else if let Err(error) = state.store.heartbeat(&leaving).await {
                         tracing::debug!(%error, "the other replicas were not told this one leaves");
                     }
                     let _ = done.send(());

@@ -147,17 +147,23 @@ async fn proven(loaded: &config::Loaded, store: &Store, root: &RootKey) -> anyho
         .unwrap_master_key(reference, &key.wrapped_material)
         .is_err()
     {
-        let source = match &loaded.config.root_passphrase {
-            Some(_) => "the passphrase's root key".to_owned(),
-            None => format!(
-                "the root key {}",
-                loaded.path(&loaded.config.root_key_file).display()
+        let (source, check) = match &loaded.config.root_passphrase {
+            Some(_) => (
+                "the root key of the passphrase".to_owned(),
+                format!("[root_passphrase] in {CONFIG_FILE}"),
+            ),
+            None => (
+                format!(
+                    "the root key {}",
+                    loaded.path(&loaded.config.root_key_file).display()
+                ),
+                format!("root_key_file in {CONFIG_FILE} and REKEY_ROOT_KEY_FILE"),
             ),
         };
         anyhow::bail!(
-            "{source} does not open this installation's master keys (master key {} \
-             version {} does not open with it): it is another installation's; \
-             check root_key_file in {CONFIG_FILE} and REKEY_ROOT_KEY_FILE",
+            "{source} does not open the master keys of the database (master key {} version {} \
+             does not open with it): the two are different installations'; check {check}, \
+             and database_url and REKEY_DATABASE_URL",
             key.name,
             key.version
         );
@@ -186,6 +192,7 @@ pub async fn init(
     let server_certificate = defaults.tls.certificate.display().to_string();
     let server_key = defaults.tls.private_key.display().to_string();
     let root_key = defaults.root_key_file.display().to_string();
+    refuse_unfinished_restore(dir)?;
     let files = [
         CONFIG_FILE,
         &root_key,

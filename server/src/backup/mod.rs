@@ -374,12 +374,26 @@ fn publish(partial: &Path, out: &Path) -> anyhow::Result<()> {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
     };
-    std::fs::File::open(parent)
-        .and_then(|dir| dir.sync_all())
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(out);
-        })
-        .with_context(|| format!("syncing {}", parent.display()))
+    sync_dir(parent).inspect_err(|_| {
+        let _ = std::fs::remove_file(out);
+    })
+}
+
+/// Syncs the directory `dir` (the names in it) to disk. A file system
+/// that cannot sync a directory (some shared folders and 9p mounts say
+/// EINVAL) is taken at its word: there is nothing more to do there.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::File::open(dir).and_then(|dir| dir.sync_all()) {
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            Ok(())
+        }
+        synced => synced.with_context(|| format!("syncing {}", dir.display())),
+    }
 }
 
 /// Counts what a database (an installation's or a backup's) holds.

@@ -11,7 +11,7 @@
 use super::contents::{self, ContentsKey};
 use super::{
     CONFIG, DATABASE_CA, FILES_INFO, FIRST_FORMAT, FORMAT, FileSealer, INFO_FILE, PASSPHRASE_INFO,
-    SERVER_CERTIFICATE, SERVER_KEY, Summary, crl_name, info_text, webhook_ca_name,
+    SERVER_CERTIFICATE, SERVER_KEY, Summary, crl_name, info_text, sync_dir, webhook_ca_name,
     webhook_secret_name,
 };
 use crate::audit::{self, AuditEvent};
@@ -625,21 +625,14 @@ impl Written {
         sync_dir(&self.dir)?;
         self.keep = true;
         let mark = self.dir.join(crate::installation::UNFINISHED_RESTORE);
-        std::fs::remove_file(&mark)
-            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all())
-            .with_context(|| {
-                format!(
-                    "the restore is done, but its mark {} could not be removed; remove it",
-                    mark.display()
-                )
-            })
+        std::fs::remove_file(&mark).with_context(|| {
+            format!(
+                "the restore is done, but its mark {} could not be removed; remove it",
+                mark.display()
+            )
+        })?;
+        sync_dir(&self.dir)
     }
-}
-
-fn sync_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 impl Drop for Written {
@@ -647,7 +640,9 @@ impl Drop for Written {
         if self.keep {
             return;
         }
-        for file in &self.files {
+        // Newest first: the mark of an unfinished restore, written first,
+        // goes last, so a death during this leaves it.
+        for file in self.files.iter().rev() {
             let _ = std::fs::remove_file(file);
         }
         if self.made_dir {

@@ -551,6 +551,15 @@ async fn a_killed_restore_leaves_an_installation_no_command_opens() {
         "{}",
         text(&again.stderr)
     );
+    // Nor does init make an installation over it.
+    let before = std::fs::read_dir(&target).unwrap().count();
+    let init = rekeyd(&target, &["init"]);
+    assert!(
+        text(&init.stderr).contains("did not finish"),
+        "{}",
+        text(&init.stderr)
+    );
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), before);
 }
 
 /// A restored installation rotates nothing until an operator says so: a
@@ -604,7 +613,10 @@ async fn a_restored_installation_rotates_nothing_until_resumed() {
     let said = text(&output.stdout);
     assert!(said.contains("rotation is paused there"), "{said}");
     assert!(
-        said.contains("a backup holds no rotator programs: copy rotators/ldap.sh"),
+        said.contains(&format!(
+            "a backup holds no rotator programs: copy rotators/ldap.sh to {}",
+            target.join("rotators/ldap.sh").display()
+        )),
         "{said}"
     );
     let config_file = target.join("rekeyd.toml");
