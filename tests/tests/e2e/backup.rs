@@ -654,6 +654,12 @@ async fn a_restored_installation_rotates_nothing_until_resumed() {
         .ok()
         .json();
     assert_eq!(shown["run"], serde_json::Value::Null, "{shown}");
+    let stepped = admin.run(&["rotation", "step", "r/db"]);
+    assert!(
+        stepped.stderr.contains("rotation is paused on this server"),
+        "{}",
+        stepped.stderr
+    );
     drop(restored);
 
     config["rotation"]

@@ -293,6 +293,17 @@ impl Engine {
         manual: bool,
         event: Option<AuditEvent>,
     ) -> Result<RunRecord> {
+        self.not_paused()?;
+        self.create_run(secret, initiator, manual, None, event)
+            .await?
+            .ok_or_else(|| Error::internal("rotation", "a run without a claim was not stored"))
+    }
+
+    /// Refuses, while rotation is paused, a request that would move a run
+    /// now (a start, a step, a retry). An approval or a cancel is recorded
+    /// and takes effect once rotation resumes: a cancel must be possible
+    /// before a run restored in the middle is driven again.
+    pub fn not_paused(&self) -> Result<()> {
         if self.state.rotation.paused {
             return Err(Error::FailedPrecondition(
                 "rotation is paused on this server (rotation.paused in rekeyd.toml, as a restore \
@@ -301,9 +312,7 @@ impl Engine {
                     .to_owned(),
             ));
         }
-        self.create_run(secret, initiator, manual, None, event)
-            .await?
-            .ok_or_else(|| Error::internal("rotation", "a run without a claim was not stored"))
+        Ok(())
     }
 
     /// Creates a run; a scheduled one with its schedule's `claim`, which

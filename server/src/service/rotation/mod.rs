@@ -233,6 +233,7 @@ impl RotationService {
         context.set_resource(&request.name);
         let name = SecretName::parse(&request.name)?;
         self.authorize(context, Action::StepRotation, &name)?;
+        self.engine.not_paused()?;
         let secret = self.secret(&name).await?;
         let principal = context.principal.to_string();
         self.engine
@@ -364,6 +365,7 @@ impl RotationService {
         context.set_resource(&request.name);
         let name = SecretName::parse(&request.name)?;
         self.authorize(context, Action::RetryRotation, &name)?;
+        self.engine.not_paused()?;
         let secret = self.secret(&name).await?;
         let principal = context.principal.to_string();
         self.engine
