@@ -594,13 +594,9 @@ async fn a_restored_installation_rotates_nothing_until_resumed() {
         .ok();
     drop(server);
     // The schedule came due while no server ran.
-    let url = format!("sqlite://{}", installation.database().display());
-    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    sqlx::query("UPDATE rotation_configs SET next_rotation_at = 1000")
-        .execute(&mut db)
-        .await
-        .unwrap();
-    db.close().await.unwrap();
+    installation
+        .execute_sql("UPDATE rotation_configs SET next_rotation_at = 1000")
+        .await;
     let backups = tempfile::tempdir().unwrap();
     let file = backups.path().join("due.db");
     let backed_up = rekeyd(installation.dir(), &["backup", file.to_str().unwrap()]);

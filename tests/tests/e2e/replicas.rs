@@ -537,6 +537,16 @@ async fn a_silent_connection_for_events_ends_the_watch_streams() {
     drop(a);
 }
 
+/// Returns once two replicas listen for each other's events on
+/// `database`.
+fn both_listen(database: &StorageDatabase) {
+    let listening = "SELECT pid FROM pg_stat_activity
+                     WHERE datname = current_database() AND query LIKE 'LISTEN%'";
+    eventually("both replicas to listen", || {
+        (sqlx_count(&database.url, listening).pop() == Some(2)).then_some(())
+    });
+}
+
 /// `host:port` of a database URL.
 fn target_of(url: &str) -> String {
     url.split('@')
@@ -574,11 +584,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_through_the_other() {
     let (a, b) = (installation.serve(), installation.serve());
     // Both listen before the watch opens: a replica ends the streams
     // opened before its first LISTEN (they missed what came before).
-    let listening = "SELECT pid FROM pg_stat_activity
-                     WHERE datname = current_database() AND query LIKE 'LISTEN%'";
-    eventually("both replicas to listen", || {
-        (sqlx_count(&database.url, listening).pop() == Some(2)).then_some(())
-    });
+    both_listen(&database);
     let admin = installation.admin();
     let mut events = crate::watch::watcher(&b.url, &admin, "seen/").await;
     let rekey = a.rekey(&admin);
@@ -695,11 +701,7 @@ async fn a_replica_killed_ends_the_watch_streams_of_the_others() {
         return;
     };
     let (a, b) = (installation.serve(), installation.serve());
-    let listening = "SELECT pid FROM pg_stat_activity
-                     WHERE datname = current_database() AND query LIKE 'LISTEN%'";
-    eventually("both replicas to listen", || {
-        (sqlx_count(&database.url, listening).pop() == Some(2)).then_some(())
-    });
+    both_listen(&database);
     let admin = installation.admin();
     let mut stream = a.watch(&admin, "").await.unwrap();
     // A hears of B: B's change reaches A's stream.

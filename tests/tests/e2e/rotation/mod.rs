@@ -262,16 +262,9 @@ async fn a_scheduled_run_starts_by_itself_and_its_configurer_cannot_approve() {
         .ok();
     assert_eq!(show(&admin, "sched/db")["run"], Value::Null);
     // The schedule comes due: move its time into the past.
-    let url = format!("sqlite://{}", installation.database().display());
-    {
-        use sqlx::Connection;
-        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("UPDATE rotation_configs SET next_rotation_at = 1000")
-            .execute(&mut db)
-            .await
-            .unwrap();
-        db.close().await.unwrap();
-    }
+    installation
+        .execute_sql("UPDATE rotation_configs SET next_rotation_at = 1000")
+        .await;
     let shown = wait_for_state(&admin, "sched/db", "awaiting_approval");
     assert_eq!(shown["run"]["scheduled"], true);
     assert_eq!(shown["run"]["initiator"], "alice");
@@ -388,16 +381,9 @@ async fn a_schedule_whose_window_passed_moves_on_with_its_event() {
         ])
         .ok();
     drop(server);
-    let url = format!("sqlite://{}", installation.database().display());
-    {
-        use sqlx::Connection;
-        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("UPDATE rotation_configs SET next_rotation_at = 1000")
-            .execute(&mut db)
-            .await
-            .unwrap();
-        db.close().await.unwrap();
-    }
+    installation
+        .execute_sql("UPDATE rotation_configs SET next_rotation_at = 1000")
+        .await;
     let server = installation.serve();
     let admin = server.rekey(&installation.admin());
     let events = eventually("the schedule to move on", || {
