@@ -79,7 +79,7 @@ pub struct Prepared {
 fn rotation_settings(loaded: &config::Loaded) -> anyhow::Result<config::RotationSettings> {
     let mut settings = loaded.config.rotation.clone();
     for rotator in settings.exec.values_mut() {
-        if rotator.command.is_relative() && rotator.command.components().count() > 1 {
+        if rotator.in_installation() {
             rotator.command = loaded.path(&rotator.command);
         }
         // Not a refusal: the program may be put there after the start.

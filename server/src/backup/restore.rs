@@ -136,9 +136,7 @@ pub async fn restore(
             .rotation
             .exec
             .values()
-            .filter(|program| {
-                program.command.is_relative() && program.command.components().count() > 1
-            })
+            .filter(|program| program.in_installation())
             .map(|program| program.command.clone())
             .collect();
         drop_backup_tables(&database).await?;

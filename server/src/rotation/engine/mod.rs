@@ -231,55 +231,53 @@ impl Engine {
             let next = parsed
                 .as_ref()
                 .and_then(|schedule| schedule.next(Some(now), now));
-            // A schedule moved on without a run commits with its event.
             let event = |detail: &str| {
                 AuditEvent::system("rotation:Schedule", secret.name.as_str(), detail)
             };
-            let detail = if let Some(window) = window
+            if let Some(window) = window
                 && now > due_at.saturating_add(window)
             {
                 // The window passed (the server was down): wait for the
-                // next. Exactly one process moves the schedule on.
+                // next. Exactly one process moves the schedule on, with
+                // its event.
                 let skipped = event("the rotation window passed; skipped to the next time");
                 store.claim_due(&secret.id, due_at, next, &skipped).await?;
                 continue;
-            } else {
-                // The run and the schedule's move from this due time commit
-                // together: one process starts it, and a process that dies
-                // first leaves it due.
-                let claim = ScheduleClaim { due_at, next };
-                match self
-                    .create_run(&secret, &config.configured_by, false, Some(claim), None)
-                    .await
-                {
-                    Ok(Some(run)) => {
-                        tracing::info!(secret = %secret.name, run = %run.id, "scheduled rotation started");
-                        format!("scheduled run {} started", run.id)
-                    }
-                    // Another replica started it.
-                    Ok(None) => continue,
-                    Err(error) => {
-                        tracing::warn!(%error, secret = %secret.name, "a scheduled rotation did not start");
-                        // Nothing was written. A failure of the server's
-                        // own (its database away for a moment) does not
-                        // cost a whole period: the run is due again in a
-                        // minute (not at once: a failure that lasts would
-                        // be an event a second). What the run itself
-                        // refuses, it skips to the next time.
-                        let (then, said) = if error.is_servers_own() {
-                            (Some(now + 60_000), "; tried again in a minute")
-                        } else {
-                            (next, "")
-                        };
-                        let not_started = event(&format!("not started: {}{said}", error.told()));
-                        store
-                            .claim_due(&secret.id, due_at, then, &not_started)
-                            .await?;
-                        continue;
-                    }
+            }
+            // The run and the schedule's move from this due time commit
+            // together: one process starts it, and a process that dies
+            // first leaves it due.
+            let claim = ScheduleClaim { due_at, next };
+            match self
+                .create_run(&secret, &config.configured_by, false, Some(claim), None)
+                .await
+            {
+                Ok(Some(run)) => {
+                    tracing::info!(secret = %secret.name, run = %run.id, "scheduled rotation started");
+                    let started = event(&format!("scheduled run {} started", run.id));
+                    store.record(&started).await?;
                 }
-            };
-            store.record(&event(&detail)).await?;
+                // Another replica started it.
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, secret = %secret.name, "a scheduled rotation did not start");
+                    // Nothing was written. A failure of the server's own
+                    // (its database away for a moment) does not cost a
+                    // whole period: the run is due again in a minute (not
+                    // at once: a failure that lasts would be an event a
+                    // second). What the run itself refuses, it skips to
+                    // the next time. The move commits with its event.
+                    let (then, said) = if error.is_servers_own() {
+                        (Some(now + 60_000), "; tried again in a minute")
+                    } else {
+                        (next, "")
+                    };
+                    let not_started = event(&format!("not started: {}{said}", error.told()));
+                    store
+                        .claim_due(&secret.id, due_at, then, &not_started)
+                        .await?;
+                }
+            }
         }
         Ok(())
     }
